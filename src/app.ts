@@ -1,0 +1,124 @@
+import { readFileSync } from "node:fs";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { Authenticator } from "./auth/authenticator.js";
+import type { Config } from "./config.js";
+import { GpuAllocator } from "./gpu/gpu-allocator.js";
+import { GpuInventory } from "./gpu/gpu-inventory.js";
+import { HostRegistry } from "./host/host-registry.js";
+import { systemClock, type Clock } from "./platform/clock.js";
+import { openDatabase, type MikroORM } from "./platform/database.js";
+import { EmbeddedPostgres } from "./platform/embedded-postgres.js";
+import { createLogger, type Logger } from "./platform/logger.js";
+import { Metrics } from "./platform/metrics.js";
+import { GpuHandler } from "./rpc/gpu-handler.js";
+import { HealthStatus } from "./rpc/health.js";
+import { HostHandler } from "./rpc/host-handler.js";
+import { authenticate, observe } from "./rpc/interceptors.js";
+import { SERVICE_NAMES, routes } from "./rpc/routes.js";
+import { RpcServer } from "./rpc/server.js";
+import { LatestSamples } from "./telemetry/latest-samples.js";
+
+export interface AppOptions {
+  /** @default the system clock */
+  clock?: Clock;
+  /** @default JSON lines on stdout at config.logLevel */
+  logger?: Logger;
+}
+
+export interface App {
+  orm: MikroORM;
+  logger: Logger;
+  /** Set on the first start without a configured admin token: the token to show once. */
+  generatedAdminToken?: string;
+  /** Starts serving; resolves with the port actually bound. */
+  listen(): Promise<number>;
+  /** Graceful stop: drains calls, closes the database and the embedded PostgreSQL. */
+  close(): Promise<void>;
+}
+
+const DATABASE_PROBE_MS = 5000;
+
+/** The composition root: every long-lived object is made here. */
+export async function createApp(config: Config, options: AppOptions = {}): Promise<App> {
+  const logger = options.logger ?? createLogger(config.logLevel);
+  const clock = options.clock ?? systemClock;
+
+  const embedded = config.databaseUrl ? undefined : await EmbeddedPostgres.start(config.dataDir, config.embeddedPostgresPort, logger);
+  let orm: MikroORM;
+  try {
+    orm = await openDatabase(config.databaseUrl ?? embedded!.url, config.databasePoolSize);
+  } catch (err) {
+    await embedded?.stop();
+    throw err;
+  }
+
+  const authenticator = new Authenticator(orm, clock, config.adminToken);
+  const generatedAdminToken = await authenticator.ensureAdminToken();
+  const samples = new LatestSamples();
+  const hosts = new HostRegistry(orm, clock, samples, config.hostGraceSeconds * 1000);
+  const inventory = new GpuInventory(orm, clock, samples);
+  const allocator = new GpuAllocator(orm, clock);
+
+  const health = new HealthStatus();
+  for (const name of SERVICE_NAMES) health.set(name, "SERVING");
+  const metrics = new Metrics();
+  metrics.gaugeFromSource("remotegpu_hosts", "Hosts by status", "status", () => hosts.countByStatus());
+  metrics.gaugeFromSource("remotegpu_gpus", "GPUs by status", "status", () => inventory.countByStatus());
+
+  const handler = connectNodeAdapter({
+    routes: routes(
+      { hosts: new HostHandler(hosts, config.heartbeatIntervalSeconds * 1000), gpus: new GpuHandler(inventory, allocator) },
+      health,
+    ),
+    interceptors: [observe(logger, metrics), authenticate(authenticator)],
+    fallback: (req, res) => {
+      if (req.method === "GET" && req.url === "/metrics") {
+        metrics.registry.metrics().then(
+          (body) => {
+            res.writeHead(200, { "content-type": metrics.registry.contentType });
+            res.end(body);
+          },
+          (err) => {
+            logger.error({ err }, "metrics collection failed");
+            res.writeHead(503);
+            res.end();
+          },
+        );
+        return;
+      }
+      res.writeHead(404, { "content-type": "text/plain" });
+      res.end("not found\n");
+    },
+  });
+  const tls = config.tls && { cert: readFileSync(config.tls.certFile), key: readFileSync(config.tls.keyFile) };
+  const server = new RpcServer(handler, tls);
+
+  // Readiness follows the database: probes take the replica out of rotation while it is unreachable.
+  const probe = setInterval(() => {
+    orm.em
+      .getConnection()
+      .execute("select 1")
+      .then(
+        () => true,
+        () => false,
+      )
+      .then((up) => {
+        for (const name of ["", ...SERVICE_NAMES]) health.set(name, up ? "SERVING" : "NOT_SERVING");
+      });
+  }, DATABASE_PROBE_MS);
+  probe.unref();
+
+  return {
+    orm,
+    logger,
+    generatedAdminToken,
+    listen: () => server.listen(config.port, config.bindAddress),
+    async close() {
+      clearInterval(probe);
+      health.shutdown();
+      await server.close(config.shutdownTimeoutSeconds * 1000);
+      await orm.close();
+      await embedded?.stop();
+    },
+  };
+}

@@ -1,0 +1,116 @@
+import { existsSync } from "node:fs";
+import path from "node:path";
+
+/** Everything the server reads from its environment. Every field has a documented default. */
+export interface Config {
+  /** `PORT`: one port for gRPC, gRPC-Web and Connect. @default 8080 */
+  port: number;
+  /** `BIND_ADDRESS`: interface to listen on. @default "0.0.0.0" */
+  bindAddress: string;
+  /** `DATABASE_URL`: PostgreSQL URL; unset starts an embedded PostgreSQL in DATA_DIR. */
+  databaseUrl?: string;
+  /** `REDIS_URL`: optional; needed only to run several replicas. */
+  redisUrl?: string;
+  /** `LOG_LEVEL`: pino level. @default "info" */
+  logLevel: string;
+  /** `REMOTEGPU_ADMIN_TOKEN`: cluster admin token; unset generates one at first start. */
+  adminToken?: string;
+  /** `DATA_DIR`: where local state lives (embedded PostgreSQL, files). @default "./.data" */
+  dataDir: string;
+  /** `TLS_CERT` and `TLS_KEY`: PEM files; both or neither. */
+  tls?: { certFile: string; keyFile: string };
+  /** `EMBEDDED_POSTGRES_PORT`: port of the embedded PostgreSQL. @default 54329 */
+  embeddedPostgresPort: number;
+  /** `HEARTBEAT_INTERVAL_SECONDS`: how often agents report. @default 10 */
+  heartbeatIntervalSeconds: number;
+  /** `HOST_GRACE_SECONDS`: a host without heartbeat for this long is OFFLINE. @default 40 */
+  hostGraceSeconds: number;
+  /** `SHUTDOWN_TIMEOUT_SECONDS`: how long SIGTERM waits for open calls and streams. @default 10 */
+  shutdownTimeoutSeconds: number;
+  /** `DATABASE_POOL_SIZE`: most PostgreSQL connections per replica. @default 20 */
+  databasePoolSize: number;
+}
+
+export class ConfigError extends Error {
+  override name = "ConfigError";
+  constructor(readonly problems: string[]) {
+    super(`invalid configuration:\n${problems.map((p) => `  ${p}`).join("\n")}`);
+  }
+}
+
+const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"];
+
+/** Reads and validates the configuration; throws ConfigError listing every bad variable, one per line. */
+export function loadConfig(env: Record<string, string | undefined>): Config {
+  const problems: string[] = [];
+  const value = (name: string) => {
+    const v = env[name];
+    return v === undefined || v.trim() === "" ? undefined : v.trim();
+  };
+  const int = (name: string, fallback: number, min: number, max: number) => {
+    const raw = value(name);
+    if (raw === undefined) return fallback;
+    const n = Number(raw);
+    if (!/^\d+$/.test(raw) || n < min || n > max) {
+      problems.push(`${name}=${JSON.stringify(raw)}: must be a whole number from ${min} to ${max}`);
+      return fallback;
+    }
+    return n;
+  };
+  const url = (name: string, protocols: string[]) => {
+    const raw = value(name);
+    if (raw === undefined) return undefined;
+    try {
+      const parsed = new URL(raw);
+      if (!protocols.includes(parsed.protocol)) throw new Error();
+    } catch {
+      problems.push(`${name}: must be a URL starting with ${protocols.map((p) => `${p}//`).join(" or ")}`);
+    }
+    return raw;
+  };
+
+  const logLevel = value("LOG_LEVEL") ?? "info";
+  if (!LOG_LEVELS.includes(logLevel)) {
+    problems.push(`LOG_LEVEL=${JSON.stringify(logLevel)}: must be one of ${LOG_LEVELS.join(", ")}`);
+  }
+
+  const adminToken = value("REMOTEGPU_ADMIN_TOKEN");
+  if (adminToken !== undefined && adminToken.length < 16) {
+    problems.push("REMOTEGPU_ADMIN_TOKEN: must be at least 16 characters (it guards the whole cluster)");
+  }
+
+  const certFile = value("TLS_CERT");
+  const keyFile = value("TLS_KEY");
+  let tls: Config["tls"];
+  if ((certFile === undefined) !== (keyFile === undefined)) {
+    problems.push(`${certFile ? "TLS_KEY" : "TLS_CERT"}: must be set together with ${certFile ? "TLS_CERT" : "TLS_KEY"}`);
+  } else if (certFile && keyFile) {
+    for (const [name, file] of [["TLS_CERT", certFile], ["TLS_KEY", keyFile]]) {
+      if (!existsSync(file)) problems.push(`${name}=${JSON.stringify(file)}: file not found`);
+    }
+    tls = { certFile, keyFile };
+  }
+
+  const config: Config = {
+    port: int("PORT", 8080, 0, 65535),
+    bindAddress: value("BIND_ADDRESS") ?? "0.0.0.0",
+    databaseUrl: url("DATABASE_URL", ["postgres:", "postgresql:"]),
+    redisUrl: url("REDIS_URL", ["redis:", "rediss:"]),
+    logLevel,
+    adminToken,
+    dataDir: path.resolve(value("DATA_DIR") ?? "./.data"),
+    tls,
+    embeddedPostgresPort: int("EMBEDDED_POSTGRES_PORT", 54329, 1, 65535),
+    heartbeatIntervalSeconds: int("HEARTBEAT_INTERVAL_SECONDS", 10, 1, 3600),
+    hostGraceSeconds: int("HOST_GRACE_SECONDS", 40, 1, 86400),
+    shutdownTimeoutSeconds: int("SHUTDOWN_TIMEOUT_SECONDS", 10, 0, 600),
+    databasePoolSize: int("DATABASE_POOL_SIZE", 20, 1, 500),
+  };
+  if (config.hostGraceSeconds <= config.heartbeatIntervalSeconds) {
+    problems.push(
+      `HOST_GRACE_SECONDS=${config.hostGraceSeconds}: must be longer than HEARTBEAT_INTERVAL_SECONDS=${config.heartbeatIntervalSeconds}`,
+    );
+  }
+  if (problems.length > 0) throw new ConfigError(problems);
+  return config;
+}

@@ -1,0 +1,81 @@
+import { LockMode, type FilterQuery } from "@mikro-orm/core";
+import type { MikroORM } from "@mikro-orm/postgresql";
+import { FailedPreconditionError, ResourceExhaustedError } from "../errors.js";
+import { checkId } from "../ids.js";
+import type { Clock } from "../platform/clock.js";
+import { Violations, checkString } from "../validation.js";
+import { Gpu } from "./gpu.js";
+import { FREE_GPU, findGpu } from "./gpu-inventory.js";
+
+export interface AllocationRequest {
+  /** A specific GPU; when empty one is picked by hostId and model. */
+  gpuId: string;
+  hostId: string;
+  model: string;
+  holder: string;
+}
+
+/**
+ * Hands GPUs to holders. Every path locks the GPU row inside a transaction before looking at its
+ * holder, so two callers can never both see it free.
+ */
+export class GpuAllocator {
+  constructor(
+    private readonly orm: MikroORM,
+    private readonly clock: Clock,
+  ) {}
+
+  async allocate(req: AllocationRequest): Promise<Gpu> {
+    const v = new Violations();
+    checkString(v, "holder", req.holder, { required: true, max: 128 });
+    checkString(v, "model", req.model, { max: 128 });
+    v.throwIfAny();
+
+    return this.orm.em.fork().transactional(async (em) => {
+      let gpu: Gpu | null;
+      if (req.gpuId) {
+        gpu = await findGpu(em, req.gpuId, LockMode.PESSIMISTIC_WRITE);
+        if (gpu.holder !== null) throw new FailedPreconditionError(`GPU ${gpu.id} is already allocated to "${gpu.holder}"`);
+        if (gpu.status !== "AVAILABLE") throw new FailedPreconditionError(`GPU ${gpu.id} is ${gpu.status} and cannot be allocated`);
+      } else {
+        const where: FilterQuery<Gpu>[] = [FREE_GPU];
+        if (req.hostId) where.push({ host: checkId("host_id", req.hostId) });
+        if (req.model) where.push({ model: req.model });
+        // SKIP LOCKED: concurrent pickers take different rows instead of queueing on the same one.
+        gpu = await em.findOne(
+          Gpu,
+          { $and: where },
+          { orderBy: [{ host: "asc" }, { index: "asc" }], lockMode: LockMode.PESSIMISTIC_PARTIAL_WRITE, lockTableAliases: ["e0"], populate: ["host"] },
+        );
+        if (!gpu) {
+          const what = [req.model && `model "${req.model}"`, req.hostId && `on host ${req.hostId}`].filter(Boolean).join(" ");
+          throw new ResourceExhaustedError(`no free GPU${what ? ` of ${what}` : ""} on an online, schedulable host`);
+        }
+      }
+      const now = this.clock.now();
+      Object.assign(gpu, { status: "ALLOCATED", holder: req.holder, allocatedAt: now, updatedAt: now });
+      return gpu;
+    });
+  }
+
+  /** Frees a GPU held through AllocateGpu. GPUs held by environments are freed by stopping the environment. */
+  async release(gpuId: string, expectedHolder: string): Promise<Gpu> {
+    return this.orm.em.fork().transactional(async (em) => {
+      const gpu = await findGpu(em, gpuId, LockMode.PESSIMISTIC_WRITE);
+      if (gpu.holder === null) throw new FailedPreconditionError(`GPU ${gpu.id} is not allocated`);
+      if (expectedHolder && gpu.holder !== expectedHolder) {
+        throw new FailedPreconditionError(`GPU ${gpu.id} is held by "${gpu.holder}", not "${expectedHolder}"`);
+      }
+      if (gpu.environment) {
+        throw new FailedPreconditionError(`GPU ${gpu.id} is held by environment ${gpu.environment.id}; stop or delete the environment instead`);
+      }
+      Object.assign(gpu, {
+        holder: null,
+        allocatedAt: null,
+        status: gpu.status === "ALLOCATED" ? "AVAILABLE" : gpu.status,
+        updatedAt: this.clock.now(),
+      });
+      return gpu;
+    });
+  }
+}

@@ -1,0 +1,172 @@
+import { LockMode, type FilterQuery } from "@mikro-orm/core";
+import type { EntityManager, MikroORM } from "@mikro-orm/postgresql";
+import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError } from "../errors.js";
+import { Host } from "../host/host.js";
+import { checkId } from "../ids.js";
+import { decodePageToken, encodePageToken, pageSize, type Page } from "../pagination.js";
+import type { Clock } from "../platform/clock.js";
+import { countByStatus } from "../platform/count-by-status.js";
+import { onUniqueViolation } from "../platform/unique-violation.js";
+import type { GpuSampleRecord, LatestSamples } from "../telemetry/latest-samples.js";
+import { Violations, checkString } from "../validation.js";
+import { Gpu, type GpuStatus } from "./gpu.js";
+
+export interface GpuInput {
+  hostId: string;
+  index: number;
+  uuid: string;
+  model: string;
+  memoryBytes: number;
+}
+
+export interface GpuView {
+  gpu: Gpu;
+  latestSample?: GpuSampleRecord;
+}
+
+export interface GpuFilter {
+  hostId?: string;
+  model?: string;
+  status?: GpuStatus;
+  freeOnly: boolean;
+  labels: Record<string, string>;
+}
+
+export interface GpuPatch {
+  model: string;
+  memoryBytes: number;
+  status: GpuStatus;
+  healthReasons: string[];
+}
+
+export const UPDATABLE_GPU_FIELDS = ["model", "memory_bytes", "status", "health_reasons"] as const;
+
+/** The filter that makes a GPU usable by a scheduler right now. */
+export const FREE_GPU: FilterQuery<Gpu> = { status: "AVAILABLE", holder: null, host: { status: "ONLINE", schedulable: true } };
+
+/** GPU inventory: what exists, where, and in what state. Allocation lives in GpuAllocator. */
+export class GpuInventory {
+  constructor(
+    private readonly orm: MikroORM,
+    private readonly clock: Clock,
+    private readonly samples: LatestSamples,
+  ) {}
+
+  async create(input: GpuInput): Promise<GpuView> {
+    const v = new Violations();
+    if (input.hostId === "") v.add("host_id", "required");
+    v.check(Number.isInteger(input.index) && input.index >= 0 && input.index < 1024, "index", "must be 0 to 1023");
+    checkString(v, "uuid", input.uuid, { required: true, max: 128, pattern: /^[\x21-\x7e]+$/, patternHint: "printable characters without spaces" });
+    checkString(v, "model", input.model, { required: true, max: 128 });
+    v.check(input.memoryBytes > 0, "memory_bytes", "must be more than 0");
+    v.throwIfAny();
+
+    const em = this.orm.em.fork();
+    const host = await em.findOne(Host, checkId("host_id", input.hostId));
+    if (!host) throw new NotFoundError("host", input.hostId);
+    const now = this.clock.now();
+    const gpu = em.create(Gpu, { host, index: input.index, uuid: input.uuid, model: input.model, memoryBytes: input.memoryBytes, createdAt: now, updatedAt: now });
+    await onUniqueViolation(
+      () => em.flush(),
+      (c) =>
+        c === "gpus_host_index_unique"
+          ? new AlreadyExistsError("GPU", `with index ${input.index} on host "${host.name}"`)
+          : c === "gpus_host_uuid_unique"
+            ? new AlreadyExistsError("GPU", `with uuid "${input.uuid}" on host "${host.name}"`)
+            : undefined,
+    );
+    return this.view(gpu);
+  }
+
+  async get(id: string): Promise<GpuView> {
+    const em = this.orm.em.fork();
+    return this.view(await findGpu(em, id));
+  }
+
+  /** GPUs ordered by (host id, index): the unique index on those columns serves the keyset. */
+  async list(filter: GpuFilter, size: number, token: string): Promise<Page<GpuView>> {
+    const limit = pageSize(size);
+    const after = decodePageToken(token, filter, ["string", "number"]);
+    const where: FilterQuery<Gpu>[] = [];
+    if (filter.hostId) where.push({ host: checkId("host_id", filter.hostId) });
+    if (filter.model) where.push({ model: filter.model });
+    if (filter.status) where.push({ status: filter.status });
+    if (filter.freeOnly) where.push(FREE_GPU);
+    if (Object.keys(filter.labels).length > 0) where.push({ host: { labels: filter.labels } });
+
+    const em = this.orm.em.fork();
+    const keyset: FilterQuery<Gpu> = after
+      ? { $or: [{ host: { $gt: after[0] as string } }, { host: after[0] as string, index: { $gt: after[1] as number } }] }
+      : {};
+    const [rows, totalSize] = await Promise.all([
+      em.find(Gpu, { $and: [...where, keyset] }, { orderBy: [{ host: "asc" }, { index: "asc" }], limit: limit + 1, populate: ["host"] }),
+      em.count(Gpu, { $and: where }),
+    ]);
+    const items = rows.slice(0, limit);
+    const last = items[items.length - 1];
+    const nextPageToken = rows.length > limit && last ? encodePageToken([last.host.id, last.index], filter) : "";
+    return { items: items.map((g) => this.view(g)), nextPageToken, totalSize };
+  }
+
+  async update(id: string, patch: GpuPatch, fields: string[]): Promise<GpuView> {
+    const allowed = UPDATABLE_GPU_FIELDS as readonly string[];
+    if (fields.length === 0) throw InvalidArgumentError.field("update_mask", `name at least one of: ${allowed.join(", ")}`);
+    const v = new Violations();
+    for (const f of fields) v.check(allowed.includes(f), "update_mask", `"${f}" cannot be updated; allowed: ${allowed.join(", ")}`);
+    if (fields.includes("model")) checkString(v, "gpu.model", patch.model, { required: true, max: 128 });
+    if (fields.includes("memory_bytes")) v.check(patch.memoryBytes > 0, "gpu.memory_bytes", "must be more than 0");
+    if (fields.includes("status")) {
+      v.check(["AVAILABLE", "UNHEALTHY"].includes(patch.status), "gpu.status", "may only be set to GPU_STATUS_UNHEALTHY or GPU_STATUS_AVAILABLE");
+    }
+    if (fields.includes("health_reasons")) {
+      v.check(patch.healthReasons.length <= 16, "gpu.health_reasons", "at most 16 reasons");
+      patch.healthReasons.forEach((r, i) => checkString(v, `gpu.health_reasons[${i}]`, r, { required: true, max: 256 }));
+    }
+    v.throwIfAny();
+
+    return this.orm.em.fork().transactional(async (em) => {
+      const gpu = await findGpu(em, id, LockMode.PESSIMISTIC_WRITE);
+      if (fields.includes("model")) gpu.model = patch.model;
+      if (fields.includes("memory_bytes")) gpu.memoryBytes = patch.memoryBytes;
+      if (fields.includes("health_reasons")) gpu.healthReasons = patch.healthReasons;
+      if (fields.includes("status") && patch.status !== gpu.status) {
+        if (patch.status === "UNHEALTHY") {
+          gpu.status = "UNHEALTHY";
+          if (gpu.healthReasons.length === 0) gpu.healthReasons = ["marked unhealthy by an operator"];
+        } else if (gpu.status === "UNHEALTHY") {
+          // Re-admission: the GPU goes back to whoever still holds it, or to the free pool.
+          gpu.status = gpu.holder ? "ALLOCATED" : "AVAILABLE";
+          gpu.healthReasons = [];
+        } else {
+          throw new FailedPreconditionError(`GPU ${gpu.id} is ${gpu.status}; only an UNHEALTHY GPU can be re-admitted`);
+        }
+      }
+      gpu.updatedAt = this.clock.now();
+      return this.view(gpu);
+    });
+  }
+
+  async delete(id: string): Promise<void> {
+    await this.orm.em.fork().transactional(async (em) => {
+      const gpu = await findGpu(em, id, LockMode.PESSIMISTIC_WRITE);
+      if (gpu.holder !== null) throw new FailedPreconditionError(`GPU ${gpu.id} is allocated to "${gpu.holder}"; release it first`);
+      await em.nativeDelete(Gpu, { id: gpu.id });
+    });
+  }
+
+  /** GPUs per status, for the metrics endpoint. */
+  async countByStatus(): Promise<Record<string, number>> {
+    return countByStatus(this.orm, "gpus");
+  }
+
+  view(gpu: Gpu): GpuView {
+    return { gpu, latestSample: this.samples.gpu(gpu.host.id, gpu.uuid) };
+  }
+}
+
+/** Loads a GPU with its host; the lock, when asked for, covers the GPU row only. */
+export async function findGpu(em: EntityManager, id: string, lockMode?: LockMode): Promise<Gpu> {
+  const gpu = await em.findOne(Gpu, checkId("id", id), lockMode ? { lockMode, lockTableAliases: ["e0"], populate: ["host"] } : { populate: ["host"] });
+  if (!gpu) throw new NotFoundError("GPU", id);
+  return gpu;
+}

@@ -1,0 +1,55 @@
+import { randomUUID } from "node:crypto";
+import { BigIntType, EntitySchema, OptionalProps } from "@mikro-orm/core";
+import { Host } from "../host/host.js";
+import { Environment } from "../environment/environment.js";
+
+export type GpuStatus = "AVAILABLE" | "ALLOCATED" | "UNHEALTHY" | "OFFLINE";
+
+export class Gpu {
+  declare [OptionalProps]?: "status" | "holder" | "environment" | "healthReasons" | "driverVersion" | "cudaVersion" | "allocatedAt" | "version";
+  id: string = randomUUID();
+  host!: Host;
+  index!: number;
+  uuid!: string;
+  model!: string;
+  memoryBytes!: number;
+  status: GpuStatus = "AVAILABLE";
+  /** Who holds the GPU; null when free. Kept apart from status so an UNHEALTHY GPU still shows its holder. */
+  holder: string | null = null;
+  environment: Environment | null = null;
+  healthReasons: string[] = [];
+  driverVersion = "";
+  cudaVersion = "";
+  allocatedAt: Date | null = null;
+  createdAt!: Date;
+  updatedAt!: Date;
+  version = 1;
+}
+
+export const GpuSchema = new EntitySchema<Gpu>({
+  class: Gpu,
+  tableName: "gpus",
+  uniques: [
+    { name: "gpus_host_index_unique", properties: ["host", "index"] },
+    { name: "gpus_host_uuid_unique", properties: ["host", "uuid"] },
+  ],
+  indexes: [{ name: "gpus_status_model_index", properties: ["status", "model"] }],
+  properties: {
+    id: { type: "uuid", primary: true },
+    host: { kind: "m:1", entity: () => Host, deleteRule: "cascade" },
+    index: { type: "integer" },
+    uuid: { type: "string", length: 128 },
+    model: { type: "string", length: 128 },
+    memoryBytes: { type: new BigIntType("number") },
+    status: { type: "string", length: 16 },
+    holder: { type: "string", length: 128, nullable: true },
+    environment: { kind: "m:1", entity: () => Environment, nullable: true, deleteRule: "set null" },
+    healthReasons: { type: "json" },
+    driverVersion: { type: "string", length: 64 },
+    cudaVersion: { type: "string", length: 32 },
+    allocatedAt: { type: "Date", columnType: "timestamptz", nullable: true },
+    createdAt: { type: "Date", columnType: "timestamptz" },
+    updatedAt: { type: "Date", columnType: "timestamptz" },
+    version: { type: "integer", version: true },
+  },
+});

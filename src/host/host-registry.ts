@@ -1,0 +1,282 @@
+import { LockMode, type FilterQuery } from "@mikro-orm/core";
+import type { EntityManager, MikroORM } from "@mikro-orm/postgresql";
+import { ApiToken } from "../auth/api-token.js";
+import { issueToken } from "../auth/token-secret.js";
+import { Environment } from "../environment/environment.js";
+import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError } from "../errors.js";
+import { Gpu } from "../gpu/gpu.js";
+import { checkId } from "../ids.js";
+import { decodePageToken, encodePageToken, pageSize, type Page } from "../pagination.js";
+import type { Clock } from "../platform/clock.js";
+import { countByStatus } from "../platform/count-by-status.js";
+import { onUniqueViolation } from "../platform/unique-violation.js";
+import type { HostSampleRecord, LatestSamples } from "../telemetry/latest-samples.js";
+import { Violations, checkLabels, checkString } from "../validation.js";
+import { Host, type HostRuntime, type HostStatus } from "./host.js";
+
+export interface HostInput {
+  name: string;
+  address: string;
+  labels: Record<string, string>;
+  cpuMillicores: number;
+  memoryBytes: number;
+  diskBytes: number;
+  runtime: HostRuntime;
+  kubernetesNodeName: string;
+}
+
+/** A host with the GPU counts shown beside it. */
+export interface HostView {
+  host: Host;
+  gpuCount: number;
+  availableGpuCount: number;
+  latestSample?: HostSampleRecord;
+}
+
+export interface HostFilter {
+  status?: HostStatus;
+  labels: Record<string, string>;
+  schedulable?: boolean;
+}
+
+export interface DrainReport {
+  view: HostView;
+  allocatedGpus: Gpu[];
+  environmentIds: string[];
+}
+
+export const UPDATABLE_HOST_FIELDS = ["address", "labels", "capacity", "runtime", "kubernetes_node_name", "status"] as const;
+export type UpdatableHostField = (typeof UPDATABLE_HOST_FIELDS)[number];
+
+const HOST_NAME = /^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$/;
+const ADDRESS = /^[A-Za-z0-9.:[\]-]+$/;
+const ACTIVE_ENVIRONMENT_STATUSES = ["PENDING", "CREATING", "RUNNING", "STOPPING", "STARTING", "DELETING"] as const;
+
+/** Hosts: registration, administration and liveness. */
+export class HostRegistry {
+  constructor(
+    private readonly orm: MikroORM,
+    private readonly clock: Clock,
+    private readonly samples: LatestSamples,
+    private readonly graceMs: number,
+  ) {}
+
+  /** Registers a host and mints its agent token (returned once, stored hashed). */
+  async create(input: HostInput): Promise<{ view: HostView; agentToken: string }> {
+    const v = new Violations();
+    checkString(v, "name", input.name, { required: true, max: 253, pattern: HOST_NAME, patternHint: "lowercase letters, digits, '-' and '.', starting and ending with a letter or digit" });
+    checkHostFields(v, input);
+    v.throwIfAny();
+
+    const em = this.orm.em.fork();
+    const now = this.clock.now();
+    const host = em.create(Host, { ...input, createdAt: now, updatedAt: now });
+    const token = issueToken();
+    em.create(ApiToken, { id: token.id, kind: "host", name: `agent of ${input.name}`, secretHash: token.secretHash, host, createdAt: now });
+    await onUniqueViolation(
+      () => em.flush(),
+      (c) => (c === "hosts_name_unique" ? new AlreadyExistsError("host", `named "${input.name}"`) : undefined),
+    );
+    return { view: { host, gpuCount: 0, availableGpuCount: 0 }, agentToken: token.token };
+  }
+
+  async get(id: string): Promise<HostView> {
+    const em = this.orm.em.fork();
+    const host = await this.find(em, id);
+    return (await this.views(em, [host]))[0]!;
+  }
+
+  async list(filter: HostFilter, size: number, token: string): Promise<Page<HostView>> {
+    const limit = pageSize(size);
+    const after = decodePageToken(token, filter, ["string"]);
+    const where: FilterQuery<Host> = {};
+    if (filter.status) where.status = filter.status;
+    if (filter.schedulable !== undefined) where.schedulable = filter.schedulable;
+    if (Object.keys(filter.labels).length > 0) where.labels = filter.labels;
+
+    const em = this.orm.em.fork();
+    const [rows, totalSize] = await Promise.all([
+      em.find(Host, after ? { $and: [where, { name: { $gt: after[0] as string } }] } : where, { orderBy: { name: "asc" }, limit: limit + 1 }),
+      em.count(Host, where),
+    ]);
+    const items = rows.slice(0, limit);
+    const nextPageToken = rows.length > limit ? encodePageToken([items[items.length - 1]!.name], filter) : "";
+    return { items: await this.views(em, items), nextPageToken, totalSize };
+  }
+
+  async update(id: string, patch: HostInput & { status: HostStatus }, fields: string[]): Promise<HostView> {
+    if (fields.length === 0) throw InvalidArgumentError.field("update_mask", `name at least one of: ${UPDATABLE_HOST_FIELDS.join(", ")}`);
+    const v = new Violations();
+    for (const f of fields) v.check((UPDATABLE_HOST_FIELDS as readonly string[]).includes(f), "update_mask", `"${f}" cannot be updated; allowed: ${UPDATABLE_HOST_FIELDS.join(", ")}`);
+    v.throwIfAny();
+    const has = (f: UpdatableHostField) => fields.includes(f);
+
+    const em = this.orm.em.fork();
+    const host = await this.find(em, id);
+    const next = { ...host, ...pick(patch, fields) };
+    checkHostFields(v, {
+      address: next.address,
+      labels: next.labels,
+      runtime: next.runtime,
+      kubernetesNodeName: next.kubernetesNodeName,
+    });
+    if (has("status")) v.check(["MAINTENANCE", "ONLINE"].includes(patch.status), "host.status", "may only be set to HOST_STATUS_MAINTENANCE or HOST_STATUS_ONLINE");
+    v.throwIfAny();
+
+    if (has("address")) host.address = patch.address;
+    if (has("labels")) host.labels = patch.labels;
+    if (has("capacity")) Object.assign(host, { cpuMillicores: patch.cpuMillicores, memoryBytes: patch.memoryBytes, diskBytes: patch.diskBytes });
+    if (has("runtime")) host.runtime = patch.runtime;
+    if (has("kubernetes_node_name")) host.kubernetesNodeName = patch.kubernetesNodeName;
+    if (has("status") && patch.status !== host.status) {
+      if (patch.status === "MAINTENANCE") {
+        host.status = "MAINTENANCE";
+        host.statusMessage = "in maintenance";
+      } else if (host.status === "MAINTENANCE") {
+        this.setLiveness(host);
+      } else {
+        throw new FailedPreconditionError(`host "${host.name}" is ${host.status}, not in maintenance; use UncordonHost to end a drain`);
+      }
+    }
+    host.updatedAt = this.clock.now();
+    await em.flush();
+    return (await this.views(em, [host]))[0]!;
+  }
+
+  /** Deletes a host with its GPUs and agent token; refused while any of its GPUs is held. */
+  async delete(id: string): Promise<void> {
+    await this.orm.em.fork().transactional(async (em) => {
+      const host = await this.find(em, id, LockMode.PESSIMISTIC_WRITE);
+      // Locking every GPU row of the host first means no allocation can slip in between the check and the delete.
+      const gpus = await em.find(Gpu, { host }, { lockMode: LockMode.PESSIMISTIC_WRITE });
+      const held = gpus.filter((g) => g.holder !== null).length;
+      if (held > 0) {
+        throw new FailedPreconditionError(`host "${host.name}" has ${held} allocated GPU(s); drain it and release them before deleting`);
+      }
+      const running = await em.count(Environment, { host, status: { $in: [...ACTIVE_ENVIRONMENT_STATUSES] } });
+      if (running > 0) throw new FailedPreconditionError(`host "${host.name}" still runs ${running} environment(s); drain it first`);
+      await em.nativeDelete(Host, { id: host.id });
+    });
+    this.samples.forgetHost(id);
+  }
+
+  async cordon(id: string): Promise<HostView> {
+    return this.change(id, (host) => {
+      host.schedulable = false;
+    });
+  }
+
+  /** Makes the host schedulable again; a drain ends and the status follows the heartbeats. */
+  async uncordon(id: string): Promise<HostView> {
+    return this.change(id, (host) => {
+      host.schedulable = true;
+      if (host.status === "DRAINING") this.setLiveness(host);
+    });
+  }
+
+  async drain(id: string): Promise<DrainReport> {
+    const view = await this.change(id, (host) => {
+      host.schedulable = false;
+      host.status = "DRAINING";
+      host.statusMessage = "draining: no new work is placed here";
+    });
+    const em = this.orm.em.fork();
+    const [allocatedGpus, environments] = await Promise.all([
+      em.find(Gpu, { host: view.host.id, holder: { $ne: null } }, { orderBy: { index: "asc" }, populate: ["host"] }),
+      em.find(Environment, { host: view.host.id, status: { $in: [...ACTIVE_ENVIRONMENT_STATUSES] } }, { fields: ["id"] }),
+    ]);
+    return { view, allocatedGpus, environmentIds: environments.map((e) => e.id) };
+  }
+
+  /**
+   * Records a heartbeat: last-seen moves on, an OFFLINE host comes ONLINE. A single UPDATE, so it
+   * never conflicts with an operator's change to the same host.
+   */
+  async heartbeat(id: string, agentVersion: string, sample?: HostSampleRecord): Promise<HostView> {
+    checkId("host_id", id);
+    const v = new Violations();
+    checkString(v, "agent_version", agentVersion, { max: 64 });
+    v.throwIfAny();
+    const em = this.orm.em.fork();
+    const now = this.clock.now();
+    const updated = await em.getConnection().execute(
+      `update hosts set
+         last_heartbeat_at = ?,
+         agent_version = case when ? = '' then agent_version else ? end,
+         status_message = case when status = 'OFFLINE' then '' else status_message end,
+         updated_at = case when status = 'OFFLINE' then ? else updated_at end,
+         status = case when status = 'OFFLINE' then 'ONLINE' else status end
+       where id = ?`,
+      [now, agentVersion, agentVersion, now, id],
+      "run",
+    );
+    if ((updated as { affectedRows?: number }).affectedRows === 0) throw new NotFoundError("host", id);
+    if (sample) this.samples.recordHost(id, sample);
+    return this.get(id);
+  }
+
+  /** Hosts per status, for the metrics endpoint. */
+  async countByStatus(): Promise<Record<string, number>> {
+    return countByStatus(this.orm, "hosts");
+  }
+
+  get heartbeatGraceMs(): number {
+    return this.graceMs;
+  }
+
+  private setLiveness(host: Host): void {
+    const fresh = host.lastHeartbeatAt !== null && this.clock.now().getTime() - host.lastHeartbeatAt.getTime() < this.graceMs;
+    host.status = fresh ? "ONLINE" : "OFFLINE";
+    host.statusMessage = fresh ? "" : "no recent heartbeat";
+  }
+
+  private async change(id: string, mutate: (host: Host) => void): Promise<HostView> {
+    const em = this.orm.em.fork();
+    const host = await this.find(em, id);
+    mutate(host);
+    host.updatedAt = this.clock.now();
+    await em.flush();
+    return (await this.views(em, [host]))[0]!;
+  }
+
+  private async find(em: EntityManager, id: string, lockMode?: LockMode): Promise<Host> {
+    const host = await em.findOne(Host, checkId("id", id), lockMode ? { lockMode } : {});
+    if (!host) throw new NotFoundError("host", id);
+    return host;
+  }
+
+  private async views(em: EntityManager, hosts: Host[]): Promise<HostView[]> {
+    if (hosts.length === 0) return [];
+    const knex = em.getConnection().getKnex();
+    const rows: { host_id: string; total: number; available: number }[] = await knex("gpus")
+      .select("host_id", knex.raw("count(*)::int as total"), knex.raw("(count(*) filter (where status = 'AVAILABLE'))::int as available"))
+      .whereIn(
+        "host_id",
+        hosts.map((h) => h.id),
+      )
+      .groupBy("host_id");
+    const counts = new Map(rows.map((r) => [r.host_id, r]));
+    return hosts.map((host) => ({
+      host,
+      gpuCount: counts.get(host.id)?.total ?? 0,
+      availableGpuCount: counts.get(host.id)?.available ?? 0,
+      latestSample: this.samples.host(host.id),
+    }));
+  }
+}
+
+function checkHostFields(v: Violations, h: Pick<HostInput, "address" | "labels" | "runtime" | "kubernetesNodeName">): void {
+  checkString(v, "address", h.address, { required: true, max: 255, pattern: ADDRESS, patternHint: "a hostname or IP address, optionally with :port" });
+  checkLabels(v, "labels", h.labels);
+  checkString(v, "kubernetes_node_name", h.kubernetesNodeName, { max: 253, pattern: HOST_NAME, patternHint: "a Kubernetes node name" });
+  if (h.runtime === "KUBERNETES") v.check(h.kubernetesNodeName !== "", "kubernetes_node_name", "required when runtime is HOST_RUNTIME_KUBERNETES");
+}
+
+function pick(patch: HostInput & { status: HostStatus }, fields: string[]): Partial<HostInput> {
+  const out: Partial<HostInput> = {};
+  if (fields.includes("address")) out.address = patch.address;
+  if (fields.includes("labels")) out.labels = patch.labels;
+  if (fields.includes("runtime")) out.runtime = patch.runtime;
+  if (fields.includes("kubernetes_node_name")) out.kubernetesNodeName = patch.kubernetesNodeName;
+  return out;
+}

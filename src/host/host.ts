@@ -1,0 +1,50 @@
+import { randomUUID } from "node:crypto";
+import { BigIntType, EntitySchema, OptionalProps } from "@mikro-orm/core";
+
+export type HostStatus = "ONLINE" | "OFFLINE" | "DRAINING" | "MAINTENANCE";
+export type HostRuntime = "AGENT" | "KUBERNETES";
+
+export class Host {
+  declare [OptionalProps]?: "labels" | "cpuMillicores" | "memoryBytes" | "diskBytes" | "agentVersion" | "status" | "statusMessage" | "schedulable" | "lastHeartbeatAt" | "runtime" | "kubernetesNodeName" | "version";
+  id: string = randomUUID();
+  name!: string;
+  address!: string;
+  labels: Record<string, string> = {};
+  cpuMillicores = 0;
+  memoryBytes = 0;
+  diskBytes = 0;
+  agentVersion = "";
+  status: HostStatus = "OFFLINE";
+  statusMessage = "waiting for the first heartbeat";
+  schedulable = true;
+  lastHeartbeatAt: Date | null = null;
+  runtime: HostRuntime = "AGENT";
+  kubernetesNodeName = "";
+  createdAt!: Date;
+  updatedAt!: Date;
+  version = 1;
+}
+
+export const HostSchema = new EntitySchema<Host>({
+  class: Host,
+  tableName: "hosts",
+  properties: {
+    id: { type: "uuid", primary: true },
+    name: { type: "string", length: 253, unique: "hosts_name_unique" },
+    address: { type: "string", length: 255 },
+    labels: { type: "json" },
+    cpuMillicores: { type: new BigIntType("number") },
+    memoryBytes: { type: new BigIntType("number") },
+    diskBytes: { type: new BigIntType("number") },
+    agentVersion: { type: "string", length: 64 },
+    status: { type: "string", length: 16, index: "hosts_status_index" },
+    statusMessage: { type: "text" },
+    schedulable: { type: "boolean" },
+    lastHeartbeatAt: { type: "Date", columnType: "timestamptz", nullable: true },
+    runtime: { type: "string", length: 16 },
+    kubernetesNodeName: { type: "string", length: 253 },
+    createdAt: { type: "Date", columnType: "timestamptz" },
+    updatedAt: { type: "Date", columnType: "timestamptz" },
+    version: { type: "integer", version: true },
+  },
+});

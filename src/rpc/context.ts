@@ -1,0 +1,13 @@
+import { createContextKey, type HandlerContext } from "@connectrpc/connect";
+import type { Principal } from "../auth/principal.js";
+import { UnauthenticatedError } from "../errors.js";
+
+export const principalKey = createContextKey<Principal | undefined>(undefined, { description: "the authenticated caller" });
+export const requestIdKey = createContextKey<string>("", { description: "id of the call, echoed as x-request-id" });
+
+/** The caller of an RPC that requires authentication (the auth interceptor set it). */
+export function callerOf(ctx: HandlerContext): Principal {
+  const principal = ctx.values.get(principalKey);
+  if (!principal) throw new UnauthenticatedError("no authenticated caller");
+  return principal;
+}

@@ -1,0 +1,65 @@
+import { Code, ConnectError } from "@connectrpc/connect";
+import {
+  ConnectionException,
+  DeadlockException,
+  LockWaitTimeoutException,
+  OptimisticLockError,
+  UniqueConstraintViolationException,
+} from "@mikro-orm/core";
+import {
+  AlreadyExistsError,
+  ConflictError,
+  FailedPreconditionError,
+  InvalidArgumentError,
+  NotFoundError,
+  PermissionDeniedError,
+  ResourceExhaustedError,
+  UnauthenticatedError,
+  UnavailableError,
+} from "../errors.js";
+
+const DOMAIN_CODES: [new (...args: never[]) => Error, Code][] = [
+  [InvalidArgumentError, Code.InvalidArgument],
+  [NotFoundError, Code.NotFound],
+  [AlreadyExistsError, Code.AlreadyExists],
+  [FailedPreconditionError, Code.FailedPrecondition],
+  [ResourceExhaustedError, Code.ResourceExhausted],
+  [ConflictError, Code.Aborted],
+  [UnauthenticatedError, Code.Unauthenticated],
+  [PermissionDeniedError, Code.PermissionDenied],
+  [UnavailableError, Code.Unavailable],
+];
+
+// Node and pg error codes that mean "the database is not reachable right now".
+const CONNECTION_CODES = new Set(["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EPIPE", "57P01", "57P02", "57P03", "08000", "08003", "08006"]);
+
+/**
+ * The one place that decides a gRPC code. `expected` is false only for errors no caller could have
+ * caused; those become INTERNAL with no detail, and the caller logs them once.
+ */
+export function toConnectError(err: unknown): { error: ConnectError; expected: boolean } {
+  if (err instanceof ConnectError) return { error: err, expected: err.code !== Code.Internal && err.code !== Code.Unknown };
+  for (const [type, code] of DOMAIN_CODES) {
+    if (err instanceof type) return { error: new ConnectError(err.message, code, undefined, undefined, err), expected: true };
+  }
+  if (err instanceof UniqueConstraintViolationException) return expected("already exists", Code.AlreadyExists, err);
+  if (err instanceof OptimisticLockError || err instanceof DeadlockException || err instanceof LockWaitTimeoutException) {
+    return expected("the object was changed concurrently; retry", Code.Aborted, err);
+  }
+  if (err instanceof ConnectionException || isConnectionError(err)) {
+    return expected("database unavailable; retry later", Code.Unavailable, err);
+  }
+  return { error: new ConnectError("internal error", Code.Internal, undefined, undefined, err), expected: false };
+}
+
+function expected(message: string, code: Code, cause: unknown) {
+  return { error: new ConnectError(message, code, undefined, undefined, cause), expected: true };
+}
+
+function isConnectionError(err: unknown): boolean {
+  if (!(err instanceof Error)) return false;
+  const code = (err as { code?: unknown }).code;
+  if (typeof code === "string" && CONNECTION_CODES.has(code)) return true;
+  // knex's pool timeout when every connection is stuck on a dead server.
+  return err.name === "KnexTimeoutError" || /Connection terminated|connect ECONNREFUSED/.test(err.message);
+}

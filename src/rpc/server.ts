@@ -1,0 +1,98 @@
+import http from "node:http";
+import http2 from "node:http2";
+import net from "node:net";
+import type { Duplex } from "node:stream";
+
+type Handler = (req: http.IncomingMessage | http2.Http2ServerRequest, res: http.ServerResponse | http2.Http2ServerResponse) => void;
+
+const H2_PREFACE = Buffer.from("PRI * HTTP/2.0");
+
+/**
+ * One port for everything: gRPC and Connect over HTTP/2, Connect and gRPC-Web over HTTP/1.1.
+ * With TLS, ALPN picks the protocol. Without TLS, the first bytes decide: an HTTP/2 client opens
+ * with the "PRI * HTTP/2.0" preface, which no HTTP/1 request starts with.
+ */
+export class RpcServer {
+  private readonly h2: http2.Http2Server | http2.Http2SecureServer;
+  private readonly h1?: http.Server;
+  private readonly listener: net.Server;
+  private readonly sessions = new Set<http2.ServerHttp2Session>();
+  private readonly sockets = new Set<Duplex>();
+
+  constructor(handler: Handler, tls?: { cert: Buffer; key: Buffer }) {
+    if (tls) {
+      this.h2 = http2.createSecureServer({ ...tls, allowHTTP1: true }, handler);
+      this.listener = this.h2;
+    } else {
+      this.h2 = http2.createServer({}, handler);
+      this.h1 = http.createServer(handler);
+      this.listener = net.createServer((socket) => this.route(socket));
+    }
+    this.h2.on("session", (session: http2.ServerHttp2Session) => {
+      this.sessions.add(session);
+      session.once("close", () => this.sessions.delete(session));
+    });
+    // HTTP/1.1 connections, under TLS as well as in plaintext.
+    const h1 = this.h1 ?? this.h2;
+    h1.on("connection", (socket: Duplex) => {
+      this.sockets.add(socket);
+      socket.once("close", () => this.sockets.delete(socket));
+    });
+  }
+
+  private route(socket: net.Socket): void {
+    let head = Buffer.alloc(0);
+    const onData = (chunk: Buffer) => {
+      head = Buffer.concat([head, chunk]);
+      const n = Math.min(head.length, H2_PREFACE.length);
+      const isH2 = head.subarray(0, n).equals(H2_PREFACE.subarray(0, n));
+      if (isH2 && head.length < H2_PREFACE.length) return; // need more bytes to be sure
+      socket.off("data", onData);
+      socket.pause();
+      socket.unshift(head);
+      // The HTTP/2 session takes the paused socket's buffered bytes itself (resuming here would
+      // hand them to nobody); the HTTP/1 server expects a flowing socket.
+      if (isH2) {
+        this.h2.emit("connection", socket);
+      } else {
+        this.h1!.emit("connection", socket);
+        socket.resume();
+      }
+    };
+    socket.on("data", onData);
+    socket.on("error", () => socket.destroy());
+  }
+
+  listen(port: number, host: string): Promise<number> {
+    return new Promise((resolve, reject) => {
+      this.listener.once("error", reject);
+      this.listener.listen(port, host, () => {
+        this.listener.off("error", reject);
+        resolve((this.listener.address() as net.AddressInfo).port);
+      });
+    });
+  }
+
+  /**
+   * Stops accepting connections, lets open calls finish (HTTP/2 GOAWAY, idle HTTP/1 connections
+   * closed) and, after `timeoutMs`, cuts whatever is left.
+   */
+  async close(timeoutMs: number): Promise<void> {
+    const closed = new Promise<void>((resolve) => this.listener.close(() => resolve()));
+    for (const session of this.sessions) session.close();
+    this.h1?.closeIdleConnections();
+    await new Promise<void>((resolve) => {
+      const deadline = Date.now() + timeoutMs;
+      const poll = setInterval(() => {
+        this.h1?.closeIdleConnections();
+        const done = this.sessions.size === 0 && this.sockets.size === 0;
+        if (!done && Date.now() < deadline) return;
+        clearInterval(poll);
+        for (const session of this.sessions) session.destroy();
+        for (const socket of this.sockets) socket.destroy();
+        resolve();
+      }, 20);
+    });
+    await closed;
+  }
+}

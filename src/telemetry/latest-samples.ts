@@ -1,0 +1,60 @@
+/** Numeric GPU measurements; absent fields were not reported. Meanings follow nvidia-smi --query-gpu. */
+export interface GpuMetrics {
+  gpuUtilizationPercent?: number;
+  memoryUtilizationPercent?: number;
+  memoryUsedBytes?: number;
+  memoryTotalBytes?: number;
+  temperatureCelsius?: number;
+  powerDrawWatts?: number;
+  powerLimitWatts?: number;
+  smClockMhz?: number;
+  fanSpeedPercent?: number;
+  eccCorrectedErrors?: number;
+  eccUncorrectedErrors?: number;
+  lastXid?: number;
+  pcieRxBytesPerSecond?: number;
+  pcieTxBytesPerSecond?: number;
+}
+
+export interface GpuSampleRecord {
+  gpuUuid: string;
+  index: number;
+  time: Date;
+  metrics: GpuMetrics;
+}
+
+export interface HostSampleRecord {
+  cpuUtilizationPercent?: number;
+  memoryUsedBytes?: number;
+  memoryTotalBytes?: number;
+  diskUsedBytes?: number;
+  diskTotalBytes?: number;
+  uptimeSeconds?: number;
+}
+
+/** The most recent sample per host and per GPU, in memory: served by GetHost/GetGpu without a query. */
+export class LatestSamples {
+  private readonly hosts = new Map<string, HostSampleRecord>();
+  private readonly gpus = new Map<string, GpuSampleRecord>();
+
+  recordHost(hostId: string, sample: HostSampleRecord): void {
+    this.hosts.set(hostId, sample);
+  }
+
+  recordGpu(hostId: string, sample: GpuSampleRecord): void {
+    this.gpus.set(`${hostId}/${sample.gpuUuid}`, sample);
+  }
+
+  host(hostId: string): HostSampleRecord | undefined {
+    return this.hosts.get(hostId);
+  }
+
+  gpu(hostId: string, uuid: string): GpuSampleRecord | undefined {
+    return this.gpus.get(`${hostId}/${uuid}`);
+  }
+
+  forgetHost(hostId: string): void {
+    this.hosts.delete(hostId);
+    for (const key of this.gpus.keys()) if (key.startsWith(`${hostId}/`)) this.gpus.delete(key);
+  }
+}

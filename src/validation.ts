@@ -1,0 +1,85 @@
+import { InvalidArgumentError, type FieldViolation } from "./errors.js";
+
+/** Collects every problem of a request so the caller sees them all in one INVALID_ARGUMENT. */
+export class Violations {
+  private readonly list: FieldViolation[] = [];
+
+  add(field: string, description: string): this {
+    this.list.push({ field, description });
+    return this;
+  }
+
+  /** Records `description` for `field` unless `ok`. */
+  check(ok: boolean, field: string, description: string): this {
+    if (!ok) this.add(field, description);
+    return this;
+  }
+
+  throwIfAny(): void {
+    if (this.list.length > 0) throw new InvalidArgumentError(this.list);
+  }
+}
+
+const LABEL_KEY = /^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?\/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$/;
+const LABEL_VALUE = /^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$/;
+
+/** Labels follow Kubernetes' rules, so they can be copied onto pods unchanged. */
+export function checkLabels(v: Violations, field: string, labels: Record<string, string>): void {
+  const entries = Object.entries(labels);
+  v.check(entries.length <= 64, field, "at most 64 labels");
+  for (const [key, value] of entries) {
+    v.check(LABEL_KEY.test(key), `${field}.${key}`, "label key must be a Kubernetes label name");
+    v.check(LABEL_VALUE.test(value), `${field}.${key}`, "label value must be up to 63 letters, digits, '-', '_' or '.'");
+  }
+}
+
+/** Parses "a=b,c=d" into {a: "b", c: "d"}. */
+export function parseLabelSelector(field: string, selector: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  if (selector.trim() === "") return out;
+  const v = new Violations();
+  for (const part of selector.split(",")) {
+    const eq = part.indexOf("=");
+    const key = eq < 0 ? "" : part.slice(0, eq).trim();
+    const value = eq < 0 ? "" : part.slice(eq + 1).trim();
+    if (!key) {
+      v.add(field, `"${part}" is not key=value`);
+      continue;
+    }
+    out[key] = value;
+  }
+  checkLabels(v, field, out);
+  v.throwIfAny();
+  return out;
+}
+
+/** Checks a string is present (or allowed empty) and at most `max` characters. */
+export function checkString(
+  v: Violations,
+  field: string,
+  value: string,
+  opts: { required?: boolean; max: number; pattern?: RegExp; patternHint?: string },
+): void {
+  if (value === "") {
+    v.check(!opts.required, field, "required");
+    return;
+  }
+  if (value.length > opts.max) {
+    v.add(field, `at most ${opts.max} characters`);
+    return;
+  }
+  if (opts.pattern && !opts.pattern.test(value)) v.add(field, opts.patternHint ?? `must match ${opts.pattern}`);
+}
+
+/** Keeps int64 values that came through protobuf as bigint inside JavaScript's exact integer range. */
+export function toSafeNumber(v: Violations, field: string, value: bigint, min = 0n): number {
+  if (value < min) {
+    v.add(field, `must be ${min} or more`);
+    return 0;
+  }
+  if (value > BigInt(Number.MAX_SAFE_INTEGER)) {
+    v.add(field, "too large");
+    return 0;
+  }
+  return Number(value);
+}
