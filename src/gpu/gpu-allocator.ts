@@ -5,7 +5,7 @@ import { checkId } from "../ids.js";
 import type { Clock } from "../platform/clock.js";
 import { Violations, checkString } from "../validation.js";
 import { Gpu } from "./gpu.js";
-import { FREE_GPU, findGpu } from "./gpu-inventory.js";
+import { FREE_GPU, GPU_ALIAS, findGpu } from "./gpu-inventory.js";
 
 export interface AllocationRequest {
   /** A specific GPU; when empty one is picked by hostId and model. */
@@ -45,7 +45,7 @@ export class GpuAllocator {
         gpu = await em.findOne(
           Gpu,
           { $and: where },
-          { orderBy: [{ host: "asc" }, { index: "asc" }], lockMode: LockMode.PESSIMISTIC_PARTIAL_WRITE, lockTableAliases: ["e0"], populate: ["host"] },
+          { orderBy: [{ host: "asc" }, { index: "asc" }], lockMode: LockMode.PESSIMISTIC_PARTIAL_WRITE, lockTableAliases: [GPU_ALIAS], populate: ["host"] },
         );
         if (!gpu) {
           const what = [req.model && `model "${req.model}"`, req.hostId && `on host ${req.hostId}`].filter(Boolean).join(" ");

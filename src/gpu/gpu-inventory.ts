@@ -164,9 +164,12 @@ export class GpuInventory {
   }
 }
 
+/** MikroORM's alias for the root table of a Gpu query: row locks name it so they cover GPU rows, not hosts. */
+export const GPU_ALIAS = "g0";
+
 /** Loads a GPU with its host; the lock, when asked for, covers the GPU row only. */
 export async function findGpu(em: EntityManager, id: string, lockMode?: LockMode): Promise<Gpu> {
-  const gpu = await em.findOne(Gpu, checkId("id", id), lockMode ? { lockMode, lockTableAliases: ["e0"], populate: ["host"] } : { populate: ["host"] });
+  const gpu = await em.findOne(Gpu, checkId("id", id), lockMode ? { lockMode, lockTableAliases: [GPU_ALIAS], populate: ["host"] } : { populate: ["host"] });
   if (!gpu) throw new NotFoundError("GPU", id);
   return gpu;
 }

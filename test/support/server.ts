@@ -1,0 +1,68 @@
+import { createClient, type Client, type Interceptor } from "@connectrpc/connect";
+import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
+import type { DescService } from "@bufbuild/protobuf";
+import { createApp, type App } from "../../src/app.js";
+import { loadConfig } from "../../src/config.js";
+import { ManualClock, type Clock } from "../../src/platform/clock.js";
+import { createLogger } from "../../src/platform/logger.js";
+import { createTestDatabase, type TestDatabase } from "./database.js";
+
+export const ADMIN_TOKEN = "test-admin-token-0123456789";
+
+export interface TestServer {
+  app: App;
+  db: TestDatabase;
+  port: number;
+  baseUrl: string;
+  clock: Clock;
+  /** A client over the given protocol, sending `token` (default: the admin token; null for none). */
+  client<S extends DescService>(service: S, opts?: { token?: string | null; protocol?: "connect" | "grpc" | "grpc-web" }): Client<S>;
+  close(): Promise<void>;
+}
+
+/** The real app (real PostgreSQL, real HTTP/2 server on a free port) in this process. */
+export async function startTestServer(opts: { clock?: Clock; env?: Record<string, string> } = {}): Promise<TestServer> {
+  const db = await createTestDatabase();
+  const config = loadConfig({
+    DATABASE_URL: db.url,
+    PORT: "0",
+    BIND_ADDRESS: "127.0.0.1",
+    REMOTEGPU_ADMIN_TOKEN: ADMIN_TOKEN,
+    LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? "silent",
+    SHUTDOWN_TIMEOUT_SECONDS: "1",
+    DATABASE_POOL_SIZE: "40",
+    ...opts.env,
+  });
+  const clock = opts.clock ?? new ManualClock(new Date());
+  const app = await createApp(config, { clock, logger: createLogger(config.logLevel) });
+  const port = await app.listen();
+  const baseUrl = `http://127.0.0.1:${port}`;
+  return {
+    app,
+    db,
+    port,
+    baseUrl,
+    clock,
+    client(service, { token = ADMIN_TOKEN, protocol = "connect" } = {}) {
+      const interceptors = token === null ? [] : [authorization(token)];
+      const transport =
+        protocol === "grpc"
+          ? createGrpcTransport({ baseUrl, interceptors })
+          : protocol === "grpc-web"
+            ? createGrpcWebTransport({ baseUrl, httpVersion: "1.1", interceptors })
+            : createConnectTransport({ baseUrl, httpVersion: "2", interceptors });
+      return createClient(service, transport);
+    },
+    async close() {
+      await app.close();
+      await db.drop();
+    },
+  };
+}
+
+function authorization(token: string): Interceptor {
+  return (next) => async (req) => {
+    req.header.set("authorization", `Bearer ${token}`);
+    return next(req);
+  };
+}
