@@ -1,0 +1,79 @@
+import { strict as assert } from "node:assert";
+import { createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { HostService } from "../../gen/remotegpu/v1/host_pb.js";
+import { GpuService } from "../../gen/remotegpu/v1/gpu_pb.js";
+import { ADMIN_TOKEN, startTestServer, type TestServer } from "../support/server.js";
+
+describe("one port for every protocol", () => {
+  let server: TestServer;
+  before(async () => {
+    server = await startTestServer();
+    const { host } = await server.client(HostService).createHost({ name: "proto-host", address: "h" });
+    await server.client(GpuService).createGpu({ hostId: host!.id, index: 0, uuid: "GPU-p", model: "NVIDIA A100", memoryBytes: 1n << 30n });
+  });
+  after(() => server.close());
+
+  for (const protocol of ["connect", "grpc", "grpc-web"] as const) {
+    it(`serves ${protocol}`, async () => {
+      const res = await server.client(HostService, { protocol }).listHosts({});
+      assert.deepEqual(res.hosts.map((h) => h.name), ["proto-host"]);
+    });
+  }
+
+  it("serves Connect over HTTP/1.1 and plain JSON from fetch", async () => {
+    const transport = createConnectTransport({ baseUrl: server.baseUrl, httpVersion: "1.1" });
+    const res = await createClient(HostService, transport).listHosts({}, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+    assert.equal(res.totalSize, 1);
+
+    const raw = await fetch(`${server.baseUrl}/remotegpu.v1.HostService/ListHosts`, {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${ADMIN_TOKEN}` },
+      body: "{}",
+    });
+    assert.equal(raw.status, 200);
+    assert.equal(((await raw.json()) as { hosts: { name: string }[] }).hosts[0]!.name, "proto-host");
+  });
+
+  it("allows side-effect-free calls as Connect GET", async () => {
+    const url = `${server.baseUrl}/remotegpu.v1.HostService/ListHosts?encoding=json&message=${encodeURIComponent("{}")}`;
+    const res = await fetch(url, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+    assert.equal(res.status, 200);
+  });
+
+  it("echoes a caller's x-request-id, or makes one", async () => {
+    const mine = await fetch(`${server.baseUrl}/remotegpu.v1.HostService/ListHosts`, {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${ADMIN_TOKEN}`, "x-request-id": "trace-123" },
+      body: "{}",
+    });
+    assert.equal(mine.headers.get("x-request-id"), "trace-123");
+    const failed = await fetch(`${server.baseUrl}/remotegpu.v1.HostService/ListHosts`, { method: "POST", headers: { "content-type": "application/json" }, body: "{}" });
+    assert.equal(failed.status, 401);
+    assert.match(failed.headers.get("x-request-id") ?? "", /^[0-9a-f-]{36}$/);
+  });
+
+  it("refuses malformed JSON with INVALID_ARGUMENT, not INTERNAL", async () => {
+    const res = await fetch(`${server.baseUrl}/remotegpu.v1.HostService/CreateHost`, {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${ADMIN_TOKEN}` },
+      body: '{"name": 5',
+    });
+    assert.equal(res.status, 400);
+    assert.equal(((await res.json()) as { code: string }).code, "invalid_argument");
+  });
+
+  it("exposes Prometheus metrics: RPCs by code, hosts and GPUs by status", async () => {
+    await server.client(HostService, { token: null }).listHosts({}).catch(() => undefined);
+    const res = await fetch(`${server.baseUrl}/metrics`);
+    assert.equal(res.status, 200);
+    assert.match(res.headers.get("content-type") ?? "", /text\/plain/);
+    const body = await res.text();
+    assert.match(body, /remotegpu_rpc_requests_total\{service="remotegpu.v1.HostService",method="ListHosts",code="OK"\} \d+/);
+    assert.match(body, /remotegpu_rpc_requests_total\{service="remotegpu.v1.HostService",method="ListHosts",code="Unauthenticated"\} [1-9]/);
+    assert.match(body, /remotegpu_rpc_duration_seconds_bucket\{le="0.1",service="remotegpu.v1.HostService",method="ListHosts"\}/);
+    assert.match(body, /remotegpu_hosts\{status="OFFLINE"\} 1/);
+    assert.match(body, /remotegpu_gpus\{status="AVAILABLE"\} 1/);
+    assert.equal((await fetch(`${server.baseUrl}/nothing-here`)).status, 404);
+  });
+});
