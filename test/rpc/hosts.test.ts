@@ -62,6 +62,7 @@ describe("HostService", () => {
     await expectCode(hosts.getHost({ id: MISSING }), Code.NotFound, MISSING);
     await expectCode(hosts.deleteHost({ id: MISSING }), Code.NotFound);
     await expectCode(hosts.cordonHost({ id: MISSING }), Code.NotFound);
+    await expectCode(hosts.heartbeat({ hostId: MISSING }), Code.NotFound);
     await expectCode(hosts.updateHost({ host: { id: MISSING, address: "x" }, updateMask: { paths: ["address"] } }), Code.NotFound);
   });
 
