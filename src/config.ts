@@ -43,6 +43,7 @@ const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"
 /** Reads and validates the configuration; throws ConfigError listing every bad variable, one per line. */
 export function loadConfig(env: Record<string, string | undefined>): Config {
   const problems: string[] = [];
+  const malformed = new Set<string>();
   const value = (name: string) => {
     const v = env[name];
     return v === undefined || v.trim() === "" ? undefined : v.trim();
@@ -53,6 +54,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     const n = Number(raw);
     if (!/^\d+$/.test(raw) || n < min || n > max) {
       problems.push(`${name}=${JSON.stringify(raw)}: must be a whole number from ${min} to ${max}`);
+      malformed.add(name);
       return fallback;
     }
     return n;
@@ -106,7 +108,9 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     shutdownTimeoutSeconds: int("SHUTDOWN_TIMEOUT_SECONDS", 10, 0, 600),
     databasePoolSize: int("DATABASE_POOL_SIZE", 20, 1, 500),
   };
-  if (config.hostGraceSeconds <= config.heartbeatIntervalSeconds) {
+  // Compared only when both were given well: a fallback value the user never set would mislead.
+  const bothValid = !malformed.has("HOST_GRACE_SECONDS") && !malformed.has("HEARTBEAT_INTERVAL_SECONDS");
+  if (bothValid && config.hostGraceSeconds <= config.heartbeatIntervalSeconds) {
     problems.push(
       `HOST_GRACE_SECONDS=${config.hostGraceSeconds}: must be longer than HEARTBEAT_INTERVAL_SECONDS=${config.heartbeatIntervalSeconds}`,
     );

@@ -11,10 +11,36 @@ try {
   process.exit(2);
 }
 
-const app = await createApp(config).catch((err: unknown) => {
+const starting = createApp(config).catch((err: unknown) => {
   process.stderr.write(`remotegpu: cannot start: ${err instanceof Error ? err.message : String(err)}\n`);
   process.exit(1);
 });
+
+// Handlers go in before start-up finishes: a SIGTERM while the embedded PostgreSQL is starting must
+// still stop it rather than leave it running without us.
+let stopping = false;
+for (const signal of ["SIGTERM", "SIGINT"] as const) {
+  process.on(signal, () => {
+    if (stopping) return;
+    stopping = true;
+    starting
+      .then(async (app) => {
+        app.logger.info({ signal }, "shutting down");
+        await app.close();
+      })
+      .then(
+        () => process.exit(0),
+        (err: unknown) => {
+          process.stderr.write(`remotegpu: shutdown failed: ${err instanceof Error ? err.message : String(err)}\n`);
+          process.exit(1);
+        },
+      );
+  });
+}
+
+const app = await starting;
+// A signal during start-up: its handler is closing the app and will exit; serve nothing meanwhile.
+if (stopping) await new Promise<never>(() => undefined);
 
 if (app.generatedAdminToken) {
   process.stderr.write(
@@ -30,18 +56,3 @@ const port = await app.listen().catch(async (err: unknown) => {
 });
 app.logger.info({ port, tls: Boolean(config.tls) }, "remotegpu listening");
 
-let stopping = false;
-for (const signal of ["SIGTERM", "SIGINT"] as const) {
-  process.on(signal, () => {
-    if (stopping) return;
-    stopping = true;
-    app.logger.info({ signal }, "shutting down");
-    app.close().then(
-      () => process.exit(0),
-      (err: unknown) => {
-        app.logger.error({ err }, "shutdown failed");
-        process.exit(1);
-      },
-    );
-  });
-}

@@ -48,6 +48,7 @@ export class EmbeddedPostgres {
     const password = (await fs.readFile(passwordFile, "utf8")).trim();
     const url = `postgres://postgres:${encodeURIComponent(password)}@127.0.0.1:${port}/remotegpu`;
     const server = new EmbeddedPostgres(logger, url);
+    await stopLeftover(clusterDir, logger);
     await server.run(binDir, clusterDir, port, owner);
     await createDatabase(`postgres://postgres:${encodeURIComponent(password)}@127.0.0.1:${port}/postgres`, "remotegpu");
     return server;
@@ -131,6 +132,30 @@ async function initCluster(binDir: string, clusterDir: string, password: string,
     if (init.status !== 0) throw new Error(`initdb failed: ${init.stderr || init.stdout}`);
   } finally {
     await fs.rm(pwfile, { force: true });
+  }
+}
+
+/**
+ * A server of ours killed without its shutdown (SIGKILL, OOM) leaves its PostgreSQL running on the
+ * cluster, which would make this start fail on the lock file. Stop it first; anything else holding
+ * the lock is left for PostgreSQL to report.
+ */
+async function stopLeftover(clusterDir: string, logger: Logger): Promise<void> {
+  const pid = Number((await fs.readFile(path.join(clusterDir, "postmaster.pid"), "utf8").catch(() => "")).split("\n")[0]);
+  if (!pid || !alive(pid)) return;
+  const cmdline = await fs.readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "");
+  if (!cmdline.includes(clusterDir)) return;
+  logger.warn({ pid }, "stopping an embedded PostgreSQL left running by an earlier process");
+  process.kill(pid, "SIGINT");
+  for (let waited = 0; alive(pid) && waited < 30_000; waited += 100) await new Promise((r) => setTimeout(r, 100));
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
   }
 }
 

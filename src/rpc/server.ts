@@ -2,6 +2,7 @@ import http from "node:http";
 import http2 from "node:http2";
 import net from "node:net";
 import type { Duplex } from "node:stream";
+import type { TLSSocket } from "node:tls";
 
 type Handler = (req: http.IncomingMessage | http2.Http2ServerRequest, res: http.ServerResponse | http2.Http2ServerResponse) => void;
 
@@ -18,6 +19,9 @@ export class RpcServer {
   private readonly listener: net.Server;
   private readonly sessions = new Set<http2.ServerHttp2Session>();
   private readonly sockets = new Set<Duplex>();
+  /** HTTP/1 sockets with a request in flight; the others are idle and can be closed at once on shutdown. */
+  private readonly busy = new Set<Duplex>();
+  private closing = false;
 
   constructor(handler: Handler, tls?: { cert: Buffer; key: Buffer }) {
     if (tls) {
@@ -32,11 +36,24 @@ export class RpcServer {
       this.sessions.add(session);
       session.once("close", () => this.sessions.delete(session));
     });
-    // HTTP/1.1 connections, under TLS as well as in plaintext.
-    const h1 = this.h1 ?? this.h2;
-    h1.on("connection", (socket: Duplex) => {
+    // HTTP/1.1 connections, under TLS (where ALPN did not pick h2) as well as in plaintext.
+    const trackH1 = (socket: Duplex) => {
       this.sockets.add(socket);
       socket.once("close", () => this.sockets.delete(socket));
+    };
+    if (tls) this.h2.on("secureConnection", (socket: TLSSocket) => socket.alpnProtocol !== "h2" && trackH1(socket));
+    else this.h1!.on("connection", trackH1);
+    // Node's own closeIdleConnections() only knows sockets of a server that listened itself, and the
+    // plaintext HTTP/1 server never does (it is handed sockets), so idleness is tracked here.
+    (this.h1 ?? this.h2).on("request", (req: http.IncomingMessage, res: http.ServerResponse) => {
+      const socket = req.socket;
+      if (!this.sockets.has(socket)) return; // an HTTP/2 stream
+      this.busy.add(socket);
+      if (this.closing) res.setHeader("connection", "close");
+      res.once("close", () => {
+        this.busy.delete(socket);
+        if (this.closing) socket.end();
+      });
     });
   }
 
@@ -78,13 +95,13 @@ export class RpcServer {
    * closed) and, after `timeoutMs`, cuts whatever is left.
    */
   async close(timeoutMs: number): Promise<void> {
+    this.closing = true;
     const closed = new Promise<void>((resolve) => this.listener.close(() => resolve()));
     for (const session of this.sessions) session.close();
-    this.h1?.closeIdleConnections();
     await new Promise<void>((resolve) => {
       const deadline = Date.now() + timeoutMs;
       const poll = setInterval(() => {
-        this.h1?.closeIdleConnections();
+        for (const socket of this.sockets) if (!this.busy.has(socket)) socket.destroy();
         const done = this.sessions.size === 0 && this.sockets.size === 0;
         if (!done && Date.now() < deadline) return;
         clearInterval(poll);
