@@ -110,7 +110,9 @@ function reachable(owner: Owner, target: string): boolean {
 }
 
 async function copyBinaries(nativeDir: string, logger: Logger): Promise<string> {
-  const target = "/var/lib/remotegpu/postgres-binaries";
+  // One copy per package version, so an upgrade never runs old binaries on a newer cluster.
+  const { version } = JSON.parse(await fs.readFile(path.join(nativeDir, "..", "package.json"), "utf8")) as { version: string };
+  const target = `/var/lib/remotegpu/postgres-binaries-${version}`;
   if (!existsSync(path.join(target, "bin", "postgres"))) {
     logger.warn({ from: nativeDir, to: target }, "the postgres user cannot reach the PostgreSQL binaries; copying them");
     await fs.rm(target, { recursive: true, force: true });
