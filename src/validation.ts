@@ -53,6 +53,8 @@ export function parseLabelSelector(field: string, selector: string): Record<stri
   return out;
 }
 
+const CONTROL = /[\x00-\x1f\x7f]/;
+
 /** Checks a string is present (or allowed empty) and at most `max` characters. */
 export function checkString(
   v: Violations,
@@ -66,6 +68,11 @@ export function checkString(
   }
   if (value.length > opts.max) {
     v.add(field, `at most ${opts.max} characters`);
+    return;
+  }
+  // PostgreSQL refuses NUL in text, and no field of ours is meant to hold control characters.
+  if (CONTROL.test(value)) {
+    v.add(field, "must not contain control characters");
     return;
   }
   if (opts.pattern && !opts.pattern.test(value)) v.add(field, opts.patternHint ?? `must match ${opts.pattern}`);

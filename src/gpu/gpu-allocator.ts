@@ -60,6 +60,9 @@ export class GpuAllocator {
 
   /** Frees a GPU held through AllocateGpu. GPUs held by environments are freed by stopping the environment. */
   async release(gpuId: string, expectedHolder: string): Promise<Gpu> {
+    const v = new Violations();
+    checkString(v, "holder", expectedHolder, { max: 128 });
+    v.throwIfAny();
     return this.orm.em.fork().transactional(async (em) => {
       const gpu = await findGpu(em, gpuId, LockMode.PESSIMISTIC_WRITE);
       if (gpu.holder === null) throw new FailedPreconditionError(`GPU ${gpu.id} is not allocated`);

@@ -86,6 +86,9 @@ export class GpuInventory {
   /** GPUs ordered by (host id, index): the unique index on those columns serves the keyset. */
   async list(filter: GpuFilter, size: number, token: string): Promise<Page<GpuView>> {
     const limit = pageSize(size);
+    const v = new Violations();
+    checkString(v, "model", filter.model ?? "", { max: 128 });
+    v.throwIfAny();
     const after = decodePageToken(token, filter, ["string", "number"]);
     const where: FilterQuery<Gpu>[] = [];
     if (filter.hostId) where.push({ host: checkId("host_id", filter.hostId) });

@@ -82,6 +82,10 @@ describe("GpuService", () => {
     assert.deepEqual(free.gpus.map((g) => g.uuid).sort(), ["GPU-list-a-0", "GPU-list-a-1", "GPU-list-a-2"]);
     await expectCode(gpus.listGpus({ status: 99 as GpuStatus }), Code.InvalidArgument, "status");
     await expectCode(gpus.listGpus({ hostId: "nope" }), Code.InvalidArgument, "host_id");
+    // PostgreSQL refuses NUL in text: such input must be refused before it gets there.
+    await expectCode(gpus.listGpus({ model: "A\u0000" }), Code.InvalidArgument, "model: must not contain control characters");
+    await expectCode(gpus.allocateGpu({ model: "x", holder: "job\u0000" }), Code.InvalidArgument, "holder");
+    await expectCode(gpus.releaseGpu({ gpuId: b.gpus[0]!.id, holder: "\u0000" }), Code.InvalidArgument, "holder");
   });
 
   it("marks a GPU unhealthy with reasons, never hands it out, and re-admits it", async () => {
