@@ -4,7 +4,10 @@ import { Authenticator } from "./auth/authenticator.js";
 import type { Config } from "./config.js";
 import { GpuAllocator } from "./gpu/gpu-allocator.js";
 import { GpuInventory } from "./gpu/gpu-inventory.js";
+import { AgentSessions } from "./host/agent-sessions.js";
+import { HostLiveness } from "./host/host-liveness.js";
 import { HostRegistry } from "./host/host-registry.js";
+import { HeartbeatIngest } from "./telemetry/heartbeat-ingest.js";
 import { systemClock, type Clock } from "./platform/clock.js";
 import { openDatabase, type MikroORM } from "./platform/database.js";
 import { EmbeddedPostgres } from "./platform/embedded-postgres.js";
@@ -32,11 +35,17 @@ export interface App {
   generatedAdminToken?: string;
   /** Starts serving; resolves with the port actually bound. */
   listen(): Promise<number>;
+  /**
+   * One round of background work: writes buffered heartbeats, then expires host leases. Runs every
+   * second on its own; tests call it directly with a manual clock instead of sleeping.
+   */
+  maintain(): Promise<void>;
   /** Graceful stop: drains calls, closes the database and the embedded PostgreSQL. */
   close(): Promise<void>;
 }
 
 const DATABASE_PROBE_MS = 5000;
+const MAINTENANCE_MS = 1000;
 
 /** The composition root: every long-lived object is made here. */
 export async function createApp(config: Config, options: AppOptions = {}): Promise<App> {
@@ -56,7 +65,10 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
   const generatedAdminToken = await authenticator.ensureAdminToken();
   const samples = new LatestSamples();
   const hosts = new HostRegistry(orm, clock, samples, config.hostGraceSeconds * 1000);
-  const inventory = new GpuInventory(orm, clock, samples);
+  const ingest = new HeartbeatIngest(orm, clock, samples, { maxTemperatureCelsius: config.gpuMaxTemperatureCelsius });
+  const agents = new AgentSessions(orm, clock, ingest, config.heartbeatIntervalSeconds * 1000, config.hostGraceSeconds * 1000);
+  const liveness = new HostLiveness(orm, clock, config.hostGraceSeconds * 1000);
+  const inventory = new GpuInventory(orm, clock, samples, (hostId, uuid) => ingest.readmitted(hostId, uuid));
   const allocator = new GpuAllocator(orm, clock);
 
   const health = new HealthStatus();
@@ -64,10 +76,11 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
   const metrics = new Metrics();
   metrics.gaugeFromSource("remotegpu_hosts", "Hosts by status", "status", () => hosts.countByStatus());
   metrics.gaugeFromSource("remotegpu_gpus", "GPUs by status", "status", () => inventory.countByStatus());
+  metrics.gaugeFromSource("remotegpu_agents_connected", "Agent streams open on this replica", "replica", async () => ({ self: agents.connected }));
 
   const handler = connectNodeAdapter({
     routes: routes(
-      { hosts: new HostHandler(hosts, config.heartbeatIntervalSeconds * 1000), gpus: new GpuHandler(inventory, allocator) },
+      { hosts: new HostHandler(hosts, agents, clock, config.heartbeatIntervalSeconds * 1000), gpus: new GpuHandler(inventory, allocator) },
       health,
     ),
     interceptors: [observe(logger, metrics), authenticate(authenticator)],
@@ -108,15 +121,30 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
   }, DATABASE_PROBE_MS);
   probe.unref();
 
+  const maintain = async () => {
+    await ingest.flush();
+    const expired = await liveness.expireLeases();
+    if (expired.length > 0) logger.warn({ hosts: expired }, "hosts went OFFLINE: lease expired");
+  };
+  let maintaining = Promise.resolve();
+  const loop = setInterval(() => {
+    maintaining = maintain().catch((err: unknown) => logger.error({ err }, "background maintenance failed"));
+  }, MAINTENANCE_MS);
+  loop.unref();
+
   return {
     orm,
     logger,
     generatedAdminToken,
     listen: () => server.listen(config.port, config.bindAddress),
+    maintain,
     async close() {
       clearInterval(probe);
+      clearInterval(loop);
       health.shutdown();
       await server.close(config.shutdownTimeoutSeconds * 1000);
+      await maintaining;
+      await ingest.flush().catch((err: unknown) => logger.error({ err }, "final heartbeat flush failed"));
       await orm.close();
       await embedded?.stop();
     },

@@ -25,6 +25,8 @@ export interface Config {
   heartbeatIntervalSeconds: number;
   /** `HOST_GRACE_SECONDS`: a host without heartbeat for this long is OFFLINE. @default 40 */
   hostGraceSeconds: number;
+  /** `GPU_MAX_TEMPERATURE_CELSIUS`: a GPU reporting more is marked UNHEALTHY. @default 90 */
+  gpuMaxTemperatureCelsius: number;
   /** `SHUTDOWN_TIMEOUT_SECONDS`: how long SIGTERM waits for open calls and streams. @default 10 */
   shutdownTimeoutSeconds: number;
   /** `DATABASE_POOL_SIZE`: most PostgreSQL connections per replica. @default 20 */
@@ -105,6 +107,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     embeddedPostgresPort: int("EMBEDDED_POSTGRES_PORT", 54329, 1, 65535),
     heartbeatIntervalSeconds: int("HEARTBEAT_INTERVAL_SECONDS", 10, 1, 3600),
     hostGraceSeconds: int("HOST_GRACE_SECONDS", 40, 1, 86400),
+    gpuMaxTemperatureCelsius: int("GPU_MAX_TEMPERATURE_CELSIUS", 90, 30, 150),
     shutdownTimeoutSeconds: int("SHUTDOWN_TIMEOUT_SECONDS", 10, 0, 600),
     databasePoolSize: int("DATABASE_POOL_SIZE", 20, 1, 500),
   };

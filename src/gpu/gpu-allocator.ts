@@ -4,7 +4,7 @@ import { FailedPreconditionError, ResourceExhaustedError } from "../errors.js";
 import { checkId } from "../ids.js";
 import type { Clock } from "../platform/clock.js";
 import { Violations, checkString } from "../validation.js";
-import { Gpu } from "./gpu.js";
+import { Gpu, effectiveGpuStatus } from "./gpu.js";
 import { FREE_GPU, GPU_ALIAS, findGpu } from "./gpu-inventory.js";
 
 export interface AllocationRequest {
@@ -36,7 +36,8 @@ export class GpuAllocator {
       if (req.gpuId) {
         gpu = await findGpu(em, req.gpuId, LockMode.PESSIMISTIC_WRITE);
         if (gpu.holder !== null) throw new FailedPreconditionError(`GPU ${gpu.id} is already allocated to "${gpu.holder}"`);
-        if (gpu.status !== "AVAILABLE") throw new FailedPreconditionError(`GPU ${gpu.id} is ${gpu.status} and cannot be allocated`);
+        const status = effectiveGpuStatus(gpu);
+        if (status !== "AVAILABLE") throw new FailedPreconditionError(`GPU ${gpu.id} is ${status} and cannot be allocated`);
       } else {
         const where: FilterQuery<Gpu>[] = [FREE_GPU];
         if (req.hostId) where.push({ host: checkId("host_id", req.hostId) });

@@ -5,7 +5,6 @@ import { Host } from "../host/host.js";
 import { checkId } from "../ids.js";
 import { decodePageToken, encodePageToken, pageSize, type Page } from "../pagination.js";
 import type { Clock } from "../platform/clock.js";
-import { countByStatus } from "../platform/count-by-status.js";
 import { onUniqueViolation } from "../platform/unique-violation.js";
 import type { GpuSampleRecord, LatestSamples } from "../telemetry/latest-samples.js";
 import { Violations, checkString } from "../validation.js";
@@ -50,6 +49,8 @@ export class GpuInventory {
     private readonly orm: MikroORM,
     private readonly clock: Clock,
     private readonly samples: LatestSamples,
+    /** Told when an operator re-admits an UNHEALTHY GPU. */
+    private readonly onReadmit: (hostId: string, uuid: string) => void = () => undefined,
   ) {}
 
   async create(input: GpuInput): Promise<GpuView> {
@@ -93,7 +94,8 @@ export class GpuInventory {
     const where: FilterQuery<Gpu>[] = [];
     if (filter.hostId) where.push({ host: checkId("host_id", filter.hostId) });
     if (filter.model) where.push({ model: filter.model });
-    if (filter.status) where.push({ status: filter.status });
+    if (filter.status === "OFFLINE") where.push({ $or: [{ status: "OFFLINE" }, { host: { status: "OFFLINE" } }] });
+    else if (filter.status) where.push({ status: filter.status, host: { status: { $ne: "OFFLINE" } } });
     if (filter.freeOnly) where.push(FREE_GPU);
     if (Object.keys(filter.labels).length > 0) where.push({ host: { labels: filter.labels } });
 
@@ -140,6 +142,7 @@ export class GpuInventory {
           // Re-admission: the GPU goes back to whoever still holds it, or to the free pool.
           gpu.status = gpu.holder ? "ALLOCATED" : "AVAILABLE";
           gpu.healthReasons = [];
+          this.onReadmit(gpu.host.id, gpu.uuid);
         } else {
           throw new FailedPreconditionError(`GPU ${gpu.id} is ${gpu.status}; only an UNHEALTHY GPU can be re-admitted`);
         }
@@ -157,9 +160,13 @@ export class GpuInventory {
     });
   }
 
-  /** GPUs per status, for the metrics endpoint. */
+  /** GPUs per status as the API reports it (OFFLINE with their host), for the metrics endpoint. */
   async countByStatus(): Promise<Record<string, number>> {
-    return countByStatus(this.orm, "gpus");
+    const rows: { status: string; n: number }[] = await this.orm.em.getConnection().execute(
+      `select case when h.status = 'OFFLINE' then 'OFFLINE' else g.status end as status, count(*)::int as n
+       from gpus g join hosts h on h.id = g.host_id group by 1`,
+    );
+    return Object.fromEntries(rows.map((r) => [r.status, r.n]));
   }
 
   view(gpu: Gpu): GpuView {

@@ -26,6 +26,21 @@ export class Gpu {
   version = 1;
 }
 
+/**
+ * What a GPU's status reads as: a GPU of an OFFLINE host is OFFLINE whatever its row says. The row
+ * keeps the GPU's own state (AVAILABLE, ALLOCATED, UNHEALTHY, or OFFLINE when its agent stopped
+ * reporting it), so a host that comes back needs no GPU writes.
+ */
+export function effectiveGpuStatus(g: Pick<Gpu, "status" | "host">): GpuStatus {
+  return g.host.status === "OFFLINE" ? "OFFLINE" : g.status;
+}
+
+/** The status a GPU returns to when its host is reachable again: its health and holder decide. */
+export function statusWhenOnline(g: Pick<Gpu, "healthReasons" | "holder">): GpuStatus {
+  if (g.healthReasons.length > 0) return "UNHEALTHY";
+  return g.holder ? "ALLOCATED" : "AVAILABLE";
+}
+
 export const GpuSchema = new EntitySchema<Gpu>({
   class: Gpu,
   tableName: "gpus",

@@ -21,7 +21,7 @@ import {
   type GpuSample as GpuSampleMessage,
   type HostSample as HostSampleMessage,
 } from "../../gen/remotegpu/v1/telemetry_pb.js";
-import type { GpuStatus } from "../gpu/gpu.js";
+import { effectiveGpuStatus, type GpuStatus } from "../gpu/gpu.js";
 import type { GpuView } from "../gpu/gpu-inventory.js";
 import type { HostRuntime, HostStatus } from "../host/host.js";
 import type { HostView } from "../host/host-registry.js";
@@ -108,7 +108,7 @@ export function gpuToMessage(view: GpuView): GpuMessage {
     uuid: g.uuid,
     model: g.model,
     memoryBytes: BigInt(g.memoryBytes),
-    status: gpuStatus.toProto(g.status),
+    status: gpuStatus.toProto(effectiveGpuStatus(g)),
     holder: g.holder ?? "",
     environmentId: g.environment?.id ?? "",
     healthReasons: g.healthReasons,

@@ -5,6 +5,7 @@ import type {
   DeleteHostRequest,
   DrainHostRequest,
   GetHostRequest,
+  StreamHeartbeatsRequest,
   HeartbeatRequest,
   HostService,
   ListHostsRequest,
@@ -12,11 +13,25 @@ import type {
   UpdateHostRequest,
 } from "../../gen/remotegpu/v1/host_pb.js";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import type { StreamHeartbeatsResponseSchema } from "../../gen/remotegpu/v1/host_pb.js";
+import type { AgentHello as AgentHelloMessage } from "../../gen/remotegpu/v1/agent_pb.js";
 import { assertMaySpeakForHost } from "../auth/authenticator.js";
+import { InvalidArgumentError } from "../errors.js";
+import type { AgentHello, AgentSessions } from "../host/agent-sessions.js";
+import type { Clock } from "../platform/clock.js";
 import type { HostRegistry } from "../host/host-registry.js";
 import { Violations, parseLabelSelector } from "../validation.js";
 import { callerOf } from "./context.js";
-import { capacityFromMessage, gpuToMessage, hostRuntime, hostSampleFromMessage, hostStatus, hostToMessage } from "./convert.js";
+import {
+  capacityFromMessage,
+  gpuMetricsFromMessage,
+  gpuToMessage,
+  hostRuntime,
+  hostSampleFromMessage,
+  hostStatus,
+  hostToMessage,
+} from "./convert.js";
 
 type Impl = Partial<ServiceImpl<typeof HostService>>;
 
@@ -24,6 +39,8 @@ type Impl = Partial<ServiceImpl<typeof HostService>>;
 export class HostHandler implements Impl {
   constructor(
     private readonly hosts: HostRegistry,
+    private readonly agents: AgentSessions,
+    private readonly clock: Clock,
     private readonly heartbeatIntervalMs: number,
   ) {}
 
@@ -103,4 +120,65 @@ export class HostHandler implements Impl {
       leaseTtl: durationFromMs(this.hosts.heartbeatGraceMs),
     };
   }
+
+  /** The agent stream: hello → welcome, then each heartbeat → ack, until the agent leaves or is fenced. */
+  async *streamHeartbeats(
+    requests: AsyncIterable<StreamHeartbeatsRequest>,
+    ctx: HandlerContext,
+  ): AsyncIterable<MessageInitShape<typeof StreamHeartbeatsResponseSchema>> {
+    const caller = callerOf(ctx);
+    const incoming = requests[Symbol.asyncIterator]();
+    const first = await incoming.next();
+    if (first.done || first.value.message.case !== "hello") throw InvalidArgumentError.field("hello", "the first message must be a hello");
+    const hello = first.value.message.value;
+    assertMaySpeakForHost(caller, hello.hostId);
+    const session = await this.agents.open(helloFromMessage(hello));
+    const fenced = new Promise<never>((_, reject) => {
+      session.fenced.addEventListener("abort", () => reject(session.fenced.reason as Error), { once: true });
+    });
+    fenced.catch(() => undefined); // observed through the race below
+    try {
+      yield {
+        message: {
+          case: "welcome",
+          value: {
+            sessionId: session.id,
+            settings: { heartbeatInterval: durationFromMs(session.heartbeatIntervalMs), leaseTtl: durationFromMs(session.leaseMs) },
+          },
+        },
+      };
+      for (;;) {
+        const next: IteratorResult<StreamHeartbeatsRequest> = await Promise.race([incoming.next(), fenced]);
+        if (next.done) return;
+        const m = next.value.message;
+        if (m.case === "hello") throw InvalidArgumentError.field("hello", "only the first message may be a hello");
+        if (m.case !== "heartbeat") continue; // environment reports arrive with the agent runtime
+        const now = this.clock.now();
+        if (m.value.gpus.length > 64) throw InvalidArgumentError.field("heartbeat.gpus", "at most 64 samples");
+        const gpus = m.value.gpus.map((g) => ({ gpuUuid: g.gpuUuid, index: g.index, time: now, metrics: gpuMetricsFromMessage(g.metrics) }));
+        this.agents.heartbeat(session, m.value.host && hostSampleFromMessage(m.value.host), gpus);
+        yield { message: { case: "ack", value: { sequence: m.value.sequence } } };
+      }
+    } finally {
+      this.agents.close(session);
+    }
+  }
+}
+
+function helloFromMessage(m: AgentHelloMessage): AgentHello {
+  return {
+    hostId: m.hostId,
+    agentVersion: m.agentVersion,
+    cpuMillicores: Number(m.capacity?.cpuMillicores ?? 0n),
+    memoryBytes: Number(m.capacity?.memoryBytes ?? 0n),
+    diskBytes: Number(m.capacity?.diskBytes ?? 0n),
+    gpus: m.gpus.map((g) => ({
+      index: g.index,
+      uuid: g.uuid,
+      model: g.model,
+      memoryBytes: Number(g.memoryBytes),
+      driverVersion: g.driverVersion,
+      cudaVersion: g.cudaVersion,
+    })),
+  };
 }

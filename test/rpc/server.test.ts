@@ -73,7 +73,8 @@ describe("one port for every protocol", () => {
     assert.match(body, /remotegpu_rpc_requests_total\{service="remotegpu.v1.HostService",method="ListHosts",code="Unauthenticated"\} [1-9]/);
     assert.match(body, /remotegpu_rpc_duration_seconds_bucket\{le="0.1",service="remotegpu.v1.HostService",method="ListHosts"\}/);
     assert.match(body, /remotegpu_hosts\{status="OFFLINE"\} 1/);
-    assert.match(body, /remotegpu_gpus\{status="AVAILABLE"\} 1/);
+    // Its host never sent a heartbeat, so the GPU reads as OFFLINE.
+    assert.match(body, /remotegpu_gpus\{status="OFFLINE"\} 1/);
     assert.equal((await fetch(`${server.baseUrl}/nothing-here`)).status, 404);
   });
 });

@@ -1,0 +1,427 @@
+/**
+ * The node agent's real GPU collector: one `nvidia-smi --query-gpu=… --format=csv,noheader,nounits`
+ * call per collection, parsed into the inventory the control plane keeps (model, memory, driver…)
+ * and one telemetry sample per GPU.
+ *
+ * What query-gpu cannot tell us, and therefore stays empty here:
+ * - the CUDA version: not a query-gpu field. The plain `nvidia-smi` table prints it in its banner
+ *   ("CUDA Version: 13.1"); `collectNvidiaSmi({ queryCudaVersion: true })` runs that once more and
+ *   reads it with `parseCudaVersion`, otherwise `cudaVersion` is "".
+ * - XIDs: the driver reports them as kernel log events (NVRM: Xid …) or through NVML events, never
+ *   as a query-gpu field, so `lastXid` is never set by this collector.
+ * - PCIe throughput: NVML has counters, query-gpu has no field for them, so rx/tx stay undefined.
+ */
+import { execFile } from "node:child_process";
+import type { GpuMetrics, GpuSampleRecord } from "../telemetry/latest-samples.js";
+
+/**
+ * Fields the collector asks for, in order. All have been accepted by query-gpu for many driver
+ * generations, except `mig.mode.current` (MIG came with the A100 and R450 drivers): a driver that
+ * rejects it makes `collectNvidiaSmi` retry once with `LEGACY_QUERY_FIELDS`.
+ */
+export const QUERY_FIELDS: readonly string[] = Object.freeze([
+  "index",
+  "uuid",
+  "name",
+  "driver_version",
+  "memory.total",
+  "memory.used",
+  "utilization.gpu",
+  "utilization.memory",
+  "temperature.gpu",
+  "power.draw",
+  "power.limit",
+  "clocks.sm",
+  "fan.speed",
+  "ecc.errors.corrected.volatile.total",
+  "ecc.errors.uncorrected.volatile.total",
+  "mig.mode.current",
+]);
+
+/** QUERY_FIELDS without the fields that pre-R450 drivers reject. */
+export const LEGACY_QUERY_FIELDS: readonly string[] = Object.freeze(QUERY_FIELDS.filter((f) => f !== "mig.mode.current"));
+
+export interface GpuInventoryEntry {
+  index: number;
+  uuid: string;
+  model: string;
+  memoryBytes: number;
+  driverVersion: string;
+  cudaVersion: string;
+  migEnabled: boolean;
+}
+
+export interface NvidiaSmiResult {
+  inventory: GpuInventoryEntry[];
+  samples: GpuSampleRecord[];
+  /** Rows skipped and values dropped, each with its line number and reason. */
+  warnings: string[];
+}
+
+/** One data line of query-gpu output, before the uuid/index requirement is applied. */
+export interface ParsedGpuRow {
+  /** 1-based line number in the parsed text. */
+  line: number;
+  index?: number;
+  uuid?: string;
+  name?: string;
+  driverVersion?: string;
+  /** From mig.mode.current: true for "Enabled", false for "Disabled", undefined when absent or N/A. */
+  migEnabled?: boolean;
+  metrics: GpuMetrics;
+  /** Every cell, keyed by canonical field name (header spelling, without the unit). */
+  raw: Record<string, string>;
+}
+
+export interface ParsedGpuRows {
+  /** Canonical field names the columns were read as (from the header when there is one). */
+  fields: string[];
+  hasHeader: boolean;
+  rows: ParsedGpuRow[];
+  warnings: string[];
+}
+
+/**
+ * Short names query-gpu accepts for a field, mapped to the name its CSV header prints
+ * (`--query-gpu=gpu_name` comes back under the header "name").
+ */
+const FIELD_ALIASES: Readonly<Record<string, string>> = {
+  gpu_name: "name",
+  gpu_uuid: "uuid",
+  gpu_serial: "serial",
+  gpu_bus_id: "pci.bus_id",
+  "clocks.gr": "clocks.current.graphics",
+  "clocks.sm": "clocks.current.sm",
+  "clocks.mem": "clocks.current.memory",
+  "clocks.video": "clocks.current.video",
+  "clocks.applications.gr": "clocks.applications.graphics",
+  "clocks.applications.mem": "clocks.applications.memory",
+  "clocks.default_applications.gr": "clocks.default_applications.graphics",
+  "clocks.default_applications.mem": "clocks.default_applications.memory",
+  "clocks.max.gr": "clocks.max.graphics",
+  "clocks.max.mem": "clocks.max.memory",
+};
+
+type Kind = "percent" | "mebibytes" | "celsius" | "watts" | "megahertz" | "count";
+
+/** Units each kind of value may carry (in the value or the header), with the factor to our unit. */
+const UNIT_FACTORS: Readonly<Record<Kind, Readonly<Record<string, number>>>> = {
+  percent: { "": 1, "%": 1 },
+  // Memory is reported in MiB; the domain wants bytes.
+  mebibytes: { "": 1048576, MiB: 1048576, KiB: 1024, GiB: 1073741824 },
+  celsius: { "": 1, C: 1 },
+  watts: { "": 1, W: 1 },
+  megahertz: { "": 1, MHz: 1 },
+  count: { "": 1 },
+};
+
+/** Where each metric comes from: the first of `fields` with a value wins. */
+const METRIC_SOURCES: ReadonlyArray<{ metric: keyof GpuMetrics; fields: readonly string[]; kind: Kind }> = [
+  { metric: "gpuUtilizationPercent", fields: ["utilization.gpu"], kind: "percent" },
+  { metric: "memoryUtilizationPercent", fields: ["utilization.memory"], kind: "percent" },
+  { metric: "memoryUsedBytes", fields: ["memory.used"], kind: "mebibytes" },
+  { metric: "memoryTotalBytes", fields: ["memory.total"], kind: "mebibytes" },
+  { metric: "temperatureCelsius", fields: ["temperature.gpu"], kind: "celsius" },
+  // Newer drivers split power.draw into .instant and .average; power.draw itself is still there.
+  { metric: "powerDrawWatts", fields: ["power.draw", "power.draw.instant", "power.draw.average"], kind: "watts" },
+  { metric: "powerLimitWatts", fields: ["power.limit", "enforced.power.limit"], kind: "watts" },
+  { metric: "smClockMhz", fields: ["clocks.current.sm"], kind: "megahertz" },
+  { metric: "fanSpeedPercent", fields: ["fan.speed"], kind: "percent" },
+  { metric: "eccCorrectedErrors", fields: ["ecc.errors.corrected.volatile.total"], kind: "count" },
+  { metric: "eccUncorrectedErrors", fields: ["ecc.errors.uncorrected.volatile.total"], kind: "count" },
+];
+
+/** Field names a header line must contain at least one of, so that a data row is never taken for one. */
+const KNOWN_FIELDS: ReadonlySet<string> = new Set([
+  ...QUERY_FIELDS.map(canonicalField),
+  ...Object.values(FIELD_ALIASES),
+  ...METRIC_SOURCES.flatMap((s) => s.fields),
+  "timestamp",
+  "count",
+  "serial",
+  "pci.bus_id",
+  "memory.free",
+  "pstate",
+  "mig.mode.pending",
+]);
+
+/** A header cell: a dotted field name, optionally followed by " [unit]". */
+const HEADER_CELL = /^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*(?:\s+\[[^\]]*\])?$/;
+
+export function canonicalField(name: string): string {
+  const bare = name.trim();
+  return FIELD_ALIASES[bare] ?? bare;
+}
+
+/** Splits "memory.used [MiB]" into its field name and unit. */
+function splitHeaderCell(cell: string): { field: string; unit: string } {
+  const m = /^(.*?)\s*\[([^\]]*)\]$/.exec(cell.trim());
+  return m ? { field: canonicalField(m[1]!), unit: m[2]!.trim() } : { field: canonicalField(cell), unit: "" };
+}
+
+/** Placeholders nvidia-smi prints where it has no value: [N/A], [Not Supported], [Unknown Error], … */
+function isMissing(value: string): boolean {
+  return value === "" || /^\[.*\]$/.test(value) || /^n\/?a$/i.test(value) || value === "ERR!" || /^(not supported|unknown error)$/i.test(value);
+}
+
+function looksLikeHeader(cells: string[]): boolean {
+  return cells.every((c) => HEADER_CELL.test(c)) && cells.some((c) => KNOWN_FIELDS.has(splitHeaderCell(c).field));
+}
+
+/**
+ * Splits one data line into exactly `expected` cells, or says why it cannot.
+ *
+ * nvidia-smi separates cells with ", " and prints decimals with ".". Were a locale ever to print
+ * "228,82", the plain split on "," gives more cells than fields; the line is then split on a comma
+ * followed by whitespace only, which leaves such decimals inside their cell, and the caller is told
+ * to read them as decimals (`localized`). A line that fits neither way is rejected.
+ */
+function splitRow(line: string, expected: number): { cells: string[]; localized: boolean } | { problem: string } {
+  const plain = line.split(",").map((c) => c.trim());
+  if (plain.length === expected) return { cells: plain, localized: false };
+  if (plain.length > expected) {
+    const strict = line.split(/,\s+/).map((c) => c.trim());
+    if (strict.length === expected) return { cells: strict, localized: true };
+  }
+  return { problem: `expected ${expected} columns, found ${plain.length}` };
+}
+
+/**
+ * Reads one number with its optional unit ("1024 MiB", "45 %", "250.00 W", "1410"), converted by
+ * `kind`'s factor. Missing placeholders give no value and no problem.
+ */
+function parseMeasurement(raw: string, kind: Kind, headerUnit: string, localized: boolean): { value?: number; problem?: string } {
+  if (isMissing(raw)) return {};
+  let text = raw;
+  if (localized) {
+    const comma = /^([+-]?\d+),(\d+)(.*)$/.exec(text);
+    if (comma) {
+      // Two digits after the comma can only be a decimal part; three could be a thousands group.
+      if (comma[2]!.length === 3) return { problem: `ambiguous number "${raw}" (decimal or thousands comma)` };
+      text = `${comma[1]}.${comma[2]}${comma[3]}`;
+    }
+  }
+  const m = /^([+-]?\d+(?:\.\d+)?)\s*([^\d\s.,].*)?$/.exec(text);
+  if (!m) return { problem: `unreadable value "${raw}"` };
+  const unit = m[2]?.trim() || headerUnit;
+  const factors = UNIT_FACTORS[kind];
+  const factor = Object.hasOwn(factors, unit) ? factors[unit] : undefined;
+  if (factor === undefined) return { problem: `unexpected unit in "${raw}"` };
+  const value = Number(m[1]) * factor;
+  if (!Number.isFinite(value)) return { problem: `unreadable value "${raw}"` };
+  return { value: kind === "mebibytes" ? Math.round(value) : value };
+}
+
+/** A text cell's value, or undefined for nvidia-smi's placeholders. */
+function presentText(raw: string | undefined): string | undefined {
+  return raw === undefined || isMissing(raw) ? undefined : raw;
+}
+
+/**
+ * Parses query-gpu CSV into rows, without requiring uuid or index (recordings made with other
+ * field lists often have neither). A first line made of field names is taken as the header
+ * (names may carry " [unit]", and values may then carry units too); otherwise `fields` gives the
+ * column order. Blank lines, CRLF, a BOM and trailing spaces are ignored; a line that repeats the
+ * header is skipped. Bad lines and values become warnings.
+ *
+ * Throws only when the text cannot be query-gpu CSV at all: no header, several columns expected,
+ * and not one comma in any line (the driver's "NVIDIA-SMI has failed…", "No devices were found",
+ * the table output, XML…).
+ */
+export function parseQueryGpuRows(input: string, fields: readonly string[] = QUERY_FIELDS): ParsedGpuRows {
+  const warnings: string[] = [];
+  const lines = input
+    .replace(/^\uFEFF/, "")
+    .split("\n")
+    .map((l, i) => ({ number: i + 1, text: l.replace(/\r$/, "").trim() }))
+    .filter((l) => l.text !== "");
+
+  let columns = fields.map((f) => ({ field: canonicalField(f), unit: "" }));
+  let hasHeader = false;
+  let headerText: string | undefined;
+  const first = lines[0];
+  if (first && looksLikeHeader(first.text.split(",").map((c) => c.trim()))) {
+    hasHeader = true;
+    headerText = first.text;
+    columns = first.text.split(",").map(splitHeaderCell);
+    lines.shift();
+  }
+
+  if (!hasHeader && columns.length > 1 && lines.length > 0 && !lines.some((l) => l.text.includes(","))) {
+    throw new Error(`not nvidia-smi --query-gpu CSV output: ${JSON.stringify(lines[0]!.text.slice(0, 200))}`);
+  }
+
+  const rows: ParsedGpuRow[] = [];
+  for (const line of lines) {
+    if (line.text === headerText) continue;
+    const split = splitRow(line.text, columns.length);
+    if ("problem" in split) {
+      warnings.push(`line ${line.number}: skipped: ${split.problem}: ${JSON.stringify(line.text.slice(0, 200))}`);
+      continue;
+    }
+    const raw: Record<string, string> = {};
+    const units: Record<string, string> = {};
+    columns.forEach((c, i) => {
+      raw[c.field] = split.cells[i]!;
+      units[c.field] = c.unit;
+    });
+
+    const row: ParsedGpuRow = { line: line.number, metrics: {}, raw };
+    const index = presentText(raw["index"]);
+    if (index !== undefined) {
+      if (/^\d+$/.test(index)) row.index = Number(index);
+      else warnings.push(`line ${line.number}: index: unreadable value "${index}"`);
+    }
+    const uuid = presentText(raw["uuid"]);
+    if (uuid !== undefined) row.uuid = uuid;
+    const name = presentText(raw["name"]);
+    if (name !== undefined) row.name = name;
+    const driverVersion = presentText(raw["driver_version"]);
+    if (driverVersion !== undefined) row.driverVersion = driverVersion;
+    const mig = presentText(raw["mig.mode.current"])?.toLowerCase();
+    if (mig === "enabled") row.migEnabled = true;
+    else if (mig === "disabled") row.migEnabled = false;
+
+    for (const source of METRIC_SOURCES) {
+      for (const field of source.fields) {
+        const cell = raw[field];
+        if (cell === undefined) continue;
+        const { value, problem } = parseMeasurement(cell, source.kind, units[field] ?? "", split.localized);
+        if (problem) warnings.push(`line ${line.number}: ${field}: ${problem}`);
+        if (value !== undefined) {
+          row.metrics[source.metric] = value;
+          break;
+        }
+      }
+    }
+    rows.push(row);
+  }
+  return { fields: columns.map((c) => c.field), hasHeader, rows, warnings };
+}
+
+/**
+ * Parses `nvidia-smi --query-gpu=… --format=csv[,noheader][,nounits]` output into inventory and
+ * samples. With a header line the header decides the columns; without one, `fields` does
+ * (default QUERY_FIELDS). A row without a uuid or an index is skipped with a warning: the control
+ * plane keys GPUs by uuid and (host, index). Values nvidia-smi does not have ([N/A],
+ * [Not Supported], …) leave the metric out, never NaN or 0. Samples are stamped with `now`: the
+ * `timestamp` field, when asked for, is local time without a zone.
+ */
+export function parseQueryGpuCsv(input: string, fields: readonly string[] = QUERY_FIELDS, now: Date = new Date()): NvidiaSmiResult {
+  const parsed = parseQueryGpuRows(input, fields);
+  const warnings = [...parsed.warnings];
+  const inventory: GpuInventoryEntry[] = [];
+  const samples: GpuSampleRecord[] = [];
+  for (const row of parsed.rows) {
+    if (row.uuid === undefined || row.index === undefined) {
+      const missing = row.uuid === undefined && row.index === undefined ? "uuid and index" : row.uuid === undefined ? "uuid" : "index";
+      warnings.push(`line ${row.line}: skipped: no ${missing}`);
+      continue;
+    }
+    if (row.metrics.memoryTotalBytes === undefined) warnings.push(`line ${row.line}: GPU ${row.uuid} reports no memory.total`);
+    inventory.push({
+      index: row.index,
+      uuid: row.uuid,
+      model: row.name ?? "",
+      memoryBytes: row.metrics.memoryTotalBytes ?? 0,
+      driverVersion: row.driverVersion ?? "",
+      cudaVersion: "",
+      migEnabled: row.migEnabled ?? false,
+    });
+    samples.push({ gpuUuid: row.uuid, index: row.index, time: now, metrics: row.metrics });
+  }
+  // Row problems found here and by the row parser, in line order (the sort is stable).
+  const lineOf = (w: string) => Number(/^line (\d+):/.exec(w)?.[1] ?? 0);
+  warnings.sort((a, b) => lineOf(a) - lineOf(b));
+  return { inventory, samples, warnings };
+}
+
+/** Reads "CUDA Version: 13.1" from the banner of the plain `nvidia-smi` table; "" when absent or N/A. */
+export function parseCudaVersion(table: string): string {
+  return /CUDA Version\s*:\s*(\d+(?:\.\d+)*)/.exec(table)?.[1] ?? "";
+}
+
+export const NVIDIA_SMI_NOT_FOUND = "nvidia-smi not found: install the NVIDIA driver or run the agent with --simulate-gpus N";
+
+export interface CollectNvidiaSmiOptions {
+  /** The nvidia-smi executable; default "nvidia-smi" from PATH. */
+  binary?: string;
+  /** Runs the binary and resolves with its stdout; default execFile with `timeoutMs`. */
+  run?: (file: string, args: string[]) => Promise<string>;
+  now?: () => Date;
+  /** Limit for one nvidia-smi call with the default `run`; default 10 s. */
+  timeoutMs?: number;
+  /** Also run the plain `nvidia-smi` table once to fill `cudaVersion`; default false. */
+  queryCudaVersion?: boolean;
+}
+
+function defaultRun(timeoutMs: number): (file: string, args: string[]) => Promise<string> {
+  return (file, args) =>
+    new Promise((resolve, reject) => {
+      execFile(file, args, { timeout: timeoutMs, maxBuffer: 8 * 1024 * 1024, windowsHide: true, encoding: "utf8" }, (error, stdout, stderr) => {
+        if (error) reject(Object.assign(error, { stdout, stderr, timeoutMs }));
+        else resolve(stdout);
+      });
+    });
+}
+
+/** What nvidia-smi said when it failed: its stderr, else stdout, else the error message. */
+function failureText(error: unknown): string {
+  const e = error as { stderr?: unknown; stdout?: unknown; message?: unknown };
+  for (const part of [e?.stderr, e?.stdout, e?.message]) {
+    if (typeof part === "string" && part.trim() !== "") return part.trim();
+  }
+  return String(error);
+}
+
+function describeFailure(error: unknown): Error {
+  const e = error as { code?: unknown; killed?: unknown; signal?: unknown; timeoutMs?: unknown };
+  if (e?.code === "ENOENT") return new Error(NVIDIA_SMI_NOT_FOUND, { cause: error });
+  if (e?.killed === true && typeof e.timeoutMs === "number") {
+    return new Error(`nvidia-smi did not answer within ${e.timeoutMs / 1000} s`, { cause: error });
+  }
+  return new Error(`nvidia-smi failed: ${failureText(error).split(/\r?\n/)[0]}`, { cause: error });
+}
+
+/**
+ * Runs `nvidia-smi --query-gpu=<QUERY_FIELDS> --format=csv,noheader,nounits` and parses it. A
+ * driver that rejects a field of QUERY_FIELDS ("… is not a valid field to query") gets one retry
+ * with LEGACY_QUERY_FIELDS. A missing binary gives NVIDIA_SMI_NOT_FOUND; any other failure an
+ * Error that quotes nvidia-smi's first line of complaint.
+ */
+export async function collectNvidiaSmi(options: CollectNvidiaSmiOptions = {}): Promise<NvidiaSmiResult> {
+  const binary = options.binary ?? "nvidia-smi";
+  const run = options.run ?? defaultRun(options.timeoutMs ?? 10_000);
+  const query = (fields: readonly string[]) => run(binary, [`--query-gpu=${fields.join(",")}`, "--format=csv,noheader,nounits"]);
+
+  let fields = QUERY_FIELDS;
+  const notes: string[] = [];
+  let output: string;
+  try {
+    output = await query(fields);
+  } catch (error) {
+    const failure = describeFailure(error);
+    if (!/not a valid field/i.test(failureText(error)) || failure.message === NVIDIA_SMI_NOT_FOUND) throw failure;
+    fields = LEGACY_QUERY_FIELDS;
+    notes.push(`nvidia-smi rejected a field (${failureText(error).split(/\r?\n/)[0]}); queried ${fields.join(",")} instead`);
+    try {
+      output = await query(fields);
+    } catch (retryError) {
+      throw describeFailure(retryError);
+    }
+  }
+
+  const result = parseQueryGpuCsv(output, fields, options.now?.() ?? new Date());
+  result.warnings.unshift(...notes);
+
+  if (options.queryCudaVersion && result.inventory.length > 0) {
+    try {
+      const cudaVersion = parseCudaVersion(await run(binary, []));
+      for (const gpu of result.inventory) gpu.cudaVersion = cudaVersion;
+      if (cudaVersion === "") result.warnings.push("nvidia-smi table shows no CUDA version");
+    } catch (error) {
+      result.warnings.push(`CUDA version unknown: ${describeFailure(error).message}`);
+    }
+  }
+  return result;
+}

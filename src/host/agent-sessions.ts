@@ -1,0 +1,134 @@
+import { randomUUID } from "node:crypto";
+import { LockMode } from "@mikro-orm/core";
+import type { MikroORM } from "@mikro-orm/postgresql";
+import { ConflictError, NotFoundError } from "../errors.js";
+import { checkId } from "../ids.js";
+import type { Clock } from "../platform/clock.js";
+import type { HeartbeatIngest } from "../telemetry/heartbeat-ingest.js";
+import type { GpuSampleRecord, HostSampleRecord } from "../telemetry/latest-samples.js";
+import { Violations, checkString } from "../validation.js";
+import { Host } from "./host.js";
+import { syncInventory, type ReportedGpu } from "./inventory-sync.js";
+
+export interface AgentHello {
+  hostId: string;
+  agentVersion: string;
+  cpuMillicores: number;
+  memoryBytes: number;
+  diskBytes: number;
+  gpus: ReportedGpu[];
+}
+
+/** Thrown into a session's stream when a newer session for the same host replaced it (ABORTED). */
+export class SessionFencedError extends ConflictError {
+  override name = "SessionFencedError";
+  constructor(readonly newerSessionId: string) {
+    super(`a newer agent session (${newerSessionId}) for this host replaced this one`);
+  }
+}
+
+/** One agent connection. Only the newest session of a host is live; older ones are fenced. */
+export class AgentSession {
+  readonly id = randomUUID();
+  private readonly controller = new AbortController();
+
+  constructor(
+    readonly hostId: string,
+    /** Heartbeat period the server asked for, with per-session jitter. */
+    readonly heartbeatIntervalMs: number,
+    readonly leaseMs: number,
+  ) {}
+
+  /** Aborted (with a SessionFencedError) once a newer session takes over. */
+  get fenced(): AbortSignal {
+    return this.controller.signal;
+  }
+
+  fence(by: AgentSession): void {
+    this.controller.abort(new SessionFencedError(by.id));
+  }
+}
+
+const JITTER = 0.1;
+
+/** The live agent sessions of this replica, keyed by host. */
+export class AgentSessions {
+  private readonly live = new Map<string, AgentSession>();
+
+  constructor(
+    private readonly orm: MikroORM,
+    private readonly clock: Clock,
+    private readonly ingest: HeartbeatIngest,
+    private readonly heartbeatIntervalMs: number,
+    private readonly leaseMs: number,
+  ) {}
+
+  /**
+   * Opens a session from an agent's hello: records the host as ONLINE with its capacity and version,
+   * syncs the GPU inventory, and fences any older session of the host.
+   */
+  async open(hello: AgentHello): Promise<AgentSession> {
+    checkHello(hello);
+    // Jitter spreads the heartbeats of hosts that all reconnected at once (after a restart, say).
+    const interval = Math.round(this.heartbeatIntervalMs * (1 - JITTER + Math.random() * 2 * JITTER));
+    const session = new AgentSession(hello.hostId, interval, this.leaseMs);
+    await this.orm.em.fork().transactional(async (em) => {
+      const host = await em.findOne(Host, hello.hostId, { lockMode: LockMode.PESSIMISTIC_WRITE });
+      if (!host) throw new NotFoundError("host", hello.hostId);
+      const now = this.clock.now();
+      host.agentVersion = hello.agentVersion;
+      if (hello.cpuMillicores > 0) host.cpuMillicores = hello.cpuMillicores;
+      if (hello.memoryBytes > 0) host.memoryBytes = hello.memoryBytes;
+      if (hello.diskBytes > 0) host.diskBytes = hello.diskBytes;
+      host.lastHeartbeatAt = now;
+      if (host.status === "OFFLINE") {
+        host.status = "ONLINE";
+        host.statusMessage = "";
+      }
+      host.updatedAt = now;
+      await syncInventory(em, host, hello.gpus, now);
+      // Swapped while the host row is locked, so concurrent hellos fence in the order they committed.
+      this.live.get(hello.hostId)?.fence(session);
+      this.live.set(hello.hostId, session);
+    });
+    return session;
+  }
+
+  /** Records a heartbeat of a live session; a fenced session's reports are dropped. */
+  heartbeat(session: AgentSession, host: HostSampleRecord | undefined, gpus: GpuSampleRecord[]): boolean {
+    if (session.fenced.aborted) return false;
+    this.ingest.record(session.hostId, host, gpus);
+    return true;
+  }
+
+  close(session: AgentSession): void {
+    if (this.live.get(session.hostId) === session) this.live.delete(session.hostId);
+  }
+
+  get connected(): number {
+    return this.live.size;
+  }
+}
+
+function checkHello(hello: AgentHello): void {
+  checkId("hello.host_id", hello.hostId);
+  const v = new Violations();
+  checkString(v, "hello.agent_version", hello.agentVersion, { max: 64 });
+  v.check(hello.gpus.length <= 64, "hello.gpus", "at most 64 GPUs per host");
+  const uuids = new Set<string>();
+  const indexes = new Set<number>();
+  hello.gpus.forEach((g, i) => {
+    const field = `hello.gpus[${i}]`;
+    checkString(v, `${field}.uuid`, g.uuid, { required: true, max: 128, pattern: /^[\x21-\x7e]+$/, patternHint: "printable characters without spaces" });
+    checkString(v, `${field}.model`, g.model, { required: true, max: 128 });
+    checkString(v, `${field}.driver_version`, g.driverVersion, { max: 64 });
+    checkString(v, `${field}.cuda_version`, g.cudaVersion, { max: 32 });
+    v.check(Number.isInteger(g.index) && g.index >= 0 && g.index < 1024, `${field}.index`, "must be 0 to 1023");
+    v.check(g.memoryBytes >= 0, `${field}.memory_bytes`, "must be 0 or more");
+    v.check(!uuids.has(g.uuid), `${field}.uuid`, "appears twice");
+    v.check(!indexes.has(g.index), `${field}.index`, "appears twice");
+    uuids.add(g.uuid);
+    indexes.add(g.index);
+  });
+  v.throwIfAny();
+}

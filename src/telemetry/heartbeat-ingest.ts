@@ -1,0 +1,81 @@
+import type { MikroORM } from "@mikro-orm/postgresql";
+import { judgeSample, type HealthMemory, type HealthThresholds } from "../gpu/gpu-health.js";
+import type { Clock } from "../platform/clock.js";
+import type { GpuSampleRecord, HostSampleRecord, LatestSamples } from "./latest-samples.js";
+
+/**
+ * The hot path of the agent stream. A heartbeat only touches memory: the latest samples, the
+ * host's last-seen time, and a GPU's health verdict when it changes. flush() writes what gathered
+ * in a few statements, whatever the number of hosts.
+ */
+export class HeartbeatIngest {
+  private lastSeen = new Map<string, Date>();
+  private verdicts = new Map<string, { hostId: string; uuid: string; reasons: string[] }>();
+  /** Per GPU, what earlier samples said (see judgeSample). */
+  private readonly health = new Map<string, HealthMemory>();
+
+  constructor(
+    private readonly orm: MikroORM,
+    private readonly clock: Clock,
+    private readonly samples: LatestSamples,
+    private readonly thresholds: HealthThresholds,
+  ) {}
+
+  record(hostId: string, host: HostSampleRecord | undefined, gpus: GpuSampleRecord[]): void {
+    this.lastSeen.set(hostId, this.clock.now());
+    if (host) this.samples.recordHost(hostId, host);
+    for (const sample of gpus) {
+      this.samples.recordGpu(hostId, sample);
+      const key = `${hostId}/${sample.gpuUuid}`;
+      const { reasons, memory } = judgeSample(this.health.get(key), sample.metrics, this.thresholds);
+      this.health.set(key, memory);
+      if (reasons.length > 0) {
+        const pending = this.verdicts.get(key);
+        this.verdicts.set(key, { hostId, uuid: sample.gpuUuid, reasons: [...(pending?.reasons ?? []), ...reasons] });
+      }
+    }
+  }
+
+  /** After an operator re-admits a GPU, a condition that still holds (heat) is reported again. */
+  readmitted(hostId: string, uuid: string): void {
+    const memory = this.health.get(`${hostId}/${uuid}`);
+    if (memory) memory.overheated = false;
+  }
+
+  /** Writes last-seen times (bringing OFFLINE hosts back ONLINE) and new health verdicts. */
+  async flush(): Promise<void> {
+    const seen = this.lastSeen;
+    const verdicts = [...this.verdicts.values()];
+    this.lastSeen = new Map();
+    this.verdicts = new Map();
+    const connection = this.orm.em.getConnection();
+    if (seen.size > 0) {
+      await connection.execute(
+        `update hosts h set
+           last_heartbeat_at = v.seen,
+           status = case when h.status = 'OFFLINE' then 'ONLINE' else h.status end,
+           status_message = case when h.status = 'OFFLINE' then '' else h.status_message end,
+           updated_at = case when h.status = 'OFFLINE' then v.seen else h.updated_at end
+         from unnest(?::uuid[], ?::timestamptz[]) as v(id, seen)
+         where h.id = v.id`,
+        [pgArray([...seen.keys()]), pgArray([...seen.values()].map((d) => d.toISOString()))],
+        "run",
+      );
+    }
+    for (const v of verdicts) {
+      // Reasons already recorded (by an operator or an earlier verdict) are kept.
+      await connection.execute(
+        `update gpus set status = 'UNHEALTHY', updated_at = ?,
+           health_reasons = (select coalesce(jsonb_agg(distinct r), '[]'::jsonb) from jsonb_array_elements(health_reasons || ?::jsonb) r)
+         where host_id = ? and uuid = ?`,
+        [this.clock.now(), JSON.stringify(v.reasons), v.hostId, v.uuid],
+        "run",
+      );
+    }
+  }
+}
+
+/** A PostgreSQL array literal: knex would spread a JavaScript array into separate parameters. */
+function pgArray(values: string[]): string {
+  return `{${values.map((v) => `"${v}"`).join(",")}}`;
+}

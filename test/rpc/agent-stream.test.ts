@@ -1,0 +1,236 @@
+import { strict as assert } from "node:assert";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { GpuService, GpuStatus } from "../../gen/remotegpu/v1/gpu_pb.js";
+import { HostService, HostStatus, type StreamHeartbeatsRequestSchema, type StreamHeartbeatsResponse } from "../../gen/remotegpu/v1/host_pb.js";
+import { ManualClock } from "../../src/platform/clock.js";
+import { Channel } from "../support/channel.js";
+import { expectCode } from "../support/expect.js";
+import { startTestServer, type TestServer } from "../support/server.js";
+
+type Req = MessageInitShape<typeof StreamHeartbeatsRequestSchema>;
+const GiB = 1n << 30n;
+
+/** An agent's side of StreamHeartbeats, driven step by step. */
+class FakeAgent {
+  readonly requests = new Channel<Req>();
+  private readonly responses: AsyncIterator<StreamHeartbeatsResponse>;
+  private sequence = 0n;
+
+  constructor(server: TestServer, token: string) {
+    this.responses = server.client(HostService, { token, protocol: "grpc" }).streamHeartbeats(this.requests)[Symbol.asyncIterator]();
+  }
+
+  async hello(hostId: string, gpus: { index: number; uuid: string; model?: string }[]) {
+    this.requests.push({
+      message: {
+        case: "hello",
+        value: {
+          hostId,
+          agentVersion: "0.1.0-test",
+          capacity: { cpuMillicores: 32000n, memoryBytes: 256n * GiB, diskBytes: 1000n * GiB },
+          gpus: gpus.map((g) => ({ model: "NVIDIA H100 80GB HBM3", memoryBytes: 80n * GiB, driverVersion: "550.90.07", cudaVersion: "12.4", ...g })),
+        },
+      },
+    });
+    return this.next();
+  }
+
+  async beat(samples: { uuid: string; index: number; util?: number; xid?: number; temp?: number }[] = []) {
+    const sequence = ++this.sequence;
+    this.requests.push({
+      message: {
+        case: "heartbeat",
+        value: {
+          sequence,
+          host: { cpuUtilizationPercent: 3 },
+          gpus: samples.map((s) => ({ gpuUuid: s.uuid, index: s.index, metrics: { gpuUtilizationPercent: s.util, lastXid: s.xid, temperatureCelsius: s.temp } })),
+        },
+      },
+    });
+    const res = await this.next();
+    assert.equal(res.message.case, "ack");
+    assert.equal(res.message.value.sequence, sequence);
+  }
+
+  async next(): Promise<StreamHeartbeatsResponse> {
+    const r = await this.responses.next();
+    if (r.done) throw new Error("stream ended");
+    return r.value;
+  }
+
+  close() {
+    this.requests.close();
+  }
+}
+
+describe("HostService.StreamHeartbeats", () => {
+  let server: TestServer;
+  let clock: ManualClock;
+  let hosts: ReturnType<typeof server.client<typeof HostService>>;
+  let gpus: ReturnType<typeof server.client<typeof GpuService>>;
+  const agents: FakeAgent[] = [];
+
+  const newHost = async (name: string) => {
+    const { host, agentToken } = await hosts.createHost({ name, address: "10.9.0.1" });
+    const agent = new FakeAgent(server, agentToken);
+    agents.push(agent);
+    return { host: host!, agent, token: agentToken };
+  };
+  const gpusOf = async (hostId: string) => (await gpus.listGpus({ hostId })).gpus;
+
+  before(async () => {
+    clock = new ManualClock(new Date("2026-11-30T12:00:00Z"));
+    server = await startTestServer({ clock });
+    hosts = server.client(HostService);
+    gpus = server.client(GpuService);
+  });
+  after(async () => {
+    for (const a of agents) a.close();
+    await server.close();
+  });
+
+  it("answers a hello with a welcome, records the host and upserts its GPU inventory", async () => {
+    const { host, agent } = await newHost("agent-hello");
+    const welcome = await agent.hello(host.id, [
+      { index: 0, uuid: "GPU-h-0" },
+      { index: 1, uuid: "GPU-h-1" },
+    ]);
+    assert.equal(welcome.message.case, "welcome");
+    const { sessionId, settings } = welcome.message.value;
+    assert.match(sessionId, /^[0-9a-f-]{36}$/);
+    const intervalMs = Number(settings!.heartbeatInterval!.seconds) * 1000 + settings!.heartbeatInterval!.nanos / 1e6;
+    assert.ok(intervalMs >= 9000 && intervalMs <= 11000, `interval ${intervalMs} ms is 10 s with jitter`);
+    assert.equal(settings!.leaseTtl!.seconds, 40n);
+
+    const got = (await hosts.getHost({ id: host.id })).host!;
+    assert.equal(got.status, HostStatus.ONLINE);
+    assert.equal(got.agentVersion, "0.1.0-test");
+    assert.equal(got.capacity?.cpuMillicores, 32000n);
+    const list = await gpusOf(host.id);
+    assert.deepEqual(list.map((g) => [g.index, g.uuid, g.status, g.driverVersion]), [
+      [0, "GPU-h-0", GpuStatus.AVAILABLE, "550.90.07"],
+      [1, "GPU-h-1", GpuStatus.AVAILABLE, "550.90.07"],
+    ]);
+  });
+
+  it("acks heartbeats by sequence and serves the latest sample from memory", async () => {
+    const { host, agent } = await newHost("agent-beat");
+    await agent.hello(host.id, [{ index: 0, uuid: "GPU-b-0" }]);
+    await agent.beat([{ uuid: "GPU-b-0", index: 0, util: 42 }]);
+    await agent.beat([{ uuid: "GPU-b-0", index: 0, util: 77 }]);
+    const [gpu] = await gpusOf(host.id);
+    assert.equal(gpu!.latestSample?.metrics?.gpuUtilizationPercent, 77);
+    assert.equal((await hosts.getHost({ id: host.id })).host?.latestSample?.cpuUtilizationPercent, 3);
+  });
+
+  it("refuses a token speaking for another host, and a stream that does not start with a hello", async () => {
+    const a = await newHost("agent-a");
+    const b = await newHost("agent-b");
+    await expectCode(a.agent.hello(b.host.id, []), Code.PermissionDenied, b.host.id);
+    const c = new FakeAgent(server, b.token);
+    agents.push(c);
+    c.requests.push({ message: { case: "heartbeat", value: { sequence: 1n } } });
+    await expectCode(c.next(), Code.InvalidArgument, "hello");
+  });
+
+  it("fences the older stream when the same host connects again; only the newest counts", async () => {
+    const { host, agent: first, token } = await newHost("agent-fence");
+    await first.hello(host.id, [{ index: 0, uuid: "GPU-f-0" }]);
+    const second = new FakeAgent(server, token);
+    agents.push(second);
+    const welcome = await second.hello(host.id, [{ index: 0, uuid: "GPU-f-0" }]);
+    assert.equal(welcome.message.case, "welcome");
+
+    const err = await expectCode(first.next(), Code.Aborted, "newer agent session");
+    assert.ok(err.rawMessage.includes(welcome.message.value.sessionId));
+    await second.beat([{ uuid: "GPU-f-0", index: 0, util: 5 }]);
+  });
+
+  it("marks GPUs missing from a later hello OFFLINE (never deleting them) and adds new ones", async () => {
+    const { host, agent, token } = await newHost("agent-inventory");
+    await agent.hello(host.id, [
+      { index: 0, uuid: "GPU-i-0" },
+      { index: 1, uuid: "GPU-i-1" },
+    ]);
+    agent.close();
+    const again = new FakeAgent(server, token);
+    agents.push(again);
+    // GPU-i-1 is gone; a new GPU took index 1; GPU-i-0 is still there.
+    await again.hello(host.id, [
+      { index: 0, uuid: "GPU-i-0" },
+      { index: 1, uuid: "GPU-i-new" },
+    ]);
+    const byUuid = new Map((await gpusOf(host.id)).map((g) => [g.uuid, g]));
+    assert.equal(byUuid.size, 3);
+    assert.equal(byUuid.get("GPU-i-0")?.status, GpuStatus.AVAILABLE);
+    assert.equal(byUuid.get("GPU-i-1")?.status, GpuStatus.OFFLINE);
+    assert.equal(byUuid.get("GPU-i-new")?.status, GpuStatus.AVAILABLE);
+    assert.equal(byUuid.get("GPU-i-new")?.index, 1);
+  });
+
+  it("takes a silent host OFFLINE after the grace period without releasing its GPUs, and back ONLINE on its next heartbeat", async () => {
+    const { host, agent } = await newHost("agent-lease");
+    await agent.hello(host.id, [{ index: 0, uuid: "GPU-l-0" }]);
+    const [gpu] = await gpusOf(host.id);
+    await gpus.allocateGpu({ gpuId: gpu!.id, holder: "env-x" });
+
+    clock.advance(39_000);
+    await server.app.maintain();
+    assert.equal((await hosts.getHost({ id: host.id })).host?.status, HostStatus.ONLINE, "within the grace");
+
+    clock.advance(2_000);
+    await server.app.maintain();
+    const offline = (await hosts.getHost({ id: host.id })).host!;
+    assert.equal(offline.status, HostStatus.OFFLINE);
+    assert.match(offline.statusMessage, /no heartbeat/);
+    const held = (await gpus.getGpu({ id: gpu!.id })).gpu!;
+    assert.equal(held.status, GpuStatus.OFFLINE);
+    assert.equal(held.holder, "env-x", "a partition does not take GPUs away");
+
+    await agent.beat();
+    await server.app.maintain();
+    assert.equal((await hosts.getHost({ id: host.id })).host?.status, HostStatus.ONLINE);
+    assert.equal((await gpus.getGpu({ id: gpu!.id })).gpu?.status, GpuStatus.ALLOCATED);
+  });
+
+  it("marks a GPU UNHEALTHY on a critical XID, never schedules it, and keeps it so until re-admitted", async () => {
+    const { host, agent } = await newHost("agent-xid");
+    await agent.hello(host.id, [
+      { index: 0, uuid: "GPU-x-0", model: "NVIDIA A100-SXM4-80GB" },
+      { index: 1, uuid: "GPU-x-1", model: "NVIDIA A100-SXM4-80GB" },
+    ]);
+    await agent.beat([
+      { uuid: "GPU-x-0", index: 0, xid: 79 },
+      { uuid: "GPU-x-1", index: 1, xid: 13, temp: 95 },
+    ]);
+    await server.app.maintain();
+    const byUuid = new Map((await gpusOf(host.id)).map((g) => [g.uuid, g]));
+    assert.equal(byUuid.get("GPU-x-0")?.status, GpuStatus.UNHEALTHY);
+    assert.deepEqual(byUuid.get("GPU-x-0")?.healthReasons, ["xid 79: GPU has fallen off the bus"]);
+    // XID 13 is an application error, not a hardware fault; the heat is.
+    assert.equal(byUuid.get("GPU-x-1")?.status, GpuStatus.UNHEALTHY);
+    assert.deepEqual(byUuid.get("GPU-x-1")?.healthReasons, ["temperature 95°C above 90°C"]);
+    await expectCode(gpus.allocateGpu({ model: "NVIDIA A100-SXM4-80GB", holder: "x" }), Code.ResourceExhausted);
+
+    // The same XID still reported is no new fault: the operator's re-admission holds.
+    await gpus.updateGpu({ gpu: { id: byUuid.get("GPU-x-0")!.id, status: GpuStatus.AVAILABLE }, updateMask: { paths: ["status"] } });
+    await agent.beat([{ uuid: "GPU-x-0", index: 0, xid: 79 }]);
+    await server.app.maintain();
+    assert.equal((await gpus.getGpu({ id: byUuid.get("GPU-x-0")!.id })).gpu?.status, GpuStatus.AVAILABLE);
+    // A GPU re-admitted while still too hot is caught again.
+    await gpus.updateGpu({ gpu: { id: byUuid.get("GPU-x-1")!.id, status: GpuStatus.AVAILABLE }, updateMask: { paths: ["status"] } });
+    await agent.beat([{ uuid: "GPU-x-1", index: 1, temp: 96 }]);
+    await server.app.maintain();
+    assert.equal((await gpus.getGpu({ id: byUuid.get("GPU-x-1")!.id })).gpu?.status, GpuStatus.UNHEALTHY);
+  });
+
+  it("counts connected agents in /metrics", async () => {
+    const body = await (await fetch(`${server.baseUrl}/metrics`)).text();
+    const m = /remotegpu_agents_connected\{replica="self"\} (\d+)/.exec(body);
+    assert.ok(m && Number(m[1]) >= 1, body.slice(0, 200));
+  });
+});
+
+// Keeps the unused import checker quiet when a test above is skipped.
+void ConnectError;
