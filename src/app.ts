@@ -8,6 +8,7 @@ import { AgentSessions } from "./host/agent-sessions.js";
 import { HostLiveness } from "./host/host-liveness.js";
 import { HostRegistry } from "./host/host-registry.js";
 import { HeartbeatIngest } from "./telemetry/heartbeat-ingest.js";
+import { TelemetryHistory } from "./telemetry/telemetry-history.js";
 import { systemClock, type Clock } from "./platform/clock.js";
 import { openDatabase, type MikroORM } from "./platform/database.js";
 import { EmbeddedPostgres } from "./platform/embedded-postgres.js";
@@ -46,6 +47,7 @@ export interface App {
 
 const DATABASE_PROBE_MS = 5000;
 const MAINTENANCE_MS = 1000;
+const HISTORY_CLEANUP_MS = 3_600_000;
 
 /** The composition root: every long-lived object is made here. */
 export async function createApp(config: Config, options: AppOptions = {}): Promise<App> {
@@ -65,7 +67,8 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
   const generatedAdminToken = await authenticator.ensureAdminToken();
   const samples = new LatestSamples();
   const hosts = new HostRegistry(orm, clock, samples, config.hostGraceSeconds * 1000);
-  const ingest = new HeartbeatIngest(orm, clock, samples, { maxTemperatureCelsius: config.gpuMaxTemperatureCelsius });
+  const history = new TelemetryHistory(orm, clock, config.telemetryResolutionSeconds * 1000, config.telemetryRetentionHours * 3_600_000);
+  const ingest = new HeartbeatIngest(orm, clock, samples, history, { maxTemperatureCelsius: config.gpuMaxTemperatureCelsius });
   const agents = new AgentSessions(orm, clock, ingest, config.heartbeatIntervalSeconds * 1000, config.hostGraceSeconds * 1000);
   const liveness = new HostLiveness(orm, clock, config.hostGraceSeconds * 1000);
   const inventory = new GpuInventory(orm, clock, samples, (hostId, uuid) => ingest.readmitted(hostId, uuid));
@@ -80,7 +83,7 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
 
   const handler = connectNodeAdapter({
     routes: routes(
-      { hosts: new HostHandler(hosts, agents, clock, config.heartbeatIntervalSeconds * 1000), gpus: new GpuHandler(inventory, allocator) },
+      { hosts: new HostHandler(hosts, agents, clock, config.heartbeatIntervalSeconds * 1000), gpus: new GpuHandler(inventory, allocator, history, clock) },
       health,
     ),
     interceptors: [observe(logger, metrics), authenticate(authenticator)],
@@ -121,10 +124,16 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
   }, DATABASE_PROBE_MS);
   probe.unref();
 
+  let historyExpiredAt = 0;
   const maintain = async () => {
     await ingest.flush();
     const expired = await liveness.expireLeases();
     if (expired.length > 0) logger.warn({ hosts: expired }, "hosts went OFFLINE: lease expired");
+    if (clock.now().getTime() - historyExpiredAt >= HISTORY_CLEANUP_MS) {
+      historyExpiredAt = clock.now().getTime();
+      const removed = await history.expire();
+      if (removed > 0) logger.info({ rows: removed }, "expired old telemetry history");
+    }
   };
   let maintaining = Promise.resolve();
   const loop = setInterval(() => {
@@ -144,7 +153,7 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
       health.shutdown();
       await server.close(config.shutdownTimeoutSeconds * 1000);
       await maintaining;
-      await ingest.flush().catch((err: unknown) => logger.error({ err }, "final heartbeat flush failed"));
+      await ingest.flush(true).catch((err: unknown) => logger.error({ err }, "final heartbeat flush failed"));
       await orm.close();
       await embedded?.stop();
     },

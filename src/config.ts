@@ -27,6 +27,10 @@ export interface Config {
   hostGraceSeconds: number;
   /** `GPU_MAX_TEMPERATURE_CELSIUS`: a GPU reporting more is marked UNHEALTHY. @default 90 */
   gpuMaxTemperatureCelsius: number;
+  /** `TELEMETRY_RESOLUTION_SECONDS`: width of one stored telemetry bucket. @default 10 */
+  telemetryResolutionSeconds: number;
+  /** `TELEMETRY_RETENTION_HOURS`: how long telemetry history is kept. @default 168 (7 days) */
+  telemetryRetentionHours: number;
   /** `SHUTDOWN_TIMEOUT_SECONDS`: how long SIGTERM waits for open calls and streams. @default 10 */
   shutdownTimeoutSeconds: number;
   /** `DATABASE_POOL_SIZE`: most PostgreSQL connections per replica. @default 20 */
@@ -108,6 +112,8 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     heartbeatIntervalSeconds: int("HEARTBEAT_INTERVAL_SECONDS", 10, 1, 3600),
     hostGraceSeconds: int("HOST_GRACE_SECONDS", 40, 1, 86400),
     gpuMaxTemperatureCelsius: int("GPU_MAX_TEMPERATURE_CELSIUS", 90, 30, 150),
+    telemetryResolutionSeconds: int("TELEMETRY_RESOLUTION_SECONDS", 10, 1, 3600),
+    telemetryRetentionHours: int("TELEMETRY_RETENTION_HOURS", 168, 1, 24 * 3650),
     shutdownTimeoutSeconds: int("SHUTDOWN_TIMEOUT_SECONDS", 10, 0, 600),
     databasePoolSize: int("DATABASE_POOL_SIZE", 20, 1, 500),
   };

@@ -5,6 +5,7 @@ import { GpuSchema } from "../gpu/gpu.js";
 import { WorkspaceSchema, ResourceQuotaSchema } from "../workspace/workspace.js";
 import { EnvironmentSchema, PortMappingSchema } from "../environment/environment.js";
 import { ApiTokenSchema } from "../auth/api-token.js";
+import { TelemetryBucketSchema } from "../telemetry/telemetry-bucket.js";
 import { migrations } from "./migrations/index.js";
 
 export { MikroORM };
@@ -18,6 +19,7 @@ export const entities = [
   EnvironmentSchema,
   PortMappingSchema,
   ApiTokenSchema,
+  TelemetryBucketSchema,
 ];
 
 // Any fixed number works: it only has to be the same for every replica.

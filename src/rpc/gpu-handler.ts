@@ -4,15 +4,19 @@ import type {
   CreateGpuRequest,
   DeleteGpuRequest,
   GetGpuRequest,
+  GetGpuTelemetryRequest,
   GpuService,
   ListGpusRequest,
   ReleaseGpuRequest,
   UpdateGpuRequest,
 } from "../../gen/remotegpu/v1/gpu_pb.js";
+import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { GpuAllocator } from "../gpu/gpu-allocator.js";
+import type { Clock } from "../platform/clock.js";
+import type { TelemetryHistory } from "../telemetry/telemetry-history.js";
 import type { GpuInventory } from "../gpu/gpu-inventory.js";
 import { Violations, parseLabelSelector, toSafeNumber } from "../validation.js";
-import { gpuStatus, gpuToMessage } from "./convert.js";
+import { gpuMetricsToMessage, gpuStatus, gpuToMessage } from "./convert.js";
 
 type Impl = Partial<ServiceImpl<typeof GpuService>>;
 
@@ -21,6 +25,8 @@ export class GpuHandler implements Impl {
   constructor(
     private readonly inventory: GpuInventory,
     private readonly allocator: GpuAllocator,
+    private readonly history: TelemetryHistory,
+    private readonly clock: Clock,
   ) {}
 
   async createGpu(req: CreateGpuRequest) {
@@ -78,4 +84,23 @@ export class GpuHandler implements Impl {
     const gpu = await this.allocator.release(req.gpuId, req.holder);
     return { gpu: gpuToMessage(this.inventory.view(gpu)) };
   }
+
+  async getGpuTelemetry(req: GetGpuTelemetryRequest) {
+    const { gpu } = await this.inventory.get(req.gpuId);
+    const to = req.endTime ? timestampDate(req.endTime) : this.clock.now();
+    const from = req.startTime ? timestampDate(req.startTime) : new Date(to.getTime() - DEFAULT_RANGE_MS);
+    const stepMs = req.step ? Number(req.step.seconds) * 1000 + Math.floor(req.step.nanos / 1e6) : DEFAULT_STEP_MS;
+    const buckets = await this.history.query(gpu.id, from, to, stepMs);
+    return {
+      buckets: buckets.map((b) => ({
+        startTime: timestampFromDate(b.start),
+        sampleCount: BigInt(b.sampleCount),
+        average: gpuMetricsToMessage(b.average),
+        maximum: gpuMetricsToMessage(b.maximum),
+      })),
+    };
+  }
 }
+
+const DEFAULT_RANGE_MS = 3_600_000;
+const DEFAULT_STEP_MS = 60_000;

@@ -2,6 +2,7 @@ import type { MikroORM } from "@mikro-orm/postgresql";
 import { judgeSample, type HealthMemory, type HealthThresholds } from "../gpu/gpu-health.js";
 import type { Clock } from "../platform/clock.js";
 import type { GpuSampleRecord, HostSampleRecord, LatestSamples } from "./latest-samples.js";
+import type { TelemetryHistory } from "./telemetry-history.js";
 
 /**
  * The hot path of the agent stream. A heartbeat only touches memory: the latest samples, the
@@ -18,6 +19,7 @@ export class HeartbeatIngest {
     private readonly orm: MikroORM,
     private readonly clock: Clock,
     private readonly samples: LatestSamples,
+    private readonly history: TelemetryHistory,
     private readonly thresholds: HealthThresholds,
   ) {}
 
@@ -26,6 +28,7 @@ export class HeartbeatIngest {
     if (host) this.samples.recordHost(hostId, host);
     for (const sample of gpus) {
       this.samples.recordGpu(hostId, sample);
+      this.history.record(hostId, sample);
       const key = `${hostId}/${sample.gpuUuid}`;
       const { reasons, memory } = judgeSample(this.health.get(key), sample.metrics, this.thresholds);
       this.health.set(key, memory);
@@ -42,8 +45,11 @@ export class HeartbeatIngest {
     if (memory) memory.overheated = false;
   }
 
-  /** Writes last-seen times (bringing OFFLINE hosts back ONLINE) and new health verdicts. */
-  async flush(): Promise<void> {
+  /**
+   * Writes last-seen times (bringing OFFLINE hosts back ONLINE), new health verdicts and finished
+   * telemetry buckets (all of them with `everything`, at shutdown).
+   */
+  async flush(everything = false): Promise<void> {
     const seen = this.lastSeen;
     const verdicts = [...this.verdicts.values()];
     this.lastSeen = new Map();
@@ -72,6 +78,7 @@ export class HeartbeatIngest {
         "run",
       );
     }
+    await this.history.flush(everything);
   }
 }
 

@@ -1,68 +1,11 @@
 import { strict as assert } from "node:assert";
-import type { MessageInitShape } from "@bufbuild/protobuf";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code } from "@connectrpc/connect";
 import { GpuService, GpuStatus } from "../../gen/remotegpu/v1/gpu_pb.js";
-import { HostService, HostStatus, type StreamHeartbeatsRequestSchema, type StreamHeartbeatsResponse } from "../../gen/remotegpu/v1/host_pb.js";
+import { HostService, HostStatus } from "../../gen/remotegpu/v1/host_pb.js";
 import { ManualClock } from "../../src/platform/clock.js";
-import { Channel } from "../support/channel.js";
 import { expectCode } from "../support/expect.js";
+import { FakeAgent } from "../support/fake-agent.js";
 import { startTestServer, type TestServer } from "../support/server.js";
-
-type Req = MessageInitShape<typeof StreamHeartbeatsRequestSchema>;
-const GiB = 1n << 30n;
-
-/** An agent's side of StreamHeartbeats, driven step by step. */
-class FakeAgent {
-  readonly requests = new Channel<Req>();
-  private readonly responses: AsyncIterator<StreamHeartbeatsResponse>;
-  private sequence = 0n;
-
-  constructor(server: TestServer, token: string) {
-    this.responses = server.client(HostService, { token, protocol: "grpc" }).streamHeartbeats(this.requests)[Symbol.asyncIterator]();
-  }
-
-  async hello(hostId: string, gpus: { index: number; uuid: string; model?: string }[]) {
-    this.requests.push({
-      message: {
-        case: "hello",
-        value: {
-          hostId,
-          agentVersion: "0.1.0-test",
-          capacity: { cpuMillicores: 32000n, memoryBytes: 256n * GiB, diskBytes: 1000n * GiB },
-          gpus: gpus.map((g) => ({ model: "NVIDIA H100 80GB HBM3", memoryBytes: 80n * GiB, driverVersion: "550.90.07", cudaVersion: "12.4", ...g })),
-        },
-      },
-    });
-    return this.next();
-  }
-
-  async beat(samples: { uuid: string; index: number; util?: number; xid?: number; temp?: number }[] = []) {
-    const sequence = ++this.sequence;
-    this.requests.push({
-      message: {
-        case: "heartbeat",
-        value: {
-          sequence,
-          host: { cpuUtilizationPercent: 3 },
-          gpus: samples.map((s) => ({ gpuUuid: s.uuid, index: s.index, metrics: { gpuUtilizationPercent: s.util, lastXid: s.xid, temperatureCelsius: s.temp } })),
-        },
-      },
-    });
-    const res = await this.next();
-    assert.equal(res.message.case, "ack");
-    assert.equal(res.message.value.sequence, sequence);
-  }
-
-  async next(): Promise<StreamHeartbeatsResponse> {
-    const r = await this.responses.next();
-    if (r.done) throw new Error("stream ended");
-    return r.value;
-  }
-
-  close() {
-    this.requests.close();
-  }
-}
 
 describe("HostService.StreamHeartbeats", () => {
   let server: TestServer;
@@ -231,6 +174,3 @@ describe("HostService.StreamHeartbeats", () => {
     assert.ok(m && Number(m[1]) >= 1, body.slice(0, 200));
   });
 });
-
-// Keeps the unused import checker quiet when a test above is skipped.
-void ConnectError;

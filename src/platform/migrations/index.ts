@@ -1,4 +1,8 @@
 import { Migration20261130214855_initial } from "./Migration20261130214855_initial.js";
+import { Migration20261130222022_telemetry } from "./Migration20261130222022_telemetry.js";
 
 // Every migration, in order. Listed by hand so they run the same from TypeScript and from dist/.
-export const migrations = [{ name: "Migration20261130214855_initial", class: Migration20261130214855_initial }];
+export const migrations = [
+  { name: "Migration20261130214855_initial", class: Migration20261130214855_initial },
+  { name: "Migration20261130222022_telemetry", class: Migration20261130222022_telemetry },
+];

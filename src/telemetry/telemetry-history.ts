@@ -1,0 +1,133 @@
+import type { MikroORM } from "@mikro-orm/postgresql";
+import { InvalidArgumentError } from "../errors.js";
+import type { Clock } from "../platform/clock.js";
+import type { GpuMetrics, GpuSampleRecord } from "./latest-samples.js";
+import type { MetricStat } from "./telemetry-bucket.js";
+
+export interface HistoryBucket {
+  start: Date;
+  sampleCount: number;
+  average: GpuMetrics;
+  maximum: GpuMetrics;
+}
+
+interface OpenBucket {
+  hostId: string;
+  uuid: string;
+  start: number;
+  count: number;
+  stats: Record<string, MetricStat>;
+}
+
+/** At most this many buckets in one GetGpuTelemetry answer. */
+export const MAX_BUCKETS = 10_000;
+
+/**
+ * GPU telemetry history, downsampled as it arrives: samples of one GPU within one resolution
+ * interval fold into a single row (count, sum and max per metric). Closed intervals are written in
+ * one INSERT per flush, however many GPUs reported.
+ */
+export class TelemetryHistory {
+  private open = new Map<string, OpenBucket>();
+
+  constructor(
+    private readonly orm: MikroORM,
+    private readonly clock: Clock,
+    readonly resolutionMs: number,
+    private readonly retentionMs: number,
+  ) {}
+
+  record(hostId: string, sample: GpuSampleRecord): void {
+    const key = `${hostId}/${sample.gpuUuid}`;
+    const start = Math.floor(sample.time.getTime() / this.resolutionMs) * this.resolutionMs;
+    let bucket = this.open.get(key);
+    if (bucket && bucket.start !== start) {
+      // The interval moved on: keep the finished bucket under a key of its own until the flush.
+      this.open.set(`${key}@${bucket.start}`, bucket);
+      bucket = undefined;
+    }
+    if (!bucket) {
+      bucket = { hostId, uuid: sample.gpuUuid, start, count: 0, stats: {} };
+      this.open.set(key, bucket);
+    }
+    bucket.count++;
+    for (const [metric, value] of Object.entries(sample.metrics)) {
+      if (typeof value !== "number" || !Number.isFinite(value)) continue;
+      const stat = bucket.stats[metric];
+      if (stat) {
+        stat[0]++;
+        stat[1] += value;
+        stat[2] = Math.max(stat[2], value);
+      } else bucket.stats[metric] = [1, value, value];
+    }
+  }
+
+  /** Writes every bucket whose interval has ended (all of them with `everything`, at shutdown). */
+  async flush(everything = false): Promise<number> {
+    const current = Math.floor(this.clock.now().getTime() / this.resolutionMs) * this.resolutionMs;
+    const done: OpenBucket[] = [];
+    for (const [key, bucket] of this.open) {
+      if (everything || bucket.start < current) {
+        done.push(bucket);
+        this.open.delete(key);
+      }
+    }
+    if (done.length === 0) return 0;
+    // Rows for GPUs deleted meanwhile fall out of the join.
+    await this.orm.em.getConnection().execute(
+      `insert into gpu_telemetry (gpu_id, bucket_start, sample_count, stats)
+       select g.id, to_timestamp(v.start / 1000.0), v.n, v.stats
+       from jsonb_to_recordset(?::jsonb) as v(host_id uuid, uuid text, start bigint, n int, stats jsonb)
+       join gpus g on g.host_id = v.host_id and g.uuid = v.uuid`,
+      [JSON.stringify(done.map((b) => ({ host_id: b.hostId, uuid: b.uuid, start: b.start, n: b.count, stats: b.stats })))],
+      "run",
+    );
+    return done.length;
+  }
+
+  /** Buckets of `step` within [from, to), each the exact average and maximum of the samples in it. */
+  async query(gpuId: string, from: Date, to: Date, stepMs: number): Promise<HistoryBucket[]> {
+    if (stepMs < 1000) throw InvalidArgumentError.field("step", "must be at least 1 second");
+    if (to <= from) throw InvalidArgumentError.field("end_time", "must be after start_time");
+    if ((to.getTime() - from.getTime()) / stepMs > MAX_BUCKETS) {
+      throw InvalidArgumentError.field("step", `too small for the range: at most ${MAX_BUCKETS} buckets per call`);
+    }
+    const rows: { bucket_start: Date; sample_count: number; stats: Record<string, MetricStat> }[] = await this.orm.em
+      .getConnection()
+      .execute(
+        `select bucket_start, sample_count, stats from gpu_telemetry
+         where gpu_id = ? and bucket_start >= ? and bucket_start < ? order by bucket_start`,
+        [gpuId, from, to],
+      );
+    const merged = new Map<number, { count: number; stats: Record<string, MetricStat> }>();
+    for (const row of rows) {
+      const slot = Math.floor((new Date(row.bucket_start).getTime() - from.getTime()) / stepMs);
+      let m = merged.get(slot);
+      if (!m) merged.set(slot, (m = { count: 0, stats: {} }));
+      m.count += row.sample_count;
+      for (const [metric, [n, sum, max]] of Object.entries(row.stats)) {
+        const s = m.stats[metric];
+        if (s) {
+          s[0] += n;
+          s[1] += sum;
+          s[2] = Math.max(s[2], max);
+        } else m.stats[metric] = [n, sum, max];
+      }
+    }
+    return [...merged.entries()]
+      .sort(([a], [b]) => a - b)
+      .map(([slot, m]) => ({
+        start: new Date(from.getTime() + slot * stepMs),
+        sampleCount: m.count,
+        average: Object.fromEntries(Object.entries(m.stats).map(([k, [n, sum]]) => [k, sum / n])),
+        maximum: Object.fromEntries(Object.entries(m.stats).map(([k, [, , max]]) => [k, max])),
+      }));
+  }
+
+  /** Deletes history older than the retention period; returns how many rows went. */
+  async expire(): Promise<number> {
+    const cutoff = new Date(this.clock.now().getTime() - this.retentionMs);
+    const res = await this.orm.em.getConnection().execute("delete from gpu_telemetry where bucket_start < ?", [cutoff], "run");
+    return (res as { affectedRows?: number }).affectedRows ?? 0;
+  }
+}

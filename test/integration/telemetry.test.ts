@@ -1,0 +1,85 @@
+import { strict as assert } from "node:assert";
+import { Code } from "@connectrpc/connect";
+import { timestampFromDate, durationFromMs } from "@bufbuild/protobuf/wkt";
+import { GpuService } from "../../gen/remotegpu/v1/gpu_pb.js";
+import { HostService } from "../../gen/remotegpu/v1/host_pb.js";
+import { ManualClock } from "../../src/platform/clock.js";
+import { expectCode } from "../support/expect.js";
+import { FakeAgent } from "../support/fake-agent.js";
+import { startTestServer, type TestServer } from "../support/server.js";
+
+describe("GPU telemetry history", () => {
+  const t0 = new Date("2026-11-30T12:00:00Z");
+  let server: TestServer;
+  let clock: ManualClock;
+  let agent: FakeAgent;
+  let gpuId: string;
+  let gpus: ReturnType<typeof server.client<typeof GpuService>>;
+
+  before(async () => {
+    clock = new ManualClock(t0);
+    server = await startTestServer({ clock });
+    gpus = server.client(GpuService);
+    const { host, agentToken } = await server.client(HostService).createHost({ name: "telemetry-host", address: "h" });
+    agent = new FakeAgent(server, agentToken);
+    await agent.hello(host!.id, [{ index: 0, uuid: "GPU-t-0" }]);
+    gpuId = (await gpus.listGpus({ hostId: host!.id })).gpus[0]!.id;
+  });
+  after(async () => {
+    agent.close();
+    await server.close();
+  });
+
+  const query = (startMs: number, endMs: number, stepMs: number) =>
+    gpus.getGpuTelemetry({
+      gpuId,
+      startTime: timestampFromDate(new Date(t0.getTime() + startMs)),
+      endTime: timestampFromDate(new Date(t0.getTime() + endMs)),
+      step: durationFromMs(stepMs),
+    });
+
+  it("stores one row per GPU per interval and answers any coarser step with exact averages and maxima", async () => {
+    await agent.beat([{ uuid: "GPU-t-0", index: 0, util: 10, temp: 50, memUsed: 1000n }]);
+    clock.advance(5_000);
+    await agent.beat([{ uuid: "GPU-t-0", index: 0, util: 30, temp: 60 }]);
+    clock.advance(7_000); // 12 s: the next 10 s bucket
+    await agent.beat([{ uuid: "GPU-t-0", index: 0, util: 50, temp: 40 }]);
+    clock.advance(10_000);
+    await server.app.maintain();
+
+    const rows = await server.app.orm.em.fork().getConnection().execute("select count(*)::int as n from gpu_telemetry");
+    assert.equal(rows[0].n, 2, "three samples, two stored rows");
+
+    const fine = await query(0, 60_000, 10_000);
+    assert.deepEqual(
+      fine.buckets.map((b) => [b.startTime?.seconds, b.sampleCount, b.average?.gpuUtilizationPercent, b.maximum?.gpuUtilizationPercent]),
+      [
+        [BigInt(t0.getTime() / 1000), 2n, 20, 30],
+        [BigInt(t0.getTime() / 1000 + 10), 1n, 50, 50],
+      ],
+    );
+    // memory_used was reported once: its average is over that one sample, not all three.
+    assert.equal(fine.buckets[0]!.average?.memoryUsedBytes, 1000n);
+    assert.equal(fine.buckets[1]!.average?.memoryUsedBytes, undefined);
+
+    const coarse = await query(0, 60_000, 60_000);
+    assert.equal(coarse.buckets.length, 1);
+    assert.equal(coarse.buckets[0]!.sampleCount, 3n);
+    assert.equal(coarse.buckets[0]!.average?.gpuUtilizationPercent, 30);
+    assert.equal(coarse.buckets[0]!.maximum?.temperatureCelsius, 60);
+    assert.equal((await query(60_000, 120_000, 10_000)).buckets.length, 0);
+  });
+
+  it("refuses bad ranges and steps, and unknown GPUs", async () => {
+    await expectCode(query(0, 60_000, 500), Code.InvalidArgument, "step");
+    await expectCode(query(60_000, 0, 10_000), Code.InvalidArgument, "end_time");
+    await expectCode(query(0, 86_400_000 * 30, 1_000), Code.InvalidArgument, "at most 10000 buckets");
+    await expectCode(gpus.getGpuTelemetry({ gpuId: "00000000-0000-4000-8000-000000000000" }), Code.NotFound);
+  });
+
+  it("drops history older than the retention period", async () => {
+    clock.advance(8 * 24 * 3_600_000);
+    await server.app.maintain();
+    assert.equal((await query(0, 60_000, 60_000)).buckets.length, 0);
+  });
+});
