@@ -13,6 +13,7 @@ import { systemClock, type Clock } from "./platform/clock.js";
 import { openDatabase, type MikroORM } from "./platform/database.js";
 import { EmbeddedPostgres } from "./platform/embedded-postgres.js";
 import { createLogger, type Logger } from "./platform/logger.js";
+import { Feed } from "./platform/feed.js";
 import { Metrics } from "./platform/metrics.js";
 import { GpuHandler } from "./rpc/gpu-handler.js";
 import { HealthStatus } from "./rpc/health.js";
@@ -68,8 +69,11 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
   const samples = new LatestSamples();
   const hosts = new HostRegistry(orm, clock, samples, config.hostGraceSeconds * 1000);
   const history = new TelemetryHistory(orm, clock, config.telemetryResolutionSeconds * 1000, config.telemetryRetentionHours * 3_600_000);
-  const ingest = new HeartbeatIngest(orm, clock, samples, history, { maxTemperatureCelsius: config.gpuMaxTemperatureCelsius });
-  const agents = new AgentSessions(orm, clock, ingest, config.heartbeatIntervalSeconds * 1000, config.hostGraceSeconds * 1000);
+  const announce = (ids: string[]) => {
+    hosts.announce(ids).catch((err: unknown) => logger.error({ err }, "publishing host changes failed"));
+  };
+  const ingest = new HeartbeatIngest(orm, clock, samples, history, { maxTemperatureCelsius: config.gpuMaxTemperatureCelsius }, new Feed(), announce);
+  const agents = new AgentSessions(orm, clock, ingest, config.heartbeatIntervalSeconds * 1000, config.hostGraceSeconds * 1000, announce);
   const liveness = new HostLiveness(orm, clock, config.hostGraceSeconds * 1000);
   const inventory = new GpuInventory(orm, clock, samples, (hostId, uuid) => ingest.readmitted(hostId, uuid));
   const allocator = new GpuAllocator(orm, clock);
@@ -83,7 +87,7 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
 
   const handler = connectNodeAdapter({
     routes: routes(
-      { hosts: new HostHandler(hosts, agents, clock, config.heartbeatIntervalSeconds * 1000), gpus: new GpuHandler(inventory, allocator, history, clock) },
+      { hosts: new HostHandler(hosts, agents, clock, config.heartbeatIntervalSeconds * 1000), gpus: new GpuHandler(inventory, allocator, history, ingest.live, clock) },
       health,
     ),
     interceptors: [observe(logger, metrics), authenticate(authenticator)],
@@ -128,7 +132,10 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
   const maintain = async () => {
     await ingest.flush();
     const expired = await liveness.expireLeases();
-    if (expired.length > 0) logger.warn({ hosts: expired }, "hosts went OFFLINE: lease expired");
+    if (expired.length > 0) {
+      logger.warn({ hosts: expired }, "hosts went OFFLINE: lease expired");
+      announce(expired);
+    }
     if (clock.now().getTime() - historyExpiredAt >= HISTORY_CLEANUP_MS) {
       historyExpiredAt = clock.now().getTime();
       const removed = await history.expire();

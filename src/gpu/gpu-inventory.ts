@@ -160,6 +160,13 @@ export class GpuInventory {
     });
   }
 
+  /** The id of an existing host, or NOT_FOUND. */
+  async requireHost(id: string): Promise<string> {
+    const host = await this.orm.em.fork().findOne(Host, checkId("host_id", id), { fields: ["id"] });
+    if (!host) throw new NotFoundError("host", id);
+    return host.id;
+  }
+
   /** GPUs per status as the API reports it (OFFLINE with their host), for the metrics endpoint. */
   async countByStatus(): Promise<Record<string, number>> {
     const rows: { status: string; n: number }[] = await this.orm.em.getConnection().execute(

@@ -31,6 +31,8 @@ export class SessionFencedError extends ConflictError {
 export class AgentSession {
   readonly id = randomUUID();
   private readonly controller = new AbortController();
+  /** Server-side GPU ids by UUID, from the hello. */
+  gpuIds = new Map<string, string>();
 
   constructor(
     readonly hostId: string,
@@ -61,6 +63,8 @@ export class AgentSessions {
     private readonly ingest: HeartbeatIngest,
     private readonly heartbeatIntervalMs: number,
     private readonly leaseMs: number,
+    /** Told which hosts changed (status, inventory), after the change committed. */
+    private readonly onChanged: (hostIds: string[]) => void = () => undefined,
   ) {}
 
   /**
@@ -86,17 +90,19 @@ export class AgentSessions {
         host.statusMessage = "";
       }
       host.updatedAt = now;
-      await syncInventory(em, host, hello.gpus, now);
+      session.gpuIds = await syncInventory(em, host, hello.gpus, now);
       // Swapped while the host row is locked, so concurrent hellos fence in the order they committed.
       this.live.get(hello.hostId)?.fence(session);
       this.live.set(hello.hostId, session);
     });
+    this.onChanged([hello.hostId]);
     return session;
   }
 
   /** Records a heartbeat of a live session; a fenced session's reports are dropped. */
   heartbeat(session: AgentSession, host: HostSampleRecord | undefined, gpus: GpuSampleRecord[]): boolean {
     if (session.fenced.aborted) return false;
+    for (const g of gpus) g.gpuId = session.gpuIds.get(g.gpuUuid);
     this.ingest.record(session.hostId, host, gpus);
     return true;
   }

@@ -9,6 +9,7 @@ import { checkId } from "../ids.js";
 import { decodePageToken, encodePageToken, pageSize, type Page } from "../pagination.js";
 import type { Clock } from "../platform/clock.js";
 import { countByStatus } from "../platform/count-by-status.js";
+import { Feed } from "../platform/feed.js";
 import { onUniqueViolation } from "../platform/unique-violation.js";
 import type { HostSampleRecord, LatestSamples } from "../telemetry/latest-samples.js";
 import { Violations, checkLabels, checkString } from "../validation.js";
@@ -39,6 +40,11 @@ export interface HostFilter {
   schedulable?: boolean;
 }
 
+export interface HostChange {
+  type: "ADDED" | "MODIFIED" | "DELETED";
+  view: HostView;
+}
+
 export interface DrainReport {
   view: HostView;
   allocatedGpus: Gpu[];
@@ -54,6 +60,9 @@ const ACTIVE_ENVIRONMENT_STATUSES = ["PENDING", "CREATING", "RUNNING", "STOPPING
 
 /** Hosts: registration, administration and liveness. */
 export class HostRegistry {
+  /** Every committed change of a host, for WatchHosts. */
+  readonly changes = new Feed<HostChange>();
+
   constructor(
     private readonly orm: MikroORM,
     private readonly clock: Clock,
@@ -77,7 +86,9 @@ export class HostRegistry {
       () => em.flush(),
       (c) => (c === "hosts_name_unique" ? new AlreadyExistsError("host", `named "${input.name}"`) : undefined),
     );
-    return { view: { host, gpuCount: 0, availableGpuCount: 0 }, agentToken: token.token };
+    const view = { host, gpuCount: 0, availableGpuCount: 0 };
+    this.changes.publish({ type: "ADDED", view });
+    return { view, agentToken: token.token };
   }
 
   async get(id: string): Promise<HostView> {
@@ -140,12 +151,12 @@ export class HostRegistry {
     }
     host.updatedAt = this.clock.now();
     await em.flush();
-    return (await this.views(em, [host]))[0]!;
+    return this.publish(em, host);
   }
 
   /** Deletes a host with its GPUs and agent token; refused while any of its GPUs is held. */
   async delete(id: string): Promise<void> {
-    await this.orm.em.fork().transactional(async (em) => {
+    const last = await this.orm.em.fork().transactional(async (em) => {
       const host = await this.find(em, id, LockMode.PESSIMISTIC_WRITE);
       // Locking every GPU row of the host first means no allocation can slip in between the check and the delete.
       const gpus = await em.find(Gpu, { host }, { lockMode: LockMode.PESSIMISTIC_WRITE });
@@ -155,9 +166,12 @@ export class HostRegistry {
       }
       const running = await em.count(Environment, { host, status: { $in: [...ACTIVE_ENVIRONMENT_STATUSES] } });
       if (running > 0) throw new FailedPreconditionError(`host "${host.name}" still runs ${running} environment(s); drain it first`);
+      const view = (await this.views(em, [host]))[0]!;
       await em.nativeDelete(Host, { id: host.id });
+      return view;
     });
     this.samples.forgetHost(id);
+    this.changes.publish({ type: "DELETED", view: last });
   }
 
   async cordon(id: string): Promise<HostView> {
@@ -212,7 +226,17 @@ export class HostRegistry {
     );
     if ((updated as { affectedRows?: number }).affectedRows === 0) throw new NotFoundError("host", id);
     if (sample) this.samples.recordHost(id, sample);
-    return this.get(id);
+    const view = await this.get(id);
+    this.changes.publish({ type: "MODIFIED", view });
+    return view;
+  }
+
+  /** Publishes the current state of hosts changed elsewhere (agent sessions, lease expiry). */
+  async announce(ids: string[]): Promise<void> {
+    if (this.changes.size === 0) return;
+    const em = this.orm.em.fork();
+    const hosts = await em.find(Host, { id: { $in: ids } });
+    for (const view of await this.views(em, hosts)) this.changes.publish({ type: "MODIFIED", view });
   }
 
   /** Hosts per status, for the metrics endpoint. */
@@ -236,7 +260,13 @@ export class HostRegistry {
     mutate(host);
     host.updatedAt = this.clock.now();
     await em.flush();
-    return (await this.views(em, [host]))[0]!;
+    return this.publish(em, host);
+  }
+
+  private async publish(em: EntityManager, host: Host): Promise<HostView> {
+    const view = (await this.views(em, [host]))[0]!;
+    this.changes.publish({ type: "MODIFIED", view });
+    return view;
   }
 
   private async find(em: EntityManager, id: string, lockMode?: LockMode): Promise<Host> {

@@ -16,8 +16,9 @@ export interface ReportedGpu {
  * Makes the host's GPU rows match what its agent sees, keyed by (host, UUID): new GPUs are added,
  * known ones updated and brought back from OFFLINE, missing ones marked OFFLINE (never deleted: they
  * may hold an environment, or come back after a reboot). Runs inside the caller's transaction.
+ * Returns the server-side id of each reported GPU, by UUID.
  */
-export async function syncInventory(em: EntityManager, host: Host, reported: ReportedGpu[], now: Date): Promise<void> {
+export async function syncInventory(em: EntityManager, host: Host, reported: ReportedGpu[], now: Date): Promise<Map<string, string>> {
   const rows = await em.find(Gpu, { host });
   const byUuid = new Map(rows.map((g) => [g.uuid, g]));
   const reportedByUuid = new Map(reported.map((r) => [r.uuid, r]));
@@ -34,12 +35,14 @@ export async function syncInventory(em: EntityManager, host: Host, reported: Rep
   }
   if (parked.length > 0) await em.flush();
 
+  const ids = new Map<string, string>();
   for (const r of reported) {
     const g = byUuid.get(r.uuid);
     if (!g) {
-      em.create(Gpu, { host, ...r, createdAt: now, updatedAt: now });
+      ids.set(r.uuid, em.create(Gpu, { host, ...r, createdAt: now, updatedAt: now }).id);
       continue;
     }
+    ids.set(r.uuid, g.id);
     const changed = g.index !== r.index || g.model !== r.model || g.memoryBytes !== r.memoryBytes || g.driverVersion !== r.driverVersion || g.cudaVersion !== r.cudaVersion || g.status === "OFFLINE";
     Object.assign(g, r);
     if (g.status === "OFFLINE") g.status = statusWhenOnline(g);
@@ -50,4 +53,5 @@ export async function syncInventory(em: EntityManager, host: Host, reported: Rep
     g.status = "OFFLINE";
     g.updatedAt = now;
   }
+  return ids;
 }

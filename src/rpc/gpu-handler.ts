@@ -1,10 +1,15 @@
-import type { ServiceImpl } from "@connectrpc/connect";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import type { Feed } from "../platform/feed.js";
+import type { LiveSample } from "../telemetry/heartbeat-ingest.js";
 import type {
   AllocateGpuRequest,
   CreateGpuRequest,
   DeleteGpuRequest,
   GetGpuRequest,
   GetGpuTelemetryRequest,
+  WatchGpuTelemetryRequest,
+  WatchGpuTelemetryResponseSchema,
   GpuService,
   ListGpusRequest,
   ReleaseGpuRequest,
@@ -16,7 +21,7 @@ import type { Clock } from "../platform/clock.js";
 import type { TelemetryHistory } from "../telemetry/telemetry-history.js";
 import type { GpuInventory } from "../gpu/gpu-inventory.js";
 import { Violations, parseLabelSelector, toSafeNumber } from "../validation.js";
-import { gpuMetricsToMessage, gpuStatus, gpuToMessage } from "./convert.js";
+import { gpuMetricsToMessage, gpuSampleToMessage, gpuStatus, gpuToMessage } from "./convert.js";
 
 type Impl = Partial<ServiceImpl<typeof GpuService>>;
 
@@ -26,6 +31,7 @@ export class GpuHandler implements Impl {
     private readonly inventory: GpuInventory,
     private readonly allocator: GpuAllocator,
     private readonly history: TelemetryHistory,
+    private readonly live: Feed<LiveSample>,
     private readonly clock: Clock,
   ) {}
 
@@ -85,6 +91,21 @@ export class GpuHandler implements Impl {
     return { gpu: gpuToMessage(this.inventory.view(gpu)) };
   }
 
+  /** Live samples of one GPU, one host's GPUs, or all; a slow reader loses the oldest, never slows ingestion. */
+  async *watchGpuTelemetry(req: WatchGpuTelemetryRequest, ctx: HandlerContext): AsyncIterable<MessageInitShape<typeof WatchGpuTelemetryResponseSchema>> {
+    let accept = (_: LiveSample) => true;
+    if (req.gpuId) {
+      const { gpu } = await this.inventory.get(req.gpuId);
+      accept = (s) => s.hostId === gpu.host.id && s.sample.gpuUuid === gpu.uuid;
+    } else if (req.hostId) {
+      const hostId = await this.inventory.requireHost(req.hostId);
+      accept = (s) => s.hostId === hostId;
+    }
+    for await (const { item, dropped } of this.live.subscribe({ accept, capacity: LIVE_BUFFER, overflow: "drop-oldest" }, ctx.signal)) {
+      yield { sample: gpuSampleToMessage(item.sample, item.sample.gpuId ?? "", item.hostId), dropped: BigInt(dropped) };
+    }
+  }
+
   async getGpuTelemetry(req: GetGpuTelemetryRequest) {
     const { gpu } = await this.inventory.get(req.gpuId);
     const to = req.endTime ? timestampDate(req.endTime) : this.clock.now();
@@ -102,5 +123,7 @@ export class GpuHandler implements Impl {
   }
 }
 
+/** Live samples held for a slow WatchGpuTelemetry caller; older ones are dropped and counted. */
+const LIVE_BUFFER = 256;
 const DEFAULT_RANGE_MS = 3_600_000;
 const DEFAULT_STEP_MS = 60_000;

@@ -6,6 +6,7 @@ import type {
   DrainHostRequest,
   GetHostRequest,
   StreamHeartbeatsRequest,
+  WatchHostsRequest,
   HeartbeatRequest,
   HostService,
   ListHostsRequest,
@@ -14,7 +15,8 @@ import type {
 } from "../../gen/remotegpu/v1/host_pb.js";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import type { StreamHeartbeatsResponseSchema } from "../../gen/remotegpu/v1/host_pb.js";
+import type { StreamHeartbeatsResponseSchema, WatchHostsResponseSchema } from "../../gen/remotegpu/v1/host_pb.js";
+import { WatchEventType } from "../../gen/remotegpu/v1/common_pb.js";
 import type { AgentHello as AgentHelloMessage } from "../../gen/remotegpu/v1/agent_pb.js";
 import { assertMaySpeakForHost } from "../auth/authenticator.js";
 import { InvalidArgumentError } from "../errors.js";
@@ -34,6 +36,9 @@ import {
 } from "./convert.js";
 
 type Impl = Partial<ServiceImpl<typeof HostService>>;
+
+/** Changes held for a slow WatchHosts caller before its watch is ended (it can watch again). */
+const WATCH_BUFFER = 1000;
 
 /** HostService over Connect/gRPC: convert, call the registry, convert back. */
 export class HostHandler implements Impl {
@@ -121,6 +126,27 @@ export class HostHandler implements Impl {
     };
   }
 
+  /** Current hosts first (INITIAL), then every change, until the caller cancels. */
+  async *watchHosts(req: WatchHostsRequest, ctx: HandlerContext): AsyncIterable<MessageInitShape<typeof WatchHostsResponseSchema>> {
+    const only = req.hostId;
+    // Subscribed before the initial state is read, so no change falls between the two.
+    const changes = this.hosts.changes.subscribe(
+      { accept: (c) => !only || c.view.host.id === only, capacity: WATCH_BUFFER, overflow: "fail" },
+      ctx.signal,
+    );
+    if (only) {
+      yield { type: WatchEventType.INITIAL, host: hostToMessage(await this.hosts.get(only)) };
+    } else {
+      let token = "";
+      do {
+        const page = await this.hosts.list({ labels: {} }, 1000, token);
+        for (const view of page.items) yield { type: WatchEventType.INITIAL, host: hostToMessage(view) };
+        token = page.nextPageToken;
+      } while (token);
+    }
+    for await (const { item } of changes) yield { type: EVENT_TYPES[item.type], host: hostToMessage(item.view) };
+  }
+
   /** The agent stream: hello → welcome, then each heartbeat → ack, until the agent leaves or is fenced. */
   async *streamHeartbeats(
     requests: AsyncIterable<StreamHeartbeatsRequest>,
@@ -164,6 +190,8 @@ export class HostHandler implements Impl {
     }
   }
 }
+
+const EVENT_TYPES = { ADDED: WatchEventType.ADDED, MODIFIED: WatchEventType.MODIFIED, DELETED: WatchEventType.DELETED } as const;
 
 function helloFromMessage(m: AgentHelloMessage): AgentHello {
   return {

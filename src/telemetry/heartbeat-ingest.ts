@@ -2,7 +2,14 @@ import type { MikroORM } from "@mikro-orm/postgresql";
 import { judgeSample, type HealthMemory, type HealthThresholds } from "../gpu/gpu-health.js";
 import type { Clock } from "../platform/clock.js";
 import type { GpuSampleRecord, HostSampleRecord, LatestSamples } from "./latest-samples.js";
+import type { Feed } from "../platform/feed.js";
 import type { TelemetryHistory } from "./telemetry-history.js";
+
+/** A sample on its way to live watchers. */
+export interface LiveSample {
+  hostId: string;
+  sample: GpuSampleRecord;
+}
 
 /**
  * The hot path of the agent stream. A heartbeat only touches memory: the latest samples, the
@@ -21,6 +28,10 @@ export class HeartbeatIngest {
     private readonly samples: LatestSamples,
     private readonly history: TelemetryHistory,
     private readonly thresholds: HealthThresholds,
+    /** Live samples for watchers. */
+    readonly live: Feed<LiveSample>,
+    /** Told which hosts came back ONLINE through a heartbeat. */
+    private readonly onRevived: (hostIds: string[]) => void = () => undefined,
   ) {}
 
   record(hostId: string, host: HostSampleRecord | undefined, gpus: GpuSampleRecord[]): void {
@@ -29,6 +40,7 @@ export class HeartbeatIngest {
     for (const sample of gpus) {
       this.samples.recordGpu(hostId, sample);
       this.history.record(hostId, sample);
+      this.live.publish({ hostId, sample });
       const key = `${hostId}/${sample.gpuUuid}`;
       const { reasons, memory } = judgeSample(this.health.get(key), sample.metrics, this.thresholds);
       this.health.set(key, memory);
@@ -56,17 +68,22 @@ export class HeartbeatIngest {
     this.verdicts = new Map();
     const connection = this.orm.em.getConnection();
     if (seen.size > 0) {
-      await connection.execute(
-        `update hosts h set
-           last_heartbeat_at = v.seen,
-           status = case when h.status = 'OFFLINE' then 'ONLINE' else h.status end,
-           status_message = case when h.status = 'OFFLINE' then '' else h.status_message end,
-           updated_at = case when h.status = 'OFFLINE' then v.seen else h.updated_at end
-         from unnest(?::uuid[], ?::timestamptz[]) as v(id, seen)
-         where h.id = v.id`,
+      // The CTE reads the rows as they were before the update: those that were OFFLINE revived.
+      const revived: { id: string }[] = await connection.execute(
+        `with seen as (select * from unnest(?::uuid[], ?::timestamptz[]) as v(id, seen)),
+         before as (select h.id, h.status from hosts h join seen on seen.id = h.id),
+         updated as (
+           update hosts h set
+             last_heartbeat_at = seen.seen,
+             status = case when h.status = 'OFFLINE' then 'ONLINE' else h.status end,
+             status_message = case when h.status = 'OFFLINE' then '' else h.status_message end,
+             updated_at = case when h.status = 'OFFLINE' then seen.seen else h.updated_at end
+           from seen where h.id = seen.id
+           returning h.id)
+         select id from before where status = 'OFFLINE'`,
         [pgArray([...seen.keys()]), pgArray([...seen.values()].map((d) => d.toISOString()))],
-        "run",
       );
+      if (revived.length > 0) this.onRevived(revived.map((r) => r.id));
     }
     for (const v of verdicts) {
       // Reasons already recorded (by an operator or an earlier verdict) are kept.

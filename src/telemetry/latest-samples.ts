@@ -18,6 +18,8 @@ export interface GpuMetrics {
 
 export interface GpuSampleRecord {
   gpuUuid: string;
+  /** The GPU's server-side id, when the receiver knows it. */
+  gpuId?: string;
   index: number;
   time: Date;
   metrics: GpuMetrics;
