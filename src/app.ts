@@ -158,6 +158,7 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
       clearInterval(probe);
       clearInterval(loop);
       health.shutdown();
+      agents.shutdown();
       await server.close(config.shutdownTimeoutSeconds * 1000);
       await maintaining;
       await ingest.flush(true).catch((err: unknown) => logger.error({ err }, "final heartbeat flush failed"));

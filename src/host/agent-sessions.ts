@@ -1,7 +1,7 @@
 import { randomUUID } from "node:crypto";
 import { LockMode } from "@mikro-orm/core";
 import type { MikroORM } from "@mikro-orm/postgresql";
-import { ConflictError, NotFoundError } from "../errors.js";
+import { ConflictError, NotFoundError, UnavailableError } from "../errors.js";
 import { checkId } from "../ids.js";
 import type { Clock } from "../platform/clock.js";
 import type { HeartbeatIngest } from "../telemetry/heartbeat-ingest.js";
@@ -41,13 +41,13 @@ export class AgentSession {
     readonly leaseMs: number,
   ) {}
 
-  /** Aborted (with a SessionFencedError) once a newer session takes over. */
-  get fenced(): AbortSignal {
+  /** Aborted once the session must end: a newer session took over (SessionFencedError), or the server is stopping. */
+  get ended(): AbortSignal {
     return this.controller.signal;
   }
 
-  fence(by: AgentSession): void {
-    this.controller.abort(new SessionFencedError(by.id));
+  end(reason: Error): void {
+    this.controller.abort(reason);
   }
 }
 
@@ -92,7 +92,7 @@ export class AgentSessions {
       host.updatedAt = now;
       session.gpuIds = await syncInventory(em, host, hello.gpus, now);
       // Swapped while the host row is locked, so concurrent hellos fence in the order they committed.
-      this.live.get(hello.hostId)?.fence(session);
+      this.live.get(hello.hostId)?.end(new SessionFencedError(session.id));
       this.live.set(hello.hostId, session);
     });
     this.onChanged([hello.hostId]);
@@ -101,10 +101,15 @@ export class AgentSessions {
 
   /** Records a heartbeat of a live session; a fenced session's reports are dropped. */
   heartbeat(session: AgentSession, host: HostSampleRecord | undefined, gpus: GpuSampleRecord[]): boolean {
-    if (session.fenced.aborted) return false;
+    if (session.ended.aborted) return false;
     for (const g of gpus) g.gpuId = session.gpuIds.get(g.gpuUuid);
     this.ingest.record(session.hostId, host, gpus);
     return true;
+  }
+
+  /** Ends every stream with UNAVAILABLE, so agents reconnect (to another replica) at once. */
+  shutdown(): void {
+    for (const session of this.live.values()) session.end(new UnavailableError("the server is shutting down; reconnect"));
   }
 
   close(session: AgentSession): void {

@@ -13,7 +13,7 @@ import type {
   UncordonHostRequest,
   UpdateHostRequest,
 } from "../../gen/remotegpu/v1/host_pb.js";
-import { durationFromMs } from "@bufbuild/protobuf/wkt";
+import { durationFromMs, timestampDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { StreamHeartbeatsResponseSchema, WatchHostsResponseSchema } from "../../gen/remotegpu/v1/host_pb.js";
 import { WatchEventType } from "../../gen/remotegpu/v1/common_pb.js";
@@ -36,6 +36,9 @@ import {
 } from "./convert.js";
 
 type Impl = Partial<ServiceImpl<typeof HostService>>;
+
+/** Oldest buffered reading an agent may deliver with its own time. */
+const MAX_BACKLOG_AGE_MS = 6 * 3_600_000;
 
 /** Changes held for a slow WatchHosts caller before its watch is ended (it can watch again). */
 const WATCH_BUFFER = 1000;
@@ -126,6 +129,17 @@ export class HostHandler implements Impl {
     };
   }
 
+  /**
+   * When a reading was taken: the agent's word for readings it buffered while disconnected, unless
+   * that is in the future or older than an agent keeps readings (a wrong clock); then now.
+   */
+  private sampleTime(sent: Timestamp | undefined): Date {
+    const now = this.clock.now();
+    if (!sent) return now;
+    const t = timestampDate(sent);
+    return t > now || now.getTime() - t.getTime() > MAX_BACKLOG_AGE_MS ? now : t;
+  }
+
   /** Current hosts first (INITIAL), then every change, until the caller cancels. */
   async *watchHosts(req: WatchHostsRequest, ctx: HandlerContext): AsyncIterable<MessageInitShape<typeof WatchHostsResponseSchema>> {
     const only = req.hostId;
@@ -159,10 +173,10 @@ export class HostHandler implements Impl {
     const hello = first.value.message.value;
     assertMaySpeakForHost(caller, hello.hostId);
     const session = await this.agents.open(helloFromMessage(hello));
-    const fenced = new Promise<never>((_, reject) => {
-      session.fenced.addEventListener("abort", () => reject(session.fenced.reason as Error), { once: true });
+    const ended = new Promise<never>((_, reject) => {
+      session.ended.addEventListener("abort", () => reject(session.ended.reason as Error), { once: true });
     });
-    fenced.catch(() => undefined); // observed through the race below
+    ended.catch(() => undefined); // observed through the race below
     try {
       yield {
         message: {
@@ -174,14 +188,14 @@ export class HostHandler implements Impl {
         },
       };
       for (;;) {
-        const next: IteratorResult<StreamHeartbeatsRequest> = await Promise.race([incoming.next(), fenced]);
+        const next: IteratorResult<StreamHeartbeatsRequest> = await Promise.race([incoming.next(), ended]);
         if (next.done) return;
         const m = next.value.message;
         if (m.case === "hello") throw InvalidArgumentError.field("hello", "only the first message may be a hello");
         if (m.case !== "heartbeat") continue; // environment reports arrive with the agent runtime
-        const now = this.clock.now();
         if (m.value.gpus.length > 64) throw InvalidArgumentError.field("heartbeat.gpus", "at most 64 samples");
-        const gpus = m.value.gpus.map((g) => ({ gpuUuid: g.gpuUuid, index: g.index, time: now, metrics: gpuMetricsFromMessage(g.metrics) }));
+        const time = this.sampleTime(m.value.sampleTime);
+        const gpus = m.value.gpus.map((g) => ({ gpuUuid: g.gpuUuid, index: g.index, time, metrics: gpuMetricsFromMessage(g.metrics) }));
         this.agents.heartbeat(session, m.value.host && hostSampleFromMessage(m.value.host), gpus);
         yield { message: { case: "ack", value: { sequence: m.value.sequence } } };
       }

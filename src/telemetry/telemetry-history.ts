@@ -42,24 +42,29 @@ export class TelemetryHistory {
     const start = Math.floor(sample.time.getTime() / this.resolutionMs) * this.resolutionMs;
     let bucket = this.open.get(key);
     if (bucket && bucket.start !== start) {
-      // The interval moved on: keep the finished bucket under a key of its own until the flush.
-      this.open.set(`${key}@${bucket.start}`, bucket);
-      bucket = undefined;
+      // The interval moved on (or a late sample belongs to another): park this bucket under a key
+      // of its own until the flush, merging with one parked there before.
+      const parkedKey = `${key}@${bucket.start}`;
+      const parked = this.open.get(parkedKey);
+      if (parked) {
+        parked.count += bucket.count;
+        merge(parked.stats, bucket.stats);
+      } else this.open.set(parkedKey, bucket);
+      bucket = this.open.get(`${key}@${start}`);
+      if (bucket) this.open.delete(`${key}@${start}`);
+      else bucket = { hostId, uuid: sample.gpuUuid, start, count: 0, stats: {} };
+      this.open.set(key, bucket);
     }
     if (!bucket) {
       bucket = { hostId, uuid: sample.gpuUuid, start, count: 0, stats: {} };
       this.open.set(key, bucket);
     }
     bucket.count++;
+    const one: Record<string, MetricStat> = {};
     for (const [metric, value] of Object.entries(sample.metrics)) {
-      if (typeof value !== "number" || !Number.isFinite(value)) continue;
-      const stat = bucket.stats[metric];
-      if (stat) {
-        stat[0]++;
-        stat[1] += value;
-        stat[2] = Math.max(stat[2], value);
-      } else bucket.stats[metric] = [1, value, value];
+      if (typeof value === "number" && Number.isFinite(value)) one[metric] = [1, value, value];
     }
+    merge(bucket.stats, one);
   }
 
   /** Writes every bucket whose interval has ended (all of them with `everything`, at shutdown). */
@@ -105,14 +110,7 @@ export class TelemetryHistory {
       let m = merged.get(slot);
       if (!m) merged.set(slot, (m = { count: 0, stats: {} }));
       m.count += row.sample_count;
-      for (const [metric, [n, sum, max]] of Object.entries(row.stats)) {
-        const s = m.stats[metric];
-        if (s) {
-          s[0] += n;
-          s[1] += sum;
-          s[2] = Math.max(s[2], max);
-        } else m.stats[metric] = [n, sum, max];
-      }
+      merge(m.stats, row.stats);
     }
     return [...merged.entries()]
       .sort(([a], [b]) => a - b)
@@ -129,5 +127,17 @@ export class TelemetryHistory {
     const cutoff = new Date(this.clock.now().getTime() - this.retentionMs);
     const res = await this.orm.em.getConnection().execute("delete from gpu_telemetry where bucket_start < ?", [cutoff], "run");
     return (res as { affectedRows?: number }).affectedRows ?? 0;
+  }
+}
+
+/** Adds the stats of `from` into `into` (counts and sums add up, maxima take the larger). */
+function merge(into: Record<string, MetricStat>, from: Record<string, MetricStat>): void {
+  for (const [metric, [n, sum, max]] of Object.entries(from)) {
+    const s = into[metric];
+    if (s) {
+      s[0] += n;
+      s[1] += sum;
+      s[2] = Math.max(s[2], max);
+    } else into[metric] = [n, sum, max];
   }
 }

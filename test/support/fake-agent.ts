@@ -1,7 +1,7 @@
 import { strict as assert } from "node:assert";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { HostService, type StreamHeartbeatsRequestSchema, type StreamHeartbeatsResponse } from "../../gen/remotegpu/v1/host_pb.js";
-import { Channel } from "./channel.js";
+import { Channel } from "../../src/platform/channel.js";
 import type { TestServer } from "./server.js";
 
 type Req = MessageInitShape<typeof StreamHeartbeatsRequestSchema>;

@@ -1,4 +1,4 @@
-/** An async iterable the test pushes into: the request side of a client or bidi stream. */
+/** An async iterable fed by push(): the sending side of a client or bidi stream. */
 export class Channel<T> implements AsyncIterable<T> {
   private readonly queue: T[] = [];
   private waiting?: (r: IteratorResult<T>) => void;

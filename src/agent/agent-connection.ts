@@ -1,0 +1,200 @@
+import { create } from "@bufbuild/protobuf";
+import { durationMs, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { HostService, StreamHeartbeatsRequestSchema, type StreamHeartbeatsRequest } from "../../gen/remotegpu/v1/host_pb.js";
+import { Channel } from "../platform/channel.js";
+import type { Logger } from "../platform/logger.js";
+import { gpuMetricsToMessage, hostSampleToMessage } from "../rpc/convert.js";
+import type { GpuSampleRecord, HostSampleRecord } from "../telemetry/latest-samples.js";
+import type { GpuInventoryEntry } from "./nvidia-smi.js";
+
+export interface Reading {
+  inventory: GpuInventoryEntry[];
+  samples: GpuSampleRecord[];
+  host: HostSampleRecord;
+  time: Date;
+}
+
+export interface AgentOptions {
+  /** Control-plane base URLs, tried in turn. */
+  servers: string[];
+  hostId: string;
+  token: string;
+  agentVersion: string;
+  /** Reads the GPUs and the host once. */
+  read: () => Promise<Reading>;
+  capacity: { cpuMillicores: number; memoryBytes: number; diskBytes: number };
+  logger: Logger;
+  /** Heartbeat period; unset follows what the server asks for. */
+  intervalMs?: number;
+  /** Readings kept while disconnected (the oldest go first). @default 360 */
+  bufferSize?: number;
+  /** First reconnect delay; doubles per failure, with jitter. @default 500 */
+  initialBackoffMs?: number;
+  /** @default 30000 */
+  maxBackoffMs?: number;
+}
+
+const DEFAULT_INTERVAL_MS = 10_000;
+
+/**
+ * The agent's side of StreamHeartbeats: takes readings on a timer whether or not it is connected,
+ * keeps a bounded backlog, and delivers it in order over a stream it reconnects (with exponential
+ * backoff and jitter, rotating through the servers) whenever it breaks. Readings sent but not yet
+ * acked go back to the backlog when a stream dies, so a reconnect loses nothing that fit.
+ */
+export class AgentConnection {
+  private backlog: Reading[] = [];
+  private wake?: () => void;
+  private intervalMs: number;
+  private timer?: NodeJS.Timeout;
+  private inventory: GpuInventoryEntry[] = [];
+
+  constructor(private readonly o: AgentOptions) {
+    this.intervalMs = o.intervalMs ?? DEFAULT_INTERVAL_MS;
+  }
+
+  /** Runs until `signal` aborts; rejects when the server refuses this agent's identity. */
+  async run(signal: AbortSignal): Promise<void> {
+    await this.takeReading();
+    this.schedule();
+    signal.addEventListener("abort", () => this.wake?.(), { once: true });
+    let failures = 0;
+    for (let attempt = 0; !signal.aborted; attempt++) {
+      const server = this.o.servers[attempt % this.o.servers.length]!;
+      let fenced = false;
+      try {
+        await this.session(server, signal, () => (failures = 0));
+      } catch (err) {
+        const e = ConnectError.from(err);
+        // A wrong token or host id will not fix itself: stop and say so.
+        if (e.code === Code.Unauthenticated || e.code === Code.PermissionDenied || e.code === Code.NotFound) throw e;
+        fenced = e.code === Code.Aborted;
+        if (!signal.aborted) this.o.logger.warn({ server, code: Code[e.code], error: e.rawMessage }, "agent stream ended");
+      }
+      if (signal.aborted) break;
+      failures++;
+      const max = this.o.maxBackoffMs ?? 30_000;
+      const base = Math.min(max, (this.o.initialBackoffMs ?? 500) * 2 ** Math.min(failures - 1, 16));
+      // A fenced session means another agent speaks for this host: do not fight it at full speed.
+      const delay = fenced ? max : base / 2 + Math.random() * (base / 2);
+      await sleep(delay, signal);
+    }
+    clearTimeout(this.timer);
+  }
+
+  private schedule(): void {
+    this.timer = setTimeout(() => {
+      this.takeReading()
+        .catch((err: unknown) => this.o.logger.error({ err }, "reading the GPUs failed"))
+        .finally(() => this.schedule());
+    }, this.intervalMs);
+    this.timer.unref();
+  }
+
+  private async takeReading(): Promise<void> {
+    const reading = await this.o.read();
+    this.inventory = reading.inventory;
+    this.backlog.push(reading);
+    const max = this.o.bufferSize ?? 360;
+    if (this.backlog.length > max) this.backlog.splice(0, this.backlog.length - max);
+    this.wake?.();
+  }
+
+  private async session(server: string, signal: AbortSignal, connected: () => void): Promise<void> {
+    const auth: Interceptor = (next) => (req) => {
+      req.header.set("authorization", `Bearer ${this.o.token}`);
+      return next(req);
+    };
+    const client = createClient(HostService, createGrpcTransport({ baseUrl: server, interceptors: [auth] }));
+    const requests = new Channel<StreamHeartbeatsRequest>();
+    const stop = new AbortController();
+    const onAbort = () => stop.abort();
+    signal.addEventListener("abort", onAbort, { once: true });
+    const responses = client.streamHeartbeats(requests, { signal: stop.signal })[Symbol.asyncIterator]();
+    const inFlight: { sequence: bigint; reading: Reading }[] = [];
+    try {
+      requests.push(create(StreamHeartbeatsRequestSchema, { message: { case: "hello", value: this.hello() } }));
+      const first = await responses.next();
+      if (first.done || first.value.message.case !== "welcome") throw new ConnectError("the server sent no welcome", Code.Unavailable);
+      const welcome = first.value.message.value;
+      const asked = welcome.settings?.heartbeatInterval && durationMs(welcome.settings.heartbeatInterval);
+      if (this.o.intervalMs === undefined && asked && asked !== this.intervalMs) {
+        this.intervalMs = asked;
+        clearTimeout(this.timer);
+        this.schedule();
+      }
+      this.o.logger.info({ server, session: welcome.sessionId, intervalMs: this.intervalMs }, "agent connected");
+      connected();
+
+      const acks = (async () => {
+        for (;;) {
+          const r = await responses.next();
+          if (r.done) return;
+          if (r.value.message.case === "ack") {
+            const acked = r.value.message.value.sequence;
+            while (inFlight.length > 0 && inFlight[0]!.sequence <= acked) inFlight.shift();
+          }
+        }
+      })();
+      let ended = false;
+      const markEnded = () => {
+        ended = true;
+        this.wake?.();
+      };
+      acks.then(markEnded, markEnded); // the error itself surfaces through `await acks` below
+
+      let sequence = 0n;
+      while (!ended && !signal.aborted) {
+        const reading = this.backlog.shift();
+        if (!reading) {
+          await new Promise<void>((resolve) => (this.wake = resolve));
+          this.wake = undefined;
+          continue;
+        }
+        inFlight.push({ sequence: ++sequence, reading });
+        requests.push(create(StreamHeartbeatsRequestSchema, { message: { case: "heartbeat", value: heartbeat(sequence, reading) } }));
+      }
+      await acks;
+    } finally {
+      signal.removeEventListener("abort", onAbort);
+      // What the server never acked is sent again on the next stream, in order.
+      this.backlog.unshift(...inFlight.map((f) => f.reading));
+      requests.close();
+      stop.abort();
+    }
+  }
+
+  private hello() {
+    return {
+      hostId: this.o.hostId,
+      agentVersion: this.o.agentVersion,
+      capacity: {
+        cpuMillicores: BigInt(this.o.capacity.cpuMillicores),
+        memoryBytes: BigInt(this.o.capacity.memoryBytes),
+        diskBytes: BigInt(this.o.capacity.diskBytes),
+      },
+      gpus: this.inventory.map((g) => ({ ...g, memoryBytes: BigInt(g.memoryBytes) })),
+    };
+  }
+}
+
+function heartbeat(sequence: bigint, r: Reading) {
+  return {
+    sequence,
+    sampleTime: timestampFromDate(r.time),
+    host: hostSampleToMessage(r.host),
+    gpus: r.samples.map((s) => ({ gpuUuid: s.gpuUuid, index: s.index, sampleTime: timestampFromDate(s.time), metrics: gpuMetricsToMessage(s.metrics) })),
+  };
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const t = setTimeout(resolve, ms);
+    signal.addEventListener("abort", () => {
+      clearTimeout(t);
+      resolve();
+    }, { once: true });
+  });
+}

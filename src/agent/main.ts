@@ -1,0 +1,113 @@
+import { parseArgs } from "node:util";
+import { createLogger } from "../platform/logger.js";
+import { AgentConnection } from "./agent-connection.js";
+import { HostStats } from "./host-stats.js";
+import { collectNvidiaSmi } from "./nvidia-smi.js";
+import { SimulatedGpus } from "./simulated-gpus.js";
+
+// The RemoteGPU node agent: `npm run agent -- --server URL --host-id ID --token TOKEN [options]`.
+const USAGE = `usage: remotegpu-agent --server URL[,URL...] --host-id ID --token TOKEN [options]
+  --server URL          control plane URL(s), tried in turn        (env REMOTEGPU_SERVER)
+  --host-id ID          the host this agent speaks for              (env REMOTEGPU_HOST_ID)
+  --token TOKEN         the host's agent token from CreateHost      (env REMOTEGPU_AGENT_TOKEN)
+  --interval SECONDS    heartbeat period; default: what the server asks
+  --simulate-gpus N     report N simulated GPUs instead of running nvidia-smi
+  --data-dir DIR        where volumes live, for disk figures; default the current directory
+  --log-level LEVEL     default info`;
+
+const AGENT_VERSION = "0.1.0";
+
+const options = {
+  server: { type: "string", default: process.env.REMOTEGPU_SERVER },
+  "host-id": { type: "string", default: process.env.REMOTEGPU_HOST_ID },
+  token: { type: "string", default: process.env.REMOTEGPU_AGENT_TOKEN },
+  interval: { type: "string" },
+  "simulate-gpus": { type: "string" },
+  "data-dir": { type: "string", default: process.cwd() },
+  "log-level": { type: "string", default: "info" },
+  help: { type: "boolean" },
+} as const;
+
+function flags() {
+  try {
+    return parseArgs({ options }).values;
+  } catch (err) {
+    process.stderr.write(`agent: ${err instanceof Error ? err.message : String(err)}\n${USAGE}\n`);
+    process.exit(2);
+  }
+}
+const values = flags();
+
+if (values.help) {
+  process.stdout.write(`${USAGE}\n`);
+  process.exit(0);
+}
+const problems: string[] = [];
+const servers = (values.server ?? "").split(",").map((s) => s.trim()).filter(Boolean);
+if (servers.length === 0) problems.push("--server: required");
+for (const s of servers) if (!/^https?:\/\/[^/]+\/?$/.test(s)) problems.push(`--server: "${s}" is not an http(s)://host:port URL`);
+if (!values["host-id"]) problems.push("--host-id: required");
+if (!values.token) problems.push("--token: required");
+const interval = values.interval === undefined ? undefined : Number(values.interval);
+if (interval !== undefined && !(interval >= 1 && interval <= 3600)) problems.push("--interval: seconds from 1 to 3600");
+const simulated = values["simulate-gpus"] === undefined ? undefined : Number(values["simulate-gpus"]);
+if (simulated !== undefined && !(Number.isInteger(simulated) && simulated >= 0 && simulated <= 64)) problems.push("--simulate-gpus: a whole number from 0 to 64");
+if (problems.length > 0) {
+  for (const p of problems) process.stderr.write(`agent: ${p}\n`);
+  process.stderr.write(`${USAGE}\n`);
+  process.exit(2);
+}
+
+const logger = createLogger(values["log-level"]!);
+const stats = new HostStats(values["data-dir"]!);
+let cudaVersion: string | undefined;
+const gpus =
+  simulated !== undefined
+    ? new SimulatedGpus(simulated, values["host-id"]!)
+    : {
+        async collect() {
+          const result = await collectNvidiaSmi({ queryCudaVersion: cudaVersion === undefined });
+          cudaVersion ??= result.inventory[0]?.cudaVersion ?? "";
+          for (const g of result.inventory) g.cudaVersion = cudaVersion;
+          for (const w of result.warnings) logger.warn({ warning: w }, "nvidia-smi output");
+          return result;
+        },
+      };
+
+// Fails fast (before connecting) when nvidia-smi is missing, with its own clear message.
+const first = await gpus.collect().catch((err: unknown) => {
+  process.stderr.write(`agent: ${err instanceof Error ? err.message : String(err)}\n`);
+  process.exit(1);
+});
+logger.info({ gpus: first.inventory.length, simulated: simulated !== undefined }, "agent starting");
+
+const connection = new AgentConnection({
+  servers,
+  hostId: values["host-id"]!,
+  token: values.token!,
+  agentVersion: AGENT_VERSION,
+  intervalMs: interval === undefined ? undefined : interval * 1000,
+  capacity: await stats.capacity(),
+  logger,
+  read: async () => {
+    const time = new Date();
+    const [result, host] = await Promise.all([gpus.collect(), stats.sample()]);
+    return { inventory: result.inventory, samples: result.samples, host, time };
+  },
+});
+
+const stop = new AbortController();
+for (const signal of ["SIGTERM", "SIGINT"] as const) {
+  process.once(signal, () => {
+    logger.info({ signal }, "agent stopping");
+    stop.abort();
+  });
+}
+try {
+  await connection.run(stop.signal);
+} catch (err) {
+  process.stderr.write(`agent: the server refused this agent: ${err instanceof Error ? err.message : String(err)}\n`);
+  process.exit(1);
+}
+logger.info("agent stopped");
+process.exit(0);

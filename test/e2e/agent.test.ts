@@ -1,0 +1,124 @@
+import { strict as assert } from "node:assert";
+import { spawn, type ChildProcess } from "node:child_process";
+import { timestampFromDate, durationFromMs } from "@bufbuild/protobuf/wkt";
+import { createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { GpuService } from "../../gen/remotegpu/v1/gpu_pb.js";
+import { HostService, HostStatus } from "../../gen/remotegpu/v1/host_pb.js";
+import { createApp, type App } from "../../src/app.js";
+import { loadConfig } from "../../src/config.js";
+import { createLogger } from "../../src/platform/logger.js";
+import { ROOT, freePort } from "../support/child.js";
+import { createTestDatabase, type TestDatabase } from "../support/database.js";
+import { ADMIN_TOKEN } from "../support/server.js";
+
+/** Polls `check` until it returns a value (not undefined) or the deadline passes. */
+async function eventually<T>(what: string, check: () => Promise<T | undefined>, ms = 15_000): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const v = await check().catch(() => undefined);
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${ms} ms`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+function runAgent(args: string[]): { child: ChildProcess; stderr: () => string; exited: Promise<number | null> } {
+  const child = spawn(process.execPath, ["--import", "tsx", "src/agent/main.ts", ...args], { cwd: ROOT, stdio: ["ignore", "ignore", "pipe"] });
+  let err = "";
+  child.stderr!.setEncoding("utf8").on("data", (c: string) => (err += c));
+  return { child, stderr: () => err, exited: new Promise((resolve) => child.once("exit", (code) => resolve(code))) };
+}
+
+describe("e2e: the node agent", function () {
+  this.timeout(60_000);
+  let db: TestDatabase;
+  let port: number;
+  let app: App | undefined;
+  const agents: ChildProcess[] = [];
+
+  const start = async () => {
+    const config = loadConfig({
+      DATABASE_URL: db.url,
+      PORT: String(port),
+      BIND_ADDRESS: "127.0.0.1",
+      REMOTEGPU_ADMIN_TOKEN: ADMIN_TOKEN,
+      HEARTBEAT_INTERVAL_SECONDS: "1",
+      HOST_GRACE_SECONDS: "5",
+      TELEMETRY_RESOLUTION_SECONDS: "1",
+      SHUTDOWN_TIMEOUT_SECONDS: "1",
+    });
+    app = await createApp(config, { logger: createLogger("silent") });
+    await app.listen();
+  };
+  const transport = () =>
+    createConnectTransport({
+      baseUrl: `http://127.0.0.1:${port}`,
+      httpVersion: "1.1",
+      interceptors: [(next) => (req) => (req.header.set("authorization", `Bearer ${ADMIN_TOKEN}`), next(req))],
+    });
+
+  before(async () => {
+    db = await createTestDatabase();
+    port = await freePort();
+    await start();
+  });
+  after(async () => {
+    for (const a of agents) a.kill("SIGKILL");
+    await app?.close();
+    await db.drop();
+  });
+
+  it("reports simulated GPUs, reconnects after a server restart with the readings it buffered, and stops on SIGTERM", async () => {
+    const hosts = createClient(HostService, transport());
+    const gpus = createClient(GpuService, transport());
+    const { host, agentToken } = await hosts.createHost({ name: "agent-e2e", address: "127.0.0.1" });
+    const agent = runAgent(["--server", `http://127.0.0.1:${port}`, "--host-id", host!.id, "--token", agentToken, "--simulate-gpus", "4"]);
+    agents.push(agent.child);
+
+    const first = await eventually("4 GPUs reporting", async () => {
+      const list = await gpus.listGpus({ hostId: host!.id });
+      return list.gpus.length === 4 && list.gpus.every((g) => g.latestSample) ? list.gpus : undefined;
+    });
+    assert.equal((await hosts.getHost({ id: host!.id })).host?.status, HostStatus.ONLINE);
+    assert.match(first[0]!.model, /H100/);
+
+    // The control plane goes away for a while; the agent keeps reading and buffers.
+    await app!.close();
+    const downFrom = new Date();
+    await new Promise((r) => setTimeout(r, 3000));
+    const downTo = new Date();
+    await start();
+
+    await eventually("samples on the restarted server", async () => ((await gpus.getGpu({ id: first[0]!.id })).gpu?.latestSample ? true : undefined));
+    // Readings taken while the server was down arrive with their own time and land in history.
+    const buckets = await eventually("history covering the outage", async () => {
+      await app!.maintain();
+      const res = await gpus.getGpuTelemetry({
+        gpuId: first[0]!.id,
+        startTime: timestampFromDate(downFrom),
+        endTime: timestampFromDate(downTo),
+        step: durationFromMs(1000),
+      });
+      return res.buckets.length >= 2 ? res.buckets : undefined;
+    });
+    assert.ok(buckets.every((b) => b.sampleCount >= 1n));
+
+    agent.child.kill("SIGTERM");
+    assert.equal(await agent.exited, 0, agent.stderr());
+  });
+
+  it("exits with a clear message when the server refuses its token", async () => {
+    const agent = runAgent(["--server", `http://127.0.0.1:${port}`, "--host-id", "00000000-0000-4000-8000-000000000000", "--token", "not-a-token", "--simulate-gpus", "1"]);
+    agents.push(agent.child);
+    assert.equal(await agent.exited, 1);
+    assert.match(agent.stderr(), /refused this agent: .*invalid token/);
+  });
+
+  it("refuses bad flags, naming each", async () => {
+    const agent = runAgent(["--server", "ftp://x", "--simulate-gpus=-1"]);
+    agents.push(agent.child);
+    assert.equal(await agent.exited, 2);
+    for (const flag of ["--server", "--host-id", "--token", "--simulate-gpus"]) assert.match(agent.stderr(), new RegExp(`agent: ${flag}`));
+  });
+});
