@@ -21,7 +21,11 @@ const starting = createApp(config).catch((err: unknown) => {
 let stopping = false;
 for (const signal of ["SIGTERM", "SIGINT"] as const) {
   process.on(signal, () => {
-    if (stopping) return;
+    if (stopping) {
+      // A second signal: the operator does not want to wait for the drain.
+      process.stderr.write("remotegpu: second signal, exiting now\n");
+      process.exit(1);
+    }
     stopping = true;
     starting
       .then(async (app) => {

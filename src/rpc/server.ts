@@ -7,6 +7,7 @@ import type { TLSSocket } from "node:tls";
 type Handler = (req: http.IncomingMessage | http2.Http2ServerRequest, res: http.ServerResponse | http2.Http2ServerResponse) => void;
 
 const H2_PREFACE = Buffer.from("PRI * HTTP/2.0");
+const FIRST_BYTES_TIMEOUT_MS = 10_000;
 
 /**
  * One port for everything: gRPC and Connect over HTTP/2, Connect and gRPC-Web over HTTP/1.1.
@@ -18,6 +19,9 @@ export class RpcServer {
   private readonly h1?: http.Server;
   private readonly listener: net.Server;
   private readonly sessions = new Set<http2.ServerHttp2Session>();
+  /** Every TCP connection, whatever it turned out to speak; what is left at the deadline is cut. */
+  private readonly connections = new Set<net.Socket>();
+  /** HTTP/1.1 connections (TLS sockets under TLS). */
   private readonly sockets = new Set<Duplex>();
   /** HTTP/1 sockets with a request in flight; the others are idle and can be closed at once on shutdown. */
   private readonly busy = new Set<Duplex>();
@@ -30,8 +34,15 @@ export class RpcServer {
     } else {
       this.h2 = http2.createServer({}, handler);
       this.h1 = http.createServer(handler);
+      // This server never listens itself (it is handed sockets); 'listening' is what starts Node's
+      // enforcement of headersTimeout and requestTimeout, which slow clients must not escape.
+      this.h1.emit("listening");
       this.listener = net.createServer((socket) => this.route(socket));
     }
+    this.listener.on("connection", (socket: net.Socket) => {
+      this.connections.add(socket);
+      socket.once("close", () => this.connections.delete(socket));
+    });
     this.h2.on("session", (session: http2.ServerHttp2Session) => {
       this.sessions.add(session);
       session.once("close", () => this.sessions.delete(session));
@@ -59,12 +70,15 @@ export class RpcServer {
 
   private route(socket: net.Socket): void {
     let head = Buffer.alloc(0);
+    // A client that connects and says nothing is dropped rather than kept forever.
+    socket.setTimeout(FIRST_BYTES_TIMEOUT_MS, () => socket.destroy());
     const onData = (chunk: Buffer) => {
       head = Buffer.concat([head, chunk]);
       const n = Math.min(head.length, H2_PREFACE.length);
       const isH2 = head.subarray(0, n).equals(H2_PREFACE.subarray(0, n));
       if (isH2 && head.length < H2_PREFACE.length) return; // need more bytes to be sure
       socket.off("data", onData);
+      socket.setTimeout(0);
       socket.pause();
       socket.unshift(head);
       // The HTTP/2 session takes the paused socket's buffered bytes itself (resuming here would
@@ -102,11 +116,9 @@ export class RpcServer {
       const deadline = Date.now() + timeoutMs;
       const poll = setInterval(() => {
         for (const socket of this.sockets) if (!this.busy.has(socket)) socket.destroy();
-        const done = this.sessions.size === 0 && this.sockets.size === 0;
-        if (!done && Date.now() < deadline) return;
+        if (this.connections.size > 0 && Date.now() < deadline) return;
         clearInterval(poll);
-        for (const session of this.sessions) session.destroy();
-        for (const socket of this.sockets) socket.destroy();
+        for (const socket of this.connections) socket.destroy();
         resolve();
       }, 20);
     });

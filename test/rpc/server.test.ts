@@ -1,4 +1,5 @@
 import { strict as assert } from "node:assert";
+import net from "node:net";
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { HostService } from "../../gen/remotegpu/v1/host_pb.js";
@@ -76,5 +77,19 @@ describe("one port for every protocol", () => {
     // Its host never sent a heartbeat, so the GPU reads as OFFLINE.
     assert.match(body, /remotegpu_gpus\{status="OFFLINE"\} 1/);
     assert.equal((await fetch(`${server.baseUrl}/nothing-here`)).status, 404);
+  });
+});
+
+describe("graceful stop", () => {
+  it("does not wait on connections that never send a byte, nor on idle keep-alive ones", async () => {
+    const server = await startTestServer();
+    const silent = net.connect(server.port, "127.0.0.1");
+    const halfPreface = net.connect(server.port, "127.0.0.1", () => halfPreface.write("PRI * HT"));
+    await fetch(`${server.baseUrl}/metrics`); // leaves an idle HTTP/1.1 keep-alive connection
+    await new Promise((r) => setTimeout(r, 100));
+    const closedBy = new Promise((resolve) => silent.once("close", resolve));
+    await server.close(); // SHUTDOWN_TIMEOUT_SECONDS=1 in tests: this returns, it does not hang
+    await closedBy;
+    halfPreface.destroy();
   });
 });
