@@ -22,7 +22,18 @@ export function encodePageToken(key: (string | number)[], filters: unknown): str
 }
 
 /** Returns the keyset position of a token, or undefined for the first page. */
-export function decodePageToken(token: string, filters: unknown, shape: ("string" | "number")[]): (string | number)[] | undefined {
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+/** What a keyset value must be: anything else in a token (which a caller can forge) is refused. */
+const VALID: Record<KeyKind, (v: unknown) => boolean> = {
+  string: (v) => typeof v === "string" && v.length <= 512 && !/[\x00-\x1f\x7f]/.test(v),
+  uuid: (v) => typeof v === "string" && UUID.test(v),
+  int: (v) => typeof v === "number" && Number.isSafeInteger(v),
+};
+
+export type KeyKind = "string" | "uuid" | "int";
+
+export function decodePageToken(token: string, filters: unknown, shape: KeyKind[]): (string | number)[] | undefined {
   if (token === "") return undefined;
   let parsed: { k?: unknown; f?: unknown };
   try {
@@ -31,7 +42,7 @@ export function decodePageToken(token: string, filters: unknown, shape: ("string
     throw InvalidArgumentError.field("page_token", "not a token returned by this list");
   }
   const key = parsed?.k;
-  if (!Array.isArray(key) || key.length !== shape.length || key.some((v, i) => typeof v !== shape[i])) {
+  if (!Array.isArray(key) || key.length !== shape.length || key.some((v, i) => !VALID[shape[i]!](v))) {
     throw InvalidArgumentError.field("page_token", "not a token returned by this list");
   }
   if (parsed.f !== fingerprint(filters)) {

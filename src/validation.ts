@@ -90,3 +90,9 @@ export function toSafeNumber(v: Violations, field: string, value: bigint, min = 
   }
   return Number(value);
 }
+
+/** For an enum named in an update mask but left unset: records the problem, returns undefined. */
+export function required(v: Violations, field: string): undefined {
+  v.add(field, "required when named in update_mask");
+  return undefined;
+}

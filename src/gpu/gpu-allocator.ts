@@ -1,6 +1,7 @@
 import { LockMode, type FilterQuery } from "@mikro-orm/core";
-import type { MikroORM } from "@mikro-orm/postgresql";
-import { FailedPreconditionError, ResourceExhaustedError } from "../errors.js";
+import type { EntityManager, MikroORM } from "@mikro-orm/postgresql";
+import type { Host } from "../host/host.js";
+import { ConflictError, FailedPreconditionError, ResourceExhaustedError } from "../errors.js";
 import { checkId } from "../ids.js";
 import type { Clock } from "../platform/clock.js";
 import { Violations, checkString } from "../validation.js";
@@ -13,6 +14,15 @@ export interface AllocationRequest {
   hostId: string;
   model: string;
   holder: string;
+}
+
+/**
+ * Takes a share lock on the host and re-reads it: a concurrent drain or cordon (an UPDATE of that
+ * row) then either waits for this allocation, and reports it, or has already happened and is seen.
+ */
+async function lockHostOpen(em: EntityManager, host: Host, refuse: () => Error): Promise<void> {
+  await em.refresh(host, { lockMode: LockMode.PESSIMISTIC_READ });
+  if (host.status !== "ONLINE" || !host.schedulable) throw refuse();
 }
 
 /**
@@ -38,6 +48,7 @@ export class GpuAllocator {
         if (gpu.holder !== null) throw new FailedPreconditionError(`GPU ${gpu.id} is already allocated to "${gpu.holder}"`);
         const status = effectiveGpuStatus(gpu);
         if (status !== "AVAILABLE") throw new FailedPreconditionError(`GPU ${gpu.id} is ${status} and cannot be allocated`);
+        await lockHostOpen(em, gpu.host, () => new FailedPreconditionError(`GPU ${gpu!.id} is on host "${gpu!.host.name}", which takes no new work (${gpu!.host.status}${gpu!.host.schedulable ? "" : ", cordoned"})`));
       } else {
         const where: FilterQuery<Gpu>[] = [FREE_GPU];
         if (req.hostId) where.push({ host: checkId("host_id", req.hostId) });
@@ -52,6 +63,7 @@ export class GpuAllocator {
           const what = [req.model && `model "${req.model}"`, req.hostId && `on host ${req.hostId}`].filter(Boolean).join(" ");
           throw new ResourceExhaustedError(`no free GPU${what ? ` of ${what}` : ""} on an online, schedulable host`);
         }
+        await lockHostOpen(em, gpu.host, () => new ConflictError(`host "${gpu!.host.name}" was cordoned or went offline while allocating; retry`));
       }
       const now = this.clock.now();
       Object.assign(gpu, { status: "ALLOCATED", holder: req.holder, allocatedAt: now, updatedAt: now });

@@ -2,6 +2,7 @@ import { LockMode, type FilterQuery } from "@mikro-orm/core";
 import type { EntityManager, MikroORM } from "@mikro-orm/postgresql";
 import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError } from "../errors.js";
 import { Host } from "../host/host.js";
+import { hasLabels } from "../host/host-registry.js";
 import { checkId } from "../ids.js";
 import { decodePageToken, encodePageToken, pageSize, type Page } from "../pagination.js";
 import type { Clock } from "../platform/clock.js";
@@ -34,7 +35,8 @@ export interface GpuFilter {
 export interface GpuPatch {
   model: string;
   memoryBytes: number;
-  status: GpuStatus;
+  /** Set when the update mask names "status". */
+  status?: GpuStatus;
   healthReasons: string[];
 }
 
@@ -62,18 +64,20 @@ export class GpuInventory {
     v.check(input.memoryBytes > 0, "memory_bytes", "must be more than 0");
     v.throwIfAny();
 
-    const em = this.orm.em.fork();
-    const host = await em.findOne(Host, checkId("host_id", input.hostId));
-    if (!host) throw new NotFoundError("host", input.hostId);
-    const now = this.clock.now();
-    const gpu = em.create(Gpu, { host, index: input.index, uuid: input.uuid, model: input.model, memoryBytes: input.memoryBytes, createdAt: now, updatedAt: now });
-    await onUniqueViolation(
-      () => em.flush(),
+    const gpu = await onUniqueViolation(
+      () =>
+        this.orm.em.fork().transactional(async (em) => {
+          // FOR SHARE: a concurrent DeleteHost waits for this insert, or this sees the host gone.
+          const host = await em.findOne(Host, checkId("host_id", input.hostId), { lockMode: LockMode.PESSIMISTIC_READ });
+          if (!host) throw new NotFoundError("host", input.hostId);
+          const now = this.clock.now();
+          return em.create(Gpu, { host, index: input.index, uuid: input.uuid, model: input.model, memoryBytes: input.memoryBytes, createdAt: now, updatedAt: now });
+        }),
       (c) =>
         c === "gpus_host_index_unique"
-          ? new AlreadyExistsError("GPU", `with index ${input.index} on host "${host.name}"`)
+          ? new AlreadyExistsError("GPU", `with index ${input.index} on host ${input.hostId}`)
           : c === "gpus_host_uuid_unique"
-            ? new AlreadyExistsError("GPU", `with uuid "${input.uuid}" on host "${host.name}"`)
+            ? new AlreadyExistsError("GPU", `with uuid "${input.uuid}" on host ${input.hostId}`)
             : undefined,
     );
     return this.view(gpu);
@@ -90,14 +94,14 @@ export class GpuInventory {
     const v = new Violations();
     checkString(v, "model", filter.model ?? "", { max: 128 });
     v.throwIfAny();
-    const after = decodePageToken(token, filter, ["string", "number"]);
+    const after = decodePageToken(token, filter, ["uuid", "int"]);
     const where: FilterQuery<Gpu>[] = [];
     if (filter.hostId) where.push({ host: checkId("host_id", filter.hostId) });
     if (filter.model) where.push({ model: filter.model });
     if (filter.status === "OFFLINE") where.push({ $or: [{ status: "OFFLINE" }, { host: { status: "OFFLINE" } }] });
     else if (filter.status) where.push({ status: filter.status, host: { status: { $ne: "OFFLINE" } } });
     if (filter.freeOnly) where.push(FREE_GPU);
-    if (Object.keys(filter.labels).length > 0) where.push({ host: { labels: filter.labels } });
+    if (Object.keys(filter.labels).length > 0) where.push({ host: hasLabels(filter.labels) });
 
     const em = this.orm.em.fork();
     const keyset: FilterQuery<Gpu> = after
@@ -121,7 +125,7 @@ export class GpuInventory {
     if (fields.includes("model")) checkString(v, "gpu.model", patch.model, { required: true, max: 128 });
     if (fields.includes("memory_bytes")) v.check(patch.memoryBytes > 0, "gpu.memory_bytes", "must be more than 0");
     if (fields.includes("status")) {
-      v.check(["AVAILABLE", "UNHEALTHY"].includes(patch.status), "gpu.status", "may only be set to GPU_STATUS_UNHEALTHY or GPU_STATUS_AVAILABLE");
+      v.check(patch.status === "AVAILABLE" || patch.status === "UNHEALTHY", "gpu.status", "may only be set to GPU_STATUS_UNHEALTHY or GPU_STATUS_AVAILABLE");
     }
     if (fields.includes("health_reasons")) {
       v.check(patch.healthReasons.length <= 16, "gpu.health_reasons", "at most 16 reasons");

@@ -1,4 +1,4 @@
-import { LockMode, type FilterQuery } from "@mikro-orm/core";
+import { LockMode, raw, type FilterQuery } from "@mikro-orm/core";
 import type { EntityManager, MikroORM } from "@mikro-orm/postgresql";
 import { ApiToken } from "../auth/api-token.js";
 import { issueToken } from "../auth/token-secret.js";
@@ -51,12 +51,22 @@ export interface DrainReport {
   environmentIds: string[];
 }
 
+/** New values for UpdateHost; only the fields the update mask names are set. */
+export type HostPatch = Partial<Omit<HostInput, "name"> & { status: HostStatus }>;
+
 export const UPDATABLE_HOST_FIELDS = ["address", "labels", "capacity", "runtime", "kubernetes_node_name", "status"] as const;
-export type UpdatableHostField = (typeof UPDATABLE_HOST_FIELDS)[number];
 
 const HOST_NAME = /^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$/;
 const ADDRESS = /^[A-Za-z0-9.:[\]-]+$/;
 const ACTIVE_ENVIRONMENT_STATUSES = ["PENDING", "CREATING", "RUNNING", "STOPPING", "STARTING", "DELETING"] as const;
+
+/**
+ * A filter for hosts carrying all of `labels`: jsonb containment, which treats every key as data
+ * (a key like "constructor" or "toString" is just a key) and can use a GIN index.
+ */
+export function hasLabels(labels: Record<string, string>): FilterQuery<Host> {
+  return { id: { $in: raw("(select id from hosts where labels @> ?::jsonb)", [JSON.stringify(labels)]) } };
+}
 
 /** Hosts: registration, administration and liveness. */
 export class HostRegistry {
@@ -103,7 +113,7 @@ export class HostRegistry {
     const where: FilterQuery<Host> = {};
     if (filter.status) where.status = filter.status;
     if (filter.schedulable !== undefined) where.schedulable = filter.schedulable;
-    if (Object.keys(filter.labels).length > 0) where.labels = filter.labels;
+    if (Object.keys(filter.labels).length > 0) Object.assign(where, hasLabels(filter.labels));
 
     const em = this.orm.em.fork();
     const [rows, totalSize] = await Promise.all([
@@ -115,43 +125,34 @@ export class HostRegistry {
     return { items: await this.views(em, items), nextPageToken, totalSize };
   }
 
-  async update(id: string, patch: HostInput & { status: HostStatus }, fields: string[]): Promise<HostView> {
+  /**
+   * Changes the fields named in `fields` (update-mask paths) to their values in `patch`. The host
+   * row is locked, so concurrent operator changes apply one after the other instead of failing.
+   */
+  async update(id: string, patch: HostPatch, fields: string[]): Promise<HostView> {
     if (fields.length === 0) throw InvalidArgumentError.field("update_mask", `name at least one of: ${UPDATABLE_HOST_FIELDS.join(", ")}`);
     const v = new Violations();
     for (const f of fields) v.check((UPDATABLE_HOST_FIELDS as readonly string[]).includes(f), "update_mask", `"${f}" cannot be updated; allowed: ${UPDATABLE_HOST_FIELDS.join(", ")}`);
-    v.throwIfAny();
-    const has = (f: UpdatableHostField) => fields.includes(f);
-
-    const em = this.orm.em.fork();
-    const host = await this.find(em, id);
-    const next = { ...host, ...pick(patch, fields) };
-    checkHostFields(v, {
-      address: next.address,
-      labels: next.labels,
-      runtime: next.runtime,
-      kubernetesNodeName: next.kubernetesNodeName,
-    });
-    if (has("status")) v.check(["MAINTENANCE", "ONLINE"].includes(patch.status), "host.status", "may only be set to HOST_STATUS_MAINTENANCE or HOST_STATUS_ONLINE");
+    if (patch.status) v.check(["MAINTENANCE", "ONLINE"].includes(patch.status), "host.status", "may only be set to HOST_STATUS_MAINTENANCE or HOST_STATUS_ONLINE");
     v.throwIfAny();
 
-    if (has("address")) host.address = patch.address;
-    if (has("labels")) host.labels = patch.labels;
-    if (has("capacity")) Object.assign(host, { cpuMillicores: patch.cpuMillicores, memoryBytes: patch.memoryBytes, diskBytes: patch.diskBytes });
-    if (has("runtime")) host.runtime = patch.runtime;
-    if (has("kubernetes_node_name")) host.kubernetesNodeName = patch.kubernetesNodeName;
-    if (has("status") && patch.status !== host.status) {
-      if (patch.status === "MAINTENANCE") {
-        host.status = "MAINTENANCE";
-        host.statusMessage = "in maintenance";
-      } else if (host.status === "MAINTENANCE") {
-        this.setLiveness(host);
-      } else {
-        throw new FailedPreconditionError(`host "${host.name}" is ${host.status}, not in maintenance; use UncordonHost to end a drain`);
+    return this.change(id, (host) => {
+      const { status, ...fieldsPatch } = patch;
+      const next = { ...host, ...fieldsPatch };
+      checkHostFields(v, next);
+      v.throwIfAny();
+      Object.assign(host, fieldsPatch);
+      if (status && status !== host.status) {
+        if (status === "MAINTENANCE") {
+          host.status = "MAINTENANCE";
+          host.statusMessage = "in maintenance";
+        } else if (host.status === "MAINTENANCE") {
+          this.setLiveness(host);
+        } else {
+          throw new FailedPreconditionError(`host "${host.name}" is ${host.status}, not in maintenance; use UncordonHost to end a drain`);
+        }
       }
-    }
-    host.updatedAt = this.clock.now();
-    await em.flush();
-    return this.publish(em, host);
+    });
   }
 
   /** Deletes a host with its GPUs and agent token; refused while any of its GPUs is held. */
@@ -256,10 +257,12 @@ export class HostRegistry {
 
   private async change(id: string, mutate: (host: Host) => void): Promise<HostView> {
     const em = this.orm.em.fork();
-    const host = await this.find(em, id);
-    mutate(host);
-    host.updatedAt = this.clock.now();
-    await em.flush();
+    const host = await em.transactional(async (tx) => {
+      const locked = await this.find(tx, id, LockMode.PESSIMISTIC_WRITE);
+      mutate(locked);
+      locked.updatedAt = this.clock.now();
+      return locked;
+    });
     return this.publish(em, host);
   }
 
@@ -300,13 +303,4 @@ function checkHostFields(v: Violations, h: Pick<HostInput, "address" | "labels" 
   checkLabels(v, "labels", h.labels);
   checkString(v, "kubernetes_node_name", h.kubernetesNodeName, { max: 253, pattern: HOST_NAME, patternHint: "a Kubernetes node name" });
   if (h.runtime === "KUBERNETES") v.check(h.kubernetesNodeName !== "", "kubernetes_node_name", "required when runtime is HOST_RUNTIME_KUBERNETES");
-}
-
-function pick(patch: HostInput & { status: HostStatus }, fields: string[]): Partial<HostInput> {
-  const out: Partial<HostInput> = {};
-  if (fields.includes("address")) out.address = patch.address;
-  if (fields.includes("labels")) out.labels = patch.labels;
-  if (fields.includes("runtime")) out.runtime = patch.runtime;
-  if (fields.includes("kubernetes_node_name")) out.kubernetesNodeName = patch.kubernetesNodeName;
-  return out;
 }

@@ -2,6 +2,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import {
   ConnectionException,
   DeadlockException,
+  ForeignKeyConstraintViolationException,
   LockWaitTimeoutException,
   OptimisticLockError,
   UniqueConstraintViolationException,
@@ -43,6 +44,9 @@ export function toConnectError(err: unknown): { error: ConnectError; expected: b
     if (err instanceof type) return { error: new ConnectError(err.message, code, undefined, undefined, err), expected: true };
   }
   if (err instanceof UniqueConstraintViolationException) return expected("already exists", Code.AlreadyExists, err);
+  if (err instanceof ForeignKeyConstraintViolationException) {
+    return expected("a related object was removed concurrently; retry", Code.Aborted, err);
+  }
   if (err instanceof OptimisticLockError || err instanceof DeadlockException || err instanceof LockWaitTimeoutException) {
     return expected("the object was changed concurrently; retry", Code.Aborted, err);
   }

@@ -20,7 +20,7 @@ import type { GpuAllocator } from "../gpu/gpu-allocator.js";
 import type { Clock } from "../platform/clock.js";
 import type { TelemetryHistory } from "../telemetry/telemetry-history.js";
 import type { GpuInventory } from "../gpu/gpu-inventory.js";
-import { Violations, parseLabelSelector, toSafeNumber } from "../validation.js";
+import { Violations, parseLabelSelector, required, toSafeNumber } from "../validation.js";
 import { gpuMetricsToMessage, gpuSampleToMessage, gpuStatus, gpuToMessage } from "./convert.js";
 
 type Impl = Partial<ServiceImpl<typeof GpuService>>;
@@ -69,7 +69,7 @@ export class GpuHandler implements Impl {
     const patch = {
       model: g?.model ?? "",
       memoryBytes: toSafeNumber(v, "gpu.memory_bytes", g?.memoryBytes ?? 0n),
-      status: gpuStatus.toDomain(g?.status ?? 0, "gpu.status", v) ?? "AVAILABLE",
+      status: req.updateMask?.paths.includes("status") ? (gpuStatus.toDomain(g?.status ?? 0, "gpu.status", v) ?? required(v, "gpu.status")) : undefined,
       healthReasons: g?.healthReasons ?? [],
     };
     v.throwIfAny();

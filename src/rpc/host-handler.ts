@@ -22,8 +22,8 @@ import { assertMaySpeakForHost } from "../auth/authenticator.js";
 import { InvalidArgumentError } from "../errors.js";
 import type { AgentHello, AgentSessions } from "../host/agent-sessions.js";
 import type { Clock } from "../platform/clock.js";
-import type { HostRegistry } from "../host/host-registry.js";
-import { Violations, parseLabelSelector } from "../validation.js";
+import type { HostPatch, HostRegistry } from "../host/host-registry.js";
+import { Violations, parseLabelSelector, required } from "../validation.js";
 import { callerOf } from "./context.js";
 import {
   capacityFromMessage,
@@ -83,18 +83,19 @@ export class HostHandler implements Impl {
   async updateHost(req: UpdateHostRequest) {
     const v = new Violations();
     const h = req.host;
+    const paths = req.updateMask?.paths ?? [];
     if (!h) v.add("host", "required");
-    const patch = {
-      name: "",
-      address: h?.address ?? "",
-      labels: h?.labels ?? {},
-      ...capacityFromMessage(v, "host.capacity", h?.capacity),
-      runtime: hostRuntime.toDomain(h?.runtime ?? 0, "host.runtime", v) ?? "AGENT",
-      kubernetesNodeName: h?.kubernetesNodeName ?? "",
-      status: hostStatus.toDomain(h?.status ?? 0, "host.status", v) ?? "OFFLINE",
-    };
+    const patch: HostPatch = {};
+    for (const path of paths) {
+      if (path === "address") patch.address = h?.address;
+      else if (path === "labels") patch.labels = h?.labels;
+      else if (path === "kubernetes_node_name") patch.kubernetesNodeName = h?.kubernetesNodeName;
+      else if (path === "capacity") Object.assign(patch, capacityFromMessage(v, "host.capacity", h?.capacity));
+      else if (path === "runtime") patch.runtime = hostRuntime.toDomain(h?.runtime ?? 0, "host.runtime", v) ?? required(v, "host.runtime");
+      else if (path === "status") patch.status = hostStatus.toDomain(h?.status ?? 0, "host.status", v) ?? required(v, "host.status");
+    }
     v.throwIfAny();
-    return { host: hostToMessage(await this.hosts.update(h!.id, patch, req.updateMask?.paths ?? [])) };
+    return { host: hostToMessage(await this.hosts.update(h!.id, patch, paths)) };
   }
 
   async deleteHost(req: DeleteHostRequest) {

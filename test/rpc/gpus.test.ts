@@ -73,6 +73,7 @@ describe("GpuService", () => {
     } while (token);
     assert.equal(new Set(all).size, 6);
 
+    assert.equal((await gpus.listGpus({ labelSelector: "toString=x" })).totalSize, 0);
     const r1 = await gpus.listGpus({ labelSelector: "rack=r1" });
     assert.deepEqual(r1.gpus.map((g) => g.uuid).sort(), ["GPU-list-a-0", "GPU-list-a-1", "GPU-list-a-2"]);
     const allocated = await gpus.listGpus({ status: GpuStatus.ALLOCATED, model: "NVIDIA L40S" });
@@ -104,6 +105,7 @@ describe("GpuService", () => {
     await gpus.releaseGpu({ gpuId: g!.id });
     await expectCode(gpus.updateGpu({ gpu: { id: g!.id, status: GpuStatus.ALLOCATED }, updateMask: { paths: ["status"] } }), Code.InvalidArgument, "gpu.status");
     await expectCode(gpus.updateGpu({ gpu: { id: g!.id, uuid: "x" }, updateMask: { paths: ["uuid"] } }), Code.InvalidArgument, "update_mask");
+    await expectCode(gpus.updateGpu({ gpu: { id: g!.id }, updateMask: { paths: ["status"] } }), Code.InvalidArgument, "gpu.status: required when named in update_mask");
     const renamed = await gpus.updateGpu({ gpu: { id: g!.id, model: "NVIDIA T4 16GB", memoryBytes: 16n * GiB }, updateMask: { paths: ["model", "memory_bytes"] } });
     assert.equal(renamed.gpu?.model, "NVIDIA T4 16GB");
     assert.equal(renamed.gpu?.memoryBytes, 16n * GiB);
@@ -132,6 +134,11 @@ describe("GpuService", () => {
     const { host: offline } = await hosts.createHost({ name: "pick-offline", address: "h" }).then((r) => ({ host: r.host! }));
     await gpus.createGpu({ hostId: offline.id, index: 0, uuid: "GPU-off", model: "NVIDIA B200", memoryBytes: GiB });
     await expectCode(gpus.allocateGpu({ model: "NVIDIA B200", holder: "x" }), Code.ResourceExhausted, 'model "NVIDIA B200"');
+    const offlineGpu = (await gpus.listGpus({ hostId: offline.id })).gpus[0]!;
+    await expectCode(gpus.allocateGpu({ gpuId: offlineGpu.id, holder: "x" }), Code.FailedPrecondition, "OFFLINE");
+    const cordoned = await onlineHost("pick-cordoned", 1, "NVIDIA B200");
+    await hosts.drainHost({ id: cordoned.host.id });
+    await expectCode(gpus.allocateGpu({ gpuId: cordoned.gpus[0]!.id, holder: "x" }), Code.FailedPrecondition, "takes no new work");
     const online = await onlineHost("pick-online", 1, "NVIDIA B200");
     const picked = await gpus.allocateGpu({ model: "NVIDIA B200", holder: "x" });
     assert.equal(picked.gpu?.id, online.gpus[0]!.id);

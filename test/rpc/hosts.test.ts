@@ -74,6 +74,19 @@ describe("HostService", () => {
     await expectCode(hosts.updateHost({ host: { id: host!.id, name: "renamed" }, updateMask: { paths: ["name"] } }), Code.InvalidArgument, "update_mask");
     await expectCode(hosts.updateHost({ host: { id: host!.id }, updateMask: { paths: [] } }), Code.InvalidArgument, "update_mask");
     await expectCode(hosts.updateHost({ host: { id: host!.id, status: HostStatus.DRAINING }, updateMask: { paths: ["status"] } }), Code.InvalidArgument, "host.status");
+    // An enum named in the mask but left unset is a mistake, not a request for a default.
+    await expectCode(hosts.updateHost({ host: { id: host!.id }, updateMask: { paths: ["runtime"] } }), Code.InvalidArgument, "host.runtime: required when named in update_mask");
+    await expectCode(hosts.updateHost({ host: { id: host!.id }, updateMask: { paths: ["status"] } }), Code.InvalidArgument, "host.status: required");
+  });
+
+  it("applies concurrent operator changes to one host one after the other", async () => {
+    const { host } = await hosts.createHost({ name: "node-busy", address: "h" });
+    const calls = Array.from({ length: 20 }, (_, i) =>
+      i % 2 ? hosts.cordonHost({ id: host!.id }) : hosts.updateHost({ host: { id: host!.id, labels: { n: String(i) } }, updateMask: { paths: ["labels"] } }),
+    );
+    const results = await Promise.allSettled(calls);
+    assert.deepEqual(results.filter((r) => r.status === "rejected"), []);
+    assert.equal((await hosts.getHost({ id: host!.id })).host?.schedulable, false);
   });
 
   it("enters and leaves maintenance", async () => {
@@ -179,5 +192,12 @@ describe("HostService", () => {
     await expectCode(hosts.listHosts({ pageToken: first.nextPageToken }), Code.InvalidArgument, "different filters");
     await expectCode(hosts.listHosts({ pageSize: -1 }), Code.InvalidArgument, "page_size");
     await expectCode(hosts.listHosts({ labelSelector: "novalue" }), Code.InvalidArgument, "label_selector");
+
+    // Keys that happen to be JavaScript object methods are ordinary keys.
+    await hosts.createHost({ name: "odd-labels", address: "h", labels: { constructor: "c", toString: "t", pool: "odd" } });
+    for (const selector of ["constructor=c", "toString=t", "valueOf=1", "hasOwnProperty=x", "constructor=c,pool=odd"]) {
+      const res = await hosts.listHosts({ labelSelector: selector });
+      assert.deepEqual(res.hosts.map((h) => h.name), selector.startsWith("valueOf") || selector.startsWith("has") ? [] : ["odd-labels"], selector);
+    }
   });
 });
