@@ -1,4 +1,5 @@
 import { readFileSync } from "node:fs";
+import { createSecureContext } from "node:tls";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { Authenticator } from "./auth/authenticator.js";
 import type { Config } from "./config.js";
@@ -50,22 +51,37 @@ const DATABASE_PROBE_MS = 5000;
 const MAINTENANCE_MS = 1000;
 const HISTORY_CLEANUP_MS = 3_600_000;
 
+function loadTls(certFile: string, keyFile: string): { cert: Buffer; key: Buffer } {
+  const pair = { cert: readFileSync(certFile), key: readFileSync(keyFile) };
+  try {
+    createSecureContext(pair);
+  } catch (err) {
+    throw new Error(`TLS_CERT/TLS_KEY: not a usable PEM certificate and key (${err instanceof Error ? err.message : String(err)})`);
+  }
+  return pair;
+}
+
 /** The composition root: every long-lived object is made here. */
 export async function createApp(config: Config, options: AppOptions = {}): Promise<App> {
   const logger = options.logger ?? createLogger(config.logLevel);
   const clock = options.clock ?? systemClock;
 
+  // The certificate is read (and parsed) before anything starts, so a bad one leaves nothing running.
+  const tls = config.tls && loadTls(config.tls.certFile, config.tls.keyFile);
   const embedded = config.databaseUrl ? undefined : await EmbeddedPostgres.start(config.dataDir, config.embeddedPostgresPort, logger);
-  let orm: MikroORM;
+  let orm: MikroORM | undefined;
+  let authenticator: Authenticator;
+  let generatedAdminToken: string | undefined;
   try {
     orm = await openDatabase(config.databaseUrl ?? embedded!.url, config.databasePoolSize);
+    authenticator = new Authenticator(orm, clock, config.adminToken);
+    generatedAdminToken = await authenticator.ensureAdminToken();
   } catch (err) {
+    await orm?.close();
     await embedded?.stop();
     throw err;
   }
 
-  const authenticator = new Authenticator(orm, clock, config.adminToken);
-  const generatedAdminToken = await authenticator.ensureAdminToken();
   const samples = new LatestSamples();
   const hosts = new HostRegistry(orm, clock, samples, config.hostGraceSeconds * 1000);
   const history = new TelemetryHistory(orm, clock, config.telemetryResolutionSeconds * 1000, config.telemetryRetentionHours * 3_600_000);
@@ -110,7 +126,6 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
       res.end("not found\n");
     },
   });
-  const tls = config.tls && { cert: readFileSync(config.tls.certFile), key: readFileSync(config.tls.keyFile) };
   const server = new RpcServer(handler, tls);
 
   // Readiness follows the database: probes take the replica out of rotation while it is unreachable.

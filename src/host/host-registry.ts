@@ -5,6 +5,7 @@ import { issueToken } from "../auth/token-secret.js";
 import { Environment } from "../environment/environment.js";
 import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError } from "../errors.js";
 import { Gpu } from "../gpu/gpu.js";
+import type { GpuView } from "../gpu/gpu-inventory.js";
 import { checkId } from "../ids.js";
 import { decodePageToken, encodePageToken, pageSize, type Page } from "../pagination.js";
 import type { Clock } from "../platform/clock.js";
@@ -47,7 +48,7 @@ export interface HostChange {
 
 export interface DrainReport {
   view: HostView;
-  allocatedGpus: Gpu[];
+  allocatedGpus: GpuView[];
   environmentIds: string[];
 }
 
@@ -200,15 +201,19 @@ export class HostRegistry {
       em.find(Gpu, { host: view.host.id, holder: { $ne: null } }, { orderBy: { index: "asc" }, populate: ["host"] }),
       em.find(Environment, { host: view.host.id, status: { $in: [...ACTIVE_ENVIRONMENT_STATUSES] } }, { fields: ["id"] }),
     ]);
-    return { view, allocatedGpus, environmentIds: environments.map((e) => e.id) };
+    return {
+      view,
+      allocatedGpus: allocatedGpus.map((gpu) => ({ gpu, latestSample: this.samples.gpu(gpu.host.id, gpu.uuid) })),
+      environmentIds: environments.map((e) => e.id),
+    };
   }
 
   /**
    * Records a heartbeat: last-seen moves on, an OFFLINE host comes ONLINE. A single UPDATE, so it
    * never conflicts with an operator's change to the same host.
    */
-  async heartbeat(id: string, agentVersion: string, sample?: HostSampleRecord): Promise<HostView> {
-    checkId("host_id", id);
+  async heartbeat(hostId: string, agentVersion: string, sample?: HostSampleRecord): Promise<HostView> {
+    const id = checkId("host_id", hostId);
     const v = new Violations();
     checkString(v, "agent_version", agentVersion, { max: 64 });
     v.throwIfAny();

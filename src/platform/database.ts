@@ -34,8 +34,7 @@ export function ormOptions(clientUrl: string, poolMax = 20): Options {
     allowGlobalContext: false,
     pool: { min: 0, max: poolMax },
     migrations: { migrationsList: migrations, snapshot: false, transactional: true, allOrNothing: true, silent: true },
-    // Connection failures surface as UNAVAILABLE per call; the process must not die at start-up
-    // because of a slow database, so the first connect is retried by openDatabase.
+    // Connect at start-up, so an unreachable database stops the start with its own message.
     connect: true,
   });
 }

@@ -124,7 +124,9 @@ async function copyBinaries(nativeDir: string, logger: Logger): Promise<string> 
 
 async function initCluster(binDir: string, clusterDir: string, password: string, owner?: Owner): Promise<void> {
   const pwfile = path.join(os.tmpdir(), `remotegpu-pw-${randomBytes(6).toString("hex")}`);
-  await fs.writeFile(pwfile, `${password}\n`, { mode: 0o644 });
+  // Readable by initdb's user only: as root that is postgres, so the file is handed to it.
+  await fs.writeFile(pwfile, `${password}\n`, { mode: 0o600 });
+  if (owner) await fs.chown(pwfile, owner.uid, owner.gid);
   try {
     const init = spawnSync(
       path.join(binDir, "initdb"),

@@ -115,7 +115,7 @@ export class HostHandler implements Impl {
     const report = await this.hosts.drain(req.id);
     return {
       host: hostToMessage(report.view),
-      allocatedGpus: report.allocatedGpus.map((gpu) => gpuToMessage({ gpu })),
+      allocatedGpus: report.allocatedGpus.map(gpuToMessage),
       environmentIds: report.environmentIds,
     };
   }

@@ -89,6 +89,15 @@ describe("e2e: bad configuration", function () {
     assert.match(out.lines[0]!, /^config error: TLS_CERT=.*nope-cert\.pem.*not found/);
     assert.match(out.lines[1]!, /^config error: TLS_KEY=.*nope-key\.pem.*not found/);
   });
+
+  it("a file that is not a certificate stops the start before anything runs", async () => {
+    const notPem = path.join(dir, "not-a-cert.pem");
+    await fs.writeFile(notPem, "hello\n");
+    const out = await run({ TLS_CERT: notPem, TLS_KEY: notPem });
+    assert.equal(out.code, 1);
+    assert.match(out.lines.join("\n"), /cannot start: TLS_CERT\/TLS_KEY: not a usable PEM certificate/);
+    assert.equal(existsSync(path.join(out.dataDir, "postgres")), false, "no embedded PostgreSQL was started");
+  });
 });
 
 describe("loadConfig", () => {
