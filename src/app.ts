@@ -157,9 +157,12 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
       if (removed > 0) logger.info({ rows: removed }, "expired old telemetry history");
     }
   };
-  let maintaining = Promise.resolve();
+  let maintaining: Promise<void> | undefined;
   const loop = setInterval(() => {
-    maintaining = maintain().catch((err: unknown) => logger.error({ err }, "background maintenance failed"));
+    if (maintaining) return; // the previous round is still writing: never two at once
+    maintaining = maintain()
+      .catch((err: unknown) => logger.error({ err }, "background maintenance failed"))
+      .finally(() => (maintaining = undefined));
   }, MAINTENANCE_MS);
   loop.unref();
 

@@ -2,6 +2,7 @@ import type { MikroORM } from "@mikro-orm/postgresql";
 import { judgeSample, type HealthMemory, type HealthThresholds } from "../gpu/gpu-health.js";
 import type { Clock } from "../platform/clock.js";
 import type { GpuSampleRecord, HostSampleRecord, LatestSamples } from "./latest-samples.js";
+import { bulkSql, pgArray } from "../platform/bulk-sql.js";
 import type { Feed } from "../platform/feed.js";
 import type { TelemetryHistory } from "./telemetry-history.js";
 
@@ -66,10 +67,10 @@ export class HeartbeatIngest {
     const verdicts = [...this.verdicts.values()];
     this.lastSeen = new Map();
     this.verdicts = new Map();
-    const connection = this.orm.em.getConnection();
     if (seen.size > 0) {
       // The CTE reads the rows as they were before the update: those that were OFFLINE revived.
-      const revived: { id: string }[] = await connection.execute(
+      const revived = await bulkSql<{ id: string }>(
+        this.orm,
         `with seen as (select * from unnest(?::uuid[], ?::timestamptz[]) as v(id, seen)),
          before as (select h.id, h.status from hosts h join seen on seen.id = h.id),
          updated as (
@@ -87,19 +88,14 @@ export class HeartbeatIngest {
     }
     for (const v of verdicts) {
       // Reasons already recorded (by an operator or an earlier verdict) are kept.
-      await connection.execute(
+      await bulkSql(
+        this.orm,
         `update gpus set status = 'UNHEALTHY', updated_at = ?,
            health_reasons = (select coalesce(jsonb_agg(distinct r), '[]'::jsonb) from jsonb_array_elements(health_reasons || ?::jsonb) r)
          where host_id = ? and uuid = ?`,
         [this.clock.now(), JSON.stringify(v.reasons), v.hostId, v.uuid],
-        "run",
       );
     }
     await this.history.flush(everything);
   }
-}
-
-/** A PostgreSQL array literal: knex would spread a JavaScript array into separate parameters. */
-function pgArray(values: string[]): string {
-  return `{${values.map((v) => `"${v}"`).join(",")}}`;
 }

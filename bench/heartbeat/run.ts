@@ -1,0 +1,152 @@
+// npm run bench:heartbeat [-- --agents 5000 --rate 1 --duration 60 --warmup 15]
+// Runs the same load generator (a separate process) first against RemoteGPU (real PostgreSQL) and
+// then against a bare connect-node echo stream server, and prints one table with both.
+import { spawn, type ChildProcess } from "node:child_process";
+import { readFileSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { createClient, type Interceptor } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import pg from "pg";
+import { HostService } from "../../gen/remotegpu/v1/host_pb.js";
+import { createTestDatabase } from "../../test/support/database.js";
+
+const ROOT = fileURLToPath(new URL("../../", import.meta.url));
+const { values } = parseArgs({
+  options: {
+    agents: { type: "string", default: "5000" },
+    rate: { type: "string", default: "1" },
+    duration: { type: "string", default: "60" },
+    warmup: { type: "string", default: "15" },
+    "per-connection": { type: "string", default: "100" },
+  },
+});
+const ADMIN = "bench-admin-token-0123456789";
+
+interface Child {
+  proc: ChildProcess;
+  lines: string[];
+}
+
+const children: ChildProcess[] = [];
+process.once("exit", () => children.forEach((c) => c.kill("SIGKILL")));
+
+function start(script: string, args: string[], env: Record<string, string>): Child {
+  const proc = spawn(process.execPath, ["--import", "tsx", script, ...args], { cwd: ROOT, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "inherit"] });
+  children.push(proc);
+  const child: Child = { proc, lines: [] };
+  let buf = "";
+  proc.stdout!.setEncoding("utf8").on("data", (c: string) => {
+    buf += c;
+    const parts = buf.split("\n");
+    buf = parts.pop()!;
+    child.lines.push(...parts);
+  });
+  return child;
+}
+
+async function waitFor(child: Child, match: (line: Record<string, unknown>) => boolean, ms: number): Promise<Record<string, unknown>> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    for (const line of child.lines) {
+      try {
+        const parsed = JSON.parse(line) as Record<string, unknown>;
+        if (match(parsed)) return parsed;
+      } catch {
+        // not JSON
+      }
+    }
+    if (Date.now() > deadline) throw new Error(`timed out waiting; output:\n${child.lines.slice(-20).join("\n")}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** CPU seconds (user + system) and resident memory of a process, from /proc. */
+function usage(pid: number): { cpu: number; rssMiB: number } {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+  const ticks = Number(stat[11]) + Number(stat[12]);
+  const rss = /VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))![1]!;
+  return { cpu: ticks / 100, rssMiB: Number(rss) / 1024 };
+}
+
+async function load(target: string, hostsFile: string, serverPid: number): Promise<Record<string, number>> {
+  const gen = start("bench/heartbeat/load.ts", ["--target", target, "--hosts", hostsFile, "--rate", values.rate!, "--duration", values.duration!, "--warmup", values.warmup!, "--per-connection", values["per-connection"]!], {});
+  await waitFor(gen, (l) => l.phase === "measuring", (Number(values.warmup) + 120) * 1000);
+  const before = usage(serverPid);
+  const t0 = performance.now();
+  let peakRss = before.rssMiB;
+  const poll = setInterval(() => (peakRss = Math.max(peakRss, usage(serverPid).rssMiB)), 1000);
+  const result = await waitFor(gen, (l) => l.phase === "done", (Number(values.duration) + 60) * 1000);
+  clearInterval(poll);
+  const after = usage(serverPid);
+  const seconds = (performance.now() - t0) / 1000;
+  return { ...(result as Record<string, number>), serverCpuPercent: ((after.cpu - before.cpu) / seconds) * 100, serverRssMiB: peakRss, seconds };
+}
+
+async function dbStats(url: string) {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  const name = new URL(url).pathname.slice(1);
+  const { rows } = await client.query("select xact_commit::int as tx, tup_inserted::int as ins, tup_updated::int as upd from pg_stat_database where datname = $1", [name]);
+  await client.end();
+  return rows[0] as { tx: number; ins: number; upd: number };
+}
+
+const agents = Number(values.agents);
+const db = await createTestDatabase();
+const hostsFile = path.join(os.tmpdir(), `remotegpu-bench-hosts-${process.pid}.json`);
+try {
+  // 1. RemoteGPU itself.
+  const server = start("src/main.ts", [], { DATABASE_URL: db.url, PORT: "0", BIND_ADDRESS: "127.0.0.1", REMOTEGPU_ADMIN_TOKEN: ADMIN, LOG_LEVEL: "info", HEARTBEAT_INTERVAL_SECONDS: String(Math.max(1, Math.round(1 / Number(values.rate)))) });
+  const { port } = (await waitFor(server, (l) => l.msg === "remotegpu listening", 60_000)) as { port: number };
+  const auth: Interceptor = (next) => (req) => {
+    req.header.set("authorization", `Bearer ${ADMIN}`);
+    return next(req);
+  };
+  const hosts = createClient(HostService, createConnectTransport({ baseUrl: `http://127.0.0.1:${port}`, httpVersion: "2", interceptors: [auth] }));
+  const made: { id: string; token: string }[] = [];
+  for (let i = 0; i < agents; i += 100) {
+    const batch = await Promise.all(
+      Array.from({ length: Math.min(100, agents - i) }, (_, j) => hosts.createHost({ name: `bench-${String(i + j).padStart(5, "0")}`, address: "127.0.0.1" })),
+    );
+    made.push(...batch.map((r) => ({ id: r.host!.id, token: r.agentToken })));
+  }
+  writeFileSync(hostsFile, JSON.stringify(made));
+  process.stderr.write(`created ${made.length} hosts; measuring RemoteGPU\n`);
+  const statsBefore = await dbStats(db.url);
+  const real = await load(`http://127.0.0.1:${port}`, hostsFile, server.proc.pid!);
+  const statsAfter = await dbStats(db.url);
+  server.proc.kill("SIGTERM");
+  await new Promise((r) => server.proc.once("exit", r));
+
+  // 2. The bare echo server, same harness.
+  process.stderr.write("measuring the echo server\n");
+  const echo = start("bench/heartbeat/echo-server.ts", [], { PORT: "0" });
+  const { port: echoPort } = (await waitFor(echo, (l) => l.msg === "remotegpu listening", 30_000)) as { port: number };
+  const bare = await load(`http://127.0.0.1:${echoPort}`, hostsFile, echo.proc.pid!);
+  echo.proc.kill("SIGTERM");
+
+  const row = (name: string, r: Record<string, unknown>) =>
+    `| ${name} | ${r.connected} | ${(r.ackedPerSecond as number).toFixed(0)} | ${(r.p50 as number).toFixed(1)} | ${(r.p99 as number).toFixed(1)} | ${(r.serverCpuPercent as number).toFixed(0)}% | ${(r.serverRssMiB as number).toFixed(0)} | ${r.errors} |`;
+  const secs = real.seconds as number;
+  process.stdout.write(
+    [
+      `agents ${agents} × 8 GPUs, ${values.rate} heartbeat/s each, ${values["per-connection"]} streams per HTTP/2 connection, ${values.duration} s measured after ${values.warmup} s warm-up; load generator and server on the same ${os.cpus().length} cores, Node ${process.version}`,
+      "",
+      "| server | streams | acked heartbeats/s | ack p50 ms | ack p99 ms | server CPU | server RSS MiB | stream errors |",
+      "| --- | --- | --- | --- | --- | --- | --- | --- |",
+      row("RemoteGPU (PostgreSQL)", real),
+      row("bare connect-node echo", bare),
+      "",
+      `RemoteGPU / echo message rate: ${(((real.ackedPerSecond as number) / (bare.ackedPerSecond as number)) * 100).toFixed(0)}%`,
+      `stream errors by code: RemoteGPU ${JSON.stringify(real.errorCodes)}, echo ${JSON.stringify(bare.errorCodes)}`,
+      `database during the measured window: ${((statsAfter.tx - statsBefore.tx) / secs).toFixed(1)} transactions/s, ${((statsAfter.upd - statsBefore.upd) / secs).toFixed(0)} rows updated/s, ${((statsAfter.ins - statsBefore.ins) / secs).toFixed(0)} rows inserted/s`,
+      "",
+    ].join("\n"),
+  );
+} finally {
+  await db.drop();
+}
+process.exit(0);
