@@ -9,7 +9,9 @@ import { AgentSessions } from "./host/agent-sessions.js";
 import { HostLiveness } from "./host/host-liveness.js";
 import { HostRegistry } from "./host/host-registry.js";
 import { HeartbeatIngest } from "./telemetry/heartbeat-ingest.js";
+import { RedisSampleRelay } from "./telemetry/redis-sample-relay.js";
 import { TelemetryHistory } from "./telemetry/telemetry-history.js";
+import { Redis } from "ioredis";
 import { systemClock, type Clock } from "./platform/clock.js";
 import { openDatabase, type MikroORM } from "./platform/database.js";
 import { EmbeddedPostgres } from "./platform/embedded-postgres.js";
@@ -88,7 +90,15 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
   const announce = (ids: string[]) => {
     hosts.announce(ids).catch((err: unknown) => logger.error({ err }, "publishing host changes failed"));
   };
-  const ingest = new HeartbeatIngest(orm, clock, samples, history, { maxTemperatureCelsius: config.gpuMaxTemperatureCelsius }, new Feed(), announce);
+  const redis = config.redisUrl ? new Redis(config.redisUrl, { lazyConnect: true, enableOfflineQueue: false, maxRetriesPerRequest: 1 }) : undefined;
+  redis?.on("error", (err: Error) => logger.warn({ error: err.message }, "redis"));
+  const relay = redis && new RedisSampleRelay(redis, samples, config.redisKeyPrefix, logger);
+  if (redis && relay) {
+    // Without Redis this replica still works; sharing resumes when Redis answers again.
+    await redis.connect().catch((err: unknown) => logger.warn({ error: String(err) }, "Redis unreachable at start; continuing without it"));
+    await relay.start().catch((err: unknown) => logger.warn({ error: String(err) }, "could not load shared samples from Redis"));
+  }
+  const ingest = new HeartbeatIngest(orm, clock, samples, history, { maxTemperatureCelsius: config.gpuMaxTemperatureCelsius }, new Feed(), announce, relay);
   const agents = new AgentSessions(orm, clock, ingest, config.heartbeatIntervalSeconds * 1000, config.hostGraceSeconds * 1000, announce);
   const liveness = new HostLiveness(orm, clock, config.hostGraceSeconds * 1000);
   const inventory = new GpuInventory(orm, clock, samples, (hostId, uuid) => ingest.readmitted(hostId, uuid));
@@ -180,6 +190,8 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
       await server.close(config.shutdownTimeoutSeconds * 1000);
       await maintaining;
       await ingest.flush(true).catch((err: unknown) => logger.error({ err }, "final heartbeat flush failed"));
+      await relay?.close();
+      redis?.disconnect();
       await orm.close();
       await embedded?.stop();
     },

@@ -11,6 +11,8 @@ export interface Config {
   databaseUrl?: string;
   /** `REDIS_URL`: optional; needed only to run several replicas. */
   redisUrl?: string;
+  /** `REDIS_KEY_PREFIX`: prefix of every Redis key and channel, to share one Redis. @default "remotegpu:" */
+  redisKeyPrefix: string;
   /** `LOG_LEVEL`: pino level. @default "info" */
   logLevel: string;
   /** `REMOTEGPU_ADMIN_TOKEN`: cluster admin token; unset generates one at first start. */
@@ -104,6 +106,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     bindAddress: value("BIND_ADDRESS") ?? "0.0.0.0",
     databaseUrl: url("DATABASE_URL", ["postgres:", "postgresql:"]),
     redisUrl: url("REDIS_URL", ["redis:", "rediss:"]),
+    redisKeyPrefix: value("REDIS_KEY_PREFIX") ?? "remotegpu:",
     logLevel,
     adminToken,
     dataDir: path.resolve(value("DATA_DIR") ?? "./.data"),

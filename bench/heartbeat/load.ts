@@ -108,6 +108,8 @@ async function agent(n: number, host: { id: string; token: string }, welcomed: (
 }
 
 // Connect with at most 200 hellos in flight, as a fleet coming up would; then warm up.
+const connectStarted = performance.now();
+const progress = setInterval(() => process.stderr.write(`load: ${connected}/${hosts.length} agents connected\n`), 10_000);
 let inFlight = 0;
 let release: (() => void) | undefined;
 for (let i = 0; i < hosts.length; i++) {
@@ -122,6 +124,9 @@ for (let i = 0; i < hosts.length; i++) {
   };
   void agent(i, hosts[i]!, welcomed).finally(welcomed);
 }
+while (connected + errors < hosts.length) await new Promise((r) => setTimeout(r, 100));
+clearInterval(progress);
+const hellosPerSecond = hosts.length / ((performance.now() - connectStarted) / 1000);
 await new Promise((r) => setTimeout(r, warmupMs));
 process.stdout.write(`${JSON.stringify({ phase: "measuring", connected })}\n`);
 measuring = true;
@@ -132,6 +137,6 @@ const seconds = (performance.now() - started) / 1000;
 latencies.sort((a, b) => a - b);
 const pct = (p: number) => latencies[Math.min(latencies.length - 1, Math.floor((p / 100) * latencies.length))] ?? NaN;
 process.stdout.write(
-  `${JSON.stringify({ phase: "done", connected, errors, errorCodes, ackedPerSecond: acked / seconds, p50: pct(50), p99: pct(99), max: latencies[latencies.length - 1] ?? NaN })}\n`,
+  `${JSON.stringify({ phase: "done", connected, errors, errorCodes, hellosPerSecond, ackedPerSecond: acked / seconds, p50: pct(50), p99: pct(99), max: latencies[latencies.length - 1] ?? NaN })}\n`,
 );
 process.exit(0);

@@ -73,7 +73,7 @@ function usage(pid: number): { cpu: number; rssMiB: number } {
 
 async function load(target: string, hostsFile: string, serverPid: number): Promise<Record<string, number>> {
   const gen = start("bench/heartbeat/load.ts", ["--target", target, "--hosts", hostsFile, "--rate", values.rate!, "--duration", values.duration!, "--warmup", values.warmup!, "--per-connection", values["per-connection"]!], {});
-  await waitFor(gen, (l) => l.phase === "measuring", (Number(values.warmup) + 120) * 1000);
+  await waitFor(gen, (l) => l.phase === "measuring", (Number(values.warmup) + 1200) * 1000);
   const before = usage(serverPid);
   const t0 = performance.now();
   let peakRss = before.rssMiB;
@@ -129,14 +129,14 @@ try {
   echo.proc.kill("SIGTERM");
 
   const row = (name: string, r: Record<string, unknown>) =>
-    `| ${name} | ${r.connected} | ${(r.ackedPerSecond as number).toFixed(0)} | ${(r.p50 as number).toFixed(1)} | ${(r.p99 as number).toFixed(1)} | ${(r.serverCpuPercent as number).toFixed(0)}% | ${(r.serverRssMiB as number).toFixed(0)} | ${r.errors} |`;
+    `| ${name} | ${r.connected} | ${(r.hellosPerSecond as number).toFixed(0)} | ${(r.ackedPerSecond as number).toFixed(0)} | ${(r.p50 as number).toFixed(1)} | ${(r.p99 as number).toFixed(1)} | ${(r.serverCpuPercent as number).toFixed(0)}% | ${(r.serverRssMiB as number).toFixed(0)} | ${r.errors} |`;
   const secs = real.seconds as number;
   process.stdout.write(
     [
       `agents ${agents} × 8 GPUs, ${values.rate} heartbeat/s each, ${values["per-connection"]} streams per HTTP/2 connection, ${values.duration} s measured after ${values.warmup} s warm-up; load generator and server on the same ${os.cpus().length} cores, Node ${process.version}`,
       "",
-      "| server | streams | acked heartbeats/s | ack p50 ms | ack p99 ms | server CPU | server RSS MiB | stream errors |",
-      "| --- | --- | --- | --- | --- | --- | --- | --- |",
+      "| server | streams | hellos/s while connecting | acked heartbeats/s | ack p50 ms | ack p99 ms | server CPU | server RSS MiB | stream errors |",
+      "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
       row("RemoteGPU (PostgreSQL)", real),
       row("bare connect-node echo", bare),
       "",

@@ -4,6 +4,7 @@ import type { Clock } from "../platform/clock.js";
 import type { GpuSampleRecord, HostSampleRecord, LatestSamples } from "./latest-samples.js";
 import { bulkSql, pgArray } from "../platform/bulk-sql.js";
 import type { Feed } from "../platform/feed.js";
+import type { RedisSampleRelay } from "./redis-sample-relay.js";
 import type { TelemetryHistory } from "./telemetry-history.js";
 
 /** A sample on its way to live watchers. */
@@ -33,11 +34,14 @@ export class HeartbeatIngest {
     readonly live: Feed<LiveSample>,
     /** Told which hosts came back ONLINE through a heartbeat. */
     private readonly onRevived: (hostIds: string[]) => void = () => undefined,
+    /** Shares latest samples with other replicas, when Redis is configured. */
+    private readonly relay?: RedisSampleRelay,
   ) {}
 
   record(hostId: string, host: HostSampleRecord | undefined, gpus: GpuSampleRecord[]): void {
     this.lastSeen.set(hostId, this.clock.now());
     if (host) this.samples.recordHost(hostId, host);
+    this.relay?.record(hostId, host, gpus);
     for (const sample of gpus) {
       this.samples.recordGpu(hostId, sample);
       this.history.record(hostId, sample);
@@ -97,5 +101,6 @@ export class HeartbeatIngest {
       );
     }
     await this.history.flush(everything);
+    await this.relay?.flush();
   }
 }

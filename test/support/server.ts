@@ -21,8 +21,9 @@ export interface TestServer {
 }
 
 /** The real app (real PostgreSQL, real HTTP/2 server on a free port) in this process. */
-export async function startTestServer(opts: { clock?: Clock; env?: Record<string, string> } = {}): Promise<TestServer> {
-  const db = await createTestDatabase();
+export async function startTestServer(opts: { clock?: Clock; env?: Record<string, string>; db?: TestDatabase } = {}): Promise<TestServer> {
+  // A second replica passes the first one's database; only its creator drops it.
+  const db = opts.db ?? (await createTestDatabase());
   const config = loadConfig({
     DATABASE_URL: db.url,
     PORT: "0",
@@ -55,7 +56,7 @@ export async function startTestServer(opts: { clock?: Clock; env?: Record<string
     },
     async close() {
       await app.close();
-      await db.drop();
+      if (!opts.db) await db.drop();
     },
   };
 }
