@@ -12,6 +12,7 @@
  * - PCIe throughput: NVML has counters, query-gpu has no field for them, so rx/tx stay undefined.
  */
 import { execFile } from "node:child_process";
+import type { ReportedGpu } from "../host/inventory-sync.js";
 import type { GpuMetrics, GpuSampleRecord } from "../telemetry/latest-samples.js";
 
 /**
@@ -41,13 +42,8 @@ export const QUERY_FIELDS: readonly string[] = Object.freeze([
 /** QUERY_FIELDS without the fields that pre-R450 drivers reject. */
 export const LEGACY_QUERY_FIELDS: readonly string[] = Object.freeze(QUERY_FIELDS.filter((f) => f !== "mig.mode.current"));
 
-export interface GpuInventoryEntry {
-  index: number;
-  uuid: string;
-  model: string;
-  memoryBytes: number;
-  driverVersion: string;
-  cudaVersion: string;
+/** One GPU as the agent reports it in its hello. */
+export interface GpuInventoryEntry extends ReportedGpu {
   migEnabled: boolean;
 }
 
