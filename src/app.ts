@@ -113,7 +113,7 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
 
   const handler = connectNodeAdapter({
     routes: routes(
-      { hosts: new HostHandler(hosts, agents, clock, config.heartbeatIntervalSeconds * 1000), gpus: new GpuHandler(inventory, allocator, history, ingest.live, clock) },
+      { hosts: new HostHandler(hosts, agents, clock, config.heartbeatIntervalSeconds * 1000, logger), gpus: new GpuHandler(inventory, allocator, history, ingest.live, clock) },
       health,
     ),
     interceptors: [observe(logger, metrics), authenticate(authenticator)],

@@ -132,9 +132,17 @@ export class AgentConnection {
         for (;;) {
           const r = await responses.next();
           if (r.done) return;
-          if (r.value.message.case === "ack") {
-            const acked = r.value.message.value.sequence;
-            while (inFlight.length > 0 && inFlight[0]!.sequence <= acked) inFlight.shift();
+          const m = r.value.message;
+          if (m.case === "ack") {
+            while (inFlight.length > 0 && inFlight[0]!.sequence <= m.value.sequence) inFlight.shift();
+          } else if (m.case === "command") {
+            // The agent runtime (environments) is what a drain will stop; until it exists there is nothing to do.
+            this.o.logger.info({ command: m.value.commandId, kind: m.value.command.case }, "command from the control plane");
+            requests.push(
+              create(StreamHeartbeatsRequestSchema, {
+                message: { case: "commandResult", value: { commandId: m.value.commandId, ok: true, message: "no workloads on this agent" } },
+              }),
+            );
           }
         }
       })();

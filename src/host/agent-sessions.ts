@@ -7,6 +7,7 @@ import type { Clock } from "../platform/clock.js";
 import type { HeartbeatIngest } from "../telemetry/heartbeat-ingest.js";
 import type { GpuSampleRecord, HostSampleRecord } from "../telemetry/latest-samples.js";
 import { Violations, checkString } from "../validation.js";
+import { Channel } from "../platform/channel.js";
 import { Host } from "./host.js";
 import { syncInventory, type ReportedGpu } from "./inventory-sync.js";
 
@@ -27,10 +28,15 @@ export class SessionFencedError extends ConflictError {
   }
 }
 
+/** Work the server sends down an agent stream (environment commands arrive with the agent runtime). */
+export type AgentCommand = { id: string; kind: "drain" };
+
 /** One agent connection. Only the newest session of a host is live; older ones are fenced. */
 export class AgentSession {
   readonly id = randomUUID();
   private readonly controller = new AbortController();
+  /** Commands waiting to be written to this agent's stream. */
+  readonly outbox = new Channel<AgentCommand>();
   /** Server-side GPU ids by UUID, from the hello. */
   gpuIds = new Map<string, string>();
 
@@ -107,12 +113,24 @@ export class AgentSessions {
     return true;
   }
 
+  /**
+   * Sends a command to the host's agent if its stream is open on this replica; returns whether it
+   * was. (Routing to the replica holding the stream is for several replicas, with Redis.)
+   */
+  send(hostId: string, command: Omit<AgentCommand, "id">): boolean {
+    const session = this.live.get(hostId);
+    if (!session) return false;
+    session.outbox.push({ id: randomUUID(), ...command });
+    return true;
+  }
+
   /** Ends every stream with UNAVAILABLE, so agents reconnect (to another replica) at once. */
   shutdown(): void {
     for (const session of this.live.values()) session.end(new UnavailableError("the server is shutting down; reconnect"));
   }
 
   close(session: AgentSession): void {
+    session.outbox.close();
     if (this.live.get(session.hostId) === session) this.live.delete(session.hostId);
   }
 

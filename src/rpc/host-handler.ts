@@ -22,6 +22,7 @@ import { assertMaySpeakForHost } from "../auth/authenticator.js";
 import { InvalidArgumentError } from "../errors.js";
 import type { AgentHello, AgentSessions } from "../host/agent-sessions.js";
 import type { Clock } from "../platform/clock.js";
+import type { Logger } from "../platform/logger.js";
 import type { HostPatch, HostRegistry } from "../host/host-registry.js";
 import { Violations, parseLabelSelector, required } from "../validation.js";
 import { callerOf } from "./context.js";
@@ -50,6 +51,7 @@ export class HostHandler implements Impl {
     private readonly agents: AgentSessions,
     private readonly clock: Clock,
     private readonly heartbeatIntervalMs: number,
+    private readonly logger: Logger,
   ) {}
 
   async createHost(req: CreateHostRequest) {
@@ -113,6 +115,7 @@ export class HostHandler implements Impl {
 
   async drainHost(req: DrainHostRequest) {
     const report = await this.hosts.drain(req.id);
+    this.agents.send(report.view.host.id, { kind: "drain" });
     return {
       host: hostToMessage(report.view),
       allocatedGpus: report.allocatedGpus.map(gpuToMessage),
@@ -188,11 +191,26 @@ export class HostHandler implements Impl {
           },
         },
       };
+      // Reads from the agent and commands for it are awaited together; neither pending read is lost.
+      const commands = session.outbox[Symbol.asyncIterator]();
+      let nextIn = observed(incoming.next().then((r) => ({ from: "agent" as const, r })));
+      let nextCommand = commands.next().then((r) => ({ from: "server" as const, r }));
       for (;;) {
-        const next: IteratorResult<StreamHeartbeatsRequest> = await Promise.race([incoming.next(), ended]);
+        const got = await Promise.race([nextIn, nextCommand, ended]);
+        if (got.from === "server") {
+          nextCommand = commands.next().then((r) => ({ from: "server" as const, r }));
+          if (!got.r.done) yield { message: { case: "command", value: { commandId: got.r.value.id, command: { case: "drain", value: {} } } } };
+          continue;
+        }
+        nextIn = observed(incoming.next().then((r) => ({ from: "agent" as const, r })));
+        const next = got.r;
         if (next.done) return;
         const m = next.value.message;
         if (m.case === "hello") throw InvalidArgumentError.field("hello", "only the first message may be a hello");
+        if (m.case === "commandResult") {
+          this.logger.info({ hostId: session.hostId, command: m.value.commandId, ok: m.value.ok, message: m.value.message }, "agent command result");
+          continue;
+        }
         if (m.case !== "heartbeat") continue; // environment reports arrive with the agent runtime
         if (m.value.gpus.length > 64) throw InvalidArgumentError.field("heartbeat.gpus", "at most 64 samples");
         const time = this.sampleTime(m.value.sampleTime);
@@ -204,6 +222,12 @@ export class HostHandler implements Impl {
       this.agents.close(session);
     }
   }
+}
+
+/** Marks a promise as handled, so a read still pending when the stream ends cannot crash the process. */
+function observed<T>(p: Promise<T>): Promise<T> {
+  p.catch(() => undefined);
+  return p;
 }
 
 const EVENT_TYPES = { ADDED: WatchEventType.ADDED, MODIFIED: WatchEventType.MODIFIED, DELETED: WatchEventType.DELETED } as const;

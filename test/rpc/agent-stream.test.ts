@@ -168,6 +168,17 @@ describe("HostService.StreamHeartbeats", () => {
     assert.equal((await gpus.getGpu({ id: byUuid.get("GPU-x-1")!.id })).gpu?.status, GpuStatus.UNHEALTHY);
   });
 
+  it("sends a drain command down the stream of a drained host, and hears the result", async () => {
+    const { host, agent } = await newHost("agent-drain");
+    await agent.hello(host.id, [{ index: 0, uuid: "GPU-d-0" }]);
+    await hosts.drainHost({ id: host.id });
+    const res = await agent.next();
+    assert.equal(res.message.case, "command");
+    assert.equal(res.message.value.command.case, "drain");
+    agent.requests.push({ message: { case: "commandResult", value: { commandId: res.message.value.commandId, ok: true } } });
+    await agent.beat(); // the stream goes on after the command
+  });
+
   it("counts connected agents in /metrics", async () => {
     const body = await (await fetch(`${server.baseUrl}/metrics`)).text();
     const m = /remotegpu_agents_connected\{replica="self"\} (\d+)/.exec(body);
