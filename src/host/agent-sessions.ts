@@ -1,5 +1,4 @@
 import { randomUUID } from "node:crypto";
-import { LockMode } from "@mikro-orm/core";
 import type { MikroORM } from "@mikro-orm/postgresql";
 import { ConflictError, NotFoundError, UnavailableError } from "../errors.js";
 import { checkId } from "../ids.js";
@@ -8,7 +7,6 @@ import type { HeartbeatIngest } from "../telemetry/heartbeat-ingest.js";
 import type { GpuSampleRecord, HostSampleRecord } from "../telemetry/latest-samples.js";
 import { Violations, checkString } from "../validation.js";
 import { Channel } from "../platform/channel.js";
-import { Host } from "./host.js";
 import { syncInventory, type ReportedGpu } from "./inventory-sync.js";
 
 export interface AgentHello {
@@ -82,21 +80,24 @@ export class AgentSessions {
     // Jitter spreads the heartbeats of hosts that all reconnected at once (after a restart, say).
     const interval = Math.round(this.heartbeatIntervalMs * (1 - JITTER + Math.random() * 2 * JITTER));
     const session = new AgentSession(hello.hostId, interval, this.leaseMs);
-    await this.orm.em.fork().transactional(async (em) => {
-      const host = await em.findOne(Host, hello.hostId, { lockMode: LockMode.PESSIMISTIC_WRITE });
-      if (!host) throw new NotFoundError("host", hello.hostId);
+    // Raw statements in one transaction: this runs for every agent of the fleet when the control
+    // plane restarts, so it avoids the ORM's per-entity work (see docs/benchmarks.md).
+    await this.orm.em.getConnection().getKnex().transaction(async (trx) => {
       const now = this.clock.now();
-      host.agentVersion = hello.agentVersion;
-      if (hello.cpuMillicores > 0) host.cpuMillicores = hello.cpuMillicores;
-      if (hello.memoryBytes > 0) host.memoryBytes = hello.memoryBytes;
-      if (hello.diskBytes > 0) host.diskBytes = hello.diskBytes;
-      host.lastHeartbeatAt = now;
-      if (host.status === "OFFLINE") {
-        host.status = "ONLINE";
-        host.statusMessage = "";
-      }
-      host.updatedAt = now;
-      session.gpuIds = await syncInventory(em, host, hello.gpus, now);
+      // The UPDATE also takes the host's row lock: concurrent hellos for one host run one at a time.
+      const updated = await trx.raw(
+        `update hosts set agent_version = ?,
+           cpu_millicores = case when ?::bigint > 0 then ?::bigint else cpu_millicores end,
+           memory_bytes = case when ?::bigint > 0 then ?::bigint else memory_bytes end,
+           disk_bytes = case when ?::bigint > 0 then ?::bigint else disk_bytes end,
+           last_heartbeat_at = ?, updated_at = ?,
+           status_message = case when status = 'OFFLINE' then '' else status_message end,
+           status = case when status = 'OFFLINE' then 'ONLINE' else status end
+         where id = ?`,
+        [hello.agentVersion, hello.cpuMillicores, hello.cpuMillicores, hello.memoryBytes, hello.memoryBytes, hello.diskBytes, hello.diskBytes, now, now, hello.hostId],
+      );
+      if (updated.rowCount === 0) throw new NotFoundError("host", hello.hostId);
+      session.gpuIds = await syncInventory(trx, hello.hostId, hello.gpus, now);
       // Swapped while the host row is locked, so concurrent hellos fence in the order they committed.
       this.live.get(hello.hostId)?.end(new SessionFencedError(session.id));
       this.live.set(hello.hostId, session);

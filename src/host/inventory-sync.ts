@@ -1,6 +1,7 @@
-import type { EntityManager } from "@mikro-orm/postgresql";
-import { Gpu, statusWhenOnline } from "../gpu/gpu.js";
-import type { Host } from "./host.js";
+import { randomUUID } from "node:crypto";
+import type { Knex } from "@mikro-orm/knex";
+import { statusWhenOnline, type GpuStatus } from "../gpu/gpu.js";
+import { pgArray } from "../platform/bulk-sql.js";
 
 /** One GPU as an agent reports it. */
 export interface ReportedGpu {
@@ -12,46 +13,100 @@ export interface ReportedGpu {
   cudaVersion: string;
 }
 
+/** A GPU row as inventory sync needs it. */
+export interface StoredGpu extends ReportedGpu {
+  id: string;
+  status: GpuStatus;
+  holder: string | null;
+  healthReasons: string[];
+}
+
+export interface InventoryPlan {
+  /** GPUs that must give up their index first ((host, index) is unique): index becomes -1 - index. */
+  park: string[];
+  insert: (ReportedGpu & { id: string })[];
+  update: (ReportedGpu & { id: string; status: GpuStatus })[];
+  /** GPUs the agent no longer reports. */
+  offline: string[];
+  /** Server-side id of each reported GPU, by UUID. */
+  ids: Map<string, string>;
+}
+
 /**
- * Makes the host's GPU rows match what its agent sees, keyed by (host, UUID): new GPUs are added,
+ * What makes the host's GPU rows match what its agent sees, keyed by UUID: new GPUs are added,
  * known ones updated and brought back from OFFLINE, missing ones marked OFFLINE (never deleted: they
- * may hold an environment, or come back after a reboot). Runs inside the caller's transaction.
- * Returns the server-side id of each reported GPU, by UUID.
+ * may hold an environment, or come back after a reboot). A reconnect with nothing new plans nothing.
  */
-export async function syncInventory(em: EntityManager, host: Host, reported: ReportedGpu[], now: Date): Promise<Map<string, string>> {
-  const rows = await em.find(Gpu, { host });
-  const byUuid = new Map(rows.map((g) => [g.uuid, g]));
+export function planInventory(stored: StoredGpu[], reported: ReportedGpu[]): InventoryPlan {
+  const byUuid = new Map(stored.map((g) => [g.uuid, g]));
   const reportedByUuid = new Map(reported.map((r) => [r.uuid, r]));
-  const claimedIndexes = new Set(reported.map((r) => r.index));
-
-  // A GPU that is gone, or moved, must give up its index first: (host, index) is unique.
-  const parked: Gpu[] = [];
-  for (const g of rows) {
+  const claimed = new Set(reported.map((r) => r.index));
+  const plan: InventoryPlan = { park: [], insert: [], update: [], offline: [], ids: new Map() };
+  for (const g of stored) {
     const next = reportedByUuid.get(g.uuid);
-    if ((!next && claimedIndexes.has(g.index)) || (next && next.index !== g.index)) {
-      g.index = -1 - g.index;
-      parked.push(g);
-    }
+    // Rows parked before already hold a negative index, which no reported GPU can claim.
+    if (g.index >= 0 && ((!next && claimed.has(g.index)) || (next && next.index !== g.index))) plan.park.push(g.id);
+    if (!next && g.status !== "OFFLINE") plan.offline.push(g.id);
   }
-  if (parked.length > 0) await em.flush();
-
-  const ids = new Map<string, string>();
   for (const r of reported) {
     const g = byUuid.get(r.uuid);
     if (!g) {
-      ids.set(r.uuid, em.create(Gpu, { host, ...r, createdAt: now, updatedAt: now }).id);
+      const id = randomUUID();
+      plan.insert.push({ ...r, id });
+      plan.ids.set(r.uuid, id);
       continue;
     }
-    ids.set(r.uuid, g.id);
-    const changed = g.index !== r.index || g.model !== r.model || g.memoryBytes !== r.memoryBytes || g.driverVersion !== r.driverVersion || g.cudaVersion !== r.cudaVersion || g.status === "OFFLINE";
-    Object.assign(g, r);
-    if (g.status === "OFFLINE") g.status = statusWhenOnline(g);
-    if (changed) g.updatedAt = now;
+    plan.ids.set(r.uuid, g.id);
+    const status = g.status === "OFFLINE" ? statusWhenOnline(g) : g.status;
+    const same = g.index === r.index && g.model === r.model && g.memoryBytes === r.memoryBytes && g.driverVersion === r.driverVersion && g.cudaVersion === r.cudaVersion;
+    if (!same || status !== g.status) plan.update.push({ ...r, id: g.id, status });
   }
-  for (const g of rows) {
-    if (reportedByUuid.has(g.uuid) || g.status === "OFFLINE") continue;
-    g.status = "OFFLINE";
-    g.updatedAt = now;
+  return plan;
+}
+
+/**
+ * Applies the agent's inventory to its host inside the caller's transaction: one read, and writes
+ * only for what changed (a few statements whatever the GPU count). Returns GPU ids by UUID.
+ */
+export async function syncInventory(trx: Knex.Transaction, hostId: string, reported: ReportedGpu[], now: Date): Promise<Map<string, string>> {
+  const rows: { id: string; uuid: string; index: number; model: string; memory_bytes: string; driver_version: string; cuda_version: string; status: GpuStatus; holder: string | null; health_reasons: string[] }[] = (
+    await trx.raw("select id, uuid, index, model, memory_bytes, driver_version, cuda_version, status, holder, health_reasons from gpus where host_id = ?", [hostId])
+  ).rows;
+  const plan = planInventory(
+    rows.map((r) => ({
+      id: r.id,
+      uuid: r.uuid,
+      index: r.index,
+      model: r.model,
+      memoryBytes: Number(r.memory_bytes),
+      driverVersion: r.driver_version,
+      cudaVersion: r.cuda_version,
+      status: r.status,
+      holder: r.holder,
+      healthReasons: r.health_reasons,
+    })),
+    reported,
+  );
+  if (plan.park.length > 0) await trx.raw("update gpus set index = -1 - index where id = any(?::uuid[])", [pgArray(plan.park)]);
+  if (plan.offline.length > 0) {
+    await trx.raw("update gpus set status = 'OFFLINE', updated_at = ?, version = version + 1 where id = any(?::uuid[])", [now, pgArray(plan.offline)]);
   }
-  return ids;
+  if (plan.update.length > 0) {
+    await trx.raw(
+      `update gpus g set index = v.index, model = v.model, memory_bytes = v."memoryBytes", driver_version = v."driverVersion",
+         cuda_version = v."cudaVersion", status = v.status, updated_at = ?, version = g.version + 1
+       from jsonb_to_recordset(?::jsonb) as v(id uuid, index int, model text, "memoryBytes" bigint, "driverVersion" text, "cudaVersion" text, status text)
+       where g.id = v.id`,
+      [now, JSON.stringify(plan.update)],
+    );
+  }
+  if (plan.insert.length > 0) {
+    await trx.raw(
+      `insert into gpus (id, host_id, index, uuid, model, memory_bytes, driver_version, cuda_version, status, health_reasons, created_at, updated_at, version)
+       select v.id, ?, v.index, v.uuid, v.model, v."memoryBytes", v."driverVersion", v."cudaVersion", 'AVAILABLE', '[]'::jsonb, ?, ?, 1
+       from jsonb_to_recordset(?::jsonb) as v(id uuid, index int, uuid text, model text, "memoryBytes" bigint, "driverVersion" text, "cudaVersion" text)`,
+      [hostId, now, now, JSON.stringify(plan.insert)],
+    );
+  }
+  return plan.ids;
 }
