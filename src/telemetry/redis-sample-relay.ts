@@ -80,10 +80,6 @@ export class RedisSampleRelay {
     }
   }
 
-  forgetHost(hostId: string): Promise<number> {
-    return this.redis.hdel(this.hash, hostId);
-  }
-
   async close(): Promise<void> {
     this.subscriber.disconnect();
   }
