@@ -85,7 +85,7 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
   }
 
   const samples = new LatestSamples();
-  const hosts = new HostRegistry(orm, clock, samples, config.hostGraceSeconds * 1000);
+  const hosts = new HostRegistry(orm, clock, samples, config.hostGraceSeconds * 1000, (id) => agents.forgetHost(id));
   const history = new TelemetryHistory(orm, clock, config.telemetryResolutionSeconds * 1000, config.telemetryRetentionHours * 3_600_000);
   const announce = (ids: string[]) => {
     hosts.announce(ids).catch((err: unknown) => logger.error({ err }, "publishing host changes failed"));

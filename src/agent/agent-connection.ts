@@ -97,9 +97,14 @@ export class AgentConnection {
     const reading = await this.o.read();
     this.inventory = reading.inventory;
     this.backlog.push(reading);
+    this.trimBacklog();
+    this.wake?.();
+  }
+
+  /** Drops the oldest readings beyond the bound. */
+  private trimBacklog(): void {
     const max = this.o.bufferSize ?? 360;
     if (this.backlog.length > max) this.backlog.splice(0, this.backlog.length - max);
-    this.wake?.();
   }
 
   private async session(server: string, signal: AbortSignal, connected: () => void): Promise<void> {
@@ -154,8 +159,10 @@ export class AgentConnection {
       acks.then(markEnded, markEnded); // the error itself surfaces through `await acks` below
 
       let sequence = 0n;
+      const maxInFlight = this.o.bufferSize ?? 360;
       while (!ended && !signal.aborted) {
-        const reading = this.backlog.shift();
+        // Not more unacked readings than the backlog may hold: a server that stops acking gets no more.
+        const reading = inFlight.length < maxInFlight ? this.backlog.shift() : undefined;
         if (!reading) {
           await new Promise<void>((resolve) => (this.wake = resolve));
           this.wake = undefined;
@@ -167,8 +174,9 @@ export class AgentConnection {
       await acks;
     } finally {
       signal.removeEventListener("abort", onAbort);
-      // What the server never acked is sent again on the next stream, in order.
+      // What the server never acked is sent again on the next stream, in order, within the bound.
       this.backlog.unshift(...inFlight.map((f) => f.reading));
+      this.trimBacklog();
       requests.close();
       stop.abort();
     }
@@ -199,10 +207,14 @@ function heartbeat(sequence: bigint, r: Reading) {
 
 function sleep(ms: number, signal: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
-    const t = setTimeout(resolve, ms);
-    signal.addEventListener("abort", () => {
+    const onAbort = () => {
       clearTimeout(t);
       resolve();
-    }, { once: true });
+    };
+    const t = setTimeout(() => {
+      signal.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    signal.addEventListener("abort", onAbort, { once: true });
   });
 }

@@ -1,4 +1,5 @@
 import { parseArgs } from "node:util";
+import { ConnectError } from "@connectrpc/connect";
 import { createLogger } from "../platform/logger.js";
 import { AgentConnection } from "./agent-connection.js";
 import { HostStats } from "./host-stats.js";
@@ -106,7 +107,8 @@ for (const signal of ["SIGTERM", "SIGINT"] as const) {
 try {
   await connection.run(stop.signal);
 } catch (err) {
-  process.stderr.write(`agent: the server refused this agent: ${err instanceof Error ? err.message : String(err)}\n`);
+  const refused = err instanceof ConnectError;
+  process.stderr.write(`agent: ${refused ? "the server refused this agent: " : ""}${err instanceof Error ? err.message : String(err)}\n`);
   process.exit(1);
 }
 logger.info("agent stopped");

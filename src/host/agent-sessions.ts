@@ -60,6 +60,8 @@ const JITTER = 0.1;
 /** The live agent sessions of this replica, keyed by host. */
 export class AgentSessions {
   private readonly live = new Map<string, AgentSession>();
+  /** Time of the newest reading accepted per host, across its sessions. */
+  private readonly lastReading = new Map<string, number>();
 
   constructor(
     private readonly orm: MikroORM,
@@ -82,6 +84,18 @@ export class AgentSessions {
     const session = new AgentSession(hello.hostId, interval, this.leaseMs);
     // Raw statements in one transaction: this runs for every agent of the fleet when the control
     // plane restarts, so it avoids the ORM's per-entity work (see docs/benchmarks.md).
+    try {
+      await this.transactHello(hello, session);
+    } catch (err) {
+      // The swap below may have happened before the commit failed: do not leave a dead session live.
+      if (this.live.get(hello.hostId) === session) this.live.delete(hello.hostId);
+      throw err;
+    }
+    this.onChanged([hello.hostId]);
+    return session;
+  }
+
+  private async transactHello(hello: AgentHello, session: AgentSession): Promise<void> {
     await this.orm.em.getConnection().getKnex().transaction(async (trx) => {
       const now = this.clock.now();
       // The UPDATE also takes the host's row lock: concurrent hellos for one host run one at a time.
@@ -102,16 +116,30 @@ export class AgentSessions {
       this.live.get(hello.hostId)?.end(new SessionFencedError(session.id));
       this.live.set(hello.hostId, session);
     });
-    this.onChanged([hello.hostId]);
-    return session;
   }
 
-  /** Records a heartbeat of a live session; a fenced session's reports are dropped. */
-  heartbeat(session: AgentSession, host: HostSampleRecord | undefined, gpus: GpuSampleRecord[]): boolean {
+  /**
+   * Records a heartbeat of a live session. Dropped: everything from a fenced session, samples of
+   * GPUs the hello did not list, and readings the agent timed no later than the host's last one (an
+   * agent resends readings whose ack it never got, so one may arrive twice).
+   */
+  heartbeat(session: AgentSession, agentTime: Date | undefined, host: HostSampleRecord | undefined, gpus: GpuSampleRecord[]): boolean {
     if (session.ended.aborted) return false;
-    for (const g of gpus) g.gpuId = session.gpuIds.get(g.gpuUuid);
-    this.ingest.record(session.hostId, host, gpus);
+    if (agentTime) {
+      if (agentTime.getTime() <= (this.lastReading.get(session.hostId) ?? 0)) return false;
+      this.lastReading.set(session.hostId, agentTime.getTime());
+    }
+    const known = gpus.filter((g) => session.gpuIds.has(g.gpuUuid));
+    for (const g of known) g.gpuId = session.gpuIds.get(g.gpuUuid);
+    this.ingest.record(session.hostId, host, known);
     return true;
+  }
+
+  /** Ends the stream of a deleted host (NOT_FOUND) and forgets what was kept for it. */
+  forgetHost(hostId: string): void {
+    this.live.get(hostId)?.end(new NotFoundError("host", hostId));
+    this.lastReading.delete(hostId);
+    this.ingest.forgetHost(hostId);
   }
 
   /**

@@ -79,6 +79,8 @@ export class HostRegistry {
     private readonly clock: Clock,
     private readonly samples: LatestSamples,
     private readonly graceMs: number,
+    /** Told after a host was deleted, to end its agent's stream and forget it. */
+    private readonly onDeleted: (hostId: string) => void = () => undefined,
   ) {}
 
   /** Registers a host and mints its agent token (returned once, stored hashed). */
@@ -172,7 +174,8 @@ export class HostRegistry {
       await em.nativeDelete(Host, { id: host.id });
       return view;
     });
-    this.samples.forgetHost(id);
+    this.samples.forgetHost(last.host.id);
+    this.onDeleted(last.host.id);
     this.changes.publish({ type: "DELETED", view: last });
   }
 

@@ -1,6 +1,6 @@
 // Conversion between protobuf messages and domain objects. The only place that knows both.
 import { create } from "@bufbuild/protobuf";
-import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { timestampFromDate, type Duration, type Timestamp } from "@bufbuild/protobuf/wkt";
 import {
   GpuSchema as GpuMessageSchema,
   GpuStatus as GpuStatusMessage,
@@ -67,7 +67,30 @@ const ts = (d: Date | null | undefined) => (d ? timestampFromDate(d) : undefined
 const big = (n: number | undefined) => (n === undefined ? undefined : BigInt(Math.round(n)));
 const num = (n: bigint | undefined) => (n === undefined ? undefined : Number(n));
 
-export function capacityFromMessage(v: Violations, field: string, c: HostCapacity | undefined) {
+// PostgreSQL's timestamptz holds years 4713 BC to 294276 AD; we accept 1970 to 9999 and refuse the rest.
+const MAX_TIME_MS = Date.UTC(9999, 11, 31);
+
+/** A protobuf Timestamp as a Date, or a violation naming the field for one no database could store. */
+export function dateFromMessage(v: Violations, field: string, t: Timestamp): Date {
+  const ms = Number(t.seconds) * 1000 + Math.floor(t.nanos / 1e6);
+  if (t.nanos < 0 || t.nanos > 999_999_999 || !Number.isFinite(ms) || ms < 0 || ms > MAX_TIME_MS) {
+    v.add(field, "must be a time between 1970 and 9999");
+    return new Date(0);
+  }
+  return new Date(ms);
+}
+
+/** A protobuf Duration in milliseconds, or a violation naming the field. */
+export function msFromMessage(v: Violations, field: string, d: Duration): number {
+  const ms = Number(d.seconds) * 1000 + Math.floor(d.nanos / 1e6);
+  if (d.nanos < -999_999_999 || d.nanos > 999_999_999 || !Number.isSafeInteger(ms) || ms < 0) {
+    v.add(field, "must be a positive duration");
+    return 0;
+  }
+  return ms;
+}
+
+export function capacityFromMessage(v: Violations, field: string, c: Pick<HostCapacity, "cpuMillicores" | "memoryBytes" | "diskBytes"> | undefined) {
   return {
     cpuMillicores: toSafeNumber(v, `${field}.cpu_millicores`, c?.cpuMillicores ?? 0n),
     memoryBytes: toSafeNumber(v, `${field}.memory_bytes`, c?.memoryBytes ?? 0n),

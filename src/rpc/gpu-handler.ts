@@ -15,13 +15,13 @@ import type {
   ReleaseGpuRequest,
   UpdateGpuRequest,
 } from "../../gen/remotegpu/v1/gpu_pb.js";
-import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { GpuAllocator } from "../gpu/gpu-allocator.js";
 import type { Clock } from "../platform/clock.js";
 import type { TelemetryHistory } from "../telemetry/telemetry-history.js";
 import type { GpuInventory } from "../gpu/gpu-inventory.js";
 import { Violations, parseLabelSelector, required, toSafeNumber } from "../validation.js";
-import { gpuMetricsToMessage, gpuSampleToMessage, gpuStatus, gpuToMessage } from "./convert.js";
+import { dateFromMessage, gpuMetricsToMessage, gpuSampleToMessage, gpuStatus, gpuToMessage, msFromMessage } from "./convert.js";
 
 type Impl = Partial<ServiceImpl<typeof GpuService>>;
 
@@ -107,10 +107,12 @@ export class GpuHandler implements Impl {
   }
 
   async getGpuTelemetry(req: GetGpuTelemetryRequest) {
+    const v = new Violations();
+    const to = req.endTime ? dateFromMessage(v, "end_time", req.endTime) : this.clock.now();
+    const from = req.startTime ? dateFromMessage(v, "start_time", req.startTime) : new Date(to.getTime() - DEFAULT_RANGE_MS);
+    const stepMs = req.step ? msFromMessage(v, "step", req.step) : DEFAULT_STEP_MS;
+    v.throwIfAny();
     const { gpu } = await this.inventory.get(req.gpuId);
-    const to = req.endTime ? timestampDate(req.endTime) : this.clock.now();
-    const from = req.startTime ? timestampDate(req.startTime) : new Date(to.getTime() - DEFAULT_RANGE_MS);
-    const stepMs = req.step ? Number(req.step.seconds) * 1000 + Math.floor(req.step.nanos / 1e6) : DEFAULT_STEP_MS;
     const buckets = await this.history.query(gpu.id, from, to, stepMs);
     return {
       buckets: buckets.map((b) => ({

@@ -13,7 +13,7 @@ import type {
   UncordonHostRequest,
   UpdateHostRequest,
 } from "../../gen/remotegpu/v1/host_pb.js";
-import { durationFromMs, timestampDate, type Timestamp } from "@bufbuild/protobuf/wkt";
+import { durationFromMs, type Timestamp } from "@bufbuild/protobuf/wkt";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { StreamHeartbeatsResponseSchema, WatchHostsResponseSchema } from "../../gen/remotegpu/v1/host_pb.js";
 import { WatchEventType } from "../../gen/remotegpu/v1/common_pb.js";
@@ -24,10 +24,11 @@ import type { AgentHello, AgentSessions } from "../host/agent-sessions.js";
 import type { Clock } from "../platform/clock.js";
 import type { Logger } from "../platform/logger.js";
 import type { HostPatch, HostRegistry } from "../host/host-registry.js";
-import { Violations, parseLabelSelector, required } from "../validation.js";
+import { Violations, parseLabelSelector, required, toSafeNumber } from "../validation.js";
 import { callerOf } from "./context.js";
 import {
   capacityFromMessage,
+  dateFromMessage,
   gpuMetricsFromMessage,
   gpuToMessage,
   hostRuntime,
@@ -37,6 +38,8 @@ import {
 } from "./convert.js";
 
 type Impl = Partial<ServiceImpl<typeof HostService>>;
+
+const HELLO_TIMEOUT_MS = 30_000;
 
 /** Oldest buffered reading an agent may deliver with its own time. */
 const MAX_BACKLOG_AGE_MS = 6 * 3_600_000;
@@ -140,7 +143,7 @@ export class HostHandler implements Impl {
   private sampleTime(sent: Timestamp | undefined): Date {
     const now = this.clock.now();
     if (!sent) return now;
-    const t = timestampDate(sent);
+    const t = dateFromMessage(new Violations(), "sample_time", sent); // an impossible time reads as 1970: too old
     return t > now || now.getTime() - t.getTime() > MAX_BACKLOG_AGE_MS ? now : t;
   }
 
@@ -172,11 +175,19 @@ export class HostHandler implements Impl {
   ): AsyncIterable<MessageInitShape<typeof StreamHeartbeatsResponseSchema>> {
     const caller = callerOf(ctx);
     const incoming = requests[Symbol.asyncIterator]();
-    const first = await incoming.next();
+    // A stream that never says who it is does not get to hold a slot.
+    let timer: NodeJS.Timeout | undefined;
+    const first = await Promise.race([
+      incoming.next(),
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(InvalidArgumentError.field("hello", `none within ${HELLO_TIMEOUT_MS / 1000} s`)), HELLO_TIMEOUT_MS);
+      }),
+    ]).finally(() => clearTimeout(timer));
     if (first.done || first.value.message.case !== "hello") throw InvalidArgumentError.field("hello", "the first message must be a hello");
     const hello = first.value.message.value;
     assertMaySpeakForHost(caller, hello.hostId);
-    const session = await this.agents.open(helloFromMessage(hello));
+    const v = new Violations();
+    const session = await this.agents.open(helloFromMessage(v, hello));
     const ended = new Promise<never>((_, reject) => {
       session.ended.addEventListener("abort", () => reject(session.ended.reason as Error), { once: true });
     });
@@ -215,7 +226,7 @@ export class HostHandler implements Impl {
         if (m.value.gpus.length > 64) throw InvalidArgumentError.field("heartbeat.gpus", "at most 64 samples");
         const time = this.sampleTime(m.value.sampleTime);
         const gpus = m.value.gpus.map((g) => ({ gpuUuid: g.gpuUuid, index: g.index, time, metrics: gpuMetricsFromMessage(g.metrics) }));
-        this.agents.heartbeat(session, m.value.host && hostSampleFromMessage(m.value.host), gpus);
+        this.agents.heartbeat(session, m.value.sampleTime && time, m.value.host && hostSampleFromMessage(m.value.host), gpus);
         yield { message: { case: "ack", value: { sequence: m.value.sequence } } };
       }
     } finally {
@@ -232,20 +243,20 @@ function observed<T>(p: Promise<T>): Promise<T> {
 
 const EVENT_TYPES = { ADDED: WatchEventType.ADDED, MODIFIED: WatchEventType.MODIFIED, DELETED: WatchEventType.DELETED } as const;
 
-function helloFromMessage(m: AgentHelloMessage): AgentHello {
-  return {
+function helloFromMessage(v: Violations, m: AgentHelloMessage): AgentHello {
+  const hello = {
     hostId: m.hostId,
     agentVersion: m.agentVersion,
-    cpuMillicores: Number(m.capacity?.cpuMillicores ?? 0n),
-    memoryBytes: Number(m.capacity?.memoryBytes ?? 0n),
-    diskBytes: Number(m.capacity?.diskBytes ?? 0n),
-    gpus: m.gpus.map((g) => ({
+    ...capacityFromMessage(v, "hello.capacity", m.capacity),
+    gpus: m.gpus.map((g, i) => ({
       index: g.index,
       uuid: g.uuid,
       model: g.model,
-      memoryBytes: Number(g.memoryBytes),
+      memoryBytes: toSafeNumber(v, `hello.gpus[${i}].memory_bytes`, g.memoryBytes),
       driverVersion: g.driverVersion,
       cudaVersion: g.cudaVersion,
     })),
   };
+  v.throwIfAny();
+  return hello;
 }

@@ -68,10 +68,33 @@ export class HeartbeatIngest {
    */
   async flush(everything = false): Promise<void> {
     const seen = this.lastSeen;
-    const verdicts = [...this.verdicts.values()];
+    const verdicts = this.verdicts;
     this.lastSeen = new Map();
     this.verdicts = new Map();
-    if (seen.size > 0) {
+    try {
+      await this.write(seen, verdicts);
+    } catch (err) {
+      // Nothing is dropped: what failed goes back, behind anything newer that arrived meanwhile.
+      for (const [id, t] of seen) if (!this.lastSeen.has(id)) this.lastSeen.set(id, t);
+      for (const [key, v] of verdicts) {
+        const newer = this.verdicts.get(key);
+        this.verdicts.set(key, newer ? { ...v, reasons: [...v.reasons, ...newer.reasons] } : v);
+      }
+      throw err;
+    }
+    await this.history.flush(everything);
+    await this.relay?.flush();
+  }
+
+  /** Forgets a deleted host's health memory. */
+  forgetHost(hostId: string): void {
+    for (const key of this.health.keys()) if (key.startsWith(`${hostId}/`)) this.health.delete(key);
+  }
+
+  private async write(seen: Map<string, Date>, verdicts: Map<string, { hostId: string; uuid: string; reasons: string[] }>): Promise<void> {
+    // Hosts in a fixed order, so this UPDATE and lease expiry on another replica take row locks alike.
+    const ids = [...seen.keys()].sort();
+    if (ids.length > 0) {
       // The CTE reads the rows as they were before the update: those that were OFFLINE revived.
       const revived = await bulkSql<{ id: string }>(
         this.orm,
@@ -86,11 +109,11 @@ export class HeartbeatIngest {
            from seen where h.id = seen.id
            returning h.id)
          select id from before where status = 'OFFLINE'`,
-        [pgArray([...seen.keys()]), pgArray([...seen.values()].map((d) => d.toISOString()))],
+        [pgArray(ids), pgArray(ids.map((id) => seen.get(id)!.toISOString()))],
       );
       if (revived.length > 0) this.onRevived(revived.map((r) => r.id));
     }
-    for (const v of verdicts) {
+    for (const v of verdicts.values()) {
       // Reasons already recorded (by an operator or an earlier verdict) are kept.
       await bulkSql(
         this.orm,
@@ -100,7 +123,5 @@ export class HeartbeatIngest {
         [this.clock.now(), JSON.stringify(v.reasons), v.hostId, v.uuid],
       );
     }
-    await this.history.flush(everything);
-    await this.relay?.flush();
   }
 }

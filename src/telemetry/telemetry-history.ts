@@ -41,16 +41,12 @@ export class TelemetryHistory {
   record(hostId: string, sample: GpuSampleRecord): void {
     const key = `${hostId}/${sample.gpuUuid}`;
     const start = Math.floor(sample.time.getTime() / this.resolutionMs) * this.resolutionMs;
+    if (!Number.isFinite(start)) return; // callers pass valid times; a bad one must not poison a batch
     let bucket = this.open.get(key);
     if (bucket && bucket.start !== start) {
       // The interval moved on (or a late sample belongs to another): park this bucket under a key
       // of its own until the flush, merging with one parked there before.
-      const parkedKey = `${key}@${bucket.start}`;
-      const parked = this.open.get(parkedKey);
-      if (parked) {
-        parked.count += bucket.count;
-        merge(parked.stats, bucket.stats);
-      } else this.open.set(parkedKey, bucket);
+      this.park(bucket);
       bucket = this.open.get(`${key}@${start}`);
       if (bucket) this.open.delete(`${key}@${start}`);
       else bucket = { hostId, uuid: sample.gpuUuid, start, count: 0, stats: {} };
@@ -75,6 +71,16 @@ export class TelemetryHistory {
     }
   }
 
+  /** Keeps a finished bucket under a key of its own until a flush writes it. */
+  private park(bucket: OpenBucket): void {
+    const key = `${bucket.hostId}/${bucket.uuid}@${bucket.start}`;
+    const parked = this.open.get(key);
+    if (parked) {
+      parked.count += bucket.count;
+      merge(parked.stats, bucket.stats);
+    } else this.open.set(key, bucket);
+  }
+
   /** Writes every bucket whose interval has ended (all of them with `everything`, at shutdown). */
   async flush(everything = false): Promise<number> {
     const current = Math.floor(this.clock.now().getTime() / this.resolutionMs) * this.resolutionMs;
@@ -87,14 +93,20 @@ export class TelemetryHistory {
     }
     if (done.length === 0) return 0;
     // Rows for GPUs deleted meanwhile fall out of the join.
-    await bulkSql(
+    try {
+      await bulkSql(
       this.orm,
       `insert into gpu_telemetry (gpu_id, bucket_start, sample_count, stats)
        select g.id, to_timestamp(v.start / 1000.0), v.n, v.stats
        from jsonb_to_recordset(?::jsonb) as v(host_id uuid, uuid text, start bigint, n int, stats jsonb)
        join gpus g on g.host_id = v.host_id and g.uuid = v.uuid`,
       [JSON.stringify(done.map((b) => ({ host_id: b.hostId, uuid: b.uuid, start: b.start, n: b.count, stats: b.stats })))],
-    );
+      );
+    } catch (err) {
+      // Kept for the next flush rather than lost (merged with anything that arrived meanwhile).
+      for (const b of done) this.park(b);
+      throw err;
+    }
     return done.length;
   }
 

@@ -70,7 +70,20 @@ describe("GPU telemetry history", () => {
     assert.equal((await query(60_000, 120_000, 10_000)).buckets.length, 0);
   });
 
+  it("counts a reading the agent resends (its ack was lost) once", async () => {
+    const sent = timestampFromDate(clock.now());
+    await agent.beat([{ uuid: "GPU-t-0", index: 0, util: 70 }], sent);
+    await agent.beat([{ uuid: "GPU-t-0", index: 0, util: 70 }], sent);
+    clock.advance(10_000);
+    await server.app.maintain();
+    const from = new Date(Math.floor(Number(sent.seconds) / 10) * 10_000); // the 10 s bucket holding it
+    const res = await gpus.getGpuTelemetry({ gpuId, startTime: timestampFromDate(from), endTime: timestampFromDate(new Date(from.getTime() + 10_000)), step: durationFromMs(10_000) });
+    assert.deepEqual(res.buckets.map((b) => b.sampleCount), [1n]);
+  });
+
   it("refuses bad ranges and steps, and unknown GPUs", async () => {
+    await expectCode(gpus.getGpuTelemetry({ gpuId, startTime: { seconds: 10n ** 15n, nanos: 0 } }), Code.InvalidArgument, "start_time");
+    await expectCode(gpus.getGpuTelemetry({ gpuId, endTime: { seconds: 1n, nanos: -5 } }), Code.InvalidArgument, "end_time");
     await expectCode(query(0, 60_000, 500), Code.InvalidArgument, "step");
     await expectCode(query(60_000, 0, 10_000), Code.InvalidArgument, "end_time");
     await expectCode(query(0, 86_400_000 * 30, 1_000), Code.InvalidArgument, "at most 10000 buckets");

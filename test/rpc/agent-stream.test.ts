@@ -179,6 +179,28 @@ describe("HostService.StreamHeartbeats", () => {
     await agent.beat(); // the stream goes on after the command
   });
 
+  it("refuses impossible values in a hello, and survives an impossible sample time", async () => {
+    const { host, agent, token } = await newHost("agent-bounds");
+    agent.requests.push({ message: { case: "hello", value: { hostId: host.id, capacity: { memoryBytes: (1n << 63n) - 1n } } } });
+    await expectCode(agent.next(), Code.InvalidArgument, "hello.capacity.memory_bytes");
+    const again = new FakeAgent(server, token);
+    agents.push(again);
+    await again.hello(host.id, [{ index: 0, uuid: "GPU-bounds-0" }]);
+    await again.beat([{ uuid: "GPU-bounds-0", index: 0, util: 9 }], { $typeName: "google.protobuf.Timestamp", seconds: 10n ** 15n, nanos: 0 });
+    // A GPU nobody declared in the hello is ignored rather than remembered.
+    await again.beat([{ uuid: "GPU-not-in-hello", index: 5, util: 1 }]);
+    const list = await gpus.listGpus({ hostId: host.id });
+    assert.deepEqual(list.gpus.map((g) => [g.uuid, g.latestSample?.metrics?.gpuUtilizationPercent]), [["GPU-bounds-0", 9]]);
+    assert.ok((await gpus.listGpus({})).gpus.length > 0, "every caller can still list GPUs");
+  });
+
+  it("ends the stream of a host that is deleted while its agent is connected", async () => {
+    const { host, agent } = await newHost("agent-deleted");
+    await agent.hello(host.id, []);
+    await hosts.deleteHost({ id: host.id });
+    await expectCode(agent.next(), Code.NotFound, host.id);
+  });
+
   it("counts connected agents in /metrics", async () => {
     const body = await (await fetch(`${server.baseUrl}/metrics`)).text();
     const m = /remotegpu_agents_connected\{replica="self"\} (\d+)/.exec(body);

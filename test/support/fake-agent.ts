@@ -1,5 +1,6 @@
 import { strict as assert } from "node:assert";
 import type { MessageInitShape } from "@bufbuild/protobuf";
+import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { HostService, type StreamHeartbeatsRequestSchema, type StreamHeartbeatsResponse } from "../../gen/remotegpu/v1/host_pb.js";
 import { Channel } from "../../src/platform/channel.js";
 import type { TestServer } from "./server.js";
@@ -32,13 +33,14 @@ export class FakeAgent {
     return this.next();
   }
 
-  async beat(samples: { uuid: string; index: number; util?: number; xid?: number; temp?: number; memUsed?: bigint }[] = []) {
+  async beat(samples: { uuid: string; index: number; util?: number; xid?: number; temp?: number; memUsed?: bigint }[] = [], sampleTime?: Timestamp) {
     const sequence = ++this.sequence;
     this.requests.push({
       message: {
         case: "heartbeat",
         value: {
           sequence,
+          sampleTime,
           host: { cpuUtilizationPercent: 3 },
           gpus: samples.map((s) => ({ gpuUuid: s.uuid, index: s.index, metrics: { gpuUtilizationPercent: s.util, lastXid: s.xid, temperatureCelsius: s.temp, memoryUsedBytes: s.memUsed } })),
         },
