@@ -86,9 +86,10 @@ export class HeartbeatIngest {
     await this.relay?.flush();
   }
 
-  /** Forgets a deleted host's health memory. */
+  /** Forgets a deleted host: its health memory here, its shared samples in Redis. */
   forgetHost(hostId: string): void {
     for (const key of this.health.keys()) if (key.startsWith(`${hostId}/`)) this.health.delete(key);
+    this.relay?.forgetHost(hostId);
   }
 
   private async write(seen: Map<string, Date>, verdicts: Map<string, { hostId: string; uuid: string; reasons: string[] }>): Promise<void> {

@@ -80,6 +80,12 @@ export class RedisSampleRelay {
     }
   }
 
+  /** Drops a deleted host from the shared hash, so replicas that start later do not load it. */
+  forgetHost(hostId: string): void {
+    this.pending.delete(hostId);
+    this.redis.hdel(this.hash, hostId).catch((err: unknown) => this.logger.warn({ error: String(err) }, "could not remove a deleted host from Redis"));
+  }
+
   async close(): Promise<void> {
     this.subscriber.disconnect();
   }
