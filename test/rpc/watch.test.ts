@@ -9,16 +9,44 @@ import { expectCode } from "../support/expect.js";
 import { FakeAgent } from "../support/fake-agent.js";
 import { startTestServer, type TestServer } from "../support/server.js";
 
-/** Reads a server stream one message at a time, with a deadline per read. */
+/** Reads a server stream one message at a time, with a deadline per read; a read that timed out is kept for the next call. */
 function reader<T>(stream: AsyncIterable<T>) {
   const it = stream[Symbol.asyncIterator]();
+  let pending: Promise<IteratorResult<T>> | undefined;
   return {
     next: async (ms = 3000): Promise<T> => {
-      const r = await Promise.race([it.next(), new Promise<never>((_, reject) => setTimeout(() => reject(new Error("no message in time")), ms))]);
+      pending ??= it.next();
+      let timer: NodeJS.Timeout | undefined;
+      const r = await Promise.race([pending, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error("no message in time")), ms)))]).finally(() =>
+        clearTimeout(timer),
+      );
+      pending = undefined;
       if (r.done) throw new Error("stream ended");
       return r.value;
     },
   };
+}
+
+/**
+ * Sends heartbeats until every watcher has seen one (its subscription has reached the server), then
+ * reads whatever those heartbeats produced, so the test starts from empty watches.
+ */
+async function synced<T>(watches: ReturnType<typeof reader<T>>[], beat: () => Promise<void>): Promise<void> {
+  const waiting = new Set(watches);
+  for (let attempt = 0; waiting.size > 0; attempt++) {
+    if (attempt === 50) throw new Error("watch never started");
+    await beat();
+    for (const w of [...waiting]) await w.next(200).then(() => waiting.delete(w), () => undefined);
+  }
+  for (const w of watches) {
+    for (;;) {
+      try {
+        await w.next(200);
+      } catch {
+        break;
+      }
+    }
+  }
 }
 
 describe("watches", () => {
@@ -99,7 +127,8 @@ describe("watches", () => {
     const gpu1 = (await gpus.listGpus({ hostId: host!.id })).gpus.find((g) => g.uuid === "GPU-wt-1")!;
     const byGpu = reader<WatchGpuTelemetryResponse>(gpus.watchGpuTelemetry({ gpuId: gpu1.id }, { signal: cancel.signal }));
     const byHost = reader<WatchGpuTelemetryResponse>(gpus.watchGpuTelemetry({ hostId: host!.id }, { signal: cancel.signal }));
-    await new Promise((r) => setTimeout(r, 100)); // let both subscriptions reach the server
+    const syncBeat = () => agent.beat([{ uuid: "GPU-wt-1", index: 1, util: 0 }]);
+    await synced([byGpu, byHost], syncBeat);
 
     await agent.beat([
       { uuid: "GPU-wt-0", index: 0, util: 11 },
@@ -120,7 +149,7 @@ describe("watches", () => {
     const uuids = Array.from({ length: 8 }, (_, i) => ({ index: i, uuid: `GPU-slow-${i}` }));
     await agent.hello(host!.id, uuids);
     const slow = reader<WatchGpuTelemetryResponse>(gpus.watchGpuTelemetry({ hostId: host!.id }, { signal: cancel.signal }));
-    await new Promise((r) => setTimeout(r, 100));
+    await synced([slow], () => agent.beat([{ ...uuids[0]!, util: 0 }]));
 
     // Every heartbeat is acked although nobody reads the watch: publishing never waits for a reader.
     for (let i = 0; i < 500; i++) await agent.beat(uuids.map((g) => ({ ...g, util: i % 100 })));
