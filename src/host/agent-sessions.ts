@@ -135,6 +135,18 @@ export class AgentSessions {
     return true;
   }
 
+  /**
+   * Records the samples of a unary Heartbeat (a host without a stream) like a stream's: the GPUs are
+   * the host's known ones, looked up here since there is no hello.
+   */
+  async report(hostId: string, host: HostSampleRecord | undefined, gpus: GpuSampleRecord[]): Promise<void> {
+    const rows: { id: string; uuid: string }[] = (await this.orm.em.getConnection().getKnex().raw("select id, uuid from gpus where host_id = ?", [hostId])).rows;
+    const ids = new Map(rows.map((r) => [r.uuid, r.id]));
+    const known = gpus.filter((g) => ids.has(g.gpuUuid));
+    for (const g of known) g.gpuId = ids.get(g.gpuUuid);
+    this.ingest.record(hostId, host, known);
+  }
+
   /** Ends the stream of a deleted host (NOT_FOUND) and forgets what was kept for it. */
   forgetHost(hostId: string): void {
     this.live.get(hostId)?.end(new NotFoundError("host", hostId));

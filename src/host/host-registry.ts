@@ -9,7 +9,6 @@ import type { GpuView } from "../gpu/gpu-inventory.js";
 import { checkId } from "../ids.js";
 import { decodePageToken, encodePageToken, pageSize, type Page } from "../pagination.js";
 import type { Clock } from "../platform/clock.js";
-import { countByStatus } from "../platform/count-by-status.js";
 import { Feed } from "../platform/feed.js";
 import { onUniqueViolation } from "../platform/unique-violation.js";
 import type { HostSampleRecord, LatestSamples } from "../telemetry/latest-samples.js";
@@ -215,7 +214,7 @@ export class HostRegistry {
    * Records a heartbeat: last-seen moves on, an OFFLINE host comes ONLINE. A single UPDATE, so it
    * never conflicts with an operator's change to the same host.
    */
-  async heartbeat(hostId: string, agentVersion: string, sample?: HostSampleRecord): Promise<HostView> {
+  async heartbeat(hostId: string, agentVersion: string): Promise<void> {
     const id = checkId("host_id", hostId);
     const v = new Violations();
     checkString(v, "agent_version", agentVersion, { max: 64 });
@@ -234,10 +233,7 @@ export class HostRegistry {
       "run",
     );
     if ((updated as { affectedRows?: number }).affectedRows === 0) throw new NotFoundError("host", id);
-    if (sample) this.samples.recordHost(id, sample);
-    const view = await this.get(id);
-    this.changes.publish({ type: "MODIFIED", view });
-    return view;
+    this.changes.publish({ type: "MODIFIED", view: await this.get(id) });
   }
 
   /** Publishes the current state of hosts changed elsewhere (agent sessions, lease expiry). */
@@ -250,7 +246,9 @@ export class HostRegistry {
 
   /** Hosts per status, for the metrics endpoint. */
   async countByStatus(): Promise<Record<string, number>> {
-    return countByStatus(this.orm, "hosts");
+    const knex = this.orm.em.getConnection().getKnex();
+    const rows: { status: string; n: number }[] = await knex("hosts").select("status", knex.raw("count(*)::int as n")).groupBy("status");
+    return Object.fromEntries(rows.map((r) => [r.status, r.n]));
   }
 
   get heartbeatGraceMs(): number {

@@ -128,9 +128,13 @@ export class HostHandler implements Impl {
 
   async heartbeat(req: HeartbeatRequest, ctx: HandlerContext) {
     assertMaySpeakForHost(callerOf(ctx), req.hostId);
-    const view = await this.hosts.heartbeat(req.hostId, req.agentVersion, req.hostSample && hostSampleFromMessage(req.hostSample));
+    if (req.gpuSamples.length > 64) throw InvalidArgumentError.field("gpu_samples", "at most 64 samples");
+    await this.hosts.heartbeat(req.hostId, req.agentVersion);
+    const now = this.clock.now();
+    const gpus = req.gpuSamples.map((g) => ({ gpuUuid: g.gpuUuid, index: g.index, time: now, metrics: gpuMetricsFromMessage(g.metrics) }));
+    await this.agents.report(req.hostId.toLowerCase(), req.hostSample && hostSampleFromMessage(req.hostSample), gpus);
     return {
-      host: hostToMessage(view),
+      host: hostToMessage(await this.hosts.get(req.hostId)),
       heartbeatInterval: durationFromMs(this.heartbeatIntervalMs),
       leaseTtl: durationFromMs(this.hosts.heartbeatGraceMs),
     };

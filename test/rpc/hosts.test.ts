@@ -114,6 +114,11 @@ describe("HostService", () => {
     const got = await hosts.getHost({ id: host!.id });
     assert.equal(got.host?.latestSample?.cpuUtilizationPercent, 12.5);
     assert.equal(got.host?.latestSample?.uptimeSeconds, 3600n);
+    // GPU samples of a unary heartbeat count like those of the stream.
+    const gpus = server.client(GpuService);
+    const { gpu } = await gpus.createGpu({ hostId: host!.id, index: 0, uuid: "GPU-unary-0", model: "NVIDIA L4", memoryBytes: 1n << 30n });
+    await agent.heartbeat({ hostId: host!.id, gpuSamples: [{ gpuUuid: "GPU-unary-0", metrics: { gpuUtilizationPercent: 33 } }] });
+    assert.equal((await gpus.getGpu({ id: gpu!.id })).gpu?.latestSample?.metrics?.gpuUtilizationPercent, 33);
   });
 
   it("lets a host token speak only for its own host, and nothing else", async () => {
