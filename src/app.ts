@@ -21,7 +21,12 @@ import { Metrics } from "./platform/metrics.js";
 import { GpuHandler } from "./rpc/gpu-handler.js";
 import { HealthStatus } from "./rpc/health.js";
 import { HostHandler } from "./rpc/host-handler.js";
-import { authenticate, observe } from "./rpc/interceptors.js";
+import { audit, authenticate, authorizeCall, observe } from "./rpc/interceptors.js";
+import { WorkspaceHandler } from "./rpc/workspace-handler.js";
+import { AuditTrail } from "./audit/audit-trail.js";
+import { WorkspaceTokens } from "./auth/workspace-tokens.js";
+import { QuotaLedger } from "./workspace/quota-ledger.js";
+import { WorkspaceRegistry } from "./workspace/workspace-registry.js";
 import { SERVICE_NAMES, routes } from "./rpc/routes.js";
 import { RpcServer } from "./rpc/server.js";
 import { LatestSamples } from "./telemetry/latest-samples.js";
@@ -103,6 +108,10 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
   const liveness = new HostLiveness(orm, clock, config.hostGraceSeconds * 1000);
   const inventory = new GpuInventory(orm, clock, samples, (hostId, uuid) => ingest.readmitted(hostId, uuid));
   const allocator = new GpuAllocator(orm, clock);
+  const auditTrail = new AuditTrail(orm, clock, config.auditRetentionDays * 86_400_000);
+  const workspaces = new WorkspaceRegistry(orm, clock);
+  const quotas = new QuotaLedger(orm, clock);
+  const workspaceTokens = new WorkspaceTokens(orm, clock);
 
   const health = new HealthStatus();
   for (const name of SERVICE_NAMES) health.set(name, "SERVING");
@@ -113,10 +122,14 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
 
   const handler = connectNodeAdapter({
     routes: routes(
-      { hosts: new HostHandler(hosts, agents, clock, config.heartbeatIntervalSeconds * 1000, logger), gpus: new GpuHandler(inventory, allocator, history, ingest.live, clock) },
+      {
+        hosts: new HostHandler(hosts, agents, clock, config.heartbeatIntervalSeconds * 1000, logger),
+        gpus: new GpuHandler(inventory, allocator, history, ingest.live, clock),
+        workspaces: new WorkspaceHandler(workspaces, quotas, workspaceTokens, auditTrail),
+      },
       health,
     ),
-    interceptors: [observe(logger, metrics), authenticate(authenticator)],
+    interceptors: [observe(logger, metrics), authenticate(authenticator), audit(auditTrail, logger), authorizeCall()],
     fallback: (req, res) => {
       if (req.method === "GET" && req.url === "/metrics") {
         metrics.registry.metrics().then(
@@ -165,6 +178,8 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
       historyExpiredAt = clock.now().getTime();
       const removed = await history.expire();
       if (removed > 0) logger.info({ rows: removed }, "expired old telemetry history");
+      const events = await auditTrail.expire();
+      if (events > 0) logger.info({ rows: events }, "expired old audit events");
     }
   };
   let maintaining: Promise<void> | undefined;

@@ -33,6 +33,8 @@ export interface Config {
   telemetryResolutionSeconds: number;
   /** `TELEMETRY_RETENTION_HOURS`: how long telemetry history is kept. @default 168 (7 days) */
   telemetryRetentionHours: number;
+  /** `AUDIT_RETENTION_DAYS`: how long audit events are kept. @default 365 */
+  auditRetentionDays: number;
   /** `SHUTDOWN_TIMEOUT_SECONDS`: how long SIGTERM waits for open calls and streams. @default 10 */
   shutdownTimeoutSeconds: number;
   /** `DATABASE_POOL_SIZE`: most PostgreSQL connections per replica. @default 20 */
@@ -117,6 +119,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     gpuMaxTemperatureCelsius: int("GPU_MAX_TEMPERATURE_CELSIUS", 90, 30, 150),
     telemetryResolutionSeconds: int("TELEMETRY_RESOLUTION_SECONDS", 10, 1, 3600),
     telemetryRetentionHours: int("TELEMETRY_RETENTION_HOURS", 168, 1, 24 * 3650),
+    auditRetentionDays: int("AUDIT_RETENTION_DAYS", 365, 1, 36500),
     shutdownTimeoutSeconds: int("SHUTDOWN_TIMEOUT_SECONDS", 10, 0, 600),
     databasePoolSize: int("DATABASE_POOL_SIZE", 20, 1, 500),
   };

@@ -53,15 +53,17 @@ export class ResourceExhaustedError extends DomainError {
   override name = "ResourceExhaustedError";
 }
 
-/** A quota dimension would be exceeded. */
+/** A quota dimension would be exceeded; `dimension` is the quota field, e.g. "max_gpus". */
 export class QuotaExceededError extends ResourceExhaustedError {
   override name = "QuotaExceededError";
   constructor(
     readonly dimension: string,
     readonly limit: number,
+    readonly inUse: number,
     readonly requested: number,
+    message = `quota exceeded: ${dimension} is ${limit}, ${inUse} in use, ${requested} more requested`,
   ) {
-    super(`quota exceeded for ${dimension}: limit ${limit}, would be ${requested}`);
+    super(message);
   }
 }
 

@@ -8,6 +8,8 @@ import { hashSecret, issueToken, parseToken, sameHash } from "./token-secret.js"
 /** The id under which the configured admin token appears in logs and audit records. */
 export const CONFIG_ADMIN_TOKEN_ID = "config-admin";
 
+const LAST_USE_RESOLUTION_MS = 60_000;
+
 /** Turns a bearer token into a Principal. Tokens are looked up on every call, so a revocation takes effect on the next one. */
 export class Authenticator {
   private readonly configAdminHash?: string;
@@ -35,7 +37,9 @@ export class Authenticator {
     const presentedHash = hashSecret(parsed.secret);
     if (!row || !sameHash(presentedHash, row.secretHash)) throw new UnauthenticatedError("invalid token");
     if (row.revokedAt) throw new UnauthenticatedError("token revoked");
-    if (row.expiresAt && row.expiresAt <= this.clock.now()) throw new UnauthenticatedError("token expired");
+    const now = this.clock.now();
+    if (row.expiresAt && row.expiresAt <= now) throw new UnauthenticatedError("token expired");
+    await this.touch(row, now);
 
     switch (row.kind) {
       case "admin":
@@ -45,6 +49,12 @@ export class Authenticator {
       case "workspace":
         return { kind: "workspace", tokenId: row.id, workspaceId: row.workspace!.id, role: row.role ?? "viewer" };
     }
+  }
+
+  /** Records when a token was last used, at most once a minute, so busy tokens do not write on every call. */
+  private async touch(row: ApiToken, now: Date): Promise<void> {
+    if (row.lastUsedAt && now.getTime() - row.lastUsedAt.getTime() < LAST_USE_RESOLUTION_MS) return;
+    await this.orm.em.fork().nativeUpdate(ApiToken, { id: row.id }, { lastUsedAt: now });
   }
 
   /**

@@ -1,5 +1,5 @@
 import { randomUUID } from "node:crypto";
-import { BigIntType, EntitySchema } from "@mikro-orm/core";
+import { BigIntType, EntitySchema, OptionalProps } from "@mikro-orm/core";
 import { Host } from "../host/host.js";
 import { Workspace } from "../workspace/workspace.js";
 
@@ -29,6 +29,9 @@ export interface StatusTransition {
 }
 
 export class Environment {
+  declare [OptionalProps]?:
+    | "command" | "args" | "env" | "gpuCount" | "gpuModel" | "cpuMillicores" | "memoryBytes" | "storageBytes" | "ports"
+    | "sshPublicKeys" | "idleTimeoutMinutes" | "desiredState" | "status" | "statusMessage" | "host" | "requestId" | "transitions" | "version";
   id: string = randomUUID();
   workspace!: Workspace;
   name!: string;

@@ -7,6 +7,9 @@ import type { Clock } from "../platform/clock.js";
 import { Violations, checkString } from "../validation.js";
 import { Gpu, effectiveGpuStatus } from "./gpu.js";
 import { FREE_GPU, GPU_ALIAS, findGpu } from "./gpu-inventory.js";
+import type { AuditNote } from "../audit/audit-trail.js";
+
+const unaudited: AuditNote = () => undefined;
 
 export interface AllocationRequest {
   /** A specific GPU; when empty one is picked by hostId and model. */
@@ -35,7 +38,7 @@ export class GpuAllocator {
     private readonly clock: Clock,
   ) {}
 
-  async allocate(req: AllocationRequest): Promise<Gpu> {
+  async allocate(req: AllocationRequest, note: AuditNote = unaudited): Promise<Gpu> {
     const v = new Violations();
     checkString(v, "holder", req.holder, { required: true, max: 128 });
     checkString(v, "model", req.model, { max: 128 });
@@ -67,12 +70,13 @@ export class GpuAllocator {
       }
       const now = this.clock.now();
       Object.assign(gpu, { status: "ALLOCATED", holder: req.holder, allocatedAt: now, updatedAt: now });
+      note(em, { targetId: gpu.id });
       return gpu;
     });
   }
 
   /** Frees a GPU held through AllocateGpu. GPUs held by environments are freed by stopping the environment. */
-  async release(gpuId: string, expectedHolder: string): Promise<Gpu> {
+  async release(gpuId: string, expectedHolder: string, note: AuditNote = unaudited): Promise<Gpu> {
     const v = new Violations();
     checkString(v, "holder", expectedHolder, { max: 128 });
     v.throwIfAny();
@@ -91,6 +95,7 @@ export class GpuAllocator {
         status: gpu.status === "ALLOCATED" ? "AVAILABLE" : gpu.status,
         updatedAt: this.clock.now(),
       });
+      note(em, { targetId: gpu.id });
       return gpu;
     });
   }

@@ -10,6 +10,9 @@ import { onUniqueViolation } from "../platform/unique-violation.js";
 import type { GpuSampleRecord, LatestSamples } from "../telemetry/latest-samples.js";
 import { Violations, checkString } from "../validation.js";
 import { Gpu, type GpuStatus } from "./gpu.js";
+import type { AuditNote } from "../audit/audit-trail.js";
+
+const unaudited: AuditNote = () => undefined;
 
 export interface GpuInput {
   hostId: string;
@@ -55,7 +58,7 @@ export class GpuInventory {
     private readonly onReadmit: (hostId: string, uuid: string) => void = () => undefined,
   ) {}
 
-  async create(input: GpuInput): Promise<GpuView> {
+  async create(input: GpuInput, note: AuditNote = unaudited): Promise<GpuView> {
     const v = new Violations();
     if (input.hostId === "") v.add("host_id", "required");
     v.check(Number.isInteger(input.index) && input.index >= 0 && input.index < 1024, "index", "must be 0 to 1023");
@@ -71,7 +74,9 @@ export class GpuInventory {
           const host = await em.findOne(Host, checkId("host_id", input.hostId), { lockMode: LockMode.PESSIMISTIC_READ });
           if (!host) throw new NotFoundError("host", input.hostId);
           const now = this.clock.now();
-          return em.create(Gpu, { host, index: input.index, uuid: input.uuid, model: input.model, memoryBytes: input.memoryBytes, createdAt: now, updatedAt: now });
+          const gpu = em.create(Gpu, { host, index: input.index, uuid: input.uuid, model: input.model, memoryBytes: input.memoryBytes, createdAt: now, updatedAt: now });
+          note(em, { targetId: gpu.id });
+          return gpu;
         }),
       (c) =>
         c === "gpus_host_index_unique"
@@ -117,7 +122,7 @@ export class GpuInventory {
     return { items: items.map((g) => this.view(g)), nextPageToken, totalSize };
   }
 
-  async update(id: string, patch: GpuPatch, fields: string[]): Promise<GpuView> {
+  async update(id: string, patch: GpuPatch, fields: string[], note: AuditNote = unaudited): Promise<GpuView> {
     const allowed = UPDATABLE_GPU_FIELDS as readonly string[];
     if (fields.length === 0) throw InvalidArgumentError.field("update_mask", `name at least one of: ${allowed.join(", ")}`);
     const v = new Violations();
@@ -152,14 +157,16 @@ export class GpuInventory {
         }
       }
       gpu.updatedAt = this.clock.now();
+      note(em, { targetId: gpu.id });
       return this.view(gpu);
     });
   }
 
-  async delete(id: string): Promise<void> {
+  async delete(id: string, note: AuditNote = unaudited): Promise<void> {
     await this.orm.em.fork().transactional(async (em) => {
       const gpu = await findGpu(em, id, LockMode.PESSIMISTIC_WRITE);
       if (gpu.holder !== null) throw new FailedPreconditionError(`GPU ${gpu.id} is allocated to "${gpu.holder}"; release it first`);
+      note(em, { targetId: gpu.id });
       await em.nativeDelete(Gpu, { id: gpu.id });
     });
   }

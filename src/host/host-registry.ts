@@ -14,6 +14,9 @@ import { onUniqueViolation } from "../platform/unique-violation.js";
 import type { HostSampleRecord, LatestSamples } from "../telemetry/latest-samples.js";
 import { Violations, checkLabels, checkString } from "../validation.js";
 import { Host, type HostRuntime, type HostStatus } from "./host.js";
+import type { AuditNote } from "../audit/audit-trail.js";
+
+const unaudited: AuditNote = () => undefined;
 
 export interface HostInput {
   name: string;
@@ -83,7 +86,7 @@ export class HostRegistry {
   ) {}
 
   /** Registers a host and mints its agent token (returned once, stored hashed). */
-  async create(input: HostInput): Promise<{ view: HostView; agentToken: string }> {
+  async create(input: HostInput, note: AuditNote = unaudited): Promise<{ view: HostView; agentToken: string }> {
     const v = new Violations();
     checkString(v, "name", input.name, { required: true, max: 253, pattern: HOST_NAME, patternHint: "lowercase letters, digits, '-' and '.', starting and ending with a letter or digit" });
     checkHostFields(v, input);
@@ -94,6 +97,7 @@ export class HostRegistry {
     const host = em.create(Host, { ...input, createdAt: now, updatedAt: now });
     const token = issueToken();
     em.create(ApiToken, { id: token.id, kind: "host", name: `agent of ${input.name}`, secretHash: token.secretHash, host, createdAt: now });
+    note(em, { targetId: host.id });
     await onUniqueViolation(
       () => em.flush(),
       (c) => (c === "hosts_name_unique" ? new AlreadyExistsError("host", `named "${input.name}"`) : undefined),
@@ -131,7 +135,7 @@ export class HostRegistry {
    * Changes the fields named in `fields` (update-mask paths) to their values in `patch`. The host
    * row is locked, so concurrent operator changes apply one after the other instead of failing.
    */
-  async update(id: string, patch: HostPatch, fields: string[]): Promise<HostView> {
+  async update(id: string, patch: HostPatch, fields: string[], note: AuditNote = unaudited): Promise<HostView> {
     if (fields.length === 0) throw InvalidArgumentError.field("update_mask", `name at least one of: ${UPDATABLE_HOST_FIELDS.join(", ")}`);
     const v = new Violations();
     for (const f of fields) v.check((UPDATABLE_HOST_FIELDS as readonly string[]).includes(f), "update_mask", `"${f}" cannot be updated; allowed: ${UPDATABLE_HOST_FIELDS.join(", ")}`);
@@ -154,11 +158,11 @@ export class HostRegistry {
           throw new FailedPreconditionError(`host "${host.name}" is ${host.status}, not in maintenance; use UncordonHost to end a drain`);
         }
       }
-    });
+    }, note);
   }
 
   /** Deletes a host with its GPUs and agent token; refused while any of its GPUs is held. */
-  async delete(id: string): Promise<void> {
+  async delete(id: string, note: AuditNote = unaudited): Promise<void> {
     const last = await this.orm.em.fork().transactional(async (em) => {
       const host = await this.find(em, id, LockMode.PESSIMISTIC_WRITE);
       // Locking every GPU row of the host first means no allocation can slip in between the check and the delete.
@@ -170,6 +174,7 @@ export class HostRegistry {
       const running = await em.count(Environment, { host, status: { $in: [...ACTIVE_ENVIRONMENT_STATUSES] } });
       if (running > 0) throw new FailedPreconditionError(`host "${host.name}" still runs ${running} environment(s); drain it first`);
       const view = (await this.views(em, [host]))[0]!;
+      note(em, { targetId: host.id });
       await em.nativeDelete(Host, { id: host.id });
       return view;
     });
@@ -178,26 +183,26 @@ export class HostRegistry {
     this.changes.publish({ type: "DELETED", view: last });
   }
 
-  async cordon(id: string): Promise<HostView> {
+  async cordon(id: string, note: AuditNote = unaudited): Promise<HostView> {
     return this.change(id, (host) => {
       host.schedulable = false;
-    });
+    }, note);
   }
 
   /** Makes the host schedulable again; a drain ends and the status follows the heartbeats. */
-  async uncordon(id: string): Promise<HostView> {
+  async uncordon(id: string, note: AuditNote = unaudited): Promise<HostView> {
     return this.change(id, (host) => {
       host.schedulable = true;
       if (host.status === "DRAINING") this.setLiveness(host);
-    });
+    }, note);
   }
 
-  async drain(id: string): Promise<DrainReport> {
+  async drain(id: string, note: AuditNote = unaudited): Promise<DrainReport> {
     const view = await this.change(id, (host) => {
       host.schedulable = false;
       host.status = "DRAINING";
       host.statusMessage = "draining: no new work is placed here";
-    });
+    }, note);
     const em = this.orm.em.fork();
     const [allocatedGpus, environments] = await Promise.all([
       em.find(Gpu, { host: view.host.id, holder: { $ne: null } }, { orderBy: { index: "asc" }, populate: ["host"] }),
@@ -261,12 +266,13 @@ export class HostRegistry {
     host.statusMessage = fresh ? "" : "no recent heartbeat";
   }
 
-  private async change(id: string, mutate: (host: Host) => void): Promise<HostView> {
+  private async change(id: string, mutate: (host: Host) => void, note: AuditNote): Promise<HostView> {
     const em = this.orm.em.fork();
     const host = await em.transactional(async (tx) => {
       const locked = await this.find(tx, id, LockMode.PESSIMISTIC_WRITE);
       mutate(locked);
       locked.updatedAt = this.clock.now();
+      note(tx, { targetId: locked.id });
       return locked;
     });
     return this.publish(em, host);

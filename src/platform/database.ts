@@ -6,6 +6,7 @@ import { WorkspaceSchema, ResourceQuotaSchema } from "../workspace/workspace.js"
 import { EnvironmentSchema, PortMappingSchema } from "../environment/environment.js";
 import { ApiTokenSchema } from "../auth/api-token.js";
 import { TelemetryBucketSchema } from "../telemetry/telemetry-bucket.js";
+import { AuditEventSchema } from "../audit/audit-event.js";
 import { migrations } from "./migrations/index.js";
 
 export { MikroORM };
@@ -20,6 +21,7 @@ export const entities = [
   PortMappingSchema,
   ApiTokenSchema,
   TelemetryBucketSchema,
+  AuditEventSchema,
 ];
 
 // Any fixed number works: it only has to be the same for every replica.

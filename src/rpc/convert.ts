@@ -29,7 +29,7 @@ import type { GpuMetrics, GpuSampleRecord, HostSampleRecord } from "../telemetry
 import { Violations, toSafeNumber } from "../validation.js";
 
 /** Two-way map between a domain string union and a protobuf enum; UNSPECIFIED maps to undefined. */
-function enumMap<D extends string, P extends number>(pairs: [D, P][]) {
+export function enumMap<D extends string, P extends number>(pairs: [D, P][]) {
   const toProto = new Map(pairs);
   const toDomain = new Map(pairs.map(([d, p]) => [p, d] as const));
   return {
@@ -63,7 +63,7 @@ export const gpuStatus = enumMap<GpuStatus, GpuStatusMessage>([
   ["OFFLINE", GpuStatusMessage.OFFLINE],
 ]);
 
-const ts = (d: Date | null | undefined) => (d ? timestampFromDate(d) : undefined);
+export const ts = (d: Date | null | undefined) => (d ? timestampFromDate(d) : undefined);
 const big = (n: number | undefined) => (n === undefined ? undefined : BigInt(Math.round(n)));
 const num = (n: bigint | undefined) => (n === undefined ? undefined : Number(n));
 

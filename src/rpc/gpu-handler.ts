@@ -20,6 +20,7 @@ import type { GpuAllocator } from "../gpu/gpu-allocator.js";
 import type { Clock } from "../platform/clock.js";
 import type { TelemetryHistory } from "../telemetry/telemetry-history.js";
 import type { GpuInventory } from "../gpu/gpu-inventory.js";
+import { auditNote } from "./context.js";
 import { Violations, parseLabelSelector, required, toSafeNumber } from "../validation.js";
 import { dateFromMessage, gpuMetricsToMessage, gpuSampleToMessage, gpuStatus, gpuToMessage, msFromMessage } from "./convert.js";
 
@@ -35,11 +36,11 @@ export class GpuHandler implements Impl {
     private readonly clock: Clock,
   ) {}
 
-  async createGpu(req: CreateGpuRequest) {
+  async createGpu(req: CreateGpuRequest, ctx: HandlerContext) {
     const v = new Violations();
     const memoryBytes = toSafeNumber(v, "memory_bytes", req.memoryBytes);
     v.throwIfAny();
-    const view = await this.inventory.create({ hostId: req.hostId, index: req.index, uuid: req.uuid, model: req.model, memoryBytes });
+    const view = await this.inventory.create({ hostId: req.hostId, index: req.index, uuid: req.uuid, model: req.model, memoryBytes }, auditNote(ctx));
     return { gpu: gpuToMessage(view) };
   }
 
@@ -62,7 +63,7 @@ export class GpuHandler implements Impl {
     return { gpus: page.items.map(gpuToMessage), nextPageToken: page.nextPageToken, totalSize: page.totalSize };
   }
 
-  async updateGpu(req: UpdateGpuRequest) {
+  async updateGpu(req: UpdateGpuRequest, ctx: HandlerContext) {
     const v = new Violations();
     const g = req.gpu;
     if (!g) v.add("gpu", "required");
@@ -73,21 +74,21 @@ export class GpuHandler implements Impl {
       healthReasons: g?.healthReasons ?? [],
     };
     v.throwIfAny();
-    return { gpu: gpuToMessage(await this.inventory.update(g!.id, patch, req.updateMask?.paths ?? [])) };
+    return { gpu: gpuToMessage(await this.inventory.update(g!.id, patch, req.updateMask?.paths ?? [], auditNote(ctx))) };
   }
 
-  async deleteGpu(req: DeleteGpuRequest) {
-    await this.inventory.delete(req.id);
+  async deleteGpu(req: DeleteGpuRequest, ctx: HandlerContext) {
+    await this.inventory.delete(req.id, auditNote(ctx));
     return {};
   }
 
-  async allocateGpu(req: AllocateGpuRequest) {
-    const gpu = await this.allocator.allocate({ gpuId: req.gpuId, hostId: req.hostId, model: req.model, holder: req.holder });
+  async allocateGpu(req: AllocateGpuRequest, ctx: HandlerContext) {
+    const gpu = await this.allocator.allocate({ gpuId: req.gpuId, hostId: req.hostId, model: req.model, holder: req.holder }, auditNote(ctx));
     return { gpu: gpuToMessage(this.inventory.view(gpu)) };
   }
 
-  async releaseGpu(req: ReleaseGpuRequest) {
-    const gpu = await this.allocator.release(req.gpuId, req.holder);
+  async releaseGpu(req: ReleaseGpuRequest, ctx: HandlerContext) {
+    const gpu = await this.allocator.release(req.gpuId, req.holder, auditNote(ctx));
     return { gpu: gpuToMessage(this.inventory.view(gpu)) };
   }
 

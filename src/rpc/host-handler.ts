@@ -25,7 +25,7 @@ import type { Clock } from "../platform/clock.js";
 import type { Logger } from "../platform/logger.js";
 import type { HostPatch, HostRegistry } from "../host/host-registry.js";
 import { Violations, parseLabelSelector, required, toSafeNumber } from "../validation.js";
-import { callerOf } from "./context.js";
+import { auditNote, callerOf } from "./context.js";
 import {
   capacityFromMessage,
   dateFromMessage,
@@ -57,7 +57,7 @@ export class HostHandler implements Impl {
     private readonly logger: Logger,
   ) {}
 
-  async createHost(req: CreateHostRequest) {
+  async createHost(req: CreateHostRequest, ctx: HandlerContext) {
     const v = new Violations();
     const input = {
       name: req.name,
@@ -68,7 +68,7 @@ export class HostHandler implements Impl {
       kubernetesNodeName: req.kubernetesNodeName,
     };
     v.throwIfAny();
-    const { view, agentToken } = await this.hosts.create(input);
+    const { view, agentToken } = await this.hosts.create(input, auditNote(ctx));
     return { host: hostToMessage(view), agentToken };
   }
 
@@ -85,7 +85,7 @@ export class HostHandler implements Impl {
     return { hosts: page.items.map(hostToMessage), nextPageToken: page.nextPageToken, totalSize: page.totalSize };
   }
 
-  async updateHost(req: UpdateHostRequest) {
+  async updateHost(req: UpdateHostRequest, ctx: HandlerContext) {
     const v = new Violations();
     const h = req.host;
     const paths = req.updateMask?.paths ?? [];
@@ -100,24 +100,24 @@ export class HostHandler implements Impl {
       else if (path === "status") patch.status = hostStatus.toDomain(h?.status ?? 0, "host.status", v) ?? required(v, "host.status");
     }
     v.throwIfAny();
-    return { host: hostToMessage(await this.hosts.update(h!.id, patch, paths)) };
+    return { host: hostToMessage(await this.hosts.update(h!.id, patch, paths, auditNote(ctx))) };
   }
 
-  async deleteHost(req: DeleteHostRequest) {
-    await this.hosts.delete(req.id);
+  async deleteHost(req: DeleteHostRequest, ctx: HandlerContext) {
+    await this.hosts.delete(req.id, auditNote(ctx));
     return {};
   }
 
-  async cordonHost(req: CordonHostRequest) {
-    return { host: hostToMessage(await this.hosts.cordon(req.id)) };
+  async cordonHost(req: CordonHostRequest, ctx: HandlerContext) {
+    return { host: hostToMessage(await this.hosts.cordon(req.id, auditNote(ctx))) };
   }
 
-  async uncordonHost(req: UncordonHostRequest) {
-    return { host: hostToMessage(await this.hosts.uncordon(req.id)) };
+  async uncordonHost(req: UncordonHostRequest, ctx: HandlerContext) {
+    return { host: hostToMessage(await this.hosts.uncordon(req.id, auditNote(ctx))) };
   }
 
-  async drainHost(req: DrainHostRequest) {
-    const report = await this.hosts.drain(req.id);
+  async drainHost(req: DrainHostRequest, ctx: HandlerContext) {
+    const report = await this.hosts.drain(req.id, auditNote(ctx));
     this.agents.send(report.view.host.id, { kind: "drain" });
     return {
       host: hostToMessage(report.view),

@@ -3,8 +3,9 @@ import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import type { Authenticator } from "../auth/authenticator.js";
 import type { Logger } from "../platform/logger.js";
 import type { Metrics } from "../platform/metrics.js";
-import { accessFor, authorize } from "./access.js";
-import { principalKey, requestIdKey } from "./context.js";
+import type { AuditSubject, AuditTrail } from "../audit/audit-trail.js";
+import { accessFor, authorize, isAudited } from "./access.js";
+import { auditNoteKey, principalKey, requestIdKey } from "./context.js";
 import { toConnectError } from "./error-mapping.js";
 
 const CLIENT_REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
@@ -70,15 +71,78 @@ export function observe(logger: Logger, metrics: Metrics): Interceptor {
   };
 }
 
-/** Establishes the caller from the bearer token and checks the method's access rule. */
+/** Establishes the caller from the bearer token (UNAUTHENTICATED without a valid one). */
 export function authenticate(authenticator: Authenticator): Interceptor {
   return (next) => async (req) => {
-    const access = accessFor(req.service.typeName, req.method.name);
-    if (access !== "public") {
-      const principal = await authenticator.authenticate(req.header.get("authorization"));
-      req.contextValues.set(principalKey, principal);
-      authorize(access, principal, `${req.service.typeName}/${req.method.name}`);
+    if (accessFor(req.service.typeName, req.method.name) !== "public") {
+      req.contextValues.set(principalKey, await authenticator.authenticate(req.header.get("authorization")));
     }
     return next(req);
+  };
+}
+
+/** Checks the method's access rule for the caller. Runs inside `audit`, so refusals are recorded too. */
+export function authorizeCall(): Interceptor {
+  return (next) => async (req) => {
+    const principal = req.contextValues.get(principalKey);
+    if (principal) authorize(accessFor(req.service.typeName, req.method.name), principal, `${req.service.typeName}/${req.method.name}`);
+    return next(req);
+  };
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+/** A best guess of the object a request names, for calls whose handler did not say (refused ones). */
+function subjectOf(service: string, message: unknown): AuditSubject {
+  const m = (message ?? {}) as Record<string, unknown>;
+  const field = (name: string) => (typeof m[name] === "string" ? (m[name] as string) : "");
+  const workspaceId = field("workspaceId") || (service === "remotegpu.v1.WorkspaceService" ? field("id") : "");
+  const targetId = field("id") || field("tokenId") || field("environmentId") || field("hostId") || field("gpuId") || workspaceId;
+  return { workspaceId: UUID.test(workspaceId) ? workspaceId : null, targetId: targetId.replace(/[\x00-\x1f\x7f]/g, "").slice(0, 128) };
+}
+
+function codeName(err: unknown): string {
+  return Code[toConnectError(err).error.code].replace(/(?<=[a-z])(?=[A-Z])/g, "_").toLowerCase();
+}
+
+/**
+ * Records an audit event for every mutating call of an authenticated caller. A handler that changes
+ * the database passes `auditNote(ctx)` to the domain, which adds the event inside its transaction;
+ * any other outcome (a refusal, a failure, a change outside the database) is written here.
+ */
+export function audit(trail: AuditTrail, logger: Logger): Interceptor {
+  return (next) => async (req) => {
+    const principal = req.contextValues.get(principalKey);
+    const service = req.service.typeName;
+    if (!principal || !isAudited(service, req.method)) return next(req);
+
+    const base = {
+      actorId: principal.tokenId,
+      actorKind: principal.kind,
+      method: `${service}/${req.method.name}`,
+      requestId: req.contextValues.get(requestIdKey),
+    };
+    let subject = req.stream ? { targetId: "" } : subjectOf(service, req.message);
+    let noted = false;
+    const record = (code: string) => ({
+      ...base,
+      workspaceId: subject.workspaceId ?? (principal.kind === "workspace" ? principal.workspaceId : null),
+      targetId: subject.targetId,
+      code,
+    });
+    req.contextValues.set(auditNoteKey, (em, s) => {
+      noted = true;
+      subject = s;
+      trail.add(em, record("ok"));
+    });
+    const write = (code: string) => trail.append(record(code)).catch((err: unknown) => logger.error({ err, ...record(code) }, "writing an audit event failed"));
+    try {
+      const res = await next(req);
+      if (!noted) await write("ok");
+      return res;
+    } catch (err) {
+      await write(codeName(err));
+      throw err;
+    }
   };
 }

@@ -1,5 +1,5 @@
 import { randomUUID } from "node:crypto";
-import { BigIntType, EntitySchema } from "@mikro-orm/core";
+import { BigIntType, EntitySchema, OptionalProps } from "@mikro-orm/core";
 
 export class Workspace {
   id: string = randomUUID();
@@ -25,6 +25,7 @@ export const WorkspaceSchema = new EntitySchema<Workspace>({
 
 /** One row per workspace; a null limit is unlimited. The row is locked while reserving. */
 export class ResourceQuota {
+  declare [OptionalProps]?: "maxGpus" | "maxGpusPerModel" | "allowedGpuModels" | "maxEnvironments" | "maxCpuMillicores" | "maxMemoryBytes" | "maxStorageBytes" | "version";
   workspace!: Workspace;
   maxGpus: number | null = null;
   maxGpusPerModel: Record<string, number> = {};

@@ -20,7 +20,7 @@ describe("error mapping", () => {
     [new NotFoundError("host", "x"), Code.NotFound],
     [new AlreadyExistsError("host", "named x"), Code.AlreadyExists],
     [new FailedPreconditionError("busy"), Code.FailedPrecondition],
-    [new QuotaExceededError("gpus", 2, 3), Code.ResourceExhausted],
+    [new QuotaExceededError("max_gpus", 2, 2, 1), Code.ResourceExhausted],
     [new ConflictError("lost a race"), Code.Aborted],
     [new UnauthenticatedError("no token"), Code.Unauthenticated],
     [new PermissionDeniedError("no"), Code.PermissionDenied],
@@ -39,7 +39,7 @@ describe("error mapping", () => {
 
   it("keeps the domain message, which names the field", () => {
     assert.equal(toConnectError(InvalidArgumentError.field("host.name", "required")).error.rawMessage, "host.name: required");
-    assert.match(toConnectError(new QuotaExceededError("gpus", 2, 3)).error.rawMessage, /quota exceeded for gpus/);
+    assert.match(toConnectError(new QuotaExceededError("max_gpus", 2, 2, 1)).error.rawMessage, /quota exceeded: max_gpus is 2, 2 in use, 1 more requested/);
   });
 
   it("turns anything unexpected into INTERNAL without leaking its message", () => {

@@ -1,0 +1,137 @@
+import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import type {
+  CreateApiTokenRequest,
+  CreateWorkspaceRequest,
+  DeleteWorkspaceRequest,
+  GetResourceQuotaRequest,
+  GetUsageRequest,
+  GetWorkspaceRequest,
+  ListApiTokensRequest,
+  ListAuditEventsRequest,
+  ListWorkspacesRequest,
+  RevokeApiTokenRequest,
+  SetResourceQuotaRequest,
+  UpdateWorkspaceRequest,
+  WorkspaceService,
+} from "../../gen/remotegpu/v1/workspace_pb.js";
+import type { AuditTrail } from "../audit/audit-trail.js";
+import { assertInWorkspace, confinedTo } from "../auth/workspace-access.js";
+import type { WorkspaceTokens } from "../auth/workspace-tokens.js";
+import { InvalidArgumentError } from "../errors.js";
+import { checkId } from "../ids.js";
+import { Violations, checkString, parseLabelSelector } from "../validation.js";
+import type { QuotaLedger } from "../workspace/quota-ledger.js";
+import type { WorkspacePatch, WorkspaceRegistry } from "../workspace/workspace-registry.js";
+import { auditNote, callerOf } from "./context.js";
+import { dateFromMessage } from "./convert.js";
+import { auditEventToMessage, quotaFromMessage, quotaToMessage, tokenRole, tokenToMessage, usageToMessage, workspaceToMessage } from "./workspace-convert.js";
+
+type Impl = Partial<ServiceImpl<typeof WorkspaceService>>;
+
+/**
+ * WorkspaceService over Connect/gRPC. The access interceptor has checked the caller's role; each
+ * method here checks that a workspace token names its own workspace.
+ */
+export class WorkspaceHandler implements Impl {
+  constructor(
+    private readonly workspaces: WorkspaceRegistry,
+    private readonly quotas: QuotaLedger,
+    private readonly tokens: WorkspaceTokens,
+    private readonly audit: AuditTrail,
+  ) {}
+
+  async createWorkspace(req: CreateWorkspaceRequest, ctx: HandlerContext) {
+    const workspace = await this.workspaces.create({ name: req.name, displayName: req.displayName, labels: req.labels }, auditNote(ctx));
+    return { workspace: workspaceToMessage(workspace) };
+  }
+
+  async getWorkspace(req: GetWorkspaceRequest, ctx: HandlerContext) {
+    assertInWorkspace(callerOf(ctx), req.id);
+    return { workspace: workspaceToMessage(await this.workspaces.get(req.id)) };
+  }
+
+  async listWorkspaces(req: ListWorkspacesRequest, ctx: HandlerContext) {
+    const filter = { labels: parseLabelSelector("label_selector", req.labelSelector), onlyId: confinedTo(callerOf(ctx)) };
+    const page = await this.workspaces.list(filter, req.pageSize, req.pageToken);
+    return { workspaces: page.items.map(workspaceToMessage), nextPageToken: page.nextPageToken, totalSize: page.totalSize };
+  }
+
+  async updateWorkspace(req: UpdateWorkspaceRequest, ctx: HandlerContext) {
+    const w = req.workspace;
+    if (!w) throw InvalidArgumentError.field("workspace", "required");
+    assertInWorkspace(callerOf(ctx), w.id);
+    const paths = req.updateMask?.paths ?? [];
+    const patch: WorkspacePatch = {};
+    if (paths.includes("display_name")) patch.displayName = w.displayName;
+    if (paths.includes("labels")) patch.labels = w.labels;
+    return { workspace: workspaceToMessage(await this.workspaces.update(w.id, patch, paths, auditNote(ctx))) };
+  }
+
+  async deleteWorkspace(req: DeleteWorkspaceRequest, ctx: HandlerContext) {
+    await this.workspaces.delete(req.id, req.force, auditNote(ctx));
+    return {};
+  }
+
+  async getResourceQuota(req: GetResourceQuotaRequest, ctx: HandlerContext) {
+    assertInWorkspace(callerOf(ctx), req.workspaceId);
+    return { quota: quotaToMessage(await this.quotas.get(req.workspaceId)) };
+  }
+
+  async setResourceQuota(req: SetResourceQuotaRequest, ctx: HandlerContext) {
+    if (!req.quota) throw InvalidArgumentError.field("quota", "required");
+    const v = new Violations();
+    const limits = quotaFromMessage(v, req.quota);
+    v.throwIfAny();
+    return { quota: quotaToMessage(await this.quotas.set(req.quota.workspaceId, limits, auditNote(ctx))) };
+  }
+
+  async getUsage(req: GetUsageRequest, ctx: HandlerContext) {
+    assertInWorkspace(callerOf(ctx), req.workspaceId);
+    const { quota, usage } = await this.quotas.usage(req.workspaceId);
+    return { usage: usageToMessage(usage), quota: quotaToMessage(quota) };
+  }
+
+  async createApiToken(req: CreateApiTokenRequest, ctx: HandlerContext) {
+    assertInWorkspace(callerOf(ctx), req.workspaceId);
+    const v = new Violations();
+    const role = tokenRole.toDomain(req.role, "role", v);
+    v.throwIfAny();
+    // The range is checked with the other fields by WorkspaceTokens.
+    const ttlMs = req.ttl && Number(req.ttl.seconds) * 1000 + Math.floor(req.ttl.nanos / 1e6);
+    const { token, secret } = await this.tokens.create(req.workspaceId, { name: req.name, role, ttlMs }, auditNote(ctx));
+    return { apiToken: tokenToMessage(token), secret };
+  }
+
+  async listApiTokens(req: ListApiTokensRequest, ctx: HandlerContext) {
+    assertInWorkspace(callerOf(ctx), req.workspaceId);
+    const page = await this.tokens.list(req.workspaceId, req.showInactive, req.pageSize, req.pageToken);
+    return { apiTokens: page.items.map(tokenToMessage), nextPageToken: page.nextPageToken };
+  }
+
+  async revokeApiToken(req: RevokeApiTokenRequest, ctx: HandlerContext) {
+    assertInWorkspace(callerOf(ctx), req.workspaceId);
+    return { apiToken: tokenToMessage(await this.tokens.revoke(req.workspaceId, req.tokenId, auditNote(ctx))) };
+  }
+
+  /** Workspace admins see their workspace's events; cluster admins see all, or one workspace's. */
+  async listAuditEvents(req: ListAuditEventsRequest, ctx: HandlerContext) {
+    const caller = callerOf(ctx);
+    if (req.workspaceId) assertInWorkspace(caller, req.workspaceId);
+    const v = new Violations();
+    checkString(v, "actor_id", req.actorId, { max: 32 });
+    checkString(v, "target_id", req.targetId, { max: 128 });
+    const startTime = req.startTime && dateFromMessage(v, "start_time", req.startTime);
+    const endTime = req.endTime && dateFromMessage(v, "end_time", req.endTime);
+    if (startTime && endTime) v.check(startTime < endTime, "end_time", "must be after start_time");
+    v.throwIfAny();
+    const filter = {
+      workspaceId: confinedTo(caller) ?? (req.workspaceId ? checkId("workspace_id", req.workspaceId) : undefined),
+      startTime,
+      endTime,
+      actorId: req.actorId || undefined,
+      targetId: req.targetId || undefined,
+    };
+    const page = await this.audit.list(filter, req.pageSize, req.pageToken);
+    return { events: page.items.map(auditEventToMessage), nextPageToken: page.nextPageToken };
+  }
+}

@@ -1,0 +1,154 @@
+import { LockMode } from "@mikro-orm/core";
+import type { EntityManager, MikroORM } from "@mikro-orm/postgresql";
+import type { AuditNote } from "../audit/audit-trail.js";
+import { NotFoundError, QuotaExceededError } from "../errors.js";
+import { checkId } from "../ids.js";
+import type { Clock } from "../platform/clock.js";
+import { Violations, checkString } from "../validation.js";
+import { ResourceQuota } from "./workspace.js";
+
+export type QuotaLimits = Omit<ResourceQuota, "workspace" | "updatedAt" | "version">;
+
+export interface Usage {
+  gpus: number;
+  gpusPerModel: Record<string, number>;
+  environments: number;
+  cpuMillicores: number;
+  memoryBytes: number;
+  storageBytes: number;
+}
+
+/** What one request would add to a workspace's usage. GPUs are counted per model actually picked. */
+export interface Demand {
+  gpusPerModel?: Record<string, number>;
+  environments?: number;
+  cpuMillicores?: number;
+  memoryBytes?: number;
+  storageBytes?: number;
+}
+
+const MAX_MODELS = 64;
+
+// Environments that are STOPPED, FAILED or DELETED hold no CPU or memory (nor GPUs: stopping releases them).
+const HOLDS_COMPUTE = "status not in ('STOPPED', 'FAILED', 'DELETED')";
+
+/**
+ * Refuses `demand` if it would take any dimension of `quota` past its limit (a limit may already be
+ * below usage after an operator lowered it). Throws a QuotaExceededError naming the dimension.
+ */
+export function admit(quota: QuotaLimits, usage: Usage, demand: Demand): void {
+  const check = (dimension: string, limit: number | null | undefined, inUse: number, requested = 0) => {
+    if (requested > 0 && limit !== null && limit !== undefined && inUse + requested > limit) {
+      throw new QuotaExceededError(dimension, limit, inUse, requested);
+    }
+  };
+  const perModel = Object.entries(demand.gpusPerModel ?? {}).filter(([, n]) => n > 0);
+  for (const [model, n] of perModel) {
+    if (quota.allowedGpuModels.length > 0 && !quota.allowedGpuModels.includes(model)) {
+      throw new QuotaExceededError("allowed_gpu_models", 0, 0, n, `quota exceeded: allowed_gpu_models does not include "${model}" (allowed: ${quota.allowedGpuModels.join(", ")})`);
+    }
+    check(`max_gpus_per_model["${model}"]`, quota.maxGpusPerModel[model], usage.gpusPerModel[model] ?? 0, n);
+  }
+  check("max_gpus", quota.maxGpus, usage.gpus, perModel.reduce((sum, [, n]) => sum + n, 0));
+  check("max_environments", quota.maxEnvironments, usage.environments, demand.environments);
+  check("max_cpu_millicores", quota.maxCpuMillicores, usage.cpuMillicores, demand.cpuMillicores);
+  check("max_memory_bytes", quota.maxMemoryBytes, usage.memoryBytes, demand.memoryBytes);
+  check("max_storage_bytes", quota.maxStorageBytes, usage.storageBytes, demand.storageBytes);
+}
+
+/**
+ * Quotas and the live usage they bound. Usage is not a counter that could drift: it is read from
+ * what the workspace holds (environments, allocated GPUs), under the quota row's lock.
+ */
+export class QuotaLedger {
+  constructor(
+    private readonly orm: MikroORM,
+    private readonly clock: Clock,
+  ) {}
+
+  async get(workspaceId: string): Promise<ResourceQuota> {
+    return this.find(this.orm.em.fork(), workspaceId);
+  }
+
+  /** Replaces the quota. It may be set below current usage: new requests are refused, nothing is stopped. */
+  async set(workspaceId: string, limits: QuotaLimits, note: AuditNote): Promise<ResourceQuota> {
+    const v = new Violations();
+    const nonNegative = (field: string, value: number | null) => v.check(value === null || (Number.isSafeInteger(value) && value >= 0), `quota.${field}`, "must be 0 or more");
+    nonNegative("max_gpus", limits.maxGpus);
+    nonNegative("max_environments", limits.maxEnvironments);
+    nonNegative("max_cpu_millicores", limits.maxCpuMillicores);
+    nonNegative("max_memory_bytes", limits.maxMemoryBytes);
+    nonNegative("max_storage_bytes", limits.maxStorageBytes);
+    const perModel = Object.entries(limits.maxGpusPerModel);
+    v.check(perModel.length <= MAX_MODELS, "quota.max_gpus_per_model", `at most ${MAX_MODELS} models`);
+    for (const [model, n] of perModel) {
+      checkString(v, "quota.max_gpus_per_model", model, { required: true, max: 128 });
+      nonNegative(`max_gpus_per_model["${model}"]`, n);
+    }
+    v.check(limits.allowedGpuModels.length <= MAX_MODELS, "quota.allowed_gpu_models", `at most ${MAX_MODELS} models`);
+    limits.allowedGpuModels.forEach((model, i) => checkString(v, `quota.allowed_gpu_models[${i}]`, model, { required: true, max: 128 }));
+    v.throwIfAny();
+
+    return this.orm.em.fork().transactional(async (em) => {
+      const quota = await this.find(em, workspaceId, true);
+      Object.assign(quota, limits, { allowedGpuModels: [...new Set(limits.allowedGpuModels)], updatedAt: this.clock.now() });
+      note(em, { workspaceId: quota.workspace.id, targetId: quota.workspace.id });
+      return quota;
+    });
+  }
+
+  /** The workspace's quota and what it holds now. */
+  async usage(workspaceId: string): Promise<{ quota: ResourceQuota; usage: Usage }> {
+    const em = this.orm.em.fork();
+    const quota = await this.find(em, workspaceId);
+    return { quota, usage: await this.measure(em, quota.workspace.id) };
+  }
+
+  /**
+   * Checks `demand` against the quota inside the caller's transaction, with the quota row locked
+   * until it commits: the caller records what it takes (an environment, its GPUs) in the same
+   * transaction, so concurrent reservations see each other and can never overrun the quota together.
+   */
+  async reserve(em: EntityManager, workspaceId: string, demand: Demand): Promise<void> {
+    const quota = await this.find(em, workspaceId, true);
+    admit(quota, await this.measure(em, quota.workspace.id), demand);
+  }
+
+  private async find(em: EntityManager, workspaceId: string, lock = false): Promise<ResourceQuota> {
+    const id = checkId("workspace_id", workspaceId);
+    const quota = await em.findOne(ResourceQuota, { workspace: id }, lock ? { lockMode: LockMode.PESSIMISTIC_WRITE } : {});
+    if (!quota) throw new NotFoundError("workspace", id);
+    return quota;
+  }
+
+  private async measure(em: EntityManager, workspaceId: string): Promise<Usage> {
+    const conn = em.getConnection();
+    const ctx = em.getTransactionContext();
+    const [totals] = await conn.execute<{ environments: number; cpu: string; memory: string; storage: string }[]>(
+      `select count(*)::int as environments,
+              coalesce(sum(cpu_millicores) filter (where ${HOLDS_COMPUTE}), 0) as cpu,
+              coalesce(sum(memory_bytes) filter (where ${HOLDS_COMPUTE}), 0) as memory,
+              coalesce(sum(storage_bytes), 0) as storage
+         from environments where workspace_id = ? and status <> 'DELETED'`,
+      [workspaceId],
+      "all",
+      ctx,
+    );
+    const models = await conn.execute<{ model: string; n: number }[]>(
+      `select g.model, count(*)::int as n from gpus g join environments e on e.id = g.environment_id
+        where e.workspace_id = ? group by g.model`,
+      [workspaceId],
+      "all",
+      ctx,
+    );
+    const gpusPerModel = Object.fromEntries(models.map((r) => [r.model, r.n]));
+    return {
+      gpus: models.reduce((sum, r) => sum + r.n, 0),
+      gpusPerModel,
+      environments: totals!.environments,
+      cpuMillicores: Number(totals!.cpu),
+      memoryBytes: Number(totals!.memory),
+      storageBytes: Number(totals!.storage),
+    };
+  }
+}
