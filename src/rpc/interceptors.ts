@@ -4,6 +4,7 @@ import type { Authenticator } from "../auth/authenticator.js";
 import type { Logger } from "../platform/logger.js";
 import type { Metrics } from "../platform/metrics.js";
 import type { AuditSubject, AuditTrail } from "../audit/audit-trail.js";
+import { assertInWorkspace } from "../auth/workspace-access.js";
 import { accessFor, authorize, isAudited } from "./access.js";
 import { auditNoteKey, principalKey, requestIdKey } from "./context.js";
 import { toConnectError } from "./error-mapping.js";
@@ -85,9 +86,30 @@ export function authenticate(authenticator: Authenticator): Interceptor {
 export function authorizeCall(): Interceptor {
   return (next) => async (req) => {
     const principal = req.contextValues.get(principalKey);
-    if (principal) authorize(accessFor(req.service.typeName, req.method.name), principal, `${req.service.typeName}/${req.method.name}`);
+    if (principal) {
+      authorize(accessFor(req.service.typeName, req.method.name), principal, `${req.service.typeName}/${req.method.name}`);
+      // Handlers check the workspace too; this catches a request naming another one before any handler runs.
+      const check = (message: unknown) => {
+        const named = (message as { workspaceId?: unknown }).workspaceId;
+        if (typeof named === "string" && named !== "") assertInWorkspace(principal, named);
+      };
+      if (!req.stream) check(req.message);
+      else if (req.method.methodKind === "server_streaming") {
+        // The single request message of a server stream arrives as a stream of one: read it, check it, hand it on.
+        const source = req.message[Symbol.asyncIterator]();
+        const first = await source.next();
+        if (!first.done) check(first.value);
+        return next({ ...req, message: replay(first, source) });
+      }
+    }
     return next(req);
   };
+}
+
+async function* replay<T>(first: IteratorResult<T>, rest: AsyncIterator<T>): AsyncIterable<T> {
+  if (first.done) return;
+  yield first.value;
+  for (let next = await rest.next(); !next.done; next = await rest.next()) yield next.value;
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
