@@ -27,6 +27,12 @@ import { AuditTrail } from "./audit/audit-trail.js";
 import { WorkspaceTokens } from "./auth/workspace-tokens.js";
 import { QuotaLedger } from "./workspace/quota-ledger.js";
 import { WorkspaceRegistry } from "./workspace/workspace-registry.js";
+import { EnvironmentManager } from "./environment/environment-manager.js";
+import { EnvironmentLogs } from "./environment/environment-logs.js";
+import { EnvironmentReconciler } from "./environment/environment-reconciler.js";
+import { AgentRuntime } from "./runtime/agent-runtime.js";
+import { LeaderLock } from "./platform/leader-lock.js";
+import { EnvironmentHandler } from "./rpc/environment-handler.js";
 import { SERVICE_NAMES, routes } from "./rpc/routes.js";
 import { RpcServer } from "./rpc/server.js";
 import { LatestSamples } from "./telemetry/latest-samples.js";
@@ -57,6 +63,9 @@ export interface App {
 const DATABASE_PROBE_MS = 5000;
 const MAINTENANCE_MS = 1000;
 const HISTORY_CLEANUP_MS = 3_600_000;
+const RECONCILER_LOCK_KEY = 7_315_482_903;
+/** How long DeleteWorkspace with force waits for its environments to be gone. */
+const FORCE_DELETE_WAIT_MS = 120_000;
 
 function loadTls(certFile: string, keyFile: string): { cert: Buffer; key: Buffer } {
   const pair = { cert: readFileSync(certFile), key: readFileSync(keyFile) };
@@ -109,8 +118,20 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
   const inventory = new GpuInventory(orm, clock, samples, (hostId, uuid) => ingest.readmitted(hostId, uuid));
   const allocator = new GpuAllocator(orm, clock);
   const auditTrail = new AuditTrail(orm, clock, config.auditRetentionDays * 86_400_000);
-  const workspaces = new WorkspaceRegistry(orm, clock);
   const quotas = new QuotaLedger(orm, clock);
+  const environments = new EnvironmentManager(orm, clock, quotas, config.hostPortRange, () => reconciler.kick());
+  const environmentLogs = new EnvironmentLogs(orm);
+  const leader = new LeaderLock(config.databaseUrl ?? embedded!.url, RECONCILER_LOCK_KEY, logger);
+  const reconciler = new EnvironmentReconciler(
+    orm,
+    clock,
+    { AGENT: new AgentRuntime(agents) },
+    environments,
+    logger,
+    { startTimeoutMs: config.environmentStartTimeoutSeconds * 1000, lostHostTimeoutMs: config.environmentLostHostSeconds * 1000 },
+    () => leader.check(),
+  );
+  const workspaces = new WorkspaceRegistry(orm, clock, (id) => environments.deleteAll(id, FORCE_DELETE_WAIT_MS));
   const workspaceTokens = new WorkspaceTokens(orm, clock);
 
   const health = new HealthStatus();
@@ -123,9 +144,14 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
   const handler = connectNodeAdapter({
     routes: routes(
       {
-        hosts: new HostHandler(hosts, agents, clock, config.heartbeatIntervalSeconds * 1000, logger),
+        hosts: new HostHandler(hosts, agents, clock, config.heartbeatIntervalSeconds * 1000, logger, {
+          connected: (hostId, running) => reconciler.agentConnected(hostId, running),
+          status: (hostId, report) => reconciler.observe(hostId, report),
+          logs: async (hostId, environmentId, lines) => void (await environmentLogs.append(hostId, environmentId, lines)),
+        }),
         gpus: new GpuHandler(inventory, allocator, history, ingest.live, clock),
         workspaces: new WorkspaceHandler(workspaces, quotas, workspaceTokens, auditTrail),
+        environments: new EnvironmentHandler(environments, environmentLogs),
       },
       health,
     ),
@@ -174,6 +200,8 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
       logger.warn({ hosts: expired }, "hosts went OFFLINE: lease expired");
       announce(expired);
     }
+    reconciler.kick();
+    await reconciler.idle();
     if (clock.now().getTime() - historyExpiredAt >= HISTORY_CLEANUP_MS) {
       historyExpiredAt = clock.now().getTime();
       const removed = await history.expire();
@@ -204,6 +232,8 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
       agents.shutdown();
       await server.close(config.shutdownTimeoutSeconds * 1000);
       await maintaining;
+      await reconciler.idle();
+      await leader.close();
       await ingest.flush(true).catch((err: unknown) => logger.error({ err }, "final heartbeat flush failed"));
       await relay?.close();
       redis?.disconnect();

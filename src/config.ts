@@ -35,6 +35,15 @@ export interface Config {
   telemetryRetentionHours: number;
   /** `AUDIT_RETENTION_DAYS`: how long audit events are kept. @default 365 */
   auditRetentionDays: number;
+  /** `HOST_PORT_RANGE`: host ports given to environment ports, "first-last". @default 30000-32767 */
+  hostPortRange: { first: number; last: number };
+  /** `ENVIRONMENT_START_TIMEOUT_SECONDS`: how long an environment may take to start before it FAILS. @default 600 */
+  environmentStartTimeoutSeconds: number;
+  /**
+   * `ENVIRONMENT_LOST_HOST_SECONDS`: how long a host may stay OFFLINE before its environments FAIL
+   * and their GPUs are released; shorter outages only mark them. @default 900
+   */
+  environmentLostHostSeconds: number;
   /** `SHUTDOWN_TIMEOUT_SECONDS`: how long SIGTERM waits for open calls and streams. @default 10 */
   shutdownTimeoutSeconds: number;
   /** `DATABASE_POOL_SIZE`: most PostgreSQL connections per replica. @default 20 */
@@ -120,6 +129,9 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     telemetryResolutionSeconds: int("TELEMETRY_RESOLUTION_SECONDS", 10, 1, 3600),
     telemetryRetentionHours: int("TELEMETRY_RETENTION_HOURS", 168, 1, 24 * 3650),
     auditRetentionDays: int("AUDIT_RETENTION_DAYS", 365, 1, 36500),
+    hostPortRange: portRange(value("HOST_PORT_RANGE") ?? "30000-32767", problems),
+    environmentStartTimeoutSeconds: int("ENVIRONMENT_START_TIMEOUT_SECONDS", 600, 10, 86400),
+    environmentLostHostSeconds: int("ENVIRONMENT_LOST_HOST_SECONDS", 900, 1, 30 * 86400),
     shutdownTimeoutSeconds: int("SHUTDOWN_TIMEOUT_SECONDS", 10, 0, 600),
     databasePoolSize: int("DATABASE_POOL_SIZE", 20, 1, 500),
   };
@@ -132,4 +144,15 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
   }
   if (problems.length > 0) throw new ConfigError(problems);
   return config;
+}
+
+function portRange(raw: string, problems: string[]): { first: number; last: number } {
+  const m = /^(\d{1,5})-(\d{1,5})$/.exec(raw);
+  const first = Number(m?.[1]);
+  const last = Number(m?.[2]);
+  if (!m || first < 1024 || last > 65535 || first > last) {
+    problems.push(`HOST_PORT_RANGE=${JSON.stringify(raw)}: must be "first-last" within 1024-65535`);
+    return { first: 30000, last: 32767 };
+  }
+  return { first, last };
 }

@@ -31,7 +31,8 @@ export interface StatusTransition {
 export class Environment {
   declare [OptionalProps]?:
     | "command" | "args" | "env" | "gpuCount" | "gpuModel" | "cpuMillicores" | "memoryBytes" | "storageBytes" | "ports"
-    | "sshPublicKeys" | "idleTimeoutMinutes" | "desiredState" | "status" | "statusMessage" | "host" | "requestId" | "transitions" | "version";
+    | "sshPublicKeys" | "idleTimeoutMinutes" | "desiredState" | "status" | "statusMessage" | "host" | "requestId" | "transitions" | "version"
+    | "generation" | "workloadState" | "workloadMessage" | "workloadGeneration" | "actedAt" | "attempts";
   id: string = randomUUID();
   workspace!: Workspace;
   name!: string;
@@ -53,6 +54,15 @@ export class Environment {
   host: Host | null = null;
   requestId: string | null = null;
   transitions: StatusTransition[] = [];
+  /** Grows on every start or restart; the runtime's reports name the generation they are about. */
+  generation = 0;
+  /** What the runtime last reported for `workloadGeneration` ("" before any report). */
+  workloadState = "";
+  workloadMessage = "";
+  workloadGeneration = 0;
+  /** When the reconciler last asked the runtime to act, for retries with backoff. */
+  actedAt: Date | null = null;
+  attempts = 0;
   createdAt!: Date;
   updatedAt!: Date;
   version = 1;
@@ -61,7 +71,10 @@ export class Environment {
 export const EnvironmentSchema = new EntitySchema<Environment>({
   class: Environment,
   tableName: "environments",
-  uniques: [{ name: "environments_workspace_request_unique", properties: ["workspace", "requestId"] }],
+  uniques: [
+    { name: "environments_workspace_request_unique", properties: ["workspace", "requestId"] },
+    { name: "environments_workspace_name_unique", properties: ["workspace", "name"] },
+  ],
   indexes: [{ name: "environments_status_index", properties: ["status"] }],
   properties: {
     id: { type: "uuid", primary: true },
@@ -85,6 +98,12 @@ export const EnvironmentSchema = new EntitySchema<Environment>({
     host: { kind: "m:1", entity: () => Host, nullable: true, deleteRule: "set null" },
     requestId: { type: "string", length: 128, nullable: true },
     transitions: { type: "json" },
+    generation: { type: "integer" },
+    workloadState: { type: "string", length: 16 },
+    workloadMessage: { type: "text" },
+    workloadGeneration: { type: "integer" },
+    actedAt: { type: "Date", columnType: "timestamptz", nullable: true },
+    attempts: { type: "integer" },
     createdAt: { type: "Date", columnType: "timestamptz" },
     updatedAt: { type: "Date", columnType: "timestamptz" },
     version: { type: "integer", version: true },
@@ -121,5 +140,29 @@ export const PortMappingSchema = new EntitySchema<PortMapping>({
     hostPort: { type: "integer" },
     url: { type: "string", length: 512 },
     createdAt: { type: "Date", columnType: "timestamptz" },
+  },
+});
+
+export type LogStreamName = "STDOUT" | "STDERR" | "SYSTEM";
+
+/** One line of an environment's output, as its runtime reported it. */
+export class EnvironmentLogLine {
+  id!: string;
+  environment!: Environment;
+  time!: Date;
+  stream!: LogStreamName;
+  text!: string;
+}
+
+export const EnvironmentLogLineSchema = new EntitySchema<EnvironmentLogLine>({
+  class: EnvironmentLogLine,
+  tableName: "environment_logs",
+  indexes: [{ name: "environment_logs_environment_index", properties: ["environment", "id"] }],
+  properties: {
+    id: { type: new BigIntType("string"), primary: true, autoincrement: true },
+    environment: { kind: "m:1", entity: () => Environment, deleteRule: "cascade" },
+    time: { type: "Date", columnType: "timestamptz" },
+    stream: { type: "string", length: 8 },
+    text: { type: "text" },
   },
 });

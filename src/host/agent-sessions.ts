@@ -7,6 +7,7 @@ import type { HeartbeatIngest } from "../telemetry/heartbeat-ingest.js";
 import type { GpuSampleRecord, HostSampleRecord } from "../telemetry/latest-samples.js";
 import { Violations, checkString } from "../validation.js";
 import { Channel } from "../platform/channel.js";
+import type { WorkloadSpec } from "../runtime/runtime.js";
 import { syncInventory, type ReportedGpu } from "./inventory-sync.js";
 
 export interface AgentHello {
@@ -26,8 +27,16 @@ export class SessionFencedError extends ConflictError {
   }
 }
 
-/** Work the server sends down an agent stream (environment commands arrive with the agent runtime). */
-export type AgentCommand = { id: string; kind: "drain" };
+/** Work the server sends down an agent stream. */
+export type AgentCommand = { id: string } & (
+  | { kind: "drain" }
+  | { kind: "run"; spec: WorkloadSpec }
+  | { kind: "stop"; environmentId: string }
+  | { kind: "remove"; environmentId: string }
+);
+
+/** Distributes Omit over the union, so each command keeps its own fields. */
+export type AgentCommandInput = AgentCommand extends infer C ? (C extends AgentCommand ? Omit<C, "id"> : never) : never;
 
 /** One agent connection. Only the newest session of a host is live; older ones are fenced. */
 export class AgentSession {
@@ -158,7 +167,7 @@ export class AgentSessions {
    * Sends a command to the host's agent if its stream is open on this replica; returns whether it
    * was. (Routing to the replica holding the stream is for several replicas, with Redis.)
    */
-  send(hostId: string, command: Omit<AgentCommand, "id">): boolean {
+  send(hostId: string, command: AgentCommandInput): boolean {
     const session = this.live.get(hostId);
     if (!session) return false;
     session.outbox.push({ id: randomUUID(), ...command });

@@ -3,7 +3,7 @@ import { Migrator } from "@mikro-orm/migrations";
 import { HostSchema } from "../host/host.js";
 import { GpuSchema } from "../gpu/gpu.js";
 import { WorkspaceSchema, ResourceQuotaSchema } from "../workspace/workspace.js";
-import { EnvironmentSchema, PortMappingSchema } from "../environment/environment.js";
+import { EnvironmentLogLineSchema, EnvironmentSchema, PortMappingSchema } from "../environment/environment.js";
 import { ApiTokenSchema } from "../auth/api-token.js";
 import { TelemetryBucketSchema } from "../telemetry/telemetry-bucket.js";
 import { AuditEventSchema } from "../audit/audit-event.js";
@@ -22,6 +22,7 @@ export const entities = [
   ApiTokenSchema,
   TelemetryBucketSchema,
   AuditEventSchema,
+  EnvironmentLogLineSchema,
 ];
 
 // Any fixed number works: it only has to be the same for every replica.

@@ -17,14 +17,27 @@ import { durationFromMs, type Timestamp } from "@bufbuild/protobuf/wkt";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { StreamHeartbeatsResponseSchema, WatchHostsResponseSchema } from "../../gen/remotegpu/v1/host_pb.js";
 import { WatchEventType } from "../../gen/remotegpu/v1/common_pb.js";
-import type { AgentHello as AgentHelloMessage } from "../../gen/remotegpu/v1/agent_pb.js";
+import {
+  WorkloadState as WorkloadStateMessage,
+  type AgentCommandSchema,
+  type AgentHello as AgentHelloMessage,
+  type EnvironmentLogReport,
+  type EnvironmentStatusReport,
+} from "../../gen/remotegpu/v1/agent_pb.js";
+import { LogStream, PortProtocol } from "../../gen/remotegpu/v1/environment_pb.js";
+import type { LogStreamName } from "../environment/environment.js";
+import type { LogLineRecord } from "../environment/environment-logs.js";
+import type { WorkloadReport } from "../environment/environment-reconciler.js";
+import type { AgentCommand } from "../host/agent-sessions.js";
+import type { WorkloadState } from "../runtime/runtime.js";
+import { checkId } from "../ids.js";
 import { assertMaySpeakForHost } from "../auth/authenticator.js";
 import { InvalidArgumentError } from "../errors.js";
 import type { AgentHello, AgentSessions } from "../host/agent-sessions.js";
 import type { Clock } from "../platform/clock.js";
 import type { Logger } from "../platform/logger.js";
 import type { HostPatch, HostRegistry } from "../host/host-registry.js";
-import { Violations, parseLabelSelector, required, toSafeNumber } from "../validation.js";
+import { Violations, checkString, parseLabelSelector, required, toSafeNumber } from "../validation.js";
 import { auditNote, callerOf } from "./context.js";
 import {
   capacityFromMessage,
@@ -38,6 +51,61 @@ import {
 } from "./convert.js";
 
 type Impl = Partial<ServiceImpl<typeof HostService>>;
+
+/** Where an agent's reports about its workloads go (the environment reconciler and log store). */
+export interface WorkloadReports {
+  connected(hostId: string, runningEnvironmentIds: string[]): Promise<void>;
+  status(hostId: string, report: WorkloadReport): Promise<void>;
+  logs(hostId: string, environmentId: string, lines: LogLineRecord[]): Promise<void>;
+}
+
+const IGNORED_REPORTS: WorkloadReports = { connected: async () => undefined, status: async () => undefined, logs: async () => undefined };
+
+const WORKLOAD_STATES: Record<number, WorkloadState> = {
+  [WorkloadStateMessage.STARTING]: "STARTING",
+  [WorkloadStateMessage.RUNNING]: "RUNNING",
+  [WorkloadStateMessage.STOPPED]: "STOPPED",
+  [WorkloadStateMessage.FAILED]: "FAILED",
+  [WorkloadStateMessage.REMOVED]: "REMOVED",
+};
+
+const STREAMS: Record<number, LogStreamName> = { [LogStream.STDOUT]: "STDOUT", [LogStream.STDERR]: "STDERR", [LogStream.SYSTEM]: "SYSTEM" };
+
+/** A server-side command as the agent protocol spells it. */
+function commandToMessage(c: AgentCommand): MessageInitShape<typeof AgentCommandSchema> {
+  switch (c.kind) {
+    case "drain":
+      return { commandId: c.id, command: { case: "drain", value: {} } };
+    case "stop":
+      return { commandId: c.id, command: { case: "stopEnvironment", value: { environmentId: c.environmentId } } };
+    case "remove":
+      return { commandId: c.id, command: { case: "removeEnvironment", value: { environmentId: c.environmentId } } };
+    case "run": {
+      const s = c.spec;
+      return {
+        commandId: c.id,
+        command: {
+          case: "runEnvironment",
+          value: {
+            environmentId: s.environmentId,
+            workspaceId: s.workspaceId,
+            image: s.image,
+            command: s.command,
+            args: s.args,
+            env: s.env,
+            gpuUuids: s.gpuUuids,
+            gpuIndices: s.gpuIndices,
+            ports: s.ports.map((p) => ({ name: p.name, containerPort: p.containerPort, hostPort: p.hostPort, protocol: p.protocol === "HTTP" ? PortProtocol.HTTP : PortProtocol.TCP })),
+            cpuMillicores: BigInt(s.cpuMillicores),
+            memoryBytes: BigInt(s.memoryBytes),
+            sshPublicKeys: s.sshPublicKeys,
+            generation: BigInt(s.generation),
+          },
+        },
+      };
+    }
+  }
+}
 
 const HELLO_TIMEOUT_MS = 30_000;
 
@@ -55,7 +123,29 @@ export class HostHandler implements Impl {
     private readonly clock: Clock,
     private readonly heartbeatIntervalMs: number,
     private readonly logger: Logger,
+    private readonly workloads: WorkloadReports = IGNORED_REPORTS,
   ) {}
+
+  private async reportStatus(hostId: string, r: EnvironmentStatusReport): Promise<void> {
+    const state = WORKLOAD_STATES[r.state];
+    if (!state) throw InvalidArgumentError.field("environment_status.state", `unknown value ${r.state}`);
+    const v = new Violations();
+    checkString(v, "environment_status.message", r.message.slice(0, 4096), { max: 4096 });
+    const id = checkId("environment_status.environment_id", r.environmentId);
+    const generation = toSafeNumber(v, "environment_status.generation", r.generation);
+    v.throwIfAny();
+    const message = r.exitCode === undefined || r.message.includes(String(r.exitCode)) ? r.message : `${r.message} (exit code ${r.exitCode})`;
+    await this.workloads.status(hostId, { environmentId: id, generation, state, message });
+  }
+
+  private async reportLogs(hostId: string, r: EnvironmentLogReport): Promise<void> {
+    const id = checkId("environment_logs.environment_id", r.environmentId);
+    if (r.lines.length > 10_000) throw InvalidArgumentError.field("environment_logs.lines", "at most 10000 per report");
+    const v = new Violations();
+    const lines = r.lines.map((l) => ({ time: l.time ? dateFromMessage(v, "environment_logs.lines.time", l.time) : this.clock.now(), stream: STREAMS[l.stream] ?? "STDOUT", text: l.text }));
+    v.throwIfAny();
+    await this.workloads.logs(hostId, id, lines);
+  }
 
   async createHost(req: CreateHostRequest, ctx: HandlerContext) {
     const v = new Violations();
@@ -192,6 +282,7 @@ export class HostHandler implements Impl {
     assertMaySpeakForHost(caller, hello.hostId);
     const v = new Violations();
     const session = await this.agents.open(helloFromMessage(v, hello));
+    await this.workloads.connected(session.hostId, hello.runningEnvironmentIds.slice(0, 1000));
     const ended = new Promise<never>((_, reject) => {
       session.ended.addEventListener("abort", () => reject(session.ended.reason as Error), { once: true });
     });
@@ -214,7 +305,7 @@ export class HostHandler implements Impl {
         const got = await Promise.race([nextIn, nextCommand, ended]);
         if (got.from === "server") {
           nextCommand = commands.next().then((r) => ({ from: "server" as const, r }));
-          if (!got.r.done) yield { message: { case: "command", value: { commandId: got.r.value.id, command: { case: "drain", value: {} } } } };
+          if (!got.r.done) yield { message: { case: "command", value: commandToMessage(got.r.value) } };
           continue;
         }
         nextIn = observed(incoming.next().then((r) => ({ from: "agent" as const, r })));
@@ -226,7 +317,15 @@ export class HostHandler implements Impl {
           this.logger.info({ hostId: session.hostId, command: m.value.commandId, ok: m.value.ok, message: m.value.message }, "agent command result");
           continue;
         }
-        if (m.case !== "heartbeat") continue; // environment reports arrive with the agent runtime
+        if (m.case === "environmentStatus") {
+          await this.reportStatus(session.hostId, m.value);
+          continue;
+        }
+        if (m.case === "environmentLogs") {
+          await this.reportLogs(session.hostId, m.value);
+          continue;
+        }
+        if (m.case !== "heartbeat") continue;
         if (m.value.gpus.length > 64) throw InvalidArgumentError.field("heartbeat.gpus", "at most 64 samples");
         const time = this.sampleTime(m.value.sampleTime);
         const gpus = m.value.gpus.map((g) => ({ gpuUuid: g.gpuUuid, index: g.index, time, metrics: gpuMetricsFromMessage(g.metrics) }));

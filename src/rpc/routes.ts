@@ -7,18 +7,19 @@ import type { GpuHandler } from "./gpu-handler.js";
 import { registerHealth, type HealthStatus } from "./health.js";
 import type { HostHandler } from "./host-handler.js";
 import type { WorkspaceHandler } from "./workspace-handler.js";
+import type { EnvironmentHandler } from "./environment-handler.js";
 import { registerReflection } from "./reflection.js";
 
 /** Names of the application services, as health and reflection report them. */
 export const SERVICE_NAMES = [HostService, GpuService, WorkspaceService, EnvironmentService].map((s) => s.typeName);
 
 /** Every service on one router. Methods a handler lacks answer UNIMPLEMENTED. */
-export function routes(handlers: { hosts: HostHandler; gpus: GpuHandler; workspaces: WorkspaceHandler }, health: HealthStatus) {
+export function routes(handlers: { hosts: HostHandler; gpus: GpuHandler; workspaces: WorkspaceHandler; environments: EnvironmentHandler }, health: HealthStatus) {
   return (router: ConnectRouter) => {
     router.service(HostService, handlers.hosts);
     router.service(GpuService, handlers.gpus);
     router.service(WorkspaceService, handlers.workspaces);
-    router.service(EnvironmentService, {});
+    router.service(EnvironmentService, handlers.environments);
     registerHealth(router, health);
     registerReflection(router, [file_remotegpu_v1_host, file_remotegpu_v1_gpu, file_remotegpu_v1_workspace, file_remotegpu_v1_environment]);
   };

@@ -109,9 +109,11 @@ export class QuotaLedger {
    * until it commits: the caller records what it takes (an environment, its GPUs) in the same
    * transaction, so concurrent reservations see each other and can never overrun the quota together.
    */
-  async reserve(em: EntityManager, workspaceId: string, demand: Demand): Promise<void> {
+  async reserve(em: EntityManager, workspaceId: string, demand: Demand): Promise<{ quota: ResourceQuota; usage: Usage }> {
     const quota = await this.find(em, workspaceId, true);
-    admit(quota, await this.measure(em, quota.workspace.id), demand);
+    const usage = await this.measure(em, quota.workspace.id);
+    admit(quota, usage, demand);
+    return { quota, usage };
   }
 
   private async find(em: EntityManager, workspaceId: string, lock = false): Promise<ResourceQuota> {

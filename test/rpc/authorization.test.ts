@@ -39,7 +39,9 @@ interface Fixtures {
   host: string; // the host whose agent token is the "host agent" kind; no GPUs, so its hellos change nothing
   gpuHost: string; // an ONLINE host holding the GPUs below
   gpu: string;
+  env: string; // an environment of workspace A
   fresh: {
+    env(): Promise<string>;
     workspace(): Promise<string>;
     host(): Promise<string>;
     gpu(): Promise<string>;
@@ -132,23 +134,23 @@ const workspaceRules: Record<string, Rule> = {
   ListAuditEvents: { need: "ws-admin", scope: ws, req: (fx) => ({ workspaceId: fx.a }) },
 };
 
-// No environment can exist before CreateEnvironment lands, so the by-id rows name an unknown id; once it
-// lands, these rows need a real environment of workspace A (and allowed: OK).
+// Environments of workspace A: a shared one for reads, fresh ones for changes. No agent runs them, so
+// they stay PENDING/CREATING: calls that need RUNNING or STOPPED pass the policy, then meet FAILED_PRECONDITION.
 const obj = "object" as const;
-const byId = { id: NO_SUCH_ENV };
+const FP = Code.FailedPrecondition;
 const envRules: Record<string, Rule> = {
-  CreateEnvironment: { need: "member", scope: ws, allowed: NOT_YET, req: (fx) => ({ workspaceId: fx.a, name: `env-${fx.n()}`, image: "ubuntu:24.04" }) },
-  GetEnvironment: { need: "viewer", scope: obj, allowed: NOT_YET, req: () => byId },
-  ListEnvironments: { need: "viewer", scope: ws, allowed: NOT_YET, req: (fx) => ({ workspaceId: fx.a }) },
-  StartEnvironment: { need: "member", scope: obj, allowed: NOT_YET, req: () => byId },
-  StopEnvironment: { need: "member", scope: obj, allowed: NOT_YET, req: () => byId },
-  RestartEnvironment: { need: "member", scope: obj, allowed: NOT_YET, req: () => byId },
-  DeleteEnvironment: { need: "member", scope: obj, allowed: NOT_YET, req: () => byId },
-  AddPortMapping: { need: "member", scope: obj, allowed: NOT_YET, req: () => ({ environmentId: NO_SUCH_ENV, port: { name: "web", containerPort: 8080 } }) },
-  RemovePortMapping: { need: "member", scope: obj, allowed: NOT_YET, req: () => ({ environmentId: NO_SUCH_ENV, portMappingId: NO_SUCH_ENV }) },
-  ListPortMappings: { need: "viewer", scope: obj, allowed: NOT_YET, req: () => ({ environmentId: NO_SUCH_ENV }) },
-  StreamLogs: { need: "viewer", scope: obj, allowed: NOT_YET, req: () => ({ environmentId: NO_SUCH_ENV, tailLines: 10 }) },
-  WatchEnvironments: { need: "viewer", scope: ws, allowed: NOT_YET, req: (fx) => ({ workspaceId: fx.a }) },
+  CreateEnvironment: { need: "member", scope: ws, req: (fx) => ({ workspaceId: fx.a, name: `env-${fx.n()}`, image: "ubuntu:24.04" }) },
+  GetEnvironment: { need: "viewer", scope: obj, req: (fx) => ({ id: fx.env }) },
+  ListEnvironments: { need: "viewer", scope: ws, req: (fx) => ({ workspaceId: fx.a }) },
+  StartEnvironment: { need: "member", scope: obj, allowed: FP, req: (fx) => ({ id: fx.env }) },
+  StopEnvironment: { need: "member", scope: obj, req: async (fx) => ({ id: await fx.fresh.env() }) },
+  RestartEnvironment: { need: "member", scope: obj, allowed: FP, req: (fx) => ({ id: fx.env }) },
+  DeleteEnvironment: { need: "member", scope: obj, req: async (fx) => ({ id: await fx.fresh.env() }) },
+  AddPortMapping: { need: "member", scope: obj, allowed: FP, req: (fx) => ({ environmentId: fx.env, port: { name: "web", containerPort: 8080 } }) },
+  RemovePortMapping: { need: "member", scope: obj, allowed: FP, req: (fx) => ({ environmentId: fx.env, portMappingId: NO_SUCH_ENV }) },
+  ListPortMappings: { need: "viewer", scope: obj, req: (fx) => ({ environmentId: fx.env }) },
+  StreamLogs: { need: "viewer", scope: obj, req: (fx) => ({ environmentId: fx.env, tailLines: 10 }) },
+  WatchEnvironments: { need: "viewer", scope: ws, req: (fx) => ({ workspaceId: fx.a }) },
 };
 
 const TABLE: [DescService, Record<string, Rule>][] = [
@@ -220,6 +222,8 @@ describe("authorization policy", () => {
       return (await gpus.createGpu({ hostId: gpuHost.host!.id, index: i, uuid: `GPU-authz-fx-${i}`, model: "NVIDIA L4", memoryBytes: 24n * GiB })).gpu!.id;
     };
     const a = (await workspaces.createWorkspace({ name: "authz-a" })).workspace!.id;
+    const environments = server.client(EnvironmentService);
+    const newEnv = async () => (await environments.createEnvironment({ workspaceId: a, name: `authz-env-${fx.n()}`, image: "ubuntu:24.04" })).environment!.id;
     const b = (await workspaces.createWorkspace({ name: "authz-b" })).workspace!.id;
     const newToken = async (workspaceId: string, role: ApiTokenRole, ttlSeconds?: bigint) =>
       workspaces.createApiToken({ workspaceId, name: `authz-${fx.n()}`, role, ttl: ttlSeconds === undefined ? undefined : { seconds: ttlSeconds } });
@@ -236,8 +240,10 @@ describe("authorization policy", () => {
         gpu: newGpu,
         allocatedGpu: async () => (await gpus.allocateGpu({ gpuId: await newGpu(), holder: "authz" })).gpu!.id,
         token: async () => (await newToken(a, ApiTokenRole.VIEWER)).apiToken!.id,
+        env: newEnv,
       },
     });
+    fx.env = await newEnv();
 
     Object.assign(tokens, {
       "cluster admin": ADMIN_TOKEN,

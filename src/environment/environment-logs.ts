@@ -1,0 +1,62 @@
+import type { MikroORM } from "@mikro-orm/postgresql";
+import { Feed } from "../platform/feed.js";
+import type { LogStreamName } from "./environment.js";
+
+export interface LogLineRecord {
+  /** Position in the environment's log once stored (ordered). */
+  id?: string;
+  time: Date;
+  stream: LogStreamName;
+  text: string;
+}
+
+export interface LogBatch {
+  environmentId: string;
+  lines: LogLineRecord[];
+}
+
+const MAX_LINE = 8192;
+/** Newest lines kept per environment; older ones are trimmed as new ones arrive. */
+export const KEPT_LINES = 10_000;
+
+/**
+ * Environments' output, as their runtimes report it: stored in PostgreSQL (so StreamLogs can tail
+ * what came before it connected, on any replica) and fanned out live to followers.
+ */
+export class EnvironmentLogs {
+  readonly appended = new Feed<LogBatch>();
+
+  constructor(private readonly orm: MikroORM) {}
+
+  /** Stores lines a host reported; lines about an environment the host does not run are dropped. */
+  async append(hostId: string, environmentId: string, lines: LogLineRecord[]): Promise<boolean> {
+    if (lines.length === 0) return true;
+    const knex = this.orm.em.getConnection().getKnex();
+    const clean = lines.slice(-KEPT_LINES).map((l) => ({ ...l, text: l.text.replace(/\0/g, "").slice(0, MAX_LINE) }));
+    const stored = await knex.transaction(async (trx) => {
+      const owned = await trx("environments").where({ id: environmentId, host_id: hostId }).first("id");
+      if (!owned) return false;
+      const ids: { id: string }[] = await trx("environment_logs")
+        .insert(clean.map((l) => ({ environment_id: environmentId, time: l.time, stream: l.stream, text: l.text })))
+        .returning("id");
+      ids.forEach((row, i) => (clean[i]!.id = String(row.id)));
+      await trx.raw(
+        `delete from environment_logs where environment_id = ? and id < (
+           select id from environment_logs where environment_id = ? order by id desc offset ? limit 1)`,
+        [environmentId, environmentId, KEPT_LINES - 1],
+      );
+      return true;
+    });
+    if (stored) this.appended.publish({ environmentId, lines: clean });
+    return stored;
+  }
+
+  /** The last `count` lines (at or after `since`), oldest first. */
+  async tail(environmentId: string, count: number, since?: Date): Promise<LogLineRecord[]> {
+    const knex = this.orm.em.getConnection().getKnex();
+    const query = knex("environment_logs").where({ environment_id: environmentId }).orderBy("id", "desc").limit(count).select("id", "time", "stream", "text");
+    if (since) query.andWhere("time", ">=", since);
+    const rows: LogLineRecord[] = await query;
+    return rows.reverse().map((r) => ({ id: String(r.id), time: new Date(r.time), stream: r.stream, text: r.text }));
+  }
+}

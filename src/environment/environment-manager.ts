@@ -1,0 +1,412 @@
+import { LockMode, type FilterQuery } from "@mikro-orm/core";
+import type { EntityManager, MikroORM } from "@mikro-orm/postgresql";
+import type { AuditNote } from "../audit/audit-trail.js";
+import { AlreadyExistsError, FailedPreconditionError, NotFoundError } from "../errors.js";
+import { Host } from "../host/host.js";
+import { Gpu } from "../gpu/gpu.js";
+import { checkId } from "../ids.js";
+import { decodePageToken, encodePageToken, pageSize, type Page } from "../pagination.js";
+import type { Clock } from "../platform/clock.js";
+import { Feed } from "../platform/feed.js";
+import { onUniqueViolation } from "../platform/unique-violation.js";
+import { Violations, checkString } from "../validation.js";
+import type { QuotaLedger } from "../workspace/quota-ledger.js";
+import { Environment, PortMapping, type EnvironmentStatus, type PortSpec } from "./environment.js";
+import { allocateHostPorts, placeEnvironment, type PortRange } from "./placement.js";
+
+export interface EnvironmentInput {
+  workspaceId: string;
+  name: string;
+  image: string;
+  command: string[];
+  args: string[];
+  env: Record<string, string>;
+  gpuCount: number;
+  gpuModel: string;
+  cpuMillicores: number;
+  memoryBytes: number;
+  storageBytes: number;
+  ports: PortSpec[];
+  sshPublicKeys: string[];
+  idleTimeoutMinutes: number;
+  requestId: string;
+}
+
+/** An environment with what it holds. */
+export interface EnvironmentView {
+  environment: Environment;
+  gpuIds: string[];
+  portMappings: PortMapping[];
+}
+
+export interface EnvironmentFilter {
+  workspaceId?: string;
+  status?: EnvironmentStatus;
+  hostId?: string;
+}
+
+export interface EnvironmentChange {
+  type: "ADDED" | "MODIFIED" | "DELETED";
+  view: EnvironmentView;
+}
+
+/** Who is asking: a workspace token sees only its workspace's environments; undefined sees all. */
+export type Visibility = string | undefined;
+
+const NAME = /^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$/;
+const PORT_NAME = /^[a-z]([a-z0-9-]{0,13}[a-z0-9])?$/;
+const ENV_KEY = /^[A-Za-z_][A-Za-z0-9_]*$/;
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+const SSH_KEY = /^(ssh-|ecdsa-|sk-)[a-z0-9@.-]+ [A-Za-z0-9+/=]+( .*)?$/;
+const MAX_TRANSITIONS = 50;
+
+/** Statuses in which an environment holds GPUs and ports. */
+export const HOLDING: EnvironmentStatus[] = ["PENDING", "CREATING", "STARTING", "RUNNING", "STOPPING", "DELETING"];
+
+/**
+ * Environments: the API's side of their lifecycle. Requests change the desired state (and the
+ * status it leads to) in one transaction; the EnvironmentReconciler then makes the runtime follow.
+ */
+export class EnvironmentManager {
+  /** Every committed change, for WatchEnvironments and StreamLogs. */
+  readonly changes = new Feed<EnvironmentChange>();
+
+  constructor(
+    private readonly orm: MikroORM,
+    private readonly clock: Clock,
+    private readonly quotas: QuotaLedger,
+    private readonly portRange: PortRange,
+    /** Told after a change that the reconciler should act on. */
+    private readonly kick: () => void = () => undefined,
+  ) {}
+
+  /**
+   * Reserves quota, places the environment on a host with its GPUs and ports, and records it PENDING,
+   * all in one transaction. A retry with the same request id returns the first one.
+   */
+  async create(input: EnvironmentInput, note: AuditNote): Promise<EnvironmentView> {
+    checkInput(input);
+    if (input.requestId) {
+      const earlier = await this.byRequestId(input.workspaceId, input.requestId);
+      if (earlier) return earlier;
+    }
+    try {
+      const view = await this.orm.em.fork().transactional(async (em) => {
+        const { quota } = await this.quotas.reserve(em, input.workspaceId, { environments: 1, cpuMillicores: input.cpuMillicores, memoryBytes: input.memoryBytes, storageBytes: input.storageBytes });
+        const placement = await placeEnvironment(em, { gpuCount: input.gpuCount, gpuModel: input.gpuModel, allowedModels: quota.allowedGpuModels });
+        await this.quotas.reserve(em, input.workspaceId, { gpusPerModel: countModels(placement.gpus) });
+        const now = this.clock.now();
+        const { workspaceId, requestId, ...fields } = input;
+        const environment = em.create(Environment, {
+          ...fields,
+          workspace: workspaceId,
+          requestId: requestId || null,
+          host: placement.hostId,
+          generation: 1,
+          createdAt: now,
+          updatedAt: now,
+        });
+        transition(environment, "PENDING", "scheduled", now);
+        await this.hold(em, environment, placement.hostId, placement.gpus.map((g) => g.id));
+        note(em, { workspaceId, targetId: environment.id });
+        return this.view(em, environment);
+      });
+      this.publish("ADDED", view);
+      return view;
+    } catch (err) {
+      const mapped = await onUniqueViolation(
+        () => Promise.reject(err),
+        (c) => (c === "environments_workspace_name_unique" ? new AlreadyExistsError("environment", `named "${input.name}" in this workspace`) : undefined),
+      ).catch((e: unknown) => e);
+      // Two retries of one request raced: the loser returns the winner's environment.
+      if (input.requestId && mapped === err) {
+        const earlier = await this.byRequestId(input.workspaceId, input.requestId);
+        if (earlier) return earlier;
+      }
+      throw mapped;
+    }
+  }
+
+  async get(id: string, visibility: Visibility): Promise<EnvironmentView> {
+    const em = this.orm.em.fork();
+    return this.view(em, await this.find(em, id, visibility));
+  }
+
+  /** Newest first. */
+  async list(filter: EnvironmentFilter, size: number, token: string): Promise<Page<EnvironmentView>> {
+    const limit = pageSize(size);
+    const after = decodePageToken(token, filter, ["int", "uuid"]);
+    const where: FilterQuery<Environment>[] = [];
+    if (filter.workspaceId) where.push({ workspace: checkId("workspace_id", filter.workspaceId) });
+    if (filter.status) where.push({ status: filter.status });
+    if (filter.hostId) where.push({ host: checkId("host_id", filter.hostId) });
+    const matching = [...where];
+    if (after) {
+      const createdAt = new Date(after[0] as number);
+      where.push({ $or: [{ createdAt: { $lt: createdAt } }, { createdAt, id: { $lt: after[1] as string } }] });
+    }
+    const em = this.orm.em.fork();
+    const [rows, totalSize] = await Promise.all([
+      em.find(Environment, { $and: where }, { orderBy: [{ createdAt: "desc" }, { id: "desc" }], limit: limit + 1 }),
+      em.count(Environment, { $and: matching }),
+    ]);
+    const items = rows.slice(0, limit);
+    const last = items[items.length - 1];
+    const nextPageToken = rows.length > limit && last ? encodePageToken([last.createdAt.getTime(), last.id], filter) : "";
+    return { items: await this.views(em, items), nextPageToken, totalSize };
+  }
+
+  /** Schedules a STOPPED or FAILED environment again, on the host that keeps its volume. */
+  async start(id: string, visibility: Visibility, note: AuditNote): Promise<EnvironmentView> {
+    return this.change(id, visibility, note, async (em, env) => {
+      if (env.status !== "STOPPED" && env.status !== "FAILED") throw new FailedPreconditionError(`environment "${env.name}" is ${env.status}; only a STOPPED or FAILED one can be started`);
+      const { quota } = await this.quotas.reserve(em, env.workspace.id, { cpuMillicores: env.cpuMillicores, memoryBytes: env.memoryBytes });
+      // The volume lives on the host it last ran on; a host that is gone frees the environment to move.
+      const placement = await placeEnvironment(em, {
+        gpuCount: env.gpuCount,
+        gpuModel: env.gpuModel,
+        allowedModels: quota.allowedGpuModels,
+        onlyHost: env.host?.id,
+      });
+      await this.quotas.reserve(em, env.workspace.id, { gpusPerModel: countModels(placement.gpus) });
+      env.host = em.getReference(Host, placement.hostId);
+      env.desiredState = "RUNNING";
+      env.generation++;
+      resetWorkload(env);
+      transition(env, "STARTING", "starting", this.clock.now());
+      await this.hold(em, env, placement.hostId, placement.gpus.map((g) => g.id));
+    });
+  }
+
+  /** Stops the workload and releases GPUs and ports; the volume stays. */
+  async stop(id: string, visibility: Visibility, note: AuditNote): Promise<EnvironmentView> {
+    return this.change(id, visibility, note, async (_em, env) => {
+      if (!["PENDING", "CREATING", "STARTING", "RUNNING"].includes(env.status)) {
+        throw new FailedPreconditionError(`environment "${env.name}" is ${env.status}; only a running or starting one can be stopped`);
+      }
+      env.desiredState = "STOPPED";
+      resetWorkload(env);
+      transition(env, "STOPPING", "stopping", this.clock.now());
+    });
+  }
+
+  /** Runs the workload anew on the GPUs and ports it holds. */
+  async restart(id: string, visibility: Visibility, note: AuditNote): Promise<EnvironmentView> {
+    return this.change(id, visibility, note, async (_em, env) => {
+      if (env.status !== "RUNNING") throw new FailedPreconditionError(`environment "${env.name}" is ${env.status}; only a RUNNING one can be restarted`);
+      env.generation++;
+      resetWorkload(env);
+      transition(env, "STARTING", "restarting", this.clock.now());
+    });
+  }
+
+  /** Removes the workload and its volume, releases everything, and frees the name once done. */
+  async delete(id: string, visibility: Visibility, note: AuditNote): Promise<EnvironmentView> {
+    return this.change(id, visibility, note, async (_em, env) => {
+      if (env.status === "DELETING") throw new FailedPreconditionError(`environment "${env.name}" is already being deleted`);
+      env.desiredState = "DELETED";
+      resetWorkload(env);
+      transition(env, "DELETING", "deleting", this.clock.now());
+    });
+  }
+
+  /**
+   * Deletes every environment of a workspace through the normal path and waits until they are gone
+   * (DeleteWorkspace with force). FAILED_PRECONDITION if some are still going after `waitMs`.
+   */
+  async deleteAll(workspaceId: string, waitMs: number): Promise<void> {
+    const em = this.orm.em.fork();
+    for (const env of await em.find(Environment, { workspace: workspaceId, status: { $ne: "DELETING" } }, { fields: ["id"] })) {
+      await this.delete(env.id, undefined, () => undefined).catch((err: unknown) => {
+        if (!(err instanceof NotFoundError || err instanceof FailedPreconditionError)) throw err;
+      });
+    }
+    const deadline = Date.now() + waitMs;
+    for (;;) {
+      const left = await em.fork().count(Environment, { workspace: workspaceId });
+      if (left === 0) return;
+      if (Date.now() > deadline) throw new FailedPreconditionError(`${left} environment(s) of the workspace are still being deleted; try again later`);
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+  }
+
+  /** Maps one more port of a running environment; it is kept for later starts too. */
+  async addPort(environmentId: string, spec: PortSpec, hostPort: number | undefined, visibility: Visibility, note: AuditNote): Promise<PortMapping> {
+    const v = new Violations();
+    checkPorts(v, "port", [spec]);
+    if (hostPort !== undefined) v.check(hostPort >= this.portRange.first && hostPort <= this.portRange.last, "host_port", `must be in ${this.portRange.first}-${this.portRange.last}`);
+    v.throwIfAny();
+    let mapping: PortMapping | undefined;
+    await this.change(environmentId, visibility, note, async (em, env) => {
+      if (env.status !== "RUNNING" || !env.host) throw new FailedPreconditionError(`environment "${env.name}" is ${env.status}; ports can be added to a RUNNING one`);
+      const clash = env.ports.find((p) => p.name === spec.name || p.containerPort === spec.containerPort);
+      if (clash) throw new AlreadyExistsError("port", `"${clash.name}" (container port ${clash.containerPort}) on this environment`);
+      const [port] = await allocateHostPorts(em, env.host.id, this.portRange, 1, [hostPort]);
+      env.ports = [...env.ports, spec];
+      mapping = await this.mapPort(em, env, spec, port!);
+      // The workload learns of the port by running again with the same resources.
+      env.generation++;
+      resetWorkload(env);
+      transition(env, "STARTING", `mapping port ${spec.name}`, this.clock.now());
+    });
+    return mapping!;
+  }
+
+  async removePort(environmentId: string, mappingId: string, visibility: Visibility, note: AuditNote): Promise<void> {
+    await this.change(environmentId, visibility, note, async (em, env) => {
+      if (env.status !== "RUNNING") throw new FailedPreconditionError(`environment "${env.name}" is ${env.status}; ports can be removed from a RUNNING one`);
+      const mapping = await em.findOne(PortMapping, { id: checkId("port_mapping_id", mappingId), environment: env });
+      if (!mapping) throw new NotFoundError("port mapping", mappingId);
+      env.ports = env.ports.filter((p) => p.name !== mapping.name);
+      await em.nativeDelete(PortMapping, { id: mapping.id });
+      env.generation++;
+      resetWorkload(env);
+      transition(env, "STARTING", `unmapping port ${mapping.name}`, this.clock.now());
+    });
+  }
+
+  async listPorts(environmentId: string, visibility: Visibility): Promise<PortMapping[]> {
+    return (await this.get(environmentId, visibility)).portMappings;
+  }
+
+  /** Re-reads environments changed elsewhere (the reconciler) and tells watchers. */
+  async announce(ids: string[]): Promise<void> {
+    if (ids.length === 0) return;
+    const em = this.orm.em.fork();
+    for (const view of await this.views(em, await em.find(Environment, { id: { $in: ids } }))) this.publish("MODIFIED", view);
+  }
+
+  publish(type: EnvironmentChange["type"], view: EnvironmentView): void {
+    this.changes.publish({ type, view });
+  }
+
+  async view(em: EntityManager, env: Environment): Promise<EnvironmentView> {
+    return (await this.views(em, [env]))[0]!;
+  }
+
+  private async views(em: EntityManager, envs: Environment[]): Promise<EnvironmentView[]> {
+    if (envs.length === 0) return [];
+    const ids = envs.map((e) => e.id);
+    const [gpus, ports] = await Promise.all([
+      em.find(Gpu, { environment: { $in: ids } }, { fields: ["id", "environment", "index"], orderBy: { index: "asc" } }),
+      em.find(PortMapping, { environment: { $in: ids } }, { orderBy: { name: "asc" } }),
+    ]);
+    return envs.map((environment) => ({
+      environment,
+      gpuIds: gpus.filter((g) => g.environment?.id === environment.id).map((g) => g.id),
+      portMappings: ports.filter((p) => p.environment.id === environment.id),
+    }));
+  }
+
+  /** Marks the placed GPUs as the environment's and maps its ports. */
+  private async hold(em: EntityManager, env: Environment, hostId: string, gpuIds: string[]): Promise<void> {
+    const now = this.clock.now();
+    await em.flush(); // the environment row first: the GPU rows below point at it
+    if (gpuIds.length > 0) {
+      await em.nativeUpdate(Gpu, { id: { $in: gpuIds } }, { status: "ALLOCATED", holder: `environment:${env.id}`, environment: env.id, allocatedAt: now, updatedAt: now });
+    }
+    const ports = await allocateHostPorts(em, hostId, this.portRange, env.ports.length);
+    for (const [i, spec] of env.ports.entries()) await this.mapPort(em, env, spec, ports[i]!);
+  }
+
+  private async mapPort(em: EntityManager, env: Environment, spec: PortSpec, hostPort: number): Promise<PortMapping> {
+    const host = await em.findOneOrFail(Host, env.host!.id);
+    const url = spec.protocol === "HTTP" ? `http://${host.address.replace(/:\d+$/, "")}:${hostPort}/` : "";
+    return em.create(PortMapping, { ...spec, environment: env, host, hostPort, url, createdAt: this.clock.now() });
+  }
+
+  private async change(id: string, visibility: Visibility, note: AuditNote, mutate: (em: EntityManager, env: Environment) => Promise<void>): Promise<EnvironmentView> {
+    const view = await this.orm.em.fork().transactional(async (em) => {
+      const env = await this.find(em, id, visibility, LockMode.PESSIMISTIC_WRITE);
+      await mutate(em, env);
+      env.updatedAt = this.clock.now();
+      note(em, { workspaceId: env.workspace.id, targetId: env.id });
+      return this.view(em, env);
+    });
+    this.publish("MODIFIED", view);
+    this.kick();
+    return view;
+  }
+
+  private async find(em: EntityManager, id: string, visibility: Visibility, lockMode?: LockMode): Promise<Environment> {
+    const env = await em.findOne(Environment, checkId("id", id), { populate: ["host"], ...(lockMode ? { lockMode } : {}) });
+    // Another workspace's environment does not exist for this caller.
+    if (!env || (visibility !== undefined && env.workspace.id !== visibility)) throw new NotFoundError("environment", id);
+    return env;
+  }
+
+  private async byRequestId(workspaceId: string, requestId: string): Promise<EnvironmentView | undefined> {
+    const em = this.orm.em.fork();
+    const env = await em.findOne(Environment, { workspace: workspaceId, requestId });
+    return env ? this.view(em, env) : undefined;
+  }
+}
+
+/** Records a status change with its time; the newest transitions are kept. */
+export function transition(env: Environment, status: EnvironmentStatus, message: string, now: Date): void {
+  env.status = status;
+  env.statusMessage = message;
+  env.updatedAt = now;
+  env.transitions = [...env.transitions, { status, time: now.toISOString(), message }].slice(-MAX_TRANSITIONS);
+}
+
+/** Forgets what the runtime said before this decision, so only reports that follow it count. */
+function resetWorkload(env: Environment): void {
+  env.workloadState = "";
+  env.workloadMessage = "";
+  env.actedAt = null;
+  env.attempts = 0;
+}
+
+function countModels(gpus: { model: string }[]): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const g of gpus) out[g.model] = (out[g.model] ?? 0) + 1;
+  return out;
+}
+
+function checkPorts(v: Violations, field: string, ports: PortSpec[]): void {
+  v.check(ports.length <= 32, field, "at most 32 ports");
+  const names = new Set<string>();
+  const numbers = new Set<number>();
+  ports.forEach((p, i) => {
+    const f = ports.length === 1 && field === "port" ? field : `${field}[${i}]`;
+    checkString(v, `${f}.name`, p.name, { required: true, max: 15, pattern: PORT_NAME, patternHint: "lowercase letters, digits and '-', starting with a letter" });
+    v.check(Number.isInteger(p.containerPort) && p.containerPort >= 1 && p.containerPort <= 65535, `${f}.container_port`, "must be 1 to 65535");
+    v.check(!names.has(p.name), `${f}.name`, "appears twice");
+    v.check(!numbers.has(p.containerPort), `${f}.container_port`, "appears twice");
+    names.add(p.name);
+    numbers.add(p.containerPort);
+  });
+}
+
+function checkInput(input: EnvironmentInput): void {
+  checkId("workspace_id", input.workspaceId);
+  const v = new Violations();
+  checkString(v, "name", input.name, { required: true, max: 63, pattern: NAME, patternHint: "lowercase letters, digits and '-', starting with a letter" });
+  checkString(v, "image", input.image, { required: true, max: 512, pattern: /^\S+$/, patternHint: "an image reference without spaces" });
+  for (const [field, list] of [["command", input.command], ["args", input.args]] as const) {
+    v.check(list.length <= 256, field, "at most 256 entries");
+    list.forEach((s, i) => checkString(v, `${field}[${i}]`, s.replace(/[\t\n]/g, " "), { max: 8192 }));
+  }
+  const vars = Object.entries(input.env);
+  v.check(vars.length <= 256, "env", "at most 256 variables");
+  for (const [key, value] of vars) {
+    v.check(ENV_KEY.test(key) && key.length <= 256, `env.${key.slice(0, 64)}`, "names are letters, digits and '_', not starting with a digit");
+    checkString(v, `env.${key.slice(0, 64)}`, value.replace(/[\t\n]/g, " "), { max: 32768 });
+  }
+  v.check(Number.isInteger(input.gpuCount) && input.gpuCount >= 0 && input.gpuCount <= 64, "gpu_count", "must be 0 to 64");
+  checkString(v, "gpu_model", input.gpuModel, { max: 128 });
+  if (input.gpuCount === 0) v.check(input.gpuModel === "", "gpu_model", "only with gpu_count above 0");
+  for (const field of ["cpuMillicores", "memoryBytes", "storageBytes"] as const) v.check(input[field] >= 0, snake(field), "must be 0 or more");
+  checkPorts(v, "ports", input.ports);
+  v.check(input.sshPublicKeys.length <= 32, "ssh_public_keys", "at most 32 keys");
+  input.sshPublicKeys.forEach((k, i) => checkString(v, `ssh_public_keys[${i}]`, k, { max: 16384, pattern: SSH_KEY, patternHint: "an OpenSSH public key line" }));
+  v.check(Number.isInteger(input.idleTimeoutMinutes) && input.idleTimeoutMinutes >= 0 && input.idleTimeoutMinutes <= 7 * 24 * 60, "idle_timeout_minutes", "must be 0 (never) to 10080");
+  if (input.requestId) v.check(REQUEST_ID.test(input.requestId), "request_id", "1 to 128 letters, digits, '.', '_', ':' or '-'");
+  v.throwIfAny();
+}
+
+function snake(s: string): string {
+  return s.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
+}
+

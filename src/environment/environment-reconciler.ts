@@ -1,0 +1,279 @@
+import { LockMode } from "@mikro-orm/core";
+import type { EntityManager, MikroORM } from "@mikro-orm/postgresql";
+import { Gpu } from "../gpu/gpu.js";
+import type { Host, HostRuntime } from "../host/host.js";
+import type { Clock } from "../platform/clock.js";
+import type { Logger } from "../platform/logger.js";
+import type { Runtime, WorkloadSpec, WorkloadState } from "../runtime/runtime.js";
+import { Environment, PortMapping } from "./environment.js";
+import { HOLDING, transition, type EnvironmentManager } from "./environment-manager.js";
+
+export interface ReconcilerOptions {
+  /** How long CREATING/STARTING may last before the environment is FAILED. */
+  startTimeoutMs: number;
+  /** How long a host may be OFFLINE before its environments are FAILED and their GPUs released. */
+  lostHostTimeoutMs: number;
+  /** First retry delay of a runtime call; doubles per attempt. @default 2000 */
+  retryBaseMs?: number;
+  /** @default 60000 */
+  retryMaxMs?: number;
+}
+
+export interface WorkloadReport {
+  environmentId: string;
+  generation: number;
+  state: WorkloadState;
+  message: string;
+}
+
+/** What one step decided for one environment. */
+interface Decision {
+  status?: [Environment["status"], string];
+  /** Only the status message changes (no transition): e.g. "host offline since ...". */
+  note?: string;
+  /** Give GPUs and ports back. */
+  release?: boolean;
+  /** The environment is gone: delete its row (after release). */
+  forget?: boolean;
+  /** Ask the runtime; `cleanup` calls are best effort and not retried. */
+  act?: "run" | "stop" | "remove";
+  cleanup?: boolean;
+}
+
+const OFFLINE_NOTE = "host offline since";
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+/**
+ * Drives every environment from its observed status toward its desired state, level-triggered: each
+ * pass looks at what is, not at what happened, so a pass after a crash converges like any other.
+ * Runtime calls happen after the decision committed, never inside a transaction; a call whose
+ * outcome does not arrive is repeated with backoff. Failures release GPUs and ports and record
+ * FAILED with the reason. Only the replica holding the leader lock runs passes.
+ */
+export class EnvironmentReconciler {
+  private running?: Promise<void>;
+  private again = false;
+  private readonly retryBaseMs: number;
+  private readonly retryMaxMs: number;
+
+  constructor(
+    private readonly orm: MikroORM,
+    private readonly clock: Clock,
+    private readonly runtimes: Partial<Record<HostRuntime, Runtime>>,
+    private readonly environments: EnvironmentManager,
+    private readonly logger: Logger,
+    private readonly options: ReconcilerOptions,
+    /** Whether this replica may reconcile now (the leader lock). */
+    private readonly isLeader: () => Promise<boolean> = async () => true,
+  ) {
+    this.retryBaseMs = options.retryBaseMs ?? 2000;
+    this.retryMaxMs = options.retryMaxMs ?? 60_000;
+  }
+
+  /** Runs a pass soon; passes never overlap, and a kick during one runs another after it. */
+  kick(): void {
+    if (this.running) {
+      this.again = true;
+      return;
+    }
+    this.running = (async () => {
+      do {
+        this.again = false;
+        await this.reconcile().catch((err: unknown) => this.logger.error({ err }, "reconcile pass failed"));
+      } while (this.again);
+    })().finally(() => (this.running = undefined));
+  }
+
+  /** Waits for the pass in progress, if any. */
+  async idle(): Promise<void> {
+    while (this.running) await this.running;
+  }
+
+  /** One pass over every environment that holds or is acquiring resources. */
+  async reconcile(): Promise<void> {
+    if (!(await this.isLeader())) return;
+    const em = this.orm.em.fork();
+    const envs = await em.find(Environment, { status: { $in: HOLDING } }, { populate: ["host"] });
+    for (const env of envs) {
+      if (this.decide(env, env.host, this.clock.now()) === undefined) continue;
+      await this.step(env.id).catch((err: unknown) => this.logger.error({ err, environmentId: env.id }, "reconciling an environment failed"));
+    }
+  }
+
+  /** Records what a runtime reports about a workload; reports of older generations are ignored. */
+  async observe(hostId: string, report: WorkloadReport): Promise<void> {
+    const updated = await this.orm.em.fork().nativeUpdate(
+      Environment,
+      { id: report.environmentId, host: hostId, workloadGeneration: { $lte: report.generation } },
+      { workloadState: report.state, workloadMessage: report.message.slice(0, 4096), workloadGeneration: report.generation },
+    );
+    if (updated > 0) this.kick();
+  }
+
+  /**
+   * A host's agent (re)connected, running `runningIds`: what it runs and should not is stopped or
+   * removed; what it should run and does not is asked for again at once.
+   */
+  async agentConnected(hostId: string, runningIds: string[]): Promise<void> {
+    const runtime = this.runtimes.AGENT;
+    if (!runtime) return;
+    runningIds = runningIds.filter((id) => UUID.test(id));
+    const em = this.orm.em.fork();
+    const envs = await em.find(Environment, { host: hostId, status: { $in: HOLDING } });
+    const wanted = new Set(envs.filter((e) => ["CREATING", "STARTING", "RUNNING"].includes(e.status)).map((e) => e.id));
+    const known = new Set(envs.map((e) => e.id));
+    for (const id of runningIds) {
+      if (wanted.has(id)) continue;
+      // Unknown ones were deleted while the host was away; the others were stopped or failed.
+      const call = known.has(id) || (await em.count(Environment, { id })) > 0 ? runtime.stop(id, hostId) : runtime.remove(id, hostId);
+      await call.catch((err: unknown) => this.logger.warn({ err, environmentId: id }, "could not stop a workload the host should not run"));
+    }
+    // What it should run and does not (the agent or its host restarted) is asked for again at once.
+    const lost = envs.filter((e) => wanted.has(e.id) && !runningIds.includes(e.id));
+    if (lost.length === 0) return;
+    const now = this.clock.now();
+    for (const env of lost) {
+      if (env.status === "RUNNING") transition(env, "STARTING", "its host's agent no longer runs it; starting it again", now);
+      Object.assign(env, { workloadState: "", actedAt: null, attempts: 0 });
+    }
+    await em.flush();
+    const views = await Promise.all(lost.map((env) => this.environments.view(em, env)));
+    for (const view of views) this.environments.publish("MODIFIED", view);
+    this.kick();
+  }
+
+  /** Decides and applies one step for one environment, under its row lock; acts after commit. */
+  private async step(id: string): Promise<void> {
+    let act: { decision: Decision; spec?: WorkloadSpec; env: Environment } | undefined;
+    const published = await this.orm.em.fork().transactional(async (em) => {
+      const env = await em.findOne(Environment, id, { lockMode: LockMode.PESSIMISTIC_WRITE, populate: ["host"] });
+      if (!env) return undefined;
+      const now = this.clock.now();
+      const decision = this.decide(env, env.host, now);
+      if (!decision) return undefined;
+      if (decision.status) transition(env, decision.status[0], decision.status[1], now);
+      if (decision.note !== undefined) env.statusMessage = decision.note;
+      if (decision.act && !decision.cleanup) {
+        env.actedAt = now;
+        env.attempts++;
+      }
+      const spec = decision.act === "run" ? await this.spec(em, env) : undefined;
+      if (decision.release) await release(em, env.id);
+      if (decision.forget) transition(env, "DELETED", "deleted", now);
+      const view = await this.environments.view(em, env);
+      // The row goes, and with it the name; port mappings and log lines go by cascade.
+      if (decision.forget) em.remove(env);
+      act = { decision, spec, env };
+      return decision.status || decision.note !== undefined ? { view, forget: decision.forget } : undefined;
+    });
+    if (published) this.environments.publish(published.forget ? "DELETED" : "MODIFIED", published.view);
+    if (act?.decision.act) await this.act(act.decision, act.env, act.spec);
+  }
+
+  private async act(decision: Decision, env: Environment, spec: WorkloadSpec | undefined): Promise<void> {
+    const host = env.host;
+    const runtime = host && this.runtimes[host.runtime];
+    if (!host || !runtime) return;
+    try {
+      if (decision.act === "run") await runtime.run(spec!);
+      else if (decision.act === "stop") await runtime.stop(env.id, host.id);
+      else await runtime.remove(env.id, host.id);
+    } catch (err) {
+      // Not delivered: the next pass after the backoff tries again (cleanups are left to the agent's next hello).
+      this.logger.warn({ environmentId: env.id, action: decision.act, error: err instanceof Error ? err.message : String(err) }, "runtime call not delivered");
+    }
+  }
+
+  /** The next step for an environment, or undefined when there is nothing to do now. */
+  private decide(env: Environment, host: Host | null, now: Date): Decision | undefined {
+    const current = env.workloadGeneration === env.generation;
+    const report = env.workloadState;
+    const offlineMs = host?.status === "OFFLINE" ? now.getTime() - (host.lastHeartbeatAt ?? host.updatedAt).getTime() : 0;
+    const lost = offlineMs > this.options.lostHostTimeoutMs;
+    const due = !env.actedAt || now.getTime() - env.actedAt.getTime() >= Math.min(this.retryMaxMs, this.retryBaseMs * 2 ** Math.max(0, env.attempts - 1));
+    const runtime = host && this.runtimes[host.runtime];
+    const fail = (reason: string): Decision => ({ status: ["FAILED", reason], release: true, act: "stop", cleanup: true });
+    const offlineNote = (): Decision | undefined => {
+      const text = `${OFFLINE_NOTE} ${(host!.lastHeartbeatAt ?? host!.updatedAt).toISOString()}; failing it after ${Math.round(this.options.lostHostTimeoutMs / 1000)} s offline`;
+      return env.statusMessage === text ? undefined : { note: text };
+    };
+
+    switch (env.status) {
+      case "PENDING":
+      case "CREATING":
+      case "STARTING": {
+        if (current && report === "RUNNING") return { status: ["RUNNING", "running"] };
+        if (current && (report === "FAILED" || report === "STOPPED" || report === "REMOVED")) return fail(`the workload did not start: ${env.workloadMessage || report.toLowerCase()}`);
+        if (!host) return fail("its host was deleted");
+        if (!runtime) return fail(`no ${host.runtime.toLowerCase()} runtime is configured for host "${host.name}"`);
+        if (lost) return fail(`host "${host.name}" was offline for more than ${Math.round(this.options.lostHostTimeoutMs / 1000)} s`);
+        const since = new Date(env.transitions.at(-1)?.time ?? env.updatedAt).getTime();
+        if (now.getTime() - since > this.options.startTimeoutMs) {
+          return fail(`did not start within ${Math.round(this.options.startTimeoutMs / 1000)} s${env.workloadMessage ? `: ${env.workloadMessage}` : ""}`);
+        }
+        if (offlineMs > 0) return offlineNote();
+        if (!due) return undefined;
+        return env.status === "PENDING" ? { status: ["CREATING", "creating"], act: "run" } : { act: "run" };
+      }
+      case "RUNNING": {
+        if (current && (report === "FAILED" || report === "STOPPED" || report === "REMOVED")) return fail(`the workload ended: ${env.workloadMessage || report.toLowerCase()}`);
+        if (!host) return fail("its host was deleted");
+        if (lost) return fail(`host "${host.name}" was offline for more than ${Math.round(this.options.lostHostTimeoutMs / 1000)} s`);
+        if (offlineMs > 0) return offlineNote();
+        return env.statusMessage.startsWith(OFFLINE_NOTE) ? { note: "running" } : undefined;
+      }
+      case "STOPPING": {
+        if (report === "STOPPED" || report === "REMOVED" || report === "FAILED" || !host || !runtime) return { status: ["STOPPED", "stopped"], release: true };
+        // The agent stops it when it returns (its hello lists it, and it should not run).
+        if (lost) return { status: ["STOPPED", `stopped while host "${host.name}" was offline`], release: true };
+        if (offlineMs > 0) return offlineNote();
+        return due ? { act: "stop" } : undefined;
+      }
+      case "DELETING": {
+        if (report === "REMOVED" || !host || !runtime || lost) return { release: true, forget: true };
+        if (offlineMs > 0) return offlineNote();
+        return due ? { act: "remove" } : undefined;
+      }
+      default:
+        return undefined;
+    }
+  }
+
+  private async spec(em: EntityManager, env: Environment): Promise<WorkloadSpec> {
+    const [gpus, ports] = await Promise.all([
+      em.find(Gpu, { environment: env.id }, { orderBy: { index: "asc" } }),
+      em.find(PortMapping, { environment: env.id }, { orderBy: { name: "asc" } }),
+    ]);
+    return {
+      environmentId: env.id,
+      workspaceId: env.workspace.id,
+      hostId: env.host!.id,
+      nodeName: env.host!.kubernetesNodeName,
+      image: env.image,
+      command: env.command,
+      args: env.args,
+      env: env.env,
+      gpuUuids: gpus.map((g) => g.uuid),
+      gpuIndices: gpus.map((g) => g.index),
+      ports: ports.map((p) => ({ name: p.name, containerPort: p.containerPort, hostPort: p.hostPort, protocol: p.protocol })),
+      cpuMillicores: env.cpuMillicores,
+      memoryBytes: env.memoryBytes,
+      storageBytes: env.storageBytes,
+      sshPublicKeys: env.sshPublicKeys,
+      generation: env.generation,
+    };
+  }
+}
+
+/** Gives an environment's GPUs and host ports back. */
+export async function release(em: EntityManager, environmentId: string): Promise<void> {
+  await em.getConnection().execute(
+    `update gpus set holder = null, environment_id = null, allocated_at = null, updated_at = now(),
+            status = case when status = 'ALLOCATED' then 'AVAILABLE' else status end
+      where environment_id = ?`,
+    [environmentId],
+    "run",
+    em.getTransactionContext(),
+  );
+  await em.nativeDelete(PortMapping, { environment: environmentId });
+}

@@ -1,0 +1,123 @@
+import type { EntityManager } from "@mikro-orm/postgresql";
+import { ResourceExhaustedError } from "../errors.js";
+
+export interface PlacementRequest {
+  gpuCount: number;
+  /** Exact model, or "" for any. */
+  gpuModel: string;
+  /** Models the workspace may use; empty for any. */
+  allowedModels: string[];
+  /** Only this host (a stopped environment's volume lives there). */
+  onlyHost?: string;
+}
+
+export interface PlacedGpu {
+  id: string;
+  uuid: string;
+  index: number;
+  model: string;
+}
+
+export interface Placement {
+  hostId: string;
+  gpus: PlacedGpu[];
+}
+
+/** A host port range, inclusive. */
+export interface PortRange {
+  first: number;
+  last: number;
+}
+
+type Row = Record<string, unknown>;
+
+async function query<T extends Row>(em: EntityManager, sql: string, params: unknown[]): Promise<T[]> {
+  return em.getConnection().execute<T[]>(sql, params, "all", em.getTransactionContext());
+}
+
+/**
+ * Chooses a host and GPUs for an environment inside the caller's transaction. Best fit: among online,
+ * schedulable hosts with enough free healthy GPUs of the model, the one with the fewest free, so big
+ * requests still find whole hosts later. GPUs are locked FOR UPDATE SKIP LOCKED, so concurrent
+ * placements take different GPUs instead of waiting; the host is share-locked and re-read, so a
+ * concurrent cordon or drain either waits for this placement or is seen by it.
+ */
+export async function placeEnvironment(em: EntityManager, req: PlacementRequest): Promise<Placement> {
+  const modelFilter = req.gpuModel ? [req.gpuModel] : req.allowedModels;
+  const modelSql = modelFilter.length > 0 ? `and g.model in (${modelFilter.map(() => "?").join(", ")})` : "";
+  const free = `g.status = 'AVAILABLE' and g.holder is null ${modelSql}`;
+  const hostSql = req.onlyHost ? "and h.id = ?" : "";
+  const candidates = await query<{ id: string; free: number }>(
+    em,
+    `select h.id, (count(g.id) filter (where ${free}))::int as free
+       from hosts h left join gpus g on g.host_id = h.id
+      where h.status = 'ONLINE' and h.schedulable ${hostSql}
+      group by h.id
+     having (count(g.id) filter (where ${free})) >= ?
+      order by free asc, h.id
+      limit 16`,
+    [...modelFilter, ...(req.onlyHost ? [req.onlyHost] : []), ...modelFilter, req.gpuCount],
+  );
+  for (const candidate of candidates) {
+    const gpus =
+      req.gpuCount === 0
+        ? []
+        : await query<PlacedGpu & Row>(
+            em,
+            `select g.id, g.uuid, g.index, g.model from gpus g
+              where g.host_id = ? and ${free}
+              order by g.index limit ? for update skip locked`,
+            [candidate.id, ...modelFilter, req.gpuCount],
+          );
+    if (gpus.length < req.gpuCount) continue; // taken by a concurrent placement meanwhile
+    const [host] = await query<{ status: string; schedulable: boolean }>(em, "select status, schedulable from hosts where id = ? for share", [candidate.id]);
+    if (host?.status !== "ONLINE" || !host.schedulable) continue;
+    return { hostId: candidate.id, gpus: gpus.map((g) => ({ id: g.id, uuid: g.uuid, index: g.index, model: g.model })) };
+  }
+  throw await noRoom(em, req, modelFilter, modelSql);
+}
+
+/** RESOURCE_EXHAUSTED with what there is, so the caller can tell how far off the request is. */
+async function noRoom(em: EntityManager, req: PlacementRequest, modelFilter: string[], modelSql: string): Promise<ResourceExhaustedError> {
+  const hostSql = req.onlyHost ? "and h.id = ?" : "";
+  const [counts] = await query<{ total: number; best: number }>(
+    em,
+    `select coalesce(sum(n), 0)::int as total, coalesce(max(n), 0)::int as best from (
+       select count(*) as n from gpus g join hosts h on h.id = g.host_id
+        where h.status = 'ONLINE' and h.schedulable and g.status = 'AVAILABLE' and g.holder is null ${modelSql} ${hostSql}
+        group by h.id) per_host`,
+    [...modelFilter, ...(req.onlyHost ? [req.onlyHost] : [])],
+  );
+  const model = req.gpuModel ? `of model "${req.gpuModel}"` : modelFilter.length > 0 ? `of an allowed model (${modelFilter.join(", ")})` : "";
+  const where = req.onlyHost ? `on host ${req.onlyHost}, where the environment's volume is` : "on any online, schedulable host";
+  if (req.gpuCount === 0) return new ResourceExhaustedError(`no online, schedulable host ${req.onlyHost ? `(host ${req.onlyHost} is not)` : "to place it on"}`);
+  return new ResourceExhaustedError(
+    `no host with ${req.gpuCount} free healthy GPU(s) ${model} ${where}: the most free on one host is ${counts?.best ?? 0}, ${counts?.total ?? 0} free in all`.replace(/ +/g, " "),
+  );
+}
+
+/**
+ * Picks `count` free host ports from `range` on a host (and `wanted` ones where asked). A
+ * transaction-scoped advisory lock per host serialises port choice there; the unique index on
+ * (host, port) stays the last word.
+ */
+export async function allocateHostPorts(em: EntityManager, hostId: string, range: PortRange, count: number, wanted: (number | undefined)[] = []): Promise<number[]> {
+  await query(em, "select pg_advisory_xact_lock(hashtextextended(?, 7315))", [`host-ports:${hostId}`]);
+  const used = new Set((await query<{ host_port: number }>(em, "select host_port from port_mappings where host_id = ?", [hostId])).map((r) => r.host_port));
+  const ports: number[] = [];
+  for (let i = 0; i < count; i++) {
+    const asked = wanted[i];
+    if (asked !== undefined) {
+      if (used.has(asked)) throw new ResourceExhaustedError(`host port ${asked} is already mapped on host ${hostId}`);
+      used.add(asked);
+      ports.push(asked);
+      continue;
+    }
+    let port = range.first;
+    while (port <= range.last && used.has(port)) port++;
+    if (port > range.last) throw new ResourceExhaustedError(`no free host port in ${range.first}-${range.last} on host ${hostId}`);
+    used.add(port);
+    ports.push(port);
+  }
+  return ports;
+}

@@ -1,0 +1,154 @@
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import { WatchEventType } from "../../gen/remotegpu/v1/common_pb.js";
+import type {
+  AddPortMappingRequest,
+  CreateEnvironmentRequest,
+  DeleteEnvironmentRequest,
+  EnvironmentService,
+  GetEnvironmentRequest,
+  ListEnvironmentsRequest,
+  ListPortMappingsRequest,
+  RemovePortMappingRequest,
+  RestartEnvironmentRequest,
+  StartEnvironmentRequest,
+  StopEnvironmentRequest,
+  StreamLogsRequest,
+  StreamLogsResponseSchema,
+  WatchEnvironmentsRequest,
+  WatchEnvironmentsResponseSchema,
+} from "../../gen/remotegpu/v1/environment_pb.js";
+import { assertInWorkspace, confinedTo } from "../auth/workspace-access.js";
+import type { EnvironmentLogs } from "../environment/environment-logs.js";
+import type { EnvironmentManager, EnvironmentView } from "../environment/environment-manager.js";
+import { InvalidArgumentError } from "../errors.js";
+import { checkId } from "../ids.js";
+import { Violations } from "../validation.js";
+import { auditNote, callerOf } from "./context.js";
+import { dateFromMessage } from "./convert.js";
+import { environmentInputFromMessage, environmentStatus, environmentToMessage, logLineToMessage, portFromMessage, portMappingToMessage } from "./environment-convert.js";
+
+type Impl = Partial<ServiceImpl<typeof EnvironmentService>>;
+
+/** Events held for a slow watcher before its watch is ended (it can watch again). */
+const WATCH_BUFFER = 1000;
+const DEFAULT_TAIL = 100;
+const MAX_TAIL = 10_000;
+const ENDED = new Set(["STOPPED", "FAILED", "DELETED"]);
+const EVENT_TYPES = { ADDED: WatchEventType.ADDED, MODIFIED: WatchEventType.MODIFIED, DELETED: WatchEventType.DELETED } as const;
+
+/** EnvironmentService over Connect/gRPC. Environments of another workspace are NOT_FOUND for a workspace token. */
+export class EnvironmentHandler implements Impl {
+  constructor(
+    private readonly environments: EnvironmentManager,
+    private readonly logs: EnvironmentLogs,
+  ) {}
+
+  async createEnvironment(req: CreateEnvironmentRequest, ctx: HandlerContext) {
+    assertInWorkspace(callerOf(ctx), req.workspaceId);
+    return { environment: environmentToMessage(await this.environments.create(environmentInputFromMessage(req), auditNote(ctx))) };
+  }
+
+  async getEnvironment(req: GetEnvironmentRequest, ctx: HandlerContext) {
+    return { environment: environmentToMessage(await this.environments.get(req.id, confinedTo(callerOf(ctx)))) };
+  }
+
+  async listEnvironments(req: ListEnvironmentsRequest, ctx: HandlerContext) {
+    const caller = callerOf(ctx);
+    if (req.workspaceId) assertInWorkspace(caller, req.workspaceId);
+    const v = new Violations();
+    const status = environmentStatus.toDomain(req.status, "status", v);
+    v.throwIfAny();
+    const filter = { workspaceId: confinedTo(caller) ?? (req.workspaceId || undefined), status, hostId: req.hostId || undefined };
+    const page = await this.environments.list(filter, req.pageSize, req.pageToken);
+    return { environments: page.items.map(environmentToMessage), nextPageToken: page.nextPageToken, totalSize: page.totalSize };
+  }
+
+  async startEnvironment(req: StartEnvironmentRequest, ctx: HandlerContext) {
+    return { environment: environmentToMessage(await this.environments.start(req.id, confinedTo(callerOf(ctx)), auditNote(ctx))) };
+  }
+
+  async stopEnvironment(req: StopEnvironmentRequest, ctx: HandlerContext) {
+    return { environment: environmentToMessage(await this.environments.stop(req.id, confinedTo(callerOf(ctx)), auditNote(ctx))) };
+  }
+
+  async restartEnvironment(req: RestartEnvironmentRequest, ctx: HandlerContext) {
+    return { environment: environmentToMessage(await this.environments.restart(req.id, confinedTo(callerOf(ctx)), auditNote(ctx))) };
+  }
+
+  async deleteEnvironment(req: DeleteEnvironmentRequest, ctx: HandlerContext) {
+    return { environment: environmentToMessage(await this.environments.delete(req.id, confinedTo(callerOf(ctx)), auditNote(ctx))) };
+  }
+
+  async addPortMapping(req: AddPortMappingRequest, ctx: HandlerContext) {
+    if (!req.port) throw InvalidArgumentError.field("port", "required");
+    const v = new Violations();
+    const spec = portFromMessage(v, "port", req.port);
+    v.throwIfAny();
+    const mapping = await this.environments.addPort(req.environmentId, spec, req.hostPort || undefined, confinedTo(callerOf(ctx)), auditNote(ctx));
+    return { portMapping: portMappingToMessage(mapping) };
+  }
+
+  async removePortMapping(req: RemovePortMappingRequest, ctx: HandlerContext) {
+    await this.environments.removePort(req.environmentId, req.portMappingId, confinedTo(callerOf(ctx)), auditNote(ctx));
+    return {};
+  }
+
+  async listPortMappings(req: ListPortMappingsRequest, ctx: HandlerContext) {
+    return { portMappings: (await this.environments.listPorts(req.environmentId, confinedTo(callerOf(ctx)))).map(portMappingToMessage) };
+  }
+
+  /** The latest lines, then (with follow) new ones until the caller cancels or the environment ends. */
+  async *streamLogs(req: StreamLogsRequest, ctx: HandlerContext): AsyncIterable<MessageInitShape<typeof StreamLogsResponseSchema>> {
+    const v = new Violations();
+    v.check(req.tailLines >= 0 && req.tailLines <= MAX_TAIL, "tail_lines", `must be 0 (default ${DEFAULT_TAIL}) to ${MAX_TAIL}`);
+    const since = req.sinceTime && dateFromMessage(v, "since_time", req.sinceTime);
+    v.throwIfAny();
+    const id = checkId("environment_id", req.environmentId);
+    const stop = new AbortController();
+    ctx.signal.addEventListener("abort", () => stop.abort(), { once: true });
+    // Subscribed before reading the tail, so no line falls between; lines the tail already had are skipped.
+    const live = req.follow ? this.logs.appended.subscribe({ accept: (b) => b.environmentId === id, capacity: 1000, overflow: "drop-oldest" }, stop.signal) : undefined;
+    const ends = req.follow ? this.environments.changes.subscribe({ accept: (c) => c.view.environment.id === id, capacity: 100, overflow: "drop-oldest" }, stop.signal) : undefined;
+    try {
+      const env = await this.environments.get(id, confinedTo(callerOf(ctx)));
+      const tail = await this.logs.tail(id, req.tailLines || DEFAULT_TAIL, since);
+      if (tail.length > 0) yield { lines: tail.map(logLineToMessage) };
+      if (!live || !ends || ENDED.has(env.environment.status)) return;
+      let last = BigInt(tail.at(-1)?.id ?? "0");
+      void (async () => {
+        for await (const { item } of ends) if (ENDED.has(item.view.environment.status)) break;
+        stop.abort();
+      })().catch(() => stop.abort());
+      for await (const { item } of live) {
+        const fresh = item.lines.filter((l) => !l.id || BigInt(l.id) > last);
+        if (fresh.length === 0) continue;
+        last = BigInt(fresh.at(-1)!.id ?? last);
+        yield { lines: fresh.map(logLineToMessage) };
+      }
+    } finally {
+      stop.abort();
+    }
+  }
+
+  /** The current state first (INITIAL events), then every change, until the caller cancels. */
+  async *watchEnvironments(req: WatchEnvironmentsRequest, ctx: HandlerContext): AsyncIterable<MessageInitShape<typeof WatchEnvironmentsResponseSchema>> {
+    const caller = callerOf(ctx);
+    if (req.workspaceId) assertInWorkspace(caller, req.workspaceId);
+    const workspaceId = confinedTo(caller) ?? (req.workspaceId ? checkId("workspace_id", req.workspaceId) : undefined);
+    const environmentId = req.environmentId ? checkId("environment_id", req.environmentId) : undefined;
+    const accept = (view: EnvironmentView) => (!workspaceId || view.environment.workspace.id === workspaceId) && (!environmentId || view.environment.id === environmentId);
+    const changes = this.environments.changes.subscribe({ accept: (c) => accept(c.view), capacity: WATCH_BUFFER, overflow: "fail" }, ctx.signal);
+    if (environmentId) {
+      yield { type: WatchEventType.INITIAL, environment: environmentToMessage(await this.environments.get(environmentId, workspaceId)) };
+    } else {
+      let token = "";
+      do {
+        const page = await this.environments.list({ workspaceId }, 1000, token);
+        for (const view of page.items) yield { type: WatchEventType.INITIAL, environment: environmentToMessage(view) };
+        token = page.nextPageToken;
+      } while (token);
+    }
+    for await (const { item } of changes) yield { type: EVENT_TYPES[item.type], environment: environmentToMessage(item.view) };
+  }
+}

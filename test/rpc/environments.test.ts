@@ -1,0 +1,251 @@
+import { strict as assert } from "node:assert";
+import { Code } from "@connectrpc/connect";
+import { WatchEventType } from "../../gen/remotegpu/v1/common_pb.js";
+import { EnvironmentService, EnvironmentStatus, PortProtocol } from "../../gen/remotegpu/v1/environment_pb.js";
+import { GpuService } from "../../gen/remotegpu/v1/gpu_pb.js";
+import { HostService } from "../../gen/remotegpu/v1/host_pb.js";
+import { ApiTokenRole, WorkspaceService } from "../../gen/remotegpu/v1/workspace_pb.js";
+import { ManualClock } from "../../src/platform/clock.js";
+import { expectCode } from "../support/expect.js";
+import { startTestServer, type TestServer } from "../support/server.js";
+import { WorkloadAgent } from "../support/workload-agent.js";
+
+const H100 = "NVIDIA H100 80GB HBM3";
+
+describe("EnvironmentService with the agent runtime", () => {
+  let server: TestServer;
+  let clock: ManualClock;
+  let envs: ReturnType<typeof server.client<typeof EnvironmentService>>;
+  let workspaces: ReturnType<typeof server.client<typeof WorkspaceService>>;
+  let gpus: ReturnType<typeof server.client<typeof GpuService>>;
+  let agent: WorkloadAgent;
+  let hostId: string;
+  let hostAgentToken: string;
+  let ws: string;
+
+  /** Runs background rounds until `check` holds (the reconciler acts on kicks and rounds). */
+  async function until<T>(what: string, check: () => Promise<T | undefined | false>): Promise<T> {
+    const deadline = Date.now() + 10_000;
+    for (;;) {
+      const got = await check();
+      if (got) return got;
+      if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
+      await server.app.maintain();
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
+  const status = (id: string, wanted: EnvironmentStatus) =>
+    until(`environment ${id} to be ${EnvironmentStatus[wanted]}`, async () => {
+      const e = (await envs.getEnvironment({ id })).environment!;
+      return e.status === wanted && e;
+    });
+
+  async function newHost(name: string, gpuCount: number, model = H100) {
+    const res = await server.client(HostService).createHost({ name, address: "10.1.0.7" });
+    const id = res.host!.id;
+    const a = new WorkloadAgent(server, res.agentToken, id, Array.from({ length: gpuCount }, (_, i) => ({ index: i, uuid: `GPU-${name}-${i}`, model })));
+    await a.welcome;
+    return { id, agent: a, token: res.agentToken };
+  }
+
+  before(async () => {
+    clock = new ManualClock(new Date("2026-11-30T12:00:00Z"));
+    server = await startTestServer({ clock, env: { HOST_PORT_RANGE: "31000-31099", HOST_GRACE_SECONDS: "40", ENVIRONMENT_LOST_HOST_SECONDS: "300" } });
+    envs = server.client(EnvironmentService);
+    workspaces = server.client(WorkspaceService);
+    gpus = server.client(GpuService);
+    ({ id: hostId, agent, token: hostAgentToken } = await newHost("env-host", 4));
+    ws = (await workspaces.createWorkspace({ name: "env-team" })).workspace!.id;
+  });
+  after(async () => {
+    await agent.close();
+    await server.close();
+  });
+
+  it("creates an environment: GPUs and ports held at once, RUNNING when the agent says so", async () => {
+    const created = (
+      await envs.createEnvironment({
+        workspaceId: ws,
+        name: "notebook",
+        image: "python:3.12",
+        command: ["python3", "-m", "http.server", "8888"],
+        env: { MODE: "dev" },
+        gpuCount: 2,
+        gpuModel: H100,
+        ports: [{ name: "http", containerPort: 8888, protocol: PortProtocol.HTTP }, { name: "ssh", containerPort: 22 }],
+      })
+    ).environment!;
+    assert.equal(created.status, EnvironmentStatus.PENDING);
+    assert.equal(created.hostId, hostId);
+    assert.equal(created.gpuIds.length, 2);
+    assert.deepEqual(created.portMappings.map((p) => [p.name, p.hostPort]), [["http", 31000], ["ssh", 31001]]);
+    assert.equal(created.portMappings[0]!.url, "http://10.1.0.7:31000/");
+
+    const running = await status(created.id, EnvironmentStatus.RUNNING);
+    assert.deepEqual(running.transitions.map((t) => EnvironmentStatus[t.status]), ["PENDING", "CREATING", "RUNNING"]);
+    const run = agent.commands.find((c) => c.command.case === "runEnvironment" && c.command.value.environmentId === created.id);
+    assert.ok(run?.command.case === "runEnvironment");
+    assert.deepEqual(run.command.value.gpuUuids, ["GPU-env-host-0", "GPU-env-host-1"]);
+    assert.deepEqual(run.command.value.ports.map((p) => [p.containerPort, p.hostPort]), [[8888, 31000], [22, 31001]]);
+    assert.equal(run.command.value.generation, 1n);
+    for (const id of created.gpuIds) assert.equal((await gpus.getGpu({ id })).gpu?.environmentId, created.id);
+  });
+
+  it("stops (GPUs and ports free, volume kept), starts on the same host, restarts, and deletes", async () => {
+    const env = (await envs.createEnvironment({ workspaceId: ws, name: "cycle", image: "img", command: ["sleep", "1d"], gpuCount: 1, ports: [{ name: "web", containerPort: 80 }] })).environment!;
+    await status(env.id, EnvironmentStatus.RUNNING);
+    await expectCode(envs.startEnvironment({ id: env.id }), Code.FailedPrecondition, "RUNNING");
+
+    assert.equal((await envs.stopEnvironment({ id: env.id })).environment?.status, EnvironmentStatus.STOPPING);
+    const stopped = await status(env.id, EnvironmentStatus.STOPPED);
+    assert.deepEqual(stopped.gpuIds, []);
+    assert.deepEqual(stopped.portMappings, []);
+    assert.ok(agent.commands.some((c) => c.command.case === "stopEnvironment" && c.command.value.environmentId === env.id));
+    await expectCode(envs.addPortMapping({ environmentId: env.id, port: { name: "x", containerPort: 81 } }), Code.FailedPrecondition, "STOPPED");
+
+    const started = (await envs.startEnvironment({ id: env.id })).environment!;
+    assert.equal(started.status, EnvironmentStatus.STARTING);
+    assert.equal(started.hostId, hostId);
+    assert.equal(started.gpuIds.length, 1);
+    await status(env.id, EnvironmentStatus.RUNNING);
+    assert.equal(agent.running.get(env.id), 2n, "the start ran generation 2");
+
+    await envs.restartEnvironment({ id: env.id });
+    await status(env.id, EnvironmentStatus.RUNNING);
+    assert.equal(agent.running.get(env.id), 3n, "the restart ran generation 3");
+
+    await envs.deleteEnvironment({ id: env.id });
+    await until("the environment to be gone", async () => (await envs.getEnvironment({ id: env.id }).catch(() => undefined)) === undefined);
+    assert.ok(!agent.running.has(env.id));
+    // The name is free again, and nothing is held.
+    const again = (await envs.createEnvironment({ workspaceId: ws, name: "cycle", image: "img", command: ["true"] })).environment!;
+    await envs.deleteEnvironment({ id: again.id });
+  });
+
+  it("refuses what cannot be: no room, quota, bad input, duplicates; a retried request id returns the same environment", async () => {
+    const none = await expectCode(envs.createEnvironment({ workspaceId: ws, name: "huge", image: "img", gpuCount: 8 }), Code.ResourceExhausted, "no host with 8 free healthy GPU(s)");
+    assert.match(none.rawMessage, /the most free on one host is \d, \d free in all/);
+    await expectCode(envs.createEnvironment({ workspaceId: ws, name: "a100", image: "img", gpuCount: 1, gpuModel: "NVIDIA A100-SXM4-80GB" }), Code.ResourceExhausted, "A100");
+
+    const capped = (await workspaces.createWorkspace({ name: "capped-team" })).workspace!.id;
+    await workspaces.setResourceQuota({ quota: { workspaceId: capped, maxGpus: 1, maxEnvironments: 5 } });
+    const first = await envs.createEnvironment({ workspaceId: capped, name: "one", image: "img", gpuCount: 1, requestId: "req-1" });
+    const retried = await envs.createEnvironment({ workspaceId: capped, name: "one", image: "img", gpuCount: 1, requestId: "req-1" });
+    assert.equal(retried.environment?.id, first.environment?.id, "same request id, same environment");
+    await expectCode(envs.createEnvironment({ workspaceId: capped, name: "two", image: "img", gpuCount: 1 }), Code.ResourceExhausted, "max_gpus");
+    await expectCode(envs.createEnvironment({ workspaceId: capped, name: "one", image: "img" }), Code.AlreadyExists, "one");
+
+    const bad = await expectCode(
+      envs.createEnvironment({ workspaceId: capped, name: "Bad Name", image: "", gpuCount: -1, env: { "1X": "y" }, ports: [{ name: "p", containerPort: 70000 }], sshPublicKeys: ["not a key"] }),
+      Code.InvalidArgument,
+    );
+    for (const field of ["name", "image", "gpu_count", "env.1X", "ports[0].container_port", "ssh_public_keys[0]"]) assert.ok(bad.rawMessage.includes(field), `${field} in ${bad.rawMessage}`);
+    const usage = (await workspaces.getUsage({ workspaceId: capped })).usage!;
+    assert.equal(usage.environments, 1, "refused requests left nothing behind");
+    assert.equal(usage.gpus, 1);
+  });
+
+  it("records FAILED with the reason and releases GPUs when the workload does not start", async () => {
+    agent.behaviour = "fail";
+    try {
+      const env = (await envs.createEnvironment({ workspaceId: ws, name: "broken", image: "img", command: ["false"], gpuCount: 1 })).environment!;
+      const failed = await status(env.id, EnvironmentStatus.FAILED);
+      assert.match(failed.statusMessage, /did not start: exited with code 3/);
+      assert.deepEqual(failed.gpuIds, []);
+      await envs.deleteEnvironment({ id: env.id });
+    } finally {
+      agent.behaviour = "run";
+    }
+  });
+
+  it("marks environments of an OFFLINE host, and fails them only after the longer timeout", async () => {
+    const { id: lonely, agent: lonelyAgent } = await newHost("flaky-host", 1, "NVIDIA L4");
+    const env = (await envs.createEnvironment({ workspaceId: ws, name: "on-flaky", image: "img", command: ["x"], gpuCount: 1, gpuModel: "NVIDIA L4" })).environment!;
+    assert.equal(env.hostId, lonely);
+    await status(env.id, EnvironmentStatus.RUNNING);
+    await lonelyAgent.close();
+
+    clock.advance(60_000); // past the 40 s grace: the host is OFFLINE (the other one keeps beating)
+    agent.beat();
+    const marked = await until("the offline mark", async () => {
+      const e = (await envs.getEnvironment({ id: env.id })).environment!;
+      return e.statusMessage.startsWith("host offline since") && e;
+    });
+    assert.equal(marked.status, EnvironmentStatus.RUNNING, "a short outage does not destroy the environment");
+    assert.equal(marked.gpuIds.length, 1);
+
+    for (let i = 0; i < 10; i++) {
+      clock.advance(30_000);
+      agent.beat();
+    }
+    const failed = await status(env.id, EnvironmentStatus.FAILED);
+    assert.match(failed.statusMessage, /offline for more than 300 s/);
+    assert.deepEqual(failed.gpuIds, []);
+  });
+
+  it("tails and follows logs until the environment ends", async () => {
+    const env = (await envs.createEnvironment({ workspaceId: ws, name: "chatty", image: "img", command: ["x"] })).environment!;
+    await status(env.id, EnvironmentStatus.RUNNING);
+    agent.log(env.id, "line 1", "line 2", "line 3");
+    await until("stored lines", async () => {
+      const lines: string[] = [];
+      for await (const res of envs.streamLogs({ environmentId: env.id, tailLines: 2 })) lines.push(...res.lines.map((l) => l.text));
+      return lines.join("|") === "line 2|line 3";
+    });
+
+    const followed: string[] = [];
+    const following = (async () => {
+      for await (const res of envs.streamLogs({ environmentId: env.id, tailLines: 1, follow: true })) followed.push(...res.lines.map((l) => l.text));
+    })();
+    await until("the tail", async () => followed.length === 1);
+    agent.log(env.id, "line 4");
+    await until("the followed line", async () => followed.includes("line 4"));
+    await envs.stopEnvironment({ id: env.id });
+    await status(env.id, EnvironmentStatus.STOPPED);
+    await following; // ends by itself with the environment
+    assert.deepEqual(followed, ["line 3", "line 4"]);
+  });
+
+  it("watches: a late watcher gets the current state first, then changes", async () => {
+    const env = (await envs.createEnvironment({ workspaceId: ws, name: "watched", image: "img", command: ["x"] })).environment!;
+    await status(env.id, EnvironmentStatus.RUNNING);
+    const abort = new AbortController();
+    const events: [string, string][] = [];
+    const watching = (async () => {
+      for await (const ev of envs.watchEnvironments({ environmentId: env.id }, { signal: abort.signal })) {
+        events.push([WatchEventType[ev.type], EnvironmentStatus[ev.environment!.status]]);
+      }
+    })().catch(() => undefined);
+    await until("the initial event", async () => events.length > 0);
+    await envs.stopEnvironment({ id: env.id });
+    await until("the stop events", async () => events.some(([, s]) => s === "STOPPED"));
+    abort.abort();
+    await watching;
+    assert.deepEqual(events.slice(0, 3), [["INITIAL", "RUNNING"], ["MODIFIED", "STOPPING"], ["MODIFIED", "STOPPED"]]);
+  });
+
+  it("hides one workspace's environments from another's tokens", async () => {
+    const env = (await envs.createEnvironment({ workspaceId: ws, name: "private", image: "img" })).environment!;
+    const other = (await workspaces.createWorkspace({ name: "other-team" })).workspace!.id;
+    const outsider = server.client(EnvironmentService, { token: (await workspaces.createApiToken({ workspaceId: other, name: "m", role: ApiTokenRole.MEMBER })).secret });
+    await expectCode(outsider.getEnvironment({ id: env.id }), Code.NotFound);
+    await expectCode(outsider.stopEnvironment({ id: env.id }), Code.NotFound);
+    await expectCode(outsider.streamLogs({ environmentId: env.id })[Symbol.asyncIterator]().next(), Code.NotFound);
+    assert.deepEqual((await outsider.listEnvironments({})).environments, []);
+    await expectCode(outsider.listEnvironments({ workspaceId: ws }), Code.PermissionDenied);
+  });
+
+  it("stops what the agent runs but should not, and runs again what it lost, when it reconnects", async () => {
+    const env = (await envs.createEnvironment({ workspaceId: ws, name: "survivor", image: "img", command: ["x"] })).environment!;
+    await status(env.id, EnvironmentStatus.RUNNING);
+    // A new agent session for the host (the old one is fenced) that runs a stray workload and lost `survivor`.
+    const stray = "11111111-2222-4333-8444-555555555555";
+    const reconnected = new WorkloadAgent(server, hostAgentToken, hostId, [0, 1, 2, 3].map((i) => ({ index: i, uuid: `GPU-env-host-${i}` })), [stray]);
+    await reconnected.welcome;
+    await until("the stray workload to be removed", async () => reconnected.commands.some((c) => c.command.case === "removeEnvironment" && c.command.value.environmentId === stray));
+    await until("the lost workload to be run again", async () => reconnected.running.has(env.id));
+    await agent.close();
+    agent = reconnected;
+  });
+});
