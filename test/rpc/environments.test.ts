@@ -241,7 +241,7 @@ describe("EnvironmentService with the agent runtime", () => {
     await status(env.id, EnvironmentStatus.RUNNING);
     // A new agent session for the host (the old one is fenced) that runs a stray workload and lost `survivor`.
     const stray = "11111111-2222-4333-8444-555555555555";
-    const reconnected = new WorkloadAgent(server, hostAgentToken, hostId, [0, 1, 2, 3].map((i) => ({ index: i, uuid: `GPU-env-host-${i}` })), [stray]);
+    const reconnected = new WorkloadAgent(server, hostAgentToken, hostId, [0, 1, 2, 3].map((i) => ({ index: i, uuid: `GPU-env-host-${i}` })), new Map([[stray, 1n]]));
     await reconnected.welcome;
     await until("the stray workload to be removed", async () => reconnected.commands.some((c) => c.command.case === "removeEnvironment" && c.command.value.environmentId === stray));
     await until("the lost workload to be run again", async () => reconnected.running.has(env.id));

@@ -44,6 +44,17 @@ export async function startTestServer(opts: { clock?: Clock; env?: Record<string
     port,
     baseUrl,
     clock,
+    client: clients(baseUrl).client,
+    async close() {
+      await app.close();
+      if (!opts.db) await db.drop();
+    },
+  };
+}
+
+/** Clients of a server at `baseUrl` (this process's test server, or a child process). */
+export function clients(baseUrl: string): Pick<TestServer, "client"> {
+  return {
     client(service, { token = ADMIN_TOKEN, protocol = "connect" } = {}) {
       const interceptors = token === null ? [] : [authorization(token)];
       const transport =
@@ -53,10 +64,6 @@ export async function startTestServer(opts: { clock?: Clock; env?: Record<string
             ? createGrpcWebTransport({ baseUrl, httpVersion: "1.1", interceptors })
             : createConnectTransport({ baseUrl, httpVersion: "2", interceptors });
       return createClient(service, transport);
-    },
-    async close() {
-      await app.close();
-      if (!opts.db) await db.drop();
     },
   };
 }

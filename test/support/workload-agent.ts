@@ -18,7 +18,7 @@ export type RunBehaviour = "run" | "fail" | "ignore";
 export class WorkloadAgent {
   readonly commands: AgentCommand[] = [];
   /** Environment id → generation it runs. */
-  readonly running = new Map<string, bigint>();
+  readonly running: Map<string, bigint>;
   behaviour: RunBehaviour = "run";
   private sequence = 0n;
   private readonly requests = new Channel<StreamHeartbeatsRequest>();
@@ -27,12 +27,15 @@ export class WorkloadAgent {
   readonly welcome = new Promise<void>((resolve) => (this.welcomed = resolve));
 
   constructor(
-    server: TestServer,
+    server: Pick<TestServer, "client">,
     token: string,
     readonly hostId: string,
     gpus: { index: number; uuid: string; model?: string }[],
-    runningIds: string[] = [],
+    /** What it runs already (environment id → generation), as an agent that reconnects. */
+    running: Map<string, bigint> = new Map(),
   ) {
+    this.running = new Map(running);
+    const runningIds = [...running.keys()];
     const responses = server.client(HostService, { token, protocol: "grpc" }).streamHeartbeats(this.requests);
     this.send({
       case: "hello",
