@@ -33,6 +33,8 @@ import { EnvironmentReconciler } from "./environment/environment-reconciler.js";
 import { AgentRuntime } from "./runtime/agent-runtime.js";
 import { LeaderLock } from "./platform/leader-lock.js";
 import { EnvironmentHandler } from "./rpc/environment-handler.js";
+import { IdleStopper } from "./environment/idle-stopper.js";
+import { WorkloadActivity } from "./environment/workload-activity.js";
 import { SERVICE_NAMES, routes } from "./rpc/routes.js";
 import { RpcServer } from "./rpc/server.js";
 import { LatestSamples } from "./telemetry/latest-samples.js";
@@ -132,6 +134,13 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
     () => leader.check(),
   );
   const workspaces = new WorkspaceRegistry(orm, clock, (id) => environments.deleteAll(id, FORCE_DELETE_WAIT_MS));
+  const activity = new WorkloadActivity(clock, config.idleGpuUtilizationPercent);
+  const idle = new IdleStopper(orm, clock, activity, environments, config.idleGpuUtilizationPercent, logger);
+  const lifetime = new AbortController();
+  void (async () => {
+    const samples = ingest.live.subscribe({ accept: () => true, capacity: 10_000, overflow: "drop-oldest" }, lifetime.signal);
+    for await (const { item } of samples) activity.gpuSample(item.sample.gpuId, item.sample.metrics.gpuUtilizationPercent, item.sample.time);
+  })();
   const workspaceTokens = new WorkspaceTokens(orm, clock);
 
   const health = new HealthStatus();
@@ -148,6 +157,7 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
           connected: (hostId, running) => reconciler.agentConnected(hostId, running),
           status: (hostId, report) => reconciler.observe(hostId, report),
           logs: async (hostId, environmentId, lines) => void (await environmentLogs.append(hostId, environmentId, lines)),
+          traffic: (environmentId, time) => activity.portTraffic(environmentId, time),
         }),
         gpus: new GpuHandler(inventory, allocator, history, ingest.live, clock),
         workspaces: new WorkspaceHandler(workspaces, quotas, workspaceTokens, auditTrail),
@@ -202,6 +212,7 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
     }
     reconciler.kick();
     await reconciler.idle();
+    if (await leader.check()) await idle.check();
     if (clock.now().getTime() - historyExpiredAt >= HISTORY_CLEANUP_MS) {
       historyExpiredAt = clock.now().getTime();
       const removed = await history.expire();
@@ -228,6 +239,7 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
     async close() {
       clearInterval(probe);
       clearInterval(loop);
+      lifetime.abort();
       health.shutdown();
       agents.shutdown();
       await server.close(config.shutdownTimeoutSeconds * 1000);

@@ -44,6 +44,8 @@ export interface Config {
    * and their GPUs are released; shorter outages only mark them. @default 900
    */
   environmentLostHostSeconds: number;
+  /** `IDLE_GPU_UTILIZATION_PERCENT`: GPU use below this counts as idle for idle auto-stop. @default 5 */
+  idleGpuUtilizationPercent: number;
   /** `SHUTDOWN_TIMEOUT_SECONDS`: how long SIGTERM waits for open calls and streams. @default 10 */
   shutdownTimeoutSeconds: number;
   /** `DATABASE_POOL_SIZE`: most PostgreSQL connections per replica. @default 20 */
@@ -132,6 +134,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     hostPortRange: portRange(value("HOST_PORT_RANGE") ?? "30000-32767", problems),
     environmentStartTimeoutSeconds: int("ENVIRONMENT_START_TIMEOUT_SECONDS", 600, 10, 86400),
     environmentLostHostSeconds: int("ENVIRONMENT_LOST_HOST_SECONDS", 900, 1, 30 * 86400),
+    idleGpuUtilizationPercent: int("IDLE_GPU_UTILIZATION_PERCENT", 5, 0, 100),
     shutdownTimeoutSeconds: int("SHUTDOWN_TIMEOUT_SECONDS", 10, 0, 600),
     databasePoolSize: int("DATABASE_POOL_SIZE", 20, 1, 500),
   };

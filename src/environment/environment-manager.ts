@@ -179,14 +179,14 @@ export class EnvironmentManager {
   }
 
   /** Stops the workload and releases GPUs and ports; the volume stays. */
-  async stop(id: string, visibility: Visibility, note: AuditNote): Promise<EnvironmentView> {
+  async stop(id: string, visibility: Visibility, note: AuditNote, reason = "stopping"): Promise<EnvironmentView> {
     return this.change(id, visibility, note, async (_em, env) => {
       if (!["PENDING", "CREATING", "STARTING", "RUNNING"].includes(env.status)) {
         throw new FailedPreconditionError(`environment "${env.name}" is ${env.status}; only a running or starting one can be stopped`);
       }
       env.desiredState = "STOPPED";
       resetWorkload(env);
-      transition(env, "STOPPING", "stopping", this.clock.now());
+      transition(env, "STOPPING", reason, this.clock.now());
     });
   }
 

@@ -57,9 +57,11 @@ export interface WorkloadReports {
   connected(hostId: string, runningEnvironmentIds: string[]): Promise<void>;
   status(hostId: string, report: WorkloadReport): Promise<void>;
   logs(hostId: string, environmentId: string, lines: LogLineRecord[]): Promise<void>;
+  /** Traffic on an environment's ports (idle auto-stop). */
+  traffic(environmentId: string, time: Date): void;
 }
 
-const IGNORED_REPORTS: WorkloadReports = { connected: async () => undefined, status: async () => undefined, logs: async () => undefined };
+const IGNORED_REPORTS: WorkloadReports = { connected: async () => undefined, status: async () => undefined, logs: async () => undefined, traffic: () => undefined };
 
 const WORKLOAD_STATES: Record<number, WorkloadState> = {
   [WorkloadStateMessage.STARTING]: "STARTING",
@@ -330,6 +332,9 @@ export class HostHandler implements Impl {
         const time = this.sampleTime(m.value.sampleTime);
         const gpus = m.value.gpus.map((g) => ({ gpuUuid: g.gpuUuid, index: g.index, time, metrics: gpuMetricsFromMessage(g.metrics) }));
         this.agents.heartbeat(session, m.value.sampleTime && time, m.value.host && hostSampleFromMessage(m.value.host), gpus);
+        for (const w of m.value.workloads.slice(0, 1000)) {
+          if (w.lastTrafficTime) this.workloads.traffic(w.environmentId, this.sampleTime(w.lastTrafficTime));
+        }
         yield { message: { case: "ack", value: { sequence: m.value.sequence } } };
       }
     } finally {

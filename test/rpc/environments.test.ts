@@ -184,6 +184,36 @@ describe("EnvironmentService with the agent runtime", () => {
     assert.deepEqual(failed.gpuIds, []);
   });
 
+  it("stops an environment left idle: GPUs under the threshold and no port traffic for its idle minutes", async () => {
+    const gpuEnv = (await envs.createEnvironment({ workspaceId: ws, name: "idle-gpu", image: "img", command: ["x"], gpuCount: 1, idleTimeoutMinutes: 1 })).environment!;
+    const webEnv = (await envs.createEnvironment({ workspaceId: ws, name: "idle-web", image: "img", command: ["x"], idleTimeoutMinutes: 1 })).environment!;
+    await status(gpuEnv.id, EnvironmentStatus.RUNNING);
+    await status(webEnv.id, EnvironmentStatus.RUNNING);
+    const g = (await gpus.getGpu({ id: gpuEnv.gpuIds[0]! })).gpu!;
+    const busy = [{ uuid: g.uuid, index: g.index, util: 80 }];
+    const idle = [{ uuid: g.uuid, index: g.index, util: 1 }];
+
+    // 45 s of GPU use and port traffic, twice: both stay up past their minute.
+    for (let i = 0; i < 2; i++) {
+      clock.advance(45_000);
+      agent.beat(busy, [webEnv.id]);
+      await until("the samples to land", async () => (await gpus.getGpu({ id: g.id })).gpu?.latestSample?.metrics?.gpuUtilizationPercent === 80);
+      await server.app.maintain();
+    }
+    assert.equal((await envs.getEnvironment({ id: gpuEnv.id })).environment?.status, EnvironmentStatus.RUNNING);
+    assert.equal((await envs.getEnvironment({ id: webEnv.id })).environment?.status, EnvironmentStatus.RUNNING);
+
+    // Then a quiet minute: both are stopped, with the reason.
+    clock.advance(30_000);
+    agent.beat(idle);
+    clock.advance(31_000);
+    agent.beat(idle);
+    const stopped = await status(gpuEnv.id, EnvironmentStatus.STOPPED);
+    assert.ok(stopped.transitions.some((t) => /idle for 1 min/.test(t.message)), JSON.stringify(stopped.transitions.map((t) => t.message)));
+    assert.deepEqual(stopped.gpuIds, []);
+    await status(webEnv.id, EnvironmentStatus.STOPPED);
+  });
+
   it("tails and follows logs until the environment ends", async () => {
     const env = (await envs.createEnvironment({ workspaceId: ws, name: "chatty", image: "img", command: ["x"] })).environment!;
     await status(env.id, EnvironmentStatus.RUNNING);

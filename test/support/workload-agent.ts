@@ -56,8 +56,16 @@ export class WorkloadAgent {
   }
 
   /** Sends a heartbeat, which keeps the host ONLINE at the server's (test) clock. */
-  beat(): void {
-    this.send({ case: "heartbeat", value: { sequence: ++this.sequence, host: { cpuUtilizationPercent: 1 } } });
+  beat(gpus: { uuid: string; index: number; util: number }[] = [], traffic: string[] = []): void {
+    this.send({
+      case: "heartbeat",
+      value: {
+        sequence: ++this.sequence,
+        host: { cpuUtilizationPercent: 1 },
+        gpus: gpus.map((g) => ({ gpuUuid: g.uuid, index: g.index, metrics: { gpuUtilizationPercent: g.util } })),
+        workloads: traffic.map((environmentId) => ({ environmentId, lastTrafficTime: timestampNow() })),
+      },
+    });
   }
 
   /** Sends output lines of an environment up the stream. */

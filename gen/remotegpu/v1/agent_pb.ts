@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file remotegpu/v1/agent.proto.
  */
 export const file_remotegpu_v1_agent: GenFile = /*@__PURE__*/
-  fileDesc("ChhyZW1vdGVncHUvdjEvYWdlbnQucHJvdG8SDHJlbW90ZWdwdS52MSLQAQoKQWdlbnRIZWxsbxIPCgdob3N0X2lkGAEgASgJEhUKDWFnZW50X3ZlcnNpb24YAiABKAkSLQoIY2FwYWNpdHkYAyABKAsyGy5yZW1vdGVncHUudjEuQWdlbnRDYXBhY2l0eRIsCgRncHVzGAQgAygLMh4ucmVtb3RlZ3B1LnYxLkdwdUludmVudG9yeUl0ZW0SHwoXcnVubmluZ19lbnZpcm9ubWVudF9pZHMYBSADKAkSHAoUY29udGFpbmVyc19zdXBwb3J0ZWQYBiABKAgiUQoNQWdlbnRDYXBhY2l0eRIWCg5jcHVfbWlsbGljb3JlcxgBIAEoAxIUCgxtZW1vcnlfYnl0ZXMYAiABKAMSEgoKZGlza19ieXRlcxgDIAEoAyKXAQoQR3B1SW52ZW50b3J5SXRlbRINCgVpbmRleBgBIAEoBRIMCgR1dWlkGAIgASgJEg0KBW1vZGVsGAMgASgJEhQKDG1lbW9yeV9ieXRlcxgEIAEoAxIWCg5kcml2ZXJfdmVyc2lvbhgFIAEoCRIUCgxjdWRhX3ZlcnNpb24YBiABKAkSEwoLbWlnX2VuYWJsZWQYByABKAgiogEKDkFnZW50SGVhcnRiZWF0EhAKCHNlcXVlbmNlGAEgASgEEi8KC3NhbXBsZV90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBImCgRob3N0GAMgASgLMhgucmVtb3RlZ3B1LnYxLkhvc3RTYW1wbGUSJQoEZ3B1cxgEIAMoCzIXLnJlbW90ZWdwdS52MS5HcHVTYW1wbGUi0gEKF0Vudmlyb25tZW50U3RhdHVzUmVwb3J0EhYKDmVudmlyb25tZW50X2lkGAEgASgJEioKBXN0YXRlGAIgASgOMhsucmVtb3RlZ3B1LnYxLldvcmtsb2FkU3RhdGUSDwoHbWVzc2FnZRgDIAEoCRIWCglleGl0X2NvZGUYBCABKAVIAIgBARIoCgR0aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpnZW5lcmF0aW9uGAYgASgDQgwKCl9leGl0X2NvZGUiVAoURW52aXJvbm1lbnRMb2dSZXBvcnQSFgoOZW52aXJvbm1lbnRfaWQYASABKAkSJAoFbGluZXMYAiADKAsyFS5yZW1vdGVncHUudjEuTG9nTGluZSJACg1Db21tYW5kUmVzdWx0EhIKCmNvbW1hbmRfaWQYASABKAkSCgoCb2sYAiABKAgSDwoHbWVzc2FnZRgDIAEoCSJRCgxBZ2VudFdlbGNvbWUSEgoKc2Vzc2lvbl9pZBgBIAEoCRItCghzZXR0aW5ncxgCIAEoCzIbLnJlbW90ZWdwdS52MS5BZ2VudFNldHRpbmdzInQKDUFnZW50U2V0dGluZ3MSNQoSaGVhcnRiZWF0X2ludGVydmFsGAEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiwKCWxlYXNlX3R0bBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiIgCgxIZWFydGJlYXRBY2sSEAoIc2VxdWVuY2UYASABKAQiogIKDEFnZW50Q29tbWFuZBISCgpjb21tYW5kX2lkGAEgASgJEj4KD3J1bl9lbnZpcm9ubWVudBgCIAEoCzIjLnJlbW90ZWdwdS52MS5SdW5FbnZpcm9ubWVudENvbW1hbmRIABJAChBzdG9wX2Vudmlyb25tZW50GAMgASgLMiQucmVtb3RlZ3B1LnYxLlN0b3BFbnZpcm9ubWVudENvbW1hbmRIABJEChJyZW1vdmVfZW52aXJvbm1lbnQYBCABKAsyJi5yZW1vdGVncHUudjEuUmVtb3ZlRW52aXJvbm1lbnRDb21tYW5kSAASKwoFZHJhaW4YBSABKAsyGi5yZW1vdGVncHUudjEuRHJhaW5Db21tYW5kSABCCQoHY29tbWFuZCKHAwoVUnVuRW52aXJvbm1lbnRDb21tYW5kEhYKDmVudmlyb25tZW50X2lkGAEgASgJEhQKDHdvcmtzcGFjZV9pZBgCIAEoCRINCgVpbWFnZRgDIAEoCRIPCgdjb21tYW5kGAQgAygJEgwKBGFyZ3MYBSADKAkSOQoDZW52GAYgAygLMiwucmVtb3RlZ3B1LnYxLlJ1bkVudmlyb25tZW50Q29tbWFuZC5FbnZFbnRyeRIRCglncHVfdXVpZHMYByADKAkSEwoLZ3B1X2luZGljZXMYCCADKAUSKAoFcG9ydHMYCSADKAsyGS5yZW1vdGVncHUudjEuUG9ydE1hcHBpbmcSFgoOY3B1X21pbGxpY29yZXMYCiABKAMSFAoMbWVtb3J5X2J5dGVzGAsgASgDEhcKD3NzaF9wdWJsaWNfa2V5cxgMIAMoCRISCgpnZW5lcmF0aW9uGA0gASgDGioKCEVudkVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiMAoWU3RvcEVudmlyb25tZW50Q29tbWFuZBIWCg5lbnZpcm9ubWVudF9pZBgBIAEoCSIyChhSZW1vdmVFbnZpcm9ubWVudENvbW1hbmQSFgoOZW52aXJvbm1lbnRfaWQYASABKAkiDgoMRHJhaW5Db21tYW5kKrsBCg1Xb3JrbG9hZFN0YXRlEh4KGldPUktMT0FEX1NUQVRFX1VOU1BFQ0lGSUVEEAASGwoXV09SS0xPQURfU1RBVEVfU1RBUlRJTkcQARIaChZXT1JLTE9BRF9TVEFURV9SVU5OSU5HEAISGgoWV09SS0xPQURfU1RBVEVfU1RPUFBFRBADEhkKFVdPUktMT0FEX1NUQVRFX0ZBSUxFRBAEEhoKFldPUktMT0FEX1NUQVRFX1JFTU9WRUQQBWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_remotegpu_v1_environment, file_remotegpu_v1_telemetry]);
+  fileDesc("ChhyZW1vdGVncHUvdjEvYWdlbnQucHJvdG8SDHJlbW90ZWdwdS52MSLQAQoKQWdlbnRIZWxsbxIPCgdob3N0X2lkGAEgASgJEhUKDWFnZW50X3ZlcnNpb24YAiABKAkSLQoIY2FwYWNpdHkYAyABKAsyGy5yZW1vdGVncHUudjEuQWdlbnRDYXBhY2l0eRIsCgRncHVzGAQgAygLMh4ucmVtb3RlZ3B1LnYxLkdwdUludmVudG9yeUl0ZW0SHwoXcnVubmluZ19lbnZpcm9ubWVudF9pZHMYBSADKAkSHAoUY29udGFpbmVyc19zdXBwb3J0ZWQYBiABKAgiUQoNQWdlbnRDYXBhY2l0eRIWCg5jcHVfbWlsbGljb3JlcxgBIAEoAxIUCgxtZW1vcnlfYnl0ZXMYAiABKAMSEgoKZGlza19ieXRlcxgDIAEoAyKXAQoQR3B1SW52ZW50b3J5SXRlbRINCgVpbmRleBgBIAEoBRIMCgR1dWlkGAIgASgJEg0KBW1vZGVsGAMgASgJEhQKDG1lbW9yeV9ieXRlcxgEIAEoAxIWCg5kcml2ZXJfdmVyc2lvbhgFIAEoCRIUCgxjdWRhX3ZlcnNpb24YBiABKAkSEwoLbWlnX2VuYWJsZWQYByABKAgi1QEKDkFnZW50SGVhcnRiZWF0EhAKCHNlcXVlbmNlGAEgASgEEi8KC3NhbXBsZV90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBImCgRob3N0GAMgASgLMhgucmVtb3RlZ3B1LnYxLkhvc3RTYW1wbGUSJQoEZ3B1cxgEIAMoCzIXLnJlbW90ZWdwdS52MS5HcHVTYW1wbGUSMQoJd29ya2xvYWRzGAUgAygLMh4ucmVtb3RlZ3B1LnYxLldvcmtsb2FkQWN0aXZpdHkiYQoQV29ya2xvYWRBY3Rpdml0eRIWCg5lbnZpcm9ubWVudF9pZBgBIAEoCRI1ChFsYXN0X3RyYWZmaWNfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAi0gEKF0Vudmlyb25tZW50U3RhdHVzUmVwb3J0EhYKDmVudmlyb25tZW50X2lkGAEgASgJEioKBXN0YXRlGAIgASgOMhsucmVtb3RlZ3B1LnYxLldvcmtsb2FkU3RhdGUSDwoHbWVzc2FnZRgDIAEoCRIWCglleGl0X2NvZGUYBCABKAVIAIgBARIoCgR0aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpnZW5lcmF0aW9uGAYgASgDQgwKCl9leGl0X2NvZGUiVAoURW52aXJvbm1lbnRMb2dSZXBvcnQSFgoOZW52aXJvbm1lbnRfaWQYASABKAkSJAoFbGluZXMYAiADKAsyFS5yZW1vdGVncHUudjEuTG9nTGluZSJACg1Db21tYW5kUmVzdWx0EhIKCmNvbW1hbmRfaWQYASABKAkSCgoCb2sYAiABKAgSDwoHbWVzc2FnZRgDIAEoCSJRCgxBZ2VudFdlbGNvbWUSEgoKc2Vzc2lvbl9pZBgBIAEoCRItCghzZXR0aW5ncxgCIAEoCzIbLnJlbW90ZWdwdS52MS5BZ2VudFNldHRpbmdzInQKDUFnZW50U2V0dGluZ3MSNQoSaGVhcnRiZWF0X2ludGVydmFsGAEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiwKCWxlYXNlX3R0bBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiIgCgxIZWFydGJlYXRBY2sSEAoIc2VxdWVuY2UYASABKAQiogIKDEFnZW50Q29tbWFuZBISCgpjb21tYW5kX2lkGAEgASgJEj4KD3J1bl9lbnZpcm9ubWVudBgCIAEoCzIjLnJlbW90ZWdwdS52MS5SdW5FbnZpcm9ubWVudENvbW1hbmRIABJAChBzdG9wX2Vudmlyb25tZW50GAMgASgLMiQucmVtb3RlZ3B1LnYxLlN0b3BFbnZpcm9ubWVudENvbW1hbmRIABJEChJyZW1vdmVfZW52aXJvbm1lbnQYBCABKAsyJi5yZW1vdGVncHUudjEuUmVtb3ZlRW52aXJvbm1lbnRDb21tYW5kSAASKwoFZHJhaW4YBSABKAsyGi5yZW1vdGVncHUudjEuRHJhaW5Db21tYW5kSABCCQoHY29tbWFuZCKHAwoVUnVuRW52aXJvbm1lbnRDb21tYW5kEhYKDmVudmlyb25tZW50X2lkGAEgASgJEhQKDHdvcmtzcGFjZV9pZBgCIAEoCRINCgVpbWFnZRgDIAEoCRIPCgdjb21tYW5kGAQgAygJEgwKBGFyZ3MYBSADKAkSOQoDZW52GAYgAygLMiwucmVtb3RlZ3B1LnYxLlJ1bkVudmlyb25tZW50Q29tbWFuZC5FbnZFbnRyeRIRCglncHVfdXVpZHMYByADKAkSEwoLZ3B1X2luZGljZXMYCCADKAUSKAoFcG9ydHMYCSADKAsyGS5yZW1vdGVncHUudjEuUG9ydE1hcHBpbmcSFgoOY3B1X21pbGxpY29yZXMYCiABKAMSFAoMbWVtb3J5X2J5dGVzGAsgASgDEhcKD3NzaF9wdWJsaWNfa2V5cxgMIAMoCRISCgpnZW5lcmF0aW9uGA0gASgDGioKCEVudkVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiMAoWU3RvcEVudmlyb25tZW50Q29tbWFuZBIWCg5lbnZpcm9ubWVudF9pZBgBIAEoCSIyChhSZW1vdmVFbnZpcm9ubWVudENvbW1hbmQSFgoOZW52aXJvbm1lbnRfaWQYASABKAkiDgoMRHJhaW5Db21tYW5kKrsBCg1Xb3JrbG9hZFN0YXRlEh4KGldPUktMT0FEX1NUQVRFX1VOU1BFQ0lGSUVEEAASGwoXV09SS0xPQURfU1RBVEVfU1RBUlRJTkcQARIaChZXT1JLTE9BRF9TVEFURV9SVU5OSU5HEAISGgoWV09SS0xPQURfU1RBVEVfU1RPUFBFRBADEhkKFVdPUktMT0FEX1NUQVRFX0ZBSUxFRBAEEhoKFldPUktMT0FEX1NUQVRFX1JFTU9WRUQQBWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_remotegpu_v1_environment, file_remotegpu_v1_telemetry]);
 
 /**
  * AgentHello opens an agent stream: who the agent is and what the host has.
@@ -205,6 +205,13 @@ export type AgentHeartbeat = Message<"remotegpu.v1.AgentHeartbeat"> & {
    * @generated from field: repeated remotegpu.v1.GpuSample gpus = 4;
    */
   gpus: GpuSample[];
+
+  /**
+   * Recent network activity of the environments the agent runs, for idle auto-stop.
+   *
+   * @generated from field: repeated remotegpu.v1.WorkloadActivity workloads = 5;
+   */
+  workloads: WorkloadActivity[];
 };
 
 /**
@@ -213,6 +220,34 @@ export type AgentHeartbeat = Message<"remotegpu.v1.AgentHeartbeat"> & {
  */
 export const AgentHeartbeatSchema: GenMessage<AgentHeartbeat> = /*@__PURE__*/
   messageDesc(file_remotegpu_v1_agent, 3);
+
+/**
+ * WorkloadActivity tells when an environment last had traffic on its ports.
+ *
+ * @generated from message remotegpu.v1.WorkloadActivity
+ */
+export type WorkloadActivity = Message<"remotegpu.v1.WorkloadActivity"> & {
+  /**
+   * The environment.
+   *
+   * @generated from field: string environment_id = 1;
+   */
+  environmentId: string;
+
+  /**
+   * When a byte last went through one of its ports; absent if never.
+   *
+   * @generated from field: google.protobuf.Timestamp last_traffic_time = 2;
+   */
+  lastTrafficTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message remotegpu.v1.WorkloadActivity.
+ * Use `create(WorkloadActivitySchema)` to create a new message.
+ */
+export const WorkloadActivitySchema: GenMessage<WorkloadActivity> = /*@__PURE__*/
+  messageDesc(file_remotegpu_v1_agent, 4);
 
 /**
  * EnvironmentStatusReport tells the server of a workload state change.
@@ -268,7 +303,7 @@ export type EnvironmentStatusReport = Message<"remotegpu.v1.EnvironmentStatusRep
  * Use `create(EnvironmentStatusReportSchema)` to create a new message.
  */
 export const EnvironmentStatusReportSchema: GenMessage<EnvironmentStatusReport> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_agent, 4);
+  messageDesc(file_remotegpu_v1_agent, 5);
 
 /**
  * EnvironmentLogReport carries output lines of an environment.
@@ -296,7 +331,7 @@ export type EnvironmentLogReport = Message<"remotegpu.v1.EnvironmentLogReport"> 
  * Use `create(EnvironmentLogReportSchema)` to create a new message.
  */
 export const EnvironmentLogReportSchema: GenMessage<EnvironmentLogReport> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_agent, 5);
+  messageDesc(file_remotegpu_v1_agent, 6);
 
 /**
  * CommandResult reports the outcome of an AgentCommand.
@@ -331,7 +366,7 @@ export type CommandResult = Message<"remotegpu.v1.CommandResult"> & {
  * Use `create(CommandResultSchema)` to create a new message.
  */
 export const CommandResultSchema: GenMessage<CommandResult> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_agent, 6);
+  messageDesc(file_remotegpu_v1_agent, 7);
 
 /**
  * AgentWelcome opens the server side of an agent stream.
@@ -359,7 +394,7 @@ export type AgentWelcome = Message<"remotegpu.v1.AgentWelcome"> & {
  * Use `create(AgentWelcomeSchema)` to create a new message.
  */
 export const AgentWelcomeSchema: GenMessage<AgentWelcome> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_agent, 7);
+  messageDesc(file_remotegpu_v1_agent, 8);
 
 /**
  * AgentSettings are the knobs the server sets on an agent.
@@ -387,7 +422,7 @@ export type AgentSettings = Message<"remotegpu.v1.AgentSettings"> & {
  * Use `create(AgentSettingsSchema)` to create a new message.
  */
 export const AgentSettingsSchema: GenMessage<AgentSettings> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_agent, 8);
+  messageDesc(file_remotegpu_v1_agent, 9);
 
 /**
  * HeartbeatAck acknowledges heartbeats.
@@ -408,7 +443,7 @@ export type HeartbeatAck = Message<"remotegpu.v1.HeartbeatAck"> & {
  * Use `create(HeartbeatAckSchema)` to create a new message.
  */
 export const HeartbeatAckSchema: GenMessage<HeartbeatAck> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_agent, 9);
+  messageDesc(file_remotegpu_v1_agent, 10);
 
 /**
  * AgentCommand is work the server asks an agent to do. Commands are idempotent: running an
@@ -469,7 +504,7 @@ export type AgentCommand = Message<"remotegpu.v1.AgentCommand"> & {
  * Use `create(AgentCommandSchema)` to create a new message.
  */
 export const AgentCommandSchema: GenMessage<AgentCommand> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_agent, 10);
+  messageDesc(file_remotegpu_v1_agent, 11);
 
 /**
  * RunEnvironmentCommand starts an environment's workload on the agent's host.
@@ -575,7 +610,7 @@ export type RunEnvironmentCommand = Message<"remotegpu.v1.RunEnvironmentCommand"
  * Use `create(RunEnvironmentCommandSchema)` to create a new message.
  */
 export const RunEnvironmentCommandSchema: GenMessage<RunEnvironmentCommand> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_agent, 11);
+  messageDesc(file_remotegpu_v1_agent, 12);
 
 /**
  * StopEnvironmentCommand stops a workload and keeps its volume.
@@ -596,7 +631,7 @@ export type StopEnvironmentCommand = Message<"remotegpu.v1.StopEnvironmentComman
  * Use `create(StopEnvironmentCommandSchema)` to create a new message.
  */
 export const StopEnvironmentCommandSchema: GenMessage<StopEnvironmentCommand> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_agent, 12);
+  messageDesc(file_remotegpu_v1_agent, 13);
 
 /**
  * RemoveEnvironmentCommand stops a workload and removes its volume.
@@ -617,7 +652,7 @@ export type RemoveEnvironmentCommand = Message<"remotegpu.v1.RemoveEnvironmentCo
  * Use `create(RemoveEnvironmentCommandSchema)` to create a new message.
  */
 export const RemoveEnvironmentCommandSchema: GenMessage<RemoveEnvironmentCommand> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_agent, 13);
+  messageDesc(file_remotegpu_v1_agent, 14);
 
 /**
  * DrainCommand asks the agent to stop accepting work.
@@ -632,7 +667,7 @@ export type DrainCommand = Message<"remotegpu.v1.DrainCommand"> & {
  * Use `create(DrainCommandSchema)` to create a new message.
  */
 export const DrainCommandSchema: GenMessage<DrainCommand> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_agent, 14);
+  messageDesc(file_remotegpu_v1_agent, 15);
 
 /**
  * WorkloadState is the state of an environment's workload as the agent observes it.
