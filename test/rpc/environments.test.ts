@@ -255,6 +255,22 @@ describe("EnvironmentService with the agent runtime", () => {
     assert.deepEqual(events.slice(0, 3), [["INITIAL", "RUNNING"], ["MODIFIED", "STOPPING"], ["MODIFIED", "STOPPED"]]);
   });
 
+  it("deletes a workspace with environments only with force, through the normal environment path", async () => {
+    const doomed = (await workspaces.createWorkspace({ name: "doomed-team" })).workspace!.id;
+    const ids: string[] = [];
+    for (const name of ["d1", "d2"]) ids.push((await envs.createEnvironment({ workspaceId: doomed, name, image: "img", command: ["x"], gpuCount: 1 })).environment!.id);
+    for (const id of ids) await status(id, EnvironmentStatus.RUNNING);
+    await expectCode(workspaces.deleteWorkspace({ id: doomed }), Code.FailedPrecondition, "2 environment(s)");
+    await workspaces.deleteWorkspace({ id: doomed, force: true });
+    await expectCode(workspaces.getWorkspace({ id: doomed }), Code.NotFound);
+    for (const id of ids) {
+      assert.ok(agent.commands.some((c) => c.command.case === "removeEnvironment" && c.command.value.environmentId === id), "the agent removed its workload");
+      assert.ok(!agent.running.has(id));
+    }
+    const held = (await gpus.listGpus({ pageSize: 100 })).gpus.filter((g) => ids.includes(g.environmentId));
+    assert.deepEqual(held, [], "their GPUs are free");
+  });
+
   it("hides one workspace's environments from another's tokens", async () => {
     const env = (await envs.createEnvironment({ workspaceId: ws, name: "private", image: "img" })).environment!;
     const other = (await workspaces.createWorkspace({ name: "other-team" })).workspace!.id;
