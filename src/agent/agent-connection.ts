@@ -1,13 +1,19 @@
-import { create } from "@bufbuild/protobuf";
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { durationMs, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
+import { WorkloadState, type AgentCommand, type RunEnvironmentCommand } from "../../gen/remotegpu/v1/agent_pb.js";
+import { LogStream, PortProtocol } from "../../gen/remotegpu/v1/environment_pb.js";
 import { HostService, StreamHeartbeatsRequestSchema, type StreamHeartbeatsRequest } from "../../gen/remotegpu/v1/host_pb.js";
 import { Channel } from "../platform/channel.js";
 import type { Logger } from "../platform/logger.js";
 import { gpuMetricsToMessage, hostSampleToMessage } from "../rpc/convert.js";
 import type { GpuSampleRecord, HostSampleRecord } from "../telemetry/latest-samples.js";
 import type { GpuInventoryEntry } from "./nvidia-smi.js";
+import type { StatusReport, WorkloadEvents, WorkloadLogLine, Workloads, WorkloadSpec } from "./workloads.js";
+
+/** What the connection needs of the runtime. */
+export type WorkloadRunner = Pick<Workloads, "run" | "stop" | "remove" | "running" | "containersSupported">;
 
 export interface Reading {
   inventory: GpuInventoryEntry[];
@@ -34,9 +40,18 @@ export interface AgentOptions {
   initialBackoffMs?: number;
   /** @default 30000 */
   maxBackoffMs?: number;
+  /**
+   * Runs the environments the control plane sends; its events must reach this connection's
+   * `status` and `logs`. @default none: run, stop and remove commands fail
+   */
+  workloads?: WorkloadRunner;
+  /** Log lines kept while disconnected (the oldest go first). @default 2000 */
+  logBufferLines?: number;
 }
 
 const DEFAULT_INTERVAL_MS = 10_000;
+
+type Outgoing = MessageInitShape<typeof StreamHeartbeatsRequestSchema>["message"];
 
 /**
  * The agent's side of StreamHeartbeats: takes readings on a timer whether or not it is connected,
@@ -44,8 +59,13 @@ const DEFAULT_INTERVAL_MS = 10_000;
  * backoff and jitter, rotating through the servers) whenever it breaks. Readings sent but not yet
  * acked go back to the backlog when a stream dies, so a reconnect loses nothing that fit.
  */
-export class AgentConnection {
+export class AgentConnection implements WorkloadEvents {
   private backlog: Reading[] = [];
+  /** Sends on the current stream; unset while disconnected (and before the welcome). */
+  private live?: (message: Outgoing) => void;
+  /** While disconnected: the latest status per environment, and the newest log lines. */
+  private pendingStatus = new Map<string, StatusReport>();
+  private pendingLogs: { environmentId: string; line: WorkloadLogLine }[] = [];
   private wake?: () => void;
   private intervalMs: number;
   private timer?: NodeJS.Timeout;
@@ -84,6 +104,60 @@ export class AgentConnection {
     clearTimeout(this.timer);
   }
 
+  /** Workload events: sent up the stream, or kept for the next one. */
+  status(report: StatusReport): void {
+    if (this.live) this.live({ case: "environmentStatus", value: statusToMessage(report) });
+    else this.pendingStatus.set(report.environmentId, report);
+  }
+
+  logs(environmentId: string, lines: WorkloadLogLine[]): void {
+    if (this.live) return this.live({ case: "environmentLogs", value: { environmentId, lines: lines.map(lineToMessage) } });
+    for (const line of lines) this.pendingLogs.push({ environmentId, line });
+    const max = this.o.logBufferLines ?? 2000;
+    if (this.pendingLogs.length > max) this.pendingLogs.splice(0, this.pendingLogs.length - max);
+  }
+
+  /** What piled up while disconnected: the log lines (grouped by environment, in order), then the states. */
+  private sendPending(): void {
+    const logs = this.pendingLogs;
+    const statuses = [...this.pendingStatus.values()];
+    this.pendingLogs = [];
+    this.pendingStatus.clear();
+    for (let i = 0; i < logs.length; ) {
+      const environmentId = logs[i]!.environmentId;
+      const lines: WorkloadLogLine[] = [];
+      for (; i < logs.length && logs[i]!.environmentId === environmentId; i++) lines.push(logs[i]!.line);
+      this.logs(environmentId, lines);
+    }
+    for (const s of statuses) this.status(s);
+  }
+
+  /** Carries out a command; never throws (a failure is a result with ok false). */
+  private async execute(command: AgentCommand): Promise<{ ok: boolean; message: string }> {
+    const w = this.o.workloads;
+    const c = command.command;
+    this.o.logger.info({ command: command.commandId, kind: c.case }, "command from the control plane");
+    try {
+      if (c.case === "drain") return { ok: true, message: `draining; ${w?.running().length ?? 0} environments still running` };
+      if (!w) return { ok: false, message: "this agent runs no workloads" };
+      switch (c.case) {
+        case "runEnvironment":
+          return await w.run(workloadSpec(c.value));
+        case "stopEnvironment":
+          await w.stop(c.value.environmentId);
+          return { ok: true, message: "stopped" };
+        case "removeEnvironment":
+          await w.remove(c.value.environmentId);
+          return { ok: true, message: "removed" };
+        default:
+          return { ok: false, message: "unknown command" };
+      }
+    } catch (err) {
+      this.o.logger.warn({ command: command.commandId, kind: c.case, err }, "command failed");
+      return { ok: false, message: err instanceof Error ? err.message : String(err) };
+    }
+  }
+
   private schedule(): void {
     this.timer = setTimeout(() => {
       this.takeReading()
@@ -119,8 +193,9 @@ export class AgentConnection {
     signal.addEventListener("abort", onAbort, { once: true });
     const responses = client.streamHeartbeats(requests, { signal: stop.signal })[Symbol.asyncIterator]();
     const inFlight: { sequence: bigint; reading: Reading }[] = [];
+    const send = (message: Outgoing) => requests.push(create(StreamHeartbeatsRequestSchema, { message }));
     try {
-      requests.push(create(StreamHeartbeatsRequestSchema, { message: { case: "hello", value: this.hello() } }));
+      send({ case: "hello", value: this.hello() });
       const first = await responses.next();
       if (first.done || first.value.message.case !== "welcome") throw new ConnectError("the server sent no welcome", Code.Unavailable);
       const welcome = first.value.message.value;
@@ -132,6 +207,8 @@ export class AgentConnection {
       }
       this.o.logger.info({ server, session: welcome.sessionId, intervalMs: this.intervalMs }, "agent connected");
       connected();
+      this.live = send;
+      this.sendPending();
 
       const acks = (async () => {
         for (;;) {
@@ -141,13 +218,9 @@ export class AgentConnection {
           if (m.case === "ack") {
             while (inFlight.length > 0 && inFlight[0]!.sequence <= m.value.sequence) inFlight.shift();
           } else if (m.case === "command") {
-            // The agent runtime (environments) is what a drain will stop; until it exists there is nothing to do.
-            this.o.logger.info({ command: m.value.commandId, kind: m.value.command.case }, "command from the control plane");
-            requests.push(
-              create(StreamHeartbeatsRequestSchema, {
-                message: { case: "commandResult", value: { commandId: m.value.commandId, ok: true, message: "no workloads on this agent" } },
-              }),
-            );
+            // Not awaited: a slow stop must not hold up acks; the Workloads order commands per environment.
+            const commandId = m.value.commandId;
+            void this.execute(m.value).then((result) => send({ case: "commandResult", value: { commandId, ...result } }));
           }
         }
       })();
@@ -173,6 +246,7 @@ export class AgentConnection {
       }
       await acks;
     } finally {
+      if (this.live === send) this.live = undefined;
       signal.removeEventListener("abort", onAbort);
       // What the server never acked is sent again on the next stream, in order, within the bound.
       this.backlog.unshift(...inFlight.map((f) => f.reading));
@@ -192,6 +266,8 @@ export class AgentConnection {
         diskBytes: BigInt(this.o.capacity.diskBytes),
       },
       gpus: this.inventory.map((g) => ({ ...g, memoryBytes: BigInt(g.memoryBytes) })),
+      runningEnvironmentIds: this.o.workloads?.running() ?? [],
+      containersSupported: this.o.workloads?.containersSupported ?? false,
     };
   }
 }
@@ -203,6 +279,38 @@ function heartbeat(sequence: bigint, r: Reading) {
     host: hostSampleToMessage(r.host),
     gpus: r.samples.map((s) => ({ gpuUuid: s.gpuUuid, index: s.index, sampleTime: timestampFromDate(s.time), metrics: gpuMetricsToMessage(s.metrics) })),
   };
+}
+
+function workloadSpec(c: RunEnvironmentCommand): WorkloadSpec {
+  return {
+    environmentId: c.environmentId,
+    workspaceId: c.workspaceId,
+    image: c.image,
+    command: c.command,
+    args: c.args,
+    env: { ...c.env },
+    gpuUuids: c.gpuUuids,
+    gpuIndices: c.gpuIndices,
+    ports: c.ports.map((p) => ({ name: p.name, containerPort: p.containerPort, hostPort: p.hostPort, protocol: p.protocol === PortProtocol.HTTP ? "HTTP" : "TCP" })),
+    cpuMillicores: Number(c.cpuMillicores),
+    memoryBytes: Number(c.memoryBytes),
+    generation: Number(c.generation),
+  };
+}
+
+function statusToMessage(r: StatusReport) {
+  return {
+    environmentId: r.environmentId,
+    state: WorkloadState[r.state],
+    message: r.message,
+    exitCode: r.exitCode,
+    time: timestampFromDate(r.time),
+    generation: BigInt(r.generation),
+  };
+}
+
+function lineToMessage(l: WorkloadLogLine) {
+  return { time: timestampFromDate(l.time), stream: LogStream[l.stream], text: l.text };
 }
 
 function sleep(ms: number, signal: AbortSignal): Promise<void> {

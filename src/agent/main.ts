@@ -5,6 +5,7 @@ import { AgentConnection } from "./agent-connection.js";
 import { HostStats } from "./host-stats.js";
 import { collectNvidiaSmi } from "./nvidia-smi.js";
 import { SimulatedGpus } from "./simulated-gpus.js";
+import { Workloads } from "./workloads.js";
 
 // The RemoteGPU node agent: `npm run agent -- --server URL --host-id ID --token TOKEN [options]`.
 const USAGE = `usage: remotegpu-agent --server URL[,URL...] --host-id ID --token TOKEN [options]
@@ -13,7 +14,8 @@ const USAGE = `usage: remotegpu-agent --server URL[,URL...] --host-id ID --token
   --token TOKEN         the host's agent token from CreateHost      (env REMOTEGPU_AGENT_TOKEN)
   --interval SECONDS    heartbeat period; default: what the server asks
   --simulate-gpus N     report N simulated GPUs instead of running nvidia-smi
-  --data-dir DIR        where volumes live, for disk figures; default the current directory
+  --data-dir DIR        where environments and their volumes live; default the current directory
+  --process-mode        run environments as host processes even where docker or podman exists
   --log-level LEVEL     default info`;
 
 const AGENT_VERSION = "0.1.0";
@@ -25,6 +27,7 @@ const options = {
   interval: { type: "string" },
   "simulate-gpus": { type: "string" },
   "data-dir": { type: "string", default: process.cwd() },
+  "process-mode": { type: "boolean" },
   "log-level": { type: "string", default: "info" },
   help: { type: "boolean" },
 } as const;
@@ -80,7 +83,15 @@ const first = await gpus.collect().catch((err: unknown) => {
   process.stderr.write(`agent: ${err instanceof Error ? err.message : String(err)}\n`);
   process.exit(1);
 });
-logger.info({ gpus: first.inventory.length, simulated: simulated !== undefined }, "agent starting");
+
+// Its events go up the connection built below (they only come once commands arrive through it).
+const workloads = new Workloads({
+  dataDir: values["data-dir"]!,
+  logger,
+  engine: values["process-mode"] ? "process" : undefined,
+  events: { status: (r) => connection.status(r), logs: (id, lines) => connection.logs(id, lines) },
+});
+logger.info({ gpus: first.inventory.length, simulated: simulated !== undefined, engine: workloads.engine }, "agent starting");
 
 const connection = new AgentConnection({
   servers,
@@ -90,6 +101,7 @@ const connection = new AgentConnection({
   intervalMs: interval === undefined ? undefined : interval * 1000,
   capacity: await stats.capacity(),
   logger,
+  workloads,
   read: async () => {
     const time = new Date();
     const [result, host] = await Promise.all([gpus.collect(), stats.sample()]);
@@ -107,9 +119,12 @@ for (const signal of ["SIGTERM", "SIGINT"] as const) {
 try {
   await connection.run(stop.signal);
 } catch (err) {
+  await workloads.shutdown();
   const refused = err instanceof ConnectError;
   process.stderr.write(`agent: ${refused ? "the server refused this agent: " : ""}${err instanceof Error ? err.message : String(err)}\n`);
   process.exit(1);
 }
+// The environments do not outlive their agent: a new one would not know them.
+await workloads.shutdown();
 logger.info("agent stopped");
 process.exit(0);
