@@ -100,12 +100,16 @@ export class EnvironmentReconciler {
     }
   }
 
-  /** Records what a runtime reports about a workload; reports of older generations are ignored. */
+  /**
+   * Records what a runtime reports about a workload; reports of older generations are ignored. A
+   * stop or removal of a workload the runtime never knew comes as generation 0, and counts.
+   */
   async observe(hostId: string, report: WorkloadReport): Promise<void> {
+    const unknown = report.generation === 0 && (report.state === "STOPPED" || report.state === "REMOVED");
     const updated = await this.orm.em.fork().nativeUpdate(
       Environment,
-      { id: report.environmentId, host: hostId, workloadGeneration: { $lte: report.generation } },
-      { workloadState: report.state, workloadMessage: report.message.slice(0, 4096), workloadGeneration: report.generation },
+      { id: report.environmentId, host: hostId, ...(unknown ? {} : { workloadGeneration: { $lte: report.generation } }) },
+      { workloadState: report.state, workloadMessage: report.message.slice(0, 4096), ...(unknown ? {} : { workloadGeneration: report.generation }) },
     );
     if (updated > 0) this.kick();
   }
@@ -134,7 +138,8 @@ export class EnvironmentReconciler {
     const now = this.clock.now();
     for (const env of lost) {
       if (env.status === "RUNNING") transition(env, "STARTING", "its host's agent no longer runs it; starting it again", now);
-      Object.assign(env, { workloadState: "", actedAt: null, attempts: 0 });
+      // A new generation: the agent may remember the old one as stopped, and would not run it again.
+      Object.assign(env, { generation: env.generation + 1, workloadState: "", actedAt: null, attempts: 0 });
     }
     await em.flush();
     const views = await Promise.all(lost.map((env) => this.environments.view(em, env)));
