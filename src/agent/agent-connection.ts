@@ -13,7 +13,7 @@ import type { GpuInventoryEntry } from "./nvidia-smi.js";
 import type { StatusReport, WorkloadEvents, WorkloadLogLine, Workloads, WorkloadSpec } from "./workloads.js";
 
 /** What the connection needs of the runtime. */
-export type WorkloadRunner = Pick<Workloads, "run" | "stop" | "remove" | "running" | "containersSupported">;
+export type WorkloadRunner = Pick<Workloads, "run" | "stop" | "remove" | "running" | "activity" | "containersSupported">;
 
 export interface Reading {
   inventory: GpuInventoryEntry[];
@@ -242,7 +242,7 @@ export class AgentConnection implements WorkloadEvents {
           continue;
         }
         inFlight.push({ sequence: ++sequence, reading });
-        requests.push(create(StreamHeartbeatsRequestSchema, { message: { case: "heartbeat", value: heartbeat(sequence, reading) } }));
+        requests.push(create(StreamHeartbeatsRequestSchema, { message: { case: "heartbeat", value: heartbeat(sequence, reading, this.o.workloads?.activity() ?? []) } }));
       }
       await acks;
     } finally {
@@ -272,12 +272,14 @@ export class AgentConnection implements WorkloadEvents {
   }
 }
 
-function heartbeat(sequence: bigint, r: Reading) {
+function heartbeat(sequence: bigint, r: Reading, activity: { environmentId: string; lastTraffic: Date }[]) {
   return {
     sequence,
     sampleTime: timestampFromDate(r.time),
     host: hostSampleToMessage(r.host),
     gpus: r.samples.map((s) => ({ gpuUuid: s.gpuUuid, index: s.index, sampleTime: timestampFromDate(s.time), metrics: gpuMetricsToMessage(s.metrics) })),
+    // Current at sending, not at reading: a buffered reading still carries the latest traffic.
+    workloads: activity.map((a) => ({ environmentId: a.environmentId, lastTrafficTime: timestampFromDate(a.lastTraffic) })),
   };
 }
 

@@ -196,6 +196,16 @@ export class Workloads {
     return [...this.workloads.values()].filter((w) => w.state === "STARTING" || w.state === "RUNNING").map((w) => w.spec.environmentId);
   }
 
+  /** When each running workload's ports last carried traffic (only those that had any, through a proxy). */
+  activity(): { environmentId: string; lastTraffic: Date }[] {
+    const out: { environmentId: string; lastTraffic: Date }[] = [];
+    for (const w of this.workloads.values()) {
+      const last = Math.max(0, ...w.proxies.map((p) => p.lastTraffic));
+      if (w.state === "RUNNING" && last > 0) out.push({ environmentId: w.spec.environmentId, lastTraffic: new Date(last) });
+    }
+    return out;
+  }
+
   /**
    * Starts a workload; resolves once it is started (RUNNING follows when its ports answer) or has
    * failed to start. The same generation again only re-reports the current state; a
@@ -541,6 +551,8 @@ class LogBatch {
 /** Listens on hostPort (all interfaces) and pipes each connection to 127.0.0.1:containerPort. */
 class PortProxy {
   private readonly sockets = new Set<net.Socket>();
+  /** When a byte last went through, in ms since the epoch (0: never); idle auto-stop reads it. */
+  lastTraffic = 0;
   private readonly server: net.Server;
 
   private constructor(containerPort: number) {
@@ -570,6 +582,9 @@ class PortProxy {
     upstream.on("error", destroy);
     // pipe() ends each side when the other ends; with the client gone nobody can read the rest.
     client.once("close", () => upstream.destroy());
+    const seen = () => (this.lastTraffic = Date.now());
+    client.on("data", seen);
+    upstream.on("data", seen);
     client.pipe(upstream);
     upstream.pipe(client);
   }

@@ -140,9 +140,14 @@ describe("integration: the agent runtime (process mode)", function () {
     assert.deepEqual(await workloads.run(web(1)), { ok: true, message: "started" });
     await events.state("env-web", "RUNNING", 1);
     assert.deepEqual(workloads.running(), ["env-web"]);
+    assert.deepEqual(workloads.activity(), [], "no traffic yet");
+    const firstByte = Date.now();
     const res = await fetch(`http://127.0.0.1:${hostPort}/hello.txt`);
     assert.equal(res.status, 200);
     assert.equal(await res.text(), "from the volume\n");
+    const [activity] = workloads.activity();
+    assert.equal(activity?.environmentId, "env-web", "traffic through the proxy is seen, for idle auto-stop");
+    assert.ok(activity.lastTraffic.getTime() >= firstByte);
     // python's access log goes to stderr.
     await events.line("env-web", (l) => l.stream === "STDERR" && l.text.includes("GET /hello.txt"), "GET /hello.txt");
     assert.ok(events.texts("env-web").includes(`SYSTEM starting: python3 -m http.server ${containerPort} --bind 127.0.0.1`));
