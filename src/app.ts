@@ -35,6 +35,10 @@ import { LeaderLock } from "./platform/leader-lock.js";
 import { EnvironmentHandler } from "./rpc/environment-handler.js";
 import { IdleStopper } from "./environment/idle-stopper.js";
 import { WorkloadActivity } from "./environment/workload-activity.js";
+import path from "node:path";
+import { LocalObjectStore } from "./storage/local-object-store.js";
+import { S3ObjectStore } from "./storage/s3-object-store.js";
+import { WorkspaceFiles } from "./storage/workspace-files.js";
 import { SERVICE_NAMES, routes } from "./rpc/routes.js";
 import { RpcServer } from "./rpc/server.js";
 import { LatestSamples } from "./telemetry/latest-samples.js";
@@ -122,7 +126,12 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
   const auditTrail = new AuditTrail(orm, clock, config.auditRetentionDays * 86_400_000);
   const quotas = new QuotaLedger(orm, clock);
   const environments = new EnvironmentManager(orm, clock, quotas, config.hostPortRange, () => reconciler.kick());
-  const environmentLogs = new EnvironmentLogs(orm);
+  const store = config.s3 ? new S3ObjectStore(config.s3) : new LocalObjectStore(path.join(config.dataDir, "objects"));
+  if (store instanceof S3ObjectStore) {
+    await store.ensureBucket().catch((err: unknown) => logger.warn({ error: err instanceof Error ? err.message : String(err) }, "S3 bucket check failed; file calls will fail until it answers"));
+  }
+  const environmentLogs = new EnvironmentLogs(orm, store);
+  const files = new WorkspaceFiles(orm, clock, store, quotas, logger);
   const leader = new LeaderLock(config.databaseUrl ?? embedded!.url, RECONCILER_LOCK_KEY, logger);
   const reconciler = new EnvironmentReconciler(
     orm,
@@ -130,10 +139,20 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
     { AGENT: new AgentRuntime(agents) },
     environments,
     logger,
-    { startTimeoutMs: config.environmentStartTimeoutSeconds * 1000, lostHostTimeoutMs: config.environmentLostHostSeconds * 1000 },
+    {
+      startTimeoutMs: config.environmentStartTimeoutSeconds * 1000,
+      lostHostTimeoutMs: config.environmentLostHostSeconds * 1000,
+      beforeForget: (environmentId, workspaceId) => environmentLogs.archive(environmentId, workspaceId),
+    },
     () => leader.check(),
   );
-  const workspaces = new WorkspaceRegistry(orm, clock, (id) => environments.deleteAll(id, FORCE_DELETE_WAIT_MS));
+  const workspaces = new WorkspaceRegistry(orm, clock, {
+    async empty(id) {
+      await environments.deleteAll(id, FORCE_DELETE_WAIT_MS);
+      await files.deleteAll(id);
+    },
+    purge: (id) => environmentLogs.purgeArchives(id),
+  });
   const activity = new WorkloadActivity(clock, config.idleGpuUtilizationPercent);
   const idle = new IdleStopper(orm, clock, activity, environments, config.idleGpuUtilizationPercent, logger);
   const lifetime = new AbortController();
@@ -160,7 +179,7 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
           traffic: (environmentId, time) => activity.portTraffic(environmentId, time),
         }),
         gpus: new GpuHandler(inventory, allocator, history, ingest.live, clock),
-        workspaces: new WorkspaceHandler(workspaces, quotas, workspaceTokens, auditTrail),
+        workspaces: new WorkspaceHandler(workspaces, quotas, workspaceTokens, auditTrail, files),
         environments: new EnvironmentHandler(environments, environmentLogs),
       },
       health,
@@ -248,6 +267,7 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
       await leader.close();
       await ingest.flush(true).catch((err: unknown) => logger.error({ err }, "final heartbeat flush failed"));
       await relay?.close();
+      if (store instanceof S3ObjectStore) store.close();
       redis?.disconnect();
       await orm.close();
       await embedded?.stop();

@@ -46,6 +46,12 @@ export interface Config {
   environmentLostHostSeconds: number;
   /** `IDLE_GPU_UTILIZATION_PERCENT`: GPU use below this counts as idle for idle auto-stop. @default 5 */
   idleGpuUtilizationPercent: number;
+  /**
+   * Object storage for workspace files and archived logs: S3 when `S3_BUCKET` is set (`S3_ENDPOINT`,
+   * `S3_REGION` default us-east-1, `S3_ACCESS_KEY_ID`, `S3_SECRET_ACCESS_KEY`, `S3_FORCE_PATH_STYLE`
+   * default true with an endpoint), else files under `DATA_DIR/objects`.
+   */
+  s3?: { endpoint?: string; bucket: string; region: string; accessKeyId?: string; secretAccessKey?: string; forcePathStyle: boolean };
   /** `SHUTDOWN_TIMEOUT_SECONDS`: how long SIGTERM waits for open calls and streams. @default 10 */
   shutdownTimeoutSeconds: number;
   /** `DATABASE_POOL_SIZE`: most PostgreSQL connections per replica. @default 20 */
@@ -135,6 +141,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     environmentStartTimeoutSeconds: int("ENVIRONMENT_START_TIMEOUT_SECONDS", 600, 10, 86400),
     environmentLostHostSeconds: int("ENVIRONMENT_LOST_HOST_SECONDS", 900, 1, 30 * 86400),
     idleGpuUtilizationPercent: int("IDLE_GPU_UTILIZATION_PERCENT", 5, 0, 100),
+    s3: s3Config(value, url("S3_ENDPOINT", ["http:", "https:"]), problems),
     shutdownTimeoutSeconds: int("SHUTDOWN_TIMEOUT_SECONDS", 10, 0, 600),
     databasePoolSize: int("DATABASE_POOL_SIZE", 20, 1, 500),
   };
@@ -158,4 +165,19 @@ function portRange(raw: string, problems: string[]): { first: number; last: numb
     return { first: 30000, last: 32767 };
   }
   return { first, last };
+}
+
+function s3Config(value: (name: string) => string | undefined, endpoint: string | undefined, problems: string[]): Config["s3"] {
+  const bucket = value("S3_BUCKET");
+  if (!bucket) {
+    for (const name of ["S3_ENDPOINT", "S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"]) if (value(name)) problems.push(`${name}: set S3_BUCKET too, or leave it out`);
+    return undefined;
+  }
+  if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket)) problems.push(`S3_BUCKET=${JSON.stringify(bucket)}: not a valid bucket name`);
+  const accessKeyId = value("S3_ACCESS_KEY_ID");
+  const secretAccessKey = value("S3_SECRET_ACCESS_KEY");
+  if (!accessKeyId !== !secretAccessKey) problems.push("S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY: set both or neither (neither uses the AWS default chain)");
+  const style = value("S3_FORCE_PATH_STYLE");
+  if (style !== undefined && style !== "true" && style !== "false") problems.push(`S3_FORCE_PATH_STYLE=${JSON.stringify(style)}: must be true or false`);
+  return { endpoint, bucket, region: value("S3_REGION") ?? "us-east-1", accessKeyId, secretAccessKey, forcePathStyle: style ? style === "true" : endpoint !== undefined };
 }

@@ -67,6 +67,14 @@ export class QuotaExceededError extends ResourceExhaustedError {
   }
 }
 
+/** The caller went away before the operation completed; nothing of it was kept. */
+export class CancelledError extends DomainError {
+  override name = "CancelledError";
+  constructor() {
+    super("cancelled by the caller");
+  }
+}
+
 /** A concurrent change won; the caller may retry. */
 export class ConflictError extends DomainError {
   override name = "ConflictError";

@@ -1,5 +1,10 @@
+import { createInterface } from "node:readline";
+import { Readable } from "node:stream";
+import { createGunzip, createGzip } from "node:zlib";
 import type { MikroORM } from "@mikro-orm/postgresql";
 import { Feed } from "../platform/feed.js";
+import type { ObjectStore } from "../storage/object-store.js";
+import { LogArchive } from "../storage/workspace-file.js";
 import type { LogStreamName } from "./environment.js";
 
 export interface LogLineRecord {
@@ -26,7 +31,10 @@ export const KEPT_LINES = 10_000;
 export class EnvironmentLogs {
   readonly appended = new Feed<LogBatch>();
 
-  constructor(private readonly orm: MikroORM) {}
+  constructor(
+    private readonly orm: MikroORM,
+    private readonly store: ObjectStore,
+  ) {}
 
   /** Stores lines a host reported; lines about an environment the host does not run are dropped. */
   async append(hostId: string, environmentId: string, lines: LogLineRecord[]): Promise<boolean> {
@@ -58,5 +66,49 @@ export class EnvironmentLogs {
     if (since) query.andWhere("time", ">=", since);
     const rows: LogLineRecord[] = await query;
     return rows.reverse().map((r) => ({ id: String(r.id), time: new Date(r.time), stream: r.stream, text: r.text }));
+  }
+
+  /**
+   * Copies an environment's stored lines to the object store (gzipped JSON lines) before the
+   * environment goes; StreamLogs serves the copy afterwards. Running it twice rewrites the same copy.
+   */
+  async archive(environmentId: string, workspaceId: string): Promise<void> {
+    const lines = await this.tail(environmentId, KEPT_LINES);
+    const key = `workspaces/${workspaceId}/logs/${environmentId}.jsonl.gz`;
+    const json = Readable.from((function* () {
+      for (const l of lines) yield `${JSON.stringify({ t: l.time.toISOString(), s: l.stream, x: l.text })}\n`;
+    })());
+    await this.store.put(key, json.pipe(createGzip()), "application/gzip");
+    const knex = this.orm.em.getConnection().getKnex();
+    await knex("environment_log_archives")
+      .insert({ environment_id: environmentId, workspace_id: workspaceId, object_key: key, line_count: lines.length, created_at: new Date() })
+      .onConflict("environment_id")
+      .merge(["object_key", "line_count", "created_at"]);
+  }
+
+  /** The archived lines of a deleted environment (last `count`, at or after `since`), or undefined if none. */
+  async archived(environmentId: string, visibleIn: string | undefined, count: number, since?: Date): Promise<LogLineRecord[] | undefined> {
+    const archive = await this.orm.em.fork().findOne(LogArchive, { environmentId });
+    if (!archive || (visibleIn !== undefined && archive.workspace.id !== visibleIn)) return undefined;
+    const lines: LogLineRecord[] = [];
+    const text = createInterface({ input: Readable.from(await this.store.get(archive.objectKey)).pipe(createGunzip()), crlfDelay: Infinity });
+    for await (const row of text) {
+      if (!row) continue;
+      const l = JSON.parse(row) as { t: string; s: LogStreamName; x: string };
+      const time = new Date(l.t);
+      if (since && time < since) continue;
+      lines.push({ time, stream: l.s, text: l.x });
+      if (lines.length > count) lines.shift();
+    }
+    return lines;
+  }
+
+  /** Deletes the archives of a workspace that is going away. */
+  async purgeArchives(workspaceId: string): Promise<void> {
+    const em = this.orm.em.fork();
+    for (const archive of await em.find(LogArchive, { workspace: workspaceId })) {
+      await this.store.delete(archive.objectKey);
+      await em.nativeDelete(LogArchive, { environmentId: archive.environmentId });
+    }
   }
 }

@@ -17,6 +17,8 @@ export interface ReconcilerOptions {
   retryBaseMs?: number;
   /** @default 60000 */
   retryMaxMs?: number;
+  /** Runs before a deleted environment's row goes (archiving its logs); a failure keeps it for the next pass. */
+  beforeForget?: (environmentId: string, workspaceId: string) => Promise<void>;
 }
 
 export interface WorkloadReport {
@@ -95,7 +97,15 @@ export class EnvironmentReconciler {
     const em = this.orm.em.fork();
     const envs = await em.find(Environment, { status: { $in: HOLDING } }, { populate: ["host"] });
     for (const env of envs) {
-      if (this.decide(env, env.host, this.clock.now()) === undefined) continue;
+      const decision = this.decide(env, env.host, this.clock.now());
+      if (decision === undefined) continue;
+      if (decision.forget && this.options.beforeForget) {
+        const ready = await this.options.beforeForget(env.id, env.workspace.id).then(
+          () => true,
+          (err: unknown) => (this.logger.warn({ err, environmentId: env.id }, "could not archive the logs of a deleted environment; retrying"), false),
+        );
+        if (!ready) continue;
+      }
       await this.step(env.id).catch((err: unknown) => this.logger.error({ err, environmentId: env.id }, "reconciling an environment failed"));
     }
   }

@@ -7,6 +7,7 @@ import { EnvironmentLogLineSchema, EnvironmentSchema, PortMappingSchema } from "
 import { ApiTokenSchema } from "../auth/api-token.js";
 import { TelemetryBucketSchema } from "../telemetry/telemetry-bucket.js";
 import { AuditEventSchema } from "../audit/audit-event.js";
+import { LogArchiveSchema, WorkspaceFileSchema } from "../storage/workspace-file.js";
 import { migrations } from "./migrations/index.js";
 
 export { MikroORM };
@@ -23,6 +24,8 @@ export const entities = [
   TelemetryBucketSchema,
   AuditEventSchema,
   EnvironmentLogLineSchema,
+  WorkspaceFileSchema,
+  LogArchiveSchema,
 ];
 
 // Any fixed number works: it only has to be the same for every replica.

@@ -21,7 +21,7 @@ import type {
 import { assertInWorkspace, confinedTo } from "../auth/workspace-access.js";
 import type { EnvironmentLogs } from "../environment/environment-logs.js";
 import type { EnvironmentManager, EnvironmentView } from "../environment/environment-manager.js";
-import { InvalidArgumentError } from "../errors.js";
+import { InvalidArgumentError, NotFoundError } from "../errors.js";
 import { checkId } from "../ids.js";
 import { Violations } from "../validation.js";
 import { auditNote, callerOf } from "./context.js";
@@ -111,7 +111,17 @@ export class EnvironmentHandler implements Impl {
     const live = req.follow ? this.logs.appended.subscribe({ accept: (b) => b.environmentId === id, capacity: 1000, overflow: "drop-oldest" }, stop.signal) : undefined;
     const ends = req.follow ? this.environments.changes.subscribe({ accept: (c) => c.view.environment.id === id, capacity: 100, overflow: "drop-oldest" }, stop.signal) : undefined;
     try {
-      const env = await this.environments.get(id, confinedTo(callerOf(ctx)));
+      const visibility = confinedTo(callerOf(ctx));
+      const env = await this.environments.get(id, visibility).catch(async (err: unknown) => {
+        // A deleted environment's log lives on in its archive.
+        const archived = err instanceof NotFoundError ? await this.logs.archived(id, visibility, req.tailLines || DEFAULT_TAIL, since) : undefined;
+        if (!archived) throw err;
+        return archived;
+      });
+      if (Array.isArray(env)) {
+        if (env.length > 0) yield { lines: env.map(logLineToMessage) };
+        return;
+      }
       const tail = await this.logs.tail(id, req.tailLines || DEFAULT_TAIL, since);
       if (tail.length > 0) yield { lines: tail.map(logLineToMessage) };
       if (!live || !ends || ENDED.has(env.environment.status)) return;

@@ -9,6 +9,7 @@ import {
 } from "@mikro-orm/core";
 import {
   AlreadyExistsError,
+  CancelledError,
   ConflictError,
   FailedPreconditionError,
   InvalidArgumentError,
@@ -29,6 +30,7 @@ const DOMAIN_CODES: [new (...args: never[]) => Error, Code][] = [
   [UnauthenticatedError, Code.Unauthenticated],
   [PermissionDeniedError, Code.PermissionDenied],
   [UnavailableError, Code.Unavailable],
+  [CancelledError, Code.Canceled],
 ];
 
 // Node and pg error codes that mean "the database is not reachable right now".

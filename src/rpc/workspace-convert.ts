@@ -7,9 +7,11 @@ import {
   ResourceQuotaSchema as ResourceQuotaMessageSchema,
   ResourceUsageSchema,
   WorkspaceSchema as WorkspaceMessageSchema,
+  WorkspaceFileSchema as WorkspaceFileMessageSchema,
   type ResourceQuota as ResourceQuotaMessage,
 } from "../../gen/remotegpu/v1/workspace_pb.js";
 import type { AuditEvent } from "../audit/audit-event.js";
+import type { WorkspaceFile } from "../storage/workspace-file.js";
 import type { ApiToken, WorkspaceRole } from "../auth/api-token.js";
 import type { QuotaLimits, Usage } from "../workspace/quota-ledger.js";
 import type { ResourceQuota, Workspace } from "../workspace/workspace.js";
@@ -100,4 +102,8 @@ export function auditEventToMessage(e: AuditEvent) {
     code: e.code,
     requestId: e.requestId,
   });
+}
+
+export function fileToMessage(f: WorkspaceFile) {
+  return create(WorkspaceFileMessageSchema, { path: f.path, sizeBytes: BigInt(f.sizeBytes), contentType: f.contentType, modifyTime: ts(f.updatedAt) });
 }

@@ -13,20 +13,32 @@ import type {
   SetResourceQuotaRequest,
   UpdateWorkspaceRequest,
   WorkspaceService,
+  DeleteFileRequest,
+  DownloadFileRequest,
+  DownloadFileResponseSchema,
+  GetFileUrlRequest,
+  ListFilesRequest,
+  UploadFileRequest,
 } from "../../gen/remotegpu/v1/workspace_pb.js";
+import { FileUrlMethod } from "../../gen/remotegpu/v1/workspace_pb.js";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import type { WorkspaceFiles } from "../storage/workspace-files.js";
 import type { AuditTrail } from "../audit/audit-trail.js";
 import { assertInWorkspace, confinedTo } from "../auth/workspace-access.js";
 import type { WorkspaceTokens } from "../auth/workspace-tokens.js";
 import { InvalidArgumentError } from "../errors.js";
 import { checkId } from "../ids.js";
-import { Violations, checkString, parseLabelSelector } from "../validation.js";
+import { Violations, checkString, parseLabelSelector, toSafeNumber } from "../validation.js";
 import type { QuotaLedger } from "../workspace/quota-ledger.js";
 import type { WorkspacePatch, WorkspaceRegistry } from "../workspace/workspace-registry.js";
 import { auditNote, callerOf } from "./context.js";
 import { dateFromMessage } from "./convert.js";
-import { auditEventToMessage, quotaFromMessage, quotaToMessage, tokenRole, tokenToMessage, usageToMessage, workspaceToMessage } from "./workspace-convert.js";
+import { auditEventToMessage, fileToMessage, quotaFromMessage, quotaToMessage, tokenRole, tokenToMessage, usageToMessage, workspaceToMessage } from "./workspace-convert.js";
 
 type Impl = Partial<ServiceImpl<typeof WorkspaceService>>;
+
+const DEFAULT_URL_MS = 15 * 60_000;
 
 /**
  * WorkspaceService over Connect/gRPC. The access interceptor has checked the caller's role; each
@@ -38,7 +50,64 @@ export class WorkspaceHandler implements Impl {
     private readonly quotas: QuotaLedger,
     private readonly tokens: WorkspaceTokens,
     private readonly audit: AuditTrail,
+    private readonly files: WorkspaceFiles,
   ) {}
+
+  /** The header first, then chunks, streamed through to the object store. */
+  async uploadFile(requests: AsyncIterable<UploadFileRequest>, ctx: HandlerContext) {
+    const incoming = requests[Symbol.asyncIterator]();
+    const first = await incoming.next();
+    if (first.done || first.value.part.case !== "header") throw InvalidArgumentError.field("header", "the first message must be the header");
+    const h = first.value.part.value;
+    assertInWorkspace(callerOf(ctx), h.workspaceId);
+    const v = new Violations();
+    const sizeBytes = h.sizeBytes === undefined ? undefined : toSafeNumber(v, "header.size_bytes", h.sizeBytes);
+    v.throwIfAny();
+    const chunks = (async function* () {
+      for (let next = await incoming.next(); !next.done; next = await incoming.next()) {
+        if (next.value.part.case !== "chunk") throw InvalidArgumentError.field("header", "only the first message may be a header");
+        yield next.value.part.value;
+      }
+    })();
+    const file = await this.files.upload(h.workspaceId, { path: h.path, contentType: h.contentType, sizeBytes, overwrite: h.overwrite }, chunks, auditNote(ctx), ctx.signal);
+    return { file: fileToMessage(file) };
+  }
+
+  /** The file's metadata first, then its content (or a range of it) in chunks. */
+  async *downloadFile(req: DownloadFileRequest, ctx: HandlerContext): AsyncIterable<MessageInitShape<typeof DownloadFileResponseSchema>> {
+    assertInWorkspace(callerOf(ctx), req.workspaceId);
+    const v = new Violations();
+    const offset = toSafeNumber(v, "offset", req.offset);
+    const length = toSafeNumber(v, "length", req.length);
+    v.throwIfAny();
+    const { file, content } = await this.files.download(req.workspaceId, req.path, offset, length);
+    yield { part: { case: "file", value: fileToMessage(file) } };
+    for await (const chunk of content) yield { part: { case: "chunk", value: chunk } };
+  }
+
+  async listFiles(req: ListFilesRequest, ctx: HandlerContext) {
+    assertInWorkspace(callerOf(ctx), req.workspaceId);
+    const page = await this.files.list(req.workspaceId, req.prefix, req.pageSize, req.pageToken);
+    return { files: page.items.map(fileToMessage), nextPageToken: page.nextPageToken };
+  }
+
+  async deleteFile(req: DeleteFileRequest, ctx: HandlerContext) {
+    assertInWorkspace(callerOf(ctx), req.workspaceId);
+    await this.files.delete(req.workspaceId, req.path, auditNote(ctx));
+    return {};
+  }
+
+  /** GET is a read (viewer); PUT writes, so it needs a member. */
+  async getFileUrl(req: GetFileUrlRequest, ctx: HandlerContext) {
+    const put = req.method === FileUrlMethod.PUT;
+    assertInWorkspace(callerOf(ctx), req.workspaceId, put ? "member" : undefined);
+    const v = new Violations();
+    const expiresMs = req.expiresIn ? Number(req.expiresIn.seconds) * 1000 + Math.floor(req.expiresIn.nanos / 1e6) : DEFAULT_URL_MS;
+    v.check(req.method === FileUrlMethod.UNSPECIFIED || req.method === FileUrlMethod.GET || put, "method", `unknown value ${req.method}`);
+    v.throwIfAny();
+    const { url, expireTime } = await this.files.url(req.workspaceId, req.path, put ? "PUT" : "GET", Math.floor(expiresMs / 1000), auditNote(ctx));
+    return { url, expireTime: timestampFromDate(expireTime) };
+  }
 
   async createWorkspace(req: CreateWorkspaceRequest, ctx: HandlerContext) {
     const workspace = await this.workspaces.create({ name: req.name, displayName: req.displayName, labels: req.labels }, auditNote(ctx));

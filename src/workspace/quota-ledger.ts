@@ -58,7 +58,7 @@ export function admit(quota: QuotaLimits, usage: Usage, demand: Demand): void {
 
 /**
  * Quotas and the live usage they bound. Usage is not a counter that could drift: it is read from
- * what the workspace holds (environments, allocated GPUs), under the quota row's lock.
+ * what the workspace holds (environments, allocated GPUs, files), under the quota row's lock.
  */
 export class QuotaLedger {
   constructor(
@@ -130,9 +130,10 @@ export class QuotaLedger {
       `select count(*)::int as environments,
               coalesce(sum(cpu_millicores) filter (where ${HOLDS_COMPUTE}), 0) as cpu,
               coalesce(sum(memory_bytes) filter (where ${HOLDS_COMPUTE}), 0) as memory,
-              coalesce(sum(storage_bytes), 0) as storage
+              coalesce(sum(storage_bytes), 0)
+                + (select coalesce(sum(size_bytes), 0) from workspace_files where workspace_id = ?) as storage
          from environments where workspace_id = ? and status <> 'DELETED'`,
-      [workspaceId],
+      [workspaceId, workspaceId],
       "all",
       ctx,
     );

@@ -2,6 +2,7 @@ import { LockMode, raw, type FilterQuery } from "@mikro-orm/core";
 import type { EntityManager, MikroORM } from "@mikro-orm/postgresql";
 import type { AuditNote } from "../audit/audit-trail.js";
 import { Environment } from "../environment/environment.js";
+import { WorkspaceFile } from "../storage/workspace-file.js";
 import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError } from "../errors.js";
 import { checkId } from "../ids.js";
 import { decodePageToken, encodePageToken, pageSize, type Page } from "../pagination.js";
@@ -28,18 +29,22 @@ export const UPDATABLE_WORKSPACE_FIELDS = ["display_name", "labels"] as const;
 
 const SLUG = /^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$/;
 
-/**
- * Stops and deletes a workspace's environments and files before the workspace itself goes
- * (DeleteWorkspace with force). Resolves once nothing is left.
- */
-export type WorkspaceEmptier = (workspaceId: string) => Promise<void>;
+/** What a workspace holds outside its own rows, for DeleteWorkspace. */
+export interface WorkspaceContents {
+  /** Stops and deletes its environments and files through their normal paths (with force); resolves once none are left. */
+  empty(workspaceId: string): Promise<void>;
+  /** Removes what it keeps in object storage beyond files (archived logs), just before it goes. */
+  purge(workspaceId: string): Promise<void>;
+}
+
+const NOTHING: WorkspaceContents = { empty: async () => undefined, purge: async () => undefined };
 
 /** Workspaces: the teams that share the fleet. */
 export class WorkspaceRegistry {
   constructor(
     private readonly orm: MikroORM,
     private readonly clock: Clock,
-    private readonly empty: WorkspaceEmptier = async () => undefined,
+    private readonly contents: WorkspaceContents = NOTHING,
   ) {}
 
   /** Creates a workspace with an unlimited quota. */
@@ -112,16 +117,21 @@ export class WorkspaceRegistry {
    */
   async delete(id: string, force: boolean, note: AuditNote): Promise<void> {
     const workspaceId = checkId("id", id);
-    await this.get(workspaceId);
-    if (force) await this.empty(workspaceId);
-    await this.orm.em.fork().transactional(async (em) => {
-      const workspace = await this.find(em, workspaceId, LockMode.PESSIMISTIC_WRITE);
-      const environments = await em.count(Environment, { workspace, status: { $ne: "DELETED" } });
-      if (environments > 0) {
-        throw new FailedPreconditionError(`workspace "${workspace.name}" still has ${environments} environment(s); delete them first or pass force`);
+    const check = async (em: EntityManager, workspace: Workspace) => {
+      const [environments, files] = await Promise.all([em.count(Environment, { workspace }), em.count(WorkspaceFile, { workspace })]);
+      if (environments + files > 0) {
+        throw new FailedPreconditionError(`workspace "${workspace.name}" still has ${environments} environment(s) and ${files} file(s); delete them first or pass force`);
       }
-      note(em, { workspaceId: workspace.id, targetId: workspace.id });
-      await em.nativeDelete(Workspace, { id: workspace.id });
+    };
+    const workspace = await this.get(workspaceId);
+    if (force) await this.contents.empty(workspaceId);
+    else await check(this.orm.em.fork(), workspace);
+    await this.contents.purge(workspaceId);
+    await this.orm.em.fork().transactional(async (em) => {
+      const locked = await this.find(em, workspaceId, LockMode.PESSIMISTIC_WRITE);
+      await check(em, locked);
+      note(em, { workspaceId: locked.id, targetId: locked.id });
+      await em.nativeDelete(Workspace, { id: locked.id });
     });
   }
 

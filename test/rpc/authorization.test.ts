@@ -19,8 +19,6 @@ import { ADMIN_TOKEN, startTestServer, type TestServer } from "../support/server
 const OK = 0;
 type Outcome = Code | typeof OK;
 const codeName = (c: Outcome) => (c === OK ? "OK" : Code[c]);
-/** What an allowed caller gets from an RPC that is not implemented yet: change to OK when it lands. */
-const NOT_YET = Code.Unimplemented;
 const GiB = 1n << 30n;
 const NO_SUCH_ENV = "00000000-0000-4000-8000-00000000e0e0";
 
@@ -73,7 +71,7 @@ function expected(rule: Rule, kind: Kind): Outcome {
   if (ROLE_RANK[kind]! < NEED_RANK[rule.need]) return Code.PermissionDenied;
   if (kind === "B member" && rule.scope === "workspace") return Code.PermissionDenied;
   // An object of another workspace does not exist for the caller, once there is a handler to look it up.
-  if (kind === "B member" && rule.scope === "object") return allowed === NOT_YET ? NOT_YET : Code.NotFound;
+  if (kind === "B member" && rule.scope === "object") return Code.NotFound;
   return allowed;
 }
 
@@ -122,15 +120,14 @@ const workspaceRules: Record<string, Rule> = {
   RevokeApiToken: { need: "ws-admin", scope: ws, req: async (fx) => ({ workspaceId: fx.a, tokenId: await fx.fresh.token() }) },
   UploadFile: {
     need: "member",
-    // The workspace is in the stream's first message, which only the handler reads: until it lands,
-    // another workspace's member meets UNIMPLEMENTED too. Set scope: ws when it does.
-    allowed: NOT_YET,
+    scope: ws,
     req: (fx) => [{ part: { case: "header", value: { workspaceId: fx.a, path: `authz/${fx.n()}.txt` } } }, { part: { case: "chunk", value: new Uint8Array([1, 2, 3]) } }],
   },
-  DownloadFile: { need: "viewer", scope: ws, allowed: NOT_YET, req: (fx) => ({ workspaceId: fx.a, path: "authz/none.txt" }) },
-  ListFiles: { need: "viewer", scope: ws, allowed: NOT_YET, req: (fx) => ({ workspaceId: fx.a }) },
-  DeleteFile: { need: "member", scope: ws, allowed: NOT_YET, req: (fx) => ({ workspaceId: fx.a, path: "authz/none.txt" }) },
-  GetFileUrl: { need: "viewer", scope: ws, allowed: NOT_YET, req: (fx) => ({ workspaceId: fx.a, path: "authz/none.txt", method: FileUrlMethod.GET }) },
+  // Reads of a file that is not there: the policy lets the call through, then it is NOT_FOUND.
+  DownloadFile: { need: "viewer", scope: ws, allowed: Code.NotFound, req: (fx) => ({ workspaceId: fx.a, path: "authz/none.txt" }) },
+  ListFiles: { need: "viewer", scope: ws, req: (fx) => ({ workspaceId: fx.a }) },
+  DeleteFile: { need: "member", scope: ws, allowed: Code.NotFound, req: (fx) => ({ workspaceId: fx.a, path: "authz/none.txt" }) },
+  GetFileUrl: { need: "viewer", scope: ws, allowed: Code.NotFound, req: (fx) => ({ workspaceId: fx.a, path: "authz/none.txt", method: FileUrlMethod.GET }) },
   ListAuditEvents: { need: "ws-admin", scope: ws, req: (fx) => ({ workspaceId: fx.a }) },
 };
 

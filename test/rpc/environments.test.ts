@@ -235,6 +235,16 @@ describe("EnvironmentService with the agent runtime", () => {
     await status(env.id, EnvironmentStatus.STOPPED);
     await following; // ends by itself with the environment
     assert.deepEqual(followed, ["line 3", "line 4"]);
+
+    // Deleted, its log is archived to the object store and still readable.
+    await envs.deleteEnvironment({ id: env.id });
+    await until("the environment to be gone", async () => (await envs.getEnvironment({ id: env.id }).catch(() => undefined)) === undefined);
+    const archived: string[] = [];
+    for await (const res of envs.streamLogs({ environmentId: env.id, tailLines: 3, follow: true })) archived.push(...res.lines.map((l) => l.text));
+    assert.deepEqual(archived, ["line 2", "line 3", "line 4"]);
+    const outsider = (await workspaces.createWorkspace({ name: "log-outsider" })).workspace!.id;
+    const peek = server.client(EnvironmentService, { token: (await workspaces.createApiToken({ workspaceId: outsider, name: "v", role: ApiTokenRole.VIEWER })).secret });
+    await expectCode(peek.streamLogs({ environmentId: env.id })[Symbol.asyncIterator]().next(), Code.NotFound);
   });
 
   it("watches: a late watcher gets the current state first, then changes", async () => {

@@ -1,3 +1,6 @@
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
 import { createClient, type Client, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import type { DescService } from "@bufbuild/protobuf";
@@ -24,7 +27,10 @@ export interface TestServer {
 export async function startTestServer(opts: { clock?: Clock; env?: Record<string, string>; db?: TestDatabase } = {}): Promise<TestServer> {
   // A second replica passes the first one's database; only its creator drops it.
   const db = opts.db ?? (await createTestDatabase());
+  // Objects (files, archived logs) go to a directory of this server's own unless the test chose one.
+  const dataDir = opts.env?.DATA_DIR ? undefined : await mkdtemp(path.join(tmpdir(), "remotegpu-test-"));
   const config = loadConfig({
+    ...(dataDir ? { DATA_DIR: dataDir } : {}),
     DATABASE_URL: db.url,
     PORT: "0",
     BIND_ADDRESS: "127.0.0.1",
@@ -48,6 +54,7 @@ export async function startTestServer(opts: { clock?: Clock; env?: Record<string
     async close() {
       await app.close();
       if (!opts.db) await db.drop();
+      if (dataDir) await rm(dataDir, { recursive: true, force: true });
     },
   };
 }

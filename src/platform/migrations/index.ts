@@ -2,6 +2,7 @@ import { Migration20261130214855_initial } from "./Migration20261130214855_initi
 import { Migration20261130222022_telemetry } from "./Migration20261130222022_telemetry.js";
 import { Migration20261201000000_audit } from "./Migration20261201000000_audit.js";
 import { Migration20261201001000_environments } from "./Migration20261201001000_environments.js";
+import { Migration20261201002000_storage } from "./Migration20261201002000_storage.js";
 
 // Every migration, in order. Listed by hand so they run the same from TypeScript and from dist/.
 export const migrations = [
@@ -9,4 +10,5 @@ export const migrations = [
   { name: "Migration20261130222022_telemetry", class: Migration20261130222022_telemetry },
   { name: "Migration20261201000000_audit", class: Migration20261201000000_audit },
   { name: "Migration20261201001000_environments", class: Migration20261201001000_environments },
+  { name: "Migration20261201002000_storage", class: Migration20261201002000_storage },
 ];
