@@ -144,10 +144,10 @@ export class AgentConnection implements WorkloadEvents {
         case "runEnvironment":
           return await w.run(workloadSpec(c.value));
         case "stopEnvironment":
-          await w.stop(c.value.environmentId);
+          await w.stop(c.value.environmentId, Number(c.value.generation));
           return { ok: true, message: "stopped" };
         case "removeEnvironment":
-          await w.remove(c.value.environmentId);
+          await w.remove(c.value.environmentId, Number(c.value.generation));
           return { ok: true, message: "removed" };
         default:
           return { ok: false, message: "unknown command" };

@@ -229,25 +229,33 @@ export class Workloads {
     });
   }
 
-  /** Stops a workload and keeps its volume; reports STOPPED, also when there was nothing to stop. */
-  async stop(environmentId: string): Promise<void> {
+  /**
+   * Stops a workload and keeps its volume; reports STOPPED, also when there was nothing to stop. The
+   * report carries at least `generation` (the server's current one), so the server can tell it from
+   * the STOPPED of an older workload that a newer run replaced.
+   */
+  async stop(environmentId: string, generation = 0): Promise<void> {
     checkId(environmentId);
     return this.serial(environmentId, async () => {
       const w = this.workloads.get(environmentId);
-      if (w) await this.stopWorkload(w, "stopped on request");
-      else this.emit({ environmentId, generation: await this.savedGeneration(environmentId), state: "STOPPED", message: "not running", time: new Date() });
+      if (w) {
+        w.spec = { ...w.spec, generation: Math.max(w.spec.generation, generation) };
+        await this.stopWorkload(w, "stopped on request");
+      } else {
+        this.emit({ environmentId, generation: Math.max(generation, await this.savedGeneration(environmentId)), state: "STOPPED", message: "not running", time: new Date() });
+      }
     });
   }
 
   /** Stops a workload and deletes its directory, volume included; reports REMOVED, also for unknown ids. */
-  async remove(environmentId: string): Promise<void> {
+  async remove(environmentId: string, atLeastGeneration = 0): Promise<void> {
     checkId(environmentId);
     return this.serial(environmentId, async () => {
       const w = this.workloads.get(environmentId);
       if (w) await this.halt(w);
       // A container may outlive the agent that started it.
       if (this.engine !== "process") await execFileP(this.engine, ["rm", "-f", containerName(environmentId)]).catch(() => undefined);
-      const generation = w?.spec.generation ?? (await this.savedGeneration(environmentId));
+      const generation = Math.max(atLeastGeneration, w?.spec.generation ?? (await this.savedGeneration(environmentId)));
       await rm(this.dirOf(environmentId), { recursive: true, force: true });
       this.workloads.delete(environmentId);
       w?.logs.add("SYSTEM", "removed");

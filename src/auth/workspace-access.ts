@@ -1,4 +1,5 @@
 import { PermissionDeniedError } from "../errors.js";
+import { checkId } from "../ids.js";
 import type { WorkspaceRole } from "./api-token.js";
 import type { Principal } from "./principal.js";
 
@@ -23,7 +24,8 @@ export function confinedTo(principal: Principal): string | undefined {
  * For calls naming a workspace: a workspace token may only name its own (PERMISSION_DENIED
  * otherwise, decided without looking the workspace up, so it reveals nothing about it).
  */
-export function assertInWorkspace(principal: Principal, workspaceId: string, role?: WorkspaceRole): void {
+export function assertInWorkspace(principal: Principal, workspaceId: string, role?: WorkspaceRole, field = "workspace_id"): void {
+  checkId(field, workspaceId); // missing or malformed: INVALID_ARGUMENT naming the field, for everyone
   const own = confinedTo(principal);
   if (own === undefined) return;
   if (own !== workspaceId) throw new PermissionDeniedError("this token belongs to another workspace");

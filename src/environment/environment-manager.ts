@@ -1,7 +1,7 @@
 import { LockMode, type FilterQuery } from "@mikro-orm/core";
 import type { EntityManager, MikroORM } from "@mikro-orm/postgresql";
 import type { AuditNote } from "../audit/audit-trail.js";
-import { AlreadyExistsError, FailedPreconditionError, NotFoundError } from "../errors.js";
+import { AlreadyExistsError, ConflictError, FailedPreconditionError, NotFoundError } from "../errors.js";
 import { Host } from "../host/host.js";
 import { Gpu } from "../gpu/gpu.js";
 import { checkId } from "../ids.js";
@@ -179,8 +179,10 @@ export class EnvironmentManager {
   }
 
   /** Stops the workload and releases GPUs and ports; the volume stays. */
-  async stop(id: string, visibility: Visibility, note: AuditNote, reason = "stopping"): Promise<EnvironmentView> {
+  /** `unchangedSince`: only if the environment is still at that version (the idle stopper's view of it). */
+  async stop(id: string, visibility: Visibility, note: AuditNote, reason = "stopping", unchangedSince?: number): Promise<EnvironmentView> {
     return this.change(id, visibility, note, async (_em, env) => {
+      if (unchangedSince !== undefined && env.version !== unchangedSince) throw new ConflictError(`environment "${env.name}" changed meanwhile`);
       if (!["PENDING", "CREATING", "STARTING", "RUNNING"].includes(env.status)) {
         throw new FailedPreconditionError(`environment "${env.name}" is ${env.status}; only a running or starting one can be stopped`);
       }
@@ -232,6 +234,7 @@ export class EnvironmentManager {
 
   /** Maps one more port of a running environment; it is kept for later starts too. */
   async addPort(environmentId: string, spec: PortSpec, hostPort: number | undefined, visibility: Visibility, note: AuditNote): Promise<PortMapping> {
+    checkId("environment_id", environmentId);
     const v = new Violations();
     checkPorts(v, "port", [spec]);
     if (hostPort !== undefined) v.check(hostPort >= this.portRange.first && hostPort <= this.portRange.last, "host_port", `must be in ${this.portRange.first}-${this.portRange.last}`);
@@ -253,6 +256,7 @@ export class EnvironmentManager {
   }
 
   async removePort(environmentId: string, mappingId: string, visibility: Visibility, note: AuditNote): Promise<void> {
+    checkId("environment_id", environmentId);
     await this.change(environmentId, visibility, note, async (em, env) => {
       if (env.status !== "RUNNING") throw new FailedPreconditionError(`environment "${env.name}" is ${env.status}; ports can be removed from a RUNNING one`);
       const mapping = await em.findOne(PortMapping, { id: checkId("port_mapping_id", mappingId), environment: env });
@@ -266,6 +270,7 @@ export class EnvironmentManager {
   }
 
   async listPorts(environmentId: string, visibility: Visibility): Promise<PortMapping[]> {
+    checkId("environment_id", environmentId);
     return (await this.get(environmentId, visibility)).portMappings;
   }
 

@@ -110,16 +110,12 @@ export class EnvironmentReconciler {
     }
   }
 
-  /**
-   * Records what a runtime reports about a workload; reports of older generations are ignored. A
-   * stop or removal of a workload the runtime never knew comes as generation 0, and counts.
-   */
+  /** Records what a runtime reports about a workload; reports of older generations are ignored. */
   async observe(hostId: string, report: WorkloadReport): Promise<void> {
-    const unknown = report.generation === 0 && (report.state === "STOPPED" || report.state === "REMOVED");
     const updated = await this.orm.em.fork().nativeUpdate(
       Environment,
-      { id: report.environmentId, host: hostId, ...(unknown ? {} : { workloadGeneration: { $lte: report.generation } }) },
-      { workloadState: report.state, workloadMessage: report.message.slice(0, 4096), ...(unknown ? {} : { workloadGeneration: report.generation }) },
+      { id: report.environmentId, host: hostId, workloadGeneration: { $lte: report.generation } },
+      { workloadState: report.state, workloadMessage: report.message.slice(0, 4096), workloadGeneration: report.generation },
     );
     if (updated > 0) this.kick();
   }
@@ -139,22 +135,24 @@ export class EnvironmentReconciler {
     for (const id of runningIds) {
       if (wanted.has(id)) continue;
       // Unknown ones were deleted while the host was away; the others were stopped or failed.
-      const call = known.has(id) || (await em.count(Environment, { id })) > 0 ? runtime.stop(id, hostId) : runtime.remove(id, hostId);
+      const call = known.has(id) || (await em.count(Environment, { id })) > 0 ? runtime.stop(id, hostId, 0) : runtime.remove(id, hostId, 0);
       await call.catch((err: unknown) => this.logger.warn({ err, environmentId: id }, "could not stop a workload the host should not run"));
     }
-    // What it should run and does not (the agent or its host restarted) is asked for again at once.
-    const lost = envs.filter((e) => wanted.has(e.id) && !runningIds.includes(e.id));
-    if (lost.length === 0) return;
-    const now = this.clock.now();
-    for (const env of lost) {
-      if (env.status === "RUNNING") transition(env, "STARTING", "its host's agent no longer runs it; starting it again", now);
-      // A new generation: the agent may remember the old one as stopped, and would not run it again.
-      Object.assign(env, { generation: env.generation + 1, workloadState: "", actedAt: null, attempts: 0 });
+    // What it should run and does not (the agent or its host restarted) is asked for again at once,
+    // each under its row lock, as a user's change would be.
+    const lost = envs.filter((e) => wanted.has(e.id) && !runningIds.includes(e.id)).map((e) => e.id);
+    for (const id of lost) {
+      const view = await this.orm.em.fork().transactional(async (tx) => {
+        const env = await tx.findOne(Environment, id, { lockMode: LockMode.PESSIMISTIC_WRITE });
+        if (!env || env.host?.id !== hostId || !["CREATING", "STARTING", "RUNNING"].includes(env.status)) return undefined;
+        if (env.status === "RUNNING") transition(env, "STARTING", "its host's agent no longer runs it; starting it again", this.clock.now());
+        // A new generation: the agent may remember the old one as stopped, and would not run it again.
+        Object.assign(env, { generation: env.generation + 1, workloadState: "", actedAt: null, attempts: 0 });
+        return this.environments.view(tx, env);
+      });
+      if (view) this.environments.publish("MODIFIED", view);
     }
-    await em.flush();
-    const views = await Promise.all(lost.map((env) => this.environments.view(em, env)));
-    for (const view of views) this.environments.publish("MODIFIED", view);
-    this.kick();
+    if (lost.length > 0) this.kick();
   }
 
   /** Decides and applies one step for one environment, under its row lock; acts after commit. */
@@ -191,8 +189,8 @@ export class EnvironmentReconciler {
     if (!host || !runtime) return;
     try {
       if (decision.act === "run") await runtime.run(spec!);
-      else if (decision.act === "stop") await runtime.stop(env.id, host.id);
-      else await runtime.remove(env.id, host.id);
+      else if (decision.act === "stop") await runtime.stop(env.id, host.id, env.generation);
+      else await runtime.remove(env.id, host.id, env.generation);
     } catch (err) {
       // Not delivered: the next pass after the backoff tries again (cleanups are left to the agent's next hello).
       this.logger.warn({ environmentId: env.id, action: decision.act, error: err instanceof Error ? err.message : String(err) }, "runtime call not delivered");
@@ -207,6 +205,8 @@ export class EnvironmentReconciler {
     const lost = offlineMs > this.options.lostHostTimeoutMs;
     const due = !env.actedAt || now.getTime() - env.actedAt.getTime() >= Math.min(this.retryMaxMs, this.retryBaseMs * 2 ** Math.max(0, env.attempts - 1));
     const runtime = host && this.runtimes[host.runtime];
+    // How long the current status has lasted.
+    const waited = now.getTime() - new Date(env.transitions.at(-1)?.time ?? env.updatedAt).getTime();
     const fail = (reason: string): Decision => ({ status: ["FAILED", reason], release: true, act: "stop", cleanup: true });
     const offlineNote = (): Decision | undefined => {
       const text = `${OFFLINE_NOTE} ${(host!.lastHeartbeatAt ?? host!.updatedAt).toISOString()}; failing it after ${Math.round(this.options.lostHostTimeoutMs / 1000)} s offline`;
@@ -222,8 +222,7 @@ export class EnvironmentReconciler {
         if (!host) return fail("its host was deleted");
         if (!runtime) return fail(`no ${host.runtime.toLowerCase()} runtime is configured for host "${host.name}"`);
         if (lost) return fail(`host "${host.name}" was offline for more than ${Math.round(this.options.lostHostTimeoutMs / 1000)} s`);
-        const since = new Date(env.transitions.at(-1)?.time ?? env.updatedAt).getTime();
-        if (now.getTime() - since > this.options.startTimeoutMs) {
+        if (waited > this.options.startTimeoutMs) {
           return fail(`did not start within ${Math.round(this.options.startTimeoutMs / 1000)} s${env.workloadMessage ? `: ${env.workloadMessage}` : ""}`);
         }
         if (offlineMs > 0) return offlineNote();
@@ -237,15 +236,18 @@ export class EnvironmentReconciler {
         if (offlineMs > 0) return offlineNote();
         return env.statusMessage.startsWith(OFFLINE_NOTE) ? { note: "running" } : undefined;
       }
+      // Only a report of the current generation counts: an older workload's STOPPED (a restart replaced
+      // it) says nothing about the one running now. Stop and remove commands carry the generation.
       case "STOPPING": {
-        if (report === "STOPPED" || report === "REMOVED" || report === "FAILED" || !host || !runtime) return { status: ["STOPPED", "stopped"], release: true };
+        if ((current && (report === "STOPPED" || report === "REMOVED" || report === "FAILED")) || !host || !runtime) return { status: ["STOPPED", "stopped"], release: true };
         // The agent stops it when it returns (its hello lists it, and it should not run).
         if (lost) return { status: ["STOPPED", `stopped while host "${host.name}" was offline`], release: true };
         if (offlineMs > 0) return offlineNote();
+        if (waited > this.options.startTimeoutMs) return { status: ["STOPPED", `the host's agent did not confirm the stop within ${Math.round(this.options.startTimeoutMs / 1000)} s`], release: true };
         return due ? { act: "stop" } : undefined;
       }
       case "DELETING": {
-        if (report === "REMOVED" || !host || !runtime || lost) return { release: true, forget: true };
+        if ((current && report === "REMOVED") || !host || !runtime || lost || waited > this.options.startTimeoutMs) return { release: true, forget: true };
         if (offlineMs > 0) return offlineNote();
         return due ? { act: "remove" } : undefined;
       }

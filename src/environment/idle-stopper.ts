@@ -20,10 +20,12 @@ export class IdleStopper {
   /** Returns the ids of the environments it stopped. */
   async check(): Promise<string[]> {
     const em = this.orm.em.fork();
+    const now = this.clock.now().getTime();
+    // Nothing idles longer than a week (the longest idle timeout): older marks are of environments long gone.
+    this.activity.prune(now - 8 * 86_400_000);
     const envs = await em.find(Environment, { status: "RUNNING", idleTimeoutMinutes: { $gt: 0 } });
     if (envs.length === 0) return [];
     const gpus = await em.find(Gpu, { environment: { $in: envs.map((e) => e.id) } }, { fields: ["id", "environment"] });
-    const now = this.clock.now().getTime();
     const stopped: string[] = [];
     for (const env of envs) {
       const gpuIds = gpus.filter((g) => g.environment?.id === env.id).map((g) => g.id);
@@ -31,7 +33,7 @@ export class IdleStopper {
       if (now - this.activity.lastActive(env.id, gpuIds, runningSince) < env.idleTimeoutMinutes * 60_000) continue;
       const reason = `idle for ${env.idleTimeoutMinutes} min (no GPU above ${this.busyPercent}% and no port traffic): stopping`;
       try {
-        await this.environments.stop(env.id, undefined, () => undefined, reason);
+        await this.environments.stop(env.id, undefined, () => undefined, reason, env.version);
         this.activity.forget(env.id, gpuIds);
         stopped.push(env.id);
       } catch (err) {

@@ -1,5 +1,5 @@
 import type { EntityManager } from "@mikro-orm/postgresql";
-import { ResourceExhaustedError } from "../errors.js";
+import { AlreadyExistsError, ConflictError, ResourceExhaustedError } from "../errors.js";
 
 export interface PlacementRequest {
   gpuCount: number;
@@ -58,9 +58,14 @@ export async function placeEnvironment(em: EntityManager, req: PlacementRequest)
       limit 16`,
     [...modelFilter, ...(req.onlyHost ? [req.onlyHost] : []), ...modelFilter, req.gpuCount],
   );
+  let contended = false;
   for (const candidate of candidates) {
+    // Each candidate under a savepoint: the locks taken on one that does not fit are given back.
+    await query(em, "savepoint placement", []);
+    // The host first (as DeleteHost and drains take it), then its GPUs: one lock order, no deadlock.
+    const [host] = await query<{ status: string; schedulable: boolean }>(em, "select status, schedulable from hosts where id = ? for share", [candidate.id]);
     const gpus =
-      req.gpuCount === 0
+      host?.status !== "ONLINE" || !host.schedulable || req.gpuCount === 0
         ? []
         : await query<PlacedGpu & Row>(
             em,
@@ -69,11 +74,14 @@ export async function placeEnvironment(em: EntityManager, req: PlacementRequest)
               order by g.index limit ? for update skip locked`,
             [candidate.id, ...modelFilter, req.gpuCount],
           );
-    if (gpus.length < req.gpuCount) continue; // taken by a concurrent placement meanwhile
-    const [host] = await query<{ status: string; schedulable: boolean }>(em, "select status, schedulable from hosts where id = ? for share", [candidate.id]);
-    if (host?.status !== "ONLINE" || !host.schedulable) continue;
-    return { hostId: candidate.id, gpus: gpus.map((g) => ({ id: g.id, uuid: g.uuid, index: g.index, model: g.model })) };
+    if (host?.status === "ONLINE" && host.schedulable && gpus.length === req.gpuCount) {
+      await query(em, "release savepoint placement", []);
+      return { hostId: candidate.id, gpus: gpus.map((g) => ({ id: g.id, uuid: g.uuid, index: g.index, model: g.model })) };
+    }
+    contended ||= host?.status === "ONLINE" && host.schedulable; // its free GPUs are being taken right now
+    await query(em, "rollback to savepoint placement", []);
   }
+  if (contended) throw new ConflictError("the free GPUs that fit were being allocated by concurrent requests; retry");
   throw await noRoom(em, req, modelFilter, modelSql);
 }
 
@@ -108,7 +116,7 @@ export async function allocateHostPorts(em: EntityManager, hostId: string, range
   for (let i = 0; i < count; i++) {
     const asked = wanted[i];
     if (asked !== undefined) {
-      if (used.has(asked)) throw new ResourceExhaustedError(`host port ${asked} is already mapped on host ${hostId}`);
+      if (used.has(asked)) throw new AlreadyExistsError("host port", `${asked} on host ${hostId}`);
       used.add(asked);
       ports.push(asked);
       continue;

@@ -33,6 +33,11 @@ export class WorkloadActivity {
     return last;
   }
 
+  /** Drops marks older than `before` (ms), so memory follows what is current. */
+  prune(before: number): void {
+    for (const map of [this.gpuBusy, this.traffic]) for (const [key, at] of map) if (at < before) map.delete(key);
+  }
+
   forget(environmentId: string, gpuIds: string[]): void {
     this.traffic.delete(environmentId);
     for (const id of gpuIds) this.gpuBusy.delete(id);

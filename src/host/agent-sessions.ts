@@ -31,8 +31,8 @@ export class SessionFencedError extends ConflictError {
 export type AgentCommand = { id: string } & (
   | { kind: "drain" }
   | { kind: "run"; spec: WorkloadSpec }
-  | { kind: "stop"; environmentId: string }
-  | { kind: "remove"; environmentId: string }
+  | { kind: "stop"; environmentId: string; generation: number }
+  | { kind: "remove"; environmentId: string; generation: number }
 );
 
 /** Distributes Omit over the union, so each command keeps its own fields. */

@@ -79,9 +79,9 @@ function commandToMessage(c: AgentCommand): MessageInitShape<typeof AgentCommand
     case "drain":
       return { commandId: c.id, command: { case: "drain", value: {} } };
     case "stop":
-      return { commandId: c.id, command: { case: "stopEnvironment", value: { environmentId: c.environmentId } } };
+      return { commandId: c.id, command: { case: "stopEnvironment", value: { environmentId: c.environmentId, generation: BigInt(c.generation) } } };
     case "remove":
-      return { commandId: c.id, command: { case: "removeEnvironment", value: { environmentId: c.environmentId } } };
+      return { commandId: c.id, command: { case: "removeEnvironment", value: { environmentId: c.environmentId, generation: BigInt(c.generation) } } };
     case "run": {
       const s = c.spec;
       return {
@@ -110,6 +110,7 @@ function commandToMessage(c: AgentCommand): MessageInitShape<typeof AgentCommand
 }
 
 const HELLO_TIMEOUT_MS = 30_000;
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 /** Oldest buffered reading an agent may deliver with its own time. */
 const MAX_BACKLOG_AGE_MS = 6 * 3_600_000;
@@ -284,12 +285,12 @@ export class HostHandler implements Impl {
     assertMaySpeakForHost(caller, hello.hostId);
     const v = new Violations();
     const session = await this.agents.open(helloFromMessage(v, hello));
-    await this.workloads.connected(session.hostId, hello.runningEnvironmentIds.slice(0, 1000));
     const ended = new Promise<never>((_, reject) => {
       session.ended.addEventListener("abort", () => reject(session.ended.reason as Error), { once: true });
     });
     ended.catch(() => undefined); // observed through the race below
     try {
+      await this.workloads.connected(session.hostId, hello.runningEnvironmentIds.slice(0, 1000));
       yield {
         message: {
           case: "welcome",
@@ -333,7 +334,7 @@ export class HostHandler implements Impl {
         const gpus = m.value.gpus.map((g) => ({ gpuUuid: g.gpuUuid, index: g.index, time, metrics: gpuMetricsFromMessage(g.metrics) }));
         this.agents.heartbeat(session, m.value.sampleTime && time, m.value.host && hostSampleFromMessage(m.value.host), gpus);
         for (const w of m.value.workloads.slice(0, 1000)) {
-          if (w.lastTrafficTime) this.workloads.traffic(w.environmentId, this.sampleTime(w.lastTrafficTime));
+          if (w.lastTrafficTime && UUID.test(w.environmentId)) this.workloads.traffic(w.environmentId, this.sampleTime(w.lastTrafficTime));
         }
         yield { message: { case: "ack", value: { sequence: m.value.sequence } } };
       }

@@ -148,7 +148,8 @@ export function audit(trail: AuditTrail, logger: Logger): Interceptor {
     let noted = false;
     const record = (code: string) => ({
       ...base,
-      workspaceId: subject.workspaceId ?? (principal.kind === "workspace" ? principal.workspaceId : null),
+      // A workspace token's calls are its own workspace's record, even when they named another (and were refused).
+      workspaceId: principal.kind === "workspace" ? principal.workspaceId : (subject.workspaceId ?? null),
       targetId: subject.targetId,
       code,
     });

@@ -59,7 +59,7 @@ export class WorkspaceHandler implements Impl {
     const first = await incoming.next();
     if (first.done || first.value.part.case !== "header") throw InvalidArgumentError.field("header", "the first message must be the header");
     const h = first.value.part.value;
-    assertInWorkspace(callerOf(ctx), h.workspaceId);
+    assertInWorkspace(callerOf(ctx), h.workspaceId, undefined, "header.workspace_id");
     const v = new Violations();
     const sizeBytes = h.sizeBytes === undefined ? undefined : toSafeNumber(v, "header.size_bytes", h.sizeBytes);
     v.throwIfAny();
@@ -115,7 +115,7 @@ export class WorkspaceHandler implements Impl {
   }
 
   async getWorkspace(req: GetWorkspaceRequest, ctx: HandlerContext) {
-    assertInWorkspace(callerOf(ctx), req.id);
+    assertInWorkspace(callerOf(ctx), req.id, undefined, "id");
     return { workspace: workspaceToMessage(await this.workspaces.get(req.id)) };
   }
 
@@ -128,7 +128,7 @@ export class WorkspaceHandler implements Impl {
   async updateWorkspace(req: UpdateWorkspaceRequest, ctx: HandlerContext) {
     const w = req.workspace;
     if (!w) throw InvalidArgumentError.field("workspace", "required");
-    assertInWorkspace(callerOf(ctx), w.id);
+    assertInWorkspace(callerOf(ctx), w.id, undefined, "workspace.id");
     const paths = req.updateMask?.paths ?? [];
     const patch: WorkspacePatch = {};
     if (paths.includes("display_name")) patch.displayName = w.displayName;

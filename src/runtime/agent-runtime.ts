@@ -14,12 +14,12 @@ export class AgentRuntime implements Runtime {
     this.deliver(spec.hostId, { kind: "run", spec });
   }
 
-  async stop(environmentId: string, hostId: string): Promise<void> {
-    this.deliver(hostId, { kind: "stop", environmentId });
+  async stop(environmentId: string, hostId: string, generation: number): Promise<void> {
+    this.deliver(hostId, { kind: "stop", environmentId, generation });
   }
 
-  async remove(environmentId: string, hostId: string): Promise<void> {
-    this.deliver(hostId, { kind: "remove", environmentId });
+  async remove(environmentId: string, hostId: string, generation: number): Promise<void> {
+    this.deliver(hostId, { kind: "remove", environmentId, generation });
   }
 
   private deliver(hostId: string, command: AgentCommandInput): void {

@@ -32,8 +32,8 @@ export type WorkloadState = "STARTING" | "RUNNING" | "STOPPED" | "FAILED" | "REM
  */
 export interface Runtime {
   run(spec: WorkloadSpec): Promise<void>;
-  /** Stops the workload and keeps its volume. */
-  stop(environmentId: string, hostId: string): Promise<void>;
-  /** Stops the workload and removes everything it had, volume included. */
-  remove(environmentId: string, hostId: string): Promise<void>;
+  /** Stops the workload and keeps its volume; its STOPPED report carries at least `generation`. */
+  stop(environmentId: string, hostId: string, generation: number): Promise<void>;
+  /** Stops the workload and removes everything it had, volume included; REMOVED carries at least `generation`. */
+  remove(environmentId: string, hostId: string, generation: number): Promise<void>;
 }

@@ -128,6 +128,9 @@ export class WorkspaceRegistry {
     else await check(this.orm.em.fork(), workspace);
     await this.contents.purge(workspaceId);
     await this.orm.em.fork().transactional(async (em) => {
+      // The quota row first, as every reservation takes it: the cascade below would otherwise take
+      // it after the workspace row, the other way round from a concurrent CreateEnvironment.
+      await em.getConnection().execute("select 1 from resource_quotas where workspace_id = ? for update", [workspaceId], "all", em.getTransactionContext());
       const locked = await this.find(em, workspaceId, LockMode.PESSIMISTIC_WRITE);
       await check(em, locked);
       note(em, { workspaceId: locked.id, targetId: locked.id });

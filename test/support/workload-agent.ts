@@ -89,16 +89,19 @@ export class WorkloadAgent {
     if (cmd.case === "runEnvironment") {
       const { environmentId, generation } = cmd.value;
       if (this.behaviour === "ignore") return;
+      // Like the real agent, a newer run first ends the older workload, and says so.
+      const older = this.running.get(environmentId);
+      if (older !== undefined && older < generation) this.report(environmentId, older, WorkloadState.STOPPED, `replaced by generation ${generation}`);
       this.report(environmentId, generation, WorkloadState.STARTING);
       if (this.behaviour === "fail") return this.report(environmentId, generation, WorkloadState.FAILED, "exited with code 3");
       this.running.set(environmentId, generation);
       this.report(environmentId, generation, WorkloadState.RUNNING);
     } else if (cmd.case === "stopEnvironment") {
-      const generation = this.running.get(cmd.value.environmentId) ?? 0n;
+      const generation = bigMax(this.running.get(cmd.value.environmentId) ?? 0n, cmd.value.generation);
       this.running.delete(cmd.value.environmentId);
       this.report(cmd.value.environmentId, generation, WorkloadState.STOPPED, "stopped");
     } else if (cmd.case === "removeEnvironment") {
-      const generation = this.running.get(cmd.value.environmentId) ?? 0n;
+      const generation = bigMax(this.running.get(cmd.value.environmentId) ?? 0n, cmd.value.generation);
       this.running.delete(cmd.value.environmentId);
       this.report(cmd.value.environmentId, generation, WorkloadState.REMOVED, "removed");
     }
@@ -109,3 +112,5 @@ export class WorkloadAgent {
     this.requests.push(create(StreamHeartbeatsRequestSchema, { message }));
   }
 }
+
+const bigMax = (a: bigint, b: bigint) => (a > b ? a : b);
