@@ -39,6 +39,8 @@ import path from "node:path";
 import { LocalObjectStore } from "./storage/local-object-store.js";
 import { S3ObjectStore } from "./storage/s3-object-store.js";
 import { WorkspaceFiles } from "./storage/workspace-files.js";
+import { KubeConfig } from "@kubernetes/client-node";
+import { KubernetesRuntime } from "./runtime/kubernetes-runtime.js";
 import { SERVICE_NAMES, routes } from "./rpc/routes.js";
 import { RpcServer } from "./rpc/server.js";
 import { LatestSamples } from "./telemetry/latest-samples.js";
@@ -81,6 +83,14 @@ function loadTls(certFile: string, keyFile: string): { cert: Buffer; key: Buffer
     throw new Error(`TLS_CERT/TLS_KEY: not a usable PEM certificate and key (${err instanceof Error ? err.message : String(err)})`);
   }
   return pair;
+}
+
+/** A kubeconfig file, or the pod's service account when running in the cluster. */
+function kubeConfig(file: string | undefined): KubeConfig {
+  const kc = new KubeConfig();
+  if (file) kc.loadFromFile(file);
+  else kc.loadFromCluster();
+  return kc;
 }
 
 /** The composition root: every long-lived object is made here. */
@@ -133,10 +143,19 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
   const environmentLogs = new EnvironmentLogs(orm, store);
   const files = new WorkspaceFiles(orm, clock, store, quotas, logger);
   const leader = new LeaderLock(config.databaseUrl ?? embedded!.url, RECONCILER_LOCK_KEY, logger);
-  const reconciler = new EnvironmentReconciler(
+  const kubernetes: KubernetesRuntime | undefined = config.kubernetes && new KubernetesRuntime(
+    kubeConfig(config.kubernetes.kubeconfig),
+    config.kubernetes,
+    {
+      status: (hostId, report): Promise<void> => reconciler.observe(hostId, report),
+      logs: async (hostId, environmentId, lines) => void (await environmentLogs.append(hostId, environmentId, lines)),
+    },
+    logger,
+  );
+  const reconciler: EnvironmentReconciler = new EnvironmentReconciler(
     orm,
     clock,
-    { AGENT: new AgentRuntime(agents) },
+    { AGENT: new AgentRuntime(agents), ...(kubernetes ? { KUBERNETES: kubernetes } : {}) },
     environments,
     logger,
     {
@@ -156,6 +175,7 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
   const activity = new WorkloadActivity(clock, config.idleGpuUtilizationPercent);
   const idle = new IdleStopper(orm, clock, activity, environments, config.idleGpuUtilizationPercent, logger);
   const lifetime = new AbortController();
+  kubernetes?.start();
   void (async () => {
     const samples = ingest.live.subscribe({ accept: () => true, capacity: 10_000, overflow: "drop-oldest" }, lifetime.signal);
     for await (const { item } of samples) activity.gpuSample(item.sample.gpuId, item.sample.metrics.gpuUtilizationPercent, item.sample.time);
@@ -259,6 +279,7 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
       clearInterval(probe);
       clearInterval(loop);
       lifetime.abort();
+      kubernetes?.close();
       health.shutdown();
       agents.shutdown();
       await server.close(config.shutdownTimeoutSeconds * 1000);

@@ -1,5 +1,6 @@
 import { existsSync } from "node:fs";
 import path from "node:path";
+import type { KubernetesOptions } from "./runtime/kubernetes-manifests.js";
 
 /** Everything the server reads from its environment. Every field has a documented default. */
 export interface Config {
@@ -51,6 +52,11 @@ export interface Config {
    * `S3_REGION` default us-east-1, `S3_ACCESS_KEY_ID`, `S3_SECRET_ACCESS_KEY`, `S3_FORCE_PATH_STYLE`
    * default true with an endpoint), else files under `DATA_DIR/objects`.
    */
+  /**
+   * The Kubernetes runtime, for hosts registered with runtime KUBERNETES: on with `RUNTIME=kubernetes`
+   * (in-cluster credentials) or a `KUBECONFIG` file. Its `K8S_*` settings are in the README.
+   */
+  kubernetes?: KubernetesSettings;
   s3?: { endpoint?: string; bucket: string; region: string; accessKeyId?: string; secretAccessKey?: string; forcePathStyle: boolean };
   /** `SHUTDOWN_TIMEOUT_SECONDS`: how long SIGTERM waits for open calls and streams. @default 10 */
   shutdownTimeoutSeconds: number;
@@ -142,6 +148,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     environmentLostHostSeconds: int("ENVIRONMENT_LOST_HOST_SECONDS", 900, 1, 30 * 86400),
     idleGpuUtilizationPercent: int("IDLE_GPU_UTILIZATION_PERCENT", 5, 0, 100),
     s3: s3Config(value, url("S3_ENDPOINT", ["http:", "https:"]), problems),
+    kubernetes: kubernetesConfig(value, problems),
     shutdownTimeoutSeconds: int("SHUTDOWN_TIMEOUT_SECONDS", 10, 0, 600),
     databasePoolSize: int("DATABASE_POOL_SIZE", 20, 1, 500),
   };
@@ -156,12 +163,12 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
   return config;
 }
 
-function portRange(raw: string, problems: string[]): { first: number; last: number } {
+function portRange(raw: string, problems: string[], name = "HOST_PORT_RANGE"): { first: number; last: number } {
   const m = /^(\d{1,5})-(\d{1,5})$/.exec(raw);
   const first = Number(m?.[1]);
   const last = Number(m?.[2]);
   if (!m || first < 1024 || last > 65535 || first > last) {
-    problems.push(`HOST_PORT_RANGE=${JSON.stringify(raw)}: must be "first-last" within 1024-65535`);
+    problems.push(`${name}=${JSON.stringify(raw)}: must be "first-last" within 1024-65535`);
     return { first: 30000, last: 32767 };
   }
   return { first, last };
@@ -180,4 +187,33 @@ function s3Config(value: (name: string) => string | undefined, endpoint: string 
   const style = value("S3_FORCE_PATH_STYLE");
   if (style !== undefined && style !== "true" && style !== "false") problems.push(`S3_FORCE_PATH_STYLE=${JSON.stringify(style)}: must be true or false`);
   return { endpoint, bucket, region: value("S3_REGION") ?? "us-east-1", accessKeyId, secretAccessKey, forcePathStyle: style ? style === "true" : endpoint !== undefined };
+}
+
+export interface KubernetesSettings extends KubernetesOptions {
+  /** A kubeconfig file; undefined for the in-cluster service account. */
+  kubeconfig?: string;
+}
+
+function kubernetesConfig(value: (name: string) => string | undefined, problems: string[]): KubernetesSettings | undefined {
+  const runtime = value("RUNTIME") ?? (value("KUBECONFIG") ? "kubernetes" : "agent");
+  if (runtime !== "agent" && runtime !== "kubernetes") problems.push(`RUNTIME=${JSON.stringify(runtime)}: must be agent or kubernetes`);
+  if (runtime !== "kubernetes") return undefined;
+  const kubeconfig = value("KUBECONFIG");
+  if (kubeconfig && !existsSync(kubeconfig)) problems.push(`KUBECONFIG=${JSON.stringify(kubeconfig)}: file not found`);
+  const gpuMode = value("K8S_GPU_MODE") ?? "device-plugin";
+  if (gpuMode !== "device-plugin" && gpuMode !== "visible-devices") problems.push(`K8S_GPU_MODE=${JSON.stringify(gpuMode)}: must be device-plugin or visible-devices`);
+  const prefix = value("K8S_NAMESPACE_PREFIX") ?? "rgpu-";
+  if (!/^[a-z0-9]([a-z0-9-]{0,20})$/.test(prefix)) problems.push(`K8S_NAMESPACE_PREFIX=${JSON.stringify(prefix)}: lowercase letters, digits and '-', at most 21 characters`);
+  return {
+    kubeconfig,
+    namespacePrefix: prefix,
+    storageClass: value("K8S_STORAGE_CLASS"),
+    accessMode: value("K8S_VOLUME_ACCESS_MODE") ?? "ReadWriteOnce",
+    mountPath: value("K8S_VOLUME_MOUNT_PATH") ?? "/workspace",
+    gpuMode: gpuMode as KubernetesOptions["gpuMode"],
+    runtimeClass: value("K8S_RUNTIME_CLASS") ?? "nvidia",
+    ingressBaseDomain: value("K8S_INGRESS_BASE_DOMAIN"),
+    ingressClass: value("K8S_INGRESS_CLASS"),
+    nodePortRange: portRange(value("K8S_NODE_PORT_RANGE") ?? "30000-32767", problems, "K8S_NODE_PORT_RANGE"),
+  };
 }

@@ -5,6 +5,7 @@ import type { Host, HostRuntime } from "../host/host.js";
 import type { Clock } from "../platform/clock.js";
 import type { Logger } from "../platform/logger.js";
 import type { Runtime, WorkloadSpec, WorkloadState } from "../runtime/runtime.js";
+import { Workspace } from "../workspace/workspace.js";
 import { Environment, PortMapping } from "./environment.js";
 import { HOLDING, transition, type EnvironmentManager } from "./environment-manager.js";
 
@@ -261,9 +262,12 @@ export class EnvironmentReconciler {
       em.find(Gpu, { environment: env.id }, { orderBy: { index: "asc" } }),
       em.find(PortMapping, { environment: env.id }, { orderBy: { name: "asc" } }),
     ]);
+    const workspace = await em.findOneOrFail(Workspace, env.workspace.id);
     return {
       environmentId: env.id,
+      name: env.name,
       workspaceId: env.workspace.id,
+      workspaceName: workspace.name,
       hostId: env.host!.id,
       nodeName: env.host!.kubernetesNodeName,
       image: env.image,

@@ -3,7 +3,10 @@ import type { PortProtocol } from "../environment/environment.js";
 /** Everything a runtime needs to run one environment's workload. */
 export interface WorkloadSpec {
   environmentId: string;
+  /** The environment's name, for names users see (ingress hosts). */
+  name: string;
   workspaceId: string;
+  workspaceName: string;
   hostId: string;
   /** Kubernetes node of the host, for runtimes that place pods. */
   nodeName: string;
