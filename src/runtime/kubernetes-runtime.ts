@@ -207,6 +207,9 @@ export class KubernetesRuntime implements Runtime {
       },
     });
     sink.on("error", () => undefined);
+    // client-node pipes the response into the sink and leaves errors of the source unhandled (an
+    // abort or a cut connection would crash the process): route them to the sink.
+    sink.on("pipe", (source: NodeJS.ReadableStream) => source.on("error", (err: Error) => sink.destroy(err)));
     new Log(this.kc)
       .log(pod.metadata!.namespace!, pod.metadata!.name!, CONTAINER, sink, { follow: true })
       .then((abort) => control.signal.addEventListener("abort", () => abort.abort(), { once: true }))
