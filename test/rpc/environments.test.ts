@@ -167,7 +167,7 @@ describe("EnvironmentService with the agent runtime", () => {
     await lonelyAgent.close();
 
     clock.advance(60_000); // past the 40 s grace: the host is OFFLINE (the other one keeps beating)
-    agent.beat();
+    await agent.beat();
     const marked = await until("the offline mark", async () => {
       const e = (await envs.getEnvironment({ id: env.id })).environment!;
       return e.statusMessage.startsWith("host offline since") && e;
@@ -177,7 +177,8 @@ describe("EnvironmentService with the agent runtime", () => {
 
     for (let i = 0; i < 10; i++) {
       clock.advance(30_000);
-      agent.beat();
+      await agent.beat();
+      await server.app.maintain(); // its last-seen is written before the clock moves on
     }
     const failed = await status(env.id, EnvironmentStatus.FAILED);
     assert.match(failed.statusMessage, /offline for more than 300 s/);
@@ -193,10 +194,10 @@ describe("EnvironmentService with the agent runtime", () => {
     const busy = [{ uuid: g.uuid, index: g.index, util: 80 }];
     const idle = [{ uuid: g.uuid, index: g.index, util: 1 }];
 
-    // 45 s of GPU use and port traffic, twice: both stay up past their minute.
-    for (let i = 0; i < 2; i++) {
-      clock.advance(45_000);
-      agent.beat(busy, [webEnv.id]);
+    // 90 s of GPU use and port traffic: both stay up past their minute.
+    for (let i = 0; i < 3; i++) {
+      clock.advance(30_000);
+      await agent.beat(busy, [webEnv.id]);
       await until("the samples to land", async () => (await gpus.getGpu({ id: g.id })).gpu?.latestSample?.metrics?.gpuUtilizationPercent === 80);
       await server.app.maintain();
     }
@@ -205,9 +206,9 @@ describe("EnvironmentService with the agent runtime", () => {
 
     // Then a quiet minute: both are stopped, with the reason.
     clock.advance(30_000);
-    agent.beat(idle);
+    await agent.beat(idle);
     clock.advance(31_000);
-    agent.beat(idle);
+    await agent.beat(idle);
     const stopped = await status(gpuEnv.id, EnvironmentStatus.STOPPED);
     assert.ok(stopped.transitions.some((t) => /idle for 1 min/.test(t.message)), JSON.stringify(stopped.transitions.map((t) => t.message)));
     assert.deepEqual(stopped.gpuIds, []);

@@ -21,6 +21,7 @@ export class WorkloadAgent {
   readonly running: Map<string, bigint>;
   behaviour: RunBehaviour = "run";
   private sequence = 0n;
+  private readonly acks = new Map<bigint, () => void>();
   private readonly requests = new Channel<StreamHeartbeatsRequest>();
   private readonly done: Promise<void>;
   private welcomed!: () => void;
@@ -51,12 +52,14 @@ export class WorkloadAgent {
       for await (const res of responses) {
         if (res.message.case === "welcome") this.welcomed();
         if (res.message.case === "command") this.handle(res.message.value);
+        if (res.message.case === "ack") this.acks.get(res.message.value.sequence)?.();
       }
     })().catch(() => undefined);
   }
 
-  /** Sends a heartbeat, which keeps the host ONLINE at the server's (test) clock. */
-  beat(gpus: { uuid: string; index: number; util: number }[] = [], traffic: string[] = []): void {
+  /** Sends a heartbeat, which keeps the host ONLINE at the server's (test) clock; resolves when the server acked it. */
+  beat(gpus: { uuid: string; index: number; util: number }[] = [], traffic: string[] = []): Promise<void> {
+    const acked = new Promise<void>((resolve) => this.acks.set(this.sequence + 1n, resolve));
     this.send({
       case: "heartbeat",
       value: {
@@ -66,6 +69,7 @@ export class WorkloadAgent {
         workloads: traffic.map((environmentId) => ({ environmentId, lastTrafficTime: timestampNow() })),
       },
     });
+    return acked;
   }
 
   /** Sends output lines of an environment up the stream. */
