@@ -22,6 +22,7 @@ import { GpuHandler } from "./rpc/gpu-handler.js";
 import { HealthStatus } from "./rpc/health.js";
 import { HostHandler } from "./rpc/host-handler.js";
 import { audit, authenticate, authorizeCall, observe } from "./rpc/interceptors.js";
+import { rateLimit } from "./rpc/rate-limit.js";
 import { WorkspaceHandler } from "./rpc/workspace-handler.js";
 import { AuditTrail } from "./audit/audit-trail.js";
 import { WorkspaceTokens } from "./auth/workspace-tokens.js";
@@ -204,7 +205,8 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
       },
       health,
     ),
-    interceptors: [observe(logger, metrics), authenticate(authenticator), audit(auditTrail, logger), authorizeCall()],
+    interceptors: [observe(logger, metrics), authenticate(authenticator), rateLimit(config.rateLimitPerSecond, clock), audit(auditTrail, logger), authorizeCall()],
+    readMaxBytes: config.maxMessageBytes,
     fallback: (req, res) => {
       if (req.method === "GET" && req.url === "/metrics") {
         metrics.registry.metrics().then(
@@ -224,7 +226,7 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
       res.end("not found\n");
     },
   });
-  const server = new RpcServer(handler, tls);
+  const server = new RpcServer(handler, tls, config.maxStreamsPerConnection);
 
   // Readiness follows the database: probes take the replica out of rotation while it is unreachable.
   const probe = setInterval(() => {

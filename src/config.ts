@@ -34,6 +34,12 @@ export interface Config {
   telemetryResolutionSeconds: number;
   /** `TELEMETRY_RETENTION_HOURS`: how long telemetry history is kept. @default 168 (7 days) */
   telemetryRetentionHours: number;
+  /** `MAX_MESSAGE_BYTES`: largest request message accepted (RESOURCE_EXHAUSTED beyond). @default 8388608 (8 MiB) */
+  maxMessageBytes: number;
+  /** `MAX_STREAMS_PER_CONNECTION`: concurrent calls one HTTP/2 connection may carry. @default 1000 */
+  maxStreamsPerConnection: number;
+  /** `RATE_LIMIT_PER_SECOND`: calls per second one token may start, with bursts of twice that; 0 for none. @default 100 */
+  rateLimitPerSecond: number;
   /** `AUDIT_RETENTION_DAYS`: how long audit events are kept. @default 365 */
   auditRetentionDays: number;
   /** `HOST_PORT_RANGE`: host ports given to environment ports, "first-last". @default 30000-32767 */
@@ -143,6 +149,9 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     telemetryResolutionSeconds: int("TELEMETRY_RESOLUTION_SECONDS", 10, 1, 3600),
     telemetryRetentionHours: int("TELEMETRY_RETENTION_HOURS", 168, 1, 24 * 3650),
     auditRetentionDays: int("AUDIT_RETENTION_DAYS", 365, 1, 36500),
+    maxMessageBytes: int("MAX_MESSAGE_BYTES", 8 * 1024 * 1024, 64 * 1024, 256 * 1024 * 1024),
+    maxStreamsPerConnection: int("MAX_STREAMS_PER_CONNECTION", 1000, 1, 100_000),
+    rateLimitPerSecond: int("RATE_LIMIT_PER_SECOND", 100, 0, 1_000_000),
     hostPortRange: portRange(value("HOST_PORT_RANGE") ?? "30000-32767", problems),
     environmentStartTimeoutSeconds: int("ENVIRONMENT_START_TIMEOUT_SECONDS", 600, 10, 86400),
     environmentLostHostSeconds: int("ENVIRONMENT_LOST_HOST_SECONDS", 900, 1, 30 * 86400),

@@ -65,7 +65,8 @@ export const gpuStatus = enumMap<GpuStatus, GpuStatusMessage>([
 
 export const ts = (d: Date | null | undefined) => (d ? timestampFromDate(d) : undefined);
 const big = (n: number | undefined) => (n === undefined ? undefined : BigInt(Math.round(n)));
-const num = (n: bigint | undefined) => (n === undefined ? undefined : Number(n));
+// A reading outside what a JavaScript number holds exactly (or negative) is not a reading: dropped.
+const num = (n: bigint | undefined) => (n === undefined || n < 0n || n > BigInt(Number.MAX_SAFE_INTEGER) ? undefined : Number(n));
 
 // PostgreSQL's timestamptz holds years 4713 BC to 294276 AD; we accept 1970 to 9999 and refuse the rest.
 const MAX_TIME_MS = Date.UTC(9999, 11, 31);

@@ -43,7 +43,7 @@ const CONNECTION_CODES = new Set(["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EP
 export function toConnectError(err: unknown): { error: ConnectError; expected: boolean } {
   if (err instanceof ConnectError) return { error: err, expected: err.code !== Code.Internal && err.code !== Code.Unknown };
   for (const [type, code] of DOMAIN_CODES) {
-    if (err instanceof type) return { error: new ConnectError(err.message, code, undefined, undefined, err), expected: true };
+    if (err instanceof type) return { error: new ConnectError(bounded(err.message), code, undefined, undefined, err), expected: true };
   }
   if (err instanceof UniqueConstraintViolationException) return expected("already exists", Code.AlreadyExists, err);
   if (err instanceof ForeignKeyConstraintViolationException) {
@@ -56,6 +56,15 @@ export function toConnectError(err: unknown): { error: ConnectError; expected: b
     return expected("database unavailable; retry later", Code.Unavailable, err);
   }
   return { error: new ConnectError("internal error", Code.Internal, undefined, undefined, err), expected: false };
+}
+
+/**
+ * Messages quote what the caller sent; a huge value would not fit in a gRPC trailer (HTTP/2 header
+ * limits) and the caller would see a protocol error instead of the answer.
+ */
+const MAX_MESSAGE = 2000;
+function bounded(message: string): string {
+  return message.length <= MAX_MESSAGE ? message : `${message.slice(0, MAX_MESSAGE)}… (${message.length - MAX_MESSAGE} more characters)`;
 }
 
 function expected(message: string, code: Code, cause: unknown) {

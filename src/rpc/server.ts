@@ -27,12 +27,14 @@ export class RpcServer {
   private readonly busy = new Set<Duplex>();
   private closing = false;
 
-  constructor(handler: Handler, tls?: { cert: Buffer; key: Buffer }) {
+  /** `maxStreams`: concurrent HTTP/2 streams one connection may open (calls beyond it are refused). */
+  constructor(handler: Handler, tls?: { cert: Buffer; key: Buffer }, maxStreams = 1000) {
+    const settings = { maxConcurrentStreams: maxStreams };
     if (tls) {
-      this.h2 = http2.createSecureServer({ ...tls, allowHTTP1: true }, handler);
+      this.h2 = http2.createSecureServer({ ...tls, allowHTTP1: true, settings }, handler);
       this.listener = this.h2;
     } else {
-      this.h2 = http2.createServer({}, handler);
+      this.h2 = http2.createServer({ settings }, handler);
       this.h1 = http.createServer(handler);
       // This server never listens itself (it is handed sockets); 'listening' is what starts Node's
       // enforcement of headersTimeout and requestTimeout, which slow clients must not escape.

@@ -141,6 +141,9 @@ export class WorkspaceFiles {
 
   async delete(workspaceId: string, path: string, note: AuditNote): Promise<void> {
     const id = checkId("workspace_id", workspaceId);
+    const v = new Violations();
+    checkPath(v, "path", path);
+    v.throwIfAny();
     const key = await this.orm.em.fork().transactional(async (em) => {
       const file = await em.findOne(WorkspaceFile, { workspace: id, path }, { lockMode: LockMode.PESSIMISTIC_WRITE });
       if (!file) throw new NotFoundError("file", path.slice(0, 200));
@@ -220,6 +223,9 @@ export class WorkspaceFiles {
 
   private async find(workspaceId: string, path: string): Promise<WorkspaceFile> {
     const id = checkId("workspace_id", workspaceId);
+    const v = new Violations();
+    checkPath(v, "path", path);
+    v.throwIfAny();
     await this.settlePending(id);
     const file = await this.orm.em.fork().findOne(WorkspaceFile, { workspace: id, path, pending: false });
     if (!file) throw new NotFoundError("file", path.slice(0, 200));

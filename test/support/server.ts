@@ -38,6 +38,8 @@ export async function startTestServer(opts: { clock?: Clock; env?: Record<string
     LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? "silent",
     SHUTDOWN_TIMEOUT_SECONDS: "1",
     DATABASE_POOL_SIZE: "40",
+    // Tests call as fast as they can on a clock that does not move; the limit has its own test.
+    RATE_LIMIT_PER_SECOND: "0",
     ...opts.env,
   });
   const clock = opts.clock ?? new ManualClock(new Date());

@@ -1,0 +1,52 @@
+import { strict as assert } from "node:assert";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { HostService } from "../../gen/remotegpu/v1/host_pb.js";
+import { ApiTokenRole, WorkspaceService } from "../../gen/remotegpu/v1/workspace_pb.js";
+import { ManualClock } from "../../src/platform/clock.js";
+import { expectCode } from "../support/expect.js";
+import { startTestServer, type TestServer } from "../support/server.js";
+
+describe("limits: request rate per token and message size", () => {
+  let server: TestServer;
+  let clock: ManualClock;
+
+  before(async () => {
+    clock = new ManualClock(new Date("2026-12-01T00:00:00Z"));
+    server = await startTestServer({ clock, env: { RATE_LIMIT_PER_SECOND: "5", MAX_MESSAGE_BYTES: "65536" } });
+  });
+  after(() => server.close());
+
+  it("lets a token burst to twice its rate, then answers RESOURCE_EXHAUSTED with retry-after, per token", async () => {
+    const hosts = server.client(HostService);
+    for (let i = 0; i < 10; i++) await hosts.listHosts({});
+    const refused = await expectCode(hosts.listHosts({}), Code.ResourceExhausted, "rate limit of 5 calls per second");
+    assert.equal(refused.metadata.get("retry-after"), "1");
+
+    // Another token has its own allowance.
+    const ws = (await server.client(WorkspaceService).createWorkspace({ name: "limited" }).catch(() => undefined))?.workspace;
+    assert.equal(ws, undefined, "the admin token is still over its limit");
+    clock.advance(1000);
+    const created = await server.client(WorkspaceService).createWorkspace({ name: "limited" });
+    const other = await server.client(WorkspaceService).createApiToken({ workspaceId: created.workspace!.id, name: "t", role: ApiTokenRole.VIEWER });
+    const viewer = server.client(WorkspaceService, { token: other.secret });
+    for (let i = 0; i < 10; i++) await viewer.getWorkspace({ id: created.workspace!.id });
+
+    // A second later there is room again.
+    clock.advance(1000);
+    await hosts.listHosts({});
+  });
+
+  it("refuses a request larger than MAX_MESSAGE_BYTES, and keeps serving", async () => {
+    clock.advance(10_000);
+    const labels = Object.fromEntries(Array.from({ length: 64 }, (_, i) => [`k${i}`, "v".repeat(63)]));
+    const big = { name: "big", address: "10.0.0.1", labels, kubernetesNodeName: "n".repeat(70_000) };
+    for (const protocol of ["grpc", "connect"] as const) {
+      const err = await server.client(HostService, { protocol }).createHost(big).then(
+        () => assert.fail("accepted"),
+        (e: unknown) => ConnectError.from(e),
+      );
+      assert.equal(Code[err.code], "ResourceExhausted", `${protocol}: ${err.rawMessage}`);
+    }
+    await server.client(HostService).listHosts({});
+  });
+});
