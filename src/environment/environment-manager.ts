@@ -78,6 +78,8 @@ export class EnvironmentManager {
     private readonly portRange: PortRange,
     /** Told after a change that the reconciler should act on. */
     private readonly kick: () => void = () => undefined,
+    /** How hosts and GPUs are chosen (replaceable for benchmarks). */
+    private readonly place: typeof placeEnvironment = placeEnvironment,
   ) {}
 
   /**
@@ -93,7 +95,7 @@ export class EnvironmentManager {
     try {
       const view = await this.orm.em.fork().transactional(async (em) => {
         const { quota } = await this.quotas.reserve(em, input.workspaceId, { environments: 1, cpuMillicores: input.cpuMillicores, memoryBytes: input.memoryBytes, storageBytes: input.storageBytes });
-        const placement = await placeEnvironment(em, { gpuCount: input.gpuCount, gpuModel: input.gpuModel, allowedModels: quota.allowedGpuModels });
+        const placement = await this.place(em, { gpuCount: input.gpuCount, gpuModel: input.gpuModel, allowedModels: quota.allowedGpuModels });
         await this.quotas.reserve(em, input.workspaceId, { gpusPerModel: countModels(placement.gpus) });
         const now = this.clock.now();
         const { workspaceId, requestId, ...fields } = input;
@@ -162,7 +164,7 @@ export class EnvironmentManager {
       if (env.status !== "STOPPED" && env.status !== "FAILED") throw new FailedPreconditionError(`environment "${env.name}" is ${env.status}; only a STOPPED or FAILED one can be started`);
       const { quota } = await this.quotas.reserve(em, env.workspace.id, { cpuMillicores: env.cpuMillicores, memoryBytes: env.memoryBytes });
       // The volume lives on the host it last ran on; a host that is gone frees the environment to move.
-      const placement = await placeEnvironment(em, {
+      const placement = await this.place(em, {
         gpuCount: env.gpuCount,
         gpuModel: env.gpuModel,
         allowedModels: quota.allowedGpuModels,

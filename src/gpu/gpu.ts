@@ -48,7 +48,11 @@ export const GpuSchema = new EntitySchema<Gpu>({
     { name: "gpus_host_index_unique", properties: ["host", "index"] },
     { name: "gpus_host_uuid_unique", properties: ["host", "uuid"] },
   ],
-  indexes: [{ name: "gpus_status_model_index", properties: ["status", "model"] }],
+  indexes: [
+    { name: "gpus_status_model_index", properties: ["status", "model"] },
+    // An environment's GPUs: usage, views and release look them up by environment.
+    { name: "gpus_environment_index", properties: ["environment"] },
+  ],
   properties: {
     id: { type: "uuid", primary: true },
     host: { kind: "m:1", entity: () => Host, deleteRule: "cascade" },

@@ -3,6 +3,7 @@ import { Migration20261130222022_telemetry } from "./Migration20261130222022_tel
 import { Migration20261201000000_audit } from "./Migration20261201000000_audit.js";
 import { Migration20261201001000_environments } from "./Migration20261201001000_environments.js";
 import { Migration20261201002000_storage } from "./Migration20261201002000_storage.js";
+import { Migration20261201003000_indexes } from "./Migration20261201003000_indexes.js";
 
 // Every migration, in order. Listed by hand so they run the same from TypeScript and from dist/.
 export const migrations = [
@@ -11,4 +12,5 @@ export const migrations = [
   { name: "Migration20261201000000_audit", class: Migration20261201000000_audit },
   { name: "Migration20261201001000_environments", class: Migration20261201001000_environments },
   { name: "Migration20261201002000_storage", class: Migration20261201002000_storage },
+  { name: "Migration20261201003000_indexes", class: Migration20261201003000_indexes },
 ];

@@ -1,0 +1,212 @@
+// npm run bench:scheduling [-- --hosts 1000 --callers 500 --requests 2000 --gpus 80000]
+// 1. CreateEnvironment against a fleet of N hosts × 8 GPUs (rows written straight into PostgreSQL):
+//    `callers` concurrent clients, each asking for 1-2 GPUs, through the real server; p50/p99 and
+//    throughput. The same load through a naive placement (load every free GPU into the application and
+//    pick there, under a table lock so it stays correct) gives the baseline, as a ratio.
+// 2. ListGpus with a fleet of `--gpus` GPUs: p50/p99 per page (100) for several filters.
+import { parseArgs } from "node:util";
+import pg from "pg";
+import { createClient, type Interceptor } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { EnvironmentService } from "../../gen/remotegpu/v1/environment_pb.js";
+import { GpuService, GpuStatus } from "../../gen/remotegpu/v1/gpu_pb.js";
+import { WorkspaceService } from "../../gen/remotegpu/v1/workspace_pb.js";
+import { freePort, serverEnv, spawnServer } from "../../test/support/child.js";
+import { EnvironmentManager, type EnvironmentInput } from "../../src/environment/environment-manager.js";
+import { placeEnvironment } from "../../src/environment/placement.js";
+import { systemClock } from "../../src/platform/clock.js";
+import { openDatabase } from "../../src/platform/database.js";
+import { QuotaLedger } from "../../src/workspace/quota-ledger.js";
+import { createTestDatabase } from "../../test/support/database.js";
+
+const { values } = parseArgs({
+  options: {
+    hosts: { type: "string", default: "1000" },
+    callers: { type: "string", default: "500" },
+    requests: { type: "string", default: "2000" },
+    gpus: { type: "string", default: "80000" },
+  },
+});
+const ADMIN = "bench-admin-token-0123456789";
+const TEAMS = 50;
+const BLANK: Omit<EnvironmentInput, "workspaceId" | "name" | "gpuCount"> = {
+  image: "img", command: [], args: [], env: {}, gpuModel: "", cpuMillicores: 0, memoryBytes: 0, storageBytes: 0, ports: [], sshPublicKeys: [], idleTimeoutMinutes: 0, requestId: "",
+};
+const MODELS = ["NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB", "NVIDIA L4"];
+
+/** Hosts ONLINE with 8 GPUs each, written in bulk (the API would take minutes for 10,000 hosts). */
+async function seedFleet(db: pg.Client, hosts: number): Promise<void> {
+  for (let start = 0; start < hosts; start += 1000) {
+    const n = Math.min(1000, hosts - start);
+    await db.query(
+      `insert into hosts (id, name, address, labels, cpu_millicores, memory_bytes, disk_bytes, agent_version, status, status_message, schedulable, last_heartbeat_at, runtime, kubernetes_node_name, created_at, updated_at, version)
+       select gen_random_uuid(), 'bench-' || ($1::int + i), '10.0.0.1', jsonb_build_object('zone', 'z' || (i % 4)), 64000, 1099511627776, 0, 'bench', 'ONLINE', '', true, now() + interval '1 day', 'AGENT', '', now(), now(), 1
+         from generate_series(0, $2::int - 1) i`,
+      [start, n],
+    );
+  }
+  await db.query(
+    `insert into gpus (id, host_id, index, uuid, model, memory_bytes, status, health_reasons, driver_version, cuda_version, created_at, updated_at, version)
+     select gen_random_uuid(), h.id, g, 'GPU-' || h.id || '-' || g, ($1::text[])[1 + abs(hashtext(h.name)) % 3], 85899345920, 'AVAILABLE', '[]', '550', '12.4', now(), now(), 1
+       from hosts h cross join generate_series(0, 7) g`,
+    [MODELS],
+  );
+  await db.query("analyze");
+}
+
+function percentile(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
+}
+
+async function withServer<T>(dbUrl: string, work: (baseUrl: string) => Promise<T>): Promise<T> {
+  const port = await freePort();
+  // A far-off lease: the seeded hosts must not expire while the benchmark runs.
+  const server = spawnServer(serverEnv({ DATABASE_URL: dbUrl, PORT: String(port), BIND_ADDRESS: "127.0.0.1", REMOTEGPU_ADMIN_TOKEN: ADMIN, LOG_LEVEL: "info", RATE_LIMIT_PER_SECOND: "0", HOST_GRACE_SECONDS: "86400", DATABASE_POOL_SIZE: "40" }));
+  try {
+    await server.listening(60_000);
+    return await work(`http://127.0.0.1:${port}`);
+  } finally {
+    await server.kill();
+  }
+}
+
+const auth: Interceptor = (next) => (req) => (req.header.set("authorization", `Bearer ${ADMIN}`), next(req));
+
+async function run(callers: number, requests: number, once: () => Promise<void>) {
+  const latencies: number[] = [];
+  let failures = 0;
+  let next = 0;
+  const started = performance.now();
+  await Promise.all(
+    Array.from({ length: callers }, async () => {
+      while (next < requests) {
+        next++;
+        const t = performance.now();
+        await once().catch(() => failures++);
+        latencies.push(performance.now() - t);
+      }
+    }),
+  );
+  const seconds = (performance.now() - started) / 1000;
+  latencies.sort((a, b) => a - b);
+  return { perSecond: requests / seconds, p50: percentile(latencies, 50), p99: percentile(latencies, 99), failures };
+}
+
+/**
+ * The baseline placement: every free GPU of the fleet read into the application and the pick made
+ * there, with the GPU table locked meanwhile so that it stays correct. Same signature as the real one.
+ */
+const naivePlacement: typeof placeEnvironment = async (em, req) => {
+  const ctx = em.getTransactionContext();
+  const conn = em.getConnection();
+  await conn.execute("lock table gpus in share row exclusive mode", [], "run", ctx);
+  const rows = await conn.execute<{ id: string; uuid: string; index: number; model: string; host_id: string }[]>(
+    "select g.id, g.uuid, g.index, g.model, g.host_id from gpus g join hosts h on h.id = g.host_id where g.status = 'AVAILABLE' and g.holder is null and h.status = 'ONLINE' and h.schedulable",
+    [],
+    "all",
+    ctx,
+  );
+  const byHost = new Map<string, typeof rows>();
+  for (const r of rows) if (!req.gpuModel || r.model === req.gpuModel) byHost.set(r.host_id, [...(byHost.get(r.host_id) ?? []), r]);
+  const fit = [...byHost.entries()].filter(([, g]) => g.length >= req.gpuCount).sort((a, b) => a[1].length - b[1].length)[0];
+  if (!fit) throw new Error("no room");
+  return { hostId: fit[0], gpus: fit[1].slice(0, req.gpuCount).map((g) => ({ id: g.id, uuid: g.uuid, index: g.index, model: g.model })) };
+};
+
+const hosts = Number(values.hosts);
+const callers = Number(values.callers);
+const requests = Number(values.requests);
+const results: string[] = [];
+
+{
+  const db = await createTestDatabase();
+  const admin = new pg.Client({ connectionString: db.url });
+  try {
+    // The server migrates the empty database first; then the fleet goes in.
+    await withServer(db.url, async () => undefined);
+    await admin.connect();
+    await seedFleet(admin, hosts);
+    const api = await withServer(db.url, async (baseUrl) => {
+      const transport = createGrpcTransport({ baseUrl, interceptors: [auth] });
+      // Teams share the fleet: a workspace's creations queue on its quota row, different teams' do not.
+      const workspaces = createClient(WorkspaceService, transport);
+      const teams: string[] = [];
+      for (let t = 0; t < TEAMS; t++) teams.push((await workspaces.createWorkspace({ name: `bench-${t}` })).workspace!.id);
+      const envs = createClient(EnvironmentService, transport);
+      let i = 0;
+      const api = await run(callers, requests, async () => {
+        const n = i++;
+        await envs.createEnvironment({ workspaceId: teams[n % TEAMS]!, name: `e${n}`, image: "img", gpuCount: 1 + (n % 2) });
+      });
+      return api;
+    });
+    // The same creation path in-process (ledger, transaction, ports, inserts), once with the real
+    // placement and once with the naive one, on fresh copies of the fleet.
+    const orm = await openDatabase(db.url, 40);
+    const placements: [string, typeof placeEnvironment][] = [["RemoteGPU (SQL best fit, SKIP LOCKED)", placeEnvironment], ["naive (every free GPU into the app, table lock)", naivePlacement]];
+    const compared: { name: string; r: Awaited<ReturnType<typeof run>> }[] = [];
+    for (const [name, place] of placements) {
+      await admin.query("update gpus set status = 'AVAILABLE', holder = null, environment_id = null; delete from environments; delete from port_mappings");
+      const manager = new EnvironmentManager(orm, systemClock, new QuotaLedger(orm, systemClock), { first: 20000, last: 60000 }, () => undefined, place);
+      const teams = (await admin.query<{ id: string }>("select id from workspaces order by name")).rows.map((r) => r.id);
+      let k = 0;
+      const r = await run(callers, requests, async () => {
+        const n = k++;
+        await manager.create({ ...BLANK, workspaceId: teams[n % teams.length]!, name: `p${n}`, gpuCount: 1 + (n % 2) }, () => undefined);
+      });
+      compared.push({ name, r });
+    }
+    await orm.close();
+    const f = (n: number) => n.toFixed(0);
+    results.push(`\n### CreateEnvironment, ${hosts} hosts × 8 GPUs, ${callers} concurrent callers over ${TEAMS} workspaces, ${requests} requests\n`);
+    results.push("| path | throughput | p50 | p99 | failed |", "| --- | --- | --- | --- | --- |");
+    results.push(`| through the API (gRPC, server process) | ${f(api.perSecond)}/s | ${f(api.p50)} ms | ${f(api.p99)} ms | ${api.failures} |`);
+    for (const { name, r } of compared) results.push(`| in-process, placement: ${name} | ${f(r.perSecond)}/s | ${f(r.p50)} ms | ${f(r.p99)} ms | ${r.failures} |`);
+    results.push(`\nPlacement throughput ratio, RemoteGPU / naive: ${(compared[0]!.r.perSecond / compared[1]!.r.perSecond).toFixed(1)}×.`);
+  } finally {
+    await admin.end().catch(() => undefined);
+    await db.drop();
+  }
+}
+
+{
+  const gpuCount = Number(values.gpus);
+  const db = await createTestDatabase();
+  const admin = new pg.Client({ connectionString: db.url });
+  try {
+    await withServer(db.url, async () => undefined);
+    await admin.connect();
+    await seedFleet(admin, Math.ceil(gpuCount / 8));
+    const rows = await withServer(db.url, async (baseUrl) => {
+      const gpus = createClient(GpuService, createGrpcTransport({ baseUrl, interceptors: [auth] }));
+      const filters: [string, Parameters<typeof gpus.listGpus>[0]][] = [
+        ["none", {}],
+        ["model", { model: MODELS[0] }],
+        ["free only", { freeOnly: true }],
+        ["status AVAILABLE + host label", { status: GpuStatus.AVAILABLE, labelSelector: "zone=z1" }],
+      ];
+      const out: string[] = [];
+      for (const [name, filter] of filters) {
+        const latencies: number[] = [];
+        let token = "";
+        for (let page = 0; page < 50; page++) {
+          const t = performance.now();
+          const res = await gpus.listGpus({ ...filter, pageSize: 100, pageToken: token });
+          latencies.push(performance.now() - t);
+          token = res.nextPageToken;
+          if (!token) break;
+        }
+        latencies.sort((a, b) => a - b);
+        out.push(`| ${name} | ${latencies.length} | ${percentile(latencies, 50).toFixed(1)} ms | ${percentile(latencies, 99).toFixed(1)} ms |`);
+      }
+      return out;
+    });
+    results.push(`\n### ListGpus, ${gpuCount} GPUs, pages of 100 (first 50 pages per filter)\n`, "| filter | pages | p50 | p99 |", "| --- | --- | --- | --- |", ...rows);
+  } finally {
+    await admin.end().catch(() => undefined);
+    await db.drop();
+  }
+}
+
+console.log(results.join("\n"));
+process.exit(0);
