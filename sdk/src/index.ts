@@ -21,6 +21,7 @@ import { fetchNetworkErrors } from "./web-errors.js";
 
 export * from "./common.js";
 export { uploadFile, UPLOAD_CHUNK_BYTES, type UploadData, type UploadFileOptions } from "./upload.js";
+export { AgentSession, type AgentSessionOptions, type AgentReading, type AgentWorkloads, type AgentLogger } from "./agent-session.js";
 
 /** Options of the Node `createRemoteGpuClient`. */
 export interface RemoteGpuClientOptions extends CommonClientOptions {

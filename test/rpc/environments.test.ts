@@ -144,6 +144,9 @@ describe("EnvironmentService with the agent runtime", () => {
     const usage = (await workspaces.getUsage({ workspaceId: capped })).usage!;
     assert.equal(usage.environments, 1, "refused requests left nothing behind");
     assert.equal(usage.gpus, 1);
+    // Give its GPU back, so later tests find the host as they expect.
+    await envs.deleteEnvironment({ id: first.environment!.id });
+    await until("the environment gone", async () => (await envs.getEnvironment({ id: first.environment!.id }).catch(() => undefined)) === undefined);
   });
 
   it("records FAILED with the reason and releases GPUs when the workload does not start", async () => {

@@ -1,0 +1,296 @@
+// The node agent's side of HostService.StreamHeartbeats, for any program that speaks for a host:
+// RemoteGPU's own agent (src/agent) is built on it.
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import { durationMs } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import {
+  AgentHeartbeatSchema,
+  WorkloadActivitySchema,
+  type AgentCapacitySchema,
+  type AgentCommand,
+  type EnvironmentStatusReportSchema,
+  type GpuInventoryItemSchema,
+} from "../../gen/remotegpu/v1/agent_pb.js";
+import type { LogLineSchema } from "../../gen/remotegpu/v1/environment_pb.js";
+import { HostService, StreamHeartbeatsRequestSchema, type StreamHeartbeatsRequest } from "../../gen/remotegpu/v1/host_pb.js";
+import { Channel } from "./channel.js";
+
+/** One measurement of the host, as the agent protocol carries it. */
+export interface AgentReading {
+  /** The host's GPUs now; the hello of the next stream lists the latest ones. */
+  gpus: MessageInitShape<typeof GpuInventoryItemSchema>[];
+  /** The heartbeat; the session sets its sequence and the workloads' activity when it sends it. */
+  heartbeat: MessageInitShape<typeof AgentHeartbeatSchema>;
+}
+
+/** What runs environments on the host, for agents that do (commands, the hello, activity). */
+export interface AgentWorkloads {
+  /** Carries out a command of the control plane; the result goes back as its `command_result`. */
+  execute(command: AgentCommand): Promise<{ ok: boolean; message: string }>;
+  /** Environments running now (sent in each hello, so a reconnect does not start them twice). */
+  running(): string[];
+  containersSupported: boolean;
+  /** Port traffic per environment, sent with each heartbeat (idle auto-stop). */
+  activity(): MessageInitShape<typeof WorkloadActivitySchema>[];
+}
+
+/** Where the session says what it does; pino's logger fits. @default silent */
+export interface AgentLogger {
+  info(fields: object, message: string): void;
+  warn(fields: object, message: string): void;
+  error(fields: object, message: string): void;
+}
+
+export interface AgentSessionOptions {
+  /** Control-plane base URLs, tried in turn. */
+  servers: string[];
+  hostId: string;
+  /** The host's agent token (from CreateHost). */
+  token: string;
+  agentVersion: string;
+  capacity: MessageInitShape<typeof AgentCapacitySchema>;
+  /** Takes one reading of the host; called on the heartbeat timer, connected or not. */
+  read: () => Promise<AgentReading>;
+  /** Heartbeat period; unset follows what the server asks for. @default 10000, then the server's */
+  intervalMs?: number;
+  /** Readings kept while disconnected (the oldest go first). @default 360 */
+  bufferSize?: number;
+  /** First reconnect delay; doubles per failure, with jitter. @default 500 */
+  initialBackoffMs?: number;
+  /** Longest reconnect delay, also the wait after being fenced by a newer session. @default 30000 */
+  maxBackoffMs?: number;
+  /** Runs environments; without it, run/stop/remove commands fail and drain succeeds. @default none */
+  workloads?: AgentWorkloads;
+  /** Log lines kept while disconnected (the oldest go first). @default 2000 */
+  logBufferLines?: number;
+  logger?: AgentLogger;
+}
+
+type Outgoing = MessageInitShape<typeof StreamHeartbeatsRequestSchema>["message"];
+type StatusReport = MessageInitShape<typeof EnvironmentStatusReportSchema>;
+type LogLine = MessageInitShape<typeof LogLineSchema>;
+
+const SILENT: AgentLogger = { info: () => undefined, warn: () => undefined, error: () => undefined };
+
+/**
+ * Runs the heartbeat stream of one host: takes readings on a timer whether or not it is connected,
+ * keeps a bounded backlog and delivers it in order over a stream it reconnects (exponential backoff
+ * with jitter, rotating through the servers) whenever it breaks. Readings sent but not acked go back
+ * to the backlog when a stream dies, so a reconnect loses nothing that fit. Commands of the control
+ * plane go to `workloads`; their status reports and log lines go up with `reportStatus`/`reportLogs`,
+ * or wait (bounded) for the next stream.
+ */
+export class AgentSession {
+  private backlog: AgentReading[] = [];
+  /** Sends on the current stream; unset while disconnected (and before the welcome). */
+  private live?: (message: Outgoing) => void;
+  private pendingStatus = new Map<string, StatusReport>();
+  private pendingLogs: { environmentId: string; line: LogLine }[] = [];
+  private wake?: () => void;
+  private intervalMs: number;
+  private timer?: NodeJS.Timeout;
+  private gpus: AgentReading["gpus"] = [];
+  private readonly log: AgentLogger;
+
+  constructor(private readonly o: AgentSessionOptions) {
+    this.intervalMs = o.intervalMs ?? 10_000;
+    this.log = o.logger ?? SILENT;
+  }
+
+  /** Runs until `signal` aborts; rejects when the server refuses this agent's identity (token, host). */
+  async run(signal: AbortSignal): Promise<void> {
+    await this.takeReading();
+    this.schedule();
+    signal.addEventListener("abort", () => this.wake?.(), { once: true });
+    let failures = 0;
+    for (let attempt = 0; !signal.aborted; attempt++) {
+      const server = this.o.servers[attempt % this.o.servers.length]!;
+      let fenced = false;
+      try {
+        await this.stream(server, signal, () => (failures = 0));
+      } catch (err) {
+        const e = ConnectError.from(err);
+        // A wrong token or host id will not fix itself: stop and say so.
+        if (e.code === Code.Unauthenticated || e.code === Code.PermissionDenied || e.code === Code.NotFound) throw e;
+        fenced = e.code === Code.Aborted;
+        if (!signal.aborted) this.log.warn({ server, code: Code[e.code], error: e.rawMessage }, "agent stream ended");
+      }
+      if (signal.aborted) break;
+      failures++;
+      const max = this.o.maxBackoffMs ?? 30_000;
+      const base = Math.min(max, (this.o.initialBackoffMs ?? 500) * 2 ** Math.min(failures - 1, 16));
+      // A fenced session means another agent speaks for this host: do not fight it at full speed.
+      await sleep(fenced ? max : base / 2 + Math.random() * (base / 2), signal);
+    }
+    clearTimeout(this.timer);
+  }
+
+  /** Sends a workload's state up the stream, or keeps the latest per environment for the next one. */
+  reportStatus(report: StatusReport): void {
+    if (this.live) this.live({ case: "environmentStatus", value: report });
+    else this.pendingStatus.set(report.environmentId ?? "", report);
+  }
+
+  /** Sends a workload's output lines up the stream, or keeps the newest of them for the next one. */
+  reportLogs(environmentId: string, lines: LogLine[]): void {
+    if (this.live) return this.live({ case: "environmentLogs", value: { environmentId, lines } });
+    for (const line of lines) this.pendingLogs.push({ environmentId, line });
+    const max = this.o.logBufferLines ?? 2000;
+    if (this.pendingLogs.length > max) this.pendingLogs.splice(0, this.pendingLogs.length - max);
+  }
+
+  /** What piled up while disconnected: the log lines (grouped by environment, in order), then the states. */
+  private sendPending(): void {
+    const logs = this.pendingLogs;
+    const statuses = [...this.pendingStatus.values()];
+    this.pendingLogs = [];
+    this.pendingStatus.clear();
+    for (let i = 0; i < logs.length; ) {
+      const environmentId = logs[i]!.environmentId;
+      const lines: LogLine[] = [];
+      for (; i < logs.length && logs[i]!.environmentId === environmentId; i++) lines.push(logs[i]!.line);
+      this.reportLogs(environmentId, lines);
+    }
+    for (const s of statuses) this.reportStatus(s);
+  }
+
+  /** Carries out a command; never throws (a failure is a result with ok false). */
+  private async execute(command: AgentCommand): Promise<{ ok: boolean; message: string }> {
+    const w = this.o.workloads;
+    this.log.info({ command: command.commandId, kind: command.command.case }, "command from the control plane");
+    try {
+      if (w) return await w.execute(command);
+      return command.command.case === "drain" ? { ok: true, message: "draining; this agent runs no workloads" } : { ok: false, message: "this agent runs no workloads" };
+    } catch (err) {
+      this.log.warn({ command: command.commandId, kind: command.command.case, err }, "command failed");
+      return { ok: false, message: err instanceof Error ? err.message : String(err) };
+    }
+  }
+
+  private schedule(): void {
+    this.timer = setTimeout(() => {
+      this.takeReading()
+        .catch((err: unknown) => this.log.error({ err }, "reading the host failed"))
+        .finally(() => this.schedule());
+    }, this.intervalMs);
+    this.timer.unref();
+  }
+
+  private async takeReading(): Promise<void> {
+    const reading = await this.o.read();
+    this.gpus = reading.gpus;
+    this.backlog.push(reading);
+    this.trimBacklog();
+    this.wake?.();
+  }
+
+  /** Drops the oldest readings beyond the bound. */
+  private trimBacklog(): void {
+    const max = this.o.bufferSize ?? 360;
+    if (this.backlog.length > max) this.backlog.splice(0, this.backlog.length - max);
+  }
+
+  private async stream(server: string, signal: AbortSignal, connected: () => void): Promise<void> {
+    const auth: Interceptor = (next) => (req) => {
+      req.header.set("authorization", `Bearer ${this.o.token}`);
+      return next(req);
+    };
+    const client = createClient(HostService, createGrpcTransport({ baseUrl: server, interceptors: [auth] }));
+    const requests = new Channel<StreamHeartbeatsRequest>();
+    const stop = new AbortController();
+    const onAbort = () => stop.abort();
+    signal.addEventListener("abort", onAbort, { once: true });
+    const responses = client.streamHeartbeats(requests, { signal: stop.signal })[Symbol.asyncIterator]();
+    const inFlight: { sequence: bigint; reading: AgentReading }[] = [];
+    const send = (message: Outgoing) => requests.push(create(StreamHeartbeatsRequestSchema, { message }));
+    try {
+      send({
+        case: "hello",
+        value: {
+          hostId: this.o.hostId,
+          agentVersion: this.o.agentVersion,
+          capacity: this.o.capacity,
+          gpus: this.gpus,
+          runningEnvironmentIds: this.o.workloads?.running() ?? [],
+          containersSupported: this.o.workloads?.containersSupported ?? false,
+        },
+      });
+      const first = await responses.next();
+      if (first.done || first.value.message.case !== "welcome") throw new ConnectError("the server sent no welcome", Code.Unavailable);
+      const welcome = first.value.message.value;
+      const asked = welcome.settings?.heartbeatInterval && durationMs(welcome.settings.heartbeatInterval);
+      if (this.o.intervalMs === undefined && asked && asked !== this.intervalMs) {
+        this.intervalMs = asked;
+        clearTimeout(this.timer);
+        this.schedule();
+      }
+      this.log.info({ server, session: welcome.sessionId, intervalMs: this.intervalMs }, "agent connected");
+      connected();
+      this.live = send;
+      this.sendPending();
+
+      const acks = (async () => {
+        for (;;) {
+          const r = await responses.next();
+          if (r.done) return;
+          const m = r.value.message;
+          if (m.case === "ack") {
+            while (inFlight.length > 0 && inFlight[0]!.sequence <= m.value.sequence) inFlight.shift();
+          } else if (m.case === "command") {
+            // Not awaited: a slow stop must not hold up acks; the workloads order commands per environment.
+            const commandId = m.value.commandId;
+            void this.execute(m.value).then((result) => send({ case: "commandResult", value: { commandId, ...result } }));
+          }
+        }
+      })();
+      let ended = false;
+      const markEnded = () => {
+        ended = true;
+        this.wake?.();
+      };
+      acks.then(markEnded, markEnded); // the error itself surfaces through `await acks` below
+
+      let sequence = 0n;
+      const maxInFlight = this.o.bufferSize ?? 360;
+      while (!ended && !signal.aborted) {
+        // Not more unacked readings than the backlog may hold: a server that stops acking gets no more.
+        const reading = inFlight.length < maxInFlight ? this.backlog.shift() : undefined;
+        if (!reading) {
+          await new Promise<void>((resolve) => (this.wake = resolve));
+          this.wake = undefined;
+          continue;
+        }
+        inFlight.push({ sequence: ++sequence, reading });
+        // Activity is current at sending, not at reading: a buffered reading carries the latest traffic.
+        const beat = create(AgentHeartbeatSchema, reading.heartbeat);
+        beat.sequence = sequence;
+        beat.workloads = (this.o.workloads?.activity() ?? []).map((a) => create(WorkloadActivitySchema, a));
+        send({ case: "heartbeat", value: beat });
+      }
+      await acks;
+    } finally {
+      if (this.live === send) this.live = undefined;
+      signal.removeEventListener("abort", onAbort);
+      // What the server never acked is sent again on the next stream, in order, within the bound.
+      this.backlog.unshift(...inFlight.map((f) => f.reading));
+      this.trimBacklog();
+      requests.close();
+      stop.abort();
+    }
+  }
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const onAbort = () => {
+      clearTimeout(t);
+      resolve();
+    };
+    const t = setTimeout(() => {
+      signal.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    signal.addEventListener("abort", onAbort, { once: true });
+  });
+}
