@@ -59,6 +59,10 @@ export class KubernetesRuntime implements Runtime {
   private closed = false;
   /** Stops asked for, by environment: the generation to report STOPPED with once the pod is gone. */
   private readonly stopping = new Map<string, number>();
+  /** Removals asked for: REMOVED is reported once the pod is really gone (its GPUs are free then). */
+  private readonly removing = new Map<string, { hostId: string; generation: number }>();
+  /** Pods seen, by key, so that a re-list can tell which ones vanished while the watch was down. */
+  private readonly known = new Map<string, V1Pod>();
   private readonly following = new Map<string, AbortController>();
   private retryMs = 500;
 
@@ -83,6 +87,7 @@ export class KubernetesRuntime implements Runtime {
   }
 
   private async create(spec: WorkloadSpec): Promise<void> {
+    this.stopping.delete(spec.environmentId); // a run after a stop: the old pod's end is not this one's
     const namespace = namespaceOf(spec, this.o);
     await this.call(() => created(this.core.createNamespace({ body: namespaceManifest(spec, this.o) })));
     const secret =
@@ -112,6 +117,7 @@ export class KubernetesRuntime implements Runtime {
     const pods = await this.pods(environmentId);
     await this.deleteRouting(environmentId);
     if (pods.length === 0) {
+      this.stopping.delete(environmentId);
       await this.observer.status(hostId, { environmentId, generation, state: "STOPPED", message: "not running" });
       return;
     }
@@ -123,13 +129,16 @@ export class KubernetesRuntime implements Runtime {
   async remove(environmentId: string, hostId: string, generation: number): Promise<void> {
     const selector = `${ENVIRONMENT_LABEL}=${environmentId}`;
     this.stopping.delete(environmentId);
-    for (const pod of await this.pods(environmentId)) await this.call(() => missing(this.core.deleteNamespacedPod({ namespace: pod.metadata!.namespace!, name: pod.metadata!.name! })));
+    const pods = await this.pods(environmentId);
+    for (const pod of pods) await this.call(() => missing(this.core.deleteNamespacedPod({ namespace: pod.metadata!.namespace!, name: pod.metadata!.name! })));
     await this.deleteRouting(environmentId);
     const claims = await this.call(() => this.core.listPersistentVolumeClaimForAllNamespaces({ labelSelector: selector }));
     for (const c of claims!.items) await this.call(() => missing(this.core.deleteNamespacedPersistentVolumeClaim({ namespace: c.metadata!.namespace!, name: c.metadata!.name! })));
     const secrets = await this.call(() => this.core.listSecretForAllNamespaces({ labelSelector: selector }));
     for (const s of secrets!.items) await this.call(() => missing(this.core.deleteNamespacedSecret({ namespace: s.metadata!.namespace!, name: s.metadata!.name! })));
-    await this.observer.status(hostId, { environmentId, generation, state: "REMOVED", message: "its pod, volume and routes were deleted" });
+    // A pod deletion is graceful: its GPUs are free only once it is gone, which the watch tells.
+    if ((await this.pods(environmentId)).length > 0) this.removing.set(environmentId, { hostId, generation });
+    else await this.observer.status(hostId, { environmentId, generation, state: "REMOVED", message: "its pod, volume and routes were deleted" });
   }
 
   /** Starts watching pods; runs until close(). */
@@ -148,8 +157,11 @@ export class KubernetesRuntime implements Runtime {
     while (!this.closed) {
       try {
         const list = await this.call(() => this.core.listPodForAllNamespaces({ labelSelector: SELECTOR }));
+        // Pods that vanished while no watch was open get the DELETED they missed.
+        const listed = new Set(list!.items.map(podKey));
+        for (const [key, pod] of [...this.known]) if (!listed.has(key)) await this.observe("DELETED", pod);
         for (const pod of list!.items) await this.observe("ADDED", pod);
-        this.retryMs = 500;
+        const watchedFrom = Date.now();
         // Events from the list's resourceVersion on; a 410 (too old) or a broken stream lists again.
         await new Promise<void>((resolve) => {
           void new Watch(this.kc)
@@ -164,6 +176,13 @@ export class KubernetesRuntime implements Runtime {
             )
             .then((abort) => (this.watchAbort = abort), () => resolve());
         });
+        // A watch that ends at once (refused, cut by a proxy) must not turn into a tight re-list loop.
+        if (Date.now() - watchedFrom < 5000) {
+          await new Promise((r) => setTimeout(r, this.retryMs));
+          this.retryMs = Math.min(30_000, this.retryMs * 2);
+        } else {
+          this.retryMs = 500;
+        }
       } catch (err) {
         this.logger.warn({ error: err instanceof Error ? err.message : String(err) }, "Kubernetes pod watch failed; retrying");
         await new Promise((r) => setTimeout(r, this.retryMs));
@@ -177,16 +196,24 @@ export class KubernetesRuntime implements Runtime {
     const hostId = pod.metadata?.labels?.[HOST_LABEL];
     if (!environmentId || !hostId) return;
     const generation = generationOf(pod);
-    const key = `${environmentId}/${pod.metadata!.name}`;
+    const key = podKey(pod);
     if (type === "DELETED") {
+      this.known.delete(key);
       this.following.get(key)?.abort();
       this.following.delete(key);
+      const removal = this.removing.get(environmentId);
+      if (removal) {
+        if ([...this.known.keys()].some((k) => k.startsWith(`${environmentId}/`))) return;
+        this.removing.delete(environmentId);
+        return this.observer.status(removal.hostId, { environmentId, generation: removal.generation, state: "REMOVED", message: "its pod, volume and routes were deleted" });
+      }
       const stopped = this.stopping.get(environmentId);
       if (stopped === undefined) return this.observer.status(hostId, { environmentId, generation, state: "FAILED", message: "its pod was deleted" });
       if ((await this.pods(environmentId)).length > 0) return; // another pod of it is still going away
       this.stopping.delete(environmentId);
       return this.observer.status(hostId, { environmentId, generation: stopped, state: "STOPPED", message: "stopped" });
     }
+    this.known.set(key, pod);
     const { state, message } = podState(pod);
     if (state !== "STARTING" && !this.following.has(key) && pod.status?.phase === "Running") this.follow(pod, hostId, environmentId, key);
     await this.observer.status(hostId, { environmentId, generation, state, message });
@@ -212,7 +239,10 @@ export class KubernetesRuntime implements Runtime {
     sink.on("pipe", (source: NodeJS.ReadableStream) => source.on("error", (err: Error) => sink.destroy(err)));
     new Log(this.kc)
       .log(pod.metadata!.namespace!, pod.metadata!.name!, CONTAINER, sink, { follow: true })
-      .then((abort) => control.signal.addEventListener("abort", () => abort.abort(), { once: true }))
+      .then((abort) => {
+        if (control.signal.aborted) abort.abort(); // ended before the stream opened
+        else control.signal.addEventListener("abort", () => abort.abort(), { once: true });
+      })
       .catch((err: unknown) => this.logger.debug({ environmentId, error: String(err) }, "pod log unavailable"));
   }
 
@@ -241,6 +271,10 @@ export class KubernetesRuntime implements Runtime {
 }
 
 class RejectedError extends Error {}
+
+function podKey(pod: V1Pod): string {
+  return `${pod.metadata?.labels?.[ENVIRONMENT_LABEL]}/${pod.metadata?.name}`;
+}
 
 function generationOf(pod: V1Pod): number {
   return Number(pod.metadata?.annotations?.[GENERATION_ANNOTATION] ?? 0);

@@ -206,16 +206,23 @@ export class WorkspaceFiles {
         if (this.clock.now().getTime() - file.createdAt.getTime() > MAX_URL_SECONDS * 1000) await em.nativeDelete(WorkspaceFile, { id: file.id, pending: true });
         continue;
       }
-      try {
-        await em.fork().transactional(async (tx) => {
-          const { quota, usage } = await this.quotas.reserve(tx, workspaceId, {});
+      const verdict = await em.fork().transactional(async (tx) => {
+        const { quota, usage } = await this.quotas.reserve(tx, workspaceId, {});
+        // Another call may have settled it meanwhile (and counted it): then there is nothing to do.
+        const still = await tx.findOne(WorkspaceFile, { id: file.id, pending: true }, { lockMode: LockMode.PESSIMISTIC_WRITE });
+        if (!still) return "settled";
+        try {
           admit(quota, usage, { storageBytes: seen.size });
-          await tx.nativeUpdate(WorkspaceFile, { id: file.id, pending: true }, { sizeBytes: seen.size, pending: false, updatedAt: this.clock.now() });
-        });
-      } catch (err) {
-        if (!(err instanceof QuotaExceededError)) throw err;
+        } catch (err) {
+          if (!(err instanceof QuotaExceededError)) throw err;
+          tx.remove(still);
+          return "refused";
+        }
+        Object.assign(still, { sizeBytes: seen.size, pending: false, updatedAt: this.clock.now() });
+        return "settled";
+      });
+      if (verdict === "refused") {
         this.logger.warn({ workspaceId, path: file.path, bytes: seen.size }, "a presigned upload broke the storage quota; removed");
-        await em.nativeDelete(WorkspaceFile, { id: file.id });
         await this.forgetObject(file.objectKey);
       }
     }
