@@ -1,6 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { createReadStream, createWriteStream } from "node:fs";
-import { mkdir, rename, rm, stat } from "node:fs/promises";
+import { copyFile, mkdir, rename, rm, stat } from "node:fs/promises";
 import path from "node:path";
 import { pipeline } from "node:stream/promises";
 import { Readable } from "node:stream";
@@ -40,6 +40,11 @@ export class LocalObjectStore implements ObjectStore {
   async head(key: string): Promise<{ size: number } | undefined> {
     const s = await stat(this.file(key)).catch(() => undefined);
     return s?.isFile() ? { size: s.size } : undefined;
+  }
+
+  async copy(from: string, to: string): Promise<void> {
+    await mkdir(path.dirname(this.file(to)), { recursive: true });
+    await copyFile(this.file(from), this.file(to));
   }
 
   async delete(key: string): Promise<void> {

@@ -19,6 +19,8 @@ export interface ObjectStore {
   get(key: string, range?: ByteRange): Promise<AsyncIterable<Uint8Array>>;
   /** The object's size, or undefined when it does not exist. */
   head(key: string): Promise<{ size: number } | undefined>;
+  /** Copies an object within the store (server-side where the store can). */
+  copy(from: string, to: string): Promise<void>;
   /** Removes an object; removing a missing one is not an error. */
   delete(key: string): Promise<void>;
   /** A URL to GET or PUT the object directly, or undefined when this store cannot presign. */

@@ -206,25 +206,29 @@ export class WorkspaceFiles {
         if (this.clock.now().getTime() - file.createdAt.getTime() > MAX_URL_SECONDS * 1000) await em.nativeDelete(WorkspaceFile, { id: file.id, pending: true });
         continue;
       }
+      // The file becomes a copy under a key of its own: the URL may still be valid, and what is PUT
+      // to it later must change neither the file nor its counted size.
+      const key = `workspaces/${workspaceId}/files/${randomUUID()}`;
+      await this.store.copy(file.objectKey, key);
+      const size = (await this.store.head(key))?.size ?? 0;
       const verdict = await em.fork().transactional(async (tx) => {
         const { quota, usage } = await this.quotas.reserve(tx, workspaceId, {});
         // Another call may have settled it meanwhile (and counted it): then there is nothing to do.
         const still = await tx.findOne(WorkspaceFile, { id: file.id, pending: true }, { lockMode: LockMode.PESSIMISTIC_WRITE });
-        if (!still) return "settled";
+        if (!still) return "already";
         try {
-          admit(quota, usage, { storageBytes: seen.size });
+          admit(quota, usage, { storageBytes: size });
         } catch (err) {
           if (!(err instanceof QuotaExceededError)) throw err;
           tx.remove(still);
           return "refused";
         }
-        Object.assign(still, { sizeBytes: seen.size, pending: false, updatedAt: this.clock.now() });
+        Object.assign(still, { objectKey: key, sizeBytes: size, pending: false, updatedAt: this.clock.now() });
         return "settled";
       });
-      if (verdict === "refused") {
-        this.logger.warn({ workspaceId, path: file.path, bytes: seen.size }, "a presigned upload broke the storage quota; removed");
-        await this.forgetObject(file.objectKey);
-      }
+      if (verdict !== "settled") await this.forgetObject(key);
+      if (verdict === "refused") this.logger.warn({ workspaceId, path: file.path, bytes: size }, "a presigned upload broke the storage quota; removed");
+      if (verdict !== "already") await this.forgetObject(file.objectKey);
     }
   }
 

@@ -33,6 +33,9 @@ function contract(name: string, open: () => Promise<{ store: ObjectStore; presig
       assert.deepEqual(await read(await store.get("a/one")), data);
       assert.deepEqual(await read(await store.get("a/one", { start: 1000, end: 1999 })), data.subarray(1000, 2000));
       assert.deepEqual(await store.head("a/one"), { size: data.length });
+      await store.copy("a/one", "b/two");
+      assert.deepEqual(await read(await store.get("b/two")), data);
+      await store.delete("b/two");
       await store.delete("a/one");
       assert.equal(await store.head("a/one"), undefined);
       await store.delete("a/one"); // twice is fine

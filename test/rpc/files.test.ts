@@ -153,6 +153,10 @@ for (const kind of ["local", "s3"] as const) {
       const listed = await files.listFiles({ workspaceId: ws, prefix: "direct/" });
       assert.deepEqual(listed.files.map((f) => [f.path, f.sizeBytes]), [["direct/upload.txt", 22n]]);
       assert.equal((await download("direct/upload.txt")).data.toString(), "straight to the bucket");
+      // The URL still works, but the file is a copy of its own by now: nothing PUT later reaches it.
+      assert.equal((await fetch(put.url, { method: "PUT", body: "x".repeat(5000) })).status, 200);
+      assert.deepEqual((await files.listFiles({ workspaceId: ws, prefix: "direct/" })).files.map((f) => f.sizeBytes), [22n]);
+      assert.equal((await download("direct/upload.txt")).data.toString(), "straight to the bucket");
     });
   });
 }
