@@ -10,6 +10,8 @@ import { HostLiveness } from "./host/host-liveness.js";
 import { HostRegistry } from "./host/host-registry.js";
 import { HeartbeatIngest } from "./telemetry/heartbeat-ingest.js";
 import { RedisSampleRelay } from "./telemetry/redis-sample-relay.js";
+import { RedisBus } from "./platform/redis-bus.js";
+import type { AgentCommandInput } from "./host/agent-sessions.js";
 import { TelemetryHistory } from "./telemetry/telemetry-history.js";
 import { Redis } from "ioredis";
 import { systemClock, type Clock } from "./platform/clock.js";
@@ -130,6 +132,7 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
     await relay.start().catch((err: unknown) => logger.warn({ error: String(err) }, "could not load shared samples from Redis"));
   }
   const ingest = new HeartbeatIngest(orm, clock, samples, history, { maxTemperatureCelsius: config.gpuMaxTemperatureCelsius }, new Feed(), announce, relay);
+  if (relay) relay.onRemoteSample = (hostId, sample) => ingest.live.publish({ hostId, sample });
   const agents = new AgentSessions(orm, clock, ingest, config.heartbeatIntervalSeconds * 1000, config.hostGraceSeconds * 1000, announce);
   const liveness = new HostLiveness(orm, clock, config.hostGraceSeconds * 1000);
   const inventory = new GpuInventory(orm, clock, samples, (hostId, uuid) => ingest.readmitted(hostId, uuid));
@@ -166,6 +169,23 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
     },
     () => leader.check(),
   );
+  // Several replicas: environment changes reach every replica's watchers, and a command for an agent
+  // goes to the replica that holds its stream. Without Redis, this replica is all there is.
+  const bus = redis && new RedisBus(redis, config.redisKeyPrefix, logger);
+  if (bus) {
+    bus.on("environment", (p) => {
+      const { type, id, deleted } = p as { type: "ADDED" | "MODIFIED" | "DELETED"; id: string; deleted?: { workspaceId: string; name: string } };
+      environments.remoteChange(type, id, deleted).catch((err: unknown) => logger.warn({ err }, "relaying an environment change failed"));
+    });
+    bus.on("agent-command", (p) => {
+      const { hostId, command } = p as { hostId: string; command: AgentCommandInput };
+      agents.deliver(hostId, command);
+    });
+    await bus.start().catch((err: unknown) => logger.warn({ error: String(err) }, "Redis bus unavailable at start; replicas will not hear each other until it answers"));
+    environments.forward = (type, view) =>
+      bus.publish("environment", { type, id: view.environment.id, deleted: type === "DELETED" ? { workspaceId: view.environment.workspace.id, name: view.environment.name } : undefined });
+    agents.route = (hostId, command) => bus.publish("agent-command", { hostId, command });
+  }
   const workspaces = new WorkspaceRegistry(orm, clock, {
     async empty(id) {
       await environments.deleteAll(id, FORCE_DELETE_WAIT_MS);
@@ -290,6 +310,7 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
       await leader.close();
       await ingest.flush(true).catch((err: unknown) => logger.error({ err }, "final heartbeat flush failed"));
       await relay?.close();
+      bus?.close();
       if (store instanceof S3ObjectStore) store.close();
       redis?.disconnect();
       await orm.close();

@@ -11,6 +11,7 @@ import { Feed } from "../platform/feed.js";
 import { onUniqueViolation } from "../platform/unique-violation.js";
 import { Violations, checkString } from "../validation.js";
 import type { QuotaLedger } from "../workspace/quota-ledger.js";
+import type { Workspace } from "../workspace/workspace.js";
 import { Environment, PortMapping, type EnvironmentStatus, type PortSpec } from "./environment.js";
 import { allocateHostPorts, placeEnvironment, type PortRange } from "./placement.js";
 
@@ -285,6 +286,25 @@ export class EnvironmentManager {
 
   publish(type: EnvironmentChange["type"], view: EnvironmentView): void {
     this.changes.publish({ type, view });
+    this.forward?.(type, view);
+  }
+
+  /** Tells other replicas of each change (set when there are several, with Redis). */
+  forward?: (type: EnvironmentChange["type"], view: EnvironmentView) => void;
+
+  /**
+   * A change another replica made, for this replica's watchers: re-read from the database (a
+   * deleted one is gone from it, so its last known fields come with the message).
+   */
+  async remoteChange(type: EnvironmentChange["type"], id: string, deleted?: { workspaceId: string; name: string }): Promise<void> {
+    if (type === "DELETED" && deleted) {
+      const environment = Object.assign(new Environment(), { id, name: deleted.name, workspace: { id: deleted.workspaceId } as Workspace, status: "DELETED", desiredState: "DELETED" });
+      this.changes.publish({ type, view: { environment, gpuIds: [], portMappings: [] } });
+      return;
+    }
+    const em = this.orm.em.fork();
+    const env = await em.findOne(Environment, id, { populate: ["host"] });
+    if (env) this.changes.publish({ type, view: await this.view(em, env) });
   }
 
   async view(em: EntityManager, env: Environment): Promise<EnvironmentView> {

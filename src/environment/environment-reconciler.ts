@@ -178,7 +178,7 @@ export class EnvironmentReconciler {
       // The row goes, and with it the name; port mappings and log lines go by cascade.
       if (decision.forget) em.remove(env);
       act = { decision, spec, env };
-      return decision.status || decision.note !== undefined ? { view, forget: decision.forget } : undefined;
+      return decision.status || decision.forget || decision.note !== undefined ? { view, forget: decision.forget } : undefined;
     });
     if (published) this.environments.publish(published.forget ? "DELETED" : "MODIFIED", published.view);
     if (act?.decision.act) await this.act(act.decision, act.env, act.spec);

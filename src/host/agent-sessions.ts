@@ -164,15 +164,27 @@ export class AgentSessions {
   }
 
   /**
-   * Sends a command to the host's agent if its stream is open on this replica; returns whether it
-   * was. (Routing to the replica holding the stream is for several replicas, with Redis.)
+   * Sends a command to the host's agent: down its stream when this replica holds it, else through
+   * `route` (the other replicas, over Redis) when there is one. Returns whether it went anywhere;
+   * the caller learns the outcome from the agent's reports, and repeats a command that had none.
    */
   send(hostId: string, command: AgentCommandInput): boolean {
+    if (this.deliver(hostId, command)) return true;
+    if (!this.route) return false;
+    this.route(hostId, command);
+    return true;
+  }
+
+  /** Delivers a command routed from another replica, if this one holds the host's stream. */
+  deliver(hostId: string, command: AgentCommandInput): boolean {
     const session = this.live.get(hostId);
     if (!session) return false;
     session.outbox.push({ id: randomUUID(), ...command });
     return true;
   }
+
+  /** Where commands for streams held by other replicas go (set when there are several, with Redis). */
+  route?: (hostId: string, command: AgentCommandInput) => void;
 
   /** Ends every stream with UNAVAILABLE, so agents reconnect (to another replica) at once. */
   shutdown(): void {

@@ -48,7 +48,7 @@ export class RedisSampleRelay {
     });
     await this.subscriber.connect();
     await this.subscriber.subscribe(this.channel);
-    for (const [hostId, json] of Object.entries(await this.redis.hgetall(this.hash))) this.apply(hostId, JSON.parse(json) as HostReport);
+    for (const [hostId, json] of Object.entries(await this.redis.hgetall(this.hash))) this.apply(hostId, JSON.parse(json) as HostReport, false);
   }
 
   record(hostId: string, host: HostSampleRecord | undefined, gpus: GpuSampleRecord[]): void {
@@ -90,8 +90,15 @@ export class RedisSampleRelay {
     this.subscriber.disconnect();
   }
 
-  private apply(hostId: string, r: HostReport): void {
+  /** Told of each sample another replica received, for this replica's live watchers. */
+  onRemoteSample?: (hostId: string, sample: GpuSampleRecord) => void;
+
+  private apply(hostId: string, r: HostReport, live = true): void {
     if (r.host) this.samples.recordHost(hostId, r.host);
-    for (const g of r.gpus) this.samples.recordGpu(hostId, { ...g, time: new Date(g.time) });
+    for (const g of r.gpus) {
+      const sample = { ...g, time: new Date(g.time) };
+      this.samples.recordGpu(hostId, sample);
+      if (live) this.onRemoteSample?.(hostId, sample);
+    }
   }
 }
