@@ -153,7 +153,11 @@ export class EnvironmentReconciler {
       });
       if (view) this.environments.publish("MODIFIED", view);
     }
-    if (lost.length > 0) this.kick();
+    // What it runs but the database still has starting: its report may have died with the old
+    // stream. Asking again for the same generation makes the agent report its state again.
+    const unconfirmed = envs.filter((e) => (e.status === "CREATING" || e.status === "STARTING") && runningIds.includes(e.id)).map((e) => e.id);
+    if (unconfirmed.length > 0) await em.nativeUpdate(Environment, { id: { $in: unconfirmed }, status: { $in: ["CREATING", "STARTING"] } }, { actedAt: null, attempts: 0 });
+    if (lost.length > 0 || unconfirmed.length > 0) this.kick();
   }
 
   /** Decides and applies one step for one environment, under its row lock; acts after commit. */
