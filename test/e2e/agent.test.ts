@@ -11,17 +11,7 @@ import { createLogger } from "../../src/platform/logger.js";
 import { ROOT, freePort } from "../support/child.js";
 import { createTestDatabase, type TestDatabase } from "../support/database.js";
 import { ADMIN_TOKEN } from "../support/server.js";
-
-/** Polls `check` until it returns a value (not undefined) or the deadline passes. */
-async function eventually<T>(what: string, check: () => Promise<T | undefined>, ms = 15_000): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await check().catch(() => undefined);
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`${what}: not within ${ms} ms`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
+import { eventually } from "../support/eventually.js";
 
 function runAgent(args: string[]): { child: ChildProcess; stderr: () => string; exited: Promise<number | null> } {
   const child = spawn(process.execPath, ["--import", "tsx", "src/agent/main.ts", ...args], { cwd: ROOT, stdio: ["ignore", "ignore", "pipe"] });

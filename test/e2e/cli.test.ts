@@ -10,21 +10,12 @@ import { WorkspaceService } from "../../gen/remotegpu/v1/workspace_pb.js";
 import { ROOT } from "../support/child.js";
 import { ADMIN_TOKEN, startTestServer, type TestServer } from "../support/server.js";
 import { systemClock } from "../../src/platform/clock.js";
+import { eventually } from "../support/eventually.js";
 
 interface Result {
   code: number | null;
   stdout: string;
   stderr: string;
-}
-
-async function eventually<T>(what: string, check: () => Promise<T | undefined | false>, ms = 20_000): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await check().catch(() => undefined);
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`${what}: not within ${ms} ms`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
 }
 
 describe("e2e: the admin CLI against a live server with a real agent", function () {

@@ -11,16 +11,7 @@ import { WorkspaceService } from "../../gen/remotegpu/v1/workspace_pb.js";
 import { ROOT, freePort, isListening } from "../support/child.js";
 import { startTestServer, type TestServer } from "../support/server.js";
 import { systemClock } from "../../src/platform/clock.js";
-
-async function eventually<T>(what: string, check: () => Promise<T | undefined | false>, ms = 20_000): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await check().catch(() => undefined);
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`${what}: not within ${ms} ms`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+import { eventually } from "../support/eventually.js";
 
 describe("e2e: an environment run for real by the agent (process mode, simulated GPUs)", function () {
   this.timeout(90_000);

@@ -10,18 +10,9 @@ import { WorkspaceService } from "../../gen/remotegpu/v1/workspace_pb.js";
 import { ROOT, freePort, serverEnv, spawnServer, type ServerProcess } from "../support/child.js";
 import { createTestDatabase, type TestDatabase } from "../support/database.js";
 import { ADMIN_TOKEN, clients } from "../support/server.js";
+import { eventually } from "../support/eventually.js";
 
 const REDIS_URL = process.env.TEST_REDIS_URL ?? "redis://127.0.0.1:6379";
-
-async function eventually<T>(what: string, check: () => Promise<T | undefined | false>, ms = 30_000): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await check().catch(() => undefined);
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`${what}: not within ${ms} ms`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
 
 describe("e2e: two server processes; the one holding the agent and the leadership is killed", function () {
   this.timeout(120_000);
