@@ -30,7 +30,7 @@ export class EmbeddedPostgres {
       binDir = await copyBinaries(path.dirname(binDir), logger);
     }
     if (owner && !reachable(owner, dataDir)) {
-      const fallback = `/var/lib/remotegpu/cluster-${createHash("sha256").update(dataDir).digest("hex").slice(0, 12)}`;
+      const fallback = path.join(await sharedRoot(), `cluster-${createHash("sha256").update(dataDir).digest("hex").slice(0, 12)}`);
       logger.warn({ dataDir, cluster: fallback }, "the postgres user cannot reach DATA_DIR; keeping the embedded cluster elsewhere");
       clusterDir = fallback;
     }
@@ -109,14 +109,24 @@ function reachable(owner: Owner, target: string): boolean {
   return spawnSync("test", ["-x", dir], { uid: owner.uid, gid: owner.gid }).status === 0;
 }
 
+/**
+ * Where a root-run server keeps what the postgres user must reach when DATA_DIR or node_modules is
+ * closed to it. Searchable by all (an earlier version could leave it 0700, which locked postgres out).
+ */
+async function sharedRoot(): Promise<string> {
+  const root = "/var/lib/remotegpu";
+  await fs.mkdir(root, { recursive: true, mode: 0o755 });
+  await fs.chmod(root, 0o755);
+  return root;
+}
+
 async function copyBinaries(nativeDir: string, logger: Logger): Promise<string> {
   // One copy per package version, so an upgrade never runs old binaries on a newer cluster.
   const { version } = JSON.parse(await fs.readFile(path.join(nativeDir, "..", "package.json"), "utf8")) as { version: string };
-  const target = `/var/lib/remotegpu/postgres-binaries-${version}`;
+  const target = path.join(await sharedRoot(), `postgres-binaries-${version}`);
   if (!existsSync(path.join(target, "bin", "postgres"))) {
     logger.warn({ from: nativeDir, to: target }, "the postgres user cannot reach the PostgreSQL binaries; copying them");
     await fs.rm(target, { recursive: true, force: true });
-    await fs.mkdir(path.dirname(target), { recursive: true, mode: 0o755 });
     await fs.cp(nativeDir, target, { recursive: true, verbatimSymlinks: true });
   }
   return path.join(target, "bin");

@@ -1,7 +1,7 @@
 import { strict as assert } from "node:assert";
 import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdtemp, rm } from "node:fs/promises";
+import { chmod, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { Code, ConnectError } from "@connectrpc/connect";
@@ -24,6 +24,8 @@ describe("e2e: PostgreSQL and Redis go away and come back", function () {
 
   before(async () => {
     dir = await mkdtemp(path.join(tmpdir(), "remotegpu-faults-"));
+    // As root, PostgreSQL runs as the postgres user: keep its cluster here (and removed with it) rather than elsewhere.
+    await chmod(dir, 0o755);
   });
   after(async () => {
     await server?.kill();
