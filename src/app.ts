@@ -19,6 +19,7 @@ import { openDatabase, type MikroORM } from "./platform/database.js";
 import { EmbeddedPostgres } from "./platform/embedded-postgres.js";
 import { createLogger, type Logger } from "./platform/logger.js";
 import { Feed } from "./platform/feed.js";
+import { UnavailableError } from "./errors.js";
 import { Metrics } from "./platform/metrics.js";
 import { GpuHandler } from "./rpc/gpu-handler.js";
 import { HealthStatus } from "./rpc/health.js";
@@ -185,6 +186,17 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
     environments.forward = (type, view) =>
       bus.publish("environment", { type, id: view.environment.id, deleted: type === "DELETED" ? { workspaceId: view.environment.workspace.id, name: view.environment.name } : undefined });
     agents.route = (hostId, command) => bus.publish("agent-command", { hostId, command });
+    bus.on("host", (p) => {
+      const { type, id, deleted } = p as { type: "ADDED" | "MODIFIED" | "DELETED"; id: string; deleted?: { name: string; address: string } };
+      hosts.remoteChange(type, id, deleted).catch((err: unknown) => logger.warn({ err }, "relaying a host change failed"));
+    });
+    // Changes made elsewhere while Redis was away never reached this replica's watchers: they start over.
+    bus.onResume = () => {
+      const gap = new UnavailableError("this replica lost contact with the others for a while and may have missed changes; watch again");
+      hosts.changes.interrupt(gap);
+      environments.changes.interrupt(gap);
+    };
+    hosts.forward = (type, host) => bus.publish("host", { type, id: host.id, deleted: type === "DELETED" ? { name: host.name, address: host.address } : undefined });
   }
   const workspaces = new WorkspaceRegistry(orm, clock, {
     async empty(id) {
@@ -266,7 +278,8 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
   let historyExpiredAt = 0;
   const maintain = async () => {
     await ingest.flush();
-    const expired = await liveness.expireLeases();
+    // The leader alone expires leases; the other replicas' watchers hear of it through Redis.
+    const expired = (await leader.check()) ? await liveness.expireLeases() : [];
     if (expired.length > 0) {
       logger.warn({ hosts: expired }, "hosts went OFFLINE: lease expired");
       announce(expired);

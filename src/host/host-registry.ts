@@ -103,7 +103,7 @@ export class HostRegistry {
       (c) => (c === "hosts_name_unique" ? new AlreadyExistsError("host", `named "${input.name}"`) : undefined),
     );
     const view = { host, gpuCount: 0, availableGpuCount: 0 };
-    this.changes.publish({ type: "ADDED", view });
+    this.emit("ADDED", view);
     return { view, agentToken: token.token };
   }
 
@@ -180,7 +180,7 @@ export class HostRegistry {
     });
     this.samples.forgetHost(last.host.id);
     this.onDeleted(last.host.id);
-    this.changes.publish({ type: "DELETED", view: last });
+    this.emit("DELETED", last);
   }
 
   async cordon(id: string, note: AuditNote = unaudited): Promise<HostView> {
@@ -238,15 +238,38 @@ export class HostRegistry {
       "run",
     );
     if ((updated as { affectedRows?: number }).affectedRows === 0) throw new NotFoundError("host", id);
-    this.changes.publish({ type: "MODIFIED", view: await this.get(id) });
+    this.emit("MODIFIED", await this.get(id));
   }
 
   /** Publishes the current state of hosts changed elsewhere (agent sessions, lease expiry). */
   async announce(ids: string[]): Promise<void> {
-    if (this.changes.size === 0) return;
+    if (this.changes.size === 0 && !this.forward) return;
     const em = this.orm.em.fork();
     const hosts = await em.find(Host, { id: { $in: ids } });
-    for (const view of await this.views(em, hosts)) this.changes.publish({ type: "MODIFIED", view });
+    for (const view of await this.views(em, hosts)) this.emit("MODIFIED", view);
+  }
+
+  /** Tells other replicas of each change (set when there are several, with Redis). */
+  forward?: (type: HostChange["type"], host: Host) => void;
+
+  /**
+   * A change another replica made, for this replica's watchers: re-read from the database (a
+   * deleted host is gone from it, so its name and address come with the message).
+   */
+  async remoteChange(type: HostChange["type"], id: string, deleted?: { name: string; address: string }): Promise<void> {
+    if (type === "DELETED" && deleted) {
+      const host = Object.assign(new Host(), { id, ...deleted });
+      this.changes.publish({ type, view: { host, gpuCount: 0, availableGpuCount: 0 } });
+      return;
+    }
+    const em = this.orm.em.fork();
+    const host = await em.findOne(Host, id);
+    if (host) this.changes.publish({ type, view: (await this.views(em, [host]))[0]! });
+  }
+
+  private emit(type: HostChange["type"], view: HostView): void {
+    this.changes.publish({ type, view });
+    this.forward?.(type, view.host);
   }
 
   /** Hosts per status, for the metrics endpoint. */
@@ -280,7 +303,7 @@ export class HostRegistry {
 
   private async publish(em: EntityManager, host: Host): Promise<HostView> {
     const view = (await this.views(em, [host]))[0]!;
-    this.changes.publish({ type: "MODIFIED", view });
+    this.emit("MODIFIED", view);
     return view;
   }
 

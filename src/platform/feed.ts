@@ -21,7 +21,7 @@ export interface Delivery<T> {
 class Subscription<T> {
   private readonly queue: T[] = [];
   private dropped = 0;
-  private failed = false;
+  private failed?: Error;
   private wake?: () => void;
 
   constructor(readonly options: FeedOptions<T>) {}
@@ -29,7 +29,7 @@ class Subscription<T> {
   offer(item: T): void {
     if (!this.options.accept(item)) return;
     if (this.queue.length >= this.options.capacity) {
-      if (this.options.overflow === "fail") this.failed = true;
+      if (this.options.overflow === "fail") this.fail(new ResourceExhaustedError("this watcher fell too far behind; watch again"));
       else {
         this.queue.shift();
         this.dropped++;
@@ -39,12 +39,18 @@ class Subscription<T> {
     this.wake?.();
   }
 
+  /** Ends the subscription with `error` at the subscriber's next read. */
+  fail(error: Error): void {
+    this.failed ??= error;
+    this.wake?.();
+  }
+
   async *drain(signal: AbortSignal): AsyncGenerator<Delivery<T>> {
     const onAbort = () => this.wake?.();
     signal.addEventListener("abort", onAbort);
     try {
       while (!signal.aborted) {
-        if (this.failed) throw new ResourceExhaustedError("this watcher fell too far behind; watch again");
+        if (this.failed) throw this.failed;
         const item = this.queue.shift();
         if (item === undefined) {
           await new Promise<void>((resolve) => (this.wake = resolve));
@@ -88,6 +94,14 @@ export class Feed<T> {
         }
       },
     };
+  }
+
+  /**
+   * Ends every current subscription with `error`: for when subscribers may have missed items and
+   * must start over from the source of truth.
+   */
+  interrupt(error: Error): void {
+    for (const s of this.subscriptions) s.fail(error);
   }
 
   get size(): number {

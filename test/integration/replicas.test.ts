@@ -1,10 +1,14 @@
 import { strict as assert } from "node:assert";
+import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { EnvironmentService, EnvironmentStatus } from "../../gen/remotegpu/v1/environment_pb.js";
 import { GpuService } from "../../gen/remotegpu/v1/gpu_pb.js";
-import { HostService } from "../../gen/remotegpu/v1/host_pb.js";
+import { HostService, HostStatus } from "../../gen/remotegpu/v1/host_pb.js";
 import { WorkspaceService } from "../../gen/remotegpu/v1/workspace_pb.js";
 import { ManualClock } from "../../src/platform/clock.js";
+import { freePort, isListening } from "../support/child.js";
+import { eventually } from "../support/eventually.js";
 import { startTestServer, type TestServer } from "../support/server.js";
 import { WorkloadAgent } from "../support/workload-agent.js";
 
@@ -80,5 +84,104 @@ describe("two replicas sharing PostgreSQL and Redis", () => {
     await agent.beat([{ uuid: "GPU-replica-0", index: 0, util: 77 }]);
     await until("the sample on B", async () => utilisations.includes(77));
     abort.abort();
+  });
+  it("shows a watcher on B what happened to a host on A: an operator's cordon, the leader's lease expiry, the agent's return", async () => {
+    const abort = new AbortController();
+    const seen = { a: [] as string[], b: [] as string[] };
+    for (const [name, server] of [["a", a], ["b", b]] as const) {
+      void (async () => {
+        for await (const ev of server.client(HostService).watchHosts({ hostId }, { signal: abort.signal })) {
+          seen[name].push(`${HostStatus[ev.host!.status]}${ev.host!.schedulable ? "" : "/cordoned"}`);
+        }
+      })().catch(() => undefined);
+    }
+    await until("both watches open", async () => seen.a.length > 0 && seen.b.length > 0);
+
+    await a.client(HostService).cordonHost({ id: hostId });
+    await until("B to see the cordon made through A", async () => seen.b.includes("ONLINE/cordoned"));
+    await a.client(HostService).uncordonHost({ id: hostId });
+
+    // Only the leader expires leases; whichever it is, both replicas' watchers hear of it.
+    clock.advance(120_000);
+    await until("both to see the host OFFLINE", async () => seen.a.includes("OFFLINE") && seen.b.includes("OFFLINE"));
+    await agent.beat();
+    await until("both to see it ONLINE again", async () => seen.a.at(-1) === "ONLINE" && seen.b.at(-1) === "ONLINE");
+    abort.abort();
+  });
+});
+
+describe("two replicas when Redis goes away and comes back", function () {
+  this.timeout(60_000);
+  // A Redis of this test's own, so that stopping it disturbs nothing else.
+  let redisPort: number;
+  let redis: ChildProcess | undefined;
+  let a: TestServer;
+  let b: TestServer;
+  let agent: WorkloadAgent;
+  let hostId: string;
+  const startRedis = async () => {
+    redis = spawn("redis-server", ["--port", String(redisPort), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], { stdio: "ignore" });
+    await eventually("redis up", async () => isListening(redisPort));
+  };
+
+  before(async () => {
+    redisPort = await freePort();
+    await startRedis();
+    const env = { REDIS_URL: `redis://127.0.0.1:${redisPort}` };
+    a = await startTestServer({ env });
+    b = await startTestServer({ env, db: a.db });
+    await b.app.maintain(); // B most likely leads: A's agent then gets its commands through Redis
+    const host = await a.client(HostService).createHost({ name: "outage-host", address: "10.7.0.2" });
+    hostId = host.host!.id;
+    agent = new WorkloadAgent(a, host.agentToken, hostId, [{ index: 0, uuid: "GPU-outage-0" }]);
+    await agent.welcome;
+  });
+  after(async () => {
+    await agent?.close();
+    await b?.close();
+    await a?.close();
+    redis?.kill("SIGKILL");
+  });
+
+  it("keeps each replica serving without Redis, tells watchers that may have missed changes to watch again, and fans out again once Redis is back", async () => {
+    const watch = (server: TestServer) => {
+      const seen: string[] = [];
+      const abort = new AbortController();
+      const ended = (async () => {
+        for await (const ev of server.client(HostService).watchHosts({ hostId }, { signal: abort.signal })) seen.push(ev.host!.schedulable ? "open" : "cordoned");
+      })().then(
+        () => "ended",
+        (e: unknown) => Code[ConnectError.from(e).code],
+      );
+      return { seen, abort, ended };
+    };
+    const before = watch(b);
+    await eventually("the watch open", async () => before.seen.length > 0);
+
+    redis!.kill("SIGKILL");
+    await eventually("redis gone", async () => !(await isListening(redisPort)));
+    // Each replica goes on by itself: the cordon through A is made, and read back through B from PostgreSQL.
+    await a.client(HostService).cordonHost({ id: hostId });
+    assert.equal((await b.client(HostService).getHost({ id: hostId })).host!.schedulable, false);
+    assert.deepEqual(before.seen, ["open"], "B's watcher cannot hear of A's change while Redis is away");
+
+    await startRedis();
+    assert.equal(await before.ended, "Unavailable", "the watcher that missed a change is told to watch again");
+
+    // Fan-out works again: a new watcher on B hears of A's changes, and B's commands reach A's agent.
+    const after = watch(b);
+    await eventually("the new watch open", async () => after.seen.length > 0);
+    assert.deepEqual(after.seen, ["cordoned"], "watching again starts from the current state");
+    await eventually("A's uncordon reaching B's watcher", async () => {
+      await a.client(HostService).uncordonHost({ id: hostId }); // repeated: B may still be re-subscribing
+      return after.seen.includes("open");
+    });
+    after.abort.abort();
+    const ws = (await b.client(WorkspaceService).createWorkspace({ name: "after-outage" })).workspace!.id;
+    const created = (await b.client(EnvironmentService).createEnvironment({ workspaceId: ws, name: "after-outage", image: "img", command: ["x"], gpuCount: 1 })).environment!;
+    await eventually("the environment running on A's agent", async () => {
+      await Promise.all([a.app.maintain(), b.app.maintain()]);
+      return agent.running.has(created.id);
+    });
   });
 });
