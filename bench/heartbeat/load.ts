@@ -54,8 +54,9 @@ function gpuSamples(host: number) {
   }));
 }
 
-// One transport per connection; each call carries its own agent's token.
-const transports = Array.from({ length: Math.ceil(hosts.length / perConnection) }, () => createGrpcTransport({ baseUrl: values.target! }));
+// One transport per connection, the connections spread over the targets (replicas); each call carries its own agent's token.
+const targets = values.target!.split(",");
+const transports = Array.from({ length: Math.ceil(hosts.length / perConnection) }, (_, i) => createGrpcTransport({ baseUrl: targets[i % targets.length]! }));
 
 async function agent(n: number, host: { id: string; token: string }, welcomed: () => void): Promise<void> {
   const client = createClient(HostService, transports[Math.floor(n / perConnection)]!);

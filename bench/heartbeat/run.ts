@@ -1,6 +1,7 @@
-// npm run bench:heartbeat [-- --agents 5000 --rate 1 --duration 60 --warmup 15]
-// Runs the same load generator (a separate process) first against RemoteGPU (real PostgreSQL) and
-// then against a bare connect-node echo stream server, and prints one table with both.
+// npm run bench:heartbeat [-- --agents 5000 --rate 1 --duration 60 --warmup 15 --replicas 1]
+// Runs the same load generator (a separate process) first against RemoteGPU (real PostgreSQL; with
+// --replicas N, N server processes sharing it and Redis, the agents' connections spread over them)
+// and then against as many bare connect-node echo stream servers, and prints one table with both.
 import { spawn, type ChildProcess } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
@@ -21,8 +22,10 @@ const { values } = parseArgs({
     duration: { type: "string", default: "60" },
     warmup: { type: "string", default: "15" },
     "per-connection": { type: "string", default: "100" },
+    replicas: { type: "string", default: "1" },
   },
 });
+const replicas = Number(values.replicas);
 const ADMIN = "bench-admin-token-0123456789";
 
 interface Child {
@@ -63,24 +66,48 @@ async function waitFor(child: Child, match: (line: Record<string, unknown>) => b
   }
 }
 
-/** CPU seconds (user + system) and resident memory of a process, from /proc. */
-function usage(pid: number): { cpu: number; rssMiB: number } {
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
-  const ticks = Number(stat[11]) + Number(stat[12]);
-  const rss = /VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))![1]!;
-  return { cpu: ticks / 100, rssMiB: Number(rss) / 1024 };
+/** CPU seconds (user + system) and resident memory of processes together, from /proc. */
+function usage(pids: number[]): { cpu: number; rssMiB: number } {
+  let cpu = 0;
+  let rssMiB = 0;
+  for (const pid of pids) {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+    cpu += (Number(stat[11]) + Number(stat[12])) / 100;
+    rssMiB += Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))![1]!) / 1024;
+  }
+  return { cpu, rssMiB };
 }
 
-async function load(target: string, hostsFile: string, serverPid: number): Promise<Record<string, number>> {
-  const gen = start("bench/heartbeat/load.ts", ["--target", target, "--hosts", hostsFile, "--rate", values.rate!, "--duration", values.duration!, "--warmup", values.warmup!, "--per-connection", values["per-connection"]!], {});
+/** Starts `count` processes of `script` and waits until each listens; returns their URLs. */
+async function listening(count: number, script: string, env: Record<string, string>): Promise<{ procs: ChildProcess[]; urls: string[] }> {
+  const procs: ChildProcess[] = [];
+  const urls: string[] = [];
+  for (let i = 0; i < count; i++) {
+    const child = start(script, [], env);
+    const { port } = (await waitFor(child, (l) => l.msg === "remotegpu listening", 60_000)) as { port: number };
+    procs.push(child.proc);
+    urls.push(`http://127.0.0.1:${port}`);
+  }
+  return { procs, urls };
+}
+
+async function stop(procs: ChildProcess[]): Promise<void> {
+  await Promise.all(procs.map((p) => new Promise((r) => (p.once("exit", r), p.kill("SIGTERM")))));
+}
+
+/** Runs the load generator; `window` runs as the measured window starts and returns what to run when it ends. */
+async function load(targets: string[], hostsFile: string, serverPids: number[], window: () => Promise<() => Promise<void>> = async () => async () => undefined): Promise<Record<string, number>> {
+  const gen = start("bench/heartbeat/load.ts", ["--target", targets.join(","), "--hosts", hostsFile, "--rate", values.rate!, "--duration", values.duration!, "--warmup", values.warmup!, "--per-connection", values["per-connection"]!], {});
   await waitFor(gen, (l) => l.phase === "measuring", (Number(values.warmup) + 1200) * 1000);
-  const before = usage(serverPid);
+  const windowEnd = await window();
+  const before = usage(serverPids);
   const t0 = performance.now();
   let peakRss = before.rssMiB;
-  const poll = setInterval(() => (peakRss = Math.max(peakRss, usage(serverPid).rssMiB)), 1000);
+  const poll = setInterval(() => (peakRss = Math.max(peakRss, usage(serverPids).rssMiB)), 1000);
   const result = await waitFor(gen, (l) => l.phase === "done", (Number(values.duration) + 60) * 1000);
   clearInterval(poll);
-  const after = usage(serverPid);
+  const after = usage(serverPids);
+  await windowEnd();
   const seconds = (performance.now() - t0) / 1000;
   return { ...(result as Record<string, number>), serverCpuPercent: ((after.cpu - before.cpu) / seconds) * 100, serverRssMiB: peakRss, seconds };
 }
@@ -98,14 +125,14 @@ const agents = Number(values.agents);
 const db = await createTestDatabase();
 const hostsFile = path.join(os.tmpdir(), `remotegpu-bench-hosts-${process.pid}.json`);
 try {
-  // 1. RemoteGPU itself.
-  const server = start("src/main.ts", [], { DATABASE_URL: db.url, PORT: "0", BIND_ADDRESS: "127.0.0.1", REMOTEGPU_ADMIN_TOKEN: ADMIN, LOG_LEVEL: "info", HEARTBEAT_INTERVAL_SECONDS: String(Math.max(1, Math.round(1 / Number(values.rate)))) });
-  const { port } = (await waitFor(server, (l) => l.msg === "remotegpu listening", 60_000)) as { port: number };
+  // 1. RemoteGPU itself: one replica, or several sharing the database and Redis.
+  const shared: Record<string, string> = replicas > 1 ? { REDIS_URL: process.env.REDIS_URL ?? "redis://127.0.0.1:6379", REDIS_KEY_PREFIX: `bench-${process.pid}:` } : {};
+  const servers = await listening(replicas, "src/main.ts", { ...shared, DATABASE_URL: db.url, PORT: "0", BIND_ADDRESS: "127.0.0.1", REMOTEGPU_ADMIN_TOKEN: ADMIN, LOG_LEVEL: "info", HEARTBEAT_INTERVAL_SECONDS: String(Math.max(1, Math.round(1 / Number(values.rate)))) });
   const auth: Interceptor = (next) => (req) => {
     req.header.set("authorization", `Bearer ${ADMIN}`);
     return next(req);
   };
-  const hosts = createClient(HostService, createConnectTransport({ baseUrl: `http://127.0.0.1:${port}`, httpVersion: "2", interceptors: [auth] }));
+  const hosts = createClient(HostService, createConnectTransport({ baseUrl: servers.urls[0]!, httpVersion: "2", interceptors: [auth] }));
   const made: { id: string; token: string }[] = [];
   for (let i = 0; i < agents; i += 100) {
     const batch = await Promise.all(
@@ -115,25 +142,27 @@ try {
   }
   writeFileSync(hostsFile, JSON.stringify(made));
   process.stderr.write(`created ${made.length} hosts; measuring RemoteGPU\n`);
-  const statsBefore = await dbStats(db.url);
-  const real = await load(`http://127.0.0.1:${port}`, hostsFile, server.proc.pid!);
-  const statsAfter = await dbStats(db.url);
-  server.proc.kill("SIGTERM");
-  await new Promise((r) => server.proc.once("exit", r));
+  // Database activity over the measured window only (not the hellos of the connecting fleet).
+  let statsBefore = { tx: 0, ins: 0, upd: 0 };
+  let statsAfter = statsBefore;
+  const real = await load(servers.urls, hostsFile, servers.procs.map((p) => p.pid!), async () => {
+    statsBefore = await dbStats(db.url);
+    return async () => void (statsAfter = await dbStats(db.url));
+  });
+  await stop(servers.procs);
 
-  // 2. The bare echo server, same harness.
+  // 2. The bare echo server (as many processes), same harness.
   process.stderr.write("measuring the echo server\n");
-  const echo = start("bench/heartbeat/echo-server.ts", [], { PORT: "0" });
-  const { port: echoPort } = (await waitFor(echo, (l) => l.msg === "remotegpu listening", 30_000)) as { port: number };
-  const bare = await load(`http://127.0.0.1:${echoPort}`, hostsFile, echo.proc.pid!);
-  echo.proc.kill("SIGTERM");
+  const echo = await listening(replicas, "bench/heartbeat/echo-server.ts", { PORT: "0" });
+  const bare = await load(echo.urls, hostsFile, echo.procs.map((p) => p.pid!));
+  await stop(echo.procs);
 
   const row = (name: string, r: Record<string, unknown>) =>
     `| ${name} | ${r.connected} | ${(r.hellosPerSecond as number).toFixed(0)} | ${(r.ackedPerSecond as number).toFixed(0)} | ${(r.p50 as number).toFixed(1)} | ${(r.p99 as number).toFixed(1)} | ${(r.serverCpuPercent as number).toFixed(0)}% | ${(r.serverRssMiB as number).toFixed(0)} | ${r.errors} |`;
   const secs = real.seconds as number;
   process.stdout.write(
     [
-      `agents ${agents} × 8 GPUs, ${values.rate} heartbeat/s each, ${values["per-connection"]} streams per HTTP/2 connection, ${values.duration} s measured after ${values.warmup} s warm-up; load generator and server on the same ${os.cpus().length} cores, Node ${process.version}`,
+      `agents ${agents} × 8 GPUs, ${values.rate} heartbeat/s each, ${replicas} server process(es) (CPU and RSS are their sum), ${values["per-connection"]} streams per HTTP/2 connection, ${values.duration} s measured after ${values.warmup} s warm-up; load generator and server on the same ${os.cpus().length} cores, Node ${process.version}`,
       "",
       "| server | streams | hellos/s while connecting | acked heartbeats/s | ack p50 ms | ack p99 ms | server CPU | server RSS MiB | stream errors |",
       "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
