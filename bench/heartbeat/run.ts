@@ -127,7 +127,7 @@ const hostsFile = path.join(os.tmpdir(), `remotegpu-bench-hosts-${process.pid}.j
 try {
   // 1. RemoteGPU itself: one replica, or several sharing the database and Redis.
   const shared: Record<string, string> = replicas > 1 ? { REDIS_URL: process.env.REDIS_URL ?? "redis://127.0.0.1:6379", REDIS_KEY_PREFIX: `bench-${process.pid}:` } : {};
-  const servers = await listening(replicas, "src/main.ts", { ...shared, DATABASE_URL: db.url, PORT: "0", BIND_ADDRESS: "127.0.0.1", REMOTEGPU_ADMIN_TOKEN: ADMIN, LOG_LEVEL: "info", HEARTBEAT_INTERVAL_SECONDS: String(Math.max(1, Math.round(1 / Number(values.rate)))) });
+  const servers = await listening(replicas, "src/main.ts", { ...shared, DATABASE_URL: db.url, PORT: "0", BIND_ADDRESS: "127.0.0.1", REMOTEGPU_ADMIN_TOKEN: ADMIN, LOG_LEVEL: "info", RATE_LIMIT_PER_SECOND: "0", HEARTBEAT_INTERVAL_SECONDS: String(Math.max(1, Math.round(1 / Number(values.rate)))) });
   const auth: Interceptor = (next) => (req) => {
     req.header.set("authorization", `Bearer ${ADMIN}`);
     return next(req);

@@ -113,7 +113,8 @@ export class AgentSession {
         const e = ConnectError.from(err);
         // A wrong token or host id will not fix itself: stop and say so.
         if (e.code === Code.Unauthenticated || e.code === Code.PermissionDenied || e.code === Code.NotFound) throw e;
-        fenced = e.code === Code.Aborted;
+        // Only the server's own ABORTED says so: connect-node reports a reset connection as ABORTED too.
+        fenced = e.code === Code.Aborted && e.metadata.get("grpc-status") === String(Code.Aborted);
         if (!signal.aborted) this.log.warn({ server, code: Code[e.code], error: e.rawMessage }, "agent stream ended");
       }
       if (signal.aborted) break;
@@ -196,7 +197,13 @@ export class AgentSession {
       req.header.set("authorization", `Bearer ${this.o.token}`);
       return next(req);
     };
-    const client = createClient(HostService, createGrpcTransport({ baseUrl: server, interceptors: [auth] }));
+    // HTTP/2 PINGs when nothing came from the server for two heartbeat periods (an ack is due every
+    // period), and a connection whose PING goes unanswered for one more is given up: a connection
+    // that died without a reset (a peer that lost power, a path that silently drops everything)
+    // never errors by itself, and the agent would wait on it while its host goes OFFLINE.
+    const keepaliveMs = Math.max(this.intervalMs, 1000);
+    const transport = createGrpcTransport({ baseUrl: server, interceptors: [auth] });
+    const client = createClient(HostService, transport);
     const requests = new Channel<StreamHeartbeatsRequest>();
     const stop = new AbortController();
     const onAbort = () => stop.abort();

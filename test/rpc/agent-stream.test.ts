@@ -87,6 +87,8 @@ describe("HostService.StreamHeartbeats", () => {
 
     const err = await expectCode(first.next(), Code.Aborted, "newer agent session");
     assert.ok(err.rawMessage.includes(welcome.message.value.sessionId));
+    // The agent tells a fence from a reset connection (which connect-node also reports as ABORTED) by this.
+    assert.equal(err.metadata.get("grpc-status"), String(Code.Aborted));
     await second.beat([{ uuid: "GPU-f-0", index: 0, util: 5 }]);
   });
 
