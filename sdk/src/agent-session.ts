@@ -202,7 +202,7 @@ export class AgentSession {
     // that died without a reset (a peer that lost power, a path that silently drops everything)
     // never errors by itself, and the agent would wait on it while its host goes OFFLINE.
     const keepaliveMs = Math.max(this.intervalMs, 1000);
-    const transport = createGrpcTransport({ baseUrl: server, interceptors: [auth] });
+    const transport = createGrpcTransport({ baseUrl: server, interceptors: [auth], pingIntervalMs: 2 * keepaliveMs, pingTimeoutMs: keepaliveMs });
     const client = createClient(HostService, transport);
     const requests = new Channel<StreamHeartbeatsRequest>();
     const stop = new AbortController();
