@@ -11,6 +11,7 @@ import { HostRegistry } from "./host/host-registry.js";
 import { HeartbeatIngest } from "./telemetry/heartbeat-ingest.js";
 import { RedisSampleRelay } from "./telemetry/redis-sample-relay.js";
 import { RedisBus } from "./platform/redis-bus.js";
+import { MemoryTokenBuckets, RedisTokenBuckets } from "./platform/token-buckets.js";
 import type { AgentCommandInput } from "./host/agent-sessions.js";
 import { TelemetryHistory } from "./telemetry/telemetry-history.js";
 import { Redis } from "ioredis";
@@ -237,7 +238,7 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
       },
       health,
     ),
-    interceptors: [observe(logger, metrics), authenticate(authenticator), rateLimit(config.rateLimitPerSecond, clock), audit(auditTrail, logger), authorizeCall()],
+    interceptors: [observe(logger, metrics), authenticate(authenticator), rateLimit(config.rateLimitPerSecond, clock, redis ? new RedisTokenBuckets(redis, config.redisKeyPrefix, logger) : new MemoryTokenBuckets()), audit(auditTrail, logger), authorizeCall()],
     readMaxBytes: config.maxMessageBytes,
     fallback: (req, res) => {
       if (req.method === "GET" && req.url === "/metrics") {

@@ -1,4 +1,5 @@
 import { strict as assert } from "node:assert";
+import { randomBytes } from "node:crypto";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { HostService } from "../../gen/remotegpu/v1/host_pb.js";
 import { ApiTokenRole, WorkspaceService } from "../../gen/remotegpu/v1/workspace_pb.js";
@@ -48,5 +49,31 @@ describe("limits: request rate per token and message size", () => {
       assert.equal(Code[err.code], "ResourceExhausted", `${protocol}: ${err.rawMessage}`);
     }
     await server.client(HostService).listHosts({});
+  });
+});
+
+describe("limits: the request rate of a token across replicas", () => {
+  const clock = new ManualClock(new Date("2026-12-01T00:00:00Z"));
+  const servers: TestServer[] = [];
+  after(async () => {
+    for (const s of servers.reverse()) await s.close();
+  });
+
+  it("is one allowance shared by replicas through Redis, and per replica while Redis does not answer", async () => {
+    const env = { RATE_LIMIT_PER_SECOND: "5", REDIS_URL: process.env.TEST_REDIS_URL ?? "redis://127.0.0.1:6379", REDIS_KEY_PREFIX: `limits-${randomBytes(4).toString("hex")}:` };
+    const a = await startTestServer({ clock, env });
+    servers.push(a);
+    const b = await startTestServer({ clock, env, db: a.db });
+    servers.push(b);
+    // Ten calls spread over both replicas spend the burst; the next is refused on either.
+    for (let i = 0; i < 10; i++) await (i % 2 ? a : b).client(HostService).listHosts({});
+    await expectCode(a.client(HostService).listHosts({}), Code.ResourceExhausted, "rate limit of 5 calls per second");
+    await expectCode(b.client(HostService).listHosts({}), Code.ResourceExhausted, "rate limit of 5 calls per second");
+
+    // A replica whose Redis does not answer still limits, by itself.
+    const alone = await startTestServer({ clock, env: { ...env, REDIS_URL: "redis://127.0.0.1:1" }, db: a.db });
+    servers.push(alone);
+    for (let i = 0; i < 10; i++) await alone.client(HostService).listHosts({});
+    await expectCode(alone.client(HostService).listHosts({}), Code.ResourceExhausted, "rate limit of 5 calls per second");
   });
 });
