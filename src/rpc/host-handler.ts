@@ -285,6 +285,7 @@ export class HostHandler implements Impl {
     assertMaySpeakForHost(caller, hello.hostId);
     const v = new Violations();
     const session = await this.agents.open(helloFromMessage(v, hello));
+    this.logger.info({ hostId: session.hostId, sessionId: session.id, agentVersion: hello.agentVersion }, "agent connected");
     const ended = new Promise<never>((_, reject) => {
       session.ended.addEventListener("abort", () => reject(session.ended.reason as Error), { once: true });
     });
@@ -340,6 +341,7 @@ export class HostHandler implements Impl {
       }
     } finally {
       this.agents.close(session);
+      this.logger.info({ hostId: session.hostId, sessionId: session.id }, "agent disconnected");
     }
   }
 }

@@ -5,6 +5,7 @@ import { readFile, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { EnvironmentService, EnvironmentStatus } from "../../gen/remotegpu/v1/environment_pb.js";
+import { GpuService } from "../../gen/remotegpu/v1/gpu_pb.js";
 import { HostService, HostStatus } from "../../gen/remotegpu/v1/host_pb.js";
 import { WorkspaceService } from "../../gen/remotegpu/v1/workspace_pb.js";
 import { ROOT, freePort, serverEnv, spawnServer, type ServerProcess } from "../support/child.js";
@@ -53,6 +54,15 @@ describe("e2e: two server processes; the one holding the agent and the leadershi
       { cwd: ROOT, stdio: ["ignore", "ignore", "ignore"] },
     );
     await eventually("the host ONLINE", async () => (await apiB.client(HostService).getHost({ id: host!.id })).host?.status === HostStatus.ONLINE);
+    assert.ok(a.stdout().includes('"agent connected"'), "the agent's stream is on A");
+
+    // A watcher on B sees the live telemetry of the agent whose stream A holds.
+    const watching = new AbortController();
+    for await (const ev of apiB.client(GpuService).watchGpuTelemetry({ hostId: host!.id }, { signal: watching.signal })) {
+      assert.ok(ev.sample?.gpuUuid.startsWith("GPU-"), "a sample of one of the host's GPUs");
+      break;
+    }
+    watching.abort();
 
     // Created through B; the leader (A) sends it to the agent, whose stream A holds.
     const ws = (await apiB.client(WorkspaceService).createWorkspace({ name: "failover" })).workspace!.id;
@@ -75,7 +85,7 @@ describe("e2e: two server processes; the one holding the agent and the leadershi
     await a.exited(10_000);
     const b = servers[1]!;
     await eventually("B to lead", async () => b.stdout().includes("now leads background reconciliation"));
-    await eventually("the agent on B", async () => b.stdout().includes('"agent connected"') || (await apiB.client(HostService).getHost({ id: host!.id })).host?.status === HostStatus.ONLINE);
+    await eventually("the agent on B", async () => b.stdout().includes('"agent connected"'));
 
     // A few reconcile rounds on B later: still RUNNING, still serving, started once.
     await new Promise((r) => setTimeout(r, 4000));
