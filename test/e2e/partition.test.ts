@@ -53,9 +53,14 @@ describe("e2e: the network between the agent and the control plane partitioned (
   /** How many times the workload was started: each start appends a line to its volume's starts.log. */
   const starts = async () => (await readFile(path.join(dataDir, "agent", "environments", envId, "volume", "starts.log"), "utf8")).trim().split("\n").length;
   const logs = () => `\n--- agent ---\n${agentOut.slice(-3000)}\n--- server ---\n${server.stdout().slice(-3000)}${server.stderr().slice(-1000)}`;
+  /** eventually(), with both processes' latest output when it gives up. */
+  const waitFor = <T>(what: string, check: () => Promise<T | undefined | false>, ms?: number) =>
+    eventually(what, check, ms).catch((err: Error) => {
+      throw new Error(`${err.message}${logs()}`);
+    });
   /** Heartbeats and readings arrive again: a heartbeat recorded and a GPU reading taken after `since`. */
   const freshAfter = (since: number) =>
-    eventually(`a heartbeat and a reading after ${new Date(since).toISOString()}${logs()}`, async () => {
+    waitFor(`a heartbeat and a reading after ${new Date(since).toISOString()}`, async () => {
       const [host, gpus] = await Promise.all([getHost(), listGpus()]);
       return time(host.lastHeartbeatTime) > since && gpus.every((g) => time(g.latestSample?.sampleTime) > since);
     }, 30_000);
@@ -94,7 +99,7 @@ describe("e2e: the network between the agent and the control plane partitioned (
       { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] },
     );
     for (const s of [agent.stdout!, agent.stderr!]) s.setEncoding("utf8").on("data", (c: string) => (agentOut = (agentOut + c).slice(-20_000)));
-    await eventually(`the host ONLINE with its 2 GPUs${logs()}`, async () => (await getHost()).status === HostStatus.ONLINE && (await listGpus()).length === 2, 60_000);
+    await waitFor("the host ONLINE with its 2 GPUs", async () => (await getHost()).status === HostStatus.ONLINE && (await listGpus()).length === 2, 60_000);
 
     const workspaceId = (await api.client(WorkspaceService).createWorkspace({ name: "partition" })).workspace!.id;
     const containerPort = await freePort();
@@ -110,7 +115,7 @@ describe("e2e: the network between the agent and the control plane partitioned (
     ).environment!;
     envId = created.id;
     hostPort = created.portMappings[0]!.hostPort;
-    await eventually(`RUNNING${logs()}`, async () => (await getEnv()).status === EnvironmentStatus.RUNNING, 60_000);
+    await waitFor("RUNNING", async () => (await getEnv()).status === EnvironmentStatus.RUNNING, 60_000);
     assert.ok(await serves());
 
     hostEvents = [];
@@ -124,7 +129,7 @@ describe("e2e: the network between the agent and the control plane partitioned (
       for await (const e of envWatch) envEvents.push(e.environment!);
     })().catch(() => undefined);
     // Each watch starts with the current state; past it, every event is a change.
-    await eventually("both watches started", async () => hostEvents.length > 0 && envEvents.length > 0);
+    await waitFor("both watches started", async () => hostEvents.length > 0 && envEvents.length > 0);
   });
 
   after(async () => {
@@ -200,7 +205,7 @@ describe("e2e: the network between the agent and the control plane partitioned (
     proxy.strand();
     await freshAfter(strandedAt);
     assert.ok(proxy.accepted > accepted, "the agent opened a new connection");
-    await eventually("the host ONLINE, the environment RUNNING and unmarked", async () => {
+    await waitFor("the host ONLINE, the environment RUNNING and unmarked", async () => {
       const s = await snapshot();
       return s.host[0] === "ONLINE" && s.env[1] === "running" && s;
     });
@@ -217,12 +222,12 @@ describe("e2e: the network between the agent and the control plane partitioned (
     const [hostMark, envMark] = [hostEvents.length, envEvents.length];
 
     proxy.partition();
-    const offline = await eventually(`the host OFFLINE${logs()}`, async () => {
+    const offline = await waitFor("the host OFFLINE", async () => {
       const h = await getHost();
       return h.status === HostStatus.OFFLINE && h;
     });
     assert.match(offline.statusMessage, new RegExp(`no heartbeat for more than ${GRACE_S}s`));
-    const marked = await eventually("the environment marked", async () => {
+    const marked = await waitFor("the environment marked", async () => {
       const e = await getEnv();
       return e.statusMessage.startsWith("host offline since") && e;
     });
@@ -237,8 +242,8 @@ describe("e2e: the network between the agent and the control plane partitioned (
     proxy.heal();
     const healedAt = Date.now();
 
-    await eventually(`the host ONLINE again${logs()}`, async () => (await getHost()).status === HostStatus.ONLINE);
-    await eventually(`the mark cleared${logs()}`, async () => (await getEnv()).statusMessage === "running");
+    await waitFor("the host ONLINE again", async () => (await getHost()).status === HostStatus.ONLINE);
+    await waitFor("the mark cleared", async () => (await getEnv()).statusMessage === "running");
     await freshAfter(healedAt);
     const after = await snapshot();
     assert.deepEqual(after, before, "same status, GPUs, ports, and no new transition");
@@ -257,7 +262,7 @@ describe("e2e: the network between the agent and the control plane partitioned (
   it("a partition longer than ENVIRONMENT_LOST_HOST_SECONDS: the environment FAILED, its GPU freed, its workload stopped when the host returns", async () => {
     const env0 = await getEnv();
     proxy.partition();
-    const failed = await eventually(`FAILED${logs()}`, async () => {
+    const failed = await waitFor("FAILED", async () => {
       const e = await getEnv();
       return e.status === EnvironmentStatus.FAILED && e;
     }, 60_000);
@@ -268,9 +273,9 @@ describe("e2e: the network between the agent and the control plane partitioned (
     assert.ok(await serves(), "the agent, cut off, has not heard yet");
     proxy.heal();
 
-    await eventually(`the host ONLINE again${logs()}`, async () => (await getHost()).status === HostStatus.ONLINE);
-    await eventually(`the stray workload stopped${logs()}`, async () => !(await serves()));
-    const free = await eventually("both GPUs AVAILABLE", async () => {
+    await waitFor("the host ONLINE again", async () => (await getHost()).status === HostStatus.ONLINE);
+    await waitFor("the stray workload stopped", async () => !(await serves()));
+    const free = await waitFor("both GPUs AVAILABLE", async () => {
       const gpus = await listGpus();
       return gpus.every((g) => g.status === GpuStatus.AVAILABLE && g.environmentId === "") && gpus;
     });
