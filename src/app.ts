@@ -197,6 +197,11 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
       hosts.changes.interrupt(gap);
       environments.changes.interrupt(gap);
     };
+    bus.on("agent-session", (p) => {
+      const { hostId, sessionId, epoch } = p as { hostId: string; sessionId: string; epoch: string };
+      agents.openedElsewhere(hostId, sessionId, BigInt(epoch));
+    });
+    agents.opened = (hostId, sessionId, epoch) => bus.publish("agent-session", { hostId, sessionId, epoch: String(epoch) });
     hosts.forward = (type, host) => bus.publish("host", { type, id: host.id, deleted: type === "DELETED" ? { name: host.name, address: host.address } : undefined });
   }
   const workspaces = new WorkspaceRegistry(orm, clock, {
@@ -279,6 +284,7 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
   let historyExpiredAt = 0;
   const maintain = async () => {
     await ingest.flush();
+    agents.endSilent();
     // The leader alone expires leases; the other replicas' watchers hear of it through Redis.
     const expired = (await leader.check()) ? await liveness.expireLeases() : [];
     if (expired.length > 0) {

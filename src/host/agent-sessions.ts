@@ -46,6 +46,10 @@ export class AgentSession {
   readonly outbox = new Channel<AgentCommand>();
   /** Server-side GPU ids by UUID, from the hello. */
   gpuIds = new Map<string, string>();
+  /** When the hello committed, in microseconds of PostgreSQL's clock: orders the sessions of a host across replicas. */
+  epoch = 0n;
+  /** When the agent last said anything (this process's monotonic clock, since it is about the connection). */
+  private heardAt = performance.now();
 
   constructor(
     readonly hostId: string,
@@ -61,6 +65,15 @@ export class AgentSession {
 
   end(reason: Error): void {
     this.controller.abort(reason);
+  }
+
+  heard(): void {
+    this.heardAt = performance.now();
+  }
+
+  /** Milliseconds since the agent last said anything. */
+  get silentMs(): number {
+    return performance.now() - this.heardAt;
   }
 }
 
@@ -101,7 +114,34 @@ export class AgentSessions {
       throw err;
     }
     this.onChanged([hello.hostId]);
+    this.opened?.(hello.hostId, session.id, session.epoch);
     return session;
+  }
+
+  /** Told of each session opened here, for other replicas to fence their older ones (set with Redis). */
+  opened?: (hostId: string, sessionId: string, epoch: bigint) => void;
+
+  /**
+   * A session of `hostId` opened on another replica: an older one held here is fenced, so that this
+   * replica stops sending the host's commands down a connection the agent has left.
+   */
+  openedElsewhere(hostId: string, sessionId: string, epoch: bigint): void {
+    const local = this.live.get(hostId);
+    if (!local || local.epoch >= epoch) return;
+    local.end(new SessionFencedError(sessionId));
+    this.live.delete(hostId);
+  }
+
+  /**
+   * Ends the sessions whose agent said nothing for a whole lease (its heartbeats stopped: the
+   * connection is dead without having been closed), so commands stop going down it.
+   */
+  endSilent(): void {
+    for (const [hostId, session] of this.live) {
+      if (session.silentMs <= session.leaseMs) continue;
+      session.end(new UnavailableError(`nothing from the agent for ${Math.round(session.leaseMs / 1000)} s; reconnect`));
+      this.live.delete(hostId);
+    }
   }
 
   private async transactHello(hello: AgentHello, session: AgentSession): Promise<void> {
@@ -116,10 +156,12 @@ export class AgentSessions {
            last_heartbeat_at = ?, updated_at = ?,
            status_message = case when status = 'OFFLINE' then '' else status_message end,
            status = case when status = 'OFFLINE' then 'ONLINE' else status end
-         where id = ?`,
+         where id = ?
+         returning (extract(epoch from clock_timestamp()) * 1000000)::bigint::text as epoch`,
         [hello.agentVersion, hello.cpuMillicores, hello.cpuMillicores, hello.memoryBytes, hello.memoryBytes, hello.diskBytes, hello.diskBytes, now, now, hello.hostId],
       );
       if (updated.rowCount === 0) throw new NotFoundError("host", hello.hostId);
+      session.epoch = BigInt((updated.rows as { epoch: string }[])[0]!.epoch);
       session.gpuIds = await syncInventory(trx, hello.hostId, hello.gpus, now);
       // Swapped while the host row is locked, so concurrent hellos fence in the order they committed.
       this.live.get(hello.hostId)?.end(new SessionFencedError(session.id));

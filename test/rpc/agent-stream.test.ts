@@ -1,5 +1,5 @@
 import { strict as assert } from "node:assert";
-import { Code } from "@connectrpc/connect";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { GpuService, GpuStatus } from "../../gen/remotegpu/v1/gpu_pb.js";
 import { HostService, HostStatus } from "../../gen/remotegpu/v1/host_pb.js";
 import { ManualClock } from "../../src/platform/clock.js";
@@ -207,5 +207,44 @@ describe("HostService.StreamHeartbeats", () => {
     const body = await (await fetch(`${server.baseUrl}/metrics`)).text();
     const m = /remotegpu_agents_connected\{replica="self"\} (\d+)/.exec(body);
     assert.ok(m && Number(m[1]) >= 1, body.slice(0, 200));
+  });
+});
+
+describe("HostService.StreamHeartbeats on a connection that goes silent", () => {
+  let server: TestServer;
+  const agents: FakeAgent[] = [];
+  before(async () => {
+    server = await startTestServer({ env: { HEARTBEAT_INTERVAL_SECONDS: "1", HOST_GRACE_SECONDS: "2" } });
+  });
+  after(async () => {
+    for (const a of agents) a.close();
+    await server.close();
+  });
+
+  it("ends a stream whose agent said nothing for a whole lease (UNAVAILABLE: reconnect), and keeps one that keeps talking", async () => {
+    const hosts = server.client(HostService);
+    const connect = async (name: string) => {
+      const { host, agentToken } = await hosts.createHost({ name, address: "10.9.0.2" });
+      const agent = new FakeAgent(server, agentToken);
+      agents.push(agent);
+      await agent.hello(host!.id, [{ index: 0, uuid: `GPU-${name}` }]);
+      return agent;
+    };
+    const [silent, talking] = [await connect("silent"), await connect("talking")];
+    let ended: ConnectError | undefined;
+    void silent.next().then(
+      () => assert.fail("the silent stream went on"),
+      (e: unknown) => (ended = ConnectError.from(e)),
+    );
+    // A silent connection is only noticed in real time: the lease (2 s) has to pass.
+    const started = Date.now();
+    while (!ended && Date.now() - started < 10_000) {
+      await talking.beat();
+      await server.app.maintain();
+      await new Promise((r) => setTimeout(r, 250));
+    }
+    assert.equal(ended && Code[ended.code], "Unavailable");
+    assert.match(ended!.rawMessage, /nothing from the agent for 2 s; reconnect/);
+    await talking.beat(); // still its live session
   });
 });
