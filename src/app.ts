@@ -202,7 +202,7 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
       agents.openedElsewhere(hostId, sessionId, BigInt(epoch));
     });
     agents.opened = (hostId, sessionId, epoch) => bus.publish("agent-session", { hostId, sessionId, epoch: String(epoch) });
-    hosts.forward = (type, host) => bus.publish("host", { type, id: host.id, deleted: type === "DELETED" ? { name: host.name, address: host.address } : undefined });
+    hosts.forward = (type, id, deleted) => bus.publish("host", { type, id, deleted });
   }
   const workspaces = new WorkspaceRegistry(orm, clock, {
     async empty(id) {

@@ -243,14 +243,12 @@ export class HostRegistry {
 
   /** Publishes the current state of hosts changed elsewhere (agent sessions, lease expiry). */
   async announce(ids: string[]): Promise<void> {
-    if (this.changes.size === 0 && !this.forward) return;
-    const em = this.orm.em.fork();
-    const hosts = await em.find(Host, { id: { $in: ids } });
-    for (const view of await this.views(em, hosts)) this.emit("MODIFIED", view);
+    for (const id of ids) this.forward?.("MODIFIED", id);
+    await this.publishCurrent("MODIFIED", ids);
   }
 
   /** Tells other replicas of each change (set when there are several, with Redis). */
-  forward?: (type: HostChange["type"], host: Host) => void;
+  forward?: (type: HostChange["type"], id: string, deleted?: { name: string; address: string }) => void;
 
   /**
    * A change another replica made, for this replica's watchers: re-read from the database (a
@@ -260,16 +258,20 @@ export class HostRegistry {
     if (type === "DELETED" && deleted) {
       const host = Object.assign(new Host(), { id, ...deleted });
       this.changes.publish({ type, view: { host, gpuCount: 0, availableGpuCount: 0 } });
-      return;
-    }
+    } else await this.publishCurrent(type, [id]);
+  }
+
+  /** Publishes hosts as the database has them now, to this replica's watchers (if any: reading costs). */
+  private async publishCurrent(type: HostChange["type"], ids: string[]): Promise<void> {
+    if (this.changes.size === 0) return;
     const em = this.orm.em.fork();
-    const host = await em.findOne(Host, id);
-    if (host) this.changes.publish({ type, view: (await this.views(em, [host]))[0]! });
+    const hosts = await em.find(Host, { id: { $in: ids } });
+    for (const view of await this.views(em, hosts)) this.changes.publish({ type, view });
   }
 
   private emit(type: HostChange["type"], view: HostView): void {
     this.changes.publish({ type, view });
-    this.forward?.(type, view.host);
+    this.forward?.(type, view.host.id, type === "DELETED" ? { name: view.host.name, address: view.host.address } : undefined);
   }
 
   /** Hosts per status, for the metrics endpoint. */
