@@ -6,7 +6,7 @@ import type { Clock } from "../platform/clock.js";
 import type { Logger } from "../platform/logger.js";
 import type { Runtime, WorkloadSpec, WorkloadState } from "../runtime/runtime.js";
 import { Workspace } from "../workspace/workspace.js";
-import { Environment, PortMapping } from "./environment.js";
+import { Environment, PortMapping, type EnvironmentStatus } from "./environment.js";
 import { HOLDING, transition, type EnvironmentManager } from "./environment-manager.js";
 
 export interface ReconcilerOptions {
@@ -123,7 +123,8 @@ export class EnvironmentReconciler {
 
   /**
    * A host's agent (re)connected, running `runningIds`: what it runs and should not is stopped or
-   * removed; what it should run and does not is asked for again at once.
+   * removed; what it should run and does not is asked for again at once, and so is every stop or
+   * remove still waiting on it.
    */
   async agentConnected(hostId: string, runningIds: string[]): Promise<void> {
     const runtime = this.runtimes.AGENT;
@@ -153,11 +154,14 @@ export class EnvironmentReconciler {
       });
       if (view) this.environments.publish("MODIFIED", view);
     }
-    // What it runs but the database still has starting: its report may have died with the old
-    // stream. Asking again for the same generation makes the agent report its state again.
-    const unconfirmed = envs.filter((e) => (e.status === "CREATING" || e.status === "STARTING") && runningIds.includes(e.id)).map((e) => e.id);
-    if (unconfirmed.length > 0) await em.nativeUpdate(Environment, { id: { $in: unconfirmed }, status: { $in: ["CREATING", "STARTING"] } }, { actedAt: null, attempts: 0 });
-    if (lost.length > 0 || unconfirmed.length > 0) this.kick();
+    // What waits on this agent is due at once, not after the backoff that tries made while it was
+    // away built up (up to a minute): stops and removes, and what it runs but the database still has
+    // starting (its report may have died with the old stream; asking again for the same generation
+    // makes the agent report its state again).
+    const waiting: EnvironmentStatus[] = ["CREATING", "STARTING", "STOPPING", "DELETING"];
+    const due = envs.filter((e) => e.status === "STOPPING" || e.status === "DELETING" || ((e.status === "CREATING" || e.status === "STARTING") && runningIds.includes(e.id))).map((e) => e.id);
+    if (due.length > 0) await em.nativeUpdate(Environment, { id: { $in: due }, status: { $in: waiting } }, { actedAt: null, attempts: 0 });
+    if (lost.length > 0 || due.length > 0) this.kick();
   }
 
   /** Decides and applies one step for one environment, under its row lock; acts after commit. */

@@ -308,4 +308,38 @@ describe("EnvironmentService with the agent runtime", () => {
     await agent.close();
     agent = reconnected;
   });
+
+  it("sends a stop or delete asked while the agent was away as soon as it is back, whatever backoff the vain tries built up", async () => {
+    const model = "NVIDIA A100-SXM4-80GB";
+    const away = await newHost("away-host", 2, model);
+    const team = (await workspaces.createWorkspace({ name: "away-team" })).workspace!.id;
+    const create = async (name: string) => (await envs.createEnvironment({ workspaceId: team, name, image: "img", command: ["x"], gpuCount: 1, gpuModel: model })).environment!;
+    const [toStop, toDelete] = [await create("to-stop"), await create("to-delete")];
+    assert.deepEqual([toStop.hostId, toDelete.hostId], [away.id, away.id]);
+    await status(toStop.id, EnvironmentStatus.RUNNING);
+    await status(toDelete.id, EnvironmentStatus.RUNNING);
+
+    // The agent goes away (its host rebooted: the workloads end with it), then both are asked for.
+    await away.agent.close();
+    await envs.stopEnvironment({ id: toStop.id });
+    await envs.deleteEnvironment({ id: toDelete.id });
+    // The reconciler tries to reach the agent, in vain, each time the backoff allows.
+    for (const ms of [0, 2000, 4000, 8000]) {
+      await agent.beat(); // the other host stays ONLINE
+      clock.advance(ms);
+      await server.app.maintain();
+    }
+
+    // Back, running nothing. The clock stands still from here: no backoff will ever end by itself.
+    const back = new WorkloadAgent(server, away.token, away.id, [0, 1].map((i) => ({ index: i, uuid: `GPU-away-host-${i}`, model })));
+    await back.welcome;
+    const stopped = await status(toStop.id, EnvironmentStatus.STOPPED);
+    assert.deepEqual(stopped.gpuIds, []);
+    await until("the deleted one to be gone", async () => (await envs.getEnvironment({ id: toDelete.id }).catch(() => undefined)) === undefined);
+    assert.deepEqual(
+      back.commands.map((c) => `${c.command.case}:${c.command.value && "environmentId" in c.command.value && c.command.value.environmentId === toStop.id ? "to-stop" : "to-delete"}`).sort(),
+      ["removeEnvironment:to-delete", "stopEnvironment:to-stop"],
+    );
+    await back.close();
+  });
 });
