@@ -75,6 +75,8 @@ function isConnectionError(err: unknown): boolean {
   if (!(err instanceof Error)) return false;
   const code = (err as { code?: unknown }).code;
   if (typeof code === "string" && CONNECTION_CODES.has(code)) return true;
-  // knex's pool timeout when every connection is stuck on a dead server.
-  return err.name === "KnexTimeoutError" || /Connection terminated|connect ECONNREFUSED/.test(err.message);
+  // knex's pool timeout when every connection is stuck on a dead server; pg refusing queries on a
+  // client whose connection broke; knex ending a transaction whose connection broke under it (the
+  // transaction's next query then finds it "already complete": our code never reuses a finished one).
+  return err.name === "KnexTimeoutError" || /Connection terminated|connect ECONNREFUSED|is not queryable|Transaction query already complete/.test(err.message);
 }

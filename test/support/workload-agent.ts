@@ -23,7 +23,8 @@ export class WorkloadAgent {
   private sequence = 0n;
   private readonly acks = new Map<bigint, () => void>();
   private readonly requests = new Channel<StreamHeartbeatsRequest>();
-  private readonly done: Promise<void>;
+  /** Resolves when the stream ended, however it ended (a real agent would then reconnect). */
+  readonly ended: Promise<void>;
   private welcomed!: () => void;
   readonly welcome = new Promise<void>((resolve) => (this.welcomed = resolve));
 
@@ -48,7 +49,7 @@ export class WorkloadAgent {
         runningEnvironmentIds: runningIds,
       },
     });
-    this.done = (async () => {
+    this.ended = (async () => {
       for await (const res of responses) {
         if (res.message.case === "welcome") this.welcomed();
         if (res.message.case === "command") this.handle(res.message.value);
@@ -84,7 +85,7 @@ export class WorkloadAgent {
   /** Ends the stream, as a dead agent would. */
   async close(): Promise<void> {
     this.requests.close();
-    await this.done;
+    await this.ended;
   }
 
   private handle(c: AgentCommand): void {
