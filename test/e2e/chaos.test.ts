@@ -16,8 +16,8 @@ import { ADMIN_TOKEN, clients } from "../support/server.js";
 import { WorkloadAgent } from "../support/workload-agent.js";
 
 /*
- * The control plane SIGKILLed at random points of a mixed workload (creates, stops, starts, deletes,
- * reads, agent heartbeats), several times in one run: sometimes mid-workload, sometimes moments
+ * The control plane SIGKILLed at random points of a mixed workload (creates, stops, starts, restarts,
+ * deletes, reads, agent heartbeats), several times in one run: sometimes mid-workload, sometimes moments
  * after a restart while agents are still reconnecting (one of them now and then only seconds later).
  * After every restart, once nothing is in a transitional state, the invariants are checked from the
  * API, from the database and from what the agents run; right after every kill, the database the dead
@@ -227,7 +227,7 @@ describe("e2e: the control plane SIGKILLed at random points of a mixed workload,
     let created = 0;
     let answered = 0;
     let running = false;
-    const counts: Record<string, number> = { create: 0, stop: 0, start: 0, delete: 0, read: 0, ok: 0, unknown: 0 };
+    const counts: Record<string, number> = { create: 0, stop: 0, start: 0, delete: 0, restart: 0, read: 0, ok: 0, unknown: 0 };
 
     const pick = (r: () => number, accept: (t: Tracked) => boolean): Tracked | undefined => {
       const candidates = [...tracked.values()].filter((t) => !t.busy && !t.keeper && t.id !== undefined && accept(t));
@@ -295,6 +295,12 @@ describe("e2e: the control plane SIGKILLed at random points of a mixed workload,
         if (!t) return;
         counts.delete++;
         await call(t, "delete", () => envs.deleteEnvironment({ id: t.id! }, { timeoutMs: 15_000 }), () => (t.possible = new Set(["GONE"])), () => t.possible.add("GONE"));
+      } else if (dice < 0.85) {
+        const t = pick(r, (t) => t.possible.has("RUNNING"));
+        if (!t) return;
+        counts.restart++;
+        // Only a RUNNING one restarts, and it stays RUNNING (at a new generation, on the same GPUs).
+        await call(t, "restart", () => envs.restartEnvironment({ id: t.id! }, { timeoutMs: 15_000 }), () => (t.possible = new Set(["RUNNING"])), () => undefined);
       } else {
         counts.read++;
         const t = pick(r, (t) => !t.possible.has("GONE"));
