@@ -189,13 +189,19 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
     agents.route = (hostId, command) => bus.publish("agent-command", { hostId, command });
     bus.on("host", (p) => {
       const { type, id, deleted } = p as { type: "ADDED" | "MODIFIED" | "DELETED"; id: string; deleted?: { name: string; address: string } };
-      hosts.remoteChange(type, id, deleted).catch((err: unknown) => logger.warn({ err }, "relaying a host change failed"));
+      hosts.remoteChange(type, id, deleted);
     });
-    // Changes made elsewhere while Redis was away never reached this replica's watchers: they start over.
-    bus.onResume = () => {
-      const gap = new UnavailableError("this replica lost contact with the others for a while and may have missed changes; watch again");
+    // Changes made elsewhere while Redis was away never reached this replica's watchers, and this
+    // replica's changes never reached the others' (Redis may have been lost to it alone): all start over.
+    const startOver = () => {
+      const gap = new UnavailableError("replicas lost contact with each other for a while and watchers may have missed changes; watch again");
       hosts.changes.interrupt(gap);
       environments.changes.interrupt(gap);
+    };
+    bus.on("gap", startOver);
+    bus.onResume = () => {
+      startOver();
+      bus.publish("gap", {});
     };
     bus.on("agent-session", (p) => {
       const { hostId, sessionId, epoch } = p as { hostId: string; sessionId: string; epoch: string };
@@ -264,7 +270,7 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
       res.end("not found\n");
     },
   });
-  const server = new RpcServer(handler, tls, config.maxStreamsPerConnection);
+  const server = new RpcServer(handler, tls, config.maxStreamsPerConnection, config.keepaliveSeconds * 1000);
 
   // Readiness follows the database: probes take the replica out of rotation while it is unreachable.
   const probe = setInterval(() => {
@@ -284,7 +290,6 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
   let historyExpiredAt = 0;
   const maintain = async () => {
     await ingest.flush();
-    agents.endSilent();
     // The leader alone expires leases; the other replicas' watchers hear of it through Redis.
     const expired = (await leader.check()) ? await liveness.expireLeases() : [];
     if (expired.length > 0) {

@@ -38,6 +38,8 @@ export interface Config {
   maxMessageBytes: number;
   /** `MAX_STREAMS_PER_CONNECTION`: concurrent calls one HTTP/2 connection may carry. @default 1000 */
   maxStreamsPerConnection: number;
+  /** `KEEPALIVE_SECONDS`: HTTP/2 PING period; a connection that leaves one unanswered that long is closed (0: off). @default 30 */
+  keepaliveSeconds: number;
   /** `RATE_LIMIT_PER_SECOND`: calls per second one token may start, with bursts of twice that; 0 for none. @default 100 */
   rateLimitPerSecond: number;
   /** `AUDIT_RETENTION_DAYS`: how long audit events are kept. @default 365 */
@@ -151,6 +153,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     auditRetentionDays: int("AUDIT_RETENTION_DAYS", 365, 1, 36500),
     maxMessageBytes: int("MAX_MESSAGE_BYTES", 8 * 1024 * 1024, 64 * 1024, 256 * 1024 * 1024),
     maxStreamsPerConnection: int("MAX_STREAMS_PER_CONNECTION", 1000, 1, 100_000),
+    keepaliveSeconds: int("KEEPALIVE_SECONDS", 30, 0, 3600),
     rateLimitPerSecond: int("RATE_LIMIT_PER_SECOND", 100, 0, 1_000_000),
     hostPortRange: portRange(value("HOST_PORT_RANGE") ?? "30000-32767", problems),
     environmentStartTimeoutSeconds: int("ENVIRONMENT_START_TIMEOUT_SECONDS", 600, 10, 86400),

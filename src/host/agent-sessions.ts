@@ -48,8 +48,6 @@ export class AgentSession {
   gpuIds = new Map<string, string>();
   /** When the hello committed, in microseconds of PostgreSQL's clock: orders the sessions of a host across replicas. */
   epoch = 0n;
-  /** When the agent last said anything (this process's monotonic clock, since it is about the connection). */
-  private heardAt = performance.now();
 
   constructor(
     readonly hostId: string,
@@ -65,15 +63,6 @@ export class AgentSession {
 
   end(reason: Error): void {
     this.controller.abort(reason);
-  }
-
-  heard(): void {
-    this.heardAt = performance.now();
-  }
-
-  /** Milliseconds since the agent last said anything. */
-  get silentMs(): number {
-    return performance.now() - this.heardAt;
   }
 }
 
@@ -130,18 +119,6 @@ export class AgentSessions {
     if (!local || local.epoch >= epoch) return;
     local.end(new SessionFencedError(sessionId));
     this.live.delete(hostId);
-  }
-
-  /**
-   * Ends the sessions whose agent said nothing for a whole lease (its heartbeats stopped: the
-   * connection is dead without having been closed), so commands stop going down it.
-   */
-  endSilent(): void {
-    for (const [hostId, session] of this.live) {
-      if (session.silentMs <= session.leaseMs) continue;
-      session.end(new UnavailableError(`nothing from the agent for ${Math.round(session.leaseMs / 1000)} s; reconnect`));
-      this.live.delete(hostId);
-    }
   }
 
   private async transactHello(hello: AgentHello, session: AgentSession): Promise<void> {

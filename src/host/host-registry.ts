@@ -3,7 +3,7 @@ import type { EntityManager, MikroORM } from "@mikro-orm/postgresql";
 import { ApiToken } from "../auth/api-token.js";
 import { issueToken } from "../auth/token-secret.js";
 import { Environment } from "../environment/environment.js";
-import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError } from "../errors.js";
+import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError, UnavailableError } from "../errors.js";
 import { Gpu } from "../gpu/gpu.js";
 import type { GpuView } from "../gpu/gpu-inventory.js";
 import { checkId } from "../ids.js";
@@ -251,14 +251,47 @@ export class HostRegistry {
   forward?: (type: HostChange["type"], id: string, deleted?: { name: string; address: string }) => void;
 
   /**
-   * A change another replica made, for this replica's watchers: re-read from the database (a
-   * deleted host is gone from it, so its name and address come with the message).
+   * A change another replica made, for this replica's watchers. Changes are re-read from the
+   * database in arrival order, a batch at a time, so a slow read never publishes an older state after
+   * a newer one; a deleted host is gone from it, so its name and address come with the message. If a
+   * read fails, watchers are told to start over rather than left with a gap.
    */
-  async remoteChange(type: HostChange["type"], id: string, deleted?: { name: string; address: string }): Promise<void> {
-    if (type === "DELETED" && deleted) {
-      const host = Object.assign(new Host(), { id, ...deleted });
-      this.changes.publish({ type, view: { host, gpuCount: 0, availableGpuCount: 0 } });
-    } else await this.publishCurrent(type, [id]);
+  remoteChange(type: HostChange["type"], id: string, deleted?: { name: string; address: string }): void {
+    if (type === "DELETED") {
+      // Its agent may be connected here: end that stream, as the replica that deleted it did.
+      this.samples.forgetHost(id);
+      this.onDeleted(id);
+    }
+    this.remote.delete(id); // re-inserted last: the batch keeps the order of the newest changes
+    this.remote.set(id, { type, deleted });
+    if (this.relaying) return;
+    this.relaying = true;
+    void (async () => {
+      while (this.remote.size > 0) {
+        const batch = this.remote;
+        this.remote = new Map();
+        try {
+          await this.publishRemote(batch);
+        } catch {
+          this.changes.interrupt(new UnavailableError("could not read a change another replica made; watch again"));
+        }
+      }
+      this.relaying = false;
+    })();
+  }
+
+  private remote = new Map<string, { type: HostChange["type"]; deleted?: { name: string; address: string } }>();
+  private relaying = false;
+
+  private async publishRemote(batch: Map<string, { type: HostChange["type"]; deleted?: { name: string; address: string } }>): Promise<void> {
+    if (this.changes.size === 0) return;
+    const em = this.orm.em.fork();
+    const current = new Map((await this.views(em, await em.find(Host, { id: { $in: [...batch.keys()] } }))).map((v) => [v.host.id, v]));
+    for (const [id, { type, deleted }] of batch) {
+      const view = current.get(id) ?? (deleted && { host: Object.assign(new Host(), { id, ...deleted }), gpuCount: 0, availableGpuCount: 0 });
+      // A host that is gone without a DELETED here was deleted after this change; that DELETED follows.
+      if (view) this.changes.publish({ type, view });
+    }
   }
 
   /** Publishes hosts as the database has them now, to this replica's watchers (if any: reading costs). */

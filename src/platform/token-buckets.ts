@@ -41,6 +41,8 @@ return wait`;
 
 /** How long a call waits for Redis before it counts against this replica's own buckets instead. */
 const REDIS_WAIT_MS = 50;
+/** How long a replica then counts by itself before asking Redis again. */
+const LOCAL_AFTER_FAILURE_MS = 1000;
 
 /**
  * Buckets shared by every replica through Redis. When Redis does not answer (down, slow), calls are
@@ -49,6 +51,8 @@ const REDIS_WAIT_MS = 50;
 export class RedisTokenBuckets implements TokenBuckets {
   private readonly local = new MemoryTokenBuckets();
   private warned = false;
+  /** After Redis failed to answer, calls are counted here for a while instead of each waiting for it. */
+  private localUntil = 0;
 
   constructor(
     private readonly redis: Redis,
@@ -57,6 +61,7 @@ export class RedisTokenBuckets implements TokenBuckets {
   ) {}
 
   async take(key: string, nowMs: number, rate: number, burst: number): Promise<number> {
+    if (performance.now() < this.localUntil) return this.local.take(key, nowMs, rate, burst);
     let timer: NodeJS.Timeout | undefined;
     try {
       const wait = await Promise.race([
@@ -70,6 +75,7 @@ export class RedisTokenBuckets implements TokenBuckets {
     } catch (err) {
       if (!this.warned) this.logger.warn({ error: String(err) }, "rate limits are per replica until Redis answers");
       this.warned = true;
+      this.localUntil = performance.now() + LOCAL_AFTER_FAILURE_MS;
       return this.local.take(key, nowMs, rate, burst);
     } finally {
       clearTimeout(timer);

@@ -313,7 +313,6 @@ export class HostHandler implements Impl {
           continue;
         }
         nextIn = observed(incoming.next().then((r) => ({ from: "agent" as const, r })));
-        session.heard();
         const next = got.r;
         if (next.done) return;
         const m = next.value.message;

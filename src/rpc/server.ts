@@ -27,8 +27,11 @@ export class RpcServer {
   private readonly busy = new Set<Duplex>();
   private closing = false;
 
-  /** `maxStreams`: concurrent HTTP/2 streams one connection may open (calls beyond it are refused). */
-  constructor(handler: Handler, tls?: { cert: Buffer; key: Buffer }, maxStreams = 1000) {
+  /**
+   * `maxStreams`: concurrent HTTP/2 streams one connection may open (calls beyond it are refused).
+   * `keepaliveMs`: PING period of every HTTP/2 connection (0: none); see keepAlive().
+   */
+  constructor(handler: Handler, tls?: { cert: Buffer; key: Buffer }, maxStreams = 1000, keepaliveMs = 30_000) {
     const settings = { maxConcurrentStreams: maxStreams };
     if (tls) {
       this.h2 = http2.createSecureServer({ ...tls, allowHTTP1: true, settings }, handler);
@@ -48,6 +51,7 @@ export class RpcServer {
     this.h2.on("session", (session: http2.ServerHttp2Session) => {
       this.sessions.add(session);
       session.once("close", () => this.sessions.delete(session));
+      if (keepaliveMs > 0) keepAlive(session, keepaliveMs);
     });
     // HTTP/1.1 connections, under TLS (where ALPN did not pick h2) as well as in plaintext.
     const trackH1 = (socket: Duplex) => {
@@ -126,4 +130,23 @@ export class RpcServer {
     });
     await closed;
   }
+}
+
+/**
+ * A peer that vanished without closing its connection (a host powered off, a path gone) would keep
+ * its streams open until TCP gives up, minutes later: an agent's session would go on receiving the
+ * host's commands. A PING every `periodMs`, and the connection closed when one is unanswered as long.
+ */
+function keepAlive(session: http2.ServerHttp2Session, periodMs: number): void {
+  const timer = setInterval(() => {
+    if (session.destroyed || session.closed) return clearInterval(timer);
+    const dead = setTimeout(() => session.destroy(), periodMs).unref();
+    const sent = session.ping((err) => {
+      clearTimeout(dead);
+      if (err && !session.destroyed) session.destroy();
+    });
+    if (!sent) clearTimeout(dead); // a PING still outstanding: its own timer decides
+  }, periodMs);
+  timer.unref();
+  session.once("close", () => clearInterval(timer));
 }

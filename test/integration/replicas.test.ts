@@ -109,6 +109,14 @@ describe("two replicas sharing PostgreSQL and Redis", () => {
     await current.close();
   });
 
+  it("ends the stream of an agent on A when its host is deleted through B", async () => {
+    const { host, agentToken } = await a.client(HostService).createHost({ name: "deleted-elsewhere", address: "10.7.0.4" });
+    const doomed = new WorkloadAgent(a, agentToken, host!.id, [{ index: 0, uuid: "GPU-doomed-0" }]);
+    await doomed.welcome;
+    await b.client(HostService).deleteHost({ id: host!.id });
+    await until("the stream on A ended", () => Promise.race([doomed.ended.then(() => true), new Promise<false>((r) => setTimeout(() => r(false), 100))]));
+  });
+
   it("shows a watcher on B what happened to a host on A: an operator's cordon, the leader's lease expiry, the agent's return", async () => {
     const abort = new AbortController();
     const seen = { a: [] as string[], b: [] as string[] };

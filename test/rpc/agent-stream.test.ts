@@ -1,11 +1,13 @@
 import { strict as assert } from "node:assert";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code } from "@connectrpc/connect";
 import { GpuService, GpuStatus } from "../../gen/remotegpu/v1/gpu_pb.js";
 import { HostService, HostStatus } from "../../gen/remotegpu/v1/host_pb.js";
 import { ManualClock } from "../../src/platform/clock.js";
 import { expectCode } from "../support/expect.js";
 import { FakeAgent } from "../support/fake-agent.js";
-import { startTestServer, type TestServer } from "../support/server.js";
+import { eventually } from "../support/eventually.js";
+import { clients, startTestServer, type TestServer } from "../support/server.js";
+import { TcpProxy } from "../support/tcp-proxy.js";
 
 describe("HostService.StreamHeartbeats", () => {
   let server: TestServer;
@@ -210,41 +212,43 @@ describe("HostService.StreamHeartbeats", () => {
   });
 });
 
-describe("HostService.StreamHeartbeats on a connection that goes silent", () => {
+
+describe("HostService.StreamHeartbeats over a connection that dies without a close", () => {
   let server: TestServer;
+  let proxy: TcpProxy;
   const agents: FakeAgent[] = [];
   before(async () => {
-    server = await startTestServer({ env: { HEARTBEAT_INTERVAL_SECONDS: "1", HOST_GRACE_SECONDS: "2" } });
+    server = await startTestServer({ env: { KEEPALIVE_SECONDS: "1" } });
+    proxy = await TcpProxy.start(server.port);
   });
   after(async () => {
     for (const a of agents) a.close();
+    await proxy.close();
     await server.close();
   });
 
-  it("ends a stream whose agent said nothing for a whole lease (UNAVAILABLE: reconnect), and keeps one that keeps talking", async () => {
+  const connected = async () => {
+    const body = await (await fetch(`${server.baseUrl}/metrics`)).text();
+    return Number(/remotegpu_agents_connected\{replica="self"\} (\d+)/.exec(body)![1]);
+  };
+
+  it("ends the session when its connection stops answering PINGs, and keeps an idle one that answers", async () => {
     const hosts = server.client(HostService);
-    const connect = async (name: string) => {
-      const { host, agentToken } = await hosts.createHost({ name, address: "10.9.0.2" });
-      const agent = new FakeAgent(server, agentToken);
+    const connect = async (name: string, via: Pick<TestServer, "client">) => {
+      const { host, agentToken } = await hosts.createHost({ name, address: "10.9.0.3" });
+      const agent = new FakeAgent(via, agentToken);
       agents.push(agent);
       await agent.hello(host!.id, [{ index: 0, uuid: `GPU-${name}` }]);
       return agent;
     };
-    const [silent, talking] = [await connect("silent"), await connect("talking")];
-    let ended: ConnectError | undefined;
-    void silent.next().then(
-      () => assert.fail("the silent stream went on"),
-      (e: unknown) => (ended = ConnectError.from(e)),
-    );
-    // A silent connection is only noticed in real time: the lease (2 s) has to pass.
-    const started = Date.now();
-    while (!ended && Date.now() - started < 10_000) {
-      await talking.beat();
-      await server.app.maintain();
-      await new Promise((r) => setTimeout(r, 250));
-    }
-    assert.equal(ended && Code[ended.code], "Unavailable");
-    assert.match(ended!.rawMessage, /nothing from the agent for 2 s; reconnect/);
-    await talking.beat(); // still its live session
+    await connect("stranded", clients(proxy.url));
+    const idle = await connect("idle-but-alive", server);
+    assert.equal(await connected(), 2);
+
+    proxy.strand(); // the stranded agent's bytes go nowhere from now on, and nobody says so
+    await eventually("the stranded session ended", async () => (await connected()) === 1, 15_000, 200);
+    await new Promise((r) => setTimeout(r, 2500)); // more PING periods: the idle, answering one stays
+    assert.equal(await connected(), 1);
+    await idle.beat();
   });
 });

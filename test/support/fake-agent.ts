@@ -14,7 +14,7 @@ export class FakeAgent {
   private readonly responses: AsyncIterator<StreamHeartbeatsResponse>;
   private sequence = 0n;
 
-  constructor(server: TestServer, token: string) {
+  constructor(server: Pick<TestServer, "client">, token: string) {
     this.responses = server.client(HostService, { token, protocol: "grpc" }).streamHeartbeats(this.requests)[Symbol.asyncIterator]();
   }
 
