@@ -151,6 +151,16 @@ describe("e2e: the network between the agent and the control plane partitioned (
     };
   };
 
+  /** What a user or a watcher sees is as it was before the partition, and the workload never restarted. */
+  const nothingChanged = async (before: unknown, during: unknown, hostMark: number, envMark: number) => {
+    assert.deepEqual(during, before);
+    assert.deepEqual(await snapshot(), before);
+    assert.ok(await serves());
+    assert.equal(await starts(), 1);
+    assert.deepEqual(envEvents.slice(envMark), [], "no environment event");
+    assert.deepEqual(hostEvents.slice(hostMark).map((h) => HostStatus[h.status]).filter((s) => s !== "ONLINE"), [], "no host status change");
+  };
+
   it("a partition shorter than the grace changes nothing users see, and the agent's heartbeats resume", async () => {
     const before = await snapshot();
     assert.deepEqual(before.host, ["ONLINE", ""]);
@@ -166,12 +176,7 @@ describe("e2e: the network between the agent and the control plane partitioned (
     const healedAt = Date.now();
 
     await freshAfter(healedAt);
-    assert.deepEqual(during, before);
-    assert.deepEqual(await snapshot(), before);
-    assert.ok(await serves());
-    assert.equal(await starts(), 1);
-    assert.deepEqual(envEvents.slice(envMark), [], "no environment event");
-    assert.deepEqual(hostEvents.slice(hostMark).map((h) => HostStatus[h.status]).filter((s) => s !== "ONLINE"), [], "no host status change");
+    await nothingChanged(before, during, hostMark, envMark);
   });
 
   it("a short partition that resets connections (a firewall rejecting) changes nothing either; the agent reconnects", async () => {
@@ -187,12 +192,7 @@ describe("e2e: the network between the agent and the control plane partitioned (
 
     await freshAfter(healedAt);
     assert.ok(proxy.accepted > accepted, "the agent opened a new connection");
-    assert.deepEqual(during, before);
-    assert.deepEqual(await snapshot(), before);
-    assert.ok(await serves());
-    assert.equal(await starts(), 1);
-    assert.deepEqual(envEvents.slice(envMark), [], "no environment event");
-    assert.deepEqual(hostEvents.slice(hostMark).map((h) => HostStatus[h.status]).filter((s) => s !== "ONLINE"), [], "no host status change");
+    await nothingChanged(before, during, hostMark, envMark);
   });
 
   it("a connection that silently died (no reset, ever) is noticed by the agent, which reconnects by itself", async () => {
