@@ -177,7 +177,7 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
   if (bus) {
     bus.on("environment", (p) => {
       const { type, id, deleted } = p as { type: "ADDED" | "MODIFIED" | "DELETED"; id: string; deleted?: { workspaceId: string; name: string } };
-      environments.remoteChange(type, id, deleted).catch((err: unknown) => logger.warn({ err }, "relaying an environment change failed"));
+      environments.remoteChange(type, id, deleted);
     });
     bus.on("agent-command", (p) => {
       const { hostId, command } = p as { hostId: string; command: AgentCommandInput };

@@ -1,12 +1,13 @@
 import { LockMode, type FilterQuery } from "@mikro-orm/core";
 import type { EntityManager, MikroORM } from "@mikro-orm/postgresql";
 import type { AuditNote } from "../audit/audit-trail.js";
-import { AlreadyExistsError, ConflictError, FailedPreconditionError, NotFoundError } from "../errors.js";
+import { AlreadyExistsError, ConflictError, FailedPreconditionError, NotFoundError, UnavailableError } from "../errors.js";
 import { Host } from "../host/host.js";
 import { Gpu } from "../gpu/gpu.js";
 import { checkId } from "../ids.js";
 import { decodePageToken, encodePageToken, pageSize, type Page } from "../pagination.js";
 import type { Clock } from "../platform/clock.js";
+import { ChangeRelay } from "../platform/change-relay.js";
 import { Feed } from "../platform/feed.js";
 import { onUniqueViolation } from "../platform/unique-violation.js";
 import { Violations, checkString } from "../validation.js";
@@ -49,6 +50,12 @@ export interface EnvironmentFilter {
 export interface EnvironmentChange {
   type: "ADDED" | "MODIFIED" | "DELETED";
   view: EnvironmentView;
+}
+
+/** An environment change another replica made, as the Redis bus carries it. */
+interface RemoteEnvironmentChange {
+  type: EnvironmentChange["type"];
+  deleted?: { workspaceId: string; name: string };
 }
 
 /** Who is asking: a workspace token sees only its workspace's environments; undefined sees all. */
@@ -293,18 +300,33 @@ export class EnvironmentManager {
   forward?: (type: EnvironmentChange["type"], view: EnvironmentView) => void;
 
   /**
-   * A change another replica made, for this replica's watchers: re-read from the database (a
-   * deleted one is gone from it, so its last known fields come with the message).
+   * A change another replica made, for this replica's watchers (read back in order by a ChangeRelay;
+   * a deleted one is gone from the database, so its last known fields come with the message).
    */
-  async remoteChange(type: EnvironmentChange["type"], id: string, deleted?: { workspaceId: string; name: string }): Promise<void> {
-    if (type === "DELETED" && deleted) {
-      const environment = Object.assign(new Environment(), { id, name: deleted.name, workspace: { id: deleted.workspaceId } as Workspace, status: "DELETED", desiredState: "DELETED" });
-      this.changes.publish({ type, view: { environment, gpuIds: [], portMappings: [] } });
-      return;
-    }
+  remoteChange(type: EnvironmentChange["type"], id: string, deleted?: { workspaceId: string; name: string }): void {
+    this.remote.add(id, { type, deleted });
+  }
+
+  private readonly remote = new ChangeRelay<RemoteEnvironmentChange>(
+    (batch) => this.publishRemote(batch),
+    () => this.changes.interrupt(new UnavailableError("could not read a change another replica made; watch again")),
+  );
+
+  private async publishRemote(batch: Map<string, RemoteEnvironmentChange>): Promise<void> {
+    if (this.changes.size === 0) return;
     const em = this.orm.em.fork();
-    const env = await em.findOne(Environment, id, { populate: ["host"] });
-    if (env) this.changes.publish({ type, view: await this.view(em, env) });
+    const found = await em.find(Environment, { id: { $in: [...batch.keys()] } }, { populate: ["host"] });
+    const current = new Map((await this.views(em, found)).map((v) => [v.environment.id, v]));
+    for (const [id, { type, deleted }] of batch) {
+      if (deleted) {
+        const environment = Object.assign(new Environment(), { id, name: deleted.name, workspace: { id: deleted.workspaceId } as Workspace, status: "DELETED", desiredState: "DELETED" });
+        this.changes.publish({ type, view: { environment, gpuIds: [], portMappings: [] } });
+      } else {
+        // One gone without a DELETED here was deleted after this change; that DELETED follows.
+        const view = current.get(id);
+        if (view) this.changes.publish({ type, view });
+      }
+    }
   }
 
   async view(em: EntityManager, env: Environment): Promise<EnvironmentView> {

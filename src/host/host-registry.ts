@@ -9,6 +9,7 @@ import type { GpuView } from "../gpu/gpu-inventory.js";
 import { checkId } from "../ids.js";
 import { decodePageToken, encodePageToken, pageSize, type Page } from "../pagination.js";
 import type { Clock } from "../platform/clock.js";
+import { ChangeRelay } from "../platform/change-relay.js";
 import { Feed } from "../platform/feed.js";
 import { onUniqueViolation } from "../platform/unique-violation.js";
 import type { HostSampleRecord, LatestSamples } from "../telemetry/latest-samples.js";
@@ -46,6 +47,12 @@ export interface HostFilter {
 export interface HostChange {
   type: "ADDED" | "MODIFIED" | "DELETED";
   view: HostView;
+}
+
+/** A host change another replica made, as the Redis bus carries it. */
+interface RemoteHostChange {
+  type: HostChange["type"];
+  deleted?: { name: string; address: string };
 }
 
 export interface DrainReport {
@@ -251,10 +258,8 @@ export class HostRegistry {
   forward?: (type: HostChange["type"], id: string, deleted?: { name: string; address: string }) => void;
 
   /**
-   * A change another replica made, for this replica's watchers. Changes are re-read from the
-   * database in arrival order, a batch at a time, so a slow read never publishes an older state after
-   * a newer one; a deleted host is gone from it, so its name and address come with the message. If a
-   * read fails, watchers are told to start over rather than left with a gap.
+   * A change another replica made, for this replica's watchers (read back in order by a ChangeRelay;
+   * a deleted host is gone from the database, so its name and address come with the message).
    */
   remoteChange(type: HostChange["type"], id: string, deleted?: { name: string; address: string }): void {
     if (type === "DELETED") {
@@ -262,28 +267,15 @@ export class HostRegistry {
       this.samples.forgetHost(id);
       this.onDeleted(id);
     }
-    this.remote.delete(id); // re-inserted last: the batch keeps the order of the newest changes
-    this.remote.set(id, { type, deleted });
-    if (this.relaying) return;
-    this.relaying = true;
-    void (async () => {
-      while (this.remote.size > 0) {
-        const batch = this.remote;
-        this.remote = new Map();
-        try {
-          await this.publishRemote(batch);
-        } catch {
-          this.changes.interrupt(new UnavailableError("could not read a change another replica made; watch again"));
-        }
-      }
-      this.relaying = false;
-    })();
+    this.remote.add(id, { type, deleted });
   }
 
-  private remote = new Map<string, { type: HostChange["type"]; deleted?: { name: string; address: string } }>();
-  private relaying = false;
+  private readonly remote = new ChangeRelay<RemoteHostChange>(
+    (batch) => this.publishRemote(batch),
+    () => this.changes.interrupt(new UnavailableError("could not read a change another replica made; watch again")),
+  );
 
-  private async publishRemote(batch: Map<string, { type: HostChange["type"]; deleted?: { name: string; address: string } }>): Promise<void> {
+  private async publishRemote(batch: Map<string, RemoteHostChange>): Promise<void> {
     if (this.changes.size === 0) return;
     const em = this.orm.em.fork();
     const current = new Map((await this.views(em, await em.find(Host, { id: { $in: [...batch.keys()] } }))).map((v) => [v.host.id, v]));
