@@ -113,8 +113,8 @@ export class AgentSession {
         const e = ConnectError.from(err);
         // A wrong token or host id will not fix itself: stop and say so.
         if (e.code === Code.Unauthenticated || e.code === Code.PermissionDenied || e.code === Code.NotFound) throw e;
-        // Only the server's own ABORTED says so: connect-node reports a reset connection as ABORTED too.
-        fenced = e.code === Code.Aborted && e.metadata.get("grpc-status") === String(Code.Aborted);
+        // The server marks a fence; other ABORTEDs (a lost race, a reset connection) are retried at once.
+        fenced = e.metadata.get("remotegpu-fenced-by") !== null;
         if (!signal.aborted) this.log.warn({ server, code: Code[e.code], error: e.rawMessage }, "agent stream ended");
       }
       if (signal.aborted) break;

@@ -1,4 +1,5 @@
 import { Code, ConnectError } from "@connectrpc/connect";
+import { SessionFencedError } from "../host/agent-sessions.js";
 import {
   ConnectionException,
   DeadlockException,
@@ -42,6 +43,10 @@ const CONNECTION_CODES = new Set(["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EP
  */
 export function toConnectError(err: unknown): { error: ConnectError; expected: boolean } {
   if (err instanceof ConnectError) return { error: err, expected: err.code !== Code.Internal && err.code !== Code.Unknown };
+  if (err instanceof SessionFencedError) {
+    // Agents tell "a newer session replaced you" (back off) from other ABORTEDs (retry now) by this.
+    return { error: new ConnectError(err.message, Code.Aborted, { "remotegpu-fenced-by": err.newerSessionId }, undefined, err), expected: true };
+  }
   for (const [type, code] of DOMAIN_CODES) {
     if (err instanceof type) return { error: new ConnectError(bounded(err.message), code, undefined, undefined, err), expected: true };
   }

@@ -89,8 +89,8 @@ describe("HostService.StreamHeartbeats", () => {
 
     const err = await expectCode(first.next(), Code.Aborted, "newer agent session");
     assert.ok(err.rawMessage.includes(welcome.message.value.sessionId));
-    // The agent tells a fence from a reset connection (which connect-node also reports as ABORTED) by this.
-    assert.equal(err.metadata.get("grpc-status"), String(Code.Aborted));
+    // The agent tells a fence from other ABORTEDs (a lost race, a reset connection) by this.
+    assert.equal(err.metadata.get("remotegpu-fenced-by"), welcome.message.value.sessionId);
     await second.beat([{ uuid: "GPU-f-0", index: 0, util: 5 }]);
   });
 
