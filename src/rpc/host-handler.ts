@@ -29,6 +29,7 @@ import type { LogStreamName } from "../environment/environment.js";
 import type { LogLineRecord } from "../environment/environment-logs.js";
 import type { WorkloadReport } from "../environment/environment-reconciler.js";
 import type { AgentCommand } from "../host/agent-sessions.js";
+import { Channel } from "../platform/channel.js";
 import type { WorkloadState } from "../runtime/runtime.js";
 import { checkId } from "../ids.js";
 import { assertMaySpeakForHost } from "../auth/authenticator.js";
@@ -286,10 +287,16 @@ export class HostHandler implements Impl {
     const v = new Violations();
     const session = await this.agents.open(helloFromMessage(v, hello));
     this.logger.info({ hostId: session.hostId, sessionId: session.id, agentVersion: hello.agentVersion }, "agent connected");
-    const ended = new Promise<never>((_, reject) => {
-      session.ended.addEventListener("abort", () => reject(session.ended.reason as Error), { once: true });
-    });
-    ended.catch(() => undefined); // observed through the race below
+    // What the loop below waits for, in the order it happened: a message from the agent, a command
+    // for it, or the session's end. Each pending read has exactly one reaction attached, once:
+    // racing the same long-pending promises on every message would pile reactions (and the messages
+    // they resolved with) onto them for as long as the session lives.
+    const events = new Channel<
+      { from: "agent"; r: IteratorResult<StreamHeartbeatsRequest> } | { from: "server"; r: IteratorResult<AgentCommand> } | { from: "end"; error: unknown }
+    >();
+    const end = (error: unknown) => events.push({ from: "end", error });
+    session.ended.addEventListener("abort", () => end(session.ended.reason), { once: true });
+    const readAgent = () => void incoming.next().then((r) => events.push({ from: "agent", r }), end);
     try {
       await this.workloads.connected(session.hostId, hello.runningEnvironmentIds.slice(0, 1000));
       yield {
@@ -301,18 +308,19 @@ export class HostHandler implements Impl {
           },
         },
       };
-      // Reads from the agent and commands for it are awaited together; neither pending read is lost.
       const commands = session.outbox[Symbol.asyncIterator]();
-      let nextIn = observed(incoming.next().then((r) => ({ from: "agent" as const, r })));
-      let nextCommand = commands.next().then((r) => ({ from: "server" as const, r }));
-      for (;;) {
-        const got = await Promise.race([nextIn, nextCommand, ended]);
+      const readCommand = () => void commands.next().then((r) => events.push({ from: "server", r }), end);
+      readAgent();
+      readCommand();
+      for await (const got of events) {
+        if (got.from === "end") throw got.error;
         if (got.from === "server") {
-          nextCommand = commands.next().then((r) => ({ from: "server" as const, r }));
-          if (!got.r.done) yield { message: { case: "command", value: commandToMessage(got.r.value) } };
+          if (got.r.done) continue; // the outbox closes only as the session ends
+          readCommand();
+          yield { message: { case: "command", value: commandToMessage(got.r.value) } };
           continue;
         }
-        nextIn = observed(incoming.next().then((r) => ({ from: "agent" as const, r })));
+        readAgent();
         const next = got.r;
         if (next.done) return;
         const m = next.value.message;
@@ -344,12 +352,6 @@ export class HostHandler implements Impl {
       this.logger.info({ hostId: session.hostId, sessionId: session.id }, "agent disconnected");
     }
   }
-}
-
-/** Marks a promise as handled, so a read still pending when the stream ends cannot crash the process. */
-function observed<T>(p: Promise<T>): Promise<T> {
-  p.catch(() => undefined);
-  return p;
 }
 
 const EVENT_TYPES = { ADDED: WatchEventType.ADDED, MODIFIED: WatchEventType.MODIFIED, DELETED: WatchEventType.DELETED } as const;
