@@ -49,8 +49,8 @@ export interface HostChange {
   view: HostView;
 }
 
-/** A host change another replica made, as the Redis bus carries it. */
-interface RemoteHostChange {
+/** A host change to publish as stored (made here by an agent session or lease expiry, or by another replica). */
+interface PendingHostChange {
   type: HostChange["type"];
   deleted?: { name: string; address: string };
 }
@@ -251,7 +251,7 @@ export class HostRegistry {
   /** Publishes the current state of hosts changed elsewhere (agent sessions, lease expiry). */
   async announce(ids: string[]): Promise<void> {
     for (const id of ids) this.forward?.("MODIFIED", id);
-    await this.publishCurrent("MODIFIED", ids);
+    await this.publishStored(new Map(ids.map((id) => [id, { type: "MODIFIED" }])));
   }
 
   /** Tells other replicas of each change (set when there are several, with Redis). */
@@ -270,12 +270,13 @@ export class HostRegistry {
     this.remote.add(id, { type, deleted });
   }
 
-  private readonly remote = new ChangeRelay<RemoteHostChange>(
-    (batch) => this.publishRemote(batch),
+  private readonly remote = new ChangeRelay<PendingHostChange>(
+    (batch) => this.publishStored(batch),
     () => this.changes.interrupt(new UnavailableError("could not read a change another replica made; watch again")),
   );
 
-  private async publishRemote(batch: Map<string, RemoteHostChange>): Promise<void> {
+  /** Publishes changed hosts as the database has them now, to this replica's watchers (if any: reading costs). */
+  private async publishStored(batch: Map<string, PendingHostChange>): Promise<void> {
     if (this.changes.size === 0) return;
     const em = this.orm.em.fork();
     const current = new Map((await this.views(em, await em.find(Host, { id: { $in: [...batch.keys()] } }))).map((v) => [v.host.id, v]));
@@ -284,14 +285,6 @@ export class HostRegistry {
       // A host that is gone without a DELETED here was deleted after this change; that DELETED follows.
       if (view) this.changes.publish({ type, view });
     }
-  }
-
-  /** Publishes hosts as the database has them now, to this replica's watchers (if any: reading costs). */
-  private async publishCurrent(type: HostChange["type"], ids: string[]): Promise<void> {
-    if (this.changes.size === 0) return;
-    const em = this.orm.em.fork();
-    const hosts = await em.find(Host, { id: { $in: ids } });
-    for (const view of await this.views(em, hosts)) this.changes.publish({ type, view });
   }
 
   private emit(type: HostChange["type"], view: HostView): void {
