@@ -184,7 +184,9 @@ describe("e2e: the network between the agent and the control plane partitioned (
     const [hostMark, envMark, accepted] = [hostEvents.length, envEvents.length, proxy.accepted];
 
     proxy.reject();
-    await hold(2500);
+    // Short enough that the agent's growing reconnect delays (0.5, 1, 2 s at most) end inside the 6 s
+    // grace even at their longest: a 2.5 s reset could push the reconnect to 7.5 s.
+    await hold(1500);
     const during = await snapshot();
     assert.ok(await serves());
     proxy.heal();
