@@ -1,11 +1,17 @@
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { WorkloadState, type AgentCommand, type RunEnvironmentCommand } from "../../gen/remotegpu/v1/agent_pb.js";
-import { LogStream, PortProtocol } from "../../gen/remotegpu/v1/environment_pb.js";
-import { AgentSession } from "../../sdk/src/agent-session.js";
-import type { Logger } from "../platform/logger.js";
-import { gpuMetricsToMessage, hostSampleToMessage } from "../rpc/convert.js";
-import type { GpuSampleRecord, HostSampleRecord } from "../telemetry/latest-samples.js";
-import type { GpuInventoryEntry } from "./nvidia-smi.js";
+import {
+  AgentSession,
+  GpuInventoryItemSchema,
+  GpuMetricsSchema,
+  HostSampleSchema,
+  LogStream,
+  PortProtocol,
+  WorkloadState,
+  type AgentCommand,
+  type RunEnvironmentCommand,
+} from "@remotegpu/sdk";
+import type { Logger } from "./logger.js";
+import { toMessageInit, type GpuInventoryEntry, type GpuSampleRecord, type HostSampleRecord } from "./readings.js";
 import type { StatusReport, WorkloadEvents, WorkloadLogLine, Workloads, WorkloadSpec } from "./workloads.js";
 
 /** What the connection needs of the runtime. */
@@ -60,10 +66,14 @@ export class AgentConnection implements WorkloadEvents {
       hostId: o.hostId,
       token: o.token,
       agentVersion: o.agentVersion,
-      capacity: { cpuMillicores: BigInt(o.capacity.cpuMillicores), memoryBytes: BigInt(o.capacity.memoryBytes), diskBytes: BigInt(o.capacity.diskBytes) },
+      capacity: {
+        cpuMillicores: BigInt(o.capacity.cpuMillicores),
+        memoryBytes: BigInt(o.capacity.memoryBytes),
+        diskBytes: BigInt(o.capacity.diskBytes),
+      },
       read: async () => {
         const r = await o.read();
-        return { gpus: r.inventory.map((g) => ({ ...g, memoryBytes: BigInt(g.memoryBytes) })), heartbeat: heartbeat(r) };
+        return { gpus: r.inventory.map((g) => toMessageInit(GpuInventoryItemSchema, g)), heartbeat: heartbeat(r) };
       },
       intervalMs: o.intervalMs,
       bufferSize: o.bufferSize,
@@ -117,8 +127,13 @@ async function execute(w: WorkloadRunner, command: AgentCommand): Promise<{ ok: 
 function heartbeat(r: Reading) {
   return {
     sampleTime: timestampFromDate(r.time),
-    host: hostSampleToMessage(r.host),
-    gpus: r.samples.map((s) => ({ gpuUuid: s.gpuUuid, index: s.index, sampleTime: timestampFromDate(s.time), metrics: gpuMetricsToMessage(s.metrics) })),
+    host: toMessageInit(HostSampleSchema, r.host),
+    gpus: r.samples.map((s) => ({
+      gpuUuid: s.gpuUuid,
+      index: s.index,
+      sampleTime: timestampFromDate(s.time),
+      metrics: toMessageInit(GpuMetricsSchema, s.metrics),
+    })),
   };
 }
 
@@ -132,7 +147,12 @@ function workloadSpec(c: RunEnvironmentCommand): WorkloadSpec {
     env: { ...c.env },
     gpuUuids: c.gpuUuids,
     gpuIndices: c.gpuIndices,
-    ports: c.ports.map((p) => ({ name: p.name, containerPort: p.containerPort, hostPort: p.hostPort, protocol: p.protocol === PortProtocol.HTTP ? "HTTP" : "TCP" })),
+    ports: c.ports.map((p) => ({
+      name: p.name,
+      containerPort: p.containerPort,
+      hostPort: p.hostPort,
+      protocol: p.protocol === PortProtocol.HTTP ? "HTTP" : "TCP",
+    })),
     cpuMillicores: Number(c.cpuMillicores),
     memoryBytes: Number(c.memoryBytes),
     generation: Number(c.generation),

@@ -1,6 +1,6 @@
 import { statfs } from "node:fs/promises";
 import os from "node:os";
-import type { HostSampleRecord } from "../telemetry/latest-samples.js";
+import type { HostSampleRecord } from "./readings.js";
 
 /** CPU, memory, disk and uptime of this machine; CPU is measured between two calls. */
 export class HostStats {

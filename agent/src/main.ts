@@ -1,24 +1,29 @@
+#!/usr/bin/env node
+import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { ConnectError } from "@connectrpc/connect";
-import { createLogger } from "../platform/logger.js";
 import { AgentConnection } from "./agent-connection.js";
 import { HostStats } from "./host-stats.js";
+import { createLogger } from "./logger.js";
 import { collectNvidiaSmi } from "./nvidia-smi.js";
 import { SimulatedGpus } from "./simulated-gpus.js";
 import { Workloads } from "./workloads.js";
 
-// The RemoteGPU node agent: `npm run agent -- --server URL --host-id ID --token TOKEN [options]`.
+// The RemoteGPU node agent, the `remotegpu-agent` bin of @remotegpu/agent:
+//   remotegpu-agent --server URL --host-id ID --token TOKEN [options]
+// (in the repository, without a build: `npm run agent -- --server URL ...`).
 const USAGE = `usage: remotegpu-agent --server URL[,URL...] --host-id ID --token TOKEN [options]
-  --server URL          control plane URL(s), tried in turn        (env REMOTEGPU_SERVER)
+  --server URL          control plane URL(s), tried in turn         (env REMOTEGPU_SERVER)
   --host-id ID          the host this agent speaks for              (env REMOTEGPU_HOST_ID)
   --token TOKEN         the host's agent token from CreateHost      (env REMOTEGPU_AGENT_TOKEN)
   --interval SECONDS    heartbeat period; default: what the server asks
   --simulate-gpus N     report N simulated GPUs instead of running nvidia-smi
-  --data-dir DIR        where environments and their volumes live; default the current directory
+  --data-dir DIR        environments and volumes; default: cwd      (env REMOTEGPU_DATA_DIR)
   --process-mode        run environments as host processes even where docker or podman exists
-  --log-level LEVEL     default info`;
+  --log-level LEVEL     default info                                (env REMOTEGPU_LOG_LEVEL)`;
 
-const AGENT_VERSION = "0.1.0";
+// The package's own version (package.json sits beside src/ and dist/ alike).
+const AGENT_VERSION = (JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as { version: string }).version;
 
 const options = {
   server: { type: "string", default: process.env.REMOTEGPU_SERVER },
@@ -26,9 +31,9 @@ const options = {
   token: { type: "string", default: process.env.REMOTEGPU_AGENT_TOKEN },
   interval: { type: "string" },
   "simulate-gpus": { type: "string" },
-  "data-dir": { type: "string", default: process.cwd() },
+  "data-dir": { type: "string", default: process.env.REMOTEGPU_DATA_DIR || process.cwd() },
   "process-mode": { type: "boolean" },
-  "log-level": { type: "string", default: "info" },
+  "log-level": { type: "string", default: process.env.REMOTEGPU_LOG_LEVEL || "info" },
   help: { type: "boolean" },
 } as const;
 
@@ -47,7 +52,10 @@ if (values.help) {
   process.exit(0);
 }
 const problems: string[] = [];
-const servers = (values.server ?? "").split(",").map((s) => s.trim()).filter(Boolean);
+const servers = (values.server ?? "")
+  .split(",")
+  .map((s) => s.trim())
+  .filter(Boolean);
 if (servers.length === 0) problems.push("--server: required");
 for (const s of servers) if (!/^https?:\/\/[^/]+\/?$/.test(s)) problems.push(`--server: "${s}" is not an http(s)://host:port URL`);
 if (!values["host-id"]) problems.push("--host-id: required");
@@ -55,7 +63,8 @@ if (!values.token) problems.push("--token: required");
 const interval = values.interval === undefined ? undefined : Number(values.interval);
 if (interval !== undefined && !(interval >= 1 && interval <= 3600)) problems.push("--interval: seconds from 1 to 3600");
 const simulated = values["simulate-gpus"] === undefined ? undefined : Number(values["simulate-gpus"]);
-if (simulated !== undefined && !(Number.isInteger(simulated) && simulated >= 0 && simulated <= 64)) problems.push("--simulate-gpus: a whole number from 0 to 64");
+if (simulated !== undefined && !(Number.isInteger(simulated) && simulated >= 0 && simulated <= 64))
+  problems.push("--simulate-gpus: a whole number from 0 to 64");
 if (problems.length > 0) {
   for (const p of problems) process.stderr.write(`agent: ${p}\n`);
   process.stderr.write(`${USAGE}\n`);

@@ -12,8 +12,7 @@
  * - PCIe throughput: NVML has counters, query-gpu has no field for them, so rx/tx stay undefined.
  */
 import { execFile } from "node:child_process";
-import type { ReportedGpu } from "../host/inventory-sync.js";
-import type { GpuMetrics, GpuSampleRecord } from "../telemetry/latest-samples.js";
+import type { GpuInventoryEntry, GpuMetrics, GpuSampleRecord } from "./readings.js";
 
 /**
  * Fields the collector asks for, in order. All have been accepted by query-gpu for many driver
@@ -41,11 +40,6 @@ export const QUERY_FIELDS: readonly string[] = Object.freeze([
 
 /** QUERY_FIELDS without the fields that pre-R450 drivers reject. */
 export const LEGACY_QUERY_FIELDS: readonly string[] = Object.freeze(QUERY_FIELDS.filter((f) => f !== "mig.mode.current"));
-
-/** One GPU as the agent reports it in its hello. */
-export interface GpuInventoryEntry extends ReportedGpu {
-  migEnabled: boolean;
-}
 
 export interface NvidiaSmiResult {
   inventory: GpuInventoryEntry[];
@@ -157,7 +151,9 @@ function splitHeaderCell(cell: string): { field: string; unit: string } {
 
 /** Placeholders nvidia-smi prints where it has no value: [N/A], [Not Supported], [Unknown Error], … */
 function isMissing(value: string): boolean {
-  return value === "" || /^\[.*\]$/.test(value) || /^n\/?a$/i.test(value) || value === "ERR!" || /^(not supported|unknown error)$/i.test(value);
+  return (
+    value === "" || /^\[.*\]$/.test(value) || /^n\/?a$/i.test(value) || value === "ERR!" || /^(not supported|unknown error)$/i.test(value)
+  );
 }
 
 function looksLikeHeader(cells: string[]): boolean {
@@ -263,16 +259,16 @@ export function parseQueryGpuRows(input: string, fields: readonly string[] = QUE
     });
 
     const row: ParsedGpuRow = { line: line.number, metrics: {}, raw };
-    const index = presentText(raw["index"]);
+    const index = presentText(raw.index);
     if (index !== undefined) {
       if (/^\d+$/.test(index)) row.index = Number(index);
       else warnings.push(`line ${line.number}: index: unreadable value "${index}"`);
     }
-    const uuid = presentText(raw["uuid"]);
+    const uuid = presentText(raw.uuid);
     if (uuid !== undefined) row.uuid = uuid;
-    const name = presentText(raw["name"]);
+    const name = presentText(raw.name);
     if (name !== undefined) row.name = name;
-    const driverVersion = presentText(raw["driver_version"]);
+    const driverVersion = presentText(raw.driver_version);
     if (driverVersion !== undefined) row.driverVersion = driverVersion;
     const mig = presentText(raw["mig.mode.current"])?.toLowerCase();
     if (mig === "enabled") row.migEnabled = true;
@@ -354,10 +350,15 @@ export interface CollectNvidiaSmiOptions {
 function defaultRun(timeoutMs: number): (file: string, args: string[]) => Promise<string> {
   return (file, args) =>
     new Promise((resolve, reject) => {
-      execFile(file, args, { timeout: timeoutMs, maxBuffer: 8 * 1024 * 1024, windowsHide: true, encoding: "utf8" }, (error, stdout, stderr) => {
-        if (error) reject(Object.assign(error, { stdout, stderr, timeoutMs }));
-        else resolve(stdout);
-      });
+      execFile(
+        file,
+        args,
+        { timeout: timeoutMs, maxBuffer: 8 * 1024 * 1024, windowsHide: true, encoding: "utf8" },
+        (error, stdout, stderr) => {
+          if (error) reject(Object.assign(error, { stdout, stderr, timeoutMs }));
+          else resolve(stdout);
+        },
+      );
     });
 }
 

@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
-import type { GpuSampleRecord } from "../telemetry/latest-samples.js";
-import type { GpuInventoryEntry, NvidiaSmiResult } from "./nvidia-smi.js";
+import type { NvidiaSmiResult } from "./nvidia-smi.js";
+import type { GpuInventoryEntry, GpuSampleRecord } from "./readings.js";
 
 const MiB = 1024 * 1024;
 const H100_MEMORY_MIB = 81559;

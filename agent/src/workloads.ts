@@ -4,7 +4,7 @@ import net from "node:net";
 import path from "node:path";
 import { StringDecoder } from "node:string_decoder";
 import { promisify } from "node:util";
-import type { Logger } from "../platform/logger.js";
+import type { Logger } from "./logger.js";
 
 export type WorkloadState = "STARTING" | "RUNNING" | "STOPPED" | "FAILED" | "REMOVED";
 export type LogStreamName = "STDOUT" | "STDERR" | "SYSTEM";
@@ -216,13 +216,22 @@ export class Workloads {
     return this.serial(spec.environmentId, async () => {
       if (this.closed) throw new Error("the agent is shutting down");
       const current = this.workloads.get(spec.environmentId);
-      if (current && spec.generation < current.spec.generation) return { ok: true, message: `ignored: generation ${spec.generation} is older than ${current.spec.generation}` };
+      if (current && spec.generation < current.spec.generation)
+        return { ok: true, message: `ignored: generation ${spec.generation} is older than ${current.spec.generation}` };
       if (current && spec.generation === current.spec.generation) {
         this.report(current);
         return { ok: true, message: `generation ${spec.generation} is already ${current.state.toLowerCase()}` };
       }
       if (current) await this.stopWorkload(current, `replaced by generation ${spec.generation}`);
-      const w: Workload = { spec, state: "STARTING", message: "", since: new Date(), stopping: false, proxies: [], logs: this.logBatch(spec.environmentId) };
+      const w: Workload = {
+        spec,
+        state: "STARTING",
+        message: "",
+        since: new Date(),
+        stopping: false,
+        proxies: [],
+        logs: this.logBatch(spec.environmentId),
+      };
       this.workloads.set(spec.environmentId, w);
       await this.start(w);
       return w.state === "FAILED" ? { ok: false, message: w.message } : { ok: true, message: "started" };
@@ -242,7 +251,13 @@ export class Workloads {
         w.spec = { ...w.spec, generation: Math.max(w.spec.generation, generation) };
         await this.stopWorkload(w, "stopped on request");
       } else {
-        this.emit({ environmentId, generation: Math.max(generation, await this.savedGeneration(environmentId)), state: "STOPPED", message: "not running", time: new Date() });
+        this.emit({
+          environmentId,
+          generation: Math.max(generation, await this.savedGeneration(environmentId)),
+          state: "STOPPED",
+          message: "not running",
+          time: new Date(),
+        });
       }
     });
   }
@@ -286,7 +301,9 @@ export class Workloads {
     const volume = path.join(dir, "volume");
     this.transition(w, "STARTING", "");
     try {
-      for (const p of spec.ports) if (!validPort(p.containerPort) || !(p.hostPort === 0 || validPort(p.hostPort))) throw new Error(`port ${p.name}: invalid port numbers`);
+      for (const p of spec.ports)
+        if (!validPort(p.containerPort) || !(p.hostPort === 0 || validPort(p.hostPort)))
+          throw new Error(`port ${p.name}: invalid port numbers`);
       await mkdir(volume, { recursive: true });
       // Lets a stop or remove after an agent restart report the generation it ended.
       await writeFile(path.join(dir, "workload.json"), JSON.stringify(spec));
@@ -317,7 +334,10 @@ export class Workloads {
   /** RUNNING once every port accepts connections (right away without ports). */
   private async awaitReady(w: Workload): Promise<void> {
     // In process mode the workload listens on 127.0.0.1; a container is reached through its published ports.
-    const ports = this.engine === "process" ? w.spec.ports.map((p) => p.containerPort) : w.spec.ports.filter((p) => p.hostPort > 0).map((p) => p.hostPort);
+    const ports =
+      this.engine === "process"
+        ? w.spec.ports.map((p) => p.containerPort)
+        : w.spec.ports.filter((p) => p.hostPort > 0).map((p) => p.hostPort);
     while (w.state === "STARTING" && !w.stopping) {
       const open = await Promise.all(ports.map(accepts));
       if (open.every(Boolean)) {
@@ -530,7 +550,10 @@ class LineSplitter {
 
 function capLine(text: string): string {
   if (Buffer.byteLength(text) <= MAX_LINE_BYTES) return text;
-  return Buffer.from(text).subarray(0, MAX_LINE_BYTES).toString("utf8").replace(/\uFFFD$/, ""); // no half character
+  return Buffer.from(text)
+    .subarray(0, MAX_LINE_BYTES)
+    .toString("utf8")
+    .replace(/\uFFFD$/, ""); // no half character
 }
 
 /** Collects lines and hands them on every LOG_BATCH_MS or LOG_BATCH_LINES, whichever comes first. */

@@ -1,5 +1,5 @@
 // The node agent's side of HostService.StreamHeartbeats, for any program that speaks for a host:
-// RemoteGPU's own agent (src/agent) is built on it.
+// RemoteGPU's own agent (@remotegpu/agent, in agent/) is built on it.
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { durationMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
@@ -135,7 +135,10 @@ export class AgentSession {
 
   /** Sends a workload's output lines up the stream, or keeps the newest of them for the next one. */
   reportLogs(environmentId: string, lines: LogLine[]): void {
-    if (this.live) return this.live({ case: "environmentLogs", value: { environmentId, lines } });
+    if (this.live) {
+      this.live({ case: "environmentLogs", value: { environmentId, lines } });
+      return;
+    }
     for (const line of lines) this.pendingLogs.push({ environmentId, line });
     const max = this.o.logBufferLines ?? 2000;
     if (this.pendingLogs.length > max) this.pendingLogs.splice(0, this.pendingLogs.length - max);
@@ -162,7 +165,9 @@ export class AgentSession {
     this.log.info({ command: command.commandId, kind: command.command.case }, "command from the control plane");
     try {
       if (w) return await w.execute(command);
-      return command.command.case === "drain" ? { ok: true, message: "draining; this agent runs no workloads" } : { ok: false, message: "this agent runs no workloads" };
+      return command.command.case === "drain"
+        ? { ok: true, message: "draining; this agent runs no workloads" }
+        : { ok: false, message: "this agent runs no workloads" };
     } catch (err) {
       this.log.warn({ command: command.commandId, kind: command.command.case, err }, "command failed");
       return { ok: false, message: err instanceof Error ? err.message : String(err) };
@@ -202,7 +207,12 @@ export class AgentSession {
     // that died without a reset (a peer that lost power, a path that silently drops everything)
     // never errors by itself, and the agent would wait on it while its host goes OFFLINE.
     const keepaliveMs = Math.max(this.intervalMs, 1000);
-    const transport = createGrpcTransport({ baseUrl: server, interceptors: [auth], pingIntervalMs: 2 * keepaliveMs, pingTimeoutMs: keepaliveMs });
+    const transport = createGrpcTransport({
+      baseUrl: server,
+      interceptors: [auth],
+      pingIntervalMs: 2 * keepaliveMs,
+      pingTimeoutMs: keepaliveMs,
+    });
     const client = createClient(HostService, transport);
     const requests = new Channel<StreamHeartbeatsRequest>();
     const stop = new AbortController();

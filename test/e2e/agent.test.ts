@@ -8,13 +8,13 @@ import { HostService, HostStatus } from "../../gen/remotegpu/v1/host_pb.js";
 import { createApp, type App } from "../../src/app.js";
 import { loadConfig } from "../../src/config.js";
 import { createLogger } from "../../src/platform/logger.js";
-import { ROOT, freePort } from "../support/child.js";
+import { ROOT, agentArgv, freePort } from "../support/child.js";
 import { createTestDatabase, type TestDatabase } from "../support/database.js";
 import { ADMIN_TOKEN } from "../support/server.js";
 import { eventually } from "../support/eventually.js";
 
 function runAgent(args: string[]): { child: ChildProcess; stderr: () => string; exited: Promise<number | null> } {
-  const child = spawn(process.execPath, ["--import", "tsx", "src/agent/main.ts", ...args], { cwd: ROOT, stdio: ["ignore", "ignore", "pipe"] });
+  const child = spawn(process.execPath, agentArgv(args), { cwd: ROOT, stdio: ["ignore", "ignore", "pipe"] });
   let err = "";
   child.stderr!.setEncoding("utf8").on("data", (c: string) => (err += c));
   return { child, stderr: () => err, exited: new Promise((resolve) => child.once("exit", (code) => resolve(code))) };
@@ -45,7 +45,12 @@ describe("e2e: the node agent", function () {
     createConnectTransport({
       baseUrl: `http://127.0.0.1:${port}`,
       httpVersion: "1.1",
-      interceptors: [(next) => (req) => (req.header.set("authorization", `Bearer ${ADMIN_TOKEN}`), next(req))],
+      interceptors: [
+        (next) => (req) => {
+          req.header.set("authorization", `Bearer ${ADMIN_TOKEN}`);
+          return next(req);
+        },
+      ],
     });
 
   before(async () => {
@@ -80,7 +85,9 @@ describe("e2e: the node agent", function () {
     const downTo = new Date();
     await start();
 
-    await eventually("samples on the restarted server", async () => ((await gpus.getGpu({ id: first[0]!.id })).gpu?.latestSample ? true : undefined));
+    await eventually("samples on the restarted server", async () =>
+      (await gpus.getGpu({ id: first[0]!.id })).gpu?.latestSample ? true : undefined,
+    );
     // Readings taken while the server was down arrive with their own time and land in history.
     const buckets = await eventually("history covering the outage", async () => {
       await app!.maintain();
@@ -99,7 +106,16 @@ describe("e2e: the node agent", function () {
   });
 
   it("exits with a clear message when the server refuses its token", async () => {
-    const agent = runAgent(["--server", `http://127.0.0.1:${port}`, "--host-id", "00000000-0000-4000-8000-000000000000", "--token", "not-a-token", "--simulate-gpus", "1"]);
+    const agent = runAgent([
+      "--server",
+      `http://127.0.0.1:${port}`,
+      "--host-id",
+      "00000000-0000-4000-8000-000000000000",
+      "--token",
+      "not-a-token",
+      "--simulate-gpus",
+      "1",
+    ]);
     agents.push(agent.child);
     assert.equal(await agent.exited, 1);
     assert.match(agent.stderr(), /refused this agent: .*invalid token/);

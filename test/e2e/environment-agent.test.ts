@@ -8,7 +8,7 @@ import { EnvironmentService, EnvironmentStatus, PortProtocol } from "../../gen/r
 import { GpuService } from "../../gen/remotegpu/v1/gpu_pb.js";
 import { HostService } from "../../gen/remotegpu/v1/host_pb.js";
 import { WorkspaceService } from "../../gen/remotegpu/v1/workspace_pb.js";
-import { ROOT, freePort, isListening } from "../support/child.js";
+import { ROOT, agentArgv, freePort, isListening } from "../support/child.js";
 import { startTestServer, type TestServer } from "../support/server.js";
 import { systemClock } from "../../src/platform/clock.js";
 import { eventually } from "../support/eventually.js";
@@ -23,7 +23,10 @@ describe("e2e: an environment run for real by the agent (process mode, simulated
   before(async () => {
     dataDir = await mkdtemp(path.join(tmpdir(), "remotegpu-agent-"));
     const first = await freePort();
-    server = await startTestServer({ clock: systemClock, env: { HEARTBEAT_INTERVAL_SECONDS: "1", HOST_GRACE_SECONDS: "5", HOST_PORT_RANGE: `${first}-${first}` } });
+    server = await startTestServer({
+      clock: systemClock,
+      env: { HEARTBEAT_INTERVAL_SECONDS: "1", HOST_GRACE_SECONDS: "5", HOST_PORT_RANGE: `${first}-${first}` },
+    });
   });
   after(async () => {
     agent?.kill("SIGKILL");
@@ -35,7 +38,19 @@ describe("e2e: an environment run for real by the agent (process mode, simulated
     const { host, agentToken } = await server.client(HostService).createHost({ name: "real-agent", address: "127.0.0.1" });
     agent = spawn(
       process.execPath,
-      ["--import", "tsx", "src/agent/main.ts", "--server", server.baseUrl, "--host-id", host!.id, "--token", agentToken, "--simulate-gpus", "4", "--data-dir", dataDir, "--process-mode"],
+      agentArgv([
+        "--server",
+        server.baseUrl,
+        "--host-id",
+        host!.id,
+        "--token",
+        agentToken,
+        "--simulate-gpus",
+        "4",
+        "--data-dir",
+        dataDir,
+        "--process-mode",
+      ]),
       { cwd: ROOT, stdio: ["ignore", "ignore", "pipe"] },
     );
     agent.stderr!.setEncoding("utf8").on("data", (c: string) => (agentErr += c));
@@ -74,7 +89,10 @@ describe("e2e: an environment run for real by the agent (process mode, simulated
       for await (const r of envs.streamLogs({ environmentId: created.id, tailLines: 100 })) lines.push(...r.lines.map((l) => l.text));
       return lines.some((l) => l.includes("GET /hello.txt")) && lines.some((l) => l.startsWith("gpus=GPU-")) && lines;
     });
-    const visible = logs.find((l) => l.startsWith("gpus="))!.slice(5).split(",");
+    const visible = logs
+      .find((l) => l.startsWith("gpus="))!
+      .slice(5)
+      .split(",");
     const allocated = await Promise.all(created.gpuIds.map(async (id) => (await gpus.getGpu({ id })).gpu!.uuid));
     assert.deepEqual(visible.sort(), allocated.sort(), "the process sees exactly its GPUs");
 
@@ -93,7 +111,10 @@ describe("e2e: an environment run for real by the agent (process mode, simulated
     assert.equal(again, "hello from the volume\n");
 
     await envs.deleteEnvironment({ id: created.id });
-    await eventually("the environment gone", async () => (await envs.getEnvironment({ id: created.id }).catch(() => undefined)) === undefined);
+    await eventually(
+      "the environment gone",
+      async () => (await envs.getEnvironment({ id: created.id }).catch(() => undefined)) === undefined,
+    );
     assert.equal(await isListening(hostPort), false);
     await eventually("the volume removed", async () => !existsSync(path.join(dataDir, "environments", created.id)));
 

@@ -8,7 +8,7 @@ import { EnvironmentService, EnvironmentStatus, type Environment } from "../../g
 import { GpuService, GpuStatus } from "../../gen/remotegpu/v1/gpu_pb.js";
 import { HostService, HostStatus, type Host } from "../../gen/remotegpu/v1/host_pb.js";
 import { WorkspaceService } from "../../gen/remotegpu/v1/workspace_pb.js";
-import { ROOT, freePort, serverEnv, spawnServer, type ServerProcess } from "../support/child.js";
+import { ROOT, agentArgv, freePort, serverEnv, spawnServer, type ServerProcess } from "../support/child.js";
 import { createTestDatabase, type TestDatabase } from "../support/database.js";
 import { eventually } from "../support/eventually.js";
 import { ADMIN_TOKEN, clients } from "../support/server.js";
@@ -51,8 +51,10 @@ describe("e2e: the network between the agent and the control plane partitioned (
     }
   };
   /** How many times the workload was started: each start appends a line to its volume's starts.log. */
-  const starts = async () => (await readFile(path.join(dataDir, "agent", "environments", envId, "volume", "starts.log"), "utf8")).trim().split("\n").length;
-  const logs = () => `\n--- agent ---\n${agentOut.slice(-3000)}\n--- server ---\n${server.stdout().slice(-3000)}${server.stderr().slice(-1000)}`;
+  const starts = async () =>
+    (await readFile(path.join(dataDir, "agent", "environments", envId, "volume", "starts.log"), "utf8")).trim().split("\n").length;
+  const logs = () =>
+    `\n--- agent ---\n${agentOut.slice(-3000)}\n--- server ---\n${server.stdout().slice(-3000)}${server.stderr().slice(-1000)}`;
   /** eventually(), with both processes' latest output when it gives up. */
   const waitFor = <T>(what: string, check: () => Promise<T | undefined | false>, ms?: number) =>
     eventually(what, check, ms).catch((err: Error) => {
@@ -60,10 +62,14 @@ describe("e2e: the network between the agent and the control plane partitioned (
     });
   /** Heartbeats and readings arrive again: a heartbeat recorded and a GPU reading taken after `since`. */
   const freshAfter = (since: number) =>
-    waitFor(`a heartbeat and a reading after ${new Date(since).toISOString()}`, async () => {
-      const [host, gpus] = await Promise.all([getHost(), listGpus()]);
-      return time(host.lastHeartbeatTime) > since && gpus.every((g) => time(g.latestSample?.sampleTime) > since);
-    }, 30_000);
+    waitFor(
+      `a heartbeat and a reading after ${new Date(since).toISOString()}`,
+      async () => {
+        const [host, gpus] = await Promise.all([getHost(), listGpus()]);
+        return time(host.lastHeartbeatTime) > since && gpus.every((g) => time(g.latestSample?.sampleTime) > since);
+      },
+      30_000,
+    );
   const hold = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
   before(async () => {
@@ -95,11 +101,28 @@ describe("e2e: the network between the agent and the control plane partitioned (
     // The agent reaches the control plane only through the proxy; users reach its workloads directly.
     agent = spawn(
       process.execPath,
-      ["--import", "tsx", "src/agent/main.ts", "--server", proxy.url, "--host-id", hostId, "--token", agentToken, "--simulate-gpus", "2", "--process-mode", "--data-dir", path.join(dataDir, "agent")],
+      agentArgv([
+        "--server",
+        proxy.url,
+        "--host-id",
+        hostId,
+        "--token",
+        agentToken,
+        "--simulate-gpus",
+        "2",
+        "--process-mode",
+        "--data-dir",
+        path.join(dataDir, "agent"),
+      ]),
       { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] },
     );
-    for (const s of [agent.stdout!, agent.stderr!]) s.setEncoding("utf8").on("data", (c: string) => (agentOut = (agentOut + c).slice(-20_000)));
-    await waitFor("the host ONLINE with its 2 GPUs", async () => (await getHost()).status === HostStatus.ONLINE && (await listGpus()).length === 2, 60_000);
+    for (const s of [agent.stdout!, agent.stderr!])
+      s.setEncoding("utf8").on("data", (c: string) => (agentOut = (agentOut + c).slice(-20_000)));
+    await waitFor(
+      "the host ONLINE with its 2 GPUs",
+      async () => (await getHost()).status === HostStatus.ONLINE && (await listGpus()).length === 2,
+      60_000,
+    );
 
     const workspaceId = (await api.client(WorkspaceService).createWorkspace({ name: "partition" })).workspace!.id;
     const containerPort = await freePort();
@@ -147,7 +170,14 @@ describe("e2e: the network between the agent and the control plane partitioned (
     return {
       host: [HostStatus[host.status], host.statusMessage],
       gpus: await gpuState(),
-      env: [EnvironmentStatus[env.status], env.statusMessage, env.hostId, [...env.gpuIds].sort().join(","), env.portMappings.map((p) => p.hostPort).join(","), env.transitions.length],
+      env: [
+        EnvironmentStatus[env.status],
+        env.statusMessage,
+        env.hostId,
+        [...env.gpuIds].sort().join(","),
+        env.portMappings.map((p) => p.hostPort).join(","),
+        env.transitions.length,
+      ],
     };
   };
 
@@ -158,7 +188,14 @@ describe("e2e: the network between the agent and the control plane partitioned (
     assert.ok(await serves());
     assert.equal(await starts(), 1);
     assert.deepEqual(envEvents.slice(envMark), [], "no environment event");
-    assert.deepEqual(hostEvents.slice(hostMark).map((h) => HostStatus[h.status]).filter((s) => s !== "ONLINE"), [], "no host status change");
+    assert.deepEqual(
+      hostEvents
+        .slice(hostMark)
+        .map((h) => HostStatus[h.status])
+        .filter((s) => s !== "ONLINE"),
+      [],
+      "no host status change",
+    );
   };
 
   it("a partition shorter than the grace changes nothing users see, and the agent's heartbeats resume", async () => {
@@ -236,10 +273,20 @@ describe("e2e: the network between the agent and the control plane partitioned (
     assert.equal(EnvironmentStatus[marked.status], "RUNNING", "marked, not failed");
     assert.match(marked.statusMessage, new RegExp(`failing it after ${LOST_S} s offline`));
     const gpus = await listGpus();
-    assert.deepEqual(gpus.map((g) => GpuStatus[g.status]), ["OFFLINE", "OFFLINE"]);
-    assert.deepEqual(gpus.filter((g) => g.environmentId === envId).map((g) => g.id), env0.gpuIds, "its GPU is still its own");
+    assert.deepEqual(
+      gpus.map((g) => GpuStatus[g.status]),
+      ["OFFLINE", "OFFLINE"],
+    );
+    assert.deepEqual(
+      gpus.filter((g) => g.environmentId === envId).map((g) => g.id),
+      env0.gpuIds,
+      "its GPU is still its own",
+    );
     assert.deepEqual(marked.gpuIds, env0.gpuIds);
-    assert.deepEqual(marked.portMappings.map((p) => p.hostPort), [hostPort]);
+    assert.deepEqual(
+      marked.portMappings.map((p) => p.hostPort),
+      [hostPort],
+    );
     assert.ok(await serves(), "the workload keeps serving while its host is unreachable");
     proxy.heal();
     const healedAt = Date.now();
@@ -264,14 +311,21 @@ describe("e2e: the network between the agent and the control plane partitioned (
   it("a partition longer than ENVIRONMENT_LOST_HOST_SECONDS: the environment FAILED, its GPU freed, its workload stopped when the host returns", async () => {
     const env0 = await getEnv();
     proxy.partition();
-    const failed = await waitFor("FAILED", async () => {
-      const e = await getEnv();
-      return e.status === EnvironmentStatus.FAILED && e;
-    }, 60_000);
+    const failed = await waitFor(
+      "FAILED",
+      async () => {
+        const e = await getEnv();
+        return e.status === EnvironmentStatus.FAILED && e;
+      },
+      60_000,
+    );
     assert.match(failed.statusMessage, new RegExp(`offline for more than ${LOST_S} s`));
     assert.deepEqual(failed.gpuIds, []);
     assert.deepEqual(failed.portMappings, []);
-    assert.ok((await listGpus()).every((g) => g.environmentId === ""), "its GPU released");
+    assert.ok(
+      (await listGpus()).every((g) => g.environmentId === ""),
+      "its GPU released",
+    );
     assert.ok(await serves(), "the agent, cut off, has not heard yet");
     proxy.heal();
 

@@ -9,8 +9,13 @@ import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { WorkloadState, type AgentHello } from "../../gen/remotegpu/v1/agent_pb.js";
 import { LogStream } from "../../gen/remotegpu/v1/environment_pb.js";
-import { HostService, StreamHeartbeatsResponseSchema, type StreamHeartbeatsRequest, type StreamHeartbeatsResponse } from "../../gen/remotegpu/v1/host_pb.js";
-import { AgentConnection } from "../../src/agent/agent-connection.js";
+import {
+  HostService,
+  StreamHeartbeatsResponseSchema,
+  type StreamHeartbeatsRequest,
+  type StreamHeartbeatsResponse,
+} from "../../gen/remotegpu/v1/host_pb.js";
+import { AgentConnection } from "../../agent/src/agent-connection.js";
 import {
   containerRunArgs,
   Workloads,
@@ -19,7 +24,7 @@ import {
   type WorkloadLogLine,
   type WorkloadSpec,
   type WorkloadState as State,
-} from "../../src/agent/workloads.js";
+} from "../../agent/src/workloads.js";
 import { Channel } from "../../src/platform/channel.js";
 import { createLogger } from "../../src/platform/logger.js";
 import { freePort, isListening } from "../support/child.js";
@@ -72,11 +77,15 @@ class Recorder extends Waiter implements WorkloadEvents {
   /** The first report for `id` in `state` (of `generation`, when given), past or future. */
   state(id: string, state: State, generation?: number): Promise<StatusReport> {
     const what = `${id} ${state}${generation === undefined ? "" : ` (generation ${generation})`}; reports so far: ${this.describe(id)}`;
-    return this.until(what, () => this.statuses.find((s) => s.environmentId === id && s.state === state && (generation === undefined || s.generation === generation)));
+    return this.until(what, () =>
+      this.statuses.find((s) => s.environmentId === id && s.state === state && (generation === undefined || s.generation === generation)),
+    );
   }
 
   line(id: string, match: (l: WorkloadLogLine) => boolean, what: string): Promise<WorkloadLogLine> {
-    return this.until(`log line ${what} of ${id}; lines so far: ${JSON.stringify(this.texts(id))}`, () => this.lines.find((l) => l.environmentId === id && match(l)));
+    return this.until(`log line ${what} of ${id}; lines so far: ${JSON.stringify(this.texts(id))}`, () =>
+      this.lines.find((l) => l.environmentId === id && match(l)),
+    );
   }
 
   count(id: string, state: State): number {
@@ -96,7 +105,19 @@ class Recorder extends Waiter implements WorkloadEvents {
 }
 
 function spec(environmentId: string, command: string[], more: Partial<WorkloadSpec> = {}): WorkloadSpec {
-  return { environmentId, workspaceId: "ws-1", image: "", command, args: [], env: {}, gpuUuids: [], gpuIndices: [], ports: [], generation: 1, ...more };
+  return {
+    environmentId,
+    workspaceId: "ws-1",
+    image: "",
+    command,
+    args: [],
+    env: {},
+    gpuUuids: [],
+    gpuIndices: [],
+    ports: [],
+    generation: 1,
+    ...more,
+  };
 }
 
 /** Two distinct free ports. */
@@ -203,7 +224,8 @@ describe("integration: the agent runtime (process mode)", function () {
 
   it("gives the process its GPUs, ports, id and home in the environment", async () => {
     const port = await freePort();
-    const script = 'echo "gpus=$CUDA_VISIBLE_DEVICES nv=$NVIDIA_VISIBLE_DEVICES port=$PORT ui=$PORT_WEB_UI id=$REMOTEGPU_ENVIRONMENT_ID home=$HOME pwd=$(pwd) x=$X"';
+    const script =
+      'echo "gpus=$CUDA_VISIBLE_DEVICES nv=$NVIDIA_VISIBLE_DEVICES port=$PORT ui=$PORT_WEB_UI id=$REMOTEGPU_ENVIRONMENT_ID home=$HOME pwd=$(pwd) x=$X"';
     await workloads.run(
       spec("env-vars", ["sh", "-c"], {
         args: [script],
@@ -234,7 +256,9 @@ describe("integration: the agent runtime (process mode)", function () {
     const squatter = net.createServer();
     await new Promise<void>((resolve) => squatter.listen(hostPort, "0.0.0.0", resolve));
     try {
-      const busy = await workloads.run(spec("env-busy", ["sleep", "30"], { ports: [{ name: "ssh", containerPort, hostPort, protocol: "TCP" }] }));
+      const busy = await workloads.run(
+        spec("env-busy", ["sleep", "30"], { ports: [{ name: "ssh", containerPort, hostPort, protocol: "TCP" }] }),
+      );
       assert.equal(busy.ok, false);
       const failed = await events.state("env-busy", "FAILED");
       assert.match(failed.message, new RegExp(`port ssh: cannot listen on ${hostPort}: .*EADDRINUSE`));
@@ -313,13 +337,40 @@ describe("unit: container run arguments", () => {
 
   it("docker: GPUs as one quoted device list, ports, volume, env, limits, entrypoint", () => {
     assert.deepEqual(containerRunArgs("docker", base, "/data/environments/env-1/volume"), [
-      "run", "-d", "--name", "rgpu-env-1", "--label", "remotegpu.environment=env-1",
-      "--gpus", '"device=GPU-aaa,GPU-bbb"',
-      "-p", "31000:8000",
-      "-v", "/data/environments/env-1/volume:/workspace", "-w", "/workspace",
-      "-e", "TOKEN=a=b", "-e", "REMOTEGPU_ENVIRONMENT_ID=env-1", "-e", "PORT=8000", "-e", "PORT_WEB=8000", "-e", "PORT_SSH=22",
-      "--cpus", "4.5", "--memory", String(8 * 2 ** 30),
-      "--entrypoint", "python3", "pytorch/pytorch:2.4", "-m", "http.server", "8000",
+      "run",
+      "-d",
+      "--name",
+      "rgpu-env-1",
+      "--label",
+      "remotegpu.environment=env-1",
+      "--gpus",
+      '"device=GPU-aaa,GPU-bbb"',
+      "-p",
+      "31000:8000",
+      "-v",
+      "/data/environments/env-1/volume:/workspace",
+      "-w",
+      "/workspace",
+      "-e",
+      "TOKEN=a=b",
+      "-e",
+      "REMOTEGPU_ENVIRONMENT_ID=env-1",
+      "-e",
+      "PORT=8000",
+      "-e",
+      "PORT_WEB=8000",
+      "-e",
+      "PORT_SSH=22",
+      "--cpus",
+      "4.5",
+      "--memory",
+      String(8 * 2 ** 30),
+      "--entrypoint",
+      "python3",
+      "pytorch/pytorch:2.4",
+      "-m",
+      "http.server",
+      "8000",
     ]);
   });
 
@@ -327,7 +378,21 @@ describe("unit: container run arguments", () => {
     const args = containerRunArgs("podman", base, "/v");
     assert.deepEqual(args.slice(6, 10), ["--device", "nvidia.com/gpu=GPU-aaa", "--device", "nvidia.com/gpu=GPU-bbb"]);
     const bare = containerRunArgs("docker", spec("env-2", [], { image: "ubuntu:24.04" }), "/v");
-    assert.deepEqual(bare, ["run", "-d", "--name", "rgpu-env-2", "--label", "remotegpu.environment=env-2", "-v", "/v:/workspace", "-w", "/workspace", "-e", "REMOTEGPU_ENVIRONMENT_ID=env-2", "ubuntu:24.04"]);
+    assert.deepEqual(bare, [
+      "run",
+      "-d",
+      "--name",
+      "rgpu-env-2",
+      "--label",
+      "remotegpu.environment=env-2",
+      "-v",
+      "/v:/workspace",
+      "-w",
+      "/workspace",
+      "-e",
+      "REMOTEGPU_ENVIRONMENT_ID=env-2",
+      "ubuntu:24.04",
+    ]);
   });
 });
 
@@ -409,7 +474,21 @@ describe("integration: the agent connection drives the runtime", function () {
       logBufferLines: 3,
       initialBackoffMs: 50,
       maxBackoffMs: 100,
-      read: async () => ({ inventory: [], samples: [], time: new Date(), host: { time: new Date(), cpuUtilization: 0, memoryUsedBytes: 0, memoryTotalBytes: 1, diskUsedBytes: 0, diskTotalBytes: 1, load1: 0, uptimeSeconds: 1 } }),
+      read: async () => ({
+        inventory: [],
+        samples: [],
+        time: new Date(),
+        host: {
+          time: new Date(),
+          cpuUtilization: 0,
+          memoryUsedBytes: 0,
+          memoryTotalBytes: 1,
+          diskUsedBytes: 0,
+          diskTotalBytes: 1,
+          load1: 0,
+          uptimeSeconds: 1,
+        },
+      }),
     });
   });
   afterEach(async () => {
@@ -433,7 +512,9 @@ describe("integration: the agent connection drives the runtime", function () {
     match: (v: Extract<StreamHeartbeatsRequest["message"], { case: C }>["value"]) => boolean,
   ) =>
     waiter.until(`a ${kind} message; got ${s.received.map((r) => r.message.case).join(", ")}`, () => {
-      for (const r of s.received) if (r.message.case === kind && match(r.message.value as never)) return r.message.value as Extract<StreamHeartbeatsRequest["message"], { case: C }>["value"];
+      for (const r of s.received)
+        if (r.message.case === kind && match(r.message.value as never))
+          return r.message.value as Extract<StreamHeartbeatsRequest["message"], { case: C }>["value"];
       return undefined;
     });
 
@@ -445,7 +526,13 @@ describe("integration: the agent connection drives the runtime", function () {
 
     s1.send({
       case: "command",
-      value: { commandId: "c1", command: { case: "runEnvironment", value: { environmentId: "env-a", command: ["sh", "-c", "echo hello from env-a; exec sleep 300"], generation: 7n } } },
+      value: {
+        commandId: "c1",
+        command: {
+          case: "runEnvironment",
+          value: { environmentId: "env-a", command: ["sh", "-c", "echo hello from env-a; exec sleep 300"], generation: 7n },
+        },
+      },
     });
     const result = await received(s1, "commandResult", (r) => r.commandId === "c1");
     assert.deepEqual([result.ok, result.message], [true, "started"]);
@@ -453,7 +540,10 @@ describe("integration: the agent connection drives the runtime", function () {
     assert.equal(up.generation, 7n);
     await received(s1, "environmentLogs", (r) => r.lines.some((l) => l.stream === LogStream.STDOUT && l.text === "hello from env-a"));
 
-    s1.send({ case: "command", value: { commandId: "c2", command: { case: "runEnvironment", value: { environmentId: "env-b", generation: 1n } } } });
+    s1.send({
+      case: "command",
+      value: { commandId: "c2", command: { case: "runEnvironment", value: { environmentId: "env-b", generation: 1n } } },
+    });
     const refused = await received(s1, "commandResult", (r) => r.commandId === "c2");
     assert.deepEqual([refused.ok, refused.message], [false, "no command: process mode needs one"]);
 
@@ -476,7 +566,10 @@ describe("integration: the agent connection drives the runtime", function () {
     const t = new Date();
     connection.status({ environmentId: "env-x", generation: 1, state: "STARTING", message: "", time: t });
     connection.status({ environmentId: "env-x", generation: 1, state: "FAILED", message: "exited with code 1", exitCode: 1, time: t });
-    connection.logs("env-x", ["1", "2", "3", "4"].map((text) => ({ time: t, stream: "STDOUT" as const, text })));
+    connection.logs(
+      "env-x",
+      ["1", "2", "3", "4"].map((text) => ({ time: t, stream: "STDOUT" as const, text })),
+    );
     connection.logs("env-y", [{ time: t, stream: "SYSTEM", text: "5" }]);
     start();
     const s1 = await session(1);
@@ -484,7 +577,9 @@ describe("integration: the agent connection drives the runtime", function () {
     assert.deepEqual([failed.state, failed.exitCode, failed.message], [WorkloadState.FAILED, 1, "exited with code 1"]);
     const kinds = s1.received.map((r) => r.message.case).filter((c) => c !== "heartbeat");
     assert.deepEqual(kinds, ["environmentLogs", "environmentLogs", "environmentStatus"]);
-    const logs = s1.received.flatMap(({ message: m }) => (m.case === "environmentLogs" ? m.value.lines.map((l) => `${m.value.environmentId}:${l.text}`) : []));
+    const logs = s1.received.flatMap(({ message: m }) =>
+      m.case === "environmentLogs" ? m.value.lines.map((l) => `${m.value.environmentId}:${l.text}`) : [],
+    );
     assert.deepEqual(logs, ["env-x:3", "env-x:4", "env-y:5"], "the oldest lines beyond the bound are dropped");
   });
 });

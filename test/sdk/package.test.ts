@@ -1,11 +1,11 @@
 import { strict as assert } from "node:assert";
 import { execFile } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { readFile, writeFile } from "node:fs/promises";
 import { isBuiltin } from "node:module";
-import { tmpdir } from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
+import { packAndInstall, type PackedInstall } from "../support/pack.js";
 import { ADMIN_TOKEN, startTestServer, type TestServer } from "../support/server.js";
 
 const run = promisify(execFile);
@@ -18,34 +18,31 @@ const BIN = path.join(ROOT, "node_modules/.bin");
  */
 describe("@remotegpu/sdk as a package", function () {
   this.timeout(120_000);
-  let dir: string;
-  let tarball: string;
+  let packed: PackedInstall;
   let installed: string;
   let server: TestServer;
 
   before(async () => {
-    dir = await mkdtemp(path.join(tmpdir(), "remotegpu-sdk-pack-"));
-    const packed = await run("npm", ["pack", "--json", "--pack-destination", dir], { cwd: path.join(ROOT, "sdk") });
-    const [info] = JSON.parse(packed.stdout.slice(packed.stdout.indexOf("["))) as { filename: string; files: { path: string }[] }[];
-    tarball = path.join(dir, info!.filename);
-    assert.ok(info!.files.every((f) => f.path === "package.json" || f.path === "README.md" || f.path.startsWith("dist/")), "only dist, README and package.json are packed");
-    assert.ok(info!.files.some((f) => f.path === "dist/gen/remotegpu/v1/environment_pb.js"), "the generated code is in the package");
-
-    const project = path.join(dir, "consumer");
-    await mkdir(project);
-    await writeFile(path.join(project, "package.json"), JSON.stringify({ name: "sdk-consumer", private: true, type: "module" }));
-    await run("npm", ["install", tarball, "--prefer-offline", "--no-audit", "--no-fund", "--loglevel=error"], { cwd: project });
-    installed = path.join(project, "node_modules/@remotegpu/sdk");
+    packed = await packAndInstall(["sdk"]);
+    const files = packed.files.get("@remotegpu/sdk")!;
+    assert.ok(
+      files.every((f) => f === "package.json" || f === "README.md" || f.startsWith("dist/")),
+      "only dist, README and package.json are packed",
+    );
+    assert.ok(files.includes("dist/gen/remotegpu/v1/environment_pb.js"), "the generated code is in the package");
+    installed = packed.installed("@remotegpu/sdk");
     server = await startTestServer();
   });
   after(async () => {
     await server?.close();
-    if (dir) await rm(dir, { recursive: true, force: true });
+    await packed?.cleanup();
   });
 
   it("has a browser entry that imports nothing of Node", async () => {
     // Its sources typecheck with the DOM and without Node's types: no Buffer or process anywhere.
-    await run(path.join(BIN, "tsc"), ["-p", path.join(ROOT, "sdk/tsconfig.web.json")]).catch((err: { stdout: string }) => assert.fail(`tsc failed:\n${err.stdout}`));
+    await run(path.join(BIN, "tsc"), ["-p", path.join(ROOT, "sdk/tsconfig.web.json")]).catch((err: { stdout: string }) =>
+      assert.fail(`tsc failed:\n${err.stdout}`),
+    );
     // Its built graph, resolved as a browser bundler would, reaches no Node module.
     const web = await importGraph(path.join(installed, "dist/sdk/src/web.js"));
     assert.deepEqual(web.node, [], "Node built-ins reached from @remotegpu/sdk/web");
@@ -57,7 +54,7 @@ describe("@remotegpu/sdk as a package", function () {
   });
 
   it("typechecks and runs a typed script of a separate project against a live server", async () => {
-    const project = path.dirname(path.dirname(path.dirname(installed)));
+    const { project } = packed;
     await writeFile(
       path.join(project, "tsconfig.json"),
       JSON.stringify({
@@ -112,14 +109,22 @@ createRemoteGpuClient({ baseUrl: "http://localhost:8080", token: "t", transport:
     const examples = [...readme.matchAll(/```ts\n([\s\S]*?)```/g)].map((m) => m[1]!);
     assert.ok(examples.length >= 7, `${examples.length} examples`);
     for (const [i, code] of examples.entries()) await writeFile(path.join(project, `readme-${i}.ts`), code);
-    await run(path.join(BIN, "tsc"), ["-p", project], { cwd: project }).catch((err: { stdout: string }) => assert.fail(`tsc failed:\n${err.stdout}`));
+    await run(path.join(BIN, "tsc"), ["-p", project], { cwd: project }).catch((err: { stdout: string }) =>
+      assert.fail(`tsc failed:\n${err.stdout}`),
+    );
 
-    const { stdout } = await run(path.join(BIN, "tsx"), ["main.ts"], { cwd: project, env: { ...process.env, REMOTEGPU_URL: server.baseUrl, REMOTEGPU_TOKEN: ADMIN_TOKEN } });
+    const { stdout } = await run(path.join(BIN, "tsx"), ["main.ts"], {
+      cwd: project,
+      env: { ...process.env, REMOTEGPU_URL: server.baseUrl, REMOTEGPU_TOKEN: ADMIN_TOKEN },
+    });
     const [first, second] = stdout.trim().split("\n");
     assert.equal(first, "missing workspace: NotFoundError");
     const printed = JSON.parse(second!) as { id: string; name: string; labels: Record<string, string>; listed: string[]; running: string };
     assert.match(printed.id, /^[0-9a-f-]{36}$/);
-    assert.deepEqual({ ...printed, id: undefined }, { id: undefined, name: "from-the-tarball", labels: { via: "npm-pack" }, listed: ["from-the-tarball"], running: "RUNNING" });
+    assert.deepEqual(
+      { ...printed, id: undefined },
+      { id: undefined, name: "from-the-tarball", labels: { via: "npm-pack" }, listed: ["from-the-tarball"], running: "RUNNING" },
+    );
   });
 });
 
@@ -157,8 +162,17 @@ async function resolvePackage(from: string, name: string, subpath: string): Prom
   for (let dir = path.dirname(from); ; dir = path.dirname(dir)) {
     const candidate = path.join(dir, "node_modules", name);
     if (existsSync(path.join(candidate, "package.json"))) {
-      const pkg = JSON.parse(await readFile(path.join(candidate, "package.json"), "utf8")) as { exports?: unknown; module?: string; main?: string };
-      const target = pkg.exports === undefined ? (subpath === "." ? (pkg.module ?? pkg.main ?? "index.js") : subpath) : pick(exportsEntry(pkg.exports, subpath));
+      const pkg = JSON.parse(await readFile(path.join(candidate, "package.json"), "utf8")) as {
+        exports?: unknown;
+        module?: string;
+        main?: string;
+      };
+      const target =
+        pkg.exports === undefined
+          ? subpath === "."
+            ? (pkg.module ?? pkg.main ?? "index.js")
+            : subpath
+          : pick(exportsEntry(pkg.exports, subpath));
       if (!target) throw new Error(`${name} exports no ${subpath} for browsers`);
       return path.join(candidate, target);
     }

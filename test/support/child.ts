@@ -9,6 +9,15 @@ export const BUF = fileURLToPath(new URL("../../node_modules/.bin/buf", import.m
 
 const execFileP = promisify(execFile);
 
+/**
+ * node's argv for the node agent run from its sources, no build needed: spawn `process.execPath`
+ * with it and `cwd: ROOT`. The condition makes its `@remotegpu/sdk` imports resolve to the SDK's
+ * sources too (a child does not inherit mocha's node-option).
+ */
+export function agentArgv(flags: string[]): string[] {
+  return ["--import", "tsx", "--conditions=@remotegpu/source", "agent/src/main.ts", ...flags];
+}
+
 /** A port that was free a moment ago: listen on 0, read the port, close. */
 export async function freePort(): Promise<number> {
   const server = net.createServer();

@@ -10,7 +10,7 @@ import {
   parseQueryGpuCsv,
   parseQueryGpuRows,
   QUERY_FIELDS,
-} from "../../src/agent/nvidia-smi.js";
+} from "../../agent/src/nvidia-smi.js";
 
 const MiB = 1048576;
 const NOW = new Date("2026-07-14T08:12:53.000Z");
@@ -34,7 +34,15 @@ describe("nvidia-smi collector", () => {
       const result = parseQueryGpuCsv(text, undefined, NOW);
       assert.deepEqual(result.warnings, []);
       assert.deepEqual(result.inventory, [
-        { index: 0, uuid: MASKED_UUID, model: "NVIDIA H100 80GB HBM3", memoryBytes: 81559 * MiB, driverVersion: "590.48.01", cudaVersion: "", migEnabled: false },
+        {
+          index: 0,
+          uuid: MASKED_UUID,
+          model: "NVIDIA H100 80GB HBM3",
+          memoryBytes: 81559 * MiB,
+          driverVersion: "590.48.01",
+          cudaVersion: "",
+          migEnabled: false,
+        },
       ]);
       assert.equal(result.samples.length, 1);
       const sample = result.samples[0]!;
@@ -112,10 +120,22 @@ describe("nvidia-smi collector", () => {
     });
 
     it("reads a GeForce RTX 2080 SUPER on Linux (595.71.05): fan present, ECC [N/A] left out", () => {
-      const result = parseQueryGpuCsv(exporter("linux-x86_64__nvidia-geforce-rtx-2080-super__595.71.05__load_query-gpu.csv"), undefined, NOW);
+      const result = parseQueryGpuCsv(
+        exporter("linux-x86_64__nvidia-geforce-rtx-2080-super__595.71.05__load_query-gpu.csv"),
+        undefined,
+        NOW,
+      );
       assert.deepEqual(result.warnings, []);
       assert.deepEqual(result.inventory, [
-        { index: 0, uuid: MASKED_UUID, model: "NVIDIA GeForce RTX 2080 SUPER", memoryBytes: 8192 * MiB, driverVersion: "595.71.05", cudaVersion: "", migEnabled: false },
+        {
+          index: 0,
+          uuid: MASKED_UUID,
+          model: "NVIDIA GeForce RTX 2080 SUPER",
+          memoryBytes: 8192 * MiB,
+          driverVersion: "595.71.05",
+          cudaVersion: "",
+          migEnabled: false,
+        },
       ]);
       assert.deepEqual(result.samples[0]!.metrics, {
         gpuUtilizationPercent: 8,
@@ -131,7 +151,8 @@ describe("nvidia-smi collector", () => {
     });
 
     it("reads a GeForce RTX 4080 SUPER: a stopped fan is 0 %, and power.draw wins over power.draw.instant", () => {
-      const m = parseQueryGpuCsv(exporter("linux-x86_64__nvidia-geforce-rtx-4080-super__595.71.05__load_query-gpu.csv"), undefined, NOW).samples[0]!.metrics;
+      const m = parseQueryGpuCsv(exporter("linux-x86_64__nvidia-geforce-rtx-4080-super__595.71.05__load_query-gpu.csv"), undefined, NOW)
+        .samples[0]!.metrics;
       assert.equal(m.fanSpeedPercent, 0);
       assert.equal(m.powerDrawWatts, 84.24);
       assert.equal(m.memoryTotalBytes, 16376 * MiB);
@@ -139,7 +160,11 @@ describe("nvidia-smi collector", () => {
     });
 
     it("reads a GeForce RTX 2080 SUPER on Windows (610.62, 239 fields)", () => {
-      const result = parseQueryGpuCsv(exporter("windows-x86_64__nvidia-geforce-rtx-2080-super__610.62__load_query-gpu.csv"), undefined, NOW);
+      const result = parseQueryGpuCsv(
+        exporter("windows-x86_64__nvidia-geforce-rtx-2080-super__610.62__load_query-gpu.csv"),
+        undefined,
+        NOW,
+      );
       assert.deepEqual(result.warnings, []);
       assert.equal(result.inventory[0]!.driverVersion, "610.62");
       assert.equal(result.inventory[0]!.model, "NVIDIA GeForce RTX 2080 SUPER");
@@ -157,7 +182,15 @@ describe("nvidia-smi collector", () => {
       const result = parseQueryGpuCsv(text, undefined, NOW);
       assert.deepEqual(result.warnings, []);
       assert.deepEqual(result.inventory, [
-        { index: 0, uuid: "GPU-df6e7a7c-7314-46f8-abc4-b88b36dcf3aa", model: "NVIDIA GeForce RTX 2080 SUPER", memoryBytes: 7979 * MiB, driverVersion: "465.27", cudaVersion: "", migEnabled: false },
+        {
+          index: 0,
+          uuid: "GPU-df6e7a7c-7314-46f8-abc4-b88b36dcf3aa",
+          model: "NVIDIA GeForce RTX 2080 SUPER",
+          memoryBytes: 7979 * MiB,
+          driverVersion: "465.27",
+          cudaVersion: "",
+          migEnabled: false,
+        },
       ]);
       const m = result.samples[0]!.metrics;
       assert.equal(m.powerDrawWatts, 30.37);
@@ -187,7 +220,9 @@ describe("nvidia-smi collector", () => {
         result.inventory.map((g) => g.index),
         [0, 1, 2, 3, 4, 5, 6, 7],
       );
-      assert.ok(result.inventory.every((g) => g.model === "GeForce GTX TITAN X" && g.memoryBytes === 12206 * MiB && g.migEnabled === false));
+      assert.ok(
+        result.inventory.every((g) => g.model === "GeForce GTX TITAN X" && g.memoryBytes === 12206 * MiB && g.migEnabled === false),
+      );
       assert.equal(result.inventory[7]!.uuid, "GPU-f199c9ea-65d8-5382-aefe-a9e8fb48057b");
       assert.deepEqual(result.samples[1], {
         gpuUuid: "GPU-86fe97db-bf54-a056-4e8d-9b07e1a298e7",
@@ -198,12 +233,32 @@ describe("nvidia-smi collector", () => {
     });
 
     it("reads a Tesla V100-SXM2-32GB queried with --id=3 (telegraf, 440.64.00): fan [N/A]", () => {
-      const fields = ["fan.speed", "memory.total", "memory.used", "memory.free", "pstate", "temperature.gpu", "name", "uuid", "utilization.gpu", "utilization.memory", "index"];
+      const fields = [
+        "fan.speed",
+        "memory.total",
+        "memory.used",
+        "memory.free",
+        "pstate",
+        "temperature.gpu",
+        "name",
+        "uuid",
+        "utilization.gpu",
+        "utilization.memory",
+        "index",
+      ];
       const result = parseQueryGpuCsv(fixture("influxdata-telegraf__issue7659_v100-sxm2_fan-NA_noheader_nounits.csv"), fields, NOW);
       assert.deepEqual(result.warnings, []);
       // The reporter redacted the UUID into a malformed one; it is kept as the opaque key it is.
       assert.deepEqual(result.inventory, [
-        { index: 3, uuid: "GPU-124-124-1241-241241241242341", model: "Tesla V100-SXM2-32GB", memoryBytes: 32510 * MiB, driverVersion: "", cudaVersion: "", migEnabled: false },
+        {
+          index: 3,
+          uuid: "GPU-124-124-1241-241241241242341",
+          model: "Tesla V100-SXM2-32GB",
+          memoryBytes: 32510 * MiB,
+          driverVersion: "",
+          cudaVersion: "",
+          migEnabled: false,
+        },
       ]);
       assert.deepEqual(result.samples[0]!.metrics, {
         gpuUtilizationPercent: 0,
@@ -232,7 +287,15 @@ describe("nvidia-smi collector", () => {
     });
 
     it("reads an old driver's fan [Not Supported] (i3pystatus)", () => {
-      const fields = ["memory.total", "memory.free", "memory.used", "temperature.gpu", "fan.speed", "utilization.gpu", "utilization.memory"];
+      const fields = [
+        "memory.total",
+        "memory.free",
+        "memory.used",
+        "temperature.gpu",
+        "fan.speed",
+        "utilization.gpu",
+        "utilization.memory",
+      ];
       const rows = parseQueryGpuRows(fixture("enkore-i3pystatus__pr776_old-driver_fan-not-supported_noheader_nounits.csv"), fields);
       assert.deepEqual(rows.warnings, []);
       assert.deepEqual(rows.rows[0]!.metrics, {
@@ -246,14 +309,24 @@ describe("nvidia-smi collector", () => {
 
     it("reads a GeForce GTX 770 on Windows: noheader with units kept, 8x [Not Supported] (Megaminer)", () => {
       const fields = [
-        "gpu_name", "utilization.gpu", "utilization.memory", "temperature.gpu", "power.draw", "power.limit",
-        "fan.speed", "pstate", "clocks.current.graphics", "clocks.current.memory", "power.max_limit", "power.default_limit",
+        "gpu_name",
+        "utilization.gpu",
+        "utilization.memory",
+        "temperature.gpu",
+        "power.draw",
+        "power.limit",
+        "fan.speed",
+        "pstate",
+        "clocks.current.graphics",
+        "clocks.current.memory",
+        "power.max_limit",
+        "power.default_limit",
       ];
       const rows = parseQueryGpuRows(fixture("tutulino-Megaminer__issue235_gtx770_not-supported_noheader.csv"), fields);
       assert.deepEqual(rows.warnings, []);
       const row = rows.rows[0]!;
       assert.equal(row.name, "GeForce GTX 770");
-      assert.equal(row.raw["pstate"], "P0");
+      assert.equal(row.raw.pstate, "P0");
       assert.deepEqual(row.metrics, { temperatureCelsius: 52, fanSpeedPercent: 52 });
     });
 
@@ -278,7 +351,16 @@ describe("nvidia-smi collector", () => {
     });
 
     it("reads two mixed GPUs with an index but no uuid (netdata python.d docstring)", () => {
-      const fields = ["index", "utilization.gpu", "utilization.memory", "memory.total", "memory.used", "memory.free", "fan.speed", "temperature.gpu"];
+      const fields = [
+        "index",
+        "utilization.gpu",
+        "utilization.memory",
+        "memory.total",
+        "memory.used",
+        "memory.free",
+        "fan.speed",
+        "temperature.gpu",
+      ];
       const text = fixture("unattributed-netdata-pythond-module__host143_mixed-gpus_noheader_nounits.csv");
       const rows = parseQueryGpuRows(text, fields);
       assert.deepEqual(
@@ -306,7 +388,23 @@ describe("nvidia-smi collector", () => {
         ["utkuozdemir-nvidia_gpu_exporter__linux-x86_64__nvidia-h100-80gb-hbm3__590.48.01__load_query-gpu.csv", undefined],
         ["utkuozdemir-nvidia_gpu_exporter__linux-x86_64__nvidia-h200-mig__590.48.01__load_query-gpu.csv", undefined],
         ["utkuozdemir-nvidia_gpu_exporter__windows-x86_64__nvidia-geforce-rtx-2080-super__610.62__load_query-gpu.csv", undefined],
-        ["tutulino-Megaminer__issue235_gtx770_not-supported_noheader.csv", ["gpu_name", "utilization.gpu", "utilization.memory", "temperature.gpu", "power.draw", "power.limit", "fan.speed", "pstate", "clocks.current.graphics", "clocks.current.memory", "power.max_limit", "power.default_limit"]],
+        [
+          "tutulino-Megaminer__issue235_gtx770_not-supported_noheader.csv",
+          [
+            "gpu_name",
+            "utilization.gpu",
+            "utilization.memory",
+            "temperature.gpu",
+            "power.draw",
+            "power.limit",
+            "fan.speed",
+            "pstate",
+            "clocks.current.graphics",
+            "clocks.current.memory",
+            "power.max_limit",
+            "power.default_limit",
+          ],
+        ],
         ["Quake4-MindMiner__issue627_rtx2080ti_unknown-error_nounits.csv", undefined],
       ];
       for (const [name, fields] of cases) {
@@ -370,7 +468,10 @@ describe("nvidia-smi collector", () => {
     });
 
     it("skips a row with an unreadable index and reports unreadable values without inventing numbers", () => {
-      const text = [a100(0, "GPU-a").replace(/^0/, "x"), a100(1, "GPU-b", "45, 12, hot, 250.10, 400.00, 1410 GHz, [N/A], 0, 0, Disabled")].join("\n");
+      const text = [
+        a100(0, "GPU-a").replace(/^0/, "x"),
+        a100(1, "GPU-b", "45, 12, hot, 250.10, 400.00, 1410 GHz, [N/A], 0, 0, Disabled"),
+      ].join("\n");
       const result = parseQueryGpuCsv(text, QUERY_FIELDS, NOW);
       assert.deepEqual(
         result.inventory.map((g) => g.uuid),
@@ -423,13 +524,19 @@ describe("nvidia-smi collector", () => {
       assert.throws(() => parseQueryGpuCsv(table), /not nvidia-smi --query-gpu CSV output: "Tue Jul 14 08:12:53 2026"/);
       assert.throws(() => parseQueryGpuCsv("No devices were found\n"), /not nvidia-smi --query-gpu CSV output: "No devices were found"/);
       assert.throws(
-        () => parseQueryGpuCsv("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. Make sure that the latest NVIDIA driver is installed and running.\n"),
+        () =>
+          parseQueryGpuCsv(
+            "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. Make sure that the latest NVIDIA driver is installed and running.\n",
+          ),
         /not nvidia-smi --query-gpu CSV output/,
       );
     });
 
     it("reads the CUDA version from the table banner, old and new layouts", () => {
-      assert.equal(parseCudaVersion(fixture("utkuozdemir-nvidia_gpu_exporter__linux-x86_64__nvidia-h100-80gb-hbm3__590.48.01__load_table.txt")), "13.1");
+      assert.equal(
+        parseCudaVersion(fixture("utkuozdemir-nvidia_gpu_exporter__linux-x86_64__nvidia-h100-80gb-hbm3__590.48.01__load_table.txt")),
+        "13.1",
+      );
       assert.equal(parseCudaVersion(fixture("leptonai-gpud__nvidia-smi.525.125.06.out.0.valid.txt")), "12.0");
       assert.equal(parseCudaVersion("| NVIDIA-SMI 418.43   Driver Version: 418.43   CUDA Version: N/A |"), "");
     });
@@ -437,7 +544,8 @@ describe("nvidia-smi collector", () => {
 
   describe("collectNvidiaSmi", () => {
     const QUERY_ARGS = [`--query-gpu=${QUERY_FIELDS.join(",")}`, "--format=csv,noheader,nounits"];
-    const ROW = "0, GPU-aaaaaaaa-0000-0000-0000-000000000000, NVIDIA H200, 590.48.01, 143771, 16959, [N/A], [N/A], 36, 295.01, 700.00, 1980, [N/A], 0, 0, Enabled\n";
+    const ROW =
+      "0, GPU-aaaaaaaa-0000-0000-0000-000000000000, NVIDIA H200, 590.48.01, 143771, 16959, [N/A], [N/A], 36, 295.01, 700.00, 1980, [N/A], 0, 0, Enabled\n";
 
     it("asks for QUERY_FIELDS as noheader,nounits CSV and parses the answer", async () => {
       assert.equal(
@@ -455,7 +563,15 @@ describe("nvidia-smi collector", () => {
       assert.deepEqual(calls, [["nvidia-smi", QUERY_ARGS]]);
       assert.deepEqual(result.warnings, []);
       assert.deepEqual(result.inventory, [
-        { index: 0, uuid: "GPU-aaaaaaaa-0000-0000-0000-000000000000", model: "NVIDIA H200", memoryBytes: 143771 * MiB, driverVersion: "590.48.01", cudaVersion: "", migEnabled: true },
+        {
+          index: 0,
+          uuid: "GPU-aaaaaaaa-0000-0000-0000-000000000000",
+          model: "NVIDIA H200",
+          memoryBytes: 143771 * MiB,
+          driverVersion: "590.48.01",
+          cudaVersion: "",
+          migEnabled: true,
+        },
       ]);
       assert.equal(result.samples[0]!.time, NOW);
       assert.equal(result.samples[0]!.metrics.powerDrawWatts, 295.01);
@@ -484,7 +600,11 @@ describe("nvidia-smi collector", () => {
         run: async (_file, args) => {
           calls.push(args);
           if (calls.length === 1) {
-            throw Object.assign(new Error("Command failed: nvidia-smi"), { code: 2, stdout: "", stderr: 'Field "mig.mode.current" is not a valid field to query.\n\n' });
+            throw Object.assign(new Error("Command failed: nvidia-smi"), {
+              code: 2,
+              stdout: "",
+              stderr: 'Field "mig.mode.current" is not a valid field to query.\n\n',
+            });
           }
           return "3, GPU-124-124-1241-241241241242341, Tesla V100-SXM2-32GB, 440.64.00, 32510, 0, 0, 0, 35, 41.50, 300.00, 135, [N/A], 0, 0\n";
         },
@@ -518,13 +638,16 @@ describe("nvidia-smi collector", () => {
     });
 
     it("says the same when the real execFile cannot find the binary", async () => {
-      await assert.rejects(collectNvidiaSmi({ binary: join(tmpdir(), "remotegpu-no-such-dir", "nvidia-smi") }), { message: NVIDIA_SMI_NOT_FOUND });
+      await assert.rejects(collectNvidiaSmi({ binary: join(tmpdir(), "remotegpu-no-such-dir", "nvidia-smi") }), {
+        message: NVIDIA_SMI_NOT_FOUND,
+      });
     });
 
     it("passes on the driver's complaint when nvidia-smi fails", async () => {
       const failure = Object.assign(new Error("Command failed: nvidia-smi"), {
         code: 9,
-        stdout: "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. Make sure that the latest NVIDIA driver is installed and running.\n\n",
+        stdout:
+          "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. Make sure that the latest NVIDIA driver is installed and running.\n\n",
         stderr: "",
       });
       await assert.rejects(
@@ -533,11 +656,14 @@ describe("nvidia-smi collector", () => {
             throw failure;
           },
         }),
-        { message: "nvidia-smi failed: NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. Make sure that the latest NVIDIA driver is installed and running." },
+        {
+          message:
+            "nvidia-smi failed: NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. Make sure that the latest NVIDIA driver is installed and running.",
+        },
       );
     });
 
-    describe("through execFile, with a stand-in nvidia-smi script", function () {
+    describe("through execFile, with a stand-in nvidia-smi script", () => {
       let dir = "";
       before(function () {
         if (process.platform === "win32") this.skip();
@@ -555,7 +681,10 @@ describe("nvidia-smi collector", () => {
       };
 
       it("passes the arguments and reads stdout", async () => {
-        const binary = script("nvidia-smi", `[ "$1" = "${QUERY_ARGS[0]}" ] && [ "$2" = "${QUERY_ARGS[1]}" ] || { echo "bad args: $*" >&2; exit 2; }\nprintf '%s' '${ROW.trim()}'`);
+        const binary = script(
+          "nvidia-smi",
+          `[ "$1" = "${QUERY_ARGS[0]}" ] && [ "$2" = "${QUERY_ARGS[1]}" ] || { echo "bad args: $*" >&2; exit 2; }\nprintf '%s' '${ROW.trim()}'`,
+        );
         const result = await collectNvidiaSmi({ binary, now: () => NOW });
         assert.deepEqual(result.warnings, []);
         assert.equal(result.inventory[0]!.model, "NVIDIA H200");
