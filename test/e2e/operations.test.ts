@@ -1,12 +1,15 @@
 import { strict as assert } from "node:assert";
-import { spawn } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
+import { promisify } from "node:util";
 import { ROOT, freePort } from "../support/child.js";
 import { ADMIN_TOKEN, startTestServer, type TestServer } from "../support/server.js";
 import { systemClock } from "../../src/platform/clock.js";
+
+const execFileP = promisify(execFile);
 
 /** One ```sh block of docs/operations.md: what it runs and what its output must contain. */
 interface DocBlock {
@@ -99,8 +102,14 @@ describe("e2e: docs/operations.md, every command run against a live server", fun
   it("covers buf curl and plain curl for every service", () => {
     for (const service of ["HostService", "GpuService", "WorkspaceService", "EnvironmentService"]) {
       const uses = blocks.filter((b) => b.code.includes(`remotegpu.v1.${service}/`));
-      assert.ok(uses.some((b) => b.code.includes("buf curl")), `${service}: no buf curl`);
-      assert.ok(uses.some((b) => b.code.includes("curl -s")), `${service}: no plain curl`);
+      assert.ok(
+        uses.some((b) => b.code.includes("buf curl")),
+        `${service}: no buf curl`,
+      );
+      assert.ok(
+        uses.some((b) => b.code.includes("curl -s")),
+        `${service}: no plain curl`,
+      );
     }
   });
 
@@ -115,10 +124,27 @@ describe("e2e: docs/operations.md, every command run against a live server", fun
       for (const e of block.expects) assert.ok(found(output, e), `${name}: output lacks ${JSON.stringify(e)}\n${report}`);
     }
   });
+
+  it("stops the agent it started, and the agent's workloads with it", async () => {
+    const stops = blocks.filter((b) => b.code.includes('kill "$AGENT_PID"'));
+    assert.ok(
+      stops.some((b) => b.expects.includes("no process of the environment left")),
+      "a stop step checks the workloads",
+    );
+    // After the last block: neither the agent (started with --server <this server>) nor the app it ran is left.
+    const { stdout } = await execFileP("ps", ["-eo", "pid=,args="]);
+    const left = stdout.split("\n").filter((l) => l.includes(`--server ${server.baseUrl} `) || l.includes(`http.server ${env.APP_PORT} `));
+    assert.deepEqual(left, [], "processes left running");
+  });
 });
 
 /** Runs a bash script in its own process group; resolves with its exit code and stdout+stderr interleaved. */
-function run(code: string, env: NodeJS.ProcessEnv, groups: number[], timeoutMs: number): Promise<{ code: number | string; output: string }> {
+function run(
+  code: string,
+  env: NodeJS.ProcessEnv,
+  groups: number[],
+  timeoutMs: number,
+): Promise<{ code: number | string; output: string }> {
   return new Promise((resolve) => {
     const child = spawn("bash", ["-c", code], { cwd: ROOT, env, detached: true, stdio: ["ignore", "pipe", "pipe"] });
     groups.push(child.pid!);
