@@ -1,52 +1,33 @@
-import { createClient, type Client, type Interceptor } from "@connectrpc/connect";
-import { createConnectTransport } from "@connectrpc/connect-node";
-import { EnvironmentService } from "../../gen/remotegpu/v1/environment_pb.js";
-import { GpuService } from "../../gen/remotegpu/v1/gpu_pb.js";
-import { HostService } from "../../gen/remotegpu/v1/host_pb.js";
-import { WorkspaceService } from "../../gen/remotegpu/v1/workspace_pb.js";
+import { createRemoteGpuClient, type RemoteGpuClient } from "@remotegpu/sdk";
 
-/** What every command gets: the four service clients, the output mode and where output goes. */
+/** What every command gets: the SDK's client, the output mode and where output goes. */
 export interface Cli {
-  hosts: Client<typeof HostService>;
-  gpus: Client<typeof GpuService>;
-  workspaces: Client<typeof WorkspaceService>;
-  environments: Client<typeof EnvironmentService>;
+  client: RemoteGpuClient;
   json: boolean;
   out(text: string): void;
   /** Aborted on Ctrl-C: long-running commands (logs --follow, top) end cleanly. */
   signal: AbortSignal;
 }
 
-/** Unary calls give up after this long; streams run until the command ends them. */
-const UNARY_TIMEOUT_MS = 30_000;
-
-export function connect(opts: { url: string; token?: string; json: boolean; signal: AbortSignal }): Cli {
-  const auth: Interceptor = (next) => async (req) => {
-    if (opts.token) req.header.set("authorization", `Bearer ${opts.token}`);
-    return next(req);
-  };
-  // Connect over HTTP/2 (h2c on http://): one connection, server streams for logs and telemetry.
-  const transport = createConnectTransport({ baseUrl: opts.url, httpVersion: "2", interceptors: [auth], defaultTimeoutMs: UNARY_TIMEOUT_MS });
+export function connect(opts: { url: string; token: string; json: boolean; signal: AbortSignal }): Cli {
+  // The SDK's defaults suit a terminal: Connect over HTTP/2 (h2c on http://), a 30 s deadline on
+  // unary calls and none on streams, retries of idempotent calls while a server restarts.
+  const client = createRemoteGpuClient({ baseUrl: opts.url, token: opts.token });
   return {
-    hosts: createClient(HostService, transport),
-    gpus: createClient(GpuService, transport),
-    workspaces: createClient(WorkspaceService, transport),
-    environments: createClient(EnvironmentService, transport),
+    client,
     json: opts.json,
     out: (text) => process.stdout.write(text.endsWith("\n") ? text : `${text}\n`),
     signal: opts.signal,
   };
 }
 
-/** Every item of a paginated list. */
-export async function listAll<T>(page: (pageToken: string) => Promise<{ items: T[]; nextPageToken: string }>): Promise<T[]> {
+/** The server's largest page: the fewest round trips for a whole list. */
+export const PAGE_SIZE = 1000;
+
+/** Every item of a list the SDK's `listAll` iterates over (Node 20 has no `Array.fromAsync`). */
+export async function collect<T>(items: AsyncIterable<T>): Promise<T[]> {
   const all: T[] = [];
-  let token = "";
-  do {
-    const { items, nextPageToken } = await page(token);
-    all.push(...items);
-    token = nextPageToken;
-  } while (token);
+  for await (const item of items) all.push(item);
   return all;
 }
 

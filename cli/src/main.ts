@@ -1,12 +1,14 @@
+#!/usr/bin/env node
 import { parseArgs } from "node:util";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code, RemoteGpuError } from "@remotegpu/sdk";
 import { connect, UsageError } from "./connection.js";
 import { hostActionCommand, hostsCommand } from "./hosts.js";
 import { logsCommand } from "./logs.js";
 import { topCommand } from "./top.js";
 import { usageCommand } from "./usage.js";
 
-// The RemoteGPU admin CLI: `npm run cli -- COMMAND ...` or `bin/remotegpu COMMAND ...`.
+// The RemoteGPU admin CLI: `remotegpu COMMAND ...` once @remotegpu/cli is installed; from a checkout
+// `npm run cli -- COMMAND ...` or `bin/remotegpu COMMAND ...`.
 const USAGE = `usage: remotegpu [--url URL] [--token TOKEN] [--json] COMMAND [ARGS]
 
 commands:
@@ -62,12 +64,15 @@ async function main(argv: string[]): Promise<number> {
 
   const url = values.url ?? process.env.REMOTEGPU_URL ?? "http://localhost:8080";
   if (!/^https?:\/\/[^/]+\/?$/.test(url)) throw new UsageError(`--url: "${url}" is not an http(s)://host:port URL`);
+  const token = values.token ?? process.env.REMOTEGPU_TOKEN;
+  // Every call needs one; saying so here beats an "unauthenticated" from the server.
+  if (!token) throw new UsageError("a token is required: --token TOKEN or REMOTEGPU_TOKEN");
   // Ctrl-C ends logs --follow and top cleanly (exit 0); any other command just stops.
   const interrupted = new AbortController();
   const interrupt = () => (command === "logs" || command === "top" ? interrupted.abort() : process.exit(130));
   process.once("SIGINT", interrupt);
   process.once("SIGTERM", interrupt);
-  const cli = connect({ url, token: values.token ?? process.env.REMOTEGPU_TOKEN, json: values.json, signal: interrupted.signal });
+  const cli = connect({ url, token, json: values.json, signal: interrupted.signal });
 
   switch (command) {
     case "hosts":
@@ -97,8 +102,9 @@ const codeName = (code: Code) => Code[code].replace(/[A-Z]/g, (c, i: number) => 
 main(process.argv.slice(2)).then(
   (code) => process.exit(code),
   (err: unknown) => {
-    if (err instanceof ConnectError) {
-      process.stderr.write(`remotegpu: ${codeName(err.code)}: ${err.rawMessage}\n`);
+    // The SDK turns every failed call into a RemoteGpuError whose message is the server's own.
+    if (err instanceof RemoteGpuError) {
+      process.stderr.write(`remotegpu: ${codeName(err.code)}: ${err.message}\n`);
       process.exit(1);
     }
     const message = err instanceof Error ? err.message : String(err);

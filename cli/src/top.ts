@@ -1,6 +1,4 @@
-import { timestampDate } from "@bufbuild/protobuf/wkt";
-import { GpuStatus, type Gpu } from "../../gen/remotegpu/v1/gpu_pb.js";
-import type { GpuSample } from "../../gen/remotegpu/v1/telemetry_pb.js";
+import { GpuStatus, timestampDate, type Gpu, type GpuSample } from "@remotegpu/sdk";
 import type { Cli } from "./connection.js";
 import { allGpus, resolveHost } from "./hosts.js";
 import { age, bytes, table } from "./table.js";
@@ -49,7 +47,8 @@ export async function topCommand(cli: Cli, opts: { host?: string; once: boolean 
     if (tty) process.stdout.write("\x1b[?25l");
     const draw = () => {
       if (cli.json) return;
-      cli.out(`${tty ? "\x1b[H\x1b[J" : "\n"}${new Date().toTimeString().slice(0, 8)}  ${rows.size} GPU(s)  (Ctrl-C to quit)\n${render(rows)}`);
+      const title = `${new Date().toTimeString().slice(0, 8)}  ${rows.size} GPU(s)  (Ctrl-C to quit)`;
+      cli.out(`${tty ? "\x1b[H\x1b[J" : "\n"}${title}\n${render(rows)}`);
     };
     draw();
     redraw = setInterval(() => {
@@ -62,7 +61,7 @@ export async function topCommand(cli: Cli, opts: { host?: string; once: boolean 
   }
   try {
     if (!stop.signal.aborted) {
-      for await (const { sample } of cli.gpus.watchGpuTelemetry({ hostId }, { signal: stop.signal, timeoutMs: 0 })) {
+      for await (const { sample } of cli.client.gpus.watchGpuTelemetry({ hostId }, { signal: stop.signal })) {
         const row = sample && rows.get(key(sample.hostId, sample.gpuUuid));
         if (!row) continue;
         row.sample = sample;

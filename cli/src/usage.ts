@@ -1,20 +1,13 @@
-import { Code, ConnectError } from "@connectrpc/connect";
-import type { Workspace } from "../../gen/remotegpu/v1/workspace_pb.js";
-import { isId, listAll, UsageError, type Cli } from "./connection.js";
+import { listAll, NotFoundError, type Workspace } from "@remotegpu/sdk";
+import { isId, PAGE_SIZE, UsageError, type Cli } from "./connection.js";
 import { bytes, percent, table } from "./table.js";
-
 
 /** A workspace by id or by name. */
 export async function resolveWorkspace(cli: Cli, ref: string | undefined): Promise<Workspace> {
   if (!ref) throw new UsageError("a WORKSPACE (name or id) is required");
-  if (isId(ref)) return (await cli.workspaces.getWorkspace({ id: ref })).workspace!;
-  const all = await listAll(async (pageToken) => {
-    const r = await cli.workspaces.listWorkspaces({ pageSize: 1000, pageToken });
-    return { items: r.workspaces, nextPageToken: r.nextPageToken };
-  });
-  const ws = all.find((w) => w.name === ref);
-  if (!ws) throw new ConnectError(`no workspace named "${ref}"`, Code.NotFound);
-  return ws;
+  if (isId(ref)) return (await cli.client.workspaces.getWorkspace({ id: ref })).workspace!;
+  for await (const ws of listAll(cli.client.workspaces.listWorkspaces, { pageSize: PAGE_SIZE })) if (ws.name === ref) return ws;
+  throw new NotFoundError(`no workspace named "${ref}"`);
 }
 
 interface Dimension {
@@ -27,7 +20,7 @@ interface Dimension {
 /** `usage WORKSPACE`: each quota dimension, used against its limit. */
 export async function usageCommand(cli: Cli, ref: string | undefined): Promise<void> {
   const ws = await resolveWorkspace(cli, ref);
-  const { usage, quota } = await cli.workspaces.getUsage({ workspaceId: ws.id });
+  const { usage, quota } = await cli.client.workspaces.getUsage({ workspaceId: ws.id });
   const u = usage!;
   const q = quota!;
   const num = (n: bigint | number | undefined) => (n === undefined ? undefined : Number(n));
@@ -43,7 +36,12 @@ export async function usageCommand(cli: Cli, ref: string | undefined): Promise<v
     { name: "storage", used: Number(u.storageBytes), limit: num(q.maxStorageBytes), show: bytes },
   ];
   if (cli.json) {
-    const out = dims.map((d) => ({ dimension: d.name, used: d.used, limit: d.limit ?? null, percent: d.limit ? Math.round((d.used / d.limit) * 100) : null }));
+    const out = dims.map((d) => ({
+      dimension: d.name,
+      used: d.used,
+      limit: d.limit ?? null,
+      percent: d.limit ? Math.round((d.used / d.limit) * 100) : null,
+    }));
     return cli.out(JSON.stringify({ workspace: { id: ws.id, name: ws.name }, usage: out, allowedGpuModels: q.allowedGpuModels }, null, 2));
   }
   cli.out(`workspace ${ws.name} (${ws.id})`);

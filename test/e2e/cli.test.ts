@@ -7,10 +7,13 @@ import { EnvironmentService, EnvironmentStatus } from "../../gen/remotegpu/v1/en
 import { GpuService } from "../../gen/remotegpu/v1/gpu_pb.js";
 import { HostService } from "../../gen/remotegpu/v1/host_pb.js";
 import { WorkspaceService } from "../../gen/remotegpu/v1/workspace_pb.js";
-import { ROOT } from "../support/child.js";
+import { ROOT, agentArgv } from "../support/child.js";
 import { ADMIN_TOKEN, startTestServer, type TestServer } from "../support/server.js";
 import { systemClock } from "../../src/platform/clock.js";
 import { eventually } from "../support/eventually.js";
+
+/** The CLI from its sources; the condition makes its @remotegpu/sdk imports resolve to the SDK's sources too. */
+const CLI = ["--import", "tsx", "--conditions=@remotegpu/source", "cli/src/main.ts"];
 
 interface Result {
   code: number | null;
@@ -27,11 +30,14 @@ describe("e2e: the admin CLI against a live server with a real agent", function 
   let envId: string;
   let workspaceId: string;
 
-  /** `node --import tsx src/cli/main.ts ARGS` with REMOTEGPU_URL and REMOTEGPU_TOKEN set. */
-  const cli = (args: string[], env: Record<string, string> = {}, file = process.execPath, pre = ["--import", "tsx", "src/cli/main.ts"]) =>
+  /** `node ...CLI ARGS` with REMOTEGPU_URL and REMOTEGPU_TOKEN set. */
+  const cli = (args: string[], env: Record<string, string> = {}, file = process.execPath, pre = CLI) =>
     new Promise<Result>((resolve) => {
-      execFile(file, [...pre, ...args], { cwd: ROOT, env: { ...process.env, REMOTEGPU_URL: server.baseUrl, REMOTEGPU_TOKEN: ADMIN_TOKEN, ...env }, timeout: 30_000 }, (err, stdout, stderr) =>
-        resolve({ code: err ? ((err as { code?: number }).code ?? null) : 0, stdout, stderr }),
+      execFile(
+        file,
+        [...pre, ...args],
+        { cwd: ROOT, env: { ...process.env, REMOTEGPU_URL: server.baseUrl, REMOTEGPU_TOKEN: ADMIN_TOKEN, ...env }, timeout: 30_000 },
+        (err, stdout, stderr) => resolve({ code: err ? ((err as { code?: number }).code ?? null) : 0, stdout, stderr }),
       );
     });
   const ok = async (args: string[]) => {
@@ -46,7 +52,11 @@ describe("e2e: the admin CLI against a live server with a real agent", function 
     assert.ok(top >= 0, `no "${header}" header in\n${text}`);
     const rows = lines.slice(top);
     const starts = [...rows[0]!.matchAll(/(?<=^| {2})\S/g)].map((m) => m.index!);
-    for (const row of rows.slice(1)) assert.ok(starts.slice(1).every((s) => row[s - 1] === " "), `misaligned row:\n${rows[0]}\n${row}`);
+    for (const row of rows.slice(1))
+      assert.ok(
+        starts.slice(1).every((s) => row[s - 1] === " "),
+        `misaligned row:\n${rows[0]}\n${row}`,
+      );
     return rows.slice(1).map((r) => r.split(/ {2,}/).map((c) => c.trim()));
   };
 
@@ -58,7 +68,19 @@ describe("e2e: the admin CLI against a live server with a real agent", function 
     await server.client(HostService).createHost({ name: "idle-node", address: "10.0.0.9" });
     agent = spawn(
       process.execPath,
-      ["--import", "tsx", "src/agent/main.ts", "--server", server.baseUrl, "--host-id", hostId, "--token", created.agentToken, "--simulate-gpus", "4", "--data-dir", dataDir, "--process-mode"],
+      agentArgv([
+        "--server",
+        server.baseUrl,
+        "--host-id",
+        hostId,
+        "--token",
+        created.agentToken,
+        "--simulate-gpus",
+        "4",
+        "--data-dir",
+        dataDir,
+        "--process-mode",
+      ]),
       { cwd: ROOT, stdio: "ignore" },
     );
     const gpus = server.client(GpuService);
@@ -70,8 +92,19 @@ describe("e2e: the admin CLI against a live server with a real agent", function 
     workspaceId = (await workspaces.createWorkspace({ name: "cli-team" })).workspace!.id;
     await workspaces.setResourceQuota({ quota: { workspaceId, maxGpus: 4, maxEnvironments: 2 } });
     const envs = server.client(EnvironmentService);
-    envId = (await envs.createEnvironment({ workspaceId, name: "job", image: "python:3.12", command: ["sh", "-c", "echo hello from cli; exec sleep 300"], gpuCount: 2 })).environment!.id;
-    await eventually("the environment RUNNING", async () => (await envs.getEnvironment({ id: envId })).environment!.status === EnvironmentStatus.RUNNING);
+    envId = (
+      await envs.createEnvironment({
+        workspaceId,
+        name: "job",
+        image: "python:3.12",
+        command: ["sh", "-c", "echo hello from cli; exec sleep 300"],
+        gpuCount: 2,
+      })
+    ).environment!.id;
+    await eventually(
+      "the environment RUNNING",
+      async () => (await envs.getEnvironment({ id: envId })).environment!.status === EnvironmentStatus.RUNNING,
+    );
   });
   after(async () => {
     if (agent && agent.exitCode === null) {
@@ -107,7 +140,7 @@ describe("e2e: the admin CLI against a live server with a real agent", function 
 
   it("cordon and uncordon by name or id; drain reports what still runs", async () => {
     assert.match(await ok(["cordon", "cli-node"]), /host cli-node cordoned: unschedulable, ONLINE/);
-    assert.equal(((JSON.parse(await ok(["--json", "hosts"])) as { schedulable: boolean }[])[0]!).schedulable, false);
+    assert.equal((JSON.parse(await ok(["--json", "hosts"])) as { schedulable: boolean }[])[0]!.schedulable, false);
     assert.match(await ok(["uncordon", hostId]), /host cli-node uncordoned: schedulable, ONLINE/);
 
     const drained = await ok(["drain", "cli-node"]);
@@ -126,17 +159,31 @@ describe("e2e: the admin CLI against a live server with a real agent", function 
     assert.deepEqual(byName.get("gpus"), ["2 / 4", "50%"]);
     assert.deepEqual(byName.get("environments"), ["1 / 2", "50%"]);
     assert.deepEqual(byName.get("memory"), ["0 B / ∞", "-"]);
-    const json = JSON.parse(await ok(["--json", "usage", workspaceId])) as { usage: { dimension: string; used: number; limit: number | null; percent: number | null }[] };
-    assert.deepEqual(json.usage.find((d) => d.dimension === "gpus"), { dimension: "gpus", used: 2, limit: 4, percent: 50 });
-    assert.deepEqual(json.usage.find((d) => d.dimension === "cpu"), { dimension: "cpu", used: 0, limit: null, percent: null });
+    const json = JSON.parse(await ok(["--json", "usage", workspaceId])) as {
+      usage: { dimension: string; used: number; limit: number | null; percent: number | null }[];
+    };
+    assert.deepEqual(
+      json.usage.find((d) => d.dimension === "gpus"),
+      { dimension: "gpus", used: 2, limit: 4, percent: 50 },
+    );
+    assert.deepEqual(
+      json.usage.find((d) => d.dimension === "cpu"),
+      { dimension: "cpu", used: 0, limit: null, percent: null },
+    );
   });
 
   it("logs: the tail, --json lines, and --follow until Ctrl-C", async () => {
     assert.match(await ok(["logs", envId, "--tail", "10"]), /Z stdout +hello from cli$/m);
-    const lines = (await ok(["--json", "logs", envId])).trim().split("\n").map((l) => JSON.parse(l) as { stream: string; text: string });
-    assert.ok(lines.some((l) => l.stream === "stdout" && l.text === "hello from cli"), JSON.stringify(lines));
+    const lines = (await ok(["--json", "logs", envId]))
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l) as { stream: string; text: string });
+    assert.ok(
+      lines.some((l) => l.stream === "stdout" && l.text === "hello from cli"),
+      JSON.stringify(lines),
+    );
 
-    const follow = spawn(process.execPath, ["--import", "tsx", "src/cli/main.ts", "logs", envId, "--follow"], {
+    const follow = spawn(process.execPath, [...CLI, "logs", envId, "--follow"], {
       cwd: ROOT,
       env: { ...process.env, REMOTEGPU_URL: server.baseUrl, REMOTEGPU_TOKEN: ADMIN_TOKEN },
     });
@@ -156,7 +203,12 @@ describe("e2e: the admin CLI against a live server with a real agent", function 
       assert.deepEqual(r.slice(0, 3), ["cli-node", `#${i}`, "H100 80GB HBM3 (simulated)"]);
       assert.match(r.slice(4).join(" "), /^\d+% [█░]{10} [\d.]+ GiB \/ 80 GiB \d+°C \d+ \/ 700 W \d+s ago$/);
     }
-    const json = JSON.parse(await ok(["--json", "top", "--once"])) as { host: string; status: string; gpuUtilizationPercent: number; memoryTotalBytes: number }[];
+    const json = JSON.parse(await ok(["--json", "top", "--once"])) as {
+      host: string;
+      status: string;
+      gpuUtilizationPercent: number;
+      memoryTotalBytes: number;
+    }[];
     assert.equal(json.filter((g) => g.host === "cli-node").length, 4);
     assert.deepEqual(json.map((g) => g.status).sort(), ["ALLOCATED", "ALLOCATED", "AVAILABLE", "AVAILABLE"]);
     for (const g of json) assert.ok(g.gpuUtilizationPercent >= 0 && g.memoryTotalBytes === 81559 * 1024 * 1024);
@@ -172,6 +224,9 @@ describe("e2e: the admin CLI against a live server with a real agent", function 
     const down = await cli(["--url", "http://127.0.0.1:1", "hosts"]);
     assert.equal(down.code, 1);
     assert.match(down.stderr, /^remotegpu: unavailable: /);
+    const noToken = await cli(["hosts"], { REMOTEGPU_TOKEN: "" });
+    assert.equal(noToken.code, 2);
+    assert.match(noToken.stderr, /a token is required/);
     const usage = await cli(["frobnicate"]);
     assert.equal(usage.code, 2);
     assert.match(usage.stderr, /unknown command "frobnicate"/);
