@@ -1,8 +1,8 @@
 import { createApp } from "./app.js";
-import { ConfigError, loadConfig } from "./config.js";
+import { type Config, ConfigError, loadConfig } from "./config.js";
 
 // Reads the configuration, builds the app, serves, and stops cleanly on SIGTERM/SIGINT.
-let config;
+let config: Config;
 try {
   config = loadConfig(process.env);
 } catch (err) {
@@ -54,9 +54,10 @@ if (app.generatedAdminToken) {
 }
 
 const port = await app.listen().catch(async (err: unknown) => {
-  process.stderr.write(`remotegpu: cannot listen on ${config.bindAddress}:${config.port}: ${err instanceof Error ? err.message : String(err)}\n`);
+  process.stderr.write(
+    `remotegpu: cannot listen on ${config.bindAddress}:${config.port}: ${err instanceof Error ? err.message : String(err)}\n`,
+  );
   await app.close();
   process.exit(1);
 });
 app.logger.info({ port, tls: Boolean(config.tls) }, "remotegpu listening");
-

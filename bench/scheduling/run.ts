@@ -15,6 +15,8 @@ import { freePort, serverEnv, spawnServer } from "../../test/support/child.js";
 import { EnvironmentManager, type EnvironmentInput } from "../../src/environment/environment-manager.js";
 import { placeEnvironment } from "../../src/environment/placement.js";
 import { systemClock } from "../../src/platform/clock.js";
+import { entities } from "../../src/entities.js";
+import { LocalClusterEvents } from "../../src/platform/cluster-events.js";
 import { openDatabase } from "../../src/platform/database.js";
 import { QuotaLedger } from "../../src/workspace/quota-ledger.js";
 import { createTestDatabase } from "../../test/support/database.js";
@@ -30,7 +32,18 @@ const { values } = parseArgs({
 const ADMIN = "bench-admin-token-0123456789";
 const TEAMS = 50;
 const BLANK: Omit<EnvironmentInput, "workspaceId" | "name" | "gpuCount"> = {
-  image: "img", command: [], args: [], env: {}, gpuModel: "", cpuMillicores: 0, memoryBytes: 0, storageBytes: 0, ports: [], sshPublicKeys: [], idleTimeoutMinutes: 0, requestId: "",
+  image: "img",
+  command: [],
+  args: [],
+  env: {},
+  gpuModel: "",
+  cpuMillicores: 0,
+  memoryBytes: 0,
+  storageBytes: 0,
+  ports: [],
+  sshPublicKeys: [],
+  idleTimeoutMinutes: 0,
+  requestId: "",
 };
 const MODELS = ["NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB", "NVIDIA L4"];
 
@@ -61,7 +74,18 @@ function percentile(sorted: number[], p: number): number {
 async function withServer<T>(dbUrl: string, work: (baseUrl: string) => Promise<T>): Promise<T> {
   const port = await freePort();
   // A far-off lease: the seeded hosts must not expire while the benchmark runs.
-  const server = spawnServer(serverEnv({ DATABASE_URL: dbUrl, PORT: String(port), BIND_ADDRESS: "127.0.0.1", REMOTEGPU_ADMIN_TOKEN: ADMIN, LOG_LEVEL: "info", RATE_LIMIT_PER_SECOND: "0", HOST_GRACE_SECONDS: "86400", DATABASE_POOL_SIZE: "40" }));
+  const server = spawnServer(
+    serverEnv({
+      DATABASE_URL: dbUrl,
+      PORT: String(port),
+      BIND_ADDRESS: "127.0.0.1",
+      REMOTEGPU_ADMIN_TOKEN: ADMIN,
+      LOG_LEVEL: "info",
+      RATE_LIMIT_PER_SECOND: "0",
+      HOST_GRACE_SECONDS: "86400",
+      DATABASE_POOL_SIZE: "40",
+    }),
+  );
   try {
     await server.listening(60_000);
     return await work(`http://127.0.0.1:${port}`);
@@ -70,7 +94,10 @@ async function withServer<T>(dbUrl: string, work: (baseUrl: string) => Promise<T
   }
 }
 
-const auth: Interceptor = (next) => (req) => (req.header.set("authorization", `Bearer ${ADMIN}`), next(req));
+const auth: Interceptor = (next) => (req) => {
+  req.header.set("authorization", `Bearer ${ADMIN}`);
+  return next(req);
+};
 
 async function run(callers: number, requests: number, once: () => Promise<void>) {
   const latencies: number[] = [];
@@ -142,12 +169,25 @@ const results: string[] = [];
     });
     // The same creation path in-process (ledger, transaction, ports, inserts), once with the real
     // placement and once with the naive one, on fresh copies of the fleet.
-    const orm = await openDatabase(db.url, 40);
-    const placements: [string, typeof placeEnvironment][] = [["RemoteGPU (SQL best fit, SKIP LOCKED)", placeEnvironment], ["naive (every free GPU into the app, table lock)", naivePlacement]];
+    const orm = await openDatabase(db.url, entities, 40);
+    const placements: [string, typeof placeEnvironment][] = [
+      ["RemoteGPU (SQL best fit, SKIP LOCKED)", placeEnvironment],
+      ["naive (every free GPU into the app, table lock)", naivePlacement],
+    ];
     const compared: { name: string; r: Awaited<ReturnType<typeof run>> }[] = [];
     for (const [name, place] of placements) {
-      await admin.query("update gpus set status = 'AVAILABLE', holder = null, environment_id = null; delete from environments; delete from port_mappings");
-      const manager = new EnvironmentManager(orm, systemClock, new QuotaLedger(orm, systemClock), { first: 20000, last: 60000 }, () => undefined, place);
+      await admin.query(
+        "update gpus set status = 'AVAILABLE', holder = null, environment_id = null; delete from environments; delete from port_mappings",
+      );
+      const manager = new EnvironmentManager(
+        orm,
+        systemClock,
+        new QuotaLedger(orm, systemClock),
+        { first: 20000, last: 60000 },
+        new LocalClusterEvents(),
+        () => undefined,
+        place,
+      );
       const teams = (await admin.query<{ id: string }>("select id from workspaces order by name")).rows.map((r) => r.id);
       let k = 0;
       const r = await run(callers, requests, async () => {
@@ -158,10 +198,15 @@ const results: string[] = [];
     }
     await orm.close();
     const f = (n: number) => n.toFixed(0);
-    results.push(`\n### CreateEnvironment, ${hosts} hosts × 8 GPUs, ${callers} concurrent callers over ${TEAMS} workspaces, ${requests} requests\n`);
+    results.push(
+      `\n### CreateEnvironment, ${hosts} hosts × 8 GPUs, ${callers} concurrent callers over ${TEAMS} workspaces, ${requests} requests\n`,
+    );
     results.push("| path | throughput | p50 | p99 | failed |", "| --- | --- | --- | --- | --- |");
-    results.push(`| through the API (gRPC, server process) | ${f(api.perSecond)}/s | ${f(api.p50)} ms | ${f(api.p99)} ms | ${api.failures} |`);
-    for (const { name, r } of compared) results.push(`| in-process, placement: ${name} | ${f(r.perSecond)}/s | ${f(r.p50)} ms | ${f(r.p99)} ms | ${r.failures} |`);
+    results.push(
+      `| through the API (gRPC, server process) | ${f(api.perSecond)}/s | ${f(api.p50)} ms | ${f(api.p99)} ms | ${api.failures} |`,
+    );
+    for (const { name, r } of compared)
+      results.push(`| in-process, placement: ${name} | ${f(r.perSecond)}/s | ${f(r.p50)} ms | ${f(r.p99)} ms | ${r.failures} |`);
     results.push(`\nPlacement throughput ratio, RemoteGPU / naive: ${(compared[0]!.r.perSecond / compared[1]!.r.perSecond).toFixed(1)}×.`);
   } finally {
     await admin.end().catch(() => undefined);
@@ -197,11 +242,18 @@ const results: string[] = [];
           if (!token) break;
         }
         latencies.sort((a, b) => a - b);
-        out.push(`| ${name} | ${latencies.length} | ${percentile(latencies, 50).toFixed(1)} ms | ${percentile(latencies, 99).toFixed(1)} ms |`);
+        out.push(
+          `| ${name} | ${latencies.length} | ${percentile(latencies, 50).toFixed(1)} ms | ${percentile(latencies, 99).toFixed(1)} ms |`,
+        );
       }
       return out;
     });
-    results.push(`\n### ListGpus, ${gpuCount} GPUs, pages of 100 (first 50 pages per filter)\n`, "| filter | pages | p50 | p99 |", "| --- | --- | --- | --- |", ...rows);
+    results.push(
+      `\n### ListGpus, ${gpuCount} GPUs, pages of 100 (first 50 pages per filter)\n`,
+      "| filter | pages | p50 | p99 |",
+      "| --- | --- | --- | --- |",
+      ...rows,
+    );
   } finally {
     await admin.end().catch(() => undefined);
     await db.drop();

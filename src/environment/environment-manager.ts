@@ -1,14 +1,14 @@
 import { LockMode, type FilterQuery } from "@mikro-orm/core";
 import type { EntityManager, MikroORM } from "@mikro-orm/postgresql";
 import type { AuditNote } from "../audit/audit-trail.js";
-import { AlreadyExistsError, ConflictError, FailedPreconditionError, NotFoundError, UnavailableError } from "../errors.js";
+import { AlreadyExistsError, ConflictError, FailedPreconditionError, NotFoundError } from "../errors.js";
 import { Host } from "../host/host.js";
 import { Gpu } from "../gpu/gpu.js";
 import { checkId } from "../ids.js";
 import { decodePageToken, encodePageToken, pageSize, type Page } from "../pagination.js";
 import type { Clock } from "../platform/clock.js";
-import { ChangeRelay } from "../platform/change-relay.js";
-import { Feed } from "../platform/feed.js";
+import { textFields, type ClusterEvents, type Decoders } from "../platform/cluster-events.js";
+import { ReplicatedFeed, changeMessage, type Change, type ChangeTopic } from "../platform/replicated-feed.js";
 import { onUniqueViolation } from "../platform/unique-violation.js";
 import { Violations, checkString } from "../validation.js";
 import type { QuotaLedger } from "../workspace/quota-ledger.js";
@@ -47,16 +47,15 @@ export interface EnvironmentFilter {
   hostId?: string;
 }
 
-export interface EnvironmentChange {
-  type: "ADDED" | "MODIFIED" | "DELETED";
-  view: EnvironmentView;
-}
+export type EnvironmentChange = Change<EnvironmentView>;
 
-/** An environment change another replica made, as the Redis bus carries it. */
-interface RemoteEnvironmentChange {
-  type: EnvironmentChange["type"];
-  deleted?: { workspaceId: string; name: string };
-}
+/** What watchers on other replicas are shown of a deleted environment. */
+export type DeletedEnvironment = Pick<Environment, "name"> & { workspaceId: string };
+
+/** Environment changes between replicas. */
+export type EnvironmentTopics = ChangeTopic<"environment", DeletedEnvironment>;
+
+export const environmentTopics: Decoders<EnvironmentTopics> = { environment: changeMessage(textFields("workspaceId", "name")) };
 
 /** Who is asking: a workspace token sees only its workspace's environments; undefined sees all. */
 export type Visibility = string | undefined;
@@ -76,19 +75,34 @@ export const HOLDING: EnvironmentStatus[] = ["PENDING", "CREATING", "STARTING", 
  * status it leads to) in one transaction; the EnvironmentReconciler then makes the runtime follow.
  */
 export class EnvironmentManager {
-  /** Every committed change, for WatchEnvironments and StreamLogs. */
-  readonly changes = new Feed<EnvironmentChange>();
+  /** Every committed change, made here or on another replica, for WatchEnvironments and StreamLogs. */
+  readonly changes: ReplicatedFeed<EnvironmentView, DeletedEnvironment, "environment">;
 
   constructor(
     private readonly orm: MikroORM,
     private readonly clock: Clock,
     private readonly quotas: QuotaLedger,
     private readonly portRange: PortRange,
+    events: ClusterEvents<EnvironmentTopics>,
     /** Told after a change that the reconciler should act on. */
     private readonly kick: () => void = () => undefined,
     /** How hosts and GPUs are chosen (replaceable for benchmarks). */
     private readonly place: typeof placeEnvironment = placeEnvironment,
-  ) {}
+  ) {
+    this.changes = new ReplicatedFeed(events, "environment", {
+      idOf: (view) => view.environment.id,
+      read: async (ids) => {
+        const em = this.orm.em.fork();
+        return this.views(em, await em.find(Environment, { id: { $in: ids } }, { populate: ["host"] }));
+      },
+      remains: ({ environment }) => ({ workspaceId: environment.workspace.id, name: environment.name }),
+      tombstone: (id, { workspaceId, name }) => {
+        const workspace = { id: workspaceId } as Workspace;
+        const environment = Object.assign(new Environment(), { id, name, workspace, status: "DELETED", desiredState: "DELETED" });
+        return { environment, gpuIds: [], portMappings: [] };
+      },
+    });
+  }
 
   /**
    * Reserves quota, places the environment on a host with its GPUs and ports, and records it PENDING,
@@ -102,8 +116,17 @@ export class EnvironmentManager {
     }
     try {
       const view = await this.orm.em.fork().transactional(async (em) => {
-        const { quota } = await this.quotas.reserve(em, input.workspaceId, { environments: 1, cpuMillicores: input.cpuMillicores, memoryBytes: input.memoryBytes, storageBytes: input.storageBytes });
-        const placement = await this.place(em, { gpuCount: input.gpuCount, gpuModel: input.gpuModel, allowedModels: quota.allowedGpuModels });
+        const { quota } = await this.quotas.reserve(em, input.workspaceId, {
+          environments: 1,
+          cpuMillicores: input.cpuMillicores,
+          memoryBytes: input.memoryBytes,
+          storageBytes: input.storageBytes,
+        });
+        const placement = await this.place(em, {
+          gpuCount: input.gpuCount,
+          gpuModel: input.gpuModel,
+          allowedModels: quota.allowedGpuModels,
+        });
         await this.quotas.reserve(em, input.workspaceId, { gpusPerModel: countModels(placement.gpus) });
         const now = this.clock.now();
         const { workspaceId, requestId, ...fields } = input;
@@ -117,7 +140,12 @@ export class EnvironmentManager {
           updatedAt: now,
         });
         transition(environment, "PENDING", "scheduled", now);
-        await this.hold(em, environment, placement.hostId, placement.gpus.map((g) => g.id));
+        await this.hold(
+          em,
+          environment,
+          placement.hostId,
+          placement.gpus.map((g) => g.id),
+        );
         note(em, { workspaceId, targetId: environment.id });
         return this.view(em, environment);
       });
@@ -126,7 +154,10 @@ export class EnvironmentManager {
     } catch (err) {
       const mapped = await onUniqueViolation(
         () => Promise.reject(err),
-        (c) => (c === "environments_workspace_name_unique" ? new AlreadyExistsError("environment", `named "${input.name}" in this workspace`) : undefined),
+        (c) =>
+          c === "environments_workspace_name_unique"
+            ? new AlreadyExistsError("environment", `named "${input.name}" in this workspace`)
+            : undefined,
       ).catch((e: unknown) => e);
       // Two retries of one request raced: the loser returns the winner's environment.
       if (input.requestId && mapped === err) {
@@ -169,7 +200,8 @@ export class EnvironmentManager {
   /** Schedules a STOPPED or FAILED environment again, on the host that keeps its volume. */
   async start(id: string, visibility: Visibility, note: AuditNote): Promise<EnvironmentView> {
     return this.change(id, visibility, note, async (em, env) => {
-      if (env.status !== "STOPPED" && env.status !== "FAILED") throw new FailedPreconditionError(`environment "${env.name}" is ${env.status}; only a STOPPED or FAILED one can be started`);
+      if (env.status !== "STOPPED" && env.status !== "FAILED")
+        throw new FailedPreconditionError(`environment "${env.name}" is ${env.status}; only a STOPPED or FAILED one can be started`);
       const { quota } = await this.quotas.reserve(em, env.workspace.id, { cpuMillicores: env.cpuMillicores, memoryBytes: env.memoryBytes });
       // The volume lives on the host it last ran on; a host that is gone frees the environment to move.
       const placement = await this.place(em, {
@@ -184,7 +216,12 @@ export class EnvironmentManager {
       env.generation++;
       resetWorkload(env);
       transition(env, "STARTING", "starting", this.clock.now());
-      await this.hold(em, env, placement.hostId, placement.gpus.map((g) => g.id));
+      await this.hold(
+        em,
+        env,
+        placement.hostId,
+        placement.gpus.map((g) => g.id),
+      );
     });
   }
 
@@ -192,7 +229,8 @@ export class EnvironmentManager {
   /** `unchangedSince`: only if the environment is still at that version (the idle stopper's view of it). */
   async stop(id: string, visibility: Visibility, note: AuditNote, reason = "stopping", unchangedSince?: number): Promise<EnvironmentView> {
     return this.change(id, visibility, note, async (_em, env) => {
-      if (unchangedSince !== undefined && env.version !== unchangedSince) throw new ConflictError(`environment "${env.name}" changed meanwhile`);
+      if (unchangedSince !== undefined && env.version !== unchangedSince)
+        throw new ConflictError(`environment "${env.name}" changed meanwhile`);
       if (!["PENDING", "CREATING", "STARTING", "RUNNING"].includes(env.status)) {
         throw new FailedPreconditionError(`environment "${env.name}" is ${env.status}; only a running or starting one can be stopped`);
       }
@@ -205,7 +243,8 @@ export class EnvironmentManager {
   /** Runs the workload anew on the GPUs and ports it holds. */
   async restart(id: string, visibility: Visibility, note: AuditNote): Promise<EnvironmentView> {
     return this.change(id, visibility, note, async (_em, env) => {
-      if (env.status !== "RUNNING") throw new FailedPreconditionError(`environment "${env.name}" is ${env.status}; only a RUNNING one can be restarted`);
+      if (env.status !== "RUNNING")
+        throw new FailedPreconditionError(`environment "${env.name}" is ${env.status}; only a RUNNING one can be restarted`);
       env.generation++;
       resetWorkload(env);
       transition(env, "STARTING", "restarting", this.clock.now());
@@ -237,21 +276,34 @@ export class EnvironmentManager {
     for (;;) {
       const left = await em.fork().count(Environment, { workspace: workspaceId });
       if (left === 0) return;
-      if (Date.now() > deadline) throw new FailedPreconditionError(`${left} environment(s) of the workspace are still being deleted; try again later`);
+      if (Date.now() > deadline)
+        throw new FailedPreconditionError(`${left} environment(s) of the workspace are still being deleted; try again later`);
       await new Promise((resolve) => setTimeout(resolve, 200));
     }
   }
 
   /** Maps one more port of a running environment; it is kept for later starts too. */
-  async addPort(environmentId: string, spec: PortSpec, hostPort: number | undefined, visibility: Visibility, note: AuditNote): Promise<PortMapping> {
+  async addPort(
+    environmentId: string,
+    spec: PortSpec,
+    hostPort: number | undefined,
+    visibility: Visibility,
+    note: AuditNote,
+  ): Promise<PortMapping> {
     checkId("environment_id", environmentId);
     const v = new Violations();
     checkPorts(v, "port", [spec]);
-    if (hostPort !== undefined) v.check(hostPort >= this.portRange.first && hostPort <= this.portRange.last, "host_port", `must be in ${this.portRange.first}-${this.portRange.last}`);
+    if (hostPort !== undefined)
+      v.check(
+        hostPort >= this.portRange.first && hostPort <= this.portRange.last,
+        "host_port",
+        `must be in ${this.portRange.first}-${this.portRange.last}`,
+      );
     v.throwIfAny();
     let mapping: PortMapping | undefined;
     await this.change(environmentId, visibility, note, async (em, env) => {
-      if (env.status !== "RUNNING" || !env.host) throw new FailedPreconditionError(`environment "${env.name}" is ${env.status}; ports can be added to a RUNNING one`);
+      if (env.status !== "RUNNING" || !env.host)
+        throw new FailedPreconditionError(`environment "${env.name}" is ${env.status}; ports can be added to a RUNNING one`);
       const clash = env.ports.find((p) => p.name === spec.name || p.containerPort === spec.containerPort);
       if (clash) throw new AlreadyExistsError("port", `"${clash.name}" (container port ${clash.containerPort}) on this environment`);
       const [port] = await allocateHostPorts(em, env.host.id, this.portRange, 1, [hostPort]);
@@ -268,7 +320,8 @@ export class EnvironmentManager {
   async removePort(environmentId: string, mappingId: string, visibility: Visibility, note: AuditNote): Promise<void> {
     checkId("environment_id", environmentId);
     await this.change(environmentId, visibility, note, async (em, env) => {
-      if (env.status !== "RUNNING") throw new FailedPreconditionError(`environment "${env.name}" is ${env.status}; ports can be removed from a RUNNING one`);
+      if (env.status !== "RUNNING")
+        throw new FailedPreconditionError(`environment "${env.name}" is ${env.status}; ports can be removed from a RUNNING one`);
       const mapping = await em.findOne(PortMapping, { id: checkId("port_mapping_id", mappingId), environment: env });
       if (!mapping) throw new NotFoundError("port mapping", mappingId);
       env.ports = env.ports.filter((p) => p.name !== mapping.name);
@@ -284,49 +337,9 @@ export class EnvironmentManager {
     return (await this.get(environmentId, visibility)).portMappings;
   }
 
-  /** Re-reads environments changed elsewhere (the reconciler) and tells watchers. */
-  async announce(ids: string[]): Promise<void> {
-    if (ids.length === 0) return;
-    const em = this.orm.em.fork();
-    for (const view of await this.views(em, await em.find(Environment, { id: { $in: ids } }))) this.publish("MODIFIED", view);
-  }
-
+  /** Tells watchers of every replica about a committed change (made here, or by the reconciler). */
   publish(type: EnvironmentChange["type"], view: EnvironmentView): void {
-    this.changes.publish({ type, view });
-    this.forward?.(type, view);
-  }
-
-  /** Tells other replicas of each change (set when there are several, with Redis). */
-  forward?: (type: EnvironmentChange["type"], view: EnvironmentView) => void;
-
-  /**
-   * A change another replica made, for this replica's watchers (read back in order by a ChangeRelay;
-   * a deleted one is gone from the database, so its last known fields come with the message).
-   */
-  remoteChange(type: EnvironmentChange["type"], id: string, deleted?: { workspaceId: string; name: string }): void {
-    this.remote.add(id, { type, deleted });
-  }
-
-  private readonly remote = new ChangeRelay<RemoteEnvironmentChange>(
-    (batch) => this.publishRemote(batch),
-    () => this.changes.interrupt(new UnavailableError("could not read a change another replica made; watch again")),
-  );
-
-  private async publishRemote(batch: Map<string, RemoteEnvironmentChange>): Promise<void> {
-    if (this.changes.size === 0) return;
-    const em = this.orm.em.fork();
-    const found = await em.find(Environment, { id: { $in: [...batch.keys()] } }, { populate: ["host"] });
-    const current = new Map((await this.views(em, found)).map((v) => [v.environment.id, v]));
-    for (const [id, { type, deleted }] of batch) {
-      if (deleted) {
-        const environment = Object.assign(new Environment(), { id, name: deleted.name, workspace: { id: deleted.workspaceId } as Workspace, status: "DELETED", desiredState: "DELETED" });
-        this.changes.publish({ type, view: { environment, gpuIds: [], portMappings: [] } });
-      } else {
-        // One gone without a DELETED here was deleted after this change; that DELETED follows.
-        const view = current.get(id);
-        if (view) this.changes.publish({ type, view });
-      }
-    }
+    this.changes.publish(type, view);
   }
 
   async view(em: EntityManager, env: Environment): Promise<EnvironmentView> {
@@ -352,7 +365,11 @@ export class EnvironmentManager {
     const now = this.clock.now();
     await em.flush(); // the environment row first: the GPU rows below point at it
     if (gpuIds.length > 0) {
-      await em.nativeUpdate(Gpu, { id: { $in: gpuIds } }, { status: "ALLOCATED", holder: `environment:${env.id}`, environment: env.id, allocatedAt: now, updatedAt: now });
+      await em.nativeUpdate(
+        Gpu,
+        { id: { $in: gpuIds } },
+        { status: "ALLOCATED", holder: `environment:${env.id}`, environment: env.id, allocatedAt: now, updatedAt: now },
+      );
     }
     const ports = await allocateHostPorts(em, hostId, this.portRange, env.ports.length);
     for (const [i, spec] of env.ports.entries()) await this.mapPort(em, env, spec, ports[i]!);
@@ -364,7 +381,12 @@ export class EnvironmentManager {
     return em.create(PortMapping, { ...spec, environment: env, host, hostPort, url, createdAt: this.clock.now() });
   }
 
-  private async change(id: string, visibility: Visibility, note: AuditNote, mutate: (em: EntityManager, env: Environment) => Promise<void>): Promise<EnvironmentView> {
+  private async change(
+    id: string,
+    visibility: Visibility,
+    note: AuditNote,
+    mutate: (em: EntityManager, env: Environment) => Promise<void>,
+  ): Promise<EnvironmentView> {
     const view = await this.orm.em.fork().transactional(async (em) => {
       const env = await this.find(em, id, visibility, LockMode.PESSIMISTIC_WRITE);
       await mutate(em, env);
@@ -419,8 +441,17 @@ function checkPorts(v: Violations, field: string, ports: PortSpec[]): void {
   const numbers = new Set<number>();
   ports.forEach((p, i) => {
     const f = ports.length === 1 && field === "port" ? field : `${field}[${i}]`;
-    checkString(v, `${f}.name`, p.name, { required: true, max: 15, pattern: PORT_NAME, patternHint: "lowercase letters, digits and '-', starting with a letter" });
-    v.check(Number.isInteger(p.containerPort) && p.containerPort >= 1 && p.containerPort <= 65535, `${f}.container_port`, "must be 1 to 65535");
+    checkString(v, `${f}.name`, p.name, {
+      required: true,
+      max: 15,
+      pattern: PORT_NAME,
+      patternHint: "lowercase letters, digits and '-', starting with a letter",
+    });
+    v.check(
+      Number.isInteger(p.containerPort) && p.containerPort >= 1 && p.containerPort <= 65535,
+      `${f}.container_port`,
+      "must be 1 to 65535",
+    );
     v.check(!names.has(p.name), `${f}.name`, "appears twice");
     v.check(!numbers.has(p.containerPort), `${f}.container_port`, "appears twice");
     names.add(p.name);
@@ -431,26 +462,45 @@ function checkPorts(v: Violations, field: string, ports: PortSpec[]): void {
 function checkInput(input: EnvironmentInput): void {
   checkId("workspace_id", input.workspaceId);
   const v = new Violations();
-  checkString(v, "name", input.name, { required: true, max: 63, pattern: NAME, patternHint: "lowercase letters, digits and '-', starting with a letter" });
+  checkString(v, "name", input.name, {
+    required: true,
+    max: 63,
+    pattern: NAME,
+    patternHint: "lowercase letters, digits and '-', starting with a letter",
+  });
   checkString(v, "image", input.image, { required: true, max: 512, pattern: /^\S+$/, patternHint: "an image reference without spaces" });
-  for (const [field, list] of [["command", input.command], ["args", input.args]] as const) {
+  for (const [field, list] of [
+    ["command", input.command],
+    ["args", input.args],
+  ] as const) {
     v.check(list.length <= 256, field, "at most 256 entries");
-    list.forEach((s, i) => checkString(v, `${field}[${i}]`, s.replace(/[\t\n]/g, " "), { max: 8192 }));
+    for (const [i, s] of list.entries()) checkString(v, `${field}[${i}]`, s.replace(/[\t\n]/g, " "), { max: 8192 });
   }
   const vars = Object.entries(input.env);
   v.check(vars.length <= 256, "env", "at most 256 variables");
   for (const [key, value] of vars) {
-    v.check(ENV_KEY.test(key) && key.length <= 256, `env.${key.slice(0, 64)}`, "names are letters, digits and '_', not starting with a digit");
+    v.check(
+      ENV_KEY.test(key) && key.length <= 256,
+      `env.${key.slice(0, 64)}`,
+      "names are letters, digits and '_', not starting with a digit",
+    );
     checkString(v, `env.${key.slice(0, 64)}`, value.replace(/[\t\n]/g, " "), { max: 32768 });
   }
   v.check(Number.isInteger(input.gpuCount) && input.gpuCount >= 0 && input.gpuCount <= 64, "gpu_count", "must be 0 to 64");
   checkString(v, "gpu_model", input.gpuModel, { max: 128 });
   if (input.gpuCount === 0) v.check(input.gpuModel === "", "gpu_model", "only with gpu_count above 0");
-  for (const field of ["cpuMillicores", "memoryBytes", "storageBytes"] as const) v.check(input[field] >= 0, snake(field), "must be 0 or more");
+  for (const field of ["cpuMillicores", "memoryBytes", "storageBytes"] as const)
+    v.check(input[field] >= 0, snake(field), "must be 0 or more");
   checkPorts(v, "ports", input.ports);
   v.check(input.sshPublicKeys.length <= 32, "ssh_public_keys", "at most 32 keys");
-  input.sshPublicKeys.forEach((k, i) => checkString(v, `ssh_public_keys[${i}]`, k, { max: 16384, pattern: SSH_KEY, patternHint: "an OpenSSH public key line" }));
-  v.check(Number.isInteger(input.idleTimeoutMinutes) && input.idleTimeoutMinutes >= 0 && input.idleTimeoutMinutes <= 7 * 24 * 60, "idle_timeout_minutes", "must be 0 (never) to 10080");
+  for (const [i, k] of input.sshPublicKeys.entries()) {
+    checkString(v, `ssh_public_keys[${i}]`, k, { max: 16384, pattern: SSH_KEY, patternHint: "an OpenSSH public key line" });
+  }
+  v.check(
+    Number.isInteger(input.idleTimeoutMinutes) && input.idleTimeoutMinutes >= 0 && input.idleTimeoutMinutes <= 7 * 24 * 60,
+    "idle_timeout_minutes",
+    "must be 0 (never) to 10080",
+  );
   if (input.requestId) v.check(REQUEST_ID.test(input.requestId), "request_id", "1 to 128 letters, digits, '.', '_', ':' or '-'");
   v.throwIfAny();
 }
@@ -458,4 +508,3 @@ function checkInput(input: EnvironmentInput): void {
 function snake(s: string): string {
   return s.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
 }
-

@@ -51,7 +51,14 @@ export class GpuAllocator {
         if (gpu.holder !== null) throw new FailedPreconditionError(`GPU ${gpu.id} is already allocated to "${gpu.holder}"`);
         const status = effectiveGpuStatus(gpu);
         if (status !== "AVAILABLE") throw new FailedPreconditionError(`GPU ${gpu.id} is ${status} and cannot be allocated`);
-        await lockHostOpen(em, gpu.host, () => new FailedPreconditionError(`GPU ${gpu!.id} is on host "${gpu!.host.name}", which takes no new work (${gpu!.host.status}${gpu!.host.schedulable ? "" : ", cordoned"})`));
+        await lockHostOpen(
+          em,
+          gpu.host,
+          () =>
+            new FailedPreconditionError(
+              `GPU ${gpu!.id} is on host "${gpu!.host.name}", which takes no new work (${gpu!.host.status}${gpu!.host.schedulable ? "" : ", cordoned"})`,
+            ),
+        );
       } else {
         const where: FilterQuery<Gpu>[] = [FREE_GPU];
         if (req.hostId) where.push({ host: checkId("host_id", req.hostId) });
@@ -60,13 +67,22 @@ export class GpuAllocator {
         gpu = await em.findOne(
           Gpu,
           { $and: where },
-          { orderBy: [{ host: "asc" }, { index: "asc" }], lockMode: LockMode.PESSIMISTIC_PARTIAL_WRITE, lockTableAliases: [GPU_ALIAS], populate: ["host"] },
+          {
+            orderBy: [{ host: "asc" }, { index: "asc" }],
+            lockMode: LockMode.PESSIMISTIC_PARTIAL_WRITE,
+            lockTableAliases: [GPU_ALIAS],
+            populate: ["host"],
+          },
         );
         if (!gpu) {
           const what = [req.model && `model "${req.model}"`, req.hostId && `on host ${req.hostId}`].filter(Boolean).join(" ");
           throw new ResourceExhaustedError(`no free GPU${what ? ` of ${what}` : ""} on an online, schedulable host`);
         }
-        await lockHostOpen(em, gpu.host, () => new ConflictError(`host "${gpu!.host.name}" was cordoned or went offline while allocating; retry`));
+        await lockHostOpen(
+          em,
+          gpu.host,
+          () => new ConflictError(`host "${gpu!.host.name}" was cordoned or went offline while allocating; retry`),
+        );
       }
       const now = this.clock.now();
       Object.assign(gpu, { status: "ALLOCATED", holder: req.holder, allocatedAt: now, updatedAt: now });
@@ -87,7 +103,9 @@ export class GpuAllocator {
         throw new FailedPreconditionError(`GPU ${gpu.id} is held by "${gpu.holder}", not "${expectedHolder}"`);
       }
       if (gpu.environment) {
-        throw new FailedPreconditionError(`GPU ${gpu.id} is held by environment ${gpu.environment.id}; stop or delete the environment instead`);
+        throw new FailedPreconditionError(
+          `GPU ${gpu.id} is held by environment ${gpu.environment.id}; stop or delete the environment instead`,
+        );
       }
       Object.assign(gpu, {
         holder: null,

@@ -1,16 +1,18 @@
 import { LockMode, type FilterQuery } from "@mikro-orm/core";
 import type { EntityManager, MikroORM } from "@mikro-orm/postgresql";
 import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError } from "../errors.js";
-import { Host } from "../host/host.js";
-import { hasLabels } from "../host/host-registry.js";
+import { Host, hasLabels } from "../host/host.js";
 import { checkId } from "../ids.js";
 import { decodePageToken, encodePageToken, pageSize, type Page } from "../pagination.js";
 import type { Clock } from "../platform/clock.js";
 import { onUniqueViolation } from "../platform/unique-violation.js";
-import type { GpuSampleRecord, LatestSamples } from "../telemetry/latest-samples.js";
+import type { LatestSamples } from "../telemetry/latest-samples.js";
 import { Violations, checkString } from "../validation.js";
-import { Gpu, type GpuStatus } from "./gpu.js";
+import { Gpu, type GpuStatus, type GpuView } from "./gpu.js";
 import type { AuditNote } from "../audit/audit-trail.js";
+
+// Where the RPC layer has always found it.
+export type { GpuView } from "./gpu.js";
 
 const unaudited: AuditNote = () => undefined;
 
@@ -20,11 +22,6 @@ export interface GpuInput {
   uuid: string;
   model: string;
   memoryBytes: number;
-}
-
-export interface GpuView {
-  gpu: Gpu;
-  latestSample?: GpuSampleRecord;
 }
 
 export interface GpuFilter {
@@ -62,7 +59,12 @@ export class GpuInventory {
     const v = new Violations();
     if (input.hostId === "") v.add("host_id", "required");
     v.check(Number.isInteger(input.index) && input.index >= 0 && input.index < 1024, "index", "must be 0 to 1023");
-    checkString(v, "uuid", input.uuid, { required: true, max: 128, pattern: /^[\x21-\x7e]+$/, patternHint: "printable characters without spaces" });
+    checkString(v, "uuid", input.uuid, {
+      required: true,
+      max: 128,
+      pattern: /^[\x21-\x7e]+$/,
+      patternHint: "printable characters without spaces",
+    });
     checkString(v, "model", input.model, { required: true, max: 128 });
     v.check(input.memoryBytes > 0, "memory_bytes", "must be more than 0");
     v.throwIfAny();
@@ -74,7 +76,15 @@ export class GpuInventory {
           const host = await em.findOne(Host, checkId("host_id", input.hostId), { lockMode: LockMode.PESSIMISTIC_READ });
           if (!host) throw new NotFoundError("host", input.hostId);
           const now = this.clock.now();
-          const gpu = em.create(Gpu, { host, index: input.index, uuid: input.uuid, model: input.model, memoryBytes: input.memoryBytes, createdAt: now, updatedAt: now });
+          const gpu = em.create(Gpu, {
+            host,
+            index: input.index,
+            uuid: input.uuid,
+            model: input.model,
+            memoryBytes: input.memoryBytes,
+            createdAt: now,
+            updatedAt: now,
+          });
           note(em, { targetId: gpu.id });
           return gpu;
         }),
@@ -130,11 +140,15 @@ export class GpuInventory {
     if (fields.includes("model")) checkString(v, "gpu.model", patch.model, { required: true, max: 128 });
     if (fields.includes("memory_bytes")) v.check(patch.memoryBytes > 0, "gpu.memory_bytes", "must be more than 0");
     if (fields.includes("status")) {
-      v.check(patch.status === "AVAILABLE" || patch.status === "UNHEALTHY", "gpu.status", "may only be set to GPU_STATUS_UNHEALTHY or GPU_STATUS_AVAILABLE");
+      v.check(
+        patch.status === "AVAILABLE" || patch.status === "UNHEALTHY",
+        "gpu.status",
+        "may only be set to GPU_STATUS_UNHEALTHY or GPU_STATUS_AVAILABLE",
+      );
     }
     if (fields.includes("health_reasons")) {
       v.check(patch.healthReasons.length <= 16, "gpu.health_reasons", "at most 16 reasons");
-      patch.healthReasons.forEach((r, i) => checkString(v, `gpu.health_reasons[${i}]`, r, { required: true, max: 256 }));
+      for (const [i, r] of patch.healthReasons.entries()) checkString(v, `gpu.health_reasons[${i}]`, r, { required: true, max: 256 });
     }
     v.throwIfAny();
 
@@ -197,7 +211,11 @@ export const GPU_ALIAS = "g0";
 
 /** Loads a GPU with its host; the lock, when asked for, covers the GPU row only. */
 export async function findGpu(em: EntityManager, id: string, lockMode?: LockMode): Promise<Gpu> {
-  const gpu = await em.findOne(Gpu, checkId("id", id), lockMode ? { lockMode, lockTableAliases: [GPU_ALIAS], populate: ["host"] } : { populate: ["host"] });
+  const gpu = await em.findOne(
+    Gpu,
+    checkId("id", id),
+    lockMode ? { lockMode, lockTableAliases: [GPU_ALIAS], populate: ["host"] } : { populate: ["host"] },
+  );
   if (!gpu) throw new NotFoundError("GPU", id);
   return gpu;
 }

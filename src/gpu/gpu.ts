@@ -2,11 +2,20 @@ import { randomUUID } from "node:crypto";
 import { BigIntType, EntitySchema, OptionalProps } from "@mikro-orm/core";
 import { Host } from "../host/host.js";
 import { Environment } from "../environment/environment.js";
+import type { GpuSampleRecord } from "../telemetry/latest-samples.js";
 
 export type GpuStatus = "AVAILABLE" | "ALLOCATED" | "UNHEALTHY" | "OFFLINE";
 
 export class Gpu {
-  declare [OptionalProps]?: "status" | "holder" | "environment" | "healthReasons" | "driverVersion" | "cudaVersion" | "allocatedAt" | "version";
+  declare [OptionalProps]?:
+    | "status"
+    | "holder"
+    | "environment"
+    | "healthReasons"
+    | "driverVersion"
+    | "cudaVersion"
+    | "allocatedAt"
+    | "version";
   id: string = randomUUID();
   host!: Host;
   index!: number;
@@ -24,6 +33,12 @@ export class Gpu {
   createdAt!: Date;
   updatedAt!: Date;
   version = 1;
+}
+
+/** A GPU with the latest sample shown beside it. */
+export interface GpuView {
+  gpu: Gpu;
+  latestSample?: GpuSampleRecord;
 }
 
 /**

@@ -3,10 +3,13 @@ import type { MikroORM } from "@mikro-orm/postgresql";
 import { ConflictError, NotFoundError, UnavailableError } from "../errors.js";
 import { checkId } from "../ids.js";
 import type { Clock } from "../platform/clock.js";
+import { anyInteger, anyString, integer, list, oneOf, record, text, uuid } from "../platform/cluster-events.js";
+import type { ClusterEvents, Decoders } from "../platform/cluster-events.js";
 import type { HeartbeatIngest } from "../telemetry/heartbeat-ingest.js";
 import type { GpuSampleRecord, HostSampleRecord } from "../telemetry/latest-samples.js";
 import { Violations, checkString } from "../validation.js";
 import { Channel } from "../platform/channel.js";
+import type { PortProtocol } from "../environment/environment.js";
 import type { WorkloadSpec } from "../runtime/runtime.js";
 import { syncInventory, type ReportedGpu } from "./inventory-sync.js";
 
@@ -37,6 +40,21 @@ export type AgentCommand = { id: string } & (
 
 /** Distributes Omit over the union, so each command keeps its own fields. */
 export type AgentCommandInput = AgentCommand extends infer C ? (C extends AgentCommand ? Omit<C, "id"> : never) : never;
+
+/** What replicas tell each other about agents: commands for a stream another replica holds, and new sessions. */
+export type AgentTopics = {
+  "agent-command": { hostId: string; command: AgentCommandInput };
+  /** `epoch` in decimal digits: JSON has no 64-bit integers. */
+  "agent-session": { hostId: string; sessionId: string; epoch: string };
+};
+
+/** What agent sessions need of the host registry. */
+export interface SessionHosts {
+  /** Tells watchers (here and on other replicas) that these hosts changed. */
+  announce(hostIds: string[]): void;
+  /** `listener` is told of each deleted host, wherever it was deleted. */
+  onDeleted(listener: (hostId: string) => void): void;
+}
 
 /** One agent connection. Only the newest session of a host is live; older ones are fenced. */
 export class AgentSession {
@@ -80,9 +98,15 @@ export class AgentSessions {
     private readonly ingest: HeartbeatIngest,
     private readonly heartbeatIntervalMs: number,
     private readonly leaseMs: number,
-    /** Told which hosts changed (status, inventory), after the change committed. */
-    private readonly onChanged: (hostIds: string[]) => void = () => undefined,
-  ) {}
+    /** Told which hosts changed (status, inventory), after the change committed; tells which were deleted. */
+    private readonly hosts: SessionHosts,
+    /** Other replicas: commands for the streams they hold, and sessions that fence the ones held here. */
+    private readonly events: ClusterEvents<AgentTopics>,
+  ) {
+    hosts.onDeleted((hostId) => this.forgetHost(hostId));
+    events.subscribe("agent-command", ({ hostId, command }) => this.deliver(hostId, command));
+    events.subscribe("agent-session", ({ hostId, sessionId, epoch }) => this.openedElsewhere(hostId, sessionId, BigInt(epoch)));
+  }
 
   /**
    * Opens a session from an agent's hello: records the host as ONLINE with its capacity and version,
@@ -102,19 +126,17 @@ export class AgentSessions {
       if (this.live.get(hello.hostId) === session) this.live.delete(hello.hostId);
       throw err;
     }
-    this.onChanged([hello.hostId]);
-    this.opened?.(hello.hostId, session.id, session.epoch);
+    this.hosts.announce([hello.hostId]);
+    // Other replicas fence their older sessions of the host.
+    this.events.publish("agent-session", { hostId: hello.hostId, sessionId: session.id, epoch: String(session.epoch) });
     return session;
   }
-
-  /** Told of each session opened here, for other replicas to fence their older ones (set with Redis). */
-  opened?: (hostId: string, sessionId: string, epoch: bigint) => void;
 
   /**
    * A session of `hostId` opened on another replica: an older one held here is fenced, so that this
    * replica stops sending the host's commands down a connection the agent has left.
    */
-  openedElsewhere(hostId: string, sessionId: string, epoch: bigint): void {
+  private openedElsewhere(hostId: string, sessionId: string, epoch: bigint): void {
     const local = this.live.get(hostId);
     if (!local || local.epoch >= epoch) return;
     local.end(new SessionFencedError(sessionId));
@@ -122,11 +144,14 @@ export class AgentSessions {
   }
 
   private async transactHello(hello: AgentHello, session: AgentSession): Promise<void> {
-    await this.orm.em.getConnection().getKnex().transaction(async (trx) => {
-      const now = this.clock.now();
-      // The UPDATE also takes the host's row lock: concurrent hellos for one host run one at a time.
-      const updated = await trx.raw(
-        `update hosts set agent_version = ?,
+    await this.orm.em
+      .getConnection()
+      .getKnex()
+      .transaction(async (trx) => {
+        const now = this.clock.now();
+        // The UPDATE also takes the host's row lock: concurrent hellos for one host run one at a time.
+        const updated = await trx.raw(
+          `update hosts set agent_version = ?,
            cpu_millicores = case when ?::bigint > 0 then ?::bigint else cpu_millicores end,
            memory_bytes = case when ?::bigint > 0 then ?::bigint else memory_bytes end,
            disk_bytes = case when ?::bigint > 0 then ?::bigint else disk_bytes end,
@@ -135,15 +160,26 @@ export class AgentSessions {
            status = case when status = 'OFFLINE' then 'ONLINE' else status end
          where id = ?
          returning (extract(epoch from clock_timestamp()) * 1000000)::bigint::text as epoch`,
-        [hello.agentVersion, hello.cpuMillicores, hello.cpuMillicores, hello.memoryBytes, hello.memoryBytes, hello.diskBytes, hello.diskBytes, now, now, hello.hostId],
-      );
-      if (updated.rowCount === 0) throw new NotFoundError("host", hello.hostId);
-      session.epoch = BigInt((updated.rows as { epoch: string }[])[0]!.epoch);
-      session.gpuIds = await syncInventory(trx, hello.hostId, hello.gpus, now);
-      // Swapped while the host row is locked, so concurrent hellos fence in the order they committed.
-      this.live.get(hello.hostId)?.end(new SessionFencedError(session.id));
-      this.live.set(hello.hostId, session);
-    });
+          [
+            hello.agentVersion,
+            hello.cpuMillicores,
+            hello.cpuMillicores,
+            hello.memoryBytes,
+            hello.memoryBytes,
+            hello.diskBytes,
+            hello.diskBytes,
+            now,
+            now,
+            hello.hostId,
+          ],
+        );
+        if (updated.rowCount === 0) throw new NotFoundError("host", hello.hostId);
+        session.epoch = BigInt((updated.rows as { epoch: string }[])[0]!.epoch);
+        session.gpuIds = await syncInventory(trx, hello.hostId, hello.gpus, now);
+        // Swapped while the host row is locked, so concurrent hellos fence in the order they committed.
+        this.live.get(hello.hostId)?.end(new SessionFencedError(session.id));
+        this.live.set(hello.hostId, session);
+      });
   }
 
   /**
@@ -168,7 +204,9 @@ export class AgentSessions {
    * the host's known ones, looked up here since there is no hello.
    */
   async report(hostId: string, host: HostSampleRecord | undefined, gpus: GpuSampleRecord[]): Promise<void> {
-    const rows: { id: string; uuid: string }[] = (await this.orm.em.getConnection().getKnex().raw("select id, uuid from gpus where host_id = ?", [hostId])).rows;
+    const rows: { id: string; uuid: string }[] = (
+      await this.orm.em.getConnection().getKnex().raw("select id, uuid from gpus where host_id = ?", [hostId])
+    ).rows;
     const ids = new Map(rows.map((r) => [r.uuid, r.id]));
     const known = gpus.filter((g) => ids.has(g.gpuUuid));
     for (const g of known) g.gpuId = ids.get(g.gpuUuid);
@@ -183,27 +221,24 @@ export class AgentSessions {
   }
 
   /**
-   * Sends a command to the host's agent: down its stream when this replica holds it, else through
-   * `route` (the other replicas, over Redis) when there is one. Returns whether it went anywhere;
-   * the caller learns the outcome from the agent's reports, and repeats a command that had none.
+   * Sends a command to the host's agent: down its stream when this replica holds it, else to the
+   * other replicas, when there are any. Returns whether it went anywhere; the caller learns the
+   * outcome from the agent's reports, and repeats a command that had none.
    */
   send(hostId: string, command: AgentCommandInput): boolean {
     if (this.deliver(hostId, command)) return true;
-    if (!this.route) return false;
-    this.route(hostId, command);
+    if (!this.events.clustered) return false;
+    this.events.publish("agent-command", { hostId, command });
     return true;
   }
 
-  /** Delivers a command routed from another replica, if this one holds the host's stream. */
-  deliver(hostId: string, command: AgentCommandInput): boolean {
+  /** Delivers a command down the host's stream, if this replica holds it. */
+  private deliver(hostId: string, command: AgentCommandInput): boolean {
     const session = this.live.get(hostId);
     if (!session) return false;
     session.outbox.push({ id: randomUUID(), ...command });
     return true;
   }
-
-  /** Where commands for streams held by other replicas go (set when there are several, with Redis). */
-  route?: (hostId: string, command: AgentCommandInput) => void;
 
   /** Ends every stream with UNAVAILABLE, so agents reconnect (to another replica) at once. */
   shutdown(): void {
@@ -229,7 +264,12 @@ function checkHello(hello: AgentHello): void {
   const indexes = new Set<number>();
   hello.gpus.forEach((g, i) => {
     const field = `hello.gpus[${i}]`;
-    checkString(v, `${field}.uuid`, g.uuid, { required: true, max: 128, pattern: /^[\x21-\x7e]+$/, patternHint: "printable characters without spaces" });
+    checkString(v, `${field}.uuid`, g.uuid, {
+      required: true,
+      max: 128,
+      pattern: /^[\x21-\x7e]+$/,
+      patternHint: "printable characters without spaces",
+    });
     checkString(v, `${field}.model`, g.model, { required: true, max: 128 });
     checkString(v, `${field}.driver_version`, g.driverVersion, { max: 64 });
     checkString(v, `${field}.cuda_version`, g.cudaVersion, { max: 32 });
@@ -242,3 +282,62 @@ function checkHello(hello: AgentHello): void {
   });
   v.throwIfAny();
 }
+
+const PORT_PROTOCOLS: readonly PortProtocol[] = ["TCP", "HTTP"];
+
+function workloadSpec(raw: unknown): WorkloadSpec {
+  const o = record(raw, "spec");
+  const env = record(o.env, "spec.env");
+  return {
+    environmentId: uuid(o, "environmentId"),
+    name: text(o, "name"),
+    workspaceId: text(o, "workspaceId"),
+    workspaceName: text(o, "workspaceName"),
+    hostId: text(o, "hostId"),
+    nodeName: text(o, "nodeName"),
+    image: text(o, "image"),
+    command: list(o, "command", anyString),
+    args: list(o, "args", anyString),
+    env: Object.fromEntries(Object.keys(env).map((k) => [k, text(env, k)])),
+    gpuUuids: list(o, "gpuUuids", anyString),
+    gpuIndices: list(o, "gpuIndices", anyInteger),
+    ports: list(o, "ports", (p) => {
+      const port = record(p, "spec.ports[]");
+      return {
+        name: text(port, "name"),
+        containerPort: integer(port, "containerPort"),
+        hostPort: integer(port, "hostPort"),
+        protocol: oneOf(port, "protocol", PORT_PROTOCOLS),
+      };
+    }),
+    cpuMillicores: integer(o, "cpuMillicores"),
+    memoryBytes: integer(o, "memoryBytes"),
+    storageBytes: integer(o, "storageBytes"),
+    sshPublicKeys: list(o, "sshPublicKeys", anyString),
+    generation: integer(o, "generation"),
+  };
+}
+
+function agentCommand(raw: unknown): AgentCommandInput {
+  const o = record(raw, "command");
+  const kind = oneOf(o, "kind", ["drain", "run", "stop", "remove"] as const);
+  switch (kind) {
+    case "drain":
+      return { kind };
+    case "run":
+      return { kind, spec: workloadSpec(o.spec) };
+    default:
+      return { kind, environmentId: uuid(o, "environmentId"), generation: integer(o, "generation") };
+  }
+}
+
+export const agentTopics: Decoders<AgentTopics> = {
+  "agent-command": (raw) => {
+    const o = record(raw);
+    return { hostId: uuid(o, "hostId"), command: agentCommand(o.command) };
+  },
+  "agent-session": (raw) => {
+    const o = record(raw);
+    return { hostId: uuid(o, "hostId"), sessionId: text(o, "sessionId"), epoch: text(o, "epoch", /^\d{1,20}$/) };
+  },
+};

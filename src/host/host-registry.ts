@@ -1,20 +1,19 @@
-import { LockMode, raw, type FilterQuery } from "@mikro-orm/core";
+import { LockMode, type FilterQuery } from "@mikro-orm/core";
 import type { EntityManager, MikroORM } from "@mikro-orm/postgresql";
 import { ApiToken } from "../auth/api-token.js";
 import { issueToken } from "../auth/token-secret.js";
 import { Environment } from "../environment/environment.js";
-import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError, UnavailableError } from "../errors.js";
-import { Gpu } from "../gpu/gpu.js";
-import type { GpuView } from "../gpu/gpu-inventory.js";
+import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError } from "../errors.js";
+import { Gpu, type GpuView } from "../gpu/gpu.js";
 import { checkId } from "../ids.js";
 import { decodePageToken, encodePageToken, pageSize, type Page } from "../pagination.js";
 import type { Clock } from "../platform/clock.js";
-import { ChangeRelay } from "../platform/change-relay.js";
-import { Feed } from "../platform/feed.js";
+import { textFields, type ClusterEvents, type Decoders } from "../platform/cluster-events.js";
+import { ReplicatedFeed, changeMessage, type Change, type ChangeTopic } from "../platform/replicated-feed.js";
 import { onUniqueViolation } from "../platform/unique-violation.js";
 import type { HostSampleRecord, LatestSamples } from "../telemetry/latest-samples.js";
 import { Violations, checkLabels, checkString } from "../validation.js";
-import { Host, type HostRuntime, type HostStatus } from "./host.js";
+import { Host, hasLabels, type HostRuntime, type HostStatus } from "./host.js";
 import type { AuditNote } from "../audit/audit-trail.js";
 
 const unaudited: AuditNote = () => undefined;
@@ -44,16 +43,15 @@ export interface HostFilter {
   schedulable?: boolean;
 }
 
-export interface HostChange {
-  type: "ADDED" | "MODIFIED" | "DELETED";
-  view: HostView;
-}
+export type HostChange = Change<HostView>;
 
-/** A host change to publish as stored (made here by an agent session or lease expiry, or by another replica). */
-interface PendingHostChange {
-  type: HostChange["type"];
-  deleted?: { name: string; address: string };
-}
+/** What watchers on other replicas are shown of a deleted host. */
+export type DeletedHost = Pick<Host, "name" | "address">;
+
+/** Host changes between replicas. */
+export type HostTopics = ChangeTopic<"host", DeletedHost>;
+
+export const hostTopics: Decoders<HostTopics> = { host: changeMessage(textFields("name", "address")) };
 
 export interface DrainReport {
   view: HostView;
@@ -70,32 +68,46 @@ const HOST_NAME = /^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$/;
 const ADDRESS = /^[A-Za-z0-9.:[\]-]+$/;
 const ACTIVE_ENVIRONMENT_STATUSES = ["PENDING", "CREATING", "RUNNING", "STOPPING", "STARTING", "DELETING"] as const;
 
-/**
- * A filter for hosts carrying all of `labels`: jsonb containment, which treats every key as data
- * (a key like "constructor" or "toString" is just a key) and can use a GIN index.
- */
-export function hasLabels(labels: Record<string, string>): FilterQuery<Host> {
-  return { id: { $in: raw("(select id from hosts where labels @> ?::jsonb)", [JSON.stringify(labels)]) } };
-}
-
 /** Hosts: registration, administration and liveness. */
 export class HostRegistry {
-  /** Every committed change of a host, for WatchHosts. */
-  readonly changes = new Feed<HostChange>();
+  /** Every committed change of a host, made here or on another replica, for WatchHosts. */
+  readonly changes: ReplicatedFeed<HostView, DeletedHost, "host">;
+  private readonly deletionListeners: ((hostId: string) => void)[] = [];
 
   constructor(
     private readonly orm: MikroORM,
     private readonly clock: Clock,
     private readonly samples: LatestSamples,
     private readonly graceMs: number,
-    /** Told after a host was deleted, to end its agent's stream and forget it. */
-    private readonly onDeleted: (hostId: string) => void = () => undefined,
-  ) {}
+    events: ClusterEvents<HostTopics>,
+  ) {
+    this.changes = new ReplicatedFeed(events, "host", {
+      idOf: (view) => view.host.id,
+      read: async (ids) => {
+        const em = this.orm.em.fork();
+        return this.views(em, await em.find(Host, { id: { $in: ids } }));
+      },
+      remains: ({ host }) => ({ name: host.name, address: host.address }),
+      tombstone: (id, remains) => ({ host: Object.assign(new Host(), { id, ...remains }), gpuCount: 0, availableGpuCount: 0 }),
+      // Its agent may be connected here: its stream ends, as on the replica that deleted it.
+      deletedElsewhere: (id) => this.forget(id),
+    });
+  }
+
+  /** `listener` is told of each host deleted, here or on another replica, after the delete committed. */
+  onDeleted(listener: (hostId: string) => void): void {
+    this.deletionListeners.push(listener);
+  }
 
   /** Registers a host and mints its agent token (returned once, stored hashed). */
   async create(input: HostInput, note: AuditNote = unaudited): Promise<{ view: HostView; agentToken: string }> {
     const v = new Violations();
-    checkString(v, "name", input.name, { required: true, max: 253, pattern: HOST_NAME, patternHint: "lowercase letters, digits, '-' and '.', starting and ending with a letter or digit" });
+    checkString(v, "name", input.name, {
+      required: true,
+      max: 253,
+      pattern: HOST_NAME,
+      patternHint: "lowercase letters, digits, '-' and '.', starting and ending with a letter or digit",
+    });
     checkHostFields(v, input);
     v.throwIfAny();
 
@@ -110,7 +122,7 @@ export class HostRegistry {
       (c) => (c === "hosts_name_unique" ? new AlreadyExistsError("host", `named "${input.name}"`) : undefined),
     );
     const view = { host, gpuCount: 0, availableGpuCount: 0 };
-    this.emit("ADDED", view);
+    this.changes.publish("ADDED", view);
     return { view, agentToken: token.token };
   }
 
@@ -130,7 +142,10 @@ export class HostRegistry {
 
     const em = this.orm.em.fork();
     const [rows, totalSize] = await Promise.all([
-      em.find(Host, after ? { $and: [where, { name: { $gt: after[0] as string } }] } : where, { orderBy: { name: "asc" }, limit: limit + 1 }),
+      em.find(Host, after ? { $and: [where, { name: { $gt: after[0] as string } }] } : where, {
+        orderBy: { name: "asc" },
+        limit: limit + 1,
+      }),
       em.count(Host, where),
     ]);
     const items = rows.slice(0, limit);
@@ -145,27 +160,41 @@ export class HostRegistry {
   async update(id: string, patch: HostPatch, fields: string[], note: AuditNote = unaudited): Promise<HostView> {
     if (fields.length === 0) throw InvalidArgumentError.field("update_mask", `name at least one of: ${UPDATABLE_HOST_FIELDS.join(", ")}`);
     const v = new Violations();
-    for (const f of fields) v.check((UPDATABLE_HOST_FIELDS as readonly string[]).includes(f), "update_mask", `"${f}" cannot be updated; allowed: ${UPDATABLE_HOST_FIELDS.join(", ")}`);
-    if (patch.status) v.check(["MAINTENANCE", "ONLINE"].includes(patch.status), "host.status", "may only be set to HOST_STATUS_MAINTENANCE or HOST_STATUS_ONLINE");
+    for (const f of fields)
+      v.check(
+        (UPDATABLE_HOST_FIELDS as readonly string[]).includes(f),
+        "update_mask",
+        `"${f}" cannot be updated; allowed: ${UPDATABLE_HOST_FIELDS.join(", ")}`,
+      );
+    if (patch.status)
+      v.check(
+        ["MAINTENANCE", "ONLINE"].includes(patch.status),
+        "host.status",
+        "may only be set to HOST_STATUS_MAINTENANCE or HOST_STATUS_ONLINE",
+      );
     v.throwIfAny();
 
-    return this.change(id, (host) => {
-      const { status, ...fieldsPatch } = patch;
-      const next = { ...host, ...fieldsPatch };
-      checkHostFields(v, next);
-      v.throwIfAny();
-      Object.assign(host, fieldsPatch);
-      if (status && status !== host.status) {
-        if (status === "MAINTENANCE") {
-          host.status = "MAINTENANCE";
-          host.statusMessage = "in maintenance";
-        } else if (host.status === "MAINTENANCE") {
-          this.setLiveness(host);
-        } else {
-          throw new FailedPreconditionError(`host "${host.name}" is ${host.status}, not in maintenance; use UncordonHost to end a drain`);
+    return this.change(
+      id,
+      (host) => {
+        const { status, ...fieldsPatch } = patch;
+        const next = { ...host, ...fieldsPatch };
+        checkHostFields(v, next);
+        v.throwIfAny();
+        Object.assign(host, fieldsPatch);
+        if (status && status !== host.status) {
+          if (status === "MAINTENANCE") {
+            host.status = "MAINTENANCE";
+            host.statusMessage = "in maintenance";
+          } else if (host.status === "MAINTENANCE") {
+            this.setLiveness(host);
+          } else {
+            throw new FailedPreconditionError(`host "${host.name}" is ${host.status}, not in maintenance; use UncordonHost to end a drain`);
+          }
         }
-      }
-    }, note);
+      },
+      note,
+    );
   }
 
   /** Deletes a host with its GPUs and agent token; refused while any of its GPUs is held. */
@@ -185,31 +214,42 @@ export class HostRegistry {
       await em.nativeDelete(Host, { id: host.id });
       return view;
     });
-    this.samples.forgetHost(last.host.id);
-    this.onDeleted(last.host.id);
-    this.emit("DELETED", last);
+    this.forget(last.host.id);
+    this.changes.publish("DELETED", last);
   }
 
   async cordon(id: string, note: AuditNote = unaudited): Promise<HostView> {
-    return this.change(id, (host) => {
-      host.schedulable = false;
-    }, note);
+    return this.change(
+      id,
+      (host) => {
+        host.schedulable = false;
+      },
+      note,
+    );
   }
 
   /** Makes the host schedulable again; a drain ends and the status follows the heartbeats. */
   async uncordon(id: string, note: AuditNote = unaudited): Promise<HostView> {
-    return this.change(id, (host) => {
-      host.schedulable = true;
-      if (host.status === "DRAINING") this.setLiveness(host);
-    }, note);
+    return this.change(
+      id,
+      (host) => {
+        host.schedulable = true;
+        if (host.status === "DRAINING") this.setLiveness(host);
+      },
+      note,
+    );
   }
 
   async drain(id: string, note: AuditNote = unaudited): Promise<DrainReport> {
-    const view = await this.change(id, (host) => {
-      host.schedulable = false;
-      host.status = "DRAINING";
-      host.statusMessage = "draining: no new work is placed here";
-    }, note);
+    const view = await this.change(
+      id,
+      (host) => {
+        host.schedulable = false;
+        host.status = "DRAINING";
+        host.statusMessage = "draining: no new work is placed here";
+      },
+      note,
+    );
     const em = this.orm.em.fork();
     const [allocatedGpus, environments] = await Promise.all([
       em.find(Gpu, { host: view.host.id, holder: { $ne: null } }, { orderBy: { index: "asc" }, populate: ["host"] }),
@@ -245,51 +285,17 @@ export class HostRegistry {
       "run",
     );
     if ((updated as { affectedRows?: number }).affectedRows === 0) throw new NotFoundError("host", id);
-    this.emit("MODIFIED", await this.get(id));
+    this.changes.publish("MODIFIED", await this.get(id));
   }
 
-  /** Publishes the current state of hosts changed elsewhere (agent sessions, lease expiry). */
-  async announce(ids: string[]): Promise<void> {
-    for (const id of ids) this.forward?.("MODIFIED", id);
-    await this.publishStored(new Map(ids.map((id) => [id, { type: "MODIFIED" }])));
+  /** Tells watchers of every replica about hosts changed outside this registry (agent sessions, lease expiry). */
+  announce(ids: string[]): void {
+    this.changes.announce(ids);
   }
 
-  /** Tells other replicas of each change (set when there are several, with Redis). */
-  forward?: (type: HostChange["type"], id: string, deleted?: { name: string; address: string }) => void;
-
-  /**
-   * A change another replica made, for this replica's watchers (read back in order by a ChangeRelay;
-   * a deleted host is gone from the database, so its name and address come with the message).
-   */
-  remoteChange(type: HostChange["type"], id: string, deleted?: { name: string; address: string }): void {
-    if (type === "DELETED") {
-      // Its agent may be connected here: end that stream, as the replica that deleted it did.
-      this.samples.forgetHost(id);
-      this.onDeleted(id);
-    }
-    this.remote.add(id, { type, deleted });
-  }
-
-  private readonly remote = new ChangeRelay<PendingHostChange>(
-    (batch) => this.publishStored(batch),
-    () => this.changes.interrupt(new UnavailableError("could not read a change another replica made; watch again")),
-  );
-
-  /** Publishes changed hosts as the database has them now, to this replica's watchers (if any: reading costs). */
-  private async publishStored(batch: Map<string, PendingHostChange>): Promise<void> {
-    if (this.changes.size === 0) return;
-    const em = this.orm.em.fork();
-    const current = new Map((await this.views(em, await em.find(Host, { id: { $in: [...batch.keys()] } }))).map((v) => [v.host.id, v]));
-    for (const [id, { type, deleted }] of batch) {
-      const view = current.get(id) ?? (deleted && { host: Object.assign(new Host(), { id, ...deleted }), gpuCount: 0, availableGpuCount: 0 });
-      // A host that is gone without a DELETED here was deleted after this change; that DELETED follows.
-      if (view) this.changes.publish({ type, view });
-    }
-  }
-
-  private emit(type: HostChange["type"], view: HostView): void {
-    this.changes.publish({ type, view });
-    this.forward?.(type, view.host.id, type === "DELETED" ? { name: view.host.name, address: view.host.address } : undefined);
+  private forget(id: string): void {
+    this.samples.forgetHost(id);
+    for (const listener of this.deletionListeners) listener(id);
   }
 
   /** Hosts per status, for the metrics endpoint. */
@@ -323,7 +329,7 @@ export class HostRegistry {
 
   private async publish(em: EntityManager, host: Host): Promise<HostView> {
     const view = (await this.views(em, [host]))[0]!;
-    this.emit("MODIFIED", view);
+    this.changes.publish("MODIFIED", view);
     return view;
   }
 
@@ -354,8 +360,14 @@ export class HostRegistry {
 }
 
 function checkHostFields(v: Violations, h: Pick<HostInput, "address" | "labels" | "runtime" | "kubernetesNodeName">): void {
-  checkString(v, "address", h.address, { required: true, max: 255, pattern: ADDRESS, patternHint: "a hostname or IP address, optionally with :port" });
+  checkString(v, "address", h.address, {
+    required: true,
+    max: 255,
+    pattern: ADDRESS,
+    patternHint: "a hostname or IP address, optionally with :port",
+  });
   checkLabels(v, "labels", h.labels);
   checkString(v, "kubernetes_node_name", h.kubernetesNodeName, { max: 253, pattern: HOST_NAME, patternHint: "a Kubernetes node name" });
-  if (h.runtime === "KUBERNETES") v.check(h.kubernetesNodeName !== "", "kubernetes_node_name", "required when runtime is HOST_RUNTIME_KUBERNETES");
+  if (h.runtime === "KUBERNETES")
+    v.check(h.kubernetesNodeName !== "", "kubernetes_node_name", "required when runtime is HOST_RUNTIME_KUBERNETES");
 }

@@ -1,11 +1,23 @@
 import { randomUUID } from "node:crypto";
-import { BigIntType, EntitySchema, OptionalProps } from "@mikro-orm/core";
+import { BigIntType, EntitySchema, OptionalProps, raw, type FilterQuery } from "@mikro-orm/core";
 
 export type HostStatus = "ONLINE" | "OFFLINE" | "DRAINING" | "MAINTENANCE";
 export type HostRuntime = "AGENT" | "KUBERNETES";
 
 export class Host {
-  declare [OptionalProps]?: "labels" | "cpuMillicores" | "memoryBytes" | "diskBytes" | "agentVersion" | "status" | "statusMessage" | "schedulable" | "lastHeartbeatAt" | "runtime" | "kubernetesNodeName" | "version";
+  declare [OptionalProps]?:
+    | "labels"
+    | "cpuMillicores"
+    | "memoryBytes"
+    | "diskBytes"
+    | "agentVersion"
+    | "status"
+    | "statusMessage"
+    | "schedulable"
+    | "lastHeartbeatAt"
+    | "runtime"
+    | "kubernetesNodeName"
+    | "version";
   id: string = randomUUID();
   name!: string;
   address!: string;
@@ -48,3 +60,11 @@ export const HostSchema = new EntitySchema<Host>({
     version: { type: "integer", version: true },
   },
 });
+
+/**
+ * A filter for hosts carrying all of `labels`: jsonb containment, which treats every key as data
+ * (a key like "constructor" or "toString" is just a key) and can use a GIN index.
+ */
+export function hasLabels(labels: Record<string, string>): FilterQuery<Host> {
+  return { id: { $in: raw("(select id from hosts where labels @> ?::jsonb)", [JSON.stringify(labels)]) } };
+}

@@ -58,7 +58,12 @@ export function planInventory(stored: StoredGpu[], reported: ReportedGpu[]): Inv
     }
     plan.ids.set(r.uuid, g.id);
     const status = g.status === "OFFLINE" ? statusWhenOnline(g) : g.status;
-    const same = g.index === r.index && g.model === r.model && g.memoryBytes === r.memoryBytes && g.driverVersion === r.driverVersion && g.cudaVersion === r.cudaVersion;
+    const same =
+      g.index === r.index &&
+      g.model === r.model &&
+      g.memoryBytes === r.memoryBytes &&
+      g.driverVersion === r.driverVersion &&
+      g.cudaVersion === r.cudaVersion;
     if (!same || status !== g.status) plan.update.push({ ...r, id: g.id, status });
   }
   return plan;
@@ -68,9 +73,28 @@ export function planInventory(stored: StoredGpu[], reported: ReportedGpu[]): Inv
  * Applies the agent's inventory to its host inside the caller's transaction: one read, and writes
  * only for what changed (a few statements whatever the GPU count). Returns GPU ids by UUID.
  */
-export async function syncInventory(trx: Knex.Transaction, hostId: string, reported: ReportedGpu[], now: Date): Promise<Map<string, string>> {
-  const rows: { id: string; uuid: string; index: number; model: string; memory_bytes: string; driver_version: string; cuda_version: string; status: GpuStatus; holder: string | null; health_reasons: string[] }[] = (
-    await trx.raw("select id, uuid, index, model, memory_bytes, driver_version, cuda_version, status, holder, health_reasons from gpus where host_id = ?", [hostId])
+export async function syncInventory(
+  trx: Knex.Transaction,
+  hostId: string,
+  reported: ReportedGpu[],
+  now: Date,
+): Promise<Map<string, string>> {
+  const rows: {
+    id: string;
+    uuid: string;
+    index: number;
+    model: string;
+    memory_bytes: string;
+    driver_version: string;
+    cuda_version: string;
+    status: GpuStatus;
+    holder: string | null;
+    health_reasons: string[];
+  }[] = (
+    await trx.raw(
+      "select id, uuid, index, model, memory_bytes, driver_version, cuda_version, status, holder, health_reasons from gpus where host_id = ?",
+      [hostId],
+    )
   ).rows;
   const plan = planInventory(
     rows.map((r) => ({
@@ -89,7 +113,10 @@ export async function syncInventory(trx: Knex.Transaction, hostId: string, repor
   );
   if (plan.park.length > 0) await trx.raw("update gpus set index = -1 - index where id = any(?::uuid[])", [pgArray(plan.park)]);
   if (plan.offline.length > 0) {
-    await trx.raw("update gpus set status = 'OFFLINE', updated_at = ?, version = version + 1 where id = any(?::uuid[])", [now, pgArray(plan.offline)]);
+    await trx.raw("update gpus set status = 'OFFLINE', updated_at = ?, version = version + 1 where id = any(?::uuid[])", [
+      now,
+      pgArray(plan.offline),
+    ]);
   }
   if (plan.update.length > 0) {
     await trx.raw(

@@ -6,7 +6,10 @@ import type { MikroORM } from "@mikro-orm/postgresql";
  * rows means escaping megabytes of JSON on the event loop.
  */
 export async function bulkSql<T = Record<string, unknown>>(orm: MikroORM, sql: string, params: unknown[]): Promise<T[]> {
-  const result = (await orm.em.getConnection().getKnex().raw(sql, params as never[])) as { rows: T[] };
+  const result = (await orm.em
+    .getConnection()
+    .getKnex()
+    .raw(sql, params as never[])) as { rows: T[] };
   return result.rows;
 }
 

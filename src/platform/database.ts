@@ -1,37 +1,19 @@
 import { MikroORM, defineConfig, type Options } from "@mikro-orm/postgresql";
 import { Migrator } from "@mikro-orm/migrations";
-import { HostSchema } from "../host/host.js";
-import { GpuSchema } from "../gpu/gpu.js";
-import { WorkspaceSchema, ResourceQuotaSchema } from "../workspace/workspace.js";
-import { EnvironmentLogLineSchema, EnvironmentSchema, PortMappingSchema } from "../environment/environment.js";
-import { ApiTokenSchema } from "../auth/api-token.js";
-import { TelemetryBucketSchema } from "../telemetry/telemetry-bucket.js";
-import { AuditEventSchema } from "../audit/audit-event.js";
-import { LogArchiveSchema, WorkspaceFileSchema } from "../storage/workspace-file.js";
+import { EmbeddedPostgres } from "./embedded-postgres.js";
+import type { Logger } from "./logger.js";
 import { migrations } from "./migrations/index.js";
 
 export { MikroORM };
 export type { EntityManager } from "@mikro-orm/postgresql";
 
-export const entities = [
-  HostSchema,
-  GpuSchema,
-  WorkspaceSchema,
-  ResourceQuotaSchema,
-  EnvironmentSchema,
-  PortMappingSchema,
-  ApiTokenSchema,
-  TelemetryBucketSchema,
-  AuditEventSchema,
-  EnvironmentLogLineSchema,
-  WorkspaceFileSchema,
-  LogArchiveSchema,
-];
+/** The entity schemas the database holds; the composition root names them (this layer knows none). */
+export type Entities = NonNullable<Options["entities"]>;
 
 // Any fixed number works: it only has to be the same for every replica.
 const MIGRATION_LOCK_KEY = 7_315_482_901;
 
-export function ormOptions(clientUrl: string, poolMax = 20): Options {
+export function ormOptions(clientUrl: string, entities: Entities, poolMax = 20): Options {
   return defineConfig({
     clientUrl,
     entities,
@@ -49,8 +31,8 @@ export function ormOptions(clientUrl: string, poolMax = 20): Options {
  * Connects and applies pending migrations. Replicas starting together serialise on an advisory lock,
  * so each migration runs exactly once.
  */
-export async function openDatabase(clientUrl: string, poolMax?: number): Promise<MikroORM> {
-  const orm = await MikroORM.init(ormOptions(clientUrl, poolMax));
+export async function openDatabase(clientUrl: string, entities: Entities, poolMax?: number): Promise<MikroORM> {
+  const orm = await MikroORM.init(ormOptions(clientUrl, entities, poolMax));
   try {
     const knex = orm.em.getConnection().getKnex();
     await knex.transaction(async (trx) => {
@@ -62,4 +44,49 @@ export async function openDatabase(clientUrl: string, poolMax?: number): Promise
     throw err;
   }
   return orm;
+}
+
+/** Whether the database answers now, for readiness probes. */
+export async function databaseAnswers(orm: MikroORM): Promise<boolean> {
+  return orm.em
+    .getConnection()
+    .execute("select 1")
+    .then(
+      () => true,
+      () => false,
+    );
+}
+
+export interface DatabaseOptions {
+  /** The PostgreSQL to use; unset: an embedded one, in `dataDir`, on `embeddedPort`. */
+  url?: string;
+  dataDir: string;
+  embeddedPort: number;
+  poolSize: number;
+  entities: Entities;
+}
+
+/** An open, migrated database, and the embedded PostgreSQL under it when there is one. */
+export interface Database {
+  orm: MikroORM;
+  url: string;
+  close(): Promise<void>;
+}
+
+/** Opens the configured database, or starts the embedded PostgreSQL first; stops it again if opening fails. */
+export async function startDatabase(options: DatabaseOptions, logger: Logger): Promise<Database> {
+  const embedded = options.url ? undefined : await EmbeddedPostgres.start(options.dataDir, options.embeddedPort, logger);
+  const url = options.url ?? embedded!.url;
+  const orm = await openDatabase(url, options.entities, options.poolSize).catch(async (err: unknown) => {
+    await embedded?.stop();
+    throw err;
+  });
+  return {
+    orm,
+    url,
+    async close() {
+      await orm.close();
+      await embedded?.stop();
+    },
+  };
 }

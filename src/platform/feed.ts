@@ -97,6 +97,17 @@ export class Feed<T> {
   }
 
   /**
+   * Calls `handle` with each item published from now on, until `signal` aborts. Items wait in a
+   * queue of `capacity`, the oldest lost first, so a slow handler never holds publishers up.
+   */
+  follow(handle: (item: T) => void, signal: AbortSignal, capacity = 10_000): void {
+    const deliveries = this.subscribe({ accept: () => true, capacity, overflow: "drop-oldest" }, signal);
+    void (async () => {
+      for await (const { item } of deliveries) handle(item);
+    })();
+  }
+
+  /**
    * Ends every current subscription with `error`: for when subscribers may have missed items and
    * must start over from the source of truth.
    */

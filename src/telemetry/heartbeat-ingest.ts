@@ -4,13 +4,20 @@ import type { Clock } from "../platform/clock.js";
 import type { GpuSampleRecord, HostSampleRecord, LatestSamples } from "./latest-samples.js";
 import { bulkSql, pgArray } from "../platform/bulk-sql.js";
 import type { Feed } from "../platform/feed.js";
-import type { RedisSampleRelay } from "./redis-sample-relay.js";
 import type { TelemetryHistory } from "./telemetry-history.js";
 
 /** A sample on its way to live watchers. */
 export interface LiveSample {
   hostId: string;
   sample: GpuSampleRecord;
+}
+
+/** Shares the latest samples with other replicas. */
+export interface SampleRelay {
+  record(hostId: string, host: HostSampleRecord | undefined, gpus: GpuSampleRecord[]): void;
+  /** Sends what was recorded since the last flush; never throws. */
+  flush(): Promise<void>;
+  forgetHost(hostId: string): void;
 }
 
 /**
@@ -35,7 +42,7 @@ export class HeartbeatIngest {
     /** Told which hosts came back ONLINE through a heartbeat. */
     private readonly onRevived: (hostIds: string[]) => void = () => undefined,
     /** Shares latest samples with other replicas, when Redis is configured. */
-    private readonly relay?: RedisSampleRelay,
+    private readonly relay?: SampleRelay,
   ) {}
 
   record(hostId: string, host: HostSampleRecord | undefined, gpus: GpuSampleRecord[]): void {

@@ -1,6 +1,8 @@
 import { randomUUID } from "node:crypto";
-import { Redis } from "ioredis";
+import type { Redis } from "ioredis";
+import type { Feed } from "../platform/feed.js";
 import type { Logger } from "../platform/logger.js";
+import type { LiveSample, SampleRelay } from "./heartbeat-ingest.js";
 import type { GpuSampleRecord, HostSampleRecord, LatestSamples } from "./latest-samples.js";
 
 interface HostReport {
@@ -13,7 +15,7 @@ interface HostReport {
  * the last one (one message, however many hosts) and keeps it in a hash, so a replica that starts
  * later loads the current state and every replica serves GetGpu/GetHost from its own memory.
  */
-export class RedisSampleRelay {
+export class RedisSampleRelay implements SampleRelay {
   private readonly replica = randomUUID();
   private pending = new Map<string, HostReport>();
   private readonly subscriber: Redis;
@@ -21,6 +23,8 @@ export class RedisSampleRelay {
   constructor(
     private readonly redis: Redis,
     private readonly samples: LatestSamples,
+    /** Where samples other replicas received go, for this replica's live watchers. */
+    private readonly live: Feed<LiveSample>,
     private readonly prefix: string,
     private readonly logger: Logger,
   ) {
@@ -36,8 +40,19 @@ export class RedisSampleRelay {
     return `${this.prefix}latest`;
   }
 
-  /** Loads the current state and starts following other replicas (ioredis re-subscribes after an outage). */
+  /**
+   * Loads the current state and starts following other replicas (ioredis re-subscribes after an
+   * outage). Never throws: without Redis this replica serves its own samples until Redis answers.
+   */
   async start(): Promise<void> {
+    try {
+      await this.follow();
+    } catch (err) {
+      this.logger.warn({ error: String(err) }, "could not load shared samples from Redis");
+    }
+  }
+
+  private async follow(): Promise<void> {
     this.subscriber.on("message", (_channel: string, message: string) => {
       try {
         const { from, reports } = JSON.parse(message) as { from: string; reports: Record<string, HostReport> };
@@ -48,7 +63,8 @@ export class RedisSampleRelay {
     });
     await this.subscriber.connect();
     await this.subscriber.subscribe(this.channel);
-    for (const [hostId, json] of Object.entries(await this.redis.hgetall(this.hash))) this.apply(hostId, JSON.parse(json) as HostReport, false);
+    for (const [hostId, json] of Object.entries(await this.redis.hgetall(this.hash)))
+      this.apply(hostId, JSON.parse(json) as HostReport, false);
   }
 
   record(hostId: string, host: HostSampleRecord | undefined, gpus: GpuSampleRecord[]): void {
@@ -74,7 +90,11 @@ export class RedisSampleRelay {
       snapshot[hostId] = JSON.stringify({ host: this.samples.host(hostId) ?? r.host, gpus: [...latest.values()] });
     }
     try {
-      await this.redis.multi().hset(this.hash, snapshot).publish(this.channel, JSON.stringify({ from: this.replica, reports })).exec();
+      await this.redis
+        .multi()
+        .hset(this.hash, snapshot)
+        .publish(this.channel, JSON.stringify({ from: this.replica, reports }))
+        .exec();
     } catch (err) {
       this.logger.warn({ error: String(err) }, "sharing samples through Redis failed; other replicas see older samples");
     }
@@ -83,22 +103,21 @@ export class RedisSampleRelay {
   /** Drops a deleted host from the shared hash, so replicas that start later do not load it. */
   forgetHost(hostId: string): void {
     this.pending.delete(hostId);
-    this.redis.hdel(this.hash, hostId).catch((err: unknown) => this.logger.warn({ error: String(err) }, "could not remove a deleted host from Redis"));
+    this.redis
+      .hdel(this.hash, hostId)
+      .catch((err: unknown) => this.logger.warn({ error: String(err) }, "could not remove a deleted host from Redis"));
   }
 
   async close(): Promise<void> {
     this.subscriber.disconnect();
   }
 
-  /** Told of each sample another replica received, for this replica's live watchers. */
-  onRemoteSample?: (hostId: string, sample: GpuSampleRecord) => void;
-
   private apply(hostId: string, r: HostReport, live = true): void {
     if (r.host) this.samples.recordHost(hostId, r.host);
     for (const g of r.gpus) {
       const sample = { ...g, time: new Date(g.time) };
       this.samples.recordGpu(hostId, sample);
-      if (live) this.onRemoteSample?.(hostId, sample);
+      if (live) this.live.publish({ hostId, sample });
     }
   }
 }

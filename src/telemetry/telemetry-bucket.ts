@@ -19,7 +19,10 @@ export class TelemetryBucket {
 export const TelemetryBucketSchema = new EntitySchema<TelemetryBucket>({
   class: TelemetryBucket,
   tableName: "gpu_telemetry",
-  indexes: [{ name: "gpu_telemetry_gpu_time_index", properties: ["gpu", "bucketStart"] }, { name: "gpu_telemetry_time_index", properties: ["bucketStart"] }],
+  indexes: [
+    { name: "gpu_telemetry_gpu_time_index", properties: ["gpu", "bucketStart"] },
+    { name: "gpu_telemetry_time_index", properties: ["bucketStart"] },
+  ],
   properties: {
     id: { type: "bigint", primary: true, autoincrement: true },
     gpu: { kind: "m:1", entity: () => Gpu, deleteRule: "cascade" },

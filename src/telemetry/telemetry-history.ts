@@ -95,12 +95,12 @@ export class TelemetryHistory {
     // Rows for GPUs deleted meanwhile fall out of the join.
     try {
       await bulkSql(
-      this.orm,
-      `insert into gpu_telemetry (gpu_id, bucket_start, sample_count, stats)
+        this.orm,
+        `insert into gpu_telemetry (gpu_id, bucket_start, sample_count, stats)
        select g.id, to_timestamp(v.start / 1000.0), v.n, v.stats
        from jsonb_to_recordset(?::jsonb) as v(host_id uuid, uuid text, start bigint, n int, stats jsonb)
        join gpus g on g.host_id = v.host_id and g.uuid = v.uuid`,
-      [JSON.stringify(done.map((b) => ({ host_id: b.hostId, uuid: b.uuid, start: b.start, n: b.count, stats: b.stats })))],
+        [JSON.stringify(done.map((b) => ({ host_id: b.hostId, uuid: b.uuid, start: b.start, n: b.count, stats: b.stats })))],
       );
     } catch (err) {
       // Kept for the next flush rather than lost (merged with anything that arrived meanwhile).
@@ -128,7 +128,10 @@ export class TelemetryHistory {
     for (const row of rows) {
       const slot = Math.floor((new Date(row.bucket_start).getTime() - from.getTime()) / stepMs);
       let m = merged.get(slot);
-      if (!m) merged.set(slot, (m = { count: 0, stats: {} }));
+      if (!m) {
+        m = { count: 0, stats: {} };
+        merged.set(slot, m);
+      }
       m.count += row.sample_count;
       merge(m.stats, row.stats);
     }

@@ -3,6 +3,7 @@ import { Environment } from "../../src/environment/environment.js";
 import { QuotaExceededError } from "../../src/errors.js";
 import { ManualClock } from "../../src/platform/clock.js";
 import { openDatabase, type MikroORM } from "../../src/platform/database.js";
+import { entities } from "../../src/entities.js";
 import { QuotaLedger, type Demand } from "../../src/workspace/quota-ledger.js";
 import { WorkspaceRegistry } from "../../src/workspace/workspace-registry.js";
 import { createTestDatabase, type TestDatabase } from "../support/database.js";
@@ -18,7 +19,7 @@ describe("QuotaLedger under concurrency (real PostgreSQL)", () => {
 
   before(async () => {
     db = await createTestDatabase();
-    orm = await openDatabase(db.url, 30);
+    orm = await openDatabase(db.url, entities, 30);
     ledger = new QuotaLedger(orm, clock);
     workspaces = new WorkspaceRegistry(orm, clock);
   });
@@ -56,7 +57,15 @@ describe("QuotaLedger under concurrency (real PostgreSQL)", () => {
     return { succeeded: results.length - refused.length, usage: (await ledger.usage(ws.id)).usage };
   }
 
-  const none = { maxGpus: null, maxGpusPerModel: {}, allowedGpuModels: [], maxEnvironments: null, maxCpuMillicores: null, maxMemoryBytes: null, maxStorageBytes: null };
+  const none = {
+    maxGpus: null,
+    maxGpusPerModel: {},
+    allowedGpuModels: [],
+    maxEnvironments: null,
+    maxCpuMillicores: null,
+    maxMemoryBytes: null,
+    maxStorageBytes: null,
+  };
 
   it("lets exactly 10 of 100 concurrent reservations through a quota of 10 environments, every time", async () => {
     for (let round = 0; round < 5; round++) {
@@ -67,7 +76,11 @@ describe("QuotaLedger under concurrency (real PostgreSQL)", () => {
   });
 
   it("holds a CPU quota the same way when each request takes a different share of it", async () => {
-    const { succeeded, usage } = await race({ ...none, maxCpuMillicores: 10_000 }, { environments: 1, cpuMillicores: 1000 }, "max_cpu_millicores");
+    const { succeeded, usage } = await race(
+      { ...none, maxCpuMillicores: 10_000 },
+      { environments: 1, cpuMillicores: 1000 },
+      "max_cpu_millicores",
+    );
     assert.equal(succeeded, 10);
     assert.equal(usage.cpuMillicores, 10_000);
   });
@@ -76,7 +89,10 @@ describe("QuotaLedger under concurrency (real PostgreSQL)", () => {
     const ws = await workspaces.create({ name: "lowered", displayName: "", labels: {} }, unaudited);
     for (let i = 0; i < 3; i++) await reserveEnvironment(ws.id, { environments: 1 });
     await ledger.set(ws.id, { ...none, maxEnvironments: 1 }, unaudited);
-    await assert.rejects(reserveEnvironment(ws.id, { environments: 1 }), (err: unknown) => err instanceof QuotaExceededError && /max_environments is 1, 3 in use/.test(err.message));
+    await assert.rejects(
+      reserveEnvironment(ws.id, { environments: 1 }),
+      (err: unknown) => err instanceof QuotaExceededError && /max_environments is 1, 3 in use/.test(err.message),
+    );
     assert.equal((await ledger.usage(ws.id)).usage.environments, 3);
   });
 });

@@ -22,16 +22,9 @@ describe("two replicas sharing PostgreSQL and Redis", () => {
   let agent: WorkloadAgent;
   let hostId: string;
 
-  async function until<T>(what: string, check: () => Promise<T | undefined | false>): Promise<T> {
-    const deadline = Date.now() + 15_000;
-    for (;;) {
-      const got = await check();
-      if (got) return got;
-      if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-      await Promise.all([a.app.maintain(), b.app.maintain()]);
-      await new Promise((r) => setTimeout(r, 30));
-    }
-  }
+  /** Waits for `check`, running both replicas' background rounds between tries (their clock is manual). */
+  const until = <T>(what: string, check: () => T | undefined | false | Promise<T | undefined | false>) =>
+    eventually(what, check, { ms: 15_000, everyMs: 30, between: () => Promise.all([a.app.maintain(), b.app.maintain()]) });
 
   before(async () => {
     a = await startTestServer({ env, clock });
@@ -39,7 +32,10 @@ describe("two replicas sharing PostgreSQL and Redis", () => {
     await b.app.maintain(); // B most likely leads: A's agent then gets its commands through Redis
     const host = await a.client(HostService).createHost({ name: "replica-host", address: "10.7.0.1" });
     hostId = host.host!.id;
-    agent = new WorkloadAgent(a, host.agentToken, hostId, [{ index: 0, uuid: "GPU-replica-0" }, { index: 1, uuid: "GPU-replica-1" }]);
+    agent = new WorkloadAgent(a, host.agentToken, hostId, [
+      { index: 0, uuid: "GPU-replica-0" },
+      { index: 1, uuid: "GPU-replica-1" },
+    ]);
     await agent.welcome;
   });
   after(async () => {
@@ -50,26 +46,44 @@ describe("two replicas sharing PostgreSQL and Redis", () => {
 
   it("runs an environment created through B on the agent connected to A, and watchers on both replicas see it", async () => {
     const ws = (await b.client(WorkspaceService).createWorkspace({ name: "replicated" })).workspace!.id;
+    // One environment is there before the watches open: each shows it first, so a watch that did is open.
+    const anchor = (await a.client(EnvironmentService).createEnvironment({ workspaceId: ws, name: "anchor", image: "img", command: ["x"] }))
+      .environment!;
     const seen = { a: [] as string[], b: [] as string[] };
     const abort = new AbortController();
-    for (const [name, server] of [["a", a], ["b", b]] as const) {
+    for (const [name, server] of [
+      ["a", a],
+      ["b", b],
+    ] as const) {
       void (async () => {
         for await (const ev of server.client(EnvironmentService).watchEnvironments({ workspaceId: ws }, { signal: abort.signal })) {
-          if (ev.environment) seen[name].push(EnvironmentStatus[ev.environment.status]);
+          if (ev.environment) seen[name].push(`${ev.environment.name} ${EnvironmentStatus[ev.environment.status]}`);
         }
       })().catch(() => undefined);
     }
-    await new Promise((r) => setTimeout(r, 200)); // both watches open
+    await eventually("both watches open", () => seen.a.length > 0 && seen.b.length > 0);
 
-    const created = (await b.client(EnvironmentService).createEnvironment({ workspaceId: ws, name: "everywhere", image: "img", command: ["x"], gpuCount: 1 })).environment!;
-    await until("RUNNING, read through B", async () => (await b.client(EnvironmentService).getEnvironment({ id: created.id })).environment?.status === EnvironmentStatus.RUNNING);
+    const created = (
+      await b
+        .client(EnvironmentService)
+        .createEnvironment({ workspaceId: ws, name: "everywhere", image: "img", command: ["x"], gpuCount: 1 })
+    ).environment!;
+    await until(
+      "RUNNING, read through B",
+      async () => (await b.client(EnvironmentService).getEnvironment({ id: created.id })).environment?.status === EnvironmentStatus.RUNNING,
+    );
     assert.ok(agent.running.has(created.id), "the agent on A runs it");
-    await until("both watchers to see it RUNNING", async () => seen.a.includes("RUNNING") && seen.b.includes("RUNNING"));
+    await until("both watchers to see it RUNNING", () => seen.a.includes("everywhere RUNNING") && seen.b.includes("everywhere RUNNING"));
 
     await a.client(EnvironmentService).deleteEnvironment({ id: created.id });
-    await until("both watchers to see it deleted", async () => seen.a.includes("DELETED") && seen.b.includes("DELETED"));
+    await until("both watchers to see it deleted", () => seen.a.includes("everywhere DELETED") && seen.b.includes("everywhere DELETED"));
     assert.ok(!agent.running.has(created.id));
     abort.abort();
+    await a.client(EnvironmentService).deleteEnvironment({ id: anchor.id });
+    await until(
+      "the anchor gone",
+      async () => (await a.client(EnvironmentService).listEnvironments({ workspaceId: ws })).environments.length === 0,
+    );
   });
 
   it("streams live telemetry of an agent on A to a watcher on B", async () => {
@@ -80,9 +94,11 @@ describe("two replicas sharing PostgreSQL and Redis", () => {
         for (const s of [ev.sample!]) utilisations.push(s.metrics?.gpuUtilizationPercent ?? -1);
       }
     })().catch(() => undefined);
-    await new Promise((r) => setTimeout(r, 200));
-    await agent.beat([{ uuid: "GPU-replica-0", index: 0, util: 77 }]);
-    await until("the sample on B", async () => utilisations.includes(77));
+    // The watch has no first event to show it is open: the agent reports until B's watcher hears it.
+    await until("the sample on B", async () => {
+      await agent.beat([{ uuid: "GPU-replica-0", index: 0, util: 77 }]);
+      return utilisations.includes(77);
+    });
     abort.abort();
   });
   it("sends commands to the replica an agent moved to, not down the connection it left on another", async () => {
@@ -93,17 +109,30 @@ describe("two replicas sharing PostgreSQL and Redis", () => {
     // silent would; one of the two replicas leads and would otherwise send down the stale one.
     let current = new WorkloadAgent(b, agentToken, host!.id, gpus);
     await current.welcome;
-    for (const [n, to] of [[1, a], [2, b]] as const) {
+    for (const [n, to] of [
+      [1, a],
+      [2, b],
+    ] as const) {
       const stale = current;
       current = new WorkloadAgent(to, agentToken, host!.id, gpus, stale.running);
       await current.welcome;
       const created = (
-        await b.client(EnvironmentService).createEnvironment({ workspaceId: ws, name: `moved-${n}`, image: "img", command: ["x"], gpuCount: 1, gpuModel: "NVIDIA A100-SXM4-80GB" })
+        await b.client(EnvironmentService).createEnvironment({
+          workspaceId: ws,
+          name: `moved-${n}`,
+          image: "img",
+          command: ["x"],
+          gpuCount: 1,
+          gpuModel: "NVIDIA A100-SXM4-80GB",
+        })
       ).environment!;
       await until(`moved-${n} running on the agent's new connection`, async () => current.running.has(created.id));
       assert.ok(!stale.running.has(created.id), "nothing went down the connection the agent left");
       await b.client(EnvironmentService).deleteEnvironment({ id: created.id });
-      await until(`moved-${n} gone`, async () => (await b.client(EnvironmentService).listEnvironments({ workspaceId: ws })).environments.length === 0);
+      await until(
+        `moved-${n} gone`,
+        async () => (await b.client(EnvironmentService).listEnvironments({ workspaceId: ws })).environments.length === 0,
+      );
       await stale.close();
     }
     await current.close();
@@ -114,13 +143,18 @@ describe("two replicas sharing PostgreSQL and Redis", () => {
     const doomed = new WorkloadAgent(a, agentToken, host!.id, [{ index: 0, uuid: "GPU-doomed-0" }]);
     await doomed.welcome;
     await b.client(HostService).deleteHost({ id: host!.id });
-    await until("the stream on A ended", () => Promise.race([doomed.ended.then(() => true), new Promise<false>((r) => setTimeout(() => r(false), 100))]));
+    let ended = false;
+    void doomed.ended.then(() => (ended = true));
+    await until("the stream on A ended", () => ended);
   });
 
   it("shows a watcher on B what happened to a host on A: an operator's cordon, the leader's lease expiry, the agent's return", async () => {
     const abort = new AbortController();
     const seen = { a: [] as string[], b: [] as string[] };
-    for (const [name, server] of [["a", a], ["b", b]] as const) {
+    for (const [name, server] of [
+      ["a", a],
+      ["b", b],
+    ] as const) {
       void (async () => {
         for await (const ev of server.client(HostService).watchHosts({ hostId }, { signal: abort.signal })) {
           seen[name].push(`${HostStatus[ev.host!.status]}${ev.host!.schedulable ? "" : "/cordoned"}`);
@@ -152,7 +186,9 @@ describe("two replicas when Redis goes away and comes back", function () {
   let agent: WorkloadAgent;
   let hostId: string;
   const startRedis = async () => {
-    redis = spawn("redis-server", ["--port", String(redisPort), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], { stdio: "ignore" });
+    redis = spawn("redis-server", ["--port", String(redisPort), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], {
+      stdio: "ignore",
+    });
     await eventually("redis up", async () => isListening(redisPort));
   };
 
@@ -180,7 +216,8 @@ describe("two replicas when Redis goes away and comes back", function () {
       const seen: string[] = [];
       const abort = new AbortController();
       const ended = (async () => {
-        for await (const ev of server.client(HostService).watchHosts({ hostId }, { signal: abort.signal })) seen.push(ev.host!.schedulable ? "open" : "cordoned");
+        for await (const ev of server.client(HostService).watchHosts({ hostId }, { signal: abort.signal }))
+          seen.push(ev.host!.schedulable ? "open" : "cordoned");
       })().then(
         () => "ended",
         (e: unknown) => Code[ConnectError.from(e).code],
@@ -210,7 +247,11 @@ describe("two replicas when Redis goes away and comes back", function () {
     });
     after.abort.abort();
     const ws = (await b.client(WorkspaceService).createWorkspace({ name: "after-outage" })).workspace!.id;
-    const created = (await b.client(EnvironmentService).createEnvironment({ workspaceId: ws, name: "after-outage", image: "img", command: ["x"], gpuCount: 1 })).environment!;
+    const created = (
+      await b
+        .client(EnvironmentService)
+        .createEnvironment({ workspaceId: ws, name: "after-outage", image: "img", command: ["x"], gpuCount: 1 })
+    ).environment!;
     await eventually("the environment running on A's agent", async () => {
       await Promise.all([a.app.maintain(), b.app.maintain()]);
       return agent.running.has(created.id);

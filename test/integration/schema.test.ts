@@ -1,4 +1,5 @@
 import { strict as assert } from "node:assert";
+import { entities } from "../../src/entities.js";
 import { openDatabase } from "../../src/platform/database.js";
 import { migrations } from "../../src/platform/migrations/index.js";
 import { createTestDatabase, type TestDatabase } from "../support/database.js";
@@ -12,7 +13,7 @@ describe("database schema", () => {
 
   it("is what the committed migrations make, and matches the entities exactly", async () => {
     // Two replicas starting at once: the advisory lock lets each migration run exactly once.
-    const [a, b] = await Promise.all([openDatabase(db.url, 2), openDatabase(db.url, 2)]);
+    const [a, b] = await Promise.all([openDatabase(db.url, entities, 2), openDatabase(db.url, entities, 2)]);
     try {
       const pending = await a.getMigrator().getPendingMigrations();
       assert.deepEqual(pending, []);
