@@ -2,6 +2,7 @@ import { LockMode } from "@mikro-orm/core";
 import type { EntityManager, MikroORM } from "@mikro-orm/postgresql";
 import { Gpu } from "../gpu/gpu.js";
 import type { Host, HostRuntime } from "../host/host.js";
+import { isId } from "../ids.js";
 import type { Clock } from "../platform/clock.js";
 import type { Logger } from "../platform/logger.js";
 import type { Runtime, WorkloadSpec, WorkloadState } from "../runtime/runtime.js";
@@ -44,7 +45,6 @@ interface Decision {
 }
 
 const OFFLINE_NOTE = "host offline since";
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 /**
  * Drives every environment from its observed status toward its desired state, level-triggered: each
@@ -103,21 +103,28 @@ export class EnvironmentReconciler {
       if (decision.forget && this.options.beforeForget) {
         const ready = await this.options.beforeForget(env.id, env.workspace.id).then(
           () => true,
-          (err: unknown) => (this.logger.warn({ err, environmentId: env.id }, "could not archive the logs of a deleted environment; retrying"), false),
+          (err: unknown) => {
+            this.logger.warn({ err, environmentId: env.id }, "could not archive the logs of a deleted environment; retrying");
+            return false;
+          },
         );
         if (!ready) continue;
       }
-      await this.step(env.id).catch((err: unknown) => this.logger.error({ err, environmentId: env.id }, "reconciling an environment failed"));
+      await this.step(env.id).catch((err: unknown) =>
+        this.logger.error({ err, environmentId: env.id }, "reconciling an environment failed"),
+      );
     }
   }
 
   /** Records what a runtime reports about a workload; reports of older generations are ignored. */
   async observe(hostId: string, report: WorkloadReport): Promise<void> {
-    const updated = await this.orm.em.fork().nativeUpdate(
-      Environment,
-      { id: report.environmentId, host: hostId, workloadGeneration: { $lte: report.generation } },
-      { workloadState: report.state, workloadMessage: report.message.slice(0, 4096), workloadGeneration: report.generation },
-    );
+    const updated = await this.orm.em
+      .fork()
+      .nativeUpdate(
+        Environment,
+        { id: report.environmentId, host: hostId, workloadGeneration: { $lte: report.generation } },
+        { workloadState: report.state, workloadMessage: report.message.slice(0, 4096), workloadGeneration: report.generation },
+      );
     if (updated > 0) this.kick();
   }
 
@@ -129,7 +136,7 @@ export class EnvironmentReconciler {
   async agentConnected(hostId: string, runningIds: string[]): Promise<void> {
     const runtime = this.runtimes.AGENT;
     if (!runtime) return;
-    runningIds = runningIds.filter((id) => UUID.test(id));
+    runningIds = runningIds.filter(isId).map((id) => id.toLowerCase());
     const em = this.orm.em.fork();
     const envs = await em.find(Environment, { host: hostId, status: { $in: HOLDING } });
     const wanted = new Set(envs.filter((e) => ["CREATING", "STARTING", "RUNNING"].includes(e.status)).map((e) => e.id));
@@ -147,7 +154,8 @@ export class EnvironmentReconciler {
       const view = await this.orm.em.fork().transactional(async (tx) => {
         const env = await tx.findOne(Environment, id, { lockMode: LockMode.PESSIMISTIC_WRITE });
         if (!env || env.host?.id !== hostId || !["CREATING", "STARTING", "RUNNING"].includes(env.status)) return undefined;
-        if (env.status === "RUNNING") transition(env, "STARTING", "its host's agent no longer runs it; starting it again", this.clock.now());
+        if (env.status === "RUNNING")
+          transition(env, "STARTING", "its host's agent no longer runs it; starting it again", this.clock.now());
         // A new generation: the agent may remember the old one as stopped, and would not run it again.
         Object.assign(env, { generation: env.generation + 1, workloadState: "", actedAt: null, attempts: 0 });
         return this.environments.view(tx, env);
@@ -159,7 +167,14 @@ export class EnvironmentReconciler {
     // starting (its report may have died with the old stream; asking again for the same generation
     // makes the agent report its state again).
     const waiting: EnvironmentStatus[] = ["CREATING", "STARTING", "STOPPING", "DELETING"];
-    const due = envs.filter((e) => e.status === "STOPPING" || e.status === "DELETING" || ((e.status === "CREATING" || e.status === "STARTING") && runningIds.includes(e.id))).map((e) => e.id);
+    const due = envs
+      .filter(
+        (e) =>
+          e.status === "STOPPING" ||
+          e.status === "DELETING" ||
+          ((e.status === "CREATING" || e.status === "STARTING") && runningIds.includes(e.id)),
+      )
+      .map((e) => e.id);
     if (due.length > 0) await em.nativeUpdate(Environment, { id: { $in: due }, status: { $in: waiting } }, { actedAt: null, attempts: 0 });
     if (lost.length > 0 || due.length > 0) this.kick();
   }
@@ -202,7 +217,10 @@ export class EnvironmentReconciler {
       else await runtime.remove(env.id, host.id, env.generation);
     } catch (err) {
       // Not delivered: the next pass after the backoff tries again (cleanups are left to the agent's next hello).
-      this.logger.warn({ environmentId: env.id, action: decision.act, error: err instanceof Error ? err.message : String(err) }, "runtime call not delivered");
+      this.logger.warn(
+        { environmentId: env.id, action: decision.act, error: err instanceof Error ? err.message : String(err) },
+        "runtime call not delivered",
+      );
     }
   }
 
@@ -212,7 +230,9 @@ export class EnvironmentReconciler {
     const report = env.workloadState;
     const offlineMs = host?.status === "OFFLINE" ? now.getTime() - (host.lastHeartbeatAt ?? host.updatedAt).getTime() : 0;
     const lost = offlineMs > this.options.lostHostTimeoutMs;
-    const due = !env.actedAt || now.getTime() - env.actedAt.getTime() >= Math.min(this.retryMaxMs, this.retryBaseMs * 2 ** Math.max(0, env.attempts - 1));
+    const due =
+      !env.actedAt ||
+      now.getTime() - env.actedAt.getTime() >= Math.min(this.retryMaxMs, this.retryBaseMs * 2 ** Math.max(0, env.attempts - 1));
     const runtime = host && this.runtimes[host.runtime];
     // How long the current status has lasted.
     const waited = now.getTime() - new Date(env.transitions.at(-1)?.time ?? env.updatedAt).getTime();
@@ -227,19 +247,23 @@ export class EnvironmentReconciler {
       case "CREATING":
       case "STARTING": {
         if (current && report === "RUNNING") return { status: ["RUNNING", "running"] };
-        if (current && (report === "FAILED" || report === "STOPPED" || report === "REMOVED")) return fail(`the workload did not start: ${env.workloadMessage || report.toLowerCase()}`);
+        if (current && (report === "FAILED" || report === "STOPPED" || report === "REMOVED"))
+          return fail(`the workload did not start: ${env.workloadMessage || report.toLowerCase()}`);
         if (!host) return fail("its host was deleted");
         if (!runtime) return fail(`no ${host.runtime.toLowerCase()} runtime is configured for host "${host.name}"`);
         if (lost) return fail(`host "${host.name}" was offline for more than ${Math.round(this.options.lostHostTimeoutMs / 1000)} s`);
         if (waited > this.options.startTimeoutMs) {
-          return fail(`did not start within ${Math.round(this.options.startTimeoutMs / 1000)} s${env.workloadMessage ? `: ${env.workloadMessage}` : ""}`);
+          return fail(
+            `did not start within ${Math.round(this.options.startTimeoutMs / 1000)} s${env.workloadMessage ? `: ${env.workloadMessage}` : ""}`,
+          );
         }
         if (offlineMs > 0) return offlineNote();
         if (!due) return undefined;
         return env.status === "PENDING" ? { status: ["CREATING", "creating"], act: "run" } : { act: "run" };
       }
       case "RUNNING": {
-        if (current && (report === "FAILED" || report === "STOPPED" || report === "REMOVED")) return fail(`the workload ended: ${env.workloadMessage || report.toLowerCase()}`);
+        if (current && (report === "FAILED" || report === "STOPPED" || report === "REMOVED"))
+          return fail(`the workload ended: ${env.workloadMessage || report.toLowerCase()}`);
         if (!host) return fail("its host was deleted");
         if (lost) return fail(`host "${host.name}" was offline for more than ${Math.round(this.options.lostHostTimeoutMs / 1000)} s`);
         if (offlineMs > 0) return offlineNote();
@@ -248,15 +272,21 @@ export class EnvironmentReconciler {
       // Only a report of the current generation counts: an older workload's STOPPED (a restart replaced
       // it) says nothing about the one running now. Stop and remove commands carry the generation.
       case "STOPPING": {
-        if ((current && (report === "STOPPED" || report === "REMOVED" || report === "FAILED")) || !host || !runtime) return { status: ["STOPPED", "stopped"], release: true };
+        if ((current && (report === "STOPPED" || report === "REMOVED" || report === "FAILED")) || !host || !runtime)
+          return { status: ["STOPPED", "stopped"], release: true };
         // The agent stops it when it returns (its hello lists it, and it should not run).
         if (lost) return { status: ["STOPPED", `stopped while host "${host.name}" was offline`], release: true };
         if (offlineMs > 0) return offlineNote();
-        if (waited > this.options.startTimeoutMs) return { status: ["STOPPED", `the host's agent did not confirm the stop within ${Math.round(this.options.startTimeoutMs / 1000)} s`], release: true };
+        if (waited > this.options.startTimeoutMs)
+          return {
+            status: ["STOPPED", `the host's agent did not confirm the stop within ${Math.round(this.options.startTimeoutMs / 1000)} s`],
+            release: true,
+          };
         return due ? { act: "stop" } : undefined;
       }
       case "DELETING": {
-        if ((current && report === "REMOVED") || !host || !runtime || lost || waited > this.options.startTimeoutMs) return { release: true, forget: true };
+        if ((current && report === "REMOVED") || !host || !runtime || lost || waited > this.options.startTimeoutMs)
+          return { release: true, forget: true };
         if (offlineMs > 0) return offlineNote();
         return due ? { act: "remove" } : undefined;
       }

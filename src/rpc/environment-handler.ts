@@ -1,6 +1,5 @@
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
-import { WatchEventType } from "../../gen/remotegpu/v1/common_pb.js";
 import type {
   AddPortMappingRequest,
   CreateEnvironmentRequest,
@@ -26,16 +25,21 @@ import { checkId } from "../ids.js";
 import { Violations } from "../validation.js";
 import { auditNote, callerOf } from "./context.js";
 import { dateFromMessage } from "./convert.js";
-import { environmentInputFromMessage, environmentStatus, environmentToMessage, logLineToMessage, portFromMessage, portMappingToMessage } from "./environment-convert.js";
+import {
+  environmentInputFromMessage,
+  environmentStatus,
+  environmentToMessage,
+  logLineToMessage,
+  portFromMessage,
+  portMappingToMessage,
+} from "./environment-convert.js";
+import { BUFFERS, everyPage, watchObjects } from "./watch.js";
 
 type Impl = Partial<ServiceImpl<typeof EnvironmentService>>;
 
-/** Events held for a slow watcher before its watch is ended (it can watch again). */
-const WATCH_BUFFER = 1000;
 const DEFAULT_TAIL = 100;
 const MAX_TAIL = 10_000;
 const ENDED = new Set(["STOPPED", "FAILED", "DELETED"]);
-const EVENT_TYPES = { ADDED: WatchEventType.ADDED, MODIFIED: WatchEventType.MODIFIED, DELETED: WatchEventType.DELETED } as const;
 
 /** EnvironmentService over Connect/gRPC. Environments of another workspace are NOT_FOUND for a workspace token. */
 export class EnvironmentHandler implements Impl {
@@ -85,7 +89,13 @@ export class EnvironmentHandler implements Impl {
     const v = new Violations();
     const spec = portFromMessage(v, "port", req.port);
     v.throwIfAny();
-    const mapping = await this.environments.addPort(req.environmentId, spec, req.hostPort || undefined, confinedTo(callerOf(ctx)), auditNote(ctx));
+    const mapping = await this.environments.addPort(
+      req.environmentId,
+      spec,
+      req.hostPort || undefined,
+      confinedTo(callerOf(ctx)),
+      auditNote(ctx),
+    );
     return { portMapping: portMappingToMessage(mapping) };
   }
 
@@ -108,13 +118,18 @@ export class EnvironmentHandler implements Impl {
     const stop = new AbortController();
     ctx.signal.addEventListener("abort", () => stop.abort(), { once: true });
     // Subscribed before reading the tail, so no line falls between; lines the tail already had are skipped.
-    const live = req.follow ? this.logs.appended.subscribe({ accept: (b) => b.environmentId === id, capacity: 1000, overflow: "drop-oldest" }, stop.signal) : undefined;
-    const ends = req.follow ? this.environments.changes.subscribe({ accept: (c) => c.view.environment.id === id, capacity: 100, overflow: "drop-oldest" }, stop.signal) : undefined;
+    const live = req.follow
+      ? this.logs.appended.subscribe({ accept: (b) => b.environmentId === id, ...BUFFERS.logLines }, stop.signal)
+      : undefined;
+    const ends = req.follow
+      ? this.environments.changes.subscribe({ accept: (c) => c.view.environment.id === id, ...BUFFERS.logEnd }, stop.signal)
+      : undefined;
     try {
       const visibility = confinedTo(callerOf(ctx));
       const env = await this.environments.get(id, visibility).catch(async (err: unknown) => {
         // A deleted environment's log lives on in its archive.
-        const archived = err instanceof NotFoundError ? await this.logs.archived(id, visibility, req.tailLines || DEFAULT_TAIL, since) : undefined;
+        const archived =
+          err instanceof NotFoundError ? await this.logs.archived(id, visibility, req.tailLines || DEFAULT_TAIL, since) : undefined;
         if (!archived) throw err;
         return archived;
       });
@@ -142,23 +157,26 @@ export class EnvironmentHandler implements Impl {
   }
 
   /** The current state first (INITIAL events), then every change, until the caller cancels. */
-  async *watchEnvironments(req: WatchEnvironmentsRequest, ctx: HandlerContext): AsyncIterable<MessageInitShape<typeof WatchEnvironmentsResponseSchema>> {
+  async *watchEnvironments(
+    req: WatchEnvironmentsRequest,
+    ctx: HandlerContext,
+  ): AsyncIterable<MessageInitShape<typeof WatchEnvironmentsResponseSchema>> {
     const caller = callerOf(ctx);
     if (req.workspaceId) assertInWorkspace(caller, req.workspaceId);
     const workspaceId = confinedTo(caller) ?? (req.workspaceId ? checkId("workspace_id", req.workspaceId) : undefined);
     const environmentId = req.environmentId ? checkId("environment_id", req.environmentId) : undefined;
-    const accept = (view: EnvironmentView) => (!workspaceId || view.environment.workspace.id === workspaceId) && (!environmentId || view.environment.id === environmentId);
-    const changes = this.environments.changes.subscribe({ accept: (c) => accept(c.view), capacity: WATCH_BUFFER, overflow: "fail" }, ctx.signal);
-    if (environmentId) {
-      yield { type: WatchEventType.INITIAL, environment: environmentToMessage(await this.environments.get(environmentId, workspaceId)) };
-    } else {
-      let token = "";
-      do {
-        const page = await this.environments.list({ workspaceId }, 1000, token);
-        for (const view of page.items) yield { type: WatchEventType.INITIAL, environment: environmentToMessage(view) };
-        token = page.nextPageToken;
-      } while (token);
-    }
-    for await (const { item } of changes) yield { type: EVENT_TYPES[item.type], environment: environmentToMessage(item.view) };
+    yield* watchObjects({
+      changes: this.environments.changes,
+      accept: (view) =>
+        (!workspaceId || view.environment.workspace.id === workspaceId) && (!environmentId || view.environment.id === environmentId),
+      current: () => this.currentEnvironments(workspaceId, environmentId),
+      toEvent: (type, view) => ({ type, environment: environmentToMessage(view) }),
+      signal: ctx.signal,
+    });
+  }
+
+  private async *currentEnvironments(workspaceId: string | undefined, environmentId: string | undefined): AsyncIterable<EnvironmentView> {
+    if (environmentId) yield await this.environments.get(environmentId, workspaceId);
+    else yield* everyPage((size, token) => this.environments.list({ workspaceId }, size, token));
   }
 }

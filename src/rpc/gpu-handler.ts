@@ -23,6 +23,7 @@ import type { GpuInventory } from "../gpu/gpu-inventory.js";
 import { auditNote } from "./context.js";
 import { Violations, parseLabelSelector, required, toSafeNumber } from "../validation.js";
 import { dateFromMessage, gpuMetricsToMessage, gpuSampleToMessage, gpuStatus, gpuToMessage, msFromMessage } from "./convert.js";
+import { BUFFERS } from "./watch.js";
 
 type Impl = Partial<ServiceImpl<typeof GpuService>>;
 
@@ -40,7 +41,10 @@ export class GpuHandler implements Impl {
     const v = new Violations();
     const memoryBytes = toSafeNumber(v, "memory_bytes", req.memoryBytes);
     v.throwIfAny();
-    const view = await this.inventory.create({ hostId: req.hostId, index: req.index, uuid: req.uuid, model: req.model, memoryBytes }, auditNote(ctx));
+    const view = await this.inventory.create(
+      { hostId: req.hostId, index: req.index, uuid: req.uuid, model: req.model, memoryBytes },
+      auditNote(ctx),
+    );
     return { gpu: gpuToMessage(view) };
   }
 
@@ -70,7 +74,9 @@ export class GpuHandler implements Impl {
     const patch = {
       model: g?.model ?? "",
       memoryBytes: toSafeNumber(v, "gpu.memory_bytes", g?.memoryBytes ?? 0n),
-      status: req.updateMask?.paths.includes("status") ? (gpuStatus.toDomain(g?.status ?? 0, "gpu.status", v) ?? required(v, "gpu.status")) : undefined,
+      status: req.updateMask?.paths.includes("status")
+        ? (gpuStatus.toDomain(g?.status ?? 0, "gpu.status", v) ?? required(v, "gpu.status"))
+        : undefined,
       healthReasons: g?.healthReasons ?? [],
     };
     v.throwIfAny();
@@ -83,7 +89,10 @@ export class GpuHandler implements Impl {
   }
 
   async allocateGpu(req: AllocateGpuRequest, ctx: HandlerContext) {
-    const gpu = await this.allocator.allocate({ gpuId: req.gpuId, hostId: req.hostId, model: req.model, holder: req.holder }, auditNote(ctx));
+    const gpu = await this.allocator.allocate(
+      { gpuId: req.gpuId, hostId: req.hostId, model: req.model, holder: req.holder },
+      auditNote(ctx),
+    );
     return { gpu: gpuToMessage(this.inventory.view(gpu)) };
   }
 
@@ -93,7 +102,10 @@ export class GpuHandler implements Impl {
   }
 
   /** Live samples of one GPU, one host's GPUs, or all; a slow reader loses the oldest, never slows ingestion. */
-  async *watchGpuTelemetry(req: WatchGpuTelemetryRequest, ctx: HandlerContext): AsyncIterable<MessageInitShape<typeof WatchGpuTelemetryResponseSchema>> {
+  async *watchGpuTelemetry(
+    req: WatchGpuTelemetryRequest,
+    ctx: HandlerContext,
+  ): AsyncIterable<MessageInitShape<typeof WatchGpuTelemetryResponseSchema>> {
     let accept = (_: LiveSample) => true;
     if (req.gpuId) {
       const { gpu } = await this.inventory.get(req.gpuId);
@@ -102,7 +114,7 @@ export class GpuHandler implements Impl {
       const hostId = await this.inventory.requireHost(req.hostId);
       accept = (s) => s.hostId === hostId;
     }
-    for await (const { item, dropped } of this.live.subscribe({ accept, capacity: LIVE_BUFFER, overflow: "drop-oldest" }, ctx.signal)) {
+    for await (const { item, dropped } of this.live.subscribe({ accept, ...BUFFERS.samples }, ctx.signal)) {
       yield { sample: gpuSampleToMessage(item.sample, item.sample.gpuId ?? "", item.hostId), dropped: BigInt(dropped) };
     }
   }
@@ -126,7 +138,5 @@ export class GpuHandler implements Impl {
   }
 }
 
-/** Live samples held for a slow WatchGpuTelemetry caller; older ones are dropped and counted. */
-const LIVE_BUFFER = 256;
 const DEFAULT_RANGE_MS = 3_600_000;
 const DEFAULT_STEP_MS = 60_000;

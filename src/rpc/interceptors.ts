@@ -5,6 +5,7 @@ import type { Logger } from "../platform/logger.js";
 import type { Metrics } from "../platform/metrics.js";
 import type { AuditSubject, AuditTrail } from "../audit/audit-trail.js";
 import { assertInWorkspace } from "../auth/workspace-access.js";
+import { isId } from "../ids.js";
 import { accessFor, authorize, isAudited } from "./access.js";
 import { auditNoteKey, principalKey, requestIdKey } from "./context.js";
 import { toConnectError } from "./error-mapping.js";
@@ -112,15 +113,17 @@ async function* replay<T>(first: IteratorResult<T>, rest: AsyncIterator<T>): Asy
   for (let next = await rest.next(); !next.done; next = await rest.next()) yield next.value;
 }
 
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
-
 /** A best guess of the object a request names, for calls whose handler did not say (refused ones). */
 function subjectOf(service: string, message: unknown): AuditSubject {
   const m = (message ?? {}) as Record<string, unknown>;
   const field = (name: string) => (typeof m[name] === "string" ? (m[name] as string) : "");
   const workspaceId = field("workspaceId") || (service === "remotegpu.v1.WorkspaceService" ? field("id") : "");
   const targetId = field("id") || field("tokenId") || field("environmentId") || field("hostId") || field("gpuId") || workspaceId;
-  return { workspaceId: UUID.test(workspaceId) ? workspaceId : null, targetId: targetId.replace(/[\x00-\x1f\x7f]/g, "").slice(0, 128) };
+  return {
+    workspaceId: isId(workspaceId) ? workspaceId.toLowerCase() : null,
+    // biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what this strips
+    targetId: targetId.replace(/[\x00-\x1f\x7f]/g, "").slice(0, 128),
+  };
 }
 
 function codeName(err: unknown): string {
@@ -158,7 +161,8 @@ export function audit(trail: AuditTrail, logger: Logger): Interceptor {
       subject = s;
       trail.add(em, record("ok"));
     });
-    const write = (code: string) => trail.append(record(code)).catch((err: unknown) => logger.error({ err, ...record(code) }, "writing an audit event failed"));
+    const write = (code: string) =>
+      trail.append(record(code)).catch((err: unknown) => logger.error({ err, ...record(code) }, "writing an audit event failed"));
     try {
       const res = await next(req);
       if (!noted) await write("ok");

@@ -8,7 +8,7 @@ import { EnvironmentService, EnvironmentStatus } from "../../gen/remotegpu/v1/en
 import { GpuService } from "../../gen/remotegpu/v1/gpu_pb.js";
 import { HostService, HostStatus } from "../../gen/remotegpu/v1/host_pb.js";
 import { WorkspaceService } from "../../gen/remotegpu/v1/workspace_pb.js";
-import { ROOT, freePort, serverEnv, spawnServer, type ServerProcess } from "../support/child.js";
+import { ROOT, agentArgv, freePort, serverEnv, spawnServer, type ServerProcess } from "../support/child.js";
 import { createTestDatabase, type TestDatabase } from "../support/database.js";
 import { ADMIN_TOKEN, clients } from "../support/server.js";
 import { eventually } from "../support/eventually.js";
@@ -37,7 +37,21 @@ describe("e2e: two server processes; the one holding the agent and the leadershi
     const prefix = `remotegpu-failover-${randomBytes(4).toString("hex")}:`;
     const [portA, portB, appPort] = [await freePort(), await freePort(), await freePort()];
     const start = async (port: number) => {
-      const s = spawnServer(serverEnv({ DATABASE_URL: db.url, REDIS_URL, REDIS_KEY_PREFIX: prefix, PORT: String(port), BIND_ADDRESS: "127.0.0.1", REMOTEGPU_ADMIN_TOKEN: ADMIN_TOKEN, LOG_LEVEL: "info", HEARTBEAT_INTERVAL_SECONDS: "1", HOST_GRACE_SECONDS: "5", HOST_PORT_RANGE: `${appPort}-${appPort}`, DATA_DIR: path.join(dataDir, `server-${port}`) }));
+      const s = spawnServer(
+        serverEnv({
+          DATABASE_URL: db.url,
+          REDIS_URL,
+          REDIS_KEY_PREFIX: prefix,
+          PORT: String(port),
+          BIND_ADDRESS: "127.0.0.1",
+          REMOTEGPU_ADMIN_TOKEN: ADMIN_TOKEN,
+          LOG_LEVEL: "info",
+          HEARTBEAT_INTERVAL_SECONDS: "1",
+          HOST_GRACE_SECONDS: "5",
+          HOST_PORT_RANGE: `${appPort}-${appPort}`,
+          DATA_DIR: path.join(dataDir, `server-${port}`),
+        }),
+      );
       servers.push(s);
       await s.listening(30_000);
       return s;
@@ -50,10 +64,25 @@ describe("e2e: two server processes; the one holding the agent and the leadershi
     const { host, agentToken } = await apiB.client(HostService).createHost({ name: "failover-host", address: "127.0.0.1" });
     agent = spawn(
       process.execPath,
-      ["--import", "tsx", "src/agent/main.ts", "--server", `http://127.0.0.1:${portA},http://127.0.0.1:${portB}`, "--host-id", host!.id, "--token", agentToken, "--simulate-gpus", "2", "--process-mode", "--data-dir", path.join(dataDir, "agent")],
+      agentArgv([
+        "--server",
+        `http://127.0.0.1:${portA},http://127.0.0.1:${portB}`,
+        "--host-id",
+        host!.id,
+        "--token",
+        agentToken,
+        "--simulate-gpus",
+        "2",
+        "--process-mode",
+        "--data-dir",
+        path.join(dataDir, "agent"),
+      ]),
       { cwd: ROOT, stdio: ["ignore", "ignore", "ignore"] },
     );
-    await eventually("the host ONLINE", async () => (await apiB.client(HostService).getHost({ id: host!.id })).host?.status === HostStatus.ONLINE);
+    await eventually(
+      "the host ONLINE",
+      async () => (await apiB.client(HostService).getHost({ id: host!.id })).host?.status === HostStatus.ONLINE,
+    );
     assert.ok(a.stdout().includes('"agent connected"'), "the agent's stream is on A");
 
     // A watcher on B sees the live telemetry of the agent whose stream A holds.
@@ -78,7 +107,10 @@ describe("e2e: two server processes; the one holding the agent and the leadershi
         ports: [{ name: "http", containerPort }],
       })
     ).environment!;
-    await eventually("RUNNING", async () => (await envs.getEnvironment({ id: created.id })).environment?.status === EnvironmentStatus.RUNNING);
+    await eventually(
+      "RUNNING",
+      async () => (await envs.getEnvironment({ id: created.id })).environment?.status === EnvironmentStatus.RUNNING,
+    );
     assert.equal((await fetch(`http://127.0.0.1:${appPort}/starts.log`)).status, 200);
 
     a.child.kill("SIGKILL");
@@ -87,8 +119,17 @@ describe("e2e: two server processes; the one holding the agent and the leadershi
     await eventually("B to lead", async () => b.stdout().includes("now leads background reconciliation"));
     await eventually("the agent on B", async () => b.stdout().includes('"agent connected"'));
 
-    // A few reconcile rounds on B later: still RUNNING, still serving, started once.
-    await new Promise((r) => setTimeout(r, 4000));
+    // Reconcile passes on B with the agent on B's stream: an environment created now gets to RUNNING
+    // only through them (a pass sends the run, the agent's report kicks another), and every pass
+    // looks at the first environment too.
+    const later = { workspaceId: ws, name: "after-failover", image: "img", command: ["sleep", "600"], gpuCount: 1 };
+    const laterId = (await envs.createEnvironment(later)).environment!.id;
+    const status = async (id: string) => (await envs.getEnvironment({ id })).environment?.status;
+    await eventually(
+      "an environment created after the failover RUNNING",
+      async () => (await status(laterId)) === EnvironmentStatus.RUNNING,
+    );
+    // After those passes: still RUNNING, still serving, started once.
     const after = (await envs.getEnvironment({ id: created.id })).environment!;
     assert.equal(EnvironmentStatus[after.status], "RUNNING", after.statusMessage);
     assert.equal((await fetch(`http://127.0.0.1:${appPort}/starts.log`)).status, 200);
@@ -97,6 +138,8 @@ describe("e2e: two server processes; the one holding the agent and the leadershi
 
     // And B drives it: a stop goes through to the agent.
     await envs.stopEnvironment({ id: created.id });
-    await eventually("STOPPED through B", async () => (await envs.getEnvironment({ id: created.id })).environment?.status === EnvironmentStatus.STOPPED);
+    await envs.stopEnvironment({ id: laterId });
+    for (const id of [created.id, laterId])
+      await eventually("STOPPED through B", async () => (await status(id)) === EnvironmentStatus.STOPPED);
   });
 });

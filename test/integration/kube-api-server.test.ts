@@ -1,19 +1,22 @@
 import { strict as assert } from "node:assert";
 import { PassThrough } from "node:stream";
 import {
-  ApiException, CoreV1Api, KubeConfig, Log, NetworkingV1Api, PatchStrategy, Watch, setHeaderOptions,
-  type KubernetesObject, type V1Pod,
+  ApiException,
+  CoreV1Api,
+  KubeConfig,
+  Log,
+  NetworkingV1Api,
+  PatchStrategy,
+  Watch,
+  setHeaderOptions,
+  type KubernetesObject,
+  type V1Pod,
 } from "@kubernetes/client-node";
+import { eventually } from "../support/eventually.js";
 import { startKubeApiServer, type KubeApiTestServer, type KubeObject } from "../support/kube-api-server.js";
 
-/** Polls until `check` holds; the server answers asynchronously over real sockets. */
-async function until(check: () => boolean, what: string, ms = 3000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
+/** How long to poll for what the server does asynchronously over real sockets. */
+const SOON = { ms: 3000, everyMs: 10 };
 
 /** Awaits `call`, asserts client-node threw an ApiException with `code`, and returns the parsed Status body. */
 async function expectStatus(call: Promise<unknown>, code: number): Promise<KubeObject> {
@@ -28,14 +31,23 @@ async function expectStatus(call: Promise<unknown>, code: number): Promise<KubeO
   assert.fail(`expected HTTP ${code}, but the call succeeded`);
 }
 
-interface OpenWatch { events: { type: string; object: KubeObject }[]; done: Promise<unknown>; controller: AbortController }
+interface OpenWatch {
+  events: { type: string; object: KubeObject }[];
+  done: Promise<unknown>;
+  controller: AbortController;
+}
 
 /** A client-node watch recording its events; `done` resolves with the error it ended with, or null. */
 async function openWatch(kc: KubeConfig, path: string, query: Record<string, string | number | boolean> = {}): Promise<OpenWatch> {
   const events: OpenWatch["events"] = [];
   let finish!: (err: unknown) => void;
   const done = new Promise<unknown>((resolve) => (finish = resolve));
-  const controller = await new Watch(kc).watch(path, query, (type, object) => events.push({ type, object }), (err) => finish(err ?? null));
+  const controller = await new Watch(kc).watch(
+    path,
+    query,
+    (type, object) => events.push({ type, object }),
+    (err) => finish(err ?? null),
+  );
   return { events, done, controller };
 }
 
@@ -93,13 +105,19 @@ describe("Kubernetes API test server, driven by the unmodified @kubernetes/clien
 
   it("creates namespaced objects of every supported kind and fills in server metadata", async () => {
     const pod = await core.createNamespacedPod({ namespace: ns, body: podBody("gpu-0", { app: "env" }) });
-    const svc = await core.createNamespacedService({ namespace: ns, body: { metadata: { name: "env" }, spec: { selector: { app: "env" }, ports: [{ port: 22 }] } } });
+    const svc = await core.createNamespacedService({
+      namespace: ns,
+      body: { metadata: { name: "env" }, spec: { selector: { app: "env" }, ports: [{ port: 22 }] } },
+    });
     const pvc = await core.createNamespacedPersistentVolumeClaim({
       namespace: ns,
       body: { metadata: { name: "home" }, spec: { accessModes: ["ReadWriteOnce"], resources: { requests: { storage: "10Gi" } } } },
     });
     const secret = await core.createNamespacedSecret({ namespace: ns, body: { metadata: { name: "token" }, stringData: { token: "t" } } });
-    const ingress = await net.createNamespacedIngress({ namespace: ns, body: { metadata: { name: "env" }, spec: { rules: [{ host: "env.test" }] } } });
+    const ingress = await net.createNamespacedIngress({
+      namespace: ns,
+      body: { metadata: { name: "env" }, spec: { rules: [{ host: "env.test" }] } },
+    });
 
     assert.equal(pod.status?.phase, "Pending");
     assert.match(pod.metadata?.uid ?? "", /^[0-9a-f-]{36}$/);
@@ -111,7 +129,10 @@ describe("Kubernetes API test server, driven by the unmodified @kubernetes/clien
     assert.equal(ingress.apiVersion, "networking.k8s.io/v1");
     // One global, increasing resourceVersion, as strings.
     const versions = [pod, svc, pvc, secret, ingress].map((o) => Number(o.metadata?.resourceVersion));
-    assert.deepEqual(versions, [...versions].sort((a, b) => a - b));
+    assert.deepEqual(
+      versions,
+      [...versions].sort((a, b) => a - b),
+    );
     assert.equal(new Set(versions).size, versions.length);
 
     assert.equal((await core.readNamespacedPod({ namespace: ns, name: "gpu-0" })).metadata?.uid, pod.metadata?.uid);
@@ -132,7 +153,10 @@ describe("Kubernetes API test server, driven by the unmodified @kubernetes/clien
   it("answers 404 NotFound for missing objects and for a create into a missing namespace", async () => {
     assert.equal((await expectStatus(core.readNamespacedPod({ namespace: ns, name: "none" }), 404)).reason, "NotFound");
     await expectStatus(core.deleteNamespacedService({ namespace: ns, name: "none" }), 404);
-    assert.equal((await expectStatus(net.readNamespacedIngress({ namespace: ns, name: "none" }), 404)).message, 'ingresses.networking.k8s.io "none" not found');
+    assert.equal(
+      (await expectStatus(net.readNamespacedIngress({ namespace: ns, name: "none" }), 404)).message,
+      'ingresses.networking.k8s.io "none" not found',
+    );
     const missing = await expectStatus(core.createNamespacedSecret({ namespace: "nowhere", body: { metadata: { name: "s" } } }), 404);
     assert.equal(missing.message, 'namespaces "nowhere" not found');
   });
@@ -157,7 +181,11 @@ describe("Kubernetes API test server, driven by the unmodified @kubernetes/clien
 
   it("patches with JSON patch (client-node's default) and merge patch, and refuses a stale replace", async () => {
     const created = await core.createNamespacedPod({ namespace: ns, body: podBody("p", { app: "env" }) });
-    const jsonPatched = await core.patchNamespacedPod({ namespace: ns, name: "p", body: [{ op: "add", path: "/metadata/labels/owner", value: "u1" }] });
+    const jsonPatched = await core.patchNamespacedPod({
+      namespace: ns,
+      name: "p",
+      body: [{ op: "add", path: "/metadata/labels/owner", value: "u1" }],
+    });
     assert.deepEqual(jsonPatched.metadata?.labels, { app: "env", owner: "u1" });
     const merged = await core.patchNamespacedPod(
       { namespace: ns, name: "p", body: { metadata: { labels: { owner: null, stage: "ready" } } } },
@@ -172,7 +200,11 @@ describe("Kubernetes API test server, driven by the unmodified @kubernetes/clien
     assert.equal(conflict.reason, "Conflict");
 
     const svc = await core.createNamespacedService({ namespace: ns, body: { metadata: { name: "s" }, spec: { ports: [{ port: 22 }] } } });
-    const replaced = await core.replaceNamespacedService({ namespace: ns, name: "s", body: { ...svc, spec: { ...svc.spec, ports: [{ port: 2222 }] } } });
+    const replaced = await core.replaceNamespacedService({
+      namespace: ns,
+      name: "s",
+      body: { ...svc, spec: { ...svc.spec, ports: [{ port: 2222 }] } },
+    });
     assert.equal(replaced.metadata?.generation, 2);
     assert.equal(replaced.metadata?.uid, svc.metadata?.uid);
   });
@@ -186,7 +218,10 @@ describe("Kubernetes API test server, driven by the unmodified @kubernetes/clien
     assert.equal(server.get("Secret", ns, "owned"), undefined);
 
     const kept = await core.createNamespacedPod({ namespace: ns, body: podBody("kept-owner") });
-    await core.createNamespacedSecret({ namespace: ns, body: { metadata: { name: "orphan", ownerReferences: [{ ...ref, name: "kept-owner", uid: kept.metadata!.uid! }] } } });
+    await core.createNamespacedSecret({
+      namespace: ns,
+      body: { metadata: { name: "orphan", ownerReferences: [{ ...ref, name: "kept-owner", uid: kept.metadata!.uid! }] } },
+    });
     await core.deleteNamespacedPod({ namespace: ns, name: "kept-owner", propagationPolicy: "Orphan" });
     assert.ok(server.get("Secret", ns, "orphan"));
 
@@ -205,9 +240,12 @@ describe("Kubernetes API test server, driven by the unmodified @kubernetes/clien
     server.setPodPhase(ns, "gpu", { state: "Running" });
     server.setPodPhase(ns, "gpu", { state: "Terminated", exitCode: 3 });
     await core.deleteNamespacedPod({ namespace: ns, name: "gpu" });
-    await until(() => w.events.length === 6, "six events");
+    await eventually("six events", () => w.events.length === 6, SOON);
 
-    assert.deepEqual(w.events.map((e) => e.type), ["ADDED", "MODIFIED", "MODIFIED", "MODIFIED", "MODIFIED", "DELETED"]);
+    assert.deepEqual(
+      w.events.map((e) => e.type),
+      ["ADDED", "MODIFIED", "MODIFIED", "MODIFIED", "MODIFIED", "DELETED"],
+    );
     const [added, scheduled, backoff, running, terminated] = w.events.map((e) => e.object);
     assert.equal(added.status.phase, "Pending");
     assert.equal(scheduled.spec.nodeName, "node-7");
@@ -218,7 +256,10 @@ describe("Kubernetes API test server, driven by the unmodified @kubernetes/clien
     assert.equal(terminated.status.phase, "Failed");
     assert.equal(terminated.status.containerStatuses[0].state.terminated.exitCode, 3);
     const versions = w.events.map((e) => Number(e.object.metadata.resourceVersion));
-    assert.ok(versions.every((v, i) => i === 0 || v > versions[i - 1]), "each event carries a newer resourceVersion");
+    assert.ok(
+      versions.every((v, i) => i === 0 || v > versions[i - 1]),
+      "each event carries a newer resourceVersion",
+    );
   });
 
   it("reports an eviction, and replays what a resumed watch missed", async () => {
@@ -226,7 +267,7 @@ describe("Kubernetes API test server, driven by the unmodified @kubernetes/clien
     const before = server.setPodPhase(ns, "victim", { state: "Running" });
     server.setPodPhase(ns, "victim", { state: "Evicted", message: "The node was low on memory." });
     const w = await watch(`/api/v1/pods`, { resourceVersion: before.metadata.resourceVersion, labelSelector: "" });
-    await until(() => w.events.length === 1, "the missed eviction");
+    await eventually("the missed eviction", () => w.events.length === 1, SOON);
     assert.equal(w.events[0].type, "MODIFIED");
     assert.deepEqual([w.events[0].object.status.phase, w.events[0].object.status.reason], ["Failed", "Evicted"]);
     assert.equal(w.events[0].object.status.message, "The node was low on memory.");
@@ -236,7 +277,7 @@ describe("Kubernetes API test server, driven by the unmodified @kubernetes/clien
     await core.createNamespacedPod({ namespace: ns, body: podBody("one", { app: "env" }) });
     await core.createNamespacedPod({ namespace: ns, body: podBody("two", { app: "other" }) });
     const w = await watch(`/api/v1/namespaces/${ns}/pods`, { labelSelector: "app=env" });
-    await until(() => w.events.length === 1, "the existing pod");
+    await eventually("the existing pod", () => w.events.length === 1, SOON);
     assert.deepEqual([w.events[0].type, w.events[0].object.metadata.name], ["ADDED", "one"]);
   });
 
@@ -254,7 +295,8 @@ describe("Kubernetes API test server, driven by the unmodified @kubernetes/clien
     const small = await startKubeApiServer({ historyLimit: 2 });
     try {
       const smallCore = small.kubeConfig().makeApiClient(CoreV1Api);
-      const first = (await smallCore.createNamespacedSecret({ namespace: "default", body: { metadata: { name: "s1" } } })).metadata!.resourceVersion!;
+      const first = (await smallCore.createNamespacedSecret({ namespace: "default", body: { metadata: { name: "s1" } } })).metadata!
+        .resourceVersion!;
       for (const name of ["s2", "s3", "s4"]) await smallCore.createNamespacedSecret({ namespace: "default", body: { metadata: { name } } });
       const expired = await openWatch(small.kubeConfig(), "/api/v1/namespaces/default/secrets", { resourceVersion: first });
       await expired.done;
@@ -285,9 +327,9 @@ describe("Kubernetes API test server, driven by the unmodified @kubernetes/clien
     assert.equal(await core.readNamespacedPodLog({ namespace: ns, name: "trainer", container: "main", tailLines: 1 }), "epoch 3\n");
 
     const log = await followLog(kc, ns, "trainer", { tailLines: 2 });
-    await until(() => log.text() === "epoch 2\nepoch 3\n", "the tail");
+    await eventually("the tail", () => log.text() === "epoch 2\nepoch 3\n", SOON);
     server.appendLog(ns, "trainer", "epoch 4");
-    await until(() => log.text().endsWith("epoch 4\n"), "the appended line");
+    await eventually("the appended line", () => log.text().endsWith("epoch 4\n"), SOON);
     await core.deleteNamespacedPod({ namespace: ns, name: "trainer" });
     assert.equal(await log.ended, undefined, "the follow ends cleanly");
   });

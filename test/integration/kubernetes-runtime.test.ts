@@ -2,6 +2,7 @@ import { strict as assert } from "node:assert";
 import { EnvironmentService, EnvironmentStatus, PortProtocol } from "../../gen/remotegpu/v1/environment_pb.js";
 import { HostRuntime, HostService } from "../../gen/remotegpu/v1/host_pb.js";
 import { WorkspaceService } from "../../gen/remotegpu/v1/workspace_pb.js";
+import { eventually } from "../support/eventually.js";
 import { startKubeApiServer, type KubeApiTestServer } from "../support/kube-api-server.js";
 import { startTestServer, type TestServer } from "../support/server.js";
 import { WorkloadAgent } from "../support/workload-agent.js";
@@ -16,32 +17,41 @@ describe("the Kubernetes runtime against a Kubernetes API test server", function
   let ws: string;
   let namespace: string;
 
-  async function until<T>(what: string, check: () => Promise<T | undefined | false> | T | undefined | false, ms = 15_000): Promise<T> {
-    const deadline = Date.now() + ms;
-    for (;;) {
-      const got = await check();
-      if (got) return got;
-      if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  }
+  const polling = { ms: 15_000, everyMs: 50 };
   const status = (id: string, wanted: EnvironmentStatus) =>
-    until(`${EnvironmentStatus[wanted]}`, async () => {
-      const e = (await envs.getEnvironment({ id })).environment!;
-      return e.status === wanted && e;
-    });
+    eventually(
+      `${EnvironmentStatus[wanted]}`,
+      async () => {
+        const e = (await envs.getEnvironment({ id })).environment!;
+        return e.status === wanted && e;
+      },
+      polling,
+    );
   const podOf = (id: string) => kube.list("pods", namespace).find((p) => p.metadata.labels["remotegpu.io/environment-id"] === id);
 
   before(async () => {
     kube = await startKubeApiServer();
     server = await startTestServer({
       clock: systemClock,
-      env: { RUNTIME: "kubernetes", KUBECONFIG: kube.kubeconfigPath, HOST_PORT_RANGE: "30100-30199", K8S_INGRESS_BASE_DOMAIN: "gpu.example.com", ENVIRONMENT_START_TIMEOUT_SECONDS: "20" },
+      env: {
+        RUNTIME: "kubernetes",
+        KUBECONFIG: kube.kubeconfigPath,
+        HOST_PORT_RANGE: "30100-30199",
+        K8S_INGRESS_BASE_DOMAIN: "gpu.example.com",
+        ENVIRONMENT_START_TIMEOUT_SECONDS: "20",
+      },
     });
     envs = server.client(EnvironmentService);
-    const host = await server.client(HostService).createHost({ name: "k8s-node", address: "10.5.0.1", runtime: HostRuntime.KUBERNETES, kubernetesNodeName: "gpu-node-1" });
+    const host = await server
+      .client(HostService)
+      .createHost({ name: "k8s-node", address: "10.5.0.1", runtime: HostRuntime.KUBERNETES, kubernetesNodeName: "gpu-node-1" });
     // The node's agent reports its GPUs and telemetry; workloads go through Kubernetes.
-    agent = new WorkloadAgent(server, host.agentToken, host.host!.id, Array.from({ length: 4 }, (_, i) => ({ index: i, uuid: `GPU-k8s-${i}` })));
+    agent = new WorkloadAgent(
+      server,
+      host.agentToken,
+      host.host!.id,
+      Array.from({ length: 4 }, (_, i) => ({ index: i, uuid: `GPU-k8s-${i}` })),
+    );
     await agent.welcome;
     ws = (await server.client(WorkspaceService).createWorkspace({ name: "kube-team" })).workspace!.id;
     namespace = `rgpu-${ws}`;
@@ -60,30 +70,48 @@ describe("the Kubernetes runtime against a Kubernetes API test server", function
         image: "jupyter/base-notebook",
         gpuCount: 2,
         storageBytes: 10n << 30n,
-        ports: [{ name: "web", containerPort: 8888, protocol: PortProtocol.HTTP }, { name: "ssh", containerPort: 22 }],
+        ports: [
+          { name: "web", containerPort: 8888, protocol: PortProtocol.HTTP },
+          { name: "ssh", containerPort: 22 },
+        ],
         sshPublicKeys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMock me@host"],
       })
     ).environment!;
-    const pod = await until("the pod", () => podOf(env.id));
+    const pod = await eventually("the pod", () => podOf(env.id), polling);
     assert.equal(pod.spec.nodeName, "gpu-node-1");
     assert.equal(pod.spec.containers[0].resources.limits["nvidia.com/gpu"], "2");
-    assert.deepEqual(pod.spec.containers[0].volumeMounts.map((m: { mountPath: string }) => m.mountPath), ["/workspace", "/etc/remotegpu/ssh"]);
+    assert.deepEqual(
+      pod.spec.containers[0].volumeMounts.map((m: { mountPath: string }) => m.mountPath),
+      ["/workspace", "/etc/remotegpu/ssh"],
+    );
     const name = `env-${env.id}`;
     assert.equal(kube.get("persistentvolumeclaims", namespace, name)?.spec.resources.requests.storage, "10Gi");
-    assert.match(kube.get("secrets", namespace, name)?.stringData?.authorized_keys ?? Buffer.from(kube.get("secrets", namespace, name)!.data.authorized_keys, "base64").toString(), /ssh-ed25519/);
+    assert.match(
+      kube.get("secrets", namespace, name)?.stringData?.authorized_keys ??
+        Buffer.from(kube.get("secrets", namespace, name)!.data.authorized_keys, "base64").toString(),
+      /ssh-ed25519/,
+    );
     const service = kube.get("services", namespace, name)!;
     assert.equal(service.spec.type, "NodePort");
-    assert.deepEqual(service.spec.ports.map((p: { nodePort: number }) => p.nodePort), env.portMappings.map((m) => m.hostPort));
+    assert.deepEqual(
+      service.spec.ports.map((p: { nodePort: number }) => p.nodePort),
+      env.portMappings.map((m) => m.hostPort),
+    );
     assert.equal(kube.get("ingresses", namespace, name)?.spec.rules[0].host, "web-nb-kube-team.gpu.example.com");
     assert.equal((await envs.getEnvironment({ id: env.id })).environment?.status, EnvironmentStatus.CREATING);
 
     kube.setPodPhase(namespace, pod.metadata.name, { state: "Running" });
     await status(env.id, EnvironmentStatus.RUNNING);
     kube.appendLog(namespace, pod.metadata.name, "notebook server started");
-    await until("the pod's log line", async () => {
-      for await (const r of envs.streamLogs({ environmentId: env.id })) if (r.lines.some((l) => l.text === "notebook server started")) return true;
-      return false;
-    });
+    await eventually(
+      "the pod's log line",
+      async () => {
+        for await (const r of envs.streamLogs({ environmentId: env.id }))
+          if (r.lines.some((l) => l.text === "notebook server started")) return true;
+        return false;
+      },
+      polling,
+    );
 
     await envs.stopEnvironment({ id: env.id });
     const stopped = await status(env.id, EnvironmentStatus.STOPPED);
@@ -93,34 +121,42 @@ describe("the Kubernetes runtime against a Kubernetes API test server", function
     assert.ok(kube.get("persistentvolumeclaims", namespace, name), "the volume stays");
 
     await envs.startEnvironment({ id: env.id });
-    const second = await until("the new pod", () => podOf(env.id));
+    const second = await eventually("the new pod", () => podOf(env.id), polling);
     assert.equal(second.metadata.annotations["remotegpu.io/generation"], "2");
     kube.setPodPhase(namespace, second.metadata.name, { state: "Running" });
     await status(env.id, EnvironmentStatus.RUNNING);
 
     await envs.deleteEnvironment({ id: env.id });
-    await until("the environment gone", async () => (await envs.getEnvironment({ id: env.id }).catch(() => undefined)) === undefined);
+    await eventually(
+      "the environment gone",
+      async () => (await envs.getEnvironment({ id: env.id }).catch(() => undefined)) === undefined,
+      polling,
+    );
     for (const kind of ["pods", "services", "ingresses", "persistentvolumeclaims", "secrets"] as const) {
-      assert.deepEqual(kube.list(kind, namespace).filter((o) => o.metadata.labels?.["remotegpu.io/environment-id"] === env.id), [], `no ${kind} left`);
+      assert.deepEqual(
+        kube.list(kind, namespace).filter((o) => o.metadata.labels?.["remotegpu.io/environment-id"] === env.id),
+        [],
+        `no ${kind} left`,
+      );
     }
   });
 
   it("fails an environment whose image cannot be pulled, with the reason, and rolls its pod back", async () => {
     const env = (await envs.createEnvironment({ workspaceId: ws, name: "badimg", image: "no/such:image", gpuCount: 1 })).environment!;
-    const pod = await until("the pod", () => podOf(env.id));
+    const pod = await eventually("the pod", () => podOf(env.id), polling);
     kube.setPodPhase(namespace, pod.metadata.name, { state: "ImagePullBackOff", message: 'Back-off pulling image "no/such:image"' });
     const failed = await status(env.id, EnvironmentStatus.FAILED);
     assert.match(failed.statusMessage, /ImagePullBackOff: Back-off pulling image "no\/such:image"/);
     assert.deepEqual(failed.gpuIds, []);
-    await until("the pod deleted", () => podOf(env.id) === undefined);
+    await eventually("the pod deleted", () => podOf(env.id) === undefined, polling);
     await envs.deleteEnvironment({ id: env.id });
   });
 
   it("keeps following pods when the watch breaks, or its resourceVersion expires (410)", async () => {
     const env = (await envs.createEnvironment({ workspaceId: ws, name: "watched", image: "img" })).environment!;
-    const pod = await until("the pod", () => podOf(env.id));
+    const pod = await eventually("the pod", () => podOf(env.id), polling);
     kube.compact();
-    await until("an open watch to break", () => kube.breakWatches() > 0);
+    await eventually("an open watch to break", () => kube.breakWatches() > 0, polling);
     kube.setPodPhase(namespace, pod.metadata.name, { state: "Running" });
     await status(env.id, EnvironmentStatus.RUNNING);
     await envs.deleteEnvironment({ id: env.id });
@@ -130,9 +166,13 @@ describe("the Kubernetes runtime against a Kubernetes API test server", function
     await kube.down();
     const env = (await envs.createEnvironment({ workspaceId: ws, name: "patient", image: "img" })).environment!;
     await new Promise((r) => setTimeout(r, 1500));
-    assert.equal((await envs.getEnvironment({ id: env.id })).environment?.status, EnvironmentStatus.CREATING, "not failed while the API is away");
+    assert.equal(
+      (await envs.getEnvironment({ id: env.id })).environment?.status,
+      EnvironmentStatus.CREATING,
+      "not failed while the API is away",
+    );
     await kube.up();
-    const pod = await until("the pod, once the API answers", () => podOf(env.id), 20_000);
+    const pod = await eventually("the pod, once the API answers", () => podOf(env.id), { ...polling, ms: 20_000 });
     kube.setPodPhase(namespace, pod.metadata.name, { state: "Running" });
     await status(env.id, EnvironmentStatus.RUNNING);
   });

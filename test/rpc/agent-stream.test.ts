@@ -55,10 +55,13 @@ describe("HostService.StreamHeartbeats", () => {
     assert.equal(got.agentVersion, "0.1.0-test");
     assert.equal(got.capacity?.cpuMillicores, 32000n);
     const list = await gpusOf(host.id);
-    assert.deepEqual(list.map((g) => [g.index, g.uuid, g.status, g.driverVersion]), [
-      [0, "GPU-h-0", GpuStatus.AVAILABLE, "550.90.07"],
-      [1, "GPU-h-1", GpuStatus.AVAILABLE, "550.90.07"],
-    ]);
+    assert.deepEqual(
+      list.map((g) => [g.index, g.uuid, g.status, g.driverVersion]),
+      [
+        [0, "GPU-h-0", GpuStatus.AVAILABLE, "550.90.07"],
+        [1, "GPU-h-1", GpuStatus.AVAILABLE, "550.90.07"],
+      ],
+    );
   });
 
   it("acks heartbeats by sequence and serves the latest sample from memory", async () => {
@@ -192,11 +195,18 @@ describe("HostService.StreamHeartbeats", () => {
     const again = new FakeAgent(server, token);
     agents.push(again);
     await again.hello(host.id, [{ index: 0, uuid: "GPU-bounds-0" }]);
-    await again.beat([{ uuid: "GPU-bounds-0", index: 0, util: 9 }], { $typeName: "google.protobuf.Timestamp", seconds: 10n ** 15n, nanos: 0 });
+    await again.beat([{ uuid: "GPU-bounds-0", index: 0, util: 9 }], {
+      $typeName: "google.protobuf.Timestamp",
+      seconds: 10n ** 15n,
+      nanos: 0,
+    });
     // A GPU nobody declared in the hello is ignored rather than remembered.
     await again.beat([{ uuid: "GPU-not-in-hello", index: 5, util: 1 }]);
     const list = await gpus.listGpus({ hostId: host.id });
-    assert.deepEqual(list.gpus.map((g) => [g.uuid, g.latestSample?.metrics?.gpuUtilizationPercent]), [["GPU-bounds-0", 9]]);
+    assert.deepEqual(
+      list.gpus.map((g) => [g.uuid, g.latestSample?.metrics?.gpuUtilizationPercent]),
+      [["GPU-bounds-0", 9]],
+    );
     assert.ok((await gpus.listGpus({})).gpus.length > 0, "every caller can still list GPUs");
   });
 
@@ -232,7 +242,6 @@ describe("HostService.StreamHeartbeats", () => {
   });
 });
 
-
 describe("HostService.StreamHeartbeats over a connection that dies without a close", () => {
   let server: TestServer;
   let proxy: TcpProxy;
@@ -267,8 +276,13 @@ describe("HostService.StreamHeartbeats over a connection that dies without a clo
 
     proxy.strand(); // the stranded agent's bytes go nowhere from now on, and nobody says so
     await eventually("the stranded session ended", async () => (await connected()) === 1, 15_000, 200);
-    await new Promise((r) => setTimeout(r, 2500)); // more PING periods: the idle, answering one stays
-    assert.equal(await connected(), 1);
+    // Another one stranded after that: by the time it is dropped too, the idle connection has been
+    // PINGed for at least as long as it takes to drop one that does not answer, and it stays.
+    await connect("stranded-later", clients(proxy.url));
+    assert.equal(await connected(), 2);
+    proxy.strand();
+    await eventually("the later stranded session ended", async () => (await connected()) <= 1, 15_000, 200);
+    assert.equal(await connected(), 1, "the idle, answering session is still there");
     await idle.beat();
   });
 });

@@ -6,6 +6,7 @@ import { GpuService } from "../../gen/remotegpu/v1/gpu_pb.js";
 import { HostService } from "../../gen/remotegpu/v1/host_pb.js";
 import { ApiTokenRole, WorkspaceService } from "../../gen/remotegpu/v1/workspace_pb.js";
 import { ManualClock } from "../../src/platform/clock.js";
+import { eventually } from "../support/eventually.js";
 import { expectCode } from "../support/expect.js";
 import { startTestServer, type TestServer } from "../support/server.js";
 import { WorkloadAgent } from "../support/workload-agent.js";
@@ -23,35 +24,38 @@ describe("EnvironmentService with the agent runtime", () => {
   let hostAgentToken: string;
   let ws: string;
 
-  /** Runs background rounds until `check` holds (the reconciler acts on kicks and rounds). */
-  async function until<T>(what: string, check: () => Promise<T | undefined | false>): Promise<T> {
-    const deadline = Date.now() + 10_000;
-    for (;;) {
-      const got = await check();
-      if (got) return got;
-      if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-      await server.app.maintain();
-      await new Promise((r) => setTimeout(r, 20));
-    }
-  }
+  /** Background rounds between tries: the reconciler acts on kicks and rounds, and the clock is manual. */
+  const rounds = { ms: 10_000, everyMs: 20, between: () => server.app.maintain() };
 
   const status = (id: string, wanted: EnvironmentStatus) =>
-    until(`environment ${id} to be ${EnvironmentStatus[wanted]}`, async () => {
-      const e = (await envs.getEnvironment({ id })).environment!;
-      return e.status === wanted && e;
-    });
+    eventually(
+      `environment ${id} to be ${EnvironmentStatus[wanted]}`,
+      async () => {
+        const e = (await envs.getEnvironment({ id })).environment!;
+        return e.status === wanted && e;
+      },
+      rounds,
+    );
 
   async function newHost(name: string, gpuCount: number, model = H100) {
     const res = await server.client(HostService).createHost({ name, address: "10.1.0.7" });
     const id = res.host!.id;
-    const a = new WorkloadAgent(server, res.agentToken, id, Array.from({ length: gpuCount }, (_, i) => ({ index: i, uuid: `GPU-${name}-${i}`, model })));
+    const a = new WorkloadAgent(
+      server,
+      res.agentToken,
+      id,
+      Array.from({ length: gpuCount }, (_, i) => ({ index: i, uuid: `GPU-${name}-${i}`, model })),
+    );
     await a.welcome;
     return { id, agent: a, token: res.agentToken };
   }
 
   before(async () => {
     clock = new ManualClock(new Date("2026-11-30T12:00:00Z"));
-    server = await startTestServer({ clock, env: { HOST_PORT_RANGE: "31000-31099", HOST_GRACE_SECONDS: "40", ENVIRONMENT_LOST_HOST_SECONDS: "300" } });
+    server = await startTestServer({
+      clock,
+      env: { HOST_PORT_RANGE: "31000-31099", HOST_GRACE_SECONDS: "40", ENVIRONMENT_LOST_HOST_SECONDS: "300" },
+    });
     envs = server.client(EnvironmentService);
     workspaces = server.client(WorkspaceService);
     gpus = server.client(GpuService);
@@ -73,27 +77,54 @@ describe("EnvironmentService with the agent runtime", () => {
         env: { MODE: "dev" },
         gpuCount: 2,
         gpuModel: H100,
-        ports: [{ name: "http", containerPort: 8888, protocol: PortProtocol.HTTP }, { name: "ssh", containerPort: 22 }],
+        ports: [
+          { name: "http", containerPort: 8888, protocol: PortProtocol.HTTP },
+          { name: "ssh", containerPort: 22 },
+        ],
       })
     ).environment!;
     assert.equal(created.status, EnvironmentStatus.PENDING);
     assert.equal(created.hostId, hostId);
     assert.equal(created.gpuIds.length, 2);
-    assert.deepEqual(created.portMappings.map((p) => [p.name, p.hostPort]), [["http", 31000], ["ssh", 31001]]);
+    assert.deepEqual(
+      created.portMappings.map((p) => [p.name, p.hostPort]),
+      [
+        ["http", 31000],
+        ["ssh", 31001],
+      ],
+    );
     assert.equal(created.portMappings[0]!.url, "http://10.1.0.7:31000/");
 
     const running = await status(created.id, EnvironmentStatus.RUNNING);
-    assert.deepEqual(running.transitions.map((t) => EnvironmentStatus[t.status]), ["PENDING", "CREATING", "RUNNING"]);
+    assert.deepEqual(
+      running.transitions.map((t) => EnvironmentStatus[t.status]),
+      ["PENDING", "CREATING", "RUNNING"],
+    );
     const run = agent.commands.find((c) => c.command.case === "runEnvironment" && c.command.value.environmentId === created.id);
     assert.ok(run?.command.case === "runEnvironment");
     assert.deepEqual(run.command.value.gpuUuids, ["GPU-env-host-0", "GPU-env-host-1"]);
-    assert.deepEqual(run.command.value.ports.map((p) => [p.containerPort, p.hostPort]), [[8888, 31000], [22, 31001]]);
+    assert.deepEqual(
+      run.command.value.ports.map((p) => [p.containerPort, p.hostPort]),
+      [
+        [8888, 31000],
+        [22, 31001],
+      ],
+    );
     assert.equal(run.command.value.generation, 1n);
     for (const id of created.gpuIds) assert.equal((await gpus.getGpu({ id })).gpu?.environmentId, created.id);
   });
 
   it("stops (GPUs and ports free, volume kept), starts on the same host, restarts, and deletes", async () => {
-    const env = (await envs.createEnvironment({ workspaceId: ws, name: "cycle", image: "img", command: ["sleep", "1d"], gpuCount: 1, ports: [{ name: "web", containerPort: 80 }] })).environment!;
+    const env = (
+      await envs.createEnvironment({
+        workspaceId: ws,
+        name: "cycle",
+        image: "img",
+        command: ["sleep", "1d"],
+        gpuCount: 1,
+        ports: [{ name: "web", containerPort: 80 }],
+      })
+    ).environment!;
     await status(env.id, EnvironmentStatus.RUNNING);
     await expectCode(envs.startEnvironment({ id: env.id }), Code.FailedPrecondition, "RUNNING");
 
@@ -102,7 +133,11 @@ describe("EnvironmentService with the agent runtime", () => {
     assert.deepEqual(stopped.gpuIds, []);
     assert.deepEqual(stopped.portMappings, []);
     assert.ok(agent.commands.some((c) => c.command.case === "stopEnvironment" && c.command.value.environmentId === env.id));
-    await expectCode(envs.addPortMapping({ environmentId: env.id, port: { name: "x", containerPort: 81 } }), Code.FailedPrecondition, "STOPPED");
+    await expectCode(
+      envs.addPortMapping({ environmentId: env.id, port: { name: "x", containerPort: 81 } }),
+      Code.FailedPrecondition,
+      "STOPPED",
+    );
 
     const started = (await envs.startEnvironment({ id: env.id })).environment!;
     assert.equal(started.status, EnvironmentStatus.STARTING);
@@ -116,7 +151,11 @@ describe("EnvironmentService with the agent runtime", () => {
     assert.equal(agent.running.get(env.id), 3n, "the restart ran generation 3");
 
     await envs.deleteEnvironment({ id: env.id });
-    await until("the environment to be gone", async () => (await envs.getEnvironment({ id: env.id }).catch(() => undefined)) === undefined);
+    await eventually(
+      "the environment to be gone",
+      async () => (await envs.getEnvironment({ id: env.id }).catch(() => undefined)) === undefined,
+      rounds,
+    );
     assert.ok(!agent.running.has(env.id));
     // The name is free again, and nothing is held.
     const again = (await envs.createEnvironment({ workspaceId: ws, name: "cycle", image: "img", command: ["true"] })).environment!;
@@ -124,35 +163,61 @@ describe("EnvironmentService with the agent runtime", () => {
   });
 
   it("refuses what cannot be: no room, quota, bad input, duplicates; a retried request id returns the same environment", async () => {
-    const none = await expectCode(envs.createEnvironment({ workspaceId: ws, name: "huge", image: "img", gpuCount: 8 }), Code.ResourceExhausted, "no host with 8 free healthy GPU(s)");
+    const none = await expectCode(
+      envs.createEnvironment({ workspaceId: ws, name: "huge", image: "img", gpuCount: 8 }),
+      Code.ResourceExhausted,
+      "no host with 8 free healthy GPU(s)",
+    );
     assert.match(none.rawMessage, /the most free on one host is \d, \d free in all/);
-    await expectCode(envs.createEnvironment({ workspaceId: ws, name: "a100", image: "img", gpuCount: 1, gpuModel: "NVIDIA A100-SXM4-80GB" }), Code.ResourceExhausted, "A100");
+    await expectCode(
+      envs.createEnvironment({ workspaceId: ws, name: "a100", image: "img", gpuCount: 1, gpuModel: "NVIDIA A100-SXM4-80GB" }),
+      Code.ResourceExhausted,
+      "A100",
+    );
 
     const capped = (await workspaces.createWorkspace({ name: "capped-team" })).workspace!.id;
     await workspaces.setResourceQuota({ quota: { workspaceId: capped, maxGpus: 1, maxEnvironments: 5 } });
     const first = await envs.createEnvironment({ workspaceId: capped, name: "one", image: "img", gpuCount: 1, requestId: "req-1" });
     const retried = await envs.createEnvironment({ workspaceId: capped, name: "one", image: "img", gpuCount: 1, requestId: "req-1" });
     assert.equal(retried.environment?.id, first.environment?.id, "same request id, same environment");
-    await expectCode(envs.createEnvironment({ workspaceId: capped, name: "two", image: "img", gpuCount: 1 }), Code.ResourceExhausted, "max_gpus");
+    await expectCode(
+      envs.createEnvironment({ workspaceId: capped, name: "two", image: "img", gpuCount: 1 }),
+      Code.ResourceExhausted,
+      "max_gpus",
+    );
     await expectCode(envs.createEnvironment({ workspaceId: capped, name: "one", image: "img" }), Code.AlreadyExists, "one");
 
     const bad = await expectCode(
-      envs.createEnvironment({ workspaceId: capped, name: "Bad Name", image: "", gpuCount: -1, env: { "1X": "y" }, ports: [{ name: "p", containerPort: 70000 }], sshPublicKeys: ["not a key"] }),
+      envs.createEnvironment({
+        workspaceId: capped,
+        name: "Bad Name",
+        image: "",
+        gpuCount: -1,
+        env: { "1X": "y" },
+        ports: [{ name: "p", containerPort: 70000 }],
+        sshPublicKeys: ["not a key"],
+      }),
       Code.InvalidArgument,
     );
-    for (const field of ["name", "image", "gpu_count", "env.1X", "ports[0].container_port", "ssh_public_keys[0]"]) assert.ok(bad.rawMessage.includes(field), `${field} in ${bad.rawMessage}`);
+    for (const field of ["name", "image", "gpu_count", "env.1X", "ports[0].container_port", "ssh_public_keys[0]"])
+      assert.ok(bad.rawMessage.includes(field), `${field} in ${bad.rawMessage}`);
     const usage = (await workspaces.getUsage({ workspaceId: capped })).usage!;
     assert.equal(usage.environments, 1, "refused requests left nothing behind");
     assert.equal(usage.gpus, 1);
     // Give its GPU back, so later tests find the host as they expect.
     await envs.deleteEnvironment({ id: first.environment!.id });
-    await until("the environment gone", async () => (await envs.getEnvironment({ id: first.environment!.id }).catch(() => undefined)) === undefined);
+    await eventually(
+      "the environment gone",
+      async () => (await envs.getEnvironment({ id: first.environment!.id }).catch(() => undefined)) === undefined,
+      rounds,
+    );
   });
 
   it("records FAILED with the reason and releases GPUs when the workload does not start", async () => {
     agent.behaviour = "fail";
     try {
-      const env = (await envs.createEnvironment({ workspaceId: ws, name: "broken", image: "img", command: ["false"], gpuCount: 1 })).environment!;
+      const env = (await envs.createEnvironment({ workspaceId: ws, name: "broken", image: "img", command: ["false"], gpuCount: 1 }))
+        .environment!;
       const failed = await status(env.id, EnvironmentStatus.FAILED);
       assert.match(failed.statusMessage, /did not start: exited with code 3/);
       assert.deepEqual(failed.gpuIds, []);
@@ -164,17 +229,23 @@ describe("EnvironmentService with the agent runtime", () => {
 
   it("marks environments of an OFFLINE host, and fails them only after the longer timeout", async () => {
     const { id: lonely, agent: lonelyAgent } = await newHost("flaky-host", 1, "NVIDIA L4");
-    const env = (await envs.createEnvironment({ workspaceId: ws, name: "on-flaky", image: "img", command: ["x"], gpuCount: 1, gpuModel: "NVIDIA L4" })).environment!;
+    const env = (
+      await envs.createEnvironment({ workspaceId: ws, name: "on-flaky", image: "img", command: ["x"], gpuCount: 1, gpuModel: "NVIDIA L4" })
+    ).environment!;
     assert.equal(env.hostId, lonely);
     await status(env.id, EnvironmentStatus.RUNNING);
     await lonelyAgent.close();
 
     clock.advance(60_000); // past the 40 s grace: the host is OFFLINE (the other one keeps beating)
     await agent.beat();
-    const marked = await until("the offline mark", async () => {
-      const e = (await envs.getEnvironment({ id: env.id })).environment!;
-      return e.statusMessage.startsWith("host offline since") && e;
-    });
+    const marked = await eventually(
+      "the offline mark",
+      async () => {
+        const e = (await envs.getEnvironment({ id: env.id })).environment!;
+        return e.statusMessage.startsWith("host offline since") && e;
+      },
+      rounds,
+    );
     assert.equal(marked.status, EnvironmentStatus.RUNNING, "a short outage does not destroy the environment");
     assert.equal(marked.gpuIds.length, 1);
 
@@ -189,8 +260,12 @@ describe("EnvironmentService with the agent runtime", () => {
   });
 
   it("stops an environment left idle: GPUs under the threshold and no port traffic for its idle minutes", async () => {
-    const gpuEnv = (await envs.createEnvironment({ workspaceId: ws, name: "idle-gpu", image: "img", command: ["x"], gpuCount: 1, idleTimeoutMinutes: 1 })).environment!;
-    const webEnv = (await envs.createEnvironment({ workspaceId: ws, name: "idle-web", image: "img", command: ["x"], idleTimeoutMinutes: 1 })).environment!;
+    const gpuEnv = (
+      await envs.createEnvironment({ workspaceId: ws, name: "idle-gpu", image: "img", command: ["x"], gpuCount: 1, idleTimeoutMinutes: 1 })
+    ).environment!;
+    const webEnv = (
+      await envs.createEnvironment({ workspaceId: ws, name: "idle-web", image: "img", command: ["x"], idleTimeoutMinutes: 1 })
+    ).environment!;
     await status(gpuEnv.id, EnvironmentStatus.RUNNING);
     await status(webEnv.id, EnvironmentStatus.RUNNING);
     const g = (await gpus.getGpu({ id: gpuEnv.gpuIds[0]! })).gpu!;
@@ -201,7 +276,11 @@ describe("EnvironmentService with the agent runtime", () => {
     for (let i = 0; i < 3; i++) {
       clock.advance(30_000);
       await agent.beat(busy, [webEnv.id]);
-      await until("the samples to land", async () => (await gpus.getGpu({ id: g.id })).gpu?.latestSample?.metrics?.gpuUtilizationPercent === 80);
+      await eventually(
+        "the samples to land",
+        async () => (await gpus.getGpu({ id: g.id })).gpu?.latestSample?.metrics?.gpuUtilizationPercent === 80,
+        rounds,
+      );
       await server.app.maintain();
     }
     assert.equal((await envs.getEnvironment({ id: gpuEnv.id })).environment?.status, EnvironmentStatus.RUNNING);
@@ -213,7 +292,10 @@ describe("EnvironmentService with the agent runtime", () => {
     clock.advance(31_000);
     await agent.beat(idle);
     const stopped = await status(gpuEnv.id, EnvironmentStatus.STOPPED);
-    assert.ok(stopped.transitions.some((t) => /idle for 1 min/.test(t.message)), JSON.stringify(stopped.transitions.map((t) => t.message)));
+    assert.ok(
+      stopped.transitions.some((t) => /idle for 1 min/.test(t.message)),
+      JSON.stringify(stopped.transitions.map((t) => t.message)),
+    );
     assert.deepEqual(stopped.gpuIds, []);
     await status(webEnv.id, EnvironmentStatus.STOPPED);
   });
@@ -222,19 +304,24 @@ describe("EnvironmentService with the agent runtime", () => {
     const env = (await envs.createEnvironment({ workspaceId: ws, name: "chatty", image: "img", command: ["x"] })).environment!;
     await status(env.id, EnvironmentStatus.RUNNING);
     agent.log(env.id, "line 1", "line 2", "line 3");
-    await until("stored lines", async () => {
-      const lines: string[] = [];
-      for await (const res of envs.streamLogs({ environmentId: env.id, tailLines: 2 })) lines.push(...res.lines.map((l) => l.text));
-      return lines.join("|") === "line 2|line 3";
-    });
+    await eventually(
+      "stored lines",
+      async () => {
+        const lines: string[] = [];
+        for await (const res of envs.streamLogs({ environmentId: env.id, tailLines: 2 })) lines.push(...res.lines.map((l) => l.text));
+        return lines.join("|") === "line 2|line 3";
+      },
+      rounds,
+    );
 
     const followed: string[] = [];
     const following = (async () => {
-      for await (const res of envs.streamLogs({ environmentId: env.id, tailLines: 1, follow: true })) followed.push(...res.lines.map((l) => l.text));
+      for await (const res of envs.streamLogs({ environmentId: env.id, tailLines: 1, follow: true }))
+        followed.push(...res.lines.map((l) => l.text));
     })();
-    await until("the tail", async () => followed.length === 1);
+    await eventually("the tail", async () => followed.length === 1, rounds);
     agent.log(env.id, "line 4");
-    await until("the followed line", async () => followed.includes("line 4"));
+    await eventually("the followed line", async () => followed.includes("line 4"), rounds);
     await envs.stopEnvironment({ id: env.id });
     await status(env.id, EnvironmentStatus.STOPPED);
     await following; // ends by itself with the environment
@@ -242,12 +329,19 @@ describe("EnvironmentService with the agent runtime", () => {
 
     // Deleted, its log is archived to the object store and still readable.
     await envs.deleteEnvironment({ id: env.id });
-    await until("the environment to be gone", async () => (await envs.getEnvironment({ id: env.id }).catch(() => undefined)) === undefined);
+    await eventually(
+      "the environment to be gone",
+      async () => (await envs.getEnvironment({ id: env.id }).catch(() => undefined)) === undefined,
+      rounds,
+    );
     const archived: string[] = [];
-    for await (const res of envs.streamLogs({ environmentId: env.id, tailLines: 3, follow: true })) archived.push(...res.lines.map((l) => l.text));
+    for await (const res of envs.streamLogs({ environmentId: env.id, tailLines: 3, follow: true }))
+      archived.push(...res.lines.map((l) => l.text));
     assert.deepEqual(archived, ["line 2", "line 3", "line 4"]);
     const outsider = (await workspaces.createWorkspace({ name: "log-outsider" })).workspace!.id;
-    const peek = server.client(EnvironmentService, { token: (await workspaces.createApiToken({ workspaceId: outsider, name: "v", role: ApiTokenRole.VIEWER })).secret });
+    const peek = server.client(EnvironmentService, {
+      token: (await workspaces.createApiToken({ workspaceId: outsider, name: "v", role: ApiTokenRole.VIEWER })).secret,
+    });
     await expectCode(peek.streamLogs({ environmentId: env.id })[Symbol.asyncIterator]().next(), Code.NotFound);
   });
 
@@ -261,24 +355,32 @@ describe("EnvironmentService with the agent runtime", () => {
         events.push([WatchEventType[ev.type], EnvironmentStatus[ev.environment!.status]]);
       }
     })().catch(() => undefined);
-    await until("the initial event", async () => events.length > 0);
+    await eventually("the initial event", async () => events.length > 0, rounds);
     await envs.stopEnvironment({ id: env.id });
-    await until("the stop events", async () => events.some(([, s]) => s === "STOPPED"));
+    await eventually("the stop events", async () => events.some(([, s]) => s === "STOPPED"), rounds);
     abort.abort();
     await watching;
-    assert.deepEqual(events.slice(0, 3), [["INITIAL", "RUNNING"], ["MODIFIED", "STOPPING"], ["MODIFIED", "STOPPED"]]);
+    assert.deepEqual(events.slice(0, 3), [
+      ["INITIAL", "RUNNING"],
+      ["MODIFIED", "STOPPING"],
+      ["MODIFIED", "STOPPED"],
+    ]);
   });
 
   it("deletes a workspace with environments only with force, through the normal environment path", async () => {
     const doomed = (await workspaces.createWorkspace({ name: "doomed-team" })).workspace!.id;
     const ids: string[] = [];
-    for (const name of ["d1", "d2"]) ids.push((await envs.createEnvironment({ workspaceId: doomed, name, image: "img", command: ["x"], gpuCount: 1 })).environment!.id);
+    for (const name of ["d1", "d2"])
+      ids.push((await envs.createEnvironment({ workspaceId: doomed, name, image: "img", command: ["x"], gpuCount: 1 })).environment!.id);
     for (const id of ids) await status(id, EnvironmentStatus.RUNNING);
     await expectCode(workspaces.deleteWorkspace({ id: doomed }), Code.FailedPrecondition, "2 environment(s)");
     await workspaces.deleteWorkspace({ id: doomed, force: true });
     await expectCode(workspaces.getWorkspace({ id: doomed }), Code.NotFound);
     for (const id of ids) {
-      assert.ok(agent.commands.some((c) => c.command.case === "removeEnvironment" && c.command.value.environmentId === id), "the agent removed its workload");
+      assert.ok(
+        agent.commands.some((c) => c.command.case === "removeEnvironment" && c.command.value.environmentId === id),
+        "the agent removed its workload",
+      );
       assert.ok(!agent.running.has(id));
     }
     const held = (await gpus.listGpus({ pageSize: 100 })).gpus.filter((g) => ids.includes(g.environmentId));
@@ -288,7 +390,9 @@ describe("EnvironmentService with the agent runtime", () => {
   it("hides one workspace's environments from another's tokens", async () => {
     const env = (await envs.createEnvironment({ workspaceId: ws, name: "private", image: "img" })).environment!;
     const other = (await workspaces.createWorkspace({ name: "other-team" })).workspace!.id;
-    const outsider = server.client(EnvironmentService, { token: (await workspaces.createApiToken({ workspaceId: other, name: "m", role: ApiTokenRole.MEMBER })).secret });
+    const outsider = server.client(EnvironmentService, {
+      token: (await workspaces.createApiToken({ workspaceId: other, name: "m", role: ApiTokenRole.MEMBER })).secret,
+    });
     await expectCode(outsider.getEnvironment({ id: env.id }), Code.NotFound);
     await expectCode(outsider.stopEnvironment({ id: env.id }), Code.NotFound);
     await expectCode(outsider.streamLogs({ environmentId: env.id })[Symbol.asyncIterator]().next(), Code.NotFound);
@@ -301,10 +405,20 @@ describe("EnvironmentService with the agent runtime", () => {
     await status(env.id, EnvironmentStatus.RUNNING);
     // A new agent session for the host (the old one is fenced) that runs a stray workload and lost `survivor`.
     const stray = "11111111-2222-4333-8444-555555555555";
-    const reconnected = new WorkloadAgent(server, hostAgentToken, hostId, [0, 1, 2, 3].map((i) => ({ index: i, uuid: `GPU-env-host-${i}` })), new Map([[stray, 1n]]));
+    const reconnected = new WorkloadAgent(
+      server,
+      hostAgentToken,
+      hostId,
+      [0, 1, 2, 3].map((i) => ({ index: i, uuid: `GPU-env-host-${i}` })),
+      new Map([[stray, 1n]]),
+    );
     await reconnected.welcome;
-    await until("the stray workload to be removed", async () => reconnected.commands.some((c) => c.command.case === "removeEnvironment" && c.command.value.environmentId === stray));
-    await until("the lost workload to be run again", async () => reconnected.running.has(env.id));
+    await eventually(
+      "the stray workload to be removed",
+      async () => reconnected.commands.some((c) => c.command.case === "removeEnvironment" && c.command.value.environmentId === stray),
+      rounds,
+    );
+    await eventually("the lost workload to be run again", async () => reconnected.running.has(env.id), rounds);
     await agent.close();
     agent = reconnected;
   });
@@ -313,7 +427,8 @@ describe("EnvironmentService with the agent runtime", () => {
     const model = "NVIDIA A100-SXM4-80GB";
     const away = await newHost("away-host", 2, model);
     const team = (await workspaces.createWorkspace({ name: "away-team" })).workspace!.id;
-    const create = async (name: string) => (await envs.createEnvironment({ workspaceId: team, name, image: "img", command: ["x"], gpuCount: 1, gpuModel: model })).environment!;
+    const create = async (name: string) =>
+      (await envs.createEnvironment({ workspaceId: team, name, image: "img", command: ["x"], gpuCount: 1, gpuModel: model })).environment!;
     const [toStop, toDelete] = [await create("to-stop"), await create("to-delete")];
     assert.deepEqual([toStop.hostId, toDelete.hostId], [away.id, away.id]);
     await status(toStop.id, EnvironmentStatus.RUNNING);
@@ -331,13 +446,27 @@ describe("EnvironmentService with the agent runtime", () => {
     }
 
     // Back, running nothing. The clock stands still from here: no backoff will ever end by itself.
-    const back = new WorkloadAgent(server, away.token, away.id, [0, 1].map((i) => ({ index: i, uuid: `GPU-away-host-${i}`, model })));
+    const back = new WorkloadAgent(
+      server,
+      away.token,
+      away.id,
+      [0, 1].map((i) => ({ index: i, uuid: `GPU-away-host-${i}`, model })),
+    );
     await back.welcome;
     const stopped = await status(toStop.id, EnvironmentStatus.STOPPED);
     assert.deepEqual(stopped.gpuIds, []);
-    await until("the deleted one to be gone", async () => (await envs.getEnvironment({ id: toDelete.id }).catch(() => undefined)) === undefined);
+    await eventually(
+      "the deleted one to be gone",
+      async () => (await envs.getEnvironment({ id: toDelete.id }).catch(() => undefined)) === undefined,
+      rounds,
+    );
     assert.deepEqual(
-      back.commands.map((c) => `${c.command.case}:${c.command.value && "environmentId" in c.command.value && c.command.value.environmentId === toStop.id ? "to-stop" : "to-delete"}`).sort(),
+      back.commands
+        .map(
+          (c) =>
+            `${c.command.case}:${c.command.value && "environmentId" in c.command.value && c.command.value.environmentId === toStop.id ? "to-stop" : "to-delete"}`,
+        )
+        .sort(),
       ["removeEnvironment:to-delete", "stopEnvironment:to-stop"],
     );
     await back.close();

@@ -1,11 +1,11 @@
 import { strict as assert } from "node:assert";
 import http2 from "node:http2";
 import type { AddressInfo } from "node:net";
-import { setTimeout as sleep } from "node:timers/promises";
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { connectNodeAdapter, createGrpcTransport } from "@connectrpc/connect-node";
 import { Health, HealthCheckResponse_ServingStatus as S } from "../../gen/health/v1/health_pb.js";
 import { HealthStatus, registerHealth, type HealthListener } from "../../src/rpc/health.js";
+import { eventually } from "../support/eventually.js";
 
 // Counts live subscriptions so the tests can see Watch cleaning up after itself.
 class CountingHealth extends HealthStatus {
@@ -18,11 +18,6 @@ class CountingHealth extends HealthStatus {
       unsubscribe();
     };
   }
-}
-
-async function until(condition: () => boolean): Promise<void> {
-  for (let i = 0; i < 200 && !condition(); i++) await sleep(10);
-  assert.ok(condition(), "condition not reached in time");
 }
 
 describe("HealthStatus", () => {
@@ -98,7 +93,7 @@ describe("grpc.health.v1.Health", () => {
     }
     abort.abort();
     assert.deepEqual(received, [S.SERVING, S.NOT_SERVING]);
-    await until(() => health.active === 0);
+    await eventually("the Watch subscription released", () => health.active === 0, { ms: 2000, everyMs: 10 });
   });
 
   it("Watch reports SERVICE_UNKNOWN, keeps the call open, and ends cleanly on abort", async () => {
@@ -113,6 +108,6 @@ describe("grpc.health.v1.Health", () => {
     })();
     await assert.rejects(watching, (err) => ConnectError.from(err).code === Code.Canceled);
     assert.deepEqual(received, [S.SERVICE_UNKNOWN, S.SERVING]);
-    await until(() => health.active === 0);
+    await eventually("the Watch subscription released", () => health.active === 0, { ms: 2000, everyMs: 10 });
   });
 });

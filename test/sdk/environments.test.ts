@@ -16,6 +16,7 @@ import {
   type RemoteGpuClient,
 } from "../../sdk/src/index.js";
 import { ManualClock } from "../../src/platform/clock.js";
+import { eventually } from "../support/eventually.js";
 import { ADMIN_TOKEN, startTestServer, type TestServer } from "../support/server.js";
 import { WorkloadAgent } from "../support/workload-agent.js";
 
@@ -31,7 +32,7 @@ async function rejectsWith<E extends Error>(call: Promise<unknown>, type: abstra
   assert.fail(`expected ${type.name}, but the call succeeded`);
 }
 
-describe("SDK helpers with environments on an agent host", function () {
+describe("SDK helpers with environments on an agent host", () => {
   let server: TestServer;
   let client: RemoteGpuClient;
   let agent: WorkloadAgent;
@@ -43,7 +44,12 @@ describe("SDK helpers with environments on an agent host", function () {
     client = createRemoteGpuClient({ baseUrl: server.baseUrl, token: ADMIN_TOKEN });
     const created = await client.hosts.createHost({ name: "sdk-host", address: "10.2.0.1" });
     hostId = created.host!.id;
-    agent = new WorkloadAgent(server, created.agentToken, hostId, [0, 1, 2, 3].map((index) => ({ index, uuid: `GPU-sdk-${index}`, model: H100 })));
+    agent = new WorkloadAgent(
+      server,
+      created.agentToken,
+      hostId,
+      [0, 1, 2, 3].map((index) => ({ index, uuid: `GPU-sdk-${index}`, model: H100 })),
+    );
     await agent.welcome;
     ws = (await client.workspaces.createWorkspace({ name: "sdk-envs" })).workspace!.id;
   });
@@ -72,7 +78,10 @@ describe("SDK helpers with environments on an agent host", function () {
     agent.behaviour = "fail";
     try {
       const env = await create("doomed", 1);
-      const err = await rejectsWith(waitForEnvironment(client, env.id, EnvironmentStatus.RUNNING, { timeoutMs: 10_000 }), EnvironmentFailedError);
+      const err = await rejectsWith(
+        waitForEnvironment(client, env.id, EnvironmentStatus.RUNNING, { timeoutMs: 10_000 }),
+        EnvironmentFailedError,
+      );
       assert.equal(err.environment.status, EnvironmentStatus.FAILED);
       assert.match(err.message, /failed while waiting for RUNNING: .*exited with code 3/);
     } finally {
@@ -83,7 +92,10 @@ describe("SDK helpers with environments on an agent host", function () {
     try {
       const env = await create("stuck");
       const started = Date.now();
-      const late = await rejectsWith(waitForEnvironment(client, env.id, EnvironmentStatus.RUNNING, { timeoutMs: 300 }), DeadlineExceededError);
+      const late = await rejectsWith(
+        waitForEnvironment(client, env.id, EnvironmentStatus.RUNNING, { timeoutMs: 300 }),
+        DeadlineExceededError,
+      );
       assert.ok(Date.now() - started < 2000);
       assert.match(late.message, /did not reach RUNNING within 300 ms \(last seen (PENDING|CREATING)\)/);
       const abort = new AbortController();
@@ -99,11 +111,15 @@ describe("SDK helpers with environments on an agent host", function () {
     const env = await create("chatty");
     await waitForEnvironment(client, env.id, EnvironmentStatus.RUNNING, { timeoutMs: 10_000 });
     agent.log(env.id, "one", "two", "three");
-    await until(async () => {
-      const tail: string[] = [];
-      for await (const line of followLogs(client, env.id, { tailLines: 2, follow: false })) tail.push(line.text);
-      return tail.join() === "two,three";
-    });
+    await eventually(
+      "the tail of the stored lines",
+      async () => {
+        const tail: string[] = [];
+        for await (const line of followLogs(client, env.id, { tailLines: 2, follow: false })) tail.push(line.text);
+        return tail.join() === "two,three";
+      },
+      { ms: 10_000, everyMs: 20 },
+    );
 
     const followed: string[] = [];
     const following = (async () => {
@@ -112,7 +128,7 @@ describe("SDK helpers with environments on an agent host", function () {
         if (line.text === "four") await client.environments.stopEnvironment({ id: env.id });
       }
     })();
-    await until(async () => followed.length === 1);
+    await eventually("the followed tail", async () => followed.length === 1, { ms: 10_000, everyMs: 20 });
     agent.log(env.id, "four");
     await following; // ends by itself when the environment stops
     assert.deepEqual(followed, ["three", "four"]);
@@ -173,9 +189,14 @@ describe("SDK helpers with environments on an agent host", function () {
     const c = createRemoteGpuClient({ baseUrl: server.baseUrl, token: ADMIN_TOKEN, interceptors: [flaky], retryBackoff: { initialMs: 5 } });
     try {
       failNext = 1;
-      const env = (await c.environments.createEnvironment({ workspaceId: ws, name: "keyed", image: "img", requestId: "sdk-req-1" })).environment!;
+      const env = (await c.environments.createEnvironment({ workspaceId: ws, name: "keyed", image: "img", requestId: "sdk-req-1" }))
+        .environment!;
       assert.equal(attempts.length, 2, "retried");
-      assert.equal((await client.environments.listEnvironments({ workspaceId: ws })).environments.filter((e) => e.name === "keyed").length, 1, "created once");
+      assert.equal(
+        (await client.environments.listEnvironments({ workspaceId: ws })).environments.filter((e) => e.name === "keyed").length,
+        1,
+        "created once",
+      );
       assert.equal(env.name, "keyed");
 
       attempts.length = 0;
@@ -187,12 +208,3 @@ describe("SDK helpers with environments on an agent host", function () {
     }
   });
 });
-
-/** Polls `check` until it holds (10 s at most). */
-async function until(check: () => Promise<boolean>): Promise<void> {
-  const deadline = Date.now() + 10_000;
-  while (!(await check())) {
-    if (Date.now() > deadline) assert.fail("timed out");
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
