@@ -128,7 +128,10 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
   if ((certFile === undefined) !== (keyFile === undefined)) {
     problems.push(`${certFile ? "TLS_KEY" : "TLS_CERT"}: must be set together with ${certFile ? "TLS_CERT" : "TLS_KEY"}`);
   } else if (certFile && keyFile) {
-    for (const [name, file] of [["TLS_CERT", certFile], ["TLS_KEY", keyFile]]) {
+    for (const [name, file] of [
+      ["TLS_CERT", certFile],
+      ["TLS_KEY", keyFile],
+    ]) {
       if (!existsSync(file)) problems.push(`${name}=${JSON.stringify(file)}: file not found`);
     }
     tls = { certFile, keyFile };
@@ -189,16 +192,26 @@ function portRange(raw: string, problems: string[], name = "HOST_PORT_RANGE"): {
 function s3Config(value: (name: string) => string | undefined, endpoint: string | undefined, problems: string[]): Config["s3"] {
   const bucket = value("S3_BUCKET");
   if (!bucket) {
-    for (const name of ["S3_ENDPOINT", "S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"]) if (value(name)) problems.push(`${name}: set S3_BUCKET too, or leave it out`);
+    for (const name of ["S3_ENDPOINT", "S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"])
+      if (value(name)) problems.push(`${name}: set S3_BUCKET too, or leave it out`);
     return undefined;
   }
   if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket)) problems.push(`S3_BUCKET=${JSON.stringify(bucket)}: not a valid bucket name`);
   const accessKeyId = value("S3_ACCESS_KEY_ID");
   const secretAccessKey = value("S3_SECRET_ACCESS_KEY");
-  if (!accessKeyId !== !secretAccessKey) problems.push("S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY: set both or neither (neither uses the AWS default chain)");
+  if (!accessKeyId !== !secretAccessKey)
+    problems.push("S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY: set both or neither (neither uses the AWS default chain)");
   const style = value("S3_FORCE_PATH_STYLE");
-  if (style !== undefined && style !== "true" && style !== "false") problems.push(`S3_FORCE_PATH_STYLE=${JSON.stringify(style)}: must be true or false`);
-  return { endpoint, bucket, region: value("S3_REGION") ?? "us-east-1", accessKeyId, secretAccessKey, forcePathStyle: style ? style === "true" : endpoint !== undefined };
+  if (style !== undefined && style !== "true" && style !== "false")
+    problems.push(`S3_FORCE_PATH_STYLE=${JSON.stringify(style)}: must be true or false`);
+  return {
+    endpoint,
+    bucket,
+    region: value("S3_REGION") ?? "us-east-1",
+    accessKeyId,
+    secretAccessKey,
+    forcePathStyle: style ? style === "true" : endpoint !== undefined,
+  };
 }
 
 export interface KubernetesSettings extends KubernetesOptions {
@@ -213,9 +226,11 @@ function kubernetesConfig(value: (name: string) => string | undefined, problems:
   const kubeconfig = value("KUBECONFIG");
   if (kubeconfig && !existsSync(kubeconfig)) problems.push(`KUBECONFIG=${JSON.stringify(kubeconfig)}: file not found`);
   const gpuMode = value("K8S_GPU_MODE") ?? "device-plugin";
-  if (gpuMode !== "device-plugin" && gpuMode !== "visible-devices") problems.push(`K8S_GPU_MODE=${JSON.stringify(gpuMode)}: must be device-plugin or visible-devices`);
+  if (gpuMode !== "device-plugin" && gpuMode !== "visible-devices")
+    problems.push(`K8S_GPU_MODE=${JSON.stringify(gpuMode)}: must be device-plugin or visible-devices`);
   const prefix = value("K8S_NAMESPACE_PREFIX") ?? "rgpu-";
-  if (!/^[a-z0-9]([a-z0-9-]{0,20})$/.test(prefix)) problems.push(`K8S_NAMESPACE_PREFIX=${JSON.stringify(prefix)}: lowercase letters, digits and '-', at most 21 characters`);
+  if (!/^[a-z0-9]([a-z0-9-]{0,20})$/.test(prefix))
+    problems.push(`K8S_NAMESPACE_PREFIX=${JSON.stringify(prefix)}: lowercase letters, digits and '-', at most 21 characters`);
   return {
     kubeconfig,
     namespacePrefix: prefix,

@@ -53,6 +53,7 @@ export function parseLabelSelector(field: string, selector: string): Record<stri
   return out;
 }
 
+// biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what this refuses
 const CONTROL = /[\x00-\x1f\x7f]/;
 
 /** Checks a string is present (or allowed empty) and at most `max` characters. */

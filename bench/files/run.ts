@@ -32,11 +32,31 @@ async function run(store: "local" | "s3") {
   const dataDir = await mkdtemp(path.join(tmpdir(), "remotegpu-bench-"));
   const s3 = store === "s3" ? await startS3() : undefined;
   const port = await freePort();
-  const server = spawnServer(serverEnv({ DATABASE_URL: db.url, PORT: String(port), BIND_ADDRESS: "127.0.0.1", REMOTEGPU_ADMIN_TOKEN: ADMIN, DATA_DIR: dataDir, LOG_LEVEL: "info", ...s3?.env }));
+  const server = spawnServer(
+    serverEnv({
+      DATABASE_URL: db.url,
+      PORT: String(port),
+      BIND_ADDRESS: "127.0.0.1",
+      REMOTEGPU_ADMIN_TOKEN: ADMIN,
+      DATA_DIR: dataDir,
+      LOG_LEVEL: "info",
+      ...s3?.env,
+    }),
+  );
   try {
     await server.listening(30_000);
-    const auth: Interceptor = (next) => (req) => (req.header.set("authorization", `Bearer ${ADMIN}`), next(req));
-    const client = createClient(WorkspaceService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${port}`, interceptors: [auth], nodeOptions: { settings: { initialWindowSize: 8 * MiB } } }));
+    const auth: Interceptor = (next) => (req) => {
+      req.header.set("authorization", `Bearer ${ADMIN}`);
+      return next(req);
+    };
+    const client = createClient(
+      WorkspaceService,
+      createGrpcTransport({
+        baseUrl: `http://127.0.0.1:${port}`,
+        interceptors: [auth],
+        nodeOptions: { settings: { initialWindowSize: 8 * MiB } },
+      }),
+    );
     const workspaceId = (await client.createWorkspace({ name: "bench" })).workspace!.id;
     const before = memory(server.child.pid!);
 
@@ -67,7 +87,15 @@ async function run(store: "local" | "s3") {
     const down = (performance.now() - t) / 1000;
     const after = memory(server.child.pid!);
     if (bytes !== total || got.digest("hex") !== sent.digest("hex")) throw new Error("the downloaded file differs");
-    return { store, mib: total / MiB, upMiBs: total / MiB / up, downMiBs: total / MiB / down, rssBefore: before.rss, peakAfterUpload: afterUpload.peak, peak: after.peak };
+    return {
+      store,
+      mib: total / MiB,
+      upMiBs: total / MiB / up,
+      downMiBs: total / MiB / down,
+      rssBefore: before.rss,
+      peakAfterUpload: afterUpload.peak,
+      peak: after.peak,
+    };
   } finally {
     await server.kill();
     await s3?.close();
@@ -83,6 +111,8 @@ const f = (n: number) => n.toFixed(0);
 console.log(`\n| store | file | upload | download | server RSS before | peak RSS after upload | peak RSS after download |`);
 console.log(`| --- | --- | --- | --- | --- | --- | --- |`);
 for (const r of rows) {
-  console.log(`| ${r.store} | ${r.mib} MiB | ${f(r.upMiBs)} MiB/s | ${f(r.downMiBs)} MiB/s | ${f(r.rssBefore)} MiB | ${f(r.peakAfterUpload)} MiB | ${f(r.peak)} MiB |`);
+  console.log(
+    `| ${r.store} | ${r.mib} MiB | ${f(r.upMiBs)} MiB/s | ${f(r.downMiBs)} MiB/s | ${f(r.rssBefore)} MiB | ${f(r.peakAfterUpload)} MiB | ${f(r.peak)} MiB |`,
+  );
 }
 process.exit(0);

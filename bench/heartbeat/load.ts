@@ -56,7 +56,9 @@ function gpuSamples(host: number) {
 
 // One transport per connection, the connections spread over the targets (replicas); each call carries its own agent's token.
 const targets = values.target!.split(",");
-const transports = Array.from({ length: Math.ceil(hosts.length / perConnection) }, (_, i) => createGrpcTransport({ baseUrl: targets[i % targets.length]! }));
+const transports = Array.from({ length: Math.ceil(hosts.length / perConnection) }, (_, i) =>
+  createGrpcTransport({ baseUrl: targets[i % targets.length]! }),
+);
 
 async function agent(n: number, host: { id: string; token: string }, welcomed: () => void): Promise<void> {
   const client = createClient(HostService, transports[Math.floor(n / perConnection)]!);
@@ -70,7 +72,12 @@ async function agent(n: number, host: { id: string; token: string }, welcomed: (
         value: {
           hostId: host.id,
           agentVersion: "bench",
-          gpus: Array.from({ length: gpuCount }, (_, i) => ({ index: i, uuid: `GPU-bench-${n}-${i}`, model: "NVIDIA H100 80GB HBM3", memoryBytes: 80n << 30n })),
+          gpus: Array.from({ length: gpuCount }, (_, i) => ({
+            index: i,
+            uuid: `GPU-bench-${n}-${i}`,
+            model: "NVIDIA H100 80GB HBM3",
+            memoryBytes: 80n << 30n,
+          })),
         },
       },
     }),
@@ -87,7 +94,9 @@ async function agent(n: number, host: { id: string; token: string }, welcomed: (
           timer = setInterval(() => {
             const seq = ++sequence;
             sentAt.set(seq, performance.now());
-            requests.push(create(StreamHeartbeatsRequestSchema, { message: { case: "heartbeat", value: { sequence: seq, gpus: gpuSamples(n) } } }));
+            requests.push(
+              create(StreamHeartbeatsRequestSchema, { message: { case: "heartbeat", value: { sequence: seq, gpus: gpuSamples(n) } } }),
+            );
           }, periodMs);
         }, Math.random() * periodMs);
       } else if (res.message.case === "ack") {

@@ -34,10 +34,16 @@ interface Child {
 }
 
 const children: ChildProcess[] = [];
-process.once("exit", () => children.forEach((c) => c.kill("SIGKILL")));
+process.once("exit", () => {
+  for (const c of children) c.kill("SIGKILL");
+});
 
 function start(script: string, args: string[], env: Record<string, string>): Child {
-  const proc = spawn(process.execPath, ["--import", "tsx", script, ...args], { cwd: ROOT, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "inherit"] });
+  const proc = spawn(process.execPath, ["--import", "tsx", script, ...args], {
+    cwd: ROOT,
+    env: { ...process.env, ...env },
+    stdio: ["ignore", "pipe", "inherit"],
+  });
   children.push(proc);
   const child: Child = { proc, lines: [] };
   let buf = "";
@@ -92,12 +98,42 @@ async function listening(count: number, script: string, env: Record<string, stri
 }
 
 async function stop(procs: ChildProcess[]): Promise<void> {
-  await Promise.all(procs.map((p) => new Promise((r) => (p.once("exit", r), p.kill("SIGTERM")))));
+  await Promise.all(
+    procs.map(
+      (p) =>
+        new Promise((r) => {
+          p.once("exit", r);
+          p.kill("SIGTERM");
+        }),
+    ),
+  );
 }
 
 /** Runs the load generator; `window` runs as the measured window starts and returns what to run when it ends. */
-async function load(targets: string[], hostsFile: string, serverPids: number[], window: () => Promise<() => Promise<void>> = async () => async () => undefined): Promise<Record<string, number>> {
-  const gen = start("bench/heartbeat/load.ts", ["--target", targets.join(","), "--hosts", hostsFile, "--rate", values.rate!, "--duration", values.duration!, "--warmup", values.warmup!, "--per-connection", values["per-connection"]!], {});
+async function load(
+  targets: string[],
+  hostsFile: string,
+  serverPids: number[],
+  window: () => Promise<() => Promise<void>> = async () => async () => undefined,
+): Promise<Record<string, number>> {
+  const gen = start(
+    "bench/heartbeat/load.ts",
+    [
+      "--target",
+      targets.join(","),
+      "--hosts",
+      hostsFile,
+      "--rate",
+      values.rate!,
+      "--duration",
+      values.duration!,
+      "--warmup",
+      values.warmup!,
+      "--per-connection",
+      values["per-connection"]!,
+    ],
+    {},
+  );
   await waitFor(gen, (l) => l.phase === "measuring", (Number(values.warmup) + 1200) * 1000);
   const windowEnd = await window();
   const before = usage(serverPids);
@@ -109,14 +145,22 @@ async function load(targets: string[], hostsFile: string, serverPids: number[], 
   const after = usage(serverPids);
   await windowEnd();
   const seconds = (performance.now() - t0) / 1000;
-  return { ...(result as Record<string, number>), serverCpuPercent: ((after.cpu - before.cpu) / seconds) * 100, serverRssMiB: peakRss, seconds };
+  return {
+    ...(result as Record<string, number>),
+    serverCpuPercent: ((after.cpu - before.cpu) / seconds) * 100,
+    serverRssMiB: peakRss,
+    seconds,
+  };
 }
 
 async function dbStats(url: string) {
   const client = new pg.Client({ connectionString: url });
   await client.connect();
   const name = new URL(url).pathname.slice(1);
-  const { rows } = await client.query("select xact_commit::int as tx, tup_inserted::int as ins, tup_updated::int as upd from pg_stat_database where datname = $1", [name]);
+  const { rows } = await client.query(
+    "select xact_commit::int as tx, tup_inserted::int as ins, tup_updated::int as upd from pg_stat_database where datname = $1",
+    [name],
+  );
   await client.end();
   return rows[0] as { tx: number; ins: number; upd: number };
 }
@@ -126,8 +170,18 @@ const db = await createTestDatabase();
 const hostsFile = path.join(os.tmpdir(), `remotegpu-bench-hosts-${process.pid}.json`);
 try {
   // 1. RemoteGPU itself: one replica, or several sharing the database and Redis.
-  const shared: Record<string, string> = replicas > 1 ? { REDIS_URL: process.env.REDIS_URL ?? "redis://127.0.0.1:6379", REDIS_KEY_PREFIX: `bench-${process.pid}:` } : {};
-  const servers = await listening(replicas, "src/main.ts", { ...shared, DATABASE_URL: db.url, PORT: "0", BIND_ADDRESS: "127.0.0.1", REMOTEGPU_ADMIN_TOKEN: ADMIN, LOG_LEVEL: "info", RATE_LIMIT_PER_SECOND: "0", HEARTBEAT_INTERVAL_SECONDS: String(Math.max(1, Math.round(1 / Number(values.rate)))) });
+  const shared: Record<string, string> =
+    replicas > 1 ? { REDIS_URL: process.env.REDIS_URL ?? "redis://127.0.0.1:6379", REDIS_KEY_PREFIX: `bench-${process.pid}:` } : {};
+  const servers = await listening(replicas, "src/main.ts", {
+    ...shared,
+    DATABASE_URL: db.url,
+    PORT: "0",
+    BIND_ADDRESS: "127.0.0.1",
+    REMOTEGPU_ADMIN_TOKEN: ADMIN,
+    LOG_LEVEL: "info",
+    RATE_LIMIT_PER_SECOND: "0",
+    HEARTBEAT_INTERVAL_SECONDS: String(Math.max(1, Math.round(1 / Number(values.rate)))),
+  });
   const auth: Interceptor = (next) => (req) => {
     req.header.set("authorization", `Bearer ${ADMIN}`);
     return next(req);
@@ -136,7 +190,9 @@ try {
   const made: { id: string; token: string }[] = [];
   for (let i = 0; i < agents; i += 100) {
     const batch = await Promise.all(
-      Array.from({ length: Math.min(100, agents - i) }, (_, j) => hosts.createHost({ name: `bench-${String(i + j).padStart(5, "0")}`, address: "127.0.0.1" })),
+      Array.from({ length: Math.min(100, agents - i) }, (_, j) =>
+        hosts.createHost({ name: `bench-${String(i + j).padStart(5, "0")}`, address: "127.0.0.1" }),
+      ),
     );
     made.push(...batch.map((r) => ({ id: r.host!.id, token: r.agentToken })));
   }
@@ -145,16 +201,27 @@ try {
   // Database activity over the measured window only (not the hellos of the connecting fleet).
   let statsBefore = { tx: 0, ins: 0, upd: 0 };
   let statsAfter = statsBefore;
-  const real = await load(servers.urls, hostsFile, servers.procs.map((p) => p.pid!), async () => {
-    statsBefore = await dbStats(db.url);
-    return async () => void (statsAfter = await dbStats(db.url));
-  });
+  const real = await load(
+    servers.urls,
+    hostsFile,
+    servers.procs.map((p) => p.pid!),
+    async () => {
+      statsBefore = await dbStats(db.url);
+      return async () => {
+        statsAfter = await dbStats(db.url);
+      };
+    },
+  );
   await stop(servers.procs);
 
   // 2. The bare echo server (as many processes), same harness.
   process.stderr.write("measuring the echo server\n");
   const echo = await listening(replicas, "bench/heartbeat/echo-server.ts", { PORT: "0" });
-  const bare = await load(echo.urls, hostsFile, echo.procs.map((p) => p.pid!));
+  const bare = await load(
+    echo.urls,
+    hostsFile,
+    echo.procs.map((p) => p.pid!),
+  );
   await stop(echo.procs);
 
   const row = (name: string, r: Record<string, unknown>) =>

@@ -43,7 +43,11 @@ export function clientInterceptors(options: ResolvedOptions, innermost: Intercep
 }
 
 /** Builds the four sub-clients over one transport. */
-export function buildClient(transport: Transport, options: Pick<ResolvedOptions, "timeoutMs">, close: () => void = () => undefined): RemoteGpuClient {
+export function buildClient(
+  transport: Transport,
+  options: Pick<ResolvedOptions, "timeoutMs">,
+  close: () => void = () => undefined,
+): RemoteGpuClient {
   return {
     hosts: serviceClient(HostService, transport, options.timeoutMs),
     gpus: serviceClient(GpuService, transport, options.timeoutMs),

@@ -11,4 +11,12 @@ export { waitForEnvironment, followLogs, type WaitForEnvironmentOptions, type Fo
 export { downloadFile, collectBytes, type DownloadFileOptions } from "./files.js";
 // The few protobuf and Connect names callers meet, so that they need no second import.
 export { Code, ConnectError, type CallOptions, type Interceptor } from "@connectrpc/connect";
-export { timestampDate, timestampFromDate, timestampNow, durationFromMs, durationMs, type Timestamp, type Duration } from "@bufbuild/protobuf/wkt";
+export {
+  timestampDate,
+  timestampFromDate,
+  timestampNow,
+  durationFromMs,
+  durationMs,
+  type Timestamp,
+  type Duration,
+} from "@bufbuild/protobuf/wkt";

@@ -46,7 +46,13 @@ export async function waitForEnvironment(
   const wanted = EnvironmentStatus[status] ?? String(status);
   const stop = new AbortController();
   let timedOut = false;
-  const timer = timeoutMs > 0 ? setTimeout(() => ((timedOut = true), stop.abort()), timeoutMs) : undefined;
+  const timer =
+    timeoutMs > 0
+      ? setTimeout(() => {
+          timedOut = true;
+          stop.abort();
+        }, timeoutMs)
+      : undefined;
   const cancel = () => stop.abort();
   options.signal?.addEventListener("abort", cancel, { once: true });
   if (options.signal?.aborted) stop.abort();

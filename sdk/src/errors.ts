@@ -210,7 +210,8 @@ const BY_CODE: Partial<Record<Code, ErrorClass>> = {
 export function toRemoteGpuError(err: unknown): unknown {
   if (err instanceof RemoteGpuError || !(err instanceof ConnectError)) return err;
   const options = { metadata: err.metadata, cause: err };
-  if (err.code === Code.ResourceExhausted && err.rawMessage.startsWith("quota exceeded:")) return new QuotaExceededError(err.rawMessage, options);
+  if (err.code === Code.ResourceExhausted && err.rawMessage.startsWith("quota exceeded:"))
+    return new QuotaExceededError(err.rawMessage, options);
   const type = BY_CODE[err.code];
   return type ? new type(err.rawMessage, options) : new RemoteGpuError(err.rawMessage, err.code, options);
 }
@@ -227,7 +228,8 @@ function parseViolations(message: string): FieldViolation[] {
   let quoted = false;
   const end = (at: number) => {
     const text = message.slice(start, at);
-    if (field !== undefined || text !== "") violations.push(field === undefined ? { field: "", description: text } : { field, description: text });
+    if (field !== undefined || text !== "")
+      violations.push(field === undefined ? { field: "", description: text } : { field, description: text });
     field = undefined;
     start = at + 2;
     depth = 0;

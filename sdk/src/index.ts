@@ -66,7 +66,8 @@ export function createRemoteGpuClient(options: RemoteGpuClientOptions): RemoteGp
   const resolved = resolveOptions(options);
   const { baseUrl, useBinaryFormat } = resolved;
   const protocol = options.transport ?? "connect";
-  if (protocol !== "connect" && protocol !== "grpc") throw new TypeError(`transport must be "connect" or "grpc", got ${JSON.stringify(protocol)}`);
+  if (protocol !== "connect" && protocol !== "grpc")
+    throw new TypeError(`transport must be "connect" or "grpc", got ${JSON.stringify(protocol)}`);
   let sessions: Http2SessionManager | undefined;
   let transport: Transport;
   if (options.fetch) {
@@ -80,7 +81,13 @@ export function createRemoteGpuClient(options: RemoteGpuClientOptions): RemoteGp
     transport = createConnectTransport({ baseUrl, httpVersion: "1.1", interceptors: clientInterceptors(resolved), useBinaryFormat });
   } else {
     sessions = new Http2SessionManager(baseUrl);
-    transport = createConnectTransport({ baseUrl, httpVersion: "2", sessionManager: sessions, interceptors: clientInterceptors(resolved), useBinaryFormat });
+    transport = createConnectTransport({
+      baseUrl,
+      httpVersion: "2",
+      sessionManager: sessions,
+      interceptors: clientInterceptors(resolved),
+      useBinaryFormat,
+    });
   }
   return buildClient(transport, resolved, () => sessions?.abort());
 }

@@ -76,14 +76,17 @@ export interface ResolvedOptions {
 
 /** Checks the options and fills in the defaults. */
 export function resolveOptions(options: CommonClientOptions): ResolvedOptions {
-  if (typeof options.baseUrl !== "string" || !/^https?:\/\//.test(options.baseUrl)) throw new TypeError(`baseUrl must be an http:// or https:// URL, got ${JSON.stringify(options.baseUrl)}`);
-  if (typeof options.token !== "function" && (typeof options.token !== "string" || options.token === "")) throw new TypeError("token is required");
+  if (typeof options.baseUrl !== "string" || !/^https?:\/\//.test(options.baseUrl))
+    throw new TypeError(`baseUrl must be an http:// or https:// URL, got ${JSON.stringify(options.baseUrl)}`);
+  if (typeof options.token !== "function" && (typeof options.token !== "string" || options.token === ""))
+    throw new TypeError("token is required");
   const timeoutMs = options.timeoutMs ?? 30_000;
   if (!(timeoutMs >= 0)) throw new RangeError(`timeoutMs must be 0 or more, got ${timeoutMs}`);
   const retries = options.retries ?? 3;
   if (!Number.isInteger(retries) || retries < 0) throw new RangeError(`retries must be a whole number, 0 or more, got ${retries}`);
   const backoff = { initialMs: 100, maxMs: 2000, multiplier: 2, ...options.retryBackoff };
-  if (!(backoff.initialMs >= 0 && backoff.maxMs >= 0 && backoff.multiplier >= 1)) throw new RangeError("retryBackoff: initialMs and maxMs must be 0 or more, multiplier 1 or more");
+  if (!(backoff.initialMs >= 0 && backoff.maxMs >= 0 && backoff.multiplier >= 1))
+    throw new RangeError("retryBackoff: initialMs and maxMs must be 0 or more, multiplier 1 or more");
   return {
     baseUrl: options.baseUrl,
     token: options.token,

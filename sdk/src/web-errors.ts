@@ -9,7 +9,8 @@ export function fetchNetworkErrors(): Interceptor {
     try {
       return await next(req);
     } catch (err) {
-      if (err instanceof TypeError && !req.signal.aborted) throw new ConnectError(`network error: ${err.message}`, Code.Unavailable, undefined, undefined, err);
+      if (err instanceof TypeError && !req.signal.aborted)
+        throw new ConnectError(`network error: ${err.message}`, Code.Unavailable, undefined, undefined, err);
       throw err;
     }
   };

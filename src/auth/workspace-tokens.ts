@@ -32,7 +32,8 @@ export class WorkspaceTokens {
     const v = new Violations();
     checkString(v, "name", input.name, { required: true, max: 100 });
     v.check(input.role !== undefined, "role", "required: API_TOKEN_ROLE_ADMIN, _MEMBER or _VIEWER");
-    if (input.ttlMs !== undefined) v.check(input.ttlMs > 0 && input.ttlMs <= MAX_TTL_MS, "ttl", "must be more than 0 and at most 3650 days");
+    if (input.ttlMs !== undefined)
+      v.check(input.ttlMs > 0 && input.ttlMs <= MAX_TTL_MS, "ttl", "must be more than 0 and at most 3650 days");
     v.throwIfAny();
 
     const now = this.clock.now();

@@ -47,7 +47,7 @@ export class EnvironmentLogs {
       const ids: { id: string }[] = await trx("environment_logs")
         .insert(clean.map((l) => ({ environment_id: environmentId, time: l.time, stream: l.stream, text: l.text })))
         .returning("id");
-      ids.forEach((row, i) => (clean[i]!.id = String(row.id)));
+      for (const [i, row] of ids.entries()) clean[i]!.id = String(row.id);
       await trx.raw(
         `delete from environment_logs where environment_id = ? and id < (
            select id from environment_logs where environment_id = ? order by id desc offset ? limit 1)`,
@@ -62,7 +62,11 @@ export class EnvironmentLogs {
   /** The last `count` lines (at or after `since`), oldest first. */
   async tail(environmentId: string, count: number, since?: Date): Promise<LogLineRecord[]> {
     const knex = this.orm.em.getConnection().getKnex();
-    const query = knex("environment_logs").where({ environment_id: environmentId }).orderBy("id", "desc").limit(count).select("id", "time", "stream", "text");
+    const query = knex("environment_logs")
+      .where({ environment_id: environmentId })
+      .orderBy("id", "desc")
+      .limit(count)
+      .select("id", "time", "stream", "text");
     if (since) query.andWhere("time", ">=", since);
     const rows: LogLineRecord[] = await query;
     return rows.reverse().map((r) => ({ id: String(r.id), time: new Date(r.time), stream: r.stream, text: r.text }));
@@ -75,13 +79,21 @@ export class EnvironmentLogs {
   async archive(environmentId: string, workspaceId: string): Promise<void> {
     const lines = await this.tail(environmentId, KEPT_LINES);
     const key = `workspaces/${workspaceId}/logs/${environmentId}.jsonl.gz`;
-    const json = Readable.from((function* () {
-      for (const l of lines) yield `${JSON.stringify({ t: l.time.toISOString(), s: l.stream, x: l.text })}\n`;
-    })());
+    const json = Readable.from(
+      (function* () {
+        for (const l of lines) yield `${JSON.stringify({ t: l.time.toISOString(), s: l.stream, x: l.text })}\n`;
+      })(),
+    );
     await this.store.put(key, json.pipe(createGzip()), "application/gzip");
     const knex = this.orm.em.getConnection().getKnex();
     await knex("environment_log_archives")
-      .insert({ environment_id: environmentId, workspace_id: workspaceId, object_key: key, line_count: lines.length, created_at: new Date() })
+      .insert({
+        environment_id: environmentId,
+        workspace_id: workspaceId,
+        object_key: key,
+        line_count: lines.length,
+        created_at: new Date(),
+      })
       .onConflict("environment_id")
       .merge(["object_key", "line_count", "created_at"]);
   }
@@ -91,7 +103,10 @@ export class EnvironmentLogs {
     const archive = await this.orm.em.fork().findOne(LogArchive, { environmentId });
     if (!archive || (visibleIn !== undefined && archive.workspace.id !== visibleIn)) return undefined;
     const lines: LogLineRecord[] = [];
-    const text = createInterface({ input: Readable.from(await this.store.get(archive.objectKey)).pipe(createGunzip()), crlfDelay: Infinity });
+    const text = createInterface({
+      input: Readable.from(await this.store.get(archive.objectKey)).pipe(createGunzip()),
+      crlfDelay: Infinity,
+    });
     for await (const row of text) {
       if (!row) continue;
       const l = JSON.parse(row) as { t: string; s: LogStreamName; x: string };

@@ -30,9 +30,30 @@ export interface StatusTransition {
 
 export class Environment {
   declare [OptionalProps]?:
-    | "command" | "args" | "env" | "gpuCount" | "gpuModel" | "cpuMillicores" | "memoryBytes" | "storageBytes" | "ports"
-    | "sshPublicKeys" | "idleTimeoutMinutes" | "desiredState" | "status" | "statusMessage" | "host" | "requestId" | "transitions" | "version"
-    | "generation" | "workloadState" | "workloadMessage" | "workloadGeneration" | "actedAt" | "attempts";
+    | "command"
+    | "args"
+    | "env"
+    | "gpuCount"
+    | "gpuModel"
+    | "cpuMillicores"
+    | "memoryBytes"
+    | "storageBytes"
+    | "ports"
+    | "sshPublicKeys"
+    | "idleTimeoutMinutes"
+    | "desiredState"
+    | "status"
+    | "statusMessage"
+    | "host"
+    | "requestId"
+    | "transitions"
+    | "version"
+    | "generation"
+    | "workloadState"
+    | "workloadMessage"
+    | "workloadGeneration"
+    | "actedAt"
+    | "attempts";
   id: string = randomUUID();
   workspace!: Workspace;
   name!: string;

@@ -63,7 +63,11 @@ export async function placeEnvironment(em: EntityManager, req: PlacementRequest)
     // Each candidate under a savepoint: the locks taken on one that does not fit are given back.
     await query(em, "savepoint placement", []);
     // The host first (as DeleteHost and drains take it), then its GPUs: one lock order, no deadlock.
-    const [host] = await query<{ status: string; schedulable: boolean }>(em, "select status, schedulable from hosts where id = ? for share", [candidate.id]);
+    const [host] = await query<{ status: string; schedulable: boolean }>(
+      em,
+      "select status, schedulable from hosts where id = ? for share",
+      [candidate.id],
+    );
     const gpus =
       host?.status !== "ONLINE" || !host.schedulable || req.gpuCount === 0
         ? []
@@ -96,11 +100,19 @@ async function noRoom(em: EntityManager, req: PlacementRequest, modelFilter: str
         group by h.id) per_host`,
     [...modelFilter, ...(req.onlyHost ? [req.onlyHost] : [])],
   );
-  const model = req.gpuModel ? `of model "${req.gpuModel}"` : modelFilter.length > 0 ? `of an allowed model (${modelFilter.join(", ")})` : "";
+  const model = req.gpuModel
+    ? `of model "${req.gpuModel}"`
+    : modelFilter.length > 0
+      ? `of an allowed model (${modelFilter.join(", ")})`
+      : "";
   const where = req.onlyHost ? `on host ${req.onlyHost}, where the environment's volume is` : "on any online, schedulable host";
-  if (req.gpuCount === 0) return new ResourceExhaustedError(`no online, schedulable host ${req.onlyHost ? `(host ${req.onlyHost} is not)` : "to place it on"}`);
+  if (req.gpuCount === 0)
+    return new ResourceExhaustedError(`no online, schedulable host ${req.onlyHost ? `(host ${req.onlyHost} is not)` : "to place it on"}`);
   return new ResourceExhaustedError(
-    `no host with ${req.gpuCount} free healthy GPU(s) ${model} ${where}: the most free on one host is ${counts?.best ?? 0}, ${counts?.total ?? 0} free in all`.replace(/ +/g, " "),
+    `no host with ${req.gpuCount} free healthy GPU(s) ${model} ${where}: the most free on one host is ${counts?.best ?? 0}, ${counts?.total ?? 0} free in all`.replace(
+      / +/g,
+      " ",
+    ),
   );
 }
 
@@ -109,9 +121,17 @@ async function noRoom(em: EntityManager, req: PlacementRequest, modelFilter: str
  * transaction-scoped advisory lock per host serialises port choice there; the unique index on
  * (host, port) stays the last word.
  */
-export async function allocateHostPorts(em: EntityManager, hostId: string, range: PortRange, count: number, wanted: (number | undefined)[] = []): Promise<number[]> {
+export async function allocateHostPorts(
+  em: EntityManager,
+  hostId: string,
+  range: PortRange,
+  count: number,
+  wanted: (number | undefined)[] = [],
+): Promise<number[]> {
   await query(em, "select pg_advisory_xact_lock(hashtextextended(?, 7315))", [`host-ports:${hostId}`]);
-  const used = new Set((await query<{ host_port: number }>(em, "select host_port from port_mappings where host_id = ?", [hostId])).map((r) => r.host_port));
+  const used = new Set(
+    (await query<{ host_port: number }>(em, "select host_port from port_mappings where host_id = ?", [hostId])).map((r) => r.host_port),
+  );
   const ports: number[] = [];
   for (let i = 0; i < count; i++) {
     const asked = wanted[i];

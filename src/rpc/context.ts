@@ -5,7 +5,9 @@ import { UnauthenticatedError } from "../errors.js";
 
 export const principalKey = createContextKey<Principal | undefined>(undefined, { description: "the authenticated caller" });
 export const requestIdKey = createContextKey<string>("", { description: "id of the call, echoed as x-request-id" });
-export const auditNoteKey = createContextKey<AuditNote>(() => undefined, { description: "records the call's audit event inside a transaction" });
+export const auditNoteKey = createContextKey<AuditNote>(() => undefined, {
+  description: "records the call's audit event inside a transaction",
+});
 
 /** The caller of an RPC that requires authentication (the auth interceptor set it). */
 export function callerOf(ctx: HandlerContext): Principal {

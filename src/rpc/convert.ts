@@ -1,11 +1,7 @@
 // Conversion between protobuf messages and domain objects. The only place that knows both.
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate, type Duration, type Timestamp } from "@bufbuild/protobuf/wkt";
-import {
-  GpuSchema as GpuMessageSchema,
-  GpuStatus as GpuStatusMessage,
-  type Gpu as GpuMessage,
-} from "../../gen/remotegpu/v1/gpu_pb.js";
+import { GpuSchema as GpuMessageSchema, GpuStatus as GpuStatusMessage, type Gpu as GpuMessage } from "../../gen/remotegpu/v1/gpu_pb.js";
 import {
   HostRuntime as HostRuntimeMessage,
   HostSchema as HostMessageSchema,
@@ -26,7 +22,7 @@ import type { GpuView } from "../gpu/gpu-inventory.js";
 import type { HostRuntime, HostStatus } from "../host/host.js";
 import type { HostView } from "../host/host-registry.js";
 import type { GpuMetrics, GpuSampleRecord, HostSampleRecord } from "../telemetry/latest-samples.js";
-import { Violations, toSafeNumber } from "../validation.js";
+import { type Violations, toSafeNumber } from "../validation.js";
 
 /** Two-way map between a domain string union and a protobuf enum; UNSPECIFIED maps to undefined. */
 export function enumMap<D extends string, P extends number>(pairs: [D, P][]) {
@@ -91,7 +87,11 @@ export function msFromMessage(v: Violations, field: string, d: Duration): number
   return ms;
 }
 
-export function capacityFromMessage(v: Violations, field: string, c: Pick<HostCapacity, "cpuMillicores" | "memoryBytes" | "diskBytes"> | undefined) {
+export function capacityFromMessage(
+  v: Violations,
+  field: string,
+  c: Pick<HostCapacity, "cpuMillicores" | "memoryBytes" | "diskBytes"> | undefined,
+) {
   return {
     cpuMillicores: toSafeNumber(v, `${field}.cpu_millicores`, c?.cpuMillicores ?? 0n),
     memoryBytes: toSafeNumber(v, `${field}.memory_bytes`, c?.memoryBytes ?? 0n),

@@ -11,7 +11,14 @@ import {
   type CreateEnvironmentRequest,
   type PortSpec as PortSpecMessage,
 } from "../../gen/remotegpu/v1/environment_pb.js";
-import type { EnvironmentDesiredState, EnvironmentStatus, LogStreamName, PortMapping, PortProtocol, PortSpec } from "../environment/environment.js";
+import type {
+  EnvironmentDesiredState,
+  EnvironmentStatus,
+  LogStreamName,
+  PortMapping,
+  PortProtocol,
+  PortSpec,
+} from "../environment/environment.js";
 import type { EnvironmentInput, EnvironmentView } from "../environment/environment-manager.js";
 import type { LogLineRecord } from "../environment/environment-logs.js";
 import { Violations, toSafeNumber } from "../validation.js";
@@ -111,7 +118,11 @@ export function environmentToMessage(view: EnvironmentView) {
     hostId: e.host?.id ?? "",
     gpuIds: view.gpuIds,
     portMappings: view.portMappings.map(portMappingToMessage),
-    transitions: e.transitions.map((t) => ({ status: environmentStatus.toProto(t.status), time: timestampFromDate(new Date(t.time)), message: t.message })),
+    transitions: e.transitions.map((t) => ({
+      status: environmentStatus.toProto(t.status),
+      time: timestampFromDate(new Date(t.time)),
+      message: t.message,
+    })),
     createTime: ts(e.createdAt),
     updateTime: ts(e.updatedAt),
   });

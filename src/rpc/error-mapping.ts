@@ -35,7 +35,18 @@ const DOMAIN_CODES: [new (...args: never[]) => Error, Code][] = [
 ];
 
 // Node and pg error codes that mean "the database is not reachable right now".
-const CONNECTION_CODES = new Set(["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EPIPE", "57P01", "57P02", "57P03", "08000", "08003", "08006"]);
+const CONNECTION_CODES = new Set([
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "ETIMEDOUT",
+  "EPIPE",
+  "57P01",
+  "57P02",
+  "57P03",
+  "08000",
+  "08003",
+  "08006",
+]);
 
 /**
  * The one place that decides a gRPC code. `expected` is false only for errors no caller could have
@@ -45,7 +56,10 @@ export function toConnectError(err: unknown): { error: ConnectError; expected: b
   if (err instanceof ConnectError) return { error: err, expected: err.code !== Code.Internal && err.code !== Code.Unknown };
   if (err instanceof SessionFencedError) {
     // Agents tell "a newer session replaced you" (back off) from other ABORTEDs (retry now) by this.
-    return { error: new ConnectError(err.message, Code.Aborted, { "remotegpu-fenced-by": err.newerSessionId }, undefined, err), expected: true };
+    return {
+      error: new ConnectError(err.message, Code.Aborted, { "remotegpu-fenced-by": err.newerSessionId }, undefined, err),
+      expected: true,
+    };
   }
   for (const [type, code] of DOMAIN_CODES) {
     if (err instanceof type) return { error: new ConnectError(bounded(err.message), code, undefined, undefined, err), expected: true };
@@ -83,5 +97,8 @@ function isConnectionError(err: unknown): boolean {
   // knex's pool timeout when every connection is stuck on a dead server; pg refusing queries on a
   // client whose connection broke; knex ending a transaction whose connection broke under it (the
   // transaction's next query then finds it "already complete": our code never reuses a finished one).
-  return err.name === "KnexTimeoutError" || /Connection terminated|connect ECONNREFUSED|is not queryable|Transaction query already complete/.test(err.message);
+  return (
+    err.name === "KnexTimeoutError" ||
+    /Connection terminated|connect ECONNREFUSED|is not queryable|Transaction query already complete/.test(err.message)
+  );
 }

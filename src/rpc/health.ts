@@ -2,11 +2,7 @@
 // and grpc-health-probe speak.
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
-import {
-  Health,
-  HealthCheckResponse_ServingStatus as ServingStatus,
-  HealthCheckResponseSchema,
-} from "../../gen/health/v1/health_pb.js";
+import { Health, HealthCheckResponse_ServingStatus as ServingStatus, HealthCheckResponseSchema } from "../../gen/health/v1/health_pb.js";
 
 export type HealthState = "SERVING" | "NOT_SERVING";
 export type HealthListener = (service: string, status: HealthState) => void;
@@ -85,7 +81,8 @@ export function registerHealth(router: ConnectRouter, health: HealthStatus): voi
         while (!ctx.signal.aborted) {
           const now = toProto(health.get(req.service));
           if (now !== sent) {
-            yield response((sent = now));
+            sent = now;
+            yield response(sent);
             continue;
           }
           await new Promise<void>((resolve) => (wake = resolve));

@@ -14,7 +14,10 @@ export function rateLimit(perSecond: number, clock: Clock, buckets: TokenBuckets
     if (!principal || perSecond === 0) return next(req);
     const waitMs = await buckets.take(principal.tokenId, clock.now().getTime(), perSecond, perSecond * 2);
     if (waitMs > 0) {
-      const error = new ConnectError(`rate limit of ${perSecond} calls per second for this token exceeded; retry in ${waitMs} ms`, Code.ResourceExhausted);
+      const error = new ConnectError(
+        `rate limit of ${perSecond} calls per second for this token exceeded; retry in ${waitMs} ms`,
+        Code.ResourceExhausted,
+      );
       error.metadata.set("retry-after", String(Math.max(1, Math.ceil(waitMs / 1000))));
       throw error;
     }

@@ -62,7 +62,10 @@ function fileResponse(index: Index, file: DescFile): v1.ServerReflectionResponse
   walk(file);
   const fileDescriptorProto = [...seen].map((f) => {
     let bytes = index.encoded.get(f);
-    if (!bytes) index.encoded.set(f, (bytes = toBinary(FileDescriptorProtoSchema, f.proto)));
+    if (!bytes) {
+      bytes = toBinary(FileDescriptorProtoSchema, f.proto);
+      index.encoded.set(f, bytes);
+    }
     return bytes;
   });
   return { case: "fileDescriptorResponse", value: create(v1.FileDescriptorResponseSchema, { fileDescriptorProto }) };

@@ -14,7 +14,10 @@ import { registerReflection } from "./reflection.js";
 export const SERVICE_NAMES = [HostService, GpuService, WorkspaceService, EnvironmentService].map((s) => s.typeName);
 
 /** Every service on one router. Methods a handler lacks answer UNIMPLEMENTED. */
-export function routes(handlers: { hosts: HostHandler; gpus: GpuHandler; workspaces: WorkspaceHandler; environments: EnvironmentHandler }, health: HealthStatus) {
+export function routes(
+  handlers: { hosts: HostHandler; gpus: GpuHandler; workspaces: WorkspaceHandler; environments: EnvironmentHandler },
+  health: HealthStatus,
+) {
   return (router: ConnectRouter) => {
     router.service(HostService, handlers.hosts);
     router.service(GpuService, handlers.gpus);

@@ -15,7 +15,7 @@ import type { WorkspaceFile } from "../storage/workspace-file.js";
 import type { ApiToken, WorkspaceRole } from "../auth/api-token.js";
 import type { QuotaLimits, Usage } from "../workspace/quota-ledger.js";
 import type { ResourceQuota, Workspace } from "../workspace/workspace.js";
-import { Violations, toSafeNumber } from "../validation.js";
+import { type Violations, toSafeNumber } from "../validation.js";
 import { enumMap, ts } from "./convert.js";
 
 export const tokenRole = enumMap<WorkspaceRole, ApiTokenRole>([
@@ -54,7 +54,8 @@ export function quotaToMessage(q: ResourceQuota) {
 /** The limits of a SetResourceQuota request; an absent field is unlimited. */
 export function quotaFromMessage(v: Violations, q: ResourceQuotaMessage): QuotaLimits {
   // The sign is checked with the other limits by the ledger; only what JavaScript cannot hold is refused here.
-  const opt = (field: string, n: bigint | undefined) => (n === undefined ? null : toSafeNumber(v, `quota.${field}`, n, BigInt(Number.MIN_SAFE_INTEGER)));
+  const opt = (field: string, n: bigint | undefined) =>
+    n === undefined ? null : toSafeNumber(v, `quota.${field}`, n, BigInt(Number.MIN_SAFE_INTEGER));
   return {
     maxGpus: q.maxGpus ?? null,
     maxGpusPerModel: { ...q.maxGpusPerModel },
@@ -105,5 +106,10 @@ export function auditEventToMessage(e: AuditEvent) {
 }
 
 export function fileToMessage(f: WorkspaceFile) {
-  return create(WorkspaceFileMessageSchema, { path: f.path, sizeBytes: BigInt(f.sizeBytes), contentType: f.contentType, modifyTime: ts(f.updatedAt) });
+  return create(WorkspaceFileMessageSchema, {
+    path: f.path,
+    sizeBytes: BigInt(f.sizeBytes),
+    contentType: f.contentType,
+    modifyTime: ts(f.updatedAt),
+  });
 }

@@ -34,7 +34,16 @@ import type { QuotaLedger } from "../workspace/quota-ledger.js";
 import type { WorkspacePatch, WorkspaceRegistry } from "../workspace/workspace-registry.js";
 import { auditNote, callerOf } from "./context.js";
 import { dateFromMessage } from "./convert.js";
-import { auditEventToMessage, fileToMessage, quotaFromMessage, quotaToMessage, tokenRole, tokenToMessage, usageToMessage, workspaceToMessage } from "./workspace-convert.js";
+import {
+  auditEventToMessage,
+  fileToMessage,
+  quotaFromMessage,
+  quotaToMessage,
+  tokenRole,
+  tokenToMessage,
+  usageToMessage,
+  workspaceToMessage,
+} from "./workspace-convert.js";
 
 type Impl = Partial<ServiceImpl<typeof WorkspaceService>>;
 
@@ -57,7 +66,8 @@ export class WorkspaceHandler implements Impl {
   async uploadFile(requests: AsyncIterable<UploadFileRequest>, ctx: HandlerContext) {
     const incoming = requests[Symbol.asyncIterator]();
     const first = await incoming.next();
-    if (first.done || first.value.part.case !== "header") throw InvalidArgumentError.field("header", "the first message must be the header");
+    if (first.done || first.value.part.case !== "header")
+      throw InvalidArgumentError.field("header", "the first message must be the header");
     const h = first.value.part.value;
     assertInWorkspace(callerOf(ctx), h.workspaceId, undefined, "header.workspace_id");
     const v = new Violations();
@@ -69,7 +79,13 @@ export class WorkspaceHandler implements Impl {
         yield next.value.part.value;
       }
     })();
-    const file = await this.files.upload(h.workspaceId, { path: h.path, contentType: h.contentType, sizeBytes, overwrite: h.overwrite }, chunks, auditNote(ctx), ctx.signal);
+    const file = await this.files.upload(
+      h.workspaceId,
+      { path: h.path, contentType: h.contentType, sizeBytes, overwrite: h.overwrite },
+      chunks,
+      auditNote(ctx),
+      ctx.signal,
+    );
     return { file: fileToMessage(file) };
   }
 
@@ -105,7 +121,13 @@ export class WorkspaceHandler implements Impl {
     const expiresMs = req.expiresIn ? Number(req.expiresIn.seconds) * 1000 + Math.floor(req.expiresIn.nanos / 1e6) : DEFAULT_URL_MS;
     v.check(req.method === FileUrlMethod.UNSPECIFIED || req.method === FileUrlMethod.GET || put, "method", `unknown value ${req.method}`);
     v.throwIfAny();
-    const { url, expireTime } = await this.files.url(req.workspaceId, req.path, put ? "PUT" : "GET", Math.floor(expiresMs / 1000), auditNote(ctx));
+    const { url, expireTime } = await this.files.url(
+      req.workspaceId,
+      req.path,
+      put ? "PUT" : "GET",
+      Math.floor(expiresMs / 1000),
+      auditNote(ctx),
+    );
     return { url, expireTime: timestampFromDate(expireTime) };
   }
 

@@ -1,5 +1,14 @@
 // The Kubernetes objects of one environment, as plain manifests (pure functions, validated in tests).
-import type { V1Ingress, V1Namespace, V1ObjectMeta, V1OwnerReference, V1PersistentVolumeClaim, V1Pod, V1Secret, V1Service } from "@kubernetes/client-node";
+import type {
+  V1Ingress,
+  V1Namespace,
+  V1ObjectMeta,
+  V1OwnerReference,
+  V1PersistentVolumeClaim,
+  V1Pod,
+  V1Secret,
+  V1Service,
+} from "@kubernetes/client-node";
 import type { WorkloadSpec } from "./runtime.js";
 
 export interface KubernetesOptions {
@@ -49,16 +58,33 @@ function meta(spec: WorkloadSpec, o: KubernetesOptions, owner?: V1OwnerReference
 }
 
 export function namespaceManifest(spec: WorkloadSpec, o: KubernetesOptions): V1Namespace {
-  return { apiVersion: "v1", kind: "Namespace", metadata: { name: namespaceOf(spec, o), labels: { [WORKSPACE_LABEL]: spec.workspaceId, "app.kubernetes.io/managed-by": "remotegpu" } } };
+  return {
+    apiVersion: "v1",
+    kind: "Namespace",
+    metadata: { name: namespaceOf(spec, o), labels: { [WORKSPACE_LABEL]: spec.workspaceId, "app.kubernetes.io/managed-by": "remotegpu" } },
+  };
 }
 
 /** The Secret carries the SSH keys and owns every other object, so deleting it cascades. */
 export function secretManifest(spec: WorkloadSpec, o: KubernetesOptions): V1Secret {
-  return { apiVersion: "v1", kind: "Secret", metadata: meta(spec, o), type: "Opaque", stringData: { authorized_keys: spec.sshPublicKeys.map((k) => `${k}\n`).join("") } };
+  return {
+    apiVersion: "v1",
+    kind: "Secret",
+    metadata: meta(spec, o),
+    type: "Opaque",
+    stringData: { authorized_keys: spec.sshPublicKeys.map((k) => `${k}\n`).join("") },
+  };
 }
 
 export function ownerOf(secret: V1Secret): V1OwnerReference {
-  return { apiVersion: "v1", kind: "Secret", name: secret.metadata!.name!, uid: secret.metadata!.uid!, blockOwnerDeletion: true, controller: true };
+  return {
+    apiVersion: "v1",
+    kind: "Secret",
+    name: secret.metadata!.name!,
+    uid: secret.metadata!.uid!,
+    blockOwnerDeletion: true,
+    controller: true,
+  };
 }
 
 export function volumeClaimManifest(spec: WorkloadSpec, o: KubernetesOptions, owner: V1OwnerReference): V1PersistentVolumeClaim {
@@ -78,7 +104,8 @@ export function podManifest(spec: WorkloadSpec, o: KubernetesOptions, owner: V1O
   const limits: Record<string, string> = { ...resources };
   const env = Object.entries(spec.env).map(([name, value]) => ({ name, value }));
   if (spec.gpuUuids.length > 0 && o.gpuMode === "device-plugin") limits["nvidia.com/gpu"] = String(spec.gpuUuids.length);
-  if (o.gpuMode === "visible-devices") env.push({ name: "NVIDIA_VISIBLE_DEVICES", value: spec.gpuUuids.length > 0 ? spec.gpuUuids.join(",") : "void" });
+  if (o.gpuMode === "visible-devices")
+    env.push({ name: "NVIDIA_VISIBLE_DEVICES", value: spec.gpuUuids.length > 0 ? spec.gpuUuids.join(",") : "void" });
   const m = meta(spec, o, owner);
   return {
     apiVersion: "v1",
@@ -97,7 +124,10 @@ export function podManifest(spec: WorkloadSpec, o: KubernetesOptions, owner: V1O
           args: spec.args.length > 0 ? spec.args : undefined,
           env,
           ports: spec.ports.map((p) => ({ name: p.name, containerPort: p.containerPort, protocol: "TCP" })),
-          resources: { requests: Object.keys(resources).length > 0 ? resources : undefined, limits: Object.keys(limits).length > 0 ? limits : undefined },
+          resources: {
+            requests: Object.keys(resources).length > 0 ? resources : undefined,
+            limits: Object.keys(limits).length > 0 ? limits : undefined,
+          },
           volumeMounts: [
             { name: "volume", mountPath: o.mountPath },
             { name: "ssh", mountPath: "/etc/remotegpu/ssh", readOnly: true },
@@ -123,7 +153,13 @@ export function serviceManifest(spec: WorkloadSpec, o: KubernetesOptions, owner:
     spec: {
       type: nodePorts ? "NodePort" : "ClusterIP",
       selector: { [ENVIRONMENT_LABEL]: spec.environmentId },
-      ports: spec.ports.map((p) => ({ name: p.name, port: p.containerPort, targetPort: p.containerPort, protocol: "TCP", nodePort: nodePorts ? p.hostPort : undefined })),
+      ports: spec.ports.map((p) => ({
+        name: p.name,
+        port: p.containerPort,
+        targetPort: p.containerPort,
+        protocol: "TCP",
+        nodePort: nodePorts ? p.hostPort : undefined,
+      })),
     },
   };
 }
@@ -140,7 +176,15 @@ export function ingressManifest(spec: WorkloadSpec, o: KubernetesOptions, owner:
       ingressClassName: o.ingressClass,
       rules: http.map((p) => ({
         host: ingressHost(p.name, spec, o.ingressBaseDomain!),
-        http: { paths: [{ path: "/", pathType: "Prefix", backend: { service: { name: objectName(spec.environmentId), port: { number: p.containerPort } } } }] },
+        http: {
+          paths: [
+            {
+              path: "/",
+              pathType: "Prefix",
+              backend: { service: { name: objectName(spec.environmentId), port: { number: p.containerPort } } },
+            },
+          ],
+        },
       })),
     },
   };

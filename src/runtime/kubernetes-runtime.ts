@@ -1,5 +1,5 @@
 import { Writable } from "node:stream";
-import { ApiException, CoreV1Api, KubeConfig, Log, NetworkingV1Api, Watch, type V1Pod } from "@kubernetes/client-node";
+import { ApiException, CoreV1Api, type KubeConfig, Log, NetworkingV1Api, Watch, type V1Pod } from "@kubernetes/client-node";
 import { UnavailableError } from "../errors.js";
 import type { Logger } from "../platform/logger.js";
 import {
@@ -27,7 +27,13 @@ export interface WorkloadObserver {
   logs(hostId: string, environmentId: string, lines: { time: Date; stream: "STDOUT" | "STDERR" | "SYSTEM"; text: string }[]): Promise<void>;
 }
 
-const WAITING_FAILURES = new Set(["ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError", "CreateContainerError"]);
+const WAITING_FAILURES = new Set([
+  "ImagePullBackOff",
+  "ErrImagePull",
+  "InvalidImageName",
+  "CreateContainerConfigError",
+  "CreateContainerError",
+]);
 const SELECTOR = ENVIRONMENT_LABEL; // "has the label": every object this runtime made
 
 /** A pod's state as a workload state, or undefined when it says nothing new (still being scheduled). */
@@ -35,10 +41,15 @@ export function podState(pod: V1Pod): { state: WorkloadState; message: string } 
   const status = pod.status ?? {};
   const container = status.containerStatuses?.find((c) => c.name === CONTAINER);
   const waiting = container?.state?.waiting;
-  if (waiting?.reason && WAITING_FAILURES.has(waiting.reason)) return { state: "FAILED", message: `${waiting.reason}: ${waiting.message ?? ""}`.trim() };
+  if (waiting?.reason && WAITING_FAILURES.has(waiting.reason))
+    return { state: "FAILED", message: `${waiting.reason}: ${waiting.message ?? ""}`.trim() };
   const terminated = container?.state?.terminated;
   if (status.phase === "Failed" || status.phase === "Succeeded") {
-    const why = status.reason ? `${status.reason}${status.message ? `: ${status.message}` : ""}` : terminated ? `exited with code ${terminated.exitCode}${terminated.reason ? ` (${terminated.reason})` : ""}` : status.phase;
+    const why = status.reason
+      ? `${status.reason}${status.message ? `: ${status.message}` : ""}`
+      : terminated
+        ? `exited with code ${terminated.exitCode}${terminated.reason ? ` (${terminated.reason})` : ""}`
+        : status.phase;
     return { state: "FAILED", message: why };
   }
   const ready = status.conditions?.some((c) => c.type === "Ready" && c.status === "True");
@@ -82,7 +93,12 @@ export class KubernetesRuntime implements Runtime {
     } catch (err) {
       // The API refused the objects themselves (invalid, forbidden): retrying cannot help.
       if (!(err instanceof RejectedError)) throw err;
-      await this.observer.status(spec.hostId, { environmentId: spec.environmentId, generation: spec.generation, state: "FAILED", message: err.message });
+      await this.observer.status(spec.hostId, {
+        environmentId: spec.environmentId,
+        generation: spec.generation,
+        state: "FAILED",
+        message: err.message,
+      });
     }
   }
 
@@ -94,7 +110,9 @@ export class KubernetesRuntime implements Runtime {
       (await this.call(() => created(this.core.createNamespacedSecret({ namespace, body: secretManifest(spec, this.o) })))) ??
       (await this.call(() => this.core.readNamespacedSecret({ namespace, name: objectName(spec.environmentId) })));
     const owner = ownerOf(secret!);
-    await this.call(() => created(this.core.createNamespacedPersistentVolumeClaim({ namespace, body: volumeClaimManifest(spec, this.o, owner) })));
+    await this.call(() =>
+      created(this.core.createNamespacedPersistentVolumeClaim({ namespace, body: volumeClaimManifest(spec, this.o, owner) })),
+    );
 
     // One pod per generation: a newer one replaces the older; the same one again changes nothing.
     const pods = await this.pods(spec.environmentId);
@@ -122,7 +140,8 @@ export class KubernetesRuntime implements Runtime {
       return;
     }
     this.stopping.set(environmentId, Math.max(generation, ...pods.map(generationOf)));
-    for (const pod of pods) await this.call(() => missing(this.core.deleteNamespacedPod({ namespace: pod.metadata!.namespace!, name: pod.metadata!.name! })));
+    for (const pod of pods)
+      await this.call(() => missing(this.core.deleteNamespacedPod({ namespace: pod.metadata!.namespace!, name: pod.metadata!.name! })));
   }
 
   /** Deletes every object of the environment, volume included, then reports REMOVED. */
@@ -130,15 +149,26 @@ export class KubernetesRuntime implements Runtime {
     const selector = `${ENVIRONMENT_LABEL}=${environmentId}`;
     this.stopping.delete(environmentId);
     const pods = await this.pods(environmentId);
-    for (const pod of pods) await this.call(() => missing(this.core.deleteNamespacedPod({ namespace: pod.metadata!.namespace!, name: pod.metadata!.name! })));
+    for (const pod of pods)
+      await this.call(() => missing(this.core.deleteNamespacedPod({ namespace: pod.metadata!.namespace!, name: pod.metadata!.name! })));
     await this.deleteRouting(environmentId);
     const claims = await this.call(() => this.core.listPersistentVolumeClaimForAllNamespaces({ labelSelector: selector }));
-    for (const c of claims!.items) await this.call(() => missing(this.core.deleteNamespacedPersistentVolumeClaim({ namespace: c.metadata!.namespace!, name: c.metadata!.name! })));
+    for (const c of claims!.items)
+      await this.call(() =>
+        missing(this.core.deleteNamespacedPersistentVolumeClaim({ namespace: c.metadata!.namespace!, name: c.metadata!.name! })),
+      );
     const secrets = await this.call(() => this.core.listSecretForAllNamespaces({ labelSelector: selector }));
-    for (const s of secrets!.items) await this.call(() => missing(this.core.deleteNamespacedSecret({ namespace: s.metadata!.namespace!, name: s.metadata!.name! })));
+    for (const s of secrets!.items)
+      await this.call(() => missing(this.core.deleteNamespacedSecret({ namespace: s.metadata!.namespace!, name: s.metadata!.name! })));
     // A pod deletion is graceful: its GPUs are free only once it is gone, which the watch tells.
     if ((await this.pods(environmentId)).length > 0) this.removing.set(environmentId, { hostId, generation });
-    else await this.observer.status(hostId, { environmentId, generation, state: "REMOVED", message: "its pod, volume and routes were deleted" });
+    else
+      await this.observer.status(hostId, {
+        environmentId,
+        generation,
+        state: "REMOVED",
+        message: "its pod, volume and routes were deleted",
+      });
   }
 
   /** Starts watching pods; runs until close(). */
@@ -174,7 +204,10 @@ export class KubernetesRuntime implements Runtime {
               },
               () => resolve(),
             )
-            .then((abort) => (this.watchAbort = abort), () => resolve());
+            .then(
+              (abort) => (this.watchAbort = abort),
+              () => resolve(),
+            );
         });
         // A watch that ends at once (refused, cut by a proxy) must not turn into a tight re-list loop.
         if (Date.now() - watchedFrom < 5000) {
@@ -205,10 +238,16 @@ export class KubernetesRuntime implements Runtime {
       if (removal) {
         if ([...this.known.keys()].some((k) => k.startsWith(`${environmentId}/`))) return;
         this.removing.delete(environmentId);
-        return this.observer.status(removal.hostId, { environmentId, generation: removal.generation, state: "REMOVED", message: "its pod, volume and routes were deleted" });
+        return this.observer.status(removal.hostId, {
+          environmentId,
+          generation: removal.generation,
+          state: "REMOVED",
+          message: "its pod, volume and routes were deleted",
+        });
       }
       const stopped = this.stopping.get(environmentId);
-      if (stopped === undefined) return this.observer.status(hostId, { environmentId, generation, state: "FAILED", message: "its pod was deleted" });
+      if (stopped === undefined)
+        return this.observer.status(hostId, { environmentId, generation, state: "FAILED", message: "its pod was deleted" });
       if ((await this.pods(environmentId)).length > 0) return; // another pod of it is still going away
       this.stopping.delete(environmentId);
       return this.observer.status(hostId, { environmentId, generation: stopped, state: "STOPPED", message: "stopped" });
@@ -230,7 +269,16 @@ export class KubernetesRuntime implements Runtime {
         const lines = text.split("\n");
         partial = lines.pop() ?? "";
         const time = new Date();
-        this.observer.logs(hostId, environmentId, lines.map((l) => ({ time, stream: "STDOUT" as const, text: l }))).then(() => done(), (err: unknown) => done(err as Error));
+        this.observer
+          .logs(
+            hostId,
+            environmentId,
+            lines.map((l) => ({ time, stream: "STDOUT" as const, text: l })),
+          )
+          .then(
+            () => done(),
+            (err: unknown) => done(err as Error),
+          );
       },
     });
     sink.on("error", () => undefined);
@@ -240,7 +288,8 @@ export class KubernetesRuntime implements Runtime {
     new Log(this.kc)
       .log(pod.metadata!.namespace!, pod.metadata!.name!, CONTAINER, sink, { follow: true })
       .then((abort) => {
-        if (control.signal.aborted) abort.abort(); // ended before the stream opened
+        if (control.signal.aborted)
+          abort.abort(); // ended before the stream opened
         else control.signal.addEventListener("abort", () => abort.abort(), { once: true });
       })
       .catch((err: unknown) => this.logger.debug({ environmentId, error: String(err) }, "pod log unavailable"));
@@ -253,9 +302,11 @@ export class KubernetesRuntime implements Runtime {
   private async deleteRouting(environmentId: string): Promise<void> {
     const selector = `${ENVIRONMENT_LABEL}=${environmentId}`;
     const services = await this.call(() => this.core.listServiceForAllNamespaces({ labelSelector: selector }));
-    for (const s of services!.items) await this.call(() => missing(this.core.deleteNamespacedService({ namespace: s.metadata!.namespace!, name: s.metadata!.name! })));
+    for (const s of services!.items)
+      await this.call(() => missing(this.core.deleteNamespacedService({ namespace: s.metadata!.namespace!, name: s.metadata!.name! })));
     const ingresses = await this.call(() => this.net.listIngressForAllNamespaces({ labelSelector: selector }));
-    for (const i of ingresses!.items) await this.call(() => missing(this.net.deleteNamespacedIngress({ namespace: i.metadata!.namespace!, name: i.metadata!.name! })));
+    for (const i of ingresses!.items)
+      await this.call(() => missing(this.net.deleteNamespacedIngress({ namespace: i.metadata!.namespace!, name: i.metadata!.name! })));
   }
 
   /** An API call; other failures than the expected ones become UNAVAILABLE, which the reconciler retries. */
@@ -263,7 +314,8 @@ export class KubernetesRuntime implements Runtime {
     try {
       return await fn();
     } catch (err) {
-      if (err instanceof ApiException && [400, 403, 422].includes(err.code)) throw new RejectedError(`Kubernetes refused it: ${apiMessage(err)}`);
+      if (err instanceof ApiException && [400, 403, 422].includes(err.code))
+        throw new RejectedError(`Kubernetes refused it: ${apiMessage(err)}`);
       if (err instanceof ApiException) throw new UnavailableError(`Kubernetes API: ${err.code} ${apiMessage(err)}`);
       throw new UnavailableError(`Kubernetes API unreachable: ${err instanceof Error ? err.message : String(err)}`);
     }

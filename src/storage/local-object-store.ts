@@ -34,7 +34,10 @@ export class LocalObjectStore implements ObjectStore {
   async get(key: string, range?: ByteRange): Promise<AsyncIterable<Uint8Array>> {
     const file = this.file(key);
     await stat(file); // a missing object fails here, not half way through the caller's stream
-    return createReadStream(file, range ? { start: range.start, end: range.end, highWaterMark: 1024 * 1024 } : { highWaterMark: 1024 * 1024 });
+    return createReadStream(
+      file,
+      range ? { start: range.start, end: range.end, highWaterMark: 1024 * 1024 } : { highWaterMark: 1024 * 1024 },
+    );
   }
 
   async head(key: string): Promise<{ size: number } | undefined> {

@@ -42,7 +42,10 @@ export class S3ObjectStore implements ObjectStore {
       endpoint: options.endpoint,
       region: options.region,
       forcePathStyle: options.forcePathStyle,
-      credentials: options.accessKeyId && options.secretAccessKey ? { accessKeyId: options.accessKeyId, secretAccessKey: options.secretAccessKey } : undefined,
+      credentials:
+        options.accessKeyId && options.secretAccessKey
+          ? { accessKeyId: options.accessKeyId, secretAccessKey: options.secretAccessKey }
+          : undefined,
     });
   }
 
@@ -66,7 +69,9 @@ export class S3ObjectStore implements ObjectStore {
     const flushPart = async () => {
       uploadId ??= (await this.client.send(new CreateMultipartUploadCommand({ Bucket, Key: key, ContentType: contentType }))).UploadId!;
       const PartNumber = parts.length + 1;
-      const res = await this.client.send(new UploadPartCommand({ Bucket, Key: key, UploadId: uploadId, PartNumber, Body: Buffer.concat(pending) }));
+      const res = await this.client.send(
+        new UploadPartCommand({ Bucket, Key: key, UploadId: uploadId, PartNumber, Body: Buffer.concat(pending) }),
+      );
       parts.push({ ETag: res.ETag!, PartNumber });
       pending = [];
       pendingBytes = 0;
@@ -84,16 +89,21 @@ export class S3ObjectStore implements ObjectStore {
         return { size };
       }
       if (pendingBytes > 0) await flushPart();
-      await this.client.send(new CompleteMultipartUploadCommand({ Bucket, Key: key, UploadId: uploadId, MultipartUpload: { Parts: parts } }));
+      await this.client.send(
+        new CompleteMultipartUploadCommand({ Bucket, Key: key, UploadId: uploadId, MultipartUpload: { Parts: parts } }),
+      );
       return { size };
     } catch (err) {
-      if (uploadId) await this.client.send(new AbortMultipartUploadCommand({ Bucket, Key: key, UploadId: uploadId })).catch(() => undefined);
+      if (uploadId)
+        await this.client.send(new AbortMultipartUploadCommand({ Bucket, Key: key, UploadId: uploadId })).catch(() => undefined);
       throw err;
     }
   }
 
   async get(key: string, range?: ByteRange): Promise<AsyncIterable<Uint8Array>> {
-    const res = await this.client.send(new GetObjectCommand({ Bucket: this.options.bucket, Key: key, Range: range ? `bytes=${range.start}-${range.end}` : undefined }));
+    const res = await this.client.send(
+      new GetObjectCommand({ Bucket: this.options.bucket, Key: key, Range: range ? `bytes=${range.start}-${range.end}` : undefined }),
+    );
     return res.Body as Readable;
   }
 
@@ -109,7 +119,9 @@ export class S3ObjectStore implements ObjectStore {
 
   async copy(from: string, to: string): Promise<void> {
     const Bucket = this.options.bucket;
-    await this.client.send(new CopyObjectCommand({ Bucket, Key: to, CopySource: `${Bucket}/${from.split("/").map(encodeURIComponent).join("/")}` }));
+    await this.client.send(
+      new CopyObjectCommand({ Bucket, Key: to, CopySource: `${Bucket}/${from.split("/").map(encodeURIComponent).join("/")}` }),
+    );
   }
 
   async delete(key: string): Promise<void> {
@@ -117,7 +129,10 @@ export class S3ObjectStore implements ObjectStore {
   }
 
   async presign(key: string, method: "GET" | "PUT", expiresInSeconds: number): Promise<string> {
-    const command = method === "GET" ? new GetObjectCommand({ Bucket: this.options.bucket, Key: key }) : new PutObjectCommand({ Bucket: this.options.bucket, Key: key });
+    const command =
+      method === "GET"
+        ? new GetObjectCommand({ Bucket: this.options.bucket, Key: key })
+        : new PutObjectCommand({ Bucket: this.options.bucket, Key: key });
     return getSignedUrl(this.client, command, { expiresIn: expiresInSeconds });
   }
 

@@ -2,7 +2,14 @@ import { randomUUID } from "node:crypto";
 import { LockMode, type FilterQuery } from "@mikro-orm/core";
 import type { MikroORM } from "@mikro-orm/postgresql";
 import type { AuditNote } from "../audit/audit-trail.js";
-import { AlreadyExistsError, CancelledError, FailedPreconditionError, InvalidArgumentError, NotFoundError, QuotaExceededError } from "../errors.js";
+import {
+  AlreadyExistsError,
+  CancelledError,
+  FailedPreconditionError,
+  InvalidArgumentError,
+  NotFoundError,
+  QuotaExceededError,
+} from "../errors.js";
 import { checkId } from "../ids.js";
 import { decodePageToken, encodePageToken, pageSize } from "../pagination.js";
 import type { Clock } from "../platform/clock.js";
@@ -31,7 +38,8 @@ export function checkPath(v: Violations, field: string, path: string): void {
   checkString(v, field, path, { required: true, max: MAX_PATH_BYTES });
   if (Buffer.byteLength(path) > MAX_PATH_BYTES) v.add(field, `at most ${MAX_PATH_BYTES} bytes`);
   if (path.startsWith("/") || path.endsWith("/")) v.add(field, "must be relative, without a leading or trailing '/'");
-  if (path.split("/").some((part) => part === "" || part === "." || part === "..")) v.add(field, "must not contain empty, '.' or '..' segments");
+  if (path.split("/").some((part) => part === "" || part === "." || part === ".."))
+    v.add(field, "must not contain empty, '.' or '..' segments");
   if (path.includes("\\")) v.add(field, "must use '/' as separator");
 }
 
@@ -50,11 +58,18 @@ export class WorkspaceFiles {
   ) {}
 
   /** `cancelled` aborts when the caller went away: a stream that merely ended early must not be stored. */
-  async upload(workspaceId: string, header: FileHeader, body: AsyncIterable<Uint8Array>, note: AuditNote, cancelled?: AbortSignal): Promise<WorkspaceFile> {
+  async upload(
+    workspaceId: string,
+    header: FileHeader,
+    body: AsyncIterable<Uint8Array>,
+    note: AuditNote,
+    cancelled?: AbortSignal,
+  ): Promise<WorkspaceFile> {
     const id = checkId("header.workspace_id", workspaceId);
     const v = new Violations();
     checkPath(v, "header.path", header.path);
-    if (header.contentType) checkString(v, "header.content_type", header.contentType, { max: 255, pattern: CONTENT_TYPE, patternHint: "a MIME type" });
+    if (header.contentType)
+      checkString(v, "header.content_type", header.contentType, { max: 255, pattern: CONTENT_TYPE, patternHint: "a MIME type" });
     if (header.sizeBytes !== undefined) v.check(header.sizeBytes >= 0, "header.size_bytes", "must be 0 or more");
     v.throwIfAny();
     const contentType = header.contentType || "application/octet-stream";
@@ -72,11 +87,13 @@ export class WorkspaceFiles {
     const checked = async function* () {
       for await (const chunk of body) {
         received += chunk.length;
-        if (header.sizeBytes !== undefined && received > header.sizeBytes) throw InvalidArgumentError.field("chunk", `more bytes than size_bytes (${header.sizeBytes})`);
+        if (header.sizeBytes !== undefined && received > header.sizeBytes)
+          throw InvalidArgumentError.field("chunk", `more bytes than size_bytes (${header.sizeBytes})`);
         if (received > headroom) throw refuse(received);
         yield chunk;
       }
-      if (header.sizeBytes !== undefined && received !== header.sizeBytes) throw InvalidArgumentError.field("chunk", `${received} bytes arrived, size_bytes said ${header.sizeBytes}`);
+      if (header.sizeBytes !== undefined && received !== header.sizeBytes)
+        throw InvalidArgumentError.field("chunk", `${received} bytes arrived, size_bytes said ${header.sizeBytes}`);
       if (cancelled?.aborted) throw new CancelledError();
     };
     const { size } = await this.store.put(key, checked(), contentType);
@@ -94,7 +111,16 @@ export class WorkspaceFiles {
             if (cancelled?.aborted) throw new CancelledError();
             const time = this.clock.now();
             replaced = current?.objectKey;
-            const file = current ?? em.create(WorkspaceFile, { workspace: id, path: header.path, objectKey: key, sizeBytes: size, createdAt: time, updatedAt: time });
+            const file =
+              current ??
+              em.create(WorkspaceFile, {
+                workspace: id,
+                path: header.path,
+                objectKey: key,
+                sizeBytes: size,
+                createdAt: time,
+                updatedAt: time,
+              });
             Object.assign(file, { objectKey: key, sizeBytes: size, contentType, pending: false, updatedAt: time });
             note(em, { workspaceId: id, targetId: header.path.slice(0, 128) });
             return file;
@@ -110,7 +136,12 @@ export class WorkspaceFiles {
   }
 
   /** The file's metadata and its content from `offset`, `length` bytes (0: to the end). */
-  async download(workspaceId: string, path: string, offset: number, length: number): Promise<{ file: WorkspaceFile; content: AsyncIterable<Uint8Array> }> {
+  async download(
+    workspaceId: string,
+    path: string,
+    offset: number,
+    length: number,
+  ): Promise<{ file: WorkspaceFile; content: AsyncIterable<Uint8Array> }> {
     const file = await this.find(workspaceId, path);
     const v = new Violations();
     v.check(offset >= 0 && offset <= file.sizeBytes, "offset", `must be 0 to the file size (${file.sizeBytes})`);
@@ -158,7 +189,13 @@ export class WorkspaceFiles {
    * A presigned URL. GET reads an existing file. PUT creates a new file whose size is learned once
    * the upload is seen (and refused then, object and all, if it broke the storage quota).
    */
-  async url(workspaceId: string, path: string, method: "GET" | "PUT", expiresInSeconds: number, note: AuditNote): Promise<{ url: string; expireTime: Date }> {
+  async url(
+    workspaceId: string,
+    path: string,
+    method: "GET" | "PUT",
+    expiresInSeconds: number,
+    note: AuditNote,
+  ): Promise<{ url: string; expireTime: Date }> {
     const id = checkId("workspace_id", workspaceId);
     const v = new Violations();
     checkPath(v, "path", path);
@@ -178,7 +215,10 @@ export class WorkspaceFiles {
           em.create(WorkspaceFile, { workspace: id, path, objectKey: key, sizeBytes: 0, pending: true, createdAt: now, updatedAt: now });
           note(em, { workspaceId: id, targetId: path.slice(0, 128) });
         }),
-      (c) => (c === "workspace_files_workspace_path_unique" ? new AlreadyExistsError("file", `"${path}" (delete it first, or upload with overwrite)`) : undefined),
+      (c) =>
+        c === "workspace_files_workspace_path_unique"
+          ? new AlreadyExistsError("file", `"${path}" (delete it first, or upload with overwrite)`)
+          : undefined,
     );
     return { url, expireTime };
   }
@@ -203,7 +243,8 @@ export class WorkspaceFiles {
     for (const file of await em.find(WorkspaceFile, { workspace: workspaceId, pending: true })) {
       const seen = await this.store.head(file.objectKey);
       if (!seen) {
-        if (this.clock.now().getTime() - file.createdAt.getTime() > MAX_URL_SECONDS * 1000) await em.nativeDelete(WorkspaceFile, { id: file.id, pending: true });
+        if (this.clock.now().getTime() - file.createdAt.getTime() > MAX_URL_SECONDS * 1000)
+          await em.nativeDelete(WorkspaceFile, { id: file.id, pending: true });
         continue;
       }
       // The file becomes a copy under a key of its own: the URL may still be valid, and what is PUT
@@ -227,7 +268,8 @@ export class WorkspaceFiles {
         return "settled";
       });
       if (verdict !== "settled") await this.forgetObject(key);
-      if (verdict === "refused") this.logger.warn({ workspaceId, path: file.path, bytes: size }, "a presigned upload broke the storage quota; removed");
+      if (verdict === "refused")
+        this.logger.warn({ workspaceId, path: file.path, bytes: size }, "a presigned upload broke the storage quota; removed");
       if (verdict !== "already") await this.forgetObject(file.objectKey);
     }
   }
@@ -245,12 +287,19 @@ export class WorkspaceFiles {
 
   private async presign(key: string, method: "GET" | "PUT", expiresInSeconds: number): Promise<string> {
     const url = await this.store.presign(key, method, expiresInSeconds);
-    if (!url) throw new FailedPreconditionError("this server keeps files on its local disk, which cannot hand out URLs; use UploadFile/DownloadFile");
+    if (!url)
+      throw new FailedPreconditionError(
+        "this server keeps files on its local disk, which cannot hand out URLs; use UploadFile/DownloadFile",
+      );
     return url;
   }
 
   /** Deletes an object nobody points at any more; a failure only leaves an orphan, so it is logged. */
   private async forgetObject(key: string): Promise<void> {
-    await this.store.delete(key).catch((err: unknown) => this.logger.warn({ key, error: err instanceof Error ? err.message : String(err) }, "could not delete an object"));
+    await this.store
+      .delete(key)
+      .catch((err: unknown) =>
+        this.logger.warn({ key, error: err instanceof Error ? err.message : String(err) }, "could not delete an object"),
+      );
   }
 }

@@ -45,11 +45,22 @@ export function admit(quota: QuotaLimits, usage: Usage, demand: Demand): void {
   const perModel = Object.entries(demand.gpusPerModel ?? {}).filter(([, n]) => n > 0);
   for (const [model, n] of perModel) {
     if (quota.allowedGpuModels.length > 0 && !quota.allowedGpuModels.includes(model)) {
-      throw new QuotaExceededError("allowed_gpu_models", 0, 0, n, `quota exceeded: allowed_gpu_models does not include "${model}" (allowed: ${quota.allowedGpuModels.join(", ")})`);
+      throw new QuotaExceededError(
+        "allowed_gpu_models",
+        0,
+        0,
+        n,
+        `quota exceeded: allowed_gpu_models does not include "${model}" (allowed: ${quota.allowedGpuModels.join(", ")})`,
+      );
     }
     check(`max_gpus_per_model["${model}"]`, quota.maxGpusPerModel[model], usage.gpusPerModel[model] ?? 0, n);
   }
-  check("max_gpus", quota.maxGpus, usage.gpus, perModel.reduce((sum, [, n]) => sum + n, 0));
+  check(
+    "max_gpus",
+    quota.maxGpus,
+    usage.gpus,
+    perModel.reduce((sum, [, n]) => sum + n, 0),
+  );
   check("max_environments", quota.maxEnvironments, usage.environments, demand.environments);
   check("max_cpu_millicores", quota.maxCpuMillicores, usage.cpuMillicores, demand.cpuMillicores);
   check("max_memory_bytes", quota.maxMemoryBytes, usage.memoryBytes, demand.memoryBytes);
@@ -73,7 +84,8 @@ export class QuotaLedger {
   /** Replaces the quota. It may be set below current usage: new requests are refused, nothing is stopped. */
   async set(workspaceId: string, limits: QuotaLimits, note: AuditNote): Promise<ResourceQuota> {
     const v = new Violations();
-    const nonNegative = (field: string, value: number | null) => v.check(value === null || (Number.isSafeInteger(value) && value >= 0), `quota.${field}`, "must be 0 or more");
+    const nonNegative = (field: string, value: number | null) =>
+      v.check(value === null || (Number.isSafeInteger(value) && value >= 0), `quota.${field}`, "must be 0 or more");
     nonNegative("max_gpus", limits.maxGpus);
     nonNegative("max_environments", limits.maxEnvironments);
     nonNegative("max_cpu_millicores", limits.maxCpuMillicores);
@@ -86,7 +98,9 @@ export class QuotaLedger {
       nonNegative(`max_gpus_per_model["${model}"]`, n);
     }
     v.check(limits.allowedGpuModels.length <= MAX_MODELS, "quota.allowed_gpu_models", `at most ${MAX_MODELS} models`);
-    limits.allowedGpuModels.forEach((model, i) => checkString(v, `quota.allowed_gpu_models[${i}]`, model, { required: true, max: 128 }));
+    for (const [i, model] of limits.allowedGpuModels.entries()) {
+      checkString(v, `quota.allowed_gpu_models[${i}]`, model, { required: true, max: 128 });
+    }
     v.throwIfAny();
 
     return this.orm.em.fork().transactional(async (em) => {

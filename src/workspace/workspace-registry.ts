@@ -50,7 +50,12 @@ export class WorkspaceRegistry {
   /** Creates a workspace with an unlimited quota. */
   async create(input: WorkspaceInput, note: AuditNote): Promise<Workspace> {
     const v = new Violations();
-    checkString(v, "name", input.name, { required: true, max: 63, pattern: SLUG, patternHint: "lowercase letters, digits and '-', starting with a letter, not ending with '-'" });
+    checkString(v, "name", input.name, {
+      required: true,
+      max: 63,
+      pattern: SLUG,
+      patternHint: "lowercase letters, digits and '-', starting with a letter, not ending with '-'",
+    });
     checkString(v, "display_name", input.displayName, { max: 200 });
     checkLabels(v, "labels", input.labels);
     v.throwIfAny();
@@ -59,7 +64,12 @@ export class WorkspaceRegistry {
     return onUniqueViolation(
       () =>
         this.orm.em.fork().transactional(async (em) => {
-          const workspace = em.create(Workspace, { ...input, displayName: input.displayName || input.name, createdAt: now, updatedAt: now });
+          const workspace = em.create(Workspace, {
+            ...input,
+            displayName: input.displayName || input.name,
+            createdAt: now,
+            updatedAt: now,
+          });
           em.create(ResourceQuota, { workspace, updatedAt: now });
           note(em, { workspaceId: workspace.id, targetId: workspace.id });
           return workspace;
@@ -84,7 +94,11 @@ export class WorkspaceRegistry {
     }
     const em = this.orm.em.fork();
     const [rows, totalSize] = await Promise.all([
-      em.find(Workspace, { $and: after ? [...where, { name: { $gt: after[0] as string } }] : where }, { orderBy: { name: "asc" }, limit: limit + 1 }),
+      em.find(
+        Workspace,
+        { $and: after ? [...where, { name: { $gt: after[0] as string } }] : where },
+        { orderBy: { name: "asc" }, limit: limit + 1 },
+      ),
       em.count(Workspace, { $and: where }),
     ]);
     const items = rows.slice(0, limit);
@@ -94,9 +108,15 @@ export class WorkspaceRegistry {
 
   /** Changes the fields named in `fields` (update-mask paths) to their values in `patch`. */
   async update(id: string, patch: WorkspacePatch, fields: string[], note: AuditNote): Promise<Workspace> {
-    if (fields.length === 0) throw InvalidArgumentError.field("update_mask", `name at least one of: ${UPDATABLE_WORKSPACE_FIELDS.join(", ")}`);
+    if (fields.length === 0)
+      throw InvalidArgumentError.field("update_mask", `name at least one of: ${UPDATABLE_WORKSPACE_FIELDS.join(", ")}`);
     const v = new Violations();
-    for (const f of fields) v.check((UPDATABLE_WORKSPACE_FIELDS as readonly string[]).includes(f), "update_mask", `"${f}" cannot be updated; allowed: ${UPDATABLE_WORKSPACE_FIELDS.join(", ")}`);
+    for (const f of fields)
+      v.check(
+        (UPDATABLE_WORKSPACE_FIELDS as readonly string[]).includes(f),
+        "update_mask",
+        `"${f}" cannot be updated; allowed: ${UPDATABLE_WORKSPACE_FIELDS.join(", ")}`,
+      );
     if (patch.displayName !== undefined) checkString(v, "workspace.display_name", patch.displayName, { max: 200 });
     if (patch.labels !== undefined) checkLabels(v, "workspace.labels", patch.labels);
     v.throwIfAny();
@@ -120,7 +140,9 @@ export class WorkspaceRegistry {
     const check = async (em: EntityManager, workspace: Workspace) => {
       const [environments, files] = await Promise.all([em.count(Environment, { workspace }), em.count(WorkspaceFile, { workspace })]);
       if (environments + files > 0) {
-        throw new FailedPreconditionError(`workspace "${workspace.name}" still has ${environments} environment(s) and ${files} file(s); delete them first or pass force`);
+        throw new FailedPreconditionError(
+          `workspace "${workspace.name}" still has ${environments} environment(s) and ${files} file(s); delete them first or pass force`,
+        );
       }
     };
     const workspace = await this.get(workspaceId);
@@ -130,7 +152,9 @@ export class WorkspaceRegistry {
     await this.orm.em.fork().transactional(async (em) => {
       // The quota row first, as every reservation takes it: the cascade below would otherwise take
       // it after the workspace row, the other way round from a concurrent CreateEnvironment.
-      await em.getConnection().execute("select 1 from resource_quotas where workspace_id = ? for update", [workspaceId], "all", em.getTransactionContext());
+      await em
+        .getConnection()
+        .execute("select 1 from resource_quotas where workspace_id = ? for update", [workspaceId], "all", em.getTransactionContext());
       const locked = await this.find(em, workspaceId, LockMode.PESSIMISTIC_WRITE);
       await check(em, locked);
       note(em, { workspaceId: locked.id, targetId: locked.id });

@@ -25,7 +25,15 @@ export const WorkspaceSchema = new EntitySchema<Workspace>({
 
 /** One row per workspace; a null limit is unlimited. The row is locked while reserving. */
 export class ResourceQuota {
-  declare [OptionalProps]?: "maxGpus" | "maxGpusPerModel" | "allowedGpuModels" | "maxEnvironments" | "maxCpuMillicores" | "maxMemoryBytes" | "maxStorageBytes" | "version";
+  declare [OptionalProps]?:
+    | "maxGpus"
+    | "maxGpusPerModel"
+    | "allowedGpuModels"
+    | "maxEnvironments"
+    | "maxCpuMillicores"
+    | "maxMemoryBytes"
+    | "maxStorageBytes"
+    | "version";
   workspace!: Workspace;
   maxGpus: number | null = null;
   maxGpusPerModel: Record<string, number> = {};

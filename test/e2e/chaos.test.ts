@@ -52,7 +52,14 @@ function random(seed: number): () => number {
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Errors that say the call changed nothing (its transaction rolled back); any other error leaves the outcome unknown. */
-const REFUSALS = new Set([Code.FailedPrecondition, Code.NotFound, Code.AlreadyExists, Code.ResourceExhausted, Code.InvalidArgument, Code.Aborted]);
+const REFUSALS = new Set([
+  Code.FailedPrecondition,
+  Code.NotFound,
+  Code.AlreadyExists,
+  Code.ResourceExhausted,
+  Code.InvalidArgument,
+  Code.Aborted,
+]);
 
 /**
  * Whether the server refused the call. Only an answer from the server counts (it carries the
@@ -89,7 +96,22 @@ interface HostUnderTest {
 }
 
 interface Snapshot {
-  envs: { id: string; workspace_id: string; name: string; status: string; status_message: string; host_id: string | null; gpu_count: number; port_count: number; generation: number; workload_state: string; workload_generation: number; attempts: number; acted_at: Date | null; transitions: unknown }[];
+  envs: {
+    id: string;
+    workspace_id: string;
+    name: string;
+    status: string;
+    status_message: string;
+    host_id: string | null;
+    gpu_count: number;
+    port_count: number;
+    generation: number;
+    workload_state: string;
+    workload_generation: number;
+    attempts: number;
+    acted_at: Date | null;
+    transitions: unknown;
+  }[];
   gpus: { id: string; host_id: string; uuid: string; status: string; holder: string | null; environment_id: string | null }[];
   ports: { environment_id: string; host_id: string; host_port: number; name: string }[];
   quotas: { workspace_id: string; max_gpus: number; max_environments: number }[];
@@ -130,8 +152,20 @@ describe("e2e: the control plane SIGKILLed at random points of a mixed workload,
       const message = err instanceof Error ? err.message : String(err);
       // Every server's output, kept for reading after the test's own folders are gone.
       const logs = await mkdtemp(path.join(tmpdir(), "remotegpu-chaos-logs-"));
-      for (const [i, s] of servers.entries()) await writeFile(path.join(logs, `server-${i}.log`), `${s.stdout()}\n--- stderr ---\n${s.stderr()}`);
-      throw new Error(`[replay with CHAOS_SEED=${SEED}] ${message}\n--- test log ---\n${log.slice(-60).join("\n")}\n--- server logs: ${logs} ---\n--- last server ---\n${servers.at(-1)?.stdout().split("\n").filter((l) => /"level":(40|50|60)/.test(l)).slice(-30).join("\n") ?? ""}\n${servers.at(-1)?.stderr().slice(-2000) ?? ""}`, { cause: err });
+      for (const [i, s] of servers.entries())
+        await writeFile(path.join(logs, `server-${i}.log`), `${s.stdout()}\n--- stderr ---\n${s.stderr()}`);
+      throw new Error(
+        `[replay with CHAOS_SEED=${SEED}] ${message}\n--- test log ---\n${log.slice(-60).join("\n")}\n--- server logs: ${logs} ---\n--- last server ---\n${
+          servers
+            .at(-1)
+            ?.stdout()
+            .split("\n")
+            .filter((l) => /"level":(40|50|60)/.test(l))
+            .slice(-30)
+            .join("\n") ?? ""
+        }\n${servers.at(-1)?.stderr().slice(-2000) ?? ""}`,
+        { cause: err },
+      );
     }
     if (process.env.CHAOS_VERBOSE) console.log(log.join("\n"));
   });
@@ -177,7 +211,9 @@ describe("e2e: the control plane SIGKILLed at random points of a mixed workload,
       server = undefined;
       // Really gone for PostgreSQL too: its sessions (and the leader lock with them) have ended.
       await eventually("the killed server's database sessions to end", async () => {
-        const { rows } = await pool.query<{ n: number }>("select count(*)::int as n from pg_stat_activity where datname = current_database() and application_name <> 'chaos-test'");
+        const { rows } = await pool.query<{ n: number }>(
+          "select count(*)::int as n from pg_stat_activity where datname = current_database() and application_name <> 'chaos-test'",
+        );
         return rows[0]!.n === 0;
       });
     };
@@ -186,7 +222,13 @@ describe("e2e: the control plane SIGKILLed at random points of a mixed workload,
     await start();
     for (let i = 0; i < 3; i++) {
       const { host, agentToken } = await api.client(HostService).createHost({ name: `chaos-${i}`, address: `10.9.0.${i + 1}` });
-      hosts.push({ id: host!.id, name: host!.name, token: agentToken, gpus: Array.from({ length: GPUS_PER_HOST }, (_, g) => ({ index: g, uuid: `GPU-chaos-${i}-${g}` })), agents: [] });
+      hosts.push({
+        id: host!.id,
+        name: host!.name,
+        token: agentToken,
+        gpus: Array.from({ length: GPUS_PER_HOST }, (_, g) => ({ index: g, uuid: `GPU-chaos-${i}-${g}` })),
+        agents: [],
+      });
     }
     const workspaces = api.client(WorkspaceService);
     const wsA = (await workspaces.createWorkspace({ name: "chaos-a" })).workspace!.id;
@@ -234,7 +276,14 @@ describe("e2e: the control plane SIGKILLed at random points of a mixed workload,
       return candidates.length === 0 ? undefined : candidates[Math.floor(r() * candidates.length)];
     };
     /** Runs one call on `t`; `ok` and `unknown` update what `t` may have become. */
-    const call = async (t: Tracked, what: string, fn: () => Promise<unknown>, ok: () => void, unknown: () => void, refused: () => void = () => undefined) => {
+    const call = async (
+      t: Tracked,
+      what: string,
+      fn: () => Promise<unknown>,
+      ok: () => void,
+      unknown: () => void,
+      refused: () => void = () => undefined,
+    ) => {
       t.busy = true;
       const stable = t.stableGeneration;
       t.stableGeneration = undefined; // unless refused: then nothing changed
@@ -247,7 +296,8 @@ describe("e2e: the control plane SIGKILLed at random points of a mixed workload,
       } catch (err) {
         const e = ConnectError.from(err);
         t.history.push(`${what}@${sent}ms: ${Code[e.code]} ${e.rawMessage.slice(0, 80)}`);
-        if (e.code === Code.NotFound && isRefusal(e) && !t.possible.has("GONE")) violations.push(`${what} ${t.key}: NOT_FOUND, but it should exist (${[...t.possible].join("|")})`);
+        if (e.code === Code.NotFound && isRefusal(e) && !t.possible.has("GONE"))
+          violations.push(`${what} ${t.key}: NOT_FOUND, but it should exist (${[...t.possible].join("|")})`);
         if (isRefusal(e)) {
           const kind = `${what} ${Code[e.code]}`;
           counts[kind] = (counts[kind] ?? 0) + 1;
@@ -269,13 +319,28 @@ describe("e2e: the control plane SIGKILLed at random points of a mixed workload,
       if (dice < 0.3) {
         counts.create++;
         const name = `e${++created}`;
-        const t: Tracked = { key: `${workspaceId === wsA ? "a" : "b"}/${name}`, workspaceId, name, gpuCount: Math.floor(r() * 3), portCount: Math.floor(r() * 3), possible: new Set(["GONE", "RUNNING"]), busy: false, history: [] };
+        const t: Tracked = {
+          key: `${workspaceId === wsA ? "a" : "b"}/${name}`,
+          workspaceId,
+          name,
+          gpuCount: Math.floor(r() * 3),
+          portCount: Math.floor(r() * 3),
+          possible: new Set(["GONE", "RUNNING"]),
+          busy: false,
+          history: [],
+        };
         tracked.set(t.key, t);
         const ports = Array.from({ length: t.portCount }, (_, i) => ({ name: `p${i}`, containerPort: 8000 + i }));
         await call(
           t,
           "create",
-          async () => (t.id = (await envs.createEnvironment({ workspaceId, name, image: "img", command: ["x"], gpuCount: t.gpuCount, ports }, { timeoutMs: 15_000 })).environment!.id),
+          async () =>
+            (t.id = (
+              await envs.createEnvironment(
+                { workspaceId, name, image: "img", command: ["x"], gpuCount: t.gpuCount, ports },
+                { timeoutMs: 15_000 },
+              )
+            ).environment!.id),
           () => (t.possible = new Set(["RUNNING"])),
           () => undefined,
           () => (t.possible = new Set(["GONE"])),
@@ -284,23 +349,47 @@ describe("e2e: the control plane SIGKILLed at random points of a mixed workload,
         const t = pick(r, (t) => t.possible.has("RUNNING"));
         if (!t) return;
         counts.stop++;
-        await call(t, "stop", () => envs.stopEnvironment({ id: t.id! }, { timeoutMs: 15_000 }), () => (t.possible = new Set(["STOPPED"])), () => t.possible.add("STOPPED"));
+        await call(
+          t,
+          "stop",
+          () => envs.stopEnvironment({ id: t.id! }, { timeoutMs: 15_000 }),
+          () => (t.possible = new Set(["STOPPED"])),
+          () => t.possible.add("STOPPED"),
+        );
       } else if (dice < 0.7) {
         const t = pick(r, (t) => t.possible.has("STOPPED"));
         if (!t) return;
         counts.start++;
-        await call(t, "start", () => envs.startEnvironment({ id: t.id! }, { timeoutMs: 15_000 }), () => (t.possible = new Set(["RUNNING"])), () => t.possible.add("RUNNING"));
+        await call(
+          t,
+          "start",
+          () => envs.startEnvironment({ id: t.id! }, { timeoutMs: 15_000 }),
+          () => (t.possible = new Set(["RUNNING"])),
+          () => t.possible.add("RUNNING"),
+        );
       } else if (dice < 0.8) {
         const t = pick(r, (t) => t.possible.has("RUNNING") || t.possible.has("STOPPED"));
         if (!t) return;
         counts.delete++;
-        await call(t, "delete", () => envs.deleteEnvironment({ id: t.id! }, { timeoutMs: 15_000 }), () => (t.possible = new Set(["GONE"])), () => t.possible.add("GONE"));
+        await call(
+          t,
+          "delete",
+          () => envs.deleteEnvironment({ id: t.id! }, { timeoutMs: 15_000 }),
+          () => (t.possible = new Set(["GONE"])),
+          () => t.possible.add("GONE"),
+        );
       } else if (dice < 0.85) {
         const t = pick(r, (t) => t.possible.has("RUNNING"));
         if (!t) return;
         counts.restart++;
         // Only a RUNNING one restarts, and it stays RUNNING (at a new generation, on the same GPUs).
-        await call(t, "restart", () => envs.restartEnvironment({ id: t.id! }, { timeoutMs: 15_000 }), () => (t.possible = new Set(["RUNNING"])), () => undefined);
+        await call(
+          t,
+          "restart",
+          () => envs.restartEnvironment({ id: t.id! }, { timeoutMs: 15_000 }),
+          () => (t.possible = new Set(["RUNNING"])),
+          () => undefined,
+        );
       } else {
         counts.read++;
         const t = pick(r, (t) => !t.possible.has("GONE"));
@@ -310,7 +399,8 @@ describe("e2e: the control plane SIGKILLed at random points of a mixed workload,
           .getEnvironment({ id: t.id! }, { timeoutMs: 15_000 })
           .catch((err: unknown) => {
             const e = ConnectError.from(err);
-            if (e.code === Code.NotFound && isRefusal(e) && !t.possible.has("GONE")) violations.push(`get ${t.key}: NOT_FOUND, but it should exist`);
+            if (e.code === Code.NotFound && isRefusal(e) && !t.possible.has("GONE"))
+              violations.push(`get ${t.key}: NOT_FOUND, but it should exist`);
             if (e.code === Code.NotFound && isRefusal(e)) t.possible = new Set(["GONE"]);
           })
           .finally(() => (t.busy = false));
@@ -362,14 +452,16 @@ describe("e2e: the control plane SIGKILLed at random points of a mixed workload,
       const envById = new Map(s.envs.map((e) => [e.id, e]));
       for (const g of s.gpus) {
         if (g.environment_id === null) {
-          if (g.status === "ALLOCATED" || g.holder !== null) problems.push(`GPU ${g.uuid} is ${g.status} held by ${g.holder} without an environment`);
+          if (g.status === "ALLOCATED" || g.holder !== null)
+            problems.push(`GPU ${g.uuid} is ${g.status} held by ${g.holder} without an environment`);
           continue;
         }
         const e = envById.get(g.environment_id);
         if (!e) problems.push(`GPU ${g.uuid} points at environment ${g.environment_id}, which does not exist`);
         else if (!HOLDING.includes(e.status)) problems.push(`GPU ${g.uuid} is held by ${e.name}, which is ${e.status}`);
         else if (e.host_id !== g.host_id) problems.push(`GPU ${g.uuid} is on another host than its environment ${e.name}`);
-        if (g.status !== "ALLOCATED" || g.holder !== `environment:${g.environment_id}`) problems.push(`GPU ${g.uuid} of ${e?.name} is ${g.status}, holder ${g.holder}`);
+        if (g.status !== "ALLOCATED" || g.holder !== `environment:${g.environment_id}`)
+          problems.push(`GPU ${g.uuid} of ${e?.name} is ${g.status}, holder ${g.holder}`);
       }
       const seen = new Set<string>();
       for (const p of s.ports) {
@@ -386,13 +478,16 @@ describe("e2e: the control plane SIGKILLed at random points of a mixed workload,
         const ports = s.ports.filter((p) => p.environment_id === e.id).length;
         // DELETING keeps what it held before: everything, or nothing when it was STOPPED or FAILED.
         const holds = HOLDING.includes(e.status) && !(e.status === "DELETING" && gpus === 0 && ports === 0);
-        if (gpus !== (holds ? e.gpu_count : 0)) problems.push(`${e.name} (${e.status}) holds ${gpus} GPU(s), should hold ${holds ? e.gpu_count : 0}`);
-        if (ports !== (holds ? e.port_count : 0)) problems.push(`${e.name} (${e.status}) holds ${ports} port(s), should hold ${holds ? e.port_count : 0}`);
+        if (gpus !== (holds ? e.gpu_count : 0))
+          problems.push(`${e.name} (${e.status}) holds ${gpus} GPU(s), should hold ${holds ? e.gpu_count : 0}`);
+        if (ports !== (holds ? e.port_count : 0))
+          problems.push(`${e.name} (${e.status}) holds ${ports} port(s), should hold ${holds ? e.port_count : 0}`);
       }
       for (const q of s.quotas) {
         const mine = s.envs.filter((e) => e.workspace_id === q.workspace_id && e.status !== "DELETED");
         const gpus = s.gpus.filter((g) => mine.some((e) => e.id === g.environment_id)).length;
-        if (mine.length > q.max_environments) problems.push(`workspace ${q.workspace_id} has ${mine.length} environments, quota ${q.max_environments}`);
+        if (mine.length > q.max_environments)
+          problems.push(`workspace ${q.workspace_id} has ${mine.length} environments, quota ${q.max_environments}`);
         if (gpus > q.max_gpus) problems.push(`workspace ${q.workspace_id} holds ${gpus} GPUs, quota ${q.max_gpus}`);
       }
       assert.deepEqual(problems, [], `${when}: ${problems.length} broken invariant(s)`);
@@ -401,7 +496,10 @@ describe("e2e: the control plane SIGKILLed at random points of a mixed workload,
     const describeStuck = (s: Snapshot) =>
       s.envs
         .filter((e) => e.status !== "RUNNING" && e.status !== "STOPPED")
-        .map((e) => `${e.name} ${e.status} "${e.status_message}" gen ${e.generation} workload ${e.workload_state || "-"}@${e.workload_generation} attempts ${e.attempts} acted ${e.acted_at?.toISOString() ?? "-"} host ${s.hosts.find((h) => h.id === e.host_id)?.name}`)
+        .map(
+          (e) =>
+            `${e.name} ${e.status} "${e.status_message}" gen ${e.generation} workload ${e.workload_state || "-"}@${e.workload_generation} attempts ${e.attempts} acted ${e.acted_at?.toISOString() ?? "-"} host ${s.hosts.find((h) => h.id === e.host_id)?.name}`,
+        )
         .join("\n");
 
     /** After a restart: wait until nothing is in a transitional state, then check everything. */
@@ -411,14 +509,20 @@ describe("e2e: the control plane SIGKILLed at random points of a mixed workload,
         `round ${round}: every environment RUNNING, STOPPED or gone`,
         async () => {
           const s = await snapshot();
-          const done = s.envs.every((e) => !HOLDING.includes(e.status) || e.status === "RUNNING") && s.hosts.every((h) => h.status === "ONLINE");
+          const done =
+            s.envs.every((e) => !HOLDING.includes(e.status) || e.status === "RUNNING") && s.hosts.every((h) => h.status === "ONLINE");
           if (!done) last = s;
           return done;
         },
         60_000,
         250,
       ).catch((err: Error) => {
-        const agents = hosts.map((h) => `${h.name}: runs ${[...h.agents.at(-1)!.running].map(([id, g]) => `${last?.envs.find((e) => e.id === id)?.name ?? id}@${g}`).join(" ")}`).join("\n");
+        const agents = hosts
+          .map(
+            (h) =>
+              `${h.name}: runs ${[...h.agents.at(-1)!.running].map(([id, g]) => `${last?.envs.find((e) => e.id === id)?.name ?? id}@${g}`).join(" ")}`,
+          )
+          .join("\n");
         throw new Error(`${err.message}\n${last ? describeStuck(last) : ""}\n${agents}`);
       });
 
@@ -427,16 +531,33 @@ describe("e2e: the control plane SIGKILLed at random points of a mixed workload,
         const s = await snapshot();
         return hosts.map((h) => ({
           host: h.name,
-          runs: Object.fromEntries(s.envs.filter((e) => e.status === "RUNNING" && e.host_id === h.id).map((e) => [e.name, e.generation]).sort()),
+          runs: Object.fromEntries(
+            s.envs
+              .filter((e) => e.status === "RUNNING" && e.host_id === h.id)
+              .map((e) => [e.name, e.generation])
+              .sort(),
+          ),
         }));
       };
       const actual = async () => {
         const s = await snapshot();
         const name = (id: string) => s.envs.find((e) => e.id === id)?.name ?? `unknown ${id}`;
-        return hosts.map((h) => ({ host: h.name, runs: Object.fromEntries([...h.agents.at(-1)!.running].map(([id, g]) => [name(id), Number(g)]).sort()) }));
+        return hosts.map((h) => ({
+          host: h.name,
+          runs: Object.fromEntries([...h.agents.at(-1)!.running].map(([id, g]) => [name(id), Number(g)]).sort()),
+        }));
       };
-      await eventually(`round ${round}: agents run what the database has RUNNING`, async () => JSON.stringify(await actual()) === JSON.stringify(await expected()), 20_000, 250).catch(async () =>
-        assert.deepEqual(await actual(), await expected(), `round ${round}: agents run exactly the RUNNING environments (no leaked workload)`),
+      await eventually(
+        `round ${round}: agents run what the database has RUNNING`,
+        async () => JSON.stringify(await actual()) === JSON.stringify(await expected()),
+        20_000,
+        250,
+      ).catch(async () =>
+        assert.deepEqual(
+          await actual(),
+          await expected(),
+          `round ${round}: agents run exactly the RUNNING environments (no leaked workload)`,
+        ),
       );
 
       const s = await snapshot();
@@ -451,7 +572,9 @@ describe("e2e: the control plane SIGKILLed at random points of a mixed workload,
       for (const h of hosts) {
         const runs = new Map<string, RunEnvironmentCommand>();
         for (const a of h.agents) {
-          for (const c of a.commands) if (c.command.case === "runEnvironment") runs.set(`${c.command.value.environmentId}@${c.command.value.generation}`, c.command.value);
+          for (const c of a.commands)
+            if (c.command.case === "runEnvironment")
+              runs.set(`${c.command.value.environmentId}@${c.command.value.generation}`, c.command.value);
         }
         const gpuOwners = new Map<string, string>();
         const portOwners = new Map<number, string>();
@@ -464,12 +587,25 @@ describe("e2e: the control plane SIGKILLed at random points of a mixed workload,
             gpuOwners.set(uuid, e.name);
           }
           for (const p of spec.ports) {
-            assert.ok(!portOwners.has(p.hostPort), `${h.name}: host port ${p.hostPort} given to ${portOwners.get(p.hostPort)} and ${e.name}`);
+            assert.ok(
+              !portOwners.has(p.hostPort),
+              `${h.name}: host port ${p.hostPort} given to ${portOwners.get(p.hostPort)} and ${e.name}`,
+            );
             portOwners.set(p.hostPort, e.name);
           }
-          const held = s.gpus.filter((g) => g.environment_id === id).map((g) => g.uuid).sort();
+          const held = s.gpus
+            .filter((g) => g.environment_id === id)
+            .map((g) => g.uuid)
+            .sort();
           assert.deepEqual([...spec.gpuUuids].sort(), held, `${e.name} runs on the GPUs the database gave it`);
-          assert.deepEqual(spec.ports.map((p) => p.hostPort).sort(), s.ports.filter((p) => p.environment_id === id).map((p) => p.host_port).sort(), `${e.name} runs with the ports the database gave it`);
+          assert.deepEqual(
+            spec.ports.map((p) => p.hostPort).sort(),
+            s.ports
+              .filter((p) => p.environment_id === id)
+              .map((p) => p.host_port)
+              .sort(),
+            `${e.name} runs with the ports the database gave it`,
+          );
         }
       }
 
@@ -479,13 +615,21 @@ describe("e2e: the control plane SIGKILLed at random points of a mixed workload,
         const mine = s.envs.filter((e) => e.workspace_id === workspaceId);
         assert.deepEqual(
           listed.map((e) => `${e.name}=${EnvironmentStatus[e.status]}:${e.gpuIds.length}gpu:${e.portMappings.length}port`).sort(),
-          mine.map((e) => `${e.name}=${e.status}:${e.status === "RUNNING" ? e.gpu_count : 0}gpu:${e.status === "RUNNING" ? e.port_count : 0}port`).sort(),
+          mine
+            .map(
+              (e) =>
+                `${e.name}=${e.status}:${e.status === "RUNNING" ? e.gpu_count : 0}gpu:${e.status === "RUNNING" ? e.port_count : 0}port`,
+            )
+            .sort(),
           `round ${round}: the API lists what the database holds`,
         );
         const { usage, quota } = await workspaces.getUsage({ workspaceId });
         const gpus = s.gpus.filter((g) => mine.some((e) => e.id === g.environment_id)).length;
         assert.deepEqual([usage!.environments, usage!.gpus], [mine.length, gpus], "usage is what the workspace holds");
-        assert.ok(usage!.environments <= quota!.maxEnvironments! && usage!.gpus <= quota!.maxGpus!, `usage ${usage!.environments} env / ${usage!.gpus} GPU within quota`);
+        assert.ok(
+          usage!.environments <= quota!.maxEnvironments! && usage!.gpus <= quota!.maxGpus!,
+          `usage ${usage!.environments} env / ${usage!.gpus} GPU within quota`,
+        );
       }
 
       // Nothing lost: every environment is where the answers the workload got say it should be.
@@ -494,9 +638,14 @@ describe("e2e: the control plane SIGKILLed at random points of a mixed workload,
       for (const t of tracked.values()) {
         const row = s.envs.find((e) => e.workspace_id === t.workspaceId && e.name === t.name);
         const state: Desired | string = row === undefined ? "GONE" : row.status;
-        if (!t.possible.has(state as Desired)) lost.push(`${t.key} is ${state}, should be ${[...t.possible].join(" or ")}; calls: ${t.history.join("; ")}; transitions: ${row ? JSON.stringify(row.transitions) : "-"}`);
+        if (!t.possible.has(state as Desired))
+          lost.push(
+            `${t.key} is ${state}, should be ${[...t.possible].join(" or ")}; calls: ${t.history.join("; ")}; transitions: ${row ? JSON.stringify(row.transitions) : "-"}`,
+          );
         if (t.stableGeneration !== undefined && (state !== "RUNNING" || row!.generation !== t.stableGeneration)) {
-          lost.push(`${t.key} was RUNNING at generation ${t.stableGeneration} and no call changed it since, now ${state} at generation ${row?.generation}`);
+          lost.push(
+            `${t.key} was RUNNING at generation ${t.stableGeneration} and no call changed it since, now ${state} at generation ${row?.generation}`,
+          );
         }
         if (row) t.id = row.id;
         // From here on, only answers after this check count.
@@ -505,18 +654,26 @@ describe("e2e: the control plane SIGKILLed at random points of a mixed workload,
         if (state === "GONE") tracked.delete(t.key);
       }
       for (const e of s.envs) {
-        if (![...tracked.values()].some((t) => t.workspaceId === e.workspace_id && t.name === e.name)) lost.push(`${e.name} exists but the workload never created it`);
+        if (![...tracked.values()].some((t) => t.workspaceId === e.workspace_id && t.name === e.name))
+          lost.push(`${e.name} exists but the workload never created it`);
       }
       assert.deepEqual(lost, [], `round ${round}: environments where the answers say they should be`);
       if (last && process.env.CHAOS_VERBOSE) note(`round ${round}: the last to settle:\n${describeStuck(last)}`);
-      note(`round ${round} converged: ${s.envs.filter((e) => e.status === "RUNNING").length} running, ${s.envs.filter((e) => e.status === "STOPPED").length} stopped, ${s.gpus.filter((g) => g.environment_id).length} GPUs held`);
+      note(
+        `round ${round} converged: ${s.envs.filter((e) => e.status === "RUNNING").length} running, ${s.envs.filter((e) => e.status === "STOPPED").length} stopped, ${s.gpus.filter((g) => g.environment_id).length} GPUs held`,
+      );
     };
 
     /** What a killed server left must hold as it is: each of its transactions committed whole or not at all. */
     const checkKilled = async (round: number) => {
       const left = await snapshot();
       const statuses = HOLDING.concat("STOPPED", "FAILED").map((st) => [st, left.envs.filter((e) => e.status === st).length] as const);
-      note(`round ${round}: the killed server left ${statuses.filter(([, n]) => n > 0).map(([st, n]) => `${n} ${st}`).join(", ")}`);
+      note(
+        `round ${round}: the killed server left ${statuses
+          .filter(([, n]) => n > 0)
+          .map(([st, n]) => `${n} ${st}`)
+          .join(", ")}`,
+      );
       checkHoldings(left, `round ${round}, right after the kill`);
     };
 
@@ -526,8 +683,26 @@ describe("e2e: the control plane SIGKILLed at random points of a mixed workload,
     await Promise.all(hosts.map((h) => connect(h, lives)));
     for (const [i, workspaceId] of workspaceIds.entries()) {
       const name = `keeper-${i}`;
-      const { environment } = await envs.createEnvironment({ workspaceId, name, image: "img", command: ["x"], gpuCount: 1, ports: [{ name: "ssh", containerPort: 22 }] });
-      tracked.set(name, { key: name, workspaceId, name, id: environment!.id, gpuCount: 1, portCount: 1, possible: new Set(["RUNNING"]), busy: false, history: [], keeper: true });
+      const { environment } = await envs.createEnvironment({
+        workspaceId,
+        name,
+        image: "img",
+        command: ["x"],
+        gpuCount: 1,
+        ports: [{ name: "ssh", containerPort: 22 }],
+      });
+      tracked.set(name, {
+        key: name,
+        workspaceId,
+        name,
+        id: environment!.id,
+        gpuCount: 1,
+        portCount: 1,
+        possible: new Set(["RUNNING"]),
+        busy: false,
+        history: [],
+        keeper: true,
+      });
     }
     for (let round = 0; ; round++) {
       if (round > 0) await start();
@@ -535,7 +710,8 @@ describe("e2e: the control plane SIGKILLed at random points of a mixed workload,
       // Most agents are back within moments; now and then one takes a while, and the reconciler
       // meanwhile tries to reach it in vain.
       const delays = hosts.map(() => (rng() < 0.2 ? 4000 + rng() * 6000 : rng() * 2500));
-      const reconnected = round === 0 ? Promise.resolve() : Promise.all(hosts.map((h, i) => sleep(delays[i]!).then(() => connect(h, life))));
+      const reconnected =
+        round === 0 ? Promise.resolve() : Promise.all(hosts.map((h, i) => sleep(delays[i]!).then(() => connect(h, life))));
       if (round > 0 && lives < KILLS && rng() < 0.3) {
         const afterMs = Math.floor(rng() * 3000);
         await workload(

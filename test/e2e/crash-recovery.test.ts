@@ -25,7 +25,16 @@ describe("e2e: the control plane SIGKILLed while creating environments", functio
   it("converges after a restart: every environment RUNNING or FAILED, nothing leaked, the agent runs exactly the RUNNING ones", async () => {
     const port = await freePort();
     const start = async () => {
-      const s = spawnServer(serverEnv({ DATABASE_URL: db.url, PORT: String(port), BIND_ADDRESS: "127.0.0.1", REMOTEGPU_ADMIN_TOKEN: ADMIN_TOKEN, LOG_LEVEL: "info", HOST_PORT_RANGE: "41000-41999" }));
+      const s = spawnServer(
+        serverEnv({
+          DATABASE_URL: db.url,
+          PORT: String(port),
+          BIND_ADDRESS: "127.0.0.1",
+          REMOTEGPU_ADMIN_TOKEN: ADMIN_TOKEN,
+          LOG_LEVEL: "info",
+          HOST_PORT_RANGE: "41000-41999",
+        }),
+      );
       spawned.push(s);
       await s.listening(30_000);
       return s;
@@ -44,7 +53,14 @@ describe("e2e: the control plane SIGKILLed while creating environments", functio
     let answered = 0;
     const inFlight = Array.from({ length: 60 }, (_, i) =>
       envs
-        .createEnvironment({ workspaceId: ws, name: `c${i}`, image: "img", command: ["x"], gpuCount: i % 2, ports: [{ name: "web", containerPort: 80 }] })
+        .createEnvironment({
+          workspaceId: ws,
+          name: `c${i}`,
+          image: "img",
+          command: ["x"],
+          gpuCount: i % 2,
+          ports: [{ name: "web", containerPort: 80 }],
+        })
         .catch(() => undefined)
         .finally(() => answered++),
     );
@@ -78,6 +94,10 @@ describe("e2e: the control plane SIGKILLed while creating environments", functio
     await new Promise((r) => setTimeout(r, 500));
     assert.deepEqual([...back.running.keys()].sort(), running.map((e) => e.id).sort());
     const usage = (await api.client(WorkspaceService).getUsage({ workspaceId: ws })).usage!;
-    assert.equal(usage.gpus, running.reduce((n, e) => n + e.gpuIds.length, 0), "GPU usage is what RUNNING environments hold");
+    assert.equal(
+      usage.gpus,
+      running.reduce((n, e) => n + e.gpuIds.length, 0),
+      "GPU usage is what RUNNING environments hold",
+    );
   });
 });

@@ -14,7 +14,12 @@ describe("200 concurrent CreateEnvironment calls (real PostgreSQL, real server)"
     server = await startTestServer({ env: { HOST_PORT_RANGE: "40000-40999" } });
     for (let h = 0; h < 3; h++) {
       const res = await server.client(HostService).createHost({ name: `busy-${h}`, address: `10.3.0.${h}` });
-      const agent = new WorkloadAgent(server, res.agentToken, res.host!.id, Array.from({ length: 8 }, (_, i) => ({ index: i, uuid: `GPU-busy-${h}-${i}` })));
+      const agent = new WorkloadAgent(
+        server,
+        res.agentToken,
+        res.host!.id,
+        Array.from({ length: 8 }, (_, i) => ({ index: i, uuid: `GPU-busy-${h}-${i}` })),
+      );
       await agent.welcome;
       agents.push(agent);
     }
@@ -37,7 +42,9 @@ describe("200 concurrent CreateEnvironment calls (real PostgreSQL, real server)"
       const gpuCount = i % 4; // 0 to 3 GPUs
       const ports = Array.from({ length: 1 + (i % 3) }, (_, p) => ({ name: `p${p}`, containerPort: 8000 + p }));
       // ABORTED means "lost a race, retry": a client does, as this one.
-      const attempt = (left: number): Promise<{ ok: true; env: Environment; gpuCount: number; ports: number; workspaceId: string } | { ok: false; err: ConnectError }> =>
+      const attempt = (
+        left: number,
+      ): Promise<{ ok: true; env: Environment; gpuCount: number; ports: number; workspaceId: string } | { ok: false; err: ConnectError }> =>
         envs.createEnvironment({ workspaceId, name: `e${i}`, image: "img", command: ["x"], gpuCount, ports, requestId: `r${i}` }).then(
           (res) => ({ ok: true as const, env: res.environment!, gpuCount, ports: ports.length, workspaceId }),
           (err: unknown) => {
@@ -57,8 +64,14 @@ describe("200 concurrent CreateEnvironment calls (real PostgreSQL, real server)"
       assert.match(err.rawMessage, /quota exceeded: (max_gpus|max_environments) is/);
     }
     // Both quotas were reached (the fleet has room for more than they allow).
-    assert.ok(refused.some((e) => e.rawMessage.includes("max_gpus is 6")), "the GPU quota refused some");
-    assert.ok(refused.some((e) => e.rawMessage.includes("max_environments is 5")), "the environment quota refused some");
+    assert.ok(
+      refused.some((e) => e.rawMessage.includes("max_gpus is 6")),
+      "the GPU quota refused some",
+    );
+    assert.ok(
+      refused.some((e) => e.rawMessage.includes("max_environments is 5")),
+      "the environment quota refused some",
+    );
     assert.ok(created.length > 0 && refused.length > 0, `${created.length} created, ${refused.length} refused`);
 
     // What each environment holds, from the server's answers.
@@ -79,11 +92,21 @@ describe("200 concurrent CreateEnvironment calls (real PostgreSQL, real server)"
 
     // And from the database: one owner per GPU row, no host port twice.
     const knex = server.app.orm.em.getConnection().getKnex();
-    const { rows: doubleGpus } = await knex.raw("select environment_id, count(*) from gpus where environment_id is not null group by environment_id");
-    assert.equal(doubleGpus.reduce((n: number, r: { count: string }) => n + Number(r.count), 0), gpuOwners.size);
-    const { rows: doublePorts } = await knex.raw("select host_id, host_port from port_mappings group by host_id, host_port having count(*) > 1");
+    const { rows: doubleGpus } = await knex.raw(
+      "select environment_id, count(*) from gpus where environment_id is not null group by environment_id",
+    );
+    assert.equal(
+      doubleGpus.reduce((n: number, r: { count: string }) => n + Number(r.count), 0),
+      gpuOwners.size,
+    );
+    const { rows: doublePorts } = await knex.raw(
+      "select host_id, host_port from port_mappings group by host_id, host_port having count(*) > 1",
+    );
     assert.deepEqual(doublePorts, []);
     const { rows: mapped } = await knex.raw("select count(*)::int as n from port_mappings");
-    assert.equal(mapped[0].n, created.reduce((n, c) => n + c.ports, 0));
+    assert.equal(
+      mapped[0].n,
+      created.reduce((n, c) => n + c.ports, 0),
+    );
   });
 });

@@ -57,7 +57,7 @@ function contract(name: string, open: () => Promise<{ store: ObjectStore; presig
       assert.equal(await store.head("broken"), undefined);
     });
 
-    it("presigns GET and PUT URLs that work with plain fetch, where it can", async function () {
+    it("presigns GET and PUT URLs that work with plain fetch, where it can", async () => {
       if (!presigns) {
         assert.equal(await store.presign("x", "GET", 60), undefined);
         return;
@@ -77,7 +77,11 @@ contract("local filesystem", async () => {
     store: new LocalObjectStore(dir),
     presigns: false,
     async close() {
-      assert.deepEqual((await readdir(dir, { recursive: true })).filter((f) => f.endsWith(".partial")), [], "no partial files left");
+      assert.deepEqual(
+        (await readdir(dir, { recursive: true })).filter((f) => f.endsWith(".partial")),
+        [],
+        "no partial files left",
+      );
       await rm(dir, { recursive: true, force: true });
     },
   };
@@ -85,7 +89,14 @@ contract("local filesystem", async () => {
 
 contract("S3 (s3rver)", async () => {
   const s3 = await startS3();
-  const store = new S3ObjectStore({ endpoint: s3.endpoint, bucket: S3_BUCKET, region: "us-east-1", accessKeyId: "S3RVER", secretAccessKey: "S3RVER", forcePathStyle: true });
+  const store = new S3ObjectStore({
+    endpoint: s3.endpoint,
+    bucket: S3_BUCKET,
+    region: "us-east-1",
+    accessKeyId: "S3RVER",
+    secretAccessKey: "S3RVER",
+    forcePathStyle: true,
+  });
   return {
     store,
     presigns: true,

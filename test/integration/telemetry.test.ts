@@ -77,8 +77,16 @@ describe("GPU telemetry history", () => {
     clock.advance(10_000);
     await server.app.maintain();
     const from = new Date(Math.floor(Number(sent.seconds) / 10) * 10_000); // the 10 s bucket holding it
-    const res = await gpus.getGpuTelemetry({ gpuId, startTime: timestampFromDate(from), endTime: timestampFromDate(new Date(from.getTime() + 10_000)), step: durationFromMs(10_000) });
-    assert.deepEqual(res.buckets.map((b) => b.sampleCount), [1n]);
+    const res = await gpus.getGpuTelemetry({
+      gpuId,
+      startTime: timestampFromDate(from),
+      endTime: timestampFromDate(new Date(from.getTime() + 10_000)),
+      step: durationFromMs(10_000),
+    });
+    assert.deepEqual(
+      res.buckets.map((b) => b.sampleCount),
+      [1n],
+    );
   });
 
   it("refuses bad ranges and steps, and unknown GPUs", async () => {

@@ -22,7 +22,18 @@ const codeName = (c: Outcome) => (c === OK ? "OK" : Code[c]);
 const GiB = 1n << 30n;
 const NO_SUCH_ENV = "00000000-0000-4000-8000-00000000e0e0";
 
-const KINDS = ["cluster admin", "A admin", "A member", "A viewer", "B member", "host agent", "A revoked", "A expired", "garbage token", "no token"] as const;
+const KINDS = [
+  "cluster admin",
+  "A admin",
+  "A member",
+  "A viewer",
+  "B member",
+  "host agent",
+  "A revoked",
+  "A expired",
+  "garbage token",
+  "no token",
+] as const;
 type Kind = (typeof KINDS)[number];
 const UNAUTHENTICATED_KINDS: Kind[] = ["A revoked", "A expired", "garbage token", "no token"];
 const ROLE_RANK: Partial<Record<Kind, number>> = { "A viewer": 1, "A member": 2, "B member": 2, "A admin": 3 };
@@ -86,13 +97,19 @@ const hostRules: Record<string, Rule> = {
   DrainHost: { need: "cluster", req: async (fx) => ({ id: await fx.fresh.host() }) },
   Heartbeat: { need: "host", req: (fx) => ({ hostId: fx.host, agentVersion: "authz" }) },
   // Allowed callers get a welcome to their hello.
-  StreamHeartbeats: { need: "host", req: (fx) => ({ message: { case: "hello", value: { hostId: fx.host, agentVersion: "authz", gpus: [] } } }) },
+  StreamHeartbeats: {
+    need: "host",
+    req: (fx) => ({ message: { case: "hello", value: { hostId: fx.host, agentVersion: "authz", gpus: [] } } }),
+  },
   // Allowed callers get the INITIAL event of the host.
   WatchHosts: { need: "cluster", req: (fx) => ({ hostId: fx.host }) },
 };
 
 const gpuRules: Record<string, Rule> = {
-  CreateGpu: { need: "cluster", req: (fx) => ({ hostId: fx.gpuHost, index: 100 + fx.n(), uuid: `GPU-authz-${fx.n()}`, model: "NVIDIA L4", memoryBytes: 24n * GiB }) },
+  CreateGpu: {
+    need: "cluster",
+    req: (fx) => ({ hostId: fx.gpuHost, index: 100 + fx.n(), uuid: `GPU-authz-${fx.n()}`, model: "NVIDIA L4", memoryBytes: 24n * GiB }),
+  },
   GetGpu: { need: "cluster", req: (fx) => ({ id: fx.gpu }) },
   ListGpus: { need: "cluster", req: () => ({}) },
   UpdateGpu: { need: "cluster", req: (fx) => ({ gpu: { id: fx.gpu, model: "NVIDIA L4" }, updateMask: { paths: ["model"] } }) },
@@ -109,25 +126,45 @@ const workspaceRules: Record<string, Rule> = {
   CreateWorkspace: { need: "cluster", req: (fx) => ({ name: `authz-ws-${fx.n()}`, displayName: "Authz", labels: { t: "authz" } }) },
   GetWorkspace: { need: "viewer", scope: ws, req: (fx) => ({ id: fx.a }) },
   ListWorkspaces: { need: "viewer", req: () => ({}) },
-  UpdateWorkspace: { need: "ws-admin", scope: ws, req: (fx) => ({ workspace: { id: fx.a, displayName: "Workspace A" }, updateMask: { paths: ["display_name"] } }) },
+  UpdateWorkspace: {
+    need: "ws-admin",
+    scope: ws,
+    req: (fx) => ({ workspace: { id: fx.a, displayName: "Workspace A" }, updateMask: { paths: ["display_name"] } }),
+  },
   // Workspace tokens try to delete their own workspace; the cluster admin deletes a fresh one.
-  DeleteWorkspace: { need: "cluster", scope: ws, req: async (fx, kind) => ({ id: kind === "cluster admin" ? await fx.fresh.workspace() : fx.a }) },
+  DeleteWorkspace: {
+    need: "cluster",
+    scope: ws,
+    req: async (fx, kind) => ({ id: kind === "cluster admin" ? await fx.fresh.workspace() : fx.a }),
+  },
   GetResourceQuota: { need: "viewer", scope: ws, req: (fx) => ({ workspaceId: fx.a }) },
   SetResourceQuota: { need: "cluster", scope: ws, req: (fx) => ({ quota: { workspaceId: fx.a } }) },
   GetUsage: { need: "viewer", scope: ws, req: (fx) => ({ workspaceId: fx.a }) },
-  CreateApiToken: { need: "ws-admin", scope: ws, req: (fx) => ({ workspaceId: fx.a, name: `authz-token-${fx.n()}`, role: ApiTokenRole.VIEWER }) },
+  CreateApiToken: {
+    need: "ws-admin",
+    scope: ws,
+    req: (fx) => ({ workspaceId: fx.a, name: `authz-token-${fx.n()}`, role: ApiTokenRole.VIEWER }),
+  },
   ListApiTokens: { need: "ws-admin", scope: ws, req: (fx) => ({ workspaceId: fx.a }) },
   RevokeApiToken: { need: "ws-admin", scope: ws, req: async (fx) => ({ workspaceId: fx.a, tokenId: await fx.fresh.token() }) },
   UploadFile: {
     need: "member",
     scope: ws,
-    req: (fx) => [{ part: { case: "header", value: { workspaceId: fx.a, path: `authz/${fx.n()}.txt` } } }, { part: { case: "chunk", value: new Uint8Array([1, 2, 3]) } }],
+    req: (fx) => [
+      { part: { case: "header", value: { workspaceId: fx.a, path: `authz/${fx.n()}.txt` } } },
+      { part: { case: "chunk", value: new Uint8Array([1, 2, 3]) } },
+    ],
   },
   // Reads of a file that is not there: the policy lets the call through, then it is NOT_FOUND.
   DownloadFile: { need: "viewer", scope: ws, allowed: Code.NotFound, req: (fx) => ({ workspaceId: fx.a, path: "authz/none.txt" }) },
   ListFiles: { need: "viewer", scope: ws, req: (fx) => ({ workspaceId: fx.a }) },
   DeleteFile: { need: "member", scope: ws, allowed: Code.NotFound, req: (fx) => ({ workspaceId: fx.a, path: "authz/none.txt" }) },
-  GetFileUrl: { need: "viewer", scope: ws, allowed: Code.NotFound, req: (fx) => ({ workspaceId: fx.a, path: "authz/none.txt", method: FileUrlMethod.GET }) },
+  GetFileUrl: {
+    need: "viewer",
+    scope: ws,
+    allowed: Code.NotFound,
+    req: (fx) => ({ workspaceId: fx.a, path: "authz/none.txt", method: FileUrlMethod.GET }),
+  },
   ListAuditEvents: { need: "ws-admin", scope: ws, req: (fx) => ({ workspaceId: fx.a }) },
 };
 
@@ -143,7 +180,12 @@ const envRules: Record<string, Rule> = {
   StopEnvironment: { need: "member", scope: obj, req: async (fx) => ({ id: await fx.fresh.env() }) },
   RestartEnvironment: { need: "member", scope: obj, allowed: FP, req: (fx) => ({ id: fx.env }) },
   DeleteEnvironment: { need: "member", scope: obj, req: async (fx) => ({ id: await fx.fresh.env() }) },
-  AddPortMapping: { need: "member", scope: obj, allowed: FP, req: (fx) => ({ environmentId: fx.env, port: { name: "web", containerPort: 8080 } }) },
+  AddPortMapping: {
+    need: "member",
+    scope: obj,
+    allowed: FP,
+    req: (fx) => ({ environmentId: fx.env, port: { name: "web", containerPort: 8080 } }),
+  },
   RemovePortMapping: { need: "member", scope: obj, allowed: FP, req: (fx) => ({ environmentId: fx.env, portMappingId: NO_SUCH_ENV }) },
   ListPortMappings: { need: "viewer", scope: obj, req: (fx) => ({ environmentId: fx.env }) },
   StreamLogs: { need: "viewer", scope: obj, req: (fx) => ({ environmentId: fx.env, tailLines: 10 }) },
@@ -163,7 +205,12 @@ const FIRST_MESSAGE_MS = 300;
 const QUIET = Symbol("quiet");
 
 /** Calls `m` and returns the code it ends with. Streams are judged by their first message. */
-async function callOnce(client: Record<string, (...args: unknown[]) => unknown>, m: DescMethod, req: unknown, quietOk: boolean): Promise<Outcome> {
+async function callOnce(
+  client: Record<string, (...args: unknown[]) => unknown>,
+  m: DescMethod,
+  req: unknown,
+  quietOk: boolean,
+): Promise<Outcome> {
   const abort = new AbortController();
   const requests = new Channel<unknown>();
   try {
@@ -176,7 +223,9 @@ async function callOnce(client: Record<string, (...args: unknown[]) => unknown>,
       await fn(requests, { signal: abort.signal });
     } else {
       if (m.methodKind === "bidi_streaming") requests.push(req);
-      const responses = (fn(m.methodKind === "bidi_streaming" ? requests : req, { signal: abort.signal }) as AsyncIterable<unknown>)[Symbol.asyncIterator]();
+      const responses = (fn(m.methodKind === "bidi_streaming" ? requests : req, { signal: abort.signal }) as AsyncIterable<unknown>)[
+        Symbol.asyncIterator
+      ]();
       const first = responses.next();
       first.catch(() => undefined);
       // A refused stream fails at once; an allowed one sends a first message or ends (or, if quietOk, stays quiet).
@@ -216,14 +265,22 @@ describe("authorization policy", () => {
     await beat();
     const newGpu = async () => {
       const i = fx.n();
-      return (await gpus.createGpu({ hostId: gpuHost.host!.id, index: i, uuid: `GPU-authz-fx-${i}`, model: "NVIDIA L4", memoryBytes: 24n * GiB })).gpu!.id;
+      return (
+        await gpus.createGpu({ hostId: gpuHost.host!.id, index: i, uuid: `GPU-authz-fx-${i}`, model: "NVIDIA L4", memoryBytes: 24n * GiB })
+      ).gpu!.id;
     };
     const a = (await workspaces.createWorkspace({ name: "authz-a" })).workspace!.id;
     const environments = server.client(EnvironmentService);
-    const newEnv = async () => (await environments.createEnvironment({ workspaceId: a, name: `authz-env-${fx.n()}`, image: "ubuntu:24.04" })).environment!.id;
+    const newEnv = async () =>
+      (await environments.createEnvironment({ workspaceId: a, name: `authz-env-${fx.n()}`, image: "ubuntu:24.04" })).environment!.id;
     const b = (await workspaces.createWorkspace({ name: "authz-b" })).workspace!.id;
     const newToken = async (workspaceId: string, role: ApiTokenRole, ttlSeconds?: bigint) =>
-      workspaces.createApiToken({ workspaceId, name: `authz-${fx.n()}`, role, ttl: ttlSeconds === undefined ? undefined : { seconds: ttlSeconds } });
+      workspaces.createApiToken({
+        workspaceId,
+        name: `authz-${fx.n()}`,
+        role,
+        ttl: ttlSeconds === undefined ? undefined : { seconds: ttlSeconds },
+      });
 
     Object.assign(fx, {
       a,
@@ -267,8 +324,16 @@ describe("authorization policy", () => {
   it("has a rule for every RPC of the four services, and none for an RPC that does not exist", () => {
     for (const [service, rules] of TABLE) {
       const names = service.methods.map((m) => m.name);
-      assert.deepEqual(names.filter((n) => !(n in rules)), [], `${service.name} RPCs without a rule`);
-      assert.deepEqual(Object.keys(rules).filter((n) => !names.includes(n)), [], `${service.name} rules for unknown RPCs`);
+      assert.deepEqual(
+        names.filter((n) => !(n in rules)),
+        [],
+        `${service.name} RPCs without a rule`,
+      );
+      assert.deepEqual(
+        Object.keys(rules).filter((n) => !names.includes(n)),
+        [],
+        `${service.name} rules for unknown RPCs`,
+      );
     }
   });
 
@@ -281,9 +346,16 @@ describe("authorization policy", () => {
           const want = expected(rule, kind);
           it(`${kind} → ${codeName(want)}`, async () => {
             const protocol = m.methodKind === "bidi_streaming" ? "grpc" : "connect";
-            const client = server.client(service, { token: tokens[kind], protocol }) as unknown as Record<string, (...args: unknown[]) => unknown>;
+            const client = server.client(service, { token: tokens[kind], protocol }) as unknown as Record<
+              string,
+              (...args: unknown[]) => unknown
+            >;
             const got = await callOnce(client, m, await rule.req(fx, kind), rule.quiet === true);
-            assert.equal(codeName(got), codeName(want), `${service.name}.${m.name} as ${kind}: expected ${codeName(want)}, got ${codeName(got)}`);
+            assert.equal(
+              codeName(got),
+              codeName(want),
+              `${service.name}.${m.name} as ${kind}: expected ${codeName(want)}, got ${codeName(got)}`,
+            );
           });
         }
       });

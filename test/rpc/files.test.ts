@@ -5,7 +5,13 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { ListObjectsV2Command, S3Client } from "@aws-sdk/client-s3";
 import { Code } from "@connectrpc/connect";
-import { ApiTokenRole, FileUrlMethod, WorkspaceService, type UploadFileRequest } from "../../gen/remotegpu/v1/workspace_pb.js";
+import {
+  ApiTokenRole,
+  FileUrlMethod,
+  WorkspaceService,
+  type UploadFileRequest,
+  type WorkspaceFile,
+} from "../../gen/remotegpu/v1/workspace_pb.js";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { UploadFileRequestSchema } from "../../gen/remotegpu/v1/workspace_pb.js";
 import { expectCode } from "../support/expect.js";
@@ -15,8 +21,18 @@ import { startTestServer, type TestServer } from "../support/server.js";
 type Part = MessageInitShape<typeof UploadFileRequestSchema>;
 const MiB = 1024 * 1024;
 
-async function* upload(workspaceId: string, filePath: string, data: Buffer, opts: { size?: bigint; overwrite?: boolean; chunk?: number; pause?: Promise<void> } = {}): AsyncIterable<Part> {
-  yield { part: { case: "header", value: { workspaceId, path: filePath, contentType: "text/plain", sizeBytes: opts.size, overwrite: opts.overwrite } } };
+async function* upload(
+  workspaceId: string,
+  filePath: string,
+  data: Buffer,
+  opts: { size?: bigint; overwrite?: boolean; chunk?: number; pause?: Promise<void> } = {},
+): AsyncIterable<Part> {
+  yield {
+    part: {
+      case: "header",
+      value: { workspaceId, path: filePath, contentType: "text/plain", sizeBytes: opts.size, overwrite: opts.overwrite },
+    },
+  };
   const step = opts.chunk ?? 256 * 1024;
   for (let i = 0; i < data.length; i += step) {
     yield { part: { case: "chunk", value: data.subarray(i, i + step) } };
@@ -36,8 +52,16 @@ for (const kind of ["local", "s3"] as const) {
 
     /** Every object key in the store, to check nothing was left behind. */
     async function objects(): Promise<string[]> {
-      if (!s3) return (await readdir(path.join(dataDir, "objects"), { recursive: true, withFileTypes: true }).catch(() => [])).filter((d) => d.isFile()).map((d) => d.name);
-      const client = new S3Client({ endpoint: s3.endpoint, region: "us-east-1", forcePathStyle: true, credentials: { accessKeyId: "S3RVER", secretAccessKey: "S3RVER" } });
+      if (!s3)
+        return (await readdir(path.join(dataDir, "objects"), { recursive: true, withFileTypes: true }).catch(() => []))
+          .filter((d) => d.isFile())
+          .map((d) => d.name);
+      const client = new S3Client({
+        endpoint: s3.endpoint,
+        region: "us-east-1",
+        forcePathStyle: true,
+        credentials: { accessKeyId: "S3RVER", secretAccessKey: "S3RVER" },
+      });
       const res = await client.send(new ListObjectsV2Command({ Bucket: S3_BUCKET }));
       client.destroy();
       return (res.Contents ?? []).map((o) => o.Key!);
@@ -45,7 +69,7 @@ for (const kind of ["local", "s3"] as const) {
 
     async function download(filePath: string, offset = 0n, length = 0n, workspaceId = ws) {
       const parts: Buffer[] = [];
-      let meta;
+      let meta: WorkspaceFile | undefined;
       for await (const res of files.downloadFile({ workspaceId, path: filePath, offset, length })) {
         if (res.part.case === "file") meta = res.part.value;
         else if (res.part.case === "chunk") parts.push(Buffer.from(res.part.value));
@@ -73,9 +97,15 @@ for (const kind of ["local", "s3"] as const) {
       await files.uploadFile(upload(ws, "notes/other.txt", Buffer.from("x")));
       await files.uploadFile(upload(ws, "data.bin", Buffer.from("y")));
       const listed = await files.listFiles({ workspaceId: ws, prefix: "notes/" });
-      assert.deepEqual(listed.files.map((f) => f.path), ["notes/other.txt", "notes/readme.txt"]);
+      assert.deepEqual(
+        listed.files.map((f) => f.path),
+        ["notes/other.txt", "notes/readme.txt"],
+      );
       const paged = await files.listFiles({ workspaceId: ws, pageSize: 2 });
-      assert.deepEqual((await files.listFiles({ workspaceId: ws, pageSize: 2, pageToken: paged.nextPageToken })).files.map((f) => f.path), ["notes/readme.txt"]);
+      assert.deepEqual(
+        (await files.listFiles({ workspaceId: ws, pageSize: 2, pageToken: paged.nextPageToken })).files.map((f) => f.path),
+        ["notes/readme.txt"],
+      );
 
       assert.deepEqual((await download("notes/readme.txt")).data, data);
       assert.equal((await download("notes/readme.txt", 5n, 3n)).data.toString(), "one");
@@ -96,11 +126,20 @@ for (const kind of ["local", "s3"] as const) {
       }
       await files.uploadFile(upload(ws, "secret.txt", Buffer.from("mine")));
       const other = (await files.createWorkspace({ name: "files-other" })).workspace!.id;
-      const outsider = server.client(WorkspaceService, { token: (await files.createApiToken({ workspaceId: other, name: "m", role: ApiTokenRole.MEMBER })).secret });
-      await expectCode(download("secret.txt", 0n, 0n).then(() => outsider.downloadFile({ workspaceId: ws, path: "secret.txt" })[Symbol.asyncIterator]().next()), Code.PermissionDenied);
+      const outsider = server.client(WorkspaceService, {
+        token: (await files.createApiToken({ workspaceId: other, name: "m", role: ApiTokenRole.MEMBER })).secret,
+      });
+      await expectCode(
+        download("secret.txt", 0n, 0n).then(() =>
+          outsider.downloadFile({ workspaceId: ws, path: "secret.txt" })[Symbol.asyncIterator]().next(),
+        ),
+        Code.PermissionDenied,
+      );
       await expectCode(outsider.uploadFile(upload(ws, "planted.txt", Buffer.from("x"))), Code.PermissionDenied);
       await expectCode(outsider.downloadFile({ workspaceId: other, path: "secret.txt" })[Symbol.asyncIterator]().next(), Code.NotFound); // its own workspace has no such file
-      const viewer = server.client(WorkspaceService, { token: (await files.createApiToken({ workspaceId: ws, name: "v", role: ApiTokenRole.VIEWER })).secret });
+      const viewer = server.client(WorkspaceService, {
+        token: (await files.createApiToken({ workspaceId: ws, name: "v", role: ApiTokenRole.VIEWER })).secret,
+      });
       await expectCode(viewer.uploadFile(upload(ws, "v.txt", Buffer.from("x"))), Code.PermissionDenied);
       await files.deleteFile({ workspaceId: ws, path: "secret.txt" });
     });
@@ -108,11 +147,22 @@ for (const kind of ["local", "s3"] as const) {
     it("refuses an upload over the storage quota, before or during it, leaving nothing behind", async () => {
       const capped = (await files.createWorkspace({ name: "files-capped" })).workspace!.id;
       await files.setResourceQuota({ quota: { workspaceId: capped, maxStorageBytes: BigInt(2 * MiB) } });
-      await expectCode(files.uploadFile(upload(capped, "big.bin", randomBytes(10), { size: BigInt(3 * MiB) })), Code.ResourceExhausted, "max_storage_bytes");
+      await expectCode(
+        files.uploadFile(upload(capped, "big.bin", randomBytes(10), { size: BigInt(3 * MiB) })),
+        Code.ResourceExhausted,
+        "max_storage_bytes",
+      );
       await files.uploadFile(upload(capped, "first.bin", randomBytes(MiB)));
       // No size announced: refused when the bytes pass the quota.
-      await expectCode(files.uploadFile(upload(capped, "second.bin", randomBytes(3 * MiB / 2))), Code.ResourceExhausted, "max_storage_bytes");
-      assert.deepEqual((await files.listFiles({ workspaceId: capped })).files.map((f) => f.path), ["first.bin"]);
+      await expectCode(
+        files.uploadFile(upload(capped, "second.bin", randomBytes((3 * MiB) / 2))),
+        Code.ResourceExhausted,
+        "max_storage_bytes",
+      );
+      assert.deepEqual(
+        (await files.listFiles({ workspaceId: capped })).files.map((f) => f.path),
+        ["first.bin"],
+      );
       assert.equal((await files.getUsage({ workspaceId: capped })).usage?.storageBytes, BigInt(MiB));
       assert.equal((await objects()).length, 1, "only the first file's object exists");
       await files.deleteFile({ workspaceId: capped, path: "first.bin" });
@@ -140,24 +190,33 @@ for (const kind of ["local", "s3"] as const) {
       await files.deleteFile({ workspaceId: ws, path: "large.bin" });
     });
 
-    it(kind === "s3" ? "hands out presigned GET and PUT URLs that work with fetch" : "says it cannot presign URLs on the local store", async () => {
-      await files.uploadFile(upload(ws, "shared.txt", Buffer.from("via url")));
-      if (kind === "local") {
-        await expectCode(files.getFileUrl({ workspaceId: ws, path: "shared.txt" }), Code.FailedPrecondition, "UploadFile/DownloadFile");
-        return;
-      }
-      const get = await files.getFileUrl({ workspaceId: ws, path: "shared.txt", expiresIn: { seconds: 60n } });
-      assert.equal(await (await fetch(get.url)).text(), "via url");
-      const put = await files.getFileUrl({ workspaceId: ws, path: "direct/upload.txt", method: FileUrlMethod.PUT });
-      assert.equal((await fetch(put.url, { method: "PUT", body: "straight to the bucket" })).status, 200);
-      const listed = await files.listFiles({ workspaceId: ws, prefix: "direct/" });
-      assert.deepEqual(listed.files.map((f) => [f.path, f.sizeBytes]), [["direct/upload.txt", 22n]]);
-      assert.equal((await download("direct/upload.txt")).data.toString(), "straight to the bucket");
-      // The URL still works, but the file is a copy of its own by now: nothing PUT later reaches it.
-      assert.equal((await fetch(put.url, { method: "PUT", body: "x".repeat(5000) })).status, 200);
-      assert.deepEqual((await files.listFiles({ workspaceId: ws, prefix: "direct/" })).files.map((f) => f.sizeBytes), [22n]);
-      assert.equal((await download("direct/upload.txt")).data.toString(), "straight to the bucket");
-    });
+    it(
+      kind === "s3" ? "hands out presigned GET and PUT URLs that work with fetch" : "says it cannot presign URLs on the local store",
+      async () => {
+        await files.uploadFile(upload(ws, "shared.txt", Buffer.from("via url")));
+        if (kind === "local") {
+          await expectCode(files.getFileUrl({ workspaceId: ws, path: "shared.txt" }), Code.FailedPrecondition, "UploadFile/DownloadFile");
+          return;
+        }
+        const get = await files.getFileUrl({ workspaceId: ws, path: "shared.txt", expiresIn: { seconds: 60n } });
+        assert.equal(await (await fetch(get.url)).text(), "via url");
+        const put = await files.getFileUrl({ workspaceId: ws, path: "direct/upload.txt", method: FileUrlMethod.PUT });
+        assert.equal((await fetch(put.url, { method: "PUT", body: "straight to the bucket" })).status, 200);
+        const listed = await files.listFiles({ workspaceId: ws, prefix: "direct/" });
+        assert.deepEqual(
+          listed.files.map((f) => [f.path, f.sizeBytes]),
+          [["direct/upload.txt", 22n]],
+        );
+        assert.equal((await download("direct/upload.txt")).data.toString(), "straight to the bucket");
+        // The URL still works, but the file is a copy of its own by now: nothing PUT later reaches it.
+        assert.equal((await fetch(put.url, { method: "PUT", body: "x".repeat(5000) })).status, 200);
+        assert.deepEqual(
+          (await files.listFiles({ workspaceId: ws, prefix: "direct/" })).files.map((f) => f.sizeBytes),
+          [22n],
+        );
+        assert.equal((await download("direct/upload.txt")).data.toString(), "straight to the bucket");
+      },
+    );
   });
 }
 

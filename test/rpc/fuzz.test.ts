@@ -12,7 +12,10 @@ import { ADMIN_TOKEN, startTestServer, type TestServer } from "../support/server
 /** A small seeded generator, so a failure can be replayed with FUZZ_SEED. */
 function rng(seed: number) {
   let s = seed >>> 0 || 1;
-  return () => ((s = (s * 1664525 + 1013904223) >>> 0) / 2 ** 32);
+  return () => {
+    s = (s * 1664525 + 1013904223) >>> 0;
+    return s / 2 ** 32;
+  };
 }
 
 const SEED = Number(process.env.FUZZ_SEED ?? Date.now() % 1_000_000);
@@ -20,7 +23,21 @@ const ROUNDS = Number(process.env.FUZZ_ROUNDS ?? 10);
 
 /** Values chosen to hit edges: empty, huge, control characters, paths, wrong or right-looking ids. */
 function strings(known: string[]): string[] {
-  return ["", " ", "x".repeat(300), "y".repeat(70_000), "a\u0000b", "../../etc/passwd", "/abs", "ÿ😀", "%_\\", "not-a-uuid", randomUUID(), "rgpu_0000000000000000_x", ...known];
+  return [
+    "",
+    " ",
+    "x".repeat(300),
+    "y".repeat(70_000),
+    "a\u0000b",
+    "../../etc/passwd",
+    "/abs",
+    "ÿ😀",
+    "%_\\",
+    "not-a-uuid",
+    randomUUID(),
+    "rgpu_0000000000000000_x",
+    ...known,
+  ];
 }
 
 function value(field: DescField, r: () => number, known: string[], depth: number): unknown {
@@ -35,13 +52,26 @@ function value(field: DescField, r: () => number, known: string[], depth: number
     case "list": {
       const n = pick([0, 1, 3, 70]);
       return Array.from({ length: n }, () =>
-        field.listKind === "scalar" ? scalar(field.scalar, r, known) : field.listKind === "enum" ? pick([0, 1, 99]) : depth > 3 ? undefined : message(field.message, r, known, depth + 1),
+        field.listKind === "scalar"
+          ? scalar(field.scalar, r, known)
+          : field.listKind === "enum"
+            ? pick([0, 1, 99])
+            : depth > 3
+              ? undefined
+              : message(field.message, r, known, depth + 1),
       ).filter((v) => v !== undefined);
     }
     case "map": {
       const out: Record<string, unknown> = {};
       for (let i = 0; i < pick([0, 1, 2, 80]); i++) {
-        out[pick(strings(known)).slice(0, 300) + (i > 0 ? String(i) : "")] = field.mapKind === "scalar" ? scalar(field.scalar, r, known) : field.mapKind === "enum" ? 1 : depth > 3 ? undefined : message(field.message, r, known, depth + 1);
+        out[pick(strings(known)).slice(0, 300) + (i > 0 ? String(i) : "")] =
+          field.mapKind === "scalar"
+            ? scalar(field.scalar, r, known)
+            : field.mapKind === "enum"
+              ? 1
+              : depth > 3
+                ? undefined
+                : message(field.message, r, known, depth + 1);
       }
       return out;
     }
@@ -88,7 +118,18 @@ function message(desc: DescMessage, r: () => number, known: string[], depth = 0)
 }
 
 // Codes a well-behaved server may answer to garbage. INTERNAL and UNKNOWN are bugs.
-const ACCEPTABLE = new Set([Code.InvalidArgument, Code.NotFound, Code.ResourceExhausted, Code.FailedPrecondition, Code.AlreadyExists, Code.PermissionDenied, Code.Aborted, Code.OutOfRange, Code.Canceled, Code.DeadlineExceeded]);
+const ACCEPTABLE = new Set([
+  Code.InvalidArgument,
+  Code.NotFound,
+  Code.ResourceExhausted,
+  Code.FailedPrecondition,
+  Code.AlreadyExists,
+  Code.PermissionDenied,
+  Code.Aborted,
+  Code.OutOfRange,
+  Code.Canceled,
+  Code.DeadlineExceeded,
+]);
 
 describe(`fuzz: every RPC with random and boundary messages (FUZZ_SEED=${SEED})`, function () {
   this.timeout(300_000);
@@ -107,13 +148,19 @@ describe(`fuzz: every RPC with random and boundary messages (FUZZ_SEED=${SEED})`
   for (const service of [HostService, GpuService, WorkspaceService, EnvironmentService] as DescService[]) {
     it(`${service.name}: never INTERNAL, never stuck`, async () => {
       const r = rng(SEED + service.name.length);
-      const client = server.client(service, { token: ADMIN_TOKEN, protocol: "grpc" }) as unknown as Record<string, (...a: unknown[]) => unknown>;
+      const client = server.client(service, { token: ADMIN_TOKEN, protocol: "grpc" }) as unknown as Record<
+        string,
+        (...a: unknown[]) => unknown
+      >;
       const problems: string[] = [];
       for (let round = 0; round < ROUNDS; round++) {
         for (const method of service.methods) {
           const req = create(method.input, message(method.input, r, known) as never);
           const code = await call(client, method, req, r, known);
-          if (code !== undefined && !ACCEPTABLE.has(code)) problems.push(`${method.name}: ${Code[code]} for ${JSON.stringify(req, (_, v) => (typeof v === "bigint" ? String(v) : typeof v === "string" && v.length > 60 ? `${v.slice(0, 20)}…(${v.length})` : v)).slice(0, 400)}`);
+          if (code !== undefined && !ACCEPTABLE.has(code))
+            problems.push(
+              `${method.name}: ${Code[code]} for ${JSON.stringify(req, (_, v) => (typeof v === "bigint" ? String(v) : typeof v === "string" && v.length > 60 ? `${v.slice(0, 20)}…(${v.length})` : v)).slice(0, 400)}`,
+            );
         }
       }
       assert.deepEqual(problems.slice(0, 10), [], `${problems.length} bad answers (replay with FUZZ_SEED=${SEED})`);
@@ -136,7 +183,13 @@ describe(`fuzz: every RPC with random and boundary messages (FUZZ_SEED=${SEED})`
 });
 
 /** One call; the code it ended with (undefined for OK). Streams are judged by their first message. */
-async function call(client: Record<string, (...a: unknown[]) => unknown>, m: DescMethod, req: unknown, r: () => number, known: string[]): Promise<Code | undefined> {
+async function call(
+  client: Record<string, (...a: unknown[]) => unknown>,
+  m: DescMethod,
+  req: unknown,
+  r: () => number,
+  known: string[],
+): Promise<Code | undefined> {
   const abort = new AbortController();
   const timer = setTimeout(() => abort.abort(), 3000);
   try {

@@ -33,24 +33,55 @@ describe("GpuService", () => {
 
   it("creates GPUs and refuses duplicates, bad fields and unknown hosts", async () => {
     const { host } = await onlineHost("gpu-create", 0);
-    const { gpu } = await gpus.createGpu({ hostId: host.id, index: 0, uuid: "GPU-aaaa", model: "NVIDIA A100-SXM4-40GB", memoryBytes: 40n * GiB });
+    const { gpu } = await gpus.createGpu({
+      hostId: host.id,
+      index: 0,
+      uuid: "GPU-aaaa",
+      model: "NVIDIA A100-SXM4-40GB",
+      memoryBytes: 40n * GiB,
+    });
     assert.equal(gpu?.status, GpuStatus.AVAILABLE);
     assert.equal(gpu?.hostName, "gpu-create");
     assert.equal(gpu?.memoryBytes, 40n * GiB);
     assert.equal(gpu?.holder, "");
 
-    await expectCode(gpus.createGpu({ hostId: host.id, index: 0, uuid: "GPU-bbbb", model: "m", memoryBytes: 1n }), Code.AlreadyExists, "index 0");
-    await expectCode(gpus.createGpu({ hostId: host.id, index: 1, uuid: "GPU-aaaa", model: "m", memoryBytes: 1n }), Code.AlreadyExists, 'uuid "GPU-aaaa"');
+    await expectCode(
+      gpus.createGpu({ hostId: host.id, index: 0, uuid: "GPU-bbbb", model: "m", memoryBytes: 1n }),
+      Code.AlreadyExists,
+      "index 0",
+    );
+    await expectCode(
+      gpus.createGpu({ hostId: host.id, index: 1, uuid: "GPU-aaaa", model: "m", memoryBytes: 1n }),
+      Code.AlreadyExists,
+      'uuid "GPU-aaaa"',
+    );
     await expectCode(gpus.createGpu({ hostId: MISSING, index: 0, uuid: "GPU-c", model: "m", memoryBytes: 1n }), Code.NotFound, "host");
-    await expectCode(gpus.createGpu({ hostId: host.id, index: -1, uuid: "", model: "", memoryBytes: 0n }), Code.InvalidArgument, "index", "uuid: required", "model: required", "memory_bytes");
-    await expectCode(gpus.createGpu({ hostId: "", index: 0, uuid: "u", model: "m", memoryBytes: 1n }), Code.InvalidArgument, "host_id: required");
-    await expectCode(gpus.createGpu({ hostId: host.id, index: 0, uuid: "u", model: "m", memoryBytes: 1n << 62n }), Code.InvalidArgument, "memory_bytes: too large");
+    await expectCode(
+      gpus.createGpu({ hostId: host.id, index: -1, uuid: "", model: "", memoryBytes: 0n }),
+      Code.InvalidArgument,
+      "index",
+      "uuid: required",
+      "model: required",
+      "memory_bytes",
+    );
+    await expectCode(
+      gpus.createGpu({ hostId: "", index: 0, uuid: "u", model: "m", memoryBytes: 1n }),
+      Code.InvalidArgument,
+      "host_id: required",
+    );
+    await expectCode(
+      gpus.createGpu({ hostId: host.id, index: 0, uuid: "u", model: "m", memoryBytes: 1n << 62n }),
+      Code.InvalidArgument,
+      "memory_bytes: too large",
+    );
     const list = await gpus.listGpus({ hostId: host.id });
     assert.equal(list.totalSize, 1, "refused calls stored nothing");
   });
 
   it("gets a GPU and answers NOT_FOUND / INVALID_ARGUMENT for unknown or malformed ids", async () => {
-    const { gpus: [g] } = await onlineHost("gpu-get", 1);
+    const {
+      gpus: [g],
+    } = await onlineHost("gpu-get", 1);
     assert.equal((await gpus.getGpu({ id: g!.id })).gpu?.uuid, "GPU-gpu-get-0");
     await expectCode(gpus.getGpu({ id: MISSING }), Code.NotFound, MISSING);
     await expectCode(gpus.getGpu({ id: "GPU-1234" }), Code.InvalidArgument, "id:");
@@ -77,7 +108,10 @@ describe("GpuService", () => {
     const r1 = await gpus.listGpus({ labelSelector: "rack=r1" });
     assert.deepEqual(r1.gpus.map((g) => g.uuid).sort(), ["GPU-list-a-0", "GPU-list-a-1", "GPU-list-a-2"]);
     const allocated = await gpus.listGpus({ status: GpuStatus.ALLOCATED, model: "NVIDIA L40S" });
-    assert.deepEqual(allocated.gpus.map((g) => g.uuid), ["GPU-list-b-0"]);
+    assert.deepEqual(
+      allocated.gpus.map((g) => g.uuid),
+      ["GPU-list-b-0"],
+    );
     // free_only: AVAILABLE on an ONLINE, schedulable host; list-b is cordoned.
     const free = await gpus.listGpus({ freeOnly: true, model: "NVIDIA L40S" });
     assert.deepEqual(free.gpus.map((g) => g.uuid).sort(), ["GPU-list-a-0", "GPU-list-a-1", "GPU-list-a-2"]);
@@ -90,8 +124,14 @@ describe("GpuService", () => {
   });
 
   it("marks a GPU unhealthy with reasons, never hands it out, and re-admits it", async () => {
-    const { host, gpus: [g] } = await onlineHost("gpu-health", 1, "NVIDIA T4");
-    const sick = await gpus.updateGpu({ gpu: { id: g!.id, status: GpuStatus.UNHEALTHY, healthReasons: ["xid 79: fallen off the bus"] }, updateMask: { paths: ["status", "health_reasons"] } });
+    const {
+      host,
+      gpus: [g],
+    } = await onlineHost("gpu-health", 1, "NVIDIA T4");
+    const sick = await gpus.updateGpu({
+      gpu: { id: g!.id, status: GpuStatus.UNHEALTHY, healthReasons: ["xid 79: fallen off the bus"] },
+      updateMask: { paths: ["status", "health_reasons"] },
+    });
     assert.equal(sick.gpu?.status, GpuStatus.UNHEALTHY);
     assert.deepEqual(sick.gpu?.healthReasons, ["xid 79: fallen off the bus"]);
     await expectCode(gpus.allocateGpu({ hostId: host.id, holder: "x" }), Code.ResourceExhausted);
@@ -101,18 +141,39 @@ describe("GpuService", () => {
     assert.equal(healed.gpu?.status, GpuStatus.AVAILABLE);
     assert.deepEqual(healed.gpu?.healthReasons, []);
     await gpus.allocateGpu({ gpuId: g!.id, holder: "h" });
-    await expectCode(gpus.updateGpu({ gpu: { id: g!.id, status: GpuStatus.AVAILABLE }, updateMask: { paths: ["status"] } }), Code.FailedPrecondition, "re-admitted");
+    await expectCode(
+      gpus.updateGpu({ gpu: { id: g!.id, status: GpuStatus.AVAILABLE }, updateMask: { paths: ["status"] } }),
+      Code.FailedPrecondition,
+      "re-admitted",
+    );
     await gpus.releaseGpu({ gpuId: g!.id });
-    await expectCode(gpus.updateGpu({ gpu: { id: g!.id, status: GpuStatus.ALLOCATED }, updateMask: { paths: ["status"] } }), Code.InvalidArgument, "gpu.status");
-    await expectCode(gpus.updateGpu({ gpu: { id: g!.id, uuid: "x" }, updateMask: { paths: ["uuid"] } }), Code.InvalidArgument, "update_mask");
-    await expectCode(gpus.updateGpu({ gpu: { id: g!.id }, updateMask: { paths: ["status"] } }), Code.InvalidArgument, "gpu.status: required when named in update_mask");
-    const renamed = await gpus.updateGpu({ gpu: { id: g!.id, model: "NVIDIA T4 16GB", memoryBytes: 16n * GiB }, updateMask: { paths: ["model", "memory_bytes"] } });
+    await expectCode(
+      gpus.updateGpu({ gpu: { id: g!.id, status: GpuStatus.ALLOCATED }, updateMask: { paths: ["status"] } }),
+      Code.InvalidArgument,
+      "gpu.status",
+    );
+    await expectCode(
+      gpus.updateGpu({ gpu: { id: g!.id, uuid: "x" }, updateMask: { paths: ["uuid"] } }),
+      Code.InvalidArgument,
+      "update_mask",
+    );
+    await expectCode(
+      gpus.updateGpu({ gpu: { id: g!.id }, updateMask: { paths: ["status"] } }),
+      Code.InvalidArgument,
+      "gpu.status: required when named in update_mask",
+    );
+    const renamed = await gpus.updateGpu({
+      gpu: { id: g!.id, model: "NVIDIA T4 16GB", memoryBytes: 16n * GiB },
+      updateMask: { paths: ["model", "memory_bytes"] },
+    });
     assert.equal(renamed.gpu?.model, "NVIDIA T4 16GB");
     assert.equal(renamed.gpu?.memoryBytes, 16n * GiB);
   });
 
   it("allocates and releases, checking the holder", async () => {
-    const { gpus: [g] } = await onlineHost("gpu-alloc", 1, "NVIDIA A10G");
+    const {
+      gpus: [g],
+    } = await onlineHost("gpu-alloc", 1, "NVIDIA A10G");
     const taken = await gpus.allocateGpu({ gpuId: g!.id, holder: "job-1" });
     assert.equal(taken.gpu?.status, GpuStatus.ALLOCATED);
     assert.equal(taken.gpu?.holder, "job-1");
@@ -145,9 +206,13 @@ describe("GpuService", () => {
   });
 
   it("never hands one GPU to two holders: 50 concurrent calls for one named GPU", async () => {
-    const { gpus: [g] } = await onlineHost("race-named", 1, "NVIDIA GH200");
+    const {
+      gpus: [g],
+    } = await onlineHost("race-named", 1, "NVIDIA GH200");
     const results = await Promise.allSettled(
-      Array.from({ length: 50 }, (_, i) => server.client(GpuService, { protocol: i % 2 ? "grpc" : "connect" }).allocateGpu({ gpuId: g!.id, holder: `caller-${i}` })),
+      Array.from({ length: 50 }, (_, i) =>
+        server.client(GpuService, { protocol: i % 2 ? "grpc" : "connect" }).allocateGpu({ gpuId: g!.id, holder: `caller-${i}` }),
+      ),
     );
     const won = results.filter((r) => r.status === "fulfilled");
     const lost = results.filter((r): r is PromiseRejectedResult => r.status === "rejected").map((r) => ConnectError.from(r.reason).code);
@@ -160,7 +225,9 @@ describe("GpuService", () => {
   it("never hands one GPU to two holders: 50 concurrent picks for 10 free GPUs", async () => {
     const { gpus: made } = await onlineHost("race-pick", 10, "NVIDIA H200");
     const results = await Promise.allSettled(
-      Array.from({ length: 50 }, (_, i) => server.client(GpuService, { protocol: i % 2 ? "grpc" : "connect" }).allocateGpu({ model: "NVIDIA H200", holder: `picker-${i}` })),
+      Array.from({ length: 50 }, (_, i) =>
+        server.client(GpuService, { protocol: i % 2 ? "grpc" : "connect" }).allocateGpu({ model: "NVIDIA H200", holder: `picker-${i}` }),
+      ),
     );
     const won = results.flatMap((r) => (r.status === "fulfilled" ? [r.value.gpu!] : []));
     const lost = results.filter((r): r is PromiseRejectedResult => r.status === "rejected").map((r) => ConnectError.from(r.reason).code);
@@ -169,10 +236,7 @@ describe("GpuService", () => {
     assert.deepEqual(new Set(lost), new Set([Code.ResourceExhausted]));
     // What the database holds agrees with what the callers were told.
     const stored = await gpus.listGpus({ model: "NVIDIA H200" });
-    assert.deepEqual(
-      stored.gpus.map((g) => `${g.id}=${g.holder}`).sort(),
-      won.map((g) => `${g.id}=${g.holder}`).sort(),
-    );
+    assert.deepEqual(stored.gpus.map((g) => `${g.id}=${g.holder}`).sort(), won.map((g) => `${g.id}=${g.holder}`).sort());
     assert.equal(made.length, 10);
   });
 });

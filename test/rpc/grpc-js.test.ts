@@ -75,7 +75,13 @@ describe("gRPC through @grpc/grpc-js", () => {
   const getHost = (id: string, opts?: { token?: string | null }) =>
     unary("/remotegpu.v1.HostService/GetHost", GetHostRequestSchema, GetHostResponseSchema, { id }, opts);
   const heartbeat = (hostId: string, token: string) =>
-    unary("/remotegpu.v1.HostService/Heartbeat", HeartbeatRequestSchema, HeartbeatResponseSchema, { hostId, agentVersion: "1.2.3" }, { token });
+    unary(
+      "/remotegpu.v1.HostService/Heartbeat",
+      HeartbeatRequestSchema,
+      HeartbeatResponseSchema,
+      { hostId, agentVersion: "1.2.3" },
+      { token },
+    );
 
   async function rejectsWith(call: Promise<unknown>, code: grpc.status): Promise<CallError> {
     const err = await call.then(
@@ -106,9 +112,15 @@ describe("gRPC through @grpc/grpc-js", () => {
   });
 
   it("echoes a well-formed client x-request-id", async () => {
-    const { headers } = await unary("/remotegpu.v1.HostService/ListHosts", ListHostsRequestSchema, ListHostsResponseSchema, {}, {
-      requestId: "client-chosen-id.42",
-    });
+    const { headers } = await unary(
+      "/remotegpu.v1.HostService/ListHosts",
+      ListHostsRequestSchema,
+      ListHostsResponseSchema,
+      {},
+      {
+        requestId: "client-chosen-id.42",
+      },
+    );
     assert.deepEqual(headers.get("x-request-id"), ["client-chosen-id.42"]);
   });
 

@@ -46,10 +46,22 @@ describe("HostService", () => {
     await expectCode(hosts.createHost({ name: "Bad Name", address: "" }), Code.InvalidArgument, "name:", "address: required");
     await expectCode(hosts.createHost({ name: "ok-name", address: "a b" }), Code.InvalidArgument, "address:");
     await expectCode(hosts.createHost({ name: "x".repeat(300), address: "h" }), Code.InvalidArgument, "name: at most 253");
-    await expectCode(hosts.createHost({ name: "k8s", address: "h", runtime: HostRuntime.KUBERNETES }), Code.InvalidArgument, "kubernetes_node_name: required");
+    await expectCode(
+      hosts.createHost({ name: "k8s", address: "h", runtime: HostRuntime.KUBERNETES }),
+      Code.InvalidArgument,
+      "kubernetes_node_name: required",
+    );
     await expectCode(hosts.createHost({ name: "lbl", address: "h", labels: { "bad key!": "v" } }), Code.InvalidArgument, "labels.bad key!");
-    await expectCode(hosts.createHost({ name: "neg", address: "h", capacity: { cpuMillicores: -1n } }), Code.InvalidArgument, "capacity.cpu_millicores");
-    await expectCode(hosts.createHost({ name: "enum", address: "h", runtime: 42 as HostRuntime }), Code.InvalidArgument, "runtime: unknown value 42");
+    await expectCode(
+      hosts.createHost({ name: "neg", address: "h", capacity: { cpuMillicores: -1n } }),
+      Code.InvalidArgument,
+      "capacity.cpu_millicores",
+    );
+    await expectCode(
+      hosts.createHost({ name: "enum", address: "h", runtime: 42 as HostRuntime }),
+      Code.InvalidArgument,
+      "runtime: unknown value 42",
+    );
     await expectCode(hosts.getHost({ id: "not-a-uuid" }), Code.InvalidArgument, "id:");
     // Nothing was stored by the refused calls.
     const list = await hosts.listHosts({});
@@ -71,21 +83,42 @@ describe("HostService", () => {
     const res = await hosts.updateHost({ host: { id: host!.id, address: "new", labels: { b: "2" } }, updateMask: { paths: ["address"] } });
     assert.equal(res.host?.address, "new");
     assert.deepEqual(res.host?.labels, { a: "1" });
-    await expectCode(hosts.updateHost({ host: { id: host!.id, name: "renamed" }, updateMask: { paths: ["name"] } }), Code.InvalidArgument, "update_mask");
+    await expectCode(
+      hosts.updateHost({ host: { id: host!.id, name: "renamed" }, updateMask: { paths: ["name"] } }),
+      Code.InvalidArgument,
+      "update_mask",
+    );
     await expectCode(hosts.updateHost({ host: { id: host!.id }, updateMask: { paths: [] } }), Code.InvalidArgument, "update_mask");
-    await expectCode(hosts.updateHost({ host: { id: host!.id, status: HostStatus.DRAINING }, updateMask: { paths: ["status"] } }), Code.InvalidArgument, "host.status");
+    await expectCode(
+      hosts.updateHost({ host: { id: host!.id, status: HostStatus.DRAINING }, updateMask: { paths: ["status"] } }),
+      Code.InvalidArgument,
+      "host.status",
+    );
     // An enum named in the mask but left unset is a mistake, not a request for a default.
-    await expectCode(hosts.updateHost({ host: { id: host!.id }, updateMask: { paths: ["runtime"] } }), Code.InvalidArgument, "host.runtime: required when named in update_mask");
-    await expectCode(hosts.updateHost({ host: { id: host!.id }, updateMask: { paths: ["status"] } }), Code.InvalidArgument, "host.status: required");
+    await expectCode(
+      hosts.updateHost({ host: { id: host!.id }, updateMask: { paths: ["runtime"] } }),
+      Code.InvalidArgument,
+      "host.runtime: required when named in update_mask",
+    );
+    await expectCode(
+      hosts.updateHost({ host: { id: host!.id }, updateMask: { paths: ["status"] } }),
+      Code.InvalidArgument,
+      "host.status: required",
+    );
   });
 
   it("applies concurrent operator changes to one host one after the other", async () => {
     const { host } = await hosts.createHost({ name: "node-busy", address: "h" });
     const calls = Array.from({ length: 20 }, (_, i) =>
-      i % 2 ? hosts.cordonHost({ id: host!.id }) : hosts.updateHost({ host: { id: host!.id, labels: { n: String(i) } }, updateMask: { paths: ["labels"] } }),
+      i % 2
+        ? hosts.cordonHost({ id: host!.id })
+        : hosts.updateHost({ host: { id: host!.id, labels: { n: String(i) } }, updateMask: { paths: ["labels"] } }),
     );
     const results = await Promise.allSettled(calls);
-    assert.deepEqual(results.filter((r) => r.status === "rejected"), []);
+    assert.deepEqual(
+      results.filter((r) => r.status === "rejected"),
+      [],
+    );
     assert.equal((await hosts.getHost({ id: host!.id })).host?.schedulable, false);
   });
 
@@ -105,7 +138,11 @@ describe("HostService", () => {
   it("heartbeats bring a host ONLINE and record last-seen, the agent version and the host sample", async () => {
     const { host, agentToken } = await hosts.createHost({ name: "node-hb", address: "h" });
     const agent = server.client(HostService, { token: agentToken });
-    const res = await agent.heartbeat({ hostId: host!.id, agentVersion: "0.1.0", hostSample: { cpuUtilizationPercent: 12.5, uptimeSeconds: 3600n } });
+    const res = await agent.heartbeat({
+      hostId: host!.id,
+      agentVersion: "0.1.0",
+      hostSample: { cpuUtilizationPercent: 12.5, uptimeSeconds: 3600n },
+    });
     assert.equal(res.host?.status, HostStatus.ONLINE);
     assert.equal(res.host?.agentVersion, "0.1.0");
     assert.equal(res.host?.lastHeartbeatTime?.seconds, BigInt(clock.now().getTime() / 1000));
@@ -136,14 +173,15 @@ describe("HostService", () => {
   it("refuses calls without a valid token", async () => {
     await expectCode(server.client(HostService, { token: null }).listHosts({}), Code.Unauthenticated, "authorization");
     await expectCode(server.client(HostService, { token: "wrong-token-of-some-length" }).listHosts({}), Code.Unauthenticated);
-    const forged = "rgpu_0123456789abcdef_" + "A".repeat(43);
+    const forged = `rgpu_0123456789abcdef_${"A".repeat(43)}`;
     await expectCode(server.client(HostService, { token: forged }).listHosts({}), Code.Unauthenticated);
   });
 
   it("cordons, uncordons and drains, reporting what still holds GPUs", async () => {
     const { host, agentToken } = await hosts.createHost({ name: "node-drain", address: "h" });
     await server.client(HostService, { token: agentToken }).heartbeat({ hostId: host!.id });
-    const gpu = (await gpus.createGpu({ hostId: host!.id, index: 0, uuid: "GPU-drain-0", model: "NVIDIA H100", memoryBytes: 80n << 30n })).gpu!;
+    const gpu = (await gpus.createGpu({ hostId: host!.id, index: 0, uuid: "GPU-drain-0", model: "NVIDIA H100", memoryBytes: 80n << 30n }))
+      .gpu!;
     await gpus.createGpu({ hostId: host!.id, index: 1, uuid: "GPU-drain-1", model: "NVIDIA H100", memoryBytes: 80n << 30n });
     await gpus.allocateGpu({ gpuId: gpu.id, holder: "job-7" });
 
@@ -156,7 +194,10 @@ describe("HostService", () => {
     const drained = await hosts.drainHost({ id: host!.id });
     assert.equal(drained.host?.status, HostStatus.DRAINING);
     assert.equal(drained.host?.schedulable, false);
-    assert.deepEqual(drained.allocatedGpus.map((g) => [g.index, g.holder]), [[0, "job-7"]]);
+    assert.deepEqual(
+      drained.allocatedGpus.map((g) => [g.index, g.holder]),
+      [[0, "job-7"]],
+    );
     assert.equal(drained.host?.gpuCount, 2);
     assert.equal(drained.host?.availableGpuCount, 1);
 
@@ -171,7 +212,8 @@ describe("HostService", () => {
 
   it("pages through hosts with filters, a total count, and tokens that survive inserts", async () => {
     const names = Array.from({ length: 7 }, (_, i) => `page-${String(i).padStart(2, "0")}`);
-    for (const name of names) await hosts.createHost({ name, address: "h", labels: { pool: "paging", parity: names.indexOf(name) % 2 ? "odd" : "even" } });
+    for (const name of names)
+      await hosts.createHost({ name, address: "h", labels: { pool: "paging", parity: names.indexOf(name) % 2 ? "odd" : "even" } });
 
     const seen: string[] = [];
     let token = "";
@@ -188,7 +230,10 @@ describe("HostService", () => {
     assert.equal(pages, 3);
 
     const even = await hosts.listHosts({ labelSelector: "pool=paging,parity=even" });
-    assert.deepEqual(even.hosts.map((h) => h.name), ["page-00", "page-02", "page-04", "page-06"]);
+    assert.deepEqual(
+      even.hosts.map((h) => h.name),
+      ["page-00", "page-02", "page-04", "page-06"],
+    );
     const offline = await hosts.listHosts({ status: HostStatus.OFFLINE, labelSelector: "pool=paging", schedulable: true });
     assert.equal(offline.totalSize, 7);
 
@@ -202,7 +247,11 @@ describe("HostService", () => {
     await hosts.createHost({ name: "odd-labels", address: "h", labels: { constructor: "c", toString: "t", pool: "odd" } });
     for (const selector of ["constructor=c", "toString=t", "valueOf=1", "hasOwnProperty=x", "constructor=c,pool=odd"]) {
       const res = await hosts.listHosts({ labelSelector: selector });
-      assert.deepEqual(res.hosts.map((h) => h.name), selector.startsWith("valueOf") || selector.startsWith("has") ? [] : ["odd-labels"], selector);
+      assert.deepEqual(
+        res.hosts.map((h) => h.name),
+        selector.startsWith("valueOf") || selector.startsWith("has") ? [] : ["odd-labels"],
+        selector,
+      );
     }
   });
 });

@@ -24,11 +24,18 @@ describe("limits: request rate per token and message size", () => {
     assert.equal(refused.metadata.get("retry-after"), "1");
 
     // Another token has its own allowance.
-    const ws = (await server.client(WorkspaceService).createWorkspace({ name: "limited" }).catch(() => undefined))?.workspace;
+    const ws = (
+      await server
+        .client(WorkspaceService)
+        .createWorkspace({ name: "limited" })
+        .catch(() => undefined)
+    )?.workspace;
     assert.equal(ws, undefined, "the admin token is still over its limit");
     clock.advance(1000);
     const created = await server.client(WorkspaceService).createWorkspace({ name: "limited" });
-    const other = await server.client(WorkspaceService).createApiToken({ workspaceId: created.workspace!.id, name: "t", role: ApiTokenRole.VIEWER });
+    const other = await server
+      .client(WorkspaceService)
+      .createApiToken({ workspaceId: created.workspace!.id, name: "t", role: ApiTokenRole.VIEWER });
     const viewer = server.client(WorkspaceService, { token: other.secret });
     for (let i = 0; i < 10; i++) await viewer.getWorkspace({ id: created.workspace!.id });
 
@@ -42,10 +49,13 @@ describe("limits: request rate per token and message size", () => {
     const labels = Object.fromEntries(Array.from({ length: 64 }, (_, i) => [`k${i}`, "v".repeat(63)]));
     const big = { name: "big", address: "10.0.0.1", labels, kubernetesNodeName: "n".repeat(70_000) };
     for (const protocol of ["grpc", "connect"] as const) {
-      const err = await server.client(HostService, { protocol }).createHost(big).then(
-        () => assert.fail("accepted"),
-        (e: unknown) => ConnectError.from(e),
-      );
+      const err = await server
+        .client(HostService, { protocol })
+        .createHost(big)
+        .then(
+          () => assert.fail("accepted"),
+          (e: unknown) => ConnectError.from(e),
+        );
       assert.equal(Code[err.code], "ResourceExhausted", `${protocol}: ${err.rawMessage}`);
     }
     await server.client(HostService).listHosts({});
@@ -60,7 +70,11 @@ describe("limits: the request rate of a token across replicas", () => {
   });
 
   it("is one allowance shared by replicas through Redis, and per replica while Redis does not answer", async () => {
-    const env = { RATE_LIMIT_PER_SECOND: "5", REDIS_URL: process.env.TEST_REDIS_URL ?? "redis://127.0.0.1:6379", REDIS_KEY_PREFIX: `limits-${randomBytes(4).toString("hex")}:` };
+    const env = {
+      RATE_LIMIT_PER_SECOND: "5",
+      REDIS_URL: process.env.TEST_REDIS_URL ?? "redis://127.0.0.1:6379",
+      REDIS_KEY_PREFIX: `limits-${randomBytes(4).toString("hex")}:`,
+    };
     const a = await startTestServer({ clock, env });
     servers.push(a);
     const b = await startTestServer({ clock, env, db: a.db });

@@ -84,7 +84,11 @@ describe("gRPC server reflection", () => {
   // the reflection call under that path. So it lists every method there is.
   it("lists methods to buf curl", async () => {
     const methods = (await bufCurl("--list-methods", baseUrl)).split("\n");
-    for (const m of ["remotegpu.v1.HostService/CreateHost", "remotegpu.v1.HostService/StreamHeartbeats", "remotegpu.v1.GpuService/ListGpus"]) {
+    for (const m of [
+      "remotegpu.v1.HostService/CreateHost",
+      "remotegpu.v1.HostService/StreamHeartbeats",
+      "remotegpu.v1.GpuService/ListGpus",
+    ]) {
       assert.ok(methods.includes(m), `${m} missing from ${methods.join(", ")}`);
     }
   });
@@ -124,7 +128,10 @@ describe("gRPC server reflection", () => {
     assert.equal(missing.messageResponse.value.errorCode, 5);
 
     assert.equal(method.messageResponse.case, "fileDescriptorResponse");
-    assert.equal(fromBinary(FileDescriptorProtoSchema, method.messageResponse.value.fileDescriptorProto[0]).name, "remotegpu/v1/host.proto");
+    assert.equal(
+      fromBinary(FileDescriptorProtoSchema, method.messageResponse.value.fileDescriptorProto[0]).name,
+      "remotegpu/v1/host.proto",
+    );
 
     assert.equal(timestamp.messageResponse.case, "fileDescriptorResponse");
     assert.equal(timestamp.messageResponse.value.fileDescriptorProto.length, 1);

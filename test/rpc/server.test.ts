@@ -18,7 +18,10 @@ describe("one port for every protocol", () => {
   for (const protocol of ["connect", "grpc", "grpc-web"] as const) {
     it(`serves ${protocol}`, async () => {
       const res = await server.client(HostService, { protocol }).listHosts({});
-      assert.deepEqual(res.hosts.map((h) => h.name), ["proto-host"]);
+      assert.deepEqual(
+        res.hosts.map((h) => h.name),
+        ["proto-host"],
+      );
     });
   }
 
@@ -49,7 +52,11 @@ describe("one port for every protocol", () => {
       body: "{}",
     });
     assert.equal(mine.headers.get("x-request-id"), "trace-123");
-    const failed = await fetch(`${server.baseUrl}/remotegpu.v1.HostService/ListHosts`, { method: "POST", headers: { "content-type": "application/json" }, body: "{}" });
+    const failed = await fetch(`${server.baseUrl}/remotegpu.v1.HostService/ListHosts`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: "{}",
+    });
     assert.equal(failed.status, 401);
     assert.match(failed.headers.get("x-request-id") ?? "", /^[0-9a-f-]{36}$/);
   });
@@ -65,13 +72,19 @@ describe("one port for every protocol", () => {
   });
 
   it("exposes Prometheus metrics: RPCs by code, hosts and GPUs by status", async () => {
-    await server.client(HostService, { token: null }).listHosts({}).catch(() => undefined);
+    await server
+      .client(HostService, { token: null })
+      .listHosts({})
+      .catch(() => undefined);
     const res = await fetch(`${server.baseUrl}/metrics`);
     assert.equal(res.status, 200);
     assert.match(res.headers.get("content-type") ?? "", /text\/plain/);
     const body = await res.text();
     assert.match(body, /remotegpu_rpc_requests_total\{service="remotegpu.v1.HostService",method="ListHosts",code="OK"\} \d+/);
-    assert.match(body, /remotegpu_rpc_requests_total\{service="remotegpu.v1.HostService",method="ListHosts",code="Unauthenticated"\} [1-9]/);
+    assert.match(
+      body,
+      /remotegpu_rpc_requests_total\{service="remotegpu.v1.HostService",method="ListHosts",code="Unauthenticated"\} [1-9]/,
+    );
     assert.match(body, /remotegpu_rpc_duration_seconds_bucket\{le="0.1",service="remotegpu.v1.HostService",method="ListHosts"\}/);
     assert.match(body, /remotegpu_hosts\{status="OFFLINE"\} 1/);
     // Its host never sent a heartbeat, so the GPU reads as OFFLINE.

@@ -17,9 +17,10 @@ function reader<T>(stream: AsyncIterable<T>) {
     next: async (ms = 3000): Promise<T> => {
       pending ??= it.next();
       let timer: NodeJS.Timeout | undefined;
-      const r = await Promise.race([pending, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error("no message in time")), ms)))]).finally(() =>
-        clearTimeout(timer),
-      );
+      const r = await Promise.race([
+        pending,
+        new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error("no message in time")), ms))),
+      ]).finally(() => clearTimeout(timer));
       pending = undefined;
       if (r.done) throw new Error("stream ended");
       return r.value;
@@ -36,7 +37,11 @@ async function synced<T>(watches: ReturnType<typeof reader<T>>[], beat: () => Pr
   for (let attempt = 0; waiting.size > 0; attempt++) {
     if (attempt === 50) throw new Error("watch never started");
     await beat();
-    for (const w of [...waiting]) await w.next(200).then(() => waiting.delete(w), () => undefined);
+    for (const w of [...waiting])
+      await w.next(200).then(
+        () => waiting.delete(w),
+        () => undefined,
+      );
   }
   for (const w of watches) {
     for (;;) {
@@ -135,7 +140,10 @@ describe("watches", () => {
       { uuid: "GPU-wt-1", index: 1, util: 22 },
     ]);
     const one = await byGpu.next();
-    assert.deepEqual([one.sample?.gpuId, one.sample?.gpuUuid, one.sample?.metrics?.gpuUtilizationPercent, one.dropped], [gpu1.id, "GPU-wt-1", 22, 0n]);
+    assert.deepEqual(
+      [one.sample?.gpuId, one.sample?.gpuUuid, one.sample?.metrics?.gpuUtilizationPercent, one.dropped],
+      [gpu1.id, "GPU-wt-1", 22, 0n],
+    );
     const seen = [(await byHost.next()).sample?.gpuUuid, (await byHost.next()).sample?.gpuUuid];
     assert.deepEqual(seen.sort(), ["GPU-wt-0", "GPU-wt-1"]);
     await expectCode(reader(gpus.watchGpuTelemetry({ gpuId: "00000000-0000-4000-8000-000000000000" })).next(), Code.NotFound);

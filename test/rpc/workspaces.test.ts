@@ -34,13 +34,23 @@ describe("WorkspaceService", () => {
     assert.equal(ws.displayName, "team-crud", "display name defaults to the name");
     assert.deepEqual((await admin.getWorkspace({ id: ws.id })).workspace?.labels, { tier: "gold" });
     await expectCode(admin.createWorkspace({ name: "team-crud" }), Code.AlreadyExists, "team-crud");
-    const bad = await expectCode(admin.createWorkspace({ name: "Team_Crud", displayName: "x".repeat(201), labels: { "bad key!": "v" } }), Code.InvalidArgument);
+    const bad = await expectCode(
+      admin.createWorkspace({ name: "Team_Crud", displayName: "x".repeat(201), labels: { "bad key!": "v" } }),
+      Code.InvalidArgument,
+    );
     for (const field of ["name", "display_name", "labels"]) assert.match(bad.rawMessage, new RegExp(field));
 
-    const updated = await admin.updateWorkspace({ workspace: { id: ws.id, displayName: "Team CRUD", labels: { a: "b" } }, updateMask: { paths: ["display_name"] } });
+    const updated = await admin.updateWorkspace({
+      workspace: { id: ws.id, displayName: "Team CRUD", labels: { a: "b" } },
+      updateMask: { paths: ["display_name"] },
+    });
     assert.equal(updated.workspace?.displayName, "Team CRUD");
     assert.deepEqual(updated.workspace?.labels, { tier: "gold" }, "fields outside the mask keep their values");
-    await expectCode(admin.updateWorkspace({ workspace: { id: ws.id, name: "renamed" }, updateMask: { paths: ["name"] } }), Code.InvalidArgument, "update_mask");
+    await expectCode(
+      admin.updateWorkspace({ workspace: { id: ws.id, name: "renamed" }, updateMask: { paths: ["name"] } }),
+      Code.InvalidArgument,
+      "update_mask",
+    );
 
     await admin.deleteWorkspace({ id: ws.id });
     await expectCode(admin.getWorkspace({ id: ws.id }), Code.NotFound);
@@ -51,7 +61,10 @@ describe("WorkspaceService", () => {
   it("lists workspaces by name with label filters and pages; a workspace token sees only its own", async () => {
     for (const n of ["list-a", "list-b", "list-c", "list-d"]) await workspace(n, { group: n < "list-c" ? "one" : "two" });
     const first = await admin.listWorkspaces({ pageSize: 2, labelSelector: "group=one" });
-    assert.deepEqual(first.workspaces.map((w) => w.name), ["list-a", "list-b"]);
+    assert.deepEqual(
+      first.workspaces.map((w) => w.name),
+      ["list-a", "list-b"],
+    );
     assert.equal(first.totalSize, 2);
     const all: string[] = [];
     let pageToken = "";
@@ -60,12 +73,18 @@ describe("WorkspaceService", () => {
       all.push(...page.workspaces.map((w) => w.name));
       pageToken = page.nextPageToken;
     } while (pageToken);
-    assert.deepEqual(all.filter((n) => n.startsWith("list-")), ["list-a", "list-b", "list-c", "list-d"]);
+    assert.deepEqual(
+      all.filter((n) => n.startsWith("list-")),
+      ["list-a", "list-b", "list-c", "list-d"],
+    );
 
     const b = (await admin.listWorkspaces({ labelSelector: "group=two" })).workspaces[0]!;
     const viewer = await token(b.id, ApiTokenRole.VIEWER);
     const seen = await viewer.client.listWorkspaces({});
-    assert.deepEqual(seen.workspaces.map((w) => w.id), [b.id]);
+    assert.deepEqual(
+      seen.workspaces.map((w) => w.id),
+      [b.id],
+    );
     assert.equal(seen.totalSize, 1);
   });
 
@@ -74,13 +93,24 @@ describe("WorkspaceService", () => {
     const unlimited = (await admin.getResourceQuota({ workspaceId: ws.id })).quota!;
     assert.equal(unlimited.maxGpus, undefined, "a new workspace has no limits");
     const set = await admin.setResourceQuota({
-      quota: { workspaceId: ws.id, maxGpus: 8, maxGpusPerModel: { "NVIDIA H100 80GB HBM3": 2 }, allowedGpuModels: ["NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB"], maxEnvironments: 4, maxCpuMillicores: 32000n, maxMemoryBytes: 256n << 30n },
+      quota: {
+        workspaceId: ws.id,
+        maxGpus: 8,
+        maxGpusPerModel: { "NVIDIA H100 80GB HBM3": 2 },
+        allowedGpuModels: ["NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB"],
+        maxEnvironments: 4,
+        maxCpuMillicores: 32000n,
+        maxMemoryBytes: 256n << 30n,
+      },
     });
     assert.equal(set.quota?.maxGpus, 8);
     assert.deepEqual(set.quota?.maxGpusPerModel, { "NVIDIA H100 80GB HBM3": 2 });
     assert.equal(set.quota?.maxStorageBytes, undefined, "an absent limit stays unlimited");
 
-    const bad = await expectCode(admin.setResourceQuota({ quota: { workspaceId: ws.id, maxGpus: -1, maxGpusPerModel: { "": 1 }, maxCpuMillicores: -5n } }), Code.InvalidArgument);
+    const bad = await expectCode(
+      admin.setResourceQuota({ quota: { workspaceId: ws.id, maxGpus: -1, maxGpusPerModel: { "": 1 }, maxCpuMillicores: -5n } }),
+      Code.InvalidArgument,
+    );
     for (const field of ["max_gpus", "max_gpus_per_model", "max_cpu_millicores"]) assert.match(bad.rawMessage, new RegExp(field));
     assert.equal((await admin.getResourceQuota({ workspaceId: ws.id })).quota?.maxGpus, 8, "a refused update changes nothing");
     await expectCode(admin.setResourceQuota({ quota: { workspaceId: MISSING } }), Code.NotFound);
@@ -98,14 +128,26 @@ describe("WorkspaceService", () => {
     assert.equal(created.apiToken?.role, ApiTokenRole.MEMBER);
     assert.equal(Number(created.apiToken!.expireTime!.seconds) * 1000, clock.now().getTime() + 3_600_000);
     await expectCode(admin.createApiToken({ workspaceId: ws.id, name: "ci", role: ApiTokenRole.VIEWER }), Code.AlreadyExists, "ci");
-    await expectCode(admin.createApiToken({ workspaceId: ws.id, name: "", role: ApiTokenRole.UNSPECIFIED, ttl: { seconds: -1n } }), Code.InvalidArgument, "name", "role", "ttl");
+    await expectCode(
+      admin.createApiToken({ workspaceId: ws.id, name: "", role: ApiTokenRole.UNSPECIFIED, ttl: { seconds: -1n } }),
+      Code.InvalidArgument,
+      "name",
+      "role",
+      "ttl",
+    );
 
     const member = server.client(WorkspaceService, { token: created.secret });
     await member.getWorkspace({ id: ws.id });
     const listed = await admin.listApiTokens({ workspaceId: ws.id });
-    assert.deepEqual(listed.apiTokens.map((t) => t.name), ["ci"]);
+    assert.deepEqual(
+      listed.apiTokens.map((t) => t.name),
+      ["ci"],
+    );
     assert.ok(listed.apiTokens[0]!.lastUseTime, "use is recorded");
-    assert.ok(!JSON.stringify(listed, (_, v) => (typeof v === "bigint" ? String(v) : v)).includes(created.secret.slice(-20)), "no secret in the listing");
+    assert.ok(
+      !JSON.stringify(listed, (_, v) => (typeof v === "bigint" ? String(v) : v)).includes(created.secret.slice(-20)),
+      "no secret in the listing",
+    );
 
     const revoked = await admin.revokeApiToken({ workspaceId: ws.id, tokenId: created.apiToken!.id });
     assert.ok(revoked.apiToken?.revokeTime);
@@ -137,11 +179,26 @@ describe("WorkspaceService", () => {
     await expectCode(aAdmin.client.getUsage({ workspaceId: b.id }), Code.PermissionDenied);
     await expectCode(aAdmin.client.createApiToken({ workspaceId: b.id, name: "x", role: ApiTokenRole.ADMIN }), Code.PermissionDenied);
     await expectCode(aAdmin.client.setResourceQuota({ quota: { workspaceId: a.id, maxGpus: 100 } }), Code.PermissionDenied, "admin");
-    await expectCode(aViewer.client.createApiToken({ workspaceId: a.id, name: "x", role: ApiTokenRole.ADMIN }), Code.PermissionDenied, "admin");
-    await expectCode(aViewer.client.updateWorkspace({ workspace: { id: a.id, displayName: "x" }, updateMask: { paths: ["display_name"] } }), Code.PermissionDenied);
-    await expectCode(server.client(HostService, { token: (await admin.createApiToken({ workspaceId: a.id, name: "h", role: ApiTokenRole.ADMIN })).secret }).listHosts({}), Code.PermissionDenied);
+    await expectCode(
+      aViewer.client.createApiToken({ workspaceId: a.id, name: "x", role: ApiTokenRole.ADMIN }),
+      Code.PermissionDenied,
+      "admin",
+    );
+    await expectCode(
+      aViewer.client.updateWorkspace({ workspace: { id: a.id, displayName: "x" }, updateMask: { paths: ["display_name"] } }),
+      Code.PermissionDenied,
+    );
+    await expectCode(
+      server
+        .client(HostService, { token: (await admin.createApiToken({ workspaceId: a.id, name: "h", role: ApiTokenRole.ADMIN })).secret })
+        .listHosts({}),
+      Code.PermissionDenied,
+    );
 
-    const renamed = await aAdmin.client.updateWorkspace({ workspace: { id: a.id, displayName: "Team A" }, updateMask: { paths: ["display_name"] } });
+    const renamed = await aAdmin.client.updateWorkspace({
+      workspace: { id: a.id, displayName: "Team A" },
+      updateMask: { paths: ["display_name"] },
+    });
     assert.equal(renamed.workspace?.displayName, "Team A");
   });
 
@@ -157,7 +214,10 @@ describe("WorkspaceService", () => {
     await bAdmin.client.updateWorkspace({ workspace: { id: b.id, displayName: "B" }, updateMask: { paths: ["display_name"] } });
 
     const seenByA = (await aAdmin.client.listAuditEvents({})).events;
-    assert.ok(seenByA.every((e) => e.workspaceId === a.id), "a workspace admin sees only its workspace");
+    assert.ok(
+      seenByA.every((e) => e.workspaceId === a.id),
+      "a workspace admin sees only its workspace",
+    );
     const byActor = (await aAdmin.client.listAuditEvents({ actorId: aAdmin.id })).events;
     assert.deepEqual(
       byActor.map((e) => [e.method.split("/")[1], e.code]),

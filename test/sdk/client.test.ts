@@ -24,6 +24,7 @@ import {
   type RemoteGpuClientOptions,
   type UploadFileRequest,
   type Workspace,
+  type WorkspaceFile,
 } from "../../sdk/src/index.js";
 import { collectBytes, createRemoteGpuClient as createWebClient } from "../../sdk/src/web.js";
 import { ADMIN_TOKEN, startTestServer, type TestServer } from "../support/server.js";
@@ -62,14 +63,21 @@ function slow(method: string, ms: number): Interceptor {
     if (req.method.name === method) {
       await new Promise<void>((resolve, reject) => {
         const timer = setTimeout(resolve, ms);
-        req.signal.addEventListener("abort", () => (clearTimeout(timer), reject(req.signal.reason)), { once: true });
+        req.signal.addEventListener(
+          "abort",
+          () => {
+            clearTimeout(timer);
+            reject(req.signal.reason);
+          },
+          { once: true },
+        );
       });
     }
     return next(req);
   };
 }
 
-describe("SDK client", function () {
+describe("SDK client", () => {
   let server: TestServer;
   const opened: RemoteGpuClient[] = [];
   const client = (options: Partial<RemoteGpuClientOptions> = {}) => {
@@ -95,7 +103,9 @@ describe("SDK client", function () {
         assert.deepEqual((await c.workspaces.getWorkspace({ id: created.id })).workspace?.labels, { team: "ml" });
         const { host, agentToken } = await c.hosts.createHost({ name: `node-${transport}`, address: "10.0.0.9" });
         assert.ok(agentToken.length > 0);
-        const gpu = (await c.gpus.createGpu({ hostId: host!.id, index: 0, uuid: `GPU-${transport}`, model: "NVIDIA L4", memoryBytes: 24n << 30n })).gpu!;
+        const gpu = (
+          await c.gpus.createGpu({ hostId: host!.id, index: 0, uuid: `GPU-${transport}`, model: "NVIDIA L4", memoryBytes: 24n << 30n })
+        ).gpu!;
         assert.equal((await c.gpus.listGpus({ hostId: host!.id })).gpus[0]?.id, gpu.id);
         assert.equal((await c.environments.listEnvironments({ workspaceId: created.id })).totalSize, 0);
 
@@ -106,7 +116,10 @@ describe("SDK client", function () {
         assert.equal(err.name, "NotFoundError");
         assert.ok(err.message.includes(missing), err.message);
         assert.match(err.requestId ?? "", UUID, "the server's request id");
-        const mine = await rejectsWith(c.workspaces.getWorkspace({ id: missing }, { headers: { "x-request-id": `mine-${transport}` } }), NotFoundError);
+        const mine = await rejectsWith(
+          c.workspaces.getWorkspace({ id: missing }, { headers: { "x-request-id": `mine-${transport}` } }),
+          NotFoundError,
+        );
         assert.equal(mine.requestId, `mine-${transport}`, "a request id the caller sent comes back");
       });
 
@@ -130,7 +143,10 @@ describe("SDK client", function () {
 
   describe("errors", () => {
     it("InvalidArgumentError names every bad field", async () => {
-      const err = await rejectsWith(client().workspaces.createWorkspace({ name: "Bad Name", displayName: "x".repeat(300) }), InvalidArgumentError);
+      const err = await rejectsWith(
+        client().workspaces.createWorkspace({ name: "Bad Name", displayName: "x".repeat(300) }),
+        InvalidArgumentError,
+      );
       const fields = err.violations.map((v) => v.field);
       assert.ok(fields.includes("name") && fields.includes("display_name"), JSON.stringify(err.violations));
       assert.ok(err.violations.every((v) => v.description.length > 0));
@@ -148,7 +164,12 @@ describe("SDK client", function () {
       await rejectsWith(viewer.workspaces.createWorkspace({ name: "nope" }), PermissionDeniedError);
       // A token may also come from a function, asked on each call.
       let asked = 0;
-      await client({ token: () => (asked++, ADMIN_TOKEN) }).workspaces.listWorkspaces({});
+      await client({
+        token: () => {
+          asked++;
+          return ADMIN_TOKEN;
+        },
+      }).workspaces.listWorkspaces({});
       assert.equal(asked, 1);
     });
 
@@ -166,7 +187,10 @@ describe("SDK client", function () {
     it("retries an idempotent call after UNAVAILABLE and ABORTED, up to `retries` times", async () => {
       const ws = (await client().workspaces.createWorkspace({ name: "retried" })).workspace!;
       const twice = flaky("GetWorkspace", 2, Code.Unavailable);
-      assert.equal((await client({ ...fast, interceptors: [twice.interceptor] }).workspaces.getWorkspace({ id: ws.id })).workspace?.id, ws.id);
+      assert.equal(
+        (await client({ ...fast, interceptors: [twice.interceptor] }).workspaces.getWorkspace({ id: ws.id })).workspace?.id,
+        ws.id,
+      );
       assert.equal(twice.attempts, 3);
 
       const aborted = flaky("ListWorkspaces", 1, Code.Aborted);
@@ -174,7 +198,10 @@ describe("SDK client", function () {
       assert.equal(aborted.attempts, 2);
 
       const always = flaky("GetWorkspace", 100, Code.Unavailable);
-      await rejectsWith(client({ ...fast, retries: 3, interceptors: [always.interceptor] }).workspaces.getWorkspace({ id: ws.id }), UnavailableError);
+      await rejectsWith(
+        client({ ...fast, retries: 3, interceptors: [always.interceptor] }).workspaces.getWorkspace({ id: ws.id }),
+        UnavailableError,
+      );
       assert.equal(always.attempts, 4, "one attempt and 3 retries");
 
       const off = flaky("GetWorkspace", 100, Code.Unavailable);
@@ -184,12 +211,21 @@ describe("SDK client", function () {
 
     it("does not retry a call with side effects, nor other codes", async () => {
       const once = flaky("CreateWorkspace", 1, Code.Unavailable);
-      await rejectsWith(client({ ...fast, interceptors: [once.interceptor] }).workspaces.createWorkspace({ name: "not-retried" }), UnavailableError);
+      await rejectsWith(
+        client({ ...fast, interceptors: [once.interceptor] }).workspaces.createWorkspace({ name: "not-retried" }),
+        UnavailableError,
+      );
       assert.equal(once.attempts, 1);
       const counted = flaky("GetWorkspace", 0, Code.Unavailable);
-      await rejectsWith(client({ ...fast, interceptors: [counted.interceptor] }).workspaces.getWorkspace({ id: randomUUID() }), NotFoundError);
+      await rejectsWith(
+        client({ ...fast, interceptors: [counted.interceptor] }).workspaces.getWorkspace({ id: randomUUID() }),
+        NotFoundError,
+      );
       assert.equal(counted.attempts, 1, "NOT_FOUND is final");
-      assert.equal((await client().workspaces.listWorkspaces({ labelSelector: "" })).workspaces.some((w) => w.name === "not-retried"), false);
+      assert.equal(
+        (await client().workspaces.listWorkspaces({ labelSelector: "" })).workspaces.some((w) => w.name === "not-retried"),
+        false,
+      );
     });
 
     it("rides out a server that is briefly down", async () => {
@@ -197,7 +233,13 @@ describe("SDK client", function () {
         // A port with nothing behind it for a moment, then a proxy to the real server.
         const outage = await briefOutage(server.port, 150);
         const counter = flaky("ListWorkspaces", 0, Code.Unavailable);
-        const c = client({ baseUrl: outage.baseUrl, transport, retries: 8, retryBackoff: { initialMs: 40, maxMs: 200 }, interceptors: [counter.interceptor] });
+        const c = client({
+          baseUrl: outage.baseUrl,
+          transport,
+          retries: 8,
+          retryBackoff: { initialMs: 40, maxMs: 200 },
+          interceptors: [counter.interceptor],
+        });
         try {
           assert.ok((await c.workspaces.listWorkspaces({})).workspaces.length > 0);
           assert.ok(counter.attempts >= 2, `${transport}: ${counter.attempts} attempt(s)`);
@@ -217,7 +259,10 @@ describe("SDK client", function () {
       assert.equal(err.code, Code.DeadlineExceeded);
       assert.ok(Date.now() - started < 350, `gave up after ${Date.now() - started} ms`);
       assert.ok((await c.workspaces.listWorkspaces({}, { timeoutMs: 5000 })).workspaces.length > 0);
-      assert.ok((await client({ timeoutMs: 0, interceptors: [slow("ListWorkspaces", 200)] }).workspaces.listWorkspaces({})).workspaces.length > 0, "0 is no deadline");
+      assert.ok(
+        (await client({ timeoutMs: 0, interceptors: [slow("ListWorkspaces", 200)] }).workspaces.listWorkspaces({})).workspaces.length > 0,
+        "0 is no deadline",
+      );
     });
 
     it("bounds retries by the deadline", async () => {
@@ -245,7 +290,10 @@ describe("SDK client", function () {
     const names = Array.from({ length: 23 }, (_, i) => `paged-${String(i).padStart(2, "0")}`);
     await Promise.all(names.map((name) => c.workspaces.createWorkspace({ name, labels: { batch: "pages" } })));
     let pages = 0;
-    const counted: typeof c.workspaces.listWorkspaces = (req, opts) => (pages++, c.workspaces.listWorkspaces(req, opts));
+    const counted: typeof c.workspaces.listWorkspaces = (req, opts) => {
+      pages++;
+      return c.workspaces.listWorkspaces(req, opts);
+    };
     const seen: string[] = [];
     for await (const ws of listAll(counted, { labelSelector: "batch=pages", pageSize: 5 })) seen.push(ws.name);
     assert.deepEqual(seen, names);
@@ -288,8 +336,14 @@ describe("SDK client", function () {
       assert.equal(UPLOAD_CHUNK_BYTES, MiB);
       assert.deepEqual(sizes, [MiB, MiB, MiB / 2 + 123]);
 
-      let meta;
-      const back = await toBuffer(downloadFile(c, ws, "blobs/a.bin", { onFile: (f) => (meta = f) }));
+      let meta: WorkspaceFile | undefined;
+      const back = await toBuffer(
+        downloadFile(c, ws, "blobs/a.bin", {
+          onFile: (f) => {
+            meta = f;
+          },
+        }),
+      );
       assert.ok(back.equals(data));
       assert.equal(meta!.sizeBytes, BigInt(data.length));
       const range = await toBuffer(downloadFile(c, ws, "blobs/a.bin", { offset: MiB - 10, length: 20 }));
@@ -336,7 +390,10 @@ describe("SDK client", function () {
 
     it("serves the Node entry over fetch too, when given one", async () => {
       let calls = 0;
-      const counting: typeof fetch = (input, init) => (calls++, fetch(input, init));
+      const counting: typeof fetch = (input, init) => {
+        calls++;
+        return fetch(input, init);
+      };
       const c = client({ fetch: counting });
       assert.ok((await c.workspaces.listWorkspaces({})).workspaces.length > 0);
       assert.equal(calls, 1);
@@ -352,7 +409,16 @@ describe("SDK client", function () {
       assert.ok((await web.workspaces.listWorkspaces({})).workspaces.length > 0);
       assert.equal(attempts, 3);
       attempts = -10;
-      await rejectsWith(createWebClient({ baseUrl: server.baseUrl, token: ADMIN_TOKEN, fetch: refusing, retries: 1, retryBackoff: { initialMs: 5 } }).workspaces.listWorkspaces({}), UnavailableError);
+      await rejectsWith(
+        createWebClient({
+          baseUrl: server.baseUrl,
+          token: ADMIN_TOKEN,
+          fetch: refusing,
+          retries: 1,
+          retryBackoff: { initialMs: 5 },
+        }).workspaces.listWorkspaces({}),
+        UnavailableError,
+      );
     });
   });
 });
@@ -371,7 +437,10 @@ async function briefOutage(port: number, downMs: number): Promise<{ baseUrl: str
     const upstream = net.connect(port, "127.0.0.1");
     for (const s of [socket, upstream]) {
       sockets.add(s);
-      s.on("error", () => (socket.destroy(), upstream.destroy()));
+      s.on("error", () => {
+        socket.destroy();
+        upstream.destroy();
+      });
       s.on("close", () => sockets.delete(s));
     }
     socket.pipe(upstream).pipe(socket);

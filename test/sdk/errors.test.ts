@@ -25,7 +25,8 @@ import { toRemoteGpuError } from "../../sdk/src/errors.js";
 import { backoffMs } from "../../sdk/src/retry.js";
 import { chunked } from "../../sdk/src/upload.js";
 
-const fromServer = (message: string, code: Code, requestId = "req-1") => toRemoteGpuError(new ConnectError(message, code, new Headers({ "x-request-id": requestId })));
+const fromServer = (message: string, code: Code, requestId = "req-1") =>
+  toRemoteGpuError(new ConnectError(message, code, new Headers({ "x-request-id": requestId })));
 
 describe("SDK errors and building blocks", () => {
   it("maps every code to its named error, keeping message, code and request id", () => {
@@ -59,7 +60,10 @@ describe("SDK errors and building blocks", () => {
   });
 
   it("parses field violations", () => {
-    const err = fromServer('name: required; ports[0].container_port: must be 1 to 65535; env.1X: not a valid name; max_gpus_per_model["A: B"]: must be 0 or more', Code.InvalidArgument);
+    const err = fromServer(
+      'name: required; ports[0].container_port: must be 1 to 65535; env.1X: not a valid name; max_gpus_per_model["A: B"]: must be 0 or more',
+      Code.InvalidArgument,
+    );
     assert.ok(err instanceof InvalidArgumentError);
     assert.deepEqual(err.violations, [
       { field: "name", description: "required" },
@@ -67,19 +71,39 @@ describe("SDK errors and building blocks", () => {
       { field: "env.1X", description: "not a valid name" },
       { field: 'max_gpus_per_model["A: B"]', description: "must be 0 or more" },
     ]);
-    assert.deepEqual((fromServer("something odd", Code.InvalidArgument) as InvalidArgumentError).violations, [{ field: "", description: "something odd" }]);
+    assert.deepEqual((fromServer("something odd", Code.InvalidArgument) as InvalidArgumentError).violations, [
+      { field: "", description: "something odd" },
+    ]);
   });
 
   it("parses quota refusals, and leaves other RESOURCE_EXHAUSTED alone", () => {
-    const perModel = fromServer('quota exceeded: max_gpus_per_model["NVIDIA H100 80GB HBM3"] is 6, 6 in use, 1 more requested', Code.ResourceExhausted);
+    const perModel = fromServer(
+      'quota exceeded: max_gpus_per_model["NVIDIA H100 80GB HBM3"] is 6, 6 in use, 1 more requested',
+      Code.ResourceExhausted,
+    );
     assert.ok(perModel instanceof QuotaExceededError);
-    assert.deepEqual([perModel.dimension, perModel.limit, perModel.inUse, perModel.requested], ['max_gpus_per_model["NVIDIA H100 80GB HBM3"]', 6, 6, 1]);
-    const storage = fromServer("quota exceeded: max_storage_bytes is 1073741824, 1073741000 in use, 5000 more requested", Code.ResourceExhausted);
+    assert.deepEqual(
+      [perModel.dimension, perModel.limit, perModel.inUse, perModel.requested],
+      ['max_gpus_per_model["NVIDIA H100 80GB HBM3"]', 6, 6, 1],
+    );
+    const storage = fromServer(
+      "quota exceeded: max_storage_bytes is 1073741824, 1073741000 in use, 5000 more requested",
+      Code.ResourceExhausted,
+    );
     assert.ok(storage instanceof QuotaExceededError);
-    assert.deepEqual([storage.dimension, storage.limit, storage.inUse, storage.requested], ["max_storage_bytes", 1073741824, 1073741000, 5000]);
-    const models = fromServer('quota exceeded: allowed_gpu_models does not include "NVIDIA L4" (allowed: NVIDIA H100 80GB HBM3)', Code.ResourceExhausted);
+    assert.deepEqual(
+      [storage.dimension, storage.limit, storage.inUse, storage.requested],
+      ["max_storage_bytes", 1073741824, 1073741000, 5000],
+    );
+    const models = fromServer(
+      'quota exceeded: allowed_gpu_models does not include "NVIDIA L4" (allowed: NVIDIA H100 80GB HBM3)',
+      Code.ResourceExhausted,
+    );
     assert.ok(models instanceof QuotaExceededError);
-    assert.deepEqual([models.dimension, models.limit, models.inUse, models.requested], ["allowed_gpu_models", undefined, undefined, undefined]);
+    assert.deepEqual(
+      [models.dimension, models.limit, models.inUse, models.requested],
+      ["allowed_gpu_models", undefined, undefined, undefined],
+    );
     const full = fromServer("no host with 8 free healthy GPU(s)", Code.ResourceExhausted);
     assert.ok(full instanceof ResourceExhaustedError && !(full instanceof QuotaExceededError));
   });
@@ -97,7 +121,13 @@ describe("SDK errors and building blocks", () => {
   it("backs off exponentially, with jitter, up to the bound", () => {
     const backoff = { initialMs: 100, maxMs: 1000, multiplier: 2 };
     for (let i = 0; i < 200; i++) {
-      for (const [attempt, bound] of [[0, 100], [1, 200], [3, 800], [4, 1000], [20, 1000]] as const) {
+      for (const [attempt, bound] of [
+        [0, 100],
+        [1, 200],
+        [3, 800],
+        [4, 1000],
+        [20, 1000],
+      ] as const) {
         const ms = backoffMs(backoff, attempt);
         assert.ok(ms >= bound / 2 && ms <= bound, `attempt ${attempt}: ${ms}`);
       }
@@ -112,7 +142,10 @@ describe("SDK errors and building blocks", () => {
     };
     assert.deepEqual(await sizes(new Uint8Array(25)), [10, 10, 5]);
     assert.deepEqual(await sizes(new Uint8Array(0)), []);
-    assert.deepEqual(await sizes([new Uint8Array(3), new Uint8Array(7), new Uint8Array(12), new Uint8Array(0), new Uint8Array(1)]), [10, 10, 3]);
+    assert.deepEqual(
+      await sizes([new Uint8Array(3), new Uint8Array(7), new Uint8Array(12), new Uint8Array(0), new Uint8Array(1)]),
+      [10, 10, 3],
+    );
     const joined: number[] = [];
     for await (const c of chunked([Uint8Array.of(1, 2, 3), Uint8Array.of(4, 5, 6, 7, 8, 9, 10, 11)], 4)) joined.push(...c);
     assert.deepEqual(joined, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);

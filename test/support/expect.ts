@@ -8,7 +8,8 @@ export async function expectCode(call: Promise<unknown>, code: Code, ...mentions
   } catch (err) {
     const e = ConnectError.from(err);
     assert.equal(Code[e.code], Code[code], `expected ${Code[code]}, got ${Code[e.code]}: ${e.rawMessage}`);
-    for (const m of mentions) assert.ok(e.rawMessage.includes(m), `message ${JSON.stringify(e.rawMessage)} should mention ${JSON.stringify(m)}`);
+    for (const m of mentions)
+      assert.ok(e.rawMessage.includes(m), `message ${JSON.stringify(e.rawMessage)} should mention ${JSON.stringify(m)}`);
     return e;
   }
   assert.fail(`expected ${Code[code]}, but the call succeeded`);

@@ -26,14 +26,23 @@ export class FakeAgent {
           hostId,
           agentVersion: "0.1.0-test",
           capacity: { cpuMillicores: 32000n, memoryBytes: 256n * GiB, diskBytes: 1000n * GiB },
-          gpus: gpus.map((g) => ({ model: "NVIDIA H100 80GB HBM3", memoryBytes: 80n * GiB, driverVersion: "550.90.07", cudaVersion: "12.4", ...g })),
+          gpus: gpus.map((g) => ({
+            model: "NVIDIA H100 80GB HBM3",
+            memoryBytes: 80n * GiB,
+            driverVersion: "550.90.07",
+            cudaVersion: "12.4",
+            ...g,
+          })),
         },
       },
     });
     return this.next();
   }
 
-  async beat(samples: { uuid: string; index: number; util?: number; xid?: number; temp?: number; memUsed?: bigint }[] = [], sampleTime?: Timestamp) {
+  async beat(
+    samples: { uuid: string; index: number; util?: number; xid?: number; temp?: number; memUsed?: bigint }[] = [],
+    sampleTime?: Timestamp,
+  ) {
     const sequence = ++this.sequence;
     this.requests.push({
       message: {
@@ -42,7 +51,11 @@ export class FakeAgent {
           sequence,
           sampleTime,
           host: { cpuUtilizationPercent: 3 },
-          gpus: samples.map((s) => ({ gpuUuid: s.uuid, index: s.index, metrics: { gpuUtilizationPercent: s.util, lastXid: s.xid, temperatureCelsius: s.temp, memoryUsedBytes: s.memUsed } })),
+          gpus: samples.map((s) => ({
+            gpuUuid: s.uuid,
+            index: s.index,
+            metrics: { gpuUtilizationPercent: s.util, lastXid: s.xid, temperatureCelsius: s.temp, memoryUsedBytes: s.memUsed },
+          })),
         },
       },
     });
@@ -61,4 +74,3 @@ export class FakeAgent {
     this.requests.close();
   }
 }
-

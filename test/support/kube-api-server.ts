@@ -14,6 +14,7 @@ import { KubeConfig } from "@kubernetes/client-node";
  */
 
 // Kubernetes objects are open-ended JSON; a test fake reads and writes them loosely.
+// biome-ignore lint/suspicious/noExplicitAny: open-ended JSON, as the comment above says
 export type KubeObject = Record<string, any>;
 
 interface Resource {
@@ -31,16 +32,42 @@ const RESOURCES: Resource[] = [
   { plural: "namespaces", kind: "Namespace", apiVersion: "v1", namespaced: false, deleteReturnsObject: false, hasStatus: true },
   { plural: "pods", kind: "Pod", apiVersion: "v1", namespaced: true, deleteReturnsObject: true, hasStatus: true },
   { plural: "services", kind: "Service", apiVersion: "v1", namespaced: true, deleteReturnsObject: true, hasStatus: true },
-  { plural: "persistentvolumeclaims", kind: "PersistentVolumeClaim", apiVersion: "v1", namespaced: true, deleteReturnsObject: true, hasStatus: true },
+  {
+    plural: "persistentvolumeclaims",
+    kind: "PersistentVolumeClaim",
+    apiVersion: "v1",
+    namespaced: true,
+    deleteReturnsObject: true,
+    hasStatus: true,
+  },
   { plural: "secrets", kind: "Secret", apiVersion: "v1", namespaced: true, deleteReturnsObject: false, hasStatus: false },
   { plural: "configmaps", kind: "ConfigMap", apiVersion: "v1", namespaced: true, deleteReturnsObject: false, hasStatus: false },
-  { plural: "ingresses", kind: "Ingress", apiVersion: "networking.k8s.io/v1", namespaced: true, deleteReturnsObject: false, hasStatus: true },
+  {
+    plural: "ingresses",
+    kind: "Ingress",
+    apiVersion: "networking.k8s.io/v1",
+    namespaced: true,
+    deleteReturnsObject: false,
+    hasStatus: true,
+  },
 ];
 
 /** A kind ("Pod") or plural ("pods") naming one of the supported resources. */
 export type ResourceName =
-  | "Namespace" | "namespaces" | "Pod" | "pods" | "Service" | "services" | "PersistentVolumeClaim" | "persistentvolumeclaims"
-  | "Secret" | "secrets" | "ConfigMap" | "configmaps" | "Ingress" | "ingresses";
+  | "Namespace"
+  | "namespaces"
+  | "Pod"
+  | "pods"
+  | "Service"
+  | "services"
+  | "PersistentVolumeClaim"
+  | "persistentvolumeclaims"
+  | "Secret"
+  | "secrets"
+  | "ConfigMap"
+  | "configmaps"
+  | "Ingress"
+  | "ingresses";
 
 const prefixOf = (r: Resource) => (r.apiVersion === "v1" ? "/api/v1" : `/apis/${r.apiVersion}`);
 /** How the real API names a resource in messages: `pods`, `ingresses.networking.k8s.io`. */
@@ -58,37 +85,70 @@ const DISCOVERY: Record<string, KubeObject> = {
   "/apis": {
     kind: "APIGroupList",
     apiVersion: "v1",
-    groups: [{ name: "networking.k8s.io", versions: [{ groupVersion: "networking.k8s.io/v1", version: "v1" }], preferredVersion: { groupVersion: "networking.k8s.io/v1", version: "v1" } }],
+    groups: [
+      {
+        name: "networking.k8s.io",
+        versions: [{ groupVersion: "networking.k8s.io/v1", version: "v1" }],
+        preferredVersion: { groupVersion: "networking.k8s.io/v1", version: "v1" },
+      },
+    ],
   },
 };
 for (const groupVersion of ["v1", "networking.k8s.io/v1"]) {
   const resources = RESOURCES.filter((r) => r.apiVersion === groupVersion).map((r) => ({
-    name: r.plural, singularName: r.kind.toLowerCase(), namespaced: r.namespaced, kind: r.kind,
+    name: r.plural,
+    singularName: r.kind.toLowerCase(),
+    namespaced: r.namespaced,
+    kind: r.kind,
     verbs: ["create", "delete", "get", "list", "patch", "update", "watch"],
   }));
-  DISCOVERY[groupVersion === "v1" ? "/api/v1" : `/apis/${groupVersion}`] = { kind: "APIResourceList", apiVersion: "v1", groupVersion, resources };
+  DISCOVERY[groupVersion === "v1" ? "/api/v1" : `/apis/${groupVersion}`] = {
+    kind: "APIResourceList",
+    apiVersion: "v1",
+    groupVersion,
+    resources,
+  };
 }
 
 /** An error answered as a Kubernetes `Status` object, as the real API does. */
 class StatusError extends Error {
-  constructor(readonly code: number, readonly reason: string, message: string, readonly details?: KubeObject) {
+  constructor(
+    readonly code: number,
+    readonly reason: string,
+    message: string,
+    readonly details?: KubeObject,
+  ) {
     super(message);
   }
   toStatus(): KubeObject {
-    return { kind: "Status", apiVersion: "v1", metadata: {}, status: "Failure", message: this.message, reason: this.reason, details: this.details, code: this.code };
+    return {
+      kind: "Status",
+      apiVersion: "v1",
+      metadata: {},
+      status: "Failure",
+      message: this.message,
+      reason: this.reason,
+      details: this.details,
+      code: this.code,
+    };
   }
 }
-const notFound = (r: Resource, name: string) => new StatusError(404, "NotFound", `${qualified(r)} "${name}" not found`, { name, kind: r.plural });
+const notFound = (r: Resource, name: string) =>
+  new StatusError(404, "NotFound", `${qualified(r)} "${name}" not found`, { name, kind: r.plural });
 
 /** Equality-based selectors (`a=b,a==b,a!=b,a,!a`) over a value lookup; set-based ones are not supported. */
-function selector(expr: string | null, valueOf: (o: KubeObject, key: string) => unknown): (o: KubeObject) => boolean {
-  const tests = (expr ?? "").split(",").map((s) => s.trim()).filter(Boolean).map((term): ((o: KubeObject) => boolean) => {
-    const m = /^([^!=\s]+)\s*(!=|==|=)\s*(\S*)$/.exec(term);
-    if (m) return (o) => (String(valueOf(o, m[1]) ?? "") === m[3]) === (m[2] !== "!=");
-    const exists = /^(!?)([^!=\s]+)$/.exec(term);
-    if (exists) return (o) => (valueOf(o, exists[2]) !== undefined) !== (exists[1] === "!");
-    throw new StatusError(400, "BadRequest", `unable to parse requirement: ${term}`);
-  });
+function selector(expr: string | null, read: (o: KubeObject, key: string) => unknown): (o: KubeObject) => boolean {
+  const tests = (expr ?? "")
+    .split(",")
+    .map((s) => s.trim())
+    .filter(Boolean)
+    .map((term): ((o: KubeObject) => boolean) => {
+      const m = /^([^!=\s]+)\s*(!=|==|=)\s*(\S*)$/.exec(term);
+      if (m) return (o) => (String(read(o, m[1]) ?? "") === m[3]) === (m[2] !== "!=");
+      const exists = /^(!?)([^!=\s]+)$/.exec(term);
+      if (exists) return (o) => (read(o, exists[2]) !== undefined) !== (exists[1] === "!");
+      throw new StatusError(400, "BadRequest", `unable to parse requirement: ${term}`);
+    });
   return (o) => tests.every((t) => t(o));
 }
 const labelValue = (o: KubeObject, key: string) => o.metadata?.labels?.[key];
@@ -108,17 +168,23 @@ function mergePatch(target: unknown, patch: unknown): unknown {
 /** RFC 6902 JSON patch (add, replace, remove, test): client-node 2.0.1 sends it unless told otherwise. */
 function jsonPatch(doc: KubeObject, ops: KubeObject[]): KubeObject {
   for (const op of ops) {
-    const parts = String(op.path).split("/").slice(1).map((p) => p.replace(/~1/g, "/").replace(/~0/g, "~"));
+    const parts = String(op.path)
+      .split("/")
+      .slice(1)
+      .map((p) => p.replace(/~1/g, "/").replace(/~0/g, "~"));
     const last = parts.pop() ?? "";
     const parent = parts.reduce<KubeObject | undefined>((v, k) => v?.[k], doc);
     if (parent === null || typeof parent !== "object") throw new StatusError(422, "Invalid", `doc is missing path: "${op.path}"`);
     const index = last === "-" ? parent.length : Number(last);
     if (op.op !== "add" && !(last in parent)) throw new StatusError(422, "Invalid", `doc is missing key: "${op.path}"`);
-    if (op.op === "add") Array.isArray(parent) ? parent.splice(index, 0, op.value) : (parent[last] = op.value);
-    else if (op.op === "replace") parent[last] = op.value;
+    if (op.op === "add") {
+      if (Array.isArray(parent)) parent.splice(index, 0, op.value);
+      else parent[last] = op.value;
+    } else if (op.op === "replace") parent[last] = op.value;
     else if (op.op === "remove") Array.isArray(parent) ? parent.splice(index, 1) : delete parent[last];
     else if (op.op === "test") {
-      if (JSON.stringify(parent[last]) !== JSON.stringify(op.value)) throw new StatusError(422, "Invalid", `testing value ${op.path} failed`);
+      if (JSON.stringify(parent[last]) !== JSON.stringify(op.value))
+        throw new StatusError(422, "Invalid", `testing value ${op.path} failed`);
     } else throw new StatusError(422, "Invalid", `unsupported JSON patch op ${op.op}`);
   }
   return doc;
@@ -126,9 +192,22 @@ function jsonPatch(doc: KubeObject, ops: KubeObject[]): KubeObject {
 
 const clone = <T>(o: T): T => structuredClone(o);
 
-interface WatchEvent { rv: number; type: "ADDED" | "MODIFIED" | "DELETED"; resource: Resource; object: KubeObject }
-interface Watcher { resource: Resource; matches(o: KubeObject): boolean; send(type: string, object: KubeObject): void; res: http.ServerResponse }
-interface Follower { key: string; res: http.ServerResponse }
+interface WatchEvent {
+  rv: number;
+  type: "ADDED" | "MODIFIED" | "DELETED";
+  resource: Resource;
+  object: KubeObject;
+}
+interface Watcher {
+  resource: Resource;
+  matches(o: KubeObject): boolean;
+  send(type: string, object: KubeObject): void;
+  res: http.ServerResponse;
+}
+interface Follower {
+  key: string;
+  res: http.ServerResponse;
+}
 
 /** States a test drives a pod into; each one replaces `status` as the kubelet would report it. */
 export type PodDrive =
@@ -181,12 +260,30 @@ export class KubeApiTestServer {
     this.dir = await mkdtemp(path.join(tmpdir(), "remotegpu-kube-"));
     this.kubeconfigPath = path.join(this.dir, "kubeconfig.yaml");
     // client-node refuses plain http unless the cluster entry skips TLS verification.
-    await writeFile(this.kubeconfigPath, [
-      "apiVersion: v1", "kind: Config", "current-context: test",
-      "clusters:", "- name: test", "  cluster:", `    server: ${this.url}`, "    insecure-skip-tls-verify: true",
-      "users:", "- name: test", "  user:", `    token: ${this.token}`,
-      "contexts:", "- name: test", "  context:", "    cluster: test", "    user: test", "    namespace: default", "",
-    ].join("\n"));
+    await writeFile(
+      this.kubeconfigPath,
+      [
+        "apiVersion: v1",
+        "kind: Config",
+        "current-context: test",
+        "clusters:",
+        "- name: test",
+        "  cluster:",
+        `    server: ${this.url}`,
+        "    insecure-skip-tls-verify: true",
+        "users:",
+        "- name: test",
+        "  user:",
+        `    token: ${this.token}`,
+        "contexts:",
+        "- name: test",
+        "  context:",
+        "    cluster: test",
+        "    user: test",
+        "    namespace: default",
+        "",
+      ].join("\n"),
+    );
     this.create(resourceFor("namespaces"), undefined, { metadata: { name: "default" } });
   }
 
@@ -242,34 +339,76 @@ export class KubeApiTestServer {
   setPodPhase(namespace: string, name: string, drive: PodDrive): KubeObject {
     const pod = this.modify("pods", namespace, name, (p) => {
       const now = new Date().toISOString();
-      const containers = (state: KubeObject, ready: boolean) => (p.spec?.containers ?? []).map((c: KubeObject) => ({
-        name: c.name, image: c.image, imageID: "", restartCount: 0, ready, started: ready, state,
-      }));
+      const containers = (state: KubeObject, ready: boolean) =>
+        (p.spec?.containers ?? []).map((c: KubeObject) => ({
+          name: c.name,
+          image: c.image,
+          imageID: "",
+          restartCount: 0,
+          ready,
+          started: ready,
+          state,
+        }));
       const conditions = (ready: boolean, reason?: string) => [
         { type: "PodScheduled", status: "True", lastTransitionTime: now },
         { type: "Initialized", status: "True", lastTransitionTime: now },
-        ...["ContainersReady", "Ready"].map((type) => ({ type, status: ready ? "True" : "False", lastTransitionTime: now, ...(reason && { reason }) })),
+        ...["ContainersReady", "Ready"].map((type) => ({
+          type,
+          status: ready ? "True" : "False",
+          lastTransitionTime: now,
+          ...(reason && { reason }),
+        })),
       ];
       const started = { hostIP: "10.0.0.1", startTime: p.status?.startTime ?? now };
       p.spec = { ...p.spec, nodeName: p.spec?.nodeName ?? (drive.state === "Scheduled" ? drive.nodeName : undefined) ?? "node-1" };
       if (drive.state === "Scheduled") {
-        p.status = { phase: "Pending", conditions: conditions(false, "ContainersNotReady"), containerStatuses: containers({ waiting: { reason: "ContainerCreating" } }, false), ...started };
+        p.status = {
+          phase: "Pending",
+          conditions: conditions(false, "ContainersNotReady"),
+          containerStatuses: containers({ waiting: { reason: "ContainerCreating" } }, false),
+          ...started,
+        };
       } else if (drive.state === "Running") {
         const podIP = drive.podIP ?? "10.244.0.10";
-        p.status = { phase: "Running", podIP, podIPs: [{ ip: podIP }], conditions: conditions(true), containerStatuses: containers({ running: { startedAt: now } }, true), ...started };
+        p.status = {
+          phase: "Running",
+          podIP,
+          podIPs: [{ ip: podIP }],
+          conditions: conditions(true),
+          containerStatuses: containers({ running: { startedAt: now } }, true),
+          ...started,
+        };
       } else if (drive.state === "ImagePullBackOff") {
         const message = drive.message ?? `Back-off pulling image "${p.spec?.containers?.[0]?.image}"`;
-        p.status = { phase: "Pending", conditions: conditions(false, "ContainersNotReady"), containerStatuses: containers({ waiting: { reason: "ImagePullBackOff", message } }, false), ...started };
+        p.status = {
+          phase: "Pending",
+          conditions: conditions(false, "ContainersNotReady"),
+          containerStatuses: containers({ waiting: { reason: "ImagePullBackOff", message } }, false),
+          ...started,
+        };
       } else if (drive.state === "Evicted") {
         const message = drive.message ?? "The node was low on resource: ephemeral-storage.";
-        p.status = { phase: "Failed", reason: "Evicted", message, conditions: conditions(false, "PodFailed"), containerStatuses: containers({ terminated: { exitCode: 137, reason: "ContainerStatusUnknown", finishedAt: now } }, false), ...started };
+        p.status = {
+          phase: "Failed",
+          reason: "Evicted",
+          message,
+          conditions: conditions(false, "PodFailed"),
+          containerStatuses: containers({ terminated: { exitCode: 137, reason: "ContainerStatusUnknown", finishedAt: now } }, false),
+          ...started,
+        };
       } else {
         const reason = drive.reason ?? (drive.exitCode === 0 ? "Completed" : "Error");
         const terminated = { exitCode: drive.exitCode, reason, startedAt: started.startTime, finishedAt: now };
-        p.status = { phase: drive.exitCode === 0 ? "Succeeded" : "Failed", conditions: conditions(false, "PodCompleted"), containerStatuses: containers({ terminated }, false), ...started };
+        p.status = {
+          phase: drive.exitCode === 0 ? "Succeeded" : "Failed",
+          conditions: conditions(false, "PodCompleted"),
+          containerStatuses: containers({ terminated }, false),
+          ...started,
+        };
       }
     });
-    if (pod.status.phase === "Failed" || pod.status.phase === "Succeeded") this.endFollowers(this.key(resourceFor("pods"), namespace, name));
+    if (pod.status.phase === "Failed" || pod.status.phase === "Succeeded")
+      this.endFollowers(this.key(resourceFor("pods"), namespace, name));
     return pod;
   }
 
@@ -293,7 +432,7 @@ export class KubeApiTestServer {
    */
   breakWatches(how: "destroy" | "end" = "destroy"): number {
     const n = this.watchers.size;
-    for (const w of [...this.watchers]) (how === "destroy" ? w.res.destroy() : w.res.end());
+    for (const w of [...this.watchers]) how === "destroy" ? w.res.destroy() : w.res.end();
     this.watchers.clear();
     return n;
   }
@@ -329,17 +468,28 @@ export class KubeApiTestServer {
   private create(r: Resource, namespace: string | undefined, body: KubeObject): KubeObject {
     const meta = body?.metadata;
     if (!meta || typeof meta !== "object") throw new StatusError(400, "BadRequest", "metadata is required");
-    const name: string | undefined = meta.name || (meta.generateName && `${meta.generateName}${randomBytes(3).toString("hex").slice(0, 5)}`);
-    if (!name) throw new StatusError(422, "Invalid", `${r.kind} "" is invalid: metadata.name: Required value: name or generateName is required`);
+    const name: string | undefined =
+      meta.name || (meta.generateName && `${meta.generateName}${randomBytes(3).toString("hex").slice(0, 5)}`);
+    if (!name)
+      throw new StatusError(422, "Invalid", `${r.kind} "" is invalid: metadata.name: Required value: name or generateName is required`);
     if (r.namespaced) {
-      if (meta.namespace && meta.namespace !== namespace) throw new StatusError(400, "BadRequest", "the namespace of the provided object does not match the namespace sent on the request");
-      if (!this.objects.has(this.key(resourceFor("namespaces"), undefined, namespace!))) throw notFound(resourceFor("namespaces"), namespace!);
+      if (meta.namespace && meta.namespace !== namespace)
+        throw new StatusError(400, "BadRequest", "the namespace of the provided object does not match the namespace sent on the request");
+      if (!this.objects.has(this.key(resourceFor("namespaces"), undefined, namespace!)))
+        throw notFound(resourceFor("namespaces"), namespace!);
     }
     if (this.objects.has(this.key(r, namespace, name))) {
       throw new StatusError(409, "AlreadyExists", `${qualified(r)} "${name}" already exists`, { name, kind: r.plural });
     }
     const o: KubeObject = { ...clone(body), apiVersion: r.apiVersion, kind: r.kind };
-    o.metadata = { ...o.metadata, name, ...(r.namespaced && { namespace }), uid: randomUUID(), creationTimestamp: new Date().toISOString().replace(/\.\d+Z$/, "Z"), generation: 1 };
+    o.metadata = {
+      ...o.metadata,
+      name,
+      ...(r.namespaced && { namespace }),
+      uid: randomUUID(),
+      creationTimestamp: new Date().toISOString().replace(/\.\d+Z$/, "Z"),
+      generation: 1,
+    };
     // Defaults the real API or its controllers fill in right away.
     if (r.kind === "Namespace") o.status = { phase: "Active" };
     if (r.kind === "Pod" || r.kind === "PersistentVolumeClaim") o.status = { phase: "Pending" };
@@ -351,10 +501,18 @@ export class KubeApiTestServer {
   private update(r: Resource, current: KubeObject, next: KubeObject, subresource?: string): KubeObject {
     const given = next?.metadata?.resourceVersion;
     if (given && given !== current.metadata.resourceVersion) {
-      throw new StatusError(409, "Conflict", `Operation cannot be fulfilled on ${qualified(r)} "${current.metadata.name}": the object has been modified; please apply your changes to the latest version and try again`, { name: current.metadata.name, kind: r.plural });
+      throw new StatusError(
+        409,
+        "Conflict",
+        `Operation cannot be fulfilled on ${qualified(r)} "${current.metadata.name}": the object has been modified; please apply your changes to the latest version and try again`,
+        { name: current.metadata.name, kind: r.plural },
+      );
     }
     const { name, namespace, uid, creationTimestamp, generation } = current.metadata;
-    const o: KubeObject = subresource === "status" ? { ...clone(current), status: next.status } : { ...next, ...(r.hasStatus && { status: clone(current.status) }) };
+    const o: KubeObject =
+      subresource === "status"
+        ? { ...clone(current), status: next.status }
+        : { ...next, ...(r.hasStatus && { status: clone(current.status) }) };
     o.apiVersion = r.apiVersion;
     o.kind = r.kind;
     const specChanged = JSON.stringify(o.spec) !== JSON.stringify(current.spec);
@@ -373,18 +531,21 @@ export class KubeApiTestServer {
     for (const dr of RESOURCES.filter((x) => x.namespaced)) {
       for (const d of this.select(dr, undefined, () => true)) {
         const inNamespace = r.kind === "Namespace" && d.metadata.namespace === o.metadata.name;
-        const owned = propagationPolicy !== "Orphan" && d.metadata.ownerReferences?.some((ref: KubeObject) => ref.uid === deleted.metadata.uid);
-        if ((inNamespace || owned) && this.objects.has(this.key(dr, d.metadata.namespace, d.metadata.name))) this.remove(dr, d, propagationPolicy);
+        const owned =
+          propagationPolicy !== "Orphan" && d.metadata.ownerReferences?.some((ref: KubeObject) => ref.uid === deleted.metadata.uid);
+        if ((inNamespace || owned) && this.objects.has(this.key(dr, d.metadata.namespace, d.metadata.name)))
+          this.remove(dr, d, propagationPolicy);
       }
     }
     return deleted;
   }
 
   private endFollowers(key: string): void {
-    for (const f of [...this.followers]) if (f.key.startsWith(`${key}/`)) {
-      f.res.end();
-      this.followers.delete(f);
-    }
+    for (const f of [...this.followers])
+      if (f.key.startsWith(`${key}/`)) {
+        f.res.end();
+        this.followers.delete(f);
+      }
   }
 
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
@@ -411,7 +572,13 @@ export class KubeApiTestServer {
         const [labels, fields] = [selector(q.get("labelSelector"), labelValue), selector(q.get("fieldSelector"), fieldValue)];
         const matches = (o: KubeObject) => labels(o) && fields(o);
         if (method === "GET" && ["true", "1"].includes(q.get("watch") ?? "")) return this.watch(res, r, namespace, matches, q);
-        if (method === "GET") return json(res, 200, { kind: `${r.kind}List`, apiVersion: r.apiVersion, metadata: { resourceVersion: this.resourceVersion }, items: this.select(r, namespace, matches) });
+        if (method === "GET")
+          return json(res, 200, {
+            kind: `${r.kind}List`,
+            apiVersion: r.apiVersion,
+            metadata: { resourceVersion: this.resourceVersion },
+            items: this.select(r, namespace, matches),
+          });
         if (method === "POST" && (namespace || !r.namespaced)) return json(res, 201, this.create(r, namespace, body ?? {}));
         throw new StatusError(405, "MethodNotAllowed", `${method} is not supported here`);
       }
@@ -422,16 +589,27 @@ export class KubeApiTestServer {
       if (method === "PUT") return json(res, 200, this.update(r, current, body ?? {}, subresource));
       if (method === "PATCH") {
         const type = (req.headers["content-type"] ?? "").split(";")[0].trim();
-        if (type === "application/json-patch+json") return json(res, 200, this.update(r, current, jsonPatch(clone(current), Array.isArray(body) ? body : []), subresource));
+        if (type === "application/json-patch+json")
+          return json(res, 200, this.update(r, current, jsonPatch(clone(current), Array.isArray(body) ? body : []), subresource));
         if (type === "application/merge-patch+json" || type === "application/strategic-merge-patch+json") {
           return json(res, 200, this.update(r, current, mergePatch(clone(current), body) as KubeObject, subresource));
         }
-        throw new StatusError(415, "UnsupportedMediaType", `the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json`);
+        throw new StatusError(
+          415,
+          "UnsupportedMediaType",
+          `the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json`,
+        );
       }
       if (method === "DELETE") {
         const deleted = this.remove(r, current, q.get("propagationPolicy") ?? body?.propagationPolicy);
         if (r.deleteReturnsObject) return json(res, 200, deleted);
-        return json(res, 200, { kind: "Status", apiVersion: "v1", metadata: {}, status: "Success", details: { name, kind: r.plural, uid: current.metadata.uid } });
+        return json(res, 200, {
+          kind: "Status",
+          apiVersion: "v1",
+          metadata: {},
+          status: "Success",
+          details: { name, kind: r.plural, uid: current.metadata.uid },
+        });
       }
       throw new StatusError(405, "MethodNotAllowed", `${method} is not supported here`);
     } catch (err) {
@@ -447,7 +625,13 @@ export class KubeApiTestServer {
    * ADDED for what exists; with one it replays the kept events after it, or sends ERROR 410 Expired
    * and ends when that version is older than the kept history, so the client re-lists.
    */
-  private watch(res: http.ServerResponse, r: Resource, namespace: string | undefined, matches: (o: KubeObject) => boolean, q: URLSearchParams): void {
+  private watch(
+    res: http.ServerResponse,
+    r: Resource,
+    namespace: string | undefined,
+    matches: (o: KubeObject) => boolean,
+    q: URLSearchParams,
+  ): void {
     // Flush now: the client's fetch resolves on the headers, and a quiet watch may send nothing for a while.
     res.writeHead(200, { "content-type": "application/json", "cache-control": "no-cache" }).flushHeaders();
     const send = (type: string, object: KubeObject) => {
@@ -461,7 +645,9 @@ export class KubeApiTestServer {
         res.end();
         return;
       }
-      for (const e of this.history) if (e.rv > Number(from) && e.resource === r && (!namespace || e.object.metadata.namespace === namespace) && matches(e.object)) send(e.type, e.object);
+      for (const e of this.history)
+        if (e.rv > Number(from) && e.resource === r && (!namespace || e.object.metadata.namespace === namespace) && matches(e.object))
+          send(e.type, e.object);
     } else {
       for (const o of this.select(r, namespace, matches)) send("ADDED", o);
     }
@@ -471,7 +657,12 @@ export class KubeApiTestServer {
     const timeout = Number(q.get("timeoutSeconds") ?? 0);
     if (timeout > 0) timers.push(setTimeout(() => res.end(), timeout * 1000));
     if (q.get("allowWatchBookmarks") === "true") {
-      timers.push(setInterval(() => send("BOOKMARK", { kind: r.kind, apiVersion: r.apiVersion, metadata: { resourceVersion: this.resourceVersion } }), this.bookmarkIntervalMs));
+      timers.push(
+        setInterval(
+          () => send("BOOKMARK", { kind: r.kind, apiVersion: r.apiVersion, metadata: { resourceVersion: this.resourceVersion } }),
+          this.bookmarkIntervalMs,
+        ),
+      );
     }
     res.on("close", () => {
       this.watchers.delete(watcher);
@@ -492,7 +683,11 @@ export class KubeApiTestServer {
     }
     const state = pod.status?.containerStatuses?.find((c: KubeObject) => c.name === container)?.state;
     if (!state?.running && !state?.terminated) {
-      throw new StatusError(400, "BadRequest", `container "${container}" in pod "${name}" is waiting to start: ${state?.waiting?.reason ?? "ContainerCreating"}`);
+      throw new StatusError(
+        400,
+        "BadRequest",
+        `container "${container}" in pod "${name}" is waiting to start: ${state?.waiting?.reason ?? "ContainerCreating"}`,
+      );
     }
     const key = `${this.key(resourceFor("pods"), namespace, name)}/${container}`;
     const lines = this.logs.get(key) ?? [];
@@ -510,7 +705,10 @@ export class KubeApiTestServer {
 function parseRoute(pathname: string): { resource: Resource; namespace?: string; name?: string; subresource?: string } | undefined {
   for (const prefix of ["/api/v1", "/apis/networking.k8s.io/v1"]) {
     if (!pathname.startsWith(`${prefix}/`)) continue;
-    let parts = pathname.slice(prefix.length + 1).split("/").map(decodeURIComponent);
+    let parts = pathname
+      .slice(prefix.length + 1)
+      .split("/")
+      .map(decodeURIComponent);
     let namespace: string | undefined;
     if (parts[0] === "namespaces" && parts.length >= 3) [namespace, parts] = [parts[1], parts.slice(2)];
     const [plural, name, subresource, ...rest] = parts;

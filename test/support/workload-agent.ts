@@ -75,7 +75,10 @@ export class WorkloadAgent {
 
   /** Sends output lines of an environment up the stream. */
   log(environmentId: string, ...texts: string[]): void {
-    this.send({ case: "environmentLogs", value: { environmentId, lines: texts.map((text) => ({ time: timestampNow(), stream: LogStream.STDOUT, text })) } });
+    this.send({
+      case: "environmentLogs",
+      value: { environmentId, lines: texts.map((text) => ({ time: timestampNow(), stream: LogStream.STDOUT, text })) },
+    });
   }
 
   report(environmentId: string, generation: bigint, state: WorkloadState, message = ""): void {
@@ -96,9 +99,13 @@ export class WorkloadAgent {
       if (this.behaviour === "ignore") return;
       // Like the real agent, a newer run first ends the older workload, and says so.
       const older = this.running.get(environmentId);
-      if (older !== undefined && older < generation) this.report(environmentId, older, WorkloadState.STOPPED, `replaced by generation ${generation}`);
+      if (older !== undefined && older < generation)
+        this.report(environmentId, older, WorkloadState.STOPPED, `replaced by generation ${generation}`);
       this.report(environmentId, generation, WorkloadState.STARTING);
-      if (this.behaviour === "fail") return this.report(environmentId, generation, WorkloadState.FAILED, "exited with code 3");
+      if (this.behaviour === "fail") {
+        this.report(environmentId, generation, WorkloadState.FAILED, "exited with code 3");
+        return;
+      }
       this.running.set(environmentId, generation);
       this.report(environmentId, generation, WorkloadState.RUNNING);
     } else if (cmd.case === "stopEnvironment") {

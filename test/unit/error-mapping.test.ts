@@ -39,7 +39,10 @@ describe("error mapping", () => {
 
   it("keeps the domain message, which names the field", () => {
     assert.equal(toConnectError(InvalidArgumentError.field("host.name", "required")).error.rawMessage, "host.name: required");
-    assert.match(toConnectError(new QuotaExceededError("max_gpus", 2, 2, 1)).error.rawMessage, /quota exceeded: max_gpus is 2, 2 in use, 1 more requested/);
+    assert.match(
+      toConnectError(new QuotaExceededError("max_gpus", 2, 2, 1)).error.rawMessage,
+      /quota exceeded: max_gpus is 2, 2 in use, 1 more requested/,
+    );
   });
 
   it("turns anything unexpected into INTERNAL without leaking its message", () => {

@@ -14,26 +14,46 @@ const gpu = (index: number, uuid: string, more: Partial<StoredGpu> = {}): Stored
   healthReasons: [],
   ...more,
 });
-const report = (g: StoredGpu) => ({ index: g.index, uuid: g.uuid, model: g.model, memoryBytes: g.memoryBytes, driverVersion: g.driverVersion, cudaVersion: g.cudaVersion });
+const report = (g: StoredGpu) => ({
+  index: g.index,
+  uuid: g.uuid,
+  model: g.model,
+  memoryBytes: g.memoryBytes,
+  driverVersion: g.driverVersion,
+  cudaVersion: g.cudaVersion,
+});
 
 describe("inventory plan", () => {
   it("plans nothing for a reconnect that reports the same GPUs", () => {
     const stored = [gpu(0, "a"), gpu(1, "b")];
     const plan = planInventory(stored, stored.map(report));
     assert.deepEqual([plan.park, plan.insert, plan.update, plan.offline], [[], [], [], []]);
-    assert.deepEqual([...plan.ids], [["a", "id-a"], ["b", "id-b"]]);
+    assert.deepEqual(
+      [...plan.ids],
+      [
+        ["a", "id-a"],
+        ["b", "id-b"],
+      ],
+    );
   });
 
   it("adds new GPUs, takes missing ones offline and parks an index a newcomer claims", () => {
     const plan = planInventory([gpu(0, "a"), gpu(1, "gone")], [report(gpu(0, "a")), report(gpu(1, "new"))]);
     assert.deepEqual(plan.park, ["id-gone"]);
     assert.deepEqual(plan.offline, ["id-gone"]);
-    assert.deepEqual(plan.insert.map((g) => [g.index, g.uuid]), [[1, "new"]]);
+    assert.deepEqual(
+      plan.insert.map((g) => [g.index, g.uuid]),
+      [[1, "new"]],
+    );
     assert.equal(plan.ids.get("new"), plan.insert[0]!.id);
   });
 
   it("swaps indexes through parking, and brings an OFFLINE GPU back to what its health and holder say", () => {
-    const stored = [gpu(0, "a"), gpu(1, "b", { status: "OFFLINE", holder: "env-1" }), gpu(2, "c", { status: "OFFLINE", healthReasons: ["xid 79"] })];
+    const stored = [
+      gpu(0, "a"),
+      gpu(1, "b", { status: "OFFLINE", holder: "env-1" }),
+      gpu(2, "c", { status: "OFFLINE", healthReasons: ["xid 79"] }),
+    ];
     const plan = planInventory(stored, [report(gpu(1, "a")), report(gpu(0, "b")), report(gpu(2, "c"))]);
     assert.deepEqual(plan.park.sort(), ["id-a", "id-b"]);
     assert.deepEqual(

@@ -78,12 +78,18 @@ describe("Kubernetes manifests", () => {
     assert.deepEqual(pod.metadata!.ownerReferences, [owner]);
     assert.equal(c.resources!.limits!["nvidia.com/gpu"], "2");
     assert.equal(c.resources!.requests!.cpu, "4000m");
-    assert.deepEqual(c.volumeMounts!.map((m) => m.mountPath), ["/workspace", "/etc/remotegpu/ssh"]);
+    assert.deepEqual(
+      c.volumeMounts!.map((m) => m.mountPath),
+      ["/workspace", "/etc/remotegpu/ssh"],
+    );
     assert.equal(pod.spec!.volumes![0]!.persistentVolumeClaim!.claimName, `env-${spec.environmentId}`);
 
     const visible = podManifest(spec, { ...options, gpuMode: "visible-devices" }, owner);
     assert.equal(visible.spec!.runtimeClassName, "nvidia");
-    assert.deepEqual(visible.spec!.containers[0]!.env!.find((e) => e.name === "NVIDIA_VISIBLE_DEVICES"), { name: "NVIDIA_VISIBLE_DEVICES", value: "GPU-aaa,GPU-bbb" });
+    assert.deepEqual(
+      visible.spec!.containers[0]!.env!.find((e) => e.name === "NVIDIA_VISIBLE_DEVICES"),
+      { name: "NVIDIA_VISIBLE_DEVICES", value: "GPU-aaa,GPU-bbb" },
+    );
     assert.equal(visible.spec!.containers[0]!.resources!.limits!["nvidia.com/gpu"], undefined);
     assert.equal(secretManifest(spec, options).stringData!.authorized_keys, `${spec.sshPublicKeys[0]}\n`);
     assert.equal(volumeClaimManifest(spec, options, owner).spec!.resources!.requests!.storage, "50Gi");
@@ -92,10 +98,19 @@ describe("Kubernetes manifests", () => {
   it("exposes ports on NodePorts when in range (else ClusterIP) and HTTP ports through an Ingress", () => {
     const service = serviceManifest(spec, options, owner)!;
     assert.equal(service.spec!.type, "NodePort");
-    assert.deepEqual(service.spec!.ports!.map((p) => [p.name, p.port, p.nodePort]), [["jupyter", 8888, 30101], ["ssh", 22, 30102]]);
+    assert.deepEqual(
+      service.spec!.ports!.map((p) => [p.name, p.port, p.nodePort]),
+      [
+        ["jupyter", 8888, 30101],
+        ["ssh", 22, 30102],
+      ],
+    );
     assert.equal(serviceManifest({ ...spec, ports: [{ ...spec.ports[0]!, hostPort: 40000 }] }, options, owner)!.spec!.type, "ClusterIP");
     const ingress = ingressManifest(spec, options, owner)!;
-    assert.deepEqual(ingress.spec!.rules!.map((r) => r.host), ["jupyter-notebook-ml-team.gpu.example.com"]);
+    assert.deepEqual(
+      ingress.spec!.rules!.map((r) => r.host),
+      ["jupyter-notebook-ml-team.gpu.example.com"],
+    );
     assert.equal(ingress.spec!.ingressClassName, "nginx");
     assert.equal(ingressManifest(spec, { ...options, ingressBaseDomain: undefined }, owner), undefined);
   });
@@ -103,10 +118,41 @@ describe("Kubernetes manifests", () => {
   it("reads workload states from pod statuses", () => {
     assert.equal(podState({ status: { phase: "Pending" } }).state, "STARTING");
     assert.equal(podState({ status: { phase: "Running", conditions: [{ type: "Ready", status: "True" }] } }).state, "RUNNING");
-    const pull = podState({ status: { phase: "Pending", containerStatuses: [{ name: "workload", image: "x", imageID: "", ready: false, restartCount: 0, state: { waiting: { reason: "ImagePullBackOff", message: 'Back-off pulling image "nope"' } } }] } });
+    const pull = podState({
+      status: {
+        phase: "Pending",
+        containerStatuses: [
+          {
+            name: "workload",
+            image: "x",
+            imageID: "",
+            ready: false,
+            restartCount: 0,
+            state: { waiting: { reason: "ImagePullBackOff", message: 'Back-off pulling image "nope"' } },
+          },
+        ],
+      },
+    });
     assert.deepEqual(pull, { state: "FAILED", message: 'ImagePullBackOff: Back-off pulling image "nope"' });
-    assert.deepEqual(podState({ status: { phase: "Failed", reason: "Evicted", message: "The node was low on resource: memory." } }), { state: "FAILED", message: "Evicted: The node was low on resource: memory." });
-    const exited = podState({ status: { phase: "Failed", containerStatuses: [{ name: "workload", image: "x", imageID: "", ready: false, restartCount: 0, state: { terminated: { exitCode: 137, reason: "OOMKilled" } } }] } });
+    assert.deepEqual(podState({ status: { phase: "Failed", reason: "Evicted", message: "The node was low on resource: memory." } }), {
+      state: "FAILED",
+      message: "Evicted: The node was low on resource: memory.",
+    });
+    const exited = podState({
+      status: {
+        phase: "Failed",
+        containerStatuses: [
+          {
+            name: "workload",
+            image: "x",
+            imageID: "",
+            ready: false,
+            restartCount: 0,
+            state: { terminated: { exitCode: 137, reason: "OOMKilled" } },
+          },
+        ],
+      },
+    });
     assert.deepEqual(exited, { state: "FAILED", message: "exited with code 137 (OOMKilled)" });
   });
 });

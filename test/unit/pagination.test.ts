@@ -24,6 +24,9 @@ describe("pagination", () => {
     const filters = {};
     assert.throws(() => decodePageToken(encodePageToken(["zzz", 1], filters), filters, ["uuid", "int"]), /page_token/);
     assert.throws(() => decodePageToken(encodePageToken(["a\u0000"], filters), filters, ["string"]), /page_token/);
-    assert.throws(() => decodePageToken(encodePageToken(["00000000-0000-4000-8000-000000000000", 1.5], filters), filters, ["uuid", "int"]), /page_token/);
+    assert.throws(
+      () => decodePageToken(encodePageToken(["00000000-0000-4000-8000-000000000000", 1.5], filters), filters, ["uuid", "int"]),
+      /page_token/,
+    );
   });
 });

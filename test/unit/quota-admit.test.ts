@@ -4,7 +4,15 @@ import { admit, type QuotaLimits, type Usage } from "../../src/workspace/quota-l
 
 const H100 = "NVIDIA H100 80GB HBM3";
 const A100 = "NVIDIA A100-SXM4-80GB";
-const open: QuotaLimits = { maxGpus: null, maxGpusPerModel: {}, allowedGpuModels: [], maxEnvironments: null, maxCpuMillicores: null, maxMemoryBytes: null, maxStorageBytes: null };
+const open: QuotaLimits = {
+  maxGpus: null,
+  maxGpusPerModel: {},
+  allowedGpuModels: [],
+  maxEnvironments: null,
+  maxCpuMillicores: null,
+  maxMemoryBytes: null,
+  maxStorageBytes: null,
+};
 const idle: Usage = { gpus: 0, gpusPerModel: {}, environments: 0, cpuMillicores: 0, memoryBytes: 0, storageBytes: 0 };
 
 function refusal(fn: () => void): QuotaExceededError {

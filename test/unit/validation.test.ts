@@ -19,7 +19,10 @@ describe("validation", () => {
       assert.fail("should throw");
     } catch (err) {
       assert.ok(err instanceof InvalidArgumentError);
-      assert.deepEqual(err.violations.map((x) => x.field), ["a", "b"]);
+      assert.deepEqual(
+        err.violations.map((x) => x.field),
+        ["a", "b"],
+      );
       assert.equal(err.message, "a: bad; b: worse");
     }
   });
