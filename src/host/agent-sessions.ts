@@ -112,8 +112,10 @@ export class AgentSessions {
    * Opens a session from an agent's hello: records the host as ONLINE with its capacity and version,
    * syncs the GPU inventory, and fences any older session of the host.
    */
-  async open(hello: AgentHello): Promise<AgentSession> {
-    checkHello(hello);
+  async open(input: AgentHello): Promise<AgentSession> {
+    checkHello(input);
+    // One spelling of the id everywhere (streams held here, fences from other replicas, commands).
+    const hello = { ...input, hostId: input.hostId.toLowerCase() };
     // Jitter spreads the heartbeats of hosts that all reconnected at once (after a restart, say).
     const interval = Math.round(this.heartbeatIntervalMs * (1 - JITTER + Math.random() * 2 * JITTER));
     const session = new AgentSession(hello.hostId, interval, this.leaseMs);

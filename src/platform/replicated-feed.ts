@@ -117,6 +117,9 @@ export class ReplicatedFeed<V, R, T extends string> {
    * read can never publish an older state after a newer one.
    */
   private readBack(message: ChangeMessage<R>): void {
+    // A deletion is final (ids are never reused): a later change of the same id must not replace it,
+    // or the read would find no row and watchers would never hear of the deletion.
+    if (this.pending.get(message.id)?.deleted && !message.deleted) return;
     this.pending.delete(message.id); // set again at the end: a batch keeps the order of the latest changes
     this.pending.set(message.id, message);
     if (this.reading) return;

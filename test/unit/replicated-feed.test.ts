@@ -130,6 +130,26 @@ describe("ReplicatedFeed", () => {
     w.stop();
   });
 
+  it("keeps a deletion waiting to be shown when a later change of the same id arrives behind it", async () => {
+    const w = watch(feed);
+    let release!: () => void;
+    const slow = read;
+    read = async (ids) => {
+      if (reads.length === 1) await new Promise<void>((r) => (release = r));
+      return slow(ids);
+    };
+    others.say({ type: "MODIFIED", id: a });
+    await settle();
+    // While that read waits, b is deleted elsewhere, then a late change of b is announced here.
+    stored.delete(b);
+    others.say({ type: "DELETED", id: b, deleted: { name: "b" } });
+    feed.announce([b]);
+    release();
+    await settle();
+    assert.deepEqual(w.seen, ["MODIFIED a@1", "DELETED b@-1"]);
+    w.stop();
+  });
+
   it("reads nothing while nobody watches here", async () => {
     others.say({ type: "MODIFIED", id: a });
     feed.announce([b]);
