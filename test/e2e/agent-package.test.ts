@@ -8,6 +8,7 @@ import { HostService, HostStatus } from "../../gen/remotegpu/v1/host_pb.js";
 import { systemClock } from "../../src/platform/clock.js";
 import { eventually } from "../support/eventually.js";
 import { packAndInstall, type PackedInstall } from "../support/pack.js";
+import { simulatedAgentFlags } from "../support/child.js";
 import { startTestServer, type TestServer } from "../support/server.js";
 
 /** What the control plane needs and a GPU server must not have to install. */
@@ -56,19 +57,7 @@ describe("@remotegpu/agent as a package", function () {
     // No tsx, no loader and no source condition: what the tarball holds must run as it is.
     const env = { ...process.env };
     delete env.NODE_OPTIONS;
-    const flags = [
-      "--server",
-      server.baseUrl,
-      "--host-id",
-      host!.id,
-      "--token",
-      agentToken,
-      "--simulate-gpus",
-      "2",
-      "--process-mode",
-      "--data-dir",
-      dataDir,
-    ];
+    const flags = simulatedAgentFlags({ server: server.baseUrl, hostId: host!.id, token: agentToken, gpus: 2, dataDir });
     const agent = spawn(packed.bin("remotegpu-agent"), flags, { cwd: packed.project, env, stdio: ["ignore", "pipe", "pipe"] });
     let output = "";
     for (const s of [agent.stdout, agent.stderr]) s.setEncoding("utf8").on("data", (c: string) => (output = (output + c).slice(-20_000)));

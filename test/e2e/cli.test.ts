@@ -7,7 +7,7 @@ import { EnvironmentService, EnvironmentStatus } from "../../gen/remotegpu/v1/en
 import { GpuService } from "../../gen/remotegpu/v1/gpu_pb.js";
 import { HostService } from "../../gen/remotegpu/v1/host_pb.js";
 import { WorkspaceService } from "../../gen/remotegpu/v1/workspace_pb.js";
-import { ROOT, agentArgv } from "../support/child.js";
+import { ROOT, agentArgv, simulatedAgentFlags } from "../support/child.js";
 import { ADMIN_TOKEN, startTestServer, type TestServer } from "../support/server.js";
 import { systemClock } from "../../src/platform/clock.js";
 import { eventually } from "../support/eventually.js";
@@ -68,19 +68,7 @@ describe("e2e: the admin CLI against a live server with a real agent", function 
     await server.client(HostService).createHost({ name: "idle-node", address: "10.0.0.9" });
     agent = spawn(
       process.execPath,
-      agentArgv([
-        "--server",
-        server.baseUrl,
-        "--host-id",
-        hostId,
-        "--token",
-        created.agentToken,
-        "--simulate-gpus",
-        "4",
-        "--data-dir",
-        dataDir,
-        "--process-mode",
-      ]),
+      agentArgv(simulatedAgentFlags({ server: server.baseUrl, hostId, token: created.agentToken, gpus: 4, dataDir })),
       { cwd: ROOT, stdio: "ignore" },
     );
     const gpus = server.client(GpuService);

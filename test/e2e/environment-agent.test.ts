@@ -8,7 +8,7 @@ import { EnvironmentService, EnvironmentStatus, PortProtocol } from "../../gen/r
 import { GpuService } from "../../gen/remotegpu/v1/gpu_pb.js";
 import { HostService } from "../../gen/remotegpu/v1/host_pb.js";
 import { WorkspaceService } from "../../gen/remotegpu/v1/workspace_pb.js";
-import { ROOT, agentArgv, freePort, isListening } from "../support/child.js";
+import { ROOT, agentArgv, freePort, isListening, simulatedAgentFlags } from "../support/child.js";
 import { startTestServer, type TestServer } from "../support/server.js";
 import { systemClock } from "../../src/platform/clock.js";
 import { eventually } from "../support/eventually.js";
@@ -38,19 +38,7 @@ describe("e2e: an environment run for real by the agent (process mode, simulated
     const { host, agentToken } = await server.client(HostService).createHost({ name: "real-agent", address: "127.0.0.1" });
     agent = spawn(
       process.execPath,
-      agentArgv([
-        "--server",
-        server.baseUrl,
-        "--host-id",
-        host!.id,
-        "--token",
-        agentToken,
-        "--simulate-gpus",
-        "4",
-        "--data-dir",
-        dataDir,
-        "--process-mode",
-      ]),
+      agentArgv(simulatedAgentFlags({ server: server.baseUrl, hostId: host!.id, token: agentToken, gpus: 4, dataDir })),
       { cwd: ROOT, stdio: ["ignore", "ignore", "pipe"] },
     );
     agent.stderr!.setEncoding("utf8").on("data", (c: string) => (agentErr += c));

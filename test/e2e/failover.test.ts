@@ -8,7 +8,7 @@ import { EnvironmentService, EnvironmentStatus } from "../../gen/remotegpu/v1/en
 import { GpuService } from "../../gen/remotegpu/v1/gpu_pb.js";
 import { HostService, HostStatus } from "../../gen/remotegpu/v1/host_pb.js";
 import { WorkspaceService } from "../../gen/remotegpu/v1/workspace_pb.js";
-import { ROOT, agentArgv, freePort, serverEnv, spawnServer, type ServerProcess } from "../support/child.js";
+import { ROOT, agentArgv, freePort, serverEnv, simulatedAgentFlags, spawnServer, type ServerProcess } from "../support/child.js";
 import { createTestDatabase, type TestDatabase } from "../support/database.js";
 import { ADMIN_TOKEN, clients } from "../support/server.js";
 import { eventually } from "../support/eventually.js";
@@ -64,19 +64,15 @@ describe("e2e: two server processes; the one holding the agent and the leadershi
     const { host, agentToken } = await apiB.client(HostService).createHost({ name: "failover-host", address: "127.0.0.1" });
     agent = spawn(
       process.execPath,
-      agentArgv([
-        "--server",
-        `http://127.0.0.1:${portA},http://127.0.0.1:${portB}`,
-        "--host-id",
-        host!.id,
-        "--token",
-        agentToken,
-        "--simulate-gpus",
-        "2",
-        "--process-mode",
-        "--data-dir",
-        path.join(dataDir, "agent"),
-      ]),
+      agentArgv(
+        simulatedAgentFlags({
+          server: `http://127.0.0.1:${portA},http://127.0.0.1:${portB}`,
+          hostId: host!.id,
+          token: agentToken,
+          gpus: 2,
+          dataDir: path.join(dataDir, "agent"),
+        }),
+      ),
       { cwd: ROOT, stdio: ["ignore", "ignore", "ignore"] },
     );
     await eventually(

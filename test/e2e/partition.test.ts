@@ -8,7 +8,7 @@ import { EnvironmentService, EnvironmentStatus, type Environment } from "../../g
 import { GpuService, GpuStatus } from "../../gen/remotegpu/v1/gpu_pb.js";
 import { HostService, HostStatus, type Host } from "../../gen/remotegpu/v1/host_pb.js";
 import { WorkspaceService } from "../../gen/remotegpu/v1/workspace_pb.js";
-import { ROOT, agentArgv, freePort, serverEnv, spawnServer, type ServerProcess } from "../support/child.js";
+import { ROOT, agentArgv, freePort, serverEnv, spawnServer, type ServerProcess, simulatedAgentFlags } from "../support/child.js";
 import { createTestDatabase, type TestDatabase } from "../support/database.js";
 import { eventually } from "../support/eventually.js";
 import { ADMIN_TOKEN, clients } from "../support/server.js";
@@ -101,19 +101,7 @@ describe("e2e: the network between the agent and the control plane partitioned (
     // The agent reaches the control plane only through the proxy; users reach its workloads directly.
     agent = spawn(
       process.execPath,
-      agentArgv([
-        "--server",
-        proxy.url,
-        "--host-id",
-        hostId,
-        "--token",
-        agentToken,
-        "--simulate-gpus",
-        "2",
-        "--process-mode",
-        "--data-dir",
-        path.join(dataDir, "agent"),
-      ]),
+      agentArgv(simulatedAgentFlags({ server: proxy.url, hostId, token: agentToken, gpus: 2, dataDir: path.join(dataDir, "agent") })),
       { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] },
     );
     for (const s of [agent.stdout!, agent.stderr!])

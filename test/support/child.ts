@@ -18,6 +18,23 @@ export function agentArgv(flags: string[]): string[] {
   return ["--import", "tsx", "--conditions=@remotegpu/source", "agent/src/main.ts", ...flags];
 }
 
+/** The flags of an agent with simulated GPUs that runs its environments as processes under `dataDir`. */
+export function simulatedAgentFlags(o: { server: string; hostId: string; token: string; gpus: number; dataDir: string }): string[] {
+  return [
+    "--server",
+    o.server,
+    "--host-id",
+    o.hostId,
+    "--token",
+    o.token,
+    "--simulate-gpus",
+    String(o.gpus),
+    "--process-mode",
+    "--data-dir",
+    o.dataDir,
+  ];
+}
+
 /** A port that was free a moment ago: listen on 0, read the port, close. */
 export async function freePort(): Promise<number> {
   const server = net.createServer();

@@ -83,6 +83,18 @@ describe("ReplicatedFeed", () => {
     });
   });
 
+  /** Makes the first read wait until the returned function is called. */
+  function holdFirstRead(): () => void {
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    const answer = read;
+    read = async (ids) => {
+      if (reads.length === 1) await held;
+      return answer(ids);
+    };
+    return () => release();
+  }
+
   it("shows a change made here to its watchers at once, and sends the other replicas its id (with remains when deleted)", async () => {
     const w = watch(feed);
     feed.publish("MODIFIED", stored.get(a)!);
@@ -99,12 +111,7 @@ describe("ReplicatedFeed", () => {
 
   it("reads changes of other replicas back one batch at a time, each with the newest state, in the order they last changed", async () => {
     const w = watch(feed);
-    let release!: () => void;
-    const slow = read;
-    read = async (ids) => {
-      if (reads.length === 1) await new Promise<void>((r) => (release = r));
-      return slow(ids);
-    };
+    const release = holdFirstRead();
     others.say({ type: "MODIFIED", id: a });
     await settle();
     // While the first read waits: b changes, then a twice; the database moves on.
@@ -132,12 +139,7 @@ describe("ReplicatedFeed", () => {
 
   it("keeps a deletion waiting to be shown when a later change of the same id arrives behind it", async () => {
     const w = watch(feed);
-    let release!: () => void;
-    const slow = read;
-    read = async (ids) => {
-      if (reads.length === 1) await new Promise<void>((r) => (release = r));
-      return slow(ids);
-    };
+    const release = holdFirstRead();
     others.say({ type: "MODIFIED", id: a });
     await settle();
     // While that read waits, b is deleted elsewhere, then a late change of b is announced here.
