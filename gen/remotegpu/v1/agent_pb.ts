@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file remotegpu/v1/agent.proto.
  */
 export const file_remotegpu_v1_agent: GenFile = /*@__PURE__*/
-  fileDesc("ChhyZW1vdGVncHUvdjEvYWdlbnQucHJvdG8SDHJlbW90ZWdwdS52MSLQAQoKQWdlbnRIZWxsbxIPCgdob3N0X2lkGAEgASgJEhUKDWFnZW50X3ZlcnNpb24YAiABKAkSLQoIY2FwYWNpdHkYAyABKAsyGy5yZW1vdGVncHUudjEuQWdlbnRDYXBhY2l0eRIsCgRncHVzGAQgAygLMh4ucmVtb3RlZ3B1LnYxLkdwdUludmVudG9yeUl0ZW0SHwoXcnVubmluZ19lbnZpcm9ubWVudF9pZHMYBSADKAkSHAoUY29udGFpbmVyc19zdXBwb3J0ZWQYBiABKAgiUQoNQWdlbnRDYXBhY2l0eRIWCg5jcHVfbWlsbGljb3JlcxgBIAEoAxIUCgxtZW1vcnlfYnl0ZXMYAiABKAMSEgoKZGlza19ieXRlcxgDIAEoAyKXAQoQR3B1SW52ZW50b3J5SXRlbRINCgVpbmRleBgBIAEoBRIMCgR1dWlkGAIgASgJEg0KBW1vZGVsGAMgASgJEhQKDG1lbW9yeV9ieXRlcxgEIAEoAxIWCg5kcml2ZXJfdmVyc2lvbhgFIAEoCRIUCgxjdWRhX3ZlcnNpb24YBiABKAkSEwoLbWlnX2VuYWJsZWQYByABKAgi1QEKDkFnZW50SGVhcnRiZWF0EhAKCHNlcXVlbmNlGAEgASgEEi8KC3NhbXBsZV90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBImCgRob3N0GAMgASgLMhgucmVtb3RlZ3B1LnYxLkhvc3RTYW1wbGUSJQoEZ3B1cxgEIAMoCzIXLnJlbW90ZWdwdS52MS5HcHVTYW1wbGUSMQoJd29ya2xvYWRzGAUgAygLMh4ucmVtb3RlZ3B1LnYxLldvcmtsb2FkQWN0aXZpdHkiYQoQV29ya2xvYWRBY3Rpdml0eRIWCg5lbnZpcm9ubWVudF9pZBgBIAEoCRI1ChFsYXN0X3RyYWZmaWNfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAi0gEKF0Vudmlyb25tZW50U3RhdHVzUmVwb3J0EhYKDmVudmlyb25tZW50X2lkGAEgASgJEioKBXN0YXRlGAIgASgOMhsucmVtb3RlZ3B1LnYxLldvcmtsb2FkU3RhdGUSDwoHbWVzc2FnZRgDIAEoCRIWCglleGl0X2NvZGUYBCABKAVIAIgBARIoCgR0aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpnZW5lcmF0aW9uGAYgASgDQgwKCl9leGl0X2NvZGUiVAoURW52aXJvbm1lbnRMb2dSZXBvcnQSFgoOZW52aXJvbm1lbnRfaWQYASABKAkSJAoFbGluZXMYAiADKAsyFS5yZW1vdGVncHUudjEuTG9nTGluZSJACg1Db21tYW5kUmVzdWx0EhIKCmNvbW1hbmRfaWQYASABKAkSCgoCb2sYAiABKAgSDwoHbWVzc2FnZRgDIAEoCSJRCgxBZ2VudFdlbGNvbWUSEgoKc2Vzc2lvbl9pZBgBIAEoCRItCghzZXR0aW5ncxgCIAEoCzIbLnJlbW90ZWdwdS52MS5BZ2VudFNldHRpbmdzInQKDUFnZW50U2V0dGluZ3MSNQoSaGVhcnRiZWF0X2ludGVydmFsGAEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiwKCWxlYXNlX3R0bBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiIgCgxIZWFydGJlYXRBY2sSEAoIc2VxdWVuY2UYASABKAQiogIKDEFnZW50Q29tbWFuZBISCgpjb21tYW5kX2lkGAEgASgJEj4KD3J1bl9lbnZpcm9ubWVudBgCIAEoCzIjLnJlbW90ZWdwdS52MS5SdW5FbnZpcm9ubWVudENvbW1hbmRIABJAChBzdG9wX2Vudmlyb25tZW50GAMgASgLMiQucmVtb3RlZ3B1LnYxLlN0b3BFbnZpcm9ubWVudENvbW1hbmRIABJEChJyZW1vdmVfZW52aXJvbm1lbnQYBCABKAsyJi5yZW1vdGVncHUudjEuUmVtb3ZlRW52aXJvbm1lbnRDb21tYW5kSAASKwoFZHJhaW4YBSABKAsyGi5yZW1vdGVncHUudjEuRHJhaW5Db21tYW5kSABCCQoHY29tbWFuZCKHAwoVUnVuRW52aXJvbm1lbnRDb21tYW5kEhYKDmVudmlyb25tZW50X2lkGAEgASgJEhQKDHdvcmtzcGFjZV9pZBgCIAEoCRINCgVpbWFnZRgDIAEoCRIPCgdjb21tYW5kGAQgAygJEgwKBGFyZ3MYBSADKAkSOQoDZW52GAYgAygLMiwucmVtb3RlZ3B1LnYxLlJ1bkVudmlyb25tZW50Q29tbWFuZC5FbnZFbnRyeRIRCglncHVfdXVpZHMYByADKAkSEwoLZ3B1X2luZGljZXMYCCADKAUSKAoFcG9ydHMYCSADKAsyGS5yZW1vdGVncHUudjEuUG9ydE1hcHBpbmcSFgoOY3B1X21pbGxpY29yZXMYCiABKAMSFAoMbWVtb3J5X2J5dGVzGAsgASgDEhcKD3NzaF9wdWJsaWNfa2V5cxgMIAMoCRISCgpnZW5lcmF0aW9uGA0gASgDGioKCEVudkVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiRAoWU3RvcEVudmlyb25tZW50Q29tbWFuZBIWCg5lbnZpcm9ubWVudF9pZBgBIAEoCRISCgpnZW5lcmF0aW9uGAIgASgDIkYKGFJlbW92ZUVudmlyb25tZW50Q29tbWFuZBIWCg5lbnZpcm9ubWVudF9pZBgBIAEoCRISCgpnZW5lcmF0aW9uGAIgASgDIg4KDERyYWluQ29tbWFuZCq7AQoNV29ya2xvYWRTdGF0ZRIeChpXT1JLTE9BRF9TVEFURV9VTlNQRUNJRklFRBAAEhsKF1dPUktMT0FEX1NUQVRFX1NUQVJUSU5HEAESGgoWV09SS0xPQURfU1RBVEVfUlVOTklORxACEhoKFldPUktMT0FEX1NUQVRFX1NUT1BQRUQQAxIZChVXT1JLTE9BRF9TVEFURV9GQUlMRUQQBBIaChZXT1JLTE9BRF9TVEFURV9SRU1PVkVEEAViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_remotegpu_v1_environment, file_remotegpu_v1_telemetry]);
+  fileDesc("ChhyZW1vdGVncHUvdjEvYWdlbnQucHJvdG8SDHJlbW90ZWdwdS52MSLQAQoKQWdlbnRIZWxsbxIPCgdob3N0X2lkGAEgASgJEhUKDWFnZW50X3ZlcnNpb24YAiABKAkSLQoIY2FwYWNpdHkYAyABKAsyGy5yZW1vdGVncHUudjEuQWdlbnRDYXBhY2l0eRIsCgRncHVzGAQgAygLMh4ucmVtb3RlZ3B1LnYxLkdwdUludmVudG9yeUl0ZW0SHwoXcnVubmluZ19lbnZpcm9ubWVudF9pZHMYBSADKAkSHAoUY29udGFpbmVyc19zdXBwb3J0ZWQYBiABKAgiUQoNQWdlbnRDYXBhY2l0eRIWCg5jcHVfbWlsbGljb3JlcxgBIAEoAxIUCgxtZW1vcnlfYnl0ZXMYAiABKAMSEgoKZGlza19ieXRlcxgDIAEoAyKXAQoQR3B1SW52ZW50b3J5SXRlbRINCgVpbmRleBgBIAEoBRIMCgR1dWlkGAIgASgJEg0KBW1vZGVsGAMgASgJEhQKDG1lbW9yeV9ieXRlcxgEIAEoAxIWCg5kcml2ZXJfdmVyc2lvbhgFIAEoCRIUCgxjdWRhX3ZlcnNpb24YBiABKAkSEwoLbWlnX2VuYWJsZWQYByABKAgigQIKDkFnZW50SGVhcnRiZWF0EhAKCHNlcXVlbmNlGAEgASgEEi8KC3NhbXBsZV90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBImCgRob3N0GAMgASgLMhgucmVtb3RlZ3B1LnYxLkhvc3RTYW1wbGUSJQoEZ3B1cxgEIAMoCzIXLnJlbW90ZWdwdS52MS5HcHVTYW1wbGUSMQoJd29ya2xvYWRzGAUgAygLMh4ucmVtb3RlZ3B1LnYxLldvcmtsb2FkQWN0aXZpdHkSKgoHdm9sdW1lcxgGIAMoCzIZLnJlbW90ZWdwdS52MS5Wb2x1bWVVc2FnZSJqCgtWb2x1bWVVc2FnZRIWCg5lbnZpcm9ubWVudF9pZBgBIAEoCRISCgp1c2VkX2J5dGVzGAIgASgDEi8KC3NhbXBsZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJhChBXb3JrbG9hZEFjdGl2aXR5EhYKDmVudmlyb25tZW50X2lkGAEgASgJEjUKEWxhc3RfdHJhZmZpY190aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLSAQoXRW52aXJvbm1lbnRTdGF0dXNSZXBvcnQSFgoOZW52aXJvbm1lbnRfaWQYASABKAkSKgoFc3RhdGUYAiABKA4yGy5yZW1vdGVncHUudjEuV29ya2xvYWRTdGF0ZRIPCgdtZXNzYWdlGAMgASgJEhYKCWV4aXRfY29kZRgEIAEoBUgAiAEBEigKBHRpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmdlbmVyYXRpb24YBiABKANCDAoKX2V4aXRfY29kZSJUChRFbnZpcm9ubWVudExvZ1JlcG9ydBIWCg5lbnZpcm9ubWVudF9pZBgBIAEoCRIkCgVsaW5lcxgCIAMoCzIVLnJlbW90ZWdwdS52MS5Mb2dMaW5lIkAKDUNvbW1hbmRSZXN1bHQSEgoKY29tbWFuZF9pZBgBIAEoCRIKCgJvaxgCIAEoCBIPCgdtZXNzYWdlGAMgASgJIlEKDEFnZW50V2VsY29tZRISCgpzZXNzaW9uX2lkGAEgASgJEi0KCHNldHRpbmdzGAIgASgLMhsucmVtb3RlZ3B1LnYxLkFnZW50U2V0dGluZ3MidAoNQWdlbnRTZXR0aW5ncxI1ChJoZWFydGJlYXRfaW50ZXJ2YWwYASABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLAoJbGVhc2VfdHRsGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIiAKDEhlYXJ0YmVhdEFjaxIQCghzZXF1ZW5jZRgBIAEoBCKiAgoMQWdlbnRDb21tYW5kEhIKCmNvbW1hbmRfaWQYASABKAkSPgoPcnVuX2Vudmlyb25tZW50GAIgASgLMiMucmVtb3RlZ3B1LnYxLlJ1bkVudmlyb25tZW50Q29tbWFuZEgAEkAKEHN0b3BfZW52aXJvbm1lbnQYAyABKAsyJC5yZW1vdGVncHUudjEuU3RvcEVudmlyb25tZW50Q29tbWFuZEgAEkQKEnJlbW92ZV9lbnZpcm9ubWVudBgEIAEoCzImLnJlbW90ZWdwdS52MS5SZW1vdmVFbnZpcm9ubWVudENvbW1hbmRIABIrCgVkcmFpbhgFIAEoCzIaLnJlbW90ZWdwdS52MS5EcmFpbkNvbW1hbmRIAEIJCgdjb21tYW5kIocDChVSdW5FbnZpcm9ubWVudENvbW1hbmQSFgoOZW52aXJvbm1lbnRfaWQYASABKAkSFAoMd29ya3NwYWNlX2lkGAIgASgJEg0KBWltYWdlGAMgASgJEg8KB2NvbW1hbmQYBCADKAkSDAoEYXJncxgFIAMoCRI5CgNlbnYYBiADKAsyLC5yZW1vdGVncHUudjEuUnVuRW52aXJvbm1lbnRDb21tYW5kLkVudkVudHJ5EhEKCWdwdV91dWlkcxgHIAMoCRITCgtncHVfaW5kaWNlcxgIIAMoBRIoCgVwb3J0cxgJIAMoCzIZLnJlbW90ZWdwdS52MS5Qb3J0TWFwcGluZxIWCg5jcHVfbWlsbGljb3JlcxgKIAEoAxIUCgxtZW1vcnlfYnl0ZXMYCyABKAMSFwoPc3NoX3B1YmxpY19rZXlzGAwgAygJEhIKCmdlbmVyYXRpb24YDSABKAMaKgoIRW52RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJEChZTdG9wRW52aXJvbm1lbnRDb21tYW5kEhYKDmVudmlyb25tZW50X2lkGAEgASgJEhIKCmdlbmVyYXRpb24YAiABKAMiRgoYUmVtb3ZlRW52aXJvbm1lbnRDb21tYW5kEhYKDmVudmlyb25tZW50X2lkGAEgASgJEhIKCmdlbmVyYXRpb24YAiABKAMiDgoMRHJhaW5Db21tYW5kKrsBCg1Xb3JrbG9hZFN0YXRlEh4KGldPUktMT0FEX1NUQVRFX1VOU1BFQ0lGSUVEEAASGwoXV09SS0xPQURfU1RBVEVfU1RBUlRJTkcQARIaChZXT1JLTE9BRF9TVEFURV9SVU5OSU5HEAISGgoWV09SS0xPQURfU1RBVEVfU1RPUFBFRBADEhkKFVdPUktMT0FEX1NUQVRFX0ZBSUxFRBAEEhoKFldPUktMT0FEX1NUQVRFX1JFTU9WRUQQBWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_remotegpu_v1_environment, file_remotegpu_v1_telemetry]);
 
 /**
  * AgentHello opens an agent stream: who the agent is and what the host has.
@@ -212,6 +212,14 @@ export type AgentHeartbeat = Message<"remotegpu.v1.AgentHeartbeat"> & {
    * @generated from field: repeated remotegpu.v1.WorkloadActivity workloads = 5;
    */
   workloads: WorkloadActivity[];
+
+  /**
+   * Bytes used by each environment volume on this host. Sampled now and then (a walk of the
+   * volume is not free), so most heartbeats carry none; an absent environment keeps its last figure.
+   *
+   * @generated from field: repeated remotegpu.v1.VolumeUsage volumes = 6;
+   */
+  volumes: VolumeUsage[];
 };
 
 /**
@@ -220,6 +228,41 @@ export type AgentHeartbeat = Message<"remotegpu.v1.AgentHeartbeat"> & {
  */
 export const AgentHeartbeatSchema: GenMessage<AgentHeartbeat> = /*@__PURE__*/
   messageDesc(file_remotegpu_v1_agent, 3);
+
+/**
+ * VolumeUsage is what one environment's volume takes on its host's disk.
+ *
+ * @generated from message remotegpu.v1.VolumeUsage
+ */
+export type VolumeUsage = Message<"remotegpu.v1.VolumeUsage"> & {
+  /**
+   * The environment.
+   *
+   * @generated from field: string environment_id = 1;
+   */
+  environmentId: string;
+
+  /**
+   * Bytes used by the files in the volume.
+   *
+   * @generated from field: int64 used_bytes = 2;
+   */
+  usedBytes: bigint;
+
+  /**
+   * When the volume was measured.
+   *
+   * @generated from field: google.protobuf.Timestamp sample_time = 3;
+   */
+  sampleTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message remotegpu.v1.VolumeUsage.
+ * Use `create(VolumeUsageSchema)` to create a new message.
+ */
+export const VolumeUsageSchema: GenMessage<VolumeUsage> = /*@__PURE__*/
+  messageDesc(file_remotegpu_v1_agent, 4);
 
 /**
  * WorkloadActivity tells when an environment last had traffic on its ports.
@@ -247,7 +290,7 @@ export type WorkloadActivity = Message<"remotegpu.v1.WorkloadActivity"> & {
  * Use `create(WorkloadActivitySchema)` to create a new message.
  */
 export const WorkloadActivitySchema: GenMessage<WorkloadActivity> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_agent, 4);
+  messageDesc(file_remotegpu_v1_agent, 5);
 
 /**
  * EnvironmentStatusReport tells the server of a workload state change.
@@ -303,7 +346,7 @@ export type EnvironmentStatusReport = Message<"remotegpu.v1.EnvironmentStatusRep
  * Use `create(EnvironmentStatusReportSchema)` to create a new message.
  */
 export const EnvironmentStatusReportSchema: GenMessage<EnvironmentStatusReport> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_agent, 5);
+  messageDesc(file_remotegpu_v1_agent, 6);
 
 /**
  * EnvironmentLogReport carries output lines of an environment.
@@ -331,7 +374,7 @@ export type EnvironmentLogReport = Message<"remotegpu.v1.EnvironmentLogReport"> 
  * Use `create(EnvironmentLogReportSchema)` to create a new message.
  */
 export const EnvironmentLogReportSchema: GenMessage<EnvironmentLogReport> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_agent, 6);
+  messageDesc(file_remotegpu_v1_agent, 7);
 
 /**
  * CommandResult reports the outcome of an AgentCommand.
@@ -366,7 +409,7 @@ export type CommandResult = Message<"remotegpu.v1.CommandResult"> & {
  * Use `create(CommandResultSchema)` to create a new message.
  */
 export const CommandResultSchema: GenMessage<CommandResult> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_agent, 7);
+  messageDesc(file_remotegpu_v1_agent, 8);
 
 /**
  * AgentWelcome opens the server side of an agent stream.
@@ -394,7 +437,7 @@ export type AgentWelcome = Message<"remotegpu.v1.AgentWelcome"> & {
  * Use `create(AgentWelcomeSchema)` to create a new message.
  */
 export const AgentWelcomeSchema: GenMessage<AgentWelcome> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_agent, 8);
+  messageDesc(file_remotegpu_v1_agent, 9);
 
 /**
  * AgentSettings are the knobs the server sets on an agent.
@@ -422,7 +465,7 @@ export type AgentSettings = Message<"remotegpu.v1.AgentSettings"> & {
  * Use `create(AgentSettingsSchema)` to create a new message.
  */
 export const AgentSettingsSchema: GenMessage<AgentSettings> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_agent, 9);
+  messageDesc(file_remotegpu_v1_agent, 10);
 
 /**
  * HeartbeatAck acknowledges heartbeats.
@@ -443,7 +486,7 @@ export type HeartbeatAck = Message<"remotegpu.v1.HeartbeatAck"> & {
  * Use `create(HeartbeatAckSchema)` to create a new message.
  */
 export const HeartbeatAckSchema: GenMessage<HeartbeatAck> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_agent, 10);
+  messageDesc(file_remotegpu_v1_agent, 11);
 
 /**
  * AgentCommand is work the server asks an agent to do. Commands are idempotent: running an
@@ -504,7 +547,7 @@ export type AgentCommand = Message<"remotegpu.v1.AgentCommand"> & {
  * Use `create(AgentCommandSchema)` to create a new message.
  */
 export const AgentCommandSchema: GenMessage<AgentCommand> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_agent, 11);
+  messageDesc(file_remotegpu_v1_agent, 12);
 
 /**
  * RunEnvironmentCommand starts an environment's workload on the agent's host.
@@ -610,7 +653,7 @@ export type RunEnvironmentCommand = Message<"remotegpu.v1.RunEnvironmentCommand"
  * Use `create(RunEnvironmentCommandSchema)` to create a new message.
  */
 export const RunEnvironmentCommandSchema: GenMessage<RunEnvironmentCommand> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_agent, 12);
+  messageDesc(file_remotegpu_v1_agent, 13);
 
 /**
  * StopEnvironmentCommand stops a workload and keeps its volume.
@@ -639,7 +682,7 @@ export type StopEnvironmentCommand = Message<"remotegpu.v1.StopEnvironmentComman
  * Use `create(StopEnvironmentCommandSchema)` to create a new message.
  */
 export const StopEnvironmentCommandSchema: GenMessage<StopEnvironmentCommand> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_agent, 13);
+  messageDesc(file_remotegpu_v1_agent, 14);
 
 /**
  * RemoveEnvironmentCommand stops a workload and removes its volume.
@@ -667,7 +710,7 @@ export type RemoveEnvironmentCommand = Message<"remotegpu.v1.RemoveEnvironmentCo
  * Use `create(RemoveEnvironmentCommandSchema)` to create a new message.
  */
 export const RemoveEnvironmentCommandSchema: GenMessage<RemoveEnvironmentCommand> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_agent, 14);
+  messageDesc(file_remotegpu_v1_agent, 15);
 
 /**
  * DrainCommand asks the agent to stop accepting work.
@@ -682,7 +725,7 @@ export type DrainCommand = Message<"remotegpu.v1.DrainCommand"> & {
  * Use `create(DrainCommandSchema)` to create a new message.
  */
 export const DrainCommandSchema: GenMessage<DrainCommand> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_agent, 15);
+  messageDesc(file_remotegpu_v1_agent, 16);
 
 /**
  * WorkloadState is the state of an environment's workload as the agent observes it.
