@@ -3,10 +3,10 @@
  * call per collection, parsed into the inventory the control plane keeps (model, memory, driver…)
  * and one telemetry sample per GPU.
  *
- * What query-gpu cannot tell us, and therefore stays empty here:
+ * What query-gpu cannot tell us, and therefore comes from elsewhere or stays empty:
  * - the CUDA version: not a query-gpu field. The plain `nvidia-smi` table prints it in its banner
- *   ("CUDA Version: 13.1"); `collectNvidiaSmi({ queryCudaVersion: true })` runs that once more and
- *   reads it with `parseCudaVersion`, otherwise `cudaVersion` is "".
+ *   ("CUDA Version: 13.2", from R610 "CUDA UMD Version: 13.3"); NvidiaSmiCollector reads that once
+ *   with `parseDriverVersions`, and takes the driver version from it too where query-gpu has none.
  * - XIDs: the driver reports them as kernel log events (NVRM: Xid …) or through NVML events, never
  *   as a query-gpu field, so `lastXid` is never set by this collector.
  * - PCIe throughput: NVML has counters, query-gpu has no field for them, so rx/tx stay undefined.
@@ -16,8 +16,8 @@ import type { GpuInventoryEntry, GpuMetrics, GpuSampleRecord } from "./readings.
 
 /**
  * Fields the collector asks for, in order. All have been accepted by query-gpu for many driver
- * generations, except `mig.mode.current` (MIG came with the A100 and R450 drivers): a driver that
- * rejects it makes `collectNvidiaSmi` retry once with `LEGACY_QUERY_FIELDS`.
+ * generations, except `mig.mode.current` (MIG came with the A100 and R450 drivers), and R610 marks
+ * `driver_version` deprecated: NvidiaSmiCollector drops whichever one a driver rejects.
  */
 export const QUERY_FIELDS: readonly string[] = Object.freeze([
   "index",
@@ -38,9 +38,6 @@ export const QUERY_FIELDS: readonly string[] = Object.freeze([
   "mig.mode.current",
 ]);
 
-/** QUERY_FIELDS without the fields that pre-R450 drivers reject. */
-export const LEGACY_QUERY_FIELDS: readonly string[] = Object.freeze(QUERY_FIELDS.filter((f) => f !== "mig.mode.current"));
-
 export interface NvidiaSmiResult {
   inventory: GpuInventoryEntry[];
   samples: GpuSampleRecord[];
@@ -59,7 +56,10 @@ export interface ParsedGpuRow {
   /** From mig.mode.current: true for "Enabled", false for "Disabled", undefined when absent or N/A. */
   migEnabled?: boolean;
   metrics: GpuMetrics;
-  /** Every cell, keyed by canonical field name (header spelling, without the unit). */
+  /**
+   * Every cell, keyed by canonical field name (header spelling, without the unit). The last cell of
+   * a last line that has no newline after it is "" (absent): the output may have been cut inside it.
+   */
   raw: Record<string, string>;
 }
 
@@ -214,7 +214,9 @@ function presentText(raw: string | undefined): string | undefined {
  * field lists often have neither). A first line made of field names is taken as the header
  * (names may carry " [unit]", and values may then carry units too); otherwise `fields` gives the
  * column order. Blank lines, CRLF, a BOM and trailing spaces are ignored; a line that repeats the
- * header is skipped. Bad lines and values become warnings.
+ * header is skipped. Bad lines and values become warnings. Output cut short (no newline after the
+ * last line) never yields a partial value: a last row missing cells is skipped, and the last cell
+ * of a complete-looking one is read as absent.
  *
  * Throws only when the text cannot be query-gpu CSV at all: no header, several columns expected,
  * and not one comma in any line (the driver's "NVIDIA-SMI has failed…", "No devices were found",
@@ -222,11 +224,11 @@ function presentText(raw: string | undefined): string | undefined {
  */
 export function parseQueryGpuRows(input: string, fields: readonly string[] = QUERY_FIELDS): ParsedGpuRows {
   const warnings: string[] = [];
-  const lines = input
-    .replace(/^\uFEFF/, "")
-    .split("\n")
-    .map((l, i) => ({ number: i + 1, text: l.replace(/\r$/, "").trim() }))
-    .filter((l) => l.text !== "");
+  const pieces = input.replace(/^\uFEFF/, "").split("\n");
+  // nvidia-smi ends every line with a newline: text after the last one is a line cut short (a
+  // killed process, a full pipe), whose last cell may hold "12" of "123". Its number, or 0.
+  const cutLine = pieces[pieces.length - 1]!.trim() === "" ? 0 : pieces.length;
+  const lines = pieces.map((l, i) => ({ number: i + 1, text: l.replace(/\r$/, "").trim() })).filter((l) => l.text !== "");
 
   let columns = fields.map((f) => ({ field: canonicalField(f), unit: "" }));
   let hasHeader = false;
@@ -239,7 +241,8 @@ export function parseQueryGpuRows(input: string, fields: readonly string[] = QUE
     lines.shift();
   }
 
-  if (!hasHeader && columns.length > 1 && lines.length > 0 && !lines.some((l) => l.text.includes(","))) {
+  // A lone cut line ("0" of "0, GPU-…") is output cut short, skipped below with a warning.
+  if (!hasHeader && columns.length > 1 && lines.length > 0 && !lines.some((l) => l.text.includes(",") || l.number === cutLine)) {
     throw new Error(`not nvidia-smi --query-gpu CSV output: ${JSON.stringify(lines[0]!.text.slice(0, 200))}`);
   }
 
@@ -248,8 +251,16 @@ export function parseQueryGpuRows(input: string, fields: readonly string[] = QUE
     if (line.text === headerText) continue;
     const split = splitRow(line.text, columns.length);
     if ("problem" in split) {
-      warnings.push(`line ${line.number}: skipped: ${split.problem}: ${JSON.stringify(line.text.slice(0, 200))}`);
+      const cut = line.number === cutLine ? " (output cut short: no newline after the last line)" : "";
+      warnings.push(`line ${line.number}: skipped: ${split.problem}${cut}: ${JSON.stringify(line.text.slice(0, 200))}`);
       continue;
+    }
+    if (line.number === cutLine) {
+      const last = columns[columns.length - 1]!.field;
+      warnings.push(
+        `line ${line.number}: ${last}: "${split.cells[split.cells.length - 1]}" not read: output cut short, this cell may be partial`,
+      );
+      split.cells[split.cells.length - 1] = "";
     }
     const raw: Record<string, string> = {};
     const units: Record<string, string> = {};
@@ -328,23 +339,56 @@ export function parseQueryGpuCsv(input: string, fields: readonly string[] = QUER
   return { inventory, samples, warnings };
 }
 
-/** Reads "CUDA Version: 13.1" from the banner of the plain `nvidia-smi` table; "" when absent or N/A. */
-export function parseCudaVersion(table: string): string {
-  return /CUDA Version\s*:\s*(\d+(?:\.\d+)*)/.exec(table)?.[1] ?? "";
+/** Versions the driver prints above its GPUs, "" where absent or N/A. */
+export interface DriverVersions {
+  driverVersion: string;
+  cudaVersion: string;
+}
+
+/**
+ * Reads the driver and CUDA versions from the banner of the plain `nvidia-smi` table, or from the
+ * head of `nvidia-smi -q` (both print "Name : value"). R610 renamed them: the table banner reads
+ * "KMD Version: 610.57.04   CUDA UMD Version: 13.3" where older drivers print "Driver Version:
+ * 595.71.05   CUDA Version: 13.2"; `-q` prints both spellings, the old ones marked deprecated.
+ * The new names win when both are there.
+ */
+export function parseDriverVersions(text: string): DriverVersions {
+  const read = (...names: string[]) => {
+    for (const name of names) {
+      const m = new RegExp(`(?:^|[\\s|])${name}\\s*:\\s*(\\d+(?:\\.\\d+)*)`, "m").exec(text);
+      if (m) return m[1]!;
+    }
+    return "";
+  };
+  return { driverVersion: read("KMD Version", "Driver Version"), cudaVersion: read("CUDA UMD Version", "CUDA Version") };
 }
 
 export const NVIDIA_SMI_NOT_FOUND = "nvidia-smi not found: install the NVIDIA driver or run the agent with --simulate-gpus N";
 
-export interface CollectNvidiaSmiOptions {
-  /** The nvidia-smi executable; default "nvidia-smi" from PATH. */
+/** What the collector says when nvidia-smi exits 0 without a line: that is not "no GPUs". */
+export const NVIDIA_SMI_EMPTY_OUTPUT =
+  "nvidia-smi --query-gpu exited 0 but printed nothing: no GPU can be read (without GPUs it says so and fails)";
+
+/** Fields without which a GPU cannot be reported at all: their rejection is an error, not a retry. */
+const REQUIRED_FIELDS: readonly string[] = ["index", "uuid"];
+
+export interface NvidiaSmiCollectorOptions {
+  /** The nvidia-smi executable. @default "nvidia-smi" from PATH */
   binary?: string;
-  /** Runs the binary and resolves with its stdout; default execFile with `timeoutMs`. */
+  /** Runs the binary and resolves with its stdout. @default execFile with `timeoutMs` */
   run?: (file: string, args: string[]) => Promise<string>;
+  /** @default () => new Date() */
   now?: () => Date;
-  /** Limit for one nvidia-smi call with the default `run`; default 10 s. */
+  /** Limit for one nvidia-smi call with the default `run`. @default 10_000 */
   timeoutMs?: number;
-  /** Also run the plain `nvidia-smi` table once to fill `cudaVersion`; default false. */
-  queryCudaVersion?: boolean;
+  /**
+   * Fill `cudaVersion` from the plain `nvidia-smi` table, read once and then remembered. The table
+   * is read anyway (and its driver version used) when query-gpu gives a GPU no driver version.
+   * @default true
+   */
+  cudaVersion?: boolean;
+  /** Fields one collection may drop because nvidia-smi rejected them before it gives up. @default 4 */
+  maxRejectedFields?: number;
 }
 
 function defaultRun(timeoutMs: number): (file: string, args: string[]) => Promise<string> {
@@ -381,44 +425,133 @@ function describeFailure(error: unknown): Error {
 }
 
 /**
- * Runs `nvidia-smi --query-gpu=<QUERY_FIELDS> --format=csv,noheader,nounits` and parses it. A
- * driver that rejects a field of QUERY_FIELDS ("… is not a valid field to query") gets one retry
- * with LEGACY_QUERY_FIELDS. A missing binary gives NVIDIA_SMI_NOT_FOUND; any other failure an
- * Error that quotes nvidia-smi's first line of complaint.
+ * The field nvidia-smi refuses, from its complaint `Field "mig.mode.current" is not a valid field
+ * to query.` (printed on stdout with exit status 2; some Windows builds print curly quotes). It
+ * names only the first field it refuses, so each rejected field costs one more call.
+ */
+function rejectedField(text: string): { field: string; complaint: string } | undefined {
+  const m = /^\s*(Field\s+["'“”]([^"'“”]+)["'“”]\s+is not a valid field to query\.?)/im.exec(text);
+  return m ? { field: m[2]!.trim(), complaint: m[1]! } : undefined;
+}
+
+/**
+ * The node agent's GPU collector. One instance per agent: it remembers what it learnt from
+ * earlier calls, so a rejected field or the table banner costs an extra nvidia-smi call once.
+ *
+ * Rejected fields: a driver may refuse a field of QUERY_FIELDS (R450 brought mig.mode.current;
+ * R610 marks driver_version deprecated in favour of kmd_version, so a later one may drop it). The
+ * query is then repeated without the field, at most `maxRejectedFields` times per collection,
+ * and the shorter list is kept for later collections; the values it carried are read as absent.
+ * index and uuid cannot be done without, their rejection is an error.
+ *
+ * Driver version: from query-gpu's driver_version per GPU while the driver still answers it.
+ * Where it gives none (field rejected, or a placeholder such as "[Requested functionality has
+ * been deprecated]"), from the banner of the plain `nvidia-smi` table ("KMD Version:" from R610,
+ * "Driver Version:" before), which is read anyway for the CUDA version: one light call, read once.
+ * `nvidia-smi -q` shows the same two lines but prints every property of every GPU, much more
+ * output and time for two values; `parseDriverVersions` reads both formats all the same.
+ */
+export class NvidiaSmiCollector {
+  private readonly binary: string;
+  private readonly run: (file: string, args: string[]) => Promise<string>;
+  private readonly now: () => Date;
+  private readonly wantCudaVersion: boolean;
+  private readonly maxRejectedFields: number;
+  private fields: readonly string[] = QUERY_FIELDS;
+  /** The table banner's versions once read; a failed read is tried again next collection. */
+  private banner: DriverVersions | undefined;
+
+  constructor(options: NvidiaSmiCollectorOptions = {}) {
+    this.binary = options.binary ?? "nvidia-smi";
+    this.run = options.run ?? defaultRun(options.timeoutMs ?? 10_000);
+    this.now = options.now ?? (() => new Date());
+    this.wantCudaVersion = options.cudaVersion ?? true;
+    this.maxRejectedFields = options.maxRejectedFields ?? 4;
+  }
+
+  /** The fields the next collection asks for: QUERY_FIELDS less those the driver rejected. */
+  get queryFields(): readonly string[] {
+    return this.fields;
+  }
+
+  /**
+   * Runs `nvidia-smi --query-gpu=<queryFields> --format=csv,noheader,nounits` and parses it. A
+   * missing binary gives NVIDIA_SMI_NOT_FOUND, empty output NVIDIA_SMI_EMPTY_OUTPUT; any other
+   * failure an Error that quotes nvidia-smi's first line of complaint.
+   */
+  async collect(): Promise<NvidiaSmiResult> {
+    const notes: string[] = [];
+    const output = await this.queryGpus(notes);
+    if (output.trim() === "") throw new Error(NVIDIA_SMI_EMPTY_OUTPUT);
+    const result = parseQueryGpuCsv(output, this.fields, this.now());
+    result.warnings.unshift(...notes);
+
+    const missingDriver = result.inventory.some((g) => g.driverVersion === "");
+    if (result.inventory.length > 0 && (this.wantCudaVersion || missingDriver)) {
+      const banner = await this.readBanner(result.warnings);
+      for (const gpu of result.inventory) {
+        gpu.cudaVersion = banner?.cudaVersion ?? "";
+        if (gpu.driverVersion === "") gpu.driverVersion = banner?.driverVersion ?? "";
+      }
+    }
+    return result;
+  }
+
+  /** Query-gpu's stdout, after dropping the fields the driver rejects (each drop noted). */
+  private async queryGpus(notes: string[]): Promise<string> {
+    const dropped: string[] = [];
+    for (;;) {
+      let failure: Error | undefined;
+      let rejection: ReturnType<typeof rejectedField>;
+      try {
+        const output = await this.run(this.binary, [`--query-gpu=${this.fields.join(",")}`, "--format=csv,noheader,nounits"]);
+        // Seen only with a non-zero status so far; an exit 0 with the complaint is taken the same way.
+        rejection = rejectedField(output);
+        if (rejection === undefined) return output;
+      } catch (error) {
+        failure = describeFailure(error);
+        const e = error as { stdout?: unknown; stderr?: unknown };
+        if (failure.message !== NVIDIA_SMI_NOT_FOUND) rejection = rejectedField(`${e?.stderr ?? ""}\n${e?.stdout ?? ""}`);
+        if (rejection === undefined) throw failure;
+      }
+
+      const { field, complaint } = rejection;
+      const at = this.fields.findIndex((f) => f === field || canonicalField(f) === canonicalField(field));
+      const fail = (why: string) => new Error(`nvidia-smi rejected the field "${field}": ${why}`, { cause: failure });
+      if (at < 0) throw fail("not one this collector asked for");
+      if (REQUIRED_FIELDS.includes(canonicalField(field))) throw fail("GPUs cannot be reported without it");
+      if (dropped.length >= this.maxRejectedFields)
+        throw fail(`gave up, ${dropped.length} fields were dropped already (${dropped.join(", ")})`);
+      this.fields = this.fields.filter((_, i) => i !== at);
+      dropped.push(field);
+      notes.push(`nvidia-smi rejected a field (${complaint}); querying without "${field}" from now on, its values are absent`);
+    }
+  }
+
+  /** The table banner's versions, read on first need; undefined (with a warning) when the table fails. */
+  private async readBanner(warnings: string[]): Promise<DriverVersions | undefined> {
+    if (this.banner) return this.banner;
+    try {
+      this.banner = parseDriverVersions(await this.run(this.binary, []));
+    } catch (error) {
+      warnings.push(`CUDA and driver versions from the nvidia-smi table unknown: ${describeFailure(error).message}`);
+      return undefined;
+    }
+    if (this.banner.cudaVersion === "") warnings.push("nvidia-smi table shows no CUDA version");
+    if (this.banner.driverVersion === "") warnings.push("nvidia-smi table shows no driver version");
+    return this.banner;
+  }
+}
+
+export interface CollectNvidiaSmiOptions extends Omit<NvidiaSmiCollectorOptions, "cudaVersion"> {
+  /** Also run the plain `nvidia-smi` table to fill `cudaVersion`. @default false */
+  queryCudaVersion?: boolean;
+}
+
+/**
+ * One collection by a fresh NvidiaSmiCollector, which remembers nothing: a rejected field is
+ * rejected again on every call. An agent should keep one NvidiaSmiCollector instead.
  */
 export async function collectNvidiaSmi(options: CollectNvidiaSmiOptions = {}): Promise<NvidiaSmiResult> {
-  const binary = options.binary ?? "nvidia-smi";
-  const run = options.run ?? defaultRun(options.timeoutMs ?? 10_000);
-  const query = (fields: readonly string[]) => run(binary, [`--query-gpu=${fields.join(",")}`, "--format=csv,noheader,nounits"]);
-
-  let fields = QUERY_FIELDS;
-  const notes: string[] = [];
-  let output: string;
-  try {
-    output = await query(fields);
-  } catch (error) {
-    const failure = describeFailure(error);
-    if (!/not a valid field/i.test(failureText(error)) || failure.message === NVIDIA_SMI_NOT_FOUND) throw failure;
-    fields = LEGACY_QUERY_FIELDS;
-    notes.push(`nvidia-smi rejected a field (${failureText(error).split(/\r?\n/)[0]}); queried ${fields.join(",")} instead`);
-    try {
-      output = await query(fields);
-    } catch (retryError) {
-      throw describeFailure(retryError);
-    }
-  }
-
-  const result = parseQueryGpuCsv(output, fields, options.now?.() ?? new Date());
-  result.warnings.unshift(...notes);
-
-  if (options.queryCudaVersion && result.inventory.length > 0) {
-    try {
-      const cudaVersion = parseCudaVersion(await run(binary, []));
-      for (const gpu of result.inventory) gpu.cudaVersion = cudaVersion;
-      if (cudaVersion === "") result.warnings.push("nvidia-smi table shows no CUDA version");
-    } catch (error) {
-      result.warnings.push(`CUDA version unknown: ${describeFailure(error).message}`);
-    }
-  }
-  return result;
+  return new NvidiaSmiCollector({ ...options, cudaVersion: options.queryCudaVersion ?? false }).collect();
 }

@@ -3,10 +3,12 @@ import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "nod
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
+  canonicalField,
   collectNvidiaSmi,
-  LEGACY_QUERY_FIELDS,
+  NVIDIA_SMI_EMPTY_OUTPUT,
   NVIDIA_SMI_NOT_FOUND,
-  parseCudaVersion,
+  NvidiaSmiCollector,
+  parseDriverVersions,
   parseQueryGpuCsv,
   parseQueryGpuRows,
   QUERY_FIELDS,
@@ -22,6 +24,52 @@ function fixture(name: string): string {
 }
 
 const exporter = (capture: string) => fixture(`utkuozdemir-nvidia_gpu_exporter__${capture}`);
+const exporterVersions = (capture: string) => parseDriverVersions(exporter(capture));
+
+const R610 = "utkuozdemir-nvidia_gpu_exporter__linux-x86_64__nvidia-geforce-rtx-2080-super__610.57.04";
+const R610_TABLE = `${R610}__idle_table.txt`;
+const R610_QUERY_GPU = `${R610}__load_query-gpu.csv`;
+const R595_TABLE = "utkuozdemir-nvidia_gpu_exporter__linux-x86_64__nvidia-geforce-rtx-2080-super__595.71.05__idle_table.txt";
+
+/** nvidia-smi's answer when it refuses a query field: on stdout, exit status 2. */
+function rejection(field: string): Error {
+  return Object.assign(new Error("Command failed: nvidia-smi"), {
+    code: 2,
+    stdout: `Field "${field}" is not a valid field to query.\n\n`,
+    stderr: "",
+  });
+}
+
+/**
+ * A stand-in nvidia-smi that answers from recordings: `--query-gpu=<fields>` with the recorded
+ * header CSV's values for those fields, units stripped as `nounits` does; no arguments with the
+ * recorded table. Fields in `rejects` get nvidia-smi's complaint, as a driver without them would.
+ */
+function recordedNvidiaSmi(csv: string, table: string, rejects: readonly string[] = []) {
+  const [header, ...rows] = csv.trimEnd().split(/\r?\n/);
+  const columns = header!.split(",").map((c) => /^\s*(.*?)(?:\s+\[(.*)\])?\s*$/.exec(c)!);
+  const calls: string[][] = [];
+  const run = async (_file: string, args: string[]) => {
+    calls.push(args);
+    if (args.length === 0) return table;
+    const fields = args[0]!.replace(/^--query-gpu=/, "").split(",");
+    const refused = fields.find((f) => rejects.includes(f));
+    if (refused) throw rejection(refused);
+    const answer = (row: string) => {
+      const cells = row.split(",").map((c) => c.trim());
+      return fields
+        .map((f) => {
+          const at = columns.findIndex((c) => c[1] === canonicalField(f));
+          assert.ok(at >= 0, `no recorded column for ${f}`);
+          const unit = columns[at]![2];
+          return unit && cells[at]!.endsWith(` ${unit}`) ? cells[at]!.slice(0, -unit.length - 1) : cells[at]!;
+        })
+        .join(", ");
+    };
+    return `${rows.map(answer).join("\n")}\n`;
+  };
+  return { run, calls };
+}
 
 describe("nvidia-smi collector", () => {
   describe("query-gpu CSV with a header (nvidia_gpu_exporter captures, --format=csv)", () => {
@@ -471,6 +519,7 @@ describe("nvidia-smi collector", () => {
       const text = [
         a100(0, "GPU-a").replace(/^0/, "x"),
         a100(1, "GPU-b", "45, 12, hot, 250.10, 400.00, 1410 GHz, [N/A], 0, 0, Disabled"),
+        "",
       ].join("\n");
       const result = parseQueryGpuCsv(text, QUERY_FIELDS, NOW);
       assert.deepEqual(
@@ -497,6 +546,7 @@ describe("nvidia-smi collector", () => {
         a100(2, "GPU-c", "45, 12, 40, 250,10, 400, 1410, [N/A], 0, 0, Disabled, extra"),
         // Fits on ",": plain decimals as nvidia-smi prints them.
         a100(3, "GPU-d"),
+        "",
       ].join("\n");
       const result = parseQueryGpuCsv(text, QUERY_FIELDS, NOW);
       assert.deepEqual(
@@ -532,13 +582,37 @@ describe("nvidia-smi collector", () => {
       );
     });
 
-    it("reads the CUDA version from the table banner, old and new layouts", () => {
-      assert.equal(
-        parseCudaVersion(fixture("utkuozdemir-nvidia_gpu_exporter__linux-x86_64__nvidia-h100-80gb-hbm3__590.48.01__load_table.txt")),
-        "13.1",
-      );
-      assert.equal(parseCudaVersion(fixture("leptonai-gpud__nvidia-smi.525.125.06.out.0.valid.txt")), "12.0");
-      assert.equal(parseCudaVersion("| NVIDIA-SMI 418.43   Driver Version: 418.43   CUDA Version: N/A |"), "");
+    it("reads driver and CUDA versions from the table banner and from -q, before and after R610 renamed them", () => {
+      const versions = (name: string) => parseDriverVersions(fixture(name));
+      // R610: "KMD Version: 610.57.04     CUDA UMD Version: 13.3" (Linux and Windows).
+      assert.deepEqual(versions(R610_TABLE), { driverVersion: "610.57.04", cudaVersion: "13.3" });
+      assert.deepEqual(exporterVersions("windows-x86_64__nvidia-geforce-rtx-2080-super__610.62__idle_table.txt"), {
+        driverVersion: "610.62",
+        cudaVersion: "13.3",
+      });
+      // R610 -q prints both spellings, the old ones as "610.57.04 [Deprecated; … Use KMD Version instead]".
+      assert.deepEqual(exporterVersions("linux-x86_64__nvidia-geforce-rtx-2080-super__610.57.04__idle_q.txt"), {
+        driverVersion: "610.57.04",
+        cudaVersion: "13.3",
+      });
+      // Before: "Driver Version: 595.71.05      CUDA Version: 13.2".
+      assert.deepEqual(versions(R595_TABLE), { driverVersion: "595.71.05", cudaVersion: "13.2" });
+      assert.deepEqual(exporterVersions("linux-x86_64__nvidia-h100-80gb-hbm3__590.48.01__load_table.txt"), {
+        driverVersion: "590.48.01",
+        cudaVersion: "13.1",
+      });
+      assert.deepEqual(exporterVersions("linux-x86_64__nvidia-h100-80gb-hbm3__590.48.01__idle_q.txt"), {
+        driverVersion: "590.48.01",
+        cudaVersion: "13.1",
+      });
+      assert.deepEqual(versions("leptonai-gpud__nvidia-smi.525.125.06.out.0.valid.txt"), {
+        driverVersion: "525.125.06",
+        cudaVersion: "12.0",
+      });
+      assert.deepEqual(parseDriverVersions("| NVIDIA-SMI 418.43   Driver Version: 418.43   CUDA Version: N/A |"), {
+        driverVersion: "418.43",
+        cudaVersion: "",
+      });
     });
   });
 
@@ -594,30 +668,183 @@ describe("nvidia-smi collector", () => {
       assert.equal(result.inventory[0]!.cudaVersion, "13.1");
     });
 
-    it("retries once without mig.mode.current when the driver rejects the field", async () => {
+    const argsFor = (fields: readonly string[]) => [`--query-gpu=${fields.join(",")}`, "--format=csv,noheader,nounits"];
+    const without = (...dropped: string[]) => QUERY_FIELDS.filter((f) => !dropped.includes(f));
+
+    it("queries again without mig.mode.current when a pre-R450 driver rejects it, reading MIG as off", async () => {
       const calls: string[][] = [];
       const result = await collectNvidiaSmi({
         run: async (_file, args) => {
           calls.push(args);
-          if (calls.length === 1) {
-            throw Object.assign(new Error("Command failed: nvidia-smi"), {
-              code: 2,
+          if (args[0]!.includes("mig.mode.current"))
+            throw Object.assign(rejection("mig.mode.current"), {
               stdout: "",
               stderr: 'Field "mig.mode.current" is not a valid field to query.\n\n',
             });
-          }
           return "3, GPU-124-124-1241-241241241242341, Tesla V100-SXM2-32GB, 440.64.00, 32510, 0, 0, 0, 35, 41.50, 300.00, 135, [N/A], 0, 0\n";
         },
         now: () => NOW,
       });
-      assert.deepEqual(calls, [QUERY_ARGS, [`--query-gpu=${LEGACY_QUERY_FIELDS.join(",")}`, "--format=csv,noheader,nounits"]]);
-      assert.equal(LEGACY_QUERY_FIELDS.includes("mig.mode.current"), false);
+      assert.deepEqual(calls, [QUERY_ARGS, argsFor(without("mig.mode.current"))]);
       assert.deepEqual(
-        result.inventory.map((g) => [g.index, g.model, g.migEnabled]),
-        [[3, "Tesla V100-SXM2-32GB", false]],
+        result.inventory.map((g) => [g.index, g.model, g.driverVersion, g.migEnabled]),
+        [[3, "Tesla V100-SXM2-32GB", "440.64.00", false]],
       );
+      assert.equal(result.samples[0]!.metrics.eccUncorrectedErrors, 0);
       assert.equal(result.warnings.length, 1);
       assert.match(result.warnings[0]!, /nvidia-smi rejected a field \(Field "mig.mode.current" is not a valid field to query\.\)/);
+    });
+
+    describe("R610 and later drivers (recorded RTX 2080 SUPER, 610.57.04)", () => {
+      it("reports driver 610.57.04 and CUDA 13.3 from the new KMD / CUDA UMD banner, reading the table once", async () => {
+        const smi = recordedNvidiaSmi(fixture(R610_QUERY_GPU), fixture(R610_TABLE));
+        const collector = new NvidiaSmiCollector({ run: smi.run, now: () => NOW });
+        const result = await collector.collect();
+        assert.deepEqual(result.warnings, []);
+        assert.deepEqual(result.inventory, [
+          {
+            index: 0,
+            uuid: MASKED_UUID,
+            model: "NVIDIA GeForce RTX 2080 SUPER",
+            memoryBytes: 8192 * MiB,
+            driverVersion: "610.57.04",
+            cudaVersion: "13.3",
+            migEnabled: false,
+          },
+        ]);
+        assert.equal(result.samples[0]!.metrics.powerDrawWatts, 98.14);
+        assert.equal(result.samples[0]!.metrics.smClockMhz, 2070);
+
+        const again = await collector.collect();
+        assert.equal(again.inventory[0]!.cudaVersion, "13.3");
+        assert.deepEqual(smi.calls, [QUERY_ARGS, [], QUERY_ARGS]);
+      });
+
+      it("still reports the driver version when the driver rejects driver_version (and mig.mode.current), and remembers", async () => {
+        const smi = recordedNvidiaSmi(fixture(R610_QUERY_GPU), fixture(R610_TABLE), ["driver_version", "mig.mode.current"]);
+        const collector = new NvidiaSmiCollector({ run: smi.run, now: () => NOW });
+        const result = await collector.collect();
+        assert.deepEqual(
+          result.inventory.map((g) => [g.model, g.driverVersion, g.cudaVersion, g.migEnabled]),
+          [["NVIDIA GeForce RTX 2080 SUPER", "610.57.04", "13.3", false]],
+        );
+        assert.equal(result.samples[0]!.metrics.memoryUsedBytes, 815 * MiB);
+        assert.deepEqual(smi.calls, [
+          QUERY_ARGS,
+          argsFor(without("driver_version")),
+          argsFor(without("driver_version", "mig.mode.current")),
+          [],
+        ]);
+        assert.deepEqual(result.warnings, [
+          'nvidia-smi rejected a field (Field "driver_version" is not a valid field to query.); querying without "driver_version" from now on, its values are absent',
+          'nvidia-smi rejected a field (Field "mig.mode.current" is not a valid field to query.); querying without "mig.mode.current" from now on, its values are absent',
+        ]);
+        assert.deepEqual(collector.queryFields, without("driver_version", "mig.mode.current"));
+
+        // The next collection asks for the fields that work, once, and says nothing more.
+        smi.calls.length = 0;
+        const next = await collector.collect();
+        assert.deepEqual(smi.calls, [argsFor(without("driver_version", "mig.mode.current"))]);
+        assert.deepEqual(next.warnings, []);
+        assert.equal(next.inventory[0]!.driverVersion, "610.57.04");
+      });
+
+      it("takes the table's driver version where driver_version answers with a deprecation placeholder (595.71.05 banner)", async () => {
+        const calls: string[][] = [];
+        const result = await collectNvidiaSmi({
+          run: async (_file, args) => {
+            calls.push(args);
+            if (args.length === 0) return fixture(R595_TABLE);
+            return "0, GPU-a, NVIDIA GeForce RTX 2080 SUPER, [Requested functionality has been deprecated], 8192, 214, 0, 3, 40, 37.12, 250.00, 300, 37, [N/A], [N/A], [N/A]\n";
+          },
+          now: () => NOW,
+        });
+        // Not asked for the CUDA version, the table is read for the driver version all the same.
+        assert.deepEqual(calls, [QUERY_ARGS, []]);
+        assert.deepEqual(
+          result.inventory.map((g) => [g.driverVersion, g.cudaVersion]),
+          [["595.71.05", "13.2"]],
+        );
+        assert.deepEqual(result.warnings, []);
+      });
+
+      it("gives up after maxRejectedFields rejections in one collection, naming them", async () => {
+        const calls: string[][] = [];
+        const collector = new NvidiaSmiCollector({
+          maxRejectedFields: 2,
+          run: async (_file, args) => {
+            calls.push(args);
+            throw rejection(
+              args[0]!
+                .replace(/^--query-gpu=/, "")
+                .split(",")
+                .at(-1)!,
+            );
+          },
+        });
+        await assert.rejects(collector.collect(), {
+          message:
+            'nvidia-smi rejected the field "ecc.errors.corrected.volatile.total": gave up, 2 fields were dropped already (mig.mode.current, ecc.errors.uncorrected.volatile.total)',
+        });
+        assert.equal(calls.length, 3);
+      });
+
+      it("does not drop uuid or index, nor a field it never asked for", async () => {
+        const failing = (field: string) => new NvidiaSmiCollector({ run: async () => Promise.reject(rejection(field)) }).collect();
+        await assert.rejects(failing("uuid"), { message: 'nvidia-smi rejected the field "uuid": GPUs cannot be reported without it' });
+        await assert.rejects(failing("index"), { message: 'nvidia-smi rejected the field "index": GPUs cannot be reported without it' });
+        await assert.rejects(failing("pstate"), { message: 'nvidia-smi rejected the field "pstate": not one this collector asked for' });
+      });
+    });
+
+    it("says so when nvidia-smi exits 0 and prints nothing, instead of reporting no GPUs", async () => {
+      for (const output of ["", "\n", " \r\n\r\n"]) {
+        await assert.rejects(collectNvidiaSmi({ run: async () => output }), { message: NVIDIA_SMI_EMPTY_OUTPUT });
+      }
+      assert.match(NVIDIA_SMI_EMPTY_OUTPUT, /exited 0 but printed nothing/);
+    });
+
+    it("never reports a wrong value from output cut short at any byte", async () => {
+      const full =
+        "0, GPU-aaaaaaaa-0000-0000-0000-000000000000, NVIDIA H200, 590.48.01, 143771, 16959, 87, 45, 36, 295.01, 700.00, 1980, [N/A], 0, 123\n" +
+        "1, GPU-aaaaaaaa-0000-0000-0000-000000000001, NVIDIA H200, 590.48.01, 143771, 20480, 91, 52, 41, 612.45, 700.00, 1980, [N/A], 0, 456\n";
+      // As a driver without mig.mode.current answers: its last column is a number.
+      const fields = without("mig.mode.current");
+      const collect = (text: string) =>
+        collectNvidiaSmi({
+          run: async (_file, args) => (args[0]!.includes("mig.mode") ? Promise.reject(rejection("mig.mode.current")) : text),
+          now: () => NOW,
+        });
+      const expected = await collect(full);
+      assert.deepEqual(
+        expected.samples.map((s) => s.metrics.eccUncorrectedErrors),
+        [123, 456],
+      );
+
+      for (let end = 1; end < full.length; end++) {
+        const text = full.slice(0, end);
+        const got = await collect(text);
+        for (const gpu of got.inventory) {
+          const want = expected.inventory.find((g) => g.uuid === gpu.uuid);
+          assert.ok(want, `cut at ${end}: unknown GPU ${gpu.uuid}`);
+          assert.deepEqual(gpu, want, `cut at ${end}`);
+        }
+        for (const sample of got.samples) {
+          const want = expected.samples.find((s) => s.gpuUuid === sample.gpuUuid)!;
+          for (const [key, value] of Object.entries(sample.metrics)) {
+            assert.equal(value, want.metrics[key as keyof typeof want.metrics], `cut at ${end}: ${key}`);
+          }
+        }
+        // Cut anywhere but after a whole line: the user is told.
+        if (!text.endsWith("\n")) assert.ok(got.warnings.length > 1, `cut at ${end}: no warning`);
+      }
+      assert.deepEqual(parseQueryGpuRows(full.slice(0, -2), fields).warnings, [
+        'line 2: ecc.errors.uncorrected.volatile.total: "45" not read: output cut short, this cell may be partial',
+      ]);
+      assert.match(
+        parseQueryGpuRows(full.slice(0, -20), fields).warnings[0]!,
+        /^line 2: skipped: expected 15 columns, found 12 \(output cut short: no newline after the last line\): "1, GPU-/,
+      );
     });
 
     it("says how to fix a missing nvidia-smi (injected run rejecting with ENOENT)", async () => {
@@ -683,11 +910,39 @@ describe("nvidia-smi collector", () => {
       it("passes the arguments and reads stdout", async () => {
         const binary = script(
           "nvidia-smi",
-          `[ "$1" = "${QUERY_ARGS[0]}" ] && [ "$2" = "${QUERY_ARGS[1]}" ] || { echo "bad args: $*" >&2; exit 2; }\nprintf '%s' '${ROW.trim()}'`,
+          `[ "$1" = "${QUERY_ARGS[0]}" ] && [ "$2" = "${QUERY_ARGS[1]}" ] || { echo "bad args: $*" >&2; exit 2; }\nprintf '%s\\n' '${ROW.trim()}'`,
         );
         const result = await collectNvidiaSmi({ binary, now: () => NOW });
         assert.deepEqual(result.warnings, []);
         assert.equal(result.inventory[0]!.model, "NVIDIA H200");
+      });
+
+      it("drops a field that nvidia-smi refuses on stdout with exit status 2, driver version from the R610 table", async () => {
+        const table = join(dir, "table.txt");
+        writeFileSync(table, fixture(R610_TABLE));
+        const row =
+          "0, GPU-aaaaaaaa-0000-0000-0000-000000000000, NVIDIA H200, 143771, 16959, 87, 45, 36, 295.01, 700.00, 1980, [N/A], 0, 0, Enabled";
+        const binary = script(
+          "r610-nvidia-smi",
+          [
+            'case "$1" in',
+            `  *driver_version*) echo 'Field "driver_version" is not a valid field to query.'; echo; exit 2 ;;`,
+            `  --query-gpu=*) printf '%s\\n' '${row}' ;;`,
+            `  *) cat '${table}' ;;`,
+            "esac",
+          ].join("\n"),
+        );
+        const result = await new NvidiaSmiCollector({ binary, now: () => NOW }).collect();
+        assert.deepEqual(
+          result.inventory.map((g) => [g.model, g.driverVersion, g.cudaVersion, g.migEnabled]),
+          [["NVIDIA H200", "610.57.04", "13.3", true]],
+        );
+        assert.equal(result.warnings.length, 1);
+        assert.match(result.warnings[0]!, /querying without "driver_version" from now on/);
+      });
+
+      it("fails clearly when nvidia-smi exits 0 without output", async () => {
+        await assert.rejects(collectNvidiaSmi({ binary: script("silent-nvidia-smi", "exit 0") }), { message: NVIDIA_SMI_EMPTY_OUTPUT });
       });
 
       it("gives up after the timeout", async () => {
