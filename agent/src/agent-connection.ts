@@ -12,10 +12,10 @@ import {
 } from "@remotegpu/sdk";
 import type { Logger } from "./logger.js";
 import { toMessageInit, type GpuInventoryEntry, type GpuSampleRecord, type HostSampleRecord } from "./readings.js";
-import type { StatusReport, WorkloadEvents, WorkloadLogLine, Workloads, WorkloadSpec } from "./workloads.js";
+import type { StatusReport, VolumeUsage, WorkloadEvents, WorkloadLogLine, Workloads, WorkloadSpec } from "./workloads.js";
 
 /** What the connection needs of the runtime. */
-export type WorkloadRunner = Pick<Workloads, "run" | "stop" | "remove" | "running" | "activity" | "containersSupported">;
+export type WorkloadRunner = Pick<Workloads, "run" | "stop" | "remove" | "running" | "activity" | "containersSupported" | "volumeUsage">;
 
 export interface Reading {
   inventory: GpuInventoryEntry[];
@@ -49,6 +49,8 @@ export interface AgentOptions {
   workloads?: WorkloadRunner;
   /** Log lines kept while disconnected (the oldest go first). @default 2000 */
   logBufferLines?: number;
+  /** How often the workloads' volumes are measured; the next heartbeat carries the figures. @default never */
+  volumeSampleMs?: number;
 }
 
 /**
@@ -61,6 +63,7 @@ export class AgentConnection implements WorkloadEvents {
 
   constructor(o: AgentOptions) {
     const w = o.workloads;
+    let measuredAt = 0;
     this.session = new AgentSession({
       servers: o.servers,
       hostId: o.hostId,
@@ -73,7 +76,12 @@ export class AgentConnection implements WorkloadEvents {
       },
       read: async () => {
         const r = await o.read();
-        return { gpus: r.inventory.map((g) => toMessageInit(GpuInventoryItemSchema, g)), heartbeat: heartbeat(r) };
+        let volumes: VolumeUsage[] = [];
+        if (w && o.volumeSampleMs && Date.now() - measuredAt >= o.volumeSampleMs) {
+          measuredAt = Date.now();
+          volumes = await w.volumeUsage();
+        }
+        return { gpus: r.inventory.map((g) => toMessageInit(GpuInventoryItemSchema, g)), heartbeat: heartbeat(r, volumes) };
       },
       intervalMs: o.intervalMs,
       bufferSize: o.bufferSize,
@@ -124,8 +132,13 @@ async function execute(w: WorkloadRunner, command: AgentCommand): Promise<{ ok: 
   }
 }
 
-function heartbeat(r: Reading) {
+function heartbeat(r: Reading, volumes: VolumeUsage[]) {
   return {
+    volumes: volumes.map((v) => ({
+      environmentId: v.environmentId,
+      usedBytes: BigInt(v.usedBytes),
+      sampleTime: timestampFromDate(v.time),
+    })),
     sampleTime: timestampFromDate(r.time),
     host: toMessageInit(HostSampleSchema, r.host),
     gpus: r.samples.map((s) => ({

@@ -1,17 +1,20 @@
 #!/usr/bin/env node
-import { readFileSync } from "node:fs";
+import { mkdirSync, readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { ConnectError } from "@connectrpc/connect";
 import { AgentConnection } from "./agent-connection.js";
 import { HostStats } from "./host-stats.js";
 import { createLogger } from "./logger.js";
-import { collectNvidiaSmi } from "./nvidia-smi.js";
+import { NvidiaSmiCollector } from "./nvidia-smi.js";
 import { SimulatedGpus } from "./simulated-gpus.js";
 import { Workloads } from "./workloads.js";
 
 // The RemoteGPU node agent, the `remotegpu-agent` bin of @remotegpu/agent:
 //   remotegpu-agent --server URL --host-id ID --token TOKEN [options]
 // (in the repository, without a build: `npm run agent -- --server URL ...`).
+
+/** How often the volumes are measured (a walk of each; heartbeats carry the figures when new). */
+const VOLUME_SAMPLE_MS = 60_000;
 const USAGE = `usage: remotegpu-agent --server URL[,URL...] --host-id ID --token TOKEN [options]
   --server URL          control plane URL(s), tried in turn         (env REMOTEGPU_SERVER)
   --host-id ID          the host this agent speaks for              (env REMOTEGPU_HOST_ID)
@@ -72,16 +75,23 @@ if (problems.length > 0) {
 }
 
 const logger = createLogger(values["log-level"]!);
-const stats = new HostStats(values["data-dir"]!);
-let cudaVersion: string | undefined;
+const dataDir = values["data-dir"]!;
+try {
+  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+} catch (err) {
+  process.stderr.write(`agent: --data-dir: cannot create ${dataDir}: ${err instanceof Error ? err.message : String(err)}\n`);
+  process.exit(1);
+}
+const stats = new HostStats(dataDir);
+// One collector for the agent's run: it reads the driver and CUDA versions once and remembers query
+// fields the driver rejected.
+const nvidiaSmi = new NvidiaSmiCollector();
 const gpus =
   simulated !== undefined
     ? new SimulatedGpus(simulated, values["host-id"]!)
     : {
         async collect() {
-          const result = await collectNvidiaSmi({ queryCudaVersion: cudaVersion === undefined });
-          cudaVersion ??= result.inventory[0]?.cudaVersion ?? "";
-          for (const g of result.inventory) g.cudaVersion = cudaVersion;
+          const result = await nvidiaSmi.collect();
           for (const w of result.warnings) logger.warn({ warning: w }, "nvidia-smi output");
           return result;
         },
@@ -95,11 +105,13 @@ const first = await gpus.collect().catch((err: unknown) => {
 
 // Its events go up the connection built below (they only come once commands arrive through it).
 const workloads = new Workloads({
-  dataDir: values["data-dir"]!,
+  dataDir,
   logger,
   engine: values["process-mode"] ? "process" : undefined,
   events: { status: (r) => connection.status(r), logs: (id, lines) => connection.logs(id, lines) },
 });
+// What an earlier agent left running is taken over before the hello, which lists it.
+await workloads.recover();
 logger.info({ gpus: first.inventory.length, simulated: simulated !== undefined, engine: workloads.engine }, "agent starting");
 
 const connection = new AgentConnection({
@@ -111,6 +123,7 @@ const connection = new AgentConnection({
   capacity: await stats.capacity(),
   logger,
   workloads,
+  volumeSampleMs: VOLUME_SAMPLE_MS,
   read: async () => {
     const time = new Date();
     const [result, host] = await Promise.all([gpus.collect(), stats.sample()]);
@@ -118,22 +131,22 @@ const connection = new AgentConnection({
   },
 });
 
+// Leaving, for an upgrade or a restart, does not stop the environments: the next agent adopts them.
 const stop = new AbortController();
 for (const signal of ["SIGTERM", "SIGINT"] as const) {
   process.once(signal, () => {
-    logger.info({ signal }, "agent stopping");
-    stop.abort();
+    logger.info({ signal }, "agent stopping; its environments keep running");
+    void workloads.detach().finally(() => stop.abort());
   });
 }
 try {
   await connection.run(stop.signal);
 } catch (err) {
+  // Refused (the host was deleted, its token revoked): nothing will manage these environments any more.
   await workloads.shutdown();
   const refused = err instanceof ConnectError;
   process.stderr.write(`agent: ${refused ? "the server refused this agent: " : ""}${err instanceof Error ? err.message : String(err)}\n`);
   process.exit(1);
 }
-// The environments do not outlive their agent: a new one would not know them.
-await workloads.shutdown();
 logger.info("agent stopped");
 process.exit(0);

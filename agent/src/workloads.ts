@@ -1,14 +1,31 @@
-import { execFile, spawn, spawnSync } from "node:child_process";
-import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
-import net from "node:net";
+import { execFile } from "node:child_process";
+import { mkdir, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
-import { StringDecoder } from "node:string_decoder";
 import { promisify } from "node:util";
+import { LineSplitter, LogBatch, type LogStreamName, type WorkloadLogLine } from "./log-lines.js";
 import type { Logger } from "./logger.js";
+import { accepts, closeAll, PortProxy } from "./port-proxy.js";
+import {
+  adoptProcess,
+  bootId,
+  type ContainerEngine,
+  inspectContainer,
+  containerName,
+  detectEngine,
+  ensureImage,
+  type Exit,
+  followContainer,
+  type Handle,
+  type Output,
+  spawnProcess,
+  startContainer,
+  type Trace,
+} from "./workload-handles.js";
+
+export type { ContainerEngine, LogStreamName, WorkloadLogLine };
+export { containerName, detectEngine };
 
 export type WorkloadState = "STARTING" | "RUNNING" | "STOPPED" | "FAILED" | "REMOVED";
-export type LogStreamName = "STDOUT" | "STDERR" | "SYSTEM";
-export type ContainerEngine = "docker" | "podman";
 
 export interface WorkloadPort {
   name: string;
@@ -50,16 +67,16 @@ export interface StatusReport {
   time: Date;
 }
 
-export interface WorkloadLogLine {
-  time: Date;
-  stream: LogStreamName;
-  text: string;
-}
-
 /** The outcome of `Workloads.run`, for the command result: ok false when the workload could not start. */
 export interface RunResult {
   ok: boolean;
   message: string;
+}
+
+export interface VolumeUsage {
+  environmentId: string;
+  usedBytes: number;
+  time: Date;
 }
 
 /** Where the runtime tells what happens to the workloads. */
@@ -70,7 +87,10 @@ export interface WorkloadEvents {
 }
 
 export interface WorkloadsOptions {
-  /** Each environment lives in `<dataDir>/environments/<environmentId>/` (its volume in `volume/`). */
+  /**
+   * Each environment lives in `<dataDir>/environments/<environmentId>/`: its volume in `volume/`, its
+   * state in `workload.json` and, in process mode, its output in `stdout.log` and `stderr.log`.
+   */
   dataDir: string;
   logger: Logger;
   events: WorkloadEvents;
@@ -80,30 +100,22 @@ export interface WorkloadsOptions {
   engine?: ContainerEngine | "process";
 }
 
-const MAX_LINE_BYTES = 8 * 1024;
-const LOG_BATCH_LINES = 200;
-const LOG_BATCH_MS = 200;
+/** The state file's layout; a file of another version is not trusted. */
+const STATE_VERSION = 2;
 const READY_POLL_MS = 200;
+/** How often the read position of running workloads' output is saved for a later agent. */
+const SAVE_MS = 1000;
 // Ids become directory and container names (and `rm -rf` targets): nothing that could leave the data dir.
 const SAFE_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
 
 const execFileP = promisify(execFile);
 
-/** The first container engine that answers (`version` needs the daemon too), else "process". */
-export function detectEngine(): ContainerEngine | "process" {
-  for (const engine of ["docker", "podman"] as const) {
-    if (spawnSync(engine, ["version"], { stdio: "ignore", timeout: 10_000 }).status === 0) return engine;
-  }
-  return "process";
-}
-
-export function containerName(environmentId: string): string {
-  return `rgpu-${environmentId}`;
-}
-
 /** The argv (after the engine's name) that starts an environment's container, detached. */
 export function containerRunArgs(engine: ContainerEngine, spec: WorkloadSpec, volumeDir: string): string[] {
-  const args = ["run", "-d", "--name", containerName(spec.environmentId), "--label", `remotegpu.environment=${spec.environmentId}`];
+  const args = ["run", "-d", "--name", containerName(spec.environmentId)];
+  for (const [k, v] of Object.entries(containerLabels(spec))) args.push("--label", `${k}=${v}`);
+  // A small init as PID 1 passes the stop signal on (a program as PID 1 ignores SIGTERM by default).
+  args.push("--init");
   if (spec.gpuUuids.length > 0) {
     // docker parses --gpus as CSV: the quotes keep a list of several GPUs in one field.
     if (engine === "docker") args.push("--gpus", `"device=${spec.gpuUuids.join(",")}"`);
@@ -111,8 +123,10 @@ export function containerRunArgs(engine: ContainerEngine, spec: WorkloadSpec, vo
   }
   for (const p of spec.ports) if (p.hostPort > 0) args.push("-p", `${p.hostPort}:${p.containerPort}`);
   args.push("-v", `${volumeDir}:/workspace`, "-w", "/workspace");
-  // No CUDA_VISIBLE_DEVICES here: the engine shows the container only its GPUs.
-  for (const [k, v] of Object.entries({ ...spec.env, ...portEnv(spec) })) args.push("-e", `${k}=${v}`);
+  // The engine shows the container only its GPUs; naming them by UUID holds whatever order it numbers them in.
+  const gpus =
+    spec.gpuUuids.length > 0 ? { CUDA_VISIBLE_DEVICES: spec.gpuUuids.join(","), NVIDIA_VISIBLE_DEVICES: spec.gpuUuids.join(",") } : {};
+  for (const [k, v] of Object.entries({ ...workloadEnv(spec), ...gpus })) args.push("-e", `${k}=${v}`);
   if (spec.cpuMillicores) args.push("--cpus", String(spec.cpuMillicores / 1000));
   if (spec.memoryBytes) args.push("--memory", String(spec.memoryBytes));
   const [entrypoint, ...rest] = spec.command;
@@ -121,10 +135,22 @@ export function containerRunArgs(engine: ContainerEngine, spec: WorkloadSpec, vo
   return args;
 }
 
-/** PORT, PORT_<NAME> and the environment id: what a workload needs to know of itself. */
-function portEnv(spec: WorkloadSpec): Record<string, string> {
-  const env: Record<string, string> = { REMOTEGPU_ENVIRONMENT_ID: spec.environmentId };
-  if (spec.ports[0]) env.PORT = String(spec.ports[0].containerPort);
+/** Labels that name a container's environment, so that it can be told apart from the host's others. */
+function containerLabels(spec: WorkloadSpec): Record<string, string> {
+  return {
+    "remotegpu.environment": spec.environmentId,
+    "remotegpu.workspace": spec.workspaceId,
+    "remotegpu.generation": String(spec.generation),
+  };
+}
+
+/**
+ * The spec's env plus what a workload needs to know of itself: PORT (the env's own PORT if the
+ * control plane sent one, else the first port), PORT_<NAME> per port, and its environment id.
+ */
+function workloadEnv(spec: WorkloadSpec): Record<string, string> {
+  const env: Record<string, string> = { ...spec.env, REMOTEGPU_ENVIRONMENT_ID: spec.environmentId };
+  if (spec.env.PORT === undefined && spec.ports[0]) env.PORT = String(spec.ports[0].containerPort);
   for (const p of spec.ports) env[`PORT_${p.name.toUpperCase().replace(/[^A-Z0-9]/g, "_")}`] = String(p.containerPort);
   return env;
 }
@@ -134,28 +160,25 @@ function processEnv(spec: WorkloadSpec, volume: string): Record<string, string> 
   return {
     PATH: process.env.PATH ?? "/usr/local/bin:/usr/bin:/bin",
     HOME: volume,
-    ...spec.env,
-    // After spec.env: a workload does not get to widen its own GPU set.
+    ...workloadEnv(spec),
+    // Last: a workload does not get to widen its own GPU set.
     CUDA_VISIBLE_DEVICES: gpus,
     NVIDIA_VISIBLE_DEVICES: gpus,
-    ...portEnv(spec),
   };
 }
 
-interface Exit {
-  code: number | null;
-  signal: string | null;
+/** What `workload.json` holds. */
+interface SavedWorkload {
+  version: number;
+  engine: ContainerEngine | "process";
+  spec: WorkloadSpec;
+  state: WorkloadState;
+  message: string;
+  exitCode?: number;
+  since: string;
+  /** Where the running workload is; absent once it has ended. */
+  trace?: Trace;
 }
-
-/** A started workload, whatever runs it. */
-interface Handle {
-  /** Settles once the workload has ended and its output has been read. */
-  readonly exited: Promise<Exit>;
-  /** Asks it to end and waits; forces it after the grace period. */
-  stop(graceMs: number): Promise<void>;
-}
-
-type Output = (stream: "STDOUT" | "STDERR") => LineSplitter;
 
 interface Workload {
   spec: WorkloadSpec;
@@ -168,23 +191,34 @@ interface Workload {
   stopping: boolean;
   proxies: PortProxy[];
   logs: LogBatch;
+  /** The state file as last written, and the write in progress. */
+  saved: string;
+  saving: Promise<void>;
 }
 
 /**
  * Runs environments on this host, as containers (docker or podman) or as plain processes, and
  * reports their state and output through `events`. Commands for one environment run one at a time,
  * in order; different environments proceed independently.
+ *
+ * Workloads outlive the agent: each one's state file says where it runs and how far its output was
+ * read, and `recover` (before the agent connects) takes over what is still running.
  */
 export class Workloads {
   readonly engine: ContainerEngine | "process";
   private readonly workloads = new Map<string, Workload>();
   private readonly queues = new Map<string, Promise<unknown>>();
   private readonly stopGraceMs: number;
-  private closed = false;
+  private readonly saver: NodeJS.Timeout;
+  /** Set once the agent exits: no more runs; after a shutdown, no more reports either. */
+  private closing?: "detach" | "shutdown";
 
   constructor(private readonly o: WorkloadsOptions) {
     this.engine = o.engine ?? detectEngine();
     this.stopGraceMs = o.stopGraceMs ?? 10_000;
+    this.saver = setInterval(() => {
+      for (const w of this.workloads.values()) if (w.handle) void this.save(w);
+    }, SAVE_MS).unref();
   }
 
   get containersSupported(): boolean {
@@ -206,32 +240,110 @@ export class Workloads {
     return out;
   }
 
+  /** Bytes used by each environment's volume on this host (`du`; environments it cannot measure are left out). */
+  async volumeUsage(): Promise<VolumeUsage[]> {
+    const out: VolumeUsage[] = [];
+    for (const id of this.workloads.keys()) {
+      const { stdout } = await execFileP("du", ["-s", "-B1", path.join(this.dirOf(id), "volume")]).catch(() => ({ stdout: "" }));
+      const usedBytes = Number.parseInt(stdout, 10);
+      if (Number.isSafeInteger(usedBytes)) out.push({ environmentId: id, usedBytes, time: new Date() });
+    }
+    return out;
+  }
+
   /**
-   * Starts a workload; resolves once it is started (RUNNING follows when its ports answer) or has
-   * failed to start. The same generation again only re-reports the current state; a
-   * higher one replaces the workload; a lower one is ignored.
+   * Takes over the workloads an earlier agent on this host left: what still runs (the same process,
+   * checked by its start time, or the same container) is followed again, its output from where the
+   * earlier agent stopped reading; what ended meanwhile is reported FAILED. Call once, before connecting.
+   */
+  async recover(): Promise<void> {
+    const root = path.join(this.o.dataDir, "environments");
+    const ids = await readdir(root).catch(() => [] as string[]);
+    for (const id of ids.filter((i) => SAFE_ID.test(i))) {
+      await this.serial(id, () => this.recoverOne(id)).catch((err: unknown) =>
+        this.o.logger.error({ err, environmentId: id }, "could not recover a workload"),
+      );
+    }
+  }
+
+  private async recoverOne(id: string): Promise<void> {
+    const dir = this.dirOf(id);
+    const text = await readFile(path.join(dir, "workload.json"), "utf8").catch(() => undefined);
+    if (text === undefined) return; // a volume whose workload never started
+    const saved = parseSaved(text, id);
+    if (typeof saved === "string") {
+      // Not trusted: whatever it names is left alone; a new run of the environment replaces it.
+      this.o.logger.warn({ environmentId: id, problem: saved }, "workload state not adopted");
+      const logs = this.logBatch(id);
+      logs.add("SYSTEM", `the agent restarted and could not read this workload's state (${saved}); not adopted`);
+      logs.flush();
+      return;
+    }
+    const w = this.newWorkload(saved.spec);
+    Object.assign(w, { state: saved.state, message: saved.message, exitCode: saved.exitCode, since: new Date(saved.since), saved: text });
+    this.workloads.set(id, w);
+    if (saved.state !== "STARTING" && saved.state !== "RUNNING") return; // stopped or failed: nothing runs
+    const gone = (why: string) => {
+      w.logs.add("SYSTEM", why);
+      this.fail(w, why);
+    };
+    if (saved.engine !== this.engine) return gone(`started by an agent running ${saved.engine}; this one runs ${this.engine}`);
+    const trace = saved.trace;
+    if (trace?.kind === "process") {
+      w.handle = adoptProcess(trace, dir, this.output(w));
+      if (!w.handle) {
+        return gone(
+          trace.bootId === bootId()
+            ? "ended while the agent was not running (exit status unknown)"
+            : "the host restarted: its process is gone",
+        );
+      }
+      try {
+        await this.openProxies(w, saved.spec.ports);
+      } catch (err) {
+        w.logs.add("SYSTEM", errorMessage(err));
+      }
+    } else if (trace?.kind === "container" && this.engine !== "process") {
+      const container = await inspectContainer(this.engine, trace.name);
+      if (!container) return gone("its container is gone");
+      if (!container.running) {
+        w.exitCode = container.exitCode;
+        return gone(`ended while the agent was not running: exited with code ${container.exitCode}`);
+      }
+      w.handle = followContainer(this.engine, trace.name, trace.logsSince, this.output(w));
+    } else {
+      return gone("its state names no process or container");
+    }
+    w.logs.add("SYSTEM", "adopted by a restarted agent");
+    this.o.logger.info({ environmentId: id, generation: w.spec.generation }, "workload adopted");
+    this.watch(w);
+    this.report(w);
+  }
+
+  /**
+   * Starts a workload; resolves once it is started (RUNNING follows when its first port answers) or
+   * has failed to start. The same generation again only re-reports the current state, after
+   * applying a changed port list where that needs no restart (process mode); a higher one replaces
+   * the workload; a lower one is ignored.
    */
   async run(spec: WorkloadSpec): Promise<RunResult> {
     checkId(spec.environmentId);
     return this.serial(spec.environmentId, async () => {
-      if (this.closed) throw new Error("the agent is shutting down");
+      if (this.closing) throw new Error("the agent is shutting down");
       const current = this.workloads.get(spec.environmentId);
       if (current && spec.generation < current.spec.generation)
         return { ok: true, message: `ignored: generation ${spec.generation} is older than ${current.spec.generation}` };
       if (current && spec.generation === current.spec.generation) {
+        const live = current.state === "STARTING" || current.state === "RUNNING";
+        if (live && this.engine === "process" && JSON.stringify(spec.ports) !== JSON.stringify(current.spec.ports)) {
+          const result = await this.changePorts(current, spec.ports);
+          if (!result.ok) return result;
+        }
         this.report(current);
         return { ok: true, message: `generation ${spec.generation} is already ${current.state.toLowerCase()}` };
       }
       if (current) await this.stopWorkload(current, `replaced by generation ${spec.generation}`);
-      const w: Workload = {
-        spec,
-        state: "STARTING",
-        message: "",
-        since: new Date(),
-        stopping: false,
-        proxies: [],
-        logs: this.logBatch(spec.environmentId),
-      };
+      const w = this.newWorkload(spec);
       this.workloads.set(spec.environmentId, w);
       await this.start(w);
       return w.state === "FAILED" ? { ok: false, message: w.message } : { ok: true, message: "started" };
@@ -251,13 +363,7 @@ export class Workloads {
         w.spec = { ...w.spec, generation: Math.max(w.spec.generation, generation) };
         await this.stopWorkload(w, "stopped on request");
       } else {
-        this.emit({
-          environmentId,
-          generation: Math.max(generation, await this.savedGeneration(environmentId)),
-          state: "STOPPED",
-          message: "not running",
-          time: new Date(),
-        });
+        this.emit({ environmentId, generation, state: "STOPPED", message: "not running", time: new Date() });
       }
     });
   }
@@ -270,27 +376,71 @@ export class Workloads {
       if (w) await this.halt(w);
       // A container may outlive the agent that started it.
       if (this.engine !== "process") await execFileP(this.engine, ["rm", "-f", containerName(environmentId)]).catch(() => undefined);
-      const generation = Math.max(atLeastGeneration, w?.spec.generation ?? (await this.savedGeneration(environmentId)));
+      this.workloads.delete(environmentId); // no state file is written for it from now on
+      await w?.saving;
       await rm(this.dirOf(environmentId), { recursive: true, force: true });
-      this.workloads.delete(environmentId);
       w?.logs.add("SYSTEM", "removed");
       w?.logs.flush();
+      const generation = Math.max(atLeastGeneration, w?.spec.generation ?? 0);
       this.emit({ environmentId, generation, state: "REMOVED", message: "removed with its volume", time: new Date() });
       this.o.logger.info({ environmentId }, "environment removed");
     });
   }
 
-  /** Stops every workload, reporting nothing (the agent is exiting); later runs are refused. */
+  /**
+   * Leaves every workload running and stops following them, having saved how far their output was
+   * read: the agent is exiting (an upgrade, a restart) and the next one adopts them.
+   */
+  async detach(): Promise<void> {
+    this.closing = "detach";
+    clearInterval(this.saver);
+    await this.eachWorkload(async (w) => {
+      await w.handle?.detach();
+      await closeAll(w.proxies);
+      w.proxies = [];
+      w.logs.flush();
+      await this.save(w);
+    });
+  }
+
+  /** Stops every workload, reporting nothing (the agent is exiting for good); later runs are refused. */
   async shutdown(): Promise<void> {
-    this.closed = true;
-    await Promise.all(
+    this.closing = "shutdown";
+    clearInterval(this.saver);
+    await this.eachWorkload(async (w) => {
+      await this.halt(w);
+      if (w.state === "STARTING" || w.state === "RUNNING") Object.assign(w, { state: "STOPPED", message: "the agent stopped it" });
+      await this.save(w);
+    });
+  }
+
+  private eachWorkload(fn: (w: Workload) => Promise<void>): Promise<unknown> {
+    return Promise.all(
       [...this.workloads.keys()].map((id) =>
         this.serial(id, async () => {
           const w = this.workloads.get(id);
-          if (w) await this.halt(w);
+          if (w) await fn(w);
         }),
       ),
     );
+  }
+
+  private newWorkload(spec: WorkloadSpec): Workload {
+    return {
+      spec,
+      state: "STARTING",
+      message: "",
+      since: new Date(),
+      stopping: false,
+      proxies: [],
+      logs: this.logBatch(spec.environmentId),
+      saved: "",
+      saving: Promise.resolve(),
+    };
+  }
+
+  private output(w: Workload): Output {
+    return (stream) => new LineSplitter((text) => w.logs.add(stream, text));
   }
 
   private async start(w: Workload): Promise<void> {
@@ -305,42 +455,47 @@ export class Workloads {
         if (!validPort(p.containerPort) || !(p.hostPort === 0 || validPort(p.hostPort)))
           throw new Error(`port ${p.name}: invalid port numbers`);
       await mkdir(volume, { recursive: true });
-      // Lets a stop or remove after an agent restart report the generation it ended.
-      await writeFile(path.join(dir, "workload.json"), JSON.stringify(spec));
-      const output: Output = (stream) => new LineSplitter((text) => w.logs.add(stream, text));
       if (this.engine === "process") {
-        for (const p of spec.ports) {
-          if (p.hostPort === 0 || p.hostPort === p.containerPort) continue;
-          const proxy = await PortProxy.listen(p.hostPort, p.containerPort).catch((err: unknown) => {
-            throw new Error(`port ${p.name}: cannot listen on ${p.hostPort}: ${errorMessage(err)}`);
-          });
-          w.proxies.push(proxy);
-        }
+        await this.openProxies(w, spec.ports);
         w.logs.add("SYSTEM", `starting: ${program.join(" ")}`);
-        w.handle = await startProcess(program, volume, processEnv(spec, volume), output);
+        w.handle = await spawnProcess(program, volume, processEnv(spec, volume), dir, this.output(w));
       } else {
+        const engine = this.engine;
+        let said = 0;
+        await ensureImage(engine, spec.image, (line) => {
+          w.logs.add("SYSTEM", line);
+          // The status shows the pull's progress, at most once a second.
+          if (Date.now() - said < 1000) return;
+          said = Date.now();
+          this.transition(w, "STARTING", `pulling ${spec.image}: ${line}`.slice(0, 512));
+        });
         w.logs.add("SYSTEM", `starting: ${spec.image}`);
-        w.handle = await startContainer(this.engine, spec, volume, output);
+        const name = containerName(spec.environmentId);
+        w.handle = await startContainer(engine, name, containerRunArgs(engine, spec, volume), this.output(w));
       }
     } catch (err) {
       await closeAll(w.proxies);
+      w.proxies = [];
       return this.fail(w, errorMessage(err));
     }
     this.o.logger.info({ environmentId: spec.environmentId, generation: spec.generation, engine: this.engine }, "environment started");
-    void w.handle.exited.then((exit) => this.exited(w, exit));
+    this.watch(w);
+    await this.save(w);
+  }
+
+  /** Reports the workload's end, and RUNNING once its first port answers (right away without ports). */
+  private watch(w: Workload): void {
+    const handle = w.handle!;
+    void handle.exited.then((exit) => this.exited(w, handle, exit));
     void this.awaitReady(w);
   }
 
-  /** RUNNING once every port accepts connections (right away without ports). */
   private async awaitReady(w: Workload): Promise<void> {
-    // In process mode the workload listens on 127.0.0.1; a container is reached through its published ports.
-    const ports =
-      this.engine === "process"
-        ? w.spec.ports.map((p) => p.containerPort)
-        : w.spec.ports.filter((p) => p.hostPort > 0).map((p) => p.hostPort);
+    // In process mode the workload listens on 127.0.0.1; a container is reached through its published port.
+    const first = w.spec.ports[0];
+    const port = this.engine === "process" ? first?.containerPort : first?.hostPort;
     while (w.state === "STARTING" && !w.stopping) {
-      const open = await Promise.all(ports.map(accepts));
-      if (open.every(Boolean)) {
+      if (!port || (await accepts(port))) {
         if (w.state === "STARTING" && !w.stopping) this.transition(w, "RUNNING", "");
         return;
       }
@@ -348,10 +503,45 @@ export class Workloads {
     }
   }
 
-  private exited(w: Workload, exit: Exit): void {
-    const how = exit.code !== null ? `exited with code ${exit.code}` : `killed by ${exit.signal ?? "a signal"}`;
+  /** Opens the forwarders of `ports` that have none yet and closes those of ports no longer listed. */
+  private async openProxies(w: Workload, ports: WorkloadPort[]): Promise<void> {
+    const wanted = ports.filter((p) => p.hostPort > 0 && p.hostPort !== p.containerPort);
+    const keep = (x: PortProxy) => wanted.some((p) => p.hostPort === x.hostPort && p.containerPort === x.containerPort);
+    await closeAll(w.proxies.filter((x) => !keep(x)));
+    w.proxies = w.proxies.filter(keep);
+    for (const p of wanted) {
+      if (w.proxies.some((x) => x.hostPort === p.hostPort && x.containerPort === p.containerPort)) continue;
+      const proxy = await PortProxy.listen(p.hostPort, p.containerPort).catch((err: unknown) => {
+        throw new Error(`port ${p.name}: cannot listen on ${p.hostPort}: ${errorMessage(err)}`);
+      });
+      w.proxies.push(proxy);
+    }
+  }
+
+  /** A changed port list on a running process: only the forwarders change, the workload runs on. */
+  private async changePorts(w: Workload, ports: WorkloadPort[]): Promise<RunResult> {
+    try {
+      await this.openProxies(w, ports);
+    } catch (err) {
+      await this.openProxies(w, w.spec.ports).catch(() => undefined); // back to what it was
+      return { ok: false, message: errorMessage(err) };
+    }
+    w.spec = { ...w.spec, ports };
+    w.logs.add("SYSTEM", `ports now ${ports.map((p) => `${p.name} ${p.hostPort}->${p.containerPort}`).join(", ") || "none"}`);
+    await this.save(w);
+    return { ok: true, message: "ports changed" };
+  }
+
+  private exited(w: Workload, handle: Handle, exit: Exit): void {
+    if (w.handle !== handle || this.closing) return; // replaced, or the agent is exiting
+    const how = exit.unknown
+      ? "ended (exit status unknown: an earlier agent started it)"
+      : exit.code !== null
+        ? `exited with code ${exit.code}`
+        : `killed by ${exit.signal ?? "a signal"}`;
     w.logs.add("SYSTEM", how);
     if (w.stopping) return; // stopWorkload reports
+    w.handle = undefined;
     void closeAll(w.proxies);
     w.proxies = [];
     w.logs.flush();
@@ -373,6 +563,7 @@ export class Workloads {
   private async halt(w: Workload): Promise<void> {
     w.stopping = true;
     await w.handle?.stop(this.stopGraceMs);
+    w.handle = undefined;
     await closeAll(w.proxies);
     w.proxies = [];
   }
@@ -381,12 +572,13 @@ export class Workloads {
     w.logs.add("SYSTEM", `failed: ${message}`);
     w.logs.flush();
     this.transition(w, "FAILED", message);
-    this.o.logger.warn({ environmentId: w.spec.environmentId, generation: w.spec.generation, message }, "environment failed to start");
+    this.o.logger.warn({ environmentId: w.spec.environmentId, generation: w.spec.generation, message }, "environment failed");
   }
 
   private transition(w: Workload, state: WorkloadState, message: string, exitCode?: number): void {
     Object.assign(w, { state, message, exitCode, since: new Date() });
     this.report(w);
+    void this.save(w);
   }
 
   private report(w: Workload): void {
@@ -395,26 +587,44 @@ export class Workloads {
   }
 
   private emit(report: StatusReport): void {
-    if (!this.closed) this.o.events.status(report);
+    if (this.closing !== "shutdown") this.o.events.status(report);
+  }
+
+  /** Writes the workload's state file if it changed (whole, through a rename: never half a file). */
+  private save(w: Workload): Promise<void> {
+    w.saving = w.saving.then(async () => {
+      const id = w.spec.environmentId;
+      if (this.workloads.get(id) !== w) return; // removed or replaced
+      const saved: SavedWorkload = {
+        version: STATE_VERSION,
+        engine: this.engine,
+        spec: w.spec,
+        state: w.state,
+        message: w.message,
+        exitCode: w.exitCode,
+        since: w.since.toISOString(),
+        trace: w.handle?.trace(),
+      };
+      const text = JSON.stringify(saved);
+      if (text === w.saved) return;
+      const file = path.join(this.dirOf(id), "workload.json");
+      await mkdir(path.dirname(file), { recursive: true });
+      await writeFile(`${file}.tmp`, text, { mode: 0o600 });
+      await rename(`${file}.tmp`, file);
+      w.saved = text;
+    });
+    w.saving = w.saving.catch((err: unknown) => this.o.logger.warn({ err }, "could not save a workload's state"));
+    return w.saving;
   }
 
   private logBatch(environmentId: string): LogBatch {
     return new LogBatch((lines) => {
-      if (!this.closed) this.o.events.logs(environmentId, lines);
+      if (this.closing !== "shutdown") this.o.events.logs(environmentId, lines);
     });
   }
 
   private dirOf(environmentId: string): string {
     return path.join(this.o.dataDir, "environments", environmentId);
-  }
-
-  private async savedGeneration(environmentId: string): Promise<number> {
-    try {
-      const saved = JSON.parse(await readFile(path.join(this.dirOf(environmentId), "workload.json"), "utf8")) as Partial<WorkloadSpec>;
-      return typeof saved.generation === "number" ? saved.generation : 0;
-    } catch {
-      return 0;
-    }
   }
 
   /** Runs `fn` after whatever is queued for the same environment. */
@@ -425,6 +635,30 @@ export class Workloads {
     void tail.then(() => this.queues.get(environmentId) === tail && this.queues.delete(environmentId));
     return result;
   }
+}
+
+/** A state file's content, or what is wrong with it. */
+function parseSaved(text: string, environmentId: string): SavedWorkload | string {
+  let saved: Partial<SavedWorkload>;
+  try {
+    saved = JSON.parse(text) as Partial<SavedWorkload>;
+  } catch {
+    return "its state file is not JSON";
+  }
+  if (saved?.version !== STATE_VERSION) return `its state file is of version ${String(saved?.version ?? 1)}, not ${STATE_VERSION}`;
+  const spec = saved.spec;
+  if (
+    spec?.environmentId !== environmentId ||
+    typeof spec.generation !== "number" ||
+    !Array.isArray(spec.ports) ||
+    !["STARTING", "RUNNING", "STOPPED", "FAILED"].includes(saved.state ?? "") ||
+    typeof saved.since !== "string"
+  )
+    return "its state file is incomplete";
+  const t = saved.trace;
+  if (t && !(t.kind === "process" ? Number.isInteger(t.pid) && t.pid > 1 && typeof t.startTicks === "string" : t.kind === "container"))
+    return "its state file names no valid process";
+  return saved as SavedWorkload;
 }
 
 function checkId(environmentId: string): void {
@@ -439,207 +673,4 @@ function errorMessage(err: unknown): string {
   const stderr = (err as { stderr?: unknown }).stderr;
   if (typeof stderr === "string" && stderr.trim()) return stderr.trim(); // what the engine said, not its argv
   return err instanceof Error ? err.message : String(err);
-}
-
-/** Spawns the program in its own process group, so that a stop reaches everything it started. */
-async function startProcess(program: string[], cwd: string, env: Record<string, string>, output: Output): Promise<Handle> {
-  const child = spawn(program[0]!, program.slice(1), { cwd, env, detached: true, stdio: ["ignore", "pipe", "pipe"] });
-  await new Promise<void>((resolve, reject) => {
-    child.once("spawn", resolve);
-    child.once("error", reject);
-  });
-  child.on("error", () => undefined); // a failed kill of an exited group; nothing to do
-  const pid = child.pid!;
-  const outputDone = Promise.all(
-    (["STDOUT", "STDERR"] as const).map((stream) => {
-      const lines = output(stream);
-      const pipe = stream === "STDOUT" ? child.stdout! : child.stderr!;
-      pipe.on("data", (chunk: Buffer) => lines.write(chunk));
-      return new Promise<void>((resolve) => pipe.once("close", () => resolve(lines.end())));
-    }),
-  );
-  let ended = false;
-  const exited = new Promise<Exit>((resolve) => {
-    child.once("exit", (code, signal) => {
-      ended = true;
-      // What it left behind in its group goes with it, as in a container.
-      signalGroup(pid, "SIGKILL");
-      // Its output is complete once the pipes close; a descendant that left the group could hold them open.
-      void Promise.race([outputDone, new Promise((r) => setTimeout(r, 1000))]).then(() => resolve({ code, signal }));
-    });
-  });
-  return {
-    exited,
-    async stop(graceMs) {
-      if (!ended) signalGroup(pid, "SIGTERM");
-      const force = setTimeout(() => signalGroup(pid, "SIGKILL"), graceMs);
-      await exited;
-      clearTimeout(force);
-    },
-  };
-}
-
-function signalGroup(pid: number, signal: NodeJS.Signals): void {
-  try {
-    process.kill(-pid, signal);
-  } catch {
-    // the group is already gone
-  }
-}
-
-/** `<engine> run -d`, then follows its logs and waits for its exit. Untested here: no engine on CI. */
-async function startContainer(engine: ContainerEngine, spec: WorkloadSpec, volume: string, output: Output): Promise<Handle> {
-  const name = containerName(spec.environmentId);
-  await execFileP(engine, ["rm", "-f", name]).catch(() => undefined); // a leftover of an earlier run
-  await execFileP(engine, containerRunArgs(engine, spec, volume));
-  const follower = spawn(engine, ["logs", "-f", name], { stdio: ["ignore", "pipe", "pipe"] });
-  follower.on("error", () => undefined);
-  for (const stream of ["STDOUT", "STDERR"] as const) {
-    const lines = output(stream);
-    const pipe = stream === "STDOUT" ? follower.stdout! : follower.stderr!;
-    pipe.on("data", (chunk: Buffer) => lines.write(chunk)).once("close", () => lines.end());
-  }
-  const exited = execFileP(engine, ["wait", name]).then(
-    ({ stdout }) => ({ code: Number.parseInt(stdout.trim(), 10), signal: null }),
-    () => ({ code: null, signal: null }),
-  );
-  return {
-    exited,
-    async stop(graceMs) {
-      await execFileP(engine, ["stop", "-t", String(Math.ceil(graceMs / 1000)), name]).catch(() => undefined);
-      await exited;
-      follower.kill();
-    },
-  };
-}
-
-/** Splits a byte stream into UTF-8 lines; a line over MAX_LINE_BYTES is cut there and its rest dropped. */
-class LineSplitter {
-  private readonly decoder = new StringDecoder("utf8");
-  private partial = "";
-  /** Inside the dropped rest of an overlong line. */
-  private skipping = false;
-
-  constructor(private readonly emit: (text: string) => void) {}
-
-  write(chunk: Buffer): void {
-    this.take(this.decoder.write(chunk));
-  }
-
-  end(): void {
-    this.take(this.decoder.end());
-    if (this.partial && !this.skipping) this.emit(this.partial);
-    this.partial = "";
-    this.skipping = false;
-  }
-
-  private take(text: string): void {
-    const parts = (this.partial + text).split("\n");
-    this.partial = parts.pop()!;
-    for (const part of parts) {
-      if (this.skipping) this.skipping = false;
-      else this.emit(capLine(part.endsWith("\r") ? part.slice(0, -1) : part));
-    }
-    if (Buffer.byteLength(this.partial) > MAX_LINE_BYTES) {
-      if (!this.skipping) this.emit(capLine(this.partial));
-      this.skipping = true;
-      this.partial = "";
-    }
-  }
-}
-
-function capLine(text: string): string {
-  if (Buffer.byteLength(text) <= MAX_LINE_BYTES) return text;
-  return Buffer.from(text)
-    .subarray(0, MAX_LINE_BYTES)
-    .toString("utf8")
-    .replace(/\uFFFD$/, ""); // no half character
-}
-
-/** Collects lines and hands them on every LOG_BATCH_MS or LOG_BATCH_LINES, whichever comes first. */
-class LogBatch {
-  private lines: WorkloadLogLine[] = [];
-  private timer?: NodeJS.Timeout;
-
-  constructor(private readonly deliver: (lines: WorkloadLogLine[]) => void) {}
-
-  add(stream: LogStreamName, text: string): void {
-    this.lines.push({ time: new Date(), stream, text });
-    if (this.lines.length >= LOG_BATCH_LINES) this.flush();
-    else this.timer ??= setTimeout(() => this.flush(), LOG_BATCH_MS).unref();
-  }
-
-  flush(): void {
-    clearTimeout(this.timer);
-    this.timer = undefined;
-    if (this.lines.length === 0) return;
-    const lines = this.lines;
-    this.lines = [];
-    this.deliver(lines);
-  }
-}
-
-/** Listens on hostPort (all interfaces) and pipes each connection to 127.0.0.1:containerPort. */
-class PortProxy {
-  private readonly sockets = new Set<net.Socket>();
-  /** When a byte last went through, in ms since the epoch (0: never); idle auto-stop reads it. */
-  lastTraffic = 0;
-  private readonly server: net.Server;
-
-  private constructor(containerPort: number) {
-    // Half-open both ways, so that a client that ends its request still gets the whole answer.
-    this.server = net.createServer({ allowHalfOpen: true }, (client) => this.link(client, containerPort));
-  }
-
-  static listen(hostPort: number, containerPort: number): Promise<PortProxy> {
-    const proxy = new PortProxy(containerPort);
-    return new Promise((resolve, reject) => {
-      proxy.server.on("error", reject); // after listening, a late error has no one to tell
-      proxy.server.listen(hostPort, "0.0.0.0", () => resolve(proxy));
-    });
-  }
-
-  private link(client: net.Socket, containerPort: number): void {
-    const upstream = net.connect({ port: containerPort, host: "127.0.0.1", allowHalfOpen: true });
-    for (const s of [client, upstream]) {
-      this.sockets.add(s);
-      s.once("close", () => this.sockets.delete(s));
-    }
-    const destroy = () => {
-      client.destroy();
-      upstream.destroy();
-    };
-    client.on("error", destroy);
-    upstream.on("error", destroy);
-    // pipe() ends each side when the other ends; with the client gone nobody can read the rest.
-    client.once("close", () => upstream.destroy());
-    const seen = () => (this.lastTraffic = Date.now());
-    client.on("data", seen);
-    upstream.on("data", seen);
-    client.pipe(upstream);
-    upstream.pipe(client);
-  }
-
-  close(): Promise<void> {
-    for (const s of this.sockets) s.destroy();
-    return new Promise((resolve) => this.server.close(() => resolve()));
-  }
-}
-
-async function closeAll(proxies: PortProxy[]): Promise<void> {
-  await Promise.all(proxies.map((p) => p.close()));
-}
-
-/** Whether something accepts TCP connections on 127.0.0.1:port. */
-function accepts(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = net.connect({ port, host: "127.0.0.1" });
-    const done = (up: boolean) => {
-      socket.destroy();
-      resolve(up);
-    };
-    socket.setTimeout(1000, () => done(false));
-    socket.once("connect", () => done(true));
-    socket.once("error", () => done(false));
-  });
 }

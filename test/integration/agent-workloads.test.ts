@@ -16,118 +16,11 @@ import {
   type StreamHeartbeatsResponse,
 } from "../../gen/remotegpu/v1/host_pb.js";
 import { AgentConnection } from "../../agent/src/agent-connection.js";
-import {
-  containerRunArgs,
-  Workloads,
-  type StatusReport,
-  type WorkloadEvents,
-  type WorkloadLogLine,
-  type WorkloadSpec,
-  type WorkloadState as State,
-} from "../../agent/src/workloads.js";
+import { containerRunArgs, Workloads } from "../../agent/src/workloads.js";
 import { Channel } from "../../src/platform/channel.js";
 import { createLogger } from "../../src/platform/logger.js";
 import { freePort, isListening } from "../support/child.js";
-
-/** Resolves with `find()`'s first defined value, re-checked on each `poke`; fails naming `what` after `ms`. */
-class Waiter {
-  private pokes = new Set<() => void>();
-
-  poke(): void {
-    for (const p of this.pokes) p();
-  }
-
-  until<T>(what: string, find: () => T | undefined, ms = 10_000): Promise<T> {
-    return new Promise((resolve, reject) => {
-      const check = () => {
-        const found = find();
-        if (found === undefined) return;
-        done();
-        resolve(found);
-      };
-      const timer = setTimeout(() => {
-        done();
-        reject(new Error(`waited ${ms} ms for ${what}`));
-      }, ms);
-      const done = () => {
-        clearTimeout(timer);
-        this.pokes.delete(check);
-      };
-      this.pokes.add(check);
-      check();
-    });
-  }
-}
-
-/** Every event the Workloads emit, in order. */
-class Recorder extends Waiter implements WorkloadEvents {
-  readonly statuses: StatusReport[] = [];
-  readonly lines: (WorkloadLogLine & { environmentId: string })[] = [];
-
-  status(report: StatusReport): void {
-    this.statuses.push(report);
-    this.poke();
-  }
-
-  logs(environmentId: string, lines: WorkloadLogLine[]): void {
-    for (const l of lines) this.lines.push({ environmentId, ...l });
-    this.poke();
-  }
-
-  /** The first report for `id` in `state` (of `generation`, when given), past or future. */
-  state(id: string, state: State, generation?: number): Promise<StatusReport> {
-    const what = `${id} ${state}${generation === undefined ? "" : ` (generation ${generation})`}; reports so far: ${this.describe(id)}`;
-    return this.until(what, () =>
-      this.statuses.find((s) => s.environmentId === id && s.state === state && (generation === undefined || s.generation === generation)),
-    );
-  }
-
-  line(id: string, match: (l: WorkloadLogLine) => boolean, what: string): Promise<WorkloadLogLine> {
-    return this.until(`log line ${what} of ${id}; lines so far: ${JSON.stringify(this.texts(id))}`, () =>
-      this.lines.find((l) => l.environmentId === id && match(l)),
-    );
-  }
-
-  count(id: string, state: State): number {
-    return this.statuses.filter((s) => s.environmentId === id && s.state === state).length;
-  }
-
-  texts(id: string): string[] {
-    return this.lines.filter((l) => l.environmentId === id).map((l) => `${l.stream} ${l.text}`);
-  }
-
-  describe(id: string): string {
-    return this.statuses
-      .filter((s) => s.environmentId === id)
-      .map((s) => `${s.state}/${s.generation} ${s.message}`)
-      .join(", ");
-  }
-}
-
-function spec(environmentId: string, command: string[], more: Partial<WorkloadSpec> = {}): WorkloadSpec {
-  return {
-    environmentId,
-    workspaceId: "ws-1",
-    image: "",
-    command,
-    args: [],
-    env: {},
-    gpuUuids: [],
-    gpuIndices: [],
-    ports: [],
-    generation: 1,
-    ...more,
-  };
-}
-
-/** Two distinct free ports. */
-async function twoPorts(): Promise<[number, number]> {
-  const a = await freePort();
-  for (;;) {
-    const b = await freePort();
-    if (b !== a) return [a, b];
-  }
-}
+import { Recorder, spec, twoPorts, Waiter } from "../support/workload-recorder.js";
 
 describe("integration: the agent runtime (process mode)", function () {
   this.timeout(30_000);
@@ -298,6 +191,101 @@ describe("integration: the agent runtime (process mode)", function () {
     assert.deepEqual(out, ["x".repeat(8192), "after", "ééé", "end"]);
   });
 
+  it("leaves its workloads running when it detaches; the next agent adopts them: same process, output resumed", async () => {
+    const [hostPort, containerPort] = await twoPorts();
+    // Prints a numbered line every 100 ms while serving HTTP.
+    const program = `import http.server, threading, time, sys
+def tick():
+    n = 0
+    while True:
+        print(f"tick {n}", flush=True); n += 1; time.sleep(0.1)
+threading.Thread(target=tick, daemon=True).start()
+http.server.ThreadingHTTPServer(("127.0.0.1", ${containerPort}), http.server.SimpleHTTPRequestHandler).serve_forever()`;
+    await workloads.run(
+      spec("env-live", ["python3", "-c", program], { ports: [{ name: "web", containerPort, hostPort, protocol: "HTTP" }] }),
+    );
+    await events.state("env-live", "RUNNING");
+    await events.line("env-live", (l) => l.text === "tick 5", "tick 5");
+    const saved = () => JSON.parse(readFileSync(path.join(dataDir, "environments", "env-live", "workload.json"), "utf8"));
+    const pid = saved().trace.pid as number;
+    await workloads.detach();
+    assert.ok(alive(pid), "the workload outlives the agent");
+    assert.equal(await isListening(hostPort), false, "the forwarder lived in the agent");
+    await new Promise((r) => setTimeout(r, 500)); // output while no agent reads it
+
+    const later = new Recorder();
+    workloads = new Workloads({ dataDir, logger, events: later, engine: "process", stopGraceMs: 300 });
+    await workloads.recover();
+    assert.deepEqual(workloads.running(), ["env-live"]);
+    assert.equal((await later.state("env-live", "RUNNING")).generation, 1);
+    assert.equal(later.count("env-live", "STARTING"), 0, "not started again");
+    assert.equal(saved().trace.pid, pid, "the same process");
+    assert.equal((await fetch(`http://127.0.0.1:${hostPort}/`)).status, 200, "served through a new forwarder");
+    // Every tick once, in order, across both agents: nothing lost, nothing twice.
+    const ticks = (r: Recorder) => r.texts("env-live").filter((t) => t.startsWith("STDOUT tick"));
+    const last = Number(ticks(events).at(-1)!.split(" ")[2]);
+    await later.line("env-live", (l) => l.text === `tick ${last + 10}`, "ten more ticks");
+    const all = [...ticks(events), ...ticks(later)].map((t) => Number(t.split(" ")[2]));
+    assert.deepEqual(all.slice(0, last + 11), [...Array(last + 11).keys()]);
+    assert.ok(later.texts("env-live").includes("SYSTEM adopted by a restarted agent"));
+    await workloads.stop("env-live");
+    await gone(pid, "the adopted process, stopped");
+  });
+
+  it("reports what ended while it was away as FAILED, and trusts no state file that is corrupt, old or names another process", async () => {
+    await workloads.run(spec("env-short", ["sleep", "0.3"]));
+    await workloads.run(spec("env-old", ["sleep", "30"]));
+    await workloads.run(spec("env-reused", ["sleep", "30"]));
+    await workloads.run(spec("env-corrupt", ["sleep", "30"]));
+    for (const id of ["env-short", "env-old", "env-reused", "env-corrupt"]) await events.state(id, "RUNNING");
+    const file = (id: string) => path.join(dataDir, "environments", id, "workload.json");
+    const pids = ["env-old", "env-reused", "env-corrupt"].map((id) => JSON.parse(readFileSync(file(id), "utf8")).trace.pid as number);
+    await workloads.detach();
+    await new Promise((r) => setTimeout(r, 600)); // env-short ends meanwhile
+    // An older agent's file (no version); a pid that now names another process (this test's own);
+    // a file cut short.
+    await writeFile(file("env-old"), JSON.stringify({ environmentId: "env-old", generation: 1 }));
+    const reused = JSON.parse(readFileSync(file("env-reused"), "utf8"));
+    reused.trace.pid = process.pid;
+    await writeFile(file("env-reused"), JSON.stringify(reused));
+    await writeFile(file("env-corrupt"), readFileSync(file("env-corrupt"), "utf8").slice(0, 40));
+
+    const later = new Recorder();
+    workloads = new Workloads({ dataDir, logger, events: later, engine: "process", stopGraceMs: 300 });
+    await workloads.recover();
+    assert.deepEqual(workloads.running(), []);
+    assert.match((await later.state("env-short", "FAILED")).message, /ended while the agent was not running/);
+    assert.match((await later.state("env-reused", "FAILED")).message, /ended while the agent was not running/);
+    await later.line("env-old", (l) => /version 1, not 2\); not adopted/.test(l.text), "the old state noted");
+    await later.line("env-corrupt", (l) => /not JSON\); not adopted/.test(l.text), "the corrupt state noted");
+    assert.ok(alive(process.pid), "the process that reused the pid is left alone");
+    for (const pid of pids) process.kill(-pid, "SIGKILL"); // what was not adopted is not this test's agent's any more
+  });
+
+  it("applies a changed port list of the same generation in place: the process runs on, PORT unchanged", async () => {
+    const [hostPort, containerPort] = await twoPorts();
+    const [altHost, altContainer] = await twoPorts();
+    const ports = [{ name: "web", containerPort, hostPort, protocol: "HTTP" as const }];
+    const web = spec("env-ports", ["sh", "-c", 'echo "port=$PORT"; exec python3 -m http.server $PORT --bind 127.0.0.1'], { ports });
+    await workloads.run(web);
+    await events.state("env-ports", "RUNNING");
+    const pid = () => JSON.parse(readFileSync(path.join(dataDir, "environments", "env-ports", "workload.json"), "utf8")).trace.pid;
+    const before = pid();
+    const alt = { name: "alt", containerPort: altContainer, hostPort: altHost, protocol: "TCP" as const };
+    assert.deepEqual(await workloads.run({ ...web, ports: [...ports, alt] }), { ok: true, message: "generation 1 is already running" });
+    assert.equal(pid(), before);
+    assert.equal((await fetch(`http://127.0.0.1:${hostPort}/`)).status, 200);
+    assert.equal(await isListening(altHost), true, "the new port's forwarder listens");
+    await workloads.run({ ...web, ports: [alt] });
+    assert.equal(await isListening(hostPort), false, "the removed port's forwarder is closed");
+    assert.equal(pid(), before);
+    assert.equal(events.count("env-ports", "STARTING"), 1);
+    assert.ok(events.texts("env-ports").includes(`STDOUT port=${containerPort}`));
+    // The env's own PORT wins over the first port's.
+    await workloads.run(spec("env-own-port", ["sh", "-c", 'echo "port=$PORT"'], { ports, env: { PORT: "7777" } }));
+    await events.line("env-own-port", (l) => l.text === "port=7777", "PORT from the env");
+  });
+
   it("refuses ids that are not a plain name", async () => {
     await assert.rejects(() => workloads.run(spec("../escape", ["true"])), /invalid environment id/);
     await assert.rejects(() => workloads.remove(".."), /invalid environment id/);
@@ -343,6 +331,11 @@ describe("unit: container run arguments", () => {
       "rgpu-env-1",
       "--label",
       "remotegpu.environment=env-1",
+      "--label",
+      "remotegpu.workspace=ws-1",
+      "--label",
+      "remotegpu.generation=1",
+      "--init",
       "--gpus",
       '"device=GPU-aaa,GPU-bbb"',
       "-p",
@@ -361,6 +354,10 @@ describe("unit: container run arguments", () => {
       "PORT_WEB=8000",
       "-e",
       "PORT_SSH=22",
+      "-e",
+      "CUDA_VISIBLE_DEVICES=GPU-aaa,GPU-bbb",
+      "-e",
+      "NVIDIA_VISIBLE_DEVICES=GPU-aaa,GPU-bbb",
       "--cpus",
       "4.5",
       "--memory",
@@ -376,7 +373,7 @@ describe("unit: container run arguments", () => {
 
   it("podman: one CDI device per GPU; no GPUs, limits or command: none of their flags", () => {
     const args = containerRunArgs("podman", base, "/v");
-    assert.deepEqual(args.slice(6, 10), ["--device", "nvidia.com/gpu=GPU-aaa", "--device", "nvidia.com/gpu=GPU-bbb"]);
+    assert.deepEqual(args.slice(11, 15), ["--device", "nvidia.com/gpu=GPU-aaa", "--device", "nvidia.com/gpu=GPU-bbb"]);
     const bare = containerRunArgs("docker", spec("env-2", [], { image: "ubuntu:24.04" }), "/v");
     assert.deepEqual(bare, [
       "run",
@@ -385,6 +382,11 @@ describe("unit: container run arguments", () => {
       "rgpu-env-2",
       "--label",
       "remotegpu.environment=env-2",
+      "--label",
+      "remotegpu.workspace=ws-1",
+      "--label",
+      "remotegpu.generation=1",
+      "--init",
       "-v",
       "/v:/workspace",
       "-w",

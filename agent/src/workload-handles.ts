@@ -1,0 +1,249 @@
+import { execFile, spawn, spawnSync } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { open } from "node:fs/promises";
+import path from "node:path";
+import { promisify } from "node:util";
+import { FileTail, LineSplitter } from "./log-lines.js";
+
+// How a workload is started, followed and found again by a later agent: host processes (their output
+// in files, so that it does not depend on the agent's pipes) and containers (docker or podman).
+
+export type ContainerEngine = "docker" | "podman";
+export type Output = (stream: "STDOUT" | "STDERR") => LineSplitter;
+
+export interface Exit {
+  code: number | null;
+  signal: string | null;
+  /** The status cannot be known: the workload is not this agent's child (an earlier agent started it). */
+  unknown?: boolean;
+}
+
+/** What a later agent needs to find a running workload again, kept in its state file. */
+export type Trace =
+  | { kind: "process"; pid: number; startTicks: string; bootId: string; offsets: { STDOUT: number; STDERR: number } }
+  | { kind: "container"; name: string; logsSince: string };
+
+/** A started workload, whatever runs it. */
+export interface Handle {
+  /** Settles once the workload has ended and its output has been read. */
+  readonly exited: Promise<Exit>;
+  /** Asks it to end and waits; forces it after the grace period. */
+  stop(graceMs: number): Promise<void>;
+  /** Stops following it and leaves it running (the agent is exiting; the next one adopts it). */
+  detach(): Promise<void>;
+  /** Where it is and how far its output was read. */
+  trace(): Trace;
+}
+
+const execFileP = promisify(execFile);
+const EXIT_POLL_MS = 250;
+
+/** The first container engine that answers (`version` needs the daemon too), else "process". */
+export function detectEngine(): ContainerEngine | "process" {
+  for (const engine of ["docker", "podman"] as const) {
+    if (spawnSync(engine, ["version"], { stdio: "ignore", timeout: 10_000 }).status === 0) return engine;
+  }
+  return "process";
+}
+
+/** This boot of the host: a trace from another boot names processes that are gone. */
+export function bootId(): string {
+  try {
+    return readFileSync("/proc/sys/kernel/random/boot_id", "utf8").trim();
+  } catch {
+    return "";
+  }
+}
+
+/**
+ * When `pid` started, in clock ticks since boot (field 22 of /proc/<pid>/stat); undefined when it
+ * does not run (gone, or a zombie nobody reaped). Together with the pid it names one process: a
+ * reused pid has another start time.
+ */
+export function processStart(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    // "pid (comm) state ...": comm may hold spaces and parentheses; the fields follow the last ")".
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return fields[0] === "Z" || fields[0] === "X" ? undefined : fields[19];
+  } catch {
+    return undefined;
+  }
+}
+
+function signalGroup(pid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(-pid, signal);
+  } catch {
+    // the group is already gone
+  }
+}
+
+function outputFile(dir: string, stream: "STDOUT" | "STDERR"): string {
+  return path.join(dir, stream === "STDOUT" ? "stdout.log" : "stderr.log");
+}
+
+/**
+ * Spawns the program in its own session and process group (a stop reaches everything it started),
+ * its output going to files in `dir` that it keeps writing whether or not an agent reads them.
+ */
+export async function spawnProcess(
+  program: string[],
+  cwd: string,
+  env: Record<string, string>,
+  dir: string,
+  output: Output,
+): Promise<Handle> {
+  const files = await Promise.all((["STDOUT", "STDERR"] as const).map((s) => open(outputFile(dir, s), "w")));
+  let child: ReturnType<typeof spawn>;
+  try {
+    child = spawn(program[0]!, program.slice(1), { cwd, env, detached: true, stdio: ["ignore", files[0]!.fd, files[1]!.fd] });
+    await new Promise<void>((resolve, reject) => {
+      child.once("spawn", resolve);
+      child.once("error", reject);
+    });
+  } finally {
+    await Promise.all(files.map((f) => f.close()));
+  }
+  child.on("error", () => undefined); // a failed kill of an exited group; nothing to do
+  const pid = child.pid!;
+  const trace = { pid, startTicks: processStart(pid) ?? "", bootId: bootId() };
+  const ended = new Promise<Exit>((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
+  return followProcess(trace, dir, { STDOUT: 0, STDERR: 0 }, output, ended);
+}
+
+/** Takes over a process an earlier agent started, if it still runs: the same pid, start time and boot. */
+export function adoptProcess(trace: Extract<Trace, { kind: "process" }>, dir: string, output: Output): Handle | undefined {
+  if (trace.bootId !== bootId() || processStart(trace.pid) !== trace.startTicks) return undefined;
+  const ended = new Promise<Exit>((resolve) => {
+    const timer = setInterval(() => {
+      if (processStart(trace.pid) === trace.startTicks) return;
+      clearInterval(timer);
+      resolve({ code: null, signal: null, unknown: true });
+    }, EXIT_POLL_MS);
+  });
+  return followProcess(trace, dir, trace.offsets, output, ended);
+}
+
+function followProcess(
+  where: { pid: number; startTicks: string; bootId: string },
+  dir: string,
+  offsets: { STDOUT: number; STDERR: number },
+  output: Output,
+  ended: Promise<Exit>,
+): Handle {
+  const { pid } = where;
+  const tails = (["STDOUT", "STDERR"] as const).map((s) => new FileTail(outputFile(dir, s), offsets[s], output(s), () => undefined));
+  for (const t of tails) t.start();
+  let done = false;
+  let detached = false;
+  const exited = ended.then(async (exit) => {
+    done = true;
+    // What it left behind in its group goes with it, as in a container.
+    signalGroup(pid, "SIGKILL");
+    if (!detached) await Promise.all(tails.map((t) => t.stop(true)));
+    return exit;
+  });
+  return {
+    exited,
+    async stop(graceMs) {
+      if (!done) signalGroup(pid, "SIGTERM");
+      const force = setTimeout(() => signalGroup(pid, "SIGKILL"), graceMs);
+      await exited;
+      clearTimeout(force);
+    },
+    async detach() {
+      detached = true;
+      await Promise.all(tails.map((t) => t.stop(false)));
+    },
+    trace: () => ({ kind: "process", ...where, offsets: { STDOUT: tails[0]!.offset, STDERR: tails[1]!.offset } }),
+  };
+}
+
+export function containerName(environmentId: string): string {
+  return `rgpu-${environmentId}`;
+}
+
+/** Makes sure `image` is present, pulling it if not; `progress` gets the engine's pull output, line by line. */
+export async function ensureImage(engine: ContainerEngine, image: string, progress: (line: string) => void): Promise<void> {
+  const present = engine === "podman" ? ["image", "exists", image] : ["image", "inspect", image];
+  if (spawnSync(engine, present, { stdio: "ignore", timeout: 30_000 }).status === 0) return;
+  const pull = spawn(engine, ["pull", image], { stdio: ["ignore", "pipe", "pipe"] });
+  const said: string[] = [];
+  for (const pipe of [pull.stdout, pull.stderr]) {
+    const lines = new LineSplitter((text) => {
+      const line = text.trim();
+      if (!line) return;
+      said.push(line);
+      if (said.length > 20) said.shift();
+      progress(line);
+    });
+    pipe.on("data", (chunk: Buffer) => lines.write(chunk)).once("close", () => lines.end());
+  }
+  const code = await new Promise<number | null>((resolve) => {
+    pull.once("error", () => resolve(null));
+    pull.once("close", (c) => resolve(c));
+  });
+  if (code !== 0) {
+    const reason = said.filter((l) => /error/i.test(l)).at(-1) ?? said.at(-1) ?? `${engine} pull could not run`;
+    throw new Error(`cannot pull image ${image}: ${reason.replace(/^Error:\s*/, "")}`);
+  }
+}
+
+/** `<engine> run -d` with `args`, then follows the container. */
+export async function startContainer(engine: ContainerEngine, name: string, args: string[], output: Output): Promise<Handle> {
+  await execFileP(engine, ["rm", "-f", name]).catch(() => undefined); // a leftover of an earlier run
+  await execFileP(engine, args);
+  return followContainer(engine, name, undefined, output);
+}
+
+/**
+ * Follows a container's output (from `since`, an RFC 3339 time, when resuming) and waits for its
+ * end; `wait` answers at once for one that has already exited, with its exit code.
+ */
+export function followContainer(engine: ContainerEngine, name: string, since: string | undefined, output: Output): Handle {
+  let logsSince = since ?? new Date().toISOString();
+  const follower = spawn(engine, ["logs", "-f", ...(since ? ["--since", since] : []), name], { stdio: ["ignore", "pipe", "pipe"] });
+  follower.on("error", () => undefined);
+  const drained = Promise.all(
+    (["STDOUT", "STDERR"] as const).map((stream) => {
+      const lines = output(stream);
+      const pipe = stream === "STDOUT" ? follower.stdout! : follower.stderr!;
+      pipe.on("data", (chunk: Buffer) => {
+        logsSince = new Date().toISOString();
+        lines.write(chunk);
+      });
+      return new Promise<void>((resolve) => pipe.once("close", () => resolve(lines.end())));
+    }),
+  );
+  const waited = execFileP(engine, ["wait", name]).then(
+    ({ stdout }) => ({ code: Number.parseInt(stdout.trim(), 10), signal: null }),
+    () => ({ code: null, signal: null }),
+  );
+  // The follower ends with the container; its output is complete then (within a bound).
+  const exited = waited.then(async (exit) => {
+    await Promise.race([drained, new Promise((r) => setTimeout(r, 2000))]);
+    follower.kill();
+    return exit;
+  });
+  return {
+    exited,
+    async stop(graceMs) {
+      await execFileP(engine, ["stop", "-t", String(Math.ceil(graceMs / 1000)), name]).catch(() => undefined);
+      await exited;
+    },
+    async detach() {
+      follower.kill();
+      await drained;
+    },
+    trace: () => ({ kind: "container", name, logsSince }),
+  };
+}
+
+/** Whether a container of that name exists, and if so whether it runs or how it ended. */
+export async function inspectContainer(engine: ContainerEngine, name: string): Promise<{ running: boolean; exitCode: number } | undefined> {
+  const format = "{{.State.Running}} {{.State.ExitCode}}";
+  const { stdout } = await execFileP(engine, ["container", "inspect", "--format", format, name]).catch(() => ({ stdout: "" }));
+  const [running, code] = stdout.trim().split(" ");
+  return running ? { running: running === "true", exitCode: Number(code) } : undefined;
+}
