@@ -283,10 +283,7 @@ export class Workloads {
     Object.assign(w, { state: saved.state, message: saved.message, exitCode: saved.exitCode, since: new Date(saved.since), saved: text });
     this.workloads.set(id, w);
     if (saved.state !== "STARTING" && saved.state !== "RUNNING") return; // stopped or failed: nothing runs
-    const gone = (why: string) => {
-      w.logs.add("SYSTEM", why);
-      this.fail(w, why);
-    };
+    const gone = (why: string, exitCode?: number) => this.fail(w, why, exitCode);
     if (saved.engine !== this.engine) return gone(`started by an agent running ${saved.engine}; this one runs ${this.engine}`);
     const trace = saved.trace;
     if (trace?.kind === "process") {
@@ -306,10 +303,8 @@ export class Workloads {
     } else if (trace?.kind === "container" && this.engine !== "process") {
       const container = await inspectContainer(this.engine, trace.name);
       if (!container) return gone("its container is gone");
-      if (!container.running) {
-        w.exitCode = container.exitCode;
-        return gone(`ended while the agent was not running: exited with code ${container.exitCode}`);
-      }
+      if (!container.running)
+        return gone(`ended while the agent was not running: exited with code ${container.exitCode}`, container.exitCode);
       w.handle = followContainer(this.engine, trace.name, trace.logsSince, this.output(w));
     } else {
       return gone("its state names no process or container");
@@ -568,10 +563,10 @@ export class Workloads {
     w.proxies = [];
   }
 
-  private fail(w: Workload, message: string): void {
+  private fail(w: Workload, message: string, exitCode?: number): void {
     w.logs.add("SYSTEM", `failed: ${message}`);
     w.logs.flush();
-    this.transition(w, "FAILED", message);
+    this.transition(w, "FAILED", message, exitCode);
     this.o.logger.warn({ environmentId: w.spec.environmentId, generation: w.spec.generation, message }, "environment failed");
   }
 
