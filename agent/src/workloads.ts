@@ -103,8 +103,6 @@ export interface WorkloadsOptions {
 /** The state file's layout; a file of another version is not trusted. */
 const STATE_VERSION = 2;
 const READY_POLL_MS = 200;
-/** How often the read position of running workloads' output is saved for a later agent. */
-const SAVE_MS = 1000;
 // Ids become directory and container names (and `rm -rf` targets): nothing that could leave the data dir.
 const SAFE_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
 
@@ -209,16 +207,12 @@ export class Workloads {
   private readonly workloads = new Map<string, Workload>();
   private readonly queues = new Map<string, Promise<unknown>>();
   private readonly stopGraceMs: number;
-  private readonly saver: NodeJS.Timeout;
   /** Set once the agent exits: no more runs; after a shutdown, no more reports either. */
   private closing?: "detach" | "shutdown";
 
   constructor(private readonly o: WorkloadsOptions) {
     this.engine = o.engine ?? detectEngine();
     this.stopGraceMs = o.stopGraceMs ?? 10_000;
-    this.saver = setInterval(() => {
-      for (const w of this.workloads.values()) if (w.handle) void this.save(w);
-    }, SAVE_MS).unref();
   }
 
   get containersSupported(): boolean {
@@ -388,7 +382,6 @@ export class Workloads {
    */
   async detach(): Promise<void> {
     this.closing = "detach";
-    clearInterval(this.saver);
     await this.eachWorkload(async (w) => {
       await w.handle?.detach();
       await closeAll(w.proxies);
@@ -401,7 +394,6 @@ export class Workloads {
   /** Stops every workload, reporting nothing (the agent is exiting for good); later runs are refused. */
   async shutdown(): Promise<void> {
     this.closing = "shutdown";
-    clearInterval(this.saver);
     await this.eachWorkload(async (w) => {
       await this.halt(w);
       if (w.state === "STARTING" || w.state === "RUNNING") Object.assign(w, { state: "STOPPED", message: "the agent stopped it" });
@@ -421,17 +413,22 @@ export class Workloads {
   }
 
   private newWorkload(spec: WorkloadSpec): Workload {
-    return {
+    const w: Workload = {
       spec,
       state: "STARTING",
       message: "",
       since: new Date(),
       stopping: false,
       proxies: [],
-      logs: this.logBatch(spec.environmentId),
+      logs: this.logBatch(spec.environmentId, () => {
+        // Where the next agent resumes the output: right after the lines just handed on (taken
+        // now, before the tail reads more), so that a crash repeats or loses as little as can be.
+        if (w.handle) void this.save(w, w.handle.trace());
+      }),
       saved: "",
       saving: Promise.resolve(),
     };
+    return w;
   }
 
   private output(w: Workload): Output {
@@ -586,7 +583,7 @@ export class Workloads {
   }
 
   /** Writes the workload's state file if it changed (whole, through a rename: never half a file). */
-  private save(w: Workload): Promise<void> {
+  private save(w: Workload, trace = w.handle?.trace()): Promise<void> {
     w.saving = w.saving.then(async () => {
       const id = w.spec.environmentId;
       if (this.workloads.get(id) !== w) return; // removed or replaced
@@ -598,7 +595,7 @@ export class Workloads {
         message: w.message,
         exitCode: w.exitCode,
         since: w.since.toISOString(),
-        trace: w.handle?.trace(),
+        trace: w.handle && trace,
       };
       const text = JSON.stringify(saved);
       if (text === w.saved) return;
@@ -612,9 +609,10 @@ export class Workloads {
     return w.saving;
   }
 
-  private logBatch(environmentId: string): LogBatch {
+  private logBatch(environmentId: string, delivered = () => {}): LogBatch {
     return new LogBatch((lines) => {
       if (this.closing !== "shutdown") this.o.events.logs(environmentId, lines);
+      delivered();
     });
   }
 

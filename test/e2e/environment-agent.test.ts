@@ -1,6 +1,6 @@
 import { strict as assert } from "node:assert";
 import { spawn, type ChildProcess } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -25,7 +25,7 @@ describe("e2e: an environment run for real by the agent (process mode, simulated
     const first = await freePort();
     server = await startTestServer({
       clock: systemClock,
-      env: { HEARTBEAT_INTERVAL_SECONDS: "1", HOST_GRACE_SECONDS: "5", HOST_PORT_RANGE: `${first}-${first}` },
+      env: { HEARTBEAT_INTERVAL_SECONDS: "1", HOST_GRACE_SECONDS: "5", HOST_PORT_RANGE: `${first}-${first + 9}` },
     });
   });
   after(async () => {
@@ -34,14 +34,23 @@ describe("e2e: an environment run for real by the agent (process mode, simulated
     await rm(dataDir, { recursive: true, force: true });
   });
 
+  /** Starts the agent (again) with `flags`; its stderr collects in agentErr. */
+  function startAgent(flags: string[]): ChildProcess {
+    agent = spawn(process.execPath, agentArgv(flags), { cwd: ROOT, stdio: ["ignore", "ignore", "pipe"] });
+    agent.stderr!.setEncoding("utf8").on("data", (c: string) => (agentErr += c));
+    return agent;
+  }
+
+  async function killAgent(signal: NodeJS.Signals): Promise<void> {
+    const exited = new Promise((resolve) => agent!.once("exit", resolve));
+    agent!.kill(signal);
+    await exited;
+    agent = undefined;
+  }
+
   it("serves HTTP on its mapped port, logs, stops (GPUs free), starts again, and deletes (port closed, volume gone)", async () => {
     const { host, agentToken } = await server.client(HostService).createHost({ name: "real-agent", address: "127.0.0.1" });
-    agent = spawn(
-      process.execPath,
-      agentArgv(simulatedAgentFlags({ server: server.baseUrl, hostId: host!.id, token: agentToken, gpus: 4, dataDir })),
-      { cwd: ROOT, stdio: ["ignore", "ignore", "pipe"] },
-    );
-    agent.stderr!.setEncoding("utf8").on("data", (c: string) => (agentErr += c));
+    startAgent(simulatedAgentFlags({ server: server.baseUrl, hostId: host!.id, token: agentToken, gpus: 4, dataDir }));
     const gpus = server.client(GpuService);
     await eventually("the agent's 4 GPUs", async () => (await gpus.listGpus({ hostId: host!.id, freeOnly: true })).gpus.length === 4);
 
@@ -106,8 +115,108 @@ describe("e2e: an environment run for real by the agent (process mode, simulated
     assert.equal(await isListening(hostPort), false);
     await eventually("the volume removed", async () => !existsSync(path.join(dataDir, "environments", created.id)));
 
-    agent.kill("SIGTERM");
-    assert.equal(await new Promise((resolve) => agent!.once("exit", resolve)), 0, agentErr.slice(-2000));
+    const exited = new Promise((resolve) => agent!.once("exit", resolve));
+    agent!.kill("SIGTERM");
+    assert.equal(await exited, 0, agentErr.slice(-2000));
     agent = undefined;
   });
+
+  it("survives kill -9 of its agent: the restarted agent adopts every workload, one of each, serving, logs continuous; ports change without a restart", async () => {
+    const { host, agentToken } = await server.client(HostService).createHost({ name: "crashing-agent", address: "127.0.0.1" });
+    const flags = simulatedAgentFlags({ server: server.baseUrl, hostId: host!.id, token: agentToken, gpus: 2, dataDir });
+    startAgent(flags);
+    const gpus = server.client(GpuService);
+    await eventually("the agent's GPUs", async () => (await gpus.listGpus({ hostId: host!.id, freeOnly: true })).gpus.length === 2);
+    const workspaceId = (await server.client(WorkspaceService).createWorkspace({ name: "crash-team" })).workspace!.id;
+    const envs = server.client(EnvironmentService);
+    const containerPort = await freePort();
+    // Serves HTTP on $PORT and prints a numbered line every 100 ms.
+    const ticker = `import http.server, os, threading, time
+def tick():
+    n = 0
+    while True:
+        print(f"tick {n}", flush=True); n += 1; time.sleep(0.1)
+threading.Thread(target=tick, daemon=True).start()
+http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), http.server.SimpleHTTPRequestHandler).serve_forever()`;
+    const web = (
+      await envs.createEnvironment({
+        workspaceId,
+        name: "web",
+        image: "python:3.12",
+        command: ["python3", "-c", ticker],
+        gpuCount: 1,
+        ports: [{ name: "http", containerPort, protocol: PortProtocol.HTTP }],
+      })
+    ).environment!;
+    const sleeper = (await envs.createEnvironment({ workspaceId, name: "sleeper", image: "x", command: ["sleep", "600"] })).environment!;
+    const running = (id: string) =>
+      eventually(`${id} RUNNING\n${agentErr.slice(-2000)}`, async () => {
+        const e = (await envs.getEnvironment({ id })).environment!;
+        last = `${EnvironmentStatus[e.status]} ${e.statusMessage}`;
+        return e.status === EnvironmentStatus.RUNNING && e;
+      }).catch((err: Error) => {
+        throw new Error(`${err.message}; last: ${last}`);
+      });
+    let last = "";
+    await running(web.id);
+    await running(sleeper.id);
+    const hostPort = web.portMappings[0]!.hostPort;
+    const pids = () => [web.id, sleeper.id].map((id) => readState(id).trace.pid as number);
+    const readState = (id: string) => JSON.parse(readFileSync(path.join(dataDir, "environments", id, "workload.json"), "utf8"));
+    const before = pids();
+    const ticks = async () => {
+      const lines: string[] = [];
+      for await (const r of envs.streamLogs({ environmentId: web.id, tailLines: 10_000 })) lines.push(...r.lines.map((l) => l.text));
+      return lines.filter((l) => l.startsWith("tick ")).map((l) => Number(l.slice(5)));
+    };
+    await eventually("some ticks", async () => (await ticks()).length >= 5);
+
+    await killAgent("SIGKILL");
+    assert.ok(pids().every(alive), "the workloads outlive the agent");
+    await new Promise((r) => setTimeout(r, 1500)); // output nobody reads
+    startAgent(flags);
+    await eventually("HTTP through the new agent's forwarder", async () => (await fetch(`http://127.0.0.1:${hostPort}/`)).status === 200);
+    const after = await eventually("fifty more ticks", async () => {
+      const t = await ticks();
+      return t.length >= 40 && t.at(-1)! > 40 && t;
+    });
+    assert.deepEqual(pids(), before, "the same processes: nothing started twice");
+    assert.deepEqual(after, [...after.keys()], "every line once, in order, across the crash");
+    for (const id of [web.id, sleeper.id]) {
+      const e = (await envs.getEnvironment({ id })).environment!;
+      assert.equal(e.status, EnvironmentStatus.RUNNING);
+      const statuses = e.transitions.map((t) => EnvironmentStatus[t.status]);
+      assert.ok(!statuses.includes("FAILED"), statuses.join(" "));
+      assert.equal(statuses.at(-1), "RUNNING", statuses.join(" "));
+      assert.equal(statuses.filter((s) => s === "RUNNING").length, 1, `started once: ${statuses.join(" ")}`);
+    }
+
+    // A port added and removed on the running environment: it runs on, the first port answers.
+    const altPort = await freePort();
+    await envs.addPortMapping({ environmentId: web.id, port: { name: "alt", containerPort: altPort } });
+    await new Promise((r) => setTimeout(r, 1000));
+    const withAlt = (await envs.getEnvironment({ id: web.id })).environment!;
+    assert.equal(withAlt.status, EnvironmentStatus.RUNNING, withAlt.statusMessage);
+    assert.deepEqual(withAlt.portMappings.map((p) => p.name).sort(), ["alt", "http"]);
+    assert.equal((await fetch(`http://127.0.0.1:${hostPort}/`)).status, 200);
+    const alt = withAlt.portMappings.find((p) => p.name === "alt")!;
+    await envs.removePortMapping({ environmentId: web.id, portMappingId: alt.id });
+    await new Promise((r) => setTimeout(r, 1000));
+    assert.equal((await envs.getEnvironment({ id: web.id })).environment!.status, EnvironmentStatus.RUNNING);
+    assert.equal((await fetch(`http://127.0.0.1:${hostPort}/`)).status, 200);
+    assert.deepEqual(pids(), before, "no restart for a port change in process mode");
+
+    for (const id of [web.id, sleeper.id]) await envs.deleteEnvironment({ id });
+    for (const pid of before) await eventually(`process ${pid} gone`, async () => !alive(pid));
+    await killAgent("SIGTERM");
+  });
 });
+
+/** Whether the process exists and is not a zombie. */
+function alive(pid: number): boolean {
+  try {
+    return !/^\S+ \(.*\) [ZX]/.test(readFileSync(`/proc/${pid}/stat`, "utf8"));
+  } catch {
+    return false;
+  }
+}
