@@ -1,19 +1,24 @@
 import { strict as assert } from "node:assert";
 import { spawn, type ChildProcess } from "node:child_process";
+import { execFile } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
+import { promisify } from "node:util";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { EnvironmentService, EnvironmentStatus, PortProtocol } from "../../gen/remotegpu/v1/environment_pb.js";
 import { GpuService } from "../../gen/remotegpu/v1/gpu_pb.js";
-import { HostService } from "../../gen/remotegpu/v1/host_pb.js";
+import { HostService, HostStatus } from "../../gen/remotegpu/v1/host_pb.js";
 import { WorkspaceService } from "../../gen/remotegpu/v1/workspace_pb.js";
 import { ROOT, agentArgv, freePort, isListening, simulatedAgentFlags } from "../support/child.js";
 import { startTestServer, type TestServer } from "../support/server.js";
 import { systemClock } from "../../src/platform/clock.js";
 import { eventually } from "../support/eventually.js";
+import { preparePodman, TEST_IMAGE } from "../support/podman.js";
 
-describe("e2e: an environment run for real by the agent (process mode, simulated GPUs)", function () {
+const execFileP = promisify(execFile);
+
+describe("e2e: environments run for real by the agent (processes and podman containers, simulated GPUs)", function () {
   this.timeout(90_000);
   let server: TestServer;
   let dataDir: string;
@@ -208,6 +213,58 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), http.ser
 
     for (const id of [web.id, sleeper.id]) await envs.deleteEnvironment({ id });
     for (const pid of before) await eventually(`process ${pid} gone`, async () => !alive(pid));
+    await killAgent("SIGTERM");
+  });
+
+  it("runs an environment in a real podman container: HTTP on its mapped port, adopted after kill -9, removed on delete", async function () {
+    this.timeout(120_000);
+    await preparePodman();
+    const { host, agentToken } = await server.client(HostService).createHost({ name: "container-agent", address: "127.0.0.1" });
+    // Without --process-mode the agent runs what it finds: podman here.
+    const flags = simulatedAgentFlags({ server: server.baseUrl, hostId: host!.id, token: agentToken, gpus: 0, dataDir }).filter(
+      (f) => f !== "--process-mode",
+    );
+    startAgent(flags);
+    await eventually(
+      "the agent connected",
+      async () => (await server.client(HostService).getHost({ id: host!.id })).host!.agentVersion !== "",
+    );
+    const workspaceId = (await server.client(WorkspaceService).createWorkspace({ name: "container-team" })).workspace!.id;
+    const envs = server.client(EnvironmentService);
+    const web = (
+      await envs.createEnvironment({
+        workspaceId,
+        name: "web",
+        image: TEST_IMAGE,
+        command: ["sh", "-c", "echo served from $(pwd) > index.html; exec python3 -m http.server $PORT"],
+        ports: [{ name: "http", containerPort: 8000, protocol: PortProtocol.HTTP }],
+      })
+    ).environment!;
+    const running = () =>
+      eventually(`RUNNING\n${agentErr.slice(-2000)}`, async () => {
+        const e = (await envs.getEnvironment({ id: web.id })).environment!;
+        return e.status === EnvironmentStatus.RUNNING && e;
+      });
+    await running();
+    const url = `http://127.0.0.1:${web.portMappings[0]!.hostPort}/`;
+    assert.equal(await (await fetch(url)).text(), "served from /workspace\n");
+    const containerId = async () => (await execFileP("podman", ["container", "inspect", "--format", "{{.Id}}", `rgpu-${web.id}`])).stdout;
+    const before = await containerId();
+
+    await killAgent("SIGKILL");
+    assert.equal((await fetch(url)).status, 200, "the container serves with no agent");
+    startAgent(flags);
+    await eventually(
+      "the agent back",
+      async () => (await server.client(HostService).getHost({ id: host!.id })).host!.status === HostStatus.ONLINE,
+    );
+    await new Promise((r) => setTimeout(r, 1500));
+    const e = await running();
+    assert.equal(await containerId(), before, "the same container");
+    assert.equal(e.transitions.filter((t) => t.status === EnvironmentStatus.RUNNING).length, 1, "started once");
+
+    await envs.deleteEnvironment({ id: web.id });
+    await eventually("the container removed", async () => (await containerId().catch(() => "")) === "");
     await killAgent("SIGTERM");
   });
 });
