@@ -1,6 +1,6 @@
 import { execFile, spawn, spawnSync } from "node:child_process";
 import { readFileSync } from "node:fs";
-import { open } from "node:fs/promises";
+import { open, readdir, readFile } from "node:fs/promises";
 import path from "node:path";
 import { promisify } from "node:util";
 import { FileTail, LineSplitter } from "./log-lines.js";
@@ -69,6 +69,30 @@ export function processStart(pid: number): string | undefined {
   } catch {
     return undefined;
   }
+}
+
+/**
+ * Kills the process groups of processes started for `environmentId` that this agent does not follow
+ * (an earlier agent's, whose state could not be trusted): they carry REMOTEGPU_ENVIRONMENT_ID in the
+ * environment they were started with. Returns how many it found.
+ */
+export async function killStrays(environmentId: string): Promise<number> {
+  const marker = Buffer.from(`\0REMOTEGPU_ENVIRONMENT_ID=${environmentId}\0`);
+  let found = 0;
+  for (const entry of await readdir("/proc").catch(() => [] as string[])) {
+    const pid = Number(entry);
+    if (!Number.isInteger(pid) || pid === process.pid) continue;
+    const environ = await readFile(`/proc/${pid}/environ`).catch(() => undefined);
+    if (!environ || !Buffer.concat([Buffer.from([0]), environ]).includes(marker)) continue;
+    found++;
+    signalGroup(pid, "SIGKILL");
+    try {
+      process.kill(pid, "SIGKILL"); // in case it left its group
+    } catch {
+      // gone already
+    }
+  }
+  return found;
 }
 
 function signalGroup(pid: number, signal: NodeJS.Signals): void {

@@ -10,6 +10,7 @@ import {
   bootId,
   type ContainerEngine,
   inspectContainer,
+  killStrays,
   containerName,
   detectEngine,
   ensureImage,
@@ -448,6 +449,8 @@ export class Workloads {
           throw new Error(`port ${p.name}: invalid port numbers`);
       await mkdir(volume, { recursive: true });
       if (this.engine === "process") {
+        const strays = await killStrays(spec.environmentId);
+        if (strays > 0) w.logs.add("SYSTEM", `killed ${strays} leftover process(es) of an earlier run`);
         await this.openProxies(w, spec.ports);
         w.logs.add("SYSTEM", `starting: ${program.join(" ")}`);
         w.handle = await spawnProcess(program, volume, processEnv(spec, volume), dir, this.output(w));

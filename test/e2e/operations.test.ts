@@ -125,11 +125,16 @@ describe("e2e: docs/operations.md, every command run against a live server", fun
     }
   });
 
-  it("stops the agent it started, and the agent's workloads with it", async () => {
-    const stops = blocks.filter((b) => b.code.includes('kill "$AGENT_PID"'));
+  it("covers the agent upgrade and the dead host, and leaves no agent or workload behind", async () => {
+    const headings = new Set(blocks.map((b) => b.heading));
+    for (const h of ["Restart or upgrade the agent", "When a host dies"]) assert.ok(headings.has(h), `no section "${h}"`);
     assert.ok(
-      stops.some((b) => b.expects.includes("no process of the environment left")),
-      "a stop step checks the workloads",
+      blocks.some((b) => b.code.includes('kill -9 "$AGENT_PID"')),
+      "a host dies with its agent killed",
+    );
+    assert.ok(
+      blocks.some((b) => b.expects.includes("no process of the environment left")),
+      "the leftovers of a deleted environment are checked",
     );
     // After the last block: neither the agent (started with --server <this server>) nor the app it ran is left.
     const { stdout } = await execFileP("ps", ["-eo", "pid=,args="]);

@@ -259,7 +259,11 @@ http.server.ThreadingHTTPServer(("127.0.0.1", ${containerPort}), http.server.Sim
     await later.line("env-old", (l) => /version 1, not 2\); not adopted/.test(l.text), "the old state noted");
     await later.line("env-corrupt", (l) => /not JSON\); not adopted/.test(l.text), "the corrupt state noted");
     assert.ok(alive(process.pid), "the process that reused the pid is left alone");
-    for (const pid of pids) process.kill(-pid, "SIGKILL"); // what was not adopted is not this test's agent's any more
+    // What was not adopted still runs; a new run of its environment ends it first (it would hold the ports).
+    assert.ok(pids.every(alive));
+    for (const id of ["env-old", "env-reused", "env-corrupt"]) await workloads.run(spec(id, ["sleep", "30"], { generation: 2 }));
+    for (const pid of pids) await gone(pid, `the leftover ${pid}`);
+    await later.line("env-corrupt", (l) => l.text === "killed 1 leftover process(es) of an earlier run", "the leftover noted");
   });
 
   it("applies a changed port list of the same generation in place: the process runs on, PORT unchanged", async () => {
