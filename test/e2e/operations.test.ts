@@ -89,6 +89,8 @@ describe("e2e: docs/operations.md, every command run against a live server", fun
         // already gone
       }
     }
+    // The agent leaves its workloads running when it stops: a run that failed midway may have left one.
+    await execFileP("pkill", ["-f", `http.server ${env?.APP_PORT} `]).catch(() => undefined);
     await new Promise((r) => setTimeout(r, 500));
     await server?.close();
     await rm(dir, { recursive: true, force: true });
