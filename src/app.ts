@@ -150,6 +150,7 @@ async function compose(config: Config, database: Database, tls: Tls | undefined,
   const reconcilerOptions = {
     startTimeoutMs: config.environmentStartTimeoutSeconds * 1000,
     lostHostTimeoutMs: config.environmentLostHostSeconds * 1000,
+    hostGraceMs: leaseMs,
     beforeForget: (environmentId: string, workspaceId: string) => environmentLogs.archive(environmentId, workspaceId),
   };
   const runtimes = { AGENT: new AgentRuntime(agents), ...(kubernetes ? { KUBERNETES: kubernetes } : {}) };

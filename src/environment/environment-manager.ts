@@ -2,7 +2,7 @@ import { LockMode, type FilterQuery } from "@mikro-orm/core";
 import type { EntityManager, MikroORM } from "@mikro-orm/postgresql";
 import type { AuditNote } from "../audit/audit-trail.js";
 import { AlreadyExistsError, ConflictError, FailedPreconditionError, NotFoundError } from "../errors.js";
-import { Host } from "../host/host.js";
+import { Host, changesPortsInPlace } from "../host/host.js";
 import { Gpu } from "../gpu/gpu.js";
 import { checkId } from "../ids.js";
 import { decodePageToken, encodePageToken, pageSize, type Page } from "../pagination.js";
@@ -13,7 +13,7 @@ import { onUniqueViolation } from "../platform/unique-violation.js";
 import { Violations, checkString } from "../validation.js";
 import type { QuotaLedger } from "../workspace/quota-ledger.js";
 import type { Workspace } from "../workspace/workspace.js";
-import { Environment, PortMapping, type EnvironmentStatus, type PortSpec } from "./environment.js";
+import { DEFAULT_STORAGE_BYTES, Environment, PortMapping, portMappingId, type EnvironmentStatus, type PortSpec } from "./environment.js";
 import { allocateHostPorts, placeEnvironment, type PortRange } from "./placement.js";
 
 export interface EnvironmentInput {
@@ -108,8 +108,9 @@ export class EnvironmentManager {
    * Reserves quota, places the environment on a host with its GPUs and ports, and records it PENDING,
    * all in one transaction. A retry with the same request id returns the first one.
    */
-  async create(input: EnvironmentInput, note: AuditNote): Promise<EnvironmentView> {
-    checkInput(input);
+  async create(request: EnvironmentInput, note: AuditNote): Promise<EnvironmentView> {
+    checkInput(request);
+    const input = { ...request, storageBytes: request.storageBytes || DEFAULT_STORAGE_BYTES };
     if (input.requestId) {
       const earlier = await this.byRequestId(input.workspaceId, input.requestId);
       if (earlier) return earlier;
@@ -134,6 +135,7 @@ export class EnvironmentManager {
           ...fields,
           workspace: workspaceId,
           requestId: requestId || null,
+          primaryPort: input.ports[0]?.containerPort ?? 0,
           host: placement.hostId,
           generation: 1,
           createdAt: now,
@@ -282,7 +284,12 @@ export class EnvironmentManager {
     }
   }
 
-  /** Maps one more port of a running environment; it is kept for later starts too. */
+  /**
+   * Adds a port. On an environment that holds its resources it gets a host port at once, and the
+   * workload learns of it: in place where the runtime can (an agent running host processes), else by
+   * running a new generation (a restart). On a STOPPED or FAILED one only the spec changes; the host
+   * port comes with the next start. `PORT` never changes (see Environment.primaryPort).
+   */
   async addPort(
     environmentId: string,
     spec: PortSpec,
@@ -302,33 +309,39 @@ export class EnvironmentManager {
     v.throwIfAny();
     let mapping: PortMapping | undefined;
     await this.change(environmentId, visibility, note, async (em, env) => {
-      if (env.status !== "RUNNING" || !env.host)
-        throw new FailedPreconditionError(`environment "${env.name}" is ${env.status}; ports can be added to a RUNNING one`);
+      const holds = checkPortsChangeable(env);
+      if (!holds && hostPort !== undefined)
+        throw new FailedPreconditionError(
+          `environment "${env.name}" is ${env.status}: host_port can be chosen only while it holds its ports`,
+        );
       const clash = env.ports.find((p) => p.name === spec.name || p.containerPort === spec.containerPort);
       if (clash) throw new AlreadyExistsError("port", `"${clash.name}" (container port ${clash.containerPort}) on this environment`);
-      const [port] = await allocateHostPorts(em, env.host.id, this.portRange, 1, [hostPort]);
       env.ports = [...env.ports, spec];
+      if (env.primaryPort === 0) env.primaryPort = spec.containerPort;
+      if (!holds) {
+        mapping = unmapped(env, spec);
+        return;
+      }
+      const [port] = await allocateHostPorts(em, env.host!.id, this.portRange, 1, [hostPort]);
       mapping = await this.mapPort(em, env, spec, port!);
-      // The workload learns of the port by running again with the same resources.
-      env.generation++;
-      resetWorkload(env);
-      transition(env, "STARTING", `mapping port ${spec.name}`, this.clock.now());
+      this.portsChanged(env, `port ${spec.name} added`);
     });
     return mapping!;
   }
 
+  /** Removes a port, by the id of its mapping (as listed, also while stopped); like addPort, `PORT` stays. */
   async removePort(environmentId: string, mappingId: string, visibility: Visibility, note: AuditNote): Promise<void> {
     checkId("environment_id", environmentId);
+    const id = checkId("port_mapping_id", mappingId);
     await this.change(environmentId, visibility, note, async (em, env) => {
-      if (env.status !== "RUNNING")
-        throw new FailedPreconditionError(`environment "${env.name}" is ${env.status}; ports can be removed from a RUNNING one`);
-      const mapping = await em.findOne(PortMapping, { id: checkId("port_mapping_id", mappingId), environment: env });
-      if (!mapping) throw new NotFoundError("port mapping", mappingId);
-      env.ports = env.ports.filter((p) => p.name !== mapping.name);
-      await em.nativeDelete(PortMapping, { id: mapping.id });
-      env.generation++;
-      resetWorkload(env);
-      transition(env, "STARTING", `unmapping port ${mapping.name}`, this.clock.now());
+      const holds = checkPortsChangeable(env);
+      // Mappings made before ids were derived from the name have ids of their own.
+      const row = await em.findOne(PortMapping, { id, environment: env });
+      const name = row?.name ?? env.ports.find((p) => portMappingId(env.id, p.name) === id)?.name;
+      if (name === undefined) throw new NotFoundError("port mapping", mappingId);
+      env.ports = env.ports.filter((p) => p.name !== name);
+      await em.nativeDelete(PortMapping, { environment: env, name });
+      if (holds) this.portsChanged(env, `port ${name} removed`);
     });
   }
 
@@ -353,11 +366,30 @@ export class EnvironmentManager {
       em.find(Gpu, { environment: { $in: ids } }, { fields: ["id", "environment", "index"], orderBy: { index: "asc" } }),
       em.find(PortMapping, { environment: { $in: ids } }, { orderBy: { name: "asc" } }),
     ]);
-    return envs.map((environment) => ({
-      environment,
-      gpuIds: gpus.filter((g) => g.environment?.id === environment.id).map((g) => g.id),
-      portMappings: ports.filter((p) => p.environment.id === environment.id),
-    }));
+    return envs.map((environment) => {
+      const mapped = ports.filter((p) => p.environment.id === environment.id);
+      // Ports without a host port (the environment is stopped) are listed too, with host port 0.
+      const names = new Set(mapped.map((p) => p.name));
+      const unmappedPorts = environment.ports.filter((p) => !names.has(p.name)).map((p) => unmapped(environment, p));
+      return {
+        environment,
+        gpuIds: gpus.filter((g) => g.environment?.id === environment.id).map((g) => g.id),
+        portMappings: [...mapped, ...unmappedPorts].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)),
+      };
+    });
+  }
+
+  /**
+   * Tells the workload of a port change: the runtime applies the same generation's new port list in
+   * place where it can (RUNNING stays RUNNING; the reconciler sends the run again until the runtime
+   * confirms it), else a new generation replaces the workload (a restart).
+   */
+  private portsChanged(env: Environment, what: string): void {
+    if (env.status === "PENDING") return; // its first run is yet to be sent, with the new ports
+    resetWorkload(env);
+    if (changesPortsInPlace(env.host!)) return;
+    env.generation++;
+    transition(env, "STARTING", `restarting the workload for the port change (${what})`, this.clock.now());
   }
 
   /** Marks the placed GPUs as the environment's and maps its ports. */
@@ -378,7 +410,15 @@ export class EnvironmentManager {
   private async mapPort(em: EntityManager, env: Environment, spec: PortSpec, hostPort: number): Promise<PortMapping> {
     const host = await em.findOneOrFail(Host, env.host!.id);
     const url = spec.protocol === "HTTP" ? `http://${host.address.replace(/:\d+$/, "")}:${hostPort}/` : "";
-    return em.create(PortMapping, { ...spec, environment: env, host, hostPort, url, createdAt: this.clock.now() });
+    return em.create(PortMapping, {
+      ...spec,
+      id: portMappingId(env.id, spec.name),
+      environment: env,
+      host,
+      hostPort,
+      url,
+      createdAt: this.clock.now(),
+    });
   }
 
   private async change(
@@ -427,6 +467,30 @@ function resetWorkload(env: Environment): void {
   env.workloadMessage = "";
   env.actedAt = null;
   env.attempts = 0;
+}
+
+/**
+ * Whether an environment's ports may change now, and if so whether it holds host ports (PENDING to
+ * RUNNING) or only its spec changes (STOPPED, FAILED). Not while it is stopping or being deleted.
+ */
+function checkPortsChangeable(env: Environment): boolean {
+  if (["PENDING", "CREATING", "STARTING", "RUNNING"].includes(env.status) && env.host) return true;
+  if (env.status === "STOPPED" || env.status === "FAILED") return false;
+  throw new FailedPreconditionError(
+    `environment "${env.name}" is ${env.status}; ports can be changed while it runs or starts, or while it is stopped`,
+  );
+}
+
+/** A port of an environment that holds no host port for it (stopped): listed with host port 0 and no URL. */
+function unmapped(env: Environment, spec: PortSpec): PortMapping {
+  return Object.assign(new PortMapping(), {
+    ...spec,
+    id: portMappingId(env.id, spec.name),
+    environment: env,
+    hostPort: 0,
+    url: "",
+    createdAt: env.updatedAt,
+  });
 }
 
 function countModels(gpus: { model: string }[]): Record<string, number> {

@@ -15,6 +15,11 @@ export interface ReconcilerOptions {
   startTimeoutMs: number;
   /** How long a host may be OFFLINE before its environments are FAILED and their GPUs released. */
   lostHostTimeoutMs: number;
+  /**
+   * A host whose last heartbeat is older than this counts as unreachable for stops and deletions even
+   * if its status is not OFFLINE (a dead host an operator drained or put in maintenance). @default none
+   */
+  hostGraceMs?: number;
   /** First retry delay of a runtime call; doubles per attempt. @default 2000 */
   retryBaseMs?: number;
   /** @default 60000 */
@@ -165,14 +170,15 @@ export class EnvironmentReconciler {
     // What waits on this agent is due at once, not after the backoff that tries made while it was
     // away built up (up to a minute): stops and removes, and what it runs but the database still has
     // starting (its report may have died with the old stream; asking again for the same generation
-    // makes the agent report its state again).
-    const waiting: EnvironmentStatus[] = ["CREATING", "STARTING", "STOPPING", "DELETING"];
+    // makes the agent report its state again), or running with a port change it has not confirmed.
+    const waiting: EnvironmentStatus[] = ["CREATING", "STARTING", "RUNNING", "STOPPING", "DELETING"];
     const due = envs
       .filter(
         (e) =>
           e.status === "STOPPING" ||
           e.status === "DELETING" ||
-          ((e.status === "CREATING" || e.status === "STARTING") && runningIds.includes(e.id)),
+          ((e.status === "CREATING" || e.status === "STARTING") && runningIds.includes(e.id)) ||
+          (e.status === "RUNNING" && e.workloadState === "" && runningIds.includes(e.id)),
       )
       .map((e) => e.id);
     if (due.length > 0) await em.nativeUpdate(Environment, { id: { $in: due }, status: { $in: waiting } }, { actedAt: null, attempts: 0 });
@@ -230,6 +236,12 @@ export class EnvironmentReconciler {
     const report = env.workloadState;
     const offlineMs = host?.status === "OFFLINE" ? now.getTime() - (host.lastHeartbeatAt ?? host.updatedAt).getTime() : 0;
     const lost = offlineMs > this.options.lostHostTimeoutMs;
+    // Stops and deletions do not wait for a host that cannot answer: what they release is released
+    // now, the command goes out in case the agent is there after all, and an agent that comes back
+    // later is told by agentConnected to stop or remove what it still runs.
+    const silentMs = host?.lastHeartbeatAt ? now.getTime() - host.lastHeartbeatAt.getTime() : 0;
+    const unreachable =
+      host?.status === "OFFLINE" || (this.options.hostGraceMs !== undefined && host !== null && silentMs > this.options.hostGraceMs);
     const due =
       !env.actedAt ||
       now.getTime() - env.actedAt.getTime() >= Math.min(this.retryMaxMs, this.retryBaseMs * 2 ** Math.max(0, env.attempts - 1));
@@ -258,6 +270,9 @@ export class EnvironmentReconciler {
           );
         }
         if (offlineMs > 0) return offlineNote();
+        // What the runtime says while it starts (an image pull's progress) is the status message.
+        if (current && report === "STARTING" && env.workloadMessage && env.statusMessage !== env.workloadMessage)
+          return { note: env.workloadMessage };
         if (!due) return undefined;
         return env.status === "PENDING" ? { status: ["CREATING", "creating"], act: "run" } : { act: "run" };
       }
@@ -267,6 +282,9 @@ export class EnvironmentReconciler {
         if (!host) return fail("its host was deleted");
         if (lost) return fail(`host "${host.name}" was offline for more than ${Math.round(this.options.lostHostTimeoutMs / 1000)} s`);
         if (offlineMs > 0) return offlineNote();
+        // Its ports changed in place (same generation): the run goes again until the runtime confirms it.
+        if (report === "" && runtime && due)
+          return env.statusMessage.startsWith(OFFLINE_NOTE) ? { note: "running", act: "run" } : { act: "run" };
         return env.statusMessage.startsWith(OFFLINE_NOTE) ? { note: "running" } : undefined;
       }
       // Only a report of the current generation counts: an older workload's STOPPED (a restart replaced
@@ -275,8 +293,13 @@ export class EnvironmentReconciler {
         if ((current && (report === "STOPPED" || report === "REMOVED" || report === "FAILED")) || !host || !runtime)
           return { status: ["STOPPED", "stopped"], release: true };
         // The agent stops it when it returns (its hello lists it, and it should not run).
-        if (lost) return { status: ["STOPPED", `stopped while host "${host.name}" was offline`], release: true };
-        if (offlineMs > 0) return offlineNote();
+        if (unreachable)
+          return {
+            status: ["STOPPED", `stopped while host "${host.name}" is unreachable; its agent stops the workload when it returns`],
+            release: true,
+            act: "stop",
+            cleanup: true,
+          };
         if (waited > this.options.startTimeoutMs)
           return {
             status: ["STOPPED", `the host's agent did not confirm the stop within ${Math.round(this.options.startTimeoutMs / 1000)} s`],
@@ -285,9 +308,10 @@ export class EnvironmentReconciler {
         return due ? { act: "stop" } : undefined;
       }
       case "DELETING": {
-        if ((current && report === "REMOVED") || !host || !runtime || lost || waited > this.options.startTimeoutMs)
+        if ((current && report === "REMOVED") || !host || !runtime || waited > this.options.startTimeoutMs)
           return { release: true, forget: true };
-        if (offlineMs > 0) return offlineNote();
+        // Its agent removes the workload when it returns: its hello names it, and the id is unknown then.
+        if (unreachable) return { release: true, forget: true, act: "remove", cleanup: true };
         return due ? { act: "remove" } : undefined;
       }
       default:
@@ -298,9 +322,12 @@ export class EnvironmentReconciler {
   private async spec(em: EntityManager, env: Environment): Promise<WorkloadSpec> {
     const [gpus, ports] = await Promise.all([
       em.find(Gpu, { environment: env.id }, { orderBy: { index: "asc" } }),
-      em.find(PortMapping, { environment: env.id }, { orderBy: { name: "asc" } }),
+      em.find(PortMapping, { environment: env.id }),
     ]);
     const workspace = await em.findOneOrFail(Workspace, env.workspace.id);
+    // In the order they were added: the runtime takes the first for readiness, and a new port goes last.
+    const order = new Map(env.ports.map((p, i) => [p.name, i]));
+    ports.sort((a, b) => (order.get(a.name) ?? ports.length) - (order.get(b.name) ?? ports.length));
     return {
       environmentId: env.id,
       name: env.name,
@@ -311,7 +338,7 @@ export class EnvironmentReconciler {
       image: env.image,
       command: env.command,
       args: env.args,
-      env: env.env,
+      env: workloadEnv(env),
       gpuUuids: gpus.map((g) => g.uuid),
       gpuIndices: gpus.map((g) => g.index),
       ports: ports.map((p) => ({ name: p.name, containerPort: p.containerPort, hostPort: p.hostPort, protocol: p.protocol })),
@@ -322,6 +349,16 @@ export class EnvironmentReconciler {
       generation: env.generation,
     };
   }
+}
+
+/**
+ * The environment variables a workload gets from the server: the user's, and `PORT` = the first port
+ * the environment ever had, unless the user set PORT. Sent explicitly so that it stays the same when
+ * that port is removed (a runtime otherwise takes the first port of the list).
+ */
+function workloadEnv(env: Pick<Environment, "env" | "primaryPort">): Record<string, string> {
+  if (env.primaryPort === 0 || "PORT" in env.env) return env.env;
+  return { ...env.env, PORT: String(env.primaryPort) };
 }
 
 /** Gives an environment's GPUs and host ports back. */

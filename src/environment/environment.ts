@@ -1,4 +1,4 @@
-import { randomUUID } from "node:crypto";
+import { createHash, randomUUID } from "node:crypto";
 import { BigIntType, EntitySchema, OptionalProps } from "@mikro-orm/core";
 import { Host } from "../host/host.js";
 import { Workspace } from "../workspace/workspace.js";
@@ -38,7 +38,9 @@ export class Environment {
     | "cpuMillicores"
     | "memoryBytes"
     | "storageBytes"
+    | "storageUsedBytes"
     | "ports"
+    | "primaryPort"
     | "sshPublicKeys"
     | "idleTimeoutMinutes"
     | "desiredState"
@@ -66,7 +68,15 @@ export class Environment {
   cpuMillicores = 0;
   memoryBytes = 0;
   storageBytes = 0;
+  /** Bytes its volume used when its host last measured it (0 until then). */
+  storageUsedBytes = 0;
+  /** In the order they were added: the runtime gets them so, and the first is the one that says "ready". */
   ports: PortSpec[] = [];
+  /**
+   * The container port `PORT` names: the first port the environment ever had (0 before it had one).
+   * It stays when that port is removed, so adding or removing ports never changes `PORT`.
+   */
+  primaryPort = 0;
   sshPublicKeys: string[] = [];
   idleTimeoutMinutes = 0;
   desiredState: EnvironmentDesiredState = "RUNNING";
@@ -110,7 +120,9 @@ export const EnvironmentSchema = new EntitySchema<Environment>({
     cpuMillicores: { type: new BigIntType("number") },
     memoryBytes: { type: new BigIntType("number") },
     storageBytes: { type: new BigIntType("number") },
+    storageUsedBytes: { type: new BigIntType("number") },
     ports: { type: "json" },
+    primaryPort: { type: "integer" },
     sshPublicKeys: { type: "json" },
     idleTimeoutMinutes: { type: "integer" },
     desiredState: { type: "string", length: 16 },
@@ -130,6 +142,20 @@ export const EnvironmentSchema = new EntitySchema<Environment>({
     version: { type: "integer", version: true },
   },
 });
+
+/** Volume size of an environment created without one (10 GiB), as the API documents. */
+export const DEFAULT_STORAGE_BYTES = 10 * 2 ** 30;
+
+/**
+ * The id of an environment port's mapping: derived from the environment and the port's name, so it
+ * is the same while the environment is stopped (no host port), after each start, and on every replica.
+ */
+export function portMappingId(environmentId: string, name: string): string {
+  const h = createHash("sha256").update(`port-mapping:${environmentId}:${name}`).digest("hex");
+  // A version-5-shaped UUID (variant bits set), so it passes every id check.
+  const variant = ((Number.parseInt(h[16]!, 16) & 0x3) | 0x8).toString(16);
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-5${h.slice(13, 16)}-${variant}${h.slice(17, 20)}-${h.slice(20, 32)}`;
+}
 
 /** A host port given to an environment port. The unique (host, host_port) pair is what makes a port never mapped twice. */
 export class PortMapping {

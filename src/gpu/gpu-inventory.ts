@@ -75,6 +75,9 @@ export class GpuInventory {
           // FOR SHARE: a concurrent DeleteHost waits for this insert, or this sees the host gone.
           const host = await em.findOne(Host, checkId("host_id", input.hostId), { lockMode: LockMode.PESSIMISTIC_READ });
           if (!host) throw new NotFoundError("host", input.hostId);
+          // Its agent's hello replaces the inventory: a GPU made by hand would be schedulable until then.
+          if (host.agentConnectedAt)
+            throw new FailedPreconditionError(`the agent of host "${host.name}" reports its GPUs; they cannot be created by hand`);
           const now = this.clock.now();
           const gpu = em.create(Gpu, {
             host,

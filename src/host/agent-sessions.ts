@@ -5,7 +5,7 @@ import { checkId } from "../ids.js";
 import type { Clock } from "../platform/clock.js";
 import { anyInteger, anyString, integer, list, oneOf, record, text, uuid } from "../platform/cluster-events.js";
 import type { ClusterEvents, Decoders } from "../platform/cluster-events.js";
-import type { HeartbeatIngest } from "../telemetry/heartbeat-ingest.js";
+import type { HeartbeatIngest, VolumeUsageRecord } from "../telemetry/heartbeat-ingest.js";
 import type { GpuSampleRecord, HostSampleRecord } from "../telemetry/latest-samples.js";
 import { Violations, checkString } from "../validation.js";
 import { Channel } from "../platform/channel.js";
@@ -20,6 +20,8 @@ export interface AgentHello {
   memoryBytes: number;
   diskBytes: number;
   gpus: ReportedGpu[];
+  /** It runs workloads as containers (docker or podman), not as host processes. */
+  containersSupported: boolean;
 }
 
 /** Thrown into a session's stream when a newer session for the same host replaced it (ABORTED). */
@@ -153,7 +155,7 @@ export class AgentSessions {
         const now = this.clock.now();
         // The UPDATE also takes the host's row lock: concurrent hellos for one host run one at a time.
         const updated = await trx.raw(
-          `update hosts set agent_version = ?,
+          `update hosts set agent_version = ?, containers_supported = ?, agent_connected_at = ?,
            cpu_millicores = case when ?::bigint > 0 then ?::bigint else cpu_millicores end,
            memory_bytes = case when ?::bigint > 0 then ?::bigint else memory_bytes end,
            disk_bytes = case when ?::bigint > 0 then ?::bigint else disk_bytes end,
@@ -164,6 +166,8 @@ export class AgentSessions {
          returning (extract(epoch from clock_timestamp()) * 1000000)::bigint::text as epoch`,
           [
             hello.agentVersion,
+            hello.containersSupported,
+            now,
             hello.cpuMillicores,
             hello.cpuMillicores,
             hello.memoryBytes,
@@ -189,7 +193,13 @@ export class AgentSessions {
    * GPUs the hello did not list, and readings the agent timed no later than the host's last one (an
    * agent resends readings whose ack it never got, so one may arrive twice).
    */
-  heartbeat(session: AgentSession, agentTime: Date | undefined, host: HostSampleRecord | undefined, gpus: GpuSampleRecord[]): boolean {
+  heartbeat(
+    session: AgentSession,
+    agentTime: Date | undefined,
+    host: HostSampleRecord | undefined,
+    gpus: GpuSampleRecord[],
+    volumes: VolumeUsageRecord[] = [],
+  ): boolean {
     if (session.ended.aborted) return false;
     if (agentTime) {
       if (agentTime.getTime() <= (this.lastReading.get(session.hostId) ?? 0)) return false;
@@ -198,6 +208,7 @@ export class AgentSessions {
     const known = gpus.filter((g) => session.gpuIds.has(g.gpuUuid));
     for (const g of known) g.gpuId = session.gpuIds.get(g.gpuUuid);
     this.ingest.record(session.hostId, host, known);
+    if (volumes.length > 0) this.ingest.recordVolumes(session.hostId, volumes);
     return true;
   }
 

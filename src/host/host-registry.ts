@@ -204,11 +204,17 @@ export class HostRegistry {
       // Locking every GPU row of the host first means no allocation can slip in between the check and the delete.
       const gpus = await em.find(Gpu, { host }, { lockMode: LockMode.PESSIMISTIC_WRITE });
       const held = gpus.filter((g) => g.holder !== null).length;
+      const running = await em.count(Environment, { host, status: { $in: [...ACTIVE_ENVIRONMENT_STATUSES] } });
+      if (running > 0) {
+        // Draining keeps new ones away but ends none; on an OFFLINE host a stop or delete is immediate.
+        throw new FailedPreconditionError(
+          `host "${host.name}" still has ${running} environment(s) holding its resources; stop or delete them first` +
+            (host.status === "OFFLINE" ? " (it is OFFLINE: they are released at once)" : ""),
+        );
+      }
       if (held > 0) {
         throw new FailedPreconditionError(`host "${host.name}" has ${held} allocated GPU(s); drain it and release them before deleting`);
       }
-      const running = await em.count(Environment, { host, status: { $in: [...ACTIVE_ENVIRONMENT_STATUSES] } });
-      if (running > 0) throw new FailedPreconditionError(`host "${host.name}" still runs ${running} environment(s); drain it first`);
       const view = (await this.views(em, [host]))[0]!;
       note(em, { targetId: host.id });
       await em.nativeDelete(Host, { id: host.id });

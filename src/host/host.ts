@@ -17,6 +17,8 @@ export class Host {
     | "lastHeartbeatAt"
     | "runtime"
     | "kubernetesNodeName"
+    | "containersSupported"
+    | "agentConnectedAt"
     | "version";
   id: string = randomUUID();
   name!: string;
@@ -32,6 +34,10 @@ export class Host {
   lastHeartbeatAt: Date | null = null;
   runtime: HostRuntime = "AGENT";
   kubernetesNodeName = "";
+  /** What its agent said in its last hello: it runs containers (docker or podman), not host processes. */
+  containersSupported = false;
+  /** When its agent last opened its stream (null if it never did): from then on, the agent reports the GPUs. */
+  agentConnectedAt: Date | null = null;
   createdAt!: Date;
   updatedAt!: Date;
   version = 1;
@@ -55,6 +61,8 @@ export const HostSchema = new EntitySchema<Host>({
     lastHeartbeatAt: { type: "Date", columnType: "timestamptz", nullable: true },
     runtime: { type: "string", length: 16 },
     kubernetesNodeName: { type: "string", length: 253 },
+    containersSupported: { type: "boolean" },
+    agentConnectedAt: { type: "Date", columnType: "timestamptz", nullable: true },
     createdAt: { type: "Date", columnType: "timestamptz" },
     updatedAt: { type: "Date", columnType: "timestamptz" },
     version: { type: "integer", version: true },
@@ -67,4 +75,13 @@ export const HostSchema = new EntitySchema<Host>({
  */
 export function hasLabels(labels: Record<string, string>): FilterQuery<Host> {
   return { id: { $in: raw("(select id from hosts where labels @> ?::jsonb)", [JSON.stringify(labels)]) } };
+}
+
+/**
+ * Whether a port change reaches the host's workloads without a restart: an agent that runs host
+ * processes forwards their ports itself and opens or closes forwarders in place; a container's
+ * published ports and a pod's are fixed when it starts.
+ */
+export function changesPortsInPlace(host: Pick<Host, "runtime" | "containersSupported">): boolean {
+  return host.runtime === "AGENT" && !host.containersSupported;
 }

@@ -3,6 +3,7 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import {
   WorkloadState as WorkloadStateMessage,
   type AgentCommandSchema,
+  type AgentHeartbeat,
   type AgentHello as AgentHelloMessage,
   type EnvironmentLogReport,
   type EnvironmentStatusReport,
@@ -13,7 +14,8 @@ import type { LogLineRecord } from "../environment/environment-logs.js";
 import type { WorkloadReport } from "../environment/environment-reconciler.js";
 import { InvalidArgumentError } from "../errors.js";
 import type { AgentCommand, AgentHello } from "../host/agent-sessions.js";
-import { checkId } from "../ids.js";
+import { checkId, isId } from "../ids.js";
+import type { VolumeUsageRecord } from "../telemetry/heartbeat-ingest.js";
 import type { WorkloadState } from "../runtime/runtime.js";
 import { Violations, checkString, toSafeNumber } from "../validation.js";
 import { capacityFromMessage, dateFromMessage } from "./convert.js";
@@ -30,6 +32,8 @@ const STREAMS: Record<number, LogStreamName> = { [LogStream.STDOUT]: "STDOUT", [
 
 /** Most lines one log report may carry. */
 const MAX_LOG_LINES = 10_000;
+/** Most volume figures one heartbeat may carry; the rest are ignored. */
+const MAX_VOLUMES = 1000;
 
 /** An agent's hello as AgentSessions.open takes it; INVALID_ARGUMENT naming every bad field. */
 export function helloFromMessage(m: AgentHelloMessage): AgentHello {
@@ -46,9 +50,24 @@ export function helloFromMessage(m: AgentHelloMessage): AgentHello {
       driverVersion: g.driverVersion,
       cudaVersion: g.cudaVersion,
     })),
+    containersSupported: m.containersSupported,
   };
   v.throwIfAny();
   return hello;
+}
+
+/**
+ * The volume figures of a heartbeat. A negative size is INVALID_ARGUMENT; a malformed environment id
+ * is skipped like an unknown one (the figure of an environment the host does not run is ignored).
+ */
+export function volumesFromMessage(beat: AgentHeartbeat): VolumeUsageRecord[] {
+  const v = new Violations();
+  const volumes = beat.volumes.slice(0, MAX_VOLUMES).flatMap((u, i) => {
+    const usedBytes = toSafeNumber(v, `heartbeat.volumes[${i}].used_bytes`, u.usedBytes);
+    return isId(u.environmentId) ? [{ environmentId: u.environmentId.toLowerCase(), usedBytes }] : [];
+  });
+  v.throwIfAny();
+  return volumes;
 }
 
 /** A workload's state as the agent reports it; an exit code the message does not mention is appended. */

@@ -13,7 +13,7 @@ import { Channel } from "../platform/channel.js";
 import type { Clock } from "../platform/clock.js";
 import type { Logger } from "../platform/logger.js";
 import { Violations } from "../validation.js";
-import { commandToMessage, helloFromMessage, logReportFromMessage, statusReportFromMessage } from "./agent-convert.js";
+import { commandToMessage, helloFromMessage, logReportFromMessage, statusReportFromMessage, volumesFromMessage } from "./agent-convert.js";
 import { dateFromMessage, gpuMetricsFromMessage, hostSampleFromMessage } from "./convert.js";
 
 /** Where an agent's reports about its workloads go (the environment reconciler and log store). */
@@ -160,7 +160,8 @@ export class AgentStream {
     if (beat.gpus.length > MAX_GPU_SAMPLES) throw InvalidArgumentError.field("heartbeat.gpus", `at most ${MAX_GPU_SAMPLES} samples`);
     const time = this.sampleTime(beat.sampleTime);
     const gpus = beat.gpus.map((g) => ({ gpuUuid: g.gpuUuid, index: g.index, time, metrics: gpuMetricsFromMessage(g.metrics) }));
-    this.deps.agents.heartbeat(session, beat.sampleTime && time, beat.host && hostSampleFromMessage(beat.host), gpus);
+    const volumes = volumesFromMessage(beat);
+    this.deps.agents.heartbeat(session, beat.sampleTime && time, beat.host && hostSampleFromMessage(beat.host), gpus, volumes);
     for (const w of beat.workloads.slice(0, MAX_WORKLOADS)) {
       if (!w.lastTrafficTime || !isId(w.environmentId)) continue;
       this.deps.workloads.traffic(w.environmentId.toLowerCase(), this.sampleTime(w.lastTrafficTime));

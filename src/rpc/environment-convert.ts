@@ -109,6 +109,7 @@ export function environmentToMessage(view: EnvironmentView) {
     cpuMillicores: BigInt(e.cpuMillicores),
     memoryBytes: BigInt(e.memoryBytes),
     storageBytes: BigInt(e.storageBytes),
+    storageUsedBytes: BigInt(e.storageUsedBytes),
     ports: e.ports.map((p) => ({ name: p.name, containerPort: p.containerPort, protocol: portProtocol.toProto(p.protocol) })),
     sshPublicKeys: e.sshPublicKeys,
     idleTimeoutMinutes: e.idleTimeoutMinutes,

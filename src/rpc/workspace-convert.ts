@@ -75,6 +75,7 @@ export function usageToMessage(u: Usage) {
     cpuMillicores: BigInt(u.cpuMillicores),
     memoryBytes: BigInt(u.memoryBytes),
     storageBytes: BigInt(u.storageBytes),
+    volumeUsedBytes: BigInt(u.volumeUsedBytes),
   });
 }
 

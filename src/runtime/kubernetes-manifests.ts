@@ -102,7 +102,7 @@ export function podManifest(spec: WorkloadSpec, o: KubernetesOptions, owner: V1O
   if (spec.cpuMillicores > 0) resources.cpu = `${spec.cpuMillicores}m`;
   if (spec.memoryBytes > 0) resources.memory = String(spec.memoryBytes);
   const limits: Record<string, string> = { ...resources };
-  const env = Object.entries(spec.env).map(([name, value]) => ({ name, value }));
+  const env = Object.entries({ ...portEnv(spec), ...spec.env }).map(([name, value]) => ({ name, value }));
   if (spec.gpuUuids.length > 0 && o.gpuMode === "device-plugin") limits["nvidia.com/gpu"] = String(spec.gpuUuids.length);
   if (o.gpuMode === "visible-devices")
     env.push({ name: "NVIDIA_VISIBLE_DEVICES", value: spec.gpuUuids.length > 0 ? spec.gpuUuids.join(",") : "void" });
@@ -140,6 +140,17 @@ export function podManifest(spec: WorkloadSpec, o: KubernetesOptions, owner: V1O
       ],
     },
   };
+}
+
+/**
+ * `PORT` and `PORT_<NAME>`, as the agent sets them: PORT is the server's (spec.env, which wins) or
+ * else the first port; each port also by its name, upper-cased with other characters as '_'.
+ */
+function portEnv(spec: WorkloadSpec): Record<string, string> {
+  const env: Record<string, string> = {};
+  if (spec.ports[0]) env.PORT = String(spec.ports[0].containerPort);
+  for (const p of spec.ports) env[`PORT_${p.name.toUpperCase().replace(/[^A-Z0-9]/g, "_")}`] = String(p.containerPort);
+  return env;
 }
 
 /** A Service for the ports: NodePort on the allocated host port when the cluster allows it, else ClusterIP. */

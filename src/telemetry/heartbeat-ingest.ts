@@ -12,6 +12,12 @@ export interface LiveSample {
   sample: GpuSampleRecord;
 }
 
+/** Bytes an environment's volume uses, as its host's agent measured them. */
+export interface VolumeUsageRecord {
+  environmentId: string;
+  usedBytes: number;
+}
+
 /** Shares the latest samples with other replicas. */
 export interface SampleRelay {
   record(hostId: string, host: HostSampleRecord | undefined, gpus: GpuSampleRecord[]): void;
@@ -28,6 +34,8 @@ export interface SampleRelay {
 export class HeartbeatIngest {
   private lastSeen = new Map<string, Date>();
   private verdicts = new Map<string, { hostId: string; uuid: string; reasons: string[] }>();
+  /** The newest volume figure per environment since the last flush, with the host that reported it. */
+  private volumes = new Map<string, { hostId: string; usedBytes: number }>();
   /** Per GPU, what earlier samples said (see judgeSample). */
   private readonly health = new Map<string, HealthMemory>();
 
@@ -63,6 +71,11 @@ export class HeartbeatIngest {
     }
   }
 
+  /** Volume figures, sent now and then: kept until the next flush writes them all in one statement. */
+  recordVolumes(hostId: string, volumes: VolumeUsageRecord[]): void {
+    for (const v of volumes) this.volumes.set(v.environmentId, { hostId, usedBytes: v.usedBytes });
+  }
+
   /** After an operator re-admits a GPU, a condition that still holds (heat) is reported again. */
   readmitted(hostId: string, uuid: string): void {
     const memory = this.health.get(`${hostId}/${uuid}`);
@@ -70,16 +83,19 @@ export class HeartbeatIngest {
   }
 
   /**
-   * Writes last-seen times (bringing OFFLINE hosts back ONLINE), new health verdicts and finished
-   * telemetry buckets (all of them with `everything`, at shutdown).
+   * Writes last-seen times (bringing OFFLINE hosts back ONLINE), new health verdicts, volume figures
+   * and finished telemetry buckets (all of them with `everything`, at shutdown).
    */
   async flush(everything = false): Promise<void> {
     const seen = this.lastSeen;
     const verdicts = this.verdicts;
+    const volumes = this.volumes;
     this.lastSeen = new Map();
     this.verdicts = new Map();
+    this.volumes = new Map();
     try {
       await this.write(seen, verdicts);
+      await this.writeVolumes(volumes);
     } catch (err) {
       // Nothing is dropped: what failed goes back, behind anything newer that arrived meanwhile.
       for (const [id, t] of seen) if (!this.lastSeen.has(id)) this.lastSeen.set(id, t);
@@ -87,6 +103,7 @@ export class HeartbeatIngest {
         const newer = this.verdicts.get(key);
         this.verdicts.set(key, newer ? { ...v, reasons: [...v.reasons, ...newer.reasons] } : v);
       }
+      for (const [id, v] of volumes) if (!this.volumes.has(id)) this.volumes.set(id, v);
       throw err;
     }
     await this.history.flush(everything);
@@ -97,6 +114,22 @@ export class HeartbeatIngest {
   forgetHost(hostId: string): void {
     for (const key of this.health.keys()) if (key.startsWith(`${hostId}/`)) this.health.delete(key);
     this.relay?.forgetHost(hostId);
+  }
+
+  /**
+   * One statement for every figure gathered: only environments on the host that reported them (an
+   * agent speaks for its own host), unknown ids match nothing, and an unchanged figure writes no row.
+   */
+  private async writeVolumes(volumes: Map<string, { hostId: string; usedBytes: number }>): Promise<void> {
+    if (volumes.size === 0) return;
+    const ids = [...volumes.keys()].sort();
+    await bulkSql(
+      this.orm,
+      `update environments e set storage_used_bytes = v.used
+         from unnest(?::uuid[], ?::uuid[], ?::bigint[]) as v(id, host_id, used)
+        where e.id = v.id and e.host_id = v.host_id and e.storage_used_bytes <> v.used`,
+      [pgArray(ids), pgArray(ids.map((id) => volumes.get(id)!.hostId)), pgArray(ids.map((id) => String(volumes.get(id)!.usedBytes)))],
+    );
   }
 
   private async write(seen: Map<string, Date>, verdicts: Map<string, { hostId: string; uuid: string; reasons: string[] }>): Promise<void> {

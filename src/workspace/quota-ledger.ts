@@ -15,7 +15,10 @@ export interface Usage {
   environments: number;
   cpuMillicores: number;
   memoryBytes: number;
+  /** Volume sizes of its environments plus its files: what max_storage_bytes limits. */
   storageBytes: number;
+  /** What its environments' volumes actually use, as their hosts last measured it (not limited). */
+  volumeUsedBytes: number;
 }
 
 /** What one request would add to a workspace's usage. GPUs are counted per model actually picked. */
@@ -140,12 +143,13 @@ export class QuotaLedger {
   private async measure(em: EntityManager, workspaceId: string): Promise<Usage> {
     const conn = em.getConnection();
     const ctx = em.getTransactionContext();
-    const [totals] = await conn.execute<{ environments: number; cpu: string; memory: string; storage: string }[]>(
+    const [totals] = await conn.execute<{ environments: number; cpu: string; memory: string; storage: string; volume_used: string }[]>(
       `select count(*)::int as environments,
               coalesce(sum(cpu_millicores) filter (where ${HOLDS_COMPUTE}), 0) as cpu,
               coalesce(sum(memory_bytes) filter (where ${HOLDS_COMPUTE}), 0) as memory,
               coalesce(sum(storage_bytes), 0)
-                + (select coalesce(sum(size_bytes), 0) from workspace_files where workspace_id = ?) as storage
+                + (select coalesce(sum(size_bytes), 0) from workspace_files where workspace_id = ?) as storage,
+              coalesce(sum(storage_used_bytes), 0) as volume_used
          from environments where workspace_id = ? and status <> 'DELETED'`,
       [workspaceId, workspaceId],
       "all",
@@ -166,6 +170,7 @@ export class QuotaLedger {
       cpuMillicores: Number(totals!.cpu),
       memoryBytes: Number(totals!.memory),
       storageBytes: Number(totals!.storage),
+      volumeUsedBytes: Number(totals!.volume_used),
     };
   }
 }

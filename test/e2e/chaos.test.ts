@@ -614,7 +614,13 @@ describe("e2e: the control plane SIGKILLed at random points of a mixed workload,
         const listed = (await envs.listEnvironments({ workspaceId, pageSize: 1000 })).environments;
         const mine = s.envs.filter((e) => e.workspace_id === workspaceId);
         assert.deepEqual(
-          listed.map((e) => `${e.name}=${EnvironmentStatus[e.status]}:${e.gpuIds.length}gpu:${e.portMappings.length}port`).sort(),
+          // Host ports held (a stopped environment lists its ports with host port 0).
+          listed
+            .map(
+              (e) =>
+                `${e.name}=${EnvironmentStatus[e.status]}:${e.gpuIds.length}gpu:${e.portMappings.filter((p) => p.hostPort > 0).length}port`,
+            )
+            .sort(),
           mine
             .map(
               (e) =>

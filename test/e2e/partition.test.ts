@@ -309,7 +309,11 @@ describe("e2e: the network between the agent and the control plane partitioned (
     );
     assert.match(failed.statusMessage, new RegExp(`offline for more than ${LOST_S} s`));
     assert.deepEqual(failed.gpuIds, []);
-    assert.deepEqual(failed.portMappings, []);
+    assert.deepEqual(
+      failed.portMappings.map((p) => [p.name, p.hostPort]),
+      [["http", 0]],
+      "its host port released (the port itself is kept for a start)",
+    );
     assert.ok(
       (await listGpus()).every((g) => g.environmentId === ""),
       "its GPU released",

@@ -93,9 +93,14 @@ describe("the Kubernetes runtime against a Kubernetes API test server", function
     );
     const service = kube.get("services", namespace, name)!;
     assert.equal(service.spec.type, "NodePort");
+    // In the order the ports were given (the first one is PORT), each on its allocated host port.
+    const hostPortOf = (n: string) => env.portMappings.find((m) => m.name === n)?.hostPort;
     assert.deepEqual(
-      service.spec.ports.map((p: { nodePort: number }) => p.nodePort),
-      env.portMappings.map((m) => m.hostPort),
+      service.spec.ports.map((p: { name: string; nodePort: number }) => [p.name, p.nodePort]),
+      [
+        ["web", hostPortOf("web")],
+        ["ssh", hostPortOf("ssh")],
+      ],
     );
     assert.equal(kube.get("ingresses", namespace, name)?.spec.rules[0].host, "web-nb-kube-team.gpu.example.com");
     assert.equal((await envs.getEnvironment({ id: env.id })).environment?.status, EnvironmentStatus.CREATING);
@@ -124,6 +129,30 @@ describe("the Kubernetes runtime against a Kubernetes API test server", function
     const second = await eventually("the new pod", () => podOf(env.id), polling);
     assert.equal(second.metadata.annotations["remotegpu.io/generation"], "2");
     kube.setPodPhase(namespace, second.metadata.name, { state: "Running" });
+    await status(env.id, EnvironmentStatus.RUNNING);
+
+    // A pod's ports are fixed: a new port runs a new generation, with PORT unchanged.
+    const { portMapping } = await envs.addPortMapping({ environmentId: env.id, port: { name: "alt", containerPort: 9001 } });
+    const restarting = (await envs.getEnvironment({ id: env.id })).environment!;
+    assert.equal(restarting.status, EnvironmentStatus.STARTING);
+    assert.match(restarting.statusMessage, /restarting the workload for the port change \(port alt added\)/);
+    const third = await eventually(
+      "the pod of generation 3",
+      () => podOf(env.id)?.metadata.annotations["remotegpu.io/generation"] === "3" && podOf(env.id),
+      polling,
+    );
+    const envVars = Object.fromEntries(third.spec.containers[0].env.map((e: { name: string; value: string }) => [e.name, e.value]));
+    assert.equal(envVars.PORT, "8888");
+    assert.equal(envVars.PORT_ALT, "9001");
+    assert.deepEqual(
+      kube.get("services", namespace, name)!.spec.ports.map((p: { name: string; nodePort: number }) => [p.name, p.nodePort]),
+      [
+        ["web", hostPortOf("web")],
+        ["ssh", hostPortOf("ssh")],
+        ["alt", portMapping!.hostPort],
+      ],
+    );
+    kube.setPodPhase(namespace, third.metadata.name, { state: "Running" });
     await status(env.id, EnvironmentStatus.RUNNING);
 
     await envs.deleteEnvironment({ id: env.id });

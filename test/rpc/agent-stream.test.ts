@@ -210,6 +210,38 @@ describe("HostService.StreamHeartbeats", () => {
     assert.ok((await gpus.listGpus({})).gpus.length > 0, "every caller can still list GPUs");
   });
 
+  it("refuses a negative volume size in a heartbeat", async () => {
+    const { host, agent } = await newHost("agent-volumes");
+    await agent.hello(host.id, []);
+    agent.requests.push({
+      message: {
+        case: "heartbeat",
+        value: { sequence: 1n, volumes: [{ environmentId: "11111111-2222-4333-8444-555555555555", usedBytes: -1n }] },
+      },
+    });
+    await expectCode(agent.next(), Code.InvalidArgument, "heartbeat.volumes[0].used_bytes: must be 0 or more");
+  });
+
+  it("leaves the GPUs of a host whose agent said hello to the agent: CreateGpu is refused there, not on hosts without one", async () => {
+    const { host, agent } = await newHost("agent-owned");
+    const { host: manual } = await newHost("manual-owned");
+    const gpu = { index: 1, uuid: "GPU-by-hand", model: "NVIDIA L4", memoryBytes: 24n << 30n };
+    await agent.hello(host.id, [{ index: 0, uuid: "GPU-inv-0" }]);
+    await expectCode(
+      gpus.createGpu({ hostId: host.id, ...gpu }),
+      Code.FailedPrecondition,
+      'the agent of host "agent-owned" reports its GPUs',
+    );
+    // Still refused once the agent is gone: its next hello would replace the inventory again.
+    agent.close();
+    await expectCode(gpus.createGpu({ hostId: host.id, ...gpu }), Code.FailedPrecondition, "reports its GPUs");
+    assert.deepEqual(
+      (await gpusOf(host.id)).map((g) => g.uuid),
+      ["GPU-inv-0"],
+    );
+    assert.equal((await gpus.createGpu({ hostId: manual.id, ...gpu })).gpu?.uuid, "GPU-by-hand");
+  });
+
   it("ends the stream of a host that is deleted while its agent is connected", async () => {
     const { host, agent } = await newHost("agent-deleted");
     await agent.hello(host.id, []);

@@ -183,10 +183,14 @@ const envRules: Record<string, Rule> = {
   AddPortMapping: {
     need: "member",
     scope: obj,
-    allowed: FP,
-    req: (fx) => ({ environmentId: fx.env, port: { name: "web", containerPort: 8080 } }),
+    req: async (fx) => ({ environmentId: await fx.fresh.env(), port: { name: "web", containerPort: 8080 } }),
   },
-  RemovePortMapping: { need: "member", scope: obj, allowed: FP, req: (fx) => ({ environmentId: fx.env, portMappingId: NO_SUCH_ENV }) },
+  RemovePortMapping: {
+    need: "member",
+    scope: obj,
+    allowed: Code.NotFound,
+    req: (fx) => ({ environmentId: fx.env, portMappingId: NO_SUCH_ENV }),
+  },
   ListPortMappings: { need: "viewer", scope: obj, req: (fx) => ({ environmentId: fx.env }) },
   StreamLogs: { need: "viewer", scope: obj, req: (fx) => ({ environmentId: fx.env, tailLines: 10 }) },
   WatchEnvironments: { need: "viewer", scope: ws, req: (fx) => ({ workspaceId: fx.a }) },

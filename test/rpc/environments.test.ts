@@ -1,9 +1,10 @@
 import { strict as assert } from "node:assert";
 import { Code } from "@connectrpc/connect";
+import { WorkloadState } from "../../gen/remotegpu/v1/agent_pb.js";
 import { WatchEventType } from "../../gen/remotegpu/v1/common_pb.js";
 import { EnvironmentService, EnvironmentStatus, PortProtocol } from "../../gen/remotegpu/v1/environment_pb.js";
 import { GpuService } from "../../gen/remotegpu/v1/gpu_pb.js";
-import { HostService } from "../../gen/remotegpu/v1/host_pb.js";
+import { HostService, HostStatus } from "../../gen/remotegpu/v1/host_pb.js";
 import { ApiTokenRole, WorkspaceService } from "../../gen/remotegpu/v1/workspace_pb.js";
 import { ManualClock } from "../../src/platform/clock.js";
 import { eventually } from "../support/eventually.js";
@@ -37,17 +38,27 @@ describe("EnvironmentService with the agent runtime", () => {
       rounds,
     );
 
-  async function newHost(name: string, gpuCount: number, model = H100) {
+  async function newHost(name: string, gpuCount: number, model = H100, options: { containersSupported?: boolean } = {}) {
     const res = await server.client(HostService).createHost({ name, address: "10.1.0.7" });
     const id = res.host!.id;
-    const a = new WorkloadAgent(
-      server,
-      res.agentToken,
-      id,
-      Array.from({ length: gpuCount }, (_, i) => ({ index: i, uuid: `GPU-${name}-${i}`, model })),
-    );
+    const gpuList = Array.from({ length: gpuCount }, (_, i) => ({ index: i, uuid: `GPU-${name}-${i}`, model }));
+    const a = new WorkloadAgent(server, res.agentToken, id, gpuList, new Map(), options);
     await a.welcome;
-    return { id, agent: a, token: res.agentToken };
+    return { id, agent: a, token: res.agentToken, gpus: gpuList };
+  }
+
+  /** The run commands an agent got for an environment, oldest first. */
+  const runsOf = (a: WorkloadAgent, id: string) =>
+    a.commands.flatMap((c) => (c.command.case === "runEnvironment" && c.command.value.environmentId === id ? [c.command.value] : []));
+
+  const gone = (id: string) =>
+    eventually("the environment to be gone", async () => (await envs.getEnvironment({ id }).catch(() => undefined)) === undefined, rounds);
+
+  /** Lets the clock pass the 40 s grace: hosts whose agent left go OFFLINE, the main one stays ONLINE. */
+  async function passGrace() {
+    clock.advance(60_000);
+    await agent.beat();
+    await server.app.maintain();
   }
 
   before(async () => {
@@ -114,6 +125,32 @@ describe("EnvironmentService with the agent runtime", () => {
     for (const id of created.gpuIds) assert.equal((await gpus.getGpu({ id })).gpu?.environmentId, created.id);
   });
 
+  it("shows what the runtime says while it starts (an image pull) as the status message", async () => {
+    agent.behaviour = "ignore";
+    try {
+      const e = (await envs.createEnvironment({ workspaceId: ws, name: "pulling", image: "nvcr.io/nvidia/pytorch:24.05-py3" }))
+        .environment!;
+      const run = await eventually("the run command", async () => runsOf(agent, e.id)[0], rounds);
+      const progress = "pulling nvcr.io/nvidia/pytorch:24.05-py3: Copying blob sha256:4a3b2c1d";
+      agent.report(e.id, run.generation, WorkloadState.STARTING, progress);
+      const shown = await eventually(
+        "the pull in the status",
+        async () => {
+          const now = (await envs.getEnvironment({ id: e.id })).environment!;
+          return now.statusMessage === progress && now;
+        },
+        rounds,
+      );
+      assert.equal(shown.status, EnvironmentStatus.CREATING);
+      agent.report(e.id, run.generation, WorkloadState.RUNNING);
+      assert.equal((await status(e.id, EnvironmentStatus.RUNNING)).statusMessage, "running");
+      await envs.deleteEnvironment({ id: e.id });
+      await gone(e.id);
+    } finally {
+      agent.behaviour = "run";
+    }
+  });
+
   it("stops (GPUs and ports free, volume kept), starts on the same host, restarts, and deletes", async () => {
     const env = (
       await envs.createEnvironment({
@@ -131,18 +168,40 @@ describe("EnvironmentService with the agent runtime", () => {
     assert.equal((await envs.stopEnvironment({ id: env.id })).environment?.status, EnvironmentStatus.STOPPING);
     const stopped = await status(env.id, EnvironmentStatus.STOPPED);
     assert.deepEqual(stopped.gpuIds, []);
-    assert.deepEqual(stopped.portMappings, []);
+    // Its ports are kept and listed, without host ports, under the ids they had.
+    const unmapped = (ms: { id: string; name: string; containerPort: number; hostPort: number; url: string }[]) =>
+      ms.map((p) => [p.id, p.name, p.containerPort, p.hostPort, p.url]);
+    assert.deepEqual(unmapped(stopped.portMappings), [[env.portMappings[0]!.id, "web", 80, 0, ""]]);
+    assert.deepEqual(unmapped((await envs.listPortMappings({ environmentId: env.id })).portMappings), unmapped(stopped.portMappings));
     assert.ok(agent.commands.some((c) => c.command.case === "stopEnvironment" && c.command.value.environmentId === env.id));
+    // While stopped a port change only changes the spec; host ports come with the next start.
+    const extra = (await envs.addPortMapping({ environmentId: env.id, port: { name: "x", containerPort: 81 } })).portMapping!;
+    assert.deepEqual([extra.name, extra.hostPort, extra.url], ["x", 0, ""]);
     await expectCode(
-      envs.addPortMapping({ environmentId: env.id, port: { name: "x", containerPort: 81 } }),
+      envs.addPortMapping({ environmentId: env.id, port: { name: "y", containerPort: 82 }, hostPort: 31050 }),
       Code.FailedPrecondition,
-      "STOPPED",
+      "host_port can be chosen only while it holds its ports",
     );
+    const ports = (await envs.listPortMappings({ environmentId: env.id })).portMappings;
+    assert.deepEqual(
+      ports.map((p) => [p.name, p.hostPort]),
+      [
+        ["web", 0],
+        ["x", 0],
+      ],
+    );
+    await envs.removePortMapping({ environmentId: env.id, portMappingId: extra.id });
+    await expectCode(envs.removePortMapping({ environmentId: env.id, portMappingId: extra.id }), Code.NotFound, extra.id);
 
     const started = (await envs.startEnvironment({ id: env.id })).environment!;
     assert.equal(started.status, EnvironmentStatus.STARTING);
     assert.equal(started.hostId, hostId);
     assert.equal(started.gpuIds.length, 1);
+    assert.deepEqual(
+      started.portMappings.map((p) => [p.id, p.name]),
+      [[env.portMappings[0]!.id, "web"]],
+    );
+    assert.ok(started.portMappings[0]!.hostPort > 0, "a host port again");
     await status(env.id, EnvironmentStatus.RUNNING);
     assert.equal(agent.running.get(env.id), 2n, "the start ran generation 2");
 
@@ -470,5 +529,299 @@ describe("EnvironmentService with the agent runtime", () => {
       ["removeEnvironment:to-delete", "stopEnvironment:to-stop"],
     );
     await back.close();
+  });
+  it("adds and removes ports of a RUNNING environment in place on a host running processes: PORT stays, no restart", async () => {
+    const env = (
+      await envs.createEnvironment({
+        workspaceId: ws,
+        name: "web-app",
+        image: "img",
+        command: ["sh", "-c", "exec python3 -m http.server $PORT"],
+        ports: [{ name: "http", containerPort: 8000 }],
+        gpuCount: 1,
+        gpuModel: H100,
+      })
+    ).environment!;
+    await status(env.id, EnvironmentStatus.RUNNING);
+    assert.equal(runsOf(agent, env.id).at(-1)?.env.PORT, "8000");
+
+    // "alt" sorts before "http": the first port, and PORT, must not change with it.
+    const { portMapping: alt } = await envs.addPortMapping({ environmentId: env.id, port: { name: "alt", containerPort: 9001 } });
+    assert.ok(alt!.hostPort >= 31000 && alt!.hostPort <= 31099);
+    await eventually("the new port list sent", async () => runsOf(agent, env.id).length === 2, rounds);
+    const added = runsOf(agent, env.id)[1]!;
+    assert.equal(added.generation, 1n, "the same generation: the agent changes its forwarders in place");
+    assert.deepEqual(
+      added.ports.map((p) => [p.name, p.containerPort]),
+      [
+        ["http", 8000],
+        ["alt", 9001],
+      ],
+    );
+    assert.equal(added.env.PORT, "8000");
+    let now = (await envs.getEnvironment({ id: env.id })).environment!;
+    assert.equal(now.status, EnvironmentStatus.RUNNING);
+    assert.deepEqual(
+      now.transitions.map((t) => EnvironmentStatus[t.status]),
+      ["PENDING", "CREATING", "RUNNING"],
+      "never restarted",
+    );
+    assert.deepEqual(
+      (await envs.listPortMappings({ environmentId: env.id })).portMappings.map((p) => p.name),
+      ["alt", "http"],
+    );
+
+    // Removing the first port keeps PORT where it was.
+    const http = now.portMappings.find((p) => p.name === "http")!;
+    await envs.removePortMapping({ environmentId: env.id, portMappingId: http.id });
+    await eventually("the shorter port list sent", async () => runsOf(agent, env.id).length === 3, rounds);
+    const removed = runsOf(agent, env.id)[2]!;
+    assert.equal(removed.generation, 1n);
+    assert.deepEqual(
+      removed.ports.map((p) => p.name),
+      ["alt"],
+    );
+    assert.equal(removed.env.PORT, "8000");
+    assert.equal(removed.env.PORT_HTTP, undefined);
+    now = (await envs.getEnvironment({ id: env.id })).environment!;
+    assert.equal(now.status, EnvironmentStatus.RUNNING);
+    assert.deepEqual(
+      now.ports.map((p) => p.name),
+      ["alt"],
+    );
+    // Added again, it goes last: the first port stays the first.
+    await envs.addPortMapping({ environmentId: env.id, port: { name: "http", containerPort: 8000 } });
+    await eventually("the port list sent", async () => runsOf(agent, env.id).length === 4, rounds);
+    assert.deepEqual(
+      runsOf(agent, env.id)[3]!.ports.map((p) => p.name),
+      ["alt", "http"],
+    );
+
+    await expectCode(
+      envs.addPortMapping({ environmentId: env.id, port: { name: "alt", containerPort: 9002 } }),
+      Code.AlreadyExists,
+      '"alt" (container port 9001)',
+    );
+    await expectCode(
+      envs.addPortMapping({ environmentId: env.id, port: { name: "Bad", containerPort: 0 }, hostPort: 80 }),
+      Code.InvalidArgument,
+      "port.name",
+      "port.container_port",
+      "host_port: must be in 31000-31099",
+    );
+    await expectCode(
+      envs.removePortMapping({ environmentId: env.id, portMappingId: "11111111-2222-4333-8444-555555555555" }),
+      Code.NotFound,
+      "port mapping",
+    );
+    await expectCode(envs.removePortMapping({ environmentId: env.id, portMappingId: "nope" }), Code.InvalidArgument, "port_mapping_id");
+    await envs.deleteEnvironment({ id: env.id });
+    await gone(env.id);
+  });
+
+  it("restarts the workload for a port change on a host running containers, with PORT unchanged, also while it starts", async () => {
+    const boxed = await newHost("container-host", 1, "NVIDIA L40S", { containersSupported: true });
+    try {
+      const env = (
+        await envs.createEnvironment({
+          workspaceId: ws,
+          name: "boxed",
+          image: "python:3.12",
+          gpuCount: 1,
+          gpuModel: "NVIDIA L40S",
+          ports: [{ name: "http", containerPort: 8000 }],
+        })
+      ).environment!;
+      assert.equal(env.hostId, boxed.id);
+      await status(env.id, EnvironmentStatus.RUNNING);
+
+      boxed.agent.behaviour = "ignore"; // the new generation does not come up: the environment stays STARTING
+      await envs.addPortMapping({ environmentId: env.id, port: { name: "alt", containerPort: 9001 } });
+      const restarting = (await envs.getEnvironment({ id: env.id })).environment!;
+      assert.equal(restarting.status, EnvironmentStatus.STARTING);
+      assert.equal(restarting.statusMessage, "restarting the workload for the port change (port alt added)");
+      await eventually("generation 2 sent", async () => runsOf(boxed.agent, env.id).some((r) => r.generation === 2n), rounds);
+
+      // Still STARTING: a port change is allowed, and replaces the generation that did not come up.
+      boxed.agent.behaviour = "run";
+      const http = restarting.portMappings.find((p) => p.name === "http")!;
+      await envs.removePortMapping({ environmentId: env.id, portMappingId: http.id });
+      const running = await status(env.id, EnvironmentStatus.RUNNING);
+      assert.ok(running.transitions.some((t) => t.message === "restarting the workload for the port change (port http removed)"));
+      const last = runsOf(boxed.agent, env.id).at(-1)!;
+      assert.equal(last.generation, 3n);
+      assert.deepEqual(
+        last.ports.map((p) => [p.name, p.containerPort]),
+        [["alt", 9001]],
+      );
+      assert.equal(last.env.PORT, "8000", "PORT stays the first port the environment had");
+      await envs.deleteEnvironment({ id: env.id });
+      await gone(env.id);
+    } finally {
+      await boxed.agent.close();
+    }
+  });
+
+  it("stops and deletes the environments of an OFFLINE host at once, freeing GPUs and ports, so the host can be deleted", async () => {
+    const hosts = server.client(HostService);
+    const model = "NVIDIA B200";
+    const dead = await newHost("dead-host", 2, model);
+    const team = (await workspaces.createWorkspace({ name: "dead-team" })).workspace!.id;
+    const create = async (name: string) =>
+      (
+        await envs.createEnvironment({
+          workspaceId: team,
+          name,
+          image: "img",
+          command: ["x"],
+          gpuCount: 1,
+          gpuModel: model,
+          ports: [{ name: "ssh", containerPort: 22 }],
+        })
+      ).environment!;
+    const [toDelete, toStop] = [await create("dead-delete"), await create("dead-stop")];
+    await status(toDelete.id, EnvironmentStatus.RUNNING);
+    await status(toStop.id, EnvironmentStatus.RUNNING);
+
+    await dead.agent.close();
+    await passGrace();
+    assert.equal((await hosts.getHost({ id: dead.id })).host?.status, HostStatus.OFFLINE);
+    await expectCode(hosts.deleteHost({ id: dead.id }), Code.FailedPrecondition, "stop or delete them first (it is OFFLINE");
+
+    // The clock stands still from here: nothing waits for ENVIRONMENT_LOST_HOST_SECONDS.
+    const started = Date.now();
+    await envs.deleteEnvironment({ id: toDelete.id });
+    await envs.stopEnvironment({ id: toStop.id });
+    await gone(toDelete.id);
+    const stopped = await status(toStop.id, EnvironmentStatus.STOPPED);
+    assert.ok(Date.now() - started < 5000, `took ${Date.now() - started} ms`);
+    assert.match(stopped.statusMessage, /stopped while host "dead-host" is unreachable/);
+    assert.deepEqual(stopped.gpuIds, []);
+    assert.deepEqual(
+      stopped.portMappings.map((p) => [p.name, p.hostPort]),
+      [["ssh", 0]],
+    );
+    const held = (await gpus.listGpus({ hostId: dead.id })).gpus.map((g) => [g.holder, g.environmentId]);
+    assert.deepEqual(
+      held,
+      [
+        ["", ""],
+        ["", ""],
+      ],
+      "its GPUs are free",
+    );
+    const [ports] = await server.app.orm.em
+      .fork()
+      .getConnection()
+      .execute<{ n: number }[]>("select count(*)::int as n from port_mappings where host_id = ?", [dead.id]);
+    assert.equal(ports!.n, 0, "its host ports are free");
+
+    await hosts.deleteHost({ id: dead.id });
+    await expectCode(hosts.getHost({ id: dead.id }), Code.NotFound);
+    // The stopped environment lost its host (and the volume there); it can still be deleted.
+    await envs.deleteEnvironment({ id: toStop.id });
+    await gone(toStop.id);
+  });
+
+  it("deletes a workspace with force at once when its environments are on an OFFLINE host; the agent back removes what it still runs", async () => {
+    const model = "NVIDIA GH200";
+    const dead = await newHost("lost-host", 2, model);
+    const team = (await workspaces.createWorkspace({ name: "lost-team" })).workspace!.id;
+    const create = async (name: string) =>
+      (await envs.createEnvironment({ workspaceId: team, name, image: "img", command: ["x"], gpuCount: 1, gpuModel: model })).environment!;
+    const [kept, other] = [await create("lost-1"), await create("lost-2")];
+    await status(kept.id, EnvironmentStatus.RUNNING);
+    await status(other.id, EnvironmentStatus.RUNNING);
+    await envs.stopEnvironment({ id: other.id });
+    await status(other.id, EnvironmentStatus.STOPPED);
+
+    await dead.agent.close();
+    await passGrace();
+    const started = Date.now();
+    await workspaces.deleteWorkspace({ id: team, force: true });
+    assert.ok(Date.now() - started < 5000, `took ${Date.now() - started} ms`);
+    await expectCode(workspaces.getWorkspace({ id: team }), Code.NotFound);
+    await expectCode(envs.getEnvironment({ id: kept.id }), Code.NotFound);
+    assert.deepEqual(
+      (await gpus.listGpus({ hostId: dead.id })).gpus.map((g) => g.environmentId),
+      ["", ""],
+    );
+
+    // The host returns still running the deleted environment: it is told to remove it.
+    const back = new WorkloadAgent(server, dead.token, dead.id, dead.gpus, new Map([[kept.id, 1n]]));
+    try {
+      await back.welcome;
+      await eventually(
+        "the remove command",
+        async () => back.commands.some((c) => c.command.case === "removeEnvironment" && c.command.value.environmentId === kept.id),
+        rounds,
+      );
+      assert.ok(!back.running.has(kept.id));
+    } finally {
+      await back.close();
+    }
+  });
+
+  it("counts each volume (10 GiB unless sized) in the storage quota, and shows what volumes use as their agents report it", async () => {
+    const GiB = 1n << 30n;
+    const team = (await workspaces.createWorkspace({ name: "storage-team" })).workspace!.id;
+    await workspaces.setResourceQuota({ quota: { workspaceId: team, maxStorageBytes: 15n * GiB } });
+    const a = (
+      await envs.createEnvironment({ workspaceId: team, name: "vol-a", image: "img", command: ["x"], gpuCount: 1, gpuModel: H100 })
+    ).environment!;
+    assert.equal(a.storageBytes, 10n * GiB, "the documented default");
+    assert.equal((await workspaces.getUsage({ workspaceId: team })).usage?.storageBytes, 10n * GiB);
+    await expectCode(
+      envs.createEnvironment({ workspaceId: team, name: "vol-big", image: "img", command: ["x"] }),
+      Code.ResourceExhausted,
+      "quota exceeded: max_storage_bytes is 16106127360, 10737418240 in use, 10737418240 more requested",
+    );
+    const other = await newHost("volume-host", 1, "NVIDIA L4");
+    const b = (
+      await envs.createEnvironment({
+        workspaceId: team,
+        name: "vol-b",
+        image: "img",
+        command: ["x"],
+        storageBytes: 5n * GiB,
+        gpuCount: 1,
+        gpuModel: "NVIDIA L4",
+      })
+    ).environment!;
+    assert.equal(b.hostId, other.id);
+    await status(a.id, EnvironmentStatus.RUNNING);
+    await status(b.id, EnvironmentStatus.RUNNING);
+    assert.equal(a.hostId, hostId);
+
+    // Each agent speaks for its own host's volumes only; unknown ids are ignored.
+    await agent.beat(
+      [],
+      [],
+      [
+        { environmentId: a.id, usedBytes: 123n },
+        { environmentId: b.id, usedBytes: 999n },
+        { environmentId: "11111111-2222-4333-8444-555555555555", usedBytes: 5n },
+        { environmentId: "not-an-id", usedBytes: 5n },
+      ],
+    );
+    await other.agent.beat([], [], [{ environmentId: b.id, usedBytes: 77n }]);
+    await server.app.maintain();
+    assert.equal((await envs.getEnvironment({ id: a.id })).environment?.storageUsedBytes, 123n);
+    assert.equal((await envs.getEnvironment({ id: b.id })).environment?.storageUsedBytes, 77n);
+    const usage = (await workspaces.getUsage({ workspaceId: team })).usage!;
+    assert.equal(usage.volumeUsedBytes, 200n);
+    assert.equal(usage.storageBytes, 15n * GiB, "the quota counts sizes, not use");
+    // A heartbeat without figures keeps the last ones; a new figure replaces it.
+    await agent.beat();
+    await agent.beat([], [], [{ environmentId: a.id, usedBytes: 0n }]);
+    await server.app.maintain();
+    const listed = (await envs.listEnvironments({ workspaceId: team })).environments;
+    assert.deepEqual(listed.map((e) => [e.name, e.storageUsedBytes]).sort(), [
+      ["vol-a", 0n],
+      ["vol-b", 77n],
+    ]);
+
+    await workspaces.deleteWorkspace({ id: team, force: true });
+    await other.agent.close();
   });
 });

@@ -35,6 +35,8 @@ export class WorkloadAgent {
     gpus: { index: number; uuid: string; model?: string }[],
     /** What it runs already (environment id → generation), as an agent that reconnects. */
     running: Map<string, bigint> = new Map(),
+    /** What its hello says it can do: run containers (default: host processes only). */
+    { containersSupported = false }: { containersSupported?: boolean } = {},
   ) {
     this.running = new Map(running);
     const runningIds = [...running.keys()];
@@ -47,6 +49,7 @@ export class WorkloadAgent {
         capacity: { cpuMillicores: 64000n, memoryBytes: 512n * GiB, diskBytes: 4000n * GiB },
         gpus: gpus.map((g) => ({ model: "NVIDIA H100 80GB HBM3", memoryBytes: 80n * GiB, ...g })),
         runningEnvironmentIds: runningIds,
+        containersSupported,
       },
     });
     this.ended = (async () => {
@@ -59,7 +62,12 @@ export class WorkloadAgent {
   }
 
   /** Sends a heartbeat, which keeps the host ONLINE at the server's (test) clock; resolves when the server acked it. */
-  beat(gpus: { uuid: string; index: number; util: number }[] = [], traffic: string[] = []): Promise<void> {
+  beat(
+    gpus: { uuid: string; index: number; util: number }[] = [],
+    traffic: string[] = [],
+    /** What each environment's volume uses, as the agent measures it now and then. */
+    volumes: { environmentId: string; usedBytes: bigint }[] = [],
+  ): Promise<void> {
     const acked = new Promise<void>((resolve) => this.acks.set(this.sequence + 1n, resolve));
     this.send({
       case: "heartbeat",
@@ -68,6 +76,7 @@ export class WorkloadAgent {
         host: { cpuUtilizationPercent: 1 },
         gpus: gpus.map((g) => ({ gpuUuid: g.uuid, index: g.index, metrics: { gpuUtilizationPercent: g.util } })),
         workloads: traffic.map((environmentId) => ({ environmentId, lastTrafficTime: timestampNow() })),
+        volumes: volumes.map((v) => ({ ...v, sampleTime: timestampNow() })),
       },
     });
     return acked;

@@ -95,6 +95,20 @@ describe("Kubernetes manifests", () => {
     assert.equal(volumeClaimManifest(spec, options, owner).spec!.resources!.requests!.storage, "50Gi");
   });
 
+  it("sets PORT as the agent does: the server's PORT when it sent one, else the first port; and PORT_<NAME> per port", () => {
+    const envOf = (s: WorkloadSpec) =>
+      Object.fromEntries(podManifest(s, options, owner).spec!.containers[0]!.env!.map((e) => [e.name, e.value]));
+    assert.deepEqual(envOf(spec), { MODE: "dev", PORT: "8888", PORT_JUPYTER: "8888", PORT_SSH: "22" });
+    // The environment's first port was removed: the server keeps PORT where it was.
+    const kept = {
+      ...spec,
+      env: { ...spec.env, PORT: "8888" },
+      ports: [{ name: "my-ssh", containerPort: 22, hostPort: 30102, protocol: "TCP" as const }],
+    };
+    assert.deepEqual(envOf(kept), { MODE: "dev", PORT: "8888", PORT_MY_SSH: "22" });
+    assert.deepEqual(envOf({ ...spec, ports: [] }), { MODE: "dev" });
+  });
+
   it("exposes ports on NodePorts when in range (else ClusterIP) and HTTP ports through an Ingress", () => {
     const service = serviceManifest(spec, options, owner)!;
     assert.equal(service.spec!.type, "NodePort");

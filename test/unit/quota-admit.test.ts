@@ -13,7 +13,7 @@ const open: QuotaLimits = {
   maxMemoryBytes: null,
   maxStorageBytes: null,
 };
-const idle: Usage = { gpus: 0, gpusPerModel: {}, environments: 0, cpuMillicores: 0, memoryBytes: 0, storageBytes: 0 };
+const idle: Usage = { gpus: 0, gpusPerModel: {}, environments: 0, cpuMillicores: 0, memoryBytes: 0, storageBytes: 0, volumeUsedBytes: 0 };
 
 function refusal(fn: () => void): QuotaExceededError {
   try {

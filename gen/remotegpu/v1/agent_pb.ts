@@ -591,7 +591,8 @@ export type RunEnvironmentCommand = Message<"remotegpu.v1.RunEnvironmentCommand"
   args: string[];
 
   /**
-   * Environment variables.
+   * Environment variables, with PORT (the container port of the environment's first port as
+   * created) unless the user set their own.
    *
    * @generated from field: map<string, string> env = 6;
    */

@@ -93,7 +93,8 @@ export type PortMapping = Message<"remotegpu.v1.PortMapping"> & {
   protocol: PortProtocol;
 
   /**
-   * Port on the host, from the configured range, unique per host.
+   * Port on the host, from the configured range, unique per host; 0 while the environment holds no
+   * host port (stopped).
    *
    * @generated from field: int32 host_port = 6;
    */
@@ -1357,7 +1358,9 @@ export const EnvironmentService: GenService<{
     output: typeof DeleteEnvironmentResponseSchema;
   },
   /**
-   * AddPortMapping exposes another port of a RUNNING environment.
+   * AddPortMapping exposes another port of an environment: on a PENDING to RUNNING one at once (in
+   * place on an agent running processes, else by restarting the workload), on a STOPPED or FAILED
+   * one in its spec only. PORT never changes.
    *
    * @generated from rpc remotegpu.v1.EnvironmentService.AddPortMapping
    */

@@ -733,7 +733,9 @@ export const GpuStatusSchema: GenEnum<GpuStatus> = /*@__PURE__*/
  */
 export const GpuService: GenService<{
   /**
-   * CreateGpu adds a GPU to a host by hand (agents report their inventory themselves).
+   * CreateGpu adds a GPU by hand to a host whose GPUs no agent reports (its agent never opened its
+   * stream). Once a host's agent has said hello its inventory is the agent's, and CreateGpu on that
+   * host is FAILED_PRECONDITION ("the agent of host X reports its GPUs").
    *
    * @generated from rpc remotegpu.v1.GpuService.CreateGpu
    */

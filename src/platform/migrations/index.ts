@@ -4,6 +4,7 @@ import { Migration20261201000000_audit } from "./Migration20261201000000_audit.j
 import { Migration20261201001000_environments } from "./Migration20261201001000_environments.js";
 import { Migration20261201002000_storage } from "./Migration20261201002000_storage.js";
 import { Migration20261201003000_indexes } from "./Migration20261201003000_indexes.js";
+import { Migration20261206000000_agent_runtime } from "./Migration20261206000000_agent_runtime.js";
 
 // Every migration, in order. Listed by hand so they run the same from TypeScript and from dist/.
 export const migrations = [
@@ -13,4 +14,5 @@ export const migrations = [
   { name: "Migration20261201001000_environments", class: Migration20261201001000_environments },
   { name: "Migration20261201002000_storage", class: Migration20261201002000_storage },
   { name: "Migration20261201003000_indexes", class: Migration20261201003000_indexes },
+  { name: "Migration20261206000000_agent_runtime", class: Migration20261206000000_agent_runtime },
 ];
