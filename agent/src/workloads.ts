@@ -1,4 +1,5 @@
 import { execFile } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { mkdir, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { promisify } from "node:util";
@@ -99,6 +100,8 @@ export interface WorkloadsOptions {
   stopGraceMs?: number;
   /** "process" runs host processes even where a container engine exists. @default detectEngine() */
   engine?: ContainerEngine | "process";
+  /** How containers are confined. @default DEFAULT_CONTAINER_POLICY, with userns where podman can */
+  containerPolicy?: Partial<ContainerPolicy>;
 }
 
 /** The state file's layout; a file of another version is not trusted. */
@@ -109,19 +112,74 @@ const SAFE_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
 
 const execFileP = promisify(execFile);
 
-/** The argv (after the engine's name) that starts an environment's container, detached. */
-export function containerRunArgs(engine: ContainerEngine, spec: WorkloadSpec, volumeDir: string): string[] {
+/**
+ * The capabilities a container keeps: what a development box needs to install packages, change file
+ * owners and modes, switch users (sudo, sshd) and bind low ports. Engine defaults dropped with them:
+ * MKNOD, NET_RAW, SETFCAP, SETPCAP.
+ */
+export const CONTAINER_CAPABILITIES = [
+  "AUDIT_WRITE",
+  "CHOWN",
+  "DAC_OVERRIDE",
+  "FOWNER",
+  "FSETID",
+  "KILL",
+  "NET_BIND_SERVICE",
+  "SETGID",
+  "SETUID",
+  "SYS_CHROOT",
+];
+
+/** How containers are confined beyond the engine's defaults. */
+export interface ContainerPolicy {
+  /** Most processes (threads count) in one container. @default 4096 */
+  pidsLimit: number;
+  /** Capabilities added to CONTAINER_CAPABILITIES by the operator. */
+  capAdd: string[];
+  /**
+   * podman only: a user namespace of its own per container (`--userns=auto`, root inside is an
+   * unprivileged uid outside), with the volume chowned into it (`:U`). Needs subordinate ids for
+   * the user "containers" in /etc/subuid and /etc/subgid. @default whether those exist
+   */
+  userns: boolean;
+}
+
+export const DEFAULT_CONTAINER_POLICY: ContainerPolicy = { pidsLimit: 4096, capAdd: [], userns: false };
+
+/** Whether podman can give each container a user namespace of its own (`--userns=auto`). */
+export function subordinateIdsForContainers(): boolean {
+  try {
+    return ["/etc/subuid", "/etc/subgid"].every((f) => /^containers:\d+:\d+$/m.test(readFileSync(f, "utf8")));
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The argv (after the engine's name) that starts an environment's container, detached. Never
+ * `--privileged`, the host's network or PID namespace, or a host path other than the volume.
+ */
+export function containerRunArgs(
+  engine: ContainerEngine,
+  spec: WorkloadSpec,
+  volumeDir: string,
+  policy: ContainerPolicy = DEFAULT_CONTAINER_POLICY,
+): string[] {
   const args = ["run", "-d", "--name", containerName(spec.environmentId)];
   for (const [k, v] of Object.entries(containerLabels(spec))) args.push("--label", `${k}=${v}`);
   // A small init as PID 1 passes the stop signal on (a program as PID 1 ignores SIGTERM by default).
   args.push("--init");
+  args.push("--security-opt", "no-new-privileges", "--pids-limit", String(policy.pidsLimit), "--cap-drop", "ALL");
+  args.push("--cap-add", [...new Set([...CONTAINER_CAPABILITIES, ...policy.capAdd])].join(","));
+  const userns = engine === "podman" && policy.userns;
+  if (userns) args.push("--userns=auto");
   if (spec.gpuUuids.length > 0) {
     // docker parses --gpus as CSV: the quotes keep a list of several GPUs in one field.
     if (engine === "docker") args.push("--gpus", `"device=${spec.gpuUuids.join(",")}"`);
     else for (const uuid of spec.gpuUuids) args.push("--device", `nvidia.com/gpu=${uuid}`); // CDI names
   }
   for (const p of spec.ports) if (p.hostPort > 0) args.push("-p", `${p.hostPort}:${p.containerPort}`);
-  args.push("-v", `${volumeDir}:/workspace`, "-w", "/workspace");
+  args.push("-v", `${volumeDir}:/workspace${userns ? ":U" : ""}`, "-w", "/workspace");
   // The engine shows the container only its GPUs; naming them by UUID holds whatever order it numbers them in.
   const gpus =
     spec.gpuUuids.length > 0 ? { CUDA_VISIBLE_DEVICES: spec.gpuUuids.join(","), NVIDIA_VISIBLE_DEVICES: spec.gpuUuids.join(",") } : {};
@@ -205,6 +263,7 @@ interface Workload {
  */
 export class Workloads {
   readonly engine: ContainerEngine | "process";
+  readonly containerPolicy: ContainerPolicy;
   private readonly workloads = new Map<string, Workload>();
   private readonly queues = new Map<string, Promise<unknown>>();
   private readonly stopGraceMs: number;
@@ -214,6 +273,7 @@ export class Workloads {
   constructor(private readonly o: WorkloadsOptions) {
     this.engine = o.engine ?? detectEngine();
     this.stopGraceMs = o.stopGraceMs ?? 10_000;
+    this.containerPolicy = { ...DEFAULT_CONTAINER_POLICY, userns: subordinateIdsForContainers(), ...o.containerPolicy };
   }
 
   get containersSupported(): boolean {
@@ -325,11 +385,10 @@ export class Workloads {
         return { ok: true, message: `ignored: generation ${spec.generation} is older than ${current.spec.generation}` };
       if (current && spec.generation === current.spec.generation) {
         const live = current.state === "STARTING" || current.state === "RUNNING";
-        if (live && this.engine === "process" && JSON.stringify(spec.ports) !== JSON.stringify(current.spec.ports)) {
-          const result = await this.changePorts(current, spec.ports);
-          if (!result.ok) return result;
-        }
+        const changed = live && this.engine === "process" && JSON.stringify(spec.ports) !== JSON.stringify(current.spec.ports);
+        const problem = changed ? await this.changePorts(current, spec.ports) : undefined;
         this.report(current);
+        if (problem) return { ok: false, message: problem };
         return { ok: true, message: `generation ${spec.generation} is already ${current.state.toLowerCase()}` };
       }
       if (current) await this.stopWorkload(current, `replaced by generation ${spec.generation}`);
@@ -466,7 +525,7 @@ export class Workloads {
         });
         w.logs.add("SYSTEM", `starting: ${spec.image}`);
         const name = containerName(spec.environmentId);
-        w.handle = await startContainer(engine, name, containerRunArgs(engine, spec, volume), this.output(w));
+        w.handle = await startContainer(engine, name, containerRunArgs(engine, spec, volume, this.containerPolicy), this.output(w));
       }
     } catch (err) {
       await closeAll(w.proxies);
@@ -486,9 +545,10 @@ export class Workloads {
   }
 
   private async awaitReady(w: Workload): Promise<void> {
-    // In process mode the workload listens on 127.0.0.1; a container is reached through its published port.
-    const first = w.spec.ports[0];
-    const port = this.engine === "process" ? first?.containerPort : first?.hostPort;
+    // The port it listens on is PORT. In process mode that is on 127.0.0.1; a container is reached
+    // through the host port PORT is published on (none left published: nothing to wait for).
+    const main = Number(workloadEnv(w.spec).PORT) || undefined;
+    const port = this.engine === "process" ? main : w.spec.ports.find((p) => p.containerPort === main && p.hostPort > 0)?.hostPort;
     while (w.state === "STARTING" && !w.stopping) {
       if (!port || (await accepts(port))) {
         if (w.state === "STARTING" && !w.stopping) this.transition(w, "RUNNING", "");
@@ -513,18 +573,20 @@ export class Workloads {
     }
   }
 
-  /** A changed port list on a running process: only the forwarders change, the workload runs on. */
-  private async changePorts(w: Workload, ports: WorkloadPort[]): Promise<RunResult> {
-    try {
-      await this.openProxies(w, ports);
-    } catch (err) {
-      await this.openProxies(w, w.spec.ports).catch(() => undefined); // back to what it was
-      return { ok: false, message: errorMessage(err) };
-    }
+  /**
+   * A changed port list on a running process: only the forwarders change, the workload runs on.
+   * A forwarder that cannot listen is said in the log (and returned); the workload still runs.
+   */
+  private async changePorts(w: Workload, ports: WorkloadPort[]): Promise<string | undefined> {
+    const problem = await this.openProxies(w, ports).then(
+      () => undefined,
+      (err: unknown) => errorMessage(err),
+    );
     w.spec = { ...w.spec, ports };
     w.logs.add("SYSTEM", `ports now ${ports.map((p) => `${p.name} ${p.hostPort}->${p.containerPort}`).join(", ") || "none"}`);
+    if (problem) w.logs.add("SYSTEM", problem);
     await this.save(w);
-    return { ok: true, message: "ports changed" };
+    return problem;
   }
 
   private exited(w: Workload, handle: Handle, exit: Exit): void {

@@ -340,6 +340,14 @@ describe("unit: container run arguments", () => {
       "--label",
       "remotegpu.generation=1",
       "--init",
+      "--security-opt",
+      "no-new-privileges",
+      "--pids-limit",
+      "4096",
+      "--cap-drop",
+      "ALL",
+      "--cap-add",
+      "AUDIT_WRITE,CHOWN,DAC_OVERRIDE,FOWNER,FSETID,KILL,NET_BIND_SERVICE,SETGID,SETUID,SYS_CHROOT",
       "--gpus",
       '"device=GPU-aaa,GPU-bbb"',
       "-p",
@@ -375,9 +383,26 @@ describe("unit: container run arguments", () => {
     ]);
   });
 
+  it("confines: never privileged or the host's namespaces; podman gets its own user namespace where it can; operators add capabilities", () => {
+    const policy = { pidsLimit: 100, capAdd: ["NET_RAW", "CHOWN"], userns: true };
+    const podman = containerRunArgs("podman", base, "/v", policy);
+    for (const args of [podman, containerRunArgs("docker", base, "/v", policy)]) {
+      assert.ok(!args.some((a) => /privileged|--network=host|--net=host|--pid=host|host$/.test(a)), args.join(" "));
+      assert.equal(args.filter((a) => a === "-v").length, 1, "the volume is the only host path");
+      assert.equal(args[args.indexOf("--pids-limit") + 1], "100");
+      assert.equal(
+        args[args.indexOf("--cap-add") + 1],
+        "AUDIT_WRITE,CHOWN,DAC_OVERRIDE,FOWNER,FSETID,KILL,NET_BIND_SERVICE,SETGID,SETUID,SYS_CHROOT,NET_RAW",
+      );
+    }
+    assert.ok(podman.includes("--userns=auto"));
+    assert.ok(podman.includes("/v:/workspace:U"), "the volume is owned inside the namespace");
+    assert.ok(!containerRunArgs("docker", base, "/v", policy).includes("--userns=auto"), "docker's user namespaces are the daemon's");
+  });
+
   it("podman: one CDI device per GPU; no GPUs, limits or command: none of their flags", () => {
     const args = containerRunArgs("podman", base, "/v");
-    assert.deepEqual(args.slice(11, 15), ["--device", "nvidia.com/gpu=GPU-aaa", "--device", "nvidia.com/gpu=GPU-bbb"]);
+    assert.deepEqual(args.slice(19, 23), ["--device", "nvidia.com/gpu=GPU-aaa", "--device", "nvidia.com/gpu=GPU-bbb"]);
     const bare = containerRunArgs("docker", spec("env-2", [], { image: "ubuntu:24.04" }), "/v");
     assert.deepEqual(bare, [
       "run",
@@ -391,6 +416,14 @@ describe("unit: container run arguments", () => {
       "--label",
       "remotegpu.generation=1",
       "--init",
+      "--security-opt",
+      "no-new-privileges",
+      "--pids-limit",
+      "4096",
+      "--cap-drop",
+      "ALL",
+      "--cap-add",
+      "AUDIT_WRITE,CHOWN,DAC_OVERRIDE,FOWNER,FSETID,KILL,NET_BIND_SERVICE,SETGID,SETUID,SYS_CHROOT",
       "-v",
       "/v:/workspace",
       "-w",
