@@ -42,6 +42,7 @@ export async function hostsCommand(cli: Cli): Promise<void> {
       lastHeartbeatTime: lastHeartbeat?.toISOString() ?? null,
       heartbeatAge: age(lastHeartbeat || undefined, now),
       statusMessage: h.statusMessage,
+      runtimeUnavailableReason: h.runtimeUnavailableReason,
     };
   });
   if (cli.json)
@@ -68,6 +69,8 @@ export async function hostsCommand(cli: Cli): Promise<void> {
       [3, 4, 5, 6, 7],
     ),
   );
+  // Under the table: an ONLINE, schedulable host that takes nothing needs its reason in view.
+  for (const r of rows) if (r.runtimeUnavailableReason) cli.out(`${r.name} cannot run environments: ${r.runtimeUnavailableReason}`);
 }
 
 /** `cordon`, `uncordon`, `drain`. */

@@ -31,6 +31,8 @@ export interface AgentWorkloads {
   /** Environments running now (sent in each hello, so a reconnect does not start them twice). */
   running(): string[];
   containersSupported: boolean;
+  /** Why it cannot run environments now (no container engine, and process mode not asked for); "" or unset when it can. Sent in each hello. */
+  runtimeUnavailableReason?: string;
   /** Port traffic per environment, sent with each heartbeat (idle auto-stop). */
   activity(): MessageInitShape<typeof WorkloadActivitySchema>[];
 }
@@ -231,6 +233,7 @@ export class AgentSession {
           gpus: this.gpus,
           runningEnvironmentIds: this.o.workloads?.running() ?? [],
           containersSupported: this.o.workloads?.containersSupported ?? false,
+          runtimeUnavailableReason: this.o.workloads?.runtimeUnavailableReason ?? "",
         },
       });
       const first = await responses.next();

@@ -35,12 +35,17 @@ async function query<T extends Row>(em: EntityManager, sql: string, params: unkn
   return em.getConnection().execute<T[]>(sql, params, "all", em.getTransactionContext());
 }
 
+/** A host that takes new environments: online, not cordoned, and its agent did not say it cannot run them. */
+const OPEN_HOST = "h.status = 'ONLINE' and h.schedulable and h.runtime_unavailable_reason = ''";
+
 /**
  * Chooses a host and GPUs for an environment inside the caller's transaction. Best fit: among online,
  * schedulable hosts with enough free healthy GPUs of the model, the one with the fewest free, so big
- * requests still find whole hosts later. GPUs are locked FOR UPDATE SKIP LOCKED, so concurrent
- * placements take different GPUs instead of waiting; the host is share-locked and re-read, so a
- * concurrent cordon or drain either waits for this placement or is seen by it.
+ * requests still find whole hosts later. Hosts whose agent said it cannot run environments (no
+ * container engine, say) are skipped, and their reasons given in the refusal when nothing else fits.
+ * GPUs are locked FOR UPDATE SKIP LOCKED, so concurrent placements take different GPUs instead of
+ * waiting; the host is share-locked and re-read, so a concurrent cordon, drain or hello either waits
+ * for this placement or is seen by it.
  */
 export async function placeEnvironment(em: EntityManager, req: PlacementRequest): Promise<Placement> {
   const modelFilter = req.gpuModel ? [req.gpuModel] : req.allowedModels;
@@ -51,7 +56,7 @@ export async function placeEnvironment(em: EntityManager, req: PlacementRequest)
     em,
     `select h.id, (count(g.id) filter (where ${free}))::int as free
        from hosts h left join gpus g on g.host_id = h.id
-      where h.status = 'ONLINE' and h.schedulable ${hostSql}
+      where ${OPEN_HOST} ${hostSql}
       group by h.id
      having (count(g.id) filter (where ${free})) >= ?
       order by free asc, h.id
@@ -63,13 +68,14 @@ export async function placeEnvironment(em: EntityManager, req: PlacementRequest)
     // Each candidate under a savepoint: the locks taken on one that does not fit are given back.
     await query(em, "savepoint placement", []);
     // The host first (as DeleteHost and drains take it), then its GPUs: one lock order, no deadlock.
-    const [host] = await query<{ status: string; schedulable: boolean }>(
+    const [host] = await query<{ status: string; schedulable: boolean; runtime_unavailable_reason: string }>(
       em,
-      "select status, schedulable from hosts where id = ? for share",
+      "select status, schedulable, runtime_unavailable_reason from hosts where id = ? for share",
       [candidate.id],
     );
+    const open = host?.status === "ONLINE" && host.schedulable && host.runtime_unavailable_reason === "";
     const gpus =
-      host?.status !== "ONLINE" || !host.schedulable || req.gpuCount === 0
+      !open || req.gpuCount === 0
         ? []
         : await query<PlacedGpu & Row>(
             em,
@@ -78,28 +84,49 @@ export async function placeEnvironment(em: EntityManager, req: PlacementRequest)
               order by g.index limit ? for update skip locked`,
             [candidate.id, ...modelFilter, req.gpuCount],
           );
-    if (host?.status === "ONLINE" && host.schedulable && gpus.length === req.gpuCount) {
+    if (open && gpus.length === req.gpuCount) {
       await query(em, "release savepoint placement", []);
       return { hostId: candidate.id, gpus: gpus.map((g) => ({ id: g.id, uuid: g.uuid, index: g.index, model: g.model })) };
     }
-    contended ||= host?.status === "ONLINE" && host.schedulable; // its free GPUs are being taken right now
+    contended ||= open; // its free GPUs are being taken right now
     await query(em, "rollback to savepoint placement", []);
   }
   if (contended) throw new ConflictError("the free GPUs that fit were being allocated by concurrent requests; retry");
   throw await noRoom(em, req, modelFilter, modelSql);
 }
 
-/** RESOURCE_EXHAUSTED with what there is, so the caller can tell how far off the request is. */
+/**
+ * RESOURCE_EXHAUSTED with what there is, so the caller can tell how far off the request is, and why
+ * hosts that would have fit were skipped: their agent said it cannot run environments.
+ */
 async function noRoom(em: EntityManager, req: PlacementRequest, modelFilter: string[], modelSql: string): Promise<ResourceExhaustedError> {
   const hostSql = req.onlyHost ? "and h.id = ?" : "";
+  const hostParams = req.onlyHost ? [req.onlyHost] : [];
+  const free = `g.status = 'AVAILABLE' and g.holder is null ${modelSql}`;
   const [counts] = await query<{ total: number; best: number }>(
     em,
     `select coalesce(sum(n), 0)::int as total, coalesce(max(n), 0)::int as best from (
        select count(*) as n from gpus g join hosts h on h.id = g.host_id
-        where h.status = 'ONLINE' and h.schedulable and g.status = 'AVAILABLE' and g.holder is null ${modelSql} ${hostSql}
+        where ${OPEN_HOST} and ${free} ${hostSql}
         group by h.id) per_host`,
-    [...modelFilter, ...(req.onlyHost ? [req.onlyHost] : [])],
+    [...modelFilter, ...hostParams],
   );
+  // Hosts that would have fit but for what their agent said, per reason, with how many there are in all.
+  const unable = await query<{ reason: string; n: number; hosts: number }>(
+    em,
+    `select reason, count(*)::int as n, (sum(count(*)) over ())::int as hosts from (
+       select h.runtime_unavailable_reason as reason from hosts h left join gpus g on g.host_id = h.id
+        where h.status = 'ONLINE' and h.schedulable and h.runtime_unavailable_reason <> '' ${hostSql}
+        group by h.id
+       having (count(g.id) filter (where ${free})) >= ?) skipped
+      group by reason order by n desc, reason limit 3`,
+    [...hostParams, ...modelFilter, req.gpuCount],
+  );
+  if (req.onlyHost && unable[0])
+    return new ResourceExhaustedError(
+      `host ${req.onlyHost}, where the environment's volume is, cannot run environments: ${unable[0].reason}`,
+    );
+  const skipped = cannotRun(unable);
   const model = req.gpuModel
     ? `of model "${req.gpuModel}"`
     : modelFilter.length > 0
@@ -107,13 +134,29 @@ async function noRoom(em: EntityManager, req: PlacementRequest, modelFilter: str
       : "";
   const where = req.onlyHost ? `on host ${req.onlyHost}, where the environment's volume is` : "on any online, schedulable host";
   if (req.gpuCount === 0)
-    return new ResourceExhaustedError(`no online, schedulable host ${req.onlyHost ? `(host ${req.onlyHost} is not)` : "to place it on"}`);
+    return new ResourceExhaustedError(
+      `no online, schedulable host ${req.onlyHost ? `(host ${req.onlyHost} is not)` : "to place it on"}${skipped}`,
+    );
   return new ResourceExhaustedError(
     `no host with ${req.gpuCount} free healthy GPU(s) ${model} ${where}: the most free on one host is ${counts?.best ?? 0}, ${counts?.total ?? 0} free in all`.replace(
       / +/g,
       " ",
-    ),
+    ) + skipped,
   );
+}
+
+/**
+ * "; 1 host cannot run environments: <reason>" from the skipped hosts (the commonest reasons, each
+ * with its count when they differ); "" for none.
+ */
+function cannotRun(unable: { reason: string; n: number; hosts: number }[]): string {
+  const first = unable[0];
+  if (!first) return "";
+  const hosts = (n: number) => `${n} host${n === 1 ? "" : "s"}`;
+  const shown = unable.reduce((sum, u) => sum + u.n, 0);
+  const reasons = first.n === first.hosts ? first.reason : unable.map((u) => `${u.reason} (${hosts(u.n)})`).join("; ");
+  const more = shown < first.hosts ? `; ${hosts(first.hosts - shown)} for other reasons` : "";
+  return `; ${hosts(first.hosts)} cannot run environments: ${reasons}${more}`;
 }
 
 /**

@@ -22,6 +22,8 @@ export interface AgentHello {
   gpus: ReportedGpu[];
   /** It runs workloads as containers (docker or podman), not as host processes. */
   containersSupported: boolean;
+  /** Why it cannot run environments now (no container engine, process mode not asked for); "" when it can. */
+  runtimeUnavailableReason: string;
 }
 
 /** Thrown into a session's stream when a newer session for the same host replaced it (ABORTED). */
@@ -155,7 +157,7 @@ export class AgentSessions {
         const now = this.clock.now();
         // The UPDATE also takes the host's row lock: concurrent hellos for one host run one at a time.
         const updated = await trx.raw(
-          `update hosts set agent_version = ?, containers_supported = ?, agent_connected_at = ?,
+          `update hosts set agent_version = ?, containers_supported = ?, runtime_unavailable_reason = ?, agent_connected_at = ?,
            cpu_millicores = case when ?::bigint > 0 then ?::bigint else cpu_millicores end,
            memory_bytes = case when ?::bigint > 0 then ?::bigint else memory_bytes end,
            disk_bytes = case when ?::bigint > 0 then ?::bigint else disk_bytes end,
@@ -167,6 +169,7 @@ export class AgentSessions {
           [
             hello.agentVersion,
             hello.containersSupported,
+            hello.runtimeUnavailableReason,
             now,
             hello.cpuMillicores,
             hello.cpuMillicores,
@@ -268,10 +271,14 @@ export class AgentSessions {
   }
 }
 
+/** Longest runtime_unavailable_reason kept from a hello. */
+export const MAX_RUNTIME_REASON = 1024;
+
 function checkHello(hello: AgentHello): void {
   checkId("hello.host_id", hello.hostId);
   const v = new Violations();
   checkString(v, "hello.agent_version", hello.agentVersion, { max: 64 });
+  checkString(v, "hello.runtime_unavailable_reason", hello.runtimeUnavailableReason, { max: MAX_RUNTIME_REASON });
   v.check(hello.gpus.length <= 64, "hello.gpus", "at most 64 GPUs per host");
   const uuids = new Set<string>();
   const indexes = new Set<number>();

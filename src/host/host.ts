@@ -19,6 +19,7 @@ export class Host {
     | "kubernetesNodeName"
     | "containersSupported"
     | "agentConnectedAt"
+    | "runtimeUnavailableReason"
     | "version";
   id: string = randomUUID();
   name!: string;
@@ -38,6 +39,11 @@ export class Host {
   containersSupported = false;
   /** When its agent last opened its stream (null if it never did): from then on, the agent reports the GPUs. */
   agentConnectedAt: Date | null = null;
+  /**
+   * Why its agent cannot run environments, as it said in its last hello (no container engine and
+   * process mode not asked for, say); "" when it can. Placement skips a host with one.
+   */
+  runtimeUnavailableReason = "";
   createdAt!: Date;
   updatedAt!: Date;
   version = 1;
@@ -63,6 +69,7 @@ export const HostSchema = new EntitySchema<Host>({
     kubernetesNodeName: { type: "string", length: 253 },
     containersSupported: { type: "boolean" },
     agentConnectedAt: { type: "Date", columnType: "timestamptz", nullable: true },
+    runtimeUnavailableReason: { type: "text" },
     createdAt: { type: "Date", columnType: "timestamptz" },
     updatedAt: { type: "Date", columnType: "timestamptz" },
     version: { type: "integer", version: true },
@@ -84,4 +91,14 @@ export function hasLabels(labels: Record<string, string>): FilterQuery<Host> {
  */
 export function changesPortsInPlace(host: Pick<Host, "runtime" | "containersSupported">): boolean {
   return host.runtime === "AGENT" && !host.containersSupported;
+}
+
+/**
+ * The host's status message as operators read it: why it has its status, and why it takes no
+ * environments while its agent says it cannot run them.
+ */
+export function hostStatusMessage(host: Pick<Host, "statusMessage" | "runtimeUnavailableReason">): string {
+  if (!host.runtimeUnavailableReason) return host.statusMessage;
+  const runtime = `cannot run environments: ${host.runtimeUnavailableReason}`;
+  return host.statusMessage ? `${host.statusMessage}; ${runtime}` : runtime;
 }

@@ -13,7 +13,7 @@ import type { LogStreamName } from "../environment/environment.js";
 import type { LogLineRecord } from "../environment/environment-logs.js";
 import type { WorkloadReport } from "../environment/environment-reconciler.js";
 import { InvalidArgumentError } from "../errors.js";
-import type { AgentCommand, AgentHello } from "../host/agent-sessions.js";
+import { MAX_RUNTIME_REASON, type AgentCommand, type AgentHello } from "../host/agent-sessions.js";
 import { checkId, isId } from "../ids.js";
 import type { VolumeUsageRecord } from "../telemetry/heartbeat-ingest.js";
 import type { WorkloadState } from "../runtime/runtime.js";
@@ -51,6 +51,11 @@ export function helloFromMessage(m: AgentHelloMessage): AgentHello {
       cudaVersion: g.cudaVersion,
     })),
     containersSupported: m.containersSupported,
+    // Tidied rather than refused: an agent must still connect to say why it cannot run anything.
+    runtimeUnavailableReason: m.runtimeUnavailableReason
+      .replace(/[\s\p{Cc}]+/gu, " ")
+      .trim()
+      .slice(0, MAX_RUNTIME_REASON),
   };
   v.throwIfAny();
   return hello;

@@ -19,7 +19,7 @@ import {
 } from "../../gen/remotegpu/v1/telemetry_pb.js";
 import { effectiveGpuStatus, type GpuStatus } from "../gpu/gpu.js";
 import type { GpuView } from "../gpu/gpu-inventory.js";
-import type { HostRuntime, HostStatus } from "../host/host.js";
+import { hostStatusMessage, type HostRuntime, type HostStatus } from "../host/host.js";
 import type { HostView } from "../host/host-registry.js";
 import type { GpuMetrics, GpuSampleRecord, HostSampleRecord } from "../telemetry/latest-samples.js";
 import { type Violations, toSafeNumber } from "../validation.js";
@@ -116,9 +116,10 @@ export function hostToMessage(view: HostView): HostMessage {
     gpuCount: view.gpuCount,
     availableGpuCount: view.availableGpuCount,
     latestSample: view.latestSample ? hostSampleToMessage(view.latestSample) : undefined,
-    statusMessage: h.statusMessage,
+    statusMessage: hostStatusMessage(h),
     createTime: ts(h.createdAt),
     updateTime: ts(h.updatedAt),
+    runtimeUnavailableReason: h.runtimeUnavailableReason,
   });
 }
 

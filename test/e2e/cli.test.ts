@@ -11,6 +11,7 @@ import { ROOT, agentArgv, simulatedAgentFlags } from "../support/child.js";
 import { ADMIN_TOKEN, startTestServer, type TestServer } from "../support/server.js";
 import { systemClock } from "../../src/platform/clock.js";
 import { eventually } from "../support/eventually.js";
+import { FakeAgent } from "../support/fake-agent.js";
 
 /** The CLI from its sources; the condition makes its @remotegpu/sdk imports resolve to the SDK's sources too. */
 const CLI = ["--import", "tsx", "--conditions=@remotegpu/source", "cli/src/main.ts"];
@@ -227,5 +228,39 @@ describe("e2e: the admin CLI against a live server with a real agent", function 
     const viaBin = await cli(["--json", "hosts"], {}, path.join(ROOT, "bin/remotegpu"), []);
     assert.equal(viaBin.code, 0, viaBin.stderr);
     assert.equal((JSON.parse(viaBin.stdout) as unknown[]).length, 2);
+  });
+
+  it("hosts: under the table, why a host cannot run environments; --json has it too", async () => {
+    const hosts = server.client(HostService);
+    const { host, agentToken } = await hosts.createHost({ name: "no-engine-node", address: "10.0.0.10" });
+    const reason = "no container engine answers and process mode was not asked for";
+    const bare = new FakeAgent(server, agentToken);
+    try {
+      await bare.hello(host!.id, [], { runtimeUnavailableReason: reason });
+      const out = await ok(["hosts"]);
+      const [tableText, note] = out.trimEnd().split(/\n(?=no-engine-node cannot)/);
+      assert.equal(note, `no-engine-node cannot run environments: ${reason}`);
+      const rows = table(tableText!, "NAME");
+      assert.deepEqual(
+        rows.map((r) => r.slice(0, 3)),
+        [
+          ["cli-node", "ONLINE", "yes"],
+          ["idle-node", "OFFLINE", "yes"],
+          ["no-engine-node", "ONLINE", "yes"],
+        ],
+      );
+      const listed = JSON.parse(await ok(["--json", "hosts"])) as { name: string; runtimeUnavailableReason: string }[];
+      assert.deepEqual(
+        listed.map((h) => [h.name, h.runtimeUnavailableReason]),
+        [
+          ["cli-node", ""],
+          ["idle-node", ""],
+          ["no-engine-node", reason],
+        ],
+      );
+    } finally {
+      bare.close();
+      await hosts.deleteHost({ id: host!.id });
+    }
   });
 });

@@ -210,6 +210,23 @@ describe("HostService.StreamHeartbeats", () => {
     assert.ok((await gpus.listGpus({})).gpus.length > 0, "every caller can still list GPUs");
   });
 
+  it("keeps what a hello says about not running environments, tidied, until a hello says nothing", async () => {
+    const { host, agent, token } = await newHost("agent-no-runtime");
+    // Line breaks and a long tail (an engine's error output, say) do not keep the agent from connecting.
+    const said = `no container engine answers:\n  docker: not found\n  podman: ${"x".repeat(2000)}`;
+    assert.equal((await agent.hello(host.id, [], { runtimeUnavailableReason: said })).message.case, "welcome");
+    const kept = (await hosts.getHost({ id: host.id })).host!;
+    assert.equal(kept.runtimeUnavailableReason.length, 1024);
+    assert.match(kept.runtimeUnavailableReason, /^no container engine answers: docker: not found podman: x+$/);
+    assert.equal(kept.statusMessage, `cannot run environments: ${kept.runtimeUnavailableReason}`);
+
+    const next = new FakeAgent(server, token);
+    agents.push(next);
+    await next.hello(host.id, []);
+    const cleared = (await hosts.getHost({ id: host.id })).host!;
+    assert.deepEqual([cleared.runtimeUnavailableReason, cleared.statusMessage], ["", ""]);
+  });
+
   it("refuses a negative volume size in a heartbeat", async () => {
     const { host, agent } = await newHost("agent-volumes");
     await agent.hello(host.id, []);

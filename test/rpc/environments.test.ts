@@ -38,7 +38,12 @@ describe("EnvironmentService with the agent runtime", () => {
       rounds,
     );
 
-  async function newHost(name: string, gpuCount: number, model = H100, options: { containersSupported?: boolean } = {}) {
+  async function newHost(
+    name: string,
+    gpuCount: number,
+    model = H100,
+    options: { containersSupported?: boolean; runtimeUnavailableReason?: string } = {},
+  ) {
     const res = await server.client(HostService).createHost({ name, address: "10.1.0.7" });
     const id = res.host!.id;
     const gpuList = Array.from({ length: gpuCount }, (_, i) => ({ index: i, uuid: `GPU-${name}-${i}`, model }));
@@ -823,5 +828,70 @@ describe("EnvironmentService with the agent runtime", () => {
 
     await workspaces.deleteWorkspace({ id: team, force: true });
     await other.agent.close();
+  });
+
+  it("places nothing on a host whose agent says it cannot run environments, says why, and uses it again after a hello without a reason", async () => {
+    const hosts = server.client(HostService);
+    const model = "NVIDIA RTX PRO 6000";
+    const reason = "no container engine answers (docker, podman) and process mode was not asked for (--process-mode)";
+    const team = (await workspaces.createWorkspace({ name: "bare-team" })).workspace!.id;
+    const create = async (name: string) =>
+      (await envs.createEnvironment({ workspaceId: team, name, image: "img", command: ["x"], gpuCount: 1, gpuModel: model })).environment!;
+    const bare = await newHost("bare-host", 1, model, { runtimeUnavailableReason: reason });
+
+    // Listed with what its agent said; it stays ONLINE and schedulable (not cordoned).
+    const shown = (await hosts.getHost({ id: bare.id })).host!;
+    assert.deepEqual(
+      [shown.status, shown.schedulable, shown.runtimeUnavailableReason, shown.statusMessage],
+      [HostStatus.ONLINE, true, reason, `cannot run environments: ${reason}`],
+    );
+    const listed = (await hosts.listHosts({ pageSize: 1000 })).hosts;
+    assert.equal(listed.find((h) => h.id === bare.id)?.runtimeUnavailableReason, reason);
+    assert.equal(listed.find((h) => h.id === hostId)?.runtimeUnavailableReason, "", "the other hosts can");
+
+    // The only host with the model: refused, naming the reason; nothing was held or sent.
+    const refused = await expectCode(create("on-bare"), Code.ResourceExhausted, `; 1 host cannot run environments: ${reason}`);
+    assert.match(
+      refused.rawMessage,
+      /^no host with 1 free healthy GPU\(s\) of model "NVIDIA RTX PRO 6000" .*: the most free on one host is 0, 0 free in all;/,
+    );
+    assert.equal((await workspaces.getUsage({ workspaceId: team })).usage?.environments, 0);
+    assert.equal(bare.agent.commands.length, 0);
+
+    // Another host that fits takes it.
+    const boxed = await newHost("boxed-host", 1, model, { containersSupported: true });
+    const elsewhere = await create("on-boxed");
+    assert.equal(elsewhere.hostId, boxed.id);
+    await status(elsewhere.id, EnvironmentStatus.RUNNING);
+
+    // A later hello without a reason (a container engine came up): the host takes environments again.
+    await bare.agent.close();
+    const fixed = new WorkloadAgent(server, bare.token, bare.id, bare.gpus, new Map(), { containersSupported: true });
+    await fixed.welcome;
+    const cleared = (await hosts.getHost({ id: bare.id })).host!;
+    assert.deepEqual([cleared.runtimeUnavailableReason, cleared.statusMessage], ["", ""]);
+    const onBare = await create("on-bare");
+    assert.equal(onBare.hostId, bare.id);
+    await status(onBare.id, EnvironmentStatus.RUNNING);
+
+    // The agent loses its engine again: what runs there is left alone, but it is not started there again.
+    await fixed.close();
+    const lost = "podman: cannot connect to the socket";
+    const again = new WorkloadAgent(server, bare.token, bare.id, bare.gpus, new Map(fixed.running), { runtimeUnavailableReason: lost });
+    await again.welcome;
+    await server.app.maintain();
+    assert.equal((await envs.getEnvironment({ id: onBare.id })).environment?.status, EnvironmentStatus.RUNNING);
+    assert.equal(runsOf(again, onBare.id).length, 0, "the running workload was not touched");
+    await envs.stopEnvironment({ id: onBare.id });
+    await status(onBare.id, EnvironmentStatus.STOPPED);
+    await expectCode(
+      envs.startEnvironment({ id: onBare.id }),
+      Code.ResourceExhausted,
+      `host ${bare.id}, where the environment's volume is, cannot run environments: ${lost}`,
+    );
+
+    await workspaces.deleteWorkspace({ id: team, force: true });
+    await again.close();
+    await boxed.agent.close();
   });
 });

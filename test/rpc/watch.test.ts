@@ -121,6 +121,22 @@ describe("watches", () => {
     await expectCode(reader(hosts.watchHosts({ hostId: "00000000-0000-4000-8000-000000000000" })).next(), Code.NotFound);
   });
 
+  it("WatchHosts shows what each hello says about running environments", async () => {
+    const { host, agentToken } = await hosts.createHost({ name: "watch-runtime", address: "h" });
+    const watch = reader<WatchHostsResponse>(hosts.watchHosts({ hostId: host!.id }, { signal: cancel.signal }));
+    assert.equal((await watch.next()).type, WatchEventType.INITIAL);
+    const reason = "no container engine answers and process mode was not asked for";
+    const first = new FakeAgent(server, agentToken);
+    agents.push(first);
+    await first.hello(host!.id, [], { runtimeUnavailableReason: reason });
+    const unable = (await watch.next()).host!;
+    assert.deepEqual([unable.status, unable.runtimeUnavailableReason], [HostStatus.ONLINE, reason]);
+    const second = new FakeAgent(server, agentToken);
+    agents.push(second);
+    await second.hello(host!.id, []);
+    assert.equal((await watch.next()).host?.runtimeUnavailableReason, "");
+  });
+
   it("WatchGpuTelemetry streams live samples of a GPU or a host, with the GPU's id", async () => {
     const { host, agentToken } = await hosts.createHost({ name: "watch-telemetry", address: "h" });
     const agent = new FakeAgent(server, agentToken);

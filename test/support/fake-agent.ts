@@ -18,7 +18,12 @@ export class FakeAgent {
     this.responses = server.client(HostService, { token, protocol: "grpc" }).streamHeartbeats(this.requests)[Symbol.asyncIterator]();
   }
 
-  async hello(hostId: string, gpus: { index: number; uuid: string; model?: string }[]) {
+  async hello(
+    hostId: string,
+    gpus: { index: number; uuid: string; model?: string }[],
+    /** Why it cannot run environments, as an agent without a container engine says (default: it can). */
+    { runtimeUnavailableReason = "" }: { runtimeUnavailableReason?: string } = {},
+  ) {
     this.requests.push({
       message: {
         case: "hello",
@@ -33,6 +38,7 @@ export class FakeAgent {
             cudaVersion: "12.4",
             ...g,
           })),
+          runtimeUnavailableReason,
         },
       },
     });

@@ -35,8 +35,14 @@ export class WorkloadAgent {
     gpus: { index: number; uuid: string; model?: string }[],
     /** What it runs already (environment id → generation), as an agent that reconnects. */
     running: Map<string, bigint> = new Map(),
-    /** What its hello says it can do: run containers (default: host processes only). */
-    { containersSupported = false }: { containersSupported?: boolean } = {},
+    /**
+     * What its hello says it can do: run containers (default: host processes only), or nothing, and
+     * why (default: "", it can run environments).
+     */
+    {
+      containersSupported = false,
+      runtimeUnavailableReason = "",
+    }: { containersSupported?: boolean; runtimeUnavailableReason?: string } = {},
   ) {
     this.running = new Map(running);
     const runningIds = [...running.keys()];
@@ -50,6 +56,7 @@ export class WorkloadAgent {
         gpus: gpus.map((g) => ({ model: "NVIDIA H100 80GB HBM3", memoryBytes: 80n * GiB, ...g })),
         runningEnvironmentIds: runningIds,
         containersSupported,
+        runtimeUnavailableReason,
       },
     });
     this.ended = (async () => {

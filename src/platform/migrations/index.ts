@@ -5,6 +5,7 @@ import { Migration20261201001000_environments } from "./Migration20261201001000_
 import { Migration20261201002000_storage } from "./Migration20261201002000_storage.js";
 import { Migration20261201003000_indexes } from "./Migration20261201003000_indexes.js";
 import { Migration20261206000000_agent_runtime } from "./Migration20261206000000_agent_runtime.js";
+import { Migration20261207000000_runtime_unavailable } from "./Migration20261207000000_runtime_unavailable.js";
 
 // Every migration, in order. Listed by hand so they run the same from TypeScript and from dist/.
 export const migrations = [
@@ -15,4 +16,5 @@ export const migrations = [
   { name: "Migration20261201002000_storage", class: Migration20261201002000_storage },
   { name: "Migration20261201003000_indexes", class: Migration20261201003000_indexes },
   { name: "Migration20261206000000_agent_runtime", class: Migration20261206000000_agent_runtime },
+  { name: "Migration20261207000000_runtime_unavailable", class: Migration20261207000000_runtime_unavailable },
 ];
