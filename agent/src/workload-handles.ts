@@ -38,12 +38,19 @@ export interface Handle {
 const execFileP = promisify(execFile);
 const EXIT_POLL_MS = 250;
 
-/** The first container engine that answers (`version` needs the daemon too), else "process". */
-export function detectEngine(): ContainerEngine | "process" {
+/** The first container engine that answers (`version` needs the daemon too), else "none". */
+export function detectEngine(): ContainerEngine | "none" {
   for (const engine of ["docker", "podman"] as const) {
     if (spawnSync(engine, ["version"], { stdio: "ignore", timeout: 10_000 }).status === 0) return engine;
   }
-  return "process";
+  return "none";
+}
+
+/** Who a process-mode workload runs as, and its limits (RLIMIT_NPROC of its own uid, RLIMIT_DATA). */
+export interface ProcessConfinement {
+  uid: number;
+  pidsLimit: number;
+  memoryBytes?: number;
 }
 
 /** This boot of the host: a trace from another boot names processes that are gone. */
@@ -117,11 +124,27 @@ export async function spawnProcess(
   env: Record<string, string>,
   dir: string,
   output: Output,
+  confinement?: ProcessConfinement,
 ): Promise<Handle> {
-  const files = await Promise.all((["STDOUT", "STDERR"] as const).map((s) => open(outputFile(dir, s), "w")));
+  const files = await Promise.all((["STDOUT", "STDERR"] as const).map((s) => open(outputFile(dir, s), "w", 0o600)));
   let child: ReturnType<typeof spawn>;
+  let ended: Promise<Exit>;
+  // Confined: its own uid (and gid, no other groups), with prlimit setting its limits and then
+  // becoming the program (same pid). RLIMIT_NPROC counts every process of the uid, which is its own.
+  const argv = confinement
+    ? [
+        "prlimit",
+        `--nproc=${confinement.pidsLimit}`,
+        ...(confinement.memoryBytes ? [`--data=${confinement.memoryBytes}`] : []),
+        "--",
+        ...program,
+      ]
+    : program;
+  const user = confinement ? { uid: confinement.uid, gid: confinement.uid } : {};
   try {
-    child = spawn(program[0]!, program.slice(1), { cwd, env, detached: true, stdio: ["ignore", files[0]!.fd, files[1]!.fd] });
+    child = spawn(argv[0]!, argv.slice(1), { cwd, env, detached: true, stdio: ["ignore", files[0]!.fd, files[1]!.fd], ...user });
+    // Listened for at once: a short program can be gone before the awaits below are.
+    ended = new Promise<Exit>((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
     await new Promise<void>((resolve, reject) => {
       child.once("spawn", resolve);
       child.once("error", reject);
@@ -132,7 +155,6 @@ export async function spawnProcess(
   child.on("error", () => undefined); // a failed kill of an exited group; nothing to do
   const pid = child.pid!;
   const trace = { pid, startTicks: processStart(pid) ?? "", bootId: bootId() };
-  const ended = new Promise<Exit>((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
   return followProcess(trace, dir, { STDOUT: 0, STDERR: 0 }, output, ended);
 }
 
