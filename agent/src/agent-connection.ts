@@ -15,7 +15,10 @@ import { toMessageInit, type GpuInventoryEntry, type GpuSampleRecord, type HostS
 import type { StatusReport, VolumeUsage, WorkloadEvents, WorkloadLogLine, Workloads, WorkloadSpec } from "./workloads.js";
 
 /** What the connection needs of the runtime. */
-export type WorkloadRunner = Pick<Workloads, "run" | "stop" | "remove" | "running" | "activity" | "containersSupported" | "volumeUsage">;
+export type WorkloadRunner = Pick<
+  Workloads,
+  "run" | "stop" | "remove" | "running" | "activity" | "containersSupported" | "volumeUsage" | "runtimeUnavailableReason"
+>;
 
 export interface Reading {
   inventory: GpuInventoryEntry[];
@@ -93,6 +96,7 @@ export class AgentConnection implements WorkloadEvents {
         execute: (command) => execute(w, command),
         running: () => w.running(),
         containersSupported: w.containersSupported,
+        runtimeUnavailableReason: w.runtimeUnavailableReason,
         activity: () => w.activity().map((a) => ({ environmentId: a.environmentId, lastTrafficTime: timestampFromDate(a.lastTraffic) })),
       },
     });

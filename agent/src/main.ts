@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-import { mkdirSync, readFileSync } from "node:fs";
+import { mkdirSync, readFileSync, statSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { ConnectError } from "@connectrpc/connect";
 import { AgentConnection } from "./agent-connection.js";
@@ -15,14 +15,20 @@ import { Workloads } from "./workloads.js";
 
 /** How often the volumes are measured (a walk of each; heartbeats carry the figures when new). */
 const VOLUME_SAMPLE_MS = 60_000;
-const USAGE = `usage: remotegpu-agent --server URL[,URL...] --host-id ID --token TOKEN [options]
+const USAGE = `usage: remotegpu-agent --server URL[,URL...] --host-id ID --token-file FILE [options]
   --server URL          control plane URL(s), tried in turn         (env REMOTEGPU_SERVER)
   --host-id ID          the host this agent speaks for              (env REMOTEGPU_HOST_ID)
-  --token TOKEN         the host's agent token from CreateHost      (env REMOTEGPU_AGENT_TOKEN)
+  --token-file FILE     file holding the host's agent token from CreateHost (mode 0600)
+                        (or env REMOTEGPU_AGENT_TOKEN; --token TOKEN works but shows in ps)
   --interval SECONDS    heartbeat period; default: what the server asks
   --simulate-gpus N     report N simulated GPUs instead of running nvidia-smi
   --data-dir DIR        environments and volumes; default: cwd      (env REMOTEGPU_DATA_DIR)
-  --process-mode        run environments as host processes even where docker or podman exists
+  --process-mode        run environments as host processes, not containers: for one trusted user
+                        or development (without it and without docker/podman, it runs none)
+  --workload-uids A-B   process mode as root: one uid per environment from A-B; default 200000-299999
+  --workload-pids N     process mode as root: most processes per environment; default 4096
+  --container-pids N    most processes per container; default 4096
+  --container-cap-add CAP[,CAP...]  capabilities containers get beyond the documented set
   --log-level LEVEL     default info                                (env REMOTEGPU_LOG_LEVEL)`;
 
 // The package's own version (package.json sits beside src/ and dist/ alike).
@@ -31,11 +37,16 @@ const AGENT_VERSION = (JSON.parse(readFileSync(new URL("../package.json", import
 const options = {
   server: { type: "string", default: process.env.REMOTEGPU_SERVER },
   "host-id": { type: "string", default: process.env.REMOTEGPU_HOST_ID },
-  token: { type: "string", default: process.env.REMOTEGPU_AGENT_TOKEN },
+  token: { type: "string" },
+  "token-file": { type: "string" },
   interval: { type: "string" },
   "simulate-gpus": { type: "string" },
   "data-dir": { type: "string", default: process.env.REMOTEGPU_DATA_DIR || process.cwd() },
   "process-mode": { type: "boolean" },
+  "workload-uids": { type: "string", default: "200000-299999" },
+  "workload-pids": { type: "string", default: "4096" },
+  "container-pids": { type: "string", default: "4096" },
+  "container-cap-add": { type: "string", default: "" },
   "log-level": { type: "string", default: process.env.REMOTEGPU_LOG_LEVEL || "info" },
   help: { type: "boolean" },
 } as const;
@@ -62,7 +73,36 @@ const servers = (values.server ?? "")
 if (servers.length === 0) problems.push("--server: required");
 for (const s of servers) if (!/^https?:\/\/[^/]+\/?$/.test(s)) problems.push(`--server: "${s}" is not an http(s)://host:port URL`);
 if (!values["host-id"]) problems.push("--host-id: required");
-if (!values.token) problems.push("--token: required");
+let token = process.env.REMOTEGPU_AGENT_TOKEN ?? "";
+if (values.token) {
+  token = values.token;
+  process.stderr.write("agent: warning: --token shows the token to every local user (ps, /proc); use --token-file\n");
+}
+if (values["token-file"]) {
+  try {
+    token = readFileSync(values["token-file"], "utf8").trim();
+    if ((statSync(values["token-file"]).mode & 0o077) !== 0)
+      process.stderr.write(`agent: warning: ${values["token-file"]} is readable by others than its owner; chmod 600 it\n`);
+  } catch (err) {
+    problems.push(`--token-file: ${err instanceof Error ? err.message : String(err)}`);
+  }
+}
+if (!token && !values["token-file"]) problems.push("--token-file: required (or REMOTEGPU_AGENT_TOKEN)");
+const uidRange = /^(\d+)-(\d+)$/.exec(values["workload-uids"]!);
+if (!uidRange || Number(uidRange[1]) < 1000 || Number(uidRange[1]) > Number(uidRange[2]))
+  problems.push("--workload-uids: a range FIRST-LAST of uids from 1000 up");
+const wholeNumber = (flag: "workload-pids" | "container-pids") => {
+  const n = Number(values[flag]);
+  if (!(Number.isInteger(n) && n >= 16 && n <= 1_000_000)) problems.push(`--${flag}: a whole number from 16 to 1000000`);
+  return n;
+};
+const workloadPids = wholeNumber("workload-pids");
+const containerPids = wholeNumber("container-pids");
+const capAdd = values["container-cap-add"]!.split(",")
+  .map((c) => c.trim().toUpperCase().replace(/^CAP_/, ""))
+  .filter(Boolean);
+for (const c of capAdd)
+  if (!/^[A-Z_]+$/.test(c) || c === "ALL" || c === "SYS_ADMIN") problems.push(`--container-cap-add: ${c} is not allowed`);
 const interval = values.interval === undefined ? undefined : Number(values.interval);
 if (interval !== undefined && !(interval >= 1 && interval <= 3600)) problems.push("--interval: seconds from 1 to 3600");
 const simulated = values["simulate-gpus"] === undefined ? undefined : Number(values["simulate-gpus"]);
@@ -104,20 +144,29 @@ const first = await gpus.collect().catch((err: unknown) => {
 });
 
 // Its events go up the connection built below (they only come once commands arrive through it).
+// Process mode confines workloads to a uid of their own only when the agent is root (it must be to
+// switch users); otherwise they run as the agent's user, which is for development only.
+const confined = values["process-mode"] && process.getuid?.() === 0;
+if (values["process-mode"] && !confined)
+  logger.warn("process mode without root: environments run as the agent's own user, unconfined (development only)");
 const workloads = new Workloads({
   dataDir,
   logger,
   engine: values["process-mode"] ? "process" : undefined,
+  processUsers: confined ? { first: Number(uidRange![1]), last: Number(uidRange![2]) } : undefined,
+  processPidsLimit: workloadPids,
+  containerPolicy: { pidsLimit: containerPids, capAdd },
   events: { status: (r) => connection.status(r), logs: (id, lines) => connection.logs(id, lines) },
 });
 // What an earlier agent left running is taken over before the hello, which lists it.
 await workloads.recover();
 logger.info({ gpus: first.inventory.length, simulated: simulated !== undefined, engine: workloads.engine }, "agent starting");
+if (workloads.runtimeUnavailableReason) logger.warn({ reason: workloads.runtimeUnavailableReason }, "this agent runs no environments");
 
 const connection = new AgentConnection({
   servers,
   hostId: values["host-id"]!,
-  token: values.token!,
+  token,
   agentVersion: AGENT_VERSION,
   intervalMs: interval === undefined ? undefined : interval * 1000,
   capacity: await stats.capacity(),

@@ -1,17 +1,19 @@
 import { execFile } from "node:child_process";
 import { readFileSync } from "node:fs";
-import { mkdir, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { chmod, mkdir, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { promisify } from "node:util";
 import { LineSplitter, LogBatch, type LogStreamName, type WorkloadLogLine } from "./log-lines.js";
 import type { Logger } from "./logger.js";
 import { accepts, closeAll, PortProxy } from "./port-proxy.js";
+import { killUid, ProcessUsers } from "./process-users.js";
 import {
   adoptProcess,
   bootId,
   type ContainerEngine,
   inspectContainer,
   killStrays,
+  type ProcessConfinement,
   containerName,
   detectEngine,
   ensureImage,
@@ -98,8 +100,18 @@ export interface WorkloadsOptions {
   events: WorkloadEvents;
   /** Time between the polite stop (SIGTERM, `<engine> stop`) and SIGKILL. @default 10000 */
   stopGraceMs?: number;
-  /** "process" runs host processes even where a container engine exists. @default detectEngine() */
-  engine?: ContainerEngine | "process";
+  /**
+   * "process" runs host processes even where a container engine exists (only when asked for:
+   * `--process-mode`); "none" runs nothing. @default detectEngine(): docker, podman or "none"
+   */
+  engine?: ContainerEngine | "process" | "none";
+  /**
+   * Process mode: the uids environments run as, one each (the agent must be root). Unset, workloads
+   * run as the agent's own user, unconfined. @default unset
+   */
+  processUsers?: { first: number; last: number };
+  /** Process mode, with processUsers: most processes of one environment. @default 4096 */
+  processPidsLimit?: number;
   /** How containers are confined. @default DEFAULT_CONTAINER_POLICY, with userns where podman can */
   containerPolicy?: Partial<ContainerPolicy>;
 }
@@ -227,7 +239,7 @@ function processEnv(spec: WorkloadSpec, volume: string): Record<string, string> 
 /** What `workload.json` holds. */
 interface SavedWorkload {
   version: number;
-  engine: ContainerEngine | "process";
+  engine: ContainerEngine | "process" | "none";
   spec: WorkloadSpec;
   state: WorkloadState;
   message: string;
@@ -262,8 +274,9 @@ interface Workload {
  * read, and `recover` (before the agent connects) takes over what is still running.
  */
 export class Workloads {
-  readonly engine: ContainerEngine | "process";
+  readonly engine: ContainerEngine | "process" | "none";
   readonly containerPolicy: ContainerPolicy;
+  private readonly users?: ProcessUsers;
   private readonly workloads = new Map<string, Workload>();
   private readonly queues = new Map<string, Promise<unknown>>();
   private readonly stopGraceMs: number;
@@ -274,10 +287,18 @@ export class Workloads {
     this.engine = o.engine ?? detectEngine();
     this.stopGraceMs = o.stopGraceMs ?? 10_000;
     this.containerPolicy = { ...DEFAULT_CONTAINER_POLICY, userns: subordinateIdsForContainers(), ...o.containerPolicy };
+    if (this.engine === "process" && o.processUsers) this.users = new ProcessUsers(o.dataDir, o.processUsers.first, o.processUsers.last);
   }
 
   get containersSupported(): boolean {
-    return this.engine !== "process";
+    return this.engine === "docker" || this.engine === "podman";
+  }
+
+  /** Why this agent runs no environments, for its hello; "" when it does. */
+  get runtimeUnavailableReason(): string {
+    return this.engine === "none"
+      ? "no container engine (docker or podman) answers on this host, and the agent was not started with --process-mode"
+      : "";
   }
 
   /** Ids of the environments starting or running (for the agent's hello). */
@@ -355,7 +376,7 @@ export class Workloads {
       } catch (err) {
         w.logs.add("SYSTEM", errorMessage(err));
       }
-    } else if (trace?.kind === "container" && this.engine !== "process") {
+    } else if (trace?.kind === "container" && (this.engine === "docker" || this.engine === "podman")) {
       const container = await inspectContainer(this.engine, trace.name);
       if (!container) return gone("its container is gone");
       if (!container.running)
@@ -380,6 +401,7 @@ export class Workloads {
     checkId(spec.environmentId);
     return this.serial(spec.environmentId, async () => {
       if (this.closing) throw new Error("the agent is shutting down");
+      if (this.engine === "none") return { ok: false, message: this.runtimeUnavailableReason };
       const current = this.workloads.get(spec.environmentId);
       if (current && spec.generation < current.spec.generation)
         return { ok: true, message: `ignored: generation ${spec.generation} is older than ${current.spec.generation}` };
@@ -424,10 +446,11 @@ export class Workloads {
       const w = this.workloads.get(environmentId);
       if (w) await this.halt(w);
       // A container may outlive the agent that started it.
-      if (this.engine !== "process") await execFileP(this.engine, ["rm", "-f", containerName(environmentId)]).catch(() => undefined);
+      if (this.containersSupported) await execFileP(this.engine, ["rm", "-f", containerName(environmentId)]).catch(() => undefined);
       this.workloads.delete(environmentId); // no state file is written for it from now on
       await w?.saving;
       await rm(this.dirOf(environmentId), { recursive: true, force: true });
+      await this.users?.release(environmentId);
       w?.logs.add("SYSTEM", "removed");
       w?.logs.flush();
       const generation = Math.max(atLeastGeneration, w?.spec.generation ?? 0);
@@ -508,12 +531,13 @@ export class Workloads {
           throw new Error(`port ${p.name}: invalid port numbers`);
       await mkdir(volume, { recursive: true });
       if (this.engine === "process") {
+        const confinement = await this.confine(spec.environmentId, volume, spec.memoryBytes);
         const strays = await killStrays(spec.environmentId);
         if (strays > 0) w.logs.add("SYSTEM", `killed ${strays} leftover process(es) of an earlier run`);
         await this.openProxies(w, spec.ports);
         w.logs.add("SYSTEM", `starting: ${program.join(" ")}`);
-        w.handle = await spawnProcess(program, volume, processEnv(spec, volume), dir, this.output(w));
-      } else {
+        w.handle = await spawnProcess(program, volume, processEnv(spec, volume), dir, this.output(w), confinement);
+      } else if (this.engine !== "none") {
         const engine = this.engine;
         let said = 0;
         await ensureImage(engine, spec.image, (line) => {
@@ -599,6 +623,7 @@ export class Workloads {
     w.logs.add("SYSTEM", how);
     if (w.stopping) return; // stopWorkload reports
     w.handle = undefined;
+    if (this.users) void this.users.uidOf(w.spec.environmentId).then(killUid); // what it left behind
     void closeAll(w.proxies);
     w.proxies = [];
     w.logs.flush();
@@ -616,10 +641,28 @@ export class Workloads {
     this.o.logger.info({ environmentId: w.spec.environmentId, generation: w.spec.generation }, "environment stopped");
   }
 
+  /**
+   * Process mode with its own uid: the environment's uid, its volume owned by that uid alone, and the
+   * directories above it passable (not readable) by others, so that it reaches its volume and nothing
+   * else of the agent's. Whatever still runs as that uid (an earlier run's leftovers) is killed.
+   */
+  private async confine(environmentId: string, volume: string, memoryBytes?: number): Promise<ProcessConfinement | undefined> {
+    if (!this.users) return undefined;
+    const uid = await this.users.uidOf(environmentId);
+    await killUid(uid);
+    for (const d of [this.o.dataDir, path.dirname(path.dirname(volume)), path.dirname(volume)]) await chmod(d, 0o711);
+    const owner = (await stat(volume)).uid;
+    if (owner !== uid) await execFileP("chown", ["-R", `${uid}:${uid}`, volume]);
+    await chmod(volume, 0o700);
+    return { uid, pidsLimit: this.o.processPidsLimit ?? 4096, memoryBytes: memoryBytes || undefined };
+  }
+
   /** Ends the workload and its port forwarding, without reporting. */
   private async halt(w: Workload): Promise<void> {
     w.stopping = true;
     await w.handle?.stop(this.stopGraceMs);
+    // A confined workload's uid is its own: nothing of it survives, not even what left its group.
+    if (w.handle && this.users) await killUid(await this.users.uidOf(w.spec.environmentId));
     w.handle = undefined;
     await closeAll(w.proxies);
     w.proxies = [];

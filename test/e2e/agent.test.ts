@@ -1,5 +1,8 @@
 import { strict as assert } from "node:assert";
 import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtemp, symlink, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import path from "node:path";
 import { timestampFromDate, durationFromMs } from "@bufbuild/protobuf/wkt";
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
@@ -13,8 +16,8 @@ import { createTestDatabase, type TestDatabase } from "../support/database.js";
 import { ADMIN_TOKEN } from "../support/server.js";
 import { eventually } from "../support/eventually.js";
 
-function runAgent(args: string[]): { child: ChildProcess; stderr: () => string; exited: Promise<number | null> } {
-  const child = spawn(process.execPath, agentArgv(args), { cwd: ROOT, stdio: ["ignore", "ignore", "pipe"] });
+function runAgent(args: string[], env?: NodeJS.ProcessEnv): { child: ChildProcess; stderr: () => string; exited: Promise<number | null> } {
+  const child = spawn(process.execPath, agentArgv(args), { cwd: ROOT, env, stdio: ["ignore", "ignore", "pipe"] });
   let err = "";
   child.stderr!.setEncoding("utf8").on("data", (c: string) => (err += c));
   return { child, stderr: () => err, exited: new Promise((resolve) => child.once("exit", (code) => resolve(code))) };
@@ -68,7 +71,20 @@ describe("e2e: the node agent", function () {
     const hosts = createClient(HostService, transport());
     const gpus = createClient(GpuService, transport());
     const { host, agentToken } = await hosts.createHost({ name: "agent-e2e", address: "127.0.0.1" });
-    const agent = runAgent(["--server", `http://127.0.0.1:${port}`, "--host-id", host!.id, "--token", agentToken, "--simulate-gpus", "4"]);
+    // The documented way: the token in a file of mode 0600, never on the command line.
+    const dir = await mkdtemp(path.join(tmpdir(), "rgpu-agent-token-"));
+    const tokenFile = path.join(dir, "token");
+    await writeFile(tokenFile, `${agentToken}\n`, { mode: 0o600 });
+    const agent = runAgent([
+      "--server",
+      `http://127.0.0.1:${port}`,
+      "--host-id",
+      host!.id,
+      "--token-file",
+      tokenFile,
+      "--simulate-gpus",
+      "4",
+    ]);
     agents.push(agent.child);
 
     const first = await eventually("4 GPUs reporting", async () => {
@@ -103,6 +119,7 @@ describe("e2e: the node agent", function () {
 
     agent.child.kill("SIGTERM");
     assert.equal(await agent.exited, 0, agent.stderr());
+    assert.doesNotMatch(agent.stderr(), /warning/, "no warning for a token file of mode 0600");
   });
 
   it("exits with a clear message when the server refuses its token", async () => {
@@ -119,6 +136,26 @@ describe("e2e: the node agent", function () {
     agents.push(agent.child);
     assert.equal(await agent.exited, 1);
     assert.match(agent.stderr(), /refused this agent: .*invalid token/);
+    assert.match(agent.stderr(), /warning: --token shows the token to every local user/);
+  });
+
+  it("with no container engine and no --process-mode, runs no environments and says why in its hello", async () => {
+    const hosts = createClient(HostService, transport());
+    const { host, agentToken } = await hosts.createHost({ name: "agent-no-engine", address: "127.0.0.1" });
+    // A PATH without docker or podman; the token from the environment, as the systemd unit passes it.
+    const bin = await mkdtemp(path.join(tmpdir(), "rgpu-path-"));
+    await symlink(process.execPath, path.join(bin, "node"));
+    const env = { PATH: bin, REMOTEGPU_AGENT_TOKEN: agentToken };
+    const agent = runAgent(["--server", `http://127.0.0.1:${port}`, "--host-id", host!.id, "--simulate-gpus", "1"], env);
+    agents.push(agent.child);
+    const seen = await eventually("the reason on the host", async () => {
+      const h = (await hosts.getHost({ id: host!.id })).host!;
+      return h.status === HostStatus.ONLINE && h.runtimeUnavailableReason !== "" && h;
+    });
+    assert.match(seen.runtimeUnavailableReason, /no container engine \(docker or podman\).*--process-mode/);
+    assert.doesNotMatch(agent.stderr(), /warning: --token/);
+    agent.child.kill("SIGTERM");
+    assert.equal(await agent.exited, 0, agent.stderr());
   });
 
   it("refuses bad flags, naming each", async () => {

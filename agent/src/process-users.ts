@@ -1,0 +1,91 @@
+import { readdir, readFile, rename, writeFile } from "node:fs/promises";
+import path from "node:path";
+
+/**
+ * Unprivileged uids for process-mode workloads, one per environment, taken from a range the
+ * operator gives (`--workload-uids`) and kept in `<dataDir>/workload-uids.json` so that an
+ * environment keeps its uid (and so its volume's owner) across runs and agent restarts. The uid is
+ * also the workload's gid and its only group.
+ */
+export class ProcessUsers {
+  private assigned?: Record<string, number>;
+  private queue: Promise<unknown> = Promise.resolve();
+  private readonly file: string;
+
+  constructor(
+    dataDir: string,
+    readonly first: number,
+    readonly last: number,
+  ) {
+    if (!(Number.isInteger(first) && Number.isInteger(last) && first > 0 && first <= last && last < 2 ** 31))
+      throw new Error(`workload uids: ${first}-${last} is not a range of positive uids`);
+    this.file = path.join(dataDir, "workload-uids.json");
+  }
+
+  /** The environment's uid, assigning the lowest free one of the range the first time. */
+  uidOf(environmentId: string): Promise<number> {
+    return this.serial(async (assigned) => {
+      const known = assigned[environmentId];
+      if (known !== undefined) return known;
+      const taken = new Set(Object.values(assigned));
+      for (let uid = this.first; uid <= this.last; uid++) {
+        if (taken.has(uid)) continue;
+        assigned[environmentId] = uid;
+        await this.write(assigned);
+        return uid;
+      }
+      throw new Error(`no free workload uid left in ${this.first}-${this.last}`);
+    });
+  }
+
+  /** Gives an environment's uid back (it was removed, volume and all). */
+  release(environmentId: string): Promise<void> {
+    return this.serial(async (assigned) => {
+      if (!(environmentId in assigned)) return;
+      delete assigned[environmentId];
+      await this.write(assigned);
+    });
+  }
+
+  private serial<T>(fn: (assigned: Record<string, number>) => Promise<T>): Promise<T> {
+    const result = this.queue.then(async () => fn(await this.load()));
+    this.queue = result.catch(() => undefined);
+    return result;
+  }
+
+  private async load(): Promise<Record<string, number>> {
+    if (this.assigned) return this.assigned;
+    const text = await readFile(this.file, "utf8").catch(() => "{}");
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(text);
+    } catch {
+      throw new Error(`${this.file} is not JSON: fix or remove it (environments' uids are kept there)`);
+    }
+    const assigned: Record<string, number> = {};
+    for (const [id, uid] of Object.entries(parsed as Record<string, unknown>))
+      if (typeof uid === "number" && uid >= this.first && uid <= this.last) assigned[id] = uid;
+    this.assigned = assigned;
+    return assigned;
+  }
+
+  private async write(assigned: Record<string, number>): Promise<void> {
+    await writeFile(`${this.file}.tmp`, JSON.stringify(assigned), { mode: 0o600 });
+    await rename(`${this.file}.tmp`, this.file);
+  }
+}
+
+/** SIGKILLs every process whose real uid is `uid` (a workload's, all of it: what left its group too). */
+export async function killUid(uid: number): Promise<void> {
+  for (const entry of await readdir("/proc").catch(() => [] as string[])) {
+    const pid = Number(entry);
+    if (!Number.isInteger(pid)) continue;
+    const status = await readFile(`/proc/${pid}/status`, "utf8").catch(() => "");
+    if (Number(/^Uid:\s+(\d+)/m.exec(status)?.[1]) !== uid) continue;
+    try {
+      process.kill(pid, "SIGKILL");
+    } catch {
+      // gone already
+    }
+  }
+}

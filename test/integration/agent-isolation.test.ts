@@ -1,0 +1,196 @@
+import { strict as assert } from "node:assert";
+import { execFile } from "node:child_process";
+import { readFileSync, statSync } from "node:fs";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { promisify } from "node:util";
+import { Workloads } from "../../agent/src/workloads.js";
+import { createLogger } from "../../src/platform/logger.js";
+import { preparePodman, removeTestContainers, TEST_IMAGE } from "../support/podman.js";
+import { Recorder, spec, twoPorts } from "../support/workload-recorder.js";
+
+const execFileP = promisify(execFile);
+const logger = createLogger("silent");
+
+// What a tenant with a workspace member token can make a workload do on an agent host, tried for
+// real: each attempt prints "<what>: <outcome>" and the tests read those lines.
+const PROBE = `
+import os, sys, signal
+def attempt(what, fn):
+    try:
+        fn(); print(f"{what}: allowed", flush=True)
+    except OSError as e:
+        print(f"{what}: {e.strerror}", flush=True)
+for what, target in [("other volume", sys.argv[1]), ("token", sys.argv[2]), ("state", sys.argv[3]), ("agent environ", f"/proc/{sys.argv[4]}/environ")]:
+    attempt(what, lambda t=target: open(t, "rb").read())
+attempt("kill other", lambda: os.kill(int(sys.argv[5]), signal.SIGKILL))
+print("uid", os.getuid(), "secret" if "REMOTEGPU_TEST_SECRET" in os.environ else "no secret", flush=True)
+`;
+
+describe("integration: process-mode workloads confined to a uid of their own (agent as root)", function () {
+  this.timeout(60_000);
+  let dataDir: string;
+  let events: Recorder;
+  let workloads: Workloads;
+
+  before(function () {
+    if (process.getuid?.() !== 0) this.skip(); // switching users needs root, as on a GPU server
+  });
+  beforeEach(async () => {
+    dataDir = await mkdtemp(path.join(os.tmpdir(), "rgpu-iso-"));
+    events = new Recorder();
+    workloads = new Workloads({
+      dataDir,
+      logger,
+      events,
+      engine: "process",
+      stopGraceMs: 300,
+      processUsers: { first: 231000, last: 231009 },
+      processPidsLimit: 40,
+    });
+  });
+  afterEach(async () => {
+    await workloads.shutdown();
+    await rm(dataDir, { recursive: true, force: true });
+  });
+
+  it("cannot read another environment's volume, the agent's token, state or environ, nor kill another workload", async () => {
+    const [hostPort, containerPort] = await twoPorts();
+    const web = spec("iso-victim", ["python3", "-m", "http.server", String(containerPort), "--bind", "127.0.0.1"], {
+      ports: [{ name: "web", containerPort, hostPort, protocol: "HTTP" }],
+    });
+    await workloads.run(web);
+    await events.state("iso-victim", "RUNNING");
+    const victimVolume = path.join(dataDir, "environments", "iso-victim", "volume");
+    await writeFile(path.join(victimVolume, "secret.txt"), "the victim's data\n");
+    const victimPid = JSON.parse(readFileSync(path.join(dataDir, "environments", "iso-victim", "workload.json"), "utf8")).trace.pid;
+    const token = path.join(dataDir, "agent-token");
+    await writeFile(token, "rgpu_secret\n", { mode: 0o600 });
+    process.env.REMOTEGPU_TEST_SECRET = "the agent's own environment";
+    try {
+      await workloads.run(
+        spec("iso-attacker", ["python3", "-c", PROBE], {
+          args: [
+            path.join(victimVolume, "secret.txt"),
+            token,
+            path.join(dataDir, "environments", "iso-victim", "workload.json"),
+            String(process.pid), // the agent is this process here
+            String(victimPid),
+          ],
+        }),
+      );
+      await events.state("iso-attacker", "FAILED"); // it ends when done
+    } finally {
+      delete process.env.REMOTEGPU_TEST_SECRET;
+    }
+    const said = events.texts("iso-attacker").filter((t) => t.startsWith("STDOUT "));
+    assert.deepEqual(said, [
+      "STDOUT other volume: Permission denied",
+      "STDOUT token: Permission denied",
+      "STDOUT state: Permission denied",
+      "STDOUT agent environ: Permission denied",
+      "STDOUT kill other: Operation not permitted",
+      "STDOUT uid 231001 no secret",
+    ]);
+    const victim = statSync(victimVolume);
+    assert.equal(victim.uid, 231000, "each volume belongs to its environment's uid");
+    assert.equal(victim.mode & 0o777, 0o700);
+    assert.equal((await fetch(`http://127.0.0.1:${hostPort}/secret.txt`)).status, 200, "the victim runs on");
+  });
+
+  it("a fork bomb stops at its pids limit and a memory hog at its memory; the others run on, and a stop ends every process of the uid", async () => {
+    const [hostPort, containerPort] = await twoPorts();
+    await workloads.run(
+      spec("iso-web", ["python3", "-m", "http.server", String(containerPort), "--bind", "127.0.0.1"], {
+        ports: [{ name: "web", containerPort, hostPort, protocol: "HTTP" }],
+      }),
+    );
+    await events.state("iso-web", "RUNNING");
+    // Forks until it cannot, then says how far it got (children that left its group included).
+    const bomb = "n=0; while [ $n -lt 500 ]; do (setsid sleep 300 &) 2>/dev/null || break; n=$((n+1)); done; echo forked $n; sleep 300";
+    await workloads.run(spec("iso-bomb", ["sh", "-c", bomb]));
+    const forked = await events.line("iso-bomb", (l) => l.text.startsWith("forked "), "how many forks");
+    assert.ok(Number(forked.text.split(" ")[1]) < 40, forked.text);
+    const hog = "try:\n    b = bytearray(512 * 2**20)\n    print('got 512 MiB')\nexcept MemoryError:\n    print('MemoryError')";
+    await workloads.run(spec("iso-hog", ["python3", "-c", hog], { memoryBytes: 128 * 2 ** 20 }));
+    await events.line("iso-hog", (l) => l.stream === "STDOUT", "the hog's answer").then((l) => assert.equal(l.text, "MemoryError"));
+    assert.equal((await fetch(`http://127.0.0.1:${hostPort}/`)).status, 200, "the neighbour still serves");
+
+    const uid = statSync(path.join(dataDir, "environments", "iso-bomb", "volume")).uid;
+    await workloads.stop("iso-bomb");
+    await events.state("iso-bomb", "STOPPED");
+    // Zombies do not count: they are dead (this sandbox's PID 1 does not reap orphans; systemd would).
+    const { stdout } = await execFileP("ps", ["-o", "stat=,pid=", "-u", String(uid)]).catch(() => ({ stdout: "" }));
+    const living = stdout.split("\n").filter((l) => l.trim() && !l.trim().startsWith("Z"));
+    assert.deepEqual(living, [], "no process of the bomb's uid is left, not even those that left its group");
+  });
+});
+
+describe("integration: containers confined by default (real podman)", function () {
+  this.timeout(90_000);
+  let dataDir: string;
+  let events: Recorder;
+  let workloads: Workloads;
+  const ids = ["iso-ctr"];
+
+  before(async function () {
+    this.timeout(120_000);
+    await preparePodman();
+  });
+  beforeEach(async () => {
+    dataDir = await mkdtemp(path.join(os.tmpdir(), "rgpu-iso-ctr-"));
+    events = new Recorder();
+    workloads = new Workloads({ dataDir, logger, events, engine: "podman", stopGraceMs: 2000, containerPolicy: { pidsLimit: 64 } });
+  });
+  afterEach(async () => {
+    await workloads.shutdown();
+    await removeTestContainers(ids);
+    await rm(dataDir, { recursive: true, force: true });
+  });
+
+  it("no setuid escalation, no capability it was not given, a pids limit; the volume the only host path", async () => {
+    // As root in the container: a setuid-root copy of python in the volume; then, as uid 1000, run it.
+    const probe = `
+import os, shutil, subprocess, sys
+print("nonewprivs", [l.split()[1] for l in open("/proc/self/status") if l.startswith("NoNewPrivs")][0], flush=True)
+try:
+    os.mknod("/tmp/dev", 0o600 | 0o020000, os.makedev(1, 3)); print("mknod: allowed", flush=True)
+except OSError as e:
+    print("mknod:", e.strerror, flush=True)
+shutil.copy("/usr/bin/python3", "/workspace/py"); os.chmod("/workspace/py", 0o4755)
+r = subprocess.run(["/workspace/py", "-c", "import os; print(os.geteuid())"], preexec_fn=lambda: os.setuid(1000), capture_output=True, text=True)
+print("euid after setuid binary:", r.stdout.strip(), flush=True)
+n = 0
+procs = []
+try:
+    for _ in range(200):
+        procs.append(subprocess.Popen(["sleep", "30"])); n += 1
+except OSError:
+    pass
+print("sleeps started:", n, flush=True)
+for p in procs: p.kill()
+print("uid_map", " ".join(open("/proc/self/uid_map").read().split()[:2]), flush=True)
+mounts = [l.split()[4] for l in open("/proc/self/mountinfo") if l.split()[3] != "/" or l.split()[4] == "/workspace"]
+print("workspace mounted:", "/workspace" in mounts, flush=True)
+`;
+    await workloads.run(spec("iso-ctr", ["python3", "-c", probe], { image: TEST_IMAGE }));
+    await events.state("iso-ctr", "FAILED"); // it ends when done
+    const said = events.texts("iso-ctr").filter((t) => t.startsWith("STDOUT "));
+    assert.ok(said.includes("STDOUT nonewprivs 1"), said.join("\n"));
+    assert.ok(said.includes("STDOUT mknod: Operation not permitted"), said.join("\n"));
+    assert.ok(said.includes("STDOUT euid after setuid binary: 1000"), said.join("\n"));
+    const started = Number(said.find((t) => t.startsWith("STDOUT sleeps started:"))?.split(":")[1]);
+    assert.ok(started < 64, said.join("\n"));
+    const args = (
+      await execFileP("podman", [
+        "container",
+        "inspect",
+        "--format",
+        "{{.HostConfig.Privileged}} {{.HostConfig.NetworkMode}} {{.HostConfig.PidMode}}",
+        "rgpu-iso-ctr",
+      ])
+    ).stdout.trim();
+    assert.doesNotMatch(args, /^true|host/, args);
+  });
+});
