@@ -313,6 +313,18 @@ async function gone(pid: number, what: string, ms = 2000): Promise<void> {
 }
 
 describe("unit: container run arguments", () => {
+  // What every container gets by default: an init, no new privileges, a pids limit, ten capabilities.
+  const CONFINED = [
+    "--init",
+    "--security-opt",
+    "no-new-privileges",
+    "--pids-limit",
+    "4096",
+    "--cap-drop",
+    "ALL",
+    "--cap-add",
+    "AUDIT_WRITE,CHOWN,DAC_OVERRIDE,FOWNER,FSETID,KILL,NET_BIND_SERVICE,SETGID,SETUID,SYS_CHROOT",
+  ];
   const base = spec("env-1", ["python3", "-m", "http.server"], {
     image: "pytorch/pytorch:2.4",
     args: ["8000"],
@@ -339,15 +351,7 @@ describe("unit: container run arguments", () => {
       "remotegpu.workspace=ws-1",
       "--label",
       "remotegpu.generation=1",
-      "--init",
-      "--security-opt",
-      "no-new-privileges",
-      "--pids-limit",
-      "4096",
-      "--cap-drop",
-      "ALL",
-      "--cap-add",
-      "AUDIT_WRITE,CHOWN,DAC_OVERRIDE,FOWNER,FSETID,KILL,NET_BIND_SERVICE,SETGID,SETUID,SYS_CHROOT",
+      ...CONFINED,
       "--gpus",
       '"device=GPU-aaa,GPU-bbb"',
       "-p",
@@ -415,15 +419,7 @@ describe("unit: container run arguments", () => {
       "remotegpu.workspace=ws-1",
       "--label",
       "remotegpu.generation=1",
-      "--init",
-      "--security-opt",
-      "no-new-privileges",
-      "--pids-limit",
-      "4096",
-      "--cap-drop",
-      "ALL",
-      "--cap-add",
-      "AUDIT_WRITE,CHOWN,DAC_OVERRIDE,FOWNER,FSETID,KILL,NET_BIND_SERVICE,SETGID,SETUID,SYS_CHROOT",
+      ...CONFINED,
       "-v",
       "/v:/workspace",
       "-w",
