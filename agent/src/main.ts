@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-import { mkdirSync, readFileSync, statSync } from "node:fs";
+import { chmodSync, mkdirSync, readFileSync, statSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { ConnectError } from "@connectrpc/connect";
 import { AgentConnection } from "./agent-connection.js";
@@ -117,7 +117,8 @@ if (problems.length > 0) {
 const logger = createLogger(values["log-level"]!);
 const dataDir = values["data-dir"]!;
 try {
-  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+  // Directories made above it keep the usual mode: a confined workload's uid must pass them.
+  if (mkdirSync(dataDir, { recursive: true })) chmodSync(dataDir, 0o700);
 } catch (err) {
   process.stderr.write(`agent: --data-dir: cannot create ${dataDir}: ${err instanceof Error ? err.message : String(err)}\n`);
   process.exit(1);

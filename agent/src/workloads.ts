@@ -1,5 +1,5 @@
 import { execFile } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { readFileSync, statSync } from "node:fs";
 import { chmod, mkdir, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { promisify } from "node:util";
@@ -266,6 +266,18 @@ interface Workload {
 }
 
 /**
+ * The first directory above `dir` that other users may not pass (no search bit for others), if any:
+ * a confined workload's uid needs every one of them to reach its volume by its full path.
+ */
+function closedAncestor(dir: string): string | undefined {
+  for (let d = path.dirname(path.resolve(dir)); ; d = path.dirname(d)) {
+    const mode = statSync(d, { throwIfNoEntry: false })?.mode; // one still to be made is made passable
+    if (mode !== undefined && (mode & 0o001) === 0) return d;
+    if (d === path.dirname(d)) return undefined;
+  }
+}
+
+/**
  * Runs environments on this host, as containers (docker or podman) or as plain processes, and
  * reports their state and output through `events`. Commands for one environment run one at a time,
  * in order; different environments proceed independently.
@@ -280,6 +292,8 @@ export class Workloads {
   private readonly workloads = new Map<string, Workload>();
   private readonly queues = new Map<string, Promise<unknown>>();
   private readonly stopGraceMs: number;
+  /** Why this agent runs no environments, for its hello; "" when it does. */
+  readonly runtimeUnavailableReason: string;
   /** Set once the agent exits: no more runs; after a shutdown, no more reports either. */
   private closing?: "detach" | "shutdown";
 
@@ -288,17 +302,17 @@ export class Workloads {
     this.stopGraceMs = o.stopGraceMs ?? 10_000;
     this.containerPolicy = { ...DEFAULT_CONTAINER_POLICY, userns: subordinateIdsForContainers(), ...o.containerPolicy };
     if (this.engine === "process" && o.processUsers) this.users = new ProcessUsers(o.dataDir, o.processUsers.first, o.processUsers.last);
+    const closed = this.users && closedAncestor(o.dataDir);
+    this.runtimeUnavailableReason =
+      this.engine === "none"
+        ? "no container engine (docker or podman) answers on this host, and the agent was not started with --process-mode"
+        : closed
+          ? `workloads run as uids of their own and cannot reach their volumes under ${o.dataDir}: other users may not pass ${closed} (chmod o+x it, or choose another --data-dir)`
+          : "";
   }
 
   get containersSupported(): boolean {
     return this.engine === "docker" || this.engine === "podman";
-  }
-
-  /** Why this agent runs no environments, for its hello; "" when it does. */
-  get runtimeUnavailableReason(): string {
-    return this.engine === "none"
-      ? "no container engine (docker or podman) answers on this host, and the agent was not started with --process-mode"
-      : "";
   }
 
   /** Ids of the environments starting or running (for the agent's hello). */
@@ -401,7 +415,7 @@ export class Workloads {
     checkId(spec.environmentId);
     return this.serial(spec.environmentId, async () => {
       if (this.closing) throw new Error("the agent is shutting down");
-      if (this.engine === "none") return { ok: false, message: this.runtimeUnavailableReason };
+      if (this.runtimeUnavailableReason) return { ok: false, message: this.runtimeUnavailableReason };
       const current = this.workloads.get(spec.environmentId);
       if (current && spec.generation < current.spec.generation)
         return { ok: true, message: `ignored: generation ${spec.generation} is older than ${current.spec.generation}` };

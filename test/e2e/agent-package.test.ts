@@ -1,14 +1,13 @@
 import { strict as assert } from "node:assert";
 import { spawn } from "node:child_process";
-import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { readdir, readFile, rm } from "node:fs/promises";
 import path from "node:path";
 import { GpuService } from "../../gen/remotegpu/v1/gpu_pb.js";
 import { HostService, HostStatus } from "../../gen/remotegpu/v1/host_pb.js";
 import { systemClock } from "../../src/platform/clock.js";
 import { eventually } from "../support/eventually.js";
 import { packAndInstall, type PackedInstall } from "../support/pack.js";
-import { simulatedAgentFlags } from "../support/child.js";
+import { agentTempDir, simulatedAgentFlags } from "../support/child.js";
 import { startTestServer, type TestServer } from "../support/server.js";
 
 /** What the control plane needs and a GPU server must not have to install. */
@@ -27,7 +26,7 @@ describe("@remotegpu/agent as a package", function () {
   before(async () => {
     packed = await packAndInstall(["sdk", "agent"]);
     server = await startTestServer({ clock: systemClock, env: { HEARTBEAT_INTERVAL_SECONDS: "1", HOST_GRACE_SECONDS: "5" } });
-    dataDir = await mkdtemp(path.join(tmpdir(), "remotegpu-agent-pack-data-"));
+    dataDir = await agentTempDir("remotegpu-agent-pack-data-");
   });
   after(async () => {
     await server?.close();

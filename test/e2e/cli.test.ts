@@ -1,13 +1,12 @@
 import { strict as assert } from "node:assert";
 import { execFile, spawn, type ChildProcess } from "node:child_process";
-import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { rm } from "node:fs/promises";
 import path from "node:path";
 import { EnvironmentService, EnvironmentStatus } from "../../gen/remotegpu/v1/environment_pb.js";
 import { GpuService } from "../../gen/remotegpu/v1/gpu_pb.js";
 import { HostService } from "../../gen/remotegpu/v1/host_pb.js";
 import { WorkspaceService } from "../../gen/remotegpu/v1/workspace_pb.js";
-import { ROOT, agentArgv, simulatedAgentFlags } from "../support/child.js";
+import { agentTempDir, ROOT, agentArgv, simulatedAgentFlags } from "../support/child.js";
 import { ADMIN_TOKEN, startTestServer, type TestServer } from "../support/server.js";
 import { systemClock } from "../../src/platform/clock.js";
 import { eventually } from "../support/eventually.js";
@@ -62,7 +61,7 @@ describe("e2e: the admin CLI against a live server with a real agent", function 
   };
 
   before(async () => {
-    dataDir = await mkdtemp(path.join(tmpdir(), "remotegpu-cli-"));
+    dataDir = await agentTempDir("remotegpu-cli-");
     server = await startTestServer({ clock: systemClock, env: { HEARTBEAT_INTERVAL_SECONDS: "1", HOST_GRACE_SECONDS: "5" } });
     const created = await server.client(HostService).createHost({ name: "cli-node", address: "127.0.0.1" });
     hostId = created.host!.id;

@@ -3,14 +3,13 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { execFile } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { promisify } from "node:util";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { EnvironmentService, EnvironmentStatus, PortProtocol } from "../../gen/remotegpu/v1/environment_pb.js";
 import { GpuService } from "../../gen/remotegpu/v1/gpu_pb.js";
 import { HostService, HostStatus } from "../../gen/remotegpu/v1/host_pb.js";
 import { WorkspaceService } from "../../gen/remotegpu/v1/workspace_pb.js";
-import { ROOT, agentArgv, freePort, isListening, simulatedAgentFlags } from "../support/child.js";
+import { agentTempDir, ROOT, agentArgv, freePort, isListening, simulatedAgentFlags } from "../support/child.js";
 import { startTestServer, type TestServer } from "../support/server.js";
 import { systemClock } from "../../src/platform/clock.js";
 import { eventually } from "../support/eventually.js";
@@ -26,7 +25,7 @@ describe("e2e: environments run for real by the agent (processes and podman cont
   let agentErr = "";
 
   before(async () => {
-    dataDir = await mkdtemp(path.join(tmpdir(), "remotegpu-agent-"));
+    dataDir = await agentTempDir("remotegpu-agent-");
     const first = await freePort();
     server = await startTestServer({
       clock: systemClock,

@@ -1,14 +1,22 @@
 import { strict as assert } from "node:assert";
 import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { readFile, mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { readFile, rm } from "node:fs/promises";
 import path from "node:path";
 import { EnvironmentService, EnvironmentStatus } from "../../gen/remotegpu/v1/environment_pb.js";
 import { GpuService } from "../../gen/remotegpu/v1/gpu_pb.js";
 import { HostService, HostStatus } from "../../gen/remotegpu/v1/host_pb.js";
 import { WorkspaceService } from "../../gen/remotegpu/v1/workspace_pb.js";
-import { ROOT, agentArgv, freePort, serverEnv, simulatedAgentFlags, spawnServer, type ServerProcess } from "../support/child.js";
+import {
+  agentTempDir,
+  ROOT,
+  agentArgv,
+  freePort,
+  serverEnv,
+  simulatedAgentFlags,
+  spawnServer,
+  type ServerProcess,
+} from "../support/child.js";
 import { createTestDatabase, type TestDatabase } from "../support/database.js";
 import { ADMIN_TOKEN, clients } from "../support/server.js";
 import { eventually } from "../support/eventually.js";
@@ -24,7 +32,7 @@ describe("e2e: two server processes; the one holding the agent and the leadershi
 
   before(async () => {
     db = await createTestDatabase();
-    dataDir = await mkdtemp(path.join(tmpdir(), "remotegpu-failover-"));
+    dataDir = await agentTempDir("remotegpu-failover-");
   });
   after(async () => {
     agent?.kill("SIGKILL");

@@ -1,14 +1,22 @@
 import { strict as assert } from "node:assert";
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtemp, readFile, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { readFile, rm } from "node:fs/promises";
 import path from "node:path";
 import { timestampDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import { EnvironmentService, EnvironmentStatus, type Environment } from "../../gen/remotegpu/v1/environment_pb.js";
 import { GpuService, GpuStatus } from "../../gen/remotegpu/v1/gpu_pb.js";
 import { HostService, HostStatus, type Host } from "../../gen/remotegpu/v1/host_pb.js";
 import { WorkspaceService } from "../../gen/remotegpu/v1/workspace_pb.js";
-import { ROOT, agentArgv, freePort, serverEnv, spawnServer, type ServerProcess, simulatedAgentFlags } from "../support/child.js";
+import {
+  agentTempDir,
+  ROOT,
+  agentArgv,
+  freePort,
+  serverEnv,
+  spawnServer,
+  type ServerProcess,
+  simulatedAgentFlags,
+} from "../support/child.js";
 import { createTestDatabase, type TestDatabase } from "../support/database.js";
 import { eventually } from "../support/eventually.js";
 import { ADMIN_TOKEN, clients } from "../support/server.js";
@@ -74,7 +82,7 @@ describe("e2e: the network between the agent and the control plane partitioned (
 
   before(async () => {
     db = await createTestDatabase();
-    dataDir = await mkdtemp(path.join(tmpdir(), "remotegpu-partition-"));
+    dataDir = await agentTempDir("remotegpu-partition-");
     const [port, appPort] = [await freePort(), await freePort()];
     server = spawnServer(
       serverEnv({

@@ -7,6 +7,7 @@ import path from "node:path";
 import { promisify } from "node:util";
 import { Workloads } from "../../agent/src/workloads.js";
 import { createLogger } from "../../src/platform/logger.js";
+import { agentTempDir } from "../support/child.js";
 import { preparePodman, removeTestContainers, TEST_IMAGE } from "../support/podman.js";
 import { Recorder, spec, twoPorts } from "../support/workload-recorder.js";
 
@@ -38,7 +39,7 @@ describe("integration: process-mode workloads confined to a uid of their own (ag
     if (process.getuid?.() !== 0) this.skip(); // switching users needs root, as on a GPU server
   });
   beforeEach(async () => {
-    dataDir = await mkdtemp(path.join(os.tmpdir(), "rgpu-iso-"));
+    dataDir = await agentTempDir("rgpu-iso-");
     events = new Recorder();
     workloads = new Workloads({
       dataDir,
@@ -97,6 +98,28 @@ describe("integration: process-mode workloads confined to a uid of their own (ag
     assert.equal(victim.uid, 231000, "each volume belongs to its environment's uid");
     assert.equal(victim.mode & 0o777, 0o700);
     assert.equal((await fetch(`http://127.0.0.1:${hostPort}/secret.txt`)).status, 200, "the victim runs on");
+  });
+
+  it("reaches its own volume by its full path; under a directory other users cannot pass, runs nothing and says why", async () => {
+    await workloads.run(spec("iso-home", ["sh", "-c", 'echo kept > "$HOME/by-path.txt" && cat "$HOME/by-path.txt"']));
+    await events.line("iso-home", (l) => l.stream === "STDOUT", "its output").then((l) => assert.equal(l.text, "kept"));
+
+    const closed = await mkdtemp(path.join(os.tmpdir(), "rgpu-iso-closed-")); // 0700, as mkdtemp makes it
+    try {
+      const shut = new Workloads({
+        dataDir: path.join(closed, "agent"),
+        logger,
+        events,
+        engine: "process",
+        processUsers: { first: 231000, last: 231009 },
+      });
+      assert.match(shut.runtimeUnavailableReason, new RegExp(`other users may not pass ${closed} \\(chmod o\\+x it`));
+      const refused = await shut.run(spec("iso-closed", ["true"]));
+      assert.deepEqual(refused, { ok: false, message: shut.runtimeUnavailableReason });
+      await shut.shutdown();
+    } finally {
+      await rm(closed, { recursive: true, force: true });
+    }
   });
 
   it("a fork bomb stops at its pids limit and a memory hog at its memory; the others run on, and a stop ends every process of the uid", async () => {

@@ -1,5 +1,8 @@
 import { execFile, spawn, type ChildProcess } from "node:child_process";
+import { chmod, mkdtemp } from "node:fs/promises";
 import net from "node:net";
+import { tmpdir } from "node:os";
+import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 
@@ -16,6 +19,16 @@ const execFileP = promisify(execFile);
  */
 export function agentArgv(flags: string[]): string[] {
   return ["--import", "tsx", "--conditions=@remotegpu/source", "agent/src/main.ts", ...flags];
+}
+
+/**
+ * A new temporary directory for an agent's data that other users may pass (not read): an agent run as
+ * root confines its workloads to uids of their own, which must reach their volumes inside it.
+ */
+export async function agentTempDir(prefix: string): Promise<string> {
+  const dir = await mkdtemp(path.join(tmpdir(), prefix));
+  await chmod(dir, 0o711);
+  return dir;
 }
 
 /** The flags of an agent with simulated GPUs that runs its environments as processes under `dataDir`. */
