@@ -233,15 +233,18 @@ http.server.ThreadingHTTPServer(("127.0.0.1", ${containerPort}), http.server.Sim
   });
 
   it("reports what ended while it was away as FAILED, and trusts no state file that is corrupt, old or names another process", async () => {
-    await workloads.run(spec("env-short", ["sleep", "0.3"]));
+    // Ends once told to (a file in its volume), which is after the agent went: never while it watches.
+    await workloads.run(spec("env-short", ["sh", "-c", "while [ ! -e go ]; do sleep 0.05; done"]));
     await workloads.run(spec("env-old", ["sleep", "30"]));
     await workloads.run(spec("env-reused", ["sleep", "30"]));
     await workloads.run(spec("env-corrupt", ["sleep", "30"]));
     for (const id of ["env-short", "env-old", "env-reused", "env-corrupt"]) await events.state(id, "RUNNING");
     const file = (id: string) => path.join(dataDir, "environments", id, "workload.json");
     const pids = ["env-old", "env-reused", "env-corrupt"].map((id) => JSON.parse(readFileSync(file(id), "utf8")).trace.pid as number);
+    const short = JSON.parse(readFileSync(file("env-short"), "utf8")).trace.pid as number;
     await workloads.detach();
-    await new Promise((r) => setTimeout(r, 600)); // env-short ends meanwhile
+    await writeFile(path.join(dataDir, "environments", "env-short", "volume", "go"), "");
+    await gone(short, "env-short, told to end", 10_000);
     // An older agent's file (no version); a pid that now names another process (this test's own);
     // a file cut short.
     await writeFile(file("env-old"), JSON.stringify({ environmentId: "env-old", generation: 1 }));

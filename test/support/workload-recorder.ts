@@ -9,7 +9,7 @@ export class Waiter {
     for (const p of this.pokes) p();
   }
 
-  until<T>(what: string, find: () => T | undefined, ms = 10_000): Promise<T> {
+  until<T>(what: string, find: () => T | undefined, ms = 20_000): Promise<T> {
     return new Promise((resolve, reject) => {
       const check = () => {
         const found = find();
