@@ -15,12 +15,14 @@ import { GpuInventory } from "./gpu/gpu-inventory.js";
 import { AgentSessions, agentTopics } from "./host/agent-sessions.js";
 import { HostLiveness } from "./host/host-liveness.js";
 import { HostRegistry, hostTopics } from "./host/host-registry.js";
+import { NodeHosts } from "./host/node-hosts.js";
 import { Maintenance } from "./maintenance.js";
 import { systemClock, type Clock } from "./platform/clock.js";
 import { LocalClusterEvents, type TopicsOf } from "./platform/cluster-events.js";
 import { databaseAnswers, startDatabase, type Database, type MikroORM } from "./platform/database.js";
 import { Feed } from "./platform/feed.js";
 import { kubeConfig } from "./platform/kube-config.js";
+import { KubeNodeWatch } from "./platform/kube-node-watch.js";
 import { LeaderLock } from "./platform/leader-lock.js";
 import { createLogger, type Logger } from "./platform/logger.js";
 import { Metrics } from "./platform/metrics.js";
@@ -123,7 +125,16 @@ async function compose(config: Config, database: Database, tls: Tls | undefined,
   const allocator = new GpuAllocator(orm, clock);
   const auditTrail = new AuditTrail(orm, clock, config.auditRetentionDays * 86_400_000);
   const quotas = new QuotaLedger(orm, clock);
-  const environments = new EnvironmentManager(orm, clock, quotas, config.hostPortRange, events, () => reconciler.kick());
+  const environments = new EnvironmentManager(
+    orm,
+    clock,
+    quotas,
+    config.hostPortRange,
+    events,
+    () => reconciler.kick(),
+    undefined, // the real placement
+    config.kubernetes,
+  );
   await events.start();
 
   const s3 = config.s3 && new S3ObjectStore(config.s3);
@@ -146,7 +157,13 @@ async function compose(config: Config, database: Database, tls: Tls | undefined,
     traffic: (environmentId, time) => activity.portTraffic(environmentId, time),
   };
   const kubernetes =
-    config.kubernetes && new KubernetesRuntime(kubeConfig(config.kubernetes.kubeconfig), config.kubernetes, workloads, logger);
+    config.kubernetes &&
+    new KubernetesRuntime(
+      kubeConfig(config.kubernetes.kubeconfig),
+      config.kubernetes,
+      { ...workloads, lastLog: (id) => environmentLogs.lastLine(id, "STDOUT") },
+      logger,
+    );
   const reconcilerOptions = {
     startTimeoutMs: config.environmentStartTimeoutSeconds * 1000,
     lostHostTimeoutMs: config.environmentLostHostSeconds * 1000,
@@ -155,6 +172,13 @@ async function compose(config: Config, database: Database, tls: Tls | undefined,
   };
   const runtimes = { AGENT: new AgentRuntime(agents), ...(kubernetes ? { KUBERNETES: kubernetes } : {}) };
   const isLeader = () => leader.check();
+  // Matching Kubernetes nodes become hosts by themselves; the leader alone watches them.
+  const selector = config.kubernetes?.nodeSelector;
+  const kc = config.kubernetes && selector ? kubeConfig(config.kubernetes.kubeconfig) : undefined;
+  const nodeHosts =
+    kc && selector
+      ? new NodeHosts((listener) => new KubeNodeWatch(kc, selector, listener, logger), orm, clock, hosts, isLeader, logger, { selector })
+      : undefined;
   const reconciler: EnvironmentReconciler = new EnvironmentReconciler(
     orm,
     clock,
@@ -204,6 +228,7 @@ async function compose(config: Config, database: Database, tls: Tls | undefined,
   const lifetime = new AbortController();
   live.follow((s) => activity.gpuSample(s.sample.gpuId, s.sample.metrics.gpuUtilizationPercent, s.sample.time), lifetime.signal);
   kubernetes?.start();
+  nodeHosts?.start();
   readiness.start();
   maintenance.start();
 
@@ -222,6 +247,7 @@ async function compose(config: Config, database: Database, tls: Tls | undefined,
       agents.shutdown();
       await server.close(config.shutdownTimeoutSeconds * 1000);
       await rounds;
+      await nodeHosts?.close();
       await reconciler.idle();
       await leader.close();
       await ingest.flush(true).catch((err: unknown) => logger.error({ err }, "final heartbeat flush failed"));

@@ -1,6 +1,8 @@
 import { existsSync } from "node:fs";
 import path from "node:path";
 import type { KubernetesOptions } from "./runtime/kubernetes-manifests.js";
+import { InvalidArgumentError } from "./errors.js";
+import { isDnsSubdomain, parseLabelSelector } from "./validation.js";
 
 /** Everything the server reads from its environment. Every field has a documented default. */
 export interface Config {
@@ -163,7 +165,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     environmentLostHostSeconds: int("ENVIRONMENT_LOST_HOST_SECONDS", 900, 1, 30 * 86400),
     idleGpuUtilizationPercent: int("IDLE_GPU_UTILIZATION_PERCENT", 5, 0, 100),
     s3: s3Config(value, url("S3_ENDPOINT", ["http:", "https:"]), problems),
-    kubernetes: kubernetesConfig(value, problems),
+    kubernetes: kubernetesConfig(value, int, problems),
     shutdownTimeoutSeconds: int("SHUTDOWN_TIMEOUT_SECONDS", 10, 0, 600),
     databasePoolSize: int("DATABASE_POOL_SIZE", 20, 1, 500),
   };
@@ -219,28 +221,100 @@ export interface KubernetesSettings extends KubernetesOptions {
   kubeconfig?: string;
 }
 
-function kubernetesConfig(value: (name: string) => string | undefined, problems: string[]): KubernetesSettings | undefined {
+/** Every setting of the Kubernetes runtime. */
+const K8S_SETTINGS = [
+  "K8S_NAMESPACE_PREFIX",
+  "K8S_STORAGE_CLASS",
+  "K8S_VOLUME_ACCESS_MODE",
+  "K8S_VOLUME_MOUNT_PATH",
+  "K8S_GPU_MODE",
+  "K8S_RUNTIME_CLASS",
+  "K8S_INGRESS_BASE_DOMAIN",
+  "K8S_INGRESS_CLASS",
+  "K8S_INGRESS_TLS_SECRET",
+  "K8S_INGRESS_CERT_ISSUER",
+  "K8S_IMAGE_PULL_TIMEOUT_SECONDS",
+  "K8S_NODE_SELECTOR",
+  "K8S_NODE_PORT_RANGE",
+];
+const ACCESS_MODES = ["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod"];
+/** The ingress host label (at most 63 characters) and its dot come before the base domain. */
+const MAX_BASE_DOMAIN = 253 - 64;
+
+function kubernetesConfig(
+  value: (name: string) => string | undefined,
+  int: (name: string, fallback: number, min: number, max: number) => number,
+  problems: string[],
+): KubernetesSettings | undefined {
   const runtime = value("RUNTIME") ?? (value("KUBECONFIG") ? "kubernetes" : "agent");
   if (runtime !== "agent" && runtime !== "kubernetes") problems.push(`RUNTIME=${JSON.stringify(runtime)}: must be agent or kubernetes`);
-  if (runtime !== "kubernetes") return undefined;
+  if (runtime !== "kubernetes") {
+    // A K8S_* setting without the runtime would be silently ignored.
+    if (runtime === "agent")
+      for (const name of K8S_SETTINGS.filter((n) => value(n) !== undefined))
+        problems.push(`${name}: set RUNTIME=kubernetes (or KUBECONFIG) too, or leave it out`);
+    return undefined;
+  }
   const kubeconfig = value("KUBECONFIG");
   if (kubeconfig && !existsSync(kubeconfig)) problems.push(`KUBECONFIG=${JSON.stringify(kubeconfig)}: file not found`);
-  const gpuMode = value("K8S_GPU_MODE") ?? "device-plugin";
+  const gpuMode = value("K8S_GPU_MODE") ?? "visible-devices";
   if (gpuMode !== "device-plugin" && gpuMode !== "visible-devices")
-    problems.push(`K8S_GPU_MODE=${JSON.stringify(gpuMode)}: must be device-plugin or visible-devices`);
+    problems.push(`K8S_GPU_MODE=${JSON.stringify(gpuMode)}: must be visible-devices or device-plugin`);
   const prefix = value("K8S_NAMESPACE_PREFIX") ?? "rgpu-";
   if (!/^[a-z0-9]([a-z0-9-]{0,20})$/.test(prefix))
     problems.push(`K8S_NAMESPACE_PREFIX=${JSON.stringify(prefix)}: lowercase letters, digits and '-', at most 21 characters`);
+  const accessMode = value("K8S_VOLUME_ACCESS_MODE") ?? "ReadWriteOnce";
+  if (!ACCESS_MODES.includes(accessMode))
+    problems.push(`K8S_VOLUME_ACCESS_MODE=${JSON.stringify(accessMode)}: must be one of ${ACCESS_MODES.join(", ")}`);
+  const mountPath = value("K8S_VOLUME_MOUNT_PATH") ?? "/workspace";
+  if (!path.posix.isAbsolute(mountPath) || mountPath.includes(":"))
+    problems.push(`K8S_VOLUME_MOUNT_PATH=${JSON.stringify(mountPath)}: must be an absolute path without ':'`);
+  /** Names of cluster objects (classes, secrets, issuers): DNS-1123 subdomains. */
+  const objectName = (name: string, what: string) => {
+    const raw = value(name);
+    if (raw !== undefined && !isDnsSubdomain(raw))
+      problems.push(`${name}=${JSON.stringify(raw)}: must be the name of ${what} (lowercase letters, digits, '-' and '.', at most 253)`);
+    return raw;
+  };
+  const baseDomain = value("K8S_INGRESS_BASE_DOMAIN");
+  if (baseDomain !== undefined && (!isDnsSubdomain(baseDomain, MAX_BASE_DOMAIN) || /^[0-9.]+$/.test(baseDomain)))
+    problems.push(
+      `K8S_INGRESS_BASE_DOMAIN=${JSON.stringify(baseDomain)}: must be a lowercase domain name (labels of a-z, 0-9 and '-'), at most ${MAX_BASE_DOMAIN} characters`,
+    );
+  const ingressTlsSecret = objectName("K8S_INGRESS_TLS_SECRET", "a Secret");
+  const ingressCertIssuer = objectName("K8S_INGRESS_CERT_ISSUER", "a cert-manager ClusterIssuer");
+  if (ingressTlsSecret && ingressCertIssuer)
+    problems.push(
+      "K8S_INGRESS_TLS_SECRET and K8S_INGRESS_CERT_ISSUER: set one (a shared certificate, or one per environment from cert-manager)",
+    );
+  for (const name of ["K8S_INGRESS_TLS_SECRET", "K8S_INGRESS_CERT_ISSUER", "K8S_INGRESS_CLASS"])
+    if (value(name) && !baseDomain) problems.push(`${name}: set K8S_INGRESS_BASE_DOMAIN too, or leave it out`);
+  let nodeSelector = value("K8S_NODE_SELECTOR");
+  if (nodeSelector !== undefined) {
+    try {
+      nodeSelector = Object.entries(parseLabelSelector("K8S_NODE_SELECTOR", nodeSelector))
+        .map(([k, v]) => `${k}=${v}`)
+        .join(",");
+    } catch (err) {
+      if (!(err instanceof InvalidArgumentError)) throw err;
+      const why = err.violations.map((v) => v.description).join("; ");
+      problems.push(`K8S_NODE_SELECTOR=${JSON.stringify(nodeSelector)}: must be key=value labels joined by ',' (${why})`);
+    }
+  }
   return {
     kubeconfig,
     namespacePrefix: prefix,
-    storageClass: value("K8S_STORAGE_CLASS"),
-    accessMode: value("K8S_VOLUME_ACCESS_MODE") ?? "ReadWriteOnce",
-    mountPath: value("K8S_VOLUME_MOUNT_PATH") ?? "/workspace",
+    storageClass: objectName("K8S_STORAGE_CLASS", "a StorageClass"),
+    accessMode,
+    mountPath,
     gpuMode: gpuMode as KubernetesOptions["gpuMode"],
-    runtimeClass: value("K8S_RUNTIME_CLASS") ?? "nvidia",
-    ingressBaseDomain: value("K8S_INGRESS_BASE_DOMAIN"),
-    ingressClass: value("K8S_INGRESS_CLASS"),
+    runtimeClass: objectName("K8S_RUNTIME_CLASS", "a RuntimeClass") ?? "nvidia",
+    ingressBaseDomain: baseDomain,
+    ingressClass: objectName("K8S_INGRESS_CLASS", "an IngressClass"),
+    ingressTlsSecret,
+    ingressCertIssuer,
+    imagePullTimeoutSeconds: int("K8S_IMAGE_PULL_TIMEOUT_SECONDS", 300, 1, 86400),
+    nodeSelector,
     nodePortRange: portRange(value("K8S_NODE_PORT_RANGE") ?? "30000-32767", problems, "K8S_NODE_PORT_RANGE"),
   };
 }

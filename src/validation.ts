@@ -53,6 +53,52 @@ export function parseLabelSelector(field: string, selector: string): Record<stri
   return out;
 }
 
+/**
+ * Environment variables that choose which devices a container sees, or which driver features and
+ * device nodes it gets. The runtime sets them from the GPUs an environment holds; taken from a user,
+ * `NVIDIA_VISIBLE_DEVICES=all` would expose every GPU of the node. Compared case-insensitively.
+ */
+const DEVICE_VARIABLES = new Set([
+  // NVIDIA Container Toolkit: which GPUs, which driver libraries, which extra device nodes.
+  "NVIDIA_VISIBLE_DEVICES",
+  "NVIDIA_DRIVER_CAPABILITIES",
+  "NVIDIA_DISABLE_REQUIRE",
+  "NVIDIA_MIG_CONFIG_DEVICES",
+  "NVIDIA_MIG_MONITOR_DEVICES",
+  "NVIDIA_IMEX_CHANNELS",
+  "NVIDIA_GDS",
+  "NVIDIA_GDRCOPY",
+  "NVIDIA_MOFED",
+  "NVIDIA_NVSWITCH",
+  // CUDA, ROCm/HIP, OpenCL on AMD and oneAPI Level Zero: which devices a program enumerates.
+  "CUDA_VISIBLE_DEVICES",
+  "ROCR_VISIBLE_DEVICES",
+  "HIP_VISIBLE_DEVICES",
+  "GPU_DEVICE_ORDINAL",
+  "ZE_AFFINITY_MASK",
+]);
+const DEVICE_VARIABLE_PREFIXES = ["NVIDIA_REQUIRE_"];
+
+/** Whether `name` is an environment variable that selects devices (see DEVICE_VARIABLES). */
+export function selectsDevices(name: string): boolean {
+  const upper = name.toUpperCase();
+  return DEVICE_VARIABLES.has(upper) || DEVICE_VARIABLE_PREFIXES.some((p) => upper.startsWith(p));
+}
+
+/** Refuses user-set variables that select devices, naming each (`env.NVIDIA_VISIBLE_DEVICES`). */
+export function checkNoDeviceVariables(v: Violations, field: string, env: Record<string, string>): void {
+  for (const name of Object.keys(env))
+    if (selectsDevices(name))
+      v.add(`${field}.${name.slice(0, 64)}`, "selects devices, which RemoteGPU sets from the GPUs the environment holds");
+}
+
+const DNS_LABEL = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+
+/** A DNS-1123 subdomain, as Kubernetes wants for most object names: dot-separated labels, at most 253 characters. */
+export function isDnsSubdomain(name: string, max = 253): boolean {
+  return name.length <= max && name.split(".").every((label) => DNS_LABEL.test(label));
+}
+
 // biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what this refuses
 const CONTROL = /[\x00-\x1f\x7f]/;
 

@@ -59,6 +59,17 @@ export class EnvironmentLogs {
     return stored;
   }
 
+  /** The newest stored line of a stream: its time, and how many stored lines of the stream share that time. */
+  async lastLine(environmentId: string, stream: LogStreamName): Promise<{ time: Date; count: number } | undefined> {
+    const knex = this.orm.em.getConnection().getKnex();
+    const last = await knex("environment_logs").where({ environment_id: environmentId, stream }).orderBy("id", "desc").first("time");
+    if (!last) return undefined;
+    const [{ count }] = await knex("environment_logs")
+      .where({ environment_id: environmentId, stream, time: last.time })
+      .count("* as count");
+    return { time: new Date(last.time), count: Number(count) };
+  }
+
   /** The last `count` lines (at or after `since`), oldest first. */
   async tail(environmentId: string, count: number, since?: Date): Promise<LogLineRecord[]> {
     const knex = this.orm.em.getConnection().getKnex();

@@ -10,9 +10,10 @@ import type { Clock } from "../platform/clock.js";
 import { textFields, type ClusterEvents, type Decoders } from "../platform/cluster-events.js";
 import { ReplicatedFeed, changeMessage, type Change, type ChangeTopic } from "../platform/replicated-feed.js";
 import { onUniqueViolation } from "../platform/unique-violation.js";
-import { Violations, checkString } from "../validation.js";
+import { ingressUrl, type KubernetesOptions } from "../runtime/kubernetes-manifests.js";
+import { Violations, checkNoDeviceVariables, checkString } from "../validation.js";
 import type { QuotaLedger } from "../workspace/quota-ledger.js";
-import type { Workspace } from "../workspace/workspace.js";
+import { Workspace } from "../workspace/workspace.js";
 import { DEFAULT_STORAGE_BYTES, Environment, PortMapping, portMappingId, type EnvironmentStatus, type PortSpec } from "./environment.js";
 import { allocateHostPorts, placeEnvironment, type PortRange } from "./placement.js";
 
@@ -88,6 +89,8 @@ export class EnvironmentManager {
     private readonly kick: () => void = () => undefined,
     /** How hosts and GPUs are chosen (replaceable for benchmarks). */
     private readonly place: typeof placeEnvironment = placeEnvironment,
+    /** The Kubernetes runtime's settings, when it is on: HTTP ports of its hosts are reached through ingress hosts. */
+    private readonly kubernetes?: Pick<KubernetesOptions, "gpuMode" | "ingressBaseDomain" | "ingressTlsSecret" | "ingressCertIssuer">,
   ) {
     this.changes = new ReplicatedFeed(events, "environment", {
       idOf: (view) => view.environment.id,
@@ -366,6 +369,7 @@ export class EnvironmentManager {
       em.find(Gpu, { environment: { $in: ids } }, { fields: ["id", "environment", "index"], orderBy: { index: "asc" } }),
       em.find(PortMapping, { environment: { $in: ids } }, { orderBy: { name: "asc" } }),
     ]);
+    const countOnly = await this.countOnlyHosts(em, envs);
     return envs.map((environment) => {
       const mapped = ports.filter((p) => p.environment.id === environment.id);
       // Ports without a host port (the environment is stopped) are listed too, with host port 0.
@@ -373,10 +377,23 @@ export class EnvironmentManager {
       const unmappedPorts = environment.ports.filter((p) => !names.has(p.name)).map((p) => unmapped(environment, p));
       return {
         environment,
-        gpuIds: gpus.filter((g) => g.environment?.id === environment.id).map((g) => g.id),
+        gpuIds: countOnly.has(environment.host?.id ?? "") ? [] : gpus.filter((g) => g.environment?.id === environment.id).map((g) => g.id),
         portMappings: [...mapped, ...unmappedPorts].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)),
       };
     });
+  }
+
+  /**
+   * Hosts whose GPUs an environment holds by count only: Kubernetes hosts in device-plugin mode, where
+   * the device plugin, not RemoteGPU, picks the devices a pod gets. Their GPU rows are a reservation
+   * against the node's capacity, so the environment lists no GPU ids rather than ones it may not have.
+   */
+  private async countOnlyHosts(em: EntityManager, envs: Environment[]): Promise<Set<string>> {
+    if (this.kubernetes?.gpuMode !== "device-plugin") return new Set();
+    const hostIds = [...new Set(envs.flatMap((e) => (e.host ? [e.host.id] : [])))];
+    if (hostIds.length === 0) return new Set();
+    const hosts = await em.find(Host, { id: { $in: hostIds }, runtime: "KUBERNETES" }, { fields: ["id"] });
+    return new Set(hosts.map((h) => h.id));
   }
 
   /**
@@ -409,7 +426,10 @@ export class EnvironmentManager {
 
   private async mapPort(em: EntityManager, env: Environment, spec: PortSpec, hostPort: number): Promise<PortMapping> {
     const host = await em.findOneOrFail(Host, env.host!.id);
-    const url = spec.protocol === "HTTP" ? `http://${host.address.replace(/:\d+$/, "")}:${hostPort}/` : "";
+    const url =
+      spec.protocol === "HTTP"
+        ? ((await this.routeOf(em, env, host, spec)) ?? `http://${host.address.replace(/:\d+$/, "")}:${hostPort}/`)
+        : "";
     return em.create(PortMapping, {
       ...spec,
       id: portMappingId(env.id, spec.name),
@@ -419,6 +439,13 @@ export class EnvironmentManager {
       url,
       createdAt: this.clock.now(),
     });
+  }
+
+  /** The ingress URL of an HTTP port on a Kubernetes host, as the runtime names it; undefined without ingresses. */
+  private async routeOf(em: EntityManager, env: Environment, host: Host, spec: PortSpec): Promise<string | undefined> {
+    if (host.runtime !== "KUBERNETES" || !this.kubernetes?.ingressBaseDomain) return undefined;
+    const workspace = await em.findOneOrFail(Workspace, env.workspace.id);
+    return ingressUrl(spec.name, { environmentId: env.id, name: env.name, workspaceName: workspace.name }, this.kubernetes);
   }
 
   private async change(
@@ -542,6 +569,7 @@ function checkInput(input: EnvironmentInput): void {
   }
   const vars = Object.entries(input.env);
   v.check(vars.length <= 256, "env", "at most 256 variables");
+  checkNoDeviceVariables(v, "env", input.env);
   for (const [key, value] of vars) {
     v.check(
       ENV_KEY.test(key) && key.length <= 256,

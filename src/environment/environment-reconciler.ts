@@ -219,8 +219,8 @@ export class EnvironmentReconciler {
     if (!host || !runtime) return;
     try {
       if (decision.act === "run") await runtime.run(spec!);
-      else if (decision.act === "stop") await runtime.stop(env.id, host.id, env.generation);
-      else await runtime.remove(env.id, host.id, env.generation);
+      else if (decision.act === "stop") await runtime.stop(env.id, host.id, env.generation, env.workspace.id);
+      else await runtime.remove(env.id, host.id, env.generation, env.workspace.id);
     } catch (err) {
       // Not delivered: the next pass after the backoff tries again (cleanups are left to the agent's next hello).
       this.logger.warn(

@@ -162,8 +162,8 @@ export class AgentSessions {
            memory_bytes = case when ?::bigint > 0 then ?::bigint else memory_bytes end,
            disk_bytes = case when ?::bigint > 0 then ?::bigint else disk_bytes end,
            last_heartbeat_at = ?, updated_at = ?,
-           status_message = case when status = 'OFFLINE' then '' else status_message end,
-           status = case when status = 'OFFLINE' then 'ONLINE' else status end
+           status_message = case when status = 'OFFLINE' and node_state is null then '' else status_message end,
+           status = case when status = 'OFFLINE' and node_state is null then 'ONLINE' else status end
          where id = ?
          returning (extract(epoch from clock_timestamp()) * 1000000)::bigint::text as epoch`,
           [

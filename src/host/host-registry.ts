@@ -178,6 +178,11 @@ export class HostRegistry {
       id,
       (host) => {
         const { status, ...fieldsPatch } = patch;
+        if (host.nodeState && (fields.includes("runtime") || fields.includes("kubernetes_node_name"))) {
+          throw new FailedPreconditionError(
+            `host "${host.name}" was registered from Kubernetes node "${host.kubernetesNodeName}" (K8S_NODE_SELECTOR); its runtime and node name follow the node`,
+          );
+        }
         const next = { ...host, ...fieldsPatch };
         checkHostFields(v, next);
         v.throwIfAny();
@@ -269,8 +274,8 @@ export class HostRegistry {
   }
 
   /**
-   * Records a heartbeat: last-seen moves on, an OFFLINE host comes ONLINE. A single UPDATE, so it
-   * never conflicts with an operator's change to the same host.
+   * Records a heartbeat: last-seen moves on, an OFFLINE host comes ONLINE (unless its Kubernetes Node
+   * decides its status). A single UPDATE, so it never conflicts with an operator's change to the same host.
    */
   async heartbeat(hostId: string, agentVersion: string): Promise<void> {
     const id = checkId("host_id", hostId);
@@ -283,9 +288,9 @@ export class HostRegistry {
       `update hosts set
          last_heartbeat_at = ?,
          agent_version = case when ? = '' then agent_version else ? end,
-         status_message = case when status = 'OFFLINE' then '' else status_message end,
-         updated_at = case when status = 'OFFLINE' then ? else updated_at end,
-         status = case when status = 'OFFLINE' then 'ONLINE' else status end
+         status_message = case when status = 'OFFLINE' and node_state is null then '' else status_message end,
+         updated_at = case when status = 'OFFLINE' and node_state is null then ? else updated_at end,
+         status = case when status = 'OFFLINE' and node_state is null then 'ONLINE' else status end
        where id = ?`,
       [now, agentVersion, agentVersion, now, id],
       "run",
@@ -297,6 +302,11 @@ export class HostRegistry {
   /** Tells watchers of every replica about hosts changed outside this registry (agent sessions, lease expiry). */
   announce(ids: string[]): void {
     this.changes.announce(ids);
+  }
+
+  /** Tells watchers of every replica about a host registered outside this registry (from its Kubernetes node). */
+  async announceAdded(id: string): Promise<void> {
+    this.changes.publish("ADDED", await this.get(id));
   }
 
   private forget(id: string): void {
@@ -316,6 +326,11 @@ export class HostRegistry {
   }
 
   private setLiveness(host: Host): void {
+    if (host.nodeState) {
+      host.status = host.nodeState.ready ? "ONLINE" : "OFFLINE";
+      host.statusMessage = host.nodeState.reason;
+      return;
+    }
     const fresh = host.lastHeartbeatAt !== null && this.clock.now().getTime() - host.lastHeartbeatAt.getTime() < this.graceMs;
     host.status = fresh ? "ONLINE" : "OFFLINE";
     host.statusMessage = fresh ? "" : "no recent heartbeat";

@@ -4,6 +4,16 @@ import { BigIntType, EntitySchema, OptionalProps, raw, type FilterQuery } from "
 export type HostStatus = "ONLINE" | "OFFLINE" | "DRAINING" | "MAINTENANCE";
 export type HostRuntime = "AGENT" | "KUBERNETES";
 
+/** What a host's Kubernetes Node said when last looked at, for hosts registered from their Node. */
+export interface NodeState {
+  /** Ready, with a lease renewed in time: what the host's status follows while ONLINE or OFFLINE. */
+  ready: boolean;
+  /** Why it is (not) ready, in words. */
+  reason: string;
+  /** `spec.unschedulable` as last applied: only a change of it cordons or uncordons the host. */
+  unschedulable: boolean;
+}
+
 export class Host {
   declare [OptionalProps]?:
     | "labels"
@@ -20,6 +30,7 @@ export class Host {
     | "containersSupported"
     | "agentConnectedAt"
     | "runtimeUnavailableReason"
+    | "nodeState"
     | "version";
   id: string = randomUUID();
   name!: string;
@@ -44,6 +55,11 @@ export class Host {
    * process mode not asked for, say); "" when it can. Placement skips a host with one.
    */
   runtimeUnavailableReason = "";
+  /**
+   * Set for a host registered from its Kubernetes Node (K8S_NODE_SELECTOR): the Node, not heartbeats,
+   * decides whether it is ONLINE. Null for hosts registered through the API.
+   */
+  nodeState: NodeState | null = null;
   createdAt!: Date;
   updatedAt!: Date;
   version = 1;
@@ -70,6 +86,7 @@ export const HostSchema = new EntitySchema<Host>({
     containersSupported: { type: "boolean" },
     agentConnectedAt: { type: "Date", columnType: "timestamptz", nullable: true },
     runtimeUnavailableReason: { type: "text" },
+    nodeState: { type: "json", nullable: true },
     createdAt: { type: "Date", columnType: "timestamptz" },
     updatedAt: { type: "Date", columnType: "timestamptz" },
     version: { type: "integer", version: true },

@@ -79,6 +79,16 @@ export async function syncInventory(
   reported: ReportedGpu[],
   now: Date,
 ): Promise<Map<string, string>> {
+  return (await applyInventory(trx, hostId, reported, now)).ids;
+}
+
+/** Whether applying the plan changed any GPU row. */
+export function inventoryChanged(plan: InventoryPlan): boolean {
+  return plan.park.length + plan.insert.length + plan.update.length + plan.offline.length > 0;
+}
+
+/** syncInventory, returning what it did. */
+export async function applyInventory(trx: Knex.Transaction, hostId: string, reported: ReportedGpu[], now: Date): Promise<InventoryPlan> {
   const rows: {
     id: string;
     uuid: string;
@@ -135,5 +145,5 @@ export async function syncInventory(
       [hostId, now, now, JSON.stringify(plan.insert)],
     );
   }
-  return plan.ids;
+  return plan;
 }

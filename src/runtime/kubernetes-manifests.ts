@@ -1,4 +1,5 @@
 // The Kubernetes objects of one environment, as plain manifests (pure functions, validated in tests).
+import { createHash } from "node:crypto";
 import type {
   V1Ingress,
   V1Namespace,
@@ -9,6 +10,7 @@ import type {
   V1Secret,
   V1Service,
 } from "@kubernetes/client-node";
+import { selectsDevices } from "../validation.js";
 import type { WorkloadSpec } from "./runtime.js";
 
 export interface KubernetesOptions {
@@ -21,15 +23,29 @@ export interface KubernetesOptions {
   /** Where the volume is mounted in the container. @default "/workspace" */
   mountPath: string;
   /**
-   * "device-plugin": GPUs as `nvidia.com/gpu: N` (the device plugin picks them); "visible-devices":
-   * `NVIDIA_VISIBLE_DEVICES` set to the allocated UUIDs, with `runtimeClassName`. @default "device-plugin"
+   * How a pod gets its GPUs. "visible-devices": `NVIDIA_VISIBLE_DEVICES` = the GPUs RemoteGPU
+   * allocated (UUIDs, or indices for GPUs known only by a synthetic id), with `runtimeClassName`, so
+   * the pod has exactly the GPUs GetEnvironment lists. "device-plugin": `nvidia.com/gpu: N`, and the
+   * device plugin picks which; RemoteGPU then holds a count, and lists no GPU ids for the environment.
+   * @default "visible-devices"
    */
   gpuMode: "device-plugin" | "visible-devices";
   /** Runtime class for visible-devices mode. @default "nvidia" */
   runtimeClass: string;
-  /** HTTP ports get an Ingress host `<port>-<env>-<workspace>.<baseDomain>`; none without a domain. */
+  /** HTTP ports get an Ingress host (see ingressHost) under this domain; none without a domain. */
   ingressBaseDomain?: string;
   ingressClass?: string;
+  /** A Secret (in each workspace namespace) with a certificate for every ingress host: turns on TLS. */
+  ingressTlsSecret?: string;
+  /**
+   * A cert-manager ClusterIssuer: each Ingress is annotated `cert-manager.io/cluster-issuer` and gets
+   * a TLS block with a Secret of its own (`env-<id>-tls`), which cert-manager fills. Turns on TLS.
+   */
+  ingressCertIssuer?: string;
+  /** How long an image may fail to pull before the environment FAILS. @default 300 */
+  imagePullTimeoutSeconds: number;
+  /** A label selector (`key=value,...`): matching nodes are registered as Kubernetes hosts. Unset: none. */
+  nodeSelector?: string;
   /** NodePorts the cluster allows; a host port outside them gets a ClusterIP service. @default 30000-32767 */
   nodePortRange: { first: number; last: number };
 }
@@ -102,10 +118,14 @@ export function podManifest(spec: WorkloadSpec, o: KubernetesOptions, owner: V1O
   if (spec.cpuMillicores > 0) resources.cpu = `${spec.cpuMillicores}m`;
   if (spec.memoryBytes > 0) resources.memory = String(spec.memoryBytes);
   const limits: Record<string, string> = { ...resources };
-  const env = Object.entries({ ...portEnv(spec), ...spec.env }).map(([name, value]) => ({ name, value }));
-  if (spec.gpuUuids.length > 0 && o.gpuMode === "device-plugin") limits["nvidia.com/gpu"] = String(spec.gpuUuids.length);
-  if (o.gpuMode === "visible-devices")
-    env.push({ name: "NVIDIA_VISIBLE_DEVICES", value: spec.gpuUuids.length > 0 ? spec.gpuUuids.join(",") : "void" });
+  // Users cannot set device-selecting variables (refused at creation); ones stored before that are dropped.
+  const userEnv = Object.entries(spec.env).filter(([name]) => !selectsDevices(name));
+  const env = Object.entries({ ...portEnv(spec), ...Object.fromEntries(userEnv) }).map(([name, value]) => ({ name, value }));
+  const gpus = spec.gpuUuids.length;
+  if (gpus > 0 && o.gpuMode === "device-plugin") limits["nvidia.com/gpu"] = String(gpus);
+  // "void" keeps a GPU-less pod off the GPUs on nodes whose default container runtime is NVIDIA's.
+  if (gpus === 0) env.push({ name: "NVIDIA_VISIBLE_DEVICES", value: "void" });
+  else if (o.gpuMode === "visible-devices") env.push({ name: "NVIDIA_VISIBLE_DEVICES", value: visibleDevices(spec) });
   const m = meta(spec, o, owner);
   return {
     apiVersion: "v1",
@@ -115,7 +135,7 @@ export function podManifest(spec: WorkloadSpec, o: KubernetesOptions, owner: V1O
       // Placed by the scheduler of RemoteGPU (which chose the GPUs), not by Kubernetes'.
       nodeName: spec.nodeName,
       restartPolicy: "Never",
-      runtimeClassName: o.gpuMode === "visible-devices" && spec.gpuUuids.length > 0 ? o.runtimeClass : undefined,
+      runtimeClassName: o.gpuMode === "visible-devices" && gpus > 0 ? o.runtimeClass : undefined,
       containers: [
         {
           name: CONTAINER,
@@ -140,6 +160,15 @@ export function podManifest(spec: WorkloadSpec, o: KubernetesOptions, owner: V1O
       ],
     },
   };
+}
+
+/**
+ * The allocated GPUs as the NVIDIA container runtime takes them: by UUID (`GPU-…`, `MIG-…`) when
+ * every one has a real UUID, else by index (hosts made from Node objects have ids of their own).
+ */
+function visibleDevices(spec: Pick<WorkloadSpec, "gpuUuids" | "gpuIndices">): string {
+  const real = spec.gpuUuids.every((u) => u.startsWith("GPU-") || u.startsWith("MIG-"));
+  return (real ? spec.gpuUuids : spec.gpuIndices.map(String)).join(",");
 }
 
 /**
@@ -175,18 +204,34 @@ export function serviceManifest(spec: WorkloadSpec, o: KubernetesOptions, owner:
   };
 }
 
-/** An Ingress for the HTTP ports, one host name each; none without a base domain or HTTP ports. */
+export const CERT_MANAGER_ISSUER_ANNOTATION = "cert-manager.io/cluster-issuer";
+
+/** The Secret cert-manager fills with an environment's certificate (with `ingressCertIssuer`). */
+export function ingressTlsSecretName(environmentId: string): string {
+  return `${objectName(environmentId)}-tls`;
+}
+
+/**
+ * An Ingress for the HTTP ports, one host name each; none without a base domain or HTTP ports.
+ * With a TLS secret or a cert-manager issuer configured, one TLS block covers all its hosts.
+ */
 export function ingressManifest(spec: WorkloadSpec, o: KubernetesOptions, owner: V1OwnerReference): V1Ingress | undefined {
   const http = spec.ports.filter((p) => p.protocol === "HTTP");
   if (!o.ingressBaseDomain || http.length === 0) return undefined;
+  const hosts = http.map((p) => ingressHost(p.name, spec, o.ingressBaseDomain!));
+  const secretName = o.ingressTlsSecret ?? (o.ingressCertIssuer ? ingressTlsSecretName(spec.environmentId) : undefined);
   return {
     apiVersion: "networking.k8s.io/v1",
     kind: "Ingress",
-    metadata: meta(spec, o, owner),
+    metadata: {
+      ...meta(spec, o, owner),
+      annotations: o.ingressCertIssuer ? { [CERT_MANAGER_ISSUER_ANNOTATION]: o.ingressCertIssuer } : undefined,
+    },
     spec: {
       ingressClassName: o.ingressClass,
-      rules: http.map((p) => ({
-        host: ingressHost(p.name, spec, o.ingressBaseDomain!),
+      tls: secretName ? [{ hosts, secretName }] : undefined,
+      rules: http.map((p, i) => ({
+        host: hosts[i],
         http: {
           paths: [
             {
@@ -201,6 +246,63 @@ export function ingressManifest(spec: WorkloadSpec, o: KubernetesOptions, owner:
   };
 }
 
-export function ingressHost(port: string, spec: Pick<WorkloadSpec, "name" | "workspaceName">, baseDomain: string): string {
-  return `${port}-${spec.name}-${spec.workspaceName}.${baseDomain}`;
+/** Characters of the hash that ends every ingress host label: 13 base32 characters are 65 bits. */
+const HOST_HASH_LENGTH = 13;
+/** How much of each name goes into the readable part: 15 + 1 + 16 + 1 + 16 + 1 + 13 = 63. */
+const HOST_PART_LENGTHS = [15, 16, 16] as const;
+
+/**
+ * The host name of an HTTP port: `<port>-<environment>-<workspace>-<hash>.<baseDomain>`, one DNS
+ * label before the domain. The names are only for people to read: each is lower-cased, accents are
+ * dropped, any other run of characters outside [a-z0-9] becomes one '-', and it is cut to 15, 16 and
+ * 16 characters. The hash is what tells hosts apart: the first 65 bits of SHA-256 over
+ * `<environment id>/<port name>`, in lowercase base32. The label is at most 63 characters of
+ * [a-z0-9-], never starts or ends with '-', and is the same for the same inputs.
+ */
+export function ingressHost(
+  port: string,
+  spec: Pick<WorkloadSpec, "environmentId" | "name" | "workspaceName">,
+  baseDomain: string,
+): string {
+  const readable = [port, spec.name, spec.workspaceName].map((part, i) => hostPart(part, HOST_PART_LENGTHS[i]!));
+  const hash = base32(createHash("sha256").update(`${spec.environmentId}/${port}`).digest()).slice(0, HOST_HASH_LENGTH);
+  return `${[...readable, hash].filter((p) => p !== "").join("-")}.${baseDomain}`;
+}
+
+/** `https://<host>/` when ingresses have TLS, else `http://<host>/`; undefined without a base domain. */
+export function ingressUrl(
+  port: string,
+  spec: Pick<WorkloadSpec, "environmentId" | "name" | "workspaceName">,
+  o: Pick<KubernetesOptions, "ingressBaseDomain" | "ingressTlsSecret" | "ingressCertIssuer">,
+): string | undefined {
+  if (!o.ingressBaseDomain) return undefined;
+  const scheme = o.ingressTlsSecret || o.ingressCertIssuer ? "https" : "http";
+  return `${scheme}://${ingressHost(port, spec, o.ingressBaseDomain)}/`;
+}
+
+function hostPart(name: string, max: number): string {
+  const plain = name
+    .normalize("NFKD")
+    .replace(/\p{M}/gu, "")
+    .toLowerCase()
+    .replace(/[^a-z0-9]+/g, "-");
+  return plain.slice(0, max).replace(/^-+|-+$/g, "");
+}
+
+const BASE32 = "abcdefghijklmnopqrstuvwxyz234567";
+
+function base32(bytes: Uint8Array): string {
+  let out = "";
+  let bits = 0;
+  let value = 0;
+  for (const byte of bytes) {
+    value = (value << 8) | byte;
+    bits += 8;
+    while (bits >= 5) {
+      out += BASE32[(value >>> (bits - 5)) & 31];
+      bits -= 5;
+    }
+    value &= (1 << bits) - 1;
+  }
+  return out;
 }

@@ -35,8 +35,11 @@ export type WorkloadState = "STARTING" | "RUNNING" | "STOPPED" | "FAILED" | "REM
  */
 export interface Runtime {
   run(spec: WorkloadSpec): Promise<void>;
-  /** Stops the workload and keeps its volume; its STOPPED report carries at least `generation`. */
-  stop(environmentId: string, hostId: string, generation: number): Promise<void>;
+  /**
+   * Stops the workload and keeps its volume; its STOPPED report carries at least `generation`.
+   * `workspaceId` tells a runtime that keeps workspaces apart (Kubernetes namespaces) where to look.
+   */
+  stop(environmentId: string, hostId: string, generation: number, workspaceId?: string): Promise<void>;
   /** Stops the workload and removes everything it had, volume included; REMOVED carries at least `generation`. */
-  remove(environmentId: string, hostId: string, generation: number): Promise<void>;
+  remove(environmentId: string, hostId: string, generation: number, workspaceId?: string): Promise<void>;
 }

@@ -140,16 +140,17 @@ export class HeartbeatIngest {
       const revived = await bulkSql<{ id: string }>(
         this.orm,
         `with seen as (select * from unnest(?::uuid[], ?::timestamptz[]) as v(id, seen)),
-         before as (select h.id, h.status from hosts h join seen on seen.id = h.id),
+         before as (select h.id, h.status, h.node_state from hosts h join seen on seen.id = h.id),
+         -- A host that follows a Kubernetes node is ONLINE by its node, never by a heartbeat.
          updated as (
            update hosts h set
              last_heartbeat_at = seen.seen,
-             status = case when h.status = 'OFFLINE' then 'ONLINE' else h.status end,
-             status_message = case when h.status = 'OFFLINE' then '' else h.status_message end,
-             updated_at = case when h.status = 'OFFLINE' then seen.seen else h.updated_at end
+             status = case when h.status = 'OFFLINE' and h.node_state is null then 'ONLINE' else h.status end,
+             status_message = case when h.status = 'OFFLINE' and h.node_state is null then '' else h.status_message end,
+             updated_at = case when h.status = 'OFFLINE' and h.node_state is null then seen.seen else h.updated_at end
            from seen where h.id = seen.id
            returning h.id)
-         select id from before where status = 'OFFLINE'`,
+         select id from before where status = 'OFFLINE' and node_state is null`,
         [pgArray(ids), pgArray(ids.map((id) => seen.get(id)!.toISOString()))],
       );
       if (revived.length > 0) this.onRevived(revived.map((r) => r.id));

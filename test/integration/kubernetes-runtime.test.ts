@@ -1,7 +1,10 @@
 import { strict as assert } from "node:assert";
+import { readFile } from "node:fs/promises";
+import { loadAllYaml } from "@kubernetes/client-node";
 import { EnvironmentService, EnvironmentStatus, PortProtocol } from "../../gen/remotegpu/v1/environment_pb.js";
 import { HostRuntime, HostService } from "../../gen/remotegpu/v1/host_pb.js";
 import { WorkspaceService } from "../../gen/remotegpu/v1/workspace_pb.js";
+import { createTestDatabase, type TestDatabase } from "../support/database.js";
 import { eventually } from "../support/eventually.js";
 import { startKubeApiServer, type KubeApiTestServer } from "../support/kube-api-server.js";
 import { startTestServer, type TestServer } from "../support/server.js";
@@ -39,6 +42,7 @@ describe("the Kubernetes runtime against a Kubernetes API test server", function
         HOST_PORT_RANGE: "30100-30199",
         K8S_INGRESS_BASE_DOMAIN: "gpu.example.com",
         ENVIRONMENT_START_TIMEOUT_SECONDS: "20",
+        K8S_IMAGE_PULL_TIMEOUT_SECONDS: "2",
       },
     });
     envs = server.client(EnvironmentService);
@@ -79,7 +83,10 @@ describe("the Kubernetes runtime against a Kubernetes API test server", function
     ).environment!;
     const pod = await eventually("the pod", () => podOf(env.id), polling);
     assert.equal(pod.spec.nodeName, "gpu-node-1");
-    assert.equal(pod.spec.containers[0].resources.limits["nvidia.com/gpu"], "2");
+    // visible-devices (the default): exactly the GPUs RemoteGPU allocated, through the NVIDIA runtime.
+    const visible = pod.spec.containers[0].env.find((e: { name: string }) => e.name === "NVIDIA_VISIBLE_DEVICES")?.value;
+    assert.match(visible, /^GPU-k8s-\d,GPU-k8s-\d$/);
+    assert.equal(pod.spec.runtimeClassName, "nvidia");
     assert.deepEqual(
       pod.spec.containers[0].volumeMounts.map((m: { mountPath: string }) => m.mountPath),
       ["/workspace", "/etc/remotegpu/ssh"],
@@ -102,7 +109,9 @@ describe("the Kubernetes runtime against a Kubernetes API test server", function
         ["ssh", hostPortOf("ssh")],
       ],
     );
-    assert.equal(kube.get("ingresses", namespace, name)?.spec.rules[0].host, "web-nb-kube-team.gpu.example.com");
+    // Readable names, and a hash that keeps tenants' hosts apart whatever they are called.
+    const ingressHost = kube.get("ingresses", namespace, name)?.spec.rules[0].host;
+    assert.match(ingressHost, /^web-nb-kube-team-[a-z0-9]+\.gpu\.example\.com$/);
     assert.equal((await envs.getEnvironment({ id: env.id })).environment?.status, EnvironmentStatus.CREATING);
 
     kube.setPodPhase(namespace, pod.metadata.name, { state: "Running" });
@@ -170,10 +179,19 @@ describe("the Kubernetes runtime against a Kubernetes API test server", function
     }
   });
 
-  it("fails an environment whose image cannot be pulled, with the reason, and rolls its pod back", async () => {
+  it("fails an environment whose image cannot be pulled once the pull timeout passes, with the reason, and rolls its pod back", async () => {
     const env = (await envs.createEnvironment({ workspaceId: ws, name: "badimg", image: "no/such:image", gpuCount: 1 })).environment!;
     const pod = await eventually("the pod", () => podOf(env.id), polling);
     kube.setPodPhase(namespace, pod.metadata.name, { state: "ImagePullBackOff", message: 'Back-off pulling image "no/such:image"' });
+    // A registry's hiccup is not the end: STARTING, with the pull's state, until the timeout (2 s here).
+    await eventually(
+      "the pull's state in the status message",
+      async () =>
+        /pulling the image failed, retrying for \d+ s more: ImagePullBackOff/.test(
+          (await envs.getEnvironment({ id: env.id })).environment!.statusMessage,
+        ),
+      polling,
+    );
     const failed = await status(env.id, EnvironmentStatus.FAILED);
     assert.match(failed.statusMessage, /ImagePullBackOff: Back-off pulling image "no\/such:image"/);
     assert.deepEqual(failed.gpuIds, []);
@@ -204,5 +222,188 @@ describe("the Kubernetes runtime against a Kubernetes API test server", function
     const pod = await eventually("the pod, once the API answers", () => podOf(env.id), { ...polling, ms: 20_000 });
     kube.setPodPhase(namespace, pod.metadata.name, { state: "Running" });
     await status(env.id, EnvironmentStatus.RUNNING);
+  });
+
+  it("applies each pod's statuses in order: after a burst, every environment shows the last one and keeps it", async () => {
+    const created = await Promise.all(
+      Array.from({ length: 10 }, (_, i) => envs.createEnvironment({ workspaceId: ws, name: `burst-${i}`, image: "img" })),
+    );
+    const ids = created.map((c) => c.environment!.id);
+    const pods = await Promise.all(ids.map((id) => eventually("the pod", () => podOf(id), polling)));
+    // Back to back, as a busy kubelet reports them: started, then ready, then exited.
+    for (const pod of pods) {
+      kube.setPodPhase(namespace, pod.metadata.name, { state: "Running", ready: false });
+      kube.setPodPhase(namespace, pod.metadata.name, { state: "Running" });
+      kube.setPodPhase(namespace, pod.metadata.name, { state: "Terminated", exitCode: 3 });
+    }
+    const shown = async () => Promise.all(ids.map(async (id) => (await envs.getEnvironment({ id })).environment!));
+    await eventually("all FAILED", async () => (await shown()).every((e) => e.status === EnvironmentStatus.FAILED), polling);
+    await new Promise((r) => setTimeout(r, 1000));
+    for (const e of await shown()) {
+      assert.equal(e.status, EnvironmentStatus.FAILED, `${e.name} stays FAILED`);
+      assert.match(e.statusMessage, /exited with code 3/);
+    }
+    await Promise.all(ids.map((id) => envs.deleteEnvironment({ id })));
+  });
+
+  it("resumes following a pod's log after the API connection is cut, with no line lost or stored twice", async () => {
+    const env = (await envs.createEnvironment({ workspaceId: ws, name: "chatty", image: "img" })).environment!;
+    const pod = await eventually("the pod", () => podOf(env.id), polling);
+    kube.setPodPhase(namespace, pod.metadata.name, { state: "Running" });
+    await status(env.id, EnvironmentStatus.RUNNING);
+    const texts = async () => {
+      const out: string[] = [];
+      for await (const r of envs.streamLogs({ environmentId: env.id })) out.push(...r.lines.map((l) => l.text));
+      return out;
+    };
+    // Appended in one go: the same millisecond, so resuming from it must count, not compare times.
+    for (const l of ["one", "two", "three"]) kube.appendLog(namespace, pod.metadata.name, l);
+    await eventually("the first lines", async () => (await texts()).length === 3, polling);
+
+    await kube.down(); // the follow is cut; the pod runs on and writes
+    for (const l of ["four", "five"]) kube.appendLog(namespace, pod.metadata.name, l);
+    await new Promise((r) => setTimeout(r, 1500));
+    await kube.up();
+    kube.appendLog(namespace, pod.metadata.name, "six");
+    await eventually("the lines written while cut, and after", async () => (await texts()).length >= 6, { ...polling, ms: 40_000 });
+    assert.ok(kube.breakLogFollows() >= 1, "following again");
+    kube.appendLog(namespace, pod.metadata.name, "seven");
+    await eventually("a line after a second cut", async () => (await texts()).includes("seven"), { ...polling, ms: 40_000 });
+    await new Promise((r) => setTimeout(r, 500));
+    assert.deepEqual(await texts(), ["one", "two", "three", "four", "five", "six", "seven"]);
+    await envs.deleteEnvironment({ id: env.id });
+  });
+
+  it("brings an object whose spec changed back to what the environment asks: the SSH keys, a larger volume", async () => {
+    const env = (
+      await envs.createEnvironment({ workspaceId: ws, name: "drift", image: "img", sshPublicKeys: ["ssh-ed25519 AAAAkeep me@host"] })
+    ).environment!;
+    const pod = await eventually("the pod", () => podOf(env.id), polling);
+    kube.setPodPhase(namespace, pod.metadata.name, { state: "Running" });
+    await status(env.id, EnvironmentStatus.RUNNING);
+    await envs.stopEnvironment({ id: env.id });
+    await status(env.id, EnvironmentStatus.STOPPED);
+    const name = `env-${env.id}`;
+    const secret = kube.get("secrets", namespace, name)!;
+    // Someone (or an older RemoteGPU) left other keys and a smaller claim behind.
+    kube.modify("secrets", namespace, name, (s) => {
+      s.stringData = { authorized_keys: "ssh-ed25519 AAAAstale intruder@elsewhere\n" };
+      delete s.data;
+    });
+    kube.modify("persistentvolumeclaims", namespace, name, (c) => (c.spec.resources.requests.storage = "1Gi"));
+    await envs.startEnvironment({ id: env.id });
+    await eventually("the pod of generation 2", () => podOf(env.id)?.metadata.annotations["remotegpu.io/generation"] === "2", polling);
+    const keys = kube.get("secrets", namespace, name)!;
+    assert.equal(keys.metadata.uid, secret.metadata.uid, "updated in place: what it owns stays owned");
+    assert.equal(
+      keys.stringData?.authorized_keys ?? Buffer.from(keys.data.authorized_keys, "base64").toString(),
+      "ssh-ed25519 AAAAkeep me@host\n",
+    );
+    assert.equal(kube.get("persistentvolumeclaims", namespace, name)!.spec.resources.requests.storage, "10Gi");
+    await envs.deleteEnvironment({ id: env.id });
+  });
+
+  it("asks only within the workspace's namespace when deleting, and watches with bookmarks", async () => {
+    const env = (await envs.createEnvironment({ workspaceId: ws, name: "scoped", image: "img" })).environment!;
+    await eventually("the pod", () => podOf(env.id), polling);
+    const from = kube.requests.length;
+    await envs.deleteEnvironment({ id: env.id });
+    await eventually(
+      "the environment gone",
+      async () => (await envs.getEnvironment({ id: env.id }).catch(() => undefined)) === undefined,
+      polling,
+    );
+    const asked = kube.requests.slice(from).filter((r) => !(r.path === "/api/v1/pods" && r.query.includes("watch=true")));
+    assert.ok(asked.length > 0);
+    for (const r of asked)
+      assert.ok(
+        r.path.startsWith(`/api/v1/namespaces/${namespace}/`) || r.path.startsWith(`/apis/networking.k8s.io/v1/namespaces/${namespace}/`),
+        `${r.method} ${r.path}`,
+      );
+    const watches = kube.requests.filter((r) => r.path === "/api/v1/pods" && r.query.includes("watch=true"));
+    assert.ok(watches.every((r) => r.query.includes("allowWatchBookmarks=true")));
+  });
+
+  // Last: it reads every request the tests above made.
+  it("makes no request that deploy/rbac.yaml does not allow", async () => {
+    const role = loadAllYaml(await readFile(new URL("../../deploy/rbac.yaml", import.meta.url), "utf8")).find(
+      (d) => d.kind === "ClusterRole",
+    );
+    const rules: { apiGroups: string[]; resources: string[]; verbs: string[] }[] = role.rules;
+    const denied = new Set<string>();
+    for (const r of kube.requests) {
+      const m = /^\/(?:api\/v1|apis\/([^/]+)\/v1)\/(?:namespaces\/[^/]+\/)?([a-z]+)(?:\/([^/]+))?(?:\/([a-z]+))?$/.exec(r.path);
+      if (!m) continue; // discovery
+      const [, group = "", plural, name, sub] = m;
+      const resource = sub ? `${plural}/${sub}` : plural;
+      const verb =
+        r.method === "GET"
+          ? name
+            ? "get"
+            : r.query.includes("watch=true")
+              ? "watch"
+              : "list"
+          : ({ POST: "create", PUT: "update", PATCH: "patch", DELETE: "delete" } as Record<string, string>)[r.method];
+      if (!rules.some((rule) => rule.apiGroups.includes(group) && rule.resources.includes(resource) && rule.verbs.includes(verb!)))
+        denied.add(`${verb} ${group}/${resource}`);
+    }
+    assert.deepEqual([...denied], []);
+  });
+});
+
+describe("the Kubernetes runtime's log following across a control-plane restart", function () {
+  this.timeout(60_000);
+  let kube: KubeApiTestServer;
+  let db: TestDatabase;
+  let server: TestServer | undefined;
+  let agent: WorkloadAgent | undefined;
+  const env = {
+    RUNTIME: "kubernetes",
+    HOST_PORT_RANGE: "30100-30199",
+    ENVIRONMENT_START_TIMEOUT_SECONDS: "20",
+  };
+
+  before(async () => {
+    kube = await startKubeApiServer();
+    db = await createTestDatabase();
+  });
+  after(async () => {
+    await agent?.close();
+    await server?.close();
+    await kube?.close();
+    await db?.drop();
+  });
+
+  it("stores every line once: the new control plane resumes from the newest line stored", async () => {
+    server = await startTestServer({ clock: systemClock, db, env: { ...env, KUBECONFIG: kube.kubeconfigPath } });
+    const host = await server
+      .client(HostService)
+      .createHost({ name: "k8s-node", address: "10.5.0.1", runtime: HostRuntime.KUBERNETES, kubernetesNodeName: "gpu-node-1" });
+    agent = new WorkloadAgent(server, host.agentToken, host.host!.id, [{ index: 0, uuid: "GPU-k8s-0" }]);
+    await agent.welcome;
+    const ws = (await server.client(WorkspaceService).createWorkspace({ name: "restarts" })).workspace!.id;
+    const created = (await server.client(EnvironmentService).createEnvironment({ workspaceId: ws, name: "long", image: "img" }))
+      .environment!;
+    const namespace = `rgpu-${ws}`;
+    const pod = await eventually("the pod", () => kube.list("pods", namespace)[0], { ms: 15_000, everyMs: 50 });
+    kube.setPodPhase(namespace, pod.metadata.name, { state: "Running" });
+    const texts = async () => {
+      const out: string[] = [];
+      for await (const r of server!.client(EnvironmentService).streamLogs({ environmentId: created.id }))
+        out.push(...r.lines.map((l) => l.text));
+      return out;
+    };
+    for (const l of ["a", "b", "c"]) kube.appendLog(namespace, pod.metadata.name, l);
+    await eventually("the first lines stored", async () => (await texts()).length === 3, { ms: 15_000, everyMs: 100 });
+
+    await agent.close();
+    await server.close();
+    for (const l of ["d", "e"]) kube.appendLog(namespace, pod.metadata.name, l); // while no control plane runs
+    server = await startTestServer({ clock: systemClock, db, env: { ...env, KUBECONFIG: kube.kubeconfigPath } });
+    agent = undefined;
+    await eventually("the lines written meanwhile", async () => (await texts()).length >= 5, { ms: 20_000, everyMs: 100 });
+    kube.appendLog(namespace, pod.metadata.name, "f");
+    await eventually("a new line", async () => (await texts()).includes("f"), { ms: 15_000, everyMs: 100 });
+    assert.deepEqual(await texts(), ["a", "b", "c", "d", "e", "f"]);
   });
 });

@@ -50,6 +50,8 @@ const RESOURCES: Resource[] = [
     deleteReturnsObject: false,
     hasStatus: true,
   },
+  { plural: "nodes", kind: "Node", apiVersion: "v1", namespaced: false, deleteReturnsObject: true, hasStatus: true },
+  { plural: "leases", kind: "Lease", apiVersion: "coordination.k8s.io/v1", namespaced: true, deleteReturnsObject: false, hasStatus: false },
 ];
 
 /** A kind ("Pod") or plural ("pods") naming one of the supported resources. */
@@ -67,7 +69,11 @@ export type ResourceName =
   | "ConfigMap"
   | "configmaps"
   | "Ingress"
-  | "ingresses";
+  | "ingresses"
+  | "Node"
+  | "nodes"
+  | "Lease"
+  | "leases";
 
 const prefixOf = (r: Resource) => (r.apiVersion === "v1" ? "/api/v1" : `/apis/${r.apiVersion}`);
 /** How the real API names a resource in messages: `pods`, `ingresses.networking.k8s.io`. */
@@ -91,10 +97,15 @@ const DISCOVERY: Record<string, KubeObject> = {
         versions: [{ groupVersion: "networking.k8s.io/v1", version: "v1" }],
         preferredVersion: { groupVersion: "networking.k8s.io/v1", version: "v1" },
       },
+      {
+        name: "coordination.k8s.io",
+        versions: [{ groupVersion: "coordination.k8s.io/v1", version: "v1" }],
+        preferredVersion: { groupVersion: "coordination.k8s.io/v1", version: "v1" },
+      },
     ],
   },
 };
-for (const groupVersion of ["v1", "networking.k8s.io/v1"]) {
+for (const groupVersion of ["v1", "networking.k8s.io/v1", "coordination.k8s.io/v1"]) {
   const resources = RESOURCES.filter((r) => r.apiVersion === groupVersion).map((r) => ({
     name: r.plural,
     singularName: r.kind.toLowerCase(),
@@ -207,15 +218,60 @@ interface Watcher {
 interface Follower {
   key: string;
   res: http.ServerResponse;
+  timestamps: boolean;
 }
+interface LogLine {
+  /** RFC3339Nano, as the kubelet stamps lines. */
+  time: string;
+  text: string;
+}
+const logText = (l: LogLine, timestamps: boolean) => (timestamps ? `${l.time} ${l.text}\n` : `${l.text}\n`);
 
 /** States a test drives a pod into; each one replaces `status` as the kubelet would report it. */
 export type PodDrive =
   | { state: "Scheduled"; nodeName?: string }
-  | { state: "Running"; podIP?: string }
+  | { state: "Running"; podIP?: string; ready?: boolean }
   | { state: "ImagePullBackOff"; message?: string }
   | { state: "Evicted"; message?: string }
   | { state: "Terminated"; exitCode: number; reason?: string };
+
+/** How a test node starts out (see `addNode`). */
+export interface NodeDrive {
+  labels?: Record<string, string>;
+  /** Merged over 16 CPUs, 64 GiB of memory and 500 GiB of ephemeral storage: `{"nvidia.com/gpu": "4"}`. */
+  allocatable?: Record<string, string>;
+  /** @default true */
+  ready?: boolean;
+  unschedulable?: boolean;
+  /** Its InternalIP. @default "10.0.0.1" */
+  address?: string;
+  /** @default 40 */
+  leaseDurationSeconds?: number;
+}
+
+/** Where kubelets keep their node leases. */
+export const NODE_LEASE_NAMESPACE = "kube-node-lease";
+
+/** Now as a Kubernetes MicroTime (microsecond precision). */
+const microTime = () => new Date().toISOString().replace("Z", "000Z");
+
+function readyCondition(ready: boolean | "Unknown", reason?: string): KubeObject {
+  const now = new Date().toISOString().replace(/\.\d+Z$/, "Z");
+  const status = ready === "Unknown" ? "Unknown" : ready ? "True" : "False";
+  return {
+    type: "Ready",
+    status,
+    reason: reason ?? (ready === true ? "KubeletReady" : ready === false ? "KubeletNotReady" : "NodeStatusUnknown"),
+    message:
+      ready === true
+        ? "kubelet is posting ready status"
+        : ready === false
+          ? "container runtime is down"
+          : "Kubelet stopped posting node status.",
+    lastHeartbeatTime: now,
+    lastTransitionTime: now,
+  };
+}
 
 export interface KubeApiServerOptions {
   /** Watch events kept for resuming watches; older resourceVersions get 410 Expired. @default 1000 */
@@ -233,7 +289,7 @@ export class KubeApiTestServer {
   kubeconfigPath = "";
   private readonly server = http.createServer((req, res) => void this.handle(req, res));
   private readonly objects = new Map<string, KubeObject>();
-  private readonly logs = new Map<string, string[]>();
+  private readonly logs = new Map<string, LogLine[]>();
   private readonly watchers = new Set<Watcher>();
   private readonly followers = new Set<Follower>();
   private history: WatchEvent[] = [];
@@ -370,12 +426,13 @@ export class KubeApiTestServer {
         };
       } else if (drive.state === "Running") {
         const podIP = drive.podIP ?? "10.244.0.10";
+        const ready = drive.ready ?? true; // not ready: started, its readiness probe not yet passing
         p.status = {
           phase: "Running",
           podIP,
           podIPs: [{ ip: podIP }],
-          conditions: conditions(true),
-          containerStatuses: containers({ running: { startedAt: now } }, true),
+          conditions: conditions(ready, ready ? undefined : "ContainersNotReady"),
+          containerStatuses: containers({ running: { startedAt: now } }, ready),
           ...started,
         };
       } else if (drive.state === "ImagePullBackOff") {
@@ -412,12 +469,25 @@ export class KubeApiTestServer {
     return pod;
   }
 
-  /** Appends a line to a container's log (the pod's first container by default) and to open follows. */
+  /**
+   * Appends a line to a container's log (the pod's first container by default) and to open follows,
+   * stamped with the current time (milliseconds, written as RFC3339Nano): lines appended in one go
+   * share a timestamp, as a burst does on a real node.
+   */
   appendLog(namespace: string, pod: string, line: string, container?: string): void {
     const podKey = this.key(resourceFor("pods"), namespace, pod);
     const key = `${podKey}/${container ?? this.objects.get(podKey)?.spec?.containers?.[0]?.name ?? ""}`;
-    this.logs.set(key, [...(this.logs.get(key) ?? []), line]);
-    for (const f of this.followers) if (f.key === key) f.res.write(`${line}\n`);
+    const entry = { time: new Date().toISOString().replace(/Z$/, "000000Z"), text: line };
+    this.logs.set(key, [...(this.logs.get(key) ?? []), entry]);
+    for (const f of this.followers) if (f.key === key) f.res.write(logText(entry, f.timestamps));
+  }
+
+  /** Cuts every open log follow (the connection drops, as in a network failure); returns how many. */
+  breakLogFollows(): number {
+    const n = this.followers.size;
+    for (const f of [...this.followers]) f.res.destroy();
+    this.followers.clear();
+    return n;
   }
 
   /** Forgets all watch history: a watch resuming from any earlier resourceVersion gets 410 Expired. */
@@ -442,6 +512,111 @@ export class KubeApiTestServer {
     return String(this.rv);
   }
 
+  // ---- Nodes and their leases: what the kubelet and the node lifecycle controller would write ----
+
+  /**
+   * Registers a node as its kubelet would: Ready (unless told otherwise), with the given labels and
+   * allocatable resources, and its Lease in `kube-node-lease`, renewed every quarter of its duration
+   * until `stopRenewingLease`.
+   */
+  addNode(name: string, node: NodeDrive = {}): KubeObject {
+    if (!this.objects.has(this.key(resourceFor("namespaces"), undefined, NODE_LEASE_NAMESPACE)))
+      this.create(resourceFor("namespaces"), undefined, { metadata: { name: NODE_LEASE_NAMESPACE } });
+    const created = this.create(resourceFor("nodes"), undefined, {
+      metadata: { name, labels: { "kubernetes.io/hostname": name, ...node.labels } },
+      spec: { ...(node.unschedulable && { unschedulable: true }) },
+      status: {
+        addresses: [
+          { type: "InternalIP", address: node.address ?? "10.0.0.1" },
+          { type: "Hostname", address: name },
+        ],
+        allocatable: { cpu: "16", memory: "64Gi", "ephemeral-storage": "500Gi", pods: "110", ...node.allocatable },
+        capacity: { cpu: "16", memory: "64Gi", "ephemeral-storage": "500Gi", pods: "110", ...node.allocatable },
+        conditions: [readyCondition(node.ready ?? true)],
+        nodeInfo: { kubeletVersion: "v1.30.0" },
+      },
+    });
+    this.create(resourceFor("leases"), NODE_LEASE_NAMESPACE, {
+      metadata: {
+        name,
+        ownerReferences: [{ apiVersion: "v1", kind: "Node", name, uid: created.metadata.uid }],
+      },
+      spec: { holderIdentity: name, leaseDurationSeconds: node.leaseDurationSeconds ?? 40, renewTime: microTime() },
+    });
+    this.startRenewingLease(name);
+    return clone(created);
+  }
+
+  /** Sets the node's Ready condition, as the kubelet (True) or the node lifecycle controller (False, Unknown) would. */
+  setNodeReady(name: string, ready: boolean | "Unknown", reason?: string): KubeObject {
+    return this.modify("nodes", undefined, name, (n) => {
+      const others = (n.status.conditions ?? []).filter((c: KubeObject) => c.type !== "Ready");
+      n.status.conditions = [...others, readyCondition(ready, reason)];
+    });
+  }
+
+  /** Cordons (true) or uncordons (false) a node, as `kubectl cordon` and `kubectl uncordon` do. */
+  setNodeUnschedulable(name: string, unschedulable: boolean): KubeObject {
+    return this.modify("nodes", undefined, name, (n) => {
+      n.spec = { ...n.spec, unschedulable: unschedulable || undefined };
+    });
+  }
+
+  /** Adds or changes labels of a node; a null value removes the label. */
+  setNodeLabels(name: string, labels: Record<string, string | null>): KubeObject {
+    return this.modify("nodes", undefined, name, (n) => {
+      n.metadata.labels = mergePatch(n.metadata.labels ?? {}, labels);
+    });
+  }
+
+  /** Changes the node's allocatable (and capacity) resources; a null value removes the resource. */
+  setNodeAllocatable(name: string, allocatable: Record<string, string | null>): KubeObject {
+    return this.modify("nodes", undefined, name, (n) => {
+      n.status.allocatable = mergePatch(n.status.allocatable ?? {}, allocatable);
+      n.status.capacity = mergePatch(n.status.capacity ?? {}, allocatable);
+    });
+  }
+
+  /** Deletes a node; its lease (owned by the node) goes with it. */
+  deleteNode(name: string): void {
+    this.stopRenewingLease(name);
+    const node = this.objects.get(this.key(resourceFor("nodes"), undefined, name));
+    if (!node) throw new Error(`kube-api-server: no Node ${name}`);
+    this.remove(resourceFor("nodes"), node);
+  }
+
+  /** Renews the node's lease now (once). */
+  renewLease(name: string): KubeObject {
+    return this.modify("leases", NODE_LEASE_NAMESPACE, name, (l) => {
+      l.spec.renewTime = microTime();
+    });
+  }
+
+  /** The node's kubelet renews its lease again, at once and then every quarter of its duration. */
+  startRenewingLease(name: string): void {
+    this.stopRenewingLease(name);
+    this.renewLease(name);
+    const seconds = Number(this.get("leases", NODE_LEASE_NAMESPACE, name)?.spec.leaseDurationSeconds ?? 40);
+    const timer = setInterval(
+      () => {
+        if (this.objects.has(this.key(resourceFor("leases"), NODE_LEASE_NAMESPACE, name))) this.renewLease(name);
+      },
+      (seconds * 1000) / 4,
+    );
+    timer.unref();
+    this.leaseRenewals.set(name, timer);
+  }
+
+  /** The node's kubelet stops renewing its lease (it hung, or lost the network), leaving Ready as it was. */
+  stopRenewingLease(name: string): void {
+    clearInterval(this.leaseRenewals.get(name));
+    this.leaseRenewals.delete(name);
+  }
+
+  private readonly leaseRenewals = new Map<string, NodeJS.Timeout>();
+
+  // ---- end of nodes and leases ----
+
   private key(r: Resource, namespace: string | undefined, name: string): string {
     return `${r.plural}/${r.namespaced ? (namespace ?? "") : ""}/${name}`;
   }
@@ -457,11 +632,18 @@ export class KubeApiTestServer {
   private store(r: Resource, o: KubeObject, type: WatchEvent["type"]): KubeObject {
     o.metadata.resourceVersion = String(++this.rv);
     const key = this.key(r, o.metadata.namespace, o.metadata.name);
+    const before = this.objects.get(key);
     if (type === "DELETED") this.objects.delete(key);
     else this.objects.set(key, o);
     this.history.push({ rv: this.rv, type, resource: r, object: clone(o) });
     while (this.history.length > this.historyLimit) this.floor = this.history.shift()!.rv;
-    for (const w of this.watchers) if (w.resource === r && w.matches(o)) w.send(type, o);
+    for (const w of this.watchers) {
+      if (w.resource !== r) continue;
+      // As the real API does, a selector's watch sees an object that stops matching as DELETED, one that starts as ADDED.
+      const [now, was] = [w.matches(o), before !== undefined && w.matches(before)];
+      if (type === "MODIFIED" && now !== was) w.send(now ? "ADDED" : "DELETED", o);
+      else if (now) w.send(type, o);
+    }
     return o;
   }
 
@@ -690,20 +872,25 @@ export class KubeApiTestServer {
       );
     }
     const key = `${this.key(resourceFor("pods"), namespace, name)}/${container}`;
-    const lines = this.logs.get(key) ?? [];
+    const since = q.get("sinceTime");
+    if (since !== null && !/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/.test(since))
+      throw new StatusError(400, "BadRequest", `parsing time "${since}" as "2006-01-02T15:04:05Z07:00": cannot parse`);
+    // Like the kubelet: lines at or after sinceTime (whole seconds), compared by their timestamps.
+    const lines = (this.logs.get(key) ?? []).filter((l) => since === null || Date.parse(l.time) >= Date.parse(since));
     const tail = q.get("tailLines");
     const shown = tail === null ? lines : lines.slice(Math.max(0, lines.length - Number(tail)));
+    const timestamps = q.get("timestamps") === "true";
     res.writeHead(200, { "content-type": "text/plain" }).flushHeaders();
-    if (shown.length > 0) res.write(shown.map((l) => `${l}\n`).join(""));
+    if (shown.length > 0) res.write(shown.map((l) => logText(l, timestamps)).join(""));
     if (q.get("follow") !== "true" || !state.running) return void res.end();
-    const follower = { key, res };
+    const follower = { key, res, timestamps };
     this.followers.add(follower);
     res.on("close", () => this.followers.delete(follower));
   }
 }
 
 function parseRoute(pathname: string): { resource: Resource; namespace?: string; name?: string; subresource?: string } | undefined {
-  for (const prefix of ["/api/v1", "/apis/networking.k8s.io/v1"]) {
+  for (const prefix of ["/api/v1", "/apis/networking.k8s.io/v1", "/apis/coordination.k8s.io/v1"]) {
     if (!pathname.startsWith(`${prefix}/`)) continue;
     let parts = pathname
       .slice(prefix.length + 1)

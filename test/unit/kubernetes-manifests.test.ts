@@ -6,7 +6,9 @@ import { Secret } from "kubernetes-models/v1/Secret";
 import { Service } from "kubernetes-models/v1/Service";
 import { Ingress } from "kubernetes-models/networking.k8s.io/v1/Ingress";
 import {
+  ingressHost,
   ingressManifest,
+  ingressUrl,
   namespaceManifest,
   podManifest,
   secretManifest,
@@ -26,6 +28,7 @@ const options: KubernetesOptions = {
   ingressBaseDomain: "gpu.example.com",
   ingressClass: "nginx",
   nodePortRange: { first: 30000, last: 32767 },
+  imagePullTimeoutSeconds: 300,
 };
 const spec: WorkloadSpec = {
   environmentId: "0b7c6f2e-5b1a-4c3d-9e8f-112233445566",
@@ -51,6 +54,11 @@ const spec: WorkloadSpec = {
   generation: 3,
 };
 const owner = { apiVersion: "v1", kind: "Secret", name: "env-x", uid: "uid-1", controller: true, blockOwnerDeletion: true };
+const DNS_LABEL = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+/** The first label of a host name, the one RemoteGPU makes. */
+const labelOf = (host: string) => host.slice(0, host.indexOf("."));
+const envOf = (s: WorkloadSpec, o: KubernetesOptions = options) =>
+  Object.fromEntries(podManifest(s, o, owner).spec!.containers[0]!.env!.map((e) => [e.name, e.value]));
 
 describe("Kubernetes manifests", () => {
   it("are valid Kubernetes objects in both GPU modes", () => {
@@ -96,8 +104,6 @@ describe("Kubernetes manifests", () => {
   });
 
   it("sets PORT as the agent does: the server's PORT when it sent one, else the first port; and PORT_<NAME> per port", () => {
-    const envOf = (s: WorkloadSpec) =>
-      Object.fromEntries(podManifest(s, options, owner).spec!.containers[0]!.env!.map((e) => [e.name, e.value]));
     assert.deepEqual(envOf(spec), { MODE: "dev", PORT: "8888", PORT_JUPYTER: "8888", PORT_SSH: "22" });
     // The environment's first port was removed: the server keeps PORT where it was.
     const kept = {
@@ -107,6 +113,44 @@ describe("Kubernetes manifests", () => {
     };
     assert.deepEqual(envOf(kept), { MODE: "dev", PORT: "8888", PORT_MY_SSH: "22" });
     assert.deepEqual(envOf({ ...spec, ports: [] }), { MODE: "dev" });
+  });
+
+  it("gives a pod without GPUs NVIDIA_VISIBLE_DEVICES=void in both GPU modes, and no runtime class", () => {
+    const none = { ...spec, gpuUuids: [], gpuIndices: [] };
+    for (const gpuMode of ["device-plugin", "visible-devices"] as const) {
+      const o = { ...options, gpuMode };
+      const pod = podManifest(none, o, owner);
+      new Pod(pod as never).validate();
+      assert.equal(envOf(none, o).NVIDIA_VISIBLE_DEVICES, "void", gpuMode);
+      assert.equal(pod.spec!.runtimeClassName, undefined, gpuMode);
+      assert.equal(pod.spec!.containers[0]!.resources!.limits!["nvidia.com/gpu"], undefined, gpuMode);
+    }
+  });
+
+  it("never lets the environment's own variables choose devices, in either GPU mode", () => {
+    // Refused at creation; an environment stored before that still must not reach other GPUs.
+    const sneaky = {
+      ...spec,
+      env: { MODE: "dev", NVIDIA_VISIBLE_DEVICES: "all", cuda_visible_devices: "0,1,2,3", NVIDIA_DRIVER_CAPABILITIES: "all" },
+    };
+    for (const gpuMode of ["device-plugin", "visible-devices"] as const) {
+      const env = envOf(sneaky, { ...options, gpuMode });
+      assert.equal(env.MODE, "dev");
+      assert.equal(env.cuda_visible_devices, undefined);
+      assert.equal(env.NVIDIA_DRIVER_CAPABILITIES, undefined);
+      assert.equal(env.NVIDIA_VISIBLE_DEVICES, gpuMode === "visible-devices" ? "GPU-aaa,GPU-bbb" : undefined);
+    }
+    assert.equal(envOf({ ...sneaky, gpuUuids: [], gpuIndices: [] }).NVIDIA_VISIBLE_DEVICES, "void");
+  });
+
+  it("in visible-devices mode names GPUs by UUID (MIG ones too), or by index when some have no real UUID", () => {
+    const o = { ...options, gpuMode: "visible-devices" as const };
+    const mig = { ...spec, gpuUuids: ["MIG-1234", "GPU-bbb"], gpuIndices: [0, 1] };
+    assert.equal(envOf(mig, o).NVIDIA_VISIBLE_DEVICES, "MIG-1234,GPU-bbb");
+    // Hosts registered from Node objects have GPUs known only as k8s-<node>-<index>.
+    const synthetic = { ...spec, gpuUuids: ["k8s-gpu-node-7-2", "k8s-gpu-node-7-5"], gpuIndices: [2, 5] };
+    assert.equal(envOf(synthetic, o).NVIDIA_VISIBLE_DEVICES, "2,5");
+    assert.equal(podManifest(synthetic, o, owner).spec!.runtimeClassName, "nvidia");
   });
 
   it("exposes ports on NodePorts when in range (else ClusterIP) and HTTP ports through an Ingress", () => {
@@ -123,10 +167,75 @@ describe("Kubernetes manifests", () => {
     const ingress = ingressManifest(spec, options, owner)!;
     assert.deepEqual(
       ingress.spec!.rules!.map((r) => r.host),
-      ["jupyter-notebook-ml-team.gpu.example.com"],
+      [ingressHost("jupyter", spec, "gpu.example.com")],
     );
+    assert.match(ingress.spec!.rules![0]!.host!, /^jupyter-notebook-ml-team-[a-z2-7]{13}\.gpu\.example\.com$/);
     assert.equal(ingress.spec!.ingressClassName, "nginx");
+    assert.equal(ingress.spec!.tls, undefined, "no TLS unless configured");
+    assert.equal(ingress.metadata!.annotations, undefined);
+    assert.equal(ingressUrl("jupyter", spec, options), `http://${ingress.spec!.rules![0]!.host}/`);
     assert.equal(ingressManifest(spec, { ...options, ingressBaseDomain: undefined }, owner), undefined);
+    assert.equal(ingressUrl("jupyter", spec, { ...options, ingressBaseDomain: undefined }), undefined);
+  });
+
+  it("gives ingress hosts that differ whenever the environment or port does, even when the names read alike", () => {
+    // Joined with '-', workspace team-x / environment nb and workspace x / environment nb-team read the same.
+    const a = ingressHost("web", { environmentId: "11111111-1111-4111-8111-111111111111", name: "nb", workspaceName: "team-x" }, "d.io");
+    const b = ingressHost("web", { environmentId: "22222222-2222-4222-8222-222222222222", name: "nb-team", workspaceName: "x" }, "d.io");
+    assert.notEqual(a, b);
+    // Same names, another environment (a deleted one's name reused) or another port: other hosts.
+    const again = { ...spec, environmentId: "0b7c6f2e-5b1a-4c3d-9e8f-665544332211" };
+    assert.notEqual(ingressHost("jupyter", spec, "d.io"), ingressHost("jupyter", again, "d.io"));
+    assert.notEqual(ingressHost("jupyter", spec, "d.io"), ingressHost("jupyter2", spec, "d.io"));
+    // The same inputs, the same host, every time (the runtime and the port mapping compute it apart).
+    assert.equal(ingressHost("jupyter", { ...spec }, "d.io"), ingressHost("jupyter", spec, "d.io"));
+  });
+
+  it("makes ingress hosts valid DNS labels whatever the names are", () => {
+    const odd = [
+      { port: "web", name: "x".repeat(100), workspaceName: "y".repeat(100) },
+      { port: "WEB_UI", name: "My_Notebook", workspaceName: "ML Team" },
+      { port: "p".repeat(100), name: "-lead-", workspaceName: "trail-" },
+      { port: "web", name: "café-ñandú", workspaceName: "研究室" },
+      { port: "__", name: "--", workspaceName: "" },
+      { port: "web", name: "a-".repeat(40), workspaceName: "b_".repeat(40) },
+    ];
+    for (const [i, o] of odd.entries()) {
+      const host = ingressHost(o.port, { environmentId: `env-${i}`, name: o.name, workspaceName: o.workspaceName }, "gpu.example.com");
+      const label = labelOf(host);
+      assert.match(label, DNS_LABEL, `${JSON.stringify(o)} gave ${host}`);
+      assert.ok(label.length <= 63, `${label} is ${label.length} characters`);
+      assert.ok(host.endsWith(".gpu.example.com"), host);
+    }
+    // Readable where it can be: lower-cased, accents dropped, other characters as '-'.
+    assert.match(
+      ingressHost("WEB_UI", { environmentId: "e", name: "My_Notebook", workspaceName: "ML Team" }, "d.io"),
+      /^web-ui-my-notebook-ml-team-/,
+    );
+    assert.match(ingressHost("web", { environmentId: "e", name: "café", workspaceName: "x" }, "d.io"), /^web-cafe-x-/);
+    // And a long one still validates as an Ingress.
+    const long = { ...spec, name: "n".repeat(63), workspaceName: "w".repeat(63) };
+    new Ingress(ingressManifest(long, options, owner) as never).validate();
+  });
+
+  it("adds one TLS block for the ingress hosts with a shared secret, or a cert-manager issuer and a secret per environment", () => {
+    const web = { name: "web", containerPort: 8080, hostPort: 30103, protocol: "HTTP" as const };
+    const two = { ...spec, ports: [...spec.ports, web] };
+    const hosts = [ingressHost("jupyter", two, "gpu.example.com"), ingressHost("web", two, "gpu.example.com")];
+
+    const shared = { ...options, ingressTlsSecret: "wildcard-gpu-example-com" };
+    const withSecret = ingressManifest(two, shared, owner)!;
+    new Ingress(withSecret as never).validate();
+    assert.deepEqual(withSecret.spec!.tls, [{ hosts, secretName: "wildcard-gpu-example-com" }]);
+    assert.equal(withSecret.metadata!.annotations, undefined);
+    assert.equal(ingressUrl("web", two, shared), `https://${hosts[1]}/`);
+
+    const issued = { ...options, ingressCertIssuer: "letsencrypt" };
+    const withIssuer = ingressManifest(two, issued, owner)!;
+    new Ingress(withIssuer as never).validate();
+    assert.deepEqual(withIssuer.metadata!.annotations, { "cert-manager.io/cluster-issuer": "letsencrypt" });
+    assert.deepEqual(withIssuer.spec!.tls, [{ hosts, secretName: `env-${spec.environmentId}-tls` }]);
+    assert.equal(ingressUrl("jupyter", two, issued), `https://${hosts[0]}/`);
   });
 
   it("reads workload states from pod statuses", () => {

@@ -1,6 +1,13 @@
 import { strict as assert } from "node:assert";
 import { InvalidArgumentError } from "../../src/errors.js";
-import { Violations, parseLabelSelector, toSafeNumber } from "../../src/validation.js";
+import {
+  Violations,
+  checkNoDeviceVariables,
+  isDnsSubdomain,
+  parseLabelSelector,
+  selectsDevices,
+  toSafeNumber,
+} from "../../src/validation.js";
 import { checkId } from "../../src/ids.js";
 
 describe("validation", () => {
@@ -10,6 +17,47 @@ describe("validation", () => {
     assert.deepEqual(parseLabelSelector("f", "remotegpu.io/pool=x"), { "remotegpu.io/pool": "x" });
     assert.throws(() => parseLabelSelector("label_selector", "zone"), /label_selector: "zone" is not key=value/);
     assert.throws(() => parseLabelSelector("label_selector", "a=b c"), /label value/);
+  });
+
+  it("knows the variables that select devices, in any case, and leaves the rest alone", () => {
+    for (const name of [
+      "NVIDIA_VISIBLE_DEVICES",
+      "nvidia_visible_devices",
+      "CUDA_VISIBLE_DEVICES",
+      "NVIDIA_DRIVER_CAPABILITIES",
+      "NVIDIA_REQUIRE_CUDA",
+      "NVIDIA_REQUIRE_DRIVER",
+      "NVIDIA_MIG_CONFIG_DEVICES",
+      "NVIDIA_MIG_MONITOR_DEVICES",
+      "ROCR_VISIBLE_DEVICES",
+      "HIP_VISIBLE_DEVICES",
+      "GPU_DEVICE_ORDINAL",
+      "Ze_Affinity_Mask",
+    ])
+      assert.ok(selectsDevices(name), name);
+    for (const name of [
+      "NVIDIA_TF32_OVERRIDE",
+      "CUDA_HOME",
+      "CUDA_LAUNCH_BLOCKING",
+      "VISIBLE_DEVICES",
+      "MY_NVIDIA_VISIBLE_DEVICES",
+      "PATH",
+    ])
+      assert.ok(!selectsDevices(name), name);
+    const v = new Violations();
+    checkNoDeviceVariables(v, "env", { MODE: "dev", NVIDIA_VISIBLE_DEVICES: "all", cuda_visible_devices: "0" });
+    assert.throws(
+      () => v.throwIfAny(),
+      (err: unknown) =>
+        err instanceof InvalidArgumentError &&
+        err.violations.map((x) => x.field).join(" ") === "env.NVIDIA_VISIBLE_DEVICES env.cuda_visible_devices",
+    );
+  });
+
+  it("tells DNS-1123 subdomains from other names", () => {
+    for (const ok of ["nginx", "a", "gpu.example.com", "fast-ssd", "0abc", "x".repeat(63)]) assert.ok(isDnsSubdomain(ok), ok);
+    for (const bad of ["", "Nginx", "a_b", "-a", "a-", "a..b", ".a", "a.", "x".repeat(64), "a b"]) assert.ok(!isDnsSubdomain(bad), bad);
+    assert.ok(!isDnsSubdomain(`${"a.".repeat(126)}ab`), "over 253 characters");
   });
 
   it("collects every violation into one error", () => {

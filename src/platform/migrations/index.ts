@@ -6,6 +6,8 @@ import { Migration20261201002000_storage } from "./Migration20261201002000_stora
 import { Migration20261201003000_indexes } from "./Migration20261201003000_indexes.js";
 import { Migration20261206000000_agent_runtime } from "./Migration20261206000000_agent_runtime.js";
 import { Migration20261207000000_runtime_unavailable } from "./Migration20261207000000_runtime_unavailable.js";
+import { Migration20261210000000_node_hosts } from "./Migration20261210000000_node_hosts.js";
+import { Migration20261211000000_request_hash } from "./Migration20261211000000_request_hash.js";
 
 // Every migration, in order. Listed by hand so they run the same from TypeScript and from dist/.
 export const migrations = [
@@ -17,4 +19,6 @@ export const migrations = [
   { name: "Migration20261201003000_indexes", class: Migration20261201003000_indexes },
   { name: "Migration20261206000000_agent_runtime", class: Migration20261206000000_agent_runtime },
   { name: "Migration20261207000000_runtime_unavailable", class: Migration20261207000000_runtime_unavailable },
+  { name: "Migration20261210000000_node_hosts", class: Migration20261210000000_node_hosts },
+  { name: "Migration20261211000000_request_hash", class: Migration20261211000000_request_hash },
 ];
