@@ -31,7 +31,7 @@ export interface AgentOptions {
   /** Control-plane base URLs, tried in turn. */
   servers: string[];
   hostId: string;
-  token: string;
+  token: string | (() => string);
   agentVersion: string;
   /** Reads the GPUs and the host once. */
   read: () => Promise<Reading>;

@@ -164,10 +164,25 @@ await workloads.recover();
 logger.info({ gpus: first.inventory.length, simulated: simulated !== undefined, engine: workloads.engine }, "agent starting");
 if (workloads.runtimeUnavailableReason) logger.warn({ reason: workloads.runtimeUnavailableReason }, "this agent runs no environments");
 
+// A token file is read again for each connection: a rotated token put in place is used from the next.
+const tokenFile = values["token-file"];
+const currentToken = () => {
+  if (!tokenFile) return token;
+  try {
+    token = readFileSync(tokenFile, "utf8").trim() || token;
+  } catch (err) {
+    logger.warn(
+      { file: tokenFile, error: err instanceof Error ? err.message : String(err) },
+      "cannot read the token file; using the last token read",
+    );
+  }
+  return token;
+};
+
 const connection = new AgentConnection({
   servers,
   hostId: values["host-id"]!,
-  token,
+  token: currentToken,
   agentVersion: AGENT_VERSION,
   intervalMs: interval === undefined ? undefined : interval * 1000,
   capacity: await stats.capacity(),
@@ -192,10 +207,18 @@ for (const signal of ["SIGTERM", "SIGINT"] as const) {
 try {
   await connection.run(stop.signal);
 } catch (err) {
-  // Refused (the host was deleted, its token revoked): nothing will manage these environments any more.
-  await workloads.shutdown();
   const refused = err instanceof ConnectError;
-  process.stderr.write(`agent: ${refused ? "the server refused this agent: " : ""}${err instanceof Error ? err.message : String(err)}\n`);
+  const message = err instanceof Error ? err.message : String(err);
+  // A token that expired or was revoked by a rotation is the operator's to replace: the environments
+  // keep running and the next agent, given the new token, adopts them. Anything else (the host was
+  // deleted: its tokens with it) means nothing will manage them any more.
+  if (refused && /token (expired|revoked)/.test(message)) {
+    await workloads.detach();
+    process.stderr.write(`agent: the server refused this agent: ${message}; put the host's new token in place and start it again\n`);
+  } else {
+    await workloads.shutdown();
+    process.stderr.write(`agent: ${refused ? "the server refused this agent: " : ""}${message}\n`);
+  }
   process.exit(1);
 }
 logger.info("agent stopped");

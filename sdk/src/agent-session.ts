@@ -48,8 +48,11 @@ export interface AgentSessionOptions {
   /** Control-plane base URLs, tried in turn. */
   servers: string[];
   hostId: string;
-  /** The host's agent token (from CreateHost). */
-  token: string;
+  /**
+   * The host's agent token (from CreateHost or RotateHostToken), or a function that gives it: called
+   * for each connection, so a token replaced on disk is used from the next one on.
+   */
+  token: string | (() => string);
   agentVersion: string;
   capacity: MessageInitShape<typeof AgentCapacitySchema>;
   /** Takes one reading of the host; called on the heartbeat timer, connected or not. */
@@ -201,7 +204,7 @@ export class AgentSession {
 
   private async stream(server: string, signal: AbortSignal, connected: () => void): Promise<void> {
     const auth: Interceptor = (next) => (req) => {
-      req.header.set("authorization", `Bearer ${this.o.token}`);
+      req.header.set("authorization", `Bearer ${typeof this.o.token === "function" ? this.o.token() : this.o.token}`);
       return next(req);
     };
     // HTTP/2 PINGs when nothing came from the server for two heartbeat periods (an ack is due every

@@ -1,4 +1,4 @@
-import { LockMode, type FilterQuery } from "@mikro-orm/core";
+import { type EntityManager, LockMode, type FilterQuery } from "@mikro-orm/core";
 import type { MikroORM } from "@mikro-orm/postgresql";
 import type { AuditNote } from "../audit/audit-trail.js";
 import { AlreadyExistsError, NotFoundError } from "../errors.js";
@@ -15,12 +15,38 @@ export interface WorkspaceTokenInput {
   role?: WorkspaceRole;
   /** Lifetime; undefined for a token that does not expire. */
   ttlMs?: number;
+  /**
+   * Replace a live token of the same name rather than refuse: it keeps working this long (0: revoked
+   * at once). Undefined: a live token of the name is a conflict.
+   */
+  replaceGraceMs?: number;
 }
 
 const MAX_TTL_MS = 3650 * 86_400_000;
+/** The longest two secrets of one name (or one host) both work. */
+export const MAX_GRACE_MS = 30 * 86_400_000;
 const TOKEN_ID = /^[0-9a-f]{16}$/;
+/** Serialises the creation of cluster admin tokens (their names are unique among live ones). */
+const ADMIN_TOKENS_LOCK = 7315482902;
 
-/** Workspace-scoped API tokens. The secret is returned once at creation; only its hash is kept. */
+/**
+ * Ends the live tokens matching `where` that a new one replaces: each keeps working for `graceMs`
+ * more (never longer than it would have), or is revoked at once for 0. Returns when they stop.
+ */
+export async function retireTokens(em: EntityManager, where: FilterQuery<ApiToken>, graceMs: number, now: Date): Promise<Date> {
+  const until = new Date(now.getTime() + graceMs);
+  for (const old of await em.find(ApiToken, { $and: [where, liveAt(now)] })) {
+    if (graceMs === 0) old.revokedAt = now;
+    else if (!old.expiresAt || old.expiresAt > until) old.expiresAt = until;
+  }
+  return until;
+}
+
+function liveAt(now: Date): FilterQuery<ApiToken> {
+  return { revokedAt: null, $or: [{ expiresAt: null }, { expiresAt: { $gt: now } }] };
+}
+
+/** Workspace-scoped API tokens, and cluster admin ones. The secret is returned once at creation; only its hash is kept. */
 export class WorkspaceTokens {
   constructor(
     private readonly orm: MikroORM,
@@ -30,19 +56,18 @@ export class WorkspaceTokens {
   async create(workspaceId: string, input: WorkspaceTokenInput, note: AuditNote): Promise<{ token: ApiToken; secret: string }> {
     const id = checkId("workspace_id", workspaceId);
     const v = new Violations();
-    checkString(v, "name", input.name, { required: true, max: 100 });
     v.check(input.role !== undefined, "role", "required: API_TOKEN_ROLE_ADMIN, _MEMBER or _VIEWER");
-    if (input.ttlMs !== undefined)
-      v.check(input.ttlMs > 0 && input.ttlMs <= MAX_TTL_MS, "ttl", "must be more than 0 and at most 3650 days");
-    v.throwIfAny();
+    checkInput(v, input);
 
     const now = this.clock.now();
     return this.orm.em.fork().transactional(async (em) => {
       // Locking the workspace serialises token creation in it, so the live-name check holds.
       const workspace = await em.findOne(Workspace, id, { lockMode: LockMode.PESSIMISTIC_WRITE });
       if (!workspace) throw new NotFoundError("workspace", id);
-      if ((await em.count(ApiToken, { $and: [{ workspace, name: input.name }, this.live()] })) > 0) {
-        throw new AlreadyExistsError("token", `named "${input.name}" in this workspace (revoke it first)`);
+      const sameName = { workspace, kind: "workspace" as const, name: input.name };
+      if (input.replaceGraceMs !== undefined) await retireTokens(em, sameName, input.replaceGraceMs, now);
+      else if ((await em.count(ApiToken, { $and: [sameName, this.live()] })) > 0) {
+        throw new AlreadyExistsError("token", `named "${input.name}" in this workspace (revoke it first, or replace it)`);
       }
       const issued = issueToken();
       const token = em.create(ApiToken, {
@@ -60,15 +85,55 @@ export class WorkspaceTokens {
     });
   }
 
+  /** A cluster admin token (no workspace); as `create` otherwise. */
+  async createAdmin(input: Omit<WorkspaceTokenInput, "role">, note: AuditNote): Promise<{ token: ApiToken; secret: string }> {
+    const v = new Violations();
+    checkInput(v, input);
+    const now = this.clock.now();
+    return this.orm.em.fork().transactional(async (em) => {
+      await em.getConnection().execute(`select pg_advisory_xact_lock(${ADMIN_TOKENS_LOCK})`, [], "run", em.getTransactionContext());
+      const sameName = { kind: "admin" as const, name: input.name };
+      if (input.replaceGraceMs !== undefined) await retireTokens(em, sameName, input.replaceGraceMs, now);
+      else if ((await em.count(ApiToken, { $and: [sameName, this.live()] })) > 0) {
+        throw new AlreadyExistsError("admin token", `named "${input.name}" (revoke it first, or replace it)`);
+      }
+      const issued = issueToken();
+      const token = em.create(ApiToken, {
+        id: issued.id,
+        kind: "admin",
+        name: input.name,
+        secretHash: issued.secretHash,
+        createdAt: now,
+        expiresAt: input.ttlMs === undefined ? null : new Date(now.getTime() + input.ttlMs),
+      });
+      note(em, { targetId: token.id });
+      return { token, secret: issued.token };
+    });
+  }
+
   /** Newest first; revoked and expired tokens only with `showInactive`. */
   async list(workspaceId: string, showInactive: boolean, size: number, pageToken: string): Promise<Page<ApiToken>> {
     const id = checkId("workspace_id", workspaceId);
+    if (!(await this.orm.em.fork().findOne(Workspace, id))) throw new NotFoundError("workspace", id);
+    return this.page({ workspace: id, kind: "workspace" }, { workspaceId: id, showInactive }, showInactive, size, pageToken);
+  }
+
+  /** The cluster admin tokens, newest first; revoked and expired ones only with `showInactive`. */
+  async listAdmin(showInactive: boolean, size: number, pageToken: string): Promise<Page<ApiToken>> {
+    return this.page({ kind: "admin" }, { admin: true, showInactive }, showInactive, size, pageToken);
+  }
+
+  private async page(
+    scope: FilterQuery<ApiToken>,
+    filter: Record<string, unknown>,
+    showInactive: boolean,
+    size: number,
+    pageToken: string,
+  ): Promise<Page<ApiToken>> {
     const limit = pageSize(size);
-    const filter = { workspaceId: id, showInactive };
     const after = decodePageToken(pageToken, filter, ["int", "string"]);
     const em = this.orm.em.fork();
-    if (!(await em.findOne(Workspace, id))) throw new NotFoundError("workspace", id);
-    const where: FilterQuery<ApiToken>[] = [{ workspace: id, kind: "workspace" }];
+    const where: FilterQuery<ApiToken>[] = [scope];
     if (!showInactive) where.push(this.live());
     const matching = [...where];
     if (after) {
@@ -98,7 +163,27 @@ export class WorkspaceTokens {
     });
   }
 
-  private live(): FilterQuery<ApiToken> {
-    return { revokedAt: null, $or: [{ expiresAt: null }, { expiresAt: { $gt: this.clock.now() } }] };
+  /** Revokes a cluster admin token. Revoking twice changes nothing. */
+  async revokeAdmin(tokenId: string, note: AuditNote): Promise<ApiToken> {
+    if (!TOKEN_ID.test(tokenId)) throw new NotFoundError("admin token", tokenId.slice(0, 64));
+    return this.orm.em.fork().transactional(async (em) => {
+      const token = await em.findOne(ApiToken, { id: tokenId, kind: "admin" }, { lockMode: LockMode.PESSIMISTIC_WRITE });
+      if (!token) throw new NotFoundError("admin token", tokenId);
+      token.revokedAt ??= this.clock.now();
+      note(em, { targetId: token.id });
+      return token;
+    });
   }
+
+  private live(): FilterQuery<ApiToken> {
+    return liveAt(this.clock.now());
+  }
+}
+
+function checkInput(v: Violations, input: Omit<WorkspaceTokenInput, "role">): void {
+  checkString(v, "name", input.name, { required: true, max: 100 });
+  if (input.ttlMs !== undefined) v.check(input.ttlMs > 0 && input.ttlMs <= MAX_TTL_MS, "ttl", "must be more than 0 and at most 3650 days");
+  if (input.replaceGraceMs !== undefined)
+    v.check(input.replaceGraceMs >= 0 && input.replaceGraceMs <= MAX_GRACE_MS, "replace_grace", "must be from 0 to 30 days");
+  v.throwIfAny();
 }

@@ -2,6 +2,7 @@ import { LockMode, type FilterQuery } from "@mikro-orm/core";
 import type { EntityManager, MikroORM } from "@mikro-orm/postgresql";
 import { ApiToken } from "../auth/api-token.js";
 import { issueToken } from "../auth/token-secret.js";
+import { MAX_GRACE_MS, retireTokens } from "../auth/workspace-tokens.js";
 import { Environment } from "../environment/environment.js";
 import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError } from "../errors.js";
 import { Gpu, type GpuView } from "../gpu/gpu.js";
@@ -124,6 +125,35 @@ export class HostRegistry {
     const view = { host, gpuCount: 0, availableGpuCount: 0 };
     this.changes.publish("ADDED", view);
     return { view, agentToken: token.token };
+  }
+
+  /**
+   * Mints a new agent token for a host; its earlier ones keep working `graceMs` more (0: revoked at
+   * once), so the new one can be put in place without an outage. Returns it and when the old ones end.
+   */
+  async rotateToken(id: string, graceMs: number, note: AuditNote = unaudited): Promise<{ agentToken: string; previousUntil: Date }> {
+    const hostId = checkId("host_id", id);
+    const v = new Violations();
+    v.check(graceMs >= 0 && graceMs <= MAX_GRACE_MS, "grace", "must be from 0 to 30 days");
+    v.throwIfAny();
+    const now = this.clock.now();
+    return this.orm.em.fork().transactional(async (em) => {
+      // The host's row lock serialises rotations: two at once would each retire the other's token.
+      const host = await em.findOne(Host, hostId, { lockMode: LockMode.PESSIMISTIC_WRITE });
+      if (!host) throw new NotFoundError("host", hostId);
+      const previousUntil = await retireTokens(em, { host, kind: "host" }, graceMs, now);
+      const token = issueToken();
+      em.create(ApiToken, {
+        id: token.id,
+        kind: "host",
+        name: `agent of ${host.name}`,
+        secretHash: token.secretHash,
+        host,
+        createdAt: now,
+      });
+      note(em, { targetId: host.id });
+      return { agentToken: token.token, previousUntil };
+    });
   }
 
   async get(id: string): Promise<HostView> {

@@ -1,5 +1,5 @@
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import { durationFromMs } from "@bufbuild/protobuf/wkt";
+import { durationFromMs, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import type {
   CordonHostRequest,
@@ -10,6 +10,7 @@ import type {
   HeartbeatRequest,
   HostService,
   ListHostsRequest,
+  RotateHostTokenRequest,
   StreamHeartbeatsRequest,
   StreamHeartbeatsResponseSchema,
   UncordonHostRequest,
@@ -34,6 +35,7 @@ import {
   hostSampleFromMessage,
   hostStatus,
   hostToMessage,
+  msFromMessage,
 } from "./convert.js";
 import { everyPage, watchObjects } from "./watch.js";
 
@@ -42,6 +44,9 @@ export type { WorkloadReports } from "./agent-stream.js";
 type Impl = Partial<ServiceImpl<typeof HostService>>;
 
 /** HostService over Connect/gRPC: convert, call the registry, convert back. */
+/** How long a host's earlier agent tokens keep working after RotateHostToken, unless it says. */
+const DEFAULT_TOKEN_GRACE_MS = 3_600_000;
+
 export class HostHandler implements Impl {
   /** What each agent stream is built with. */
   private readonly streams: AgentStreamDeps;
@@ -106,6 +111,14 @@ export class HostHandler implements Impl {
   async deleteHost(req: DeleteHostRequest, ctx: HandlerContext) {
     await this.hosts.delete(req.id, auditNote(ctx));
     return {};
+  }
+
+  async rotateHostToken(req: RotateHostTokenRequest, ctx: HandlerContext) {
+    const v = new Violations();
+    const graceMs = req.grace ? msFromMessage(v, "grace", req.grace) : DEFAULT_TOKEN_GRACE_MS;
+    v.throwIfAny();
+    const { agentToken, previousUntil } = await this.hosts.rotateToken(req.hostId, graceMs, auditNote(ctx));
+    return { agentToken, previousExpireTime: timestampFromDate(previousUntil) };
   }
 
   async cordonHost(req: CordonHostRequest, ctx: HandlerContext) {

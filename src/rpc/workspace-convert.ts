@@ -89,6 +89,7 @@ export function tokenToMessage(t: ApiToken) {
     expireTime: ts(t.expiresAt),
     lastUseTime: ts(t.lastUsedAt),
     revokeTime: ts(t.revokedAt),
+    clusterAdmin: t.kind === "admin",
   });
 }
 

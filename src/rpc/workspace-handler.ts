@@ -1,14 +1,17 @@
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import type {
+  CreateAdminTokenRequest,
   CreateApiTokenRequest,
   CreateWorkspaceRequest,
   DeleteWorkspaceRequest,
   GetResourceQuotaRequest,
   GetUsageRequest,
   GetWorkspaceRequest,
+  ListAdminTokensRequest,
   ListApiTokensRequest,
   ListAuditEventsRequest,
   ListWorkspacesRequest,
+  RevokeAdminTokenRequest,
   RevokeApiTokenRequest,
   SetResourceQuotaRequest,
   UpdateWorkspaceRequest,
@@ -187,10 +190,27 @@ export class WorkspaceHandler implements Impl {
     const v = new Violations();
     const role = tokenRole.toDomain(req.role, "role", v);
     v.throwIfAny();
-    // The range is checked with the other fields by WorkspaceTokens.
-    const ttlMs = req.ttl && Number(req.ttl.seconds) * 1000 + Math.floor(req.ttl.nanos / 1e6);
-    const { token, secret } = await this.tokens.create(req.workspaceId, { name: req.name, role, ttlMs }, auditNote(ctx));
+    // The ranges are checked with the other fields by WorkspaceTokens.
+    const ttlMs = req.ttl && durationMs(req.ttl);
+    const replaceGraceMs = req.replaceGrace && durationMs(req.replaceGrace);
+    const { token, secret } = await this.tokens.create(req.workspaceId, { name: req.name, role, ttlMs, replaceGraceMs }, auditNote(ctx));
     return { apiToken: tokenToMessage(token), secret };
+  }
+
+  async createAdminToken(req: CreateAdminTokenRequest, ctx: HandlerContext) {
+    const ttlMs = req.ttl && durationMs(req.ttl);
+    const replaceGraceMs = req.replaceGrace && durationMs(req.replaceGrace);
+    const { token, secret } = await this.tokens.createAdmin({ name: req.name, ttlMs, replaceGraceMs }, auditNote(ctx));
+    return { apiToken: tokenToMessage(token), secret };
+  }
+
+  async listAdminTokens(req: ListAdminTokensRequest) {
+    const page = await this.tokens.listAdmin(req.showInactive, req.pageSize, req.pageToken);
+    return { apiTokens: page.items.map(tokenToMessage), nextPageToken: page.nextPageToken };
+  }
+
+  async revokeAdminToken(req: RevokeAdminTokenRequest, ctx: HandlerContext) {
+    return { apiToken: tokenToMessage(await this.tokens.revokeAdmin(req.tokenId, auditNote(ctx))) };
   }
 
   async listApiTokens(req: ListApiTokensRequest, ctx: HandlerContext) {
@@ -225,4 +245,9 @@ export class WorkspaceHandler implements Impl {
     const page = await this.audit.list(filter, req.pageSize, req.pageToken);
     return { events: page.items.map(auditEventToMessage), nextPageToken: page.nextPageToken };
   }
+}
+
+/** A Duration in milliseconds, unchecked (WorkspaceTokens checks the range with the other fields). */
+function durationMs(d: { seconds: bigint; nanos: number }): number {
+  return Number(d.seconds) * 1000 + Math.floor(d.nanos / 1e6);
 }

@@ -215,6 +215,48 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), http.ser
     await killAgent("SIGTERM");
   });
 
+  it("a rotated token: refused with its old one, the agent leaves the environment running; given the new file, it adopts it", async () => {
+    const hosts = server.client(HostService);
+    const { host, agentToken } = await hosts.createHost({ name: "rotated-agent", address: "127.0.0.1" });
+    const tokenFile = path.join(dataDir, "agent-token");
+    await writeFile(tokenFile, `${agentToken}\n`, { mode: 0o600 });
+    const flags = simulatedAgentFlags({ server: server.baseUrl, hostId: host!.id, token: "", gpus: 1, dataDir });
+    flags.splice(flags.indexOf("--token"), 2, "--token-file", tokenFile);
+    startAgent(flags);
+    await eventually("the host ONLINE", async () => (await hosts.getHost({ id: host!.id })).host!.status === HostStatus.ONLINE);
+    const workspaceId = (await server.client(WorkspaceService).createWorkspace({ name: "rotation-team" })).workspace!.id;
+    const envs = server.client(EnvironmentService);
+    const env = (await envs.createEnvironment({ workspaceId, name: "steady", image: "x", command: ["sleep", "600"] })).environment!;
+    await eventually("RUNNING", async () => (await envs.getEnvironment({ id: env.id })).environment!.status === EnvironmentStatus.RUNNING);
+    const pid = () => JSON.parse(readFileSync(path.join(dataDir, "environments", env.id, "workload.json"), "utf8")).trace.pid as number;
+    const first = pid();
+
+    // Rotated with no grace: the old token is revoked at once. The agent, restarted on it, is refused.
+    await killAgent("SIGTERM");
+    const { agentToken: fresh } = await hosts.rotateHostToken({ hostId: host!.id, grace: { seconds: 0n, nanos: 0 } });
+    agentErr = "";
+    const refused = startAgent(flags);
+    const code = await new Promise((resolve) => refused.once("exit", resolve));
+    agent = undefined;
+    assert.equal(code, 1);
+    assert.match(agentErr, /token revoked; put the host's new token in place/);
+    assert.ok(alive(first), "the environment runs on");
+
+    await writeFile(tokenFile, `${fresh}\n`, { mode: 0o600 });
+    startAgent(flags);
+    const restarted = Date.now();
+    await eventually("a heartbeat on the new token", async () => {
+      const seen = (await hosts.getHost({ id: host!.id })).host!.lastHeartbeatTime;
+      return seen !== undefined && Number(seen.seconds) * 1000 > restarted;
+    });
+    await new Promise((r) => setTimeout(r, 1000));
+    assert.equal(pid(), first, "adopted: the same process");
+    assert.equal((await envs.getEnvironment({ id: env.id })).environment!.status, EnvironmentStatus.RUNNING);
+    await envs.deleteEnvironment({ id: env.id });
+    await eventually(`process ${first} gone`, async () => !alive(first));
+    await killAgent("SIGTERM");
+  });
+
   it("runs an environment in a real podman container: HTTP on its mapped port, adopted after kill -9, removed on delete", async function () {
     this.timeout(120_000);
     await preparePodman();

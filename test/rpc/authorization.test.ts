@@ -95,6 +95,7 @@ const hostRules: Record<string, Rule> = {
   CordonHost: { need: "cluster", req: (fx) => ({ id: fx.host }) },
   UncordonHost: { need: "cluster", req: (fx) => ({ id: fx.host }) },
   DrainHost: { need: "cluster", req: async (fx) => ({ id: await fx.fresh.host() }) },
+  RotateHostToken: { need: "cluster", req: async (fx) => ({ hostId: await fx.fresh.host() }) },
   Heartbeat: { need: "host", req: (fx) => ({ hostId: fx.host, agentVersion: "authz" }) },
   // Allowed callers get a welcome to their hello.
   StreamHeartbeats: {
@@ -147,6 +148,9 @@ const workspaceRules: Record<string, Rule> = {
   },
   ListApiTokens: { need: "ws-admin", scope: ws, req: (fx) => ({ workspaceId: fx.a }) },
   RevokeApiToken: { need: "ws-admin", scope: ws, req: async (fx) => ({ workspaceId: fx.a, tokenId: await fx.fresh.token() }) },
+  CreateAdminToken: { need: "cluster", req: (fx) => ({ name: `authz-admin-${fx.n()}` }) },
+  ListAdminTokens: { need: "cluster", req: () => ({}) },
+  RevokeAdminToken: { need: "cluster", allowed: Code.NotFound, req: () => ({ tokenId: "0123456789abcdef" }) },
   UploadFile: {
     need: "member",
     scope: ws,

@@ -20,7 +20,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file remotegpu/v1/host.proto.
  */
 export const file_remotegpu_v1_host: GenFile = /*@__PURE__*/
-  fileDesc("ChdyZW1vdGVncHUvdjEvaG9zdC5wcm90bxIMcmVtb3RlZ3B1LnYxIlAKDEhvc3RDYXBhY2l0eRIWCg5jcHVfbWlsbGljb3JlcxgBIAEoAxIUCgxtZW1vcnlfYnl0ZXMYAiABKAMSEgoKZGlza19ieXRlcxgDIAEoAyKWBQoESG9zdBIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEg8KB2FkZHJlc3MYAyABKAkSLgoGbGFiZWxzGAQgAygLMh4ucmVtb3RlZ3B1LnYxLkhvc3QuTGFiZWxzRW50cnkSLAoIY2FwYWNpdHkYBSABKAsyGi5yZW1vdGVncHUudjEuSG9zdENhcGFjaXR5EhUKDWFnZW50X3ZlcnNpb24YBiABKAkSKAoGc3RhdHVzGAcgASgOMhgucmVtb3RlZ3B1LnYxLkhvc3RTdGF0dXMSEwoLc2NoZWR1bGFibGUYCCABKAgSNwoTbGFzdF9oZWFydGJlYXRfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKgoHcnVudGltZRgKIAEoDjIZLnJlbW90ZWdwdS52MS5Ib3N0UnVudGltZRIcChRrdWJlcm5ldGVzX25vZGVfbmFtZRgLIAEoCRIRCglncHVfY291bnQYDCABKAUSGwoTYXZhaWxhYmxlX2dwdV9jb3VudBgNIAEoBRIvCg1sYXRlc3Rfc2FtcGxlGA4gASgLMhgucmVtb3RlZ3B1LnYxLkhvc3RTYW1wbGUSFgoOc3RhdHVzX21lc3NhZ2UYDyABKAkSLwoLY3JlYXRlX3RpbWUYECABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGBEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIiChpydW50aW1lX3VuYXZhaWxhYmxlX3JlYXNvbhgSIAEoCRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIpYCChFDcmVhdGVIb3N0UmVxdWVzdBIMCgRuYW1lGAEgASgJEg8KB2FkZHJlc3MYAiABKAkSOwoGbGFiZWxzGAMgAygLMisucmVtb3RlZ3B1LnYxLkNyZWF0ZUhvc3RSZXF1ZXN0LkxhYmVsc0VudHJ5EiwKCGNhcGFjaXR5GAQgASgLMhoucmVtb3RlZ3B1LnYxLkhvc3RDYXBhY2l0eRIqCgdydW50aW1lGAUgASgOMhkucmVtb3RlZ3B1LnYxLkhvc3RSdW50aW1lEhwKFGt1YmVybmV0ZXNfbm9kZV9uYW1lGAYgASgJGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiSwoSQ3JlYXRlSG9zdFJlc3BvbnNlEiAKBGhvc3QYASABKAsyEi5yZW1vdGVncHUudjEuSG9zdBITCgthZ2VudF90b2tlbhgCIAEoCSIcCg5HZXRIb3N0UmVxdWVzdBIKCgJpZBgBIAEoCSIzCg9HZXRIb3N0UmVzcG9uc2USIAoEaG9zdBgBIAEoCzISLnJlbW90ZWdwdS52MS5Ib3N0IqUBChBMaXN0SG9zdHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEigKBnN0YXR1cxgDIAEoDjIYLnJlbW90ZWdwdS52MS5Ib3N0U3RhdHVzEhYKDmxhYmVsX3NlbGVjdG9yGAQgASgJEhgKC3NjaGVkdWxhYmxlGAUgASgISACIAQFCDgoMX3NjaGVkdWxhYmxlImMKEUxpc3RIb3N0c1Jlc3BvbnNlEiEKBWhvc3RzGAEgAygLMhIucmVtb3RlZ3B1LnYxLkhvc3QSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJEhIKCnRvdGFsX3NpemUYAyABKAUiZgoRVXBkYXRlSG9zdFJlcXVlc3QSIAoEaG9zdBgBIAEoCzISLnJlbW90ZWdwdS52MS5Ib3N0Ei8KC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFzayI2ChJVcGRhdGVIb3N0UmVzcG9uc2USIAoEaG9zdBgBIAEoCzISLnJlbW90ZWdwdS52MS5Ib3N0Ih8KEURlbGV0ZUhvc3RSZXF1ZXN0EgoKAmlkGAEgASgJIhQKEkRlbGV0ZUhvc3RSZXNwb25zZSIfChFDb3Jkb25Ib3N0UmVxdWVzdBIKCgJpZBgBIAEoCSI2ChJDb3Jkb25Ib3N0UmVzcG9uc2USIAoEaG9zdBgBIAEoCzISLnJlbW90ZWdwdS52MS5Ib3N0IiEKE1VuY29yZG9uSG9zdFJlcXVlc3QSCgoCaWQYASABKAkiOAoUVW5jb3Jkb25Ib3N0UmVzcG9uc2USIAoEaG9zdBgBIAEoCzISLnJlbW90ZWdwdS52MS5Ib3N0Ih4KEERyYWluSG9zdFJlcXVlc3QSCgoCaWQYASABKAkieQoRRHJhaW5Ib3N0UmVzcG9uc2USIAoEaG9zdBgBIAEoCzISLnJlbW90ZWdwdS52MS5Ib3N0EikKDmFsbG9jYXRlZF9ncHVzGAIgAygLMhEucmVtb3RlZ3B1LnYxLkdwdRIXCg9lbnZpcm9ubWVudF9pZHMYAyADKAkilwEKEEhlYXJ0YmVhdFJlcXVlc3QSDwoHaG9zdF9pZBgBIAEoCRIVCg1hZ2VudF92ZXJzaW9uGAIgASgJEi0KC2hvc3Rfc2FtcGxlGAMgASgLMhgucmVtb3RlZ3B1LnYxLkhvc3RTYW1wbGUSLAoLZ3B1X3NhbXBsZXMYBCADKAsyFy5yZW1vdGVncHUudjEuR3B1U2FtcGxlIpoBChFIZWFydGJlYXRSZXNwb25zZRIgCgRob3N0GAEgASgLMhIucmVtb3RlZ3B1LnYxLkhvc3QSNQoSaGVhcnRiZWF0X2ludGVydmFsGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiwKCWxlYXNlX3R0bBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiK+AgoXU3RyZWFtSGVhcnRiZWF0c1JlcXVlc3QSKQoFaGVsbG8YASABKAsyGC5yZW1vdGVncHUudjEuQWdlbnRIZWxsb0gAEjEKCWhlYXJ0YmVhdBgCIAEoCzIcLnJlbW90ZWdwdS52MS5BZ2VudEhlYXJ0YmVhdEgAEkMKEmVudmlyb25tZW50X3N0YXR1cxgDIAEoCzIlLnJlbW90ZWdwdS52MS5FbnZpcm9ubWVudFN0YXR1c1JlcG9ydEgAEj4KEGVudmlyb25tZW50X2xvZ3MYBCABKAsyIi5yZW1vdGVncHUudjEuRW52aXJvbm1lbnRMb2dSZXBvcnRIABI1Cg5jb21tYW5kX3Jlc3VsdBgFIAEoCzIbLnJlbW90ZWdwdS52MS5Db21tYW5kUmVzdWx0SABCCQoHbWVzc2FnZSLfAQoYU3RyZWFtSGVhcnRiZWF0c1Jlc3BvbnNlEi0KB3dlbGNvbWUYASABKAsyGi5yZW1vdGVncHUudjEuQWdlbnRXZWxjb21lSAASKQoDYWNrGAIgASgLMhoucmVtb3RlZ3B1LnYxLkhlYXJ0YmVhdEFja0gAEi0KB2NvbW1hbmQYAyABKAsyGi5yZW1vdGVncHUudjEuQWdlbnRDb21tYW5kSAASLwoIc2V0dGluZ3MYBCABKAsyGy5yZW1vdGVncHUudjEuQWdlbnRTZXR0aW5nc0gAQgkKB21lc3NhZ2UiJAoRV2F0Y2hIb3N0c1JlcXVlc3QSDwoHaG9zdF9pZBgBIAEoCSJiChJXYXRjaEhvc3RzUmVzcG9uc2USKgoEdHlwZRgBIAEoDjIcLnJlbW90ZWdwdS52MS5XYXRjaEV2ZW50VHlwZRIgCgRob3N0GAIgASgLMhIucmVtb3RlZ3B1LnYxLkhvc3QqkQEKCkhvc3RTdGF0dXMSGwoXSE9TVF9TVEFUVVNfVU5TUEVDSUZJRUQQABIWChJIT1NUX1NUQVRVU19PTkxJTkUQARIXChNIT1NUX1NUQVRVU19PRkZMSU5FEAISGAoUSE9TVF9TVEFUVVNfRFJBSU5JTkcQAxIbChdIT1NUX1NUQVRVU19NQUlOVEVOQU5DRRAEKmAKC0hvc3RSdW50aW1lEhwKGEhPU1RfUlVOVElNRV9VTlNQRUNJRklFRBAAEhYKEkhPU1RfUlVOVElNRV9BR0VOVBABEhsKF0hPU1RfUlVOVElNRV9LVUJFUk5FVEVTEAIyngcKC0hvc3RTZXJ2aWNlEk8KCkNyZWF0ZUhvc3QSHy5yZW1vdGVncHUudjEuQ3JlYXRlSG9zdFJlcXVlc3QaIC5yZW1vdGVncHUudjEuQ3JlYXRlSG9zdFJlc3BvbnNlEksKB0dldEhvc3QSHC5yZW1vdGVncHUudjEuR2V0SG9zdFJlcXVlc3QaHS5yZW1vdGVncHUudjEuR2V0SG9zdFJlc3BvbnNlIgOQAgESUQoJTGlzdEhvc3RzEh4ucmVtb3RlZ3B1LnYxLkxpc3RIb3N0c1JlcXVlc3QaHy5yZW1vdGVncHUudjEuTGlzdEhvc3RzUmVzcG9uc2UiA5ACARJPCgpVcGRhdGVIb3N0Eh8ucmVtb3RlZ3B1LnYxLlVwZGF0ZUhvc3RSZXF1ZXN0GiAucmVtb3RlZ3B1LnYxLlVwZGF0ZUhvc3RSZXNwb25zZRJPCgpEZWxldGVIb3N0Eh8ucmVtb3RlZ3B1LnYxLkRlbGV0ZUhvc3RSZXF1ZXN0GiAucmVtb3RlZ3B1LnYxLkRlbGV0ZUhvc3RSZXNwb25zZRJPCgpDb3Jkb25Ib3N0Eh8ucmVtb3RlZ3B1LnYxLkNvcmRvbkhvc3RSZXF1ZXN0GiAucmVtb3RlZ3B1LnYxLkNvcmRvbkhvc3RSZXNwb25zZRJVCgxVbmNvcmRvbkhvc3QSIS5yZW1vdGVncHUudjEuVW5jb3Jkb25Ib3N0UmVxdWVzdBoiLnJlbW90ZWdwdS52MS5VbmNvcmRvbkhvc3RSZXNwb25zZRJMCglEcmFpbkhvc3QSHi5yZW1vdGVncHUudjEuRHJhaW5Ib3N0UmVxdWVzdBofLnJlbW90ZWdwdS52MS5EcmFpbkhvc3RSZXNwb25zZRJMCglIZWFydGJlYXQSHi5yZW1vdGVncHUudjEuSGVhcnRiZWF0UmVxdWVzdBofLnJlbW90ZWdwdS52MS5IZWFydGJlYXRSZXNwb25zZRJlChBTdHJlYW1IZWFydGJlYXRzEiUucmVtb3RlZ3B1LnYxLlN0cmVhbUhlYXJ0YmVhdHNSZXF1ZXN0GiYucmVtb3RlZ3B1LnYxLlN0cmVhbUhlYXJ0YmVhdHNSZXNwb25zZSgBMAESUQoKV2F0Y2hIb3N0cxIfLnJlbW90ZWdwdS52MS5XYXRjaEhvc3RzUmVxdWVzdBogLnJlbW90ZWdwdS52MS5XYXRjaEhvc3RzUmVzcG9uc2UwAWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp, file_remotegpu_v1_agent, file_remotegpu_v1_common, file_remotegpu_v1_gpu, file_remotegpu_v1_telemetry]);
+  fileDesc("ChdyZW1vdGVncHUvdjEvaG9zdC5wcm90bxIMcmVtb3RlZ3B1LnYxIlAKDEhvc3RDYXBhY2l0eRIWCg5jcHVfbWlsbGljb3JlcxgBIAEoAxIUCgxtZW1vcnlfYnl0ZXMYAiABKAMSEgoKZGlza19ieXRlcxgDIAEoAyKWBQoESG9zdBIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEg8KB2FkZHJlc3MYAyABKAkSLgoGbGFiZWxzGAQgAygLMh4ucmVtb3RlZ3B1LnYxLkhvc3QuTGFiZWxzRW50cnkSLAoIY2FwYWNpdHkYBSABKAsyGi5yZW1vdGVncHUudjEuSG9zdENhcGFjaXR5EhUKDWFnZW50X3ZlcnNpb24YBiABKAkSKAoGc3RhdHVzGAcgASgOMhgucmVtb3RlZ3B1LnYxLkhvc3RTdGF0dXMSEwoLc2NoZWR1bGFibGUYCCABKAgSNwoTbGFzdF9oZWFydGJlYXRfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKgoHcnVudGltZRgKIAEoDjIZLnJlbW90ZWdwdS52MS5Ib3N0UnVudGltZRIcChRrdWJlcm5ldGVzX25vZGVfbmFtZRgLIAEoCRIRCglncHVfY291bnQYDCABKAUSGwoTYXZhaWxhYmxlX2dwdV9jb3VudBgNIAEoBRIvCg1sYXRlc3Rfc2FtcGxlGA4gASgLMhgucmVtb3RlZ3B1LnYxLkhvc3RTYW1wbGUSFgoOc3RhdHVzX21lc3NhZ2UYDyABKAkSLwoLY3JlYXRlX3RpbWUYECABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGBEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIiChpydW50aW1lX3VuYXZhaWxhYmxlX3JlYXNvbhgSIAEoCRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIpYCChFDcmVhdGVIb3N0UmVxdWVzdBIMCgRuYW1lGAEgASgJEg8KB2FkZHJlc3MYAiABKAkSOwoGbGFiZWxzGAMgAygLMisucmVtb3RlZ3B1LnYxLkNyZWF0ZUhvc3RSZXF1ZXN0LkxhYmVsc0VudHJ5EiwKCGNhcGFjaXR5GAQgASgLMhoucmVtb3RlZ3B1LnYxLkhvc3RDYXBhY2l0eRIqCgdydW50aW1lGAUgASgOMhkucmVtb3RlZ3B1LnYxLkhvc3RSdW50aW1lEhwKFGt1YmVybmV0ZXNfbm9kZV9uYW1lGAYgASgJGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiSwoSQ3JlYXRlSG9zdFJlc3BvbnNlEiAKBGhvc3QYASABKAsyEi5yZW1vdGVncHUudjEuSG9zdBITCgthZ2VudF90b2tlbhgCIAEoCSJTChZSb3RhdGVIb3N0VG9rZW5SZXF1ZXN0Eg8KB2hvc3RfaWQYASABKAkSKAoFZ3JhY2UYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iaAoXUm90YXRlSG9zdFRva2VuUmVzcG9uc2USEwoLYWdlbnRfdG9rZW4YASABKAkSOAoUcHJldmlvdXNfZXhwaXJlX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIhwKDkdldEhvc3RSZXF1ZXN0EgoKAmlkGAEgASgJIjMKD0dldEhvc3RSZXNwb25zZRIgCgRob3N0GAEgASgLMhIucmVtb3RlZ3B1LnYxLkhvc3QipQEKEExpc3RIb3N0c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSKAoGc3RhdHVzGAMgASgOMhgucmVtb3RlZ3B1LnYxLkhvc3RTdGF0dXMSFgoObGFiZWxfc2VsZWN0b3IYBCABKAkSGAoLc2NoZWR1bGFibGUYBSABKAhIAIgBAUIOCgxfc2NoZWR1bGFibGUiYwoRTGlzdEhvc3RzUmVzcG9uc2USIQoFaG9zdHMYASADKAsyEi5yZW1vdGVncHUudjEuSG9zdBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkSEgoKdG90YWxfc2l6ZRgDIAEoBSJmChFVcGRhdGVIb3N0UmVxdWVzdBIgCgRob3N0GAEgASgLMhIucmVtb3RlZ3B1LnYxLkhvc3QSLwoLdXBkYXRlX21hc2sYAiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrIjYKElVwZGF0ZUhvc3RSZXNwb25zZRIgCgRob3N0GAEgASgLMhIucmVtb3RlZ3B1LnYxLkhvc3QiHwoRRGVsZXRlSG9zdFJlcXVlc3QSCgoCaWQYASABKAkiFAoSRGVsZXRlSG9zdFJlc3BvbnNlIh8KEUNvcmRvbkhvc3RSZXF1ZXN0EgoKAmlkGAEgASgJIjYKEkNvcmRvbkhvc3RSZXNwb25zZRIgCgRob3N0GAEgASgLMhIucmVtb3RlZ3B1LnYxLkhvc3QiIQoTVW5jb3Jkb25Ib3N0UmVxdWVzdBIKCgJpZBgBIAEoCSI4ChRVbmNvcmRvbkhvc3RSZXNwb25zZRIgCgRob3N0GAEgASgLMhIucmVtb3RlZ3B1LnYxLkhvc3QiHgoQRHJhaW5Ib3N0UmVxdWVzdBIKCgJpZBgBIAEoCSJ5ChFEcmFpbkhvc3RSZXNwb25zZRIgCgRob3N0GAEgASgLMhIucmVtb3RlZ3B1LnYxLkhvc3QSKQoOYWxsb2NhdGVkX2dwdXMYAiADKAsyES5yZW1vdGVncHUudjEuR3B1EhcKD2Vudmlyb25tZW50X2lkcxgDIAMoCSKXAQoQSGVhcnRiZWF0UmVxdWVzdBIPCgdob3N0X2lkGAEgASgJEhUKDWFnZW50X3ZlcnNpb24YAiABKAkSLQoLaG9zdF9zYW1wbGUYAyABKAsyGC5yZW1vdGVncHUudjEuSG9zdFNhbXBsZRIsCgtncHVfc2FtcGxlcxgEIAMoCzIXLnJlbW90ZWdwdS52MS5HcHVTYW1wbGUimgEKEUhlYXJ0YmVhdFJlc3BvbnNlEiAKBGhvc3QYASABKAsyEi5yZW1vdGVncHUudjEuSG9zdBI1ChJoZWFydGJlYXRfaW50ZXJ2YWwYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLAoJbGVhc2VfdHRsGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIr4CChdTdHJlYW1IZWFydGJlYXRzUmVxdWVzdBIpCgVoZWxsbxgBIAEoCzIYLnJlbW90ZWdwdS52MS5BZ2VudEhlbGxvSAASMQoJaGVhcnRiZWF0GAIgASgLMhwucmVtb3RlZ3B1LnYxLkFnZW50SGVhcnRiZWF0SAASQwoSZW52aXJvbm1lbnRfc3RhdHVzGAMgASgLMiUucmVtb3RlZ3B1LnYxLkVudmlyb25tZW50U3RhdHVzUmVwb3J0SAASPgoQZW52aXJvbm1lbnRfbG9ncxgEIAEoCzIiLnJlbW90ZWdwdS52MS5FbnZpcm9ubWVudExvZ1JlcG9ydEgAEjUKDmNvbW1hbmRfcmVzdWx0GAUgASgLMhsucmVtb3RlZ3B1LnYxLkNvbW1hbmRSZXN1bHRIAEIJCgdtZXNzYWdlIt8BChhTdHJlYW1IZWFydGJlYXRzUmVzcG9uc2USLQoHd2VsY29tZRgBIAEoCzIaLnJlbW90ZWdwdS52MS5BZ2VudFdlbGNvbWVIABIpCgNhY2sYAiABKAsyGi5yZW1vdGVncHUudjEuSGVhcnRiZWF0QWNrSAASLQoHY29tbWFuZBgDIAEoCzIaLnJlbW90ZWdwdS52MS5BZ2VudENvbW1hbmRIABIvCghzZXR0aW5ncxgEIAEoCzIbLnJlbW90ZWdwdS52MS5BZ2VudFNldHRpbmdzSABCCQoHbWVzc2FnZSIkChFXYXRjaEhvc3RzUmVxdWVzdBIPCgdob3N0X2lkGAEgASgJImIKEldhdGNoSG9zdHNSZXNwb25zZRIqCgR0eXBlGAEgASgOMhwucmVtb3RlZ3B1LnYxLldhdGNoRXZlbnRUeXBlEiAKBGhvc3QYAiABKAsyEi5yZW1vdGVncHUudjEuSG9zdCqRAQoKSG9zdFN0YXR1cxIbChdIT1NUX1NUQVRVU19VTlNQRUNJRklFRBAAEhYKEkhPU1RfU1RBVFVTX09OTElORRABEhcKE0hPU1RfU1RBVFVTX09GRkxJTkUQAhIYChRIT1NUX1NUQVRVU19EUkFJTklORxADEhsKF0hPU1RfU1RBVFVTX01BSU5URU5BTkNFEAQqYAoLSG9zdFJ1bnRpbWUSHAoYSE9TVF9SVU5USU1FX1VOU1BFQ0lGSUVEEAASFgoSSE9TVF9SVU5USU1FX0FHRU5UEAESGwoXSE9TVF9SVU5USU1FX0tVQkVSTkVURVMQAjL+BwoLSG9zdFNlcnZpY2USTwoKQ3JlYXRlSG9zdBIfLnJlbW90ZWdwdS52MS5DcmVhdGVIb3N0UmVxdWVzdBogLnJlbW90ZWdwdS52MS5DcmVhdGVIb3N0UmVzcG9uc2USSwoHR2V0SG9zdBIcLnJlbW90ZWdwdS52MS5HZXRIb3N0UmVxdWVzdBodLnJlbW90ZWdwdS52MS5HZXRIb3N0UmVzcG9uc2UiA5ACARJRCglMaXN0SG9zdHMSHi5yZW1vdGVncHUudjEuTGlzdEhvc3RzUmVxdWVzdBofLnJlbW90ZWdwdS52MS5MaXN0SG9zdHNSZXNwb25zZSIDkAIBEk8KClVwZGF0ZUhvc3QSHy5yZW1vdGVncHUudjEuVXBkYXRlSG9zdFJlcXVlc3QaIC5yZW1vdGVncHUudjEuVXBkYXRlSG9zdFJlc3BvbnNlEl4KD1JvdGF0ZUhvc3RUb2tlbhIkLnJlbW90ZWdwdS52MS5Sb3RhdGVIb3N0VG9rZW5SZXF1ZXN0GiUucmVtb3RlZ3B1LnYxLlJvdGF0ZUhvc3RUb2tlblJlc3BvbnNlEk8KCkRlbGV0ZUhvc3QSHy5yZW1vdGVncHUudjEuRGVsZXRlSG9zdFJlcXVlc3QaIC5yZW1vdGVncHUudjEuRGVsZXRlSG9zdFJlc3BvbnNlEk8KCkNvcmRvbkhvc3QSHy5yZW1vdGVncHUudjEuQ29yZG9uSG9zdFJlcXVlc3QaIC5yZW1vdGVncHUudjEuQ29yZG9uSG9zdFJlc3BvbnNlElUKDFVuY29yZG9uSG9zdBIhLnJlbW90ZWdwdS52MS5VbmNvcmRvbkhvc3RSZXF1ZXN0GiIucmVtb3RlZ3B1LnYxLlVuY29yZG9uSG9zdFJlc3BvbnNlEkwKCURyYWluSG9zdBIeLnJlbW90ZWdwdS52MS5EcmFpbkhvc3RSZXF1ZXN0Gh8ucmVtb3RlZ3B1LnYxLkRyYWluSG9zdFJlc3BvbnNlEkwKCUhlYXJ0YmVhdBIeLnJlbW90ZWdwdS52MS5IZWFydGJlYXRSZXF1ZXN0Gh8ucmVtb3RlZ3B1LnYxLkhlYXJ0YmVhdFJlc3BvbnNlEmUKEFN0cmVhbUhlYXJ0YmVhdHMSJS5yZW1vdGVncHUudjEuU3RyZWFtSGVhcnRiZWF0c1JlcXVlc3QaJi5yZW1vdGVncHUudjEuU3RyZWFtSGVhcnRiZWF0c1Jlc3BvbnNlKAEwARJRCgpXYXRjaEhvc3RzEh8ucmVtb3RlZ3B1LnYxLldhdGNoSG9zdHNSZXF1ZXN0GiAucmVtb3RlZ3B1LnYxLldhdGNoSG9zdHNSZXNwb25zZTABYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp, file_remotegpu_v1_agent, file_remotegpu_v1_common, file_remotegpu_v1_gpu, file_remotegpu_v1_telemetry]);
 
 /**
  * HostCapacity is what a host offers besides its GPUs.
@@ -148,7 +148,8 @@ export type Host = Message<"remotegpu.v1.Host"> & {
   gpuCount: number;
 
   /**
-   * Number of GPUs that are AVAILABLE (healthy and free).
+   * Number of GPUs that are AVAILABLE (healthy and free), counted as GpuService lists them: 0 while
+   * the host is OFFLINE, since its GPUs then read as OFFLINE.
    *
    * @generated from field: int32 available_gpu_count = 13;
    */
@@ -285,6 +286,63 @@ export const CreateHostResponseSchema: GenMessage<CreateHostResponse> = /*@__PUR
   messageDesc(file_remotegpu_v1_host, 3);
 
 /**
+ * Request of HostService.RotateHostToken.
+ *
+ * @generated from message remotegpu.v1.RotateHostTokenRequest
+ */
+export type RotateHostTokenRequest = Message<"remotegpu.v1.RotateHostTokenRequest"> & {
+  /**
+   * The host id.
+   *
+   * @generated from field: string host_id = 1;
+   */
+  hostId: string;
+
+  /**
+   * How long the host's earlier agent tokens keep working: absent for one hour, at most 30 days;
+   * zero revokes them at once.
+   *
+   * @generated from field: google.protobuf.Duration grace = 2;
+   */
+  grace?: Duration | undefined;
+};
+
+/**
+ * Describes the message remotegpu.v1.RotateHostTokenRequest.
+ * Use `create(RotateHostTokenRequestSchema)` to create a new message.
+ */
+export const RotateHostTokenRequestSchema: GenMessage<RotateHostTokenRequest> = /*@__PURE__*/
+  messageDesc(file_remotegpu_v1_host, 4);
+
+/**
+ * Response of HostService.RotateHostToken.
+ *
+ * @generated from message remotegpu.v1.RotateHostTokenResponse
+ */
+export type RotateHostTokenResponse = Message<"remotegpu.v1.RotateHostTokenResponse"> & {
+  /**
+   * The new agent token, shown this once.
+   *
+   * @generated from field: string agent_token = 1;
+   */
+  agentToken: string;
+
+  /**
+   * When the earlier tokens stop working.
+   *
+   * @generated from field: google.protobuf.Timestamp previous_expire_time = 2;
+   */
+  previousExpireTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message remotegpu.v1.RotateHostTokenResponse.
+ * Use `create(RotateHostTokenResponseSchema)` to create a new message.
+ */
+export const RotateHostTokenResponseSchema: GenMessage<RotateHostTokenResponse> = /*@__PURE__*/
+  messageDesc(file_remotegpu_v1_host, 5);
+
+/**
  * Request of HostService.GetHost.
  *
  * @generated from message remotegpu.v1.GetHostRequest
@@ -303,7 +361,7 @@ export type GetHostRequest = Message<"remotegpu.v1.GetHostRequest"> & {
  * Use `create(GetHostRequestSchema)` to create a new message.
  */
 export const GetHostRequestSchema: GenMessage<GetHostRequest> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_host, 4);
+  messageDesc(file_remotegpu_v1_host, 6);
 
 /**
  * Response of HostService.GetHost.
@@ -324,7 +382,7 @@ export type GetHostResponse = Message<"remotegpu.v1.GetHostResponse"> & {
  * Use `create(GetHostResponseSchema)` to create a new message.
  */
 export const GetHostResponseSchema: GenMessage<GetHostResponse> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_host, 5);
+  messageDesc(file_remotegpu_v1_host, 7);
 
 /**
  * Request of HostService.ListHosts.
@@ -373,7 +431,7 @@ export type ListHostsRequest = Message<"remotegpu.v1.ListHostsRequest"> & {
  * Use `create(ListHostsRequestSchema)` to create a new message.
  */
 export const ListHostsRequestSchema: GenMessage<ListHostsRequest> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_host, 6);
+  messageDesc(file_remotegpu_v1_host, 8);
 
 /**
  * Response of HostService.ListHosts.
@@ -408,7 +466,7 @@ export type ListHostsResponse = Message<"remotegpu.v1.ListHostsResponse"> & {
  * Use `create(ListHostsResponseSchema)` to create a new message.
  */
 export const ListHostsResponseSchema: GenMessage<ListHostsResponse> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_host, 7);
+  messageDesc(file_remotegpu_v1_host, 9);
 
 /**
  * Request of HostService.UpdateHost.
@@ -438,7 +496,7 @@ export type UpdateHostRequest = Message<"remotegpu.v1.UpdateHostRequest"> & {
  * Use `create(UpdateHostRequestSchema)` to create a new message.
  */
 export const UpdateHostRequestSchema: GenMessage<UpdateHostRequest> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_host, 8);
+  messageDesc(file_remotegpu_v1_host, 10);
 
 /**
  * Response of HostService.UpdateHost.
@@ -459,7 +517,7 @@ export type UpdateHostResponse = Message<"remotegpu.v1.UpdateHostResponse"> & {
  * Use `create(UpdateHostResponseSchema)` to create a new message.
  */
 export const UpdateHostResponseSchema: GenMessage<UpdateHostResponse> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_host, 9);
+  messageDesc(file_remotegpu_v1_host, 11);
 
 /**
  * Request of HostService.DeleteHost.
@@ -480,7 +538,7 @@ export type DeleteHostRequest = Message<"remotegpu.v1.DeleteHostRequest"> & {
  * Use `create(DeleteHostRequestSchema)` to create a new message.
  */
 export const DeleteHostRequestSchema: GenMessage<DeleteHostRequest> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_host, 10);
+  messageDesc(file_remotegpu_v1_host, 12);
 
 /**
  * Response of HostService.DeleteHost.
@@ -495,7 +553,7 @@ export type DeleteHostResponse = Message<"remotegpu.v1.DeleteHostResponse"> & {
  * Use `create(DeleteHostResponseSchema)` to create a new message.
  */
 export const DeleteHostResponseSchema: GenMessage<DeleteHostResponse> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_host, 11);
+  messageDesc(file_remotegpu_v1_host, 13);
 
 /**
  * Request of HostService.CordonHost.
@@ -516,7 +574,7 @@ export type CordonHostRequest = Message<"remotegpu.v1.CordonHostRequest"> & {
  * Use `create(CordonHostRequestSchema)` to create a new message.
  */
 export const CordonHostRequestSchema: GenMessage<CordonHostRequest> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_host, 12);
+  messageDesc(file_remotegpu_v1_host, 14);
 
 /**
  * Response of HostService.CordonHost.
@@ -537,7 +595,7 @@ export type CordonHostResponse = Message<"remotegpu.v1.CordonHostResponse"> & {
  * Use `create(CordonHostResponseSchema)` to create a new message.
  */
 export const CordonHostResponseSchema: GenMessage<CordonHostResponse> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_host, 13);
+  messageDesc(file_remotegpu_v1_host, 15);
 
 /**
  * Request of HostService.UncordonHost.
@@ -558,7 +616,7 @@ export type UncordonHostRequest = Message<"remotegpu.v1.UncordonHostRequest"> & 
  * Use `create(UncordonHostRequestSchema)` to create a new message.
  */
 export const UncordonHostRequestSchema: GenMessage<UncordonHostRequest> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_host, 14);
+  messageDesc(file_remotegpu_v1_host, 16);
 
 /**
  * Response of HostService.UncordonHost.
@@ -579,7 +637,7 @@ export type UncordonHostResponse = Message<"remotegpu.v1.UncordonHostResponse"> 
  * Use `create(UncordonHostResponseSchema)` to create a new message.
  */
 export const UncordonHostResponseSchema: GenMessage<UncordonHostResponse> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_host, 15);
+  messageDesc(file_remotegpu_v1_host, 17);
 
 /**
  * Request of HostService.DrainHost.
@@ -600,7 +658,7 @@ export type DrainHostRequest = Message<"remotegpu.v1.DrainHostRequest"> & {
  * Use `create(DrainHostRequestSchema)` to create a new message.
  */
 export const DrainHostRequestSchema: GenMessage<DrainHostRequest> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_host, 16);
+  messageDesc(file_remotegpu_v1_host, 18);
 
 /**
  * Response of HostService.DrainHost.
@@ -635,7 +693,7 @@ export type DrainHostResponse = Message<"remotegpu.v1.DrainHostResponse"> & {
  * Use `create(DrainHostResponseSchema)` to create a new message.
  */
 export const DrainHostResponseSchema: GenMessage<DrainHostResponse> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_host, 17);
+  messageDesc(file_remotegpu_v1_host, 19);
 
 /**
  * Request of HostService.Heartbeat.
@@ -677,7 +735,7 @@ export type HeartbeatRequest = Message<"remotegpu.v1.HeartbeatRequest"> & {
  * Use `create(HeartbeatRequestSchema)` to create a new message.
  */
 export const HeartbeatRequestSchema: GenMessage<HeartbeatRequest> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_host, 18);
+  messageDesc(file_remotegpu_v1_host, 20);
 
 /**
  * Response of HostService.Heartbeat.
@@ -712,7 +770,7 @@ export type HeartbeatResponse = Message<"remotegpu.v1.HeartbeatResponse"> & {
  * Use `create(HeartbeatResponseSchema)` to create a new message.
  */
 export const HeartbeatResponseSchema: GenMessage<HeartbeatResponse> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_host, 19);
+  messageDesc(file_remotegpu_v1_host, 21);
 
 /**
  * Request of HostService.StreamHeartbeats: one message from the agent.
@@ -773,7 +831,7 @@ export type StreamHeartbeatsRequest = Message<"remotegpu.v1.StreamHeartbeatsRequ
  * Use `create(StreamHeartbeatsRequestSchema)` to create a new message.
  */
 export const StreamHeartbeatsRequestSchema: GenMessage<StreamHeartbeatsRequest> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_host, 20);
+  messageDesc(file_remotegpu_v1_host, 22);
 
 /**
  * Response of HostService.StreamHeartbeats: one message from the server.
@@ -826,7 +884,7 @@ export type StreamHeartbeatsResponse = Message<"remotegpu.v1.StreamHeartbeatsRes
  * Use `create(StreamHeartbeatsResponseSchema)` to create a new message.
  */
 export const StreamHeartbeatsResponseSchema: GenMessage<StreamHeartbeatsResponse> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_host, 21);
+  messageDesc(file_remotegpu_v1_host, 23);
 
 /**
  * Request of HostService.WatchHosts.
@@ -847,7 +905,7 @@ export type WatchHostsRequest = Message<"remotegpu.v1.WatchHostsRequest"> & {
  * Use `create(WatchHostsRequestSchema)` to create a new message.
  */
 export const WatchHostsRequestSchema: GenMessage<WatchHostsRequest> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_host, 22);
+  messageDesc(file_remotegpu_v1_host, 24);
 
 /**
  * Response of HostService.WatchHosts: one event.
@@ -875,7 +933,7 @@ export type WatchHostsResponse = Message<"remotegpu.v1.WatchHostsResponse"> & {
  * Use `create(WatchHostsResponseSchema)` to create a new message.
  */
 export const WatchHostsResponseSchema: GenMessage<WatchHostsResponse> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_host, 23);
+  messageDesc(file_remotegpu_v1_host, 25);
 
 /**
  * HostStatus is what the control plane knows of a host's availability.
@@ -1007,6 +1065,18 @@ export const HostService: GenService<{
     methodKind: "unary";
     input: typeof UpdateHostRequestSchema;
     output: typeof UpdateHostResponseSchema;
+  },
+  /**
+   * RotateHostToken issues a new agent token for a host. Its earlier agent tokens keep working for
+   * `grace` (default one hour), so the new one can be put in place and the agent restarted or
+   * reloaded without an outage; then they expire. The new token is in the response only.
+   *
+   * @generated from rpc remotegpu.v1.HostService.RotateHostToken
+   */
+  rotateHostToken: {
+    methodKind: "unary";
+    input: typeof RotateHostTokenRequestSchema;
+    output: typeof RotateHostTokenResponseSchema;
   },
   /**
    * DeleteHost removes a host and its GPUs. Refused with FAILED_PRECONDITION while any of its GPUs

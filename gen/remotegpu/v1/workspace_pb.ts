@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file remotegpu/v1/workspace.proto.
  */
 export const file_remotegpu_v1_workspace: GenFile = /*@__PURE__*/
-  fileDesc("ChxyZW1vdGVncHUvdjEvd29ya3NwYWNlLnByb3RvEgxyZW1vdGVncHUudjEigQIKCVdvcmtzcGFjZRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEhQKDGRpc3BsYXlfbmFtZRgDIAEoCRIzCgZsYWJlbHMYBCADKAsyIy5yZW1vdGVncHUudjEuV29ya3NwYWNlLkxhYmVsc0VudHJ5Ei8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASLyAwoNUmVzb3VyY2VRdW90YRIUCgx3b3Jrc3BhY2VfaWQYASABKAkSFQoIbWF4X2dwdXMYAiABKAVIAIgBARJMChJtYXhfZ3B1c19wZXJfbW9kZWwYAyADKAsyMC5yZW1vdGVncHUudjEuUmVzb3VyY2VRdW90YS5NYXhHcHVzUGVyTW9kZWxFbnRyeRIaChJhbGxvd2VkX2dwdV9tb2RlbHMYBCADKAkSHQoQbWF4X2Vudmlyb25tZW50cxgFIAEoBUgBiAEBEh8KEm1heF9jcHVfbWlsbGljb3JlcxgGIAEoA0gCiAEBEh0KEG1heF9tZW1vcnlfYnl0ZXMYByABKANIA4gBARIeChFtYXhfc3RvcmFnZV9ieXRlcxgIIAEoA0gEiAEBEi8KC3VwZGF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBo2ChRNYXhHcHVzUGVyTW9kZWxFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAU6AjgBQgsKCV9tYXhfZ3B1c0ITChFfbWF4X2Vudmlyb25tZW50c0IVChNfbWF4X2NwdV9taWxsaWNvcmVzQhMKEV9tYXhfbWVtb3J5X2J5dGVzQhQKEl9tYXhfc3RvcmFnZV9ieXRlcyKPAgoNUmVzb3VyY2VVc2FnZRIMCgRncHVzGAEgASgFEkUKDmdwdXNfcGVyX21vZGVsGAIgAygLMi0ucmVtb3RlZ3B1LnYxLlJlc291cmNlVXNhZ2UuR3B1c1Blck1vZGVsRW50cnkSFAoMZW52aXJvbm1lbnRzGAMgASgFEhYKDmNwdV9taWxsaWNvcmVzGAQgASgDEhQKDG1lbW9yeV9ieXRlcxgFIAEoAxIVCg1zdG9yYWdlX2J5dGVzGAYgASgDEhkKEXZvbHVtZV91c2VkX2J5dGVzGAcgASgDGjMKEUdwdXNQZXJNb2RlbEVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoBToCOAEiqgIKCEFwaVRva2VuEgoKAmlkGAEgASgJEhQKDHdvcmtzcGFjZV9pZBgCIAEoCRIMCgRuYW1lGAMgASgJEigKBHJvbGUYBCABKA4yGi5yZW1vdGVncHUudjEuQXBpVG9rZW5Sb2xlEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtleHBpcmVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMQoNbGFzdF91c2VfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLcmV2b2tlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIngKDVdvcmtzcGFjZUZpbGUSDAoEcGF0aBgBIAEoCRISCgpzaXplX2J5dGVzGAIgASgDEhQKDGNvbnRlbnRfdHlwZRgDIAEoCRIvCgttb2RpZnlfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiwwEKCkF1ZGl0RXZlbnQSCgoCaWQYASABKAkSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIYWN0b3JfaWQYAyABKAkSEgoKYWN0b3Jfa2luZBgEIAEoCRIUCgx3b3Jrc3BhY2VfaWQYBSABKAkSDgoGbWV0aG9kGAYgASgJEhEKCXRhcmdldF9pZBgHIAEoCRIMCgRjb2RlGAggASgJEhIKCnJlcXVlc3RfaWQYCSABKAkirQEKFkNyZWF0ZVdvcmtzcGFjZVJlcXVlc3QSDAoEbmFtZRgBIAEoCRIUCgxkaXNwbGF5X25hbWUYAiABKAkSQAoGbGFiZWxzGAMgAygLMjAucmVtb3RlZ3B1LnYxLkNyZWF0ZVdvcmtzcGFjZVJlcXVlc3QuTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJFChdDcmVhdGVXb3Jrc3BhY2VSZXNwb25zZRIqCgl3b3Jrc3BhY2UYASABKAsyFy5yZW1vdGVncHUudjEuV29ya3NwYWNlIiEKE0dldFdvcmtzcGFjZVJlcXVlc3QSCgoCaWQYASABKAkiQgoUR2V0V29ya3NwYWNlUmVzcG9uc2USKgoJd29ya3NwYWNlGAEgASgLMhcucmVtb3RlZ3B1LnYxLldvcmtzcGFjZSJWChVMaXN0V29ya3NwYWNlc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSFgoObGFiZWxfc2VsZWN0b3IYAyABKAkicgoWTGlzdFdvcmtzcGFjZXNSZXNwb25zZRIrCgp3b3Jrc3BhY2VzGAEgAygLMhcucmVtb3RlZ3B1LnYxLldvcmtzcGFjZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkSEgoKdG90YWxfc2l6ZRgDIAEoBSJ1ChZVcGRhdGVXb3Jrc3BhY2VSZXF1ZXN0EioKCXdvcmtzcGFjZRgBIAEoCzIXLnJlbW90ZWdwdS52MS5Xb3Jrc3BhY2USLwoLdXBkYXRlX21hc2sYAiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrIkUKF1VwZGF0ZVdvcmtzcGFjZVJlc3BvbnNlEioKCXdvcmtzcGFjZRgBIAEoCzIXLnJlbW90ZWdwdS52MS5Xb3Jrc3BhY2UiMwoWRGVsZXRlV29ya3NwYWNlUmVxdWVzdBIKCgJpZBgBIAEoCRINCgVmb3JjZRgCIAEoCCIZChdEZWxldGVXb3Jrc3BhY2VSZXNwb25zZSIvChdHZXRSZXNvdXJjZVF1b3RhUmVxdWVzdBIUCgx3b3Jrc3BhY2VfaWQYASABKAkiRgoYR2V0UmVzb3VyY2VRdW90YVJlc3BvbnNlEioKBXF1b3RhGAEgASgLMhsucmVtb3RlZ3B1LnYxLlJlc291cmNlUXVvdGEiRQoXU2V0UmVzb3VyY2VRdW90YVJlcXVlc3QSKgoFcXVvdGEYASABKAsyGy5yZW1vdGVncHUudjEuUmVzb3VyY2VRdW90YSJGChhTZXRSZXNvdXJjZVF1b3RhUmVzcG9uc2USKgoFcXVvdGEYASABKAsyGy5yZW1vdGVncHUudjEuUmVzb3VyY2VRdW90YSInCg9HZXRVc2FnZVJlcXVlc3QSFAoMd29ya3NwYWNlX2lkGAEgASgJImoKEEdldFVzYWdlUmVzcG9uc2USKgoFdXNhZ2UYASABKAsyGy5yZW1vdGVncHUudjEuUmVzb3VyY2VVc2FnZRIqCgVxdW90YRgCIAEoCzIbLnJlbW90ZWdwdS52MS5SZXNvdXJjZVF1b3RhIo0BChVDcmVhdGVBcGlUb2tlblJlcXVlc3QSFAoMd29ya3NwYWNlX2lkGAEgASgJEgwKBG5hbWUYAiABKAkSKAoEcm9sZRgDIAEoDjIaLnJlbW90ZWdwdS52MS5BcGlUb2tlblJvbGUSJgoDdHRsGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIlMKFkNyZWF0ZUFwaVRva2VuUmVzcG9uc2USKQoJYXBpX3Rva2VuGAEgASgLMhYucmVtb3RlZ3B1LnYxLkFwaVRva2VuEg4KBnNlY3JldBgCIAEoCSJqChRMaXN0QXBpVG9rZW5zUmVxdWVzdBIUCgx3b3Jrc3BhY2VfaWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkSFQoNc2hvd19pbmFjdGl2ZRgEIAEoCCJcChVMaXN0QXBpVG9rZW5zUmVzcG9uc2USKgoKYXBpX3Rva2VucxgBIAMoCzIWLnJlbW90ZWdwdS52MS5BcGlUb2tlbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiPwoVUmV2b2tlQXBpVG9rZW5SZXF1ZXN0EhQKDHdvcmtzcGFjZV9pZBgBIAEoCRIQCgh0b2tlbl9pZBgCIAEoCSJDChZSZXZva2VBcGlUb2tlblJlc3BvbnNlEikKCWFwaV90b2tlbhgBIAEoCzIWLnJlbW90ZWdwdS52MS5BcGlUb2tlbiKBAQoKRmlsZUhlYWRlchIUCgx3b3Jrc3BhY2VfaWQYASABKAkSDAoEcGF0aBgCIAEoCRIUCgxjb250ZW50X3R5cGUYAyABKAkSFwoKc2l6ZV9ieXRlcxgEIAEoA0gAiAEBEhEKCW92ZXJ3cml0ZRgFIAEoCEINCgtfc2l6ZV9ieXRlcyJYChFVcGxvYWRGaWxlUmVxdWVzdBIqCgZoZWFkZXIYASABKAsyGC5yZW1vdGVncHUudjEuRmlsZUhlYWRlckgAEg8KBWNodW5rGAIgASgMSABCBgoEcGFydCI/ChJVcGxvYWRGaWxlUmVzcG9uc2USKQoEZmlsZRgBIAEoCzIbLnJlbW90ZWdwdS52MS5Xb3Jrc3BhY2VGaWxlIlkKE0Rvd25sb2FkRmlsZVJlcXVlc3QSFAoMd29ya3NwYWNlX2lkGAEgASgJEgwKBHBhdGgYAiABKAkSDgoGb2Zmc2V0GAMgASgDEg4KBmxlbmd0aBgEIAEoAyJcChREb3dubG9hZEZpbGVSZXNwb25zZRIrCgRmaWxlGAEgASgLMhsucmVtb3RlZ3B1LnYxLldvcmtzcGFjZUZpbGVIABIPCgVjaHVuaxgCIAEoDEgAQgYKBHBhcnQiXwoQTGlzdEZpbGVzUmVxdWVzdBIUCgx3b3Jrc3BhY2VfaWQYASABKAkSDgoGcHJlZml4GAIgASgJEhEKCXBhZ2Vfc2l6ZRgDIAEoBRISCgpwYWdlX3Rva2VuGAQgASgJIlgKEUxpc3RGaWxlc1Jlc3BvbnNlEioKBWZpbGVzGAEgAygLMhsucmVtb3RlZ3B1LnYxLldvcmtzcGFjZUZpbGUSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjcKEURlbGV0ZUZpbGVSZXF1ZXN0EhQKDHdvcmtzcGFjZV9pZBgBIAEoCRIMCgRwYXRoGAIgASgJIhQKEkRlbGV0ZUZpbGVSZXNwb25zZSKTAQoRR2V0RmlsZVVybFJlcXVlc3QSFAoMd29ya3NwYWNlX2lkGAEgASgJEgwKBHBhdGgYAiABKAkSKwoGbWV0aG9kGAMgASgOMhsucmVtb3RlZ3B1LnYxLkZpbGVVcmxNZXRob2QSLQoKZXhwaXJlc19pbhgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJSChJHZXRGaWxlVXJsUmVzcG9uc2USCwoDdXJsGAEgASgJEi8KC2V4cGlyZV90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLYAQoWTGlzdEF1ZGl0RXZlbnRzUmVxdWVzdBIUCgx3b3Jrc3BhY2VfaWQYASABKAkSLgoKc3RhcnRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCGFjdG9yX2lkGAQgASgJEhEKCXRhcmdldF9pZBgFIAEoCRIRCglwYWdlX3NpemUYBiABKAUSEgoKcGFnZV90b2tlbhgHIAEoCSJcChdMaXN0QXVkaXRFdmVudHNSZXNwb25zZRIoCgZldmVudHMYASADKAsyGC5yZW1vdGVncHUudjEuQXVkaXRFdmVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkqfgoMQXBpVG9rZW5Sb2xlEh4KGkFQSV9UT0tFTl9ST0xFX1VOU1BFQ0lGSUVEEAASGAoUQVBJX1RPS0VOX1JPTEVfQURNSU4QARIZChVBUElfVE9LRU5fUk9MRV9NRU1CRVIQAhIZChVBUElfVE9LRU5fUk9MRV9WSUVXRVIQAypiCg1GaWxlVXJsTWV0aG9kEh8KG0ZJTEVfVVJMX01FVEhPRF9VTlNQRUNJRklFRBAAEhcKE0ZJTEVfVVJMX01FVEhPRF9HRVQQARIXChNGSUxFX1VSTF9NRVRIT0RfUFVUEAIyrwwKEFdvcmtzcGFjZVNlcnZpY2USXgoPQ3JlYXRlV29ya3NwYWNlEiQucmVtb3RlZ3B1LnYxLkNyZWF0ZVdvcmtzcGFjZVJlcXVlc3QaJS5yZW1vdGVncHUudjEuQ3JlYXRlV29ya3NwYWNlUmVzcG9uc2USWgoMR2V0V29ya3NwYWNlEiEucmVtb3RlZ3B1LnYxLkdldFdvcmtzcGFjZVJlcXVlc3QaIi5yZW1vdGVncHUudjEuR2V0V29ya3NwYWNlUmVzcG9uc2UiA5ACARJgCg5MaXN0V29ya3NwYWNlcxIjLnJlbW90ZWdwdS52MS5MaXN0V29ya3NwYWNlc1JlcXVlc3QaJC5yZW1vdGVncHUudjEuTGlzdFdvcmtzcGFjZXNSZXNwb25zZSIDkAIBEl4KD1VwZGF0ZVdvcmtzcGFjZRIkLnJlbW90ZWdwdS52MS5VcGRhdGVXb3Jrc3BhY2VSZXF1ZXN0GiUucmVtb3RlZ3B1LnYxLlVwZGF0ZVdvcmtzcGFjZVJlc3BvbnNlEl4KD0RlbGV0ZVdvcmtzcGFjZRIkLnJlbW90ZWdwdS52MS5EZWxldGVXb3Jrc3BhY2VSZXF1ZXN0GiUucmVtb3RlZ3B1LnYxLkRlbGV0ZVdvcmtzcGFjZVJlc3BvbnNlEmYKEEdldFJlc291cmNlUXVvdGESJS5yZW1vdGVncHUudjEuR2V0UmVzb3VyY2VRdW90YVJlcXVlc3QaJi5yZW1vdGVncHUudjEuR2V0UmVzb3VyY2VRdW90YVJlc3BvbnNlIgOQAgESYQoQU2V0UmVzb3VyY2VRdW90YRIlLnJlbW90ZWdwdS52MS5TZXRSZXNvdXJjZVF1b3RhUmVxdWVzdBomLnJlbW90ZWdwdS52MS5TZXRSZXNvdXJjZVF1b3RhUmVzcG9uc2USTgoIR2V0VXNhZ2USHS5yZW1vdGVncHUudjEuR2V0VXNhZ2VSZXF1ZXN0Gh4ucmVtb3RlZ3B1LnYxLkdldFVzYWdlUmVzcG9uc2UiA5ACARJbCg5DcmVhdGVBcGlUb2tlbhIjLnJlbW90ZWdwdS52MS5DcmVhdGVBcGlUb2tlblJlcXVlc3QaJC5yZW1vdGVncHUudjEuQ3JlYXRlQXBpVG9rZW5SZXNwb25zZRJdCg1MaXN0QXBpVG9rZW5zEiIucmVtb3RlZ3B1LnYxLkxpc3RBcGlUb2tlbnNSZXF1ZXN0GiMucmVtb3RlZ3B1LnYxLkxpc3RBcGlUb2tlbnNSZXNwb25zZSIDkAIBElsKDlJldm9rZUFwaVRva2VuEiMucmVtb3RlZ3B1LnYxLlJldm9rZUFwaVRva2VuUmVxdWVzdBokLnJlbW90ZWdwdS52MS5SZXZva2VBcGlUb2tlblJlc3BvbnNlElEKClVwbG9hZEZpbGUSHy5yZW1vdGVncHUudjEuVXBsb2FkRmlsZVJlcXVlc3QaIC5yZW1vdGVncHUudjEuVXBsb2FkRmlsZVJlc3BvbnNlKAESXAoMRG93bmxvYWRGaWxlEiEucmVtb3RlZ3B1LnYxLkRvd25sb2FkRmlsZVJlcXVlc3QaIi5yZW1vdGVncHUudjEuRG93bmxvYWRGaWxlUmVzcG9uc2UiA5ACATABElEKCUxpc3RGaWxlcxIeLnJlbW90ZWdwdS52MS5MaXN0RmlsZXNSZXF1ZXN0Gh8ucmVtb3RlZ3B1LnYxLkxpc3RGaWxlc1Jlc3BvbnNlIgOQAgESTwoKRGVsZXRlRmlsZRIfLnJlbW90ZWdwdS52MS5EZWxldGVGaWxlUmVxdWVzdBogLnJlbW90ZWdwdS52MS5EZWxldGVGaWxlUmVzcG9uc2USTwoKR2V0RmlsZVVybBIfLnJlbW90ZWdwdS52MS5HZXRGaWxlVXJsUmVxdWVzdBogLnJlbW90ZWdwdS52MS5HZXRGaWxlVXJsUmVzcG9uc2USYwoPTGlzdEF1ZGl0RXZlbnRzEiQucmVtb3RlZ3B1LnYxLkxpc3RBdWRpdEV2ZW50c1JlcXVlc3QaJS5yZW1vdGVncHUudjEuTGlzdEF1ZGl0RXZlbnRzUmVzcG9uc2UiA5ACAWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
+  fileDesc("ChxyZW1vdGVncHUvdjEvd29ya3NwYWNlLnByb3RvEgxyZW1vdGVncHUudjEigQIKCVdvcmtzcGFjZRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEhQKDGRpc3BsYXlfbmFtZRgDIAEoCRIzCgZsYWJlbHMYBCADKAsyIy5yZW1vdGVncHUudjEuV29ya3NwYWNlLkxhYmVsc0VudHJ5Ei8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASLyAwoNUmVzb3VyY2VRdW90YRIUCgx3b3Jrc3BhY2VfaWQYASABKAkSFQoIbWF4X2dwdXMYAiABKAVIAIgBARJMChJtYXhfZ3B1c19wZXJfbW9kZWwYAyADKAsyMC5yZW1vdGVncHUudjEuUmVzb3VyY2VRdW90YS5NYXhHcHVzUGVyTW9kZWxFbnRyeRIaChJhbGxvd2VkX2dwdV9tb2RlbHMYBCADKAkSHQoQbWF4X2Vudmlyb25tZW50cxgFIAEoBUgBiAEBEh8KEm1heF9jcHVfbWlsbGljb3JlcxgGIAEoA0gCiAEBEh0KEG1heF9tZW1vcnlfYnl0ZXMYByABKANIA4gBARIeChFtYXhfc3RvcmFnZV9ieXRlcxgIIAEoA0gEiAEBEi8KC3VwZGF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBo2ChRNYXhHcHVzUGVyTW9kZWxFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAU6AjgBQgsKCV9tYXhfZ3B1c0ITChFfbWF4X2Vudmlyb25tZW50c0IVChNfbWF4X2NwdV9taWxsaWNvcmVzQhMKEV9tYXhfbWVtb3J5X2J5dGVzQhQKEl9tYXhfc3RvcmFnZV9ieXRlcyKPAgoNUmVzb3VyY2VVc2FnZRIMCgRncHVzGAEgASgFEkUKDmdwdXNfcGVyX21vZGVsGAIgAygLMi0ucmVtb3RlZ3B1LnYxLlJlc291cmNlVXNhZ2UuR3B1c1Blck1vZGVsRW50cnkSFAoMZW52aXJvbm1lbnRzGAMgASgFEhYKDmNwdV9taWxsaWNvcmVzGAQgASgDEhQKDG1lbW9yeV9ieXRlcxgFIAEoAxIVCg1zdG9yYWdlX2J5dGVzGAYgASgDEhkKEXZvbHVtZV91c2VkX2J5dGVzGAcgASgDGjMKEUdwdXNQZXJNb2RlbEVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoBToCOAEiwQIKCEFwaVRva2VuEgoKAmlkGAEgASgJEhQKDHdvcmtzcGFjZV9pZBgCIAEoCRIMCgRuYW1lGAMgASgJEigKBHJvbGUYBCABKA4yGi5yZW1vdGVncHUudjEuQXBpVG9rZW5Sb2xlEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtleHBpcmVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMQoNbGFzdF91c2VfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLcmV2b2tlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDWNsdXN0ZXJfYWRtaW4YCSABKAgieAoNV29ya3NwYWNlRmlsZRIMCgRwYXRoGAEgASgJEhIKCnNpemVfYnl0ZXMYAiABKAMSFAoMY29udGVudF90eXBlGAMgASgJEi8KC21vZGlmeV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLDAQoKQXVkaXRFdmVudBIKCgJpZBgBIAEoCRIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIQCghhY3Rvcl9pZBgDIAEoCRISCgphY3Rvcl9raW5kGAQgASgJEhQKDHdvcmtzcGFjZV9pZBgFIAEoCRIOCgZtZXRob2QYBiABKAkSEQoJdGFyZ2V0X2lkGAcgASgJEgwKBGNvZGUYCCABKAkSEgoKcmVxdWVzdF9pZBgJIAEoCSKtAQoWQ3JlYXRlV29ya3NwYWNlUmVxdWVzdBIMCgRuYW1lGAEgASgJEhQKDGRpc3BsYXlfbmFtZRgCIAEoCRJACgZsYWJlbHMYAyADKAsyMC5yZW1vdGVncHUudjEuQ3JlYXRlV29ya3NwYWNlUmVxdWVzdC5MYWJlbHNFbnRyeRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkUKF0NyZWF0ZVdvcmtzcGFjZVJlc3BvbnNlEioKCXdvcmtzcGFjZRgBIAEoCzIXLnJlbW90ZWdwdS52MS5Xb3Jrc3BhY2UiIQoTR2V0V29ya3NwYWNlUmVxdWVzdBIKCgJpZBgBIAEoCSJCChRHZXRXb3Jrc3BhY2VSZXNwb25zZRIqCgl3b3Jrc3BhY2UYASABKAsyFy5yZW1vdGVncHUudjEuV29ya3NwYWNlIlYKFUxpc3RXb3Jrc3BhY2VzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIWCg5sYWJlbF9zZWxlY3RvchgDIAEoCSJyChZMaXN0V29ya3NwYWNlc1Jlc3BvbnNlEisKCndvcmtzcGFjZXMYASADKAsyFy5yZW1vdGVncHUudjEuV29ya3NwYWNlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCRISCgp0b3RhbF9zaXplGAMgASgFInUKFlVwZGF0ZVdvcmtzcGFjZVJlcXVlc3QSKgoJd29ya3NwYWNlGAEgASgLMhcucmVtb3RlZ3B1LnYxLldvcmtzcGFjZRIvCgt1cGRhdGVfbWFzaxgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2siRQoXVXBkYXRlV29ya3NwYWNlUmVzcG9uc2USKgoJd29ya3NwYWNlGAEgASgLMhcucmVtb3RlZ3B1LnYxLldvcmtzcGFjZSIzChZEZWxldGVXb3Jrc3BhY2VSZXF1ZXN0EgoKAmlkGAEgASgJEg0KBWZvcmNlGAIgASgIIhkKF0RlbGV0ZVdvcmtzcGFjZVJlc3BvbnNlIi8KF0dldFJlc291cmNlUXVvdGFSZXF1ZXN0EhQKDHdvcmtzcGFjZV9pZBgBIAEoCSJGChhHZXRSZXNvdXJjZVF1b3RhUmVzcG9uc2USKgoFcXVvdGEYASABKAsyGy5yZW1vdGVncHUudjEuUmVzb3VyY2VRdW90YSJFChdTZXRSZXNvdXJjZVF1b3RhUmVxdWVzdBIqCgVxdW90YRgBIAEoCzIbLnJlbW90ZWdwdS52MS5SZXNvdXJjZVF1b3RhIkYKGFNldFJlc291cmNlUXVvdGFSZXNwb25zZRIqCgVxdW90YRgBIAEoCzIbLnJlbW90ZWdwdS52MS5SZXNvdXJjZVF1b3RhIicKD0dldFVzYWdlUmVxdWVzdBIUCgx3b3Jrc3BhY2VfaWQYASABKAkiagoQR2V0VXNhZ2VSZXNwb25zZRIqCgV1c2FnZRgBIAEoCzIbLnJlbW90ZWdwdS52MS5SZXNvdXJjZVVzYWdlEioKBXF1b3RhGAIgASgLMhsucmVtb3RlZ3B1LnYxLlJlc291cmNlUXVvdGEivwEKFUNyZWF0ZUFwaVRva2VuUmVxdWVzdBIUCgx3b3Jrc3BhY2VfaWQYASABKAkSDAoEbmFtZRgCIAEoCRIoCgRyb2xlGAMgASgOMhoucmVtb3RlZ3B1LnYxLkFwaVRva2VuUm9sZRImCgN0dGwYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SMAoNcmVwbGFjZV9ncmFjZRgFIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJTChZDcmVhdGVBcGlUb2tlblJlc3BvbnNlEikKCWFwaV90b2tlbhgBIAEoCzIWLnJlbW90ZWdwdS52MS5BcGlUb2tlbhIOCgZzZWNyZXQYAiABKAkiagoUTGlzdEFwaVRva2Vuc1JlcXVlc3QSFAoMd29ya3NwYWNlX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJEhUKDXNob3dfaW5hY3RpdmUYBCABKAgiXAoVTGlzdEFwaVRva2Vuc1Jlc3BvbnNlEioKCmFwaV90b2tlbnMYASADKAsyFi5yZW1vdGVncHUudjEuQXBpVG9rZW4SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIj8KFVJldm9rZUFwaVRva2VuUmVxdWVzdBIUCgx3b3Jrc3BhY2VfaWQYASABKAkSEAoIdG9rZW5faWQYAiABKAkiQwoWUmV2b2tlQXBpVG9rZW5SZXNwb25zZRIpCglhcGlfdG9rZW4YASABKAsyFi5yZW1vdGVncHUudjEuQXBpVG9rZW4igQEKF0NyZWF0ZUFkbWluVG9rZW5SZXF1ZXN0EgwKBG5hbWUYASABKAkSJgoDdHRsGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjAKDXJlcGxhY2VfZ3JhY2UYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iVQoYQ3JlYXRlQWRtaW5Ub2tlblJlc3BvbnNlEikKCWFwaV90b2tlbhgBIAEoCzIWLnJlbW90ZWdwdS52MS5BcGlUb2tlbhIOCgZzZWNyZXQYAiABKAkiVgoWTGlzdEFkbWluVG9rZW5zUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIVCg1zaG93X2luYWN0aXZlGAMgASgIIl4KF0xpc3RBZG1pblRva2Vuc1Jlc3BvbnNlEioKCmFwaV90b2tlbnMYASADKAsyFi5yZW1vdGVncHUudjEuQXBpVG9rZW4SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIisKF1Jldm9rZUFkbWluVG9rZW5SZXF1ZXN0EhAKCHRva2VuX2lkGAEgASgJIkUKGFJldm9rZUFkbWluVG9rZW5SZXNwb25zZRIpCglhcGlfdG9rZW4YASABKAsyFi5yZW1vdGVncHUudjEuQXBpVG9rZW4igQEKCkZpbGVIZWFkZXISFAoMd29ya3NwYWNlX2lkGAEgASgJEgwKBHBhdGgYAiABKAkSFAoMY29udGVudF90eXBlGAMgASgJEhcKCnNpemVfYnl0ZXMYBCABKANIAIgBARIRCglvdmVyd3JpdGUYBSABKAhCDQoLX3NpemVfYnl0ZXMiWAoRVXBsb2FkRmlsZVJlcXVlc3QSKgoGaGVhZGVyGAEgASgLMhgucmVtb3RlZ3B1LnYxLkZpbGVIZWFkZXJIABIPCgVjaHVuaxgCIAEoDEgAQgYKBHBhcnQiPwoSVXBsb2FkRmlsZVJlc3BvbnNlEikKBGZpbGUYASABKAsyGy5yZW1vdGVncHUudjEuV29ya3NwYWNlRmlsZSJZChNEb3dubG9hZEZpbGVSZXF1ZXN0EhQKDHdvcmtzcGFjZV9pZBgBIAEoCRIMCgRwYXRoGAIgASgJEg4KBm9mZnNldBgDIAEoAxIOCgZsZW5ndGgYBCABKAMiXAoURG93bmxvYWRGaWxlUmVzcG9uc2USKwoEZmlsZRgBIAEoCzIbLnJlbW90ZWdwdS52MS5Xb3Jrc3BhY2VGaWxlSAASDwoFY2h1bmsYAiABKAxIAEIGCgRwYXJ0Il8KEExpc3RGaWxlc1JlcXVlc3QSFAoMd29ya3NwYWNlX2lkGAEgASgJEg4KBnByZWZpeBgCIAEoCRIRCglwYWdlX3NpemUYAyABKAUSEgoKcGFnZV90b2tlbhgEIAEoCSJYChFMaXN0RmlsZXNSZXNwb25zZRIqCgVmaWxlcxgBIAMoCzIbLnJlbW90ZWdwdS52MS5Xb3Jrc3BhY2VGaWxlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSI3ChFEZWxldGVGaWxlUmVxdWVzdBIUCgx3b3Jrc3BhY2VfaWQYASABKAkSDAoEcGF0aBgCIAEoCSIUChJEZWxldGVGaWxlUmVzcG9uc2UikwEKEUdldEZpbGVVcmxSZXF1ZXN0EhQKDHdvcmtzcGFjZV9pZBgBIAEoCRIMCgRwYXRoGAIgASgJEisKBm1ldGhvZBgDIAEoDjIbLnJlbW90ZWdwdS52MS5GaWxlVXJsTWV0aG9kEi0KCmV4cGlyZXNfaW4YBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iUgoSR2V0RmlsZVVybFJlc3BvbnNlEgsKA3VybBgBIAEoCRIvCgtleHBpcmVfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAi2AEKFkxpc3RBdWRpdEV2ZW50c1JlcXVlc3QSFAoMd29ya3NwYWNlX2lkGAEgASgJEi4KCnN0YXJ0X3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIQCghhY3Rvcl9pZBgEIAEoCRIRCgl0YXJnZXRfaWQYBSABKAkSEQoJcGFnZV9zaXplGAYgASgFEhIKCnBhZ2VfdG9rZW4YByABKAkiXAoXTGlzdEF1ZGl0RXZlbnRzUmVzcG9uc2USKAoGZXZlbnRzGAEgAygLMhgucmVtb3RlZ3B1LnYxLkF1ZGl0RXZlbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJKn4KDEFwaVRva2VuUm9sZRIeChpBUElfVE9LRU5fUk9MRV9VTlNQRUNJRklFRBAAEhgKFEFQSV9UT0tFTl9ST0xFX0FETUlOEAESGQoVQVBJX1RPS0VOX1JPTEVfTUVNQkVSEAISGQoVQVBJX1RPS0VOX1JPTEVfVklFV0VSEAMqYgoNRmlsZVVybE1ldGhvZBIfChtGSUxFX1VSTF9NRVRIT0RfVU5TUEVDSUZJRUQQABIXChNGSUxFX1VSTF9NRVRIT0RfR0VUEAESFwoTRklMRV9VUkxfTUVUSE9EX1BVVBACMtoOChBXb3Jrc3BhY2VTZXJ2aWNlEl4KD0NyZWF0ZVdvcmtzcGFjZRIkLnJlbW90ZWdwdS52MS5DcmVhdGVXb3Jrc3BhY2VSZXF1ZXN0GiUucmVtb3RlZ3B1LnYxLkNyZWF0ZVdvcmtzcGFjZVJlc3BvbnNlEloKDEdldFdvcmtzcGFjZRIhLnJlbW90ZWdwdS52MS5HZXRXb3Jrc3BhY2VSZXF1ZXN0GiIucmVtb3RlZ3B1LnYxLkdldFdvcmtzcGFjZVJlc3BvbnNlIgOQAgESYAoOTGlzdFdvcmtzcGFjZXMSIy5yZW1vdGVncHUudjEuTGlzdFdvcmtzcGFjZXNSZXF1ZXN0GiQucmVtb3RlZ3B1LnYxLkxpc3RXb3Jrc3BhY2VzUmVzcG9uc2UiA5ACARJeCg9VcGRhdGVXb3Jrc3BhY2USJC5yZW1vdGVncHUudjEuVXBkYXRlV29ya3NwYWNlUmVxdWVzdBolLnJlbW90ZWdwdS52MS5VcGRhdGVXb3Jrc3BhY2VSZXNwb25zZRJeCg9EZWxldGVXb3Jrc3BhY2USJC5yZW1vdGVncHUudjEuRGVsZXRlV29ya3NwYWNlUmVxdWVzdBolLnJlbW90ZWdwdS52MS5EZWxldGVXb3Jrc3BhY2VSZXNwb25zZRJmChBHZXRSZXNvdXJjZVF1b3RhEiUucmVtb3RlZ3B1LnYxLkdldFJlc291cmNlUXVvdGFSZXF1ZXN0GiYucmVtb3RlZ3B1LnYxLkdldFJlc291cmNlUXVvdGFSZXNwb25zZSIDkAIBEmEKEFNldFJlc291cmNlUXVvdGESJS5yZW1vdGVncHUudjEuU2V0UmVzb3VyY2VRdW90YVJlcXVlc3QaJi5yZW1vdGVncHUudjEuU2V0UmVzb3VyY2VRdW90YVJlc3BvbnNlEk4KCEdldFVzYWdlEh0ucmVtb3RlZ3B1LnYxLkdldFVzYWdlUmVxdWVzdBoeLnJlbW90ZWdwdS52MS5HZXRVc2FnZVJlc3BvbnNlIgOQAgESWwoOQ3JlYXRlQXBpVG9rZW4SIy5yZW1vdGVncHUudjEuQ3JlYXRlQXBpVG9rZW5SZXF1ZXN0GiQucmVtb3RlZ3B1LnYxLkNyZWF0ZUFwaVRva2VuUmVzcG9uc2USXQoNTGlzdEFwaVRva2VucxIiLnJlbW90ZWdwdS52MS5MaXN0QXBpVG9rZW5zUmVxdWVzdBojLnJlbW90ZWdwdS52MS5MaXN0QXBpVG9rZW5zUmVzcG9uc2UiA5ACARJbCg5SZXZva2VBcGlUb2tlbhIjLnJlbW90ZWdwdS52MS5SZXZva2VBcGlUb2tlblJlcXVlc3QaJC5yZW1vdGVncHUudjEuUmV2b2tlQXBpVG9rZW5SZXNwb25zZRJhChBDcmVhdGVBZG1pblRva2VuEiUucmVtb3RlZ3B1LnYxLkNyZWF0ZUFkbWluVG9rZW5SZXF1ZXN0GiYucmVtb3RlZ3B1LnYxLkNyZWF0ZUFkbWluVG9rZW5SZXNwb25zZRJjCg9MaXN0QWRtaW5Ub2tlbnMSJC5yZW1vdGVncHUudjEuTGlzdEFkbWluVG9rZW5zUmVxdWVzdBolLnJlbW90ZWdwdS52MS5MaXN0QWRtaW5Ub2tlbnNSZXNwb25zZSIDkAIBEmEKEFJldm9rZUFkbWluVG9rZW4SJS5yZW1vdGVncHUudjEuUmV2b2tlQWRtaW5Ub2tlblJlcXVlc3QaJi5yZW1vdGVncHUudjEuUmV2b2tlQWRtaW5Ub2tlblJlc3BvbnNlElEKClVwbG9hZEZpbGUSHy5yZW1vdGVncHUudjEuVXBsb2FkRmlsZVJlcXVlc3QaIC5yZW1vdGVncHUudjEuVXBsb2FkRmlsZVJlc3BvbnNlKAESXAoMRG93bmxvYWRGaWxlEiEucmVtb3RlZ3B1LnYxLkRvd25sb2FkRmlsZVJlcXVlc3QaIi5yZW1vdGVncHUudjEuRG93bmxvYWRGaWxlUmVzcG9uc2UiA5ACATABElEKCUxpc3RGaWxlcxIeLnJlbW90ZWdwdS52MS5MaXN0RmlsZXNSZXF1ZXN0Gh8ucmVtb3RlZ3B1LnYxLkxpc3RGaWxlc1Jlc3BvbnNlIgOQAgESTwoKRGVsZXRlRmlsZRIfLnJlbW90ZWdwdS52MS5EZWxldGVGaWxlUmVxdWVzdBogLnJlbW90ZWdwdS52MS5EZWxldGVGaWxlUmVzcG9uc2USTwoKR2V0RmlsZVVybBIfLnJlbW90ZWdwdS52MS5HZXRGaWxlVXJsUmVxdWVzdBogLnJlbW90ZWdwdS52MS5HZXRGaWxlVXJsUmVzcG9uc2USYwoPTGlzdEF1ZGl0RXZlbnRzEiQucmVtb3RlZ3B1LnYxLkxpc3RBdWRpdEV2ZW50c1JlcXVlc3QaJS5yZW1vdGVncHUudjEuTGlzdEF1ZGl0RXZlbnRzUmVzcG9uc2UiA5ACAWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
 
 /**
  * Workspace is a team or tenant: it owns environments, files and tokens, within one quota.
@@ -212,7 +212,7 @@ export const ResourceUsageSchema: GenMessage<ResourceUsage> = /*@__PURE__*/
   messageDesc(file_remotegpu_v1_workspace, 2);
 
 /**
- * ApiToken is a workspace token's metadata; the secret is never stored.
+ * ApiToken is a token's metadata (a workspace's, or a cluster admin's); the secret is never stored.
  *
  * @generated from message remotegpu.v1.ApiToken
  */
@@ -272,6 +272,13 @@ export type ApiToken = Message<"remotegpu.v1.ApiToken"> & {
    * @generated from field: google.protobuf.Timestamp revoke_time = 8;
    */
   revokeTime?: Timestamp | undefined;
+
+  /**
+   * A cluster admin token: no workspace, no role.
+   *
+   * @generated from field: bool cluster_admin = 9;
+   */
+  clusterAdmin: boolean;
 };
 
 /**
@@ -826,6 +833,14 @@ export type CreateApiTokenRequest = Message<"remotegpu.v1.CreateApiTokenRequest"
    * @generated from field: google.protobuf.Duration ttl = 4;
    */
   ttl?: Duration | undefined;
+
+  /**
+   * Replaces a live token of the same name instead of refusing: the old one keeps working for this
+   * long (at most 30 days; zero revokes it at once), so its users can move to the new secret.
+   *
+   * @generated from field: google.protobuf.Duration replace_grace = 5;
+   */
+  replaceGrace?: Duration | undefined;
 };
 
 /**
@@ -983,6 +998,174 @@ export const RevokeApiTokenResponseSchema: GenMessage<RevokeApiTokenResponse> = 
   messageDesc(file_remotegpu_v1_workspace, 27);
 
 /**
+ * Request of WorkspaceService.CreateAdminToken.
+ *
+ * @generated from message remotegpu.v1.CreateAdminTokenRequest
+ */
+export type CreateAdminTokenRequest = Message<"remotegpu.v1.CreateAdminTokenRequest"> & {
+  /**
+   * Required, up to 100 characters, unique among live admin tokens.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Optional lifetime; absent for a token that does not expire.
+   *
+   * @generated from field: google.protobuf.Duration ttl = 2;
+   */
+  ttl?: Duration | undefined;
+
+  /**
+   * Replaces a live admin token of the same name, as CreateApiTokenRequest.replace_grace does.
+   *
+   * @generated from field: google.protobuf.Duration replace_grace = 3;
+   */
+  replaceGrace?: Duration | undefined;
+};
+
+/**
+ * Describes the message remotegpu.v1.CreateAdminTokenRequest.
+ * Use `create(CreateAdminTokenRequestSchema)` to create a new message.
+ */
+export const CreateAdminTokenRequestSchema: GenMessage<CreateAdminTokenRequest> = /*@__PURE__*/
+  messageDesc(file_remotegpu_v1_workspace, 28);
+
+/**
+ * Response of WorkspaceService.CreateAdminToken.
+ *
+ * @generated from message remotegpu.v1.CreateAdminTokenResponse
+ */
+export type CreateAdminTokenResponse = Message<"remotegpu.v1.CreateAdminTokenResponse"> & {
+  /**
+   * The token's metadata.
+   *
+   * @generated from field: remotegpu.v1.ApiToken api_token = 1;
+   */
+  apiToken?: ApiToken | undefined;
+
+  /**
+   * The token itself, shown only here.
+   *
+   * @generated from field: string secret = 2;
+   */
+  secret: string;
+};
+
+/**
+ * Describes the message remotegpu.v1.CreateAdminTokenResponse.
+ * Use `create(CreateAdminTokenResponseSchema)` to create a new message.
+ */
+export const CreateAdminTokenResponseSchema: GenMessage<CreateAdminTokenResponse> = /*@__PURE__*/
+  messageDesc(file_remotegpu_v1_workspace, 29);
+
+/**
+ * Request of WorkspaceService.ListAdminTokens.
+ *
+ * @generated from message remotegpu.v1.ListAdminTokensRequest
+ */
+export type ListAdminTokensRequest = Message<"remotegpu.v1.ListAdminTokensRequest"> & {
+  /**
+   * Maximum tokens to return; default 50, at most 1000.
+   *
+   * @generated from field: int32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * The next_page_token of a previous response; empty for the first page.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
+
+  /**
+   * Include revoked and expired tokens.
+   *
+   * @generated from field: bool show_inactive = 3;
+   */
+  showInactive: boolean;
+};
+
+/**
+ * Describes the message remotegpu.v1.ListAdminTokensRequest.
+ * Use `create(ListAdminTokensRequestSchema)` to create a new message.
+ */
+export const ListAdminTokensRequestSchema: GenMessage<ListAdminTokensRequest> = /*@__PURE__*/
+  messageDesc(file_remotegpu_v1_workspace, 30);
+
+/**
+ * Response of WorkspaceService.ListAdminTokens.
+ *
+ * @generated from message remotegpu.v1.ListAdminTokensResponse
+ */
+export type ListAdminTokensResponse = Message<"remotegpu.v1.ListAdminTokensResponse"> & {
+  /**
+   * One page of tokens, newest first.
+   *
+   * @generated from field: repeated remotegpu.v1.ApiToken api_tokens = 1;
+   */
+  apiTokens: ApiToken[];
+
+  /**
+   * Pass as page_token to get the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message remotegpu.v1.ListAdminTokensResponse.
+ * Use `create(ListAdminTokensResponseSchema)` to create a new message.
+ */
+export const ListAdminTokensResponseSchema: GenMessage<ListAdminTokensResponse> = /*@__PURE__*/
+  messageDesc(file_remotegpu_v1_workspace, 31);
+
+/**
+ * Request of WorkspaceService.RevokeAdminToken.
+ *
+ * @generated from message remotegpu.v1.RevokeAdminTokenRequest
+ */
+export type RevokeAdminTokenRequest = Message<"remotegpu.v1.RevokeAdminTokenRequest"> & {
+  /**
+   * The token id.
+   *
+   * @generated from field: string token_id = 1;
+   */
+  tokenId: string;
+};
+
+/**
+ * Describes the message remotegpu.v1.RevokeAdminTokenRequest.
+ * Use `create(RevokeAdminTokenRequestSchema)` to create a new message.
+ */
+export const RevokeAdminTokenRequestSchema: GenMessage<RevokeAdminTokenRequest> = /*@__PURE__*/
+  messageDesc(file_remotegpu_v1_workspace, 32);
+
+/**
+ * Response of WorkspaceService.RevokeAdminToken.
+ *
+ * @generated from message remotegpu.v1.RevokeAdminTokenResponse
+ */
+export type RevokeAdminTokenResponse = Message<"remotegpu.v1.RevokeAdminTokenResponse"> & {
+  /**
+   * The token, now revoked.
+   *
+   * @generated from field: remotegpu.v1.ApiToken api_token = 1;
+   */
+  apiToken?: ApiToken | undefined;
+};
+
+/**
+ * Describes the message remotegpu.v1.RevokeAdminTokenResponse.
+ * Use `create(RevokeAdminTokenResponseSchema)` to create a new message.
+ */
+export const RevokeAdminTokenResponseSchema: GenMessage<RevokeAdminTokenResponse> = /*@__PURE__*/
+  messageDesc(file_remotegpu_v1_workspace, 33);
+
+/**
  * FileHeader opens an upload.
  *
  * @generated from message remotegpu.v1.FileHeader
@@ -1029,7 +1212,7 @@ export type FileHeader = Message<"remotegpu.v1.FileHeader"> & {
  * Use `create(FileHeaderSchema)` to create a new message.
  */
 export const FileHeaderSchema: GenMessage<FileHeader> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_workspace, 28);
+  messageDesc(file_remotegpu_v1_workspace, 34);
 
 /**
  * Request of WorkspaceService.UploadFile: the header, then chunks.
@@ -1066,7 +1249,7 @@ export type UploadFileRequest = Message<"remotegpu.v1.UploadFileRequest"> & {
  * Use `create(UploadFileRequestSchema)` to create a new message.
  */
 export const UploadFileRequestSchema: GenMessage<UploadFileRequest> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_workspace, 29);
+  messageDesc(file_remotegpu_v1_workspace, 35);
 
 /**
  * Response of WorkspaceService.UploadFile.
@@ -1087,7 +1270,7 @@ export type UploadFileResponse = Message<"remotegpu.v1.UploadFileResponse"> & {
  * Use `create(UploadFileResponseSchema)` to create a new message.
  */
 export const UploadFileResponseSchema: GenMessage<UploadFileResponse> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_workspace, 30);
+  messageDesc(file_remotegpu_v1_workspace, 36);
 
 /**
  * Request of WorkspaceService.DownloadFile.
@@ -1129,7 +1312,7 @@ export type DownloadFileRequest = Message<"remotegpu.v1.DownloadFileRequest"> & 
  * Use `create(DownloadFileRequestSchema)` to create a new message.
  */
 export const DownloadFileRequestSchema: GenMessage<DownloadFileRequest> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_workspace, 31);
+  messageDesc(file_remotegpu_v1_workspace, 37);
 
 /**
  * Response of WorkspaceService.DownloadFile: metadata in the first message, then chunks.
@@ -1166,7 +1349,7 @@ export type DownloadFileResponse = Message<"remotegpu.v1.DownloadFileResponse"> 
  * Use `create(DownloadFileResponseSchema)` to create a new message.
  */
 export const DownloadFileResponseSchema: GenMessage<DownloadFileResponse> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_workspace, 32);
+  messageDesc(file_remotegpu_v1_workspace, 38);
 
 /**
  * Request of WorkspaceService.ListFiles.
@@ -1208,7 +1391,7 @@ export type ListFilesRequest = Message<"remotegpu.v1.ListFilesRequest"> & {
  * Use `create(ListFilesRequestSchema)` to create a new message.
  */
 export const ListFilesRequestSchema: GenMessage<ListFilesRequest> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_workspace, 33);
+  messageDesc(file_remotegpu_v1_workspace, 39);
 
 /**
  * Response of WorkspaceService.ListFiles.
@@ -1236,7 +1419,7 @@ export type ListFilesResponse = Message<"remotegpu.v1.ListFilesResponse"> & {
  * Use `create(ListFilesResponseSchema)` to create a new message.
  */
 export const ListFilesResponseSchema: GenMessage<ListFilesResponse> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_workspace, 34);
+  messageDesc(file_remotegpu_v1_workspace, 40);
 
 /**
  * Request of WorkspaceService.DeleteFile.
@@ -1264,7 +1447,7 @@ export type DeleteFileRequest = Message<"remotegpu.v1.DeleteFileRequest"> & {
  * Use `create(DeleteFileRequestSchema)` to create a new message.
  */
 export const DeleteFileRequestSchema: GenMessage<DeleteFileRequest> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_workspace, 35);
+  messageDesc(file_remotegpu_v1_workspace, 41);
 
 /**
  * Response of WorkspaceService.DeleteFile.
@@ -1279,7 +1462,7 @@ export type DeleteFileResponse = Message<"remotegpu.v1.DeleteFileResponse"> & {
  * Use `create(DeleteFileResponseSchema)` to create a new message.
  */
 export const DeleteFileResponseSchema: GenMessage<DeleteFileResponse> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_workspace, 36);
+  messageDesc(file_remotegpu_v1_workspace, 42);
 
 /**
  * Request of WorkspaceService.GetFileUrl.
@@ -1321,7 +1504,7 @@ export type GetFileUrlRequest = Message<"remotegpu.v1.GetFileUrlRequest"> & {
  * Use `create(GetFileUrlRequestSchema)` to create a new message.
  */
 export const GetFileUrlRequestSchema: GenMessage<GetFileUrlRequest> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_workspace, 37);
+  messageDesc(file_remotegpu_v1_workspace, 43);
 
 /**
  * Response of WorkspaceService.GetFileUrl.
@@ -1349,7 +1532,7 @@ export type GetFileUrlResponse = Message<"remotegpu.v1.GetFileUrlResponse"> & {
  * Use `create(GetFileUrlResponseSchema)` to create a new message.
  */
 export const GetFileUrlResponseSchema: GenMessage<GetFileUrlResponse> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_workspace, 38);
+  messageDesc(file_remotegpu_v1_workspace, 44);
 
 /**
  * Request of WorkspaceService.ListAuditEvents.
@@ -1412,7 +1595,7 @@ export type ListAuditEventsRequest = Message<"remotegpu.v1.ListAuditEventsReques
  * Use `create(ListAuditEventsRequestSchema)` to create a new message.
  */
 export const ListAuditEventsRequestSchema: GenMessage<ListAuditEventsRequest> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_workspace, 39);
+  messageDesc(file_remotegpu_v1_workspace, 45);
 
 /**
  * Response of WorkspaceService.ListAuditEvents.
@@ -1440,7 +1623,7 @@ export type ListAuditEventsResponse = Message<"remotegpu.v1.ListAuditEventsRespo
  * Use `create(ListAuditEventsResponseSchema)` to create a new message.
  */
 export const ListAuditEventsResponseSchema: GenMessage<ListAuditEventsResponse> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_workspace, 40);
+  messageDesc(file_remotegpu_v1_workspace, 46);
 
 /**
  * ApiTokenRole is what a workspace token may do inside its workspace.
@@ -1635,6 +1818,38 @@ export const WorkspaceService: GenService<{
     methodKind: "unary";
     input: typeof RevokeApiTokenRequestSchema;
     output: typeof RevokeApiTokenResponseSchema;
+  },
+  /**
+   * CreateAdminToken creates a cluster admin token (no workspace). Its secret is in the response only.
+   * REMOTEGPU_ADMIN_TOKEN only bootstraps the first admin: tokens made here can be listed, revoked
+   * and replaced without a restart.
+   *
+   * @generated from rpc remotegpu.v1.WorkspaceService.CreateAdminToken
+   */
+  createAdminToken: {
+    methodKind: "unary";
+    input: typeof CreateAdminTokenRequestSchema;
+    output: typeof CreateAdminTokenResponseSchema;
+  },
+  /**
+   * ListAdminTokens lists the cluster admin tokens (metadata only).
+   *
+   * @generated from rpc remotegpu.v1.WorkspaceService.ListAdminTokens
+   */
+  listAdminTokens: {
+    methodKind: "unary";
+    input: typeof ListAdminTokensRequestSchema;
+    output: typeof ListAdminTokensResponseSchema;
+  },
+  /**
+   * RevokeAdminToken revokes a cluster admin token; it is refused from the next call on.
+   *
+   * @generated from rpc remotegpu.v1.WorkspaceService.RevokeAdminToken
+   */
+  revokeAdminToken: {
+    methodKind: "unary";
+    input: typeof RevokeAdminTokenRequestSchema;
+    output: typeof RevokeAdminTokenResponseSchema;
   },
   /**
    * UploadFile stores a file: a header first, then chunks of content. The file appears whole when
