@@ -11,11 +11,18 @@ export class DomainError extends Error {
   override name = "DomainError";
 }
 
-/** The request is malformed; each violation names the field. */
+/**
+ * The request is malformed; each violation names the field. Only the first problem of each field is
+ * kept: the later ones usually follow from it ("required", then "must not be empty").
+ */
 export class InvalidArgumentError extends DomainError {
   override name = "InvalidArgumentError";
-  constructor(readonly violations: FieldViolation[]) {
-    super(violations.map((v) => `${v.field}: ${v.description}`).join("; "));
+  readonly violations: FieldViolation[];
+  constructor(violations: FieldViolation[]) {
+    const seen = new Set<string>();
+    const first = violations.filter((v) => !seen.has(v.field) && seen.add(v.field));
+    super(first.map((v) => `${v.field}: ${v.description}`).join("; "));
+    this.violations = first;
   }
 
   static field(field: string, description: string): InvalidArgumentError {
@@ -46,6 +53,25 @@ export class AlreadyExistsError extends DomainError {
 /** The object is not in a state that allows the operation. */
 export class FailedPreconditionError extends DomainError {
   override name = "FailedPreconditionError";
+}
+
+/**
+ * An idempotency key (a create call's `request_id`) came back with a different request than the one
+ * it was first used for. Answering with the first call's result would hide the caller's mistake.
+ */
+export class RequestIdReusedError extends FailedPreconditionError {
+  override name = "RequestIdReusedError";
+  constructor(
+    readonly requestId: string,
+    /** What the key made the first time: its kind ("environment") and id. */
+    readonly kind: string,
+    readonly existingId: string,
+  ) {
+    super(
+      `request_id "${requestId}" was already used for a different request (it created ${kind} ${existingId}); ` +
+        "send the same request to get that result again, or use a new request_id",
+    );
+  }
 }
 
 /** Nothing free to satisfy the request (no GPU, no port), or a quota would be exceeded. */

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { parseArgs } from "node:util";
-import { Code, RemoteGpuError } from "@remotegpu/sdk";
+import { RemoteGpuError } from "@remotegpu/sdk";
 import { connect, UsageError } from "./connection.js";
 import { hostActionCommand, hostsCommand } from "./hosts.js";
 import { logsCommand } from "./logs.js";
@@ -96,15 +96,12 @@ async function main(argv: string[]): Promise<number> {
   return 0;
 }
 
-/** gRPC code names as the API documents them: "unauthenticated", "not_found". */
-const codeName = (code: Code) => Code[code].replace(/[A-Z]/g, (c, i: number) => (i ? "_" : "") + c.toLowerCase());
-
 main(process.argv.slice(2)).then(
   (code) => process.exit(code),
   (err: unknown) => {
     // The SDK turns every failed call into a RemoteGpuError whose message is the server's own.
     if (err instanceof RemoteGpuError) {
-      process.stderr.write(`remotegpu: ${codeName(err.code)}: ${err.message}\n`);
+      process.stderr.write(`remotegpu: ${err.codeName}: ${err.message}\n`);
       process.exit(1);
     }
     const message = err instanceof Error ? err.message : String(err);

@@ -11,6 +11,37 @@ export { waitForEnvironment, followLogs, type WaitForEnvironmentOptions, type Fo
 export { downloadFile, collectBytes, type DownloadFileOptions } from "./files.js";
 // The few protobuf and Connect names callers meet, so that they need no second import.
 export { Code, ConnectError, type CallOptions, type Interceptor } from "@connectrpc/connect";
+/**
+ * Messages hold int64 fields as `bigint`, which `JSON.stringify` refuses ("Do not know how to serialize
+ * a BigInt"): write them with `toJsonString(EnvironmentSchema, environment)` (or `toJson` for an
+ * object), which follows the protobuf JSON mapping as the server's Connect JSON does: int64 as
+ * strings, enums by name, timestamps as RFC 3339. `fromJson`/`fromJsonString` read them back.
+ */
+export {
+  fromJson,
+  fromJsonString,
+  toJson,
+  toJsonString,
+  type JsonValue,
+  type JsonWriteOptions,
+} from "@bufbuild/protobuf";
+/**
+ * The google.rpc error details the server sends (ErrorInfo, BadRequest, QuotaFailure, RetryInfo,
+ * PreconditionFailure), for reading a `ConnectError`'s details with `err.findDetails(ErrorInfoSchema)`;
+ * the SDK's named errors already carry what they say.
+ */
+export {
+  BadRequestSchema,
+  ErrorInfoSchema,
+  PreconditionFailureSchema,
+  QuotaFailureSchema,
+  RetryInfoSchema,
+  type BadRequest,
+  type ErrorInfo,
+  type PreconditionFailure,
+  type QuotaFailure,
+  type RetryInfo,
+} from "../../gen/google/rpc/error_details_pb.js";
 export {
   timestampDate,
   timestampFromDate,

@@ -1,9 +1,27 @@
 // The named errors of the SDK. Every failed call of a RemoteGPU client rejects with a RemoteGpuError
 // subclass chosen by the gRPC code, carrying what the server said in a typed form. The server maps its
-// domain errors to codes in one place (src/rpc/error-mapping.ts); this is the way back.
+// domain errors to codes in one place (src/rpc/error-mapping.ts) and attaches google.rpc details
+// (ErrorInfo, BadRequest, QuotaFailure, RetryInfo, PreconditionFailure); this is the way back: the
+// typed fields come from those details, never from the message's wording.
 
+import { durationMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
+import { BadRequestSchema, ErrorInfoSchema, QuotaFailureSchema, RetryInfoSchema } from "../../gen/google/rpc/error_details_pb.js";
 import type { Environment } from "./generated.js";
+
+/** `ErrorInfo.domain` of the reasons RemoteGPU defines (`RemoteGpuError.reason`). */
+export const ERROR_DOMAIN = "remotegpu";
+
+/**
+ * A code as the README, the Connect protocol and the server's logs and metrics spell it:
+ * `Code.InvalidArgument` is `"invalid_argument"`, `Code.Canceled` is `"canceled"`.
+ *
+ * @param code A gRPC status code.
+ */
+export function codeName(code: Code): string {
+  const name = Code[code] as string | undefined;
+  return name ? name.replace(/(?<=[a-z])(?=[A-Z])/g, "_").toLowerCase() : String(code);
+}
 
 /** One problem with one request field, as named by an `INVALID_ARGUMENT` error. */
 export interface FieldViolation {
@@ -21,17 +39,32 @@ export interface RemoteGpuErrorOptions {
   metadata?: Headers;
   /** The underlying error, usually the transport's `ConnectError`. */
   cause?: unknown;
+  /** The server's `google.rpc.ErrorInfo` reason, e.g. `"QUOTA_EXCEEDED"`. */
+  reason?: string;
+  /** The server's `google.rpc.ErrorInfo` metadata. */
+  info?: Readonly<Record<string, string>>;
 }
 
 /**
  * The base of every error a RemoteGPU call rejects with. `message` is the server's message as sent
- * (e.g. `workspace "x" not found`); `code` the gRPC status code; `requestId` the id the server logged
- * the call under, to quote when asking an operator.
+ * (e.g. `workspace "x" not found`); `code` the gRPC status code and `codeName` its name; `reason` the
+ * machine-readable cause; `requestId` the id the server logged the call under, to quote when asking
+ * an operator.
  */
 export class RemoteGpuError extends Error {
   override name = "RemoteGpuError";
-  /** The gRPC status code. */
+  /** The gRPC status code, a number (`Code.NotFound` is 5); `codeName` spells it. */
   readonly code: Code;
+  /** The code's name as the README's tables, logs and metrics write it, e.g. `"not_found"`. */
+  readonly codeName: string;
+  /**
+   * Why the call failed, from the server's `google.rpc.ErrorInfo` (domain `"remotegpu"`), e.g.
+   * `"NOT_FOUND"`, `"QUOTA_EXCEEDED"`, `"RATE_LIMITED"`, `"REQUEST_ID_REUSED"`; undefined when the
+   * error did not come from RemoteGPU (a proxy, the network) or from an older server.
+   */
+  readonly reason: string | undefined;
+  /** The ErrorInfo's metadata, e.g. `{ kind: "workspace", id: "…" }` with NOT_FOUND; `{}` without one. */
+  readonly info: Readonly<Record<string, string>>;
   /** The `x-request-id` the server echoed for the call, when it answered at all. */
   readonly requestId: string | undefined;
   /** Headers and trailers of the failed call. */
@@ -40,6 +73,9 @@ export class RemoteGpuError extends Error {
   constructor(message: string, code: Code, options: RemoteGpuErrorOptions = {}) {
     super(message, { cause: options.cause });
     this.code = code;
+    this.codeName = codeName(code);
+    this.reason = options.reason;
+    this.info = options.info ?? {};
     this.metadata = options.metadata ?? new Headers();
     this.requestId = options.requestId ?? this.metadata.get("x-request-id") ?? undefined;
   }
@@ -48,12 +84,12 @@ export class RemoteGpuError extends Error {
 /** `INVALID_ARGUMENT`: the request is malformed; `violations` names every bad field. */
 export class InvalidArgumentError extends RemoteGpuError {
   override name = "InvalidArgumentError";
-  /** Every bad field with what is wrong with it, parsed from `"field: description; ..."`. */
+  /** Every bad field with what is wrong with it (the first problem of each), from the server's `google.rpc.BadRequest`. */
   readonly violations: readonly FieldViolation[];
 
-  constructor(message: string, options: RemoteGpuErrorOptions = {}) {
+  constructor(message: string, options: RemoteGpuErrorOptions & { violations?: readonly FieldViolation[] } = {}) {
     super(message, Code.InvalidArgument, options);
-    this.violations = parseViolations(message);
+    this.violations = options.violations ?? [];
   }
 }
 
@@ -81,6 +117,25 @@ export class FailedPreconditionError extends RemoteGpuError {
   }
 }
 
+/**
+ * `FAILED_PRECONDITION` with reason `REQUEST_ID_REUSED`: a `requestId` (idempotency key) came with a
+ * request other than the one it was first used for. Send the same request again to get the first
+ * call's result, or use a new `requestId`.
+ */
+export class RequestIdReusedError extends FailedPreconditionError {
+  override name = "RequestIdReusedError";
+  /** The `requestId` of the refused request (not to be confused with `requestId`, the call's log id). */
+  readonly reusedRequestId: string;
+  /** What the key made the first time, e.g. the environment's id. */
+  readonly existingId: string;
+
+  constructor(message: string, options: RemoteGpuErrorOptions = {}) {
+    super(message, options);
+    this.reusedRequestId = options.info?.request_id ?? "";
+    this.existingId = options.info?.existing_id ?? "";
+  }
+}
+
 /** `RESOURCE_EXHAUSTED`: nothing free satisfies the request (no host with enough free GPUs, no port). */
 export class ResourceExhaustedError extends RemoteGpuError {
   override name = "ResourceExhaustedError";
@@ -89,31 +144,52 @@ export class ResourceExhaustedError extends RemoteGpuError {
   }
 }
 
-const QUOTA = /^quota exceeded: (.+) is (\d+), (\d+) in use, (\d+) more requested$/;
-const QUOTA_DIMENSION = /^quota exceeded: (\S+)/;
+/** The typed fields of a QuotaExceededError. */
+export interface QuotaFields {
+  dimension?: string;
+  limit?: number;
+  inUse?: number;
+  requested?: number;
+}
 
 /**
- * `RESOURCE_EXHAUSTED` because a workspace quota would be exceeded, e.g.
- * `quota exceeded: max_gpus is 6, 6 in use, 1 more requested`.
+ * `RESOURCE_EXHAUSTED` with reason `QUOTA_EXCEEDED`: a workspace quota would be exceeded, e.g.
+ * `quota exceeded: max_gpus is 6, 6 in use, 1 more requested`. The fields come from the server's
+ * ErrorInfo metadata (`dimension`, `limit`, `in_use`, `requested`) and QuotaFailure.
  */
 export class QuotaExceededError extends ResourceExhaustedError {
   override name = "QuotaExceededError";
   /** The quota field, e.g. `"max_gpus"`, `"max_environments"`, `'max_gpus_per_model["NVIDIA H100 80GB HBM3"]'`, `"allowed_gpu_models"`. */
   readonly dimension: string;
-  /** The limit; absent for `allowed_gpu_models`. */
+  /** The limit, in the quota's unit (GPUs, environments, millicores, bytes); absent for `allowed_gpu_models`. */
   readonly limit: number | undefined;
   /** What the workspace holds of it now; absent for `allowed_gpu_models`. */
   readonly inUse: number | undefined;
   /** What the refused request asked for on top; absent for `allowed_gpu_models`. */
   readonly requested: number | undefined;
 
-  constructor(message: string, options: RemoteGpuErrorOptions = {}) {
+  constructor(message: string, options: RemoteGpuErrorOptions & QuotaFields = {}) {
     super(message, options);
-    const full = QUOTA.exec(message);
-    this.dimension = full?.[1] ?? QUOTA_DIMENSION.exec(message)?.[1] ?? "";
-    this.limit = full ? Number(full[2]) : undefined;
-    this.inUse = full ? Number(full[3]) : undefined;
-    this.requested = full ? Number(full[4]) : undefined;
+    this.dimension = options.dimension ?? "";
+    this.limit = options.limit;
+    this.inUse = options.inUse;
+    this.requested = options.requested;
+  }
+}
+
+/**
+ * `RESOURCE_EXHAUSTED` with reason `RATE_LIMITED`: the token started more calls than the server's
+ * `RATE_LIMIT_PER_SECOND` allows. The server refused the call before doing anything, so the SDK
+ * retries it (idempotent or not) after `retryAfter`, within the call's retries and deadline.
+ */
+export class RateLimitedError extends ResourceExhaustedError {
+  override name = "RateLimitedError";
+  /** Milliseconds to wait before the next call, from the server's `google.rpc.RetryInfo`. */
+  readonly retryAfter: number;
+
+  constructor(message: string, options: RemoteGpuErrorOptions & { retryAfter?: number } = {}) {
+    super(message, options);
+    this.retryAfter = options.retryAfter ?? 0;
   }
 }
 
@@ -204,52 +280,64 @@ const BY_CODE: Partial<Record<Code, ErrorClass>> = {
 };
 
 /**
- * Turns an error of a call into the RemoteGpuError subclass of its code. A RemoteGpuError is
- * returned as is; anything that is not a call error (a bug in a caller's iterable, say) too.
+ * Turns an error of a call into the RemoteGpuError subclass of its code (and, for some, of its
+ * ErrorInfo reason). A RemoteGpuError is returned as is; anything that is not a call error (a bug in
+ * a caller's iterable, say) too.
  */
 export function toRemoteGpuError(err: unknown): unknown {
   if (err instanceof RemoteGpuError || !(err instanceof ConnectError)) return err;
-  const options = { metadata: err.metadata, cause: err };
-  if (err.code === Code.ResourceExhausted && err.rawMessage.startsWith("quota exceeded:"))
-    return new QuotaExceededError(err.rawMessage, options);
+  const info = errorInfoOf(err);
+  const options: RemoteGpuErrorOptions = { metadata: err.metadata, cause: err, reason: info?.reason, info: info?.metadata };
+  const message = err.rawMessage;
+  if (err.code === Code.ResourceExhausted && info?.reason === "QUOTA_EXCEEDED")
+    return new QuotaExceededError(message, { ...options, ...quotaFields(err, info.metadata) });
+  if (err.code === Code.ResourceExhausted && info?.reason === "RATE_LIMITED")
+    return new RateLimitedError(message, { ...options, retryAfter: retryAfterOf(err) });
+  if (err.code === Code.FailedPrecondition && info?.reason === "REQUEST_ID_REUSED") return new RequestIdReusedError(message, options);
+  if (err.code === Code.InvalidArgument) {
+    const violations = err
+      .findDetails(BadRequestSchema)
+      .flatMap((b) => b.fieldViolations.map(({ field, description }) => ({ field, description })));
+    return new InvalidArgumentError(message, { ...options, violations });
+  }
   const type = BY_CODE[err.code];
-  return type ? new type(err.rawMessage, options) : new RemoteGpuError(err.rawMessage, err.code, options);
+  return type ? new type(message, options) : new RemoteGpuError(message, err.code, options);
 }
 
 /**
- * Parses the server's `"field: description; field: description"` form. A field name ends at the
- * first ": " outside brackets and quotes (`max_gpus_per_model["A: B"]` is one field).
+ * How long the server asked to wait before this call is sent again, when it refused it for the
+ * token's rate limit (reason `RATE_LIMITED`); undefined for any other error. The retry interceptor
+ * uses it: such a call never ran, so retrying it is safe.
  */
-function parseViolations(message: string): FieldViolation[] {
-  const violations: FieldViolation[] = [];
-  let field: string | undefined;
-  let start = 0;
-  let depth = 0;
-  let quoted = false;
-  const end = (at: number) => {
-    const text = message.slice(start, at);
-    if (field !== undefined || text !== "")
-      violations.push(field === undefined ? { field: "", description: text } : { field, description: text });
-    field = undefined;
-    start = at + 2;
-    depth = 0;
-    quoted = false;
+export function rateLimitDelay(err: unknown): number | undefined {
+  if (!(err instanceof ConnectError) || err.code !== Code.ResourceExhausted) return undefined;
+  return errorInfoOf(err)?.reason === "RATE_LIMITED" ? retryAfterOf(err) : undefined;
+}
+
+function errorInfoOf(err: ConnectError) {
+  return err.findDetails(ErrorInfoSchema).find((i) => i.domain === ERROR_DOMAIN);
+}
+
+/** RetryInfo's delay; else the `retry-after-ms` or `retry-after` (seconds) header; else 0. */
+function retryAfterOf(err: ConnectError): number {
+  const delay = err.findDetails(RetryInfoSchema)[0]?.retryDelay;
+  if (delay) return Math.max(0, durationMs(delay));
+  const ms = Number(err.metadata.get("retry-after-ms") ?? Number.NaN);
+  if (Number.isFinite(ms) && ms >= 0) return ms;
+  const seconds = Number(err.metadata.get("retry-after") ?? Number.NaN);
+  return Number.isFinite(seconds) && seconds >= 0 ? seconds * 1000 : 0;
+}
+
+function quotaFields(err: ConnectError, metadata: Record<string, string>): QuotaFields {
+  const count = (key: string) => {
+    const value = metadata[key];
+    return value !== undefined && /^\d+$/.test(value) ? Number(value) : undefined;
   };
-  for (let i = 0; i < message.length; i++) {
-    const ch = message[i];
-    const spaced = message[i + 1] === " ";
-    if (field === undefined && ch === '"') quoted = !quoted;
-    else if (field === undefined && !quoted && ch === "[") depth++;
-    else if (field === undefined && !quoted && ch === "]") depth--;
-    else if (field === undefined && !quoted && depth === 0 && ch === ":" && spaced) {
-      field = message.slice(start, i);
-      start = i + 2;
-      i++;
-    } else if (ch === ";" && spaced && (field !== undefined || (!quoted && depth === 0))) {
-      end(i);
-      i++;
-    }
-  }
-  end(message.length);
-  return violations;
+  const violation = err.findDetails(QuotaFailureSchema)[0]?.violations[0];
+  return {
+    dimension: metadata.dimension ?? violation?.quotaId ?? "",
+    limit: count("limit"),
+    inUse: count("in_use"),
+    requested: count("requested"),
+  };
 }

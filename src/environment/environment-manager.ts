@@ -1,7 +1,8 @@
+import { createHash } from "node:crypto";
 import { LockMode, type FilterQuery } from "@mikro-orm/core";
 import type { EntityManager, MikroORM } from "@mikro-orm/postgresql";
 import type { AuditNote } from "../audit/audit-trail.js";
-import { AlreadyExistsError, ConflictError, FailedPreconditionError, NotFoundError } from "../errors.js";
+import { AlreadyExistsError, ConflictError, FailedPreconditionError, NotFoundError, RequestIdReusedError } from "../errors.js";
 import { Host, changesPortsInPlace } from "../host/host.js";
 import { Gpu } from "../gpu/gpu.js";
 import { checkId } from "../ids.js";
@@ -109,14 +110,16 @@ export class EnvironmentManager {
 
   /**
    * Reserves quota, places the environment on a host with its GPUs and ports, and records it PENDING,
-   * all in one transaction. A retry with the same request id returns the first one.
+   * all in one transaction. A retry of the same request with the same request id returns the first
+   * one; the same request id with another request is refused (RequestIdReusedError).
    */
   async create(request: EnvironmentInput, note: AuditNote): Promise<EnvironmentView> {
     checkInput(request);
     const input = { ...request, storageBytes: request.storageBytes || DEFAULT_STORAGE_BYTES };
+    const hash = requestHash(input);
     if (input.requestId) {
       const earlier = await this.byRequestId(input.workspaceId, input.requestId);
-      if (earlier) return earlier;
+      if (earlier) return sameRequest(earlier, input.requestId, hash);
     }
     try {
       const view = await this.orm.em.fork().transactional(async (em) => {
@@ -138,6 +141,7 @@ export class EnvironmentManager {
           ...fields,
           workspace: workspaceId,
           requestId: requestId || null,
+          requestHash: requestId ? hash : null,
           primaryPort: input.ports[0]?.containerPort ?? 0,
           host: placement.hostId,
           generation: 1,
@@ -167,7 +171,7 @@ export class EnvironmentManager {
       // Two retries of one request raced: the loser returns the winner's environment.
       if (input.requestId && mapped === err) {
         const earlier = await this.byRequestId(input.workspaceId, input.requestId);
-        if (earlier) return earlier;
+        if (earlier) return sameRequest(earlier, input.requestId, hash);
       }
       throw mapped;
     }
@@ -478,6 +482,37 @@ export class EnvironmentManager {
     const env = await em.findOne(Environment, { workspace: workspaceId, requestId });
     return env ? this.view(em, env) : undefined;
   }
+}
+
+/**
+ * What makes two CreateEnvironment requests "the same" for a request id: every field the caller
+ * sent but the id itself, after defaults (an unset storage size equals the default), with map keys
+ * in a fixed order (env var order means nothing) and list order kept (the first port is the primary).
+ */
+export function requestHash(input: EnvironmentInput): string {
+  const { requestId: _, ...request } = input;
+  return createHash("sha256")
+    .update(JSON.stringify(canonical(request)))
+    .digest("hex");
+}
+
+function canonical(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(canonical);
+  if (value === null || typeof value !== "object") return value;
+  const record = value as Record<string, unknown>;
+  return Object.fromEntries(
+    Object.keys(record)
+      .sort()
+      .map((k) => [k, canonical(record[k])]),
+  );
+}
+
+/** The environment a request id made, if `hash` says this is the request that made it. */
+function sameRequest(earlier: EnvironmentView, requestId: string, hash: string): EnvironmentView {
+  const kept = earlier.environment.requestHash;
+  // Rows from before hashes were kept answer any request, as they did.
+  if (kept !== null && kept !== hash) throw new RequestIdReusedError(requestId, "environment", earlier.environment.id);
+  return earlier;
 }
 
 /** Records a status change with its time; the newest transitions are kept. */

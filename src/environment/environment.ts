@@ -48,6 +48,7 @@ export class Environment {
     | "statusMessage"
     | "host"
     | "requestId"
+    | "requestHash"
     | "transitions"
     | "version"
     | "generation"
@@ -84,6 +85,8 @@ export class Environment {
   statusMessage = "";
   host: Host | null = null;
   requestId: string | null = null;
+  /** SHA-256 of the creating request (see requestHash), to refuse the same request id with another request; null before it was kept. */
+  requestHash: string | null = null;
   transitions: StatusTransition[] = [];
   /** Grows on every start or restart; the runtime's reports name the generation they are about. */
   generation = 0;
@@ -130,6 +133,7 @@ export const EnvironmentSchema = new EntitySchema<Environment>({
     statusMessage: { type: "text" },
     host: { kind: "m:1", entity: () => Host, nullable: true, deleteRule: "set null" },
     requestId: { type: "string", length: 128, nullable: true },
+    requestHash: { type: "string", length: 64, nullable: true },
     transitions: { type: "json" },
     generation: { type: "integer" },
     workloadState: { type: "string", length: 16 },

@@ -1,4 +1,5 @@
-import { MikroORM, defineConfig, type Options } from "@mikro-orm/postgresql";
+import { stripVTControlCharacters } from "node:util";
+import { DefaultLogger, MikroORM, defineConfig, type LogContext, type LoggerOptions, type Options } from "@mikro-orm/postgresql";
 import { Migrator } from "@mikro-orm/migrations";
 import { EmbeddedPostgres } from "./embedded-postgres.js";
 import type { Logger } from "./logger.js";
@@ -13,7 +14,11 @@ export type Entities = NonNullable<Options["entities"]>;
 // Any fixed number works: it only has to be the same for every replica.
 const MIGRATION_LOCK_KEY = 7_315_482_901;
 
-export function ormOptions(clientUrl: string, entities: Entities, poolMax = 20): Options {
+/**
+ * `logger` receives what MikroORM and knex (its pool included) would otherwise print themselves as
+ * plain, colored lines (a broken pooled connection, a deprecation), as JSON lines like the rest.
+ */
+export function ormOptions(clientUrl: string, entities: Entities, poolMax = 20, logger?: Logger): Options {
   return defineConfig({
     clientUrl,
     entities,
@@ -21,6 +26,9 @@ export function ormOptions(clientUrl: string, entities: Entities, poolMax = 20):
     forceUtcTimezone: true,
     allowGlobalContext: false,
     pool: { min: 0, max: poolMax },
+    ...(logger
+      ? { loggerFactory: (options: LoggerOptions) => new OrmLogger(options, logger), driverOptions: { log: knexLog(logger) } }
+      : {}),
     migrations: { migrationsList: migrations, snapshot: false, transactional: true, allOrNothing: true, silent: true },
     // Connect at start-up, so an unreachable database stops the start with its own message.
     connect: true,
@@ -31,8 +39,8 @@ export function ormOptions(clientUrl: string, entities: Entities, poolMax = 20):
  * Connects and applies pending migrations. Replicas starting together serialise on an advisory lock,
  * so each migration runs exactly once.
  */
-export async function openDatabase(clientUrl: string, entities: Entities, poolMax?: number): Promise<MikroORM> {
-  const orm = await MikroORM.init(ormOptions(clientUrl, entities, poolMax));
+export async function openDatabase(clientUrl: string, entities: Entities, poolMax?: number, logger?: Logger): Promise<MikroORM> {
+  const orm = await MikroORM.init(ormOptions(clientUrl, entities, poolMax, logger));
   try {
     const knex = orm.em.getConnection().getKnex();
     await knex.transaction(async (trx) => {
@@ -77,7 +85,7 @@ export interface Database {
 export async function startDatabase(options: DatabaseOptions, logger: Logger): Promise<Database> {
   const embedded = options.url ? undefined : await EmbeddedPostgres.start(options.dataDir, options.embeddedPort, logger);
   const url = options.url ?? embedded!.url;
-  const orm = await openDatabase(url, options.entities, options.poolSize).catch(async (err: unknown) => {
+  const orm = await openDatabase(url, options.entities, options.poolSize, logger).catch(async (err: unknown) => {
     await embedded?.stop();
     throw err;
   });
@@ -89,4 +97,29 @@ export async function startDatabase(options: DatabaseOptions, logger: Logger): P
       await embedded?.stop();
     },
   };
+}
+
+/** MikroORM's messages (only warnings and deprecations unless debugging is on), written by `target`. */
+class OrmLogger extends DefaultLogger {
+  constructor(
+    options: LoggerOptions,
+    private readonly target: Logger,
+  ) {
+    super(options);
+  }
+
+  override log(namespace: string, message: string, context?: LogContext): void {
+    if (!this.isEnabled(namespace as Parameters<DefaultLogger["isEnabled"]>[0], context)) return;
+    const level = context?.level === "error" ? "error" : context?.level === "warning" || namespace === "deprecated" ? "warn" : "info";
+    this.target[level]({ component: "mikro-orm", namespace }, stripVTControlCharacters(message).trim());
+  }
+}
+
+/** knex's log hooks; without them it prints to the console (e.g. "Connection Error: ..." when a pooled connection broke). */
+function knexLog(target: Logger) {
+  const write = (level: "warn" | "error" | "debug") => (message: unknown) => {
+    if (typeof message === "string") target[level]({ component: "knex" }, stripVTControlCharacters(message));
+    else target[level]({ component: "knex", detail: message }, "knex");
+  };
+  return { warn: write("warn"), error: write("error"), deprecate: write("warn"), debug: write("debug") };
 }

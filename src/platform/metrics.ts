@@ -6,7 +6,8 @@ export class Metrics {
 
   readonly rpcRequests = new Counter({
     name: "remotegpu_rpc_requests_total",
-    help: "RPCs handled, by service, method and gRPC code",
+    // Codes as logs and audit events write them: "ok", "invalid_argument", "not_found", …
+    help: "RPCs handled, by service, method and gRPC code (snake_case: ok, invalid_argument, ...)",
     labelNames: ["service", "method", "code"] as const,
     registers: [this.registry],
   });

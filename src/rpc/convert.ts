@@ -114,7 +114,8 @@ export function hostToMessage(view: HostView): HostMessage {
     runtime: hostRuntime.toProto(h.runtime),
     kubernetesNodeName: h.kubernetesNodeName,
     gpuCount: view.gpuCount,
-    availableGpuCount: view.availableGpuCount,
+    // An OFFLINE host's GPUs read as OFFLINE (effectiveGpuStatus), so none of them counts as available.
+    availableGpuCount: h.status === "OFFLINE" ? 0 : view.availableGpuCount,
     latestSample: view.latestSample ? hostSampleToMessage(view.latestSample) : undefined,
     statusMessage: hostStatusMessage(h),
     createTime: ts(h.createdAt),

@@ -20,6 +20,7 @@ import {
   UnauthenticatedError,
   UnavailableError,
 } from "../errors.js";
+import { codeReason, detailsOf, errorInfo } from "./error-details.js";
 
 const DOMAIN_CODES: [new (...args: never[]) => Error, Code][] = [
   [InvalidArgumentError, Code.InvalidArgument],
@@ -57,12 +58,13 @@ export function toConnectError(err: unknown): { error: ConnectError; expected: b
   if (err instanceof SessionFencedError) {
     // Agents tell "a newer session replaced you" (back off) from other ABORTEDs (retry now) by this.
     return {
-      error: new ConnectError(err.message, Code.Aborted, { "remotegpu-fenced-by": err.newerSessionId }, undefined, err),
+      error: new ConnectError(err.message, Code.Aborted, { "remotegpu-fenced-by": err.newerSessionId }, detailsOf(err, Code.Aborted), err),
       expected: true,
     };
   }
   for (const [type, code] of DOMAIN_CODES) {
-    if (err instanceof type) return { error: new ConnectError(bounded(err.message), code, undefined, undefined, err), expected: true };
+    if (err instanceof type)
+      return { error: new ConnectError(bounded(err.message), code, undefined, detailsOf(err, code), err), expected: true };
   }
   if (err instanceof UniqueConstraintViolationException) return expected("already exists", Code.AlreadyExists, err);
   if (err instanceof ForeignKeyConstraintViolationException) {
@@ -87,7 +89,7 @@ function bounded(message: string): string {
 }
 
 function expected(message: string, code: Code, cause: unknown) {
-  return { error: new ConnectError(message, code, undefined, undefined, cause), expected: true };
+  return { error: new ConnectError(message, code, undefined, [errorInfo(codeReason(code))], cause), expected: true };
 }
 
 function isConnectionError(err: unknown): boolean {

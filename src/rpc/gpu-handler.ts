@@ -2,6 +2,7 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import type { Feed } from "../platform/feed.js";
 import type { LiveSample } from "../telemetry/heartbeat-ingest.js";
+import type { LatestSamples } from "../telemetry/latest-samples.js";
 import type {
   AllocateGpuRequest,
   CreateGpuRequest,
@@ -35,6 +36,8 @@ export class GpuHandler implements Impl {
     private readonly history: TelemetryHistory,
     private readonly live: Feed<LiveSample>,
     private readonly clock: Clock,
+    /** Where a new watcher's first samples come from: without them it would wait for the next heartbeat. */
+    private readonly latest?: LatestSamples,
   ) {}
 
   async createGpu(req: CreateGpuRequest, ctx: HandlerContext) {
@@ -101,20 +104,30 @@ export class GpuHandler implements Impl {
     return { gpu: gpuToMessage(this.inventory.view(gpu)) };
   }
 
-  /** Live samples of one GPU, one host's GPUs, or all; a slow reader loses the oldest, never slows ingestion. */
+  /**
+   * Live samples of one GPU, one host's GPUs, or all: first the latest known sample of each, at once,
+   * then every new one. A slow reader loses the oldest, never slows ingestion.
+   */
   async *watchGpuTelemetry(
     req: WatchGpuTelemetryRequest,
     ctx: HandlerContext,
   ): AsyncIterable<MessageInitShape<typeof WatchGpuTelemetryResponseSchema>> {
     let accept = (_: LiveSample) => true;
+    let hostId: string | undefined;
     if (req.gpuId) {
       const { gpu } = await this.inventory.get(req.gpuId);
+      hostId = gpu.host.id;
       accept = (s) => s.hostId === gpu.host.id && s.sample.gpuUuid === gpu.uuid;
     } else if (req.hostId) {
-      const hostId = await this.inventory.requireHost(req.hostId);
+      hostId = await this.inventory.requireHost(req.hostId);
       accept = (s) => s.hostId === hostId;
     }
-    for await (const { item, dropped } of this.live.subscribe({ accept, ...BUFFERS.samples }, ctx.signal)) {
+    // The latest samples are read in the same turn as the subscription starts: every sample the feed
+    // delivers afterwards is newer than them, so none is missed or sent twice.
+    const deliveries = this.live.subscribe({ accept, ...BUFFERS.samples }, ctx.signal);
+    const latest = [...(this.latest?.gpuSamples(hostId) ?? [])].filter(accept);
+    for (const s of latest) yield { sample: gpuSampleToMessage(s.sample, s.sample.gpuId ?? "", s.hostId), dropped: 0n };
+    for await (const { item, dropped } of deliveries) {
       yield { sample: gpuSampleToMessage(item.sample, item.sample.gpuId ?? "", item.hostId), dropped: BigInt(dropped) };
     }
   }

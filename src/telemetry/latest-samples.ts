@@ -37,14 +37,17 @@ export interface HostSampleRecord {
 /** The most recent sample per host and per GPU, in memory: served by GetHost/GetGpu without a query. */
 export class LatestSamples {
   private readonly hosts = new Map<string, HostSampleRecord>();
-  private readonly gpus = new Map<string, GpuSampleRecord>();
+  /** By host id, then by GPU UUID. */
+  private readonly gpus = new Map<string, Map<string, GpuSampleRecord>>();
 
   recordHost(hostId: string, sample: HostSampleRecord): void {
     this.hosts.set(hostId, sample);
   }
 
   recordGpu(hostId: string, sample: GpuSampleRecord): void {
-    this.gpus.set(`${hostId}/${sample.gpuUuid}`, sample);
+    const ofHost = this.gpus.get(hostId) ?? new Map<string, GpuSampleRecord>();
+    ofHost.set(sample.gpuUuid, sample);
+    this.gpus.set(hostId, ofHost);
   }
 
   host(hostId: string): HostSampleRecord | undefined {
@@ -52,11 +55,17 @@ export class LatestSamples {
   }
 
   gpu(hostId: string, uuid: string): GpuSampleRecord | undefined {
-    return this.gpus.get(`${hostId}/${uuid}`);
+    return this.gpus.get(hostId)?.get(uuid);
+  }
+
+  /** The latest sample of every GPU of `hostId`, or of every host: what a new live watcher sees first. */
+  *gpuSamples(hostId?: string): Iterable<{ hostId: string; sample: GpuSampleRecord }> {
+    const hosts = hostId === undefined ? this.gpus : new Map([[hostId, this.gpus.get(hostId) ?? new Map()]]);
+    for (const [id, ofHost] of hosts) for (const sample of ofHost.values()) yield { hostId: id, sample };
   }
 
   forgetHost(hostId: string): void {
     this.hosts.delete(hostId);
-    for (const key of this.gpus.keys()) if (key.startsWith(`${hostId}/`)) this.gpus.delete(key);
+    this.gpus.delete(hostId);
   }
 }

@@ -4,10 +4,12 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import {
   AbortedError,
   AlreadyExistsError,
+  BadRequestSchema,
   CanceledError,
   CreateEnvironmentRequestSchema,
   DeadlineExceededError,
   EnvironmentService,
+  ErrorInfoSchema,
   FailedPreconditionError,
   InternalError,
   InvalidArgumentError,
@@ -59,51 +61,45 @@ describe("SDK errors and building blocks", () => {
     assert.equal(toRemoteGpuError(plain), plain, "errors that are not call errors pass through");
   });
 
-  it("parses field violations", () => {
-    const err = fromServer(
-      'name: required; ports[0].container_port: must be 1 to 65535; env.1X: not a valid name; max_gpus_per_model["A: B"]: must be 0 or more',
-      Code.InvalidArgument,
+  it("reads field violations from the BadRequest detail, never from the message", () => {
+    const violations = [
+      { field: "name", description: "required" },
+      { field: 'max_gpus_per_model["A: B"]', description: "must be 0 or more" },
+    ];
+    const err = toRemoteGpuError(
+      new ConnectError("name: required; something else: entirely", Code.InvalidArgument, undefined, [
+        { desc: ErrorInfoSchema, value: { reason: "INVALID_ARGUMENT", domain: "remotegpu" } },
+        { desc: BadRequestSchema, value: { fieldViolations: violations } },
+      ]),
     );
     assert.ok(err instanceof InvalidArgumentError);
-    assert.deepEqual(err.violations, [
-      { field: "name", description: "required" },
-      { field: "ports[0].container_port", description: "must be 1 to 65535" },
-      { field: "env.1X", description: "not a valid name" },
-      { field: 'max_gpus_per_model["A: B"]', description: "must be 0 or more" },
-    ]);
-    assert.deepEqual((fromServer("something odd", Code.InvalidArgument) as InvalidArgumentError).violations, [
-      { field: "", description: "something odd" },
-    ]);
+    assert.deepEqual(err.violations, violations);
+    assert.equal(err.reason, "INVALID_ARGUMENT");
+    assert.deepEqual((fromServer("name: required", Code.InvalidArgument) as InvalidArgumentError).violations, []);
   });
 
-  it("parses quota refusals, and leaves other RESOURCE_EXHAUSTED alone", () => {
-    const perModel = fromServer(
-      'quota exceeded: max_gpus_per_model["NVIDIA H100 80GB HBM3"] is 6, 6 in use, 1 more requested',
-      Code.ResourceExhausted,
-    );
+  it("reads quota refusals from ErrorInfo, and leaves other RESOURCE_EXHAUSTED alone", () => {
+    const quota = (message: string, metadata: Record<string, string>) =>
+      toRemoteGpuError(
+        new ConnectError(message, Code.ResourceExhausted, undefined, [
+          { desc: ErrorInfoSchema, value: { reason: "QUOTA_EXCEEDED", domain: "remotegpu", metadata } },
+        ]),
+      );
+    const perModel = quota("over", { dimension: 'max_gpus_per_model["NVIDIA H100 80GB HBM3"]', limit: "6", in_use: "6", requested: "1" });
     assert.ok(perModel instanceof QuotaExceededError);
     assert.deepEqual(
       [perModel.dimension, perModel.limit, perModel.inUse, perModel.requested],
       ['max_gpus_per_model["NVIDIA H100 80GB HBM3"]', 6, 6, 1],
     );
-    const storage = fromServer(
-      "quota exceeded: max_storage_bytes is 1073741824, 1073741000 in use, 5000 more requested",
-      Code.ResourceExhausted,
-    );
-    assert.ok(storage instanceof QuotaExceededError);
-    assert.deepEqual(
-      [storage.dimension, storage.limit, storage.inUse, storage.requested],
-      ["max_storage_bytes", 1073741824, 1073741000, 5000],
-    );
-    const models = fromServer(
-      'quota exceeded: allowed_gpu_models does not include "NVIDIA L4" (allowed: NVIDIA H100 80GB HBM3)',
-      Code.ResourceExhausted,
-    );
+    const models = quota("not that model", { dimension: "allowed_gpu_models" });
     assert.ok(models instanceof QuotaExceededError);
     assert.deepEqual(
       [models.dimension, models.limit, models.inUse, models.requested],
       ["allowed_gpu_models", undefined, undefined, undefined],
     );
+    // The wording alone no longer makes a QuotaExceededError.
+    const worded = fromServer("quota exceeded: max_gpus is 6, 6 in use, 1 more requested", Code.ResourceExhausted);
+    assert.ok(worded instanceof ResourceExhaustedError && !(worded instanceof QuotaExceededError));
     const full = fromServer("no host with 8 free healthy GPU(s)", Code.ResourceExhausted);
     assert.ok(full instanceof ResourceExhaustedError && !(full instanceof QuotaExceededError));
   });

@@ -487,8 +487,9 @@ export type CreateEnvironmentRequest = Message<"remotegpu.v1.CreateEnvironmentRe
   idleTimeoutMinutes: number;
 
   /**
-   * Optional idempotency key, up to 128 characters: a retry with the same key returns the same
-   * environment.
+   * Optional idempotency key, up to 128 characters: a retry of the same request with the same key
+   * returns the same environment. The key with any other request (a field differs; the order of
+   * `env` does not count) is refused with FAILED_PRECONDITION, ErrorInfo reason REQUEST_ID_REUSED.
    *
    * @generated from field: string request_id = 15;
    */
@@ -1288,7 +1289,7 @@ export const EnvironmentService: GenService<{
   /**
    * CreateEnvironment schedules an environment (quota, host, GPUs and ports in one transaction) and
    * returns it PENDING; the reconciler then brings it to RUNNING. A repeated request_id returns the
-   * environment of the first call.
+   * environment of the first call, if the request is the same (see request_id).
    *
    * @generated from rpc remotegpu.v1.EnvironmentService.CreateEnvironment
    */

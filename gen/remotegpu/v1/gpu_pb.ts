@@ -818,8 +818,9 @@ export const GpuService: GenService<{
     output: typeof GetGpuTelemetryResponseSchema;
   },
   /**
-   * WatchGpuTelemetry streams live samples of one GPU, one host's GPUs, or all GPUs. A slow watcher
-   * loses old samples (counted in `dropped`) rather than slowing ingestion.
+   * WatchGpuTelemetry streams live samples of one GPU, one host's GPUs, or all GPUs: first, at once,
+   * the latest known sample of each (its sample_time says how old it is), then every new one. A slow
+   * watcher loses old samples (counted in `dropped`) rather than slowing ingestion.
    *
    * @generated from rpc remotegpu.v1.GpuService.WatchGpuTelemetry
    */
