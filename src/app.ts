@@ -1,5 +1,4 @@
 import path from "node:path";
-import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { AuditTrail } from "./audit/audit-trail.js";
 import { Authenticator } from "./auth/authenticator.js";
 import { WorkspaceTokens } from "./auth/workspace-tokens.js";
@@ -205,7 +204,7 @@ async function compose(config: Config, database: Database, tls: Tls | undefined,
   const metricsEndpoint = new MetricsEndpoint(metrics, { hosts, gpus: inventory, agents }, logger);
   const handlers = {
     hosts: new HostHandler(hosts, agents, clock, config.heartbeatIntervalSeconds * 1000, logger, workloads),
-    gpus: new GpuHandler(inventory, allocator, history, live, clock),
+    gpus: new GpuHandler(inventory, allocator, history, live, clock, samples),
     workspaces: new WorkspaceHandler(workspaces, quotas, workspaceTokens, auditTrail, files),
     environments: new EnvironmentHandler(environments, environmentLogs),
   };
@@ -217,13 +216,10 @@ async function compose(config: Config, database: Database, tls: Tls | undefined,
     audit(auditTrail, logger),
     authorizeCall(),
   ];
-  const handler = connectNodeAdapter({
-    routes: routes(handlers, health),
-    interceptors,
-    readMaxBytes: config.maxMessageBytes,
-    fallback: metricsEndpoint.handle,
-  });
-  const server = new RpcServer(handler, tls, config.maxStreamsPerConnection, config.keepaliveSeconds * 1000);
+  const server = new RpcServer(
+    { routes: routes(handlers, health), interceptors, readMaxBytes: config.maxMessageBytes, fallback: metricsEndpoint.handle },
+    { config, logger, tls },
+  );
 
   const lifetime = new AbortController();
   live.follow((s) => activity.gpuSample(s.sample.gpuId, s.sample.metrics.gpuUtilizationPercent, s.sample.time), lifetime.signal);

@@ -38,8 +38,21 @@ export interface Config {
   telemetryRetentionHours: number;
   /** `MAX_MESSAGE_BYTES`: largest request message accepted (RESOURCE_EXHAUSTED beyond). @default 8388608 (8 MiB) */
   maxMessageBytes: number;
-  /** `MAX_STREAMS_PER_CONNECTION`: concurrent calls one HTTP/2 connection may carry. @default 1000 */
+  /**
+   * `HTTP2_MAX_CONCURRENT_STREAMS` (formerly `MAX_STREAMS_PER_CONNECTION`): streams one HTTP/2
+   * connection may have open at once; the client queues the rest. @default 100
+   */
   maxStreamsPerConnection: number;
+  /**
+   * `MAX_ACTIVE_CALLS_PER_CONNECTION`: calls of one connection being worked on at once (until each
+   * has its answer ready); the connection's other calls wait their turn, and other connections'
+   * calls do not wait behind them. @default 2
+   */
+  maxActiveCallsPerConnection: number;
+  /** HTTP/2 flow control and memory; see the README's "HTTP/2 settings". */
+  http2: Http2Settings;
+  /** `CORS_ALLOWED_ORIGINS`: browser origins (`https://app.example.com`) allowed to call, comma-separated. @default none */
+  corsAllowedOrigins: string[];
   /** `KEEPALIVE_SECONDS`: HTTP/2 PING period; a connection that leaves one unanswered that long is closed (0: off). @default 30 */
   keepaliveSeconds: number;
   /** `RATE_LIMIT_PER_SECOND`: calls per second one token may start, with bursts of twice that; 0 for none. @default 100 */
@@ -72,6 +85,17 @@ export interface Config {
   shutdownTimeoutSeconds: number;
   /** `DATABASE_POOL_SIZE`: most PostgreSQL connections per replica. @default 20 */
   databasePoolSize: number;
+}
+
+export interface Http2Settings {
+  /** `HTTP2_STREAM_WINDOW_BYTES`: what a client may send on one stream before the server reads it. @default 1048576 (1 MiB) */
+  streamWindowBytes: number;
+  /** `HTTP2_CONNECTION_WINDOW_BYTES`: the same for all streams of a connection together. @default 16777216 (16 MiB) */
+  connectionWindowBytes: number;
+  /** `HTTP2_MAX_SESSION_MEMORY_MB`: memory one connection may hold in the server before it is refused more. @default 64 */
+  maxSessionMemoryMb: number;
+  /** `HTTP2_MAX_HEADER_LIST_BYTES`: largest header block of a request. @default 65536 */
+  maxHeaderListBytes: number;
 }
 
 export class ConfigError extends Error {
@@ -157,7 +181,10 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     telemetryRetentionHours: int("TELEMETRY_RETENTION_HOURS", 168, 1, 24 * 3650),
     auditRetentionDays: int("AUDIT_RETENTION_DAYS", 365, 1, 36500),
     maxMessageBytes: int("MAX_MESSAGE_BYTES", 8 * 1024 * 1024, 64 * 1024, 256 * 1024 * 1024),
-    maxStreamsPerConnection: int("MAX_STREAMS_PER_CONNECTION", 1000, 1, 100_000),
+    maxStreamsPerConnection: maxStreams(value, int, problems),
+    maxActiveCallsPerConnection: int("MAX_ACTIVE_CALLS_PER_CONNECTION", 2, 1, 10_000),
+    http2: http2Settings(int, problems),
+    corsAllowedOrigins: origins(value("CORS_ALLOWED_ORIGINS"), problems),
     keepaliveSeconds: int("KEEPALIVE_SECONDS", 30, 0, 3600),
     rateLimitPerSecond: int("RATE_LIMIT_PER_SECOND", 100, 0, 1_000_000),
     hostPortRange: portRange(value("HOST_PORT_RANGE") ?? "30000-32767", problems),
@@ -178,6 +205,57 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
   }
   if (problems.length > 0) throw new ConfigError(problems);
   return config;
+}
+
+function maxStreams(
+  value: (name: string) => string | undefined,
+  int: (name: string, fallback: number, min: number, max: number) => number,
+  problems: string[],
+): number {
+  if (value("HTTP2_MAX_CONCURRENT_STREAMS") !== undefined && value("MAX_STREAMS_PER_CONNECTION") !== undefined)
+    problems.push("MAX_STREAMS_PER_CONNECTION: the older name of HTTP2_MAX_CONCURRENT_STREAMS; set one of them");
+  const name = value("HTTP2_MAX_CONCURRENT_STREAMS") === undefined ? "MAX_STREAMS_PER_CONNECTION" : "HTTP2_MAX_CONCURRENT_STREAMS";
+  return int(name, 100, 1, 10_000);
+}
+
+function http2Settings(int: (name: string, fallback: number, min: number, max: number) => number, problems: string[]): Http2Settings {
+  // HTTP/2 caps a flow-control window at 2^31-1 bytes.
+  const settings = {
+    streamWindowBytes: int("HTTP2_STREAM_WINDOW_BYTES", 1024 * 1024, 65_535, 2 ** 31 - 1),
+    connectionWindowBytes: int("HTTP2_CONNECTION_WINDOW_BYTES", 16 * 1024 * 1024, 65_535, 2 ** 31 - 1),
+    maxSessionMemoryMb: int("HTTP2_MAX_SESSION_MEMORY_MB", 64, 1, 65_536),
+    maxHeaderListBytes: int("HTTP2_MAX_HEADER_LIST_BYTES", 64 * 1024, 4096, 16 * 1024 * 1024),
+  };
+  // What a client may send unread must fit in what the connection may hold, or a client that only
+  // uses the window it was given would have its connection torn down.
+  if (settings.connectionWindowBytes > settings.maxSessionMemoryMb * 1024 * 1024 * 0.75)
+    problems.push(
+      `HTTP2_CONNECTION_WINDOW_BYTES=${settings.connectionWindowBytes}: must be at most three quarters of HTTP2_MAX_SESSION_MEMORY_MB=${settings.maxSessionMemoryMb} (in bytes)`,
+    );
+  return settings;
+}
+
+/** `CORS_ALLOWED_ORIGINS`: exact origins, scheme and host (and port), no path and no wildcard. */
+function origins(raw: string | undefined, problems: string[]): string[] {
+  if (raw === undefined) return [];
+  const list = raw
+    .split(",")
+    .map((o) => o.trim())
+    .filter((o) => o !== "");
+  for (const origin of list) {
+    let valid = false;
+    try {
+      const url = new URL(origin);
+      valid = (url.protocol === "http:" || url.protocol === "https:") && url.origin === origin;
+    } catch {
+      valid = false;
+    }
+    if (!valid)
+      problems.push(
+        `CORS_ALLOWED_ORIGINS: ${JSON.stringify(origin)} is not an origin (scheme://host[:port], no path, no trailing '/', no wildcard)`,
+      );
+  }
+  return list;
 }
 
 function portRange(raw: string, problems: string[], name = "HOST_PORT_RANGE"): { first: number; last: number } {

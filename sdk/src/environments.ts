@@ -113,7 +113,17 @@ export interface FollowLogsOptions {
    * @default none
    */
   signal?: AbortSignal;
+  /**
+   * Follow on by itself when the stream breaks with `UNAVAILABLE` or `ABORTED` (the server was
+   * restarted or deployed, a replica went away): the log is opened again from the time of the last
+   * line seen, after a pause that grows with repeated failures, and no line is given twice.
+   * @default false
+   */
+  resume?: boolean;
 }
+
+/** The most lines one StreamLogs call starts with (the server's limit). */
+const MAX_TAIL_LINES = 10_000;
 
 /**
  * Iterates over an environment's output, oldest line first: the last `tailLines` lines, then every
@@ -122,8 +132,10 @@ export interface FollowLogsOptions {
  * well.
  *
  * ```ts
- * for await (const line of followLogs(client, env.id, { tailLines: 20, signal })) console.log(line.text);
+ * for await (const line of followLogs(client, env.id, { tailLines: 20, signal, resume: true })) console.log(line.text);
  * ```
+ *
+ * With `resume`, a server restart does not end the loop: it follows on where it was.
  *
  * @param client A client, or anything with its `environments` sub-client.
  * @param environmentId The environment's id.
@@ -140,12 +152,35 @@ export async function* followLogs(
     follow: options.follow ?? true,
     sinceTime: options.sinceTime && timestampFromDate(options.sinceTime),
   };
-  try {
-    for await (const res of client.environments.streamLogs(request, { signal: options.signal })) yield* res.lines;
-  } catch (err) {
-    if (options.signal?.aborted && err instanceof CanceledError) return;
-    throw err;
+  // The newest time seen, and the lines seen at that very time: what a resumed stream repeats.
+  let lastTime: LogLine["time"];
+  let atLastTime: string[] = [];
+  for (let failures = 0; ; failures++) {
+    try {
+      const resumed = lastTime ? { ...request, sinceTime: lastTime, tailLines: MAX_TAIL_LINES } : request;
+      for await (const res of client.environments.streamLogs(resumed, { signal: options.signal })) {
+        for (const line of res.lines) {
+          const order = lastTime && line.time ? compareTimes(line.time, lastTime) : 1;
+          if (order < 0 || (order === 0 && atLastTime.includes(`${line.stream}:${line.text}`))) continue;
+          if (order > 0) atLastTime = [];
+          lastTime = line.time ?? lastTime;
+          atLastTime.push(`${line.stream}:${line.text}`);
+          failures = 0;
+          yield line;
+        }
+      }
+      return;
+    } catch (err) {
+      if (options.signal?.aborted && err instanceof CanceledError) return;
+      if (!options.resume || !(err instanceof UnavailableError || err instanceof AbortedError)) throw err;
+    }
+    await pause(Math.min(5000, 100 * 2 ** failures), options.signal ?? new AbortController().signal);
+    if (options.signal?.aborted) return;
   }
+}
+
+function compareTimes(a: NonNullable<LogLine["time"]>, b: NonNullable<LogLine["time"]>): number {
+  return a.seconds === b.seconds ? a.nanos - b.nanos : a.seconds < b.seconds ? -1 : 1;
 }
 
 /** Waits `ms`; returns early (without error) when `signal` aborts. */

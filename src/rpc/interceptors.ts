@@ -1,5 +1,5 @@
 import { randomUUID } from "node:crypto";
-import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
+import { Code, ConnectError, createContextKey, type Interceptor } from "@connectrpc/connect";
 import type { Authenticator } from "../auth/authenticator.js";
 import type { Logger } from "../platform/logger.js";
 import type { Metrics } from "../platform/metrics.js";
@@ -8,32 +8,39 @@ import { assertInWorkspace } from "../auth/workspace-access.js";
 import { isId } from "../ids.js";
 import { accessFor, authorize, isAudited } from "./access.js";
 import { auditNoteKey, principalKey, requestIdKey } from "./context.js";
+import { codeName as nameOfCode } from "./code-name.js";
 import { toConnectError } from "./error-mapping.js";
 
 const CLIENT_REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
+/** Aborted when the server stops (RpcServer sets it on every call): open streams then end with its reason, UNAVAILABLE. */
+export const serverShutdownKey = createContextKey<AbortSignal | undefined>(undefined, { description: "server shutdown" });
+
 /**
  * The outermost interceptor: gives each call a request id, maps every error to its gRPC code, and
- * writes one log line and the metrics when the call (or stream) ends.
+ * writes one log line and the metrics when the call (or stream) ends. A stream still open when the
+ * server stops ends at once with UNAVAILABLE, which tells its caller to connect again.
  */
 export function observe(logger: Logger, metrics: Metrics): Interceptor {
-  return (next) => async (req) => {
+  return (next) => async (call) => {
     const started = performance.now();
-    const offered = req.header.get("x-request-id");
+    const offered = call.header.get("x-request-id");
     const requestId = offered && CLIENT_REQUEST_ID.test(offered) ? offered : randomUUID();
-    req.contextValues.set(requestIdKey, requestId);
-    const service = req.service.typeName;
-    const method = req.method.name;
+    call.contextValues.set(requestIdKey, requestId);
+    const service = call.service.typeName;
+    const method = call.method.name;
 
     let finished = false;
     const finish = (err?: unknown): ConnectError | undefined => {
       finished = true;
-      const mapped = err === undefined ? undefined : toConnectError(err);
-      const code = mapped ? Code[mapped.error.code] : "OK";
+      // A caller that went away is no failure of ours, whatever the broken read or write says.
+      const gone = err !== undefined && !isExpectedError(err) && (call.signal.aborted || isPeerGone(err));
+      const mapped = err === undefined ? undefined : gone ? { error: whyEnded(call.signal), expected: true } : toConnectError(err);
+      const code = mapped ? nameOfCode(mapped.error.code) : "ok";
       const seconds = (performance.now() - started) / 1000;
       metrics.rpcRequests.inc({ service, method, code });
       metrics.rpcDuration.observe({ service, method }, seconds);
-      const principal = req.contextValues.get(principalKey);
+      const principal = call.contextValues.get(principalKey);
       const line = {
         requestId,
         rpc: `${service}/${method}`,
@@ -49,6 +56,13 @@ export function observe(logger: Logger, metrics: Metrics): Interceptor {
     };
 
     try {
+      let req = call;
+      if (req.stream && req.method.methodKind === "server_streaming") {
+        // The one message of a server stream is decoded before anything else, as a unary call's is,
+        // so an undecodable one is INVALID_ARGUMENT whoever sends it.
+        const source = req.message[Symbol.asyncIterator]();
+        req = { ...req, message: replay(await source.next(), source) };
+      }
       const res = await next(req);
       res.header.set("x-request-id", requestId);
       if (!res.stream) {
@@ -56,9 +70,10 @@ export function observe(logger: Logger, metrics: Metrics): Interceptor {
         return res;
       }
       const source = res.message;
+      const shutdown = call.contextValues.get(serverShutdownKey);
       async function* tracked() {
         try {
-          yield* source;
+          yield* untilAborted(source, shutdown);
           finish();
         } catch (err) {
           throw finish(err);
@@ -71,6 +86,51 @@ export function observe(logger: Logger, metrics: Metrics): Interceptor {
       throw finish(err);
     }
   };
+}
+
+/** The items of `source` until `signal` aborts; then it throws the signal's reason (and ends `source`). */
+async function* untilAborted<T>(source: AsyncIterable<T>, signal: AbortSignal | undefined): AsyncGenerator<T> {
+  if (!signal) return yield* source;
+  const it = source[Symbol.asyncIterator]();
+  let onAbort: () => void = () => undefined;
+  const aborted = new Promise<never>((_, reject) => {
+    onAbort = () => reject(signal.reason);
+    if (signal.aborted) onAbort();
+    else signal.addEventListener("abort", onAbort, { once: true });
+  });
+  aborted.catch(() => undefined);
+  try {
+    for (;;) {
+      const next = await Promise.race([it.next(), aborted]);
+      if (next.done) return;
+      yield next.value;
+    }
+  } catch (err) {
+    // The handler is left waiting; connect-es aborts its context when the stream ends with this error.
+    if (signal.aborted) it.return?.().catch(() => undefined);
+    throw err;
+  } finally {
+    signal.removeEventListener("abort", onAbort);
+  }
+}
+
+/** Why a call whose signal aborted ended: its deadline, the server stopping, or else its caller leaving. */
+function whyEnded(signal: AbortSignal): ConnectError {
+  const reason: unknown = signal.aborted ? signal.reason : undefined;
+  return reason instanceof ConnectError && isExpectedError(reason) ? reason : new ConnectError("the caller went away", Code.Canceled);
+}
+
+function isExpectedError(err: unknown): boolean {
+  return err instanceof ConnectError ? err.code !== Code.Internal && err.code !== Code.Unknown : toConnectError(err).expected;
+}
+
+const PEER_GONE = new Set(["ERR_STREAM_PREMATURE_CLOSE", "ERR_HTTP2_INVALID_STREAM", "ERR_HTTP2_STREAM_ERROR", "ECONNRESET", "EPIPE"]);
+
+/** Whether `err` says that the other end went away: a reset stream, a closed connection, "Premature close". */
+export function isPeerGone(err: unknown): boolean {
+  if (err instanceof ConnectError && (err.code === Code.Canceled || err.code === Code.Aborted)) return true;
+  const cause = (err instanceof ConnectError ? (err.cause ?? err) : err) as { code?: unknown } | undefined;
+  return typeof cause?.code === "string" && PEER_GONE.has(cause.code);
 }
 
 /** Establishes the caller from the bearer token (UNAUTHENTICATED without a valid one). */
@@ -127,7 +187,7 @@ function subjectOf(service: string, message: unknown): AuditSubject {
 }
 
 function codeName(err: unknown): string {
-  return Code[toConnectError(err).error.code].replace(/(?<=[a-z])(?=[A-Z])/g, "_").toLowerCase();
+  return nameOfCode(toConnectError(err).error.code);
 }
 
 /**

@@ -1,13 +1,44 @@
+import { setMaxListeners } from "node:events";
 import http from "node:http";
 import http2 from "node:http2";
 import net from "node:net";
 import type { Duplex } from "node:stream";
 import type { TLSSocket } from "node:tls";
+import { Code, ConnectError, createConnectRouter, createContextValues, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
+import {
+  compressionBrotli,
+  compressionGzip,
+  universalRequestFromNodeRequest,
+  universalResponseToNodeResponse,
+} from "@connectrpc/connect-node";
+import type { UniversalHandler } from "@connectrpc/connect/protocol";
+import type { Config } from "../config.js";
+import type { Logger } from "../platform/logger.js";
+import { CallAdmission } from "./call-admission.js";
+import { CorsPolicy } from "./cors-policy.js";
+import { isPeerGone, serverShutdownKey } from "./interceptors.js";
+import { guardRequest, undecodableQuery } from "./request-guard.js";
 
-type Handler = (req: http.IncomingMessage | http2.Http2ServerRequest, res: http.ServerResponse | http2.Http2ServerResponse) => void;
+type Request = http.IncomingMessage | http2.Http2ServerRequest;
+type Response = http.ServerResponse | http2.Http2ServerResponse;
+type Handler = (req: Request, res: Response) => void;
 
 const H2_PREFACE = Buffer.from("PRI * HTTP/2.0");
 const FIRST_BYTES_TIMEOUT_MS = 10_000;
+
+/** What connect-es serves: the services, their interceptors, the largest request message, and other paths. */
+export interface RpcRoutes {
+  routes: (router: ConnectRouter) => void;
+  interceptors: Interceptor[];
+  readMaxBytes: number;
+  fallback: Handler;
+}
+
+/** How the server speaks HTTP: the settings of the configuration that are about the transport. */
+export type TransportConfig = Pick<
+  Config,
+  "maxStreamsPerConnection" | "maxActiveCallsPerConnection" | "http2" | "corsAllowedOrigins" | "keepaliveSeconds"
+>;
 
 /**
  * One port for everything: gRPC and Connect over HTTP/2, Connect and gRPC-Web over HTTP/1.1.
@@ -26,19 +57,44 @@ export class RpcServer {
   /** HTTP/1 sockets with a request in flight; the others are idle and can be closed at once on shutdown. */
   private readonly busy = new Set<Duplex>();
   private closing = false;
+  /** Aborted when the server stops: open streams end with UNAVAILABLE (see observe()). */
+  private readonly shutdown = new AbortController();
+  private readonly paths = new Map<string, UniversalHandler>();
+  private readonly admission: CallAdmission;
+  private readonly cors: CorsPolicy;
 
-  /**
-   * `maxStreams`: concurrent HTTP/2 streams one connection may open (calls beyond it are refused).
-   * `keepaliveMs`: PING period of every HTTP/2 connection (0: none); see keepAlive().
-   */
-  constructor(handler: Handler, tls?: { cert: Buffer; key: Buffer }, maxStreams = 1000, keepaliveMs = 30_000) {
-    const settings = { maxConcurrentStreams: maxStreams };
+  constructor(
+    private readonly rpc: RpcRoutes,
+    private readonly options: { config: TransportConfig; logger: Logger; tls?: { cert: Buffer; key: Buffer } },
+  ) {
+    const { config, tls } = options;
+    // Every open stream listens to it: as many listeners as streams is no leak.
+    setMaxListeners(0, this.shutdown.signal);
+    const router = createConnectRouter({
+      interceptors: rpc.interceptors,
+      readMaxBytes: rpc.readMaxBytes,
+      acceptCompression: [compressionGzip, compressionBrotli],
+    });
+    rpc.routes(router);
+    for (const handler of router.handlers) this.paths.set(handler.requestPath, handler);
+    this.admission = new CallAdmission(config.maxActiveCallsPerConnection);
+    this.cors = new CorsPolicy(config.corsAllowedOrigins);
+    const handler: Handler = (req, res) => this.handle(req, res);
+
+    const h2Options: http2.ServerOptions = {
+      settings: {
+        maxConcurrentStreams: config.maxStreamsPerConnection,
+        initialWindowSize: config.http2.streamWindowBytes,
+        maxHeaderListSize: config.http2.maxHeaderListBytes,
+      },
+      maxSessionMemory: config.http2.maxSessionMemoryMb,
+    };
     if (tls) {
-      this.h2 = http2.createSecureServer({ ...tls, allowHTTP1: true, settings }, handler);
+      this.h2 = http2.createSecureServer({ ...tls, ...h2Options, allowHTTP1: true }, handler);
       this.listener = this.h2;
     } else {
-      this.h2 = http2.createServer({ settings }, handler);
-      this.h1 = http.createServer(handler);
+      this.h2 = http2.createServer(h2Options, handler);
+      this.h1 = http.createServer({ maxHeaderSize: config.http2.maxHeaderListBytes }, handler);
       // This server never listens itself (it is handed sockets); 'listening' is what starts Node's
       // enforcement of headersTimeout and requestTimeout, which slow clients must not escape.
       this.h1.emit("listening");
@@ -48,9 +104,12 @@ export class RpcServer {
       this.connections.add(socket);
       socket.once("close", () => this.connections.delete(socket));
     });
+    const keepaliveMs = config.keepaliveSeconds * 1000;
     this.h2.on("session", (session: http2.ServerHttp2Session) => {
       this.sessions.add(session);
       session.once("close", () => this.sessions.delete(session));
+      // The connection window is not a SETTINGS value: it is raised by a WINDOW_UPDATE once the session starts.
+      session.setLocalWindowSize(config.http2.connectionWindowBytes);
       if (keepaliveMs > 0) keepAlive(session, keepaliveMs);
     });
     // HTTP/1.1 connections, under TLS (where ALPN did not pick h2) as well as in plaintext.
@@ -72,6 +131,49 @@ export class RpcServer {
         if (this.closing) socket.end();
       });
     });
+  }
+
+  private handle(req: Request, res: Response): void {
+    if (this.cors.handle(req, res)) return;
+    const rpc = this.paths.get(req.url?.split("?", 1)[0] ?? "");
+    if (rpc) void this.serve(rpc, req, res);
+    else this.rpc.fallback(req, res);
+  }
+
+  /** One call: a place among its connection's calls, the request checked, connect-es's answer written. */
+  private async serve(rpc: UniversalHandler, req: Request, res: Response): Promise<void> {
+    const contextValues = createContextValues().set(serverShutdownKey, this.shutdown.signal);
+    const request = universalRequestFromNodeRequest(req, res, undefined, contextValues);
+    const h2stream = "stream" in req ? req.stream : undefined;
+    let leave: (() => void) | undefined;
+    try {
+      leave = await this.admission.enter(h2stream?.session ?? req.socket, request.signal);
+      if (req.method === "GET") {
+        const undecodable = undecodableQuery(request.url, rpc.method.input);
+        if (undecodable) return answerConnectError(res, undecodable);
+      }
+      const guarded = await guardRequest(request, {
+        input: rpc.method.input,
+        readMaxBytes: this.rpc.readMaxBytes,
+        reset: h2stream && (() => h2stream.close(http2.constants.NGHTTP2_ENHANCE_YOUR_CALM)),
+      });
+      const response = await rpc(guarded);
+      leave();
+      await universalResponseToNodeResponse(response, res);
+      // A complete answer while the client still sends (it was refused): stop the rest of its
+      // request without error, as RFC 9113 section 8.1 allows.
+      if (h2stream && !h2stream.closed && !req.readableEnded) h2stream.close(http2.constants.NGHTTP2_NO_ERROR);
+    } catch (err) {
+      // The caller went away (a reset stream, a closed connection, "Premature close"): nothing to
+      // answer and nothing wrong with the server.
+      if (request.signal.aborted || res.destroyed || isPeerGone(err)) {
+        this.options.logger.info({ rpc: `${rpc.service.typeName}/${rpc.method.name}`, reason: describe(err) }, "caller went away");
+      } else {
+        this.options.logger.error({ rpc: `${rpc.service.typeName}/${rpc.method.name}`, err }, "writing an answer failed");
+      }
+    } finally {
+      leave?.();
+    }
   }
 
   private route(socket: net.Socket): void {
@@ -111,11 +213,13 @@ export class RpcServer {
   }
 
   /**
-   * Stops accepting connections, lets open calls finish (HTTP/2 GOAWAY, idle HTTP/1 connections
+   * Stops accepting connections and ends open streams at once with UNAVAILABLE (their callers
+   * reconnect, to another replica); lets unary calls finish (HTTP/2 GOAWAY, idle HTTP/1 connections
    * closed) and, after `timeoutMs`, cuts whatever is left.
    */
   async close(timeoutMs: number): Promise<void> {
     this.closing = true;
+    this.shutdown.abort(new ConnectError("the server is shutting down; call again", Code.Unavailable));
     const closed = new Promise<void>((resolve) => this.listener.close(() => resolve()));
     for (const session of this.sessions) session.close();
     await new Promise<void>((resolve) => {
@@ -130,6 +234,17 @@ export class RpcServer {
     });
     await closed;
   }
+}
+
+/** An answer the Connect protocol gives to a unary call it refuses (JSON, with the HTTP status of its code). */
+function answerConnectError(res: Response, err: ConnectError): void {
+  const body = JSON.stringify({ code: Code[err.code].replace(/(?<=[a-z])(?=[A-Z])/g, "_").toLowerCase(), message: err.rawMessage });
+  res.writeHead(err.code === Code.InvalidArgument ? 400 : 500, { "content-type": "application/json" });
+  res.end(body);
+}
+
+function describe(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
 }
 
 /**

@@ -1,5 +1,6 @@
 import { strict as assert } from "node:assert";
 import { randomUUID } from "node:crypto";
+import http2 from "node:http2";
 import { create, ScalarType, type DescField, type DescMessage, type DescMethod, type DescService } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { EnvironmentService } from "../../gen/remotegpu/v1/environment_pb.js";
@@ -169,6 +170,39 @@ describe(`fuzz: every RPC with random and boundary messages (FUZZ_SEED=${SEED})`
     });
   }
 
+  it("answers undecodable binary messages with INVALID_ARGUMENT on every method, over Connect, gRPC and gRPC-Web, with or without a token", async () => {
+    const session = http2.connect(server.baseUrl);
+    session.on("error", () => undefined);
+    const problems: string[] = [];
+    let calls = 0;
+    try {
+      for (const service of [HostService, GpuService, WorkspaceService, EnvironmentService] as DescService[]) {
+        for (const method of service.methods) {
+          for (const [name, bytes] of malformed(method.input)) {
+            for (const protocol of ["connect", "grpc", "grpc-web"] as const) {
+              // Client and bidi streams need HTTP/2, which gRPC-Web (from browsers) does not have.
+              if (protocol === "grpc-web" && method.methodKind !== "unary" && method.methodKind !== "server_streaming") continue;
+              for (const token of [ADMIN_TOKEN, null]) {
+                calls++;
+                const got = await sendRaw(session, server.baseUrl, method, protocol, bytes, token);
+                const streamsIn = method.methodKind === "client_streaming" || method.methodKind === "bidi_streaming";
+                // A stream's messages are read after the caller is known; a unary or server-stream message comes first.
+                const allowed = streamsIn ? ["invalid_argument", "unauthenticated", "permission_denied"] : ["invalid_argument"];
+                if (!allowed.includes(got))
+                  problems.push(`${service.name}/${method.name} ${protocol} ${name} ${token ? "token" : "no token"}: ${got}`);
+              }
+            }
+          }
+        }
+      }
+    } finally {
+      session.close();
+    }
+    assert.ok(calls > 500, `only ${calls} calls`);
+    assert.deepEqual(problems.slice(0, 40), [], `${problems.length} of ${calls} answers wrong`);
+    await server.client(HostService).listHosts({});
+  });
+
   it("answers malformed Connect JSON with INVALID_ARGUMENT, not INTERNAL", async () => {
     for (const body of ["{", "[]", '{"name": 5}', '{"pageSize": "many"}', '{"id": {"$ne": 1}}', "\u0000", '{"labels": {"a": 1}}']) {
       const res = await fetch(`${server.baseUrl}/remotegpu.v1.HostService/CreateHost`, {
@@ -216,4 +250,110 @@ async function call(
     clearTimeout(timer);
     abort.abort();
   }
+}
+
+/** Binary messages that no decoder may accept, each named. */
+function malformed(input: DescMessage): [string, Uint8Array][] {
+  const cases: [string, Uint8Array][] = [
+    // Field 1 says 32 bytes follow; 2 do.
+    ["truncated", Uint8Array.of(0x0a, 0x20, 0x61, 0x62)],
+    // An 11-byte varint: more than 64 bits.
+    ["varint overflow", Uint8Array.of(0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01)],
+    // Wire types 6 and 7 do not exist; 4 ends a group that never began.
+    ["wire type 7", Uint8Array.of(0x0f, 0x00)],
+    ["wire type 6", Uint8Array.of(0x0e, 0x00)],
+    ["stray end group", Uint8Array.of(0x0c)],
+    ["field number 0", Uint8Array.of(0x00, 0x01)],
+  ];
+  const text = input.fields.find((f) => f.fieldKind === "scalar" && f.scalar === ScalarType.STRING);
+  // A string field holding bytes that are not UTF-8.
+  if (text) cases.push(["bad UTF-8", Uint8Array.of(...varint((text.number << 3) | 2), 2, 0xff, 0xfe)]);
+  return cases;
+}
+
+function varint(n: number): number[] {
+  const out: number[] = [];
+  while (n > 0x7f) {
+    out.push((n & 0x7f) | 0x80);
+    n >>>= 7;
+  }
+  out.push(n);
+  return out;
+}
+
+function envelope(bytes: Uint8Array): Buffer {
+  const out = Buffer.alloc(5 + bytes.length);
+  out.writeUInt32BE(bytes.length, 1);
+  out.set(bytes, 5);
+  return out;
+}
+
+const CODE_NAMES: Record<string, string> = {
+  "3": "invalid_argument",
+  "7": "permission_denied",
+  "13": "internal",
+  "16": "unauthenticated",
+};
+
+/** Sends `bytes` as the request message of `method` the way a client of `protocol` would; the code it got, by name. */
+async function sendRaw(
+  session: http2.ClientHttp2Session,
+  baseUrl: string,
+  method: DescMethod,
+  protocol: "connect" | "grpc" | "grpc-web",
+  bytes: Uint8Array,
+  token: string | null,
+): Promise<string> {
+  const path = `/${method.parent.typeName}/${method.name}`;
+  const auth: Record<string, string> = token ? { authorization: `Bearer ${token}` } : {};
+  const streaming = method.methodKind !== "unary";
+  if (protocol === "grpc-web") {
+    // Over HTTP/1.1, as browsers send it; the status comes in the trailer frame at the end of the body.
+    const res = await fetch(`${baseUrl}${path}`, {
+      method: "POST",
+      headers: { "content-type": "application/grpc-web+proto", "x-grpc-web": "1", ...auth },
+      body: envelope(bytes),
+      signal: AbortSignal.timeout(5000),
+    });
+    const body = Buffer.from(await res.arrayBuffer()).toString("latin1");
+    const status = res.headers.get("grpc-status") ?? /grpc-status:\s*(\d+)/.exec(body)?.[1] ?? `http ${res.status}`;
+    return CODE_NAMES[status] ?? `grpc-status ${status}`;
+  }
+  const headers =
+    protocol === "grpc"
+      ? { "content-type": "application/grpc", te: "trailers" }
+      : streaming
+        ? { "content-type": "application/connect+proto", "connect-protocol-version": "1" }
+        : { "content-type": "application/proto", "connect-protocol-version": "1" };
+  const stream = session.request({ ":method": "POST", ":path": path, ...headers, ...auth });
+  stream.end(protocol === "connect" && !streaming ? bytes : envelope(bytes));
+  return new Promise((resolve) => {
+    let status = "";
+    let trailer = "";
+    const chunks: Buffer[] = [];
+    const timer = setTimeout(() => {
+      stream.close(http2.constants.NGHTTP2_CANCEL);
+      resolve("no answer within 5 s");
+    }, 5000);
+    stream.on("response", (h) => {
+      status = String(h[":status"]);
+      trailer = String(h["grpc-status"] ?? "");
+    });
+    stream.on("trailers", (t) => (trailer = String(t["grpc-status"] ?? trailer)));
+    stream.on("data", (c: Buffer) => chunks.push(c));
+    stream.on("error", () => undefined);
+    stream.on("close", () => {
+      clearTimeout(timer);
+      const body = Buffer.concat(chunks);
+      if (protocol === "grpc") return resolve(CODE_NAMES[trailer] ?? `grpc-status ${trailer || "none"}`);
+      // Connect: a unary error is JSON with the HTTP status; a stream's is the end-of-stream frame.
+      const json = streaming ? body.subarray(body.lastIndexOf(0x02) + 5) : body;
+      try {
+        const parsed = JSON.parse(json.toString()) as { code?: string; error?: { code?: string } };
+        resolve(parsed.code ?? parsed.error?.code ?? `http ${status}`);
+      } catch {
+        resolve(`http ${status}: ${body.toString().slice(0, 80)}`);
+      }
+    });
+  });
 }

@@ -62,6 +62,32 @@ describe("limits: request rate per token and message size", () => {
   });
 });
 
+describe("limits: a message far over the size limit", () => {
+  let server: TestServer;
+  before(async () => {
+    server = await startTestServer();
+  });
+  after(() => server.close());
+
+  for (const protocol of ["connect", "grpc"] as const) {
+    it(`refuses a 50 MB ${protocol} request with RESOURCE_EXHAUSTED, and the same connection serves the next call`, async function () {
+      this.timeout(60_000);
+      // One client, so one HTTP/2 connection: the refused call and the next share it.
+      const hosts = server.client(HostService, { protocol });
+      await hosts.listHosts({});
+      const huge = { name: "huge", address: "10.0.0.1", kubernetesNodeName: "n".repeat(50 * 1024 * 1024) };
+      const err = await hosts.createHost(huge).then(
+        () => assert.fail("accepted"),
+        (e: unknown) => ConnectError.from(e),
+      );
+      assert.equal(Code[err.code], "ResourceExhausted", err.message);
+      assert.match(err.rawMessage, /larger than configured readMaxBytes/);
+      const after = await hosts.listHosts({});
+      assert.equal(after.totalSize, 0);
+    });
+  }
+});
+
 describe("limits: the request rate of a token across replicas", () => {
   const clock = new ManualClock(new Date("2026-12-01T00:00:00Z"));
   const servers: TestServer[] = [];

@@ -2,6 +2,7 @@ import { strict as assert } from "node:assert";
 import net from "node:net";
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
+import { createRemoteGpuClient, UnavailableError } from "@remotegpu/sdk";
 import { HostService } from "../../gen/remotegpu/v1/host_pb.js";
 import { GpuService } from "../../gen/remotegpu/v1/gpu_pb.js";
 import { ADMIN_TOKEN, startTestServer, type TestServer } from "../support/server.js";
@@ -80,10 +81,10 @@ describe("one port for every protocol", () => {
     assert.equal(res.status, 200);
     assert.match(res.headers.get("content-type") ?? "", /text\/plain/);
     const body = await res.text();
-    assert.match(body, /remotegpu_rpc_requests_total\{service="remotegpu.v1.HostService",method="ListHosts",code="OK"\} \d+/);
+    assert.match(body, /remotegpu_rpc_requests_total\{service="remotegpu.v1.HostService",method="ListHosts",code="ok"\} \d+/);
     assert.match(
       body,
-      /remotegpu_rpc_requests_total\{service="remotegpu.v1.HostService",method="ListHosts",code="Unauthenticated"\} [1-9]/,
+      /remotegpu_rpc_requests_total\{service="remotegpu.v1.HostService",method="ListHosts",code="unauthenticated"\} [1-9]/,
     );
     assert.match(body, /remotegpu_rpc_duration_seconds_bucket\{le="0.1",service="remotegpu.v1.HostService",method="ListHosts"\}/);
     assert.match(body, /remotegpu_hosts\{status="OFFLINE"\} 1/);
@@ -94,6 +95,31 @@ describe("one port for every protocol", () => {
 });
 
 describe("graceful stop", () => {
+  it("ends open watches at once with UNAVAILABLE (the SDK's UnavailableError), without waiting out the timeout", async () => {
+    const server = await startTestServer({ env: { SHUTDOWN_TIMEOUT_SECONDS: "30" } });
+    await server.client(HostService).createHost({ name: "watched", address: "10.0.0.9" });
+    const ends: Promise<unknown>[] = [];
+    for (const transport of ["connect", "grpc"] as const) {
+      for (const httpVersion of transport === "connect" ? (["2", "1.1"] as const) : (["2"] as const)) {
+        const client = createRemoteGpuClient({ baseUrl: server.baseUrl, token: ADMIN_TOKEN, transport, httpVersion });
+        const watch = client.hosts.watchHosts({})[Symbol.asyncIterator]();
+        await watch.next(); // the INITIAL event: the stream is open
+        ends.push(
+          watch.next().then(
+            (r) => `${transport}/${httpVersion} ended without an error (done: ${r.done})`,
+            (err: unknown) => err,
+          ),
+        );
+      }
+    }
+    const started = Date.now();
+    await server.close();
+    assert.ok(Date.now() - started < 5000, `close took ${Date.now() - started} ms`);
+    for (const end of await Promise.all(ends)) {
+      assert.ok(end instanceof UnavailableError, `${String(end)}`);
+    }
+  });
+
   it("does not wait on connections that never send a byte, nor on idle keep-alive ones", async () => {
     const server = await startTestServer();
     const silent = net.connect(server.port, "127.0.0.1");

@@ -1,0 +1,62 @@
+/**
+ * Fairness between connections. One event loop and one database pool serve every client, so a
+ * connection that starts thousands of calls at once would put everyone else's calls behind its
+ * own. Each connection may have at most `perConnection` calls being worked on; the rest of its
+ * calls wait in its own queue, and other connections pass them by.
+ *
+ * A call holds its place until its answer is ready (a unary call's response, a stream's first
+ * message) or for `holdMs` at most: a watch that waits for a change is not work, and must not
+ * keep the connection's other calls waiting.
+ */
+export class CallAdmission {
+  private readonly queues = new WeakMap<object, ConnectionQueue>();
+
+  constructor(
+    private readonly perConnection: number,
+    private readonly holdMs = 1000,
+  ) {}
+
+  /** Waits for a place on `connection`; call the returned function once the answer is ready. */
+  async enter(connection: object, signal: AbortSignal): Promise<() => void> {
+    let queue = this.queues.get(connection);
+    if (!queue) {
+      queue = { active: 0, waiting: [] };
+      this.queues.set(connection, queue);
+    }
+    if (queue.active >= this.perConnection) {
+      await new Promise<void>((resolve, reject) => {
+        const entry = () => {
+          signal.removeEventListener("abort", onAbort);
+          resolve();
+        };
+        const onAbort = () => {
+          const at = queue!.waiting.indexOf(entry);
+          if (at >= 0) queue!.waiting.splice(at, 1);
+          reject(signal.reason);
+        };
+        queue!.waiting.push(entry);
+        signal.addEventListener("abort", onAbort, { once: true });
+      });
+    } else {
+      queue.active++;
+    }
+    let left = false;
+    const leave = () => {
+      if (left) return;
+      left = true;
+      clearTimeout(timer);
+      const next = queue!.waiting.shift();
+      // The place passes on, after the event loop has looked at other connections' input.
+      if (next) setImmediate(next);
+      else queue!.active--;
+    };
+    const timer = setTimeout(leave, this.holdMs);
+    timer.unref();
+    return leave;
+  }
+}
+
+interface ConnectionQueue {
+  active: number;
+  waiting: (() => void)[];
+}
