@@ -169,7 +169,10 @@ const tokenFile = values["token-file"];
 const currentToken = () => {
   if (!tokenFile) return token;
   try {
-    token = readFileSync(tokenFile, "utf8").trim() || token;
+    // A file caught half-written (or emptied) keeps the last token that looked whole.
+    const read = readFileSync(tokenFile, "utf8").trim();
+    if (/^rgpu_[0-9a-f]{16}_[A-Za-z0-9_-]{43}$/.test(read)) token = read;
+    else logger.warn({ file: tokenFile }, "the token file does not hold a whole token; using the last one read");
   } catch (err) {
     logger.warn(
       { file: tokenFile, error: err instanceof Error ? err.message : String(err) },

@@ -152,19 +152,27 @@ export async function* followLogs(
     follow: options.follow ?? true,
     sinceTime: options.sinceTime && timestampFromDate(options.sinceTime),
   };
-  // The newest time seen, and the lines seen at that very time: what a resumed stream repeats.
+  // The newest time seen and how many lines had it: a resumed stream (since that time) repeats them.
   let lastTime: LogLine["time"];
-  let atLastTime: string[] = [];
+  let atLastTime = 0;
   for (let failures = 0; ; failures++) {
     try {
-      const resumed = lastTime ? { ...request, sinceTime: lastTime, tailLines: MAX_TAIL_LINES } : request;
+      const resumedFrom = lastTime;
+      let repeats = atLastTime;
+      const resumed = resumedFrom ? { ...request, sinceTime: resumedFrom, tailLines: MAX_TAIL_LINES } : request;
       for await (const res of client.environments.streamLogs(resumed, { signal: options.signal })) {
         for (const line of res.lines) {
-          const order = lastTime && line.time ? compareTimes(line.time, lastTime) : 1;
-          if (order < 0 || (order === 0 && atLastTime.includes(`${line.stream}:${line.text}`))) continue;
-          if (order > 0) atLastTime = [];
+          if (resumedFrom && line.time) {
+            const order = compareTimes(line.time, resumedFrom);
+            if (order < 0) continue;
+            if (order === 0 && repeats > 0) {
+              repeats--;
+              continue;
+            }
+          }
+          if (line.time && lastTime && compareTimes(line.time, lastTime) === 0) atLastTime++;
+          else atLastTime = 1;
           lastTime = line.time ?? lastTime;
-          atLastTime.push(`${line.stream}:${line.text}`);
           failures = 0;
           yield line;
         }

@@ -67,7 +67,8 @@ export class Authenticator {
     return em.transactional(async (tx) => {
       // Two replicas starting together must not both mint a token.
       await tx.getConnection().execute("select pg_advisory_xact_lock(7315482902)", [], "run", tx.getTransactionContext());
-      if ((await tx.count(ApiToken, { kind: "admin", revokedAt: null })) > 0) return undefined;
+      const live = { kind: "admin" as const, revokedAt: null, $or: [{ expiresAt: null }, { expiresAt: { $gt: this.clock.now() } }] };
+      if ((await tx.count(ApiToken, live)) > 0) return undefined;
       const issued = issueToken();
       tx.create(ApiToken, {
         id: issued.id,

@@ -229,6 +229,14 @@ export class AgentSessions {
     this.ingest.record(hostId, host, known);
   }
 
+  /**
+   * Ends the host's stream held here with UNAVAILABLE: its agent reconnects at once, authenticating
+   * again (after its token was revoked, with the new one or not at all).
+   */
+  reconnect(hostId: string, why: string): void {
+    this.live.get(hostId)?.end(new UnavailableError(why));
+  }
+
   /** Ends the stream of a deleted host (NOT_FOUND) and forgets what was kept for it. */
   forgetHost(hostId: string): void {
     this.live.get(hostId)?.end(new NotFoundError("host", hostId));

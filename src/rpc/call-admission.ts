@@ -23,11 +23,19 @@ export class CallAdmission {
       queue = { active: 0, waiting: [] };
       this.queues.set(connection, queue);
     }
+    const handOff = () => {
+      const next = queue!.waiting.shift();
+      // The place passes on, after the event loop has looked at other connections' input.
+      if (next) setImmediate(next);
+      else queue!.active--;
+    };
     if (queue.active >= this.perConnection) {
       await new Promise<void>((resolve, reject) => {
         const entry = () => {
           signal.removeEventListener("abort", onAbort);
-          resolve();
+          // Given the place after giving up (between the hand-off and now): it goes to the next.
+          if (signal.aborted) handOff();
+          else resolve();
         };
         const onAbort = () => {
           const at = queue!.waiting.indexOf(entry);
@@ -45,10 +53,7 @@ export class CallAdmission {
       if (left) return;
       left = true;
       clearTimeout(timer);
-      const next = queue!.waiting.shift();
-      // The place passes on, after the event loop has looked at other connections' input.
-      if (next) setImmediate(next);
-      else queue!.active--;
+      handOff();
     };
     const timer = setTimeout(leave, this.holdMs);
     timer.unref();

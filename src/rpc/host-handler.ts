@@ -118,6 +118,8 @@ export class HostHandler implements Impl {
     const graceMs = req.grace ? msFromMessage(v, "grace", req.grace) : DEFAULT_TOKEN_GRACE_MS;
     v.throwIfAny();
     const { agentToken, previousUntil } = await this.hosts.rotateToken(req.hostId, graceMs, auditNote(ctx));
+    // Revoked at once: a stream opened with the old token (perhaps a leaked one) ends now too.
+    if (graceMs === 0) this.agents.reconnect(req.hostId, "the host's agent token was revoked; reconnect with the new one");
     return { agentToken, previousExpireTime: timestampFromDate(previousUntil) };
   }
 

@@ -54,7 +54,9 @@ export async function guardRequest(req: UniversalServerRequest, options: GuardOp
     await source.discard(declared, options.reset); // nothing is buffered yet
     return { ...req, body: empty() };
   }
-  const check = binary ? (bytes: Uint8Array, compressed: boolean) => decodes(options.input, bytes, compressed, encoding) : undefined;
+  const check = binary
+    ? (bytes: Uint8Array, compressed: boolean) => decodes(options.input, bytes, compressed, encoding, options.readMaxBytes)
+    : undefined;
   const body = framing === "whole" ? wholeBody(source, options, check) : envelopedBody(source, options, check);
   return { ...req, body };
 }
@@ -104,12 +106,13 @@ async function* envelopedBody(source: Bytes, options: GuardOptions, check?: Chec
 type Checker = (bytes: Uint8Array, compressed: boolean) => void;
 
 /** Throws INVALID_ARGUMENT when `bytes` is not a binary `input`; a compression it cannot undo is left to connect-es. */
-function decodes(input: DescMessage, bytes: Uint8Array, compressed: boolean, encoding: string | undefined): void {
+function decodes(input: DescMessage, bytes: Uint8Array, compressed: boolean, encoding: string | undefined, maxDecompressed: number): void {
   let plain = bytes;
   if (compressed || (encoding && encoding !== "identity")) {
     try {
-      if (encoding === "gzip") plain = gunzipSync(bytes);
-      else if (encoding === "br") plain = brotliDecompressSync(bytes);
+      // Bounded: a small bomb must not become gigabytes before anyone is authenticated.
+      if (encoding === "gzip") plain = gunzipSync(bytes, { maxOutputLength: maxDecompressed });
+      else if (encoding === "br") plain = brotliDecompressSync(bytes, { maxOutputLength: maxDecompressed });
       else return;
     } catch {
       return;
@@ -124,13 +127,13 @@ function decodes(input: DescMessage, bytes: Uint8Array, compressed: boolean, enc
 }
 
 /** A Connect GET carries its message in the query; true when that message is binary and does not decode. */
-export function undecodableQuery(url: string, input: DescMessage): ConnectError | undefined {
+export function undecodableQuery(url: string, input: DescMessage, readMaxBytes = 8 * 2 ** 20): ConnectError | undefined {
   const query = new URL(url).searchParams;
   if (query.get("encoding") !== "proto") return undefined;
   const message = query.get("message") ?? "";
   const bytes = query.get("base64") === "1" ? Buffer.from(message, "base64url") : new TextEncoder().encode(message);
   try {
-    decodes(input, bytes, false, query.get("compression") ?? undefined);
+    decodes(input, bytes, false, query.get("compression") ?? undefined, readMaxBytes);
     return undefined;
   } catch (err) {
     return err as ConnectError;
@@ -199,7 +202,14 @@ class Bytes {
     const deadline = Date.now() + MAX_DISCARD_MS;
     let dropped = 0;
     while (left > 0 && !this.ended) {
-      const next = await this.it.next();
+      // A client that announced more and then went quiet is not waited on past the deadline.
+      const pending = this.it.next();
+      pending.catch(() => undefined);
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<"late">((resolve) => (timer = setTimeout(() => resolve("late"), Math.max(0, deadline - Date.now()))));
+      const next = await Promise.race([pending, late]);
+      clearTimeout(timer);
+      if (next === "late") return reset();
       if (next.done) {
         this.ended = true;
         break;

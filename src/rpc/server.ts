@@ -149,7 +149,7 @@ export class RpcServer {
     try {
       leave = await this.admission.enter(h2stream?.session ?? req.socket, request.signal);
       if (req.method === "GET") {
-        const undecodable = undecodableQuery(request.url, rpc.method.input);
+        const undecodable = undecodableQuery(request.url, rpc.method.input, this.rpc.readMaxBytes);
         if (undecodable) return answerConnectError(res, undecodable);
       }
       const guarded = await guardRequest(request, {

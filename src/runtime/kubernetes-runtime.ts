@@ -102,6 +102,8 @@ export class KubernetesRuntime implements Runtime {
   /** The newest resourceVersion applied per pod: an older view of it (a re-list racing the watch) is skipped. */
   private readonly applied = new Map<string, bigint>();
   private readonly following = new Map<string, AbortController>();
+  /** Pods whose log was read to its end (the pod ended): not read again. */
+  private readonly followed = new Set<string>();
   /** Pods waiting on their image pull: a re-check at the pull deadline, when no event may come. */
   private readonly pullChecks = new Map<string, NodeJS.Timeout>();
   private retryMs = 500;
@@ -333,6 +335,7 @@ export class KubernetesRuntime implements Runtime {
       this.applied.delete(key);
       this.following.get(key)?.abort();
       this.following.delete(key);
+      this.followed.delete(key);
       const removal = this.removing.get(environmentId);
       if (removal) {
         if ([...this.known.keys()].some((k) => k.startsWith(`${environmentId}/`))) return;
@@ -366,7 +369,10 @@ export class KubernetesRuntime implements Runtime {
       timer.unref();
       this.pullChecks.set(key, timer);
     }
-    if (state !== "STARTING" && !this.following.has(key) && pod.status?.phase === "Running") this.follow(pod, hostId, environmentId, key);
+    // Running (ready or not), or already ended: a container that crashed before anyone saw it run has
+    // the log its user needs most.
+    const started = ["Running", "Succeeded", "Failed"].includes(pod.status?.phase ?? "");
+    if (started && !this.following.has(key) && !this.followed.has(key)) this.follow(pod, hostId, environmentId, key);
     await this.observer.status(hostId, { environmentId, generation, state, message });
   }
 
@@ -392,7 +398,10 @@ export class KubernetesRuntime implements Runtime {
         delayMs = Date.now() - opened > 5000 ? 500 : Math.min(30_000, delayMs * 2);
         await sleep(delayMs, control.signal);
       }
-      if (this.following.get(key) === control) this.following.delete(key);
+      if (this.following.get(key) === control) {
+        this.following.delete(key);
+        if (this.known.has(key)) this.followed.add(key);
+      }
     })();
   }
 
@@ -440,7 +449,13 @@ export class KubernetesRuntime implements Runtime {
         },
       });
       sink.on("error", () => undefined);
-      sink.on("close", () => resolve(taken));
+      let stopReading = () => {};
+      let closed = false;
+      sink.on("close", () => {
+        closed = true;
+        signal.removeEventListener("abort", stopReading);
+        resolve(taken);
+      });
       // client-node pipes the response into the sink and leaves errors of the source unhandled (an
       // abort or a cut connection would crash the process): route them to the sink.
       sink.on("pipe", (source: NodeJS.ReadableStream) => source.on("error", (err: Error) => sink.destroy(err)));
@@ -451,7 +466,10 @@ export class KubernetesRuntime implements Runtime {
         .then((abort) => {
           if (signal.aborted)
             abort.abort(); // ended before the stream opened
-          else signal.addEventListener("abort", () => abort.abort(), { once: true });
+          else if (!closed) {
+            stopReading = () => abort.abort();
+            signal.addEventListener("abort", stopReading, { once: true });
+          }
         })
         .catch((err: unknown) => {
           this.logger.debug({ environmentId, error: String(err) }, "pod log unavailable");
@@ -517,15 +535,13 @@ function versionOf(o: { metadata?: { resourceVersion?: string } }): bigint | und
 
 const sleep = (ms: number, signal?: AbortSignal) =>
   new Promise<void>((resolve) => {
-    const t = setTimeout(resolve, ms);
-    signal?.addEventListener(
-      "abort",
-      () => {
-        clearTimeout(t);
-        resolve();
-      },
-      { once: true },
-    );
+    const done = () => {
+      clearTimeout(t);
+      signal?.removeEventListener("abort", done);
+      resolve();
+    };
+    const t = setTimeout(done, ms);
+    signal?.addEventListener("abort", done, { once: true });
   });
 
 function podKey(pod: V1Pod): string {

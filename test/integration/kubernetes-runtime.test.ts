@@ -274,6 +274,25 @@ describe("the Kubernetes runtime against a Kubernetes API test server", function
     await envs.deleteEnvironment({ id: env.id });
   });
 
+  it("keeps the log of a container that crashed before anyone saw it run", async () => {
+    const env = (await envs.createEnvironment({ workspaceId: ws, name: "crasher", image: "img" })).environment!;
+    const pod = await eventually("the pod", () => podOf(env.id), polling);
+    kube.appendLog(namespace, pod.metadata.name, "Traceback (most recent call last):");
+    kube.appendLog(namespace, pod.metadata.name, "ModuleNotFoundError: No module named 'torch'");
+    kube.setPodPhase(namespace, pod.metadata.name, { state: "Terminated", exitCode: 1 }); // Pending, then Failed
+    await status(env.id, EnvironmentStatus.FAILED);
+    await eventually(
+      "the crash in the environment's log",
+      async () => {
+        const texts: string[] = [];
+        for await (const r of envs.streamLogs({ environmentId: env.id })) texts.push(...r.lines.map((l) => l.text));
+        return texts.includes("ModuleNotFoundError: No module named 'torch'");
+      },
+      polling,
+    );
+    await envs.deleteEnvironment({ id: env.id });
+  });
+
   it("brings an object whose spec changed back to what the environment asks: the SSH keys, a larger volume", async () => {
     const env = (
       await envs.createEnvironment({ workspaceId: ws, name: "drift", image: "img", sshPublicKeys: ["ssh-ed25519 AAAAkeep me@host"] })

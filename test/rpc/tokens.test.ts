@@ -4,6 +4,7 @@ import { durationFromMs, timestampDate } from "@bufbuild/protobuf/wkt";
 import { HostService } from "../../gen/remotegpu/v1/host_pb.js";
 import { ApiTokenRole, WorkspaceService } from "../../gen/remotegpu/v1/workspace_pb.js";
 import type { ManualClock } from "../../src/platform/clock.js";
+import { FakeAgent } from "../support/fake-agent.js";
 import { startTestServer, type TestServer } from "../support/server.js";
 
 /** The gRPC code a call failed with, or "ok". */
@@ -53,6 +54,23 @@ describe("token rotation without an outage", () => {
       await outcome(server.client(HostService, { token: now.agentToken }).rotateHostToken({ hostId: host!.id })),
       "PermissionDenied",
     );
+  });
+
+  it("revoked at once, the old token's open agent stream ends too (UNAVAILABLE), and cannot be opened again", async () => {
+    const hosts = server.client(HostService);
+    const { host, agentToken } = await hosts.createHost({ name: "leaked", address: "10.1.0.2" });
+    const stream = new FakeAgent(server, agentToken);
+    assert.equal((await stream.hello(host!.id, [])).message.case, "welcome");
+    const { agentToken: fresh } = await hosts.rotateHostToken({ hostId: host!.id, grace: durationFromMs(0) });
+    await assert.rejects(stream.next(), (err: unknown) => ConnectError.from(err).code === Code.Unavailable);
+    stream.close();
+    await assert.rejects(
+      new FakeAgent(server, agentToken).hello(host!.id, []),
+      (err: unknown) => ConnectError.from(err).code === Code.Unauthenticated,
+    );
+    const again = new FakeAgent(server, fresh);
+    assert.equal((await again.hello(host!.id, [])).message.case, "welcome");
+    again.close();
   });
 
   it("cluster admin tokens: created, used, listed without secrets, replaced with an overlap, revoked", async () => {

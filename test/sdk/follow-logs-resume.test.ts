@@ -47,6 +47,16 @@ describe("SDK: followLogs across a server restart", () => {
     assert.deepEqual(requests[1]!.sinceTime, timestampFromMs(2000));
   });
 
+  it("gives every line, repeated ones and blank ones at the same time included; a resume skips by count", async () => {
+    const { client } = logsServer([
+      { lines: [line(1000, ""), line(1000, ""), line(1000, "same"), line(1000, "same")], breaks: true },
+      { lines: [line(1000, ""), line(1000, ""), line(1000, "same"), line(1000, "same"), line(1000, "same")], breaks: false },
+    ]);
+    const seen: string[] = [];
+    for await (const l of followLogs(client, "env-1", { resume: true })) seen.push(l.text);
+    assert.deepEqual(seen, ["", "", "same", "same", "same"]);
+  });
+
   it("without resume, ends with UnavailableError where the stream broke", async () => {
     const { client } = logsServer([{ lines: [line(1000, "a")], breaks: true }]);
     const seen: string[] = [];
