@@ -16,6 +16,8 @@ export interface Exit {
   signal: string | null;
   /** The status cannot be known: the workload is not this agent's child (an earlier agent started it). */
   unknown?: boolean;
+  /** The kernel killed it for going over its memory limit (containers: the engine says so). */
+  outOfMemory?: boolean;
 }
 
 /** What a later agent needs to find a running workload again, kept in its state file. */
@@ -263,7 +265,14 @@ export function followContainer(engine: ContainerEngine, name: string, since: st
     }),
   );
   const waited = execFileP(engine, ["wait", name]).then(
-    ({ stdout }) => ({ code: Number.parseInt(stdout.trim(), 10), signal: null }),
+    async ({ stdout }): Promise<Exit> => {
+      const code = Number.parseInt(stdout.trim(), 10);
+      // 137 is any SIGKILL; the engine tells whether it was the memory limit's.
+      const oom =
+        code === 137 &&
+        (await execFileP(engine, ["container", "inspect", "--format", "{{.State.OOMKilled}}", name]).catch(() => ({ stdout: "" })));
+      return { code, signal: null, outOfMemory: oom ? oom.stdout.trim() === "true" : undefined };
+    },
     () => ({ code: null, signal: null }),
   );
   // The follower ends with the container; its output is complete then (within a bound).

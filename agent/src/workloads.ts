@@ -629,11 +629,17 @@ export class Workloads {
 
   private exited(w: Workload, handle: Handle, exit: Exit): void {
     if (w.handle !== handle || this.closing) return; // replaced, or the agent is exiting
+    const limit = w.spec.memoryBytes ? `${Math.round(w.spec.memoryBytes / 2 ** 20)} MiB` : "";
+    // 137 is SIGKILL's; where the engine cannot tell (cgroup v1 hosts), the memory limit is the usual cause.
     const how = exit.unknown
       ? "ended (exit status unknown: an earlier agent started it)"
-      : exit.code !== null
-        ? `exited with code ${exit.code}`
-        : `killed by ${exit.signal ?? "a signal"}`;
+      : exit.outOfMemory
+        ? `killed for going over its memory limit of ${limit} (exit code ${exit.code})`
+        : exit.code === 137 && limit && this.containersSupported
+          ? `exited with code 137 (killed: SIGKILL, most often for going over the memory limit of ${limit})`
+          : exit.code !== null
+            ? `exited with code ${exit.code}`
+            : `killed by ${exit.signal ?? "a signal"}`;
     w.logs.add("SYSTEM", how);
     if (w.stopping) return; // stopWorkload reports
     w.handle = undefined;

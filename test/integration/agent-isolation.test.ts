@@ -216,4 +216,16 @@ print("workspace mounted:", "/workspace" in mounts, flush=True)
     ).stdout.trim();
     assert.doesNotMatch(args, /^true|host/, args);
   });
+
+  it("a container over its memory limit is killed by the kernel, and the environment says so", async () => {
+    const hog = "b = []\nwhile True:\n    b.append(bytearray(16 * 2**20))";
+    await workloads.run(spec("iso-ctr", ["python3", "-c", hog], { image: TEST_IMAGE, memoryBytes: 64 * 2 ** 20 }));
+    const failed = await events.state("iso-ctr", "FAILED");
+    // Podman says OOMKilled only where it can tell (cgroup v2); this sandbox's cgroup v1 leaves it false.
+    assert.match(
+      failed.message,
+      /^(killed for going over its memory limit of 64 MiB|exited with code 137 \(killed: SIGKILL, most often for going over the memory limit of 64 MiB\))/,
+    );
+    assert.equal(failed.exitCode, 137);
+  });
 });
