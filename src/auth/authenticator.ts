@@ -4,6 +4,7 @@ import type { Clock } from "../platform/clock.js";
 import { ApiToken } from "./api-token.js";
 import type { Principal } from "./principal.js";
 import { hashSecret, issueToken, parseToken, sameHash } from "./token-secret.js";
+import { liveAt } from "./workspace-tokens.js";
 
 /** The id under which the configured admin token appears in logs and audit records. */
 export const CONFIG_ADMIN_TOKEN_ID = "config-admin";
@@ -67,8 +68,7 @@ export class Authenticator {
     return em.transactional(async (tx) => {
       // Two replicas starting together must not both mint a token.
       await tx.getConnection().execute("select pg_advisory_xact_lock(7315482902)", [], "run", tx.getTransactionContext());
-      const live = { kind: "admin" as const, revokedAt: null, $or: [{ expiresAt: null }, { expiresAt: { $gt: this.clock.now() } }] };
-      if ((await tx.count(ApiToken, live)) > 0) return undefined;
+      if ((await tx.count(ApiToken, { $and: [{ kind: "admin" }, liveAt(this.clock.now())] })) > 0) return undefined;
       const issued = issueToken();
       tx.create(ApiToken, {
         id: issued.id,

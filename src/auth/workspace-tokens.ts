@@ -42,7 +42,8 @@ export async function retireTokens(em: EntityManager, where: FilterQuery<ApiToke
   return until;
 }
 
-function liveAt(now: Date): FilterQuery<ApiToken> {
+/** Tokens neither revoked nor expired at `now`. */
+export function liveAt(now: Date): FilterQuery<ApiToken> {
   return { revokedAt: null, $or: [{ expiresAt: null }, { expiresAt: { $gt: now } }] };
 }
 
@@ -64,24 +65,9 @@ export class WorkspaceTokens {
       // Locking the workspace serialises token creation in it, so the live-name check holds.
       const workspace = await em.findOne(Workspace, id, { lockMode: LockMode.PESSIMISTIC_WRITE });
       if (!workspace) throw new NotFoundError("workspace", id);
-      const sameName = { workspace, kind: "workspace" as const, name: input.name };
-      if (input.replaceGraceMs !== undefined) await retireTokens(em, sameName, input.replaceGraceMs, now);
-      else if ((await em.count(ApiToken, { $and: [sameName, this.live()] })) > 0) {
-        throw new AlreadyExistsError("token", `named "${input.name}" in this workspace (revoke it first, or replace it)`);
-      }
-      const issued = issueToken();
-      const token = em.create(ApiToken, {
-        id: issued.id,
-        kind: "workspace",
-        name: input.name,
-        secretHash: issued.secretHash,
-        workspace,
-        role: input.role!,
-        createdAt: now,
-        expiresAt: input.ttlMs === undefined ? null : new Date(now.getTime() + input.ttlMs),
-      });
-      note(em, { workspaceId: id, targetId: token.id });
-      return { token, secret: issued.token };
+      const issued = await this.issue(em, { workspace, kind: "workspace", role: input.role! }, input, now, "token", "in this workspace ");
+      note(em, { workspaceId: id, targetId: issued.token.id });
+      return issued;
     });
   }
 
@@ -92,23 +78,39 @@ export class WorkspaceTokens {
     const now = this.clock.now();
     return this.orm.em.fork().transactional(async (em) => {
       await em.getConnection().execute(`select pg_advisory_xact_lock(${ADMIN_TOKENS_LOCK})`, [], "run", em.getTransactionContext());
-      const sameName = { kind: "admin" as const, name: input.name };
-      if (input.replaceGraceMs !== undefined) await retireTokens(em, sameName, input.replaceGraceMs, now);
-      else if ((await em.count(ApiToken, { $and: [sameName, this.live()] })) > 0) {
-        throw new AlreadyExistsError("admin token", `named "${input.name}" (revoke it first, or replace it)`);
-      }
-      const issued = issueToken();
-      const token = em.create(ApiToken, {
-        id: issued.id,
-        kind: "admin",
-        name: input.name,
-        secretHash: issued.secretHash,
-        createdAt: now,
-        expiresAt: input.ttlMs === undefined ? null : new Date(now.getTime() + input.ttlMs),
-      });
-      note(em, { targetId: token.id });
-      return { token, secret: issued.token };
+      const issued = await this.issue(em, { kind: "admin" }, input, now, "admin token", "");
+      note(em, { targetId: issued.token.id });
+      return issued;
     });
+  }
+
+  /**
+   * Mints a token of `owner` under `input.name`: a live one of that name is replaced (with
+   * `replaceGraceMs`) or is a conflict. The caller holds the lock that serialises names of `owner`.
+   */
+  private async issue(
+    em: EntityManager,
+    owner: { kind: "workspace"; workspace: Workspace; role: WorkspaceRole } | { kind: "admin" },
+    input: Omit<WorkspaceTokenInput, "role">,
+    now: Date,
+    what: string,
+    where: string,
+  ): Promise<{ token: ApiToken; secret: string }> {
+    const sameName = { kind: owner.kind, ...(owner.kind === "workspace" && { workspace: owner.workspace }), name: input.name };
+    if (input.replaceGraceMs !== undefined) await retireTokens(em, sameName, input.replaceGraceMs, now);
+    else if ((await em.count(ApiToken, { $and: [sameName, liveAt(now)] })) > 0) {
+      throw new AlreadyExistsError(what, `named "${input.name}" ${where}(revoke it first, or replace it)`);
+    }
+    const issued = issueToken();
+    const token = em.create(ApiToken, {
+      ...owner,
+      id: issued.id,
+      name: input.name,
+      secretHash: issued.secretHash,
+      createdAt: now,
+      expiresAt: input.ttlMs === undefined ? null : new Date(now.getTime() + input.ttlMs),
+    });
+    return { token, secret: issued.token };
   }
 
   /** Newest first; revoked and expired tokens only with `showInactive`. */

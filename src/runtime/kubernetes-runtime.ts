@@ -8,9 +8,9 @@ import {
   type V1PersistentVolumeClaim,
   type V1Pod,
   type V1Secret,
-  Watch,
 } from "@kubernetes/client-node";
 import { UnavailableError } from "../errors.js";
+import { KubeListWatch } from "../platform/kube-list-watch.js";
 import type { Logger } from "../platform/logger.js";
 import {
   CONTAINER,
@@ -89,7 +89,8 @@ export function podState(pod: V1Pod, pullTimeoutMs = 0, now = Date.now()): { sta
 export class KubernetesRuntime implements Runtime {
   private readonly core: CoreV1Api;
   private readonly net: NetworkingV1Api;
-  private watchAbort?: AbortController;
+  /** Pod states: a watch on every pod of ours, re-listed on 410 Gone and after failures. */
+  private readonly podWatch: KubeListWatch<V1Pod>;
   private closed = false;
   /** Stops asked for, by environment: the generation to report STOPPED with once the pod is gone. */
   private readonly stopping = new Map<string, number>();
@@ -106,7 +107,6 @@ export class KubernetesRuntime implements Runtime {
   private readonly followed = new Set<string>();
   /** Pods waiting on their image pull: a re-check at the pull deadline, when no event may come. */
   private readonly pullChecks = new Map<string, NodeJS.Timeout>();
-  private retryMs = 500;
 
   constructor(
     private readonly kc: KubeConfig,
@@ -116,6 +116,23 @@ export class KubernetesRuntime implements Runtime {
   ) {
     this.core = kc.makeApiClient(CoreV1Api);
     this.net = kc.makeApiClient(NetworkingV1Api);
+    this.podWatch = new KubeListWatch<V1Pod>(
+      kc,
+      {
+        what: "pods",
+        path: "/api/v1/pods",
+        labelSelector: SELECTOR,
+        list: () => this.core.listPodForAllNamespaces({ labelSelector: SELECTOR }),
+        replaced: (pods) => {
+          // Pods that vanished while no watch was open get the DELETED they missed.
+          const listed = new Set(pods.map(podKey));
+          for (const [key, pod] of [...this.known]) if (!listed.has(key)) void this.enqueue("DELETED", pod);
+          for (const pod of pods) void this.enqueue("ADDED", pod);
+        },
+        changed: (type, pod) => void this.enqueue(type, pod),
+      },
+      logger,
+    );
   }
 
   async run(spec: WorkloadSpec): Promise<void> {
@@ -245,66 +262,16 @@ export class KubernetesRuntime implements Runtime {
 
   /** Starts watching pods; runs until close(). */
   start(): void {
-    void this.watchLoop();
+    this.podWatch.start();
   }
 
   close(): void {
     this.closed = true;
-    this.watchAbort?.abort();
+    void this.podWatch.stop();
     for (const c of this.following.values()) c.abort();
     this.following.clear();
     for (const t of this.pullChecks.values()) clearTimeout(t);
     this.pullChecks.clear();
-  }
-
-  private async watchLoop(): Promise<void> {
-    /** Where the next watch resumes without a re-list; undefined: list first. */
-    let resumeFrom: string | undefined;
-    while (!this.closed) {
-      try {
-        if (resumeFrom === undefined) {
-          const list = (await this.call(() => this.core.listPodForAllNamespaces({ labelSelector: SELECTOR })))!;
-          // Pods that vanished while no watch was open get the DELETED they missed.
-          const listed = new Set(list.items.map(podKey));
-          for (const [key, pod] of [...this.known]) if (!listed.has(key)) await this.enqueue("DELETED", pod);
-          for (const pod of list.items) await this.enqueue("ADDED", pod);
-          resumeFrom = list.metadata?.resourceVersion;
-        }
-        const watchedFrom = Date.now();
-        // Events from the list's resourceVersion on. Bookmarks move the point to resume from while
-        // nothing changes; a stream that ends is resumed from there; ERROR (410: too old) lists again.
-        const expired = await new Promise<boolean>((resolve) => {
-          void new Watch(this.kc)
-            .watch(
-              "/api/v1/pods",
-              { labelSelector: SELECTOR, resourceVersion: resumeFrom, allowWatchBookmarks: true },
-              (type, pod: V1Pod) => {
-                if (type === "ERROR") return resolve(true);
-                resumeFrom = pod.metadata?.resourceVersion ?? resumeFrom;
-                if (type !== "BOOKMARK") void this.enqueue(type, pod);
-              },
-              () => resolve(false),
-            )
-            .then(
-              (abort) => (this.watchAbort = abort),
-              () => resolve(false),
-            );
-        });
-        if (expired) resumeFrom = undefined;
-        // A watch that ends at once (refused, cut by a proxy) must not turn into a tight loop.
-        if (Date.now() - watchedFrom < 5000) {
-          await sleep(this.retryMs);
-          this.retryMs = Math.min(30_000, this.retryMs * 2);
-        } else {
-          this.retryMs = 500;
-        }
-      } catch (err) {
-        this.logger.warn({ error: err instanceof Error ? err.message : String(err) }, "Kubernetes pod watch failed; retrying");
-        resumeFrom = undefined;
-        await sleep(this.retryMs);
-        this.retryMs = Math.min(30_000, this.retryMs * 2);
-      }
-    }
   }
 
   /** Queues a pod event behind the earlier ones of the same pod; resolves once it is applied. */
