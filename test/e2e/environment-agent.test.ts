@@ -224,6 +224,8 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), http.ser
     flags.splice(flags.indexOf("--token"), 2, "--token-file", tokenFile);
     startAgent(flags);
     await eventually("the host ONLINE", async () => (await hosts.getHost({ id: host!.id })).host!.status === HostStatus.ONLINE);
+    // Hosts of the tests before may still be ONLINE (their agents just stopped, within the grace).
+    for (const other of (await hosts.listHosts({})).hosts) if (other.id !== host!.id) await hosts.cordonHost({ id: other.id });
     const workspaceId = (await server.client(WorkspaceService).createWorkspace({ name: "rotation-team" })).workspace!.id;
     const envs = server.client(EnvironmentService);
     const env = (await envs.createEnvironment({ workspaceId, name: "steady", image: "x", command: ["sleep", "600"] })).environment!;
