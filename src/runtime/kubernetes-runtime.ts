@@ -62,7 +62,7 @@ export function podState(pod: V1Pod, pullTimeoutMs = 0, now = Date.now()): { sta
   const why = `${waiting?.reason}: ${waiting?.message ?? ""}`.trim();
   if (waiting?.reason && WAITING_FAILURES.has(waiting.reason)) return { state: "FAILED", message: why };
   if (pullFailing(pod)) {
-    const left = pullDeadline(pod, pullTimeoutMs) - now;
+    const left = pullDeadline(pod, pullTimeoutMs, now) - now;
     if (left <= 0) return { state: "FAILED", message: why };
     return { state: "STARTING", message: `pulling the image failed, retrying for ${Math.ceil(left / 1000)} s more: ${why}` };
   }
@@ -489,9 +489,9 @@ function gibOf(quantity: string | undefined): number | undefined {
 }
 
 /** When a pod whose image will not pull is given up on. */
-function pullDeadline(pod: V1Pod, pullTimeoutMs: number): number {
+function pullDeadline(pod: V1Pod, pullTimeoutMs: number, now = Date.now()): number {
   const created = pod.metadata?.creationTimestamp;
-  return (created ? new Date(created).getTime() : Date.now()) + pullTimeoutMs;
+  return (created ? new Date(created).getTime() : now) + pullTimeoutMs;
 }
 
 /** A resourceVersion as a number to order by, where it is one (etcd's are); undefined otherwise. */
