@@ -7,6 +7,7 @@ import { HostStats } from "./host-stats.js";
 import { createLogger } from "./logger.js";
 import { NvidiaSmiCollector } from "./nvidia-smi.js";
 import { SimulatedGpus } from "./simulated-gpus.js";
+import { nvidiaDeviceMinors } from "./cgroups.js";
 import { Workloads } from "./workloads.js";
 
 // The RemoteGPU node agent, the `remotegpu-agent` bin of @remotegpu/agent:
@@ -156,6 +157,8 @@ const workloads = new Workloads({
   engine: values["process-mode"] ? "process" : undefined,
   processUsers: confined ? { first: Number(uidRange![1]), last: Number(uidRange![2]) } : undefined,
   processPidsLimit: workloadPids,
+  // Simulated GPUs stand for /dev/nvidia<index>; real ones are found through the driver.
+  gpuDeviceMinors: simulated !== undefined ? new Map(first.inventory.map((g) => [g.uuid, g.index])) : nvidiaDeviceMinors(),
   containerPolicy: { pidsLimit: containerPids, capAdd },
   events: { status: (r) => connection.status(r), logs: (id, lines) => connection.logs(id, lines) },
 });

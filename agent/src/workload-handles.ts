@@ -53,7 +53,13 @@ export interface ProcessConfinement {
   uid: number;
   pidsLimit: number;
   memoryBytes?: number;
+  /** Puts the process into the environment's cgroups before any of the program runs. */
+  enter?: (pid: number) => Promise<void>;
 }
+
+// Holds a process until it has been put into its cgroups: it waits for a line on stdin (an end of
+// input instead means the agent gave up: it exits without running anything), then becomes the program.
+const CGROUP_GATE = ["/bin/sh", "-c", 'read -r _ || exit 111; exec "$@" </dev/null', "remotegpu-gate"];
 
 /** This boot of the host: a trace from another boot names processes that are gone. */
 export function bootId(): string {
@@ -135,6 +141,7 @@ export async function spawnProcess(
   // becoming the program (same pid). RLIMIT_NPROC counts every process of the uid, which is its own.
   const argv = confinement
     ? [
+        ...(confinement.enter ? CGROUP_GATE : []),
         "prlimit",
         `--nproc=${confinement.pidsLimit}`,
         ...(confinement.memoryBytes ? [`--data=${confinement.memoryBytes}`] : []),
@@ -144,13 +151,24 @@ export async function spawnProcess(
     : program;
   const user = confinement ? { uid: confinement.uid, gid: confinement.uid } : {};
   try {
-    child = spawn(argv[0]!, argv.slice(1), { cwd, env, detached: true, stdio: ["ignore", files[0]!.fd, files[1]!.fd], ...user });
+    const stdin = confinement?.enter ? "pipe" : "ignore";
+    child = spawn(argv[0]!, argv.slice(1), { cwd, env, detached: true, stdio: [stdin, files[0]!.fd, files[1]!.fd], ...user });
     // Listened for at once: a short program can be gone before the awaits below are.
     ended = new Promise<Exit>((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
     await new Promise<void>((resolve, reject) => {
       child.once("spawn", resolve);
       child.once("error", reject);
     });
+    if (confinement?.enter) {
+      child.stdin!.on("error", () => undefined); // it died before reading: its exit says so
+      try {
+        await confinement.enter(child.pid!);
+      } catch (err) {
+        child.kill("SIGKILL");
+        throw err;
+      }
+      child.stdin!.end("\n");
+    }
   } finally {
     await Promise.all(files.map((f) => f.close()));
   }

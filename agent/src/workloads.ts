@@ -4,6 +4,7 @@ import { chmod, mkdir, readdir, readFile, rename, rm, stat, writeFile } from "no
 import path from "node:path";
 import { promisify } from "node:util";
 import { LineSplitter, LogBatch, type LogStreamName, type WorkloadLogLine } from "./log-lines.js";
+import { Cgroups, NVIDIA_MAJOR } from "./cgroups.js";
 import type { Logger } from "./logger.js";
 import { accepts, closeAll, PortProxy } from "./port-proxy.js";
 import { killUid, ProcessUsers } from "./process-users.js";
@@ -53,9 +54,9 @@ export interface WorkloadSpec {
   gpuUuids: string[];
   gpuIndices: number[];
   ports: WorkloadPort[];
-  /** CPU limit in millicores (containers only). @default no limit */
+  /** CPU limit in millicores (containers, and confined processes where cgroups are usable). @default no limit */
   cpuMillicores?: number;
-  /** Memory limit in bytes (containers only). @default no limit */
+  /** Memory limit in bytes (containers; confined processes: RLIMIT_DATA, and cgroups where usable). @default no limit */
   memoryBytes?: number;
   /** Grows with each start of the environment; a higher one replaces the workload. */
   generation: number;
@@ -112,6 +113,13 @@ export interface WorkloadsOptions {
   processUsers?: { first: number; last: number };
   /** Process mode, with processUsers: most processes of one environment. @default 4096 */
   processPidsLimit?: number;
+  /**
+   * Process mode, with processUsers: a cgroup per environment (CPU, memory, pids; on v1 the GPUs
+   * it was not given kept out), or false for none. @default Cgroups.detect()
+   */
+  cgroups?: Cgroups | false;
+  /** The device minor of each of the host's GPUs by UUID (/dev/nvidia<minor>), for fencing them. @default none known */
+  gpuDeviceMinors?: Map<string, number>;
   /** How containers are confined. @default DEFAULT_CONTAINER_POLICY, with userns where podman can */
   containerPolicy?: Partial<ContainerPolicy>;
 }
@@ -289,6 +297,8 @@ export class Workloads {
   readonly engine: ContainerEngine | "process" | "none";
   readonly containerPolicy: ContainerPolicy;
   private readonly users?: ProcessUsers;
+  /** Set when workloads are confined: the cgroups to use, or why there are none. */
+  private readonly cgroups?: Promise<Cgroups | string>;
   private readonly workloads = new Map<string, Workload>();
   private readonly queues = new Map<string, Promise<unknown>>();
   private readonly stopGraceMs: number;
@@ -301,7 +311,14 @@ export class Workloads {
     this.engine = o.engine ?? detectEngine();
     this.stopGraceMs = o.stopGraceMs ?? 10_000;
     this.containerPolicy = { ...DEFAULT_CONTAINER_POLICY, userns: subordinateIdsForContainers(), ...o.containerPolicy };
-    if (this.engine === "process" && o.processUsers) this.users = new ProcessUsers(o.dataDir, o.processUsers.first, o.processUsers.last);
+    if (this.engine === "process" && o.processUsers) {
+      this.users = new ProcessUsers(o.dataDir, o.processUsers.first, o.processUsers.last);
+      this.cgroups =
+        o.cgroups === false ? Promise.resolve("cgroups: turned off") : o.cgroups ? Promise.resolve(o.cgroups) : Cgroups.detect();
+      void this.cgroups.then((c) =>
+        this.o.logger[typeof c === "string" || !c.devices ? "warn" : "info"](isolationSummary(c, o.gpuDeviceMinors)),
+      );
+    }
     const closed = this.users && closedAncestor(o.dataDir);
     this.runtimeUnavailableReason =
       this.engine === "none"
@@ -545,7 +562,7 @@ export class Workloads {
           throw new Error(`port ${p.name}: invalid port numbers`);
       await mkdir(volume, { recursive: true });
       if (this.engine === "process") {
-        const confinement = await this.confine(spec.environmentId, volume, spec.memoryBytes);
+        const confinement = await this.confine(spec, volume);
         const strays = await killStrays(spec.environmentId);
         if (strays > 0) w.logs.add("SYSTEM", `killed ${strays} leftover process(es) of an earlier run`);
         await this.openProxies(w, spec.ports);
@@ -578,7 +595,12 @@ export class Workloads {
   /** Reports the workload's end, and RUNNING once its first port answers (right away without ports). */
   private watch(w: Workload): void {
     const handle = w.handle!;
-    void handle.exited.then((exit) => this.exited(w, handle, exit));
+    void handle.exited.then(async (exit) => {
+      // A confined process over its memory: the cgroup counted the kill (read before it is removed).
+      const cgroups = await this.cgroups;
+      const oom = exit.outOfMemory || (cgroups instanceof Cgroups && (await cgroups.outOfMemory(w.spec.environmentId)));
+      this.exited(w, handle, { ...exit, outOfMemory: oom });
+    });
     void this.awaitReady(w);
   }
 
@@ -634,7 +656,7 @@ export class Workloads {
     const how = exit.unknown
       ? "ended (exit status unknown: an earlier agent started it)"
       : exit.outOfMemory
-        ? `killed for going over its memory limit of ${limit} (exit code ${exit.code})`
+        ? `killed for going over its memory limit of ${limit} (${exit.code !== null ? `exit code ${exit.code}` : (exit.signal ?? "a signal")})`
         : exit.code === 137 && limit && this.containersSupported
           ? `exited with code 137 (killed: SIGKILL, most often for going over the memory limit of ${limit})`
           : exit.code !== null
@@ -643,7 +665,7 @@ export class Workloads {
     w.logs.add("SYSTEM", how);
     if (w.stopping) return; // stopWorkload reports
     w.handle = undefined;
-    if (this.users) void this.users.uidOf(w.spec.environmentId).then(killUid); // what it left behind
+    void this.clearConfinement(w.spec.environmentId); // what it left behind
     void closeAll(w.proxies);
     w.proxies = [];
     w.logs.flush();
@@ -666,15 +688,37 @@ export class Workloads {
    * directories above it passable (not readable) by others, so that it reaches its volume and nothing
    * else of the agent's. Whatever still runs as that uid (an earlier run's leftovers) is killed.
    */
-  private async confine(environmentId: string, volume: string, memoryBytes?: number): Promise<ProcessConfinement | undefined> {
+  private async confine(spec: WorkloadSpec, volume: string): Promise<ProcessConfinement | undefined> {
     if (!this.users) return undefined;
-    const uid = await this.users.uidOf(environmentId);
+    const id = spec.environmentId;
+    const uid = await this.users.uidOf(id);
     await killUid(uid);
     for (const d of [this.o.dataDir, path.dirname(path.dirname(volume)), path.dirname(volume)]) await chmod(d, 0o711);
     const owner = (await stat(volume)).uid;
     if (owner !== uid) await execFileP("chown", ["-R", `${uid}:${uid}`, volume]);
     await chmod(volume, 0o700);
-    return { uid, pidsLimit: this.o.processPidsLimit ?? 4096, memoryBytes: memoryBytes || undefined };
+    const pidsLimit = this.o.processPidsLimit ?? 4096;
+    const confinement: ProcessConfinement = { uid, pidsLimit, memoryBytes: spec.memoryBytes || undefined };
+    const cgroups = await this.cgroups;
+    if (cgroups instanceof Cgroups) {
+      const denyDevices = [...(this.o.gpuDeviceMinors ?? [])]
+        .filter(([uuid]) => !spec.gpuUuids.includes(uuid))
+        .map(([, minor]) => `${NVIDIA_MAJOR}:${minor}`);
+      await cgroups.create(id, { cpuMillicores: spec.cpuMillicores, memoryBytes: spec.memoryBytes, pids: pidsLimit, denyDevices });
+      confinement.enter = (pid) => cgroups.enter(id, pid);
+    }
+    return confinement;
+  }
+
+  /** Kills what is left of a confined workload (its uid's processes, its cgroups) and removes its cgroups. */
+  private async clearConfinement(environmentId: string): Promise<void> {
+    if (!this.users) return;
+    await killUid(await this.users.uidOf(environmentId));
+    const cgroups = await this.cgroups;
+    if (cgroups instanceof Cgroups)
+      await cgroups
+        .remove(environmentId)
+        .catch((err: unknown) => this.o.logger.warn({ environmentId, err: errorMessage(err) }, "cgroup left behind"));
   }
 
   /** Ends the workload and its port forwarding, without reporting. */
@@ -682,7 +726,7 @@ export class Workloads {
     w.stopping = true;
     await w.handle?.stop(this.stopGraceMs);
     // A confined workload's uid is its own: nothing of it survives, not even what left its group.
-    if (w.handle && this.users) await killUid(await this.users.uidOf(w.spec.environmentId));
+    if (w.handle) await this.clearConfinement(w.spec.environmentId);
     w.handle = undefined;
     await closeAll(w.proxies);
     w.proxies = [];
@@ -794,4 +838,15 @@ function errorMessage(err: unknown): string {
   const stderr = (err as { stderr?: unknown }).stderr;
   if (typeof stderr === "string" && stderr.trim()) return stderr.trim(); // what the engine said, not its argv
   return err instanceof Error ? err.message : String(err);
+}
+
+/** One line for the agent's log: what confines process-mode workloads on this host. */
+function isolationSummary(cgroups: Cgroups | string, minors: Map<string, number> | undefined): string {
+  if (typeof cgroups === "string") return `process mode: no cgroups (${cgroups}): CPU not limited, GPUs not fenced`;
+  const gpus = !cgroups.devices
+    ? "GPUs not fenced (cgroup v2 has no device files to write)"
+    : minors?.size
+      ? `GPUs fenced by device rules (${minors.size} known)`
+      : "GPUs not fenced (no GPU device minors known)";
+  return `process mode: cgroup v${cgroups.version} per environment (CPU, memory, pids); ${gpus}`;
 }

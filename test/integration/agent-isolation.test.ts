@@ -5,6 +5,7 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
+import { Cgroups } from "../../agent/src/cgroups.js";
 import { Workloads } from "../../agent/src/workloads.js";
 import { createLogger } from "../../src/platform/logger.js";
 import { agentTempDir } from "../support/child.js";
@@ -147,6 +148,114 @@ describe("integration: process-mode workloads confined to a uid of their own (ag
     const { stdout } = await execFileP("ps", ["-o", "stat=,pid=", "-u", String(uid)]).catch(() => ({ stdout: "" }));
     const living = stdout.split("\n").filter((l) => l.trim() && !l.trim().startsWith("Z"));
     assert.deepEqual(living, [], "no process of the bomb's uid is left, not even those that left its group");
+  });
+});
+
+describe("integration: process-mode workloads in cgroups of their own (agent as root, cgroup v1 here)", function () {
+  this.timeout(60_000);
+  // Two GPUs of the host by UUID, standing for /dev/nvidia100 and /dev/nvidia101 (no driver holds
+  // NVIDIA's major here, so an open the cgroup allows fails with ENXIO, one it refuses with EPERM).
+  const gpuDeviceMinors = new Map([
+    ["GPU-given", 100],
+    ["GPU-other", 101],
+  ]);
+  let dataDir: string;
+  let events: Recorder;
+  let workloads: Workloads;
+
+  before(async function () {
+    if (process.getuid?.() !== 0 || typeof (await Cgroups.detect()) === "string") this.skip();
+  });
+  beforeEach(async () => {
+    dataDir = await agentTempDir("rgpu-cg-");
+    events = new Recorder();
+    workloads = new Workloads({
+      dataDir,
+      logger,
+      events,
+      engine: "process",
+      stopGraceMs: 300,
+      processUsers: { first: 231010, last: 231019 },
+      gpuDeviceMinors,
+    });
+  });
+  afterEach(async () => {
+    await workloads.shutdown();
+    await rm(dataDir, { recursive: true, force: true });
+  });
+
+  const pidOf = (id: string) =>
+    JSON.parse(readFileSync(path.join(dataDir, "environments", id, "workload.json"), "utf8")).trace.pid as number;
+  const cpuSeconds = (pid: number) => {
+    const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+    return (Number(fields[11]) + Number(fields[12])) / 100; // utime + stime, in USER_HZ ticks
+  };
+
+  it("a busy loop gets its CPU reservation and no more; its cgroup goes with it", async () => {
+    await workloads.run(spec("cg-spin", ["python3", "-c", "while True: pass"], { cpuMillicores: 200 }));
+    await events.state("cg-spin", "RUNNING");
+    const pid = pidOf("cg-spin");
+    const before = cpuSeconds(pid);
+    await new Promise((r) => setTimeout(r, 2000));
+    const used = cpuSeconds(pid) - before;
+    // 0.2 CPU for 2 s is 0.4 s; unlimited, the loop takes a whole core (about 2 s).
+    assert.ok(used > 0.1 && used < 0.7, `the loop used ${used} s of CPU in 2 s`);
+    const cpuPath = /^\d+:(?:[^:]*,)?cpu(?:,[^:]*)?:(.*)$/m.exec(readFileSync(`/proc/${pid}/cgroup`, "utf8"))![1]!;
+    assert.match(cpuPath, /\/remotegpu\/cg-spin$/);
+    await workloads.stop("cg-spin");
+    await events.state("cg-spin", "STOPPED");
+    assert.throws(() => statSync(path.join("/sys/fs/cgroup/cpu", cpuPath)), /ENOENT/, "the cgroup is removed");
+  });
+
+  it("shared memory that RLIMIT_DATA does not count is held to the reservation: killed, the neighbour runs on", async () => {
+    const [hostPort, containerPort] = await twoPorts();
+    await workloads.run(
+      spec("cg-web", ["python3", "-m", "http.server", String(containerPort), "--bind", "127.0.0.1"], {
+        ports: [{ name: "web", containerPort, hostPort, protocol: "HTTP" }],
+      }),
+    );
+    await events.state("cg-web", "RUNNING");
+    const touch =
+      "import mmap\nm = mmap.mmap(-1, 512 * 2**20)\nfor i in range(0, len(m), 4096): m[i] = 1\nprint('touched 512 MiB', flush=True)";
+    await workloads.run(spec("cg-shm", ["python3", "-c", touch], { memoryBytes: 128 * 2 ** 20 }));
+    const failed = await events.state("cg-shm", "FAILED");
+    assert.equal(failed.message, "killed for going over its memory limit of 128 MiB (SIGKILL)");
+    assert.ok(!events.texts("cg-shm").some((t) => t.startsWith("STDOUT")), "it never got the memory");
+    assert.equal((await fetch(`http://127.0.0.1:${hostPort}/`)).status, 200, "the neighbour still serves");
+  });
+
+  it("opens the device file of the GPU it was given, not another GPU's", async () => {
+    const devices = await mkdtemp(path.join(os.tmpdir(), "rgpu-dev-"));
+    try {
+      await execFileP("chmod", ["755", devices]);
+      for (const minor of [100, 101]) {
+        await execFileP("mknod", ["-m", "666", path.join(devices, `nvidia${minor}`), "c", "195", String(minor)]);
+      }
+      const probe = `
+import sys
+for name in sys.argv[1:]:
+    try:
+        open(name, "rb").close(); print(name[-9:], "opened", flush=True)
+    except OSError as e:
+        print(name[-9:], e.strerror, flush=True)`;
+      await workloads.run(
+        spec("cg-gpu", ["python3", "-c", probe], {
+          args: [path.join(devices, "nvidia100"), path.join(devices, "nvidia101")],
+          gpuUuids: ["GPU-given"],
+        }),
+      );
+      await events.state("cg-gpu", "FAILED"); // it ends by itself, with code 0
+      const said = Object.fromEntries(
+        events
+          .texts("cg-gpu")
+          .filter((t) => t.startsWith("STDOUT "))
+          .map((t) => t.split(" ").slice(1, 3) as [string, string]),
+      );
+      assert.equal(said.nvidia101, "Operation", "another GPU's device is refused by the cgroup (EPERM)");
+      assert.notEqual(said.nvidia100, "Operation", "its own GPU's device is not refused");
+    } finally {
+      await rm(devices, { recursive: true, force: true });
+    }
   });
 });
 
