@@ -35,6 +35,7 @@ import { HealthStatus } from "./rpc/health.js";
 import { HostHandler, type WorkloadReports } from "./rpc/host-handler.js";
 import { audit, authenticate, authorizeCall, observe } from "./rpc/interceptors.js";
 import { MetricsEndpoint } from "./rpc/metrics-endpoint.js";
+import { FleetMetrics } from "./telemetry/fleet-metrics.js";
 import { rateLimit } from "./rpc/rate-limit.js";
 import { ReadinessProbe } from "./rpc/readiness-probe.js";
 import { SERVICE_NAMES, routes } from "./rpc/routes.js";
@@ -108,6 +109,7 @@ async function compose(config: Config, database: Database, tls: Tls | undefined,
   const events = redis
     ? new RedisClusterEvents(redis, config.redisKeyPrefix, topics, logger)
     : new LocalClusterEvents<TopicsOf<typeof topics>>();
+  const metrics = new Metrics();
   const samples = new LatestSamples();
   const live = new Feed<LiveSample>();
   const relay = redis && new RedisSampleRelay(redis, samples, live, config.redisKeyPrefix, logger);
@@ -116,7 +118,17 @@ async function compose(config: Config, database: Database, tls: Tls | undefined,
   const hosts = new HostRegistry(orm, clock, samples, config.hostGraceSeconds * 1000, events);
   const history = new TelemetryHistory(orm, clock, config.telemetryResolutionSeconds * 1000, config.telemetryRetentionHours * 3_600_000);
   const thresholds = { maxTemperatureCelsius: config.gpuMaxTemperatureCelsius };
-  const ingest = new HeartbeatIngest(orm, clock, samples, history, thresholds, live, (ids) => hosts.announce(ids), relay);
+  const ingest = new HeartbeatIngest(
+    orm,
+    clock,
+    samples,
+    history,
+    thresholds,
+    live,
+    (ids) => hosts.announce(ids),
+    relay,
+    (batch, seconds) => metrics.flushDuration.observe({ batch }, seconds),
+  );
   const leaseMs = config.hostGraceSeconds * 1000;
   const agents = new AgentSessions(orm, clock, ingest, config.heartbeatIntervalSeconds * 1000, leaseMs, hosts, events);
   const liveness = new HostLiveness(orm, clock, leaseMs);
@@ -164,6 +176,7 @@ async function compose(config: Config, database: Database, tls: Tls | undefined,
       logger,
     );
   const reconcilerOptions = {
+    onFailed: () => metrics.environmentsFailed.inc(),
     startTimeoutMs: config.environmentStartTimeoutSeconds * 1000,
     lostHostTimeoutMs: config.environmentLostHostSeconds * 1000,
     hostGraceMs: leaseMs,
@@ -200,10 +213,24 @@ async function compose(config: Config, database: Database, tls: Tls | undefined,
 
   const health = new HealthStatus();
   const readiness = new ReadinessProbe(health, SERVICE_NAMES, () => databaseAnswers(orm));
-  const metrics = new Metrics();
-  const metricsEndpoint = new MetricsEndpoint(metrics, { hosts, gpus: inventory, agents }, logger);
+  const fleet = new FleetMetrics(
+    {
+      orm,
+      clock,
+      samples,
+      heldHosts: () => agents.heldHosts(),
+      leads: () => leader.leads,
+      hostCounts: () => hosts.countByStatus(),
+      gpuCounts: () => inventory.countByStatus(),
+      logger,
+    },
+    config.metricsGpuSeries,
+    config.metricsRefreshSeconds * 1000,
+  );
+  const busConnected = events instanceof RedisClusterEvents ? () => events.connected : () => true;
+  const metricsEndpoint = new MetricsEndpoint(metrics, fleet, { agents, leader, busConnected }, logger);
   const handlers = {
-    hosts: new HostHandler(hosts, agents, clock, config.heartbeatIntervalSeconds * 1000, logger, workloads),
+    hosts: new HostHandler(hosts, agents, clock, config.heartbeatIntervalSeconds * 1000, logger, workloads, metrics.heartbeatAck),
     gpus: new GpuHandler(inventory, allocator, history, live, clock, samples),
     workspaces: new WorkspaceHandler(workspaces, quotas, workspaceTokens, auditTrail, files),
     environments: new EnvironmentHandler(environments, environmentLogs),
@@ -212,7 +239,7 @@ async function compose(config: Config, database: Database, tls: Tls | undefined,
   const interceptors = [
     observe(logger, metrics),
     authenticate(authenticator),
-    rateLimit(config.rateLimitPerSecond, clock, tokenBuckets),
+    rateLimit(config.rateLimitPerSecond, clock, tokenBuckets, () => metrics.rateLimited.inc()),
     audit(auditTrail, logger),
     authorizeCall(),
   ];
@@ -227,16 +254,19 @@ async function compose(config: Config, database: Database, tls: Tls | undefined,
   nodeHosts?.start();
   readiness.start();
   maintenance.start();
+  fleet.start();
 
   return {
     orm,
     logger,
     generatedAdminToken,
     listen: () => server.listen(config.port, config.bindAddress),
-    maintain: () => maintenance.round(),
+    // A background round now, and the fleet metrics' snapshot read again after it.
+    maintain: () => maintenance.round().then(() => fleet.refresh()),
     async close() {
       readiness.stop();
       const rounds = maintenance.stop();
+      await fleet.stop();
       lifetime.abort();
       kubernetes?.close();
       health.shutdown();

@@ -1,6 +1,8 @@
 import { existsSync } from "node:fs";
 import path from "node:path";
+import { LOG_FORMATS, type LogFormat } from "./platform/log-format.js";
 import type { KubernetesOptions } from "./runtime/kubernetes-manifests.js";
+import type { GpuSeriesMode } from "./telemetry/fleet-metrics.js";
 import { InvalidArgumentError } from "./errors.js";
 import { isDnsSubdomain, parseLabelSelector } from "./validation.js";
 
@@ -18,6 +20,11 @@ export interface Config {
   redisKeyPrefix: string;
   /** `LOG_LEVEL`: pino level. @default "info" */
   logLevel: string;
+  /**
+   * `LOG_FORMAT`: "json", one JSON object per line on stdout, for log collectors; or "pretty", one
+   * readable line per record (time, level, message, key=value), for a person at a terminal. @default "json"
+   */
+  logFormat: LogFormat;
   /** `REMOTEGPU_ADMIN_TOKEN`: cluster admin token; unset generates one at first start. */
   adminToken?: string;
   /** `DATA_DIR`: where local state lives (embedded PostgreSQL, files). @default "./.data" */
@@ -55,6 +62,13 @@ export interface Config {
   corsAllowedOrigins: string[];
   /** `KEEPALIVE_SECONDS`: HTTP/2 PING period; a connection that leaves one unanswered that long is closed (0: off). @default 30 */
   keepaliveSeconds: number;
+  /**
+   * `METRICS_GPU_SERIES`: where the per-GPU series go: "inline" (GET /metrics and /metrics/gpus),
+   * "separate" (only /metrics/gpus, for a scrape interval of their own) or "off". @default "inline"
+   */
+  metricsGpuSeries: GpuSeriesMode;
+  /** `METRICS_REFRESH_SECONDS`: how often the fleet series' snapshot of rows (names, holders, quotas) is read. @default 10 */
+  metricsRefreshSeconds: number;
   /** `RATE_LIMIT_PER_SECOND`: calls per second one token may start, with bursts of twice that; 0 for none. @default 100 */
   rateLimitPerSecond: number;
   /** `AUDIT_RETENTION_DAYS`: how long audit events are kept. @default 365 */
@@ -105,6 +119,7 @@ export class ConfigError extends Error {
   }
 }
 
+const GPU_SERIES_MODES = ["inline", "separate", "off"] as const;
 const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"];
 
 /** Reads and validates the configuration; throws ConfigError listing every bad variable, one per line. */
@@ -136,6 +151,13 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
       problems.push(`${name}: must be a URL starting with ${protocols.map((p) => `${p}//`).join(" or ")}`);
     }
     return raw;
+  };
+
+  const oneOf = <T extends string>(name: string, allowed: readonly T[], fallback: T): T => {
+    const given = value(name) ?? fallback;
+    if ((allowed as readonly string[]).includes(given)) return given as T;
+    problems.push(`${name}=${JSON.stringify(given)}: must be one of ${allowed.join(", ")}`);
+    return fallback;
   };
 
   const logLevel = value("LOG_LEVEL") ?? "info";
@@ -170,6 +192,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     redisUrl: url("REDIS_URL", ["redis:", "rediss:"]),
     redisKeyPrefix: value("REDIS_KEY_PREFIX") ?? "remotegpu:",
     logLevel,
+    logFormat: oneOf("LOG_FORMAT", LOG_FORMATS, "json"),
     adminToken,
     dataDir: path.resolve(value("DATA_DIR") ?? "./.data"),
     tls,
@@ -187,6 +210,8 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     corsAllowedOrigins: origins(value("CORS_ALLOWED_ORIGINS"), problems),
     keepaliveSeconds: int("KEEPALIVE_SECONDS", 30, 0, 3600),
     rateLimitPerSecond: int("RATE_LIMIT_PER_SECOND", 100, 0, 1_000_000),
+    metricsGpuSeries: oneOf("METRICS_GPU_SERIES", GPU_SERIES_MODES, "inline"),
+    metricsRefreshSeconds: int("METRICS_REFRESH_SECONDS", 10, 1, 3600),
     hostPortRange: portRange(value("HOST_PORT_RANGE") ?? "30000-32767", problems),
     environmentStartTimeoutSeconds: int("ENVIRONMENT_START_TIMEOUT_SECONDS", 600, 10, 86400),
     environmentLostHostSeconds: int("ENVIRONMENT_LOST_HOST_SECONDS", 900, 1, 30 * 86400),

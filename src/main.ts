@@ -1,5 +1,6 @@
 import { createApp } from "./app.js";
 import { type Config, ConfigError, loadConfig } from "./config.js";
+import { createLogger, routeStrayOutput } from "./platform/logger.js";
 
 // Reads the configuration, builds the app, serves, and stops cleanly on SIGTERM/SIGINT.
 let config: Config;
@@ -11,10 +12,21 @@ try {
   process.exit(2);
 }
 
-const starting = createApp(config).catch((err: unknown) => {
-  process.stderr.write(`remotegpu: cannot start: ${err instanceof Error ? err.message : String(err)}\n`);
+// Everything the process says from here on is a log record on stdout (LOG_FORMAT), libraries'
+// console output and Node's warnings included. The exceptions, on stderr: the generated admin token
+// (kept out of collected logs), and the reason of a non-zero exit, which is also logged.
+const logger = createLogger(config.logLevel, config.logFormat);
+routeStrayOutput(logger);
+
+/** Logs why the process gives up, says it on stderr too (for whoever started it), and exits 1. */
+function exitWith(message: string, err?: unknown): never {
+  logger.fatal(err === undefined ? {} : { err }, message);
+  const reason = err === undefined ? "" : `: ${err instanceof Error ? err.message : String(err)}`;
+  process.stderr.write(`remotegpu: ${message}${reason}\n`);
   process.exit(1);
-});
+}
+
+const starting = createApp(config, { logger }).catch((err: unknown) => exitWith("cannot start", err));
 
 // Handlers go in before start-up finishes: a SIGTERM while the embedded PostgreSQL is starting must
 // still stop it rather than leave it running without us.
@@ -23,8 +35,7 @@ for (const signal of ["SIGTERM", "SIGINT"] as const) {
   process.on(signal, () => {
     if (stopping) {
       // A second signal: the operator does not want to wait for the drain.
-      process.stderr.write("remotegpu: second signal, exiting now\n");
-      process.exit(1);
+      exitWith("second signal, exiting now");
     }
     stopping = true;
     starting
@@ -34,10 +45,7 @@ for (const signal of ["SIGTERM", "SIGINT"] as const) {
       })
       .then(
         () => process.exit(0),
-        (err: unknown) => {
-          process.stderr.write(`remotegpu: shutdown failed: ${err instanceof Error ? err.message : String(err)}\n`);
-          process.exit(1);
-        },
+        (err: unknown) => exitWith("shutdown failed", err),
       );
   });
 }
@@ -54,10 +62,7 @@ if (app.generatedAdminToken) {
 }
 
 const port = await app.listen().catch(async (err: unknown) => {
-  process.stderr.write(
-    `remotegpu: cannot listen on ${config.bindAddress}:${config.port}: ${err instanceof Error ? err.message : String(err)}\n`,
-  );
-  await app.close();
-  process.exit(1);
+  await app.close().catch((closing: unknown) => logger.error({ err: closing }, "closing after a failed listen"));
+  return exitWith(`cannot listen on ${config.bindAddress}:${config.port}`, err);
 });
 app.logger.info({ port, tls: Boolean(config.tls) }, "remotegpu listening");

@@ -24,6 +24,8 @@ export interface ReconcilerOptions {
   retryBaseMs?: number;
   /** @default 60000 */
   retryMaxMs?: number;
+  /** Told each time an environment turns FAILED, after the commit (a counter for /metrics). */
+  onFailed?: () => void;
   /** Runs before a deleted environment's row goes (archiving its logs); a failure keeps it for the next pass. */
   beforeForget?: (environmentId: string, workspaceId: string) => Promise<void>;
 }
@@ -187,13 +189,14 @@ export class EnvironmentReconciler {
 
   /** Decides and applies one step for one environment, under its row lock; acts after commit. */
   private async step(id: string): Promise<void> {
-    let act: { decision: Decision; spec?: WorkloadSpec; env: Environment } | undefined;
+    let act: { decision: Decision; spec?: WorkloadSpec; env: Environment; failed: boolean } | undefined;
     const published = await this.orm.em.fork().transactional(async (em) => {
       const env = await em.findOne(Environment, id, { lockMode: LockMode.PESSIMISTIC_WRITE, populate: ["host"] });
       if (!env) return undefined;
       const now = this.clock.now();
       const decision = this.decide(env, env.host, now);
       if (!decision) return undefined;
+      const failed = decision.status?.[0] === "FAILED" && env.status !== "FAILED";
       if (decision.status) transition(env, decision.status[0], decision.status[1], now);
       if (decision.note !== undefined) env.statusMessage = decision.note;
       if (decision.act && !decision.cleanup) {
@@ -206,10 +209,11 @@ export class EnvironmentReconciler {
       const view = await this.environments.view(em, env);
       // The row goes, and with it the name; port mappings and log lines go by cascade.
       if (decision.forget) em.remove(env);
-      act = { decision, spec, env };
+      act = { decision, spec, env, failed };
       return decision.status || decision.forget || decision.note !== undefined ? { view, forget: decision.forget } : undefined;
     });
     if (published) this.environments.publish(published.forget ? "DELETED" : "MODIFIED", published.view);
+    if (act?.failed) this.options.onFailed?.();
     if (act?.decision.act) await this.act(act.decision, act.env, act.spec);
   }
 

@@ -95,6 +95,9 @@ export class AgentSessions {
   private readonly live = new Map<string, AgentSession>();
   /** Time of the newest reading accepted per host, across its sessions. */
   private readonly lastReading = new Map<string, number>();
+  /** Hellos accepted, and sessions ended because a newer one of their host opened (counters for /metrics). */
+  hellos = 0;
+  fenced = 0;
 
   constructor(
     private readonly orm: MikroORM,
@@ -132,6 +135,7 @@ export class AgentSessions {
       if (this.live.get(hello.hostId) === session) this.live.delete(hello.hostId);
       throw err;
     }
+    this.hellos++;
     this.hosts.announce([hello.hostId]);
     // Other replicas fence their older sessions of the host.
     this.events.publish("agent-session", { hostId: hello.hostId, sessionId: session.id, epoch: String(session.epoch) });
@@ -146,6 +150,7 @@ export class AgentSessions {
     const local = this.live.get(hostId);
     if (!local || local.epoch >= epoch) return;
     local.end(new SessionFencedError(sessionId));
+    this.fenced++;
     this.live.delete(hostId);
   }
 
@@ -186,7 +191,11 @@ export class AgentSessions {
         session.epoch = BigInt((updated.rows as { epoch: string }[])[0]!.epoch);
         session.gpuIds = await syncInventory(trx, hello.hostId, hello.gpus, now);
         // Swapped while the host row is locked, so concurrent hellos fence in the order they committed.
-        this.live.get(hello.hostId)?.end(new SessionFencedError(session.id));
+        const older = this.live.get(hello.hostId);
+        if (older) {
+          older.end(new SessionFencedError(session.id));
+          this.fenced++;
+        }
         this.live.set(hello.hostId, session);
       });
   }
@@ -276,6 +285,11 @@ export class AgentSessions {
 
   get connected(): number {
     return this.live.size;
+  }
+
+  /** Ids of the hosts whose agent streams are open here. */
+  heldHosts(): Iterable<string> {
+    return this.live.keys();
   }
 }
 

@@ -71,7 +71,18 @@ export class EmbeddedPostgres {
       child.once("exit", (code) => reject(new Error(`embedded PostgreSQL exited with code ${code}: ${output.trim()}`)));
     });
     child.stderr!.removeAllListeners("data");
-    child.stderr!.on("data", (chunk: Buffer) => this.logger.debug({ postgres: chunk.toString().trim() }, "embedded postgres"));
+    child.stderr!.setEncoding("utf8");
+    // One record per line of PostgreSQL's own log; what it warns of is a warning here too.
+    let partial = "";
+    child.stderr!.on("data", (chunk: string) => {
+      const lines = (partial + chunk).split("\n");
+      partial = lines.pop() ?? "";
+      for (const line of lines) {
+        if (line.trim() === "") continue;
+        const severe = /\b(WARNING|FATAL|PANIC):\s/.test(line);
+        this.logger[severe ? "warn" : "debug"]({ postgres: line.trimEnd() }, "embedded postgres");
+      }
+    });
     this.logger.info({ port }, "embedded PostgreSQL started");
   }
 

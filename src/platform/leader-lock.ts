@@ -17,6 +17,11 @@ export class LeaderLock {
     private readonly logger: Logger,
   ) {}
 
+  /** Whether this replica led at the last check (no query). */
+  get leads(): boolean {
+    return this.leading;
+  }
+
   /** Whether this replica leads now; tries to become leader when it does not. */
   async check(): Promise<boolean> {
     if (this.closed) return false;

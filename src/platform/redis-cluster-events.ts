@@ -46,6 +46,11 @@ export class RedisClusterEvents<M extends EventMap> implements ClusterEvents<M> 
     this.subscriber.on("message", (_channel: string, message: string) => this.receive(message));
   }
 
+  /** Whether the bus is subscribed now (messages sent while it is not are lost to this replica). */
+  get connected(): boolean {
+    return this.subscriber.status === "ready" && !this.lost;
+  }
+
   private get channel(): string {
     return `${this.prefix}bus`;
   }

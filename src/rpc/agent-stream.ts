@@ -39,6 +39,8 @@ export interface AgentStreamDeps {
   workloads: WorkloadReports;
   clock: Clock;
   logger: Logger;
+  /** Where each heartbeat's time from arrival to ack goes. */
+  ackSeconds?: { observe(seconds: number): void };
 }
 
 type Response = MessageInitShape<typeof StreamHeartbeatsResponseSchema>;
@@ -148,9 +150,12 @@ export class AgentStream {
         await this.deps.workloads.logs(session.hostId, environmentId, lines);
         return undefined;
       }
-      case "heartbeat":
+      case "heartbeat": {
+        const arrived = performance.now();
         this.heartbeat(session, m.value);
+        this.deps.ackSeconds?.observe((performance.now() - arrived) / 1000);
         return { message: { case: "ack", value: { sequence: m.value.sequence } } };
+      }
       default:
         return undefined; // a message of a newer agent this server does not know yet
     }

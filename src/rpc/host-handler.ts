@@ -58,8 +58,9 @@ export class HostHandler implements Impl {
     private readonly heartbeatIntervalMs: number,
     logger: Logger,
     workloads: WorkloadReports = IGNORED_REPORTS,
+    ackSeconds?: AgentStreamDeps["ackSeconds"],
   ) {
-    this.streams = { agents, workloads, clock, logger };
+    this.streams = { agents, workloads, clock, logger, ackSeconds };
   }
 
   async createHost(req: CreateHostRequest, ctx: HandlerContext) {

@@ -1,41 +1,62 @@
 import type { ConnectNodeAdapterOptions } from "@connectrpc/connect-node";
-import type { Metrics } from "../platform/metrics.js";
 import type { Logger } from "../platform/logger.js";
+import type { Metrics } from "../platform/metrics.js";
+import type { FleetMetrics } from "../telemetry/fleet-metrics.js";
 
-/** Where the fleet gauges are read from, at scrape time. */
-export interface FleetCounts {
-  hosts: { countByStatus(): Promise<Record<string, number>> };
-  gpus: { countByStatus(): Promise<Record<string, number>> };
-  agents: { readonly connected: number };
+/** What the control-plane gauges are read from, at scrape time. */
+export interface ControlPlaneState {
+  agents: { readonly connected: number; readonly hellos: number; readonly fenced: number };
+  leader: { readonly leads: boolean };
+  busConnected: () => boolean;
 }
 
 /**
- * GET /metrics for Prometheus, beside the RPC routes: the server's metrics plus gauges of the fleet.
- * Anything else that is not an RPC gets a plain 404.
+ * GET /metrics for Prometheus, beside the RPC routes: the server's own metrics, the fleet's, and
+ * (unless METRICS_GPU_SERIES says otherwise) the per-GPU series, which GET /metrics/gpus serves
+ * alone so that Prometheus can scrape them at an interval of their own. Anything else that is not
+ * an RPC gets a plain 404.
  */
 export class MetricsEndpoint {
   constructor(
     private readonly metrics: Metrics,
-    counts: FleetCounts,
+    private readonly fleet: FleetMetrics,
+    state: ControlPlaneState,
     private readonly logger: Logger,
   ) {
-    metrics.gaugeFromSource("remotegpu_hosts", "Hosts by status", "status", () => counts.hosts.countByStatus());
-    metrics.gaugeFromSource("remotegpu_gpus", "GPUs by status", "status", () => counts.gpus.countByStatus());
-    const agents = async () => ({ self: counts.agents.connected });
-    metrics.gaugeFromSource("remotegpu_agents_connected", "Agent streams open on this replica", "replica", agents);
+    metrics.gaugeOf("remotegpu_agents_connected", "Agent streams open on this replica", () => state.agents.connected);
+    metrics.counterOf("remotegpu_agent_hellos_total", "Agent hellos accepted by this replica", () => state.agents.hellos);
+    metrics.counterOf(
+      "remotegpu_agent_sessions_fenced_total",
+      "Agent sessions on this replica ended because a newer one of their host opened",
+      () => state.agents.fenced,
+    );
+    metrics.gaugeOf("remotegpu_leader", "1 on the replica that leads background work (lease expiry, reconciliation)", () =>
+      state.leader.leads ? 1 : 0,
+    );
+    metrics.gaugeOf("remotegpu_bus_connected", "1 when this replica hears the others through Redis (always 1 without Redis)", () =>
+      state.busConnected() ? 1 : 0,
+    );
   }
 
   /** The fallback of the Connect adapter: requests no RPC route took. */
   readonly handle: NonNullable<ConnectNodeAdapterOptions["fallback"]> = (req, res) => {
-    if (req.method !== "GET" || req.url !== "/metrics") {
+    const mode = this.fleet.gpuSeries;
+    const path = req.method === "GET" ? req.url : undefined;
+    const body =
+      path === "/metrics"
+        ? this.metrics.registry.metrics().then((own) => own + this.fleet.fleetText() + (mode === "inline" ? this.fleet.gpuText() : ""))
+        : path === "/metrics/gpus" && mode !== "off"
+          ? Promise.resolve().then(() => this.fleet.gpuText())
+          : undefined;
+    if (!body) {
       res.writeHead(404, { "content-type": "text/plain" });
       res.end("not found\n");
       return;
     }
-    this.metrics.registry.metrics().then(
-      (body) => {
+    body.then(
+      (text) => {
         res.writeHead(200, { "content-type": this.metrics.registry.contentType });
-        res.end(body);
+        res.end(text);
       },
       (err: unknown) => {
         this.logger.error({ err }, "metrics collection failed");

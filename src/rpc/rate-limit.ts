@@ -12,12 +12,15 @@ import { errorInfo } from "./error-details.js";
  * call may be sent again, idempotent or not). With Redis the buckets are shared by all replicas (see
  * RedisTokenBuckets).
  */
-export function rateLimit(perSecond: number, clock: Clock, buckets: TokenBuckets): Interceptor {
+export function rateLimit(perSecond: number, clock: Clock, buckets: TokenBuckets, onLimited: () => void = () => undefined): Interceptor {
   return (next) => async (req) => {
     const principal = req.contextValues.get(principalKey);
     if (!principal || perSecond === 0) return next(req);
     const waitMs = await buckets.take(principal.tokenId, clock.now().getTime(), perSecond, perSecond * 2);
-    if (waitMs > 0) throw rateLimited(perSecond, waitMs, principal.tokenId);
+    if (waitMs > 0) {
+      onLimited();
+      throw rateLimited(perSecond, waitMs, principal.tokenId);
+    }
     return next(req);
   };
 }

@@ -51,6 +51,8 @@ export class HeartbeatIngest {
     private readonly onRevived: (hostIds: string[]) => void = () => undefined,
     /** Shares latest samples with other replicas, when Redis is configured. */
     private readonly relay?: SampleRelay,
+    /** Told how long each batch took to write: "last_seen" (times, verdicts, volumes), "telemetry". */
+    private readonly timed: (batch: "last_seen" | "telemetry", seconds: number) => void = () => undefined,
   ) {}
 
   record(hostId: string, host: HostSampleRecord | undefined, gpus: GpuSampleRecord[]): void {
@@ -93,9 +95,11 @@ export class HeartbeatIngest {
     this.lastSeen = new Map();
     this.verdicts = new Map();
     this.volumes = new Map();
+    let started = performance.now();
     try {
       await this.write(seen, verdicts);
       await this.writeVolumes(volumes);
+      this.timed("last_seen", (performance.now() - started) / 1000);
     } catch (err) {
       // Nothing is dropped: what failed goes back, behind anything newer that arrived meanwhile.
       for (const [id, t] of seen) if (!this.lastSeen.has(id)) this.lastSeen.set(id, t);
@@ -106,7 +110,9 @@ export class HeartbeatIngest {
       for (const [id, v] of volumes) if (!this.volumes.has(id)) this.volumes.set(id, v);
       throw err;
     }
+    started = performance.now();
     await this.history.flush(everything);
+    this.timed("telemetry", (performance.now() - started) / 1000);
     await this.relay?.flush();
   }
 

@@ -77,6 +77,7 @@ describe("one port for every protocol", () => {
       .client(HostService, { token: null })
       .listHosts({})
       .catch(() => undefined);
+    await server.app.maintain(); // the fleet series come from a snapshot read in the background
     const res = await fetch(`${server.baseUrl}/metrics`);
     assert.equal(res.status, 200);
     assert.match(res.headers.get("content-type") ?? "", /text\/plain/);

@@ -89,6 +89,7 @@ export function serverEnv(overrides: Record<string, string>): NodeJS.ProcessEnv 
     "PORT",
     "BIND_ADDRESS",
     "LOG_LEVEL",
+    "LOG_FORMAT",
     "DATA_DIR",
     "EMBEDDED_POSTGRES_PORT",
     "HEARTBEAT_INTERVAL_SECONDS",
