@@ -33,9 +33,10 @@ import { EnvironmentHandler } from "./rpc/environment-handler.js";
 import { GpuHandler } from "./rpc/gpu-handler.js";
 import { HealthStatus } from "./rpc/health.js";
 import { HostHandler, type WorkloadReports } from "./rpc/host-handler.js";
-import { audit, authenticate, authorizeCall, observe } from "./rpc/interceptors.js";
+import { audit, authenticate, authorizeCall, observe, traceCalls } from "./rpc/interceptors.js";
 import { MetricsEndpoint } from "./rpc/metrics-endpoint.js";
 import { FleetMetrics } from "./telemetry/fleet-metrics.js";
+import { startTracing } from "./platform/tracing.js";
 import { rateLimit } from "./rpc/rate-limit.js";
 import { ReadinessProbe } from "./rpc/readiness-probe.js";
 import { SERVICE_NAMES, routes } from "./rpc/routes.js";
@@ -87,12 +88,24 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
   // The certificate is read (and parsed) before anything starts, so a bad one leaves nothing running.
   const tls = config.tls && loadTls(config.tls.certFile, config.tls.keyFile);
   const { databaseUrl: url, dataDir, embeddedPostgresPort: embeddedPort, databasePoolSize: poolSize } = config;
-  const database = await startDatabase({ url, dataDir, embeddedPort, poolSize, entities }, logger);
-  // Nothing that fails from here on may leave the database (or the embedded PostgreSQL) running.
-  return compose(config, database, tls, clock, logger).catch(async (err: unknown) => {
-    await database.close();
+  const stopTracing = config.tracing ? startTracing(config.tracing.endpoint, config.tracing.serviceName) : async () => undefined;
+  const database = await startDatabase({ url, dataDir, embeddedPort, poolSize, entities }, logger).catch(async (err: unknown) => {
+    await stopTracing();
     throw err;
   });
+  // Nothing that fails from here on may leave the database (or the embedded PostgreSQL) running.
+  const app = await compose(config, database, tls, clock, logger).catch(async (err: unknown) => {
+    await database.close();
+    await stopTracing();
+    throw err;
+  });
+  return {
+    ...app,
+    async close() {
+      await app.close();
+      await stopTracing();
+    },
+  };
 }
 
 type Tls = ReturnType<typeof loadTls>;
@@ -237,6 +250,7 @@ async function compose(config: Config, database: Database, tls: Tls | undefined,
   };
   const tokenBuckets = redis ? new RedisTokenBuckets(redis, config.redisKeyPrefix, logger) : new MemoryTokenBuckets();
   const interceptors = [
+    traceCalls(),
     observe(logger, metrics),
     authenticate(authenticator),
     rateLimit(config.rateLimitPerSecond, clock, tokenBuckets, () => metrics.rateLimited.inc()),

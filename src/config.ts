@@ -67,6 +67,11 @@ export interface Config {
    * "separate" (only /metrics/gpus, for a scrape interval of their own) or "off". @default "inline"
    */
   metricsGpuSeries: GpuSeriesMode;
+  /**
+   * `OTEL_EXPORTER_OTLP_ENDPOINT`: an OTLP/HTTP collector (spans go to its /v1/traces); unset, nothing
+   * is traced. `OTEL_SERVICE_NAME` names the service in its spans. @default unset, "remotegpu"
+   */
+  tracing?: { endpoint: string; serviceName: string };
   /** `METRICS_REFRESH_SECONDS`: how often the fleet series' snapshot of rows (names, holders, quotas) is read. @default 10 */
   metricsRefreshSeconds: number;
   /** `RATE_LIMIT_PER_SECOND`: calls per second one token may start, with bursts of twice that; 0 for none. @default 100 */
@@ -212,6 +217,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     rateLimitPerSecond: int("RATE_LIMIT_PER_SECOND", 100, 0, 1_000_000),
     metricsGpuSeries: oneOf("METRICS_GPU_SERIES", GPU_SERIES_MODES, "inline"),
     metricsRefreshSeconds: int("METRICS_REFRESH_SECONDS", 10, 1, 3600),
+    tracing: tracingConfig(url("OTEL_EXPORTER_OTLP_ENDPOINT", ["http:", "https:"]), value("OTEL_SERVICE_NAME")),
     hostPortRange: portRange(value("HOST_PORT_RANGE") ?? "30000-32767", problems),
     environmentStartTimeoutSeconds: int("ENVIRONMENT_START_TIMEOUT_SECONDS", 600, 10, 86400),
     environmentLostHostSeconds: int("ENVIRONMENT_LOST_HOST_SECONDS", 900, 1, 30 * 86400),
@@ -420,4 +426,8 @@ function kubernetesConfig(
     nodeSelector,
     nodePortRange: portRange(value("K8S_NODE_PORT_RANGE") ?? "30000-32767", problems, "K8S_NODE_PORT_RANGE"),
   };
+}
+
+function tracingConfig(endpoint: string | undefined, serviceName: string | undefined): Config["tracing"] {
+  return endpoint ? { endpoint, serviceName: serviceName || "remotegpu" } : undefined;
 }

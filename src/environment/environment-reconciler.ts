@@ -4,6 +4,7 @@ import { Gpu } from "../gpu/gpu.js";
 import type { Host, HostRuntime } from "../host/host.js";
 import { isId } from "../ids.js";
 import type { Clock } from "../platform/clock.js";
+import { traced } from "../platform/tracing.js";
 import type { Logger } from "../platform/logger.js";
 import type { Runtime, WorkloadSpec, WorkloadState } from "../runtime/runtime.js";
 import { Workspace } from "../workspace/workspace.js";
@@ -102,6 +103,10 @@ export class EnvironmentReconciler {
   /** One pass over every environment that holds or is acquiring resources. */
   async reconcile(): Promise<void> {
     if (!(await this.isLeader())) return;
+    await traced("reconciler.pass", {}, () => this.pass());
+  }
+
+  private async pass(): Promise<void> {
     const em = this.orm.em.fork();
     const envs = await em.find(Environment, { status: { $in: HOLDING } }, { populate: ["host"] });
     for (const env of envs) {
@@ -222,9 +227,12 @@ export class EnvironmentReconciler {
     const runtime = host && this.runtimes[host.runtime];
     if (!host || !runtime) return;
     try {
-      if (decision.act === "run") await runtime.run(spec!);
-      else if (decision.act === "stop") await runtime.stop(env.id, host.id, env.generation, env.workspace.id);
-      else await runtime.remove(env.id, host.id, env.generation, env.workspace.id);
+      const attributes = { "remotegpu.environment_id": env.id, "remotegpu.host_id": host.id, "remotegpu.runtime": host.runtime };
+      await traced(`runtime.${decision.act}`, attributes, async () => {
+        if (decision.act === "run") await runtime.run(spec!);
+        else if (decision.act === "stop") await runtime.stop(env.id, host.id, env.generation, env.workspace.id);
+        else await runtime.remove(env.id, host.id, env.generation, env.workspace.id);
+      });
     } catch (err) {
       // Not delivered: the next pass after the backoff tries again (cleanups are left to the agent's next hello).
       this.logger.warn(

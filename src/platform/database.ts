@@ -2,6 +2,7 @@ import { stripVTControlCharacters } from "node:util";
 import { DefaultLogger, MikroORM, defineConfig, type LogContext, type LoggerOptions, type Options } from "@mikro-orm/postgresql";
 import { Migrator } from "@mikro-orm/migrations";
 import { EmbeddedPostgres } from "./embedded-postgres.js";
+import { TransactionSpans } from "./tracing.js";
 import type { Logger } from "./logger.js";
 import { migrations } from "./migrations/index.js";
 
@@ -23,6 +24,7 @@ export function ormOptions(clientUrl: string, entities: Entities, poolMax = 20, 
     clientUrl,
     entities,
     extensions: [Migrator],
+    subscribers: [new TransactionSpans()],
     forceUtcTimezone: true,
     allowGlobalContext: false,
     pool: { min: 0, max: poolMax },

@@ -1,6 +1,7 @@
 import { format, stripVTControlCharacters } from "node:util";
 import { pino, type Logger as PinoLogger, type DestinationStream } from "pino";
 import { type LogFormat, prettyDestination, useColour } from "./log-format.js";
+import { traceFields } from "./tracing.js";
 
 export type Logger = PinoLogger;
 
@@ -11,7 +12,8 @@ export type Logger = PinoLogger;
 export function createLogger(level: string, destination?: DestinationStream | LogFormat): Logger {
   const stream =
     destination === "pretty" ? prettyDestination(undefined, { colour: useColour() }) : destination === "json" ? undefined : destination;
-  return pino({ level, base: { service: "remotegpu" } }, stream);
+  // The active span's trace and span ids on every line written inside one (tracing on only).
+  return pino({ level, base: { service: "remotegpu" }, mixin: traceFields }, stream);
 }
 
 const CONSOLE_LEVELS = [

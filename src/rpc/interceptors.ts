@@ -3,6 +3,7 @@ import { Code, ConnectError, createContextKey, type Interceptor } from "@connect
 import type { Authenticator } from "../auth/authenticator.js";
 import type { Logger } from "../platform/logger.js";
 import type { Metrics } from "../platform/metrics.js";
+import { tracedCall } from "../platform/tracing.js";
 import type { AuditSubject, AuditTrail } from "../audit/audit-trail.js";
 import { assertInWorkspace } from "../auth/workspace-access.js";
 import { isId } from "../ids.js";
@@ -17,7 +18,26 @@ const CLIENT_REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 export const serverShutdownKey = createContextKey<AbortSignal | undefined>(undefined, { description: "server shutdown" });
 
 /**
- * The outermost interceptor: gives each call a request id, maps every error to its gRPC code, and
+ * A span per unary call when tracing is on (streams, the agents' heartbeat stream among them, are
+ * not traced), continuing the caller's trace from its `traceparent` header. Outermost, so that the
+ * call's log line carries its trace id.
+ */
+export function traceCalls(): Interceptor {
+  return (next) => (call) => {
+    if (call.stream) return next(call);
+    const attributes = { "rpc.system": "connect_rpc", "rpc.service": call.service.typeName, "rpc.method": call.method.name };
+    return tracedCall(
+      `${call.service.typeName}/${call.method.name}`,
+      attributes,
+      call.header,
+      () => next(call),
+      (err) => nameOfCode(ConnectError.from(err).code),
+    );
+  };
+}
+
+/**
+ * The outermost interceptor but for tracing: gives each call a request id, maps every error to its gRPC code, and
  * writes one log line and the metrics when the call (or stream) ends. A stream still open when the
  * server stops ends at once with UNAVAILABLE, which tells its caller to connect again.
  */

@@ -7,7 +7,7 @@ import type { DescService } from "@bufbuild/protobuf";
 import { createApp, type App } from "../../src/app.js";
 import { loadConfig } from "../../src/config.js";
 import { ManualClock, type Clock } from "../../src/platform/clock.js";
-import { createLogger } from "../../src/platform/logger.js";
+import { createLogger, type Logger } from "../../src/platform/logger.js";
 import { createTestDatabase, type TestDatabase } from "./database.js";
 
 export const ADMIN_TOKEN = "test-admin-token-0123456789";
@@ -24,7 +24,9 @@ export interface TestServer {
 }
 
 /** The real app (real PostgreSQL, real HTTP/2 server on a free port) in this process. */
-export async function startTestServer(opts: { clock?: Clock; env?: Record<string, string>; db?: TestDatabase } = {}): Promise<TestServer> {
+export async function startTestServer(
+  opts: { clock?: Clock; env?: Record<string, string>; db?: TestDatabase; logger?: Logger } = {},
+): Promise<TestServer> {
   // A second replica passes the first one's database; only its creator drops it.
   const db = opts.db ?? (await createTestDatabase());
   // Objects (files, archived logs) go to a directory of this server's own unless the test chose one.
@@ -43,7 +45,7 @@ export async function startTestServer(opts: { clock?: Clock; env?: Record<string
     ...opts.env,
   });
   const clock = opts.clock ?? new ManualClock(new Date());
-  const app = await createApp(config, { clock, logger: createLogger(config.logLevel) });
+  const app = await createApp(config, { clock, logger: opts.logger ?? createLogger(config.logLevel) });
   const port = await app.listen();
   const baseUrl = `http://127.0.0.1:${port}`;
   return {
