@@ -23,6 +23,8 @@ const { values } = parseArgs({
     warmup: { type: "string", default: "15" },
     "per-connection": { type: "string", default: "100" },
     replicas: { type: "string", default: "1" },
+    // Prometheus' view while RemoteGPU is measured: GET /metrics of each replica every N seconds (0: none).
+    scrape: { type: "string", default: "0" },
   },
 });
 const replicas = Number(values.replicas);
@@ -201,6 +203,20 @@ try {
   // Database activity over the measured window only (not the hellos of the connecting fleet).
   let statsBefore = { tx: 0, ins: 0, upd: 0 };
   let statsAfter = statsBefore;
+  const scrapes: { ms: number; bytes: number }[] = [];
+  const scrapeEvery = Number(values.scrape) * 1000;
+  const scraper =
+    scrapeEvery > 0
+      ? setInterval(() => {
+          for (const url of servers.urls) {
+            const t = performance.now();
+            void fetch(`${url}/metrics`)
+              .then((r) => r.text())
+              .then((body) => scrapes.push({ ms: performance.now() - t, bytes: body.length }))
+              .catch(() => undefined);
+          }
+        }, scrapeEvery)
+      : undefined;
   const real = await load(
     servers.urls,
     hostsFile,
@@ -212,6 +228,7 @@ try {
       };
     },
   );
+  clearInterval(scraper);
   await stop(servers.procs);
 
   // 2. The bare echo server (as many processes), same harness.
@@ -238,6 +255,11 @@ try {
       "",
       `RemoteGPU / echo message rate: ${(((real.ackedPerSecond as number) / (bare.ackedPerSecond as number)) * 100).toFixed(0)}%`,
       `stream errors by code: RemoteGPU ${JSON.stringify(real.errorCodes)}, echo ${JSON.stringify(bare.errorCodes)}`,
+      ...(scrapes.length
+        ? [
+            `scrapes of /metrics during the run: ${scrapes.length}, ${(Math.max(...scrapes.map((x) => x.bytes)) / 2 ** 20).toFixed(1)} MiB, slowest ${Math.max(...scrapes.map((x) => x.ms)).toFixed(0)} ms`,
+          ]
+        : []),
       `database during the measured window: ${((statsAfter.tx - statsBefore.tx) / secs).toFixed(1)} transactions/s, ${((statsAfter.upd - statsBefore.upd) / secs).toFixed(0)} rows updated/s, ${((statsAfter.ins - statsBefore.ins) / secs).toFixed(0)} rows inserted/s`,
       "",
     ].join("\n"),

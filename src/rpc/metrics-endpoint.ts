@@ -42,21 +42,26 @@ export class MetricsEndpoint {
   readonly handle: NonNullable<ConnectNodeAdapterOptions["fallback"]> = (req, res) => {
     const mode = this.fleet.gpuSeries;
     const path = req.method === "GET" ? req.url : undefined;
-    const body =
-      path === "/metrics"
-        ? this.metrics.registry.metrics().then((own) => own + this.fleet.fleetText() + (mode === "inline" ? this.fleet.gpuText() : ""))
-        : path === "/metrics/gpus" && mode !== "off"
-          ? Promise.resolve().then(() => this.fleet.gpuText())
-          : undefined;
-    if (!body) {
+    const everything = path === "/metrics";
+    if (!everything && !(path === "/metrics/gpus" && mode !== "off")) {
       res.writeHead(404, { "content-type": "text/plain" });
       res.end("not found\n");
       return;
     }
-    body.then(
-      (text) => {
+    const head = everything ? this.metrics.registry.metrics().then((own) => own + this.fleet.fleetText()) : Promise.resolve("");
+    head.then(
+      async (first) => {
         res.writeHead(200, { "content-type": this.metrics.registry.contentType });
-        res.end(text);
+        res.write(first);
+        if (!everything || mode === "inline") {
+          // A chunk at a time, with a turn of the event loop between: heartbeats go on meanwhile.
+          for (const chunk of this.fleet.gpuChunks()) {
+            if (res.destroyed) return;
+            if (!res.write(chunk)) await new Promise((resolve) => res.once("drain", resolve).once("close", resolve));
+            else await new Promise(setImmediate);
+          }
+        }
+        res.end();
       },
       (err: unknown) => {
         this.logger.error({ err }, "metrics collection failed");
