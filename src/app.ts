@@ -235,13 +235,14 @@ async function compose(config: Config, database: Database, tls: Tls | undefined,
       leads: () => leader.leads,
       hostCounts: () => hosts.countByStatus(),
       gpuCounts: () => inventory.countByStatus(),
+      lastReconcile: () => reconciler.lastPassAt,
       logger,
     },
     config.metricsGpuSeries,
     config.metricsRefreshSeconds * 1000,
   );
   const busConnected = events instanceof RedisClusterEvents ? () => events.connected : () => true;
-  const metricsEndpoint = new MetricsEndpoint(metrics, fleet, { agents, leader, busConnected }, logger);
+  const metricsEndpoint = new MetricsEndpoint(metrics, fleet, { agents, leader, busConnected }, logger, config.metricsToken);
   const handlers = {
     hosts: new HostHandler(hosts, agents, clock, config.heartbeatIntervalSeconds * 1000, logger, workloads, metrics.heartbeatAck),
     gpus: new GpuHandler(inventory, allocator, history, live, clock, samples),

@@ -72,6 +72,11 @@ export interface Config {
    * is traced. `OTEL_SERVICE_NAME` names the service in its spans. @default unset, "remotegpu"
    */
   tracing?: { endpoint: string; serviceName: string };
+  /**
+   * `METRICS_TOKEN`: when set, GET /metrics and /metrics/gpus want `Authorization: Bearer <it>`
+   * (they name workspaces, environments and hosts). @default unset: open to whoever reaches the port
+   */
+  metricsToken?: string;
   /** `METRICS_REFRESH_SECONDS`: how often the fleet series' snapshot of rows (names, holders, quotas) is read. @default 10 */
   metricsRefreshSeconds: number;
   /** `RATE_LIMIT_PER_SECOND`: calls per second one token may start, with bursts of twice that; 0 for none. @default 100 */
@@ -165,6 +170,12 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     return fallback;
   };
 
+  const secret = (name: string) => {
+    const given = value(name);
+    if (given !== undefined && given.length < 16) problems.push(`${name}: must be at least 16 characters`);
+    return given;
+  };
+
   const logLevel = value("LOG_LEVEL") ?? "info";
   if (!LOG_LEVELS.includes(logLevel)) {
     problems.push(`LOG_LEVEL=${JSON.stringify(logLevel)}: must be one of ${LOG_LEVELS.join(", ")}`);
@@ -217,6 +228,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     rateLimitPerSecond: int("RATE_LIMIT_PER_SECOND", 100, 0, 1_000_000),
     metricsGpuSeries: oneOf("METRICS_GPU_SERIES", GPU_SERIES_MODES, "inline"),
     metricsRefreshSeconds: int("METRICS_REFRESH_SECONDS", 10, 1, 3600),
+    metricsToken: secret("METRICS_TOKEN"),
     tracing: tracingConfig(url("OTEL_EXPORTER_OTLP_ENDPOINT", ["http:", "https:"]), value("OTEL_SERVICE_NAME")),
     hostPortRange: portRange(value("HOST_PORT_RANGE") ?? "30000-32767", problems),
     environmentStartTimeoutSeconds: int("ENVIRONMENT_START_TIMEOUT_SECONDS", 600, 10, 86400),

@@ -21,7 +21,7 @@ export interface CgroupLimits {
 
 const V1_CONTROLLERS = ["cpu", "memory", "pids", "devices"] as const;
 const V2_CONTROLLERS = ["cpu", "memory", "pids"] as const;
-/** The cgroup.procs a v2 agent moves itself to, so that the cgroup it was given may have children with controllers. */
+/** The leaf a v2 agent runs in (systemd's DelegateSubgroup=), beside the environments' cgroups. */
 const V2_AGENT_LEAF = "remotegpu-agent";
 const GROUP = "remotegpu";
 const CPU_PERIOD_US = 100_000;
@@ -165,27 +165,24 @@ async function setUpV1(root: string, self: string): Promise<Map<string, string>>
 }
 
 /**
- * v2: a cgroup may not both hold processes and give controllers to its children, so an agent in a
- * cgroup of its own (a systemd unit with Delegate=yes) first moves itself into a leaf beside the
- * environments'. The root cgroup is exempt.
+ * v2: a cgroup may not both hold processes and give controllers to its children, and systemd puts a
+ * restarted agent back into its unit's cgroup. So the agent must run in a leaf of a delegated
+ * subtree (systemd 254+: `Delegate=` with `DelegateSubgroup=remotegpu-agent`), whose parent gets the
+ * environments' cgroups beside it; or in the root cgroup. Anywhere else (a login session's scope,
+ * an older systemd) it uses no cgroups and says why, rather than rearrange cgroups it does not own.
  */
 async function setUpV2(root: string, self: string): Promise<Map<string, string>> {
-  let own = /^0::(.*)$/m.exec(self)?.[1];
+  const own = /^0::(.*)$/m.exec(self)?.[1];
   if (own === undefined) throw new Error("no v2 entry in /proc/self/cgroup");
-  if (path.basename(own) === V2_AGENT_LEAF) own = path.dirname(own); // an earlier agent moved there
-  const dir = path.join(root, own);
+  if (own !== "/" && path.basename(own) !== V2_AGENT_LEAF)
+    throw new Error(
+      `the agent runs in ${own}, not in a delegated subgroup "${V2_AGENT_LEAF}" (systemd 254+: Delegate=cpu memory pids and DelegateSubgroup=${V2_AGENT_LEAF})`,
+    );
+  const dir = path.join(root, own === "/" ? "/" : path.dirname(own));
   const available = (await readFile(path.join(dir, "cgroup.controllers"), "utf8")).split(/\s+/);
   const missing = V2_CONTROLLERS.filter((c) => !available.includes(c));
-  if (missing.length > 0) throw new Error(`controllers ${missing.join(", ")} not delegated to ${dir} (systemd: Delegate=yes)`);
+  if (missing.length > 0) throw new Error(`controllers ${missing.join(", ")} not delegated to ${dir} (systemd: Delegate=cpu memory pids)`);
   const enable = V2_CONTROLLERS.map((c) => `+${c}`).join(" ");
-  if (own !== "/") {
-    const procs = (await readFile(path.join(dir, "cgroup.procs"), "utf8")).split("\n").filter(Boolean);
-    if (procs.length > 0) {
-      const leaf = path.join(dir, V2_AGENT_LEAF);
-      await mkdir(leaf, { recursive: true });
-      for (const pid of procs) await writeFile(path.join(leaf, "cgroup.procs"), pid).catch(() => undefined); // gone meanwhile
-    }
-  }
   await writeFile(path.join(dir, "cgroup.subtree_control"), enable);
   const base = path.join(dir, GROUP);
   await mkdir(base, { recursive: true });

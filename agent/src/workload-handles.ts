@@ -1,5 +1,5 @@
 import { execFile, spawn, spawnSync } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { open, readdir, readFile } from "node:fs/promises";
 import path from "node:path";
 import { promisify } from "node:util";
@@ -57,9 +57,24 @@ export interface ProcessConfinement {
   enter?: (pid: number) => Promise<void>;
 }
 
-// Holds a process until it has been put into its cgroups: it waits for a line on stdin (an end of
-// input instead means the agent gave up: it exits without running anything), then becomes the program.
-const CGROUP_GATE = ["/bin/sh", "-c", 'read -r _ || exit 111; exec "$@" </dev/null', "remotegpu-gate"];
+// Holds a process until it has been put into its cgroups. It starts with a fixed environment of
+// its own (nothing of the tenant's, such as LD_PRELOAD, may run before the cgroup holds it), reads
+// the workload's environment from stdin as `export` lines the agent wrote, and only at the end of
+// that input (sent after the cgroup entry) sets it and becomes the program. No input at all means
+// the agent gave up: it exits without running anything.
+const CGROUP_GATE = ["/bin/sh", "-c", 'env=$(cat) && [ -n "$env" ] || exit 111; eval "$env"; exec "$@" </dev/null', "remotegpu-gate"];
+const GATE_ENV = { PATH: "/usr/bin:/bin" };
+// By its full path: the tenant's PATH must not pick the program that sets the limits.
+const PRLIMIT = existsSync("/usr/bin/prlimit") ? "/usr/bin/prlimit" : "prlimit";
+
+/** `env` as lines of the shell: `export NAME='value'`; names that are not shell names are left out. */
+export function exportLines(env: Record<string, string>): string {
+  const quote = (v: string) => `'${v.replace(/'/g, "'\\''")}'`;
+  return Object.entries(env)
+    .filter(([name]) => /^[A-Za-z_][A-Za-z0-9_]*$/.test(name))
+    .map(([name, value]) => `export ${name}=${quote(value)}\n`)
+    .join("");
+}
 
 /** This boot of the host: a trace from another boot names processes that are gone. */
 export function bootId(): string {
@@ -142,7 +157,7 @@ export async function spawnProcess(
   const argv = confinement
     ? [
         ...(confinement.enter ? CGROUP_GATE : []),
-        "prlimit",
+        PRLIMIT,
         `--nproc=${confinement.pidsLimit}`,
         ...(confinement.memoryBytes ? [`--data=${confinement.memoryBytes}`] : []),
         "--",
@@ -151,8 +166,14 @@ export async function spawnProcess(
     : program;
   const user = confinement ? { uid: confinement.uid, gid: confinement.uid } : {};
   try {
-    const stdin = confinement?.enter ? "pipe" : "ignore";
-    child = spawn(argv[0]!, argv.slice(1), { cwd, env, detached: true, stdio: [stdin, files[0]!.fd, files[1]!.fd], ...user });
+    const gated = Boolean(confinement?.enter);
+    child = spawn(argv[0]!, argv.slice(1), {
+      cwd,
+      env: gated ? GATE_ENV : env,
+      detached: true,
+      stdio: [gated ? "pipe" : "ignore", files[0]!.fd, files[1]!.fd],
+      ...user,
+    });
     // Listened for at once: a short program can be gone before the awaits below are.
     ended = new Promise<Exit>((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
     await new Promise<void>((resolve, reject) => {
@@ -167,7 +188,7 @@ export async function spawnProcess(
         child.kill("SIGKILL");
         throw err;
       }
-      child.stdin!.end("\n");
+      child.stdin!.end(`${exportLines(env)}:\n`); // ":" too: an empty environment is not "the agent gave up"
     }
   } finally {
     await Promise.all(files.map((f) => f.close()));

@@ -390,7 +390,11 @@ export class Workloads {
     Object.assign(w, { state: saved.state, message: saved.message, exitCode: saved.exitCode, since: new Date(saved.since), saved: text });
     this.workloads.set(id, w);
     if (saved.state !== "STARTING" && saved.state !== "RUNNING") return; // stopped or failed: nothing runs
-    const gone = (why: string, exitCode?: number) => this.fail(w, why, exitCode);
+    const gone = (why: string, exitCode?: number) => {
+      // What it started may still run in its cgroups (and under its uid): it goes with it.
+      if (this.engine === "process") void this.clearConfinement(id);
+      this.fail(w, why, exitCode);
+    };
     if (saved.engine !== this.engine) return gone(`started by an agent running ${saved.engine}; this one runs ${this.engine}`);
     const trace = saved.trace;
     if (trace?.kind === "process") {
@@ -585,6 +589,7 @@ export class Workloads {
     } catch (err) {
       await closeAll(w.proxies);
       w.proxies = [];
+      if (this.engine === "process") await this.clearConfinement(spec.environmentId); // cgroups made for it
       return this.fail(w, errorMessage(err));
     }
     this.o.logger.info({ environmentId: spec.environmentId, generation: spec.generation, engine: this.engine }, "environment started");

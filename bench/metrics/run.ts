@@ -64,6 +64,7 @@ async function measure(gpuCount: number, runs: number) {
       samples,
       heldHosts: () => hostIds,
       leads: () => false,
+      lastReconcile: () => undefined,
       hostCounts: async () => ({}),
       gpuCounts: async () => ({}),
       logger: createLogger("silent"),

@@ -64,6 +64,8 @@ const OFFLINE_NOTE = "host offline since";
 export class EnvironmentReconciler {
   private running?: Promise<void>;
   private again = false;
+  /** When the last pass over every environment finished (on the leader), for the lag metric. */
+  lastPassAt?: Date;
   private readonly retryBaseMs: number;
   private readonly retryMaxMs: number;
 
@@ -104,6 +106,7 @@ export class EnvironmentReconciler {
   async reconcile(): Promise<void> {
     if (!(await this.isLeader())) return;
     await traced("reconciler.pass", {}, () => this.pass());
+    this.lastPassAt = this.clock.now();
   }
 
   private async pass(): Promise<void> {

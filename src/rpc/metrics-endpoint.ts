@@ -1,3 +1,5 @@
+import { createHash, timingSafeEqual } from "node:crypto";
+import { once } from "node:events";
 import type { ConnectNodeAdapterOptions } from "@connectrpc/connect-node";
 import type { Logger } from "../platform/logger.js";
 import type { Metrics } from "../platform/metrics.js";
@@ -22,6 +24,8 @@ export class MetricsEndpoint {
     private readonly fleet: FleetMetrics,
     state: ControlPlaneState,
     private readonly logger: Logger,
+    /** The bearer token scrapes must show; none: open. */
+    private readonly token?: string,
   ) {
     metrics.gaugeOf("remotegpu_agents_connected", "Agent streams open on this replica", () => state.agents.connected);
     metrics.counterOf("remotegpu_agent_hellos_total", "Agent hellos accepted by this replica", () => state.agents.hellos);
@@ -48,26 +52,41 @@ export class MetricsEndpoint {
       res.end("not found\n");
       return;
     }
-    const head = everything ? this.metrics.registry.metrics().then((own) => own + this.fleet.fleetText()) : Promise.resolve("");
-    head.then(
-      async (first) => {
-        res.writeHead(200, { "content-type": this.metrics.registry.contentType });
-        res.write(first);
-        if (!everything || mode === "inline") {
-          // A chunk at a time, with a turn of the event loop between: heartbeats go on meanwhile.
-          for (const chunk of this.fleet.gpuChunks()) {
-            if (res.destroyed) return;
-            if (!res.write(chunk)) await new Promise((resolve) => res.once("drain", resolve).once("close", resolve));
-            else await new Promise(setImmediate);
-          }
+    if (this.token && !sameSecret(req.headers.authorization ?? "", `Bearer ${this.token}`)) {
+      res.writeHead(401, { "content-type": "text/plain", "www-authenticate": "Bearer" });
+      res.end("metrics need the METRICS_TOKEN bearer token\n");
+      return;
+    }
+    const closed = new AbortController(); // one listener for the whole response, not one per wait
+    res.once("close", () => closed.abort());
+    const stream = async () => {
+      const first = everything ? (await this.metrics.registry.metrics()) + this.fleet.fleetText() : "";
+      res.writeHead(200, { "content-type": this.metrics.registry.contentType });
+      res.write(first);
+      if (!everything || mode === "inline") {
+        // A chunk at a time, with a turn of the event loop between: heartbeats go on meanwhile.
+        for (const chunk of this.fleet.gpuChunks()) {
+          if (closed.signal.aborted) return;
+          if (res.write(chunk)) await new Promise(setImmediate);
+          else await once(res, "drain", { signal: closed.signal }).catch(() => undefined); // or the scraper left
         }
-        res.end();
-      },
-      (err: unknown) => {
-        this.logger.error({ err }, "metrics collection failed");
-        res.writeHead(503);
-        res.end();
-      },
-    );
+      }
+      res.end();
+    };
+    stream().catch((err: unknown) => {
+      this.logger.error({ err }, "metrics collection failed");
+      if (res.headersSent) {
+        res.destroy(); // cut short: the scraper sees an incomplete body, not a wrong one
+        return;
+      }
+      res.writeHead(503);
+      res.end();
+    });
   };
+}
+
+/** Compares two secrets in time that does not depend on where they differ. */
+function sameSecret(given: string, expected: string): boolean {
+  const digest = (v: string) => createHash("sha256").update(v).digest();
+  return timingSafeEqual(digest(given), digest(expected));
 }

@@ -23,6 +23,8 @@ export interface FleetSources {
   /** Fleet counts by status, as ListHosts / ListGpus would count them. */
   hostCounts: () => Promise<Record<string, number>>;
   gpuCounts: () => Promise<Record<string, number>>;
+  /** When the leader's reconciler last finished a pass over every environment. */
+  lastReconcile: () => Date | undefined;
   logger: Logger;
 }
 
@@ -61,7 +63,6 @@ interface Snapshot {
     gpuCounts: Record<string, number>;
     environments: Record<string, number>;
     waiting: number;
-    oldestWaitingSeconds: number;
     workspaces: WorkspaceRow[];
   };
 }
@@ -131,9 +132,7 @@ export class FleetMetrics {
     const states = await conn.execute<{ status: string; n: number }[]>(
       `select status, count(*)::int as n from environments group by status`,
     );
-    const [waiting] = await conn.execute<{ n: number; oldest: number | null }[]>(
-      `select count(*)::int as n, extract(epoch from now() - min(updated_at))::float8 as oldest from environments where status in ${WAITING}`,
-    );
+    const [waiting] = await conn.execute<{ n: number }[]>(`select count(*)::int as n from environments where status in ${WAITING}`);
     const workspaces = await conn.execute<WorkspaceRow[]>(
       `select w.name, q.max_gpus, q.max_environments, q.max_storage_bytes,
               coalesce(g.n, 0)::int as gpus, coalesce(e.n, 0)::int as environments,
@@ -151,7 +150,6 @@ export class FleetMetrics {
       gpuCounts: await this.s.gpuCounts(),
       environments: Object.fromEntries(states.map((r) => [r.status, r.n])),
       waiting: waiting?.n ?? 0,
-      oldestWaitingSeconds: Math.max(0, waiting?.oldest ?? 0),
       workspaces,
     };
     return snapshot;
@@ -227,13 +225,15 @@ export class FleetMetrics {
     out
       .family("remotegpu_reconciler_queue_depth", "Environments waiting to reach their desired state (leader only)", "gauge")
       .push(` ${fleet.waiting}`);
-    out
-      .family(
-        "remotegpu_reconciler_lag_seconds",
-        "How long the longest-waiting environment has waited, at the last snapshot (leader only)",
-        "gauge",
-      )
-      .push(` ${fleet.oldestWaitingSeconds}`);
+    const lastPass = this.s.lastReconcile();
+    if (lastPass)
+      out
+        .family(
+          "remotegpu_reconciler_lag_seconds",
+          "Seconds since the reconciler last finished a pass over every environment (leader only)",
+          "gauge",
+        )
+        .push(` ${Math.max(0, (now - lastPass.getTime()) / 1000)}`);
     const limit = out.family("remotegpu_workspace_quota_limit", "Workspace quota limits; absent when unlimited (leader only)", "gauge");
     const usage = out.family("remotegpu_workspace_usage", "Workspace usage of what its quota bounds (leader only)", "gauge");
     for (const w of fleet.workspaces) {

@@ -224,6 +224,25 @@ describe("integration: process-mode workloads in cgroups of their own (agent as 
     assert.equal((await fetch(`http://127.0.0.1:${hostPort}/`)).status, 200, "the neighbour still serves");
   });
 
+  it("gets its environment exactly as given, set only once it is in its cgroups", async () => {
+    const tricky = { QUOTED: 'it\'s "q" $HOME `x` \\', MULTI: "line 1\nline 2", EMPTY: "" };
+    const print =
+      "import json, os; print(json.dumps({k: os.environ.get(k) for k in ['QUOTED', 'MULTI', 'EMPTY', 'LD_PRELOAD']}), flush=True)";
+    await workloads.run(spec("cg-env", ["python3", "-c", print], { env: tricky }));
+    const line = await events.line("cg-env", (l) => l.stream === "STDOUT", "the environment");
+    assert.deepEqual(JSON.parse(line.text), { ...tricky, LD_PRELOAD: null });
+  });
+
+  it("runs nothing of the tenant's environment before it is in its cgroups (LD_PRELOAD reaches only prlimit and the program)", async () => {
+    // The dynamic loader names each program that was started with this LD_PRELOAD: the gate shell,
+    // which runs before the cgroup entry, must not be one of them.
+    await workloads.run(spec("cg-preload", ["python3", "-c", "print('ran')"], { env: { LD_PRELOAD: "/nonexistent/rgpu-preload.so" } }));
+    await events.line("cg-preload", (l) => l.stream === "STDOUT" && l.text === "ran", "the program's output");
+    await events.state("cg-preload", "FAILED"); // ended by itself: its output is all in
+    const loads = events.texts("cg-preload").filter((t) => t.startsWith("STDERR") && t.includes("rgpu-preload.so"));
+    assert.equal(loads.length, 2, loads.join("\n"));
+  });
+
   it("opens the device file of the GPU it was given, not another GPU's", async () => {
     const devices = await mkdtemp(path.join(os.tmpdir(), "rgpu-dev-"));
     try {

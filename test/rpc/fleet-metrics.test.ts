@@ -95,6 +95,7 @@ describe("fleet metrics on /metrics (the DCGM-like view, from memory)", () => {
     assert.ok(host && s.get(host) === 1, "the host is up");
     assert.equal([...s].filter(([k]) => k.startsWith('remotegpu_host_agent_connected{host="metrics-host"')).length, 1);
     assert.equal(s.get("remotegpu_leader"), 1);
+    assert.ok((s.get("remotegpu_reconciler_lag_seconds") ?? -1) >= 0, "the leader has finished a reconciler pass");
     assert.equal(s.get("remotegpu_bus_connected"), 1);
     assert.ok((s.get("remotegpu_agent_hellos_total") ?? 0) >= 1);
     assert.ok((s.get("remotegpu_heartbeat_ack_seconds_count") ?? 0) >= 1);
@@ -112,6 +113,23 @@ describe("fleet metrics on /metrics (the DCGM-like view, from memory)", () => {
     } finally {
       await separate.close();
       await off.close();
+    }
+  });
+
+  it("METRICS_TOKEN closes both paths to scrapers without it (they name tenants)", async () => {
+    const token = "metrics-secret-0123456789";
+    const guarded = await startTestServer({ db: server.db, env: { METRICS_TOKEN: token } });
+    try {
+      for (const path of ["/metrics", "/metrics/gpus"]) {
+        assert.equal((await scrape(guarded, path)).status, 401);
+        const wrong = await fetch(`${guarded.baseUrl}${path}`, { headers: { authorization: "Bearer metrics-secret-0123456780" } });
+        assert.equal(wrong.status, 401);
+        const right = await fetch(`${guarded.baseUrl}${path}`, { headers: { authorization: `Bearer ${token}` } });
+        assert.equal(right.status, 200);
+        await right.text();
+      }
+    } finally {
+      await guarded.close();
     }
   });
 

@@ -24,17 +24,15 @@ describe("unit: agent cgroups", () => {
     return unit;
   }
 
-  it("v2: the agent moves itself into a leaf, enables cpu, memory and pids below, and writes each limit", async () => {
-    const unit = await v2Unit("cpu io memory pids\n", "4242\n");
-    const cgroups = await Cgroups.detect(root, "0::/system.slice/remotegpu-agent.service\n");
+  it("v2: in systemd's delegated subgroup, enables cpu, memory and pids beside it and writes each limit", async () => {
+    const unit = await v2Unit("cpu io memory pids\n", "");
+    const cgroups = await Cgroups.detect(root, "0::/system.slice/remotegpu-agent.service/remotegpu-agent\n");
     assert.ok(cgroups instanceof Cgroups, String(cgroups));
     assert.equal(cgroups.version, 2);
     assert.equal(cgroups.devices, false, "v2 cannot fence GPUs by writing files");
-    assert.equal(await readFile(path.join(unit, "remotegpu-agent", "cgroup.procs"), "utf8"), "4242");
     assert.equal(await readFile(path.join(unit, "cgroup.subtree_control"), "utf8"), "+cpu +memory +pids");
     assert.equal(await readFile(path.join(unit, "remotegpu", "cgroup.subtree_control"), "utf8"), "+cpu +memory +pids");
 
-    // A real cgroupfs makes the files of a new directory; here the test does, for mkdir to find it.
     await cgroups.create("env-1", { cpuMillicores: 1500, memoryBytes: 2 ** 30, pids: 64, denyDevices: ["195:1"] });
     const dir = path.join(unit, "remotegpu", "env-1");
     assert.equal(await readFile(path.join(dir, "cpu.max"), "utf8"), "150000 100000");
@@ -42,17 +40,20 @@ describe("unit: agent cgroups", () => {
     assert.equal(await readFile(path.join(dir, "pids.max"), "utf8"), "64");
     await cgroups.enter("env-1", 777);
     assert.deepEqual(await cgroups.pids("env-1"), [777]);
+  });
 
-    // The next agent finds itself in the leaf and uses the same place.
-    const again = await Cgroups.detect(root, "0::/system.slice/remotegpu-agent.service/remotegpu-agent\n");
-    assert.ok(again instanceof Cgroups);
-    assert.deepEqual(await again.pids("env-1"), [777]);
+  it("v2: outside a delegated subgroup (a login session, an older systemd) uses no cgroups and says why", async () => {
+    await v2Unit("cpu io memory pids\n", "4242\n");
+    const why = await Cgroups.detect(root, "0::/user.slice/user-0.slice/session-3.scope\n");
+    assert.match(String(why), /not in a delegated subgroup "remotegpu-agent".*DelegateSubgroup/);
+    const unit = path.join(root, "system.slice", "remotegpu-agent.service");
+    assert.equal(await readFile(path.join(unit, "cgroup.procs"), "utf8"), "4242\n", "nothing was moved");
   });
 
   it("v2: says which controllers were not delegated", async () => {
     await v2Unit("cpu io\n", "");
-    const why = await Cgroups.detect(root, "0::/system.slice/remotegpu-agent.service\n");
-    assert.match(String(why), /controllers memory, pids not delegated .*Delegate=yes/);
+    const why = await Cgroups.detect(root, "0::/system.slice/remotegpu-agent.service/remotegpu-agent\n");
+    assert.match(String(why), /controllers memory, pids not delegated .*Delegate=cpu memory pids/);
   });
 
   it("v1: a hierarchy per controller, under the agent's own cgroup in each; devices optional", async () => {
