@@ -88,8 +88,8 @@ async function measure(gpuCount: number, runs: number) {
     totals.push(performance.now() - started);
   }
   totals.sort((a, b) => a - b);
-  const series = fleet
-    .gpuText()
+  const series = [...fleet.gpuChunks()]
+    .join("")
     .split("\n")
     .filter((l) => l && !l.startsWith("#")).length;
   return {

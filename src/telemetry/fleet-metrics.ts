@@ -155,15 +155,11 @@ export class FleetMetrics {
     return snapshot;
   }
 
-  /** The per-GPU series of the GPUs whose agents this replica holds, in one string. */
-  gpuText(): string {
-    return [...this.gpuChunks()].join("");
-  }
-
   /**
-   * The same, a few thousand GPUs' lines at a time: at 80,000 GPUs the whole takes seconds to
-   * write, and a scrape that yields between chunks does not stall the heartbeats meanwhile.
-   * Each family's lines stay together, as the text format asks.
+   * The per-GPU series of the GPUs whose agents this replica holds, a few thousand GPUs' lines at a
+   * time: at 80,000 GPUs the whole takes a second or more to write, and a scrape that yields between
+   * chunks does not stall the heartbeats meanwhile. Each family's lines stay together, as the text
+   * format asks.
    */
   *gpuChunks(batch = 2000): Generator<string> {
     const now = this.s.clock.now().getTime();
