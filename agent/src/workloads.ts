@@ -113,11 +113,6 @@ export interface WorkloadsOptions {
   processUsers?: { first: number; last: number };
   /** Process mode, with processUsers: most processes of one environment. @default 4096 */
   processPidsLimit?: number;
-  /**
-   * Process mode, with processUsers: a cgroup per environment (CPU, memory, pids; on v1 the GPUs
-   * it was not given kept out), or false for none. @default Cgroups.detect()
-   */
-  cgroups?: Cgroups | false;
   /** The device minor of each of the host's GPUs by UUID (/dev/nvidia<minor>), for fencing them. @default none known */
   gpuDeviceMinors?: Map<string, number>;
   /** How containers are confined. @default DEFAULT_CONTAINER_POLICY, with userns where podman can */
@@ -313,8 +308,8 @@ export class Workloads {
     this.containerPolicy = { ...DEFAULT_CONTAINER_POLICY, userns: subordinateIdsForContainers(), ...o.containerPolicy };
     if (this.engine === "process" && o.processUsers) {
       this.users = new ProcessUsers(o.dataDir, o.processUsers.first, o.processUsers.last);
-      this.cgroups =
-        o.cgroups === false ? Promise.resolve("cgroups: turned off") : o.cgroups ? Promise.resolve(o.cgroups) : Cgroups.detect();
+      // A cgroup per environment (CPU, memory, pids; on v1 the GPUs it was not given kept out).
+      this.cgroups = Cgroups.detect();
       void this.cgroups.then((c) =>
         this.o.logger[typeof c === "string" || !c.devices ? "warn" : "info"](isolationSummary(c, o.gpuDeviceMinors)),
       );
@@ -392,7 +387,7 @@ export class Workloads {
     if (saved.state !== "STARTING" && saved.state !== "RUNNING") return; // stopped or failed: nothing runs
     const gone = (why: string, exitCode?: number) => {
       // What it started may still run in its cgroups (and under its uid): it goes with it.
-      if (this.engine === "process") void this.clearConfinement(id);
+      void this.clearConfinement(id);
       this.fail(w, why, exitCode);
     };
     if (saved.engine !== this.engine) return gone(`started by an agent running ${saved.engine}; this one runs ${this.engine}`);
@@ -589,7 +584,7 @@ export class Workloads {
     } catch (err) {
       await closeAll(w.proxies);
       w.proxies = [];
-      if (this.engine === "process") await this.clearConfinement(spec.environmentId); // cgroups made for it
+      await this.clearConfinement(spec.environmentId); // cgroups made for it
       return this.fail(w, errorMessage(err));
     }
     this.o.logger.info({ environmentId: spec.environmentId, generation: spec.generation, engine: this.engine }, "environment started");

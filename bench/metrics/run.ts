@@ -65,7 +65,6 @@ async function measure(gpuCount: number, runs: number) {
       heldHosts: () => hostIds,
       leads: () => false,
       lastReconcile: () => undefined,
-      hostCounts: async () => ({}),
       gpuCounts: async () => ({}),
       logger: createLogger("silent"),
     },

@@ -149,8 +149,7 @@ export class AgentSessions {
   private openedElsewhere(hostId: string, sessionId: string, epoch: bigint): void {
     const local = this.live.get(hostId);
     if (!local || local.epoch >= epoch) return;
-    local.end(new SessionFencedError(sessionId));
-    this.fenced++;
+    this.fence(local, sessionId);
     this.live.delete(hostId);
   }
 
@@ -192,12 +191,15 @@ export class AgentSessions {
         session.gpuIds = await syncInventory(trx, hello.hostId, hello.gpus, now);
         // Swapped while the host row is locked, so concurrent hellos fence in the order they committed.
         const older = this.live.get(hello.hostId);
-        if (older) {
-          older.end(new SessionFencedError(session.id));
-          this.fenced++;
-        }
+        if (older) this.fence(older, session.id);
         this.live.set(hello.hostId, session);
       });
+  }
+
+  /** Ends a session a newer one of its host (`newerSessionId`) replaces. */
+  private fence(session: AgentSession, newerSessionId: string): void {
+    session.end(new SessionFencedError(newerSessionId));
+    this.fenced++;
   }
 
   /**

@@ -344,13 +344,6 @@ export class HostRegistry {
     for (const listener of this.deletionListeners) listener(id);
   }
 
-  /** Hosts per status, for the metrics endpoint. */
-  async countByStatus(): Promise<Record<string, number>> {
-    const knex = this.orm.em.getConnection().getKnex();
-    const rows: { status: string; n: number }[] = await knex("hosts").select("status", knex.raw("count(*)::int as n")).groupBy("status");
-    return Object.fromEntries(rows.map((r) => [r.status, r.n]));
-  }
-
   get heartbeatGraceMs(): number {
     return this.graceMs;
   }

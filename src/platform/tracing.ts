@@ -1,4 +1,14 @@
-import { type Attributes, context, propagation, type Span, SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
+import {
+  type Attributes,
+  type Context,
+  context,
+  propagation,
+  type Span,
+  SpanKind,
+  type SpanOptions,
+  SpanStatusCode,
+  trace,
+} from "@opentelemetry/api";
 import { AsyncLocalStorageContextManager } from "@opentelemetry/context-async-hooks";
 import { W3CTraceContextPropagator } from "@opentelemetry/core";
 import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-http";
@@ -37,23 +47,14 @@ export function startTracing(endpoint: string, serviceName: string): () => Promi
 }
 
 /** Runs `fn` in a span of its own (a child of the active one); the span ends with it and records a throw. */
-export async function traced<T>(name: string, attributes: Attributes, fn: () => Promise<T>, kind = SpanKind.INTERNAL): Promise<T> {
+export async function traced<T>(name: string, attributes: Attributes, fn: () => Promise<T>): Promise<T> {
   if (!enabled) return fn();
-  return trace.getTracer(TRACER).startActiveSpan(name, { kind, attributes }, async (span) => {
-    try {
-      return await fn();
-    } catch (err) {
-      failed(span, err);
-      throw err;
-    } finally {
-      span.end();
-    }
-  });
+  return inSpan(name, { kind: SpanKind.INTERNAL, attributes }, context.active(), fn);
 }
 
 /**
  * An RPC's server span, continuing the caller's trace when it sent a `traceparent` header.
- * `outcome` says how the call ended (undefined for ok).
+ * `outcome` names how a failed call ended (its code).
  */
 export async function tracedCall<T>(
   name: string,
@@ -67,22 +68,30 @@ export async function tracedCall<T>(
     get: (h, key) => h.get(key) ?? undefined,
     keys: (h) => [...h.keys()],
   });
-  return trace.getTracer(TRACER).startActiveSpan(name, { kind: SpanKind.SERVER, attributes }, parent, async (span) => {
+  return inSpan(name, { kind: SpanKind.SERVER, attributes }, parent, fn, (span, err) =>
+    span.setAttribute("rpc.connect_rpc.error_code", outcome(err)),
+  );
+}
+
+async function inSpan<T>(
+  name: string,
+  options: SpanOptions,
+  parent: Context,
+  fn: () => Promise<T>,
+  onError: (span: Span, err: unknown) => void = () => undefined,
+): Promise<T> {
+  return trace.getTracer(TRACER).startActiveSpan(name, options, parent, async (span) => {
     try {
       return await fn();
     } catch (err) {
-      span.setAttribute("rpc.connect_rpc.error_code", outcome(err));
-      failed(span, err);
+      onError(span, err);
+      span.recordException(err instanceof Error ? err : String(err));
+      span.setStatus({ code: SpanStatusCode.ERROR, message: err instanceof Error ? err.message : String(err) });
       throw err;
     } finally {
       span.end();
     }
   });
-}
-
-function failed(span: Span, err: unknown): void {
-  span.recordException(err instanceof Error ? err : String(err));
-  span.setStatus({ code: SpanStatusCode.ERROR, message: err instanceof Error ? err.message : String(err) });
 }
 
 /** The active span's ids, for log lines (empty when tracing is off or no span is active). */

@@ -1,6 +1,6 @@
-import { createHash, timingSafeEqual } from "node:crypto";
 import { once } from "node:events";
 import type { ConnectNodeAdapterOptions } from "@connectrpc/connect-node";
+import { hashSecret, sameHash } from "../auth/token-secret.js";
 import type { Logger } from "../platform/logger.js";
 import type { Metrics } from "../platform/metrics.js";
 import type { FleetMetrics } from "../telemetry/fleet-metrics.js";
@@ -19,14 +19,18 @@ export interface ControlPlaneState {
  * an RPC gets a plain 404.
  */
 export class MetricsEndpoint {
+  /** SHA-256 of the Authorization header scrapes must send, when METRICS_TOKEN is set. */
+  private readonly tokenHash?: string;
+
   constructor(
     private readonly metrics: Metrics,
     private readonly fleet: FleetMetrics,
     state: ControlPlaneState,
     private readonly logger: Logger,
     /** The bearer token scrapes must show; none: open. */
-    private readonly token?: string,
+    token?: string,
   ) {
+    this.tokenHash = token === undefined ? undefined : hashSecret(`Bearer ${token}`);
     metrics.gaugeOf("remotegpu_agents_connected", "Agent streams open on this replica", () => state.agents.connected);
     metrics.counterOf("remotegpu_agent_hellos_total", "Agent hellos accepted by this replica", () => state.agents.hellos);
     metrics.counterOf(
@@ -52,7 +56,7 @@ export class MetricsEndpoint {
       res.end("not found\n");
       return;
     }
-    if (this.token && !sameSecret(req.headers.authorization ?? "", `Bearer ${this.token}`)) {
+    if (this.tokenHash && !sameHash(hashSecret(req.headers.authorization ?? ""), this.tokenHash)) {
       res.writeHead(401, { "content-type": "text/plain", "www-authenticate": "Bearer" });
       res.end("metrics need the METRICS_TOKEN bearer token\n");
       return;
@@ -83,10 +87,4 @@ export class MetricsEndpoint {
       res.end();
     });
   };
-}
-
-/** Compares two secrets in time that does not depend on where they differ. */
-function sameSecret(given: string, expected: string): boolean {
-  const digest = (v: string) => createHash("sha256").update(v).digest();
-  return timingSafeEqual(digest(given), digest(expected));
 }

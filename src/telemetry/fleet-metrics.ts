@@ -20,8 +20,7 @@ export interface FleetSources {
   heldHosts: () => Iterable<string>;
   /** Whether this replica leads (it alone exports fleet-wide series). */
   leads: () => boolean;
-  /** Fleet counts by status, as ListHosts / ListGpus would count them. */
-  hostCounts: () => Promise<Record<string, number>>;
+  /** GPUs by status, as ListGpus counts them (a GPU of an OFFLINE host is OFFLINE). */
   gpuCounts: () => Promise<Record<string, number>>;
   /** When the leader's reconciler last finished a pass over every environment. */
   lastReconcile: () => Date | undefined;
@@ -146,7 +145,8 @@ export class FleetMetrics {
                      group by e.workspace_id) g on g.workspace_id = w.id`,
     );
     snapshot.fleet = {
-      hostCounts: await this.s.hostCounts(),
+      // The leader read every host above.
+      hostCounts: countBy(hostRows, (h) => h.status),
       gpuCounts: await this.s.gpuCounts(),
       environments: Object.fromEntries(states.map((r) => [r.status, r.n])),
       waiting: waiting?.n ?? 0,
@@ -323,6 +323,12 @@ const GPU_FAMILIES: { name: string; help: string; type: "gauge" | "counter"; val
     values: one((s, _, now) => Math.max(0, (now - s.time.getTime()) / 1000)),
   },
 ];
+
+function countBy<T>(items: T[], key: (item: T) => string): Record<string, number> {
+  const counts: Record<string, number> = {};
+  for (const item of items) counts[key(item)] = (counts[key(item)] ?? 0) + 1;
+  return counts;
+}
 
 /** Label values escaped as the text format asks: backslash, double quote and newline. */
 function esc(value: string): string {

@@ -1,5 +1,6 @@
 import { strict as assert } from "node:assert";
 import { Code, ConnectError } from "@connectrpc/connect";
+import { ConfigError, loadConfig } from "../../src/config.js";
 
 /** Awaits `call` and asserts it failed with `code`, and that the message mentions each of `mentions`. */
 export async function expectCode(call: Promise<unknown>, code: Code, ...mentions: string[]): Promise<ConnectError> {
@@ -13,4 +14,15 @@ export async function expectCode(call: Promise<unknown>, code: Code, ...mentions
     return e;
   }
   assert.fail(`expected ${Code[code]}, but the call succeeded`);
+}
+
+/** The problems loadConfig reports for `env`, none if it loads. */
+export function problemsOf(env: Record<string, string>): string[] {
+  try {
+    loadConfig(env);
+    return [];
+  } catch (err) {
+    assert.ok(err instanceof ConfigError);
+    return err.problems;
+  }
 }

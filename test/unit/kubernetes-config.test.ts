@@ -2,18 +2,8 @@ import { strict as assert } from "node:assert";
 import { rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { ConfigError, loadConfig } from "../../src/config.js";
-
-/** The problems loadConfig reports for `env`, none if it loads. */
-function problemsOf(env: Record<string, string>): string[] {
-  try {
-    loadConfig(env);
-    return [];
-  } catch (err) {
-    assert.ok(err instanceof ConfigError);
-    return err.problems;
-  }
-}
+import { loadConfig } from "../../src/config.js";
+import { problemsOf } from "../support/expect.js";
 
 describe("loadConfig: the Kubernetes runtime's K8S_* settings", () => {
   const kubeconfig = path.join(os.tmpdir(), `remotegpu-kubeconfig-${process.pid}`);

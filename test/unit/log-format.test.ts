@@ -2,24 +2,16 @@ import { strict as assert } from "node:assert";
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
 import { stripVTControlCharacters } from "node:util";
-import { ConfigError, loadConfig } from "../../src/config.js";
+
 import { formatPretty, prettyDestination, useColour } from "../../src/platform/log-format.js";
 import { createLogger } from "../../src/platform/logger.js";
 import { ROOT } from "../support/child.js";
+import { loadConfig } from "../../src/config.js";
+import { problemsOf } from "../support/expect.js";
 
 /** 2024-01-02 03:04:05.006 in local time, which is what a pretty line shows. */
 const TIME = new Date(2024, 0, 2, 3, 4, 5, 6).getTime();
 const line = (record: Record<string, unknown>) => JSON.stringify({ level: 30, time: TIME, ...record });
-
-function problemsOf(env: Record<string, string>): string[] {
-  try {
-    loadConfig(env);
-    return [];
-  } catch (err) {
-    assert.ok(err instanceof ConfigError);
-    return err.problems;
-  }
-}
 
 describe("LOG_FORMAT=pretty: one readable line per record", () => {
   it("shows time, padded upper-case level, message, then the other fields as key=value", () => {
