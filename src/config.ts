@@ -51,9 +51,9 @@ export interface Config {
    */
   maxStreamsPerConnection: number;
   /**
-   * `MAX_ACTIVE_CALLS_PER_CONNECTION`: calls of one connection being worked on at once (until each
-   * has its answer ready); the connection's other calls wait their turn, and other connections'
-   * calls do not wait behind them. @default 2
+   * `MAX_ACTIVE_CALLS_PER_CONNECTION`: calls of one caller (its authorization header) on one
+   * connection being worked on at once (until each has its answer ready); its other calls wait
+   * their turn, and other callers' calls do not wait behind them. @default 2
    */
   maxActiveCallsPerConnection: number;
   /** HTTP/2 flow control and memory; see the README's "HTTP/2 settings". */

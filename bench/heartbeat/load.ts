@@ -137,6 +137,7 @@ for (let i = 0; i < hosts.length; i++) {
 while (connected + errors < hosts.length) await new Promise((r) => setTimeout(r, 100));
 clearInterval(progress);
 const hellosPerSecond = hosts.length / ((performance.now() - connectStarted) / 1000);
+process.stdout.write(`${JSON.stringify({ phase: "connected", connected })}\n`);
 await new Promise((r) => setTimeout(r, warmupMs));
 process.stdout.write(`${JSON.stringify({ phase: "measuring", connected })}\n`);
 measuring = true;

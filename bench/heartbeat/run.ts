@@ -25,6 +25,8 @@ const { values } = parseArgs({
     replicas: { type: "string", default: "1" },
     // Prometheus' view while RemoteGPU is measured: GET /metrics of each replica every N seconds (0: none).
     scrape: { type: "string", default: "0" },
+    // Write a V8 CPU profile of each RemoteGPU server process into this folder (node --cpu-prof).
+    profile: { type: "string" },
   },
 });
 const replicas = Number(values.replicas);
@@ -40,8 +42,8 @@ process.once("exit", () => {
   for (const c of children) c.kill("SIGKILL");
 });
 
-function start(script: string, args: string[], env: Record<string, string>): Child {
-  const proc = spawn(process.execPath, ["--import", "tsx", script, ...args], {
+function start(script: string, args: string[], env: Record<string, string>, nodeArgs: string[] = []): Child {
+  const proc = spawn(process.execPath, [...nodeArgs, "--import", "tsx", script, ...args], {
     cwd: ROOT,
     env: { ...process.env, ...env },
     stdio: ["ignore", "pipe", "inherit"],
@@ -87,11 +89,16 @@ function usage(pids: number[]): { cpu: number; rssMiB: number } {
 }
 
 /** Starts `count` processes of `script` and waits until each listens; returns their URLs. */
-async function listening(count: number, script: string, env: Record<string, string>): Promise<{ procs: ChildProcess[]; urls: string[] }> {
+async function listening(
+  count: number,
+  script: string,
+  env: Record<string, string>,
+  nodeArgs: string[] = [],
+): Promise<{ procs: ChildProcess[]; urls: string[] }> {
   const procs: ChildProcess[] = [];
   const urls: string[] = [];
   for (let i = 0; i < count; i++) {
-    const child = start(script, [], env);
+    const child = start(script, [], env, nodeArgs);
     const { port } = (await waitFor(child, (l) => l.msg === "remotegpu listening", 60_000)) as { port: number };
     procs.push(child.proc);
     urls.push(`http://127.0.0.1:${port}`);
@@ -136,7 +143,12 @@ async function load(
     ],
     {},
   );
-  await waitFor(gen, (l) => l.phase === "measuring", (Number(values.warmup) + 1200) * 1000);
+  const idleRss = usage(serverPids).rssMiB;
+  // The servers' CPU while the fleet connects: hellos, and the heartbeats of the agents already in.
+  const connecting = usage(serverPids);
+  await waitFor(gen, (l) => l.phase === "connected", 1200 * 1000);
+  const helloCpuMs = ((usage(serverPids).cpu - connecting.cpu) * 1000) / agents;
+  await waitFor(gen, (l) => l.phase === "measuring", (Number(values.warmup) + 60) * 1000);
   const windowEnd = await window();
   const before = usage(serverPids);
   const t0 = performance.now();
@@ -150,6 +162,9 @@ async function load(
   return {
     ...(result as Record<string, number>),
     serverCpuPercent: ((after.cpu - before.cpu) / seconds) * 100,
+    helloCpuMs,
+    // What the streams cost beyond the idle process.
+    rssPerStreamKiB: ((peakRss - idleRss) * 1024) / Math.max(1, (result as { connected: number }).connected),
     serverRssMiB: peakRss,
     seconds,
   };
@@ -174,16 +189,21 @@ try {
   // 1. RemoteGPU itself: one replica, or several sharing the database and Redis.
   const shared: Record<string, string> =
     replicas > 1 ? { REDIS_URL: process.env.REDIS_URL ?? "redis://127.0.0.1:6379", REDIS_KEY_PREFIX: `bench-${process.pid}:` } : {};
-  const servers = await listening(replicas, "src/main.ts", {
-    ...shared,
-    DATABASE_URL: db.url,
-    PORT: "0",
-    BIND_ADDRESS: "127.0.0.1",
-    REMOTEGPU_ADMIN_TOKEN: ADMIN,
-    LOG_LEVEL: "info",
-    RATE_LIMIT_PER_SECOND: "0",
-    HEARTBEAT_INTERVAL_SECONDS: String(Math.max(1, Math.round(1 / Number(values.rate)))),
-  });
+  const servers = await listening(
+    replicas,
+    "src/main.ts",
+    {
+      ...shared,
+      DATABASE_URL: db.url,
+      PORT: "0",
+      BIND_ADDRESS: "127.0.0.1",
+      REMOTEGPU_ADMIN_TOKEN: ADMIN,
+      LOG_LEVEL: "info",
+      RATE_LIMIT_PER_SECOND: "0",
+      HEARTBEAT_INTERVAL_SECONDS: String(Math.max(1, Math.round(1 / Number(values.rate)))),
+    },
+    values.profile ? ["--cpu-prof", `--cpu-prof-dir=${path.resolve(values.profile)}`] : [],
+  );
   const auth: Interceptor = (next) => (req) => {
     req.header.set("authorization", `Bearer ${ADMIN}`);
     return next(req);
@@ -244,6 +264,9 @@ try {
   const row = (name: string, r: Record<string, unknown>) =>
     `| ${name} | ${r.connected} | ${(r.hellosPerSecond as number).toFixed(0)} | ${(r.ackedPerSecond as number).toFixed(0)} | ${(r.p50 as number).toFixed(1)} | ${(r.p99 as number).toFixed(1)} | ${(r.serverCpuPercent as number).toFixed(0)}% | ${(r.serverRssMiB as number).toFixed(0)} | ${r.errors} |`;
   const secs = real.seconds as number;
+  const n = (v: unknown, digits = 0) => (v as number).toFixed(digits);
+  const per = (r: Record<string, unknown>, a: string, b?: string) => (r[a] as number) / (b ? (r[b] as number) : 1);
+  const ratio = (a: string, b?: string) => (per(real, a, b) / per(bare, a, b)).toFixed(2);
   process.stdout.write(
     [
       `agents ${agents} × 8 GPUs, ${values.rate} heartbeat/s each, ${replicas} server process(es) (CPU and RSS are their sum), ${values["per-connection"]} streams per HTTP/2 connection, ${values.duration} s measured after ${values.warmup} s warm-up; load generator and server on the same ${os.cpus().length} cores, Node ${process.version}`,
@@ -254,6 +277,8 @@ try {
       row("bare connect-node echo", bare),
       "",
       `RemoteGPU / echo message rate: ${(((real.ackedPerSecond as number) / (bare.ackedPerSecond as number)) * 100).toFixed(0)}%`,
+      `RemoteGPU / echo: hellos/s ${ratio("hellosPerSecond")}×, server CPU per acked heartbeat ${ratio("serverCpuPercent", "ackedPerSecond")}×, RSS per stream ${ratio("rssPerStreamKiB")}× (${n(real.rssPerStreamKiB)} against ${n(bare.rssPerStreamKiB)} KiB), ack p99 ${ratio("p99")}×`,
+      `server CPU while the fleet connected, per hello: ${n(real.helloCpuMs, 1)} ms (echo ${n(bare.helloCpuMs, 1)} ms)`,
       `stream errors by code: RemoteGPU ${JSON.stringify(real.errorCodes)}, echo ${JSON.stringify(bare.errorCodes)}`,
       ...(scrapes.length
         ? [

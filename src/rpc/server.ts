@@ -147,7 +147,7 @@ export class RpcServer {
     const h2stream = "stream" in req ? req.stream : undefined;
     let leave: (() => void) | undefined;
     try {
-      leave = await this.admission.enter(h2stream?.session ?? req.socket, request.signal);
+      leave = await this.admission.enter(h2stream?.session ?? req.socket, req.headers.authorization ?? "", request.signal);
       if (req.method === "GET") {
         const undecodable = undecodableQuery(request.url, rpc.method.input, this.rpc.readMaxBytes);
         if (undecodable) return answerConnectError(res, undecodable);
