@@ -1,10 +1,26 @@
 import type { MikroORM } from "@mikro-orm/postgresql";
 import { PermissionDeniedError, UnauthenticatedError } from "../errors.js";
 import type { Clock } from "../platform/clock.js";
-import { ApiToken } from "./api-token.js";
+import { Batcher } from "../platform/batcher.js";
+import { bulkSql, pgArray } from "../platform/bulk-sql.js";
+import { ApiToken, type TokenKind, type WorkspaceRole } from "./api-token.js";
 import type { Principal } from "./principal.js";
 import { hashSecret, issueToken, parseToken, sameHash } from "./token-secret.js";
 import { liveAt } from "./workspace-tokens.js";
+
+/** The columns of a stored token that authentication reads. */
+interface TokenRow {
+  id: string;
+  kind: TokenKind;
+  secret_hash: string;
+  host_id: string | null;
+  workspace_id: string | null;
+  role: WorkspaceRole | null;
+  /** Timestamps as PostgreSQL prints them (the ORM's connection keeps them as text). */
+  expires_at: string | null;
+  revoked_at: string | null;
+  last_used_at: string | null;
+}
 
 /** The id under which the configured admin token appears in logs and audit records. */
 export const CONFIG_ADMIN_TOKEN_ID = "config-admin";
@@ -33,30 +49,43 @@ export class Authenticator {
     }
     const parsed = parseToken(presented);
     if (!parsed) throw new UnauthenticatedError("invalid token");
-    const row = await this.orm.em.fork().findOne(ApiToken, parsed.id);
+    const row = await this.lookups.add(parsed.id);
     // Hash even when the row is missing, so both paths take about the same time.
     const presentedHash = hashSecret(parsed.secret);
-    if (!row || !sameHash(presentedHash, row.secretHash)) throw new UnauthenticatedError("invalid token");
-    if (row.revokedAt) throw new UnauthenticatedError("token revoked");
-    const now = this.clock.now();
-    if (row.expiresAt && row.expiresAt <= now) throw new UnauthenticatedError("token expired");
-    await this.touch(row, now);
+    if (!row || !sameHash(presentedHash, row.secret_hash)) throw new UnauthenticatedError("invalid token");
+    if (row.revoked_at) throw new UnauthenticatedError("token revoked");
+    const now = this.clock.now().getTime();
+    if (row.expires_at && Date.parse(row.expires_at) <= now) throw new UnauthenticatedError("token expired");
+    // Records when a token was last used, at most once a minute, so busy tokens do not write on every call.
+    if (!row.last_used_at || now - Date.parse(row.last_used_at) >= LAST_USE_RESOLUTION_MS) await this.uses.add(row.id);
 
     switch (row.kind) {
       case "admin":
         return { kind: "admin", tokenId: row.id };
       case "host":
-        return { kind: "host", tokenId: row.id, hostId: row.host!.id };
+        return { kind: "host", tokenId: row.id, hostId: row.host_id! };
       case "workspace":
-        return { kind: "workspace", tokenId: row.id, workspaceId: row.workspace!.id, role: row.role ?? "viewer" };
+        return { kind: "workspace", tokenId: row.id, workspaceId: row.workspace_id!, role: row.role ?? "viewer" };
     }
   }
 
-  /** Records when a token was last used, at most once a minute, so busy tokens do not write on every call. */
-  private async touch(row: ApiToken, now: Date): Promise<void> {
-    if (row.lastUsedAt && now.getTime() - row.lastUsedAt.getTime() < LAST_USE_RESOLUTION_MS) return;
-    await this.orm.em.fork().nativeUpdate(ApiToken, { id: row.id }, { lastUsedAt: now });
-  }
+  // Every call is authenticated, and a fleet of agents reconnecting authenticates thousands of
+  // streams at once: lookups and last-use writes made together share one statement each.
+  private readonly lookups = new Batcher<string, TokenRow | undefined>(async (ids) => {
+    const rows = await bulkSql<TokenRow>(
+      this.orm,
+      `select id, kind, secret_hash, host_id, workspace_id, role, expires_at, revoked_at, last_used_at
+       from api_tokens where id = any(?::text[])`,
+      [pgArray(ids)],
+    );
+    const byId = new Map(rows.map((r) => [r.id, r]));
+    return ids.map((id) => byId.get(id));
+  });
+
+  private readonly uses = new Batcher<string, undefined>(async (ids) => {
+    await bulkSql(this.orm, "update api_tokens set last_used_at = ? where id = any(?::text[])", [this.clock.now(), pgArray(ids)]);
+    return ids.map(() => undefined);
+  });
 
   /**
    * With no admin token configured, makes sure one exists: the first start creates it and returns

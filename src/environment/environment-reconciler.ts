@@ -3,6 +3,8 @@ import type { EntityManager, MikroORM } from "@mikro-orm/postgresql";
 import { Gpu } from "../gpu/gpu.js";
 import type { Host, HostRuntime } from "../host/host.js";
 import { isId } from "../ids.js";
+import { Batcher } from "../platform/batcher.js";
+import { bulkSql, pgArray } from "../platform/bulk-sql.js";
 import type { Clock } from "../platform/clock.js";
 import { traced } from "../platform/tracing.js";
 import type { Logger } from "../platform/logger.js";
@@ -83,6 +85,17 @@ export class EnvironmentReconciler {
     this.retryMaxMs = options.retryMaxMs ?? 60_000;
   }
 
+  /** Whether each host has environments that hold it (HOLDING), for many hosts in one statement. */
+  private readonly holdingHosts = new Batcher<string, boolean>(async (hostIds) => {
+    const rows = await bulkSql<{ host_id: string }>(
+      this.orm,
+      "select distinct host_id from environments where host_id = any(?::uuid[]) and status = any(?::text[])",
+      [pgArray(hostIds), pgArray(HOLDING)],
+    );
+    const holding = new Set(rows.map((r) => r.host_id));
+    return hostIds.map((id) => holding.has(id));
+  });
+
   /** Runs a pass soon; passes never overlap, and a kick during one runs another after it. */
   kick(): void {
     if (this.running) {
@@ -152,6 +165,9 @@ export class EnvironmentReconciler {
     const runtime = this.runtimes.AGENT;
     if (!runtime) return;
     runningIds = runningIds.filter(isId).map((id) => id.toLowerCase());
+    // Most agents of a reconnecting fleet run nothing and are owed nothing: one look shared by the
+    // hellos arriving together settles those.
+    if (runningIds.length === 0 && !(await this.holdingHosts.add(hostId))) return;
     const em = this.orm.em.fork();
     const envs = await em.find(Environment, { host: hostId, status: { $in: HOLDING } });
     const wanted = new Set(envs.filter((e) => ["CREATING", "STARTING", "RUNNING"].includes(e.status)).map((e) => e.id));

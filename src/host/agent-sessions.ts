@@ -11,7 +11,9 @@ import { Violations, checkString } from "../validation.js";
 import { Channel } from "../platform/channel.js";
 import type { PortProtocol } from "../environment/environment.js";
 import type { WorkloadSpec } from "../runtime/runtime.js";
-import { syncInventory, type ReportedGpu } from "./inventory-sync.js";
+import { Batcher } from "../platform/batcher.js";
+import { pgArray } from "../platform/bulk-sql.js";
+import { applyInventories, type ReportedGpu } from "./inventory-sync.js";
 
 export interface AgentHello {
   hostId: string;
@@ -126,10 +128,10 @@ export class AgentSessions {
     // Jitter spreads the heartbeats of hosts that all reconnected at once (after a restart, say).
     const interval = Math.round(this.heartbeatIntervalMs * (1 - JITTER + Math.random() * 2 * JITTER));
     const session = new AgentSession(hello.hostId, interval, this.leaseMs);
-    // Raw statements in one transaction: this runs for every agent of the fleet when the control
-    // plane restarts, so it avoids the ORM's per-entity work (see docs/benchmarks.md).
+    // Raw statements, hellos batched: this runs for every agent of the fleet when the control plane
+    // restarts, so it avoids the ORM's per-entity work and a transaction per hello (docs/benchmarks.md).
     try {
-      await this.transactHello(hello, session);
+      await this.helloBatches.add({ hello, session });
     } catch (err) {
       // The swap below may have happened before the commit failed: do not leave a dead session live.
       if (this.live.get(hello.hostId) === session) this.live.delete(hello.hostId);
@@ -153,46 +155,87 @@ export class AgentSessions {
     this.live.delete(hostId);
   }
 
-  private async transactHello(hello: AgentHello, session: AgentSession): Promise<void> {
-    await this.orm.em
+  // A fleet reconnecting after a restart or deploy says hello all at once: the hellos waiting
+  // together share one transaction, a few statements however many there are.
+  private readonly helloBatches = new Batcher<{ hello: AgentHello; session: AgentSession }, undefined>(async (batch) => {
+    const results: (undefined | Error)[] = [];
+    // Two hellos of one host in a batch go in separate rounds, one after the other, oldest first.
+    let rest = batch.map((b, i) => ({ ...b, i }));
+    while (rest.length > 0) {
+      const hosts = new Set<string>();
+      const round: typeof rest = [];
+      const later: typeof rest = [];
+      for (const b of rest) {
+        (hosts.has(b.hello.hostId) ? later : round).push(b);
+        hosts.add(b.hello.hostId);
+      }
+      try {
+        const missing = await this.transactHellos(round);
+        for (const b of round) results[b.i] = missing.has(b.hello.hostId) ? new NotFoundError("host", b.hello.hostId) : undefined;
+      } catch (err) {
+        for (const b of round) results[b.i] = err instanceof Error ? err : new Error(String(err));
+      }
+      rest = later;
+    }
+    return results;
+  });
+
+  /** Records hellos of distinct hosts in one transaction; returns the hosts that do not exist. */
+  private async transactHellos(round: { hello: AgentHello; session: AgentSession }[]): Promise<Set<string>> {
+    return this.orm.em
       .getConnection()
       .getKnex()
       .transaction(async (trx) => {
         const now = this.clock.now();
-        // The UPDATE also takes the host's row lock: concurrent hellos for one host run one at a time.
+        // The hosts' row locks, taken in one order so that concurrent batches cannot deadlock; they
+        // also make concurrent hellos for one host run one at a time.
+        const ids = round.map((b) => b.hello.hostId);
+        await trx.raw("select id from hosts where id = any(?::uuid[]) order by id for no key update", [pgArray(ids)]);
         const updated = await trx.raw(
-          `update hosts set agent_version = ?, containers_supported = ?, runtime_unavailable_reason = ?, agent_connected_at = ?,
-           cpu_millicores = case when ?::bigint > 0 then ?::bigint else cpu_millicores end,
-           memory_bytes = case when ?::bigint > 0 then ?::bigint else memory_bytes end,
-           disk_bytes = case when ?::bigint > 0 then ?::bigint else disk_bytes end,
-           last_heartbeat_at = ?, updated_at = ?,
-           status_message = case when status = 'OFFLINE' and node_state is null then '' else status_message end,
-           status = case when status = 'OFFLINE' and node_state is null then 'ONLINE' else status end
-         where id = ?
-         returning (extract(epoch from clock_timestamp()) * 1000000)::bigint::text as epoch`,
+          `update hosts h set agent_version = v.version, containers_supported = v.containers, runtime_unavailable_reason = v.reason,
+             agent_connected_at = ?,
+             cpu_millicores = case when v.cpu > 0 then v.cpu else h.cpu_millicores end,
+             memory_bytes = case when v.memory > 0 then v.memory else h.memory_bytes end,
+             disk_bytes = case when v.disk > 0 then v.disk else h.disk_bytes end,
+             last_heartbeat_at = ?, updated_at = ?,
+             status_message = case when h.status = 'OFFLINE' and h.node_state is null then '' else h.status_message end,
+             status = case when h.status = 'OFFLINE' and h.node_state is null then 'ONLINE' else h.status end
+           from jsonb_to_recordset(?::jsonb) as v(id uuid, version text, containers boolean, reason text, cpu bigint, memory bigint, disk bigint)
+           where h.id = v.id
+           returning h.id, (extract(epoch from clock_timestamp()) * 1000000)::bigint::text as epoch`,
           [
-            hello.agentVersion,
-            hello.containersSupported,
-            hello.runtimeUnavailableReason,
-            now,
-            hello.cpuMillicores,
-            hello.cpuMillicores,
-            hello.memoryBytes,
-            hello.memoryBytes,
-            hello.diskBytes,
-            hello.diskBytes,
             now,
             now,
-            hello.hostId,
+            now,
+            JSON.stringify(
+              round.map(({ hello }) => ({
+                id: hello.hostId,
+                version: hello.agentVersion,
+                containers: hello.containersSupported,
+                reason: hello.runtimeUnavailableReason,
+                cpu: hello.cpuMillicores,
+                memory: hello.memoryBytes,
+                disk: hello.diskBytes,
+              })),
+            ),
           ],
         );
-        if (updated.rowCount === 0) throw new NotFoundError("host", hello.hostId);
-        session.epoch = BigInt((updated.rows as { epoch: string }[])[0]!.epoch);
-        session.gpuIds = await syncInventory(trx, hello.hostId, hello.gpus, now);
-        // Swapped while the host row is locked, so concurrent hellos fence in the order they committed.
-        const older = this.live.get(hello.hostId);
-        if (older) this.fence(older, session.id);
-        this.live.set(hello.hostId, session);
+        const epochs = new Map((updated.rows as { id: string; epoch: string }[]).map((r) => [r.id, BigInt(r.epoch)]));
+        const found = round.filter((b) => epochs.has(b.hello.hostId));
+        const plans = await applyInventories(
+          trx,
+          found.map(({ hello }) => ({ hostId: hello.hostId, gpus: hello.gpus })),
+          now,
+        );
+        for (const { hello, session } of found) {
+          session.epoch = epochs.get(hello.hostId)!;
+          session.gpuIds = plans.get(hello.hostId)!.ids;
+          // Swapped while the host row is locked, so concurrent hellos fence in the order they committed.
+          const older = this.live.get(hello.hostId);
+          if (older) this.fence(older, session.id);
+          this.live.set(hello.hostId, session);
+        }
+        return new Set(round.filter((b) => !epochs.has(b.hello.hostId)).map((b) => b.hello.hostId));
       });
   }
 

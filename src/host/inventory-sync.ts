@@ -69,28 +69,29 @@ export function planInventory(stored: StoredGpu[], reported: ReportedGpu[]): Inv
   return plan;
 }
 
-/**
- * Applies the agent's inventory to its host inside the caller's transaction: one read, and writes
- * only for what changed (a few statements whatever the GPU count). Returns GPU ids by UUID.
- */
-export async function syncInventory(
-  trx: Knex.Transaction,
-  hostId: string,
-  reported: ReportedGpu[],
-  now: Date,
-): Promise<Map<string, string>> {
-  return (await applyInventory(trx, hostId, reported, now)).ids;
-}
-
 /** Whether applying the plan changed any GPU row. */
 export function inventoryChanged(plan: InventoryPlan): boolean {
   return plan.park.length + plan.insert.length + plan.update.length + plan.offline.length > 0;
 }
 
-/** syncInventory, returning what it did. */
+/** applyInventories for one host. */
 export async function applyInventory(trx: Knex.Transaction, hostId: string, reported: ReportedGpu[], now: Date): Promise<InventoryPlan> {
+  return (await applyInventories(trx, [{ hostId, gpus: reported }], now)).get(hostId)!;
+}
+
+/**
+ * Makes the GPU rows of each host match what its agent reports, inside the caller's transaction:
+ * one read, and writes only for what changed, a few statements whatever the number of hosts and
+ * GPUs (a fleet reconnecting at once is synced in batches). Returns what it did per host.
+ */
+export async function applyInventories(
+  trx: Knex.Transaction,
+  reports: { hostId: string; gpus: ReportedGpu[] }[],
+  now: Date,
+): Promise<Map<string, InventoryPlan>> {
   const rows: {
     id: string;
+    host_id: string;
     uuid: string;
     index: number;
     model: string;
@@ -102,12 +103,14 @@ export async function applyInventory(trx: Knex.Transaction, hostId: string, repo
     health_reasons: string[];
   }[] = (
     await trx.raw(
-      "select id, uuid, index, model, memory_bytes, driver_version, cuda_version, status, holder, health_reasons from gpus where host_id = ?",
-      [hostId],
+      `select id, host_id, uuid, index, model, memory_bytes, driver_version, cuda_version, status, holder, health_reasons
+       from gpus where host_id = any(?::uuid[])`,
+      [pgArray(reports.map((r) => r.hostId))],
     )
   ).rows;
-  const plan = planInventory(
-    rows.map((r) => ({
+  const stored = new Map<string, StoredGpu[]>(reports.map((r) => [r.hostId, []]));
+  for (const r of rows) {
+    stored.get(r.host_id)?.push({
       id: r.id,
       uuid: r.uuid,
       index: r.index,
@@ -118,32 +121,37 @@ export async function applyInventory(trx: Knex.Transaction, hostId: string, repo
       status: r.status,
       holder: r.holder,
       healthReasons: r.health_reasons,
-    })),
-    reported,
-  );
-  if (plan.park.length > 0) await trx.raw("update gpus set index = -1 - index where id = any(?::uuid[])", [pgArray(plan.park)]);
-  if (plan.offline.length > 0) {
+    });
+  }
+  const plans = new Map(reports.map((r) => [r.hostId, planInventory(stored.get(r.hostId)!, r.gpus)]));
+  const all = [...plans.entries()];
+  const park = all.flatMap(([, p]) => p.park);
+  const offline = all.flatMap(([, p]) => p.offline);
+  const update = all.flatMap(([, p]) => p.update);
+  const insert = all.flatMap(([hostId, p]) => p.insert.map((g) => ({ ...g, hostId })));
+  if (park.length > 0) await trx.raw("update gpus set index = -1 - index where id = any(?::uuid[])", [pgArray(park)]);
+  if (offline.length > 0) {
     await trx.raw("update gpus set status = 'OFFLINE', updated_at = ?, version = version + 1 where id = any(?::uuid[])", [
       now,
-      pgArray(plan.offline),
+      pgArray(offline),
     ]);
   }
-  if (plan.update.length > 0) {
+  if (update.length > 0) {
     await trx.raw(
       `update gpus g set index = v.index, model = v.model, memory_bytes = v."memoryBytes", driver_version = v."driverVersion",
          cuda_version = v."cudaVersion", status = v.status, updated_at = ?, version = g.version + 1
        from jsonb_to_recordset(?::jsonb) as v(id uuid, index int, model text, "memoryBytes" bigint, "driverVersion" text, "cudaVersion" text, status text)
        where g.id = v.id`,
-      [now, JSON.stringify(plan.update)],
+      [now, JSON.stringify(update)],
     );
   }
-  if (plan.insert.length > 0) {
+  if (insert.length > 0) {
     await trx.raw(
       `insert into gpus (id, host_id, index, uuid, model, memory_bytes, driver_version, cuda_version, status, health_reasons, created_at, updated_at, version)
-       select v.id, ?, v.index, v.uuid, v.model, v."memoryBytes", v."driverVersion", v."cudaVersion", 'AVAILABLE', '[]'::jsonb, ?, ?, 1
-       from jsonb_to_recordset(?::jsonb) as v(id uuid, index int, uuid text, model text, "memoryBytes" bigint, "driverVersion" text, "cudaVersion" text)`,
-      [hostId, now, now, JSON.stringify(plan.insert)],
+       select v.id, v."hostId", v.index, v.uuid, v.model, v."memoryBytes", v."driverVersion", v."cudaVersion", 'AVAILABLE', '[]'::jsonb, ?, ?, 1
+       from jsonb_to_recordset(?::jsonb) as v(id uuid, "hostId" uuid, index int, uuid text, model text, "memoryBytes" bigint, "driverVersion" text, "cudaVersion" text)`,
+      [now, now, JSON.stringify(insert)],
     );
   }
-  return plan;
+  return plans;
 }

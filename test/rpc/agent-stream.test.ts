@@ -8,7 +8,7 @@ import { ManualClock } from "../../src/platform/clock.js";
 import { expectCode } from "../support/expect.js";
 import { FakeAgent } from "../support/fake-agent.js";
 import { eventually } from "../support/eventually.js";
-import { clients, startTestServer, type TestServer } from "../support/server.js";
+import { ADMIN_TOKEN, clients, startTestServer, type TestServer } from "../support/server.js";
 import { TcpProxy } from "../support/tcp-proxy.js";
 
 describe("HostService.StreamHeartbeats", () => {
@@ -97,6 +97,42 @@ describe("HostService.StreamHeartbeats", () => {
     // The agent tells a fence from other ABORTEDs (a lost race, a reset connection) by this.
     assert.equal(err.metadata.get("remotegpu-fenced-by"), welcome.message.value.sessionId);
     await second.beat([{ uuid: "GPU-f-0", index: 0, util: 5 }]);
+  });
+
+  it("answers hellos that arrive together (a reconnecting fleet) each on its own: welcome, not found, fenced", async () => {
+    const made = await Promise.all(Array.from({ length: 12 }, (_, i) => newHost(`agent-together-${i}`)));
+    const again = new FakeAgent(server, made[0]!.token);
+    const stranger = new FakeAgent(server, ADMIN_TOKEN); // an admin may speak for any host, even one that is not there
+    agents.push(again, stranger);
+    const missing = "00000000-0000-4000-8000-00000000beef";
+    const [welcomes, refused, second] = await Promise.all([
+      Promise.all(made.map(({ host, agent }, i) => agent.hello(host.id, [{ index: 0, uuid: `GPU-together-${i}` }]))),
+      expectCode(stranger.hello(missing, []), Code.NotFound, missing),
+      again.hello(made[0]!.host.id, [{ index: 0, uuid: "GPU-together-0" }]),
+    ]);
+    assert.ok(welcomes.every((w) => w.message.case === "welcome"));
+    assert.ok(refused);
+    // Both streams of host 0 were welcomed; the one that committed first is fenced by the other.
+    const first = welcomes[0]!.message.value as { sessionId: string };
+    const fenced = await Promise.race([
+      made[0]!.agent.next().then(
+        () => "first alive",
+        () => "first fenced",
+      ),
+      again.next().then(
+        () => "second alive",
+        () => "second fenced",
+      ),
+    ]);
+    assert.ok(fenced.endsWith("fenced"), fenced);
+    assert.notEqual(first.sessionId, (second.message.value as { sessionId: string }).sessionId);
+    for (const [i, { host }] of made.entries()) {
+      assert.equal((await hosts.getHost({ id: host.id })).host!.status, HostStatus.ONLINE);
+      assert.deepEqual(
+        (await gpusOf(host.id)).map((g) => g.uuid),
+        [`GPU-together-${i}`],
+      );
+    }
   });
 
   it("marks GPUs missing from a later hello OFFLINE (never deleting them) and adds new ones", async () => {
