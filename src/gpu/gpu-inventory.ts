@@ -1,14 +1,14 @@
 import { LockMode, type FilterQuery } from "@mikro-orm/core";
 import type { EntityManager, MikroORM } from "@mikro-orm/postgresql";
 import { AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError } from "../errors.js";
-import { Host, hasLabels } from "../host/host.js";
+import { Host, type HostStatus } from "../host/host.js";
 import { checkId } from "../ids.js";
 import { decodePageToken, encodePageToken, pageSize, type Page } from "../pagination.js";
 import type { Clock } from "../platform/clock.js";
 import { onUniqueViolation } from "../platform/unique-violation.js";
 import type { LatestSamples } from "../telemetry/latest-samples.js";
 import { Violations, checkString } from "../validation.js";
-import { Gpu, type GpuStatus, type GpuView } from "./gpu.js";
+import { Gpu, type GpuStatus, type GpuView, type ShownGpu } from "./gpu.js";
 import type { AuditNote } from "../audit/audit-trail.js";
 
 // Where the RPC layer has always found it.
@@ -106,33 +106,46 @@ export class GpuInventory {
     return this.view(await findGpu(em, id));
   }
 
-  /** GPUs ordered by (host id, index): the unique index on those columns serves the keyset. */
+  /**
+   * GPUs ordered by (host id, index): the unique index on those columns, or the status, model or free
+   * GPUs' index in host order, serves the keyset. One SQL query for the page and one for total_size,
+   * side by side; rows become views without the ORM, whose hydration of a GPU and its host per row cost
+   * more than both queries.
+   */
   async list(filter: GpuFilter, size: number, token: string): Promise<Page<GpuView>> {
     const limit = pageSize(size);
     const v = new Violations();
     checkString(v, "model", filter.model ?? "", { max: 128 });
     v.throwIfAny();
     const after = decodePageToken(token, filter, ["uuid", "int"]);
-    const where: FilterQuery<Gpu>[] = [];
-    if (filter.hostId) where.push({ host: checkId("host_id", filter.hostId) });
-    if (filter.model) where.push({ model: filter.model });
-    if (filter.status === "OFFLINE") where.push({ $or: [{ status: "OFFLINE" }, { host: { status: "OFFLINE" } }] });
-    else if (filter.status) where.push({ status: filter.status, host: { status: { $ne: "OFFLINE" } } });
-    if (filter.freeOnly) where.push(FREE_GPU);
-    if (Object.keys(filter.labels).length > 0) where.push({ host: hasLabels(filter.labels) });
+    const branches = listBranches(filter);
+    // A row comparison is an index condition: a deep page starts at its key instead of reading every
+    // row before it. The bound on h.id, implied by the join, lets the hosts side start there too.
+    const keyset: Sql[] = after
+      ? [{ sql: "(g.host_id, g.index) > (?::uuid, ?::int) and h.id >= ?::uuid", params: [after[0], after[1], after[0]] }]
+      : [];
+    const pages = branches.map((b) => pageSql([...b, ...keyset], limit + 1));
+    // Two branches (OFFLINE): each one's first rows, merged in the same order.
+    const page =
+      pages.length === 1
+        ? pages[0]!
+        : {
+            sql: `select * from (${pages.map((p) => `(${p.sql})`).join(" union all ")}) u order by u.host_id, u.index limit ?`,
+            params: [...pages.flatMap((p) => p.params), limit + 1],
+          };
+    const counts = branches.map(countSql);
+    const count = { sql: counts.map((c) => c.sql).join(" + "), params: counts.flatMap((c) => c.params) };
 
-    const em = this.orm.em.fork();
-    const keyset: FilterQuery<Gpu> = after
-      ? { $or: [{ host: { $gt: after[0] as string } }, { host: after[0] as string, index: { $gt: after[1] as number } }] }
-      : {};
-    const [rows, totalSize] = await Promise.all([
-      em.find(Gpu, { $and: [...where, keyset] }, { orderBy: [{ host: "asc" }, { index: "asc" }], limit: limit + 1, populate: ["host"] }),
-      em.count(Gpu, { $and: where }),
+    const conn = this.orm.em.getConnection();
+    const [rows, [counted]] = await Promise.all([
+      conn.execute<GpuRow[]>(page.sql, page.params, "all"),
+      conn.execute<{ n: number }[]>(`select (${count.sql})::int as n`, count.params, "all"),
     ]);
-    const items = rows.slice(0, limit);
+    const date = (value: string) => this.orm.em.getPlatform().parseDate(value) as Date;
+    const items = rows.slice(0, limit).map((r) => this.view(shownGpu(r, date)));
     const last = items[items.length - 1];
-    const nextPageToken = rows.length > limit && last ? encodePageToken([last.host.id, last.index], filter) : "";
-    return { items: items.map((g) => this.view(g)), nextPageToken, totalSize };
+    const nextPageToken = rows.length > limit && last ? encodePageToken([last.gpu.host.id, last.gpu.index], filter) : "";
+    return { items, nextPageToken, totalSize: counted?.n ?? 0 };
   }
 
   async update(id: string, patch: GpuPatch, fields: string[], note: AuditNote = unaudited): Promise<GpuView> {
@@ -204,9 +217,137 @@ export class GpuInventory {
     return Object.fromEntries(rows.map((r) => [r.status, r.n]));
   }
 
-  view(gpu: Gpu): GpuView {
+  view(gpu: ShownGpu): GpuView {
     return { gpu, latestSample: this.samples.gpu(gpu.host.id, gpu.uuid) };
   }
+}
+
+/** A piece of SQL with its `?` parameters, in order. */
+interface Sql {
+  sql: string;
+  params: unknown[];
+}
+
+/**
+ * One condition of a GPU list, on the GPU row (`g`) or on its host's (`h`). A host condition that is
+ * `common` holds for nearly every host of a working fleet (its state); labels pick some hosts.
+ */
+interface ListCondition extends Sql {
+  on: "gpu" | "host";
+  common?: boolean;
+}
+
+/**
+ * The filters of ListGpus as SQL (the same GPUs as FREE_GPU and hasLabels pick): conditions joined
+ * with `and`, in one branch, or two disjoint ones for OFFLINE, whose union is what it picks.
+ */
+function listBranches(filter: GpuFilter): ListCondition[][] {
+  const where: ListCondition[] = [];
+  if (filter.hostId) where.push({ on: "gpu", sql: "g.host_id = ?::uuid", params: [checkId("host_id", filter.hostId)] });
+  if (filter.model) where.push({ on: "gpu", sql: "g.model = ?", params: [filter.model] });
+  if (filter.status && filter.status !== "OFFLINE") {
+    where.push({ on: "gpu", sql: "g.status = ?", params: [filter.status] });
+    where.push({ on: "host", common: true, sql: "h.status <> 'OFFLINE'", params: [] });
+  }
+  if (filter.freeOnly) {
+    where.push({ on: "gpu", sql: "g.status = 'AVAILABLE' and g.holder is null", params: [] });
+    where.push({ on: "host", common: true, sql: "h.status = 'ONLINE' and h.schedulable", params: [] });
+  }
+  if (Object.keys(filter.labels).length > 0)
+    where.push({ on: "host", sql: "h.labels @> ?::jsonb", params: [JSON.stringify(filter.labels)] });
+  if (filter.status !== "OFFLINE") return [where];
+  // A GPU of an OFFLINE host reads as OFFLINE whatever its row says (effectiveGpuStatus): the GPUs
+  // OFFLINE themselves, and the others on OFFLINE hosts. Apart, each branch has an index to use;
+  // `g.status = 'OFFLINE' or h.status = 'OFFLINE'` would read every GPU and host.
+  return [
+    [...where, { on: "gpu", sql: "g.status = 'OFFLINE'", params: [] }],
+    [...where, { on: "gpu", sql: "g.status <> 'OFFLINE'", params: [] }, { on: "host", sql: "h.status = 'OFFLINE'", params: [] }],
+  ];
+}
+
+/** The conditions joined with `and`; `true` for none. */
+function all(conditions: Sql[]): Sql {
+  if (conditions.length === 0) return { sql: "true", params: [] };
+  return { sql: conditions.map((c) => `(${c.sql})`).join(" and "), params: conditions.flatMap((c) => c.params) };
+}
+
+/** The first `limit` GPUs of one branch (keyset included) in (host, index) order, with their host's fields. */
+function pageSql(where: Sql[], limit: number): Sql {
+  const w = all(where);
+  return {
+    sql: `select ${GPU_COLUMNS} from gpus g join hosts h on h.id = g.host_id where ${w.sql} order by g.host_id, g.index limit ?`,
+    params: [...w.params, limit],
+  };
+}
+
+/**
+ * The exact number of GPUs of one branch, as a scalar expression. Every GPU has its host (a foreign
+ * key), so hosts are joined only for host conditions. When those are all about the host's state,
+ * which nearly every host of a working fleet passes, it counts the GPUs that match their own
+ * conditions less those on hosts that fail: joining every matching GPU to its host would cost more
+ * than both counts (the second reads only the GPUs of the few failing hosts). Host columns are never
+ * null, so `not` is the exact complement.
+ */
+function countSql(where: ListCondition[]): Sql {
+  const gpu = all(where.filter((c) => c.on === "gpu"));
+  const host = where.filter((c) => c.on === "host");
+  if (host.length === 0) return { sql: `(select count(*) from gpus g where ${gpu.sql})`, params: gpu.params };
+  const joined = "from gpus g join hosts h on h.id = g.host_id";
+  if (host.every((c) => c.common)) {
+    const state = all(host);
+    return {
+      sql: `((select count(*) from gpus g where ${gpu.sql}) - (select count(*) ${joined} where ${gpu.sql} and not (${state.sql})))`,
+      params: [...gpu.params, ...gpu.params, ...state.params],
+    };
+  }
+  const both = all(where);
+  return { sql: `(select count(*) ${joined} where ${both.sql})`, params: both.params };
+}
+
+/** What a list page reads of a GPU and its host. */
+const GPU_COLUMNS = `g.id, g.index, g.uuid, g.model, g.memory_bytes, g.status, g.holder, g.environment_id, g.health_reasons,
+  g.driver_version, g.cuda_version, g.allocated_at, g.created_at, g.updated_at, h.id as host_id, h.name as host_name, h.status as host_status`;
+
+interface GpuRow {
+  id: string;
+  index: number;
+  uuid: string;
+  model: string;
+  /** bigint: the driver gives it as a string. */
+  memory_bytes: string;
+  status: GpuStatus;
+  holder: string | null;
+  environment_id: string | null;
+  health_reasons: string[];
+  driver_version: string;
+  cuda_version: string;
+  /** timestamptz: the driver gives them as strings, parsed as the ORM parses them. */
+  allocated_at: string | null;
+  created_at: string;
+  updated_at: string;
+  host_id: string;
+  host_name: string;
+  host_status: HostStatus;
+}
+
+function shownGpu(r: GpuRow, date: (value: string) => Date): ShownGpu {
+  return {
+    id: r.id,
+    index: r.index,
+    uuid: r.uuid,
+    model: r.model,
+    memoryBytes: Number(r.memory_bytes),
+    status: r.status,
+    holder: r.holder,
+    healthReasons: r.health_reasons,
+    driverVersion: r.driver_version,
+    cudaVersion: r.cuda_version,
+    allocatedAt: r.allocated_at === null ? null : date(r.allocated_at),
+    createdAt: date(r.created_at),
+    updatedAt: date(r.updated_at),
+    host: { id: r.host_id, name: r.host_name, status: r.host_status },
+    environment: r.environment_id === null ? null : { id: r.environment_id },
+  };
 }
 
 /** MikroORM's alias for the root table of a Gpu query: row locks name it so they cover GPU rows, not hosts. */

@@ -35,9 +35,33 @@ export class Gpu {
   version = 1;
 }
 
+/**
+ * What a view shows of a GPU: a loaded Gpu has all of it; a list page reads just these columns, with
+ * the few host fields it needs, instead of hydrating two entities per row.
+ */
+export type ShownGpu = Pick<
+  Gpu,
+  | "id"
+  | "index"
+  | "uuid"
+  | "model"
+  | "memoryBytes"
+  | "status"
+  | "holder"
+  | "healthReasons"
+  | "driverVersion"
+  | "cudaVersion"
+  | "allocatedAt"
+  | "createdAt"
+  | "updatedAt"
+> & {
+  host: Pick<Host, "id" | "name" | "status">;
+  environment: Pick<Environment, "id"> | null;
+};
+
 /** A GPU with the latest sample shown beside it. */
 export interface GpuView {
-  gpu: Gpu;
+  gpu: ShownGpu;
   latestSample?: GpuSampleRecord;
 }
 
@@ -46,7 +70,7 @@ export interface GpuView {
  * keeps the GPU's own state (AVAILABLE, ALLOCATED, UNHEALTHY, or OFFLINE when its agent stopped
  * reporting it), so a host that comes back needs no GPU writes.
  */
-export function effectiveGpuStatus(g: Pick<Gpu, "status" | "host">): GpuStatus {
+export function effectiveGpuStatus(g: { status: GpuStatus; host: Pick<Host, "status"> }): GpuStatus {
   return g.host.status === "OFFLINE" ? "OFFLINE" : g.status;
 }
 
@@ -67,6 +91,13 @@ export const GpuSchema = new EntitySchema<Gpu>({
     { name: "gpus_status_model_index", properties: ["status", "model"] },
     // An environment's GPUs: usage, views and release look them up by environment.
     { name: "gpus_environment_index", properties: ["environment"] },
+    // ListGpus: its filters in host order, and what total_size counts, index-only.
+    { name: "gpus_status_host_index", properties: ["status", "host"] },
+    { name: "gpus_model_host_index", properties: ["model", "host"] },
+    {
+      name: "gpus_free_index",
+      expression: `create index "gpus_free_index" on "gpus" ("host_id") where "status" = 'AVAILABLE' and "holder" is null`,
+    },
   ],
   properties: {
     id: { type: "uuid", primary: true },
