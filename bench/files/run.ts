@@ -8,9 +8,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
-import { createClient, type Interceptor } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
-import { WorkspaceService } from "../../gen/remotegpu/v1/workspace_pb.js";
+import { createRemoteGpuClient } from "@remotegpu/sdk";
 import { freePort, serverEnv, spawnServer } from "../../test/support/child.js";
 import { createTestDatabase } from "../../test/support/database.js";
 import { startS3 } from "../../test/support/s3.js";
@@ -45,18 +43,8 @@ async function run(store: "local" | "s3") {
   );
   try {
     await server.listening(30_000);
-    const auth: Interceptor = (next) => (req) => {
-      req.header.set("authorization", `Bearer ${ADMIN}`);
-      return next(req);
-    };
-    const client = createClient(
-      WorkspaceService,
-      createGrpcTransport({
-        baseUrl: `http://127.0.0.1:${port}`,
-        interceptors: [auth],
-        nodeOptions: { settings: { initialWindowSize: 8 * MiB } },
-      }),
-    );
+    // The SDK's own transport (gRPC), HTTP/2 windows included: what a user's download gets.
+    const client = createRemoteGpuClient({ baseUrl: `http://127.0.0.1:${port}`, token: ADMIN, transport: "grpc" }).workspaces;
     const workspaceId = (await client.createWorkspace({ name: "bench" })).workspace!.id;
     const before = memory(server.child.pid!);
 

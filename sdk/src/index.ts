@@ -13,11 +13,12 @@
  */
 
 import type { Transport } from "@connectrpc/connect";
-import { createConnectTransport, createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import { createConnectTransport, createGrpcTransport, type Http2SessionManager } from "@connectrpc/connect-node";
 import { createConnectTransport as createFetchConnectTransport } from "@connectrpc/connect-web";
 import { buildClient, clientInterceptors, type RemoteGpuClient } from "./client.js";
 import { resolveOptions, type CommonClientOptions } from "./options.js";
 import { fetchNetworkErrors } from "./web-errors.js";
+import { WideWindowSessions } from "./wide-window-sessions.js";
 
 export * from "./common.js";
 export { uploadFile, UPLOAD_CHUNK_BYTES, type UploadData, type UploadFileOptions } from "./upload.js";
@@ -75,12 +76,12 @@ export function createRemoteGpuClient(options: RemoteGpuClientOptions): RemoteGp
     const interceptors = clientInterceptors(resolved, [fetchNetworkErrors()]);
     transport = createFetchConnectTransport({ baseUrl, fetch: options.fetch, interceptors, useBinaryFormat });
   } else if (protocol === "grpc") {
-    sessions = new Http2SessionManager(baseUrl);
+    sessions = new WideWindowSessions(baseUrl);
     transport = createGrpcTransport({ baseUrl, sessionManager: sessions, interceptors: clientInterceptors(resolved) });
   } else if (options.httpVersion === "1.1") {
     transport = createConnectTransport({ baseUrl, httpVersion: "1.1", interceptors: clientInterceptors(resolved), useBinaryFormat });
   } else {
-    sessions = new Http2SessionManager(baseUrl);
+    sessions = new WideWindowSessions(baseUrl);
     transport = createConnectTransport({
       baseUrl,
       httpVersion: "2",

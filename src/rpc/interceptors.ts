@@ -112,16 +112,20 @@ export function observe(logger: Logger, metrics: Metrics): Interceptor {
 async function* untilAborted<T>(source: AsyncIterable<T>, signal: AbortSignal | undefined): AsyncGenerator<T> {
   if (!signal) return yield* source;
   const it = source[Symbol.asyncIterator]();
-  let onAbort: () => void = () => undefined;
-  const aborted = new Promise<never>((_, reject) => {
-    onAbort = () => reject(signal.reason);
-    if (signal.aborted) onAbort();
-    else signal.addEventListener("abort", onAbort, { once: true });
-  });
-  aborted.catch(() => undefined);
+  // Each wait is cut short through its own promise: racing every message against one promise that
+  // lives as long as the stream would leave a reaction on it per message, holding the message (a
+  // 1 MiB download chunk, an agent's ack) until the stream ends.
+  let cut: ((reason: unknown) => void) | undefined;
+  const onAbort = () => cut?.(signal.reason);
+  signal.addEventListener("abort", onAbort, { once: true });
   try {
     for (;;) {
-      const next = await Promise.race([it.next(), aborted]);
+      if (signal.aborted) throw signal.reason;
+      const next = await new Promise<IteratorResult<T>>((resolve, reject) => {
+        cut = reject;
+        it.next().then(resolve, reject);
+      });
+      cut = undefined;
       if (next.done) return;
       yield next.value;
     }

@@ -1,12 +1,17 @@
 import { strict as assert } from "node:assert";
 import { createHash, randomBytes } from "node:crypto";
 import { mkdtemp, readdir, rm } from "node:fs/promises";
+import http2 from "node:http2";
 import { tmpdir } from "node:os";
 import path from "node:path";
+import v8 from "node:v8";
+import vm from "node:vm";
 import { ListObjectsV2Command, S3Client } from "@aws-sdk/client-s3";
+import { create, toBinary } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
 import {
   ApiTokenRole,
+  DownloadFileRequestSchema,
   FileUrlMethod,
   WorkspaceService,
   type UploadFileRequest,
@@ -16,7 +21,7 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { UploadFileRequestSchema } from "../../gen/remotegpu/v1/workspace_pb.js";
 import { expectCode } from "../support/expect.js";
 import { S3_BUCKET, startS3 } from "../support/s3.js";
-import { startTestServer, type TestServer } from "../support/server.js";
+import { ADMIN_TOKEN, startTestServer, type TestServer } from "../support/server.js";
 
 type Part = MessageInitShape<typeof UploadFileRequestSchema>;
 const MiB = 1024 * 1024;
@@ -188,6 +193,66 @@ for (const kind of ["local", "s3"] as const) {
       const { data: back } = await download("large.bin");
       assert.equal(createHash("sha256").update(back).digest("hex"), createHash("sha256").update(data).digest("hex"));
       await files.deleteFile({ workspaceId: ws, path: "large.bin" });
+    });
+
+    it("holds no more of a download than what is in flight, however far into it", async () => {
+      v8.setFlagsFromString("--expose-gc");
+      const gc = vm.runInNewContext("gc") as () => void;
+      // Client and server share this process: what the server keeps shows here.
+      const held = () => {
+        gc();
+        const m = process.memoryUsage();
+        return m.heapUsed + m.arrayBuffers;
+      };
+      await files.uploadFile(upload(ws, "long.bin", randomBytes(64 * MiB), { chunk: MiB }));
+      await new Promise((r) => setTimeout(r, 200)); // the upload's buffers let go
+      const before = held();
+      let grown = 0;
+      let chunks = 0;
+      for await (const res of files.downloadFile({ workspaceId: ws, path: "long.bin" })) {
+        if (res.part.case === "chunk" && ++chunks === 48) grown = held() - before;
+      }
+      // Each message sent used to stay reachable until the stream ended: about 48 MiB here.
+      assert.ok(grown < 24 * MiB, `${(grown / MiB).toFixed(1)} MiB held 48 chunks into the download`);
+      await files.deleteFile({ workspaceId: ws, path: "long.bin" });
+    });
+
+    it("sends file content uncompressed even to a caller that accepts gzip", async () => {
+      // Compressing each chunk cost the server more CPU than the transfer itself (file content
+      // rarely shrinks), so the chunks go out as they are; the caller must still read them.
+      const data = Buffer.alloc(2 * MiB, "compressible text ");
+      await files.uploadFile(upload(ws, "text.txt", data, { chunk: MiB }));
+      const session = http2.connect(server.baseUrl);
+      try {
+        const request = toBinary(DownloadFileRequestSchema, create(DownloadFileRequestSchema, { workspaceId: ws, path: "text.txt" }));
+        const body = Buffer.alloc(5 + request.length);
+        body.writeUInt32BE(request.length, 1);
+        body.set(request, 5);
+        const stream = session.request({
+          ":method": "POST",
+          ":path": "/remotegpu.v1.WorkspaceService/DownloadFile",
+          "content-type": "application/grpc",
+          te: "trailers",
+          "grpc-accept-encoding": "gzip",
+          authorization: `Bearer ${ADMIN_TOKEN}`,
+        });
+        stream.end(body);
+        const received: Buffer[] = [];
+        for await (const part of stream) received.push(part as Buffer);
+        const all = Buffer.concat(received);
+        const flags: number[] = [];
+        let chunks = 0;
+        for (let at = 0; at < all.length; at += 5 + all.readUInt32BE(at + 1)) {
+          flags.push(all[at]!);
+          chunks += all.readUInt32BE(at + 1);
+        }
+        assert.ok(flags.length >= 3, "the metadata, then the chunks");
+        assert.deepEqual(new Set(flags), new Set([0]), "no message is compressed");
+        assert.ok(chunks > data.length, "the whole file came, as it is");
+      } finally {
+        session.close();
+      }
+      await files.deleteFile({ workspaceId: ws, path: "text.txt" });
     });
 
     it(

@@ -27,6 +27,7 @@ import {
   type WorkspaceFile,
 } from "../../sdk/src/index.js";
 import { collectBytes, createRemoteGpuClient as createWebClient } from "../../sdk/src/web.js";
+import { WideWindowSessions } from "../../sdk/src/wide-window-sessions.js";
 import { ADMIN_TOKEN, startTestServer, type TestServer } from "../support/server.js";
 
 const MiB = 1024 * 1024;
@@ -350,6 +351,25 @@ describe("SDK client", () => {
       assert.ok(range.equals(data.subarray(MiB - 10, MiB + 10)));
       await rejectsWith(uploadFile(c, ws, "blobs/a.bin", data), AlreadyExistsError);
       await rejectsWith(toBuffer(downloadFile(c, ws, "blobs/missing.bin")), NotFoundError);
+    });
+
+    it("lets the server send megabytes ahead on every connection it opens (HTTP/2 windows)", async () => {
+      // With HTTP/2's 64 KiB defaults a download waits for a WINDOW_UPDATE every 64 KiB.
+      const sessions = new WideWindowSessions(server.baseUrl);
+      const seen = new Set<unknown>();
+      for (let connection = 0; connection < 2; connection++) {
+        const stream = await sessions.request("GET", "/metrics", {}, {});
+        seen.add(stream.session);
+        stream.end();
+        // By the answer's end the server has acknowledged the client's SETTINGS.
+        await new Promise((resolve) => stream.resume().once("end", resolve));
+        assert.equal(stream.session!.localSettings.initialWindowSize, 4 * MiB);
+        // 16 MiB, less the answer's bytes not yet handed back in a WINDOW_UPDATE.
+        assert.ok(stream.session!.state.localWindowSize! > 15 * MiB, `connection window ${stream.session!.state.localWindowSize}`);
+        // The next request opens a new connection.
+        await new Promise((resolve) => stream.session!.close(() => resolve(undefined)));
+      }
+      assert.equal(seen.size, 2, "two connections");
     });
 
     it("uploads a stream of uneven pieces (a Node Readable), re-cut into 1 MiB chunks", async () => {
