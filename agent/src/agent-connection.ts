@@ -43,7 +43,7 @@ export interface AgentOptions {
   bufferSize?: number;
   /** First reconnect delay; doubles per failure, with jitter. @default 500 */
   initialBackoffMs?: number;
-  /** @default 30000 */
+  /** Longest reconnect delay (see the SDK's AgentSessionOptions). @default 5000 */
   maxBackoffMs?: number;
   /**
    * Runs the environments the control plane sends; its events must reach this connection's

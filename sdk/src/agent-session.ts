@@ -63,7 +63,11 @@ export interface AgentSessionOptions {
   bufferSize?: number;
   /** First reconnect delay; doubles per failure, with jitter. @default 500 */
   initialBackoffMs?: number;
-  /** Longest reconnect delay, also the wait after being fenced by a newer session. @default 30000 */
+  /**
+   * Longest reconnect delay. Short, because a control plane that restarts is back within seconds
+   * and the hosts go OFFLINE if their agents are not; when set, also the wait after being fenced
+   * by a newer session (30 s otherwise). @default 5000
+   */
   maxBackoffMs?: number;
   /** Runs environments; without it, run/stop/remove commands fail and drain succeeds. @default none */
   workloads?: AgentWorkloads;
@@ -124,10 +128,9 @@ export class AgentSession {
       }
       if (signal.aborted) break;
       failures++;
-      const max = this.o.maxBackoffMs ?? 30_000;
-      const base = Math.min(max, (this.o.initialBackoffMs ?? 500) * 2 ** Math.min(failures - 1, 16));
+      const base = Math.min(this.o.maxBackoffMs ?? 5000, (this.o.initialBackoffMs ?? 500) * 2 ** Math.min(failures - 1, 16));
       // A fenced session means another agent speaks for this host: do not fight it at full speed.
-      await sleep(fenced ? max : base / 2 + Math.random() * (base / 2), signal);
+      await sleep(fenced ? (this.o.maxBackoffMs ?? 30_000) : base / 2 + Math.random() * (base / 2), signal);
     }
     clearTimeout(this.timer);
   }

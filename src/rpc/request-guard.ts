@@ -3,10 +3,13 @@
 // undecodable answer is the server's fault), and answers an oversized message before the client
 // has sent it all; a connect-node client still holding the rest then breaks its whole connection
 // (its own HTTP/2 session memory is full when the answer arrives). Both are settled here, where the
-// bytes pass by.
+// bytes pass by: the single request message of a unary or server-streaming call is decoded here
+// once to be judged; the messages of a client or bidi stream (an agent's heartbeats: thousands a
+// second) are not decoded twice, connect-es's verdict on them is corrected as they are read
+// (streamParseErrors).
 import { brotliDecompressSync, gunzipSync } from "node:zlib";
 import { fromBinary, type DescMessage } from "@bufbuild/protobuf";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import type { UniversalServerRequest } from "@connectrpc/connect/protocol";
 
 /** How the body of a request is laid out, by its content type. */
@@ -21,8 +24,10 @@ const ENVELOPE_COMPRESSED = 0x01;
 const ENVELOPE_END_STREAM = 0x02;
 
 export interface GuardOptions {
-  /** The request message type: binary messages are decoded once here to be judged. */
+  /** The request message type: binary messages are decoded once here to be judged... */
   input: DescMessage;
+  /** ...unless the call streams its requests: streamParseErrors corrects those as they are read. */
+  streamingInput: boolean;
   readMaxBytes: number;
   /**
    * Ends the HTTP/2 stream at once (RST_STREAM ENHANCE_YOUR_CALM, which clients read as
@@ -54,9 +59,10 @@ export async function guardRequest(req: UniversalServerRequest, options: GuardOp
     await source.discard(declared, options.reset); // nothing is buffered yet
     return { ...req, body: empty() };
   }
-  const check = binary
-    ? (bytes: Uint8Array, compressed: boolean) => decodes(options.input, bytes, compressed, encoding, options.readMaxBytes)
-    : undefined;
+  const check =
+    binary && !options.streamingInput
+      ? (bytes: Uint8Array, compressed: boolean) => decodes(options.input, bytes, compressed, encoding, options.readMaxBytes)
+      : undefined;
   const body = framing === "whole" ? wholeBody(source, options, check) : envelopedBody(source, options, check);
   return { ...req, body };
 }
@@ -104,6 +110,33 @@ async function* envelopedBody(source: Bytes, options: GuardOptions, check?: Chec
 }
 
 type Checker = (bytes: Uint8Array, compressed: boolean) => void;
+
+/**
+ * Turns connect-es's INTERNAL "parse binary" for a streamed request message into the
+ * INVALID_ARGUMENT that decodes() gives a single one: the stream ends with the client's fault.
+ */
+export const streamParseErrors: Interceptor = (next) => (req) => {
+  if (!req.stream) return next(req);
+  const input = req.method.input;
+  const source = req.message;
+  async function* read() {
+    try {
+      yield* source;
+    } catch (err) {
+      if (err instanceof ConnectError && err.code === Code.Internal && err.rawMessage.startsWith(PARSE_BINARY)) {
+        throw new ConnectError(
+          `the request is not a valid ${input.typeName}: ${err.rawMessage.slice(PARSE_BINARY.length)}`,
+          Code.InvalidArgument,
+        );
+      }
+      throw err;
+    }
+  }
+  return next({ ...req, message: read() });
+};
+
+/** How connect-es 2 begins the message of an undecodable binary message (protocol/serialization.js). */
+const PARSE_BINARY = "parse binary: ";
 
 /** Throws INVALID_ARGUMENT when `bytes` is not a binary `input`; a compression it cannot undo is left to connect-es. */
 function decodes(input: DescMessage, bytes: Uint8Array, compressed: boolean, encoding: string | undefined, maxDecompressed: number): void {

@@ -17,7 +17,10 @@ import type { Logger } from "../platform/logger.js";
 import { CallAdmission } from "./call-admission.js";
 import { CorsPolicy } from "./cors-policy.js";
 import { isPeerGone, serverShutdownKey } from "./interceptors.js";
-import { guardRequest, undecodableQuery } from "./request-guard.js";
+import { guardRequest, streamParseErrors, undecodableQuery } from "./request-guard.js";
+
+/** Connections the kernel may queue for the server to accept. */
+const LISTEN_BACKLOG = 4096;
 
 type Request = http.IncomingMessage | http2.Http2ServerRequest;
 type Response = http.ServerResponse | http2.Http2ServerResponse;
@@ -49,7 +52,8 @@ export class RpcServer {
   private readonly h2: http2.Http2Server | http2.Http2SecureServer;
   private readonly h1?: http.Server;
   private readonly listener: net.Server;
-  private readonly sessions = new Set<http2.ServerHttp2Session>();
+  /** HTTP/2 sessions and the streams each has open. */
+  private readonly sessions = new Map<http2.ServerHttp2Session, Set<http2.ServerHttp2Stream>>();
   /** Every TCP connection, whatever it turned out to speak; what is left at the deadline is cut. */
   private readonly connections = new Set<net.Socket>();
   /** HTTP/1.1 connections (TLS sockets under TLS). */
@@ -71,7 +75,7 @@ export class RpcServer {
     // Every open stream listens to it: as many listeners as streams is no leak.
     setMaxListeners(0, this.shutdown.signal);
     const router = createConnectRouter({
-      interceptors: rpc.interceptors,
+      interceptors: [streamParseErrors, ...rpc.interceptors],
       readMaxBytes: rpc.readMaxBytes,
       acceptCompression: [compressionGzip, compressionBrotli],
     });
@@ -106,8 +110,13 @@ export class RpcServer {
     });
     const keepaliveMs = config.keepaliveSeconds * 1000;
     this.h2.on("session", (session: http2.ServerHttp2Session) => {
-      this.sessions.add(session);
+      const streams = new Set<http2.ServerHttp2Stream>();
+      this.sessions.set(session, streams);
       session.once("close", () => this.sessions.delete(session));
+      session.on("stream", (stream: http2.ServerHttp2Stream) => {
+        streams.add(stream);
+        stream.once("close", () => streams.delete(stream));
+      });
       // The connection window is not a SETTINGS value: it is raised by a WINDOW_UPDATE once the session starts.
       session.setLocalWindowSize(config.http2.connectionWindowBytes);
       if (keepaliveMs > 0) keepAlive(session, keepaliveMs);
@@ -154,6 +163,7 @@ export class RpcServer {
       }
       const guarded = await guardRequest(request, {
         input: rpc.method.input,
+        streamingInput: rpc.method.methodKind === "client_streaming" || rpc.method.methodKind === "bidi_streaming",
         readMaxBytes: this.rpc.readMaxBytes,
         reset: h2stream && (() => h2stream.close(http2.constants.NGHTTP2_ENHANCE_YOUR_CALM)),
       });
@@ -205,7 +215,10 @@ export class RpcServer {
   listen(port: number, host: string): Promise<number> {
     return new Promise((resolve, reject) => {
       this.listener.once("error", reject);
-      this.listener.listen(port, host, () => {
+      // A fleet reconnecting at once (after a restart) opens thousands of connections within
+      // seconds; with Node's default queue of 511 the kernel drops the excess SYNs and those agents
+      // retry only after 1, 3, 7, 15... s. The kernel caps this at net.core.somaxconn.
+      this.listener.listen({ port, host, backlog: LISTEN_BACKLOG }, () => {
         this.listener.off("error", reject);
         resolve((this.listener.address() as net.AddressInfo).port);
       });
@@ -221,11 +234,19 @@ export class RpcServer {
     this.closing = true;
     this.shutdown.abort(new ConnectError("the server is shutting down; call again", Code.Unavailable));
     const closed = new Promise<void>((resolve) => this.listener.close(() => resolve()));
-    for (const session of this.sessions) session.close();
+    for (const session of this.sessions.keys()) session.close();
     await new Promise<void>((resolve) => {
       const deadline = Date.now() + timeoutMs;
       const poll = setInterval(() => {
         for (const socket of this.sockets) if (!this.busy.has(socket)) socket.destroy();
+        for (const [session, streams] of this.sessions) {
+          // A stream whose answer went out in full while the client keeps its own side open (an
+          // agent's, ended by the shutdown) waits for nothing more: reset without error (RFC 9113 8.1).
+          for (const stream of streams) if (stream.state.localClose) stream.close(http2.constants.NGHTTP2_NO_ERROR);
+          // A client may keep an idle connection after GOAWAY: once its last stream is done there is
+          // nothing to wait for.
+          if (streams.size === 0) session.destroy();
+        }
         if (this.connections.size > 0 && Date.now() < deadline) return;
         clearInterval(poll);
         for (const socket of this.connections) socket.destroy();

@@ -1,10 +1,13 @@
 import { strict as assert } from "node:assert";
+import http2 from "node:http2";
 import net from "node:net";
-import { createClient } from "@connectrpc/connect";
+import { create, toBinary } from "@bufbuild/protobuf";
+import { Code, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
-import { createRemoteGpuClient, UnavailableError } from "@remotegpu/sdk";
-import { HostService } from "../../gen/remotegpu/v1/host_pb.js";
+import { AgentSession, createRemoteGpuClient, UnavailableError } from "@remotegpu/sdk";
+import { HostService, StreamHeartbeatsRequestSchema } from "../../gen/remotegpu/v1/host_pb.js";
 import { GpuService } from "../../gen/remotegpu/v1/gpu_pb.js";
+import { eventually } from "../support/eventually.js";
 import { ADMIN_TOKEN, startTestServer, type TestServer } from "../support/server.js";
 
 describe("one port for every protocol", () => {
@@ -119,6 +122,71 @@ describe("graceful stop", () => {
     for (const end of await Promise.all(ends)) {
       assert.ok(end instanceof UnavailableError, `${String(end)}`);
     }
+  });
+
+  it("ends agent streams (bidi, the agent still sending) at once too, however many connections they use", async () => {
+    const server = await startTestServer({ env: { SHUTDOWN_TIMEOUT_SECONDS: "30" } });
+    const ended: string[] = [];
+    let connected = 0;
+    const stop = new AbortController();
+    const runs = await Promise.all(
+      ["first", "second", "third"].map(async (name) => {
+        const { host, agentToken } = await server.client(HostService).createHost({ name, address: "10.0.0.9" });
+        // The agent's own stream code: a connection of its own, reconnecting with backoff.
+        const session = new AgentSession({
+          servers: [server.baseUrl],
+          hostId: host!.id,
+          token: agentToken,
+          agentVersion: "test",
+          capacity: {},
+          intervalMs: 50, // heartbeats flowing when the server stops
+          read: async () => ({ gpus: [{ index: 0, uuid: `GPU-stop-${name}`, model: "NVIDIA H100 80GB HBM3" }], heartbeat: {} }),
+          logger: {
+            info: (_f, message) => message === "agent connected" && connected++,
+            warn: (f, message) => message === "agent stream ended" && ended.push((f as { code: string }).code),
+            error: () => undefined,
+          },
+        });
+        return { run: session.run(stop.signal) };
+      }),
+    );
+    await eventually("three agents connected", () => connected === 3);
+    await new Promise((r) => setTimeout(r, 300));
+    const started = Date.now();
+    await server.close();
+    assert.ok(Date.now() - started < 5000, `close took ${Date.now() - started} ms`);
+    assert.deepEqual(ended, ["Unavailable", "Unavailable", "Unavailable"]);
+    stop.abort();
+    await Promise.all(runs.map((r) => r.run));
+  });
+
+  it("does not wait for an agent that never ends its side of the stream", async () => {
+    const server = await startTestServer({ env: { SHUTDOWN_TIMEOUT_SECONDS: "30" } });
+    const { host, agentToken } = await server.client(HostService).createHost({ name: "stubborn", address: "10.0.0.9" });
+    // A raw HTTP/2 client that reads the answer but never closes what it sends.
+    const session = http2.connect(server.baseUrl);
+    const stream = session.request({
+      ":method": "POST",
+      ":path": "/remotegpu.v1.HostService/StreamHeartbeats",
+      "content-type": "application/grpc",
+      te: "trailers",
+      authorization: `Bearer ${agentToken}`,
+    });
+    const hello = toBinary(
+      StreamHeartbeatsRequestSchema,
+      create(StreamHeartbeatsRequestSchema, { message: { case: "hello", value: { hostId: host!.id, agentVersion: "stubborn" } } }),
+    );
+    const frame = Buffer.alloc(5 + hello.length);
+    frame.writeUInt32BE(hello.length, 1);
+    frame.set(hello, 5);
+    stream.write(frame);
+    const trailers = new Promise<http2.IncomingHttpHeaders>((resolve) => stream.once("trailers", resolve));
+    await new Promise((resolve) => stream.once("data", resolve)); // the welcome
+    const started = Date.now();
+    await server.close();
+    assert.ok(Date.now() - started < 5000, `close took ${Date.now() - started} ms`);
+    assert.equal((await trailers)["grpc-status"], String(Code.Unavailable));
+    session.destroy();
   });
 
   it("does not wait on connections that never send a byte, nor on idle keep-alive ones", async () => {

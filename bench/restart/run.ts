@@ -1,0 +1,178 @@
+// npm run bench:restart [-- --agents 5000 --period 5]
+// A control-plane restart under a connected fleet: N agents (SDK AgentSessions, one connection
+// each, in a separate process) report at 1/period Hz to one server; once all are connected the
+// server is stopped (SIGTERM: it ends every stream with UNAVAILABLE) and a new one started on the
+// same port and database. Reports how long until every agent is back, the new server's hello rate,
+// and the most hosts seen OFFLINE at once from the restart until a full grace period later (the
+// target: none).
+import { type ChildProcess, spawn } from "node:child_process";
+import { writeFileSync } from "node:fs";
+import net from "node:net";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { createClient, type Interceptor } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import pg from "pg";
+import { HostService } from "../../gen/remotegpu/v1/host_pb.js";
+import { createTestDatabase } from "../../test/support/database.js";
+
+const ROOT = fileURLToPath(new URL("../../", import.meta.url));
+const { values } = parseArgs({
+  options: {
+    agents: { type: "string", default: "5000" },
+    period: { type: "string", default: "5" },
+    grace: { type: "string", default: "40" },
+  },
+});
+const agents = Number(values.agents);
+const ADMIN = "bench-admin-token-0123456789";
+const children: ChildProcess[] = [];
+process.once("exit", () => {
+  for (const c of children) c.kill("SIGKILL");
+});
+
+/** Starts a tsx script; `onLine` sees each JSON line it prints. */
+function start(script: string, args: string[], env: Record<string, string>, onLine: (line: Record<string, unknown>) => void): ChildProcess {
+  const proc = spawn(process.execPath, ["--import", "tsx", script, ...args], {
+    cwd: ROOT,
+    env: { ...process.env, ...env },
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  children.push(proc);
+  let buf = "";
+  proc.stdout!.setEncoding("utf8").on("data", (c: string) => {
+    buf += c;
+    const lines = buf.split("\n");
+    buf = lines.pop()!;
+    for (const l of lines) {
+      try {
+        onLine(JSON.parse(l) as Record<string, unknown>);
+      } catch {
+        // not JSON
+      }
+    }
+  });
+  return proc;
+}
+
+async function until(check: () => boolean, ms: number, what: string): Promise<number> {
+  const t0 = performance.now();
+  while (!check()) {
+    if (performance.now() - t0 > ms) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return performance.now() - t0;
+}
+
+const port = await new Promise<number>((resolve) => {
+  const s = net.createServer().listen(0, "127.0.0.1", () => {
+    const { port } = s.address() as net.AddressInfo;
+    s.close(() => resolve(port));
+  });
+});
+const url = `http://127.0.0.1:${port}`;
+const db = await createTestDatabase();
+const serverEnv = {
+  DATABASE_URL: db.url,
+  PORT: String(port),
+  BIND_ADDRESS: "127.0.0.1",
+  REMOTEGPU_ADMIN_TOKEN: ADMIN,
+  LOG_LEVEL: "warn",
+  RATE_LIMIT_PER_SECOND: "0",
+  HEARTBEAT_INTERVAL_SECONDS: values.period!,
+  HOST_GRACE_SECONDS: values.grace!,
+};
+let listening = false;
+const serve = () => {
+  listening = false;
+  return start("src/main.ts", [], { ...serverEnv, LOG_LEVEL: "info" }, (l) => {
+    if (l.msg === "remotegpu listening") listening = true;
+  });
+};
+const hostsFile = path.join(os.tmpdir(), `remotegpu-bench-restart-${process.pid}.json`);
+const sql = new pg.Client({ connectionString: db.url });
+try {
+  let server = serve();
+  await until(() => listening, 120_000, "the server");
+  const auth: Interceptor = (next) => (req) => {
+    req.header.set("authorization", `Bearer ${ADMIN}`);
+    return next(req);
+  };
+  const hosts = createClient(HostService, createConnectTransport({ baseUrl: url, httpVersion: "2", interceptors: [auth] }));
+  const made: { id: string; token: string }[] = [];
+  for (let i = 0; i < agents; i += 100) {
+    const batch = await Promise.all(
+      Array.from({ length: Math.min(100, agents - i) }, (_, j) =>
+        hosts.createHost({ name: `restart-${String(i + j).padStart(5, "0")}`, address: "127.0.0.1" }),
+      ),
+    );
+    made.push(...batch.map((r) => ({ id: r.host!.id, token: r.agentToken })));
+  }
+  writeFileSync(hostsFile, JSON.stringify(made));
+  process.stderr.write(`created ${agents} hosts; connecting the fleet\n`);
+
+  let fleet = { connected: 0, welcomes: 0 };
+  start("bench/restart/fleet.ts", ["--target", url, "--hosts", hostsFile], {}, (l) => {
+    fleet = l as typeof fleet;
+  });
+  const firstConnectMs = await until(() => fleet.connected === agents, 600_000, "the fleet to connect");
+  await new Promise((r) => setTimeout(r, 2 * Number(values.period) * 1000)); // a few heartbeats each
+  await sql.connect();
+  const offline = async () => Number((await sql.query("select count(*) from hosts where status = 'OFFLINE'")).rows[0].count);
+  if ((await offline()) !== 0) throw new Error("hosts OFFLINE before the restart");
+  process.stderr.write(`fleet connected in ${(firstConnectMs / 1000).toFixed(1)} s; restarting the server\n`);
+
+  // The restart: stop (the streams end), start again, wait for every agent to come back.
+  const welcomesBefore = fleet.welcomes;
+  // Hosts OFFLINE at any moment from the restart until a grace period after everyone was back.
+  let worstOffline = 0;
+  let watching = true;
+  const watcher = (async () => {
+    while (watching) {
+      worstOffline = Math.max(worstOffline, await offline());
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  })();
+  const restartAt = performance.now();
+  await new Promise((r) => {
+    server.once("exit", r);
+    server.kill("SIGTERM");
+  });
+  const stoppedMs = performance.now() - restartAt;
+  server = serve();
+  await until(() => listening, 120_000, "the new server");
+  const listeningMs = performance.now() - restartAt;
+  const backMs = await until(
+    () => fleet.connected === agents && fleet.welcomes - welcomesBefore >= agents,
+    300_000,
+    "the fleet to come back",
+  );
+  const allBackMs = performance.now() - restartAt;
+
+  await new Promise((r) => setTimeout(r, (Number(values.grace) + 10) * 1000));
+  watching = false;
+  await watcher;
+  process.stdout.write(
+    [
+      `${agents} agents × 8 GPUs, one connection each, heartbeat every ${values.period} s, grace ${values.grace} s; ${os.cpus().length} cores, Node ${process.version}`,
+      "",
+      "| figure | value |",
+      "| --- | --- |",
+      `| first connection of the fleet (spread over 5 s) | ${(firstConnectMs / 1000).toFixed(1)} s |`,
+      `| old server stopped (SIGTERM to exit) | ${(stoppedMs / 1000).toFixed(1)} s |`,
+      `| new server listening, from the restart | ${(listeningMs / 1000).toFixed(1)} s |`,
+      `| every agent back, from the new server listening | ${(backMs / 1000).toFixed(1)} s (${(agents / (backMs / 1000)).toFixed(0)} hellos/s) |`,
+      `| every agent back, from the restart | ${(allBackMs / 1000).toFixed(1)} s |`,
+      `| most hosts OFFLINE at once, from the restart until ${values.grace} s after all were back | ${worstOffline} |`,
+      "",
+    ].join("\n"),
+  );
+  if (worstOffline > 0) process.exitCode = 1;
+} finally {
+  await sql.end().catch(() => undefined);
+  for (const c of children) c.kill("SIGTERM");
+  await db.drop();
+}
+process.exit(process.exitCode ?? 0);
