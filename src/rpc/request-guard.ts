@@ -116,7 +116,7 @@ type Checker = (bytes: Uint8Array, compressed: boolean) => void;
  * INVALID_ARGUMENT that decodes() gives a single one: the stream ends with the client's fault.
  */
 export const streamParseErrors: Interceptor = (next) => (req) => {
-  if (!req.stream) return next(req);
+  if (!req.stream || req.method.methodKind === "server_streaming") return next(req);
   const input = req.method.input;
   const source = req.message;
   async function* read() {
