@@ -9,7 +9,7 @@ import { EnvironmentService, EnvironmentStatus, PortProtocol } from "../../gen/r
 import { GpuService } from "../../gen/remotegpu/v1/gpu_pb.js";
 import { HostService, HostStatus } from "../../gen/remotegpu/v1/host_pb.js";
 import { WorkspaceService } from "../../gen/remotegpu/v1/workspace_pb.js";
-import { agentTempDir, ROOT, agentArgv, freePort, isListening, simulatedAgentFlags } from "../support/child.js";
+import { agentTempDir, ROOT, agentArgv, freePort, isListening, publishablePorts, simulatedAgentFlags } from "../support/child.js";
 import { startTestServer, type TestServer } from "../support/server.js";
 import { systemClock } from "../../src/platform/clock.js";
 import { eventually } from "../support/eventually.js";
@@ -26,7 +26,7 @@ describe("e2e: environments run for real by the agent (processes and podman cont
 
   before(async () => {
     dataDir = await agentTempDir("remotegpu-agent-");
-    const first = await freePort();
+    const first = await publishablePorts(10); // host ports of its environments, containers' included
     server = await startTestServer({
       clock: systemClock,
       env: { HEARTBEAT_INTERVAL_SECONDS: "1", HOST_GRACE_SECONDS: "5", HOST_PORT_RANGE: `${first}-${first + 9}` },

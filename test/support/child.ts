@@ -60,6 +60,28 @@ export async function freePort(): Promise<number> {
   return port;
 }
 
+/**
+ * `count` consecutive free ports below the kernel's ephemeral range (32768 and up), for ports a
+ * container engine publishes. Podman's netavark sometimes leaves a published port's DNAT rule behind
+ * after its container is gone; a stale rule on an ephemeral port would send another test's
+ * connections (to a server or proxy on port 0) to a container that no longer exists.
+ */
+export async function publishablePorts(count = 1): Promise<number> {
+  for (;;) {
+    const first = 20_000 + Math.floor(Math.random() * (32_768 - 20_000 - count));
+    const free = await Promise.all(Array.from({ length: count }, (_, i) => bindable(first + i)));
+    if (free.every(Boolean)) return first;
+  }
+}
+
+function bindable(port: number): Promise<boolean> {
+  const server = net.createServer();
+  return new Promise((resolve) => {
+    server.once("error", () => resolve(false));
+    server.listen(port, "127.0.0.1", () => server.close(() => resolve(true)));
+  });
+}
+
 /** Whether something accepts TCP connections on 127.0.0.1:port. */
 export function isListening(port: number, timeoutMs = 2000): Promise<boolean> {
   return new Promise((resolve) => {

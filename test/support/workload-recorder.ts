@@ -1,5 +1,5 @@
 import type { StatusReport, WorkloadEvents, WorkloadLogLine, WorkloadSpec, WorkloadState as State } from "../../agent/src/workloads.js";
-import { freePort } from "./child.js";
+import { publishablePorts } from "./child.js";
 
 /** Resolves with `find()`'s first defined value, re-checked on each `poke`; fails naming `what` after `ms`. */
 export class Waiter {
@@ -92,11 +92,8 @@ export function spec(environmentId: string, command: string[], more: Partial<Wor
   };
 }
 
-/** Two distinct free ports. */
+/** Two free ports, fit for a container engine to publish (see publishablePorts). */
 export async function twoPorts(): Promise<[number, number]> {
-  const a = await freePort();
-  for (;;) {
-    const b = await freePort();
-    if (b !== a) return [a, b];
-  }
+  const first = await publishablePorts(2);
+  return [first, first + 1];
 }
