@@ -20,6 +20,7 @@ import {
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { UploadFileRequestSchema } from "../../gen/remotegpu/v1/workspace_pb.js";
 import { expectCode } from "../support/expect.js";
+import { envelope } from "../support/grpc-envelope.js";
 import { S3_BUCKET, startS3 } from "../support/s3.js";
 import { ADMIN_TOKEN, startTestServer, type TestServer } from "../support/server.js";
 
@@ -225,9 +226,6 @@ for (const kind of ["local", "s3"] as const) {
       const session = http2.connect(server.baseUrl);
       try {
         const request = toBinary(DownloadFileRequestSchema, create(DownloadFileRequestSchema, { workspaceId: ws, path: "text.txt" }));
-        const body = Buffer.alloc(5 + request.length);
-        body.writeUInt32BE(request.length, 1);
-        body.set(request, 5);
         const stream = session.request({
           ":method": "POST",
           ":path": "/remotegpu.v1.WorkspaceService/DownloadFile",
@@ -236,7 +234,7 @@ for (const kind of ["local", "s3"] as const) {
           "grpc-accept-encoding": "gzip",
           authorization: `Bearer ${ADMIN_TOKEN}`,
         });
-        stream.end(body);
+        stream.end(envelope(request));
         const received: Buffer[] = [];
         for await (const part of stream) received.push(part as Buffer);
         const all = Buffer.concat(received);

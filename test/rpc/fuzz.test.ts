@@ -9,6 +9,7 @@ import { HostService } from "../../gen/remotegpu/v1/host_pb.js";
 import { WorkspaceService } from "../../gen/remotegpu/v1/workspace_pb.js";
 import { Channel } from "../../src/platform/channel.js";
 import { ADMIN_TOKEN, startTestServer, type TestServer } from "../support/server.js";
+import { envelope } from "../support/grpc-envelope.js";
 
 /** A small seeded generator, so a failure can be replayed with FUZZ_SEED. */
 function rng(seed: number) {
@@ -278,13 +279,6 @@ function varint(n: number): number[] {
     n >>>= 7;
   }
   out.push(n);
-  return out;
-}
-
-function envelope(bytes: Uint8Array): Buffer {
-  const out = Buffer.alloc(5 + bytes.length);
-  out.writeUInt32BE(bytes.length, 1);
-  out.set(bytes, 5);
   return out;
 }
 

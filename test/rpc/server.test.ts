@@ -8,6 +8,7 @@ import { AgentSession, createRemoteGpuClient, UnavailableError } from "@remotegp
 import { HostService, StreamHeartbeatsRequestSchema } from "../../gen/remotegpu/v1/host_pb.js";
 import { GpuService } from "../../gen/remotegpu/v1/gpu_pb.js";
 import { eventually } from "../support/eventually.js";
+import { envelope } from "../support/grpc-envelope.js";
 import { ADMIN_TOKEN, startTestServer, type TestServer } from "../support/server.js";
 
 describe("one port for every protocol", () => {
@@ -176,10 +177,7 @@ describe("graceful stop", () => {
       StreamHeartbeatsRequestSchema,
       create(StreamHeartbeatsRequestSchema, { message: { case: "hello", value: { hostId: host!.id, agentVersion: "stubborn" } } }),
     );
-    const frame = Buffer.alloc(5 + hello.length);
-    frame.writeUInt32BE(hello.length, 1);
-    frame.set(hello, 5);
-    stream.write(frame);
+    stream.write(envelope(hello));
     const trailers = new Promise<http2.IncomingHttpHeaders>((resolve) => stream.once("trailers", resolve));
     await new Promise((resolve) => stream.once("data", resolve)); // the welcome
     const started = Date.now();

@@ -1,0 +1,7 @@
+/** One message framed as gRPC and Connect streams send it: a flags byte (0), its length, its bytes. */
+export function envelope(bytes: Uint8Array): Buffer {
+  const out = Buffer.alloc(5 + bytes.length);
+  out.writeUInt32BE(bytes.length, 1);
+  out.set(bytes, 5);
+  return out;
+}
