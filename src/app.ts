@@ -34,6 +34,8 @@ import { GpuHandler } from "./rpc/gpu-handler.js";
 import { HealthStatus } from "./rpc/health.js";
 import { HostHandler, type WorkloadReports } from "./rpc/host-handler.js";
 import { audit, authenticate, authorizeCall, observe, traceCalls } from "./rpc/interceptors.js";
+import { consoleFiles } from "./console/console-files.js";
+import { GpuModels } from "./gpu/gpu-models.js";
 import { MetricsEndpoint } from "./rpc/metrics-endpoint.js";
 import { FleetMetrics } from "./telemetry/fleet-metrics.js";
 import { startTracing } from "./platform/tracing.js";
@@ -246,7 +248,7 @@ async function compose(config: Config, database: Database, tls: Tls | undefined,
     hosts: new HostHandler(hosts, agents, clock, config.heartbeatIntervalSeconds * 1000, logger, workloads, metrics.heartbeatAck),
     gpus: new GpuHandler(inventory, allocator, history, live, clock, samples),
     workspaces: new WorkspaceHandler(workspaces, quotas, workspaceTokens, auditTrail, files),
-    environments: new EnvironmentHandler(environments, environmentLogs),
+    environments: new EnvironmentHandler(environments, environmentLogs, new GpuModels(orm, quotas)),
   };
   const tokenBuckets = redis ? new RedisTokenBuckets(redis, config.redisKeyPrefix, logger) : new MemoryTokenBuckets();
   const interceptors = [
@@ -258,7 +260,12 @@ async function compose(config: Config, database: Database, tls: Tls | undefined,
     authorizeCall(),
   ];
   const server = new RpcServer(
-    { routes: routes(handlers, health), interceptors, readMaxBytes: config.maxMessageBytes, fallback: metricsEndpoint.handle },
+    {
+      routes: routes(handlers, health),
+      interceptors,
+      readMaxBytes: config.maxMessageBytes,
+      fallback: await consoleFiles(config.consoleDir, metricsEndpoint.handle),
+    },
     { config, logger, tls },
   );
 

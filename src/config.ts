@@ -1,4 +1,5 @@
 import { existsSync } from "node:fs";
+import { defaultConsoleDir } from "./console/console-files.js";
 import path from "node:path";
 import { LOG_FORMATS, type LogFormat } from "./platform/log-format.js";
 import type { KubernetesOptions } from "./runtime/kubernetes-manifests.js";
@@ -77,6 +78,8 @@ export interface Config {
    * (they name workspaces, environments and hosts). @default unset: open to whoever reaches the port
    */
   metricsToken?: string;
+  /** `CONSOLE_DIR`: the web console's built files, served under /ui/. @default dist/console of this installation */
+  consoleDir: string;
   /** `METRICS_REFRESH_SECONDS`: how often the fleet series' snapshot of rows (names, holders, quotas) is read. @default 10 */
   metricsRefreshSeconds: number;
   /** `RATE_LIMIT_PER_SECOND`: calls per second one token may start, with bursts of twice that; 0 for none. @default 100 */
@@ -229,6 +232,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     metricsGpuSeries: oneOf("METRICS_GPU_SERIES", GPU_SERIES_MODES, "inline"),
     metricsRefreshSeconds: int("METRICS_REFRESH_SECONDS", 10, 1, 3600),
     metricsToken: secret("METRICS_TOKEN"),
+    consoleDir: value("CONSOLE_DIR") ?? defaultConsoleDir(),
     tracing: tracingConfig(url("OTEL_EXPORTER_OTLP_ENDPOINT", ["http:", "https:"]), value("OTEL_SERVICE_NAME")),
     hostPortRange: portRange(value("HOST_PORT_RANGE") ?? "30000-32767", problems),
     environmentStartTimeoutSeconds: int("ENVIRONMENT_START_TIMEOUT_SECONDS", 600, 10, 86400),

@@ -371,7 +371,8 @@ export class EnvironmentManager {
     const ids = envs.map((e) => e.id);
     const [gpus, ports] = await Promise.all([
       em.find(Gpu, { environment: { $in: ids } }, { fields: ["id", "environment", "index"], orderBy: { index: "asc" } }),
-      em.find(PortMapping, { environment: { $in: ids } }, { orderBy: { name: "asc" } }),
+      // With their host: a mapping says where it is reached (the host's address).
+      em.find(PortMapping, { environment: { $in: ids } }, { orderBy: { name: "asc" }, populate: ["host"] }),
     ]);
     const countOnly = await this.countOnlyHosts(em, envs);
     return envs.map((environment) => {

@@ -1,5 +1,5 @@
 import { createHash, randomUUID } from "node:crypto";
-import { BigIntType, EntitySchema, OptionalProps } from "@mikro-orm/core";
+import { BigIntType, EntitySchema, OptionalProps, wrap } from "@mikro-orm/core";
 import { Host } from "../host/host.js";
 import { Workspace } from "../workspace/workspace.js";
 
@@ -172,6 +172,12 @@ export class PortMapping {
   hostPort!: number;
   url = "";
   createdAt!: Date;
+
+  /** Where a client connects, "host:port"; empty while no host port is held (or the host is not loaded). */
+  address(): string {
+    if (!this.hostPort || !this.host || !wrap(this.host).isInitialized()) return "";
+    return `${this.host.address.replace(/:\d+$/, "")}:${this.hostPort}`;
+  }
 }
 
 export const PortMappingSchema = new EntitySchema<PortMapping>({

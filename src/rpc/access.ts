@@ -28,6 +28,7 @@ const RULES: Record<string, Access> = {
   "remotegpu.v1.WorkspaceService/ListApiTokens": "workspace-admin",
   "remotegpu.v1.WorkspaceService/RevokeApiToken": "workspace-admin",
   "remotegpu.v1.WorkspaceService/ListAuditEvents": "workspace-admin",
+  "remotegpu.v1.WorkspaceService/GetCaller": "viewer",
   "remotegpu.v1.WorkspaceService/UploadFile": "member",
   "remotegpu.v1.WorkspaceService/DownloadFile": "viewer",
   "remotegpu.v1.WorkspaceService/ListFiles": "viewer",
@@ -47,6 +48,7 @@ const RULES: Record<string, Access> = {
   "remotegpu.v1.EnvironmentService/ListPortMappings": "viewer",
   "remotegpu.v1.EnvironmentService/StreamLogs": "viewer",
   "remotegpu.v1.EnvironmentService/WatchEnvironments": "viewer",
+  "remotegpu.v1.EnvironmentService/ListGpuModels": "viewer",
 };
 
 const PUBLIC_SERVICES = new Set([

@@ -91,6 +91,7 @@ export function portMappingToMessage(p: PortMapping) {
     hostPort: p.hostPort,
     url: p.url,
     createTime: ts(p.createdAt),
+    address: p.address(),
   });
 }
 

@@ -7,6 +7,7 @@ import type {
   EnvironmentService,
   GetEnvironmentRequest,
   ListEnvironmentsRequest,
+  ListGpuModelsRequest,
   ListPortMappingsRequest,
   RemovePortMappingRequest,
   RestartEnvironmentRequest,
@@ -20,6 +21,7 @@ import type {
 import { assertInWorkspace, confinedTo } from "../auth/workspace-access.js";
 import type { EnvironmentLogs } from "../environment/environment-logs.js";
 import type { EnvironmentManager, EnvironmentView } from "../environment/environment-manager.js";
+import type { GpuModels } from "../gpu/gpu-models.js";
 import { InvalidArgumentError, NotFoundError } from "../errors.js";
 import { checkId } from "../ids.js";
 import { Violations } from "../validation.js";
@@ -46,7 +48,13 @@ export class EnvironmentHandler implements Impl {
   constructor(
     private readonly environments: EnvironmentManager,
     private readonly logs: EnvironmentLogs,
+    private readonly gpuModels: GpuModels,
   ) {}
+
+  async listGpuModels(req: ListGpuModelsRequest, ctx: HandlerContext) {
+    assertInWorkspace(callerOf(ctx), req.workspaceId);
+    return { models: await this.gpuModels.available(req.workspaceId) };
+  }
 
   async createEnvironment(req: CreateEnvironmentRequest, ctx: HandlerContext) {
     assertInWorkspace(callerOf(ctx), req.workspaceId);

@@ -1,5 +1,6 @@
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import type {
+  GetCallerRequest,
   CreateAdminTokenRequest,
   CreateApiTokenRequest,
   CreateWorkspaceRequest,
@@ -244,6 +245,15 @@ export class WorkspaceHandler implements Impl {
     };
     const page = await this.audit.list(filter, req.pageSize, req.pageToken);
     return { events: page.items.map(auditEventToMessage), nextPageToken: page.nextPageToken };
+  }
+
+  getCaller(_req: GetCallerRequest, ctx: HandlerContext) {
+    const caller = callerOf(ctx);
+    if (caller.kind === "workspace") {
+      return { tokenId: caller.tokenId, workspaceId: caller.workspaceId, role: tokenRole.toProto(caller.role) };
+    }
+    // Host tokens are refused before this (access rule "viewer"); only admins are left.
+    return { tokenId: caller.tokenId, clusterAdmin: true };
   }
 }
 

@@ -170,6 +170,7 @@ const workspaceRules: Record<string, Rule> = {
     req: (fx) => ({ workspaceId: fx.a, path: "authz/none.txt", method: FileUrlMethod.GET }),
   },
   ListAuditEvents: { need: "ws-admin", scope: ws, req: (fx) => ({ workspaceId: fx.a }) },
+  GetCaller: { need: "viewer", req: () => ({}) },
 };
 
 // Environments of workspace A: a shared one for reads, fresh ones for changes. No agent runs them, so
@@ -198,6 +199,7 @@ const envRules: Record<string, Rule> = {
   ListPortMappings: { need: "viewer", scope: obj, req: (fx) => ({ environmentId: fx.env }) },
   StreamLogs: { need: "viewer", scope: obj, req: (fx) => ({ environmentId: fx.env, tailLines: 10 }) },
   WatchEnvironments: { need: "viewer", scope: ws, req: (fx) => ({ workspaceId: fx.a }) },
+  ListGpuModels: { need: "viewer", scope: ws, req: (fx) => ({ workspaceId: fx.a }) },
 };
 
 const TABLE: [DescService, Record<string, Rule>][] = [
