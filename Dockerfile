@@ -8,7 +8,7 @@ COPY agent/package.json agent/
 COPY cli/package.json cli/
 RUN npm ci
 COPY . .
-RUN npm run build:server
+RUN npm run build:server && npm run build:console
 
 FROM node:20-bookworm-slim
 WORKDIR /app
