@@ -86,12 +86,12 @@ describe("e2e: the web console in a real browser", function () {
     await rm(consoleDir, { recursive: true, force: true });
   });
 
-  /** A fresh browser session (its own sessionStorage) at the given size, signed in with `token` unless undefined. */
-  async function open(token: string | undefined, viewport = DESKTOP): Promise<{ context: BrowserContext; page: Page }> {
-    const context = await browser.newContext({
-      viewport,
-      ...(viewport === PHONE ? { isMobile: true, hasTouch: true, deviceScaleFactor: 2 } : {}),
-    });
+  /** A fresh browser session (its own sessionStorage), signed in with `token` unless undefined. */
+  async function open(
+    token: string | undefined,
+    colorScheme: "light" | "dark" = "light",
+  ): Promise<{ context: BrowserContext; page: Page }> {
+    const context = await browser.newContext({ viewport: DESKTOP, colorScheme });
     context.setDefaultTimeout(STALL_MS);
     const page = await context.newPage();
     // The server's root sends a browser to the console.
@@ -105,17 +105,39 @@ describe("e2e: the web console in a real browser", function () {
     return { context, page };
   }
 
-  const shot = (page: Page, name: string) => page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage: true });
+  /** Screenshots of the page as it is, at a laptop's width and at a phone's. */
+  async function shot(page: Page, name: string): Promise<void> {
+    await page.screenshot({ path: path.join(SHOTS, `${name}-desktop.png`), fullPage: true });
+    await page.setViewportSize(PHONE);
+    await page.waitForTimeout(300); // the plots follow their box's width on the next frames
+    await page.screenshot({ path: path.join(SHOTS, `${name}-phone.png`), fullPage: true });
+    await page.setViewportSize(DESKTOP);
+  }
 
   it("refuses a wrong token with the server's message, and keeps the sign-in form", async () => {
     const { context, page } = await open(undefined);
-    await page.getByLabel(/API token/).fill("rgpu_notatoken");
-    await page.getByRole("button", { name: "Sign in" }).click();
+    // By keyboard alone: the token field has the focus, Enter submits.
+    await page.keyboard.type("rgpu_notatoken");
+    await page.keyboard.press("Enter");
     const alert = await page.getByRole("alert").textContent();
     assert.match(alert ?? "", /invalid token \(unauthenticated\)/);
     assert.equal(await page.getByRole("button", { name: "Sign out" }).count(), 0);
     await shot(page, "sign-in-refused");
     await context.close();
+  });
+
+  it("follows the system's dark theme, and the theme chosen", async () => {
+    // The body's background as the page computes it (a string, so the test needs no DOM types).
+    const background = (page: Page) => page.evaluate("getComputedStyle(document.body).backgroundColor");
+    const light = await open(ADMIN_TOKEN, "light");
+    const dark = await open(ADMIN_TOKEN, "dark");
+    await dark.page.locator("a.gpu").first().waitFor();
+    assert.notEqual(await background(dark.page), await background(light.page));
+    await shot(dark.page, "fleet-dark");
+    await light.page.getByLabel("Theme").selectOption("dark");
+    assert.equal(await background(light.page), await background(dark.page));
+    await light.context.close();
+    await dark.context.close();
   });
 
   it("shows an admin the fleet: the host, its GPUs, utilisation changing live; a GPU's plots draw", async () => {
@@ -132,7 +154,7 @@ describe("e2e: the web console in a real browser", function () {
     const utilisation = async () => Promise.all((await tiles.all()).map((t) => t.getAttribute("data-util")));
     const before = await utilisation();
     await eventually("a utilisation that changes without a reload", async () => (await utilisation()).join() !== before.join());
-    await shot(page, "fleet-desktop");
+    await shot(page, "fleet");
 
     await tiles.first().click();
     await page.getByRole("heading", { name: `GPU 0 of ${hostName}` }).waitFor();
@@ -152,12 +174,12 @@ describe("e2e: the web console in a real browser", function () {
         return drawn;
       });
     assert.ok(inked > 100, `the plot's canvas is blank (${inked} pixels drawn)`);
-    await shot(page, "gpu-desktop");
+    await shot(page, "gpu");
 
     await page.getByRole("link", { name: hostName }).first().click();
     await page.getByRole("heading", { name: `Host ${hostName}` }).waitFor();
     await eventually("the host's plots", async () => Number(await page.locator("figure.chart").first().getAttribute("data-points")) >= 2);
-    await shot(page, "host-desktop");
+    await shot(page, "host");
     await context.close();
   });
 
@@ -205,22 +227,11 @@ describe("e2e: the web console in a real browser", function () {
       .getByText(/hello-from-the-console/)
       .waitFor();
     await eventually("the request in the log", async () => /GET \/ HTTP/.test((await page.locator("pre.log").textContent()) ?? ""));
-    await shot(page, "environment-desktop");
+    await shot(page, "environment");
 
     await page.getByRole("link", { name: "Environments" }).click();
     await page.getByRole("meter", { name: /^GPUs: 2 of 4/ }).waitFor();
-    await shot(page, "environments-desktop");
-    const phone = await open(tokens.member, PHONE);
-    await phone.page.getByRole("link", { name: "notebook" }).waitFor();
-    await phone.page.getByRole("meter", { name: /^GPUs: 2 of 4/ }).waitFor();
-    await shot(phone.page, "environments-phone");
-    await phone.page.getByRole("link", { name: "notebook" }).click();
-    await phone.page
-      .locator("pre.log")
-      .getByText(/hello-from-the-console/)
-      .waitFor();
-    await shot(phone.page, "environment-phone");
-    await phone.context.close();
+    await shot(page, "environments");
 
     const row = page.getByRole("row", { name: /notebook/ });
     await row.getByRole("button", { name: "Stop" }).click();
@@ -265,7 +276,7 @@ describe("e2e: the web console in a real browser", function () {
       .getByRole("cell", { name: /EnvironmentService\/DeleteEnvironment/ })
       .first()
       .waitFor();
-    await shot(page, "audit-desktop");
+    await shot(page, "audit");
     const target = await page
       .getByRole("row", { name: /DeleteEnvironment/ })
       .first()
@@ -278,10 +289,6 @@ describe("e2e: the web console in a real browser", function () {
       const calls = await page.locator("tbody tr td:nth-child(3)").allTextContents();
       return calls.length > 0 && calls.every((c) => c.startsWith("EnvironmentService/")) && !calls.some((c) => c.includes("CordonHost"));
     });
-    const phone = await open(ADMIN_TOKEN, PHONE);
-    await phone.page.locator("a.gpu").first().waitFor();
-    await shot(phone.page, "fleet-phone");
-    await phone.context.close();
     await context.close();
   });
 });

@@ -426,7 +426,7 @@ function Logs({ session, env }: { session: Session; env: Environment }) {
       title="Log"
       actions={
         <button type="button" aria-pressed={paused} onClick={() => setPaused(!paused)}>
-          {paused ? `Resume (${lines.length - shown.current.length} new)` : "Pause"}
+          {paused ? `Resume (${Math.max(0, lines.length - shown.current.length)} new)` : "Pause"}
         </button>
       }
     >

@@ -1,5 +1,5 @@
 import { GpuStatus, HostStatus, timestampDate, WatchEventType, type Gpu, type GpuSample, type Host } from "@remotegpu/sdk/web";
-import { useEffect, useState } from "preact/hooks";
+import { useEffect, useRef, useState } from "preact/hooks";
 import { everything, listAll, type Session } from "./api.js";
 import { ago, Card, ConfirmButton, ErrorBanner, useStream } from "./ui.js";
 
@@ -39,10 +39,20 @@ export function Fleet({ session }: { session: Session }) {
     }
   }, []);
 
+  // A large fleet sends thousands of samples a second: they are gathered and drawn once a second.
+  const pending = useRef(new Map<string, GpuSample>());
+  useEffect(() => {
+    const timer = setInterval(() => {
+      if (pending.current.size === 0) return;
+      const arrived = pending.current;
+      pending.current = new Map();
+      setSamples((old) => new Map([...old, ...arrived]));
+    }, 1000);
+    return () => clearInterval(timer);
+  }, []);
   const samplesError = useStream(async (signal) => {
     for await (const { sample } of client.gpus.watchGpuTelemetry({}, { signal })) {
-      if (!sample) continue;
-      setSamples((old) => new Map(old).set(`${sample.hostId}/${sample.gpuUuid}`, sample));
+      if (sample) pending.current.set(`${sample.hostId}/${sample.gpuUuid}`, sample);
     }
   }, []);
 
