@@ -36,6 +36,7 @@ import { HostHandler, type WorkloadReports } from "./rpc/host-handler.js";
 import { audit, authenticate, authorizeCall, observe, traceCalls } from "./rpc/interceptors.js";
 import { consoleFiles } from "./console/console-files.js";
 import { GpuModels } from "./gpu/gpu-models.js";
+import { SshTunnels } from "./environment/ssh-tunnels.js";
 import { MetricsEndpoint } from "./rpc/metrics-endpoint.js";
 import { FleetMetrics } from "./telemetry/fleet-metrics.js";
 import { startTracing } from "./platform/tracing.js";
@@ -244,11 +245,16 @@ async function compose(config: Config, database: Database, tls: Tls | undefined,
   );
   const busConnected = events instanceof RedisClusterEvents ? () => events.connected : () => true;
   const metricsEndpoint = new MetricsEndpoint(metrics, fleet, { agents, leader, busConnected }, logger, config.metricsToken);
+  const tunnels = new SshTunnels(environments, agents, auditTrail, clock, logger, {
+    perEnvironment: config.sshMaxPerEnvironment,
+    perToken: config.sshMaxPerToken,
+    answerMs: 10_000,
+  });
   const handlers = {
-    hosts: new HostHandler(hosts, agents, clock, config.heartbeatIntervalSeconds * 1000, logger, workloads, metrics.heartbeatAck),
+    hosts: new HostHandler(hosts, agents, clock, config.heartbeatIntervalSeconds * 1000, logger, workloads, metrics.heartbeatAck, tunnels),
     gpus: new GpuHandler(inventory, allocator, history, live, clock, samples),
     workspaces: new WorkspaceHandler(workspaces, quotas, workspaceTokens, auditTrail, files),
-    environments: new EnvironmentHandler(environments, environmentLogs, new GpuModels(orm, quotas)),
+    environments: new EnvironmentHandler(environments, environmentLogs, new GpuModels(orm, quotas), tunnels),
   };
   const tokenBuckets = redis ? new RedisTokenBuckets(redis, config.redisKeyPrefix, logger) : new MemoryTokenBuckets();
   const interceptors = [

@@ -80,6 +80,10 @@ export interface Config {
   metricsToken?: string;
   /** `CONSOLE_DIR`: the web console's built files, served under /ui/. @default dist/console of this installation */
   consoleDir: string;
+  /** `SSH_MAX_CONNECTIONS_PER_ENVIRONMENT`: SSH connections open at once to one environment, per replica. @default 32 */
+  sshMaxPerEnvironment: number;
+  /** `SSH_MAX_CONNECTIONS_PER_TOKEN`: SSH connections open at once with one token, per replica. @default 64 */
+  sshMaxPerToken: number;
   /** `METRICS_REFRESH_SECONDS`: how often the fleet series' snapshot of rows (names, holders, quotas) is read. @default 10 */
   metricsRefreshSeconds: number;
   /** `RATE_LIMIT_PER_SECOND`: calls per second one token may start, with bursts of twice that; 0 for none. @default 100 */
@@ -233,6 +237,8 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     metricsRefreshSeconds: int("METRICS_REFRESH_SECONDS", 10, 1, 3600),
     metricsToken: secret("METRICS_TOKEN"),
     consoleDir: value("CONSOLE_DIR") ?? defaultConsoleDir(),
+    sshMaxPerEnvironment: int("SSH_MAX_CONNECTIONS_PER_ENVIRONMENT", 32, 1, 10_000),
+    sshMaxPerToken: int("SSH_MAX_CONNECTIONS_PER_TOKEN", 64, 1, 100_000),
     tracing: tracingConfig(url("OTEL_EXPORTER_OTLP_ENDPOINT", ["http:", "https:"]), value("OTEL_SERVICE_NAME")),
     hostPortRange: portRange(value("HOST_PORT_RANGE") ?? "30000-32767", problems),
     environmentStartTimeoutSeconds: int("ENVIRONMENT_START_TIMEOUT_SECONDS", 600, 10, 86400),

@@ -11,6 +11,7 @@ import {
   type RunEnvironmentCommand,
 } from "@remotegpu/sdk";
 import type { Logger } from "./logger.js";
+import type { SshServer } from "./ssh-server.js";
 import { toMessageInit, type GpuInventoryEntry, type GpuSampleRecord, type HostSampleRecord } from "./readings.js";
 import type { StatusReport, VolumeUsage, WorkloadEvents, WorkloadLogLine, Workloads, WorkloadSpec } from "./workloads.js";
 
@@ -54,6 +55,8 @@ export interface AgentOptions {
   logBufferLines?: number;
   /** How often the workloads' volumes are measured; the next heartbeat carries the figures. @default never */
   volumeSampleMs?: number;
+  /** Serves SSH for the environments on tunnels the control plane asks for. @default none: tunnels are refused */
+  ssh?: Pick<SshServer, "open">;
 }
 
 /**
@@ -93,7 +96,11 @@ export class AgentConnection implements WorkloadEvents {
       logBufferLines: o.logBufferLines,
       logger: o.logger,
       workloads: w && {
-        execute: (command) => execute(w, command),
+        execute: (command, server) => {
+          const c = command.command;
+          if (c.case !== "openSshTunnel") return execute(w, command);
+          return o.ssh ? o.ssh.open(c.value, server) : Promise.resolve({ ok: false, message: "this agent serves no SSH" });
+        },
         running: () => w.running(),
         containersSupported: w.containersSupported,
         runtimeUnavailableReason: w.runtimeUnavailableReason,

@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import { hostKey, SshServer } from "./ssh-server.js";
 import { chmodSync, mkdirSync, readFileSync, statSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { ConnectError } from "@connectrpc/connect";
@@ -194,6 +195,7 @@ const connection = new AgentConnection({
   capacity: await stats.capacity(),
   logger,
   workloads,
+  ssh: new SshServer(await hostKey(dataDir), workloads, logger),
   volumeSampleMs: VOLUME_SAMPLE_MS,
   read: async () => {
     const time = new Date();

@@ -1,5 +1,9 @@
+import { execFile } from "node:child_process";
 import { readdir, readFile, rename, writeFile } from "node:fs/promises";
 import path from "node:path";
+import { promisify } from "node:util";
+
+const execFileP = promisify(execFile);
 
 /**
  * Unprivileged uids for process-mode workloads, one per environment, taken from a range the
@@ -86,6 +90,29 @@ export async function killUid(uid: number): Promise<void> {
       process.kill(pid, "SIGKILL");
     } catch {
       // gone already
+    }
+  }
+}
+
+/**
+ * Gives a workload uid an account (user and group `rgpu-<uid>`, home `home`, no password) unless it
+ * has one. Programs that look their user up (OpenSSH's sftp-server and scp, `whoami`, shells) fail
+ * for a uid without one. useradd takes a lock on /etc/passwd: a busy lock is tried again.
+ */
+export async function ensureAccount(uid: number, home: string): Promise<void> {
+  if ((await execFileP("getent", ["passwd", String(uid)]).catch(() => undefined)) !== undefined) return;
+  const name = `rgpu-${uid}`;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      if ((await execFileP("getent", ["group", String(uid)]).catch(() => undefined)) === undefined) {
+        await execFileP("groupadd", ["--gid", String(uid), name]);
+      }
+      await execFileP("useradd", ["--uid", String(uid), "--gid", String(uid), "--no-create-home", "--home-dir", home, "--shell", "/bin/sh", "--no-user-group", name]);
+      return;
+    } catch (err) {
+      if ((await execFileP("getent", ["passwd", String(uid)]).catch(() => undefined)) !== undefined) return;
+      if (attempt >= 5) throw new Error(`cannot give workload uid ${uid} an account: ${err instanceof Error ? err.message : String(err)}`);
+      await new Promise((resolve) => setTimeout(resolve, 200 * (attempt + 1)));
     }
   }
 }

@@ -7,7 +7,7 @@ import { LineSplitter, LogBatch, type LogStreamName, type WorkloadLogLine } from
 import { Cgroups, NVIDIA_MAJOR } from "./cgroups.js";
 import type { Logger } from "./logger.js";
 import { accepts, closeAll, PortProxy } from "./port-proxy.js";
-import { killUid, ProcessUsers } from "./process-users.js";
+import { ensureAccount, killUid, ProcessUsers } from "./process-users.js";
 import {
   adoptProcess,
   bootId,
@@ -239,6 +239,11 @@ function processEnv(spec: WorkloadSpec, volume: string): Record<string, string> 
   };
 }
 
+/** Where an SSH session runs (see Workloads.sessionTarget). */
+export type SessionTarget =
+  | { kind: "process"; cwd: string; env: Record<string, string>; uid?: number; ports: number[] }
+  | { kind: "container"; engine: ContainerEngine; name: string };
+
 /** What `workload.json` holds. */
 interface SavedWorkload {
   version: number;
@@ -295,6 +300,8 @@ export class Workloads {
   /** Set when workloads are confined: the cgroups to use, or why there are none. */
   private readonly cgroups?: Promise<Cgroups | string>;
   private readonly workloads = new Map<string, Workload>();
+  /** When SSH sessions into each environment last carried bytes. */
+  private readonly sshTraffic = new Map<string, number>();
   private readonly queues = new Map<string, Promise<unknown>>();
   private readonly stopGraceMs: number;
   /** Why this agent runs no environments, for its hello; "" when it does. */
@@ -332,11 +339,32 @@ export class Workloads {
     return [...this.workloads.values()].filter((w) => w.state === "STARTING" || w.state === "RUNNING").map((w) => w.spec.environmentId);
   }
 
-  /** When each running workload's ports last carried traffic (only those that had any, through a proxy). */
+  /**
+   * How an SSH session enters a running environment: its container, or in process mode its
+   * directory, environment variables, uid and ports. Undefined when it is not running here.
+   */
+  async sessionTarget(environmentId: string): Promise<SessionTarget | undefined> {
+    const w = this.workloads.get(environmentId);
+    if (w?.state !== "RUNNING") return undefined;
+    if (this.engine === "process") {
+      const volume = path.join(this.dirOf(environmentId), "volume");
+      const uid = this.users ? await this.users.uidOf(environmentId) : undefined;
+      return { kind: "process", cwd: volume, env: processEnv(w.spec, volume), uid, ports: w.spec.ports.map((p) => p.containerPort) };
+    }
+    if (this.engine === "none") return undefined;
+    return { kind: "container", engine: this.engine, name: containerName(environmentId) };
+  }
+
+  /** Counts SSH traffic as activity (idle auto-stop), as port traffic is. */
+  touch(environmentId: string): void {
+    this.sshTraffic.set(environmentId, Date.now());
+  }
+
+  /** When each running workload's ports (or SSH sessions) last carried traffic (only those that had any). */
   activity(): { environmentId: string; lastTraffic: Date }[] {
     const out: { environmentId: string; lastTraffic: Date }[] = [];
     for (const w of this.workloads.values()) {
-      const last = Math.max(0, ...w.proxies.map((p) => p.lastTraffic));
+      const last = Math.max(this.sshTraffic.get(w.spec.environmentId) ?? 0, ...w.proxies.map((p) => p.lastTraffic));
       if (w.state === "RUNNING" && last > 0) out.push({ environmentId: w.spec.environmentId, lastTraffic: new Date(last) });
     }
     return out;
@@ -693,6 +721,7 @@ export class Workloads {
     const id = spec.environmentId;
     const uid = await this.users.uidOf(id);
     await killUid(uid);
+    await ensureAccount(uid, volume);
     for (const d of [this.o.dataDir, path.dirname(path.dirname(volume)), path.dirname(volume)]) await chmod(d, 0o711);
     const owner = (await stat(volume)).uid;
     if (owner !== uid) await execFileP("chown", ["-R", `${uid}:${uid}`, volume]);

@@ -7,6 +7,9 @@ export interface Cli {
   out(text: string): void;
   /** Aborted on Ctrl-C: long-running commands (logs --follow, top) end cleanly. */
   signal: AbortSignal;
+  /** The server and the token, for commands that run another program (ssh) that calls back. */
+  url: string;
+  token: string;
 }
 
 export function connect(opts: { url: string; token: string; json: boolean; signal: AbortSignal }): Cli {
@@ -18,6 +21,8 @@ export function connect(opts: { url: string; token: string; json: boolean; signa
     json: opts.json,
     out: (text) => process.stdout.write(text.endsWith("\n") ? text : `${text}\n`),
     signal: opts.signal,
+    url: opts.url,
+    token: opts.token,
   };
 }
 

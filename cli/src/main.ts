@@ -4,6 +4,7 @@ import { RemoteGpuError } from "@remotegpu/sdk";
 import { connect, UsageError } from "./connection.js";
 import { hostActionCommand, hostsCommand } from "./hosts.js";
 import { logsCommand } from "./logs.js";
+import { sshCommand, sshConfigCommand, sshStdioCommand } from "./ssh.js";
 import { topCommand } from "./top.js";
 import { usageCommand } from "./usage.js";
 
@@ -18,6 +19,9 @@ commands:
   usage WORKSPACE                   a workspace's usage against its quota (name or id)
   logs ENV_ID [--follow] [--tail N] an environment's log; --follow until Ctrl-C
   top [--host HOST] [--once]        live GPU telemetry table until Ctrl-C; --once prints one snapshot
+  ssh ENVIRONMENT [-- SSH_ARGS]     OpenSSH into a running environment, through the control plane
+  ssh --stdio ENVIRONMENT           the tunnel on stdin/stdout, for ssh's ProxyCommand
+  ssh-config                        a ~/.ssh/config Host block (rgpu.NAME) per environment
 
 options:
   --url URL      the control plane (env REMOTEGPU_URL; default http://localhost:8080)
@@ -34,6 +38,7 @@ const options = {
   tail: { type: "string" },
   host: { type: "string" },
   once: { type: "boolean", default: false },
+  stdio: { type: "boolean", default: false },
 } as const;
 
 /** Which command takes which of its own flags. */
@@ -45,21 +50,28 @@ const COMMAND_FLAGS: Record<string, string[]> = {
   usage: [],
   logs: ["follow", "tail"],
   top: ["host", "once"],
+  ssh: ["stdio"],
+  "ssh-config": [],
 };
 
 async function main(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({ args: argv, options, allowPositionals: true });
+  // After "--", arguments go to ssh as they are.
+  const dashes = argv.indexOf("--");
+  const sshArgs = dashes >= 0 ? argv.slice(dashes + 1) : [];
+  const { values, positionals } = parseArgs({ args: dashes >= 0 ? argv.slice(0, dashes) : argv, options, allowPositionals: true });
   const [command, arg, ...extra] = positionals;
   if (values.help || command === "help") {
     process.stdout.write(`${USAGE}\n`);
     return 0;
   }
   if (!command || !(command in COMMAND_FLAGS)) throw new UsageError(command ? `unknown command "${command}"` : "a COMMAND is required");
-  for (const flag of ["follow", "tail", "host", "once"] as const) {
+  for (const flag of ["follow", "tail", "host", "once", "stdio"] as const) {
     const given = values[flag] !== undefined && values[flag] !== false;
     if (given && !COMMAND_FLAGS[command]!.includes(flag)) throw new UsageError(`--${flag} does not apply to ${command}`);
   }
-  const takesArg = !["hosts", "top"].includes(command);
+  const takesArg = !["hosts", "top", "ssh-config"].includes(command);
+  if (sshArgs.length > 0 && (command !== "ssh" || values.stdio))
+    throw new UsageError('arguments after "--" go to ssh: only for ssh without --stdio');
   if (extra.length > 0 || (!takesArg && arg !== undefined)) throw new UsageError(`too many arguments for ${command}`);
 
   const url = values.url ?? process.env.REMOTEGPU_URL ?? "http://localhost:8080";
@@ -69,7 +81,7 @@ async function main(argv: string[]): Promise<number> {
   if (!token) throw new UsageError("a token is required: --token TOKEN or REMOTEGPU_TOKEN");
   // Ctrl-C ends logs --follow and top cleanly (exit 0); any other command just stops.
   const interrupted = new AbortController();
-  const interrupt = () => (command === "logs" || command === "top" ? interrupted.abort() : process.exit(130));
+  const interrupt = () => (command === "logs" || command === "top" || command === "ssh" ? interrupted.abort() : process.exit(130));
   process.once("SIGINT", interrupt);
   process.once("SIGTERM", interrupt);
   const cli = connect({ url, token, json: values.json, signal: interrupted.signal });
@@ -91,6 +103,13 @@ async function main(argv: string[]): Promise<number> {
       break;
     case "top":
       await topCommand(cli, { host: values.host, once: values.once });
+      break;
+    case "ssh":
+      if (values.stdio) await sshStdioCommand(cli, arg);
+      else return sshCommand(cli, arg, sshArgs);
+      break;
+    case "ssh-config":
+      await sshConfigCommand(cli);
       break;
   }
   return 0;

@@ -2,7 +2,7 @@
 // RemoteGPU's own agent (@remotegpu/agent, in agent/) is built on it.
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { durationMs } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
+import { type Client, Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import {
   AgentHeartbeatSchema,
@@ -26,8 +26,12 @@ export interface AgentReading {
 
 /** What runs environments on the host, for agents that do (commands, the hello, activity). */
 export interface AgentWorkloads {
-  /** Carries out a command of the control plane; the result goes back as its `command_result`. */
-  execute(command: AgentCommand): Promise<{ ok: boolean; message: string }>;
+  /**
+   * Carries out a command of the control plane; the result goes back as its `command_result`.
+   * `server` calls the replica the command came from, on the stream's connection (an SSH tunnel
+   * is accepted there).
+   */
+  execute(command: AgentCommand, server: Client<typeof HostService>): Promise<{ ok: boolean; message: string }>;
   /** Environments running now (sent in each hello, so a reconnect does not start them twice). */
   running(): string[];
   containersSupported: boolean;
@@ -168,11 +172,11 @@ export class AgentSession {
   }
 
   /** Carries out a command; never throws (a failure is a result with ok false). */
-  private async execute(command: AgentCommand): Promise<{ ok: boolean; message: string }> {
+  private async execute(command: AgentCommand, server: Client<typeof HostService>): Promise<{ ok: boolean; message: string }> {
     const w = this.o.workloads;
     this.log.info({ command: command.commandId, kind: command.command.case }, "command from the control plane");
     try {
-      if (w) return await w.execute(command);
+      if (w) return await w.execute(command, server);
       return command.command.case === "drain"
         ? { ok: true, message: "draining; this agent runs no workloads" }
         : { ok: false, message: "this agent runs no workloads" };
@@ -266,7 +270,7 @@ export class AgentSession {
           } else if (m.case === "command") {
             // Not awaited: a slow stop must not hold up acks; the workloads order commands per environment.
             const commandId = m.value.commandId;
-            void this.execute(m.value).then((result) => send({ case: "commandResult", value: { commandId, ...result } }));
+            void this.execute(m.value, client).then((result) => send({ case: "commandResult", value: { commandId, ...result } }));
           }
         }
       })();

@@ -22,6 +22,7 @@ import { WideWindowSessions } from "./wide-window-sessions.js";
 
 export * from "./common.js";
 export { uploadFile, UPLOAD_CHUNK_BYTES, type UploadData, type UploadFileOptions } from "./upload.js";
+export { Channel } from "./channel.js";
 export { AgentSession, type AgentSessionOptions, type AgentReading, type AgentWorkloads, type AgentLogger } from "./agent-session.js";
 
 /** Options of the Node `createRemoteGpuClient`. */

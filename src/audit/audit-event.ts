@@ -12,6 +12,8 @@ export class AuditEvent {
   targetId = "";
   code!: string;
   requestId = "";
+  /** For events that are not one call (an SSH connection closing): what happened. */
+  detail = "";
 }
 
 export const AuditEventSchema = new EntitySchema<AuditEvent>({
@@ -31,5 +33,6 @@ export const AuditEventSchema = new EntitySchema<AuditEvent>({
     targetId: { type: "string", length: 128 },
     code: { type: "string", length: 32 },
     requestId: { type: "string", length: 128 },
+    detail: { type: "string", length: 512, default: "" },
   },
 });

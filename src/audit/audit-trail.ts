@@ -4,7 +4,7 @@ import { decodePageToken, encodePageToken, pageSize, type Page } from "../pagina
 import type { Clock } from "../platform/clock.js";
 import { AuditEvent } from "./audit-event.js";
 
-export type AuditRecord = Omit<AuditEvent, "id" | "time">;
+export type AuditRecord = Omit<AuditEvent, "id" | "time" | "detail"> & { detail?: string };
 
 /** The object a call acted on. */
 export interface AuditSubject {
@@ -37,7 +37,7 @@ export class AuditTrail {
 
   /** Adds an event to `em`'s unit of work; it is written when that transaction commits. */
   add(em: EntityManager, record: AuditRecord): void {
-    em.create(AuditEvent, { ...record, time: this.clock.now() });
+    em.create(AuditEvent, { ...record, detail: record.detail ?? "", time: this.clock.now() });
   }
 
   /** Writes an event on its own, for calls that failed or changed nothing in the database. */

@@ -2,7 +2,14 @@ import { createHash } from "node:crypto";
 import { LockMode, type FilterQuery } from "@mikro-orm/core";
 import type { EntityManager, MikroORM } from "@mikro-orm/postgresql";
 import type { AuditNote } from "../audit/audit-trail.js";
-import { AlreadyExistsError, ConflictError, FailedPreconditionError, NotFoundError, RequestIdReusedError } from "../errors.js";
+import {
+  AlreadyExistsError,
+  ConflictError,
+  FailedPreconditionError,
+  InvalidArgumentError,
+  NotFoundError,
+  RequestIdReusedError,
+} from "../errors.js";
 import { Host, changesPortsInPlace } from "../host/host.js";
 import { Gpu } from "../gpu/gpu.js";
 import { checkId } from "../ids.js";
@@ -67,6 +74,14 @@ const PORT_NAME = /^[a-z]([a-z0-9-]{0,13}[a-z0-9])?$/;
 const ENV_KEY = /^[A-Za-z_][A-Za-z0-9_]*$/;
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 const SSH_KEY = /^(ssh-|ecdsa-|sk-)[a-z0-9@.-]+ [A-Za-z0-9+/=]+( .*)?$/;
+const MAX_SSH_KEYS = 32;
+
+/** Two key lines name the same key when their type and body match; comments may differ. */
+function sameSshKey(a: string, b: string): boolean {
+  const [typeA, bodyA] = a.trim().split(/\s+/);
+  const [typeB, bodyB] = b.trim().split(/\s+/);
+  return typeA === typeB && bodyA === bodyB;
+}
 const MAX_TRANSITIONS = 50;
 
 /** Statuses in which an environment holds GPUs and ports. */
@@ -352,6 +367,32 @@ export class EnvironmentManager {
     });
   }
 
+  /** Adds an SSH public key; it counts from the environment's next SSH connection. */
+  async addSshKey(id: string, key: string, visibility: Visibility, note: AuditNote): Promise<EnvironmentView> {
+    const v = new Violations();
+    checkString(v, "ssh_public_key", key, { required: true, max: 16384, pattern: SSH_KEY, patternHint: "an OpenSSH public key line" });
+    v.throwIfAny();
+    return this.change(id, visibility, note, async (_em, env) => {
+      if (env.sshPublicKeys.some((k) => sameSshKey(k, key))) return;
+      if (env.sshPublicKeys.length >= MAX_SSH_KEYS)
+        throw InvalidArgumentError.field("ssh_public_key", `the environment has ${MAX_SSH_KEYS} keys, the most it may`);
+      env.sshPublicKeys = [...env.sshPublicKeys, key.trim()];
+    });
+  }
+
+  /** Removes an SSH public key (the comment is not compared); connections with it are refused from now on. */
+  async removeSshKey(id: string, key: string, visibility: Visibility, note: AuditNote): Promise<EnvironmentView> {
+    const v = new Violations();
+    checkString(v, "ssh_public_key", key, { required: true, max: 16384, pattern: SSH_KEY, patternHint: "an OpenSSH public key line" });
+    v.throwIfAny();
+    return this.change(id, visibility, note, async (_em, env) => {
+      const kept = env.sshPublicKeys.filter((k) => !sameSshKey(k, key));
+      if (kept.length === env.sshPublicKeys.length)
+        throw new NotFoundError("ssh public key", key.trim().split(/\s+/).slice(0, 2).join(" ").slice(0, 60));
+      env.sshPublicKeys = kept;
+    });
+  }
+
   async listPorts(environmentId: string, visibility: Visibility): Promise<PortMapping[]> {
     checkId("environment_id", environmentId);
     return (await this.get(environmentId, visibility)).portMappings;
@@ -620,7 +661,7 @@ function checkInput(input: EnvironmentInput): void {
   for (const field of ["cpuMillicores", "memoryBytes", "storageBytes"] as const)
     v.check(input[field] >= 0, snake(field), "must be 0 or more");
   checkPorts(v, "ports", input.ports);
-  v.check(input.sshPublicKeys.length <= 32, "ssh_public_keys", "at most 32 keys");
+  v.check(input.sshPublicKeys.length <= MAX_SSH_KEYS, "ssh_public_keys", `at most ${MAX_SSH_KEYS} keys`);
   for (const [i, k] of input.sshPublicKeys.entries()) {
     checkString(v, `ssh_public_keys[${i}]`, k, { max: 16384, pattern: SSH_KEY, patternHint: "an OpenSSH public key line" });
   }

@@ -42,6 +42,7 @@ export type AgentCommand = { id: string } & (
   | { kind: "run"; spec: WorkloadSpec }
   | { kind: "stop"; environmentId: string; generation: number }
   | { kind: "remove"; environmentId: string; generation: number }
+  | { kind: "ssh"; tunnelId: string; environmentId: string; authorizedKeys: string[] }
 );
 
 /** Distributes Omit over the union, so each command keeps its own fields. */
@@ -407,10 +408,17 @@ function workloadSpec(raw: unknown): WorkloadSpec {
 
 function agentCommand(raw: unknown): AgentCommandInput {
   const o = record(raw, "command");
-  const kind = oneOf(o, "kind", ["drain", "run", "stop", "remove"] as const);
+  const kind = oneOf(o, "kind", ["drain", "run", "stop", "remove", "ssh"] as const);
   switch (kind) {
     case "drain":
       return { kind };
+    case "ssh":
+      return {
+        kind,
+        tunnelId: uuid(o, "tunnelId"),
+        environmentId: uuid(o, "environmentId"),
+        authorizedKeys: list(o, "authorizedKeys", anyString),
+      };
     case "run":
       return { kind, spec: workloadSpec(o.spec) };
     default:

@@ -18,6 +18,7 @@ export type Access = "public" | "cluster-admin" | "host" | "workspace-admin" | "
 const RULES: Record<string, Access> = {
   "remotegpu.v1.HostService/Heartbeat": "host",
   "remotegpu.v1.HostService/StreamHeartbeats": "host",
+  "remotegpu.v1.HostService/AcceptSshTunnel": "host",
 
   "remotegpu.v1.WorkspaceService/GetWorkspace": "viewer",
   "remotegpu.v1.WorkspaceService/ListWorkspaces": "viewer",
@@ -49,6 +50,9 @@ const RULES: Record<string, Access> = {
   "remotegpu.v1.EnvironmentService/StreamLogs": "viewer",
   "remotegpu.v1.EnvironmentService/WatchEnvironments": "viewer",
   "remotegpu.v1.EnvironmentService/ListGpuModels": "viewer",
+  "remotegpu.v1.EnvironmentService/OpenSshTunnel": "member",
+  "remotegpu.v1.EnvironmentService/AddSshKey": "member",
+  "remotegpu.v1.EnvironmentService/RemoveSshKey": "member",
 };
 
 const PUBLIC_SERVICES = new Set([
@@ -79,10 +83,13 @@ export function authorize(access: Access, principal: Principal, rpc: string): vo
 
 // Agent reports are telemetry, not operator actions: recording every heartbeat would bury the trail.
 const UNAUDITED = new Set(["remotegpu.v1.HostService/Heartbeat", "remotegpu.v1.HostService/StreamHeartbeats"]);
+// Streams that are audited anyway: who opened an SSH connection, or was refused one.
+const AUDITED_STREAMS = new Set(["remotegpu.v1.EnvironmentService/OpenSshTunnel"]);
 
 /** Mutating calls get an audit event: every unary or upload RPC that is not marked free of side effects. */
 export function isAudited(service: string, method: DescMethod): boolean {
   if (PUBLIC_SERVICES.has(service) || UNAUDITED.has(`${service}/${method.name}`)) return false;
+  if (AUDITED_STREAMS.has(`${service}/${method.name}`)) return true;
   if (method.methodKind !== "unary" && method.methodKind !== "client_streaming") return false;
   return method.idempotency !== MethodOptions_IdempotencyLevel.NO_SIDE_EFFECTS;
 }

@@ -107,6 +107,14 @@ export function commandToMessage(c: AgentCommand): MessageInitShape<typeof Agent
   switch (c.kind) {
     case "drain":
       return { commandId: c.id, command: { case: "drain", value: {} } };
+    case "ssh":
+      return {
+        commandId: c.id,
+        command: {
+          case: "openSshTunnel",
+          value: { tunnelId: c.tunnelId, environmentId: c.environmentId, authorizedKeys: c.authorizedKeys },
+        },
+      };
     case "stop":
     case "remove": {
       const value = { environmentId: c.environmentId, generation: BigInt(c.generation) };

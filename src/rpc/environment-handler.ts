@@ -8,6 +8,9 @@ import type {
   GetEnvironmentRequest,
   ListEnvironmentsRequest,
   ListGpuModelsRequest,
+  OpenSshTunnelRequest,
+  AddSshKeyRequest,
+  RemoveSshKeyRequest,
   ListPortMappingsRequest,
   RemovePortMappingRequest,
   RestartEnvironmentRequest,
@@ -22,10 +25,11 @@ import { assertInWorkspace, confinedTo } from "../auth/workspace-access.js";
 import type { EnvironmentLogs } from "../environment/environment-logs.js";
 import type { EnvironmentManager, EnvironmentView } from "../environment/environment-manager.js";
 import type { GpuModels } from "../gpu/gpu-models.js";
-import { InvalidArgumentError, NotFoundError } from "../errors.js";
+import type { SshTunnels } from "../environment/ssh-tunnels.js";
+import { FailedPreconditionError, InvalidArgumentError, NotFoundError } from "../errors.js";
 import { checkId } from "../ids.js";
 import { Violations } from "../validation.js";
-import { auditNote, callerOf } from "./context.js";
+import { auditNote, callerOf, requestIdKey } from "./context.js";
 import { dateFromMessage } from "./convert.js";
 import {
   environmentInputFromMessage,
@@ -49,7 +53,35 @@ export class EnvironmentHandler implements Impl {
     private readonly environments: EnvironmentManager,
     private readonly logs: EnvironmentLogs,
     private readonly gpuModels: GpuModels,
+    private readonly tunnels?: SshTunnels,
   ) {}
+
+  async *openSshTunnel(requests: AsyncIterable<OpenSshTunnelRequest>, ctx: HandlerContext) {
+    const caller = callerOf(ctx);
+    const messages = requests[Symbol.asyncIterator]();
+    const first = await messages.next();
+    if (first.done) throw InvalidArgumentError.field("environment_id", "required in the first message");
+    const environmentId = checkId("environment_id", first.value.environmentId);
+    if (!this.tunnels) throw new FailedPreconditionError("this server does not serve SSH tunnels");
+    const fromClient = (async function* () {
+      if (first.value.data.length > 0) yield first.value.data;
+      for (let m = await messages.next(); !m.done; m = await messages.next()) yield m.value.data;
+    })();
+    const requestId = ctx.values.get(requestIdKey);
+    for await (const data of this.tunnels.connect(environmentId, caller, fromClient, ctx.signal, requestId)) yield { data };
+  }
+
+  async addSshKey(req: AddSshKeyRequest, ctx: HandlerContext) {
+    checkId("environment_id", req.environmentId);
+    const view = await this.environments.addSshKey(req.environmentId, req.sshPublicKey, confinedTo(callerOf(ctx)), auditNote(ctx));
+    return { environment: environmentToMessage(view) };
+  }
+
+  async removeSshKey(req: RemoveSshKeyRequest, ctx: HandlerContext) {
+    checkId("environment_id", req.environmentId);
+    const view = await this.environments.removeSshKey(req.environmentId, req.sshPublicKey, confinedTo(callerOf(ctx)), auditNote(ctx));
+    return { environment: environmentToMessage(view) };
+  }
 
   async listGpuModels(req: ListGpuModelsRequest, ctx: HandlerContext) {
     assertInWorkspace(callerOf(ctx), req.workspaceId);

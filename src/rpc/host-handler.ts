@@ -2,6 +2,7 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import { durationFromMs, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import type {
+  AcceptSshTunnelRequest,
   CordonHostRequest,
   CreateHostRequest,
   DeleteHostRequest,
@@ -19,7 +20,9 @@ import type {
   WatchHostsResponseSchema,
 } from "../../gen/remotegpu/v1/host_pb.js";
 import { assertMaySpeakForHost } from "../auth/authenticator.js";
-import { InvalidArgumentError } from "../errors.js";
+import type { SshTunnels } from "../environment/ssh-tunnels.js";
+import { InvalidArgumentError, NotFoundError, PermissionDeniedError } from "../errors.js";
+import { checkId } from "../ids.js";
 import type { AgentSessions } from "../host/agent-sessions.js";
 import type { HostPatch, HostRegistry, HostView } from "../host/host-registry.js";
 import type { Clock } from "../platform/clock.js";
@@ -59,8 +62,24 @@ export class HostHandler implements Impl {
     logger: Logger,
     workloads: WorkloadReports = IGNORED_REPORTS,
     ackSeconds?: AgentStreamDeps["ackSeconds"],
+    private readonly tunnels?: SshTunnels,
   ) {
     this.streams = { agents, workloads, clock, logger, ackSeconds };
+  }
+
+  async *acceptSshTunnel(requests: AsyncIterable<AcceptSshTunnelRequest>, ctx: HandlerContext) {
+    const caller = callerOf(ctx);
+    if (caller.kind !== "host") throw new PermissionDeniedError("only a host's agent accepts SSH tunnels");
+    const messages = requests[Symbol.asyncIterator]();
+    const first = await messages.next();
+    if (first.done) throw InvalidArgumentError.field("tunnel_id", "required in the first message");
+    const tunnelId = checkId("tunnel_id", first.value.tunnelId);
+    if (!this.tunnels) throw new NotFoundError("ssh tunnel", tunnelId);
+    const fromAgent = (async function* () {
+      yield first.value;
+      for (let m = await messages.next(); !m.done; m = await messages.next()) yield m.value;
+    })();
+    for await (const data of this.tunnels.accept(tunnelId, caller.hostId, fromAgent, ctx.signal)) yield { data };
   }
 
   async createHost(req: CreateHostRequest, ctx: HandlerContext) {

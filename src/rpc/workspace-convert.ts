@@ -104,6 +104,7 @@ export function auditEventToMessage(e: AuditEvent) {
     targetId: e.targetId,
     code: e.code,
     requestId: e.requestId,
+    detail: e.detail,
   });
 }
 
