@@ -91,7 +91,8 @@ export async function consoleFiles(dir: string, next: Handler): Promise<Handler>
       res.end(status === 503 ? missing : "not found\n");
       return;
     }
-    const gzip = /\bgzip\b/.test(String(req.headers["accept-encoding"] ?? ""));
+    // "gzip", "gzip;q=0.5", but not "gzip;q=0".
+    const gzip = /(^|,)\s*gzip\s*(;\s*q=(?!0(\.0*)?\s*(,|$))[\d.]+)?\s*(,|$)/.test(String(req.headers["accept-encoding"] ?? ""));
     const body = gzip ? file.gzipped : file.body;
     res.writeHead(200, {
       "content-type": file.type,

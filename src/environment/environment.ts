@@ -161,6 +161,14 @@ export function portMappingId(environmentId: string, name: string): string {
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-5${h.slice(13, 16)}-${variant}${h.slice(17, 20)}-${h.slice(20, 32)}`;
 }
 
+/** A host's address without a port: "10.0.0.5:7000" → "10.0.0.5", "[fd00::5]:7000" and "fd00::5" → "fd00::5". */
+export function hostName(address: string): string {
+  const bracketed = /^\[([^\]]+)\](:\d+)?$/.exec(address);
+  if (bracketed) return bracketed[1]!;
+  // More than one colon and no brackets: a bare IPv6 address, which has no port.
+  return address.split(":").length > 2 ? address : address.replace(/:\d+$/, "");
+}
+
 /** A host port given to an environment port. The unique (host, host_port) pair is what makes a port never mapped twice. */
 export class PortMapping {
   id: string = randomUUID();
@@ -173,10 +181,11 @@ export class PortMapping {
   url = "";
   createdAt!: Date;
 
-  /** Where a client connects, "host:port"; empty while no host port is held (or the host is not loaded). */
+  /** Where a client connects, "host:port" ("[v6]:port"); empty while no host port is held (or the host is not loaded). */
   address(): string {
     if (!this.hostPort || !this.host || !wrap(this.host).isInitialized()) return "";
-    return `${this.host.address.replace(/:\d+$/, "")}:${this.hostPort}`;
+    const name = hostName(this.host.address);
+    return `${name.includes(":") ? `[${name}]` : name}:${this.hostPort}`;
   }
 }
 

@@ -14,7 +14,8 @@ export interface GpuModelOffer {
 /**
  * The GPU models a workspace could be given now, for forms that offer only what can be had. It
  * counts as placement does: free, healthy GPUs on online, schedulable hosts whose agent can run
- * environments. A count may be stale by the time it is used; CreateEnvironment still decides.
+ * environments; then caps each count by what the workspace's quota leaves (max_gpus and the
+ * model's own limit). A count may be stale by the time it is used; CreateEnvironment still decides.
  */
 export class GpuModels {
   constructor(
@@ -23,7 +24,8 @@ export class GpuModels {
   ) {}
 
   async available(workspaceId: string): Promise<GpuModelOffer[]> {
-    const { allowedGpuModels } = await this.quotas.get(workspaceId);
+    const { quota, usage } = await this.quotas.usage(workspaceId);
+    const { allowedGpuModels } = quota;
     const rows = await this.orm.em.getConnection().execute<{ model: string; memory: string; free: number; best: number }[]>(
       `select model, max(memory)::text as memory, sum(free)::int as free, max(free)::int as best
          from (select g.model, max(g.memory_bytes) as memory, count(*) as free
@@ -35,6 +37,15 @@ export class GpuModels {
         group by model order by model`,
       [pgArray(allowedGpuModels), pgArray(allowedGpuModels)],
     );
-    return rows.map((r) => ({ model: r.model, memoryBytes: BigInt(r.memory), freeGpus: r.free, maxPerHost: r.best }));
+    // What the quota leaves, over all models and for each one.
+    const left = (limit: number | null | undefined, used: number) =>
+      limit === null || limit === undefined ? Number.POSITIVE_INFINITY : Math.max(0, limit - used);
+    const overall = left(quota.maxGpus, usage.gpus);
+    return rows
+      .map((r) => {
+        const cap = Math.min(overall, left(quota.maxGpusPerModel[r.model], usage.gpusPerModel[r.model] ?? 0));
+        return { model: r.model, memoryBytes: BigInt(r.memory), freeGpus: Math.min(r.free, cap), maxPerHost: Math.min(r.best, cap) };
+      })
+      .filter((m) => m.freeGpus > 0);
   }
 }

@@ -49,7 +49,7 @@ const RULES: Record<string, Access> = {
   "remotegpu.v1.EnvironmentService/ListPortMappings": "viewer",
   "remotegpu.v1.EnvironmentService/StreamLogs": "viewer",
   "remotegpu.v1.EnvironmentService/WatchEnvironments": "viewer",
-  "remotegpu.v1.EnvironmentService/ListGpuModels": "viewer",
+  "remotegpu.v1.EnvironmentService/ListGpuModels": "member",
   "remotegpu.v1.EnvironmentService/OpenSshTunnel": "member",
   "remotegpu.v1.EnvironmentService/AddSshKey": "member",
   "remotegpu.v1.EnvironmentService/RemoveSshKey": "member",

@@ -40,6 +40,7 @@ describe("e2e: the web console in a real browser", function () {
   let browser: Browser;
   let hostName: string;
   let tokens: { member: string; viewer: string };
+  let workspaceId: string;
 
   before(async () => {
     consoleDir = await mkdtemp(path.join(tmpdir(), "remotegpu-console-"));
@@ -68,7 +69,7 @@ describe("e2e: the web console in a real browser", function () {
     );
 
     const workspaces = server.client(WorkspaceService);
-    const workspaceId = (await workspaces.createWorkspace({ name: "research", displayName: "Research" })).workspace!.id;
+    workspaceId = (await workspaces.createWorkspace({ name: "research", displayName: "Research" })).workspace!.id;
     await workspaces.setResourceQuota({ quota: { workspaceId, maxGpus: 4, maxEnvironments: 5 } });
     const token = async (role: ApiTokenRole, name: string) => (await workspaces.createApiToken({ workspaceId, name, role })).secret;
     tokens = { member: await token(ApiTokenRole.MEMBER, "alice"), viewer: await token(ApiTokenRole.VIEWER, "bob") };
@@ -163,17 +164,22 @@ describe("e2e: the web console in a real browser", function () {
       "a utilisation plot with points",
       async () => Number(await page.locator("figure.chart").first().getAttribute("data-points")) >= 2,
     );
-    const inked = await page
-      .locator("figure.chart canvas")
-      .first()
-      .evaluate((canvas) => {
-        const c = canvas as unknown as CanvasLike;
-        const { data } = c.getContext("2d").getImageData(0, 0, c.width, c.height);
-        let drawn = 0;
-        for (let i = 3; i < data.length; i += 4) if (data[i]! > 0) drawn++;
-        return drawn;
-      });
-    assert.ok(inked > 100, `the plot's canvas is blank (${inked} pixels drawn)`);
+    // The line itself: pixels in the first series' colour (#4e79a7), which axes and grid never use.
+    const linePixels = () =>
+      page
+        .locator("figure.chart canvas")
+        .first()
+        .evaluate((canvas) => {
+          const c = canvas as unknown as CanvasLike;
+          const { data } = c.getContext("2d").getImageData(0, 0, c.width, c.height);
+          let drawn = 0;
+          for (let i = 0; i < data.length; i += 4) {
+            const near = Math.abs(data[i]! - 0x4e) + Math.abs(data[i + 1]! - 0x79) + Math.abs(data[i + 2]! - 0xa7);
+            if (data[i + 3]! > 128 && near < 60) drawn++;
+          }
+          return drawn;
+        });
+    await eventually("the utilisation line drawn on the canvas", async () => (await linePixels()) >= 3);
     await shot(page, "gpu");
 
     await page.getByRole("link", { name: hostName }).first().click();
@@ -208,8 +214,10 @@ describe("e2e: the web console in a real browser", function () {
     await page.getByLabel("Name", { exact: true }).fill("notebook");
     await page.getByLabel("Image", { exact: true }).fill("python:3.12");
     await page.getByLabel(/^Command/).fill(`echo hello-from-the-console; exec python3 -m http.server ${port} --bind 127.0.0.1`);
-    await page.getByLabel("GPU model").selectOption({ index: 1 });
+    // The count typed first stays when the model is picked after it.
     await page.getByLabel("GPUs", { exact: true }).fill("2");
+    await page.getByLabel("GPU model").selectOption({ index: 1 });
+    assert.equal(await page.getByLabel("GPUs", { exact: true }).inputValue(), "2");
     await page.getByLabel(/^Ports/).fill(`web:${port}/http`);
     await page.getByRole("button", { name: "Create" }).click();
 
@@ -260,13 +268,20 @@ describe("e2e: the web console in a real browser", function () {
   });
 
   it("gives a viewer no buttons it cannot use", async () => {
+    const envs = server.client(EnvironmentService, { token: tokens.member });
+    const { environment } = await envs.createEnvironment({ workspaceId, name: "watched", image: "python:3.12", command: ["sleep", "600"] });
     const { context, page } = await open(tokens.viewer);
-    await page.getByRole("heading", { name: /Environments/ }).waitFor();
+    await page.getByRole("link", { name: "watched" }).waitFor();
     await page.getByRole("meter", { name: /^GPUs:/ }).waitFor();
-    assert.equal(await page.getByRole("button", { name: "Create" }).count(), 0);
+    const buttons = async () => (await page.getByRole("button").allTextContents()).filter((b) => b !== "Sign out");
+    assert.deepEqual(await buttons(), []);
     assert.equal(await page.getByRole("heading", { name: "New environment" }).count(), 0);
     assert.equal(await page.getByRole("link", { name: "Audit" }).count(), 0);
+    await page.getByRole("link", { name: "watched" }).click();
+    await page.getByRole("heading", { name: "Environment watched" }).waitFor();
+    assert.deepEqual(await buttons(), ["Pause"], "only the log's own pause");
     await context.close();
+    await envs.deleteEnvironment({ id: environment!.id });
   });
 
   it("lists the audit trail for an admin, filtered by target", async () => {

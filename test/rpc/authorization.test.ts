@@ -199,7 +199,7 @@ const envRules: Record<string, Rule> = {
   ListPortMappings: { need: "viewer", scope: obj, req: (fx) => ({ environmentId: fx.env }) },
   StreamLogs: { need: "viewer", scope: obj, req: (fx) => ({ environmentId: fx.env, tailLines: 10 }) },
   WatchEnvironments: { need: "viewer", scope: ws, req: (fx) => ({ workspaceId: fx.a }) },
-  ListGpuModels: { need: "viewer", scope: ws, req: (fx) => ({ workspaceId: fx.a }) },
+  ListGpuModels: { need: "member", scope: ws, req: (fx) => ({ workspaceId: fx.a }) },
 };
 
 const TABLE: [DescService, Record<string, Rule>][] = [

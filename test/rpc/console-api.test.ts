@@ -8,6 +8,7 @@ import { EnvironmentService, PortProtocol } from "../../gen/remotegpu/v1/environ
 import { GpuService, GpuStatus } from "../../gen/remotegpu/v1/gpu_pb.js";
 import { HostService } from "../../gen/remotegpu/v1/host_pb.js";
 import { ApiTokenRole, WorkspaceService } from "../../gen/remotegpu/v1/workspace_pb.js";
+import type { ManualClock } from "../../src/platform/clock.js";
 import { expectCode } from "../support/expect.js";
 import { startTestServer, type TestServer } from "../support/server.js";
 import { WorkloadAgent } from "../support/workload-agent.js";
@@ -21,13 +22,15 @@ describe("the API the web console uses, and its files", () => {
   const H100 = "NVIDIA H100 80GB HBM3";
   const A10 = "NVIDIA A10";
 
-  async function newHost(name: string, models: string[]): Promise<string> {
+  async function newHost(name: string, models: string[], runtimeUnavailableReason = ""): Promise<string> {
     const { host, agentToken } = await server.client(HostService).createHost({ name, address: "10.9.0.1:7000" });
     const agent = new WorkloadAgent(
       server,
       agentToken,
       host!.id,
       models.map((model, index) => ({ index, uuid: `GPU-${name}-${index}`, model })),
+      new Map(),
+      { runtimeUnavailableReason },
     );
     agents.push(agent);
     await agent.welcome;
@@ -74,12 +77,21 @@ describe("the API the web console uses, and its files", () => {
     await newHost("models-small", [H100, H100]);
     const cordoned = await newHost("models-cordoned", [H100, H100, H100, H100, H100]);
     await server.client(HostService).cordonHost({ id: cordoned });
+    // Neither a host whose agent cannot run environments nor one that went OFFLINE counts.
+    await newHost("models-unable", [H100, H100, H100, H100, H100, H100], "no container engine");
+    await newHost("models-gone", [H100, H100, H100, H100, H100, H100, H100]);
+    const goneAgent = agents.pop()!;
+    await goneAgent.close();
+    (server.clock as ManualClock).advance(120_000); // past the grace: hosts whose agent is silent go OFFLINE
+    for (const a of agents) await a.beat();
+    await server.app.maintain();
     const models = async () => (await envs.listGpuModels({ workspaceId })).models.map((m) => [m.model, m.freeGpus, m.maxPerHost]);
 
     assert.deepEqual(await models(), [
       [A10, 1, 1],
       [H100, 5, 3],
     ]);
+    assert.equal((await envs.listGpuModels({ workspaceId })).models[1]!.memoryBytes, 80n << 30n);
 
     // A held GPU and an unhealthy one are not free. Best fit fills the small host.
     await envs.createEnvironment({ workspaceId, name: "holds-two", image: "x", gpuCount: 2, gpuModel: H100 });
@@ -88,11 +100,16 @@ describe("the API the web console uses, and its files", () => {
     await gpus.updateGpu({ gpu: { id: a10.id, status: GpuStatus.UNHEALTHY }, updateMask: { paths: ["status"] } });
     assert.deepEqual(await models(), [[H100, 3, 3]]);
 
+    // Capped by what the quota leaves: 2 of max_gpus 3 are held.
+    await workspaces.setResourceQuota({ quota: { workspaceId, maxGpus: 3 } });
+    assert.deepEqual(await models(), [[H100, 1, 1]]);
+    await workspaces.setResourceQuota({ quota: { workspaceId, maxGpusPerModel: { [H100]: 2 } } });
+    assert.deepEqual(await models(), [], "the model's own limit is used up");
     await workspaces.setResourceQuota({ quota: { workspaceId, allowedGpuModels: [A10] } });
     assert.deepEqual(await models(), [], "only models the quota allows");
 
     const other = (await workspaces.createWorkspace({ name: "models-other" })).workspace!.id;
-    const { secret } = await workspaces.createApiToken({ workspaceId: other, name: "m", role: ApiTokenRole.VIEWER });
+    const { secret } = await workspaces.createApiToken({ workspaceId: other, name: "m", role: ApiTokenRole.MEMBER });
     await expectCode(server.client(EnvironmentService, { token: secret }).listGpuModels({ workspaceId }), Code.PermissionDenied);
     await expectCode(envs.listGpuModels({ workspaceId: "" }), Code.InvalidArgument, "workspace_id");
   });
@@ -141,20 +158,27 @@ describe("the API the web console uses, and its files", () => {
 
     // Node's fetch asks for gzip and unpacks it; a raw request shows what was sent.
     const http = await import("node:http");
-    const raw = await new Promise<{ encoding?: string; body: Buffer }>((resolve, reject) => {
-      http
-        .get(`${server.baseUrl}/ui/app.js`, { headers: { "accept-encoding": "gzip" } }, (res) => {
-          const chunks: Buffer[] = [];
-          res.on("data", (c: Buffer) => chunks.push(c));
-          res.on("end", () => resolve({ encoding: res.headers["content-encoding"], body: Buffer.concat(chunks) }));
-        })
-        .on("error", reject);
-    });
+    const get = (acceptEncoding: string) =>
+      new Promise<{ encoding?: string; body: Buffer }>((resolve, reject) => {
+        http
+          .get(`${server.baseUrl}/ui/app.js`, { headers: { "accept-encoding": acceptEncoding } }, (res) => {
+            const chunks: Buffer[] = [];
+            res.on("data", (c: Buffer) => chunks.push(c));
+            res.on("end", () => resolve({ encoding: res.headers["content-encoding"], body: Buffer.concat(chunks) }));
+          })
+          .on("error", reject);
+      });
+    assert.equal((await get("gzip;q=0, identity")).encoding, undefined, "q=0 refuses gzip");
+    const raw = await get("br, gzip;q=0.8");
     assert.equal(raw.encoding, "gzip");
     assert.ok(raw.body.length < 1000, `gzipped: ${raw.body.length} bytes`);
     assert.match(gunzipSync(raw.body).toString(), /^console\.log\("x{5000}"\);$/);
 
     assert.equal((await fetch(`${server.baseUrl}/ui/notes.txt`)).status, 404);
+    assert.equal((await fetch(`${server.baseUrl}/ui/sub/app.js`)).status, 404, "no directories");
+    const bare = await fetch(`${server.baseUrl}/ui`, { redirect: "manual" });
+    assert.equal(bare.status, 301);
+    assert.equal(bare.headers.get("location"), "/ui/");
     assert.equal((await fetch(`${server.baseUrl}/ui/app.js`, { method: "POST" })).status, 404);
     assert.equal((await fetch(`${server.baseUrl}/metrics`)).status, 200, "other paths still reach /metrics");
   });

@@ -1652,8 +1652,10 @@ export const EnvironmentService: GenService<{
   },
   /**
    * ListGpuModels says which GPU models a workspace could get now: per model, the free healthy GPUs
-   * on hosts that take environments, and the most on one host (an environment's GPUs share a host).
-   * Models the workspace's quota does not allow are left out.
+   * on hosts that take environments, and the most on one host (an environment's GPUs share a host),
+   * each capped by what the workspace's quota leaves. Models the quota does not allow are left out.
+   * It shows cluster-wide free capacity (no hosts, no other workspaces), so it is for members and
+   * up, who could learn as much from a refused CreateEnvironment.
    *
    * @generated from rpc remotegpu.v1.EnvironmentService.ListGpuModels
    */

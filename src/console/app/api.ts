@@ -55,11 +55,6 @@ export function describeError(err: unknown): string {
   return String(err);
 }
 
-/** Is this the end of a stream the page itself cancelled (leaving the page)? */
-export function isCancel(err: unknown, signal: AbortSignal): boolean {
-  return signal.aborted || (err instanceof RemoteGpuError && err.codeName === "canceled");
-}
-
 /** Every item of a paginated list, in pages of `pageSize`. */
 export async function everything<T>(pages: AsyncIterable<T>): Promise<T[]> {
   const items: T[] = [];

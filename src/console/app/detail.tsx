@@ -8,7 +8,7 @@ import {
   type GpuMetrics,
   type Host,
 } from "@remotegpu/sdk/web";
-import { useEffect, useMemo, useState } from "preact/hooks";
+import { useEffect, useMemo, useRef, useState } from "preact/hooks";
 import { everything, listAll, type Session } from "./api.js";
 import { Chart, type Columns } from "./chart.js";
 import { ago, bytes, Card, ErrorBanner, GiB, useStream } from "./ui.js";
@@ -43,34 +43,52 @@ function TelemetryCharts({ session, gpus, scope }: { session: Session; gpus: Gpu
   const ids = gpus.map((g) => g.id).join(",");
 
   useEffect(() => {
-    let live = true;
+    const abort = new AbortController();
     const { ms, stepMs } = WINDOWS[window];
     const startTime = timestampFromDate(new Date(Date.now() - ms));
     Promise.all(
       gpus.map(async (g) => {
-        const { buckets } = await client.gpus.getGpuTelemetry({ gpuId: g.id, startTime, step: durationFromMs(stepMs) });
+        const { buckets } = await client.gpus.getGpuTelemetry({ gpuId: g.id, startTime, step: durationFromMs(stepMs) }, { signal: abort.signal });
         return [g.id, buckets.map((b) => ({ t: timestampDate(b.startTime!).getTime() / 1000, m: b.average! }))] as const;
       }),
     )
-      .then((history) => live && (setPoints(new Map(history)), setError(undefined)))
-      .catch((err) => live && setError(err));
-    return () => {
-      live = false;
-    };
+      .then((history) => {
+        // Live points that came in before the history did are kept after it.
+        setPoints((old) => new Map(history.map(([id, list]) => [id, [...list, ...(old.get(id) ?? []).filter((p) => p.t > (list.at(-1)?.t ?? 0))]])));
+        setError(undefined);
+      })
+      .catch((err) => abort.signal.aborted || setError(err));
+    return () => abort.abort();
   }, [ids, window]);
 
+  // Live samples are gathered and drawn once a second; points older than the window are let go.
+  const pending = useRef<{ id: string; point: Point }[]>([]);
+  useEffect(() => {
+    const timer = setInterval(() => {
+      if (pending.current.length === 0) return;
+      const arrived = pending.current;
+      pending.current = [];
+      const since = Date.now() / 1000 - WINDOWS[window].ms / 1000;
+      setPoints((old) => {
+        const next = new Map(old);
+        for (const { id, point } of arrived) {
+          const list = next.get(id) ?? [];
+          if (list.length === 0 || list[list.length - 1]!.t < point.t) next.set(id, [...list, point]);
+        }
+        for (const [id, list] of next) if ((list[0]?.t ?? since) < since) next.set(id, list.filter((p) => p.t >= since));
+        return next;
+      });
+    }, 1000);
+    return () => clearInterval(timer);
+  }, [window]);
   const streamError = useStream(
-    async (signal) => {
+    async (signal, ok) => {
       const byUuid = new Map(gpus.map((g) => [g.uuid, g.id]));
       for await (const { sample } of client.gpus.watchGpuTelemetry(scope, { signal })) {
+        ok();
         const id = sample?.gpuId || byUuid.get(sample?.gpuUuid ?? "");
         if (!sample?.metrics || !id || !sample.sampleTime) continue;
-        const point = { t: timestampDate(sample.sampleTime).getTime() / 1000, m: sample.metrics };
-        setPoints((old) => {
-          const list = old.get(id) ?? [];
-          if (list.length > 0 && list[list.length - 1]!.t >= point.t) return old;
-          return new Map(old).set(id, [...list, point]);
-        });
+        pending.current.push({ id, point: { t: timestampDate(sample.sampleTime).getTime() / 1000, m: sample.metrics } });
       }
     },
     [ids],

@@ -1,4 +1,5 @@
 import {
+  EnvironmentDesiredState,
   EnvironmentStatus,
   PortProtocol,
   timestampDate,
@@ -16,37 +17,49 @@ import { ActionButton, bytes, Card, ConfirmButton, ErrorBanner, GiB, UsageBar, u
 const LOG_LINES_KEPT = 2000;
 
 /** The workspace the page shows: the token's own, or for a cluster admin the one picked. */
-function useWorkspace(session: Session): [string, (id: string) => void, Workspace[]] {
-  const [picked, setPicked] = useState(session.caller.workspaceId || sessionStorage.getItem("remotegpu.workspace") || "");
+function useWorkspace(session: Session): [string, (id: string) => void, Workspace[], unknown] {
+  const admin = session.caller.clusterAdmin;
+  const [picked, setPicked] = useState(admin ? "" : session.caller.workspaceId);
   const [workspaces, setWorkspaces] = useState<Workspace[]>([]);
+  const [error, setError] = useState<unknown>(undefined);
   useEffect(() => {
-    if (!session.caller.clusterAdmin) return;
-    void everything(listAll(session.client.workspaces.listWorkspaces, { pageSize: 500 })).then((list) => {
-      setWorkspaces(list);
-      if (!picked && list[0]) setPicked(list[0].id);
-    });
+    if (!admin) return;
+    everything(listAll(session.client.workspaces.listWorkspaces, { pageSize: 500 }))
+      .then((list) => {
+        setWorkspaces(list);
+        // The one picked earlier in this tab, if it still exists; else the first.
+        const kept = sessionStorage.getItem("remotegpu.workspace");
+        setPicked(list.find((w) => w.id === kept)?.id ?? list[0]?.id ?? "");
+      })
+      .catch(setError);
   }, []);
   const pick = (id: string) => {
     sessionStorage.setItem("remotegpu.workspace", id);
     setPicked(id);
   };
-  return [picked, pick, workspaces];
+  return [picked, pick, workspaces, error];
 }
 
 /** A workspace's environments, live from WatchEnvironments, with its usage and a create form. */
 export function Environments({ session }: { session: Session }) {
-  const [workspaceId, pick, workspaces] = useWorkspace(session);
+  const [workspaceId, pick, workspaces, workspacesError] = useWorkspace(session);
   const [environments, setEnvironments] = useState<Map<string, Environment>>(new Map());
   const [changes, setChanges] = useState(0);
 
+  useEffect(() => setEnvironments(new Map()), [workspaceId]);
   const watchError = useStream(
-    async (signal) => {
-      setEnvironments(new Map());
+    async (signal, ok) => {
       if (!workspaceId) return;
+      // A new stream starts over: its INITIAL events are every environment (deleted ones go).
+      let fresh = true;
       for await (const event of session.client.environments.watchEnvironments({ workspaceId }, { signal })) {
+        ok();
         const env = event.environment!;
+        const initial = event.type === WatchEventType.INITIAL;
+        const restart: boolean = fresh && initial;
+        fresh = false;
         setEnvironments((old) => {
-          const next = new Map(old);
+          const next = restart ? new Map<string, Environment>() : new Map(old);
           if (event.type === WatchEventType.DELETED || env.status === EnvironmentStatus.DELETED) next.delete(env.id);
           else next.set(env.id, env);
           return next;
@@ -60,6 +73,7 @@ export function Environments({ session }: { session: Session }) {
   const list = [...environments.values()].sort((a, b) => a.name.localeCompare(b.name));
   return (
     <>
+      <ErrorBanner error={workspacesError} />
       {session.caller.clusterAdmin && (
         <label class="field inline">
           Workspace{" "}
@@ -72,7 +86,7 @@ export function Environments({ session }: { session: Session }) {
           </select>
         </label>
       )}
-      {workspaceId && <Usage session={session} workspaceId={workspaceId} changes={changes} />}
+      {workspaceId && <Usage key={workspaceId} session={session} workspaceId={workspaceId} changes={changes} />}
       <Card title={`Environments (${list.length})`}>
         <ErrorBanner error={watchError} />
         {list.length === 0 ? (
@@ -116,7 +130,7 @@ export function Environments({ session }: { session: Session }) {
           </div>
         )}
       </Card>
-      {canOperate(session.role) && workspaceId && <CreateForm session={session} workspaceId={workspaceId} />}
+      {canOperate(session.role) && workspaceId && <CreateForm key={workspaceId} session={session} workspaceId={workspaceId} />}
     </>
   );
 }
@@ -133,7 +147,7 @@ function Status({ env }: { env: Environment }) {
 /** Start, stop, restart and delete, as the environment's state allows. */
 function Actions({ session, env }: { session: Session; env: Environment }) {
   const envs = session.client.environments;
-  const wantsRunning = env.desiredState === 1;
+  const wantsRunning = env.desiredState === EnvironmentDesiredState.RUNNING;
   return (
     <>
       {wantsRunning ? (
@@ -162,7 +176,8 @@ function Ports({ mappings }: { mappings: PortMapping[] }) {
   return (
     <ul class="ports">
       {mappings.map((p) => {
-        const host = p.address.replace(/:\d+$/, "");
+        // "host:port", "[v6]:port": the host alone, for the ssh line.
+        const host = p.address.replace(/:\d+$/, "").replace(/^\[(.*)\]$/, "$1");
         let body;
         if (p.hostPort === 0) body = <span class="hint">not mapped (stopped)</span>;
         else if (p.protocol === PortProtocol.HTTP && p.url)
@@ -187,13 +202,20 @@ function Usage({ session, workspaceId, changes }: { session: Session; workspaceI
   const [usage, setUsage] = useState<GetUsageResponse | undefined>(undefined);
   const [error, setError] = useState<unknown>(undefined);
   useEffect(() => {
+    const abort = new AbortController();
     const timer = setTimeout(() => {
       session.client.workspaces
-        .getUsage({ workspaceId })
-        .then((u) => (setUsage(u), setError(undefined)))
-        .catch(setError);
+        .getUsage({ workspaceId }, { signal: abort.signal })
+        .then((u) => {
+          setUsage(u);
+          setError(undefined);
+        })
+        .catch((err) => abort.signal.aborted || setError(err));
     }, 300);
-    return () => clearTimeout(timer);
+    return () => {
+      clearTimeout(timer);
+      abort.abort();
+    };
   }, [workspaceId, changes]);
   const u = usage?.usage;
   const q = usage?.quota;
@@ -248,13 +270,20 @@ function CreateForm({ session, workspaceId }: { session: Session; workspaceId: s
   const [busy, setBusy] = useState(false);
   const form = useRef<HTMLFormElement>(null);
   useEffect(() => {
+    const abort = new AbortController();
     session.client.environments
-      .listGpuModels({ workspaceId })
-      .then((r) => setModels(r.models))
-      .catch(setError);
+      .listGpuModels({ workspaceId }, { signal: abort.signal })
+      .then((r) => {
+        setModels(r.models);
+        // A model that is no longer offered is not asked for unseen.
+        if (!r.models.some((m) => m.model === model)) setModel("");
+      })
+      .catch((err) => abort.signal.aborted || setError(err));
+    return () => abort.abort();
   }, [workspaceId, busy]);
+  // A model's count is capped by what one host has free; "any model" is left to the server.
   const chosen = models.find((m) => m.model === model);
-  const maxGpus = chosen ? chosen.maxPerHost : Math.max(0, ...models.map((m) => m.maxPerHost));
+  const maxGpus = chosen?.maxPerHost;
 
   const submit = async (event: Event) => {
     event.preventDefault();
@@ -313,7 +342,7 @@ function CreateForm({ session, workspaceId }: { session: Session; workspaceId: s
         </label>
         <label class="field">
           GPUs
-          <input name="gpus" type="number" min={0} max={maxGpus} value="1" required />
+          <input name="gpus" type="number" min={0} max={maxGpus} defaultValue={models.length > 0 ? "1" : "0"} required />
         </label>
         <label class="field">
           Ports (name:port, /http for a link)
@@ -321,7 +350,7 @@ function CreateForm({ session, workspaceId }: { session: Session; workspaceId: s
         </label>
         <label class="field">
           Idle timeout (minutes, 0: never)
-          <input name="idle" type="number" min={0} value="0" />
+          <input name="idle" type="number" min={0} defaultValue="0" />
         </label>
         <label class="field wide">
           SSH public key
@@ -343,8 +372,9 @@ function CreateForm({ session, workspaceId }: { session: Session; workspaceId: s
 export function EnvironmentDetail({ session, id }: { session: Session; id: string }) {
   const [env, setEnv] = useState<Environment | undefined>(undefined);
   const watchError = useStream(
-    async (signal) => {
+    async (signal, ok) => {
       for await (const event of session.client.environments.watchEnvironments({ environmentId: id }, { signal })) {
+        ok();
         setEnv(event.environment);
       }
     },
@@ -399,24 +429,26 @@ export function EnvironmentDetail({ session, id }: { session: Session; id: strin
 
 /** The log, followed while the environment runs; pausing holds the view still, lines keep arriving. */
 function Logs({ session, env }: { session: Session; env: Environment }) {
-  const [lines, setLines] = useState<string[]>([]);
-  const [paused, setPaused] = useState(false);
-  const shown = useRef<string[]>([]);
+  const [lines, setLines] = useState<{ text: string[]; received: number }>({ text: [], received: 0 });
+  const [paused, setPaused] = useState<{ text: string[]; received: number } | undefined>(undefined);
   const view = useRef<HTMLPreElement>(null);
   const running = env.status === EnvironmentStatus.RUNNING;
 
   const error = useStream(
-    async (signal) => {
+    async (signal, ok) => {
       const all: string[] = [];
+      let received = 0;
       for await (const r of session.client.environments.streamLogs({ environmentId: env.id, tailLines: 500, follow: true }, { signal })) {
+        ok();
         all.push(...r.lines.map((l) => l.text));
+        received += r.lines.length;
         if (all.length > LOG_LINES_KEPT) all.splice(0, all.length - LOG_LINES_KEPT);
-        setLines([...all]);
+        setLines({ text: [...all], received });
       }
     },
     [env.id, running],
   );
-  if (!paused) shown.current = lines;
+  const shown = paused ?? lines;
   useEffect(() => {
     if (!paused && view.current) view.current.scrollTop = view.current.scrollHeight;
   }, [lines, paused]);
@@ -425,14 +457,14 @@ function Logs({ session, env }: { session: Session; env: Environment }) {
     <Card
       title="Log"
       actions={
-        <button type="button" aria-pressed={paused} onClick={() => setPaused(!paused)}>
-          {paused ? `Resume (${Math.max(0, lines.length - shown.current.length)} new)` : "Pause"}
+        <button type="button" aria-pressed={paused !== undefined} onClick={() => setPaused(paused ? undefined : lines)}>
+          {paused ? `Resume (${lines.received - paused.received} new)` : "Pause"}
         </button>
       }
     >
       <ErrorBanner error={error} />
-      <pre ref={view} class="log" tabIndex={0} aria-label="Log lines" aria-live={paused ? "off" : "polite"}>
-        {shown.current.join("\n") || "(no output yet)"}
+      <pre ref={view} class="log" tabIndex={0} aria-label="Log lines">
+        {shown.text.join("\n") || "(no output yet)"}
       </pre>
     </Card>
   );

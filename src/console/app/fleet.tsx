@@ -12,30 +12,49 @@ export function Fleet({ session }: { session: Session }) {
   const [error, setError] = useState<unknown>(undefined);
   const [gpuEpoch, setGpuEpoch] = useState(0);
 
-  // GPU rows (status, health, holder) change with hellos and heartbeats; they are read again when a
-  // host changes, and every 15 s.
+  // GPU rows (status, health, holder) change with hellos and heartbeats. They are read again every
+  // 15 s, and at most every 5 s when a host's GPU counts or status change.
   useEffect(() => {
-    let live = true;
-    everything(listAll(client.gpus.listGpus, { pageSize: 1000 }))
-      .then((list) => live && (setGpus(list), setError(undefined)))
-      .catch((err) => live && setError(err));
+    const abort = new AbortController();
+    everything(listAll(client.gpus.listGpus, { pageSize: 1000 }, { signal: abort.signal }))
+      .then((list) => {
+        setGpus(list);
+        setError(undefined);
+      })
+      .catch((err) => abort.signal.aborted || setError(err));
     const timer = setTimeout(() => setGpuEpoch((n) => n + 1), 15_000);
     return () => {
-      live = false;
+      abort.abort();
       clearTimeout(timer);
     };
   }, [gpuEpoch]);
+  const relist = useRef<ReturnType<typeof setTimeout> | undefined>(undefined);
+  useEffect(() => () => clearTimeout(relist.current), []);
+  const soon = () => {
+    relist.current ??= setTimeout(() => {
+      relist.current = undefined;
+      setGpuEpoch((n) => n + 1);
+    }, 5000);
+  };
 
-  const hostsError = useStream(async (signal) => {
+  const hostsError = useStream(async (signal, ok) => {
+    // A new stream starts over: its INITIAL events are the whole fleet (hosts deleted meanwhile go).
+    let fresh = true;
     for await (const event of client.hosts.watchHosts({}, { signal })) {
+      ok();
       const host = event.host!;
+      const initial = event.type === WatchEventType.INITIAL;
+      const restart = initial && fresh;
       setHosts((old) => {
-        const next = new Map(old);
+        const next = restart ? new Map<string, Host>() : new Map(old);
+        const before = old.get(host.id);
         if (event.type === WatchEventType.DELETED) next.delete(host.id);
         else next.set(host.id, host);
+        const counts = (h?: Host) => (h ? `${h.status}/${h.gpuCount}/${h.availableGpuCount}` : "");
+        if (!initial && counts(before) !== counts(event.type === WatchEventType.DELETED ? undefined : host)) soon();
         return next;
       });
-      if (event.type !== WatchEventType.INITIAL) setGpuEpoch((n) => n + 1);
+      fresh = false;
     }
   }, []);
 
@@ -50,12 +69,15 @@ export function Fleet({ session }: { session: Session }) {
     }, 1000);
     return () => clearInterval(timer);
   }, []);
-  const samplesError = useStream(async (signal) => {
+  const samplesError = useStream(async (signal, ok) => {
     for await (const { sample } of client.gpus.watchGpuTelemetry({}, { signal })) {
+      ok();
       if (sample) pending.current.set(`${sample.hostId}/${sample.gpuUuid}`, sample);
     }
   }, []);
 
+  const byHost = new Map<string, Gpu[]>();
+  for (const g of gpus) byHost.set(g.hostId, [...(byHost.get(g.hostId) ?? []), g]);
   const sorted = [...hosts.values()].sort((a, b) => a.name.localeCompare(b.name));
   return (
     <>
@@ -85,7 +107,7 @@ export function Fleet({ session }: { session: Session }) {
       <Card title={`GPUs (${gpus.length})`}>
         <p class="hint">Colour is utilisation, from idle (blue) to busy (red). Open a GPU for its history.</p>
         {sorted.map((h) => (
-          <GpuGrid key={h.id} host={h} gpus={gpus.filter((g) => g.hostId === h.id)} samples={samples} />
+          <GpuGrid key={h.id} host={h} gpus={byHost.get(h.id) ?? []} samples={samples} />
         ))}
       </Card>
     </>
@@ -149,7 +171,8 @@ function GpuGrid({ host, gpus, samples }: { host: Host; gpus: Gpu[]; samples: Ma
             const util = sample?.metrics?.gpuUtilizationPercent;
             const xid = sample?.metrics?.lastXid;
             const unhealthy = g.status === GpuStatus.UNHEALTHY;
-            const label = `GPU ${g.index} of ${host.name}: ${GpuStatus[g.status]}, utilisation ${util === undefined ? "unknown" : `${Math.round(util)}%`}`;
+            const health = [unhealthy ? g.healthReasons.join("; ") : "", xid ? `last XID ${xid}` : ""].filter(Boolean).join(", ");
+            const label = `GPU ${g.index} of ${host.name}: ${GpuStatus[g.status]}${health ? ` (${health})` : ""}, utilisation ${util === undefined ? "unknown" : `${Math.round(util)}%`}`;
             return (
               <li key={g.id}>
                 <a

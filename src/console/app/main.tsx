@@ -1,5 +1,6 @@
 import "uplot/dist/uPlot.min.css";
 import "./style.css";
+import { RemoteGpuError } from "@remotegpu/sdk/web";
 import { render } from "preact";
 import { useEffect, useState } from "preact/hooks";
 import { savedToken, signIn, signOut, type Session } from "./api.js";
@@ -125,7 +126,11 @@ function App() {
     if (token === null) return;
     signIn(token)
       .then(setSession)
-      .catch((err) => (signOut(), setError(err)))
+      .catch((err) => {
+        // A server that is restarting or out of reach does not cost the user their token.
+        if (err instanceof RemoteGpuError && ["unauthenticated", "permission_denied"].includes(err.codeName)) signOut();
+        setError(err);
+      })
       .finally(() => setRestoring(false));
   }, []);
   if (restoring) return <p class="hint">Signing in…</p>;

@@ -1,6 +1,7 @@
 import type { ComponentChildren } from "preact";
 import { useEffect, useRef, useState } from "preact/hooks";
-import { describeError, isCancel } from "./api.js";
+import { RemoteGpuError } from "@remotegpu/sdk/web";
+import { describeError } from "./api.js";
 
 /** A refused or failed call, as the server worded it. */
 export function ErrorBanner({ error }: { error: unknown }) {
@@ -12,31 +13,73 @@ export function ErrorBanner({ error }: { error: unknown }) {
   );
 }
 
+/** Codes a retry does not mend: the page shows them and stops. */
+const FINAL = new Set(["unauthenticated", "permission_denied", "not_found", "invalid_argument", "failed_precondition"]);
+
 /**
- * Runs `follow` (a watch or a log stream) while the component is shown and `deps` hold, and again
- * after it fails, 2 s later; what the last failure was comes back for the page to show.
+ * Runs `follow` (a watch or a log stream) while the component is shown, `deps` hold and the tab is
+ * visible (a hidden tab gives its connections back: browsers allow six per origin over HTTP/1.1).
+ * A stream that fails is followed again, after 1 s, then longer, up to 30 s, unless its error is one
+ * a retry cannot mend. `follow` calls `ok` once it hears from the server; the last failure comes
+ * back until then, for the page to show.
  */
-export function useStream(follow: (signal: AbortSignal) => Promise<void>, deps: unknown[]): unknown {
+export function useStream(follow: (signal: AbortSignal, ok: () => void) => Promise<void>, deps: unknown[]): unknown {
   const [error, setError] = useState<unknown>(undefined);
   useEffect(() => {
     const abort = new AbortController();
     const { signal } = abort;
     void (async () => {
-      while (!signal.aborted) {
+      for (let failures = 0; !signal.aborted; ) {
+        await visible(signal);
+        const attempt = new AbortController();
+        const stop = () => attempt.abort();
+        signal.addEventListener("abort", stop);
+        const hidden = () => document.hidden && attempt.abort();
+        document.addEventListener("visibilitychange", hidden);
         try {
-          await follow(signal);
-          setError(undefined);
-          return;
+          await follow(attempt.signal, () => {
+            failures = 0;
+            setError(undefined);
+          });
+          if (!attempt.signal.aborted) return; // the stream ended by itself (a finished log)
         } catch (err) {
-          if (isCancel(err, signal)) return;
+          if (attempt.signal.aborted) continue;
           setError(err);
-          await new Promise((resolve) => setTimeout(resolve, 2000));
+          if (err instanceof RemoteGpuError && FINAL.has(err.codeName)) return;
+          failures++;
+          await sleep(Math.min(30_000, 1000 * 2 ** (failures - 1)), signal);
+        } finally {
+          signal.removeEventListener("abort", stop);
+          document.removeEventListener("visibilitychange", hidden);
         }
       }
     })();
     return () => abort.abort();
   }, deps);
   return error;
+}
+
+function visible(signal: AbortSignal): Promise<void> {
+  if (!document.hidden) return Promise.resolve();
+  return new Promise((resolve) => {
+    const check = () => {
+      if (document.hidden && !signal.aborted) return;
+      document.removeEventListener("visibilitychange", check);
+      resolve();
+    };
+    document.addEventListener("visibilitychange", check);
+    signal.addEventListener("abort", check, { once: true });
+  });
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    signal.addEventListener("abort", () => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
 }
 
 /** A button that asks first, in a modal dialog (keyboard: Tab between the answers, Escape to cancel). */
