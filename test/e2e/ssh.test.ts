@@ -11,6 +11,7 @@ import { ApiTokenRole, WorkspaceService } from "../../gen/remotegpu/v1/workspace
 import { systemClock } from "../../src/platform/clock.js";
 import { agentArgv, agentTempDir, freePort, publishablePorts, ROOT, simulatedAgentFlags } from "../support/child.js";
 import { eventually } from "../support/eventually.js";
+import { preparePodman, TEST_IMAGE } from "../support/podman.js";
 import { startTestServer, type TestServer } from "../support/server.js";
 
 // SSH into an environment with Debian's OpenSSH client, through the control plane: the CLI's
@@ -38,6 +39,7 @@ describe("e2e: SSH into an environment through the control plane, with OpenSSH",
   this.timeout(180_000);
   let server: TestServer;
   let agent: ChildProcess | undefined;
+  let containerAgent: ChildProcess | undefined;
   let agentErr = "";
   let dataDir: string;
   let keys: string;
@@ -80,17 +82,22 @@ describe("e2e: SSH into an environment through the control plane, with OpenSSH",
       env: { HEARTBEAT_INTERVAL_SECONDS: "1", HOST_GRACE_SECONDS: "5", HOST_PORT_RANGE: `${first}-${first + 9}` },
     });
     const { host, agentToken } = await server.client(HostService).createHost({ name: "ssh-box", address: "127.0.0.1" });
-    agent = spawn(process.execPath, agentArgv(simulatedAgentFlags({ server: server.baseUrl, hostId: host!.id, token: agentToken, gpus: 2, dataDir })), {
-      cwd: ROOT,
-      stdio: ["ignore", "ignore", "pipe"],
-    });
+    agent = spawn(
+      process.execPath,
+      agentArgv(simulatedAgentFlags({ server: server.baseUrl, hostId: host!.id, token: agentToken, gpus: 2, dataDir })),
+      {
+        cwd: ROOT,
+        stdio: ["ignore", "ignore", "pipe"],
+      },
+    );
     agent.stderr!.setEncoding("utf8").on("data", (c: string) => (agentErr += c));
     await eventually("the agent's GPUs", async () => (await server.client(GpuService).listGpus({ hostId: host!.id })).gpus.length === 2);
 
     const workspaces = server.client(WorkspaceService);
     workspaceId = (await workspaces.createWorkspace({ name: "ssh-team" })).workspace!.id;
     const other = (await workspaces.createWorkspace({ name: "ssh-strangers" })).workspace!.id;
-    const token = async (ws: string, role: ApiTokenRole, name: string) => (await workspaces.createApiToken({ workspaceId: ws, name, role })).secret;
+    const token = async (ws: string, role: ApiTokenRole, name: string) =>
+      (await workspaces.createApiToken({ workspaceId: ws, name, role })).secret;
     tokens = {
       member: await token(workspaceId, ApiTokenRole.MEMBER, "alice"),
       viewer: await token(workspaceId, ApiTokenRole.VIEWER, "bob"),
@@ -111,11 +118,15 @@ describe("e2e: SSH into an environment through the control plane, with OpenSSH",
       })
     ).environment!;
     env = { id: created.id, port };
-    await eventually(`RUNNING\n${agentErr.slice(-2000)}`, async () => (await envs.getEnvironment({ id: env.id })).environment!.status === EnvironmentStatus.RUNNING);
+    await eventually(
+      `RUNNING\n${agentErr.slice(-2000)}`,
+      async () => (await envs.getEnvironment({ id: env.id })).environment!.status === EnvironmentStatus.RUNNING,
+    );
   });
 
   after(async () => {
     agent?.kill("SIGKILL");
+    containerAgent?.kill("SIGKILL");
     await server?.close();
     await rm(dataDir, { recursive: true, force: true });
     await rm(keys, { recursive: true, force: true });
@@ -142,7 +153,8 @@ describe("e2e: SSH into an environment through the control plane, with OpenSSH",
     const local = path.join(keys, "big.bin");
     const data = randomBytes(64 << 20);
     await writeFile(local, data);
-    const scp = (from: string, to: string) => run("scp", [...sshOptions(path.join(keys, "id")), "-q", from, to], { REMOTEGPU_TOKEN: tokens.member });
+    const scp = (from: string, to: string) =>
+      run("scp", [...sshOptions(path.join(keys, "id")), "-q", from, to], { REMOTEGPU_TOKEN: tokens.member });
     const up = await scp(local, "user@devbox:big.bin");
     assert.equal(up.code, 0, up.stderr);
     const down = await scp("user@devbox:big.bin", `${local}.back`);
@@ -205,13 +217,24 @@ describe("e2e: SSH into an environment through the control plane, with OpenSSH",
     assert.equal(printed.code, 0, printed.stderr);
     assert.match(printed.stdout, /^Host rgpu\.devbox$/m);
     const config = path.join(keys, "config");
-    await writeFile(config, `${printed.stdout}\nHost *\n  IdentityFile ${path.join(keys, "id")}\n  IdentitiesOnly yes\n  BatchMode yes\n  LogLevel ERROR\n`);
-    const r = await run("ssh", ["-F", config, "-o", `UserKnownHostsFile=${path.join(keys, "known_hosts")}`, "rgpu.devbox", "echo via-config"], {
-      REMOTEGPU_TOKEN: tokens.member,
-    });
+    await writeFile(
+      config,
+      `${printed.stdout}\nHost *\n  IdentityFile ${path.join(keys, "id")}\n  IdentitiesOnly yes\n  BatchMode yes\n  LogLevel ERROR\n`,
+    );
+    const r = await run(
+      "ssh",
+      ["-F", config, "-o", `UserKnownHostsFile=${path.join(keys, "known_hosts")}`, "rgpu.devbox", "echo via-config"],
+      {
+        REMOTEGPU_TOKEN: tokens.member,
+      },
+    );
     assert.equal(r.code, 0, r.stderr);
     assert.equal(r.stdout.trim(), "via-config");
-    assert.match(await readFile(path.join(keys, "known_hosts"), "utf8"), /^rgpu\.[0-9a-f-]{36} ssh-ed25519 /m, "the host key is kept under the environment's alias");
+    assert.match(
+      await readFile(path.join(keys, "known_hosts"), "utf8"),
+      /^rgpu\.[0-9a-f-]{36} ssh-ed25519 /m,
+      "the host key is kept under the environment's alias",
+    );
   });
 
   it("serves 20 connections to one environment at once", async () => {
@@ -225,8 +248,104 @@ describe("e2e: SSH into an environment through the control plane, with OpenSSH",
     const ssh = events.filter((e) => e.method.endsWith("/OpenSshTunnel"));
     const closed = ssh.filter((e) => e.targetId === env.id && e.detail.startsWith("closed after"));
     const fingerprint = (await run("ssh-keygen", ["-l", "-f", path.join(keys, "id.pub")], {})).stdout.split(" ")[1]!;
-    assert.ok(closed.some((e) => e.detail.includes(`key ${fingerprint}`) && /\d{8,} bytes in/.test(e.detail)), "the scp upload's connection");
-    assert.ok(ssh.some((e) => e.code === "permission_denied"), "the viewer's refusal");
-    assert.ok(closed.some((e) => e.detail.includes("no key accepted")), "the wrong key's connection");
+    assert.ok(
+      closed.some((e) => e.detail.includes(`key ${fingerprint}`) && /\d{8,} bytes in/.test(e.detail)),
+      "the scp upload's connection",
+    );
+    assert.ok(
+      ssh.some((e) => e.code === "permission_denied"),
+      "the viewer's refusal",
+    );
+    assert.ok(
+      closed.some((e) => e.detail.includes("no key accepted")),
+      "the wrong key's connection",
+    );
+  });
+
+  it("does the same in a podman container: exec, a pty, scp, and ssh -L to a port of the container", async () => {
+    await preparePodman();
+    const hosts = server.client(HostService);
+    const { host, agentToken } = await hosts.createHost({ name: "ssh-containers", address: "127.0.0.1" });
+    const containerDir = await agentTempDir("remotegpu-ssh-podman-");
+    // Without --process-mode the agent runs podman; the process-mode host is cordoned meanwhile.
+    const flags = simulatedAgentFlags({ server: server.baseUrl, hostId: host!.id, token: agentToken, gpus: 0, dataDir: containerDir });
+    containerAgent = spawn(process.execPath, agentArgv(flags.filter((f) => f !== "--process-mode")), {
+      cwd: ROOT,
+      stdio: ["ignore", "ignore", "pipe"],
+    });
+    containerAgent.stderr!.setEncoding("utf8").on("data", (c: string) => (agentErr += c));
+    await eventually("the container agent", async () => (await hosts.getHost({ id: host!.id })).host!.agentVersion !== "");
+    const processHost = (await hosts.listHosts({})).hosts.find((h) => h.name === "ssh-box")!.id;
+    const envs = server.client(EnvironmentService, { token: tokens.member });
+    // Both "hosts" are this machine: devbox's host port would be the container's too.
+    await envs.stopEnvironment({ id: env.id });
+    await eventually(
+      "devbox stopped",
+      async () => (await envs.getEnvironment({ id: env.id })).environment!.status === EnvironmentStatus.STOPPED,
+    );
+    await hosts.cordonHost({ id: processHost });
+    const publicKey = (await readFile(path.join(keys, "id.pub"), "utf8")).trim();
+    const boxed = await envs
+      .createEnvironment({
+        workspaceId,
+        name: "boxed",
+        image: TEST_IMAGE,
+        command: ["python3", "-m", "http.server", "8000"],
+        ports: [{ name: "web", containerPort: 8000 }],
+        sshPublicKeys: [publicKey],
+      })
+      .finally(() => hosts.uncordonHost({ id: processHost }));
+    const id = boxed.environment!.id;
+    try {
+      let seen = "";
+      await eventually("RUNNING", async () => {
+        const e = (await envs.getEnvironment({ id })).environment!;
+        seen = `${EnvironmentStatus[e.status]}: ${e.statusMessage}`;
+        return e.status === EnvironmentStatus.RUNNING;
+      }).catch((err: Error) => {
+        throw new Error(`${err.message}; it is ${seen}\n${agentErr.slice(-2000)}`);
+      });
+
+      const exec = await ssh(["user@boxed", 'echo "in $(pwd)"; exit 3']);
+      assert.equal(exec.code, 3, exec.stderr);
+      assert.equal(exec.stdout.trim(), "in /workspace");
+
+      const inner = `stty rows 33 cols 101; ssh ${sshOptions(path.join(keys, "id"))
+        .map((a) => `'${a}'`)
+        .join(" ")} -tt user@boxed 'echo "term=$TERM"; python3 -c "import os; print(os.get_terminal_size())"'`;
+      const pty = await run("script", ["-qec", inner, "/dev/null"], { REMOTEGPU_TOKEN: tokens.member, TERM: "xterm-boxed" });
+      assert.match(pty.stdout, /term=xterm-boxed/, pty.stdout + pty.stderr);
+      assert.match(pty.stdout, /columns=101, lines=33/, pty.stdout);
+
+      const local = path.join(keys, "boxed.bin");
+      const data = randomBytes(4 << 20);
+      await writeFile(local, data);
+      const scp = (from: string, to: string) =>
+        run("scp", [...sshOptions(path.join(keys, "id")), "-q", from, to], { REMOTEGPU_TOKEN: tokens.member });
+      const up = await scp(local, "user@boxed:/workspace/boxed.bin");
+      assert.equal(up.code, 0, up.stderr);
+      const down = await scp("user@boxed:/workspace/boxed.bin", `${local}.back`);
+      assert.equal(down.code, 0, down.stderr);
+      assert.ok(data.equals(await readFile(`${local}.back`)));
+
+      const port = await freePort();
+      const forward = spawn("ssh", [...sshOptions(path.join(keys, "id")), "-N", "-L", `${port}:127.0.0.1:8000`, "user@boxed"], {
+        env: { ...process.env, REMOTEGPU_TOKEN: tokens.member },
+      });
+      try {
+        const res = await eventually("the container's port through ssh -L", async () => {
+          const r = await fetch(`http://127.0.0.1:${port}/`).catch(() => undefined);
+          return r?.status === 200 && r;
+        });
+        assert.match(await res.text(), /boxed\.bin/);
+      } finally {
+        forward.kill();
+      }
+    } finally {
+      await envs.deleteEnvironment({ id });
+      await eventually("the container removed", async () => (await envs.getEnvironment({ id }).catch(() => undefined)) === undefined);
+      containerAgent.kill("SIGTERM");
+      await rm(containerDir, { recursive: true, force: true });
+    }
   });
 });

@@ -1,4 +1,5 @@
 import { execFile, spawnSync } from "node:child_process";
+import { existsSync } from "node:fs";
 import { copyFile, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
@@ -6,8 +7,12 @@ import { promisify } from "node:util";
 
 const execFileP = promisify(execFile);
 
-/** A small image made from this machine's own files (no registry is reachable): sh, sleep, cat, python3. */
-export const TEST_IMAGE = "localhost/remotegpu-test:python3";
+/**
+ * A small image made from this machine's own files (no registry is reachable): sh, sleep, cat,
+ * python3, and OpenSSH's sftp-server where the machine has it (the SSH test's scp uses it).
+ */
+export const TEST_IMAGE = "localhost/remotegpu-test:python3-sftp";
+const SFTP_SERVER = "/usr/lib/openssh/sftp-server";
 
 /**
  * Podman set up as these machines need it (runc, cgroupfs, no raised ulimits, events in a file: see
@@ -30,7 +35,8 @@ export async function preparePodman(): Promise<void> {
   const root = await mkdtemp(path.join(os.tmpdir(), "rgpu-image-"));
   try {
     const python = (await execFileP("readlink", ["-f", "/usr/bin/python3"])).stdout.trim();
-    for (const program of ["/bin/sh", "/bin/sleep", "/bin/cat", "/usr/bin/env", python]) {
+    const sftp = existsSync(SFTP_SERVER) ? [SFTP_SERVER] : [];
+    for (const program of ["/bin/sh", "/bin/sleep", "/bin/cat", "/usr/bin/env", python, ...sftp]) {
       const libraries = (await execFileP("ldd", [program]).catch(() => ({ stdout: "" }))).stdout.match(/\/\S+/g) ?? [];
       for (const file of [program, ...libraries]) {
         await mkdir(path.join(root, path.dirname(file)), { recursive: true });
@@ -43,6 +49,10 @@ export async function preparePodman(): Promise<void> {
     await rm(path.join(root, lib, "test"), { recursive: true, force: true }); // CPython's own tests: 30 MB
     await execFileP("ln", ["-sf", python, path.join(root, "usr/bin/python3")]);
     await mkdir(path.join(root, "tmp"));
+    // Every real image names its users; sftp-server looks its own up.
+    await mkdir(path.join(root, "etc"));
+    await writeFile(path.join(root, "etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n");
+    await writeFile(path.join(root, "etc/group"), "root:x:0:\n");
     await execFileP("sh", ["-c", `tar -C '${root}' -c . | podman import - ${TEST_IMAGE}`], { maxBuffer: 1 << 24 });
   } finally {
     await rm(root, { recursive: true, force: true });
