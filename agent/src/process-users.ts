@@ -1,4 +1,5 @@
 import { execFile } from "node:child_process";
+import { existsSync } from "node:fs";
 import { readdir, readFile, rename, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { promisify } from "node:util";
@@ -95,24 +96,53 @@ export async function killUid(uid: number): Promise<void> {
 }
 
 /**
- * Gives a workload uid an account (user and group `rgpu-<uid>`, home `home`, no password) unless it
- * has one. Programs that look their user up (OpenSSH's sftp-server and scp, `whoami`, shells) fail
- * for a uid without one. useradd takes a lock on /etc/passwd: a busy lock is tried again.
+ * Gives a workload uid a name (user and group `rgpu-<uid>`) unless it has one: programs that look
+ * their user up (OpenSSH's sftp-server and scp, `whoami`) fail for a uid without one. It is no login:
+ * no shell (nologin), no home, no password, and expired, so that sshd, su, cron and at refuse it.
+ * A uid of the range that belongs to another user is refused. useradd takes a lock on /etc/passwd: a
+ * busy lock is tried again.
  */
-export async function ensureAccount(uid: number, home: string): Promise<void> {
-  if ((await execFileP("getent", ["passwd", String(uid)]).catch(() => undefined)) !== undefined) return;
+export async function ensureAccount(uid: number): Promise<void> {
   const name = `rgpu-${uid}`;
+  const existing = await execFileP("getent", ["passwd", String(uid)]).catch(() => undefined);
+  if (existing !== undefined) {
+    if (existing.stdout.startsWith(`${name}:`)) return;
+    throw new Error(`uid ${uid} is the system's user "${existing.stdout.split(":")[0]}": give --workload-uids a range no user has`);
+  }
   for (let attempt = 0; ; attempt++) {
     try {
       if ((await execFileP("getent", ["group", String(uid)]).catch(() => undefined)) === undefined) {
         await execFileP("groupadd", ["--gid", String(uid), name]);
       }
-      await execFileP("useradd", ["--uid", String(uid), "--gid", String(uid), "--no-create-home", "--home-dir", home, "--shell", "/bin/sh", "--no-user-group", name]);
+      const shell = ["/usr/sbin/nologin", "/sbin/nologin"].find((s) => existsSync(s)) ?? "/bin/false";
+      await execFileP("useradd", [
+        "--uid",
+        String(uid),
+        "--gid",
+        String(uid),
+        "--no-create-home",
+        "--home-dir",
+        "/nonexistent",
+        "--shell",
+        shell,
+        "--expiredate",
+        "1",
+        "--no-user-group",
+        name,
+      ]);
       return;
     } catch (err) {
-      if ((await execFileP("getent", ["passwd", String(uid)]).catch(() => undefined)) !== undefined) return;
+      if ((await execFileP("getent", ["passwd", name]).catch(() => undefined)) !== undefined) return;
       if (attempt >= 5) throw new Error(`cannot give workload uid ${uid} an account: ${err instanceof Error ? err.message : String(err)}`);
       await new Promise((resolve) => setTimeout(resolve, 200 * (attempt + 1)));
     }
   }
+}
+
+/** Removes what ensureAccount made, and any cron job the uid left, once its environment is gone. */
+export async function removeAccount(uid: number): Promise<void> {
+  const name = `rgpu-${uid}`;
+  await execFileP("crontab", ["-r", "-u", name]).catch(() => undefined);
+  await execFileP("userdel", [name]).catch(() => undefined);
+  await execFileP("groupdel", [name]).catch(() => undefined);
 }

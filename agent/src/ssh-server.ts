@@ -1,20 +1,24 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { createHash, timingSafeEqual } from "node:crypto";
 import { existsSync } from "node:fs";
-import { readFile, writeFile } from "node:fs/promises";
+import { readFile, rename, writeFile } from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
-import { Duplex } from "node:stream";
+import { Duplex, PassThrough } from "node:stream";
 import { promisify } from "node:util";
 import { execFile } from "node:child_process";
 import type { Client } from "@connectrpc/connect";
-import { Channel, type HostService, type OpenSshTunnelCommand } from "@remotegpu/sdk";
+import type { HostService, OpenSshTunnelCommand } from "@remotegpu/sdk";
 import ssh2, { type Connection, type ParsedKey, type ServerChannel } from "ssh2";
 import type { Logger } from "./logger.js";
+import { confinedSessionArgv, exportLines, GATE_ENV } from "./workload-handles.js";
 import type { SessionTarget } from "./workloads.js";
 
 const execFileP = promisify(execFile);
 const { Server, utils } = ssh2;
+
+/** What a session runs: a login shell, a command, or the SFTP server. */
+type Program = { shell: true } | { command: string } | { sftp: true };
 
 /** What the SSH server needs of the workloads. */
 export interface SshWorkloads {
@@ -73,14 +77,15 @@ const SFTP_SERVERS = [
   "/usr/libexec/sftp-server",
 ];
 
-/** The host key, made on first use and kept in the agent's data directory. */
+/** The host key, made on first use and kept in the agent's data directory (made again if it does not parse). */
 export async function hostKey(dataDir: string): Promise<string> {
   const file = path.join(dataDir, "ssh_host_ed25519_key");
-  const kept = await readFile(file, "utf8").catch(() => undefined);
-  if (kept) return kept;
+  const kept = await readFile(file, "utf8").catch(() => "");
+  if (kept && !(utils.parseKey(kept) instanceof Error)) return kept;
   const made = utils.generateKeyPairSync("ed25519").private;
-  await writeFile(file, made, { mode: 0o600, flag: "wx" }).catch(() => undefined);
-  return readFile(file, "utf8");
+  await writeFile(`${file}.tmp`, made, { mode: 0o600 });
+  await rename(`${file}.tmp`, file);
+  return made;
 }
 
 /**
@@ -102,29 +107,32 @@ export class SshServer {
     const target = await this.workloads.sessionTarget(environmentId);
     if (!target) return { ok: false, message: `environment ${environmentId} is not running on this host` };
     const keys = command.authorizedKeys.map((k) => utils.parseKey(k)).filter((k): k is ParsedKey => !(k instanceof Error));
-    const up = new Channel<{ tunnelId?: string; data?: Uint8Array; keyFingerprint?: string }>();
-    up.push({ tunnelId });
+    // What goes up to the control plane, pulled by the call: ssh2's writes wait while it is full.
+    const up = new PassThrough({ objectMode: true, highWaterMark: 16 });
+    async function* requests() {
+      yield { tunnelId };
+      yield* up as AsyncIterable<{ data?: Uint8Array; keyFingerprint?: string }>;
+    }
     const abort = new AbortController();
     const socket = new Duplex({
       read() {},
       write: (chunk: Buffer, _encoding, done) => {
         this.workloads.touch(environmentId);
-        up.push({ data: chunk });
-        done();
+        up.write({ data: chunk }, done);
       },
       final: (done) => {
-        up.close();
+        up.end();
         done();
       },
       destroy: (err, done) => {
-        up.close();
+        up.end();
         abort.abort();
         done(err);
       },
     });
     void (async () => {
       try {
-        for await (const m of server.acceptSshTunnel(up, { signal: abort.signal })) {
+        for await (const m of server.acceptSshTunnel(requests(), { signal: abort.signal })) {
           this.workloads.touch(environmentId);
           socket.push(m.data);
         }
@@ -134,9 +142,24 @@ export class SshServer {
         socket.destroy();
       }
     })();
-    const ssh = new Server({ hostKeys: [this.key], ident: "RemoteGPU" }, (client) =>
-      this.serve(client, environmentId, target, keys, (fingerprint) => up.push({ keyFingerprint: fingerprint })),
-    );
+    // OpenSSH prefers chacha20-poly1305, which ssh2 computes in JavaScript without its optional
+    // native addon (about a seventh of AES's speed here); AES runs in OpenSSL.
+    const algorithms = { cipher: { remove: "chacha20-poly1305@openssh.com" } } as unknown as ssh2.Algorithms;
+    const ssh = new Server({ hostKeys: [this.key], ident: "RemoteGPU", algorithms }, (client) => {
+      // An open connection is activity (idle auto-stop), and it ends when its environment stops
+      // running here (stopped, deleted, restarted as a new generation): checked every 2 s.
+      const watch = setInterval(() => {
+        this.workloads.touch(environmentId);
+        void this.workloads.sessionTarget(environmentId).then((now) => now?.generation === target.generation || client.end());
+      }, 2000);
+      client.once("close", () => clearInterval(watch));
+      // Proving a key takes a few round trips; a client that has not in 60 s is let go.
+      const login = setTimeout(() => client.end(), 60_000);
+      this.serve(client, environmentId, target, keys, (fingerprint) => {
+        clearTimeout(login);
+        up.write({ keyFingerprint: fingerprint });
+      });
+    });
     ssh.injectSocket(socket as unknown as net.Socket);
     return { ok: true, message: "tunnel open" };
   }
@@ -149,7 +172,13 @@ export class SshServer {
     accepted: (fingerprint: string) => void,
   ): void {
     client.on("error", (err) => this.logger.debug({ environmentId, err: String(err) }, "ssh connection error"));
+    let attempts = 0;
     client.on("authentication", (ctx) => {
+      // As OpenSSH's MaxAuthTries: a client that keeps guessing is let go.
+      if (++attempts > 6) {
+        client.end();
+        return;
+      }
       if (ctx.method !== "publickey") return ctx.reject(["publickey"]);
       const offered = ctx.key.data;
       const key = keys.find((k) => {
@@ -184,90 +213,118 @@ export class SshServer {
             accept?.();
           } else reject?.();
         });
-        const start = (channel: ServerChannel, command: string | undefined) => {
-          const child = this.spawnSession(target, command, pty, env);
-          resize = (rows, cols) => child.stdio[3] && (child.stdio[3] as NodeJS.WritableStream).write(`${rows} ${cols}\n`);
-          relay(child, channel, Boolean(pty));
+        // Each program starts from the environment as it is now: one that stopped starts nothing.
+        const start = (channel: ServerChannel, program: Program, withPty: typeof pty) => {
+          void this.workloads
+            .sessionTarget(environmentId)
+            .then((now) => {
+              if (now?.generation !== target.generation) throw new Error("the environment is no longer running here");
+              return this.spawnIn(now, program, withPty, env);
+            })
+            .then((child) => {
+              const control = child.stdio[3] as NodeJS.WritableStream | null;
+              control?.on("error", () => undefined); // the relay may be gone before a late window change
+              resize = (rows, cols) => control?.writable && control.write(`${rows} ${cols}\n`);
+              relay(child, channel, Boolean(withPty));
+            })
+            .catch((err: Error) => {
+              channel.stderr.write(`remotegpu: ${err.message}\n`);
+              channel.exit(1);
+              channel.end();
+            });
         };
-        session.on("shell", (accept) => start(accept(), undefined));
-        session.on("exec", (accept, _reject, info) => start(accept(), info.command));
+        session.on("shell", (accept) => start(accept(), { shell: true }, pty));
+        session.on("exec", (accept, _reject, info) => start(accept(), { command: info.command }, pty));
         session.on("subsystem", (accept, reject, info) => {
           if (info.name !== "sftp") return reject();
-          relay(this.spawnSftp(target), accept(), false);
+          start(accept(), { sftp: true }, undefined);
         });
         session.on("auth-agent", (_accept, reject) => reject?.());
         session.on("x11", (_accept, reject) => reject?.());
       });
       client.on("tcpip", (accept, reject, info) => {
-        void this.forwardTarget(target, info.destIP, info.destPort).then((to) => {
-          if (!to) return reject();
-          const remote = net.connect(to.port, to.host);
-          remote.once("connect", () => {
-            const channel = accept();
-            channel.pipe(remote).pipe(channel);
-            channel.on("close", () => remote.destroy());
-            remote.on("close", () => channel.close());
+        void this.workloads
+          .sessionTarget(environmentId)
+          .then((now) => (now?.generation === target.generation ? this.forwardTarget(now, info.destIP, info.destPort) : undefined))
+          .then((to) => {
+            if (!to) return reject();
+            const remote = net.connect(to.port, to.host);
+            remote.once("connect", () => {
+              const channel = accept();
+              channel.pipe(remote).pipe(channel);
+              channel.on("close", () => remote.destroy());
+              remote.on("close", () => channel.close());
+            });
+            remote.once("error", () => reject());
           });
-          remote.once("error", () => reject());
-        });
       });
       // Remote forwarding (ssh -R) would open a port on the host: refused.
       client.on("request", (_accept, reject) => reject?.());
     });
   }
 
-  /** The program of a session: a shell or `sh -c command`, in the environment, on a pty when asked. */
-  private spawnSession(
+  /**
+   * Starts a session's program in the environment: a shell, `sh -c command` or OpenSSH's
+   * sftp-server, on a pty when asked. In process mode it runs confined as the workload is (its
+   * uid, its limits, its cgroups, entered before any of it runs); in a container through exec.
+   */
+  private async spawnIn(
     target: SessionTarget,
-    command: string | undefined,
+    program: Program,
     pty: { rows: number; cols: number; term: string } | undefined,
     env: Record<string, string>,
-  ): ChildProcess {
-    const term = pty ? { TERM: pty.term } : {};
+  ): Promise<ChildProcess> {
+    const term: Record<string, string> = pty ? { TERM: pty.term } : {};
     let argv: string[];
     let options: Parameters<typeof spawn>[2] = {};
+    let gateEnv: Record<string, string> | undefined;
     if (target.kind === "process") {
       const shell = existsSync("/bin/bash") ? "/bin/bash" : "/bin/sh";
-      argv = command === undefined ? [shell, "-l"] : [shell, "-c", command];
-      options = {
-        cwd: target.cwd,
-        env: { ...target.env, ...env, ...term },
-        ...(target.uid === undefined ? {} : { uid: target.uid, gid: target.uid }),
-      };
+      if ("sftp" in program) argv = [SFTP_SERVERS.find((p) => existsSync(p)) ?? "sftp-server"];
+      else argv = "shell" in program ? [shell, "-l"] : [shell, "-c", program.command];
+      const sessionEnv = { ...target.env, ...env, ...term };
+      const c = target.confinement;
+      if (pty) argv = ["python3", "-c", PTY_RELAY, String(pty.rows), String(pty.cols), ...argv];
+      if (c) {
+        argv = confinedSessionArgv(c, argv);
+        if (c.enter) gateEnv = sessionEnv;
+      }
+      options = { cwd: target.cwd, env: gateEnv ? GATE_ENV : sessionEnv, ...(c ? { uid: c.uid, gid: c.uid } : {}) };
     } else {
       const vars = Object.entries({ ...env, ...term }).flatMap(([k, v]) => ["-e", `${k}=${v}`]);
-      argv = [
-        target.engine,
-        "exec",
-        "-i",
-        ...(pty ? ["-t"] : []),
-        ...vars,
-        target.name,
-        "/bin/sh",
-        ...(command === undefined ? ["-l"] : ["-c", command]),
-      ];
+      const inside =
+        "sftp" in program
+          ? [
+              "/bin/sh",
+              "-c",
+              `for p in ${SFTP_SERVERS.join(" ")}; do [ -x "$p" ] && exec "$p"; done; echo "no sftp-server in this image" >&2; exit 127`,
+            ]
+          : ["/bin/sh", ...("shell" in program ? ["-l"] : ["-c", program.command])];
+      argv = [target.engine, "exec", "-i", ...(pty ? ["-t"] : []), ...vars, target.name, ...inside];
+      if (pty) argv = ["python3", "-c", PTY_RELAY, String(pty.rows), String(pty.cols), ...argv];
     }
-    if (pty) argv = ["python3", "-c", PTY_RELAY, String(pty.rows), String(pty.cols), ...argv];
-    return spawn(argv[0]!, argv.slice(1), {
+    const child = spawn(argv[0]!, argv.slice(1), {
       ...options,
       detached: true,
-      stdio: ["pipe", "pipe", "pipe", ...(pty ? ["pipe" as const] : [])],
+      // fd 3: the pty relay's window sizes; fd 4: the gate's environment.
+      stdio: ["pipe", "pipe", "pipe", pty ? "pipe" : "ignore", gateEnv ? "pipe" : "ignore"],
     });
-  }
-
-  /** OpenSSH's sftp-server, as the environment's user (process mode) or inside its container. */
-  private spawnSftp(target: SessionTarget): ChildProcess {
-    if (target.kind === "process") {
-      const program = SFTP_SERVERS.find((p) => existsSync(p)) ?? "sftp-server";
-      return spawn(program, [], {
-        cwd: target.cwd,
-        env: target.env,
-        detached: true,
-        ...(target.uid === undefined ? {} : { uid: target.uid, gid: target.uid }),
+    if (gateEnv && target.kind === "process" && target.confinement?.enter) {
+      await new Promise<void>((resolve, reject) => {
+        child.once("spawn", resolve);
+        child.once("error", reject);
       });
+      const gate = child.stdio[4] as NodeJS.WritableStream;
+      gate.on("error", () => undefined);
+      try {
+        await target.confinement.enter(child.pid!);
+      } catch (err) {
+        child.kill("SIGKILL");
+        throw err;
+      }
+      gate.end(`${exportLines(gateEnv)}:\n`);
     }
-    const find = `for p in ${SFTP_SERVERS.join(" ")}; do [ -x "$p" ] && exec "$p"; done; echo "no sftp-server in this image" >&2; exit 127`;
-    return spawn(target.engine, ["exec", "-i", target.name, "/bin/sh", "-c", find], { detached: true });
+    return child;
   }
 
   /** Where `ssh -L` may go: a port of the environment, on its loopback (process mode) or in its container. */

@@ -63,9 +63,28 @@ export interface ProcessConfinement {
 // that input (sent after the cgroup entry) sets it and becomes the program. No input at all means
 // the agent gave up: it exits without running anything.
 const CGROUP_GATE = ["/bin/sh", "-c", 'env=$(cat) && [ -n "$env" ] || exit 111; eval "$env"; exec "$@" </dev/null', "remotegpu-gate"];
-const GATE_ENV = { PATH: "/usr/bin:/bin" };
+export const GATE_ENV = { PATH: "/usr/bin:/bin" };
 // By its full path: the tenant's PATH must not pick the program that sets the limits.
 const PRLIMIT = existsSync("/usr/bin/prlimit") ? "/usr/bin/prlimit" : "prlimit";
+
+/** The same gate for a program whose stdin is its own (an SSH session): the environment comes on fd 4. */
+const SESSION_GATE = ["/bin/sh", "-c", 'env=$(cat <&4) && [ -n "$env" ] || exit 111; exec 4<&-; eval "$env"; exec "$@"', "remotegpu-gate"];
+
+/**
+ * The argv that runs `program` confined as a workload is (its uid is the spawn's to set): through
+ * the session gate when the workload has cgroups (the caller enters the pid, then writes
+ * `exportLines(env)` to fd 4 and closes it), and prlimit with the workload's limits.
+ */
+export function confinedSessionArgv(confinement: ProcessConfinement, program: string[]): string[] {
+  return [
+    ...(confinement.enter ? SESSION_GATE : []),
+    PRLIMIT,
+    `--nproc=${confinement.pidsLimit}`,
+    ...(confinement.memoryBytes ? [`--data=${confinement.memoryBytes}`] : []),
+    "--",
+    ...program,
+  ];
+}
 
 /** `env` as lines of the shell: `export NAME='value'`; names that are not shell names are left out. */
 export function exportLines(env: Record<string, string>): string {

@@ -7,7 +7,7 @@ import { LineSplitter, LogBatch, type LogStreamName, type WorkloadLogLine } from
 import { Cgroups, NVIDIA_MAJOR } from "./cgroups.js";
 import type { Logger } from "./logger.js";
 import { accepts, closeAll, PortProxy } from "./port-proxy.js";
-import { ensureAccount, killUid, ProcessUsers } from "./process-users.js";
+import { ensureAccount, killUid, ProcessUsers, removeAccount } from "./process-users.js";
 import {
   adoptProcess,
   bootId,
@@ -241,8 +241,8 @@ function processEnv(spec: WorkloadSpec, volume: string): Record<string, string> 
 
 /** Where an SSH session runs (see Workloads.sessionTarget). */
 export type SessionTarget =
-  | { kind: "process"; cwd: string; env: Record<string, string>; uid?: number; ports: number[] }
-  | { kind: "container"; engine: ContainerEngine; name: string };
+  | { kind: "process"; generation: number; cwd: string; env: Record<string, string>; confinement?: ProcessConfinement; ports: number[] }
+  | { kind: "container"; generation: number; engine: ContainerEngine; name: string };
 
 /** What `workload.json` holds. */
 interface SavedWorkload {
@@ -346,13 +346,28 @@ export class Workloads {
   async sessionTarget(environmentId: string): Promise<SessionTarget | undefined> {
     const w = this.workloads.get(environmentId);
     if (w?.state !== "RUNNING") return undefined;
+    const generation = w.spec.generation;
     if (this.engine === "process") {
       const volume = path.join(this.dirOf(environmentId), "volume");
-      const uid = this.users ? await this.users.uidOf(environmentId) : undefined;
-      return { kind: "process", cwd: volume, env: processEnv(w.spec, volume), uid, ports: w.spec.ports.map((p) => p.containerPort) };
+      // The workload's own confinement: its uid, limits and cgroups (made when it started).
+      let confinement: ProcessConfinement | undefined;
+      if (this.users) {
+        const uid = await this.users.uidOf(environmentId);
+        confinement = { uid, pidsLimit: this.o.processPidsLimit ?? 4096, memoryBytes: w.spec.memoryBytes || undefined };
+        const cgroups = await this.cgroups;
+        if (cgroups instanceof Cgroups) confinement.enter = (pid) => cgroups.enter(environmentId, pid);
+      }
+      return {
+        kind: "process",
+        generation,
+        cwd: volume,
+        env: processEnv(w.spec, volume),
+        confinement,
+        ports: w.spec.ports.map((p) => p.containerPort),
+      };
     }
     if (this.engine === "none") return undefined;
-    return { kind: "container", engine: this.engine, name: containerName(environmentId) };
+    return { kind: "container", generation, engine: this.engine, name: containerName(environmentId) };
   }
 
   /** Counts SSH traffic as activity (idle auto-stop), as port traffic is. */
@@ -508,7 +523,11 @@ export class Workloads {
       this.workloads.delete(environmentId); // no state file is written for it from now on
       await w?.saving;
       await rm(this.dirOf(environmentId), { recursive: true, force: true });
-      await this.users?.release(environmentId);
+      if (this.users) {
+        // The next environment may get this uid: nothing of this one's may be left to it.
+        await removeAccount(await this.users.uidOf(environmentId));
+        await this.users.release(environmentId);
+      }
       w?.logs.add("SYSTEM", "removed");
       w?.logs.flush();
       const generation = Math.max(atLeastGeneration, w?.spec.generation ?? 0);
@@ -721,7 +740,7 @@ export class Workloads {
     const id = spec.environmentId;
     const uid = await this.users.uidOf(id);
     await killUid(uid);
-    await ensureAccount(uid, volume);
+    await ensureAccount(uid);
     for (const d of [this.o.dataDir, path.dirname(path.dirname(volume)), path.dirname(volume)]) await chmod(d, 0o711);
     const owner = (await stat(volume)).uid;
     if (owner !== uid) await execFileP("chown", ["-R", `${uid}:${uid}`, volume]);

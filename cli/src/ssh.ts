@@ -1,7 +1,7 @@
 import { spawn } from "node:child_process";
 import { homedir } from "node:os";
 import path from "node:path";
-import { Channel, EnvironmentStatus, listAll, type Environment } from "@remotegpu/sdk";
+import { Channel, EnvironmentDesiredState, EnvironmentStatus, listAll, type Environment } from "@remotegpu/sdk";
 import { collect, isId, PAGE_SIZE, UsageError, type Cli } from "./connection.js";
 
 /** ssh-config's Host names: `ssh rgpu.NAME`. */
@@ -39,9 +39,10 @@ function sshOptions(cli: Cli, env: Environment): Record<string, string> {
   // This same program, with the same server; the token goes through the environment (REMOTEGPU_TOKEN), never argv.
   // (execArgv: run from a checkout, the loader of the TypeScript sources.)
   const self = [process.execPath, ...process.execArgv, process.argv[1]!].map((a) => (/\s/.test(a) ? `"${a}"` : a)).join(" ");
+  // The host key is the agent's, one per host: kept under the host's id. ("%" is ProxyCommand's escape.)
   return {
-    ProxyCommand: `${self} --url ${cli.url} ssh --stdio %h`,
-    HostKeyAlias: `${HOST_PREFIX}${env.id}`,
+    ProxyCommand: `${self} --url '${cli.url.replace(/%/g, "%%")}' ssh --stdio %h`,
+    HostKeyAlias: `${HOST_PREFIX}host-${env.hostId}`,
     UserKnownHostsFile: path.join(homedir(), ".remotegpu", "known_hosts"),
     StrictHostKeyChecking: "accept-new",
   };
@@ -53,7 +54,8 @@ export async function sshCommand(cli: Cli, ref: string | undefined, sshArgs: str
   if (env.status !== EnvironmentStatus.RUNNING)
     throw new UsageError(`environment "${env.name}" is ${EnvironmentStatus[env.status]}, not RUNNING`);
   const options = Object.entries(sshOptions(cli, env)).flatMap(([k, v]) => ["-o", `${k}=${v}`]);
-  const child = spawn("ssh", [...options, ...sshArgs, env.id], { stdio: "inherit", env: { ...process.env, REMOTEGPU_TOKEN: cli.token } });
+  // ssh reads options after the destination too; what follows them is the remote command.
+  const child = spawn("ssh", [...options, env.id, ...sshArgs], { stdio: "inherit", env: { ...process.env, REMOTEGPU_TOKEN: cli.token } });
   return new Promise((resolve, reject) => {
     child.once("error", (err) => reject(new Error(`cannot run ssh (install OpenSSH's client): ${err.message}`)));
     child.once("exit", (code) => resolve(code ?? 255));
@@ -64,7 +66,7 @@ export async function sshCommand(cli: Cli, ref: string | undefined, sshArgs: str
 export async function sshConfigCommand(cli: Cli): Promise<void> {
   const envs = await collect(listAll(cli.client.environments.listEnvironments, { pageSize: PAGE_SIZE }));
   const blocks = envs
-    .filter((e) => e.desiredState !== 3)
+    .filter((e) => e.desiredState !== EnvironmentDesiredState.DELETED)
     .sort((a, b) => a.name.localeCompare(b.name))
     .map((env) => {
       const lines = Object.entries(sshOptions(cli, env)).map(([k, v]) => `  ${k} ${v}`);

@@ -15,6 +15,7 @@ import {
 import type { LogLineSchema } from "../../gen/remotegpu/v1/environment_pb.js";
 import { HostService, StreamHeartbeatsRequestSchema, type StreamHeartbeatsRequest } from "../../gen/remotegpu/v1/host_pb.js";
 import { Channel } from "./channel.js";
+import { WideWindowSessions } from "./wide-window-sessions.js";
 
 /** One measurement of the host, as the agent protocol carries it. */
 export interface AgentReading {
@@ -219,12 +220,10 @@ export class AgentSession {
     // that died without a reset (a peer that lost power, a path that silently drops everything)
     // never errors by itself, and the agent would wait on it while its host goes OFFLINE.
     const keepaliveMs = Math.max(this.intervalMs, 1000);
-    const transport = createGrpcTransport({
-      baseUrl: server,
-      interceptors: [auth],
-      pingIntervalMs: 2 * keepaliveMs,
-      pingTimeoutMs: keepaliveMs,
-    });
+    // Wide windows: an SSH tunnel's bytes (AcceptSshTunnel) share this connection, and 64 KiB a
+    // round trip would hold them to a few MiB/s.
+    const sessions = new WideWindowSessions(server, { pingIntervalMs: 2 * keepaliveMs, pingTimeoutMs: keepaliveMs });
+    const transport = createGrpcTransport({ baseUrl: server, interceptors: [auth], sessionManager: sessions });
     const client = createClient(HostService, transport);
     const requests = new Channel<StreamHeartbeatsRequest>();
     const stop = new AbortController();
@@ -307,6 +306,8 @@ export class AgentSession {
       this.trimBacklog();
       requests.close();
       stop.abort();
+      // Tunnels still open on it end with it: the agent reconnects, and so do their users.
+      sessions.abort();
     }
   }
 }

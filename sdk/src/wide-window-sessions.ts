@@ -17,8 +17,8 @@ const CONNECTION_WINDOW_BYTES = 16 * 1024 * 1024;
 export class WideWindowSessions extends Http2SessionManager {
   private readonly widened = new WeakSet<Http2Session>();
 
-  constructor(baseUrl: string) {
-    super(baseUrl, undefined, { settings: { initialWindowSize: STREAM_WINDOW_BYTES } });
+  constructor(baseUrl: string, ping?: ConstructorParameters<typeof Http2SessionManager>[1]) {
+    super(baseUrl, ping, { settings: { initialWindowSize: STREAM_WINDOW_BYTES } });
   }
 
   override async request(...args: Parameters<Http2SessionManager["request"]>): Promise<ClientHttp2Stream> {

@@ -1,9 +1,8 @@
 import { randomUUID } from "node:crypto";
 import type { AuditTrail } from "../audit/audit-trail.js";
 import type { Principal } from "../auth/principal.js";
-import { FailedPreconditionError, NotFoundError, ResourceExhaustedError, UnavailableError } from "../errors.js";
+import { DomainError, FailedPreconditionError, NotFoundError, ResourceExhaustedError, UnavailableError } from "../errors.js";
 import type { AgentSessions } from "../host/agent-sessions.js";
-import { Channel } from "../platform/channel.js";
 import type { Clock } from "../platform/clock.js";
 import type { Logger } from "../platform/logger.js";
 import type { EnvironmentManager } from "./environment-manager.js";
@@ -17,21 +16,18 @@ export interface SshTunnelLimits {
   answerMs: number;
 }
 
-/** The agent's side of a tunnel, once it called back. */
-interface AgentEnd {
-  /** Bytes for the agent. */
-  toAgent: Channel<Uint8Array>;
-  /** Bytes from the agent. */
-  fromAgent: Channel<Uint8Array>;
-  /** Set when the agent's stream broke rather than ended. */
-  lost: { error?: unknown };
-  /** The SHA-256 fingerprint of the key the SSH client proved, once the agent says so. */
-  key: { fingerprint?: string };
+/** What the agent's end sends: the connection's bytes, and once the fingerprint of the key the client proved. */
+export interface FromAgent {
+  data: Uint8Array;
+  keyFingerprint: string;
 }
 
+/** A tunnel whose agent has been asked to call back. */
 interface Waiting {
   hostId: string;
-  arrive: (end: AgentEnd) => void;
+  /** The client's bytes, for the agent's end to pull (HTTP/2 flow control then holds end to end). */
+  fromClient: AsyncIterable<Uint8Array>;
+  arrive: (fromAgent: AsyncIterable<FromAgent>) => void;
 }
 
 const METHOD = "remotegpu.v1.EnvironmentService/OpenSshTunnel";
@@ -39,8 +35,10 @@ const METHOD = "remotegpu.v1.EnvironmentService/OpenSshTunnel";
 /**
  * SSH connections through the control plane. A user's OpenSshTunnel asks the agent of the
  * environment's host (wherever its stream is held: commands are routed) to call back with
- * AcceptSshTunnel; the two streams are then joined, byte for byte. The agent serves SSH itself,
- * checking the client's key against the environment's keys as they are now.
+ * AcceptSshTunnel; each end then pulls the other's bytes, so neither is buffered here. The agent
+ * serves SSH itself, checking the client's key against the environment's keys as they are now.
+ * Each connection leaves one audit event: refused (with the code), or closed with its duration,
+ * the key that was accepted and its bytes each way.
  */
 export class SshTunnels {
   private readonly waiting = new Map<string, Waiting>();
@@ -55,10 +53,7 @@ export class SshTunnels {
     private readonly limits: SshTunnelLimits,
   ) {}
 
-  /**
-   * The user's end: `fromClient` is the connection's bytes from the SSH client (the first chunk
-   * included); the result yields the bytes for it until either side ends.
-   */
+  /** The user's end: yields the bytes for the SSH client, pulling `fromClient` for the agent, until either side ends. */
   async *connect(
     environmentId: string,
     caller: Principal,
@@ -66,126 +61,101 @@ export class SshTunnels {
     signal: AbortSignal,
     requestId: string,
   ): AsyncGenerator<Uint8Array> {
-    const visibility = caller.kind === "workspace" ? caller.workspaceId : undefined;
-    const { environment: env } = await this.environments.get(environmentId, visibility);
+    const started = this.clock.now().getTime();
+    let workspaceId = caller.kind === "workspace" ? caller.workspaceId : null;
     const record = (code: string, detail: string) =>
       this.audit
         .append({
           actorId: caller.tokenId,
           actorKind: caller.kind,
-          workspaceId: env.workspace.id,
+          workspaceId,
           method: METHOD,
-          targetId: env.id,
+          targetId: environmentId,
           code,
           requestId,
           detail,
         })
         .catch((err: unknown) => this.logger.error({ err, environmentId }, "writing an SSH audit event failed"));
-    if (env.status !== "RUNNING" || !env.host) {
-      await record("failed_precondition", `not running (${env.status})`);
-      throw new FailedPreconditionError(`environment "${env.name}" is ${env.status}; SSH needs it RUNNING`);
-    }
-    if (env.host.runtime !== "AGENT") {
-      await record("failed_precondition", "runs on Kubernetes");
-      throw new FailedPreconditionError(
-        `environment "${env.name}" runs on Kubernetes: SSH through the control plane serves agent hosts only; its image's own sshd sees the keys in /etc/remotegpu/ssh`,
-      );
-    }
-    const hostId = env.host.id;
+    let hostId: string;
+    let authorizedKeys: string[];
     let release: () => void;
     try {
+      const { environment: env } = await this.environments.get(environmentId, caller.kind === "workspace" ? caller.workspaceId : undefined);
+      workspaceId = env.workspace.id;
+      if (env.status !== "RUNNING" || !env.host)
+        throw new FailedPreconditionError(`environment "${env.name}" is ${env.status}; SSH needs it RUNNING`);
+      if (env.host.runtime !== "AGENT") {
+        throw new FailedPreconditionError(
+          `environment "${env.name}" runs on Kubernetes: SSH through the control plane serves agent hosts only; an image's own sshd finds the keys in /etc/remotegpu/ssh`,
+        );
+      }
+      hostId = env.host.id;
+      authorizedKeys = env.sshPublicKeys;
       release = this.take(env.id, caller.tokenId);
     } catch (err) {
-      await record("resource_exhausted", "too many connections");
+      await record(codeOf(err), err instanceof Error ? err.message.slice(0, 400) : "refused");
       throw err;
     }
-    const started = this.clock.now().getTime();
+
     let bytesIn = 0;
     let bytesOut = 0;
+    let fingerprint: string | undefined;
+    let connected = false;
     let outcome = "ok";
-    let end: AgentEnd | undefined;
+    const tunnelId = randomUUID();
     try {
-      const tunnelId = randomUUID();
-      const arrived = new Promise<AgentEnd>((resolve) => this.waiting.set(tunnelId, { hostId, arrive: resolve }));
-      const sent = this.agents.send(hostId, { kind: "ssh", tunnelId, environmentId: env.id, authorizedKeys: env.sshPublicKeys });
-      if (!sent) throw new UnavailableError(`the agent of host ${hostId} is not connected; try again when it is`);
-      end = await Promise.race([arrived, timeout(this.limits.answerMs, signal)]).finally(() => this.waiting.delete(tunnelId));
-      if (!end) throw new UnavailableError(`the agent of host ${hostId} did not answer within ${this.limits.answerMs / 1000} s`);
-      await record("ok", "connected to the agent");
-      const agent = end;
-      // The client's bytes go to the agent as they come; the agent's are yielded below.
-      void (async () => {
-        try {
-          for await (const chunk of fromClient) {
-            bytesIn += chunk.length;
-            agent.toAgent.push(chunk);
-          }
-        } catch {
-          // The client went away: the agent's side ends below.
-        } finally {
-          agent.toAgent.close();
-        }
-      })();
-      const stop = () => agent.fromAgent.close();
-      signal.addEventListener("abort", stop, { once: true });
-      try {
-        for await (const chunk of agent.fromAgent) {
-          bytesOut += chunk.length;
+      const counted = (async function* () {
+        for await (const chunk of fromClient) {
+          bytesIn += chunk.length;
           yield chunk;
         }
-      } finally {
-        signal.removeEventListener("abort", stop);
+      })();
+      const arrived = new Promise<AsyncIterable<FromAgent>>((arrive) =>
+        this.waiting.set(tunnelId, { hostId, fromClient: counted, arrive }),
+      );
+      if (!this.agents.send(hostId, { kind: "ssh", tunnelId, environmentId, authorizedKeys })) {
+        throw new UnavailableError(`the agent of host ${hostId} is not connected; try again when it is`);
       }
-      if (agent.lost.error !== undefined) {
+      const deadline = AbortSignal.any([signal, AbortSignal.timeout(this.limits.answerMs)]);
+      const fromAgent = await Promise.race([arrived, aborted(deadline)]);
+      if (!fromAgent) throw new UnavailableError(`the agent of host ${hostId} did not answer within ${this.limits.answerMs / 1000} s`);
+      connected = true;
+      try {
+        for await (const m of fromAgent) {
+          if (m.keyFingerprint) fingerprint = m.keyFingerprint;
+          if (m.data.length === 0) continue;
+          bytesOut += m.data.length;
+          yield m.data;
+        }
+      } catch (err) {
+        if (signal.aborted) throw err;
         throw new UnavailableError(`the agent of host ${hostId} went away; the SSH connection is lost`);
       }
     } catch (err) {
-      outcome = signal.aborted ? "cancelled" : errorCode(err);
+      outcome = signal.aborted ? "cancelled" : codeOf(err);
       throw err;
     } finally {
-      end?.toAgent.close();
+      this.waiting.delete(tunnelId);
       release();
+      if (signal.aborted && outcome === "ok") outcome = "cancelled";
+      // A connection that never proved a key was refused by the agent (or ended before trying).
+      if (connected && !fingerprint && outcome === "ok") outcome = "unauthenticated";
       const seconds = Math.round((this.clock.now().getTime() - started) / 1000);
-      const key = end?.key.fingerprint ? `key ${end.key.fingerprint}` : "no key accepted";
-      await record(outcome, `closed after ${seconds} s, ${key}, ${bytesIn} bytes in, ${bytesOut} bytes out`);
+      const key = fingerprint ? `key ${fingerprint}` : "no key accepted";
+      await record(
+        outcome,
+        connected ? `closed after ${seconds} s, ${key}, ${bytesIn} bytes in, ${bytesOut} bytes out` : "the agent was not reached",
+      );
     }
   }
 
-  /**
-   * The agent's end: `fromAgent` carries its bytes, and `keyAccepted` the fingerprint of the key the
-   * client proved; the result yields the client's bytes for it.
-   */
-  async *accept(
-    tunnelId: string,
-    hostId: string,
-    fromAgent: AsyncIterable<{ data: Uint8Array; keyFingerprint: string }>,
-    signal: AbortSignal,
-  ): AsyncGenerator<Uint8Array> {
+  /** The agent's end: hands its bytes to the user's end and yields the client's, until either side ends. */
+  accept(tunnelId: string, hostId: string, fromAgent: AsyncIterable<FromAgent>): AsyncIterable<Uint8Array> {
     const waiting = this.waiting.get(tunnelId);
     if (!waiting || waiting.hostId !== hostId) throw new NotFoundError("ssh tunnel", tunnelId);
     this.waiting.delete(tunnelId);
-    const end: AgentEnd = { toAgent: new Channel(), fromAgent: new Channel(), lost: {}, key: {} };
-    waiting.arrive(end);
-    void (async () => {
-      try {
-        for await (const m of fromAgent) {
-          if (m.keyFingerprint) end.key.fingerprint = m.keyFingerprint;
-          if (m.data.length > 0) end.fromAgent.push(m.data);
-        }
-      } catch (err) {
-        end.lost.error = err;
-      } finally {
-        end.fromAgent.close();
-      }
-    })();
-    const stop = () => end.toAgent.close();
-    signal.addEventListener("abort", stop, { once: true });
-    try {
-      yield* end.toAgent;
-    } finally {
-      signal.removeEventListener("abort", stop);
-      end.fromAgent.close();
-    }
+    waiting.arrive(fromAgent);
+    return waiting.fromClient;
   }
 
   /** Counts a connection against the limits, or refuses it; the result gives the place back. */
@@ -216,24 +186,19 @@ export class SshTunnels {
   }
 }
 
-function timeout(ms: number, signal: AbortSignal): Promise<undefined> {
+/** Resolves (with nothing) when `signal` aborts. */
+function aborted(signal: AbortSignal): Promise<undefined> {
   return new Promise((resolve) => {
-    const timer = setTimeout(() => resolve(undefined), ms);
-    signal.addEventListener(
-      "abort",
-      () => {
-        clearTimeout(timer);
-        resolve(undefined);
-      },
-      { once: true },
-    );
+    if (signal.aborted) resolve(undefined);
+    else signal.addEventListener("abort", () => resolve(undefined), { once: true });
   });
 }
 
-/** The snake_case code an error of this module stands for, as audit events write codes. */
-function errorCode(err: unknown): string {
-  if (err instanceof UnavailableError) return "unavailable";
-  if (err instanceof ResourceExhaustedError) return "resource_exhausted";
-  if (err instanceof FailedPreconditionError) return "failed_precondition";
-  return "unknown";
+/** The snake_case code of a domain error, as audit events write codes ("NotFoundError" → "not_found"). */
+function codeOf(err: unknown): string {
+  if (!(err instanceof DomainError)) return "unknown";
+  return err.name
+    .replace(/Error$/, "")
+    .replace(/(?<=[a-z])(?=[A-Z])/g, "_")
+    .toLowerCase();
 }

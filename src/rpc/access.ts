@@ -83,7 +83,8 @@ export function authorize(access: Access, principal: Principal, rpc: string): vo
 
 // Agent reports are telemetry, not operator actions: recording every heartbeat would bury the trail.
 const UNAUDITED = new Set(["remotegpu.v1.HostService/Heartbeat", "remotegpu.v1.HostService/StreamHeartbeats"]);
-// Streams that are audited anyway: who opened an SSH connection, or was refused one.
+// Streams that are audited anyway: the interceptor records a refusal before the handler (a viewer's
+// token), the handler every other outcome of an SSH connection.
 const AUDITED_STREAMS = new Set(["remotegpu.v1.EnvironmentService/OpenSshTunnel"]);
 
 /** Mutating calls get an audit event: every unary or upload RPC that is not marked free of side effects. */

@@ -79,7 +79,7 @@ export class HostHandler implements Impl {
       yield first.value;
       for (let m = await messages.next(); !m.done; m = await messages.next()) yield m.value;
     })();
-    for await (const data of this.tunnels.accept(tunnelId, caller.hostId, fromAgent, ctx.signal)) yield { data };
+    for await (const data of this.tunnels.accept(tunnelId, caller.hostId, fromAgent)) yield { data };
   }
 
   async createHost(req: CreateHostRequest, ctx: HandlerContext) {

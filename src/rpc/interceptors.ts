@@ -249,7 +249,8 @@ export function audit(trail: AuditTrail, logger: Logger): Interceptor {
       trail.append(record(code)).catch((err: unknown) => logger.error({ err, ...record(code) }, "writing an audit event failed"));
     try {
       const res = await next(req);
-      if (!noted) await write("ok");
+      // A bidi stream (OpenSshTunnel) has only started here: its handler records how it ends.
+      if (!noted && req.method.methodKind !== "bidi_streaming") await write("ok");
       return res;
     } catch (err) {
       await write(codeName(err));

@@ -139,6 +139,18 @@ describe("e2e: SSH into an environment through the control plane, with OpenSSH",
     assert.match(r.stderr, /oops/);
   });
 
+  it("runs a session confined as the environment's workload is: its uid, its limits, its cgroup", async () => {
+    const session = await ssh(["user@devbox", "id -u; whoami; ulimit -u; cat /proc/self/cgroup"]);
+    assert.equal(session.code, 0, session.stderr);
+    const [uid, name, nproc, ...cgroup] = session.stdout.trim().split("\n");
+    assert.notEqual(uid, "0");
+    assert.equal(name, `rgpu-${uid}`);
+    assert.equal(nproc, "4096", "the workload's process limit");
+    // The workload's own process (the HTTP server) and the session share their cgroups.
+    const pid = (await run("pgrep", ["-f", `http.server ${env.port}`], {})).stdout.trim().split("\n")[0]!;
+    assert.deepEqual(cgroup, (await readFile(`/proc/${pid}/cgroup`, "utf8")).trim().split("\n"));
+  });
+
   it("gives a pty session the client's TERM and window size", async () => {
     // script(1) gives ssh a terminal of 40 rows and 120 columns, as a user's would be.
     const inner = `stty rows 40 cols 120; ssh ${sshOptions(path.join(keys, "id"))
@@ -198,6 +210,15 @@ describe("e2e: SSH into an environment through the control plane, with OpenSSH",
     assert.equal(stranger.code, 255);
     assert.match(stranger.stderr, /remotegpu: not_found: environment/);
     assert.doesNotMatch(stranger.stderr, /Permission denied \(publickey\)/, "no key was tried");
+    // The tunnel itself, not only the CLI's lookup, refuses another workspace's token.
+    const direct = server.client(EnvironmentService, { token: tokens.stranger }).openSshTunnel(
+      (async function* () {
+        yield { environmentId: env.id, data: new Uint8Array(0) };
+      })(),
+    );
+    await assert.rejects(async () => {
+      for await (const _ of direct);
+    }, /not found/);
   });
 
   it("refuses the next connection after its key is removed, and takes a key added to a running environment", async () => {
@@ -232,8 +253,8 @@ describe("e2e: SSH into an environment through the control plane, with OpenSSH",
     assert.equal(r.stdout.trim(), "via-config");
     assert.match(
       await readFile(path.join(keys, "known_hosts"), "utf8"),
-      /^rgpu\.[0-9a-f-]{36} ssh-ed25519 /m,
-      "the host key is kept under the environment's alias",
+      /^rgpu\.host-[0-9a-f-]{36} ssh-ed25519 /m,
+      "the host key is kept under its host's alias",
     );
   });
 
@@ -277,8 +298,15 @@ describe("e2e: SSH into an environment through the control plane, with OpenSSH",
     await eventually("the container agent", async () => (await hosts.getHost({ id: host!.id })).host!.agentVersion !== "");
     const processHost = (await hosts.listHosts({})).hosts.find((h) => h.name === "ssh-box")!.id;
     const envs = server.client(EnvironmentService, { token: tokens.member });
-    // Both "hosts" are this machine: devbox's host port would be the container's too.
+    // Both "hosts" are this machine: devbox's host port would be the container's too. Stopping it
+    // ends its open SSH sessions.
+    const open = ssh(["user@devbox", "sleep 60"]);
+    await new Promise((r) => setTimeout(r, 3000));
+    const stopped = Date.now();
     await envs.stopEnvironment({ id: env.id });
+    const ended = await open;
+    assert.notEqual(ended.code, 0);
+    assert.ok(Date.now() - stopped < 20_000, "the session ended with its environment");
     await eventually(
       "devbox stopped",
       async () => (await envs.getEnvironment({ id: env.id })).environment!.status === EnvironmentStatus.STOPPED,
