@@ -195,7 +195,7 @@ const connection = new AgentConnection({
   capacity: await stats.capacity(),
   logger,
   workloads,
-  ssh: new SshServer(await hostKey(dataDir), workloads, logger),
+  ssh: new SshServer(() => hostKey(dataDir), workloads, logger),
   volumeSampleMs: VOLUME_SAMPLE_MS,
   read: async () => {
     const time = new Date();

@@ -95,8 +95,11 @@ export async function hostKey(dataDir: string): Promise<string> {
  * local forwarding to the environment's ports; agent, X11 and remote forwarding are refused.
  */
 export class SshServer {
+  private key?: Promise<string>;
+
   constructor(
-    private readonly key: string,
+    /** Reads (or makes) the host key: on the first tunnel, so an agent that serves none writes none. */
+    private readonly loadKey: () => Promise<string>,
     private readonly workloads: SshWorkloads,
     private readonly logger: Logger,
   ) {}
@@ -106,6 +109,8 @@ export class SshServer {
     const { tunnelId, environmentId } = command;
     const target = await this.workloads.sessionTarget(environmentId);
     if (!target) return { ok: false, message: `environment ${environmentId} is not running on this host` };
+    this.key ??= this.loadKey();
+    const hostKey = await this.key;
     const keys = command.authorizedKeys.map((k) => utils.parseKey(k)).filter((k): k is ParsedKey => !(k instanceof Error));
     // What goes up to the control plane, pulled by the call: ssh2's writes wait while it is full.
     const up = new PassThrough({ objectMode: true, highWaterMark: 16 });
@@ -145,7 +150,7 @@ export class SshServer {
     // OpenSSH prefers chacha20-poly1305, which ssh2 computes in JavaScript without its optional
     // native addon (about a seventh of AES's speed here); AES runs in OpenSSL.
     const algorithms = { cipher: { remove: "chacha20-poly1305@openssh.com" } } as unknown as ssh2.Algorithms;
-    const ssh = new Server({ hostKeys: [this.key], ident: "RemoteGPU", algorithms }, (client) => {
+    const ssh = new Server({ hostKeys: [hostKey], ident: "RemoteGPU", algorithms }, (client) => {
       // An open connection is activity (idle auto-stop), and it ends when its environment stops
       // running here (stopped, deleted, restarted as a new generation): checked every 2 s.
       const watch = setInterval(() => {
