@@ -1,6 +1,7 @@
 import { ApiTokenSchema } from "./auth/api-token.js";
 import { AuditEventSchema } from "./audit/audit-event.js";
 import { EnvironmentLogLineSchema, EnvironmentSchema, PortMappingSchema } from "./environment/environment.js";
+import { FreeGpuCountSchema } from "./gpu/free-gpu-count.js";
 import { GpuSchema } from "./gpu/gpu.js";
 import { HostSchema } from "./host/host.js";
 import { LogArchiveSchema, WorkspaceFileSchema } from "./storage/workspace-file.js";
@@ -11,6 +12,7 @@ import { ResourceQuotaSchema, WorkspaceSchema } from "./workspace/workspace.js";
 export const entities = [
   HostSchema,
   GpuSchema,
+  FreeGpuCountSchema,
   WorkspaceSchema,
   ResourceQuotaSchema,
   EnvironmentSchema,

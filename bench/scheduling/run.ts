@@ -1,10 +1,16 @@
-// npm run bench:scheduling [-- --hosts 1000 --callers 500 --requests 2000 --gpus 80000]
-// 1. CreateEnvironment against a fleet of N hosts × 8 GPUs (rows written straight into PostgreSQL):
+// npm run bench:scheduling [-- --hosts 1000 --callers 500 --requests 2000 --latency-callers 8
+//   --latency-requests 1000 --placement-hosts 10000 --placement-requests 1000 --placement-callers 16 --gpus 80000]
+// 1. CreateEnvironment against a fleet of `hosts` × 8 GPUs (rows written straight into PostgreSQL):
 //    `callers` concurrent clients, each asking for 1-2 GPUs, through the real server; p50/p99 and
-//    throughput. The same load through a naive placement (load every free GPU into the application and
-//    pick there, under a table lock so it stays correct) gives the baseline, as a ratio.
-// 2. ListGpus with a fleet of `--gpus` GPUs: p50/p99 per page (100) for several filters.
-// `--list-only` runs part 2 alone.
+//    throughput. Then, on the same server, `latency-callers` clients: the latency of a loaded but not
+//    queued server.
+// 2. The same creation path in-process on a fleet of `placement-hosts` hosts, once with the real
+//    placement and once with a naive one (load every free GPU into the application and pick there,
+//    under a table lock so it stays correct), as a ratio. `placement-callers` concurrent callers:
+//    enough to contend, few enough that no call waits a minute for a connection and fails.
+// 3. ListGpus with a fleet of `--gpus` GPUs: p50/p99 per page (100) for several filters.
+// `--list-only` runs part 3 alone, `--scheduling-only` parts 1 and 2. After each part that creates
+// environments the bench checks that every one holds exactly its GPUs and fails loudly if not.
 import { parseArgs } from "node:util";
 import pg from "pg";
 import { createClient, type Interceptor } from "@connectrpc/connect";
@@ -27,6 +33,12 @@ const { values } = parseArgs({
     hosts: { type: "string", default: "1000" },
     callers: { type: "string", default: "500" },
     requests: { type: "string", default: "2000" },
+    "latency-callers": { type: "string", default: "8" },
+    "latency-requests": { type: "string", default: "1000" },
+    "placement-hosts": { type: "string", default: "10000" },
+    "placement-requests": { type: "string", default: "1000" },
+    "placement-callers": { type: "string", default: "16" },
+    "scheduling-only": { type: "boolean", default: false },
     gpus: { type: "string", default: "80000" },
     "list-only": { type: "boolean", default: false },
   },
@@ -142,10 +154,35 @@ const naivePlacement: typeof placeEnvironment = async (em, req) => {
   return { hostId: fit[0], gpus: fit[1].slice(0, req.gpuCount).map((g) => ({ id: g.id, uuid: g.uuid, index: g.index, model: g.model })) };
 };
 
+/**
+ * Fails the bench when a creation broke what scheduling guarantees: every environment holds exactly
+ * the GPUs it asked for, each GPU held by one environment and marked as such, on the environment's host.
+ */
+async function checkHoldings(db: pg.Client): Promise<void> {
+  const { rows } = await db.query<{ wrong_count: number; wrong_gpu: number }>(
+    `select (select count(*)::int from environments e
+              where e.gpu_count <> (select count(*) from gpus g where g.environment_id = e.id)) as wrong_count,
+            (select count(*)::int from gpus g left join environments e on e.id = g.environment_id
+              where (g.environment_id is null) <> (g.holder is null)
+                 or (e.id is not null and (g.holder <> 'environment:' || e.id or g.status <> 'ALLOCATED' or g.host_id <> e.host_id))) as wrong_gpu`,
+  );
+  const { wrong_count, wrong_gpu } = rows[0]!;
+  if (wrong_count > 0 || wrong_gpu > 0)
+    throw new Error(
+      `correctness check failed: ${wrong_count} environment(s) hold the wrong number of GPUs, ${wrong_gpu} GPU row(s) disagree with their holder`,
+    );
+}
+
 const hosts = Number(values.hosts);
 const callers = Number(values.callers);
 const requests = Number(values.requests);
+const latencyCallers = Number(values["latency-callers"]);
+const latencyRequests = Number(values["latency-requests"]);
+const placementHosts = Number(values["placement-hosts"]);
+const placementRequests = Number(values["placement-requests"]);
+const placementCallers = Number(values["placement-callers"]);
 const results: string[] = [];
+const f = (n: number) => n.toFixed(0);
 
 if (!values["list-only"]) {
   const db = await createTestDatabase();
@@ -155,7 +192,7 @@ if (!values["list-only"]) {
     await withServer(db.url, async () => undefined);
     await admin.connect();
     await seedFleet(admin, hosts);
-    const api = await withServer(db.url, async (baseUrl) => {
+    const [loaded, light] = await withServer(db.url, async (baseUrl) => {
       const transport = createGrpcTransport({ baseUrl, interceptors: [auth] });
       // Teams share the fleet: a workspace's creations queue on its quota row, different teams' do not.
       const workspaces = createClient(WorkspaceService, transport);
@@ -163,24 +200,59 @@ if (!values["list-only"]) {
       for (let t = 0; t < TEAMS; t++) teams.push((await workspaces.createWorkspace({ name: `bench-${t}` })).workspace!.id);
       const envs = createClient(EnvironmentService, transport);
       let i = 0;
-      const api = await run(callers, requests, async () => {
+      const create = () => {
         const n = i++;
-        await envs.createEnvironment({ workspaceId: teams[n % TEAMS]!, name: `e${n}`, image: "img", gpuCount: 1 + (n % 2) });
-      });
-      return api;
+        return envs
+          .createEnvironment({ workspaceId: teams[n % TEAMS]!, name: `e${n}`, image: "img", gpuCount: 1 + (n % 2) })
+          .then(() => undefined);
+      };
+      const loaded = await run(callers, requests, create);
+      const light = await run(latencyCallers, latencyRequests, create);
+      return [loaded, light];
     });
-    // The same creation path in-process (ledger, transaction, ports, inserts), once with the real
-    // placement and once with the naive one, on fresh copies of the fleet.
+    await checkHoldings(admin);
+    results.push(
+      `\n### CreateEnvironment through the API, ${hosts} hosts × 8 GPUs, ${TEAMS} workspaces\n`,
+      "| callers | requests | throughput | p50 | p99 | failed |",
+      "| --- | --- | --- | --- | --- | --- |",
+      `| ${callers} | ${requests} | ${f(loaded.perSecond)}/s | ${f(loaded.p50)} ms | ${f(loaded.p99)} ms | ${loaded.failures} |`,
+      `| ${latencyCallers} | ${latencyRequests} | ${f(light.perSecond)}/s | ${light.p50.toFixed(1)} ms | ${light.p99.toFixed(1)} ms | ${light.failures} |`,
+    );
+  } finally {
+    await admin.end().catch(() => undefined);
+    await db.drop();
+  }
+}
+
+if (!values["list-only"]) {
+  // The same creation path in-process (ledger, transaction, ports, inserts), once with the real
+  // placement and once with the naive one, on fresh copies of a bigger fleet.
+  const db = await createTestDatabase();
+  const admin = new pg.Client({ connectionString: db.url });
+  try {
     const orm = await openDatabase(db.url, entities, 40);
+    await admin.connect();
+    await seedFleet(admin, placementHosts);
+    await admin.query(
+      `insert into workspaces (id, name, display_name, labels, created_at, updated_at)
+       select gen_random_uuid(), 'bench-' || i, '', '{}', now(), now() from generate_series(0, ${TEAMS - 1}) i`,
+    );
+    await admin.query(
+      `insert into resource_quotas (workspace_id, max_gpus_per_model, allowed_gpu_models, updated_at, version)
+       select id, '{}', '[]', now(), 1 from workspaces`,
+    );
+    const teams = (await admin.query<{ id: string }>("select id from workspaces order by name")).rows.map((r) => r.id);
     const placements: [string, typeof placeEnvironment][] = [
       ["RemoteGPU (SQL best fit, SKIP LOCKED)", placeEnvironment],
       ["naive (every free GPU into the app, table lock)", naivePlacement],
     ];
     const compared: { name: string; r: Awaited<ReturnType<typeof run>> }[] = [];
     for (const [name, place] of placements) {
+      await admin.query("delete from port_mappings; delete from environments");
       await admin.query(
-        "update gpus set status = 'AVAILABLE', holder = null, environment_id = null; delete from environments; delete from port_mappings",
+        "update gpus set status = 'AVAILABLE', holder = null, environment_id = null, allocated_at = null where holder is not null",
       );
+      await admin.query("vacuum analyze gpus, environments");
       const manager = new EnvironmentManager(
         orm,
         systemClock,
@@ -190,25 +262,20 @@ if (!values["list-only"]) {
         () => undefined,
         place,
       );
-      const teams = (await admin.query<{ id: string }>("select id from workspaces order by name")).rows.map((r) => r.id);
       let k = 0;
-      const r = await run(callers, requests, async () => {
+      const r = await run(placementCallers, placementRequests, async () => {
         const n = k++;
         await manager.create({ ...BLANK, workspaceId: teams[n % teams.length]!, name: `p${n}`, gpuCount: 1 + (n % 2) }, () => undefined);
       });
+      await checkHoldings(admin);
       compared.push({ name, r });
     }
     await orm.close();
-    const f = (n: number) => n.toFixed(0);
     results.push(
-      `\n### CreateEnvironment, ${hosts} hosts × 8 GPUs, ${callers} concurrent callers over ${TEAMS} workspaces, ${requests} requests\n`,
+      `\n### Placement, in-process creation, ${placementHosts} hosts × 8 GPUs, ${placementCallers} concurrent callers over ${TEAMS} workspaces, ${placementRequests} requests\n`,
     );
-    results.push("| path | throughput | p50 | p99 | failed |", "| --- | --- | --- | --- | --- |");
-    results.push(
-      `| through the API (gRPC, server process) | ${f(api.perSecond)}/s | ${f(api.p50)} ms | ${f(api.p99)} ms | ${api.failures} |`,
-    );
-    for (const { name, r } of compared)
-      results.push(`| in-process, placement: ${name} | ${f(r.perSecond)}/s | ${f(r.p50)} ms | ${f(r.p99)} ms | ${r.failures} |`);
+    results.push("| placement | throughput | p50 | p99 | failed |", "| --- | --- | --- | --- | --- |");
+    for (const { name, r } of compared) results.push(`| ${name} | ${f(r.perSecond)}/s | ${f(r.p50)} ms | ${f(r.p99)} ms | ${r.failures} |`);
     results.push(`\nPlacement throughput ratio, RemoteGPU / naive: ${(compared[0]!.r.perSecond / compared[1]!.r.perSecond).toFixed(1)}×.`);
   } finally {
     await admin.end().catch(() => undefined);
@@ -216,7 +283,7 @@ if (!values["list-only"]) {
   }
 }
 
-{
+if (!values["scheduling-only"]) {
   const gpuCount = Number(values.gpus);
   const db = await createTestDatabase();
   const admin = new pg.Client({ connectionString: db.url });

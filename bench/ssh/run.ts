@@ -10,7 +10,16 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { createRemoteGpuClient, EnvironmentStatus } from "@remotegpu/sdk";
-import { agentArgv, agentTempDir, freePort, publishablePorts, ROOT, serverEnv, simulatedAgentFlags, spawnServer } from "../../test/support/child.js";
+import {
+  agentArgv,
+  agentTempDir,
+  freePort,
+  publishablePorts,
+  ROOT,
+  serverEnv,
+  simulatedAgentFlags,
+  spawnServer,
+} from "../../test/support/child.js";
 import { createTestDatabase } from "../../test/support/database.js";
 
 const { values } = parseArgs({ options: { mib: { type: "string", default: "256" } } });
@@ -85,10 +94,14 @@ try {
   const baseUrl = `http://127.0.0.1:${port}`;
   const client = createRemoteGpuClient({ baseUrl, token: ADMIN });
   const { host, agentToken } = await client.hosts.createHost({ name: "bench-ssh", address: "127.0.0.1" });
-  agent = spawn(process.execPath, agentArgv(simulatedAgentFlags({ server: baseUrl, hostId: host!.id, token: agentToken, gpus: 1, dataDir })), {
-    cwd: ROOT,
-    stdio: "ignore",
-  });
+  agent = spawn(
+    process.execPath,
+    agentArgv(simulatedAgentFlags({ server: baseUrl, hostId: host!.id, token: agentToken, gpus: 1, dataDir })),
+    {
+      cwd: ROOT,
+      stdio: "ignore",
+    },
+  );
   await until("the agent connected", async () => (await client.hosts.getHost({ id: host!.id })).host!.agentVersion !== "");
   const workspaceId = (await client.workspaces.createWorkspace({ name: "bench-ssh" })).workspace!.id;
   const { environment } = await client.environments.createEnvironment({
@@ -98,9 +111,26 @@ try {
     command: ["sleep", "3600"],
     sshPublicKeys: [(await readFile(`${key}.pub`, "utf8")).trim()],
   });
-  await until("the environment RUNNING", async () => (await client.environments.getEnvironment({ id: environment!.id })).environment!.status === EnvironmentStatus.RUNNING);
+  await until(
+    "the environment RUNNING",
+    async () => (await client.environments.getEnvironment({ id: environment!.id })).environment!.status === EnvironmentStatus.RUNNING,
+  );
 
-  const common = ["-q", "-i", key, "-F", "/dev/null", "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"];
+  const common = [
+    "-q",
+    "-i",
+    key,
+    "-F",
+    "/dev/null",
+    "-o",
+    "IdentitiesOnly=yes",
+    "-o",
+    "BatchMode=yes",
+    "-o",
+    "StrictHostKeyChecking=no",
+    "-o",
+    "UserKnownHostsFile=/dev/null",
+  ];
   const tunnel = [...common, "-o", `ProxyCommand=${CLI} --url ${baseUrl} ssh --stdio %h`];
   const local = [...common, "-P", String(sshdPort)];
   const volume = path.join(dataDir, "environments", environment!.id, "volume");
@@ -127,7 +157,10 @@ try {
   for (let round = 0; round < 2; round++) {
     const viaTunnel = await time(tunnel, `user@${environment!.id}`, "payload.bin");
     const viaSshd = await time(local, "root@127.0.0.1", path.join(work, "copied.bin"));
-    for (const [k, v] of [["tunnel", viaTunnel], ["sshd", viaSshd]] as const) {
+    for (const [k, v] of [
+      ["tunnel", viaTunnel],
+      ["sshd", viaSshd],
+    ] as const) {
       best[k].up = Math.min(best[k].up, v.up);
       best[k].down = Math.min(best[k].down, v.down);
     }

@@ -20,7 +20,7 @@ import { ReplicatedFeed, changeMessage, type Change, type ChangeTopic } from "..
 import { onUniqueViolation } from "../platform/unique-violation.js";
 import { ingressUrl, type KubernetesOptions } from "../runtime/kubernetes-manifests.js";
 import { Violations, checkNoDeviceVariables, checkString } from "../validation.js";
-import type { QuotaLedger } from "../workspace/quota-ledger.js";
+import { admit, type QuotaLedger } from "../workspace/quota-ledger.js";
 import { Workspace } from "../workspace/workspace.js";
 import { DEFAULT_STORAGE_BYTES, Environment, PortMapping, portMappingId, type EnvironmentStatus, type PortSpec } from "./environment.js";
 import { allocateHostPorts, placeEnvironment, type PortRange } from "./placement.js";
@@ -137,8 +137,8 @@ export class EnvironmentManager {
       if (earlier) return sameRequest(earlier, input.requestId, hash);
     }
     try {
-      const view = await this.orm.em.fork().transactional(async (em) => {
-        const { quota } = await this.quotas.reserve(em, input.workspaceId, {
+      const view = await this.orm.em.fork().transactional(async (em): Promise<EnvironmentView> => {
+        const { quota, usage } = await this.quotas.reserve(em, input.workspaceId, {
           environments: 1,
           cpuMillicores: input.cpuMillicores,
           memoryBytes: input.memoryBytes,
@@ -149,7 +149,8 @@ export class EnvironmentManager {
           gpuModel: input.gpuModel,
           allowedModels: quota.allowedGpuModels,
         });
-        await this.quotas.reserve(em, input.workspaceId, { gpusPerModel: countModels(placement.gpus) });
+        // The quota row is still locked: nothing has added to the usage measured under it.
+        admit(quota, usage, { gpusPerModel: countModels(placement.gpus) });
         const now = this.clock.now();
         const { workspaceId, requestId, ...fields } = input;
         const environment = em.create(Environment, {
@@ -164,14 +165,16 @@ export class EnvironmentManager {
           updatedAt: now,
         });
         transition(environment, "PENDING", "scheduled", now);
-        await this.hold(
-          em,
-          environment,
-          placement.hostId,
-          placement.gpus.map((g) => g.id),
-        );
+        const gpuIds = placement.gpus.map((g) => g.id);
+        const portMappings = await this.hold(em, environment, placement.hostId, gpuIds);
         note(em, { workspaceId, targetId: environment.id });
-        return this.view(em, environment);
+        // What view() would read back, known already: the placed GPUs (in index order) and the new mappings.
+        const countOnly = await this.countOnlyHosts(em, [environment]);
+        return {
+          environment,
+          gpuIds: countOnly.has(placement.hostId) ? [] : gpuIds,
+          portMappings: portMappings.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)),
+        };
       });
       this.publish("ADDED", view);
       return view;
@@ -226,7 +229,10 @@ export class EnvironmentManager {
     return this.change(id, visibility, note, async (em, env) => {
       if (env.status !== "STOPPED" && env.status !== "FAILED")
         throw new FailedPreconditionError(`environment "${env.name}" is ${env.status}; only a STOPPED or FAILED one can be started`);
-      const { quota } = await this.quotas.reserve(em, env.workspace.id, { cpuMillicores: env.cpuMillicores, memoryBytes: env.memoryBytes });
+      const { quota, usage } = await this.quotas.reserve(em, env.workspace.id, {
+        cpuMillicores: env.cpuMillicores,
+        memoryBytes: env.memoryBytes,
+      });
       // The volume lives on the host it last ran on; a host that is gone frees the environment to move.
       const placement = await this.place(em, {
         gpuCount: env.gpuCount,
@@ -234,7 +240,7 @@ export class EnvironmentManager {
         allowedModels: quota.allowedGpuModels,
         onlyHost: env.host?.id,
       });
-      await this.quotas.reserve(em, env.workspace.id, { gpusPerModel: countModels(placement.gpus) });
+      admit(quota, usage, { gpusPerModel: countModels(placement.gpus) });
       env.host = em.getReference(Host, placement.hostId);
       env.desiredState = "RUNNING";
       env.generation++;
@@ -455,8 +461,8 @@ export class EnvironmentManager {
     transition(env, "STARTING", `restarting the workload for the port change (${what})`, this.clock.now());
   }
 
-  /** Marks the placed GPUs as the environment's and maps its ports. */
-  private async hold(em: EntityManager, env: Environment, hostId: string, gpuIds: string[]): Promise<void> {
+  /** Marks the placed GPUs as the environment's and maps its ports; returns the mappings. */
+  private async hold(em: EntityManager, env: Environment, hostId: string, gpuIds: string[]): Promise<PortMapping[]> {
     const now = this.clock.now();
     await em.flush(); // the environment row first: the GPU rows below point at it
     if (gpuIds.length > 0) {
@@ -466,8 +472,11 @@ export class EnvironmentManager {
         { status: "ALLOCATED", holder: `environment:${env.id}`, environment: env.id, allocatedAt: now, updatedAt: now },
       );
     }
+    if (env.ports.length === 0) return [];
     const ports = await allocateHostPorts(em, hostId, this.portRange, env.ports.length);
-    for (const [i, spec] of env.ports.entries()) await this.mapPort(em, env, spec, ports[i]!);
+    const mappings: PortMapping[] = [];
+    for (const [i, spec] of env.ports.entries()) mappings.push(await this.mapPort(em, env, spec, ports[i]!));
+    return mappings;
   }
 
   private async mapPort(em: EntityManager, env: Environment, spec: PortSpec, hostPort: number): Promise<PortMapping> {

@@ -1,5 +1,6 @@
 import type { EntityManager } from "@mikro-orm/postgresql";
 import { AlreadyExistsError, ConflictError, ResourceExhaustedError } from "../errors.js";
+import { pgArray } from "../platform/bulk-sql.js";
 
 export interface PlacementRequest {
   gpuCount: number;
@@ -43,55 +44,28 @@ const OPEN_HOST = "h.status = 'ONLINE' and h.schedulable and h.runtime_unavailab
  * schedulable hosts with enough free healthy GPUs of the model, the one with the fewest free, so big
  * requests still find whole hosts later. Hosts whose agent said it cannot run environments (no
  * container engine, say) are skipped, and their reasons given in the refusal when nothing else fits.
- * GPUs are locked FOR UPDATE SKIP LOCKED, so concurrent placements take different GPUs instead of
- * waiting; the host is share-locked and re-read, so a concurrent cordon, drain or hello either waits
- * for this placement or is seen by it.
+ *
+ * One round trip: the database function `place_gpus` (migration `free_gpu_counts`) walks the
+ * candidates from per-host free GPU counts that triggers keep, best fit first. The host is
+ * share-locked and re-read, so a concurrent cordon, drain or hello either waits for this placement or
+ * is seen by it; then its GPUs are locked FOR UPDATE SKIP LOCKED, so concurrent placements take
+ * different GPUs instead of waiting, and a host that falls short gives its locks back. Concurrent
+ * placements first pass over hosts another placement is working on (they would all pick the same
+ * best fit), and share them only when nothing else fits.
  */
 export async function placeEnvironment(em: EntityManager, req: PlacementRequest): Promise<Placement> {
   const modelFilter = req.gpuModel ? [req.gpuModel] : req.allowedModels;
-  const modelSql = modelFilter.length > 0 ? `and g.model in (${modelFilter.map(() => "?").join(", ")})` : "";
-  const free = `g.status = 'AVAILABLE' and g.holder is null ${modelSql}`;
-  const hostSql = req.onlyHost ? "and h.id = ?" : "";
-  const candidates = await query<{ id: string; free: number }>(
+  const [placed] = await query<{ host_id: string | null; gpus: PlacedGpu[] | null; contended: boolean }>(
     em,
-    `select h.id, (count(g.id) filter (where ${free}))::int as free
-       from hosts h left join gpus g on g.host_id = h.id
-      where ${OPEN_HOST} ${hostSql}
-      group by h.id
-     having (count(g.id) filter (where ${free})) >= ?
-      order by free asc, h.id
-      limit 16`,
-    [...modelFilter, ...(req.onlyHost ? [req.onlyHost] : []), ...modelFilter, req.gpuCount],
+    "select host_id, gpus, contended from place_gpus(?, ?::text[], ?::uuid)",
+    [req.gpuCount, pgArray(modelFilter), req.onlyHost ?? null],
   );
-  let contended = false;
-  for (const candidate of candidates) {
-    // Each candidate under a savepoint: the locks taken on one that does not fit are given back.
-    await query(em, "savepoint placement", []);
-    // The host first (as DeleteHost and drains take it), then its GPUs: one lock order, no deadlock.
-    const [host] = await query<{ status: string; schedulable: boolean; runtime_unavailable_reason: string }>(
-      em,
-      "select status, schedulable, runtime_unavailable_reason from hosts where id = ? for share",
-      [candidate.id],
-    );
-    const open = host?.status === "ONLINE" && host.schedulable && host.runtime_unavailable_reason === "";
-    const gpus =
-      !open || req.gpuCount === 0
-        ? []
-        : await query<PlacedGpu & Row>(
-            em,
-            `select g.id, g.uuid, g.index, g.model from gpus g
-              where g.host_id = ? and ${free}
-              order by g.index limit ? for update skip locked`,
-            [candidate.id, ...modelFilter, req.gpuCount],
-          );
-    if (open && gpus.length === req.gpuCount) {
-      await query(em, "release savepoint placement", []);
-      return { hostId: candidate.id, gpus: gpus.map((g) => ({ id: g.id, uuid: g.uuid, index: g.index, model: g.model })) };
-    }
-    contended ||= open; // its free GPUs are being taken right now
-    await query(em, "rollback to savepoint placement", []);
+  if (placed?.host_id) {
+    const gpus = (placed.gpus ?? []).map((g) => ({ id: g.id, uuid: g.uuid, index: g.index, model: g.model }));
+    return { hostId: placed.host_id, gpus };
   }
-  if (contended) throw new ConflictError("the free GPUs that fit were being allocated by concurrent requests; retry");
+  if (placed?.contended) throw new ConflictError("the free GPUs that fit were being allocated by concurrent requests; retry");
+  const modelSql = modelFilter.length > 0 ? `and g.model in (${modelFilter.map(() => "?").join(", ")})` : "";
   throw await noRoom(em, req, modelFilter, modelSql);
 }
 

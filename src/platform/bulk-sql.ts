@@ -15,5 +15,6 @@ export async function bulkSql<T = Record<string, unknown>>(orm: MikroORM, sql: s
 
 /** A PostgreSQL array literal, passed as one parameter (knex would spread a JavaScript array). */
 export function pgArray(values: string[]): string {
-  return `{${values.map((v) => `"${v}"`).join(",")}}`;
+  // Inside the quotes of an element only a backslash and a double quote need escaping.
+  return `{${values.map((v) => `"${v.replace(/[\\"]/g, "\\$&")}"`).join(",")}}`;
 }

@@ -125,10 +125,32 @@ export class QuotaLedger {
    * Checks `demand` against the quota inside the caller's transaction, with the quota row locked
    * until it commits: the caller records what it takes (an environment, its GPUs) in the same
    * transaction, so concurrent reservations see each other and can never overrun the quota together.
+   * The usage returned stays true until then for what only reservations add (GPUs, environments): a
+   * caller may admit more against it later in the transaction (the GPUs a placement picked).
    */
-  async reserve(em: EntityManager, workspaceId: string, demand: Demand): Promise<{ quota: ResourceQuota; usage: Usage }> {
-    const quota = await this.find(em, workspaceId, true);
-    const usage = await this.measure(em, quota.workspace.id);
+  async reserve(em: EntityManager, workspaceId: string, demand: Demand): Promise<{ quota: QuotaLimits; usage: Usage }> {
+    const id = checkId("workspace_id", workspaceId);
+    // Plain SQL: this runs on every creation, and the caller needs the limits, not an entity.
+    const [row] = await em.getConnection().execute<QuotaRow[]>(
+      `select max_gpus, max_gpus_per_model, allowed_gpu_models, max_environments, max_cpu_millicores, max_memory_bytes, max_storage_bytes
+         from resource_quotas where workspace_id = ? for update`,
+      [id],
+      "all",
+      em.getTransactionContext(),
+    );
+    if (!row) throw new NotFoundError("workspace", id);
+    const quota: QuotaLimits = {
+      maxGpus: row.max_gpus,
+      maxGpusPerModel: row.max_gpus_per_model,
+      allowedGpuModels: row.allowed_gpu_models,
+      maxEnvironments: row.max_environments,
+      maxCpuMillicores: nullableNumber(row.max_cpu_millicores),
+      maxMemoryBytes: nullableNumber(row.max_memory_bytes),
+      maxStorageBytes: nullableNumber(row.max_storage_bytes),
+    };
+    // Measured after the lock, in a statement of its own: its snapshot then has every reservation
+    // committed before this one (one statement that locked and measured would measure as of its start).
+    const usage = await this.measure(em, id);
     admit(quota, usage, demand);
     return { quota, usage };
   }
@@ -141,30 +163,24 @@ export class QuotaLedger {
   }
 
   private async measure(em: EntityManager, workspaceId: string): Promise<Usage> {
-    const conn = em.getConnection();
-    const ctx = em.getTransactionContext();
-    const [totals] = await conn.execute<{ environments: number; cpu: string; memory: string; storage: string; volume_used: string }[]>(
+    const [totals] = await em.getConnection().execute<UsageRow[]>(
       `select count(*)::int as environments,
               coalesce(sum(cpu_millicores) filter (where ${HOLDS_COMPUTE}), 0) as cpu,
               coalesce(sum(memory_bytes) filter (where ${HOLDS_COMPUTE}), 0) as memory,
               coalesce(sum(storage_bytes), 0)
                 + (select coalesce(sum(size_bytes), 0) from workspace_files where workspace_id = ?) as storage,
-              coalesce(sum(storage_used_bytes), 0) as volume_used
+              coalesce(sum(storage_used_bytes), 0) as volume_used,
+              (select coalesce(jsonb_object_agg(model, n), '{}') from (
+                 select g.model, count(*)::int as n from gpus g join environments e on e.id = g.environment_id
+                  where e.workspace_id = ? group by g.model) per_model) as models
          from environments where workspace_id = ? and status <> 'DELETED'`,
-      [workspaceId, workspaceId],
+      [workspaceId, workspaceId, workspaceId],
       "all",
-      ctx,
+      em.getTransactionContext(),
     );
-    const models = await conn.execute<{ model: string; n: number }[]>(
-      `select g.model, count(*)::int as n from gpus g join environments e on e.id = g.environment_id
-        where e.workspace_id = ? group by g.model`,
-      [workspaceId],
-      "all",
-      ctx,
-    );
-    const gpusPerModel = Object.fromEntries(models.map((r) => [r.model, r.n]));
+    const gpusPerModel = totals!.models;
     return {
-      gpus: models.reduce((sum, r) => sum + r.n, 0),
+      gpus: Object.values(gpusPerModel).reduce((sum, n) => sum + n, 0),
       gpusPerModel,
       environments: totals!.environments,
       cpuMillicores: Number(totals!.cpu),
@@ -173,4 +189,28 @@ export class QuotaLedger {
       volumeUsedBytes: Number(totals!.volume_used),
     };
   }
+}
+
+interface QuotaRow {
+  max_gpus: number | null;
+  max_gpus_per_model: Record<string, number>;
+  allowed_gpu_models: string[];
+  max_environments: number | null;
+  max_cpu_millicores: string | number | null;
+  max_memory_bytes: string | number | null;
+  max_storage_bytes: string | number | null;
+}
+
+interface UsageRow {
+  environments: number;
+  cpu: string;
+  memory: string;
+  storage: string;
+  volume_used: string;
+  models: Record<string, number>;
+}
+
+/** A bigint column as a number (pg hands bigints over as strings), null kept. */
+function nullableNumber(value: string | number | null): number | null {
+  return value === null ? null : Number(value);
 }

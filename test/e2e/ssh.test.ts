@@ -260,7 +260,7 @@ describe("e2e: SSH into an environment through the control plane, with OpenSSH",
 
   it("serves 20 connections to one environment at once", async () => {
     const runs = await Promise.all(Array.from({ length: 20 }, (_, i) => ssh(["user@devbox", `echo session-${i}`])));
-    runs.forEach((r, i) => assert.equal(r.stdout.trim(), `session-${i}`, r.stderr));
+    for (const [i, r] of runs.entries()) assert.equal(r.stdout.trim(), `session-${i}`, r.stderr);
   });
 
   it("records each connection in the audit trail: who, which key, how long, how many bytes", async () => {
