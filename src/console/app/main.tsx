@@ -54,12 +54,22 @@ function SignIn({ onSession, initialError }: { onSession: (s: Session) => void; 
   );
 }
 
+/** "auto" follows the system's setting; the page's colours follow data-theme. */
+function applyTheme(theme: string): void {
+  const dark = theme === "dark" || (theme === "auto" && matchMedia("(prefers-color-scheme: dark)").matches);
+  document.documentElement.dataset.theme = dark ? "dark" : "light";
+}
+
 function ThemeToggle() {
   const [theme, setTheme] = useState(localStorage.getItem("remotegpu.theme") ?? "auto");
   useEffect(() => {
-    if (theme === "auto") delete document.documentElement.dataset.theme;
-    else document.documentElement.dataset.theme = theme;
     localStorage.setItem("remotegpu.theme", theme);
+    // "System" follows the system's setting, also when it changes.
+    const system = matchMedia("(prefers-color-scheme: dark)");
+    const apply = () => applyTheme(theme);
+    apply();
+    system.addEventListener("change", apply);
+    return () => system.removeEventListener("change", apply);
   }, [theme]);
   return (
     <label class="theme">
@@ -148,4 +158,5 @@ function App() {
   );
 }
 
+applyTheme(localStorage.getItem("remotegpu.theme") ?? "auto"); // the sign-in page too
 render(<App />, document.getElementById("app")!);

@@ -82,6 +82,24 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
   });
 }
 
+/** A call made from a button: whether it is running, how it last failed, and the call itself. */
+function useAction(action: () => Promise<unknown>): [boolean, unknown, () => Promise<void>] {
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState<unknown>(undefined);
+  const run = async () => {
+    setBusy(true);
+    setError(undefined);
+    try {
+      await action();
+    } catch (err) {
+      setError(err);
+    } finally {
+      setBusy(false);
+    }
+  };
+  return [busy, error, run];
+}
+
 /** A button that asks first, in a modal dialog (keyboard: Tab between the answers, Escape to cancel). */
 export function ConfirmButton({
   label,
@@ -95,19 +113,10 @@ export function ConfirmButton({
   danger?: boolean;
 }) {
   const dialog = useRef<HTMLDialogElement>(null);
-  const [busy, setBusy] = useState(false);
-  const [error, setError] = useState<unknown>(undefined);
-  const confirm = async () => {
+  const [busy, error, run] = useAction(onConfirm);
+  const confirm = () => {
     dialog.current?.close();
-    setBusy(true);
-    setError(undefined);
-    try {
-      await onConfirm();
-    } catch (err) {
-      setError(err);
-    } finally {
-      setBusy(false);
-    }
+    void run();
   };
   return (
     <span class="confirm">
@@ -132,19 +141,7 @@ export function ConfirmButton({
 
 /** A button whose action is a call; it shows the call's error beside itself. */
 export function ActionButton({ label, action }: { label: string; action: () => Promise<unknown> }) {
-  const [busy, setBusy] = useState(false);
-  const [error, setError] = useState<unknown>(undefined);
-  const run = async () => {
-    setBusy(true);
-    setError(undefined);
-    try {
-      await action();
-    } catch (err) {
-      setError(err);
-    } finally {
-      setBusy(false);
-    }
-  };
+  const [busy, error, run] = useAction(action);
   return (
     <span class="confirm">
       <button type="button" disabled={busy} onClick={run}>
