@@ -306,8 +306,6 @@ export class AgentSession {
       this.trimBacklog();
       requests.close();
       stop.abort();
-      // Tunnels still open on it end with it: the agent reconnects, and so do their users.
-      sessions.abort();
     }
   }
 }

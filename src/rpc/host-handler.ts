@@ -21,7 +21,7 @@ import type {
 } from "../../gen/remotegpu/v1/host_pb.js";
 import { assertMaySpeakForHost } from "../auth/authenticator.js";
 import type { SshTunnels } from "../environment/ssh-tunnels.js";
-import { InvalidArgumentError, NotFoundError, PermissionDeniedError } from "../errors.js";
+import { InvalidArgumentError, NotFoundError } from "../errors.js";
 import { checkId } from "../ids.js";
 import type { AgentSessions } from "../host/agent-sessions.js";
 import type { HostPatch, HostRegistry, HostView } from "../host/host-registry.js";
@@ -69,17 +69,18 @@ export class HostHandler implements Impl {
 
   async *acceptSshTunnel(requests: AsyncIterable<AcceptSshTunnelRequest>, ctx: HandlerContext) {
     const caller = callerOf(ctx);
-    if (caller.kind !== "host") throw new PermissionDeniedError("only a host's agent accepts SSH tunnels");
+    // Only a host's agent has tunnels to accept; for anyone else (a cluster admin) there is none.
+    const hostId = caller.kind === "host" ? caller.hostId : "";
     const messages = requests[Symbol.asyncIterator]();
     const first = await messages.next();
     if (first.done) throw InvalidArgumentError.field("tunnel_id", "required in the first message");
     const tunnelId = checkId("tunnel_id", first.value.tunnelId);
-    if (!this.tunnels) throw new NotFoundError("ssh tunnel", tunnelId);
+    if (!this.tunnels || !hostId) throw new NotFoundError("ssh tunnel", tunnelId);
     const fromAgent = (async function* () {
       yield first.value;
       for (let m = await messages.next(); !m.done; m = await messages.next()) yield m.value;
     })();
-    for await (const data of this.tunnels.accept(tunnelId, caller.hostId, fromAgent)) yield { data };
+    for await (const data of this.tunnels.accept(tunnelId, hostId, fromAgent)) yield { data };
   }
 
   async createHost(req: CreateHostRequest, ctx: HandlerContext) {

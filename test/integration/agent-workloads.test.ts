@@ -287,7 +287,8 @@ http.server.ThreadingHTTPServer(("127.0.0.1", ${containerPort}), http.server.Sim
     assert.equal(await isListening(hostPort), false, "the removed port's forwarder is closed");
     assert.equal(pid(), before);
     assert.equal(events.count("env-ports", "STARTING"), 1);
-    assert.ok(events.texts("env-ports").includes(`STDOUT port=${containerPort}`));
+    // Its output is read from a file as it grows: waited for, not expected at once.
+    await events.line("env-ports", (l) => l.stream === "STDOUT" && l.text === `port=${containerPort}`, "PORT as first set");
     // The env's own PORT wins over the first port's.
     await workloads.run(spec("env-own-port", ["sh", "-c", 'echo "port=$PORT"'], { ports, env: { PORT: "7777" } }));
     await events.line("env-own-port", (l) => l.text === "port=7777", "PORT from the env");

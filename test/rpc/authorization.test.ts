@@ -97,6 +97,8 @@ const hostRules: Record<string, Rule> = {
   DrainHost: { need: "cluster", req: async (fx) => ({ id: await fx.fresh.host() }) },
   RotateHostToken: { need: "cluster", req: async (fx) => ({ hostId: await fx.fresh.host() }) },
   Heartbeat: { need: "host", req: (fx) => ({ hostId: fx.host, agentVersion: "authz" }) },
+  // No tunnel has this id: an allowed caller is told so.
+  AcceptSshTunnel: { need: "host", allowed: Code.NotFound, req: () => ({ tunnelId: "00000000-0000-4000-8000-0000000055a1" }) },
   // Allowed callers get a welcome to their hello.
   StreamHeartbeats: {
     need: "host",
@@ -200,6 +202,16 @@ const envRules: Record<string, Rule> = {
   StreamLogs: { need: "viewer", scope: obj, req: (fx) => ({ environmentId: fx.env, tailLines: 10 }) },
   WatchEnvironments: { need: "viewer", scope: ws, req: (fx) => ({ workspaceId: fx.a }) },
   ListGpuModels: { need: "member", scope: ws, req: (fx) => ({ workspaceId: fx.a }) },
+  // The shared environment is not RUNNING (no agent runs it): an allowed caller gets that far.
+  OpenSshTunnel: { need: "member", scope: obj, allowed: Code.FailedPrecondition, req: (fx) => ({ environmentId: fx.env }) },
+  AddSshKey: { need: "member", scope: obj, req: (fx) => ({ environmentId: fx.env, sshPublicKey: `ssh-ed25519 AAAAauthz${fx.n()} authz` }) },
+  // A key never added: an allowed caller finds none to remove.
+  RemoveSshKey: {
+    need: "member",
+    scope: obj,
+    allowed: Code.NotFound,
+    req: (fx) => ({ environmentId: fx.env, sshPublicKey: `ssh-ed25519 AAAAnever${fx.n()} authz` }),
+  },
 };
 
 const TABLE: [DescService, Record<string, Rule>][] = [
