@@ -9,13 +9,14 @@ import { promisify } from "node:util";
 import { execFile } from "node:child_process";
 import type { Client } from "@connectrpc/connect";
 import type { HostService, OpenSshTunnelCommand } from "@remotegpu/sdk";
-import ssh2, { type Connection, type ParsedKey, type ServerChannel } from "ssh2";
+import type { Algorithms, Connection, ParsedKey, ServerChannel } from "ssh2";
 import type { Logger } from "./logger.js";
 import { confinedSessionArgv, exportLines, GATE_ENV } from "./workload-handles.js";
 import type { SessionTarget } from "./workloads.js";
 
 const execFileP = promisify(execFile);
-const { Server, utils } = ssh2;
+/** ssh2, loaded with the first tunnel: an agent that serves none starts without it. */
+const loadSsh2 = async () => (await import("ssh2")).default;
 
 /** What a session runs: a login shell, a command, or the SFTP server. */
 type Program = { shell: true } | { command: string } | { sftp: true };
@@ -81,6 +82,7 @@ const SFTP_SERVERS = [
 export async function hostKey(dataDir: string): Promise<string> {
   const file = path.join(dataDir, "ssh_host_ed25519_key");
   const kept = await readFile(file, "utf8").catch(() => "");
+  const { utils } = await loadSsh2();
   if (kept && !(utils.parseKey(kept) instanceof Error)) return kept;
   const made = utils.generateKeyPairSync("ed25519").private;
   await writeFile(`${file}.tmp`, made, { mode: 0o600 });
@@ -111,6 +113,7 @@ export class SshServer {
     if (!target) return { ok: false, message: `environment ${environmentId} is not running on this host` };
     this.key ??= this.loadKey();
     const hostKey = await this.key;
+    const { Server, utils } = await loadSsh2();
     const keys = command.authorizedKeys.map((k) => utils.parseKey(k)).filter((k): k is ParsedKey => !(k instanceof Error));
     // What goes up to the control plane, pulled by the call: ssh2's writes wait while it is full.
     const up = new PassThrough({ objectMode: true, highWaterMark: 16 });
@@ -149,7 +152,7 @@ export class SshServer {
     })();
     // OpenSSH prefers chacha20-poly1305, which ssh2 computes in JavaScript without its optional
     // native addon (about a seventh of AES's speed here); AES runs in OpenSSL.
-    const algorithms = { cipher: { remove: "chacha20-poly1305@openssh.com" } } as unknown as ssh2.Algorithms;
+    const algorithms = { cipher: { remove: "chacha20-poly1305@openssh.com" } } as unknown as Algorithms;
     const ssh = new Server({ hostKeys: [hostKey], ident: "RemoteGPU", algorithms }, (client) => {
       // An open connection is activity (idle auto-stop), and it ends when its environment stops
       // running here (stopped, deleted, restarted as a new generation): checked every 2 s.
