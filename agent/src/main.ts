@@ -146,7 +146,11 @@ const first = await gpus.collect().catch((err: unknown) => {
   process.exit(1);
 });
 
-// Its events go up the connection built below (they only come once commands arrive through it).
+// Its events go up the connection built below; those that come before it exists (adopting what an
+// earlier agent left running reports its state) wait for it.
+let connection: AgentConnection | undefined;
+const early: ((c: AgentConnection) => void)[] = [];
+const toConnection = (send: (c: AgentConnection) => void) => (connection ? send(connection) : early.push(send));
 // Process mode confines workloads to a uid of their own only when the agent is root (it must be to
 // switch users); otherwise they run as the agent's user, which is for development only.
 const confined = values["process-mode"] && process.getuid?.() === 0;
@@ -161,7 +165,10 @@ const workloads = new Workloads({
   // Simulated GPUs stand for /dev/nvidia<index>; real ones are found through the driver.
   gpuDeviceMinors: simulated !== undefined ? new Map(first.inventory.map((g) => [g.uuid, g.index])) : nvidiaDeviceMinors(),
   containerPolicy: { pidsLimit: containerPids, capAdd },
-  events: { status: (r) => connection.status(r), logs: (id, lines) => connection.logs(id, lines) },
+  events: {
+    status: (r) => toConnection((c) => c.status(r)),
+    logs: (id, lines) => toConnection((c) => c.logs(id, lines)),
+  },
 });
 // What an earlier agent left running is taken over before the hello, which lists it.
 await workloads.recover();
@@ -186,7 +193,7 @@ const currentToken = () => {
   return token;
 };
 
-const connection = new AgentConnection({
+connection = new AgentConnection({
   servers,
   hostId: values["host-id"]!,
   token: currentToken,
@@ -203,6 +210,7 @@ const connection = new AgentConnection({
     return { inventory: result.inventory, samples: result.samples, host, time };
   },
 });
+for (const send of early.splice(0)) send(connection);
 
 // Leaving, for an upgrade or a restart, does not stop the environments: the next agent adopts them.
 const stop = new AbortController();
