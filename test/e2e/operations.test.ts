@@ -74,7 +74,14 @@ describe("e2e: docs/operations.md, every command run against a live server", fun
     const hostPort = await freePort();
     server = await startTestServer({
       clock: systemClock,
-      env: { HEARTBEAT_INTERVAL_SECONDS: "1", HOST_GRACE_SECONDS: "5", HOST_PORT_RANGE: `${hostPort}-${hostPort}` },
+      // Fleet metrics read afresh every second: an agent upgrade (an npm install with no agent running)
+      // can outlast the grace, and the metrics block must see the host back ONLINE, not a stale snapshot.
+      env: {
+        HEARTBEAT_INTERVAL_SECONDS: "1",
+        HOST_GRACE_SECONDS: "5",
+        METRICS_REFRESH_SECONDS: "1",
+        HOST_PORT_RANGE: `${hostPort}-${hostPort}`,
+      },
     });
     await writeFile(path.join(dir, "state"), "");
     env = { ...process.env, URL: server.baseUrl, TOKEN: ADMIN_TOKEN, APP_PORT: String(await freePort()), __STATE: path.join(dir, "state") };
