@@ -136,7 +136,9 @@ describe("e2e: the web console in a real browser", function () {
     assert.notEqual(await background(dark.page), await background(light.page));
     await shot(dark.page, "fleet-dark");
     await light.page.getByLabel("Theme").selectOption("dark");
-    assert.equal(await background(light.page), await background(dark.page));
+    // The choice applies in an effect, after the next paint.
+    const darkBackground = await background(dark.page);
+    await eventually("the chosen dark theme", async () => (await background(light.page)) === darkBackground);
     await light.context.close();
     await dark.context.close();
   });
