@@ -1,25 +1,21 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { createHash, timingSafeEqual } from "node:crypto";
 import { existsSync } from "node:fs";
 import { readFile, rename, writeFile } from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
-import { Duplex, PassThrough } from "node:stream";
+import { Duplex, PassThrough, type Writable } from "node:stream";
 import { promisify } from "node:util";
 import { execFile } from "node:child_process";
 import type { Client } from "@connectrpc/connect";
 import type { HostService, OpenSshTunnelCommand } from "@remotegpu/sdk";
-import type { Algorithms, Connection, ParsedKey, ServerChannel } from "ssh2";
 import type { Logger } from "./logger.js";
+import { type Program, type Pty, type SessionProgram, SFTP_IN_IMAGE, SFTP_SERVERS, serveSsh } from "./ssh-sessions.js";
 import { confinedSessionArgv, exportLines, GATE_ENV } from "./workload-handles.js";
 import type { SessionTarget } from "./workloads.js";
 
 const execFileP = promisify(execFile);
 /** ssh2, loaded with the first tunnel: an agent that serves none starts without it. */
 const loadSsh2 = async () => (await import("ssh2")).default;
-
-/** What a session runs: a login shell, a command, or the SFTP server. */
-type Program = { shell: true } | { command: string } | { sftp: true };
 
 /** What the SSH server needs of the workloads. */
 export interface SshWorkloads {
@@ -32,7 +28,7 @@ export interface SshWorkloads {
  * window sizes ("rows cols" lines) on fd 3. Python's pty module does what Node cannot without a
  * native addon; python3 is on every GPU server image we know of. Exits with the program's status.
  */
-const PTY_RELAY = `
+export const PTY_RELAY = `
 import fcntl, os, pty, select, signal, struct, sys, termios
 rows, cols, argv = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
 pid, fd = pty.fork()
@@ -70,14 +66,6 @@ while fd in watched:
 sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
 `;
 
-/** Where OpenSSH's SFTP server is found, on the host and in images. */
-const SFTP_SERVERS = [
-  "/usr/lib/openssh/sftp-server",
-  "/usr/libexec/openssh/sftp-server",
-  "/usr/lib/ssh/sftp-server",
-  "/usr/libexec/sftp-server",
-];
-
 /** The host key, made on first use and kept in the agent's data directory (made again if it does not parse). */
 export async function hostKey(dataDir: string): Promise<string> {
   const file = path.join(dataDir, "ssh_host_ed25519_key");
@@ -113,8 +101,6 @@ export class SshServer {
     if (!target) return { ok: false, message: `environment ${environmentId} is not running on this host` };
     this.key ??= this.loadKey();
     const hostKey = await this.key;
-    const { Server, utils } = await loadSsh2();
-    const keys = command.authorizedKeys.map((k) => utils.parseKey(k)).filter((k): k is ParsedKey => !(k instanceof Error));
     // What goes up to the control plane, pulled by the call: ssh2's writes wait while it is full.
     const up = new PassThrough({ objectMode: true, highWaterMark: 16 });
     async function* requests() {
@@ -150,125 +136,27 @@ export class SshServer {
         socket.destroy();
       }
     })();
-    // OpenSSH prefers chacha20-poly1305, which ssh2 computes in JavaScript without its optional
-    // native addon (about a seventh of AES's speed here); AES runs in OpenSSL.
-    const algorithms = { cipher: { remove: "chacha20-poly1305@openssh.com" } } as unknown as Algorithms;
-    const ssh = new Server({ hostKeys: [hostKey], ident: "RemoteGPU", algorithms }, (client) => {
-      // An open connection is activity (idle auto-stop), and it ends when its environment stops
-      // running here (stopped, deleted, restarted as a new generation): checked every 2 s.
-      const watch = setInterval(() => {
-        this.workloads.touch(environmentId);
-        void this.workloads.sessionTarget(environmentId).then((now) => now?.generation === target.generation || client.end());
-      }, 2000);
-      client.once("close", () => clearInterval(watch));
-      // Proving a key takes a few round trips; a client that has not in 60 s is let go.
-      const login = setTimeout(() => client.end(), 60_000);
-      this.serve(client, environmentId, target, keys, (fingerprint) => {
-        clearTimeout(login);
-        up.write({ keyFingerprint: fingerprint });
-      });
+    serveSsh(socket, {
+      ssh2: await loadSsh2(),
+      hostKey,
+      authorizedKeys: command.authorizedKeys,
+      backend: {
+        touch: () => this.workloads.touch(environmentId),
+        current: async () => (await this.workloads.sessionTarget(environmentId))?.generation === target.generation,
+        start: async (program, pty, env) => {
+          const now = await this.workloads.sessionTarget(environmentId);
+          if (now?.generation !== target.generation) throw new Error("the environment is no longer running here");
+          return fromChild(await this.spawnIn(now, program, pty, env), Boolean(pty));
+        },
+        forward: async (host, port) => {
+          const to = await this.forwardTarget(target, host, port);
+          return to && connected(net.connect(to.port, to.host));
+        },
+      },
+      accepted: (fingerprint) => up.write({ keyFingerprint: fingerprint }),
+      debug: (message, err) => this.logger.debug({ environmentId, err: String(err) }, message),
     });
-    ssh.injectSocket(socket as unknown as net.Socket);
     return { ok: true, message: "tunnel open" };
-  }
-
-  private serve(
-    client: Connection,
-    environmentId: string,
-    target: SessionTarget,
-    keys: ParsedKey[],
-    accepted: (fingerprint: string) => void,
-  ): void {
-    client.on("error", (err) => this.logger.debug({ environmentId, err: String(err) }, "ssh connection error"));
-    let attempts = 0;
-    client.on("authentication", (ctx) => {
-      // As OpenSSH's MaxAuthTries: a client that keeps guessing is let go.
-      if (++attempts > 6) {
-        client.end();
-        return;
-      }
-      if (ctx.method !== "publickey") return ctx.reject(["publickey"]);
-      const offered = ctx.key.data;
-      const key = keys.find((k) => {
-        const mine = k.getPublicSSH();
-        return mine.length === offered.length && timingSafeEqual(mine, offered);
-      });
-      if (!key) return ctx.reject(["publickey"]);
-      if (ctx.signature) {
-        if (ctx.blob === undefined || key.verify(ctx.blob, ctx.signature, ctx.hashAlgo) !== true) return ctx.reject(["publickey"]);
-        accepted(`SHA256:${createHash("sha256").update(offered).digest("base64").replace(/=+$/, "")}`);
-      }
-      ctx.accept();
-    });
-    client.on("ready", () => {
-      client.on("session", (acceptSession) => {
-        const session = acceptSession();
-        let pty: { rows: number; cols: number; term: string } | undefined;
-        let resize: ((rows: number, cols: number) => void) | undefined;
-        const env: Record<string, string> = {};
-        session.on("pty", (accept, _reject, info) => {
-          // ssh2 passes the TERM the client sent, which its types leave out.
-          pty = { rows: info.rows || 24, cols: info.cols || 80, term: (info as { term?: string }).term || "xterm" };
-          accept?.();
-        });
-        session.on("window-change", (accept, _reject, info) => {
-          resize?.(info.rows, info.cols);
-          accept?.();
-        });
-        session.on("env", (accept, reject, info) => {
-          if (/^(LANG|LC_[A-Z]+|COLORTERM)$/.test(info.key)) {
-            env[info.key] = info.val;
-            accept?.();
-          } else reject?.();
-        });
-        // Each program starts from the environment as it is now: one that stopped starts nothing.
-        const start = (channel: ServerChannel, program: Program, withPty: typeof pty) => {
-          void this.workloads
-            .sessionTarget(environmentId)
-            .then((now) => {
-              if (now?.generation !== target.generation) throw new Error("the environment is no longer running here");
-              return this.spawnIn(now, program, withPty, env);
-            })
-            .then((child) => {
-              const control = child.stdio[3] as NodeJS.WritableStream | null;
-              control?.on("error", () => undefined); // the relay may be gone before a late window change
-              resize = (rows, cols) => control?.writable && control.write(`${rows} ${cols}\n`);
-              relay(child, channel, Boolean(withPty));
-            })
-            .catch((err: Error) => {
-              channel.stderr.write(`remotegpu: ${err.message}\n`);
-              channel.exit(1);
-              channel.end();
-            });
-        };
-        session.on("shell", (accept) => start(accept(), { shell: true }, pty));
-        session.on("exec", (accept, _reject, info) => start(accept(), { command: info.command }, pty));
-        session.on("subsystem", (accept, reject, info) => {
-          if (info.name !== "sftp") return reject();
-          start(accept(), { sftp: true }, undefined);
-        });
-        session.on("auth-agent", (_accept, reject) => reject?.());
-        session.on("x11", (_accept, reject) => reject?.());
-      });
-      client.on("tcpip", (accept, reject, info) => {
-        void this.workloads
-          .sessionTarget(environmentId)
-          .then((now) => (now?.generation === target.generation ? this.forwardTarget(now, info.destIP, info.destPort) : undefined))
-          .then((to) => {
-            if (!to) return reject();
-            const remote = net.connect(to.port, to.host);
-            remote.once("connect", () => {
-              const channel = accept();
-              channel.pipe(remote).pipe(channel);
-              channel.on("close", () => remote.destroy());
-              remote.on("close", () => channel.close());
-            });
-            remote.once("error", () => reject());
-          });
-      });
-      // Remote forwarding (ssh -R) would open a port on the host: refused.
-      client.on("request", (_accept, reject) => reject?.());
-    });
   }
 
   /**
@@ -276,12 +164,7 @@ export class SshServer {
    * sftp-server, on a pty when asked. In process mode it runs confined as the workload is (its
    * uid, its limits, its cgroups, entered before any of it runs); in a container through exec.
    */
-  private async spawnIn(
-    target: SessionTarget,
-    program: Program,
-    pty: { rows: number; cols: number; term: string } | undefined,
-    env: Record<string, string>,
-  ): Promise<ChildProcess> {
+  private async spawnIn(target: SessionTarget, program: Program, pty: Pty | undefined, env: Record<string, string>): Promise<ChildProcess> {
     const term: Record<string, string> = pty ? { TERM: pty.term } : {};
     let argv: string[];
     let options: Parameters<typeof spawn>[2] = {};
@@ -301,13 +184,7 @@ export class SshServer {
     } else {
       const vars = Object.entries({ ...env, ...term }).flatMap(([k, v]) => ["-e", `${k}=${v}`]);
       const inside =
-        "sftp" in program
-          ? [
-              "/bin/sh",
-              "-c",
-              `for p in ${SFTP_SERVERS.join(" ")}; do [ -x "$p" ] && exec "$p"; done; echo "no sftp-server in this image" >&2; exit 127`,
-            ]
-          : ["/bin/sh", ...("shell" in program ? ["-l"] : ["-c", program.command])];
+        "sftp" in program ? ["/bin/sh", "-c", SFTP_IN_IMAGE] : ["/bin/sh", ...("shell" in program ? ["-l"] : ["-c", program.command])];
       argv = [target.engine, "exec", "-i", ...(pty ? ["-t"] : []), ...vars, target.name, ...inside];
       if (pty) argv = ["python3", "-c", PTY_RELAY, String(pty.rows), String(pty.cols), ...argv];
     }
@@ -348,44 +225,34 @@ export class SshServer {
   }
 }
 
-/** Joins a session's program to its channel: input, output, errors, the exit status, and the end. */
-function relay(child: ChildProcess, channel: ServerChannel, pty: boolean): void {
-  child.stdout!.pipe(channel, { end: false });
-  if (pty) child.stderr!.pipe(channel, { end: false });
-  else child.stderr!.pipe(channel.stderr, { end: false });
-  channel.pipe(child.stdin!);
-  child.stdin!.on("error", () => undefined);
-  let outputs = 2;
-  let exit: { code: number | null; signal: NodeJS.Signals | null } | undefined;
-  const finish = () => {
-    if (outputs > 0 || !exit) return;
-    if (exit.code !== null) channel.exit(exit.code);
-    else channel.exit(exit.signal?.replace(/^SIG/, "") ?? "KILL", false, "");
-    channel.end();
+/** A session's program as a child process: a pty relay's window sizes go to its fd 3. */
+function fromChild(child: ChildProcess, pty: boolean): SessionProgram {
+  const control = pty ? (child.stdio[3] as Writable) : undefined;
+  control?.on("error", () => undefined); // the relay may be gone before a late window change
+  return {
+    stdin: child.stdin!,
+    stdout: child.stdout!,
+    stderr: child.stderr!,
+    resize: (rows, cols) => control?.writable && control.write(`${rows} ${cols}\n`),
+    exited: new Promise((resolve) => {
+      child.once("exit", (code, signal) => resolve(code !== null ? { code } : { signal: (signal ?? "KILL").replace(/^SIG/, "") }));
+      child.once("error", () => resolve({ code: 127 }));
+    }),
+    // Its process group: what the session started goes with it.
+    hangUp: () => {
+      try {
+        if (child.pid !== undefined) process.kill(-child.pid, "SIGHUP");
+      } catch {
+        // already gone
+      }
+    },
   };
-  for (const s of [child.stdout!, child.stderr!]) {
-    s.once("end", () => {
-      outputs--;
-      finish();
-    });
-  }
-  child.once("exit", (code, signal) => {
-    exit = { code, signal };
-    finish();
-  });
-  child.once("error", (err) => {
-    channel.stderr.write(`${err.message}\n`);
-    exit = { code: 127, signal: null };
-    outputs = 0;
-    finish();
-  });
-  // The client went away: what it started goes too (its process group).
-  channel.once("close", () => {
-    if (exit || child.pid === undefined) return;
-    try {
-      process.kill(-child.pid, "SIGHUP");
-    } catch {
-      // already gone
-    }
+}
+
+/** The socket once connected, or nothing if it cannot connect. */
+function connected(socket: net.Socket): Promise<net.Socket | undefined> {
+  return new Promise((resolve) => {
+    socket.once("connect", () => resolve(socket));
+    socket.once("error", () => resolve(undefined));
   });
 }
