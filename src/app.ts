@@ -36,6 +36,7 @@ import { HostHandler, type WorkloadReports } from "./rpc/host-handler.js";
 import { audit, authenticate, authorizeCall, observe, traceCalls } from "./rpc/interceptors.js";
 import { consoleFiles } from "./console/console-files.js";
 import { GpuModels } from "./gpu/gpu-models.js";
+import { SshRelay } from "./environment/ssh-relay.js";
 import { SshTunnels } from "./environment/ssh-tunnels.js";
 import { MetricsEndpoint } from "./rpc/metrics-endpoint.js";
 import { FleetMetrics } from "./telemetry/fleet-metrics.js";
@@ -47,6 +48,8 @@ import { RpcServer } from "./rpc/server.js";
 import { WorkspaceHandler } from "./rpc/workspace-handler.js";
 import { AgentRuntime } from "./runtime/agent-runtime.js";
 import { KubernetesRuntime } from "./runtime/kubernetes-runtime.js";
+import { KubernetesSsh } from "./runtime/kubernetes-ssh.js";
+import { sharedHostKey } from "./runtime/ssh-host-key.js";
 import { LocalObjectStore } from "./storage/local-object-store.js";
 import { S3ObjectStore } from "./storage/s3-object-store.js";
 import { WorkspaceFiles } from "./storage/workspace-files.js";
@@ -183,14 +186,11 @@ async function compose(config: Config, database: Database, tls: Tls | undefined,
     logs: async (hostId, environmentId, lines) => void (await environmentLogs.append(hostId, environmentId, lines)),
     traffic: (environmentId, time) => activity.portTraffic(environmentId, time),
   };
+  const kc = config.kubernetes && kubeConfig(config.kubernetes.kubeconfig);
   const kubernetes =
     config.kubernetes &&
-    new KubernetesRuntime(
-      kubeConfig(config.kubernetes.kubeconfig),
-      config.kubernetes,
-      { ...workloads, lastLog: (id) => environmentLogs.lastLine(id, "STDOUT") },
-      logger,
-    );
+    kc &&
+    new KubernetesRuntime(kc, config.kubernetes, { ...workloads, lastLog: (id) => environmentLogs.lastLine(id, "STDOUT") }, logger);
   const reconcilerOptions = {
     onFailed: () => metrics.environmentsFailed.inc(),
     startTimeoutMs: config.environmentStartTimeoutSeconds * 1000,
@@ -202,7 +202,6 @@ async function compose(config: Config, database: Database, tls: Tls | undefined,
   const isLeader = () => leader.check();
   // Matching Kubernetes nodes become hosts by themselves; the leader alone watches them.
   const selector = config.kubernetes?.nodeSelector;
-  const kc = config.kubernetes && selector ? kubeConfig(config.kubernetes.kubeconfig) : undefined;
   const nodeHosts =
     kc && selector
       ? new NodeHosts((listener) => new KubeNodeWatch(kc, selector, listener, logger), orm, clock, hosts, isLeader, logger, { selector })
@@ -245,11 +244,31 @@ async function compose(config: Config, database: Database, tls: Tls | undefined,
   );
   const busConnected = events instanceof RedisClusterEvents ? () => events.connected : () => true;
   const metricsEndpoint = new MetricsEndpoint(metrics, fleet, { agents, leader, busConnected }, logger, config.metricsToken);
-  const tunnels = new SshTunnels(environments, agents, auditTrail, clock, logger, {
-    perEnvironment: config.sshMaxPerEnvironment,
-    perToken: config.sshMaxPerToken,
-    answerMs: 10_000,
-  });
+  const tunnels = new SshTunnels(
+    environments,
+    agents,
+    auditTrail,
+    clock,
+    logger,
+    {
+      perEnvironment: config.sshMaxPerEnvironment,
+      perToken: config.sshMaxPerToken,
+      answerMs: 10_000,
+    },
+    redis && new SshRelay(redis, config.redisKeyPrefix),
+    kc &&
+      kubernetes &&
+      new KubernetesSsh(
+        kc,
+        kubernetes,
+        async () => {
+          const { utils } = (await import("ssh2")).default;
+          return sharedHostKey(orm, "control-plane", () => utils.generateKeyPairSync("ed25519").private);
+        },
+        (environmentId) => activity.portTraffic(environmentId, clock.now()),
+        logger,
+      ),
+  );
   const handlers = {
     hosts: new HostHandler(hosts, agents, clock, config.heartbeatIntervalSeconds * 1000, logger, workloads, metrics.heartbeatAck, tunnels),
     gpus: new GpuHandler(inventory, allocator, history, live, clock, samples),
@@ -297,6 +316,7 @@ async function compose(config: Config, database: Database, tls: Tls | undefined,
       lifetime.abort();
       kubernetes?.close();
       health.shutdown();
+      tunnels.shutdown();
       agents.shutdown();
       await server.close(config.shutdownTimeoutSeconds * 1000);
       await rounds;

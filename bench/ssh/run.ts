@@ -77,20 +77,26 @@ const db = await createTestDatabase();
 const port = await freePort();
 const first = await publishablePorts(4);
 const dataDir = await agentTempDir("remotegpu-bench-ssh-agent-");
-const server = spawnServer(
+// Two replicas sharing Redis: the agent connects to the first; the relayed row reaches it through the second.
+const replicaPort = await freePort();
+const replicaEnv = (listen: number, dir: string) =>
   serverEnv({
     DATABASE_URL: db.url,
-    PORT: String(port),
+    PORT: String(listen),
     BIND_ADDRESS: "127.0.0.1",
     REMOTEGPU_ADMIN_TOKEN: ADMIN,
-    DATA_DIR: path.join(work, "server"),
+    DATA_DIR: path.join(work, dir),
     HEARTBEAT_INTERVAL_SECONDS: "1",
     HOST_PORT_RANGE: `${first}-${first + 3}`,
-  }),
-);
+    REDIS_URL: process.env.TEST_REDIS_URL ?? "redis://127.0.0.1:6379",
+    REDIS_KEY_PREFIX: `remotegpu-bench-ssh-${process.pid}:`,
+  });
+const server = spawnServer(replicaEnv(port, "server"));
+const replica = spawnServer(replicaEnv(replicaPort, "replica"));
 let agent: ReturnType<typeof spawn> | undefined;
 try {
   await server.listening(30_000);
+  await replica.listening(30_000);
   const baseUrl = `http://127.0.0.1:${port}`;
   const client = createRemoteGpuClient({ baseUrl, token: ADMIN });
   const { host, agentToken } = await client.hosts.createHost({ name: "bench-ssh", address: "127.0.0.1" });
@@ -132,6 +138,7 @@ try {
     "UserKnownHostsFile=/dev/null",
   ];
   const tunnel = [...common, "-o", `ProxyCommand=${CLI} --url ${baseUrl} ssh --stdio %h`];
+  const relayed = [...common, "-o", `ProxyCommand=${CLI} --url http://127.0.0.1:${replicaPort} ssh --stdio %h`];
   const local = [...common, "-P", String(sshdPort)];
   const volume = path.join(dataDir, "environments", environment!.id, "volume");
 
@@ -153,12 +160,18 @@ try {
   const rate = (s: number) => mib / s;
   const rows: string[] = [];
   // Twice each, alternating, the better of the two kept: the machine is shared.
-  const best = { tunnel: { up: Infinity, down: Infinity }, sshd: { up: Infinity, down: Infinity } };
+  const best = {
+    tunnel: { up: Infinity, down: Infinity },
+    relayed: { up: Infinity, down: Infinity },
+    sshd: { up: Infinity, down: Infinity },
+  };
   for (let round = 0; round < 2; round++) {
     const viaTunnel = await time(tunnel, `user@${environment!.id}`, "payload.bin");
+    const viaReplica = await time(relayed, `user@${environment!.id}`, "payload.bin");
     const viaSshd = await time(local, "root@127.0.0.1", path.join(work, "copied.bin"));
     for (const [k, v] of [
       ["tunnel", viaTunnel],
+      ["relayed", viaReplica],
       ["sshd", viaSshd],
     ] as const) {
       best[k].up = Math.min(best[k].up, v.up);
@@ -170,6 +183,12 @@ try {
   rows.push(`| local sshd (baseline) | ${rate(best.sshd.up).toFixed(0)} | ${rate(best.sshd.down).toFixed(0)} |`);
   rows.push(`| RemoteGPU tunnel | ${rate(best.tunnel.up).toFixed(0)} | ${rate(best.tunnel.down).toFixed(0)} |`);
   rows.push(`| ratio tunnel / sshd | ${(best.sshd.up / best.tunnel.up).toFixed(2)} | ${(best.sshd.down / best.tunnel.down).toFixed(2)} |`);
+  rows.push(
+    `| tunnel through a second replica (Redis relay) | ${rate(best.relayed.up).toFixed(0)} | ${rate(best.relayed.down).toFixed(0)} |`,
+  );
+  rows.push(
+    `| ratio relayed / sshd | ${(best.sshd.up / best.relayed.up).toFixed(2)} | ${(best.sshd.down / best.relayed.down).toFixed(2)} |`,
+  );
   console.log(`scp of ${mib} MiB, the better of two runs each, both ways (times include connecting)\n`);
   console.log(rows.join("\n"));
 } catch (err) {
@@ -179,6 +198,7 @@ try {
   agent?.kill("SIGKILL");
   sshd.kill();
   await server.kill();
+  await replica.kill();
   await db.drop();
   await rm(work, { recursive: true, force: true });
   await rm(dataDir, { recursive: true, force: true });

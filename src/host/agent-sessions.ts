@@ -333,6 +333,11 @@ export class AgentSessions {
     return this.live.size;
   }
 
+  /** Whether this replica holds the host's agent stream. */
+  holds(hostId: string): boolean {
+    return this.live.has(hostId);
+  }
+
   /** Ids of the hosts whose agent streams are open here. */
   heldHosts(): Iterable<string> {
     return this.live.keys();

@@ -80,7 +80,7 @@ export class HostHandler implements Impl {
       yield first.value;
       for (let m = await messages.next(); !m.done; m = await messages.next()) yield m.value;
     })();
-    for await (const data of this.tunnels.accept(tunnelId, hostId, fromAgent)) yield { data };
+    for await (const data of await this.tunnels.accept(tunnelId, hostId, fromAgent, ctx.signal)) yield { data };
   }
 
   async createHost(req: CreateHostRequest, ctx: HandlerContext) {

@@ -254,6 +254,19 @@ export class KubernetesRuntime implements Runtime {
       });
   }
 
+  /**
+   * The environment's pod of `generation` while it runs (as the pod watch last saw it, so asking
+   * costs no API call), for SSH sessions in it.
+   */
+  runningPod(environmentId: string, generation: number): { namespace: string; name: string } | undefined {
+    for (const [key, pod] of this.known) {
+      if (!key.startsWith(`${environmentId}/`) || generationOf(pod) !== generation) continue;
+      if (pod.status?.phase !== "Running" || pod.metadata?.deletionTimestamp) continue;
+      return { namespace: pod.metadata!.namespace!, name: pod.metadata!.name! };
+    }
+    return undefined;
+  }
+
   /** The environment's namespace: every object of it lives there, so nothing is looked for elsewhere. */
   private namespaceFor(environmentId: string, workspaceId: string | undefined): string {
     if (!workspaceId) throw new Error(`the Kubernetes runtime needs the workspace of environment ${environmentId}`);

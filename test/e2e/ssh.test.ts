@@ -4,6 +4,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
+import { Redis } from "ioredis";
 import { EnvironmentService, EnvironmentStatus } from "../../gen/remotegpu/v1/environment_pb.js";
 import { GpuService } from "../../gen/remotegpu/v1/gpu_pb.js";
 import { HostService } from "../../gen/remotegpu/v1/host_pb.js";
@@ -17,6 +18,7 @@ import { startTestServer, type TestServer } from "../support/server.js";
 // SSH into an environment with Debian's OpenSSH client, through the control plane: the CLI's
 // `ssh --stdio` as ProxyCommand, the agent serving SSH for an environment it runs as processes.
 const CLI = path.join(ROOT, "bin/remotegpu");
+const REDIS_URL = process.env.TEST_REDIS_URL ?? "redis://127.0.0.1:6379";
 
 interface Run {
   code: number | null;
@@ -45,10 +47,13 @@ describe("e2e: SSH into an environment through the control plane, with OpenSSH",
   let keys: string;
   let env: { id: string; port: number };
   let workspaceId: string;
-  let tokens: { member: string; viewer: string; stranger: string };
+  let tokens: { member: string; member2: string; viewer: string; stranger: string };
+  /** Both replicas share the database and Redis: commands and tunnels reach the agent from either. */
+  const cluster = { REDIS_URL, REDIS_KEY_PREFIX: `remotegpu-ssh-${randomBytes(4).toString("hex")}:` };
+  let replica: TestServer | undefined;
 
   /** ssh's options: this test's key, no config or known hosts of the user, the CLI as ProxyCommand. */
-  const sshOptions = (key: string) => [
+  const sshOptions = (key: string, url = server.baseUrl) => [
     "-F",
     "/dev/null",
     "-i",
@@ -64,10 +69,10 @@ describe("e2e: SSH into an environment through the control plane, with OpenSSH",
     "-o",
     "LogLevel=ERROR",
     "-o",
-    `ProxyCommand=${CLI} --url ${server.baseUrl} ssh --stdio %h`,
+    `ProxyCommand=${CLI} --url ${url} ssh --stdio %h`,
   ];
-  const ssh = (args: string[], o: { token?: string; key?: string; input?: string } = {}) =>
-    run("ssh", [...sshOptions(o.key ?? path.join(keys, "id")), ...args], { REMOTEGPU_TOKEN: o.token ?? tokens.member }, o.input);
+  const ssh = (args: string[], o: { token?: string; key?: string; input?: string; url?: string } = {}) =>
+    run("ssh", [...sshOptions(o.key ?? path.join(keys, "id"), o.url), ...args], { REMOTEGPU_TOKEN: o.token ?? tokens.member }, o.input);
 
   before(async () => {
     keys = await mkdtemp(path.join(tmpdir(), "remotegpu-ssh-keys-"));
@@ -79,7 +84,7 @@ describe("e2e: SSH into an environment through the control plane, with OpenSSH",
     const first = await publishablePorts(10);
     server = await startTestServer({
       clock: systemClock,
-      env: { HEARTBEAT_INTERVAL_SECONDS: "1", HOST_GRACE_SECONDS: "5", HOST_PORT_RANGE: `${first}-${first + 9}` },
+      env: { HEARTBEAT_INTERVAL_SECONDS: "1", HOST_GRACE_SECONDS: "5", HOST_PORT_RANGE: `${first}-${first + 9}`, ...cluster },
     });
     const { host, agentToken } = await server.client(HostService).createHost({ name: "ssh-box", address: "127.0.0.1" });
     agent = spawn(
@@ -100,6 +105,7 @@ describe("e2e: SSH into an environment through the control plane, with OpenSSH",
       (await workspaces.createApiToken({ workspaceId: ws, name, role })).secret;
     tokens = {
       member: await token(workspaceId, ApiTokenRole.MEMBER, "alice"),
+      member2: await token(workspaceId, ApiTokenRole.MEMBER, "carol"),
       viewer: await token(workspaceId, ApiTokenRole.VIEWER, "bob"),
       stranger: await token(other, ApiTokenRole.ADMIN, "mallory"),
     };
@@ -127,7 +133,11 @@ describe("e2e: SSH into an environment through the control plane, with OpenSSH",
   after(async () => {
     agent?.kill("SIGKILL");
     containerAgent?.kill("SIGKILL");
+    await replica?.close();
     await server?.close();
+    const redis = new Redis(REDIS_URL);
+    await redis.del(`${cluster.REDIS_KEY_PREFIX}latest`);
+    redis.disconnect();
     await rm(dataDir, { recursive: true, force: true });
     await rm(keys, { recursive: true, force: true });
   });
@@ -283,6 +293,56 @@ describe("e2e: SSH into an environment through the control plane, with OpenSSH",
     );
   });
 
+  it("reaches the environment through a replica that does not hold its agent's stream", async () => {
+    replica = await startTestServer({
+      db: server.db,
+      clock: systemClock,
+      env: { ...cluster, SSH_MAX_CONNECTIONS_PER_ENVIRONMENT: "3", SSH_MAX_CONNECTIONS_PER_TOKEN: "2" },
+    });
+    const url = replica.baseUrl;
+    const exec = await ssh(["user@devbox", "echo relayed; exit 5"], { url });
+    assert.equal(exec.code, 5, exec.stderr);
+    assert.equal(exec.stdout.trim(), "relayed");
+
+    // 16 MiB each way: many times the relay's window of unread chunks.
+    const local = path.join(keys, "relayed.bin");
+    const data = randomBytes(16 << 20);
+    await writeFile(local, data);
+    const scp = (from: string, to: string) =>
+      run("scp", [...sshOptions(path.join(keys, "id"), url), "-q", from, to], { REMOTEGPU_TOKEN: tokens.member });
+    const up = await scp(local, "user@devbox:relayed.bin");
+    assert.equal(up.code, 0, up.stderr);
+    const down = await scp("user@devbox:relayed.bin", `${local}.back`);
+    assert.equal(down.code, 0, down.stderr);
+    assert.ok(data.equals(await readFile(`${local}.back`)), "the file came back unchanged");
+  });
+
+  it("limits connections per token and per environment, and a replica shutting down ends its tunnels with unavailable", async () => {
+    assert.ok(replica, "the replica of the test before");
+    const url = replica.baseUrl;
+    const sleeping = [ssh(["user@devbox", "sleep 60"], { url }), ssh(["user@devbox", "sleep 60"], { url })];
+    await new Promise((r) => setTimeout(r, 2000));
+    const tokenFull = await ssh(["user@devbox", "true"], { url });
+    assert.equal(tokenFull.code, 255);
+    assert.match(tokenFull.stderr, /resource_exhausted: this token has 2 SSH connections open/);
+    sleeping.push(ssh(["user@devbox", "sleep 60"], { url, token: tokens.member2 }));
+    await new Promise((r) => setTimeout(r, 2000));
+    const environmentFull = await ssh(["user@devbox", "true"], { url, token: tokens.member2 });
+    assert.equal(environmentFull.code, 255);
+    assert.match(environmentFull.stderr, /resource_exhausted: environment \S+ has 3 SSH connections open/);
+    // The limits hold per replica: the first one still lets this token in.
+    assert.equal((await ssh(["user@devbox", "true"])).code, 0);
+
+    const closing = Date.now();
+    await replica.close();
+    replica = undefined;
+    for (const ended of await Promise.all(sleeping)) {
+      assert.equal(ended.code, 255);
+      assert.match(ended.stderr, /remotegpu: unavailable: the server is shutting down/);
+    }
+    assert.ok(Date.now() - closing < 20_000, "the sessions ended with the replica");
+  });
+
   it("does the same in a podman container: exec, a pty, scp, and ssh -L to a port of the container", async () => {
     await preparePodman();
     const hosts = server.client(HostService);
@@ -375,5 +435,20 @@ describe("e2e: SSH into an environment through the control plane, with OpenSSH",
       containerAgent.kill("SIGTERM");
       await rm(containerDir, { recursive: true, force: true });
     }
+  });
+
+  it("ends a session whose agent goes away, saying so", async () => {
+    const envs = server.client(EnvironmentService, { token: tokens.member });
+    await envs.startEnvironment({ id: env.id });
+    await eventually(
+      "devbox RUNNING again",
+      async () => (await envs.getEnvironment({ id: env.id })).environment!.status === EnvironmentStatus.RUNNING,
+    );
+    const open = ssh(["user@devbox", "sleep 60"]);
+    await eventually("the session", async () => (await run("pgrep", ["-f", "^sleep 60$"], {})).code === 0);
+    agent!.kill("SIGKILL");
+    const ended = await open;
+    assert.equal(ended.code, 255);
+    assert.match(ended.stderr, /remotegpu: unavailable: the agent of host \S+ went away; the SSH connection is lost/);
   });
 });

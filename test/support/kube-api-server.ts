@@ -1,16 +1,24 @@
+import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes, randomUUID } from "node:crypto";
+import { mkdirSync } from "node:fs";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import http from "node:http";
-import type { AddressInfo } from "node:net";
-import { tmpdir } from "node:os";
+import net, { type AddressInfo } from "node:net";
+import { constants, tmpdir } from "node:os";
 import path from "node:path";
+import type { Duplex, Writable } from "node:stream";
 import { KubeConfig } from "@kubernetes/client-node";
+import { type WebSocket, WebSocketServer } from "ws";
+import { PTY_RELAY } from "../../agent/src/ssh-server.js";
 
 /**
  * A Kubernetes API test server: plain HTTP + JSON on the real REST paths, enough for the unmodified
  * @kubernetes/client-node (CoreV1Api, NetworkingV1Api, Watch, Log) to run against it through a
  * kubeconfig. No cluster can run on these machines; this stands in for one in integration tests.
  * Objects live in memory; nothing is scheduled or run: tests drive pods with `setPodPhase`.
+ * Exec and port-forward speak the real WebSocket channel protocol, and a Running pod's "container"
+ * is this machine: exec runs the command here (in a directory of the pod's, with its container's
+ * env; on a pty through python3 when tty=true), and port-forward connects to 127.0.0.1.
  */
 
 // Kubernetes objects are open-ended JSON; a test fake reads and writes them loosely.
@@ -287,7 +295,17 @@ export class KubeApiTestServer {
   readonly requests: { method: string; path: string; query: string }[] = [];
   url = "";
   kubeconfigPath = "";
-  private readonly server = http.createServer((req, res) => void this.handle(req, res));
+  /** Exec and port-forward sessions opened, in order. */
+  readonly sessions: { kind: "exec" | "portforward"; pod: string; protocol: string; command?: string[]; tty?: boolean; port?: number }[] =
+    [];
+  /** Terminal sizes received on exec resize channels, in order. */
+  readonly resizes: { rows: number; cols: number }[] = [];
+  private readonly server = http
+    .createServer((req, res) => void this.handle(req, res))
+    .on("upgrade", (req, socket, head) => this.upgrade(req, socket, head));
+  // client-node offers v5.channel.k8s.io first (stdin can be closed), as kubectl does; the first is taken.
+  private readonly sockets = new WebSocketServer({ noServer: true, handleProtocols: (offered) => [...offered][0] ?? false });
+  private readonly children = new Set<ChildProcess>();
   private readonly objects = new Map<string, KubeObject>();
   private readonly logs = new Map<string, LogLine[]>();
   private readonly watchers = new Set<Watcher>();
@@ -359,6 +377,8 @@ export class KubeApiTestServer {
   /** The API server becomes unreachable: open connections are cut and new ones refused. */
   async down(): Promise<void> {
     if (!this.server.listening) return;
+    for (const ws of this.sockets.clients) ws.terminate();
+    for (const child of this.children) killGroup(child);
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
     this.server.closeAllConnections();
     await closed;
@@ -802,6 +822,150 @@ export class KubeApiTestServer {
     }
   }
 
+  /** Exec and port-forward: a WebSocket upgrade of GET .../pods/NAME/exec or /portforward. */
+  private upgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer): void {
+    const refused = this.openStream(req, socket, head);
+    if (!refused) return;
+    const body = JSON.stringify(refused.toStatus());
+    socket.end(
+      `HTTP/1.1 ${refused.code} ${refused.reason}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
+    );
+  }
+
+  /** Upgrades to an exec or a port-forward, or says why not. */
+  private openStream(req: http.IncomingMessage, socket: Duplex, head: Buffer): StatusError | undefined {
+    const url = new URL(req.url ?? "/", this.url);
+    this.requests.push({ method: req.method ?? "GET", path: url.pathname, query: url.search });
+    if (req.headers.authorization !== `Bearer ${this.token}`) return new StatusError(401, "Unauthorized", "Unauthorized");
+    const m = /^\/api\/v1\/namespaces\/([^/]+)\/pods\/([^/]+)\/(exec|portforward)$/.exec(url.pathname);
+    if (!m) return new StatusError(404, "NotFound", "the server could not find the requested resource");
+    const [, namespace, name, kind] = m as unknown as [string, string, string, "exec" | "portforward"];
+    const pod = this.objects.get(this.key(resourceFor("pods"), namespace, name));
+    if (!pod) return notFound(resourceFor("pods"), name);
+    if (pod.status?.phase !== "Running") {
+      return new StatusError(400, "BadRequest", `unable to upgrade connection: pod ${name} is not running`);
+    }
+    const q = url.searchParams;
+    const container = (pod.spec.containers as KubeObject[]).find((c) => c.name === (q.get("container") ?? pod.spec.containers[0].name));
+    if (kind === "exec" && !container) {
+      return new StatusError(400, "BadRequest", `container ${q.get("container")} is not valid for pod ${name}`);
+    }
+    const port = Number(q.get("ports"));
+    if (kind === "portforward" && !(Number.isInteger(port) && port > 0 && port < 65536)) {
+      return new StatusError(400, "BadRequest", "invalid port");
+    }
+    this.sockets.handleUpgrade(req, socket, head, (ws) => {
+      const session = { kind, pod: `${namespace}/${name}`, protocol: ws.protocol };
+      if (kind === "portforward") {
+        this.sessions.push({ ...session, port });
+        return this.portForward(ws, port);
+      }
+      const command = q.getAll("command");
+      const tty = q.get("tty") === "true";
+      this.sessions.push({ ...session, command, tty });
+      const env = Object.fromEntries(
+        ((container!.env ?? []) as KubeObject[]).filter((e) => typeof e.value === "string").map((e) => [e.name, e.value]),
+      );
+      const dir = path.join(this.dir, "pods", namespace, name);
+      mkdirSync(dir, { recursive: true });
+      this.exec(ws, command, tty, { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: dir, ...env }, dir);
+    });
+    return undefined;
+  }
+
+  /**
+   * Runs an exec's command here. Channels: 0 stdin, 1 stdout, 2 stderr, 3 the final Status, 4
+   * terminal sizes; on v5, 255 closes stdin. With a TTY the command starts on the first size (or
+   * after a second without one) and later sizes resize its pty.
+   */
+  private exec(ws: WebSocket, command: string[], tty: boolean, env: Record<string, string>, cwd: string): void {
+    const send = (channel: number, data: Buffer | string) => {
+      if (ws.readyState === ws.OPEN) ws.send(Buffer.concat([Buffer.from([channel]), Buffer.from(data)]));
+    };
+    const finish = (status: KubeObject) => {
+      send(3, JSON.stringify({ metadata: {}, ...status }));
+      ws.close(1000);
+    };
+    let child: ChildProcess | undefined;
+    const early: Buffer[] = [];
+    let stdinClosed = false;
+    const start = (rows = 24, cols = 80) => {
+      const argv = tty ? ["python3", "-c", PTY_RELAY, String(rows), String(cols), ...command] : command;
+      const started = spawn(argv[0]!, argv.slice(1), {
+        cwd,
+        env,
+        detached: true,
+        stdio: ["pipe", "pipe", "pipe", tty ? "pipe" : "ignore"],
+      });
+      child = started;
+      this.children.add(started);
+      started.stdout!.on("data", (d: Buffer) => send(1, d));
+      started.stderr!.on("data", (d: Buffer) => send(tty ? 1 : 2, d));
+      started.stdin!.on("error", () => undefined);
+      started.stdio[3]?.on("error", () => undefined);
+      for (const chunk of early) started.stdin!.write(chunk);
+      if (stdinClosed) started.stdin!.end();
+      started.once("error", (err) => {
+        this.children.delete(started);
+        finish({ status: "Failure", reason: "InternalError", message: `exec failed: ${err.message}` });
+      });
+      started.once("close", (code, signal) => {
+        this.children.delete(started);
+        const status = code ?? 128 + (signal ? constants.signals[signal] : 0);
+        if (status === 0) return finish({ status: "Success" });
+        finish({
+          status: "Failure",
+          message: `command terminated with non-zero exit code: exit status ${status}`,
+          reason: "NonZeroExitCode",
+          details: { causes: [{ reason: "ExitCode", message: String(status) }] },
+        });
+      });
+    };
+    ws.on("message", (data: Buffer) => {
+      const body = data.subarray(1);
+      if (data[0] === 0) {
+        if (child) child.stdin!.write(body);
+        else early.push(body);
+      } else if (data[0] === 4) {
+        const size = JSON.parse(body.toString()) as { Width?: number; Height?: number; width?: number; height?: number };
+        const rows = size.Height ?? size.height ?? 24;
+        const cols = size.Width ?? size.width ?? 80;
+        this.resizes.push({ rows, cols });
+        if (!child) start(rows, cols);
+        else (child.stdio[3] as Writable | null)?.write(`${rows} ${cols}\n`);
+      } else if (data[0] === 255 && body[0] === 0) {
+        stdinClosed = true;
+        child?.stdin?.end();
+      }
+    });
+    ws.on("close", () => child && child.exitCode === null && killGroup(child));
+    if (!tty) start();
+    else setTimeout(() => child ?? start(), 1000);
+  }
+
+  /** Port-forward of one port: channel 0 carries its data, 1 its errors; each starts with the port (2 bytes, little-endian). */
+  private portForward(ws: WebSocket, port: number): void {
+    const prefix = Buffer.alloc(2);
+    prefix.writeUInt16LE(port);
+    const send = (channel: number, data: Buffer) => {
+      if (ws.readyState === ws.OPEN) ws.send(Buffer.concat([Buffer.from([channel]), data]));
+    };
+    send(0, prefix);
+    send(1, prefix);
+    const upstream = net.connect(port, "127.0.0.1");
+    upstream.on("data", (d: Buffer) => send(0, d));
+    upstream.on("error", (err) => {
+      send(1, Buffer.from(`error forwarding port ${port}: ${err.message}`));
+      ws.close(1000);
+    });
+    upstream.on("close", () => ws.close(1000));
+    ws.on("message", (data: Buffer) => {
+      if (data[0] === 0) upstream.write(data.subarray(1));
+      else if (data[0] === 255) upstream.end();
+    });
+    ws.on("close", () => upstream.destroy());
+  }
+
   /**
    * A watch: newline-delimited JSON events. Without a resourceVersion (or with "0") it starts with
    * ADDED for what exists; with one it replays the kept events after it, or sends ERROR 410 Expired
@@ -907,6 +1071,15 @@ function parseRoute(pathname: string): { resource: Resource; namespace?: string;
     return { resource, namespace, name, subresource };
   }
   return undefined;
+}
+
+/** Ends an exec'd command and what it started. */
+function killGroup(child: ChildProcess): void {
+  try {
+    if (child.pid !== undefined) process.kill(-child.pid, "SIGKILL");
+  } catch {
+    // already gone
+  }
 }
 
 function json(res: http.ServerResponse, code: number, body: unknown): void {

@@ -1666,7 +1666,8 @@ export const EnvironmentService: GenService<{
   },
   /**
    * OpenSshTunnel carries one SSH connection to a RUNNING environment: the agent of its host serves
-   * SSH for it, so the host needs no inbound port. The first request names the environment (and
+   * SSH for it (on Kubernetes, the control plane does, through exec and port-forward into the pod),
+   * so the host needs no inbound port. The first request names the environment (and
    * may carry bytes); every other message carries the connection's bytes, in order. The caller
    * needs the role member or above; the SSH client must then hold a key of the environment's
    * ssh_public_keys. Half-close (ending the request stream) ends the connection.
