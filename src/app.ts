@@ -49,7 +49,7 @@ import { WorkspaceHandler } from "./rpc/workspace-handler.js";
 import { AgentRuntime } from "./runtime/agent-runtime.js";
 import { KubernetesRuntime } from "./runtime/kubernetes-runtime.js";
 import { KubernetesSsh } from "./runtime/kubernetes-ssh.js";
-import { sharedHostKey } from "./runtime/ssh-host-key.js";
+import { sharedHostKey } from "./platform/ssh-host-key.js";
 import { LocalObjectStore } from "./storage/local-object-store.js";
 import { S3ObjectStore } from "./storage/s3-object-store.js";
 import { WorkspaceFiles } from "./storage/workspace-files.js";

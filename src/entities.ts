@@ -4,7 +4,7 @@ import { EnvironmentLogLineSchema, EnvironmentSchema, PortMappingSchema } from "
 import { FreeGpuCountSchema } from "./gpu/free-gpu-count.js";
 import { GpuSchema } from "./gpu/gpu.js";
 import { HostSchema } from "./host/host.js";
-import { SshHostKeySchema } from "./runtime/ssh-host-key.js";
+import { SshHostKeySchema } from "./platform/ssh-host-key.js";
 import { LogArchiveSchema, WorkspaceFileSchema } from "./storage/workspace-file.js";
 import { TelemetryBucketSchema } from "./telemetry/telemetry-bucket.js";
 import { ResourceQuotaSchema, WorkspaceSchema } from "./workspace/workspace.js";

@@ -7,7 +7,6 @@ import type { AgentSessions } from "../host/agent-sessions.js";
 import type { Clock } from "../platform/clock.js";
 import type { Logger } from "../platform/logger.js";
 import type { EnvironmentManager } from "./environment-manager.js";
-import type { KubernetesSsh } from "../runtime/kubernetes-ssh.js";
 import type { RelayEntry, SshRelay } from "./ssh-relay.js";
 
 export interface SshTunnelLimits {
@@ -23,6 +22,16 @@ export interface SshTunnelLimits {
 export interface FromAgent {
   data: Uint8Array;
   keyFingerprint: string;
+}
+
+/** SSH served by the control plane into an environment's pod (runtime/kubernetes-ssh.ts). */
+export interface PodSsh {
+  /** Yields what goes to the client, pulling `fromClient`, until either side ends. */
+  serve(
+    environment: { id: string; generation: number },
+    authorizedKeys: string[],
+    fromClient: AsyncIterable<Uint8Array>,
+  ): AsyncIterable<FromAgent>;
 }
 
 /** A tunnel whose agent has been asked to call back. */
@@ -60,7 +69,7 @@ export class SshTunnels {
     /** Between replicas; without it (one replica) agents always call back here. */
     private readonly relay?: SshRelay,
     /** SSH into Kubernetes pods, where the control plane has a cluster. */
-    private readonly kubernetes?: Pick<KubernetesSsh, "serve">,
+    private readonly kubernetes?: PodSsh,
   ) {
     // Every open tunnel listens for the shutdown, so a busy replica has many listeners, not a leak.
     setMaxListeners(0, this.closing.signal);

@@ -3,7 +3,7 @@ import { Exec, type KubeConfig, PortForward, type V1Status } from "@kubernetes/c
 import type { WebSocket } from "ws";
 // The SSH sessions the agent serves, shared (it imports nothing else of the agent).
 import { type Program, type Pty, type SessionProgram, SFTP_IN_IMAGE, serveSsh } from "../../agent/src/ssh-sessions.js";
-import type { FromAgent } from "../environment/ssh-tunnels.js";
+import type { FromAgent, PodSsh } from "../environment/ssh-tunnels.js";
 import type { Logger } from "../platform/logger.js";
 import { CONTAINER } from "./kubernetes-manifests.js";
 
@@ -22,7 +22,7 @@ const loadSsh2 = async () => (await import("ssh2")).default;
  * port-forward to the pod. The same key checks and session rules as the agent's (ssh-sessions.ts).
  * Exec needs only a shell in the image; SFTP (scp, rsync, VS Code) needs OpenSSH's sftp-server there.
  */
-export class KubernetesSsh {
+export class KubernetesSsh implements PodSsh {
   private readonly exec: Exec;
   private readonly forwarder: PortForward;
   private key?: Promise<string>;

@@ -13,7 +13,9 @@ import { systemClock } from "../../src/platform/clock.js";
 import { freePort, ROOT } from "../support/child.js";
 import { eventually } from "../support/eventually.js";
 import { startKubeApiServer, type KubeApiTestServer } from "../support/kube-api-server.js";
+import { deniedByRbac } from "../support/rbac.js";
 import { startTestServer, type TestServer } from "../support/server.js";
+import { sizesAcrossWindowChange } from "../support/ssh-window.js";
 import { WorkloadAgent } from "../support/workload-agent.js";
 
 // SSH into a Kubernetes environment with Debian's OpenSSH client: the control plane serves SSH
@@ -151,6 +153,12 @@ describe("e2e: SSH into a Kubernetes environment, through the Kubernetes API's e
     assert.deepEqual(kube.resizes.at(-1), { rows: 40, cols: 120 });
   });
 
+  it("resizes a pty session's terminal when the client's window changes", async () => {
+    const key = await readFile(path.join(keys, "id"), "utf8");
+    assert.deepEqual(await sizesAcrossWindowChange(CLI, server.baseUrl, "podbox", token, key), ["24 80", "50 132"]);
+    assert.deepEqual(kube.resizes.at(-1), { rows: 50, cols: 132 }, "sent on the exec's resize channel");
+  });
+
   it("copies a 16 MiB file up and down with scp (SFTP in the pod), unchanged", async () => {
     const local = path.join(keys, "big.bin");
     const data = randomBytes(16 << 20);
@@ -216,5 +224,11 @@ describe("e2e: SSH into a Kubernetes environment, through the Kubernetes API's e
     const refused = await ssh(["user@podbox", "true"]);
     assert.equal(refused.code, 255);
     assert.match(refused.stderr, /remotegpu: failed_precondition: .*SSH needs it RUNNING/);
+  });
+
+  // Last: it reads every request the tests above made.
+  it("makes no request that deploy/rbac.yaml does not allow", async () => {
+    assert.ok(kube.requests.some((r) => r.path.endsWith("/portforward")));
+    assert.deepEqual(await deniedByRbac(kube.requests), []);
   });
 });

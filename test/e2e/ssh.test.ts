@@ -14,6 +14,7 @@ import { agentArgv, agentTempDir, freePort, publishablePorts, ROOT, simulatedAge
 import { eventually } from "../support/eventually.js";
 import { preparePodman, TEST_IMAGE } from "../support/podman.js";
 import { startTestServer, type TestServer } from "../support/server.js";
+import { sizesAcrossWindowChange } from "../support/ssh-window.js";
 
 // SSH into an environment with Debian's OpenSSH client, through the control plane: the CLI's
 // `ssh --stdio` as ProxyCommand, the agent serving SSH for an environment it runs as processes.
@@ -169,6 +170,11 @@ describe("e2e: SSH into an environment through the control plane, with OpenSSH",
     const r = await run("script", ["-qec", inner, "/dev/null"], { REMOTEGPU_TOKEN: tokens.member, TERM: "xterm-test" });
     assert.match(r.stdout, /term=xterm-test/, r.stdout + r.stderr);
     assert.match(r.stdout, /^40 120\r?$/m, r.stdout);
+  });
+
+  it("changes a pty's size when the client's window changes", async () => {
+    const key = await readFile(path.join(keys, "id"), "utf8");
+    assert.deepEqual(await sizesAcrossWindowChange(CLI, server.baseUrl, "devbox", tokens.member, key), ["24 80", "50 132"]);
   });
 
   it("copies a 64 MiB file up and down with scp, unchanged", async () => {

@@ -104,6 +104,17 @@ describe("integration: the agent runtime (process mode)", function () {
     assert.deepEqual(workloads.running(), []);
   });
 
+  it("counts an open SSH connection as activity, for idle auto-stop", async () => {
+    await workloads.run(spec("env-ssh", ["sleep", "30"]));
+    await events.state("env-ssh", "RUNNING", 1);
+    assert.deepEqual(workloads.activity(), [], "nothing yet");
+    const before = Date.now();
+    workloads.touch("env-ssh"); // what the SSH server does for each connection's bytes, and every 2 s
+    const [activity] = workloads.activity();
+    assert.equal(activity?.environmentId, "env-ssh");
+    assert.ok(activity.lastTraffic.getTime() >= before);
+  });
+
   it("reports a process that exits by itself as FAILED with its exit code and output", async () => {
     await workloads.run(spec("env-exit", ["sh", "-c", "echo bye; echo oops >&2; exit 3"]));
     const failed = await events.state("env-exit", "FAILED");

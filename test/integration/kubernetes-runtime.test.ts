@@ -1,12 +1,11 @@
 import { strict as assert } from "node:assert";
-import { readFile } from "node:fs/promises";
-import { loadAllYaml } from "@kubernetes/client-node";
 import { EnvironmentService, EnvironmentStatus, PortProtocol } from "../../gen/remotegpu/v1/environment_pb.js";
 import { HostRuntime, HostService } from "../../gen/remotegpu/v1/host_pb.js";
 import { WorkspaceService } from "../../gen/remotegpu/v1/workspace_pb.js";
 import { createTestDatabase, type TestDatabase } from "../support/database.js";
 import { eventually } from "../support/eventually.js";
 import { startKubeApiServer, type KubeApiTestServer } from "../support/kube-api-server.js";
+import { deniedByRbac } from "../support/rbac.js";
 import { startTestServer, type TestServer } from "../support/server.js";
 import { WorkloadAgent } from "../support/workload-agent.js";
 import { systemClock } from "../../src/platform/clock.js";
@@ -345,28 +344,7 @@ describe("the Kubernetes runtime against a Kubernetes API test server", function
 
   // Last: it reads every request the tests above made.
   it("makes no request that deploy/rbac.yaml does not allow", async () => {
-    const role = loadAllYaml(await readFile(new URL("../../deploy/rbac.yaml", import.meta.url), "utf8")).find(
-      (d) => d.kind === "ClusterRole",
-    );
-    const rules: { apiGroups: string[]; resources: string[]; verbs: string[] }[] = role.rules;
-    const denied = new Set<string>();
-    for (const r of kube.requests) {
-      const m = /^\/(?:api\/v1|apis\/([^/]+)\/v1)\/(?:namespaces\/[^/]+\/)?([a-z]+)(?:\/([^/]+))?(?:\/([a-z]+))?$/.exec(r.path);
-      if (!m) continue; // discovery
-      const [, group = "", plural, name, sub] = m;
-      const resource = sub ? `${plural}/${sub}` : plural;
-      const verb =
-        r.method === "GET"
-          ? name
-            ? "get"
-            : r.query.includes("watch=true")
-              ? "watch"
-              : "list"
-          : ({ POST: "create", PUT: "update", PATCH: "patch", DELETE: "delete" } as Record<string, string>)[r.method];
-      if (!rules.some((rule) => rule.apiGroups.includes(group) && rule.resources.includes(resource) && rule.verbs.includes(verb!)))
-        denied.add(`${verb} ${group}/${resource}`);
-    }
-    assert.deepEqual([...denied], []);
+    assert.deepEqual(await deniedByRbac(kube.requests), []);
   });
 });
 
