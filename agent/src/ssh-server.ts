@@ -108,7 +108,9 @@ export class SshServer {
       yield* up as AsyncIterable<{ data?: Uint8Array; keyFingerprint?: string }>;
     }
     const abort = new AbortController();
+    // Not half-open: once the tunnel ends, ssh2 sees the connection close, and its sessions end.
     const socket = new Duplex({
+      allowHalfOpen: false,
       read() {},
       write: (chunk: Buffer, _encoding, done) => {
         this.workloads.touch(environmentId);
@@ -236,7 +238,7 @@ function fromChild(child: ChildProcess, pty: boolean): SessionProgram {
     resize: (rows, cols) => control?.writable && control.write(`${rows} ${cols}\n`),
     exited: new Promise((resolve) => {
       child.once("exit", (code, signal) => resolve(code !== null ? { code } : { signal: (signal ?? "KILL").replace(/^SIG/, "") }));
-      child.once("error", () => resolve({ code: 127 }));
+      child.once("error", (err) => resolve({ code: 127, message: err.message }));
     }),
     // Its process group: what the session started goes with it.
     hangUp: () => {

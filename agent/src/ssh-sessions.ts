@@ -25,8 +25,11 @@ export interface SessionProgram {
   stderr: Readable;
   /** A window change on a pty session. */
   resize(rows: number, cols: number): void;
-  /** Settles once the program has ended: its exit status or the name of the signal that ended it. */
-  exited: Promise<{ code: number } | { signal: string }>;
+  /**
+   * Settles once the program has ended: its exit status or the name of the signal that ended it,
+   * with why when it could not run (shown to the client).
+   */
+  exited: Promise<({ code: number } | { signal: string }) & { message?: string }>;
   /** The client went away: ends the program (and what it started). */
   hangUp(): void;
 }
@@ -191,6 +194,7 @@ function relay(program: SessionProgram, channel: ServerChannel, pty: boolean): v
   const drained = (s: Readable) => finished(s).catch(() => undefined);
   void Promise.all([program.exited, drained(program.stdout), drained(program.stderr)]).then(([status]) => {
     exited = true;
+    if (status.message) channel.stderr.write(`remotegpu: ${status.message}\n`);
     if ("code" in status) channel.exit(status.code);
     else channel.exit(status.signal, false, "");
     channel.end();

@@ -1,4 +1,4 @@
-import type { Redis } from "ioredis";
+import type { ChainableCommander, Redis } from "ioredis";
 import { UnavailableError } from "../errors.js";
 
 /** One entry of a relayed tunnel: bytes, the fingerprint of the key the agent accepted, or the answer. */
@@ -20,6 +20,11 @@ const IDLE_LIMIT_MS = 20_000;
 const KEY_TTL_MS = 120_000;
 
 type Side = "client" | "agent";
+
+/** Runs a MULTI, failing if any command in it failed (ioredis resolves with the errors inside). */
+async function transaction(multi: ChainableCommander): Promise<void> {
+  for (const [err] of (await multi.exec()) ?? []) if (err) throw err;
+}
 
 /**
  * Carries an SSH tunnel between the replica holding the user's call and the one holding the
@@ -43,9 +48,20 @@ export class SshRelay {
     await this.redis.set(this.key(tunnelId, "host"), hostId, "PX", ms);
   }
 
-  /** The agent's replica: whether this tunnel waits for `hostId`'s agent elsewhere (once: a second claim fails). */
+  /**
+   * The agent's replica: whether this tunnel waits for `hostId`'s agent elsewhere (once: a second
+   * claim fails; a claim for another host leaves it waiting).
+   */
   async claim(tunnelId: string, hostId: string): Promise<boolean> {
-    return (await this.redis.getdel(this.key(tunnelId, "host")).catch(() => null)) === hostId;
+    const taken = await this.redis
+      .eval(
+        `if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) end return 0`,
+        1,
+        this.key(tunnelId, "host"),
+        hostId,
+      )
+      .catch(() => 0);
+    return taken === 1;
   }
 
   /** Forgets a tunnel the agent did not answer, so a late answer finds nothing. */
@@ -75,13 +91,14 @@ export class SshRelay {
     let ended = false;
     let theyEnded = false;
     let wake = () => {};
-    const add = async (fields: (string | Buffer)[]) => {
-      await this.redis
-        .multi()
-        .xadd(keys.send, "MAXLEN", "~", String(WINDOW * 4), "*", ...fields)
-        .pexpire(keys.send, KEY_TTL_MS)
-        .exec();
-    };
+    // The reader trims what it has read (XTRIM MINID), so nothing unread is ever trimmed here.
+    const add = (fields: (string | Buffer)[]) =>
+      transaction(
+        this.redis
+          .multi()
+          .xadd(keys.send, "*", ...fields)
+          .pexpire(keys.send, KEY_TTL_MS),
+      );
     const keepalive = setInterval(() => void add(["k", "1"]).catch(() => undefined), KEEPALIVE_MS);
     const pump = (async () => {
       try {
@@ -92,6 +109,7 @@ export class SshRelay {
           if (entry.data) fields.push("d", entry.data);
           if (entry.fingerprint) fields.push("f", entry.fingerprint);
           if (entry.answered) fields.push("a", "1");
+          if (fields.length === 0) continue;
           await add(fields);
           sent++;
         }
@@ -101,7 +119,7 @@ export class SshRelay {
       }
     })();
     try {
-      if (signal.aborted) return;
+      if (signal.aborted) throw new UnavailableError("the tunnel was closed at this replica");
       await reader.connect();
       let position = { receive: "0", acks: "0" };
       let read = 0;
@@ -123,6 +141,7 @@ export class SshRelay {
           continue;
         }
         heard = Date.now();
+        const before = position.receive;
         for (const [name, entries] of got) {
           const isAcks = name.toString() === keys.receiveAcks;
           for (const [id, flat] of entries) {
@@ -145,11 +164,9 @@ export class SshRelay {
             }
             if (fields.has("k")) continue;
             if (++read % ACK_EVERY === 0) {
-              await this.redis
-                .multi()
-                .xadd(keys.sendAcks, "MAXLEN", "~", "64", "*", "n", String(read))
-                .pexpire(keys.sendAcks, KEY_TTL_MS)
-                .exec();
+              await transaction(
+                this.redis.multi().xadd(keys.sendAcks, "MAXLEN", "~", "64", "*", "n", String(read)).pexpire(keys.sendAcks, KEY_TTL_MS),
+              );
             }
             yield {
               data: fields.get("d"),
@@ -158,19 +175,21 @@ export class SshRelay {
             };
           }
         }
+        // What this side has read (keepalives included) leaves the stream.
+        if (position.receive !== before) await this.redis.xtrim(keys.receive, "MINID", position.receive);
       }
     } catch (err) {
-      if (signal.aborted) return;
+      if (signal.aborted) throw new UnavailableError("the tunnel was closed at this replica");
       if (err instanceof UnavailableError) throw err;
       throw new UnavailableError(`the tunnel between replicas failed: ${err instanceof Error ? err.message : String(err)}`);
     } finally {
       ended = true;
       wake();
       signal.removeEventListener("abort", hangUp);
-      // The other side is told, rather than left to wait for silence.
-      if (!theyEnded) await add(["err", "the tunnel ended at the other replica"]).catch(() => undefined);
       clearInterval(keepalive);
       reader.disconnect();
+      // The other side is told, rather than left to wait for silence.
+      if (!theyEnded) await add(["err", "the tunnel ended at the other replica"]).catch(() => undefined);
       // What this side reads is done with; the other side's keys expire if it does not delete them.
       await this.redis.del(keys.receive, keys.receiveAcks).catch(() => undefined);
       void pump;

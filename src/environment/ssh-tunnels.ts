@@ -31,6 +31,8 @@ export interface PodSsh {
     environment: { id: string; generation: number },
     authorizedKeys: string[],
     fromClient: AsyncIterable<Uint8Array>,
+    /** Ends the connection (the client's call ended). */
+    signal: AbortSignal,
   ): AsyncIterable<FromAgent>;
 }
 
@@ -142,11 +144,12 @@ export class SshTunnels {
         }
       })();
       const fromAgent = inPod
-        ? this.kubernetes!.serve(inPod, authorizedKeys, counted)
+        ? this.kubernetes!.serve(inPod, authorizedKeys, counted, AbortSignal.any([signal, stop.signal]))
         : await this.throughAgent({ tunnelId, hostId, environmentId, authorizedKeys }, counted, AbortSignal.any([signal, stop.signal]));
       connected = true;
       try {
-        for await (const m of untilAborted(fromAgent, this.closing.signal)) {
+        // The client's call ending (the CLI killed) ends the connection too, whatever the other end does.
+        for await (const m of untilAborted(fromAgent, AbortSignal.any([signal, this.closing.signal]))) {
           if (m.keyFingerprint) fingerprint = m.keyFingerprint;
           if (m.data.length === 0) continue;
           bytesOut += m.data.length;

@@ -1,4 +1,4 @@
-import { Duplex, PassThrough } from "node:stream";
+import { Duplex, PassThrough, Writable } from "node:stream";
 import { Exec, type KubeConfig, PortForward, type V1Status } from "@kubernetes/client-node";
 import type { WebSocket } from "ws";
 // The SSH sessions the agent serves, shared (it imports nothing else of the agent).
@@ -45,13 +45,20 @@ export class KubernetesSsh implements PodSsh {
     environment: { id: string; generation: number },
     authorizedKeys: string[],
     fromClient: AsyncIterable<Uint8Array>,
+    signal: AbortSignal,
   ): AsyncGenerator<FromAgent> {
     const { id, generation } = environment;
-    this.key ??= this.loadKey();
+    // A failed load (the database away) is tried again by the next connection.
+    this.key ??= this.loadKey().catch((err: unknown) => {
+      this.key = undefined;
+      throw err;
+    });
     const hostKey = await this.key;
     // What goes to the client, pulled by the call: ssh2's writes wait while it is full.
     const out = new PassThrough({ objectMode: true, highWaterMark: 16 });
+    // Not half-open: once the client's bytes end, ssh2 sees the connection close, and its sessions end.
     const socket = new Duplex({
+      allowHalfOpen: false,
       read() {},
       write: (chunk: Buffer, _encoding, done) => out.write({ data: chunk, keyFingerprint: "" }, done),
       final: (done) => {
@@ -63,6 +70,8 @@ export class KubernetesSsh implements PodSsh {
         done(err);
       },
     });
+    const hangUp = () => socket.destroy();
+    signal.addEventListener("abort", hangUp, { once: true });
     const pump = (async () => {
       try {
         for await (const chunk of fromClient) socket.push(chunk);
@@ -87,6 +96,7 @@ export class KubernetesSsh implements PodSsh {
     try {
       yield* out as AsyncIterable<FromAgent>;
     } finally {
+      signal.removeEventListener("abort", hangUp);
       socket.destroy();
       void pump;
     }
@@ -112,23 +122,25 @@ export class KubernetesSsh implements PodSsh {
     // Exec takes no environment: env(1) sets the client's TERM and locale.
     const vars = Object.entries({ ...env, ...(pty ? { TERM: pty.term } : {}) }).map(([k, v]) => `${k}=${v}`);
     const argv = vars.length > 0 ? ["env", ...vars, ...inside] : inside;
-    const stdin = new PassThrough();
+    // Stdin's end reaches the command only on v5.channel.k8s.io (Kubernetes 1.30 and later): on
+    // older protocols client-node would close the whole WebSocket, output and status with it.
+    const stdin = new Metered((ws) => ws.protocol === "v5.channel.k8s.io");
     // With rows and columns, client-node sends the size on the resize channel, and again on "resize".
     const stdout = Object.assign(new Paced(), pty ? { rows: pty.rows, columns: pty.cols } : {});
     const stderr = new Paced();
     let status: V1Status | undefined;
-    const ws = await this.exec.exec(namespace, name, CONTAINER, argv, stdout, stderr, stdin, Boolean(pty), (s) => (status = s));
-    stdout.source = stderr.source = ws;
-    const exited = new Promise<{ code: number }>((resolve) => {
+    const ws = await this.exec.exec(namespace, name, CONTAINER, argv, stdout, stderr, stdin.toSocket, Boolean(pty), (s) => (status = s));
+    stdout.source = stderr.source = stdin.socket = ws;
+    const exited = new Promise<{ code: number; message?: string }>((resolve) => {
       ws.on("close", () => {
         // Without a status the connection broke: the outputs end here, and the session with 255 as ssh's own failures.
         stdout.end();
         stderr.end();
-        resolve({ code: status ? exitCode(status) : 255 });
+        resolve(status ? exitStatus(status) : { code: 255, message: "the connection to the pod was lost" });
       });
     });
     return {
-      stdin,
+      stdin: stdin.writable,
       stdout,
       stderr,
       resize: (rows, cols) => {
@@ -136,7 +148,9 @@ export class KubernetesSsh implements PodSsh {
         stdout.emit("resize");
       },
       exited,
-      hangUp: () => ws.close(),
+      // Ends the exec's stream. Kubernetes does not signal the command: one that ignores its closed
+      // stdin and output runs on in the pod (as with kubectl exec).
+      hangUp: () => ws.terminate(),
     };
   }
 
@@ -145,13 +159,15 @@ export class KubernetesSsh implements PodSsh {
     if (!["127.0.0.1", "localhost", "::1"].includes(host)) return undefined;
     const { namespace, name } = this.pod(environmentId, generation);
     const fromPod = new Paced();
-    const toPod = new PassThrough();
+    // A port-forward cannot half-close (client-node would close the WebSocket): the end of the
+    // client's bytes waits for the pod's side to end.
+    const toPod = new Metered(() => false);
     // Without retries, client-node answers the WebSocket itself.
-    const ws = (await this.forwarder.portForward(namespace, name, [port], fromPod, null, toPod)) as WebSocket;
-    fromPod.source = ws;
-    const stream = Duplex.from({ readable: fromPod, writable: toPod });
+    const ws = (await this.forwarder.portForward(namespace, name, [port], fromPod, null, toPod.toSocket)) as WebSocket;
+    fromPod.source = toPod.socket = ws;
+    const stream = Duplex.from({ readable: fromPod, writable: toPod.writable });
     ws.on("close", () => fromPod.end());
-    stream.once("close", () => ws.close());
+    stream.once("close", () => ws.terminate());
     return stream;
   }
 }
@@ -174,10 +190,40 @@ class Paced extends PassThrough {
   }
 }
 
-/** The exit status in an exec's final status: 0 on Success, else the ExitCode cause (1 when there is none). */
-function exitCode(status: V1Status): number {
-  if (status.status === "Success") return 0;
-  const cause = status.details?.causes?.find((c) => c.reason === "ExitCode");
-  const code = Number(cause?.message);
-  return Number.isInteger(code) ? code : 1;
+/**
+ * What goes up a WebSocket: client-node sends each chunk the moment it reads it, so writes here
+ * wait while the socket holds more than UPLOAD_BUFFER unsent bytes, and the SSH client with them.
+ */
+class Metered {
+  /** What client-node reads. */
+  readonly toSocket = new PassThrough();
+  socket?: WebSocket;
+  readonly writable: Writable;
+
+  constructor(endsInput: (socket: WebSocket) => boolean) {
+    this.writable = new Writable({
+      write: (chunk: Buffer, _encoding, done) => {
+        this.toSocket.write(chunk);
+        const sent = () => {
+          const s = this.socket;
+          if (s && s.readyState === s.OPEN && s.bufferedAmount >= UPLOAD_BUFFER) setTimeout(sent, 5);
+          else done();
+        };
+        sent();
+      },
+      final: (done) => {
+        if (this.socket && endsInput(this.socket)) this.toSocket.end();
+        done();
+      },
+    });
+  }
+}
+
+const UPLOAD_BUFFER = 1 << 20;
+
+/** An exec's final status: 0 on Success, else the ExitCode cause, or 1 and the status's message. */
+function exitStatus(status: V1Status): { code: number; message?: string } {
+  if (status.status === "Success") return { code: 0 };
+  const code = Number(status.details?.causes?.find((c) => c.reason === "ExitCode")?.message);
+  return Number.isInteger(code) ? { code } : { code: 1, message: status.message ?? "the exec failed" };
 }

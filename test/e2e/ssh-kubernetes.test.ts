@@ -213,6 +213,13 @@ describe("e2e: SSH into a Kubernetes environment, through the Kubernetes API's e
     assert.equal(strict.stdout.trim(), "same-key");
   });
 
+  it("ends the exec when the SSH client is killed", async () => {
+    const client = spawn("ssh", [...sshOptions(), "user@podbox", "sleep 61"], { env: { ...process.env, REMOTEGPU_TOKEN: token } });
+    const exec = await eventually("the session's exec", async () => kube.sessions.find((s) => s.command?.includes("sleep 61")));
+    client.kill("SIGKILL");
+    await eventually("the exec's stream closed", async () => exec.closed);
+  });
+
   it("ends an open session when the pod stops running", async () => {
     const open = ssh(["user@podbox", "sleep 60"]);
     await eventually("the session's exec", async () => kube.sessions.some((s) => s.command?.includes("sleep 60")));

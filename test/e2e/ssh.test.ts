@@ -274,6 +274,16 @@ describe("e2e: SSH into an environment through the control plane, with OpenSSH",
     );
   });
 
+  it("ends a session's programs when the SSH client is killed", async () => {
+    const client = spawn("ssh", [...sshOptions(path.join(keys, "id")), "user@devbox", "sleep 62"], {
+      env: { ...process.env, REMOTEGPU_TOKEN: tokens.member },
+    });
+    const running = async () => (await run("pgrep", ["-f", "^sleep 62$"], {})).code === 0;
+    await eventually("the session's program", running);
+    client.kill("SIGKILL");
+    await eventually("the program ended", async () => !(await running()));
+  });
+
   it("serves 20 connections to one environment at once", async () => {
     const runs = await Promise.all(Array.from({ length: 20 }, (_, i) => ssh(["user@devbox", `echo session-${i}`])));
     for (const [i, r] of runs.entries()) assert.equal(r.stdout.trim(), `session-${i}`, r.stderr);

@@ -296,15 +296,30 @@ export class KubeApiTestServer {
   url = "";
   kubeconfigPath = "";
   /** Exec and port-forward sessions opened, in order. */
-  readonly sessions: { kind: "exec" | "portforward"; pod: string; protocol: string; command?: string[]; tty?: boolean; port?: number }[] =
-    [];
+  readonly sessions: {
+    kind: "exec" | "portforward";
+    pod: string;
+    protocol: string;
+    command?: string[];
+    tty?: boolean;
+    port?: number;
+    /** The client closed the WebSocket (or it broke). */
+    closed: boolean;
+  }[] = [];
   /** Terminal sizes received on exec resize channels, in order. */
   readonly resizes: { rows: number; cols: number }[] = [];
   private readonly server = http
     .createServer((req, res) => void this.handle(req, res))
     .on("upgrade", (req, socket, head) => this.upgrade(req, socket, head));
-  // client-node offers v5.channel.k8s.io first (stdin can be closed), as kubectl does; the first is taken.
-  private readonly sockets = new WebSocketServer({ noServer: true, handleProtocols: (offered) => [...offered][0] ?? false });
+  // client-node offers v5.channel.k8s.io first (stdin can be closed): exec takes it, as API servers
+  // from 1.30 do; port-forward takes v4 at most, as the kubelet's does (no closing one direction).
+  private readonly sockets = new WebSocketServer({
+    noServer: true,
+    handleProtocols: (offered, req) => {
+      const protocols = [...offered].filter((p) => !(req.url?.includes("/portforward") && p === "v5.channel.k8s.io"));
+      return protocols[0] ?? false;
+    },
+  });
   private readonly children = new Set<ChildProcess>();
   private readonly objects = new Map<string, KubeObject>();
   private readonly logs = new Map<string, LogLine[]>();
@@ -855,14 +870,18 @@ export class KubeApiTestServer {
       return new StatusError(400, "BadRequest", "invalid port");
     }
     this.sockets.handleUpgrade(req, socket, head, (ws) => {
-      const session = { kind, pod: `${namespace}/${name}`, protocol: ws.protocol };
-      if (kind === "portforward") {
-        this.sessions.push({ ...session, port });
-        return this.portForward(ws, port);
-      }
       const command = q.getAll("command");
       const tty = q.get("tty") === "true";
-      this.sessions.push({ ...session, command, tty });
+      const session = {
+        kind,
+        pod: `${namespace}/${name}`,
+        protocol: ws.protocol,
+        closed: false,
+        ...(kind === "portforward" ? { port } : { command, tty }),
+      };
+      this.sessions.push(session);
+      ws.once("close", () => (session.closed = true));
+      if (kind === "portforward") return this.portForward(ws, port);
       const env = Object.fromEntries(
         ((container!.env ?? []) as KubeObject[]).filter((e) => typeof e.value === "string").map((e) => [e.name, e.value]),
       );
@@ -938,7 +957,8 @@ export class KubeApiTestServer {
         child?.stdin?.end();
       }
     });
-    ws.on("close", () => child && child.exitCode === null && killGroup(child));
+    // A closed stream hangs up a TTY (its command gets SIGHUP); without one the command runs on, as in a real pod.
+    ws.on("close", () => tty && child && child.exitCode === null && killGroup(child));
     if (!tty) start();
     else setTimeout(() => child ?? start(), 1000);
   }
@@ -961,7 +981,6 @@ export class KubeApiTestServer {
     upstream.on("close", () => ws.close(1000));
     ws.on("message", (data: Buffer) => {
       if (data[0] === 0) upstream.write(data.subarray(1));
-      else if (data[0] === 255) upstream.end();
     });
     ws.on("close", () => upstream.destroy());
   }
