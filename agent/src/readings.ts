@@ -11,9 +11,18 @@ type Plain<M> = { [K in keyof Omit<M, "$typeName" | "$unknown">]: NumberFor<M[K]
 export type GpuMetrics = Plain<GpuMetricsMessage>;
 /** CPU, memory, disk and uptime of the host. */
 export type HostSampleRecord = Plain<HostSample>;
-/** One GPU as the agent reports it in its hello. */
-export type GpuInventoryEntry = Plain<GpuInventoryItem>;
+/** The fields only a MIG device sets; a whole GPU leaves them out (sent as the protocol's defaults). */
+type MigDeviceFields = "parentUuid" | "migProfile" | "migDeviceIndex" | "gpuInstanceId" | "computeInstanceId";
+/**
+ * One GPU as the agent reports it in its hello: a whole GPU, or a MIG device of one in MIG mode
+ * (then `parentUuid` and the other MIG fields are set, and it follows its parent in the list).
+ */
+export type GpuInventoryEntry = Omit<Plain<GpuInventoryItem>, MigDeviceFields> & Partial<Pick<Plain<GpuInventoryItem>, MigDeviceFields>>;
 
+/**
+ * One GPU's measurements. For a MIG device: its MIG UUID and inventory index, and only the memory
+ * figures the driver reports per device (utilisation, power, temperature stay absent).
+ */
 export interface GpuSampleRecord {
   gpuUuid: string;
   index: number;

@@ -51,6 +51,7 @@ const BLANK: Omit<EnvironmentInput, "workspaceId" | "name" | "gpuCount"> = {
   args: [],
   env: {},
   gpuModel: "",
+  migProfile: "",
   cpuMillicores: 0,
   memoryBytes: 0,
   storageBytes: 0,

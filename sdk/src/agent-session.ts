@@ -122,7 +122,11 @@ export class AgentSession {
       const server = this.o.servers[attempt % this.o.servers.length]!;
       let fenced = false;
       try {
-        await this.stream(server, signal, () => (failures = 0));
+        // The host's GPUs changed (a MIG re-partition, a GPU gone): a new hello says so, at once.
+        if (await this.stream(server, signal, () => (failures = 0))) {
+          attempt--;
+          continue;
+        }
       } catch (err) {
         const e = ConnectError.from(err);
         // A wrong token or host id will not fix itself: stop and say so.
@@ -210,7 +214,8 @@ export class AgentSession {
     if (this.backlog.length > max) this.backlog.splice(0, this.backlog.length - max);
   }
 
-  private async stream(server: string, signal: AbortSignal, connected: () => void): Promise<void> {
+  /** One stream, until it ends; true when it ended because the GPU inventory changed since its hello. */
+  private async stream(server: string, signal: AbortSignal, connected: () => void): Promise<boolean> {
     const auth: Interceptor = (next) => (req) => {
       req.header.set("authorization", `Bearer ${typeof this.o.token === "function" ? this.o.token() : this.o.token}`);
       return next(req);
@@ -232,6 +237,9 @@ export class AgentSession {
     const responses = client.streamHeartbeats(requests, { signal: stop.signal })[Symbol.asyncIterator]();
     const inFlight: { sequence: bigint; reading: AgentReading }[] = [];
     const send = (message: Outgoing) => requests.push(create(StreamHeartbeatsRequestSchema, { message }));
+    let helloGpus = this.gpus;
+    const inventory = inventoryKey(helloGpus);
+    let changed = false;
     try {
       send({
         case: "hello",
@@ -239,7 +247,7 @@ export class AgentSession {
           hostId: this.o.hostId,
           agentVersion: this.o.agentVersion,
           capacity: this.o.capacity,
-          gpus: this.gpus,
+          gpus: helloGpus,
           runningEnvironmentIds: this.o.workloads?.running() ?? [],
           containersSupported: this.o.workloads?.containersSupported ?? false,
           runtimeUnavailableReason: this.o.workloads?.runtimeUnavailableReason ?? "",
@@ -283,6 +291,15 @@ export class AgentSession {
       let sequence = 0n;
       const maxInFlight = this.o.bufferSize ?? 360;
       while (!ended && !signal.aborted) {
+        // The latest reading found other GPUs than the hello listed (their samples would be dropped).
+        if (this.gpus !== helloGpus) {
+          if (inventoryKey(this.gpus) !== inventory) {
+            this.log.info({ server }, "the host's GPUs changed; saying hello again");
+            changed = true;
+            break;
+          }
+          helloGpus = this.gpus;
+        }
         // Not more unacked readings than the backlog may hold: a server that stops acking gets no more.
         const reading = inFlight.length < maxInFlight ? this.backlog.shift() : undefined;
         if (!reading) {
@@ -297,7 +314,8 @@ export class AgentSession {
         beat.workloads = (this.o.workloads?.activity() ?? []).map((a) => create(WorkloadActivitySchema, a));
         send({ case: "heartbeat", value: beat });
       }
-      await acks;
+      if (!changed) await acks;
+      return changed;
     } finally {
       if (this.live === send) this.live = undefined;
       signal.removeEventListener("abort", onAbort);
@@ -308,6 +326,28 @@ export class AgentSession {
       stop.abort();
     }
   }
+}
+
+/** What a hello says of the GPUs, as one string to compare readings by. */
+function inventoryKey(gpus: AgentReading["gpus"]): string {
+  return gpus
+    .map((g) =>
+      [
+        g.uuid,
+        g.index,
+        g.model,
+        g.memoryBytes,
+        g.driverVersion,
+        g.cudaVersion,
+        g.migEnabled,
+        g.parentUuid,
+        g.migProfile,
+        g.migDeviceIndex,
+        g.gpuInstanceId,
+        g.computeInstanceId,
+      ].join("|"),
+    )
+    .join("\n");
 }
 
 function sleep(ms: number, signal: AbortSignal): Promise<void> {

@@ -24,6 +24,7 @@ import { admit, type QuotaLedger } from "../workspace/quota-ledger.js";
 import { Workspace } from "../workspace/workspace.js";
 import { DEFAULT_STORAGE_BYTES, Environment, PortMapping, portMappingId, type EnvironmentStatus, type PortSpec } from "./environment.js";
 import { allocateHostPorts, placeEnvironment, type PortRange } from "./placement.js";
+import { MIG_PROFILE, parseSliceModel } from "../gpu/mig.js";
 
 export interface EnvironmentInput {
   workspaceId: string;
@@ -34,6 +35,8 @@ export interface EnvironmentInput {
   env: Record<string, string>;
   gpuCount: number;
   gpuModel: string;
+  /** MIG slices of this profile instead of whole GPUs; "" for whole GPUs. */
+  migProfile: string;
   cpuMillicores: number;
   memoryBytes: number;
   storageBytes: number;
@@ -147,6 +150,7 @@ export class EnvironmentManager {
         const placement = await this.place(em, {
           gpuCount: input.gpuCount,
           gpuModel: input.gpuModel,
+          migProfile: input.migProfile,
           allowedModels: quota.allowedGpuModels,
         });
         // The quota row is still locked: nothing has added to the usage measured under it.
@@ -237,6 +241,7 @@ export class EnvironmentManager {
       const placement = await this.place(em, {
         gpuCount: env.gpuCount,
         gpuModel: env.gpuModel,
+        migProfile: env.migProfile,
         allowedModels: quota.allowedGpuModels,
         onlyHost: env.host?.id,
       });
@@ -541,7 +546,9 @@ export class EnvironmentManager {
  * in a fixed order (env var order means nothing) and list order kept (the first port is the primary).
  */
 export function requestHash(input: EnvironmentInput): string {
-  const { requestId: _, ...request } = input;
+  // An empty mig_profile is left out, so requests of before it existed hash as they did.
+  const { requestId: _, migProfile, ...rest } = input;
+  const request = migProfile ? { ...rest, migProfile } : rest;
   return createHash("sha256")
     .update(JSON.stringify(canonical(request)))
     .digest("hex");
@@ -667,6 +674,17 @@ function checkInput(input: EnvironmentInput): void {
   v.check(Number.isInteger(input.gpuCount) && input.gpuCount >= 0 && input.gpuCount <= 64, "gpu_count", "must be 0 to 64");
   checkString(v, "gpu_model", input.gpuModel, { max: 128 });
   if (input.gpuCount === 0) v.check(input.gpuModel === "", "gpu_model", "only with gpu_count above 0");
+  checkString(v, "mig_profile", input.migProfile, { max: 24, pattern: MIG_PROFILE, patternHint: 'a MIG profile such as "1g.10gb"' });
+  if (input.migProfile) {
+    v.check(input.gpuCount > 0, "mig_profile", "only with gpu_count above 0: the number of slices");
+    // Slices of one profile, or whole GPUs: a slice model of another profile asks for both.
+    const asked = parseSliceModel(input.gpuModel)?.profile;
+    v.check(
+      asked === undefined || asked === input.migProfile,
+      "gpu_model",
+      `names MIG slices of profile "${asked}", not "${input.migProfile}": an environment holds slices of one profile or whole GPUs`,
+    );
+  }
   for (const field of ["cpuMillicores", "memoryBytes", "storageBytes"] as const)
     v.check(input[field] >= 0, snake(field), "must be 0 or more");
   checkPorts(v, "ports", input.ports);

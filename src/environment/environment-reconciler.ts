@@ -125,8 +125,9 @@ export class EnvironmentReconciler {
   private async pass(): Promise<void> {
     const em = this.orm.em.fork();
     const envs = await em.find(Environment, { status: { $in: HOLDING } }, { populate: ["host"] });
+    const lostSlices = await this.lostSlices(em);
     for (const env of envs) {
-      const decision = this.decide(env, env.host, this.clock.now());
+      const decision = this.decide(env, env.host, this.clock.now(), lostSlices.get(env.id));
       if (decision === undefined) continue;
       if (decision.forget && this.options.beforeForget) {
         const ready = await this.options.beforeForget(env.id, env.workspace.id).then(
@@ -218,7 +219,7 @@ export class EnvironmentReconciler {
       const env = await em.findOne(Environment, id, { lockMode: LockMode.PESSIMISTIC_WRITE, populate: ["host"] });
       if (!env) return undefined;
       const now = this.clock.now();
-      const decision = this.decide(env, env.host, now);
+      const decision = this.decide(env, env.host, now, (await this.lostSlices(em, env.id)).get(env.id));
       if (!decision) return undefined;
       const failed = decision.status?.[0] === "FAILED" && env.status !== "FAILED";
       if (decision.status) transition(env, decision.status[0], decision.status[1], now);
@@ -261,8 +262,33 @@ export class EnvironmentReconciler {
     }
   }
 
+  /**
+   * Environments that hold a MIG slice whose GPU left MIG mode (its agent reports the GPU whole, and
+   * the slice no more), each with why: such a slice will not come back. A slice that only went
+   * missing stays OFFLINE, as a missing GPU does, and may return.
+   */
+  private async lostSlices(em: EntityManager, environmentId?: string): Promise<Map<string, string>> {
+    const rows = await em
+      .getConnection()
+      .execute<{ environment_id: string; uuid: string; mig_profile: string; parent_uuid: string; parent_index: number }[]>(
+        `select g.environment_id, g.uuid, g.mig_profile, p.uuid as parent_uuid, p.index as parent_index
+         from gpus g join gpus p on p.id = g.parent_id
+        where g.parent_id is not null and g.environment_id is not null and g.status = 'OFFLINE'
+          and p.status <> 'OFFLINE' and not p.mig_enabled ${environmentId ? "and g.environment_id = ?" : ""}`,
+        environmentId ? [environmentId] : [],
+        "all",
+        em.getTransactionContext(),
+      );
+    return new Map(
+      rows.map((r) => [
+        r.environment_id,
+        `GPU ${r.parent_index} (${r.parent_uuid}) left MIG mode: its MIG slice ${r.uuid} (${r.mig_profile}) is gone`,
+      ]),
+    );
+  }
+
   /** The next step for an environment, or undefined when there is nothing to do now. */
-  private decide(env: Environment, host: Host | null, now: Date): Decision | undefined {
+  private decide(env: Environment, host: Host | null, now: Date, lostSlice?: string): Decision | undefined {
     const current = env.workloadGeneration === env.generation;
     const report = env.workloadState;
     const offlineMs = host?.status === "OFFLINE" ? now.getTime() - (host.lastHeartbeatAt ?? host.updatedAt).getTime() : 0;
@@ -285,6 +311,7 @@ export class EnvironmentReconciler {
       return env.statusMessage === text ? undefined : { note: text };
     };
 
+    if (lostSlice && ["PENDING", "CREATING", "STARTING", "RUNNING"].includes(env.status)) return fail(lostSlice);
     switch (env.status) {
       case "PENDING":
       case "CREATING":
@@ -372,6 +399,16 @@ export class EnvironmentReconciler {
       env: workloadEnv(env),
       gpuUuids: gpus.map((g) => g.uuid),
       gpuIndices: gpus.map((g) => g.index),
+      // Slices: their profile, and where each sits (a slice's index is 1000 x (parent index + 1) + its device index).
+      ...(gpus[0]?.migProfile
+        ? {
+            migProfile: gpus[0].migProfile,
+            migDevices: gpus.map((g) => ({
+              parentIndex: Math.floor(g.index / 1000) - 1,
+              deviceIndex: g.migPlacement?.deviceIndex ?? g.index % 1000,
+            })),
+          }
+        : {}),
       ports: ports.map((p) => ({ name: p.name, containerPort: p.containerPort, hostPort: p.hostPort, protocol: p.protocol })),
       cpuMillicores: env.cpuMillicores,
       memoryBytes: env.memoryBytes,

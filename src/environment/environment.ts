@@ -35,6 +35,7 @@ export class Environment {
     | "env"
     | "gpuCount"
     | "gpuModel"
+    | "migProfile"
     | "cpuMillicores"
     | "memoryBytes"
     | "storageBytes"
@@ -66,6 +67,8 @@ export class Environment {
   env: Record<string, string> = {};
   gpuCount = 0;
   gpuModel = "";
+  /** Set when the environment asks for MIG slices of this profile instead of whole GPUs. */
+  migProfile = "";
   cpuMillicores = 0;
   memoryBytes = 0;
   storageBytes = 0;
@@ -120,6 +123,7 @@ export const EnvironmentSchema = new EntitySchema<Environment>({
     env: { type: "json" },
     gpuCount: { type: "integer" },
     gpuModel: { type: "string", length: 128 },
+    migProfile: { type: "string", length: 24, default: "" },
     cpuMillicores: { type: new BigIntType("number") },
     memoryBytes: { type: new BigIntType("number") },
     storageBytes: { type: new BigIntType("number") },

@@ -1,5 +1,7 @@
 import type { EntityManager } from "@mikro-orm/postgresql";
-import { AlreadyExistsError, ConflictError, ResourceExhaustedError } from "../errors.js";
+import { AlreadyExistsError, ConflictError, InvalidArgumentError, QuotaExceededError, ResourceExhaustedError } from "../errors.js";
+import { parseSliceModel, sliceModel } from "../gpu/mig.js";
+import { modelAllowed } from "../workspace/quota-ledger.js";
 import { pgArray } from "../platform/bulk-sql.js";
 
 export interface PlacementRequest {
@@ -10,6 +12,8 @@ export interface PlacementRequest {
   allowedModels: string[];
   /** Only this host (a stopped environment's volume lives there). */
   onlyHost?: string;
+  /** MIG slices of this profile instead of whole GPUs; gpuModel then names their parents' model. */
+  migProfile?: string;
 }
 
 export interface PlacedGpu {
@@ -54,7 +58,7 @@ const OPEN_HOST = "h.status = 'ONLINE' and h.schedulable and h.runtime_unavailab
  * best fit), and share them only when nothing else fits.
  */
 export async function placeEnvironment(em: EntityManager, req: PlacementRequest): Promise<Placement> {
-  const modelFilter = req.gpuModel ? [req.gpuModel] : req.allowedModels;
+  const modelFilter = req.gpuCount > 0 ? await modelsToPlace(em, req) : [];
   const [placed] = await query<{ host_id: string | null; gpus: PlacedGpu[] | null; contended: boolean }>(
     em,
     "select host_id, gpus, contended from place_gpus(?, ?::text[], ?::uuid)",
@@ -65,8 +69,61 @@ export async function placeEnvironment(em: EntityManager, req: PlacementRequest)
     return { hostId: placed.host_id, gpus };
   }
   if (placed?.contended) throw new ConflictError("the free GPUs that fit were being allocated by concurrent requests; retry");
-  const modelSql = modelFilter.length > 0 ? `and g.model in (${modelFilter.map(() => "?").join(", ")})` : "";
+  const modelSql = modelFilter.length > 0 ? `and g.model in (${modelFilter.map(() => "?").join(", ")})` : "and g.mig_profile = ''";
   throw await noRoom(em, req, modelFilter, modelSql);
+}
+
+/**
+ * The models a placement may take GPUs of; empty for any whole GPU. A profile is placed like a model:
+ * the slice models of that profile in the fleet (of the parent model asked for, and that the quota
+ * allows). Without one, only whole GPUs: a quota that allows slice models is not a way to get slices
+ * without asking for them, nor to mix them with whole GPUs.
+ */
+async function modelsToPlace(em: EntityManager, req: PlacementRequest): Promise<string[]> {
+  if (!req.migProfile) {
+    if (req.gpuModel) return [req.gpuModel];
+    const whole = req.allowedModels.filter((m) => !parseSliceModel(m));
+    if (req.allowedModels.length > 0 && whole.length === 0)
+      throw new QuotaExceededError(
+        "allowed_gpu_models",
+        0,
+        0,
+        req.gpuCount,
+        `quota exceeded: allowed_gpu_models allows only MIG slices (${req.allowedModels.join(", ")}); ask for them with mig_profile`,
+      );
+    return whole;
+  }
+  const profile = req.migProfile;
+  const fleet = (
+    await query<{ model: string }>(em, "select distinct model from gpus where mig_profile <> '' and mig_profile = ? order by model", [
+      profile,
+    ])
+  ).map((r) => r.model);
+  if (fleet.length === 0) {
+    const known = await query<{ p: string }>(em, "select distinct mig_profile as p from gpus where mig_profile <> '' order by 1", []);
+    throw InvalidArgumentError.field(
+      "mig_profile",
+      `no GPU in the fleet has MIG slices of profile "${profile}"; ${known.length > 0 ? `the fleet has: ${known.map((k) => k.p).join(", ")}` : "the fleet has no MIG slices"}`,
+    );
+  }
+  const ofModel = req.gpuModel ? fleet.filter((m) => m === req.gpuModel || m === sliceModel(req.gpuModel, profile)) : fleet;
+  if (ofModel.length === 0) {
+    const parents = fleet.map((m) => parseSliceModel(m)?.parentModel ?? m);
+    throw InvalidArgumentError.field(
+      "gpu_model",
+      `no "${req.gpuModel}" GPU has MIG slices of profile "${profile}"; the fleet has them on: ${parents.join(", ")}`,
+    );
+  }
+  const allowed = ofModel.filter((m) => modelAllowed(req.allowedModels, m));
+  if (allowed.length === 0)
+    throw new QuotaExceededError(
+      "allowed_gpu_models",
+      0,
+      0,
+      req.gpuCount,
+      `quota exceeded: allowed_gpu_models does not include MIG slices of profile "${profile}" (${ofModel.join(", ")}; allowed: ${req.allowedModels.join(", ")})`,
+    );
+  return allowed;
 }
 
 /**
@@ -76,7 +133,7 @@ export async function placeEnvironment(em: EntityManager, req: PlacementRequest)
 async function noRoom(em: EntityManager, req: PlacementRequest, modelFilter: string[], modelSql: string): Promise<ResourceExhaustedError> {
   const hostSql = req.onlyHost ? "and h.id = ?" : "";
   const hostParams = req.onlyHost ? [req.onlyHost] : [];
-  const free = `g.status = 'AVAILABLE' and g.holder is null ${modelSql}`;
+  const free = `g.status = 'AVAILABLE' and g.holder is null and not g.mig_enabled ${modelSql}`;
   const [counts] = await query<{ total: number; best: number }>(
     em,
     `select coalesce(sum(n), 0)::int as total, coalesce(max(n), 0)::int as best from (
@@ -101,11 +158,13 @@ async function noRoom(em: EntityManager, req: PlacementRequest, modelFilter: str
       `host ${req.onlyHost}, where the environment's volume is, cannot run environments: ${unable[0].reason}`,
     );
   const skipped = cannotRun(unable);
-  const model = req.gpuModel
-    ? `of model "${req.gpuModel}"`
-    : modelFilter.length > 0
-      ? `of an allowed model (${modelFilter.join(", ")})`
-      : "";
+  const model = req.migProfile
+    ? `(MIG slices of profile "${req.migProfile}": ${modelFilter.join(", ")})`
+    : req.gpuModel
+      ? `of model "${req.gpuModel}"`
+      : modelFilter.length > 0
+        ? `of an allowed model (${modelFilter.join(", ")})`
+        : "";
   const where = req.onlyHost ? `on host ${req.onlyHost}, where the environment's volume is` : "on any online, schedulable host";
   if (req.gpuCount === 0)
     return new ResourceExhaustedError(

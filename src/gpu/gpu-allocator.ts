@@ -49,6 +49,10 @@ export class GpuAllocator {
       if (req.gpuId) {
         gpu = await findGpu(em, req.gpuId, LockMode.PESSIMISTIC_WRITE);
         if (gpu.holder !== null) throw new FailedPreconditionError(`GPU ${gpu.id} is already allocated to "${gpu.holder}"`);
+        if (gpu.migEnabled)
+          throw new FailedPreconditionError(
+            `GPU ${gpu.id} is in MIG mode: allocate one of its MIG slices (ListGpus shows them with mig.parent_id ${gpu.id})`,
+          );
         const status = effectiveGpuStatus(gpu);
         if (status !== "AVAILABLE") throw new FailedPreconditionError(`GPU ${gpu.id} is ${status} and cannot be allocated`);
         await lockHostOpen(
@@ -62,7 +66,8 @@ export class GpuAllocator {
       } else {
         const where: FilterQuery<Gpu>[] = [FREE_GPU];
         if (req.hostId) where.push({ host: checkId("host_id", req.hostId) });
-        if (req.model) where.push({ model: req.model });
+        // A MIG slice is picked when its model is asked for; "any GPU" means a whole one.
+        where.push(req.model ? { model: req.model } : { migProfile: "" });
         // SKIP LOCKED: concurrent pickers take different rows instead of queueing on the same one.
         gpu = await em.findOne(
           Gpu,

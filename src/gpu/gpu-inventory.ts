@@ -8,7 +8,7 @@ import type { Clock } from "../platform/clock.js";
 import { onUniqueViolation } from "../platform/unique-violation.js";
 import type { LatestSamples } from "../telemetry/latest-samples.js";
 import { Violations, checkString } from "../validation.js";
-import { Gpu, type GpuStatus, type GpuView, type ShownGpu } from "./gpu.js";
+import { Gpu, type GpuStatus, type GpuView, type MigPlacement, type ShownGpu } from "./gpu.js";
 import type { AuditNote } from "../audit/audit-trail.js";
 
 // Where the RPC layer has always found it.
@@ -30,6 +30,8 @@ export interface GpuFilter {
   status?: GpuStatus;
   freeOnly: boolean;
   labels: Record<string, string>;
+  /** Only MIG slices of this profile. */
+  migProfile?: string;
 }
 
 export interface GpuPatch {
@@ -43,7 +45,12 @@ export interface GpuPatch {
 export const UPDATABLE_GPU_FIELDS = ["model", "memory_bytes", "status", "health_reasons"] as const;
 
 /** The filter that makes a GPU usable by a scheduler right now. */
-export const FREE_GPU: FilterQuery<Gpu> = { status: "AVAILABLE", holder: null, host: { status: "ONLINE", schedulable: true } };
+export const FREE_GPU: FilterQuery<Gpu> = {
+  status: "AVAILABLE",
+  holder: null,
+  migEnabled: false,
+  host: { status: "ONLINE", schedulable: true },
+};
 
 /** GPU inventory: what exists, where, and in what state. Allocation lives in GpuAllocator. */
 export class GpuInventory {
@@ -116,6 +123,7 @@ export class GpuInventory {
     const limit = pageSize(size);
     const v = new Violations();
     checkString(v, "model", filter.model ?? "", { max: 128 });
+    checkString(v, "mig_profile", filter.migProfile ?? "", { max: 24 });
     v.throwIfAny();
     const after = decodePageToken(token, filter, ["uuid", "int"]);
     const branches = listBranches(filter);
@@ -182,6 +190,16 @@ export class GpuInventory {
           gpu.status = gpu.holder ? "ALLOCATED" : "AVAILABLE";
           gpu.healthReasons = [];
           this.onReadmit(gpu.host.id, gpu.uuid);
+          // Its MIG slices, taken out with it, come back with it.
+          if (gpu.migEnabled)
+            await em.getConnection().execute(
+              `update gpus set status = case when holder is null then 'AVAILABLE' else 'ALLOCATED' end, health_reasons = '[]'::jsonb,
+                 updated_at = ?, version = version + 1
+               where parent_id = ? and status = 'UNHEALTHY'`,
+              [this.clock.now(), gpu.id],
+              "run",
+              em.getTransactionContext(),
+            );
         } else {
           throw new FailedPreconditionError(`GPU ${gpu.id} is ${gpu.status}; only an UNHEALTHY GPU can be re-admitted`);
         }
@@ -245,12 +263,13 @@ function listBranches(filter: GpuFilter): ListCondition[][] {
   const where: ListCondition[] = [];
   if (filter.hostId) where.push({ on: "gpu", sql: "g.host_id = ?::uuid", params: [checkId("host_id", filter.hostId)] });
   if (filter.model) where.push({ on: "gpu", sql: "g.model = ?", params: [filter.model] });
+  if (filter.migProfile) where.push({ on: "gpu", sql: "g.mig_profile = ?", params: [filter.migProfile] });
   if (filter.status && filter.status !== "OFFLINE") {
     where.push({ on: "gpu", sql: "g.status = ?", params: [filter.status] });
     where.push({ on: "host", common: true, sql: "h.status <> 'OFFLINE'", params: [] });
   }
   if (filter.freeOnly) {
-    where.push({ on: "gpu", sql: "g.status = 'AVAILABLE' and g.holder is null", params: [] });
+    where.push({ on: "gpu", sql: "g.status = 'AVAILABLE' and g.holder is null and not g.mig_enabled", params: [] });
     where.push({ on: "host", common: true, sql: "h.status = 'ONLINE' and h.schedulable", params: [] });
   }
   if (Object.keys(filter.labels).length > 0)
@@ -306,7 +325,8 @@ function countSql(where: ListCondition[]): Sql {
 
 /** What a list page reads of a GPU and its host. */
 const GPU_COLUMNS = `g.id, g.index, g.uuid, g.model, g.memory_bytes, g.status, g.holder, g.environment_id, g.health_reasons,
-  g.driver_version, g.cuda_version, g.allocated_at, g.created_at, g.updated_at, h.id as host_id, h.name as host_name, h.status as host_status`;
+  g.driver_version, g.cuda_version, g.allocated_at, g.created_at, g.updated_at, g.mig_enabled, g.parent_id, g.mig_profile, g.mig_placement,
+  h.id as host_id, h.name as host_name, h.status as host_status`;
 
 interface GpuRow {
   id: string;
@@ -325,6 +345,10 @@ interface GpuRow {
   allocated_at: string | null;
   created_at: string;
   updated_at: string;
+  mig_enabled: boolean;
+  parent_id: string | null;
+  mig_profile: string;
+  mig_placement: MigPlacement | null;
   host_id: string;
   host_name: string;
   host_status: HostStatus;
@@ -347,6 +371,10 @@ function shownGpu(r: GpuRow, date: (value: string) => Date): ShownGpu {
     updatedAt: date(r.updated_at),
     host: { id: r.host_id, name: r.host_name, status: r.host_status },
     environment: r.environment_id === null ? null : { id: r.environment_id },
+    migEnabled: r.mig_enabled,
+    parent: r.parent_id === null ? null : { id: r.parent_id },
+    migProfile: r.mig_profile,
+    migPlacement: r.mig_placement,
   };
 }
 

@@ -1,10 +1,13 @@
 import type { MikroORM } from "@mikro-orm/postgresql";
-import { pgArray } from "../platform/bulk-sql.js";
-import type { QuotaLedger } from "../workspace/quota-ledger.js";
+import { modelAllowed, type QuotaLedger } from "../workspace/quota-ledger.js";
+import { QUOTA_UNITS_PER_GPU } from "./gpu.js";
+import { parseSliceModel, quotaUnits } from "./mig.js";
 
 /** What one GPU model offers now to a new environment. */
 export interface GpuModelOffer {
   model: string;
+  /** Set for a MIG slice's model: its profile. */
+  migProfile: string;
   memoryBytes: bigint;
   freeGpus: number;
   /** The most free on one host: an environment's GPUs share one host. */
@@ -30,21 +33,27 @@ export class GpuModels {
       `select model, max(memory)::text as memory, sum(free)::int as free, max(free)::int as best
          from (select g.model, max(g.memory_bytes) as memory, count(*) as free
                  from gpus g join hosts h on h.id = g.host_id
-                where g.status = 'AVAILABLE' and g.holder is null
+                where g.status = 'AVAILABLE' and g.holder is null and not g.mig_enabled
                   and h.status = 'ONLINE' and h.schedulable and h.runtime_unavailable_reason = ''
-                  and (cardinality(?::text[]) = 0 or g.model = any(?::text[]))
                 group by g.model, g.host_id) per_host
         group by model order by model`,
-      [pgArray(allowedGpuModels), pgArray(allowedGpuModels)],
     );
     // What the quota leaves, over all models and for each one.
     const left = (limit: number | null | undefined, used: number) =>
       limit === null || limit === undefined ? Number.POSITIVE_INFINITY : Math.max(0, limit - used);
-    const overall = left(quota.maxGpus, usage.gpus);
+    // max_gpus in units: a slice takes its share of a GPU.
+    const units = left(quota.maxGpus === null ? null : quota.maxGpus * QUOTA_UNITS_PER_GPU, usage.gpuUnits);
     return rows
+      .filter((r) => modelAllowed(allowedGpuModels, r.model))
       .map((r) => {
-        const cap = Math.min(overall, left(quota.maxGpusPerModel[r.model], usage.gpusPerModel[r.model] ?? 0));
-        return { model: r.model, memoryBytes: BigInt(r.memory), freeGpus: Math.min(r.free, cap), maxPerHost: Math.min(r.best, cap) };
+        const profile = parseSliceModel(r.model)?.profile ?? "";
+        const cap = Math.min(
+          Math.floor(units / quotaUnits(r.model)),
+          left(quota.maxGpusPerModel[r.model], usage.gpusPerModel[r.model] ?? 0),
+          profile ? left(quota.maxMigSlicesPerProfile[profile], usage.migSlicesPerProfile[profile] ?? 0) : Number.POSITIVE_INFINITY,
+        );
+        const offer = { model: r.model, migProfile: profile, memoryBytes: BigInt(r.memory) };
+        return { ...offer, freeGpus: Math.min(r.free, cap), maxPerHost: Math.min(r.best, cap) };
       })
       .filter((m) => m.freeGpus > 0);
   }

@@ -15,7 +15,11 @@ export class Gpu {
     | "driverVersion"
     | "cudaVersion"
     | "allocatedAt"
-    | "version";
+    | "version"
+    | "migEnabled"
+    | "parent"
+    | "migProfile"
+    | "migPlacement";
   id: string = randomUUID();
   host!: Host;
   index!: number;
@@ -33,7 +37,28 @@ export class Gpu {
   createdAt!: Date;
   updatedAt!: Date;
   version = 1;
+  /** In MIG mode: scheduled only through its slices, never free itself. */
+  migEnabled = false;
+  /** Set on a MIG slice: its physical GPU. */
+  parent: Gpu | null = null;
+  /** Set on a MIG slice: its profile, e.g. "1g.10gb"; "" for a whole GPU. */
+  migProfile = "";
+  /** Set on a MIG slice: where it sits on its parent. */
+  migPlacement: MigPlacement | null = null;
 }
+
+/** Where a MIG slice sits on its parent, as nvidia-smi numbers it. */
+export interface MigPlacement {
+  deviceIndex: number;
+  gpuInstanceId: number;
+  computeInstanceId: number;
+}
+
+/**
+ * A whole GPU counts this many units against max_gpus; a MIG slice its share of it, exactly: 420 is
+ * divisible by every number of compute slices a GPU has (7 on A100/H100/H200, 4 on A30, ...).
+ */
+export const QUOTA_UNITS_PER_GPU = 420;
 
 /**
  * What a view shows of a GPU: a loaded Gpu has all of it; a list page reads just these columns, with
@@ -54,9 +79,13 @@ export type ShownGpu = Pick<
   | "allocatedAt"
   | "createdAt"
   | "updatedAt"
+  | "migEnabled"
+  | "migProfile"
+  | "migPlacement"
 > & {
   host: Pick<Host, "id" | "name" | "status">;
   environment: Pick<Environment, "id"> | null;
+  parent: Pick<Gpu, "id"> | null;
 };
 
 /** A GPU with the latest sample shown beside it. */
@@ -95,8 +124,12 @@ export const GpuSchema = new EntitySchema<Gpu>({
     { name: "gpus_status_host_index", properties: ["status", "host"] },
     { name: "gpus_model_host_index", properties: ["model", "host"] },
     {
+      name: "gpus_mig_profile_index",
+      expression: `create index "gpus_mig_profile_index" on "gpus" ("mig_profile", "model") where mig_profile <> ''`,
+    },
+    {
       name: "gpus_free_index",
-      expression: `create index "gpus_free_index" on "gpus" ("host_id") where "status" = 'AVAILABLE' and "holder" is null`,
+      expression: `create index "gpus_free_index" on "gpus" ("host_id") where status = 'AVAILABLE' and holder is null and not mig_enabled`,
     },
   ],
   properties: {
@@ -116,5 +149,9 @@ export const GpuSchema = new EntitySchema<Gpu>({
     createdAt: { type: "Date", columnType: "timestamptz" },
     updatedAt: { type: "Date", columnType: "timestamptz" },
     version: { type: "integer", version: true },
+    migEnabled: { type: "boolean", default: false },
+    parent: { kind: "m:1", entity: () => Gpu, nullable: true, deleteRule: "cascade", index: "gpus_parent_id_index" },
+    migProfile: { type: "string", length: 32, default: "" },
+    migPlacement: { type: "json", nullable: true },
   },
 });

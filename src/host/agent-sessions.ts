@@ -14,6 +14,7 @@ import type { WorkloadSpec } from "../runtime/runtime.js";
 import { Batcher } from "../platform/batcher.js";
 import { pgArray } from "../platform/bulk-sql.js";
 import { applyInventories, type ReportedGpu } from "./inventory-sync.js";
+import { MIG_PROFILE } from "../gpu/mig.js";
 
 export interface AgentHello {
   hostId: string;
@@ -344,6 +345,9 @@ export class AgentSessions {
   }
 }
 
+/** Most GPUs a hello may list, MIG slices included (8 GPUs in MIG mode with 7 slices each: 64). */
+const MAX_HELLO_GPUS = 256;
+
 /** Longest runtime_unavailable_reason kept from a hello. */
 export const MAX_RUNTIME_REASON = 1024;
 
@@ -352,9 +356,10 @@ function checkHello(hello: AgentHello): void {
   const v = new Violations();
   checkString(v, "hello.agent_version", hello.agentVersion, { max: 64 });
   checkString(v, "hello.runtime_unavailable_reason", hello.runtimeUnavailableReason, { max: MAX_RUNTIME_REASON });
-  v.check(hello.gpus.length <= 64, "hello.gpus", "at most 64 GPUs per host");
+  v.check(hello.gpus.length <= MAX_HELLO_GPUS, "hello.gpus", `at most ${MAX_HELLO_GPUS} GPUs and MIG slices per host`);
   const uuids = new Set<string>();
   const indexes = new Set<number>();
+  const parents = new Map(hello.gpus.filter((g) => g.migEnabled && !g.mig).map((g) => [g.uuid, g.index]));
   hello.gpus.forEach((g, i) => {
     const field = `hello.gpus[${i}]`;
     checkString(v, `${field}.uuid`, g.uuid, {
@@ -363,10 +368,30 @@ function checkHello(hello: AgentHello): void {
       pattern: /^[\x21-\x7e]+$/,
       patternHint: "printable characters without spaces",
     });
-    checkString(v, `${field}.model`, g.model, { required: true, max: 128 });
+    // A slice's row names the model with its profile, in the same 128 characters.
+    checkString(v, `${field}.model`, g.model, { required: true, max: g.mig ? 96 : 128 });
     checkString(v, `${field}.driver_version`, g.driverVersion, { max: 64 });
     checkString(v, `${field}.cuda_version`, g.cudaVersion, { max: 32 });
-    v.check(Number.isInteger(g.index) && g.index >= 0 && g.index < 1024, `${field}.index`, "must be 0 to 1023");
+    if (g.mig) {
+      // A slice: of a GPU in MIG mode listed in the same hello, its index derived from the parent's.
+      const parentIndex = parents.get(g.mig.parentUuid);
+      v.check(parentIndex !== undefined, `${field}.parent_uuid`, "must be a GPU of this hello with MIG mode enabled");
+      checkString(v, `${field}.mig_profile`, g.mig.profile, {
+        required: true,
+        max: 24,
+        pattern: MIG_PROFILE,
+        patternHint: 'a MIG profile such as "1g.10gb"',
+      });
+      const { deviceIndex } = g.mig;
+      v.check(Number.isInteger(deviceIndex) && deviceIndex >= 0 && deviceIndex < 100, `${field}.mig_device_index`, "must be 0 to 99");
+      if (parentIndex !== undefined)
+        v.check(
+          g.index === 1000 * (parentIndex + 1) + deviceIndex,
+          `${field}.index`,
+          "must be 1000 x (the parent's index + 1) + mig_device_index",
+        );
+      v.check(!g.migEnabled, `${field}.mig_enabled`, "a MIG slice cannot be in MIG mode");
+    } else v.check(Number.isInteger(g.index) && g.index >= 0 && g.index < 1000, `${field}.index`, "must be 0 to 999");
     v.check(g.memoryBytes >= 0, `${field}.memory_bytes`, "must be 0 or more");
     v.check(!uuids.has(g.uuid), `${field}.uuid`, "appears twice");
     v.check(!indexes.has(g.index), `${field}.index`, "appears twice");

@@ -1,16 +1,33 @@
 import { randomUUID } from "node:crypto";
 import type { Knex } from "@mikro-orm/knex";
-import { statusWhenOnline, type GpuStatus } from "../gpu/gpu.js";
+import { statusWhenOnline, type GpuStatus, type MigPlacement } from "../gpu/gpu.js";
+import { sliceModel } from "../gpu/mig.js";
 import { pgArray } from "../platform/bulk-sql.js";
 
 /** One GPU as an agent reports it. */
 export interface ReportedGpu {
   index: number;
   uuid: string;
+  /** The product name; for a MIG slice, its parent's (the stored model adds " MIG <profile>"). */
   model: string;
   memoryBytes: number;
   driverVersion: string;
   cudaVersion: string;
+  /** In MIG mode: scheduled only through its slices. */
+  migEnabled?: boolean;
+  /** Set on a MIG slice: what it is a slice of. */
+  mig?: ReportedMig;
+}
+
+/** What makes a reported GPU a MIG slice. */
+export interface ReportedMig {
+  /** The UUID of the physical GPU, reported in the same inventory with migEnabled. */
+  parentUuid: string;
+  /** e.g. "1g.10gb". */
+  profile: string;
+  deviceIndex: number;
+  gpuInstanceId: number;
+  computeInstanceId: number;
 }
 
 /** A GPU row as inventory sync needs it. */
@@ -21,11 +38,14 @@ export interface StoredGpu extends ReportedGpu {
   healthReasons: string[];
 }
 
+/** A reported GPU as its row stores it: a slice's model names its profile. */
+type RowGpu = ReportedGpu;
+
 export interface InventoryPlan {
   /** GPUs that must give up their index first ((host, index) is unique): index becomes -1 - index. */
   park: string[];
-  insert: (ReportedGpu & { id: string })[];
-  update: (ReportedGpu & { id: string; status: GpuStatus })[];
+  insert: (RowGpu & { id: string })[];
+  update: (RowGpu & { id: string; status: GpuStatus })[];
   /** GPUs the agent no longer reports. */
   offline: string[];
   /** Server-side id of each reported GPU, by UUID. */
@@ -37,7 +57,8 @@ export interface InventoryPlan {
  * known ones updated and brought back from OFFLINE, missing ones marked OFFLINE (never deleted: they
  * may hold an environment, or come back after a reboot). A reconnect with nothing new plans nothing.
  */
-export function planInventory(stored: StoredGpu[], reported: ReportedGpu[]): InventoryPlan {
+export function planInventory(stored: StoredGpu[], reportedGpus: ReportedGpu[]): InventoryPlan {
+  const reported = reportedGpus.map(asRow);
   const byUuid = new Map(stored.map((g) => [g.uuid, g]));
   const reportedByUuid = new Map(reported.map((r) => [r.uuid, r]));
   const claimed = new Set(reported.map((r) => r.index));
@@ -63,10 +84,24 @@ export function planInventory(stored: StoredGpu[], reported: ReportedGpu[]): Inv
       g.model === r.model &&
       g.memoryBytes === r.memoryBytes &&
       g.driverVersion === r.driverVersion &&
-      g.cudaVersion === r.cudaVersion;
+      g.cudaVersion === r.cudaVersion &&
+      (g.migEnabled ?? false) === (r.migEnabled ?? false) &&
+      JSON.stringify(g.mig ?? null) === JSON.stringify(r.mig ?? null);
     if (!same || status !== g.status) plan.update.push({ ...r, id: g.id, status });
   }
   return plan;
+}
+
+/** A reported GPU in the form its row takes. */
+function asRow(r: ReportedGpu): RowGpu {
+  if (!r.mig) return { ...r, migEnabled: r.migEnabled ?? false };
+  const { parentUuid, profile, deviceIndex, gpuInstanceId, computeInstanceId } = r.mig;
+  return {
+    ...r,
+    model: sliceModel(r.model, profile),
+    migEnabled: false,
+    mig: { parentUuid, profile, deviceIndex, gpuInstanceId, computeInstanceId },
+  };
 }
 
 /** Whether applying the plan changed any GPU row. */
@@ -101,10 +136,15 @@ export async function applyInventories(
     status: GpuStatus;
     holder: string | null;
     health_reasons: string[];
+    mig_enabled: boolean;
+    parent_uuid: string | null;
+    mig_profile: string;
+    mig_placement: MigPlacement | null;
   }[] = (
     await trx.raw(
-      `select id, host_id, uuid, index, model, memory_bytes, driver_version, cuda_version, status, holder, health_reasons
-       from gpus where host_id = any(?::uuid[])`,
+      `select g.id, g.host_id, g.uuid, g.index, g.model, g.memory_bytes, g.driver_version, g.cuda_version, g.status, g.holder,
+         g.health_reasons, g.mig_enabled, p.uuid as parent_uuid, g.mig_profile, g.mig_placement
+       from gpus g left join gpus p on p.id = g.parent_id where g.host_id = any(?::uuid[])`,
       [pgArray(reports.map((r) => r.hostId))],
     )
   ).rows;
@@ -121,14 +161,25 @@ export async function applyInventories(
       status: r.status,
       holder: r.holder,
       healthReasons: r.health_reasons,
+      migEnabled: r.mig_enabled,
+      mig: r.parent_uuid && r.mig_placement ? { parentUuid: r.parent_uuid, profile: r.mig_profile, ...r.mig_placement } : undefined,
     });
   }
   const plans = new Map(reports.map((r) => [r.hostId, planInventory(stored.get(r.hostId)!, r.gpus)]));
   const all = [...plans.entries()];
   const park = all.flatMap(([, p]) => p.park);
   const offline = all.flatMap(([, p]) => p.offline);
-  const update = all.flatMap(([, p]) => p.update);
-  const insert = all.flatMap(([hostId, p]) => p.insert.map((g) => ({ ...g, hostId })));
+  // A slice's columns, its parent's id among them (the parent is in the same report).
+  const migColumns = (plan: InventoryPlan, g: RowGpu) => ({
+    migEnabled: g.migEnabled ?? false,
+    parentId: g.mig ? (plan.ids.get(g.mig.parentUuid) ?? null) : null,
+    migProfile: g.mig?.profile ?? "",
+    migPlacement: g.mig
+      ? { deviceIndex: g.mig.deviceIndex, gpuInstanceId: g.mig.gpuInstanceId, computeInstanceId: g.mig.computeInstanceId }
+      : null,
+  });
+  const update = all.flatMap(([, p]) => p.update.map((g) => ({ ...g, ...migColumns(p, g) })));
+  const insert = all.flatMap(([hostId, p]) => p.insert.map((g) => ({ ...g, ...migColumns(p, g), hostId })));
   if (park.length > 0) await trx.raw("update gpus set index = -1 - index where id = any(?::uuid[])", [pgArray(park)]);
   if (offline.length > 0) {
     await trx.raw("update gpus set status = 'OFFLINE', updated_at = ?, version = version + 1 where id = any(?::uuid[])", [
@@ -136,21 +187,35 @@ export async function applyInventories(
       pgArray(offline),
     ]);
   }
+  const migRecord = `"migEnabled" boolean, "parentId" uuid, "migProfile" text, "migPlacement" jsonb`;
+  // Inserts first: a known slice may move to a parent that is new.
+  if (insert.length > 0) {
+    await trx.raw(
+      `insert into gpus (id, host_id, index, uuid, model, memory_bytes, driver_version, cuda_version, status, health_reasons,
+         created_at, updated_at, version, mig_enabled, mig_profile, mig_placement)
+       select v.id, v."hostId", v.index, v.uuid, v.model, v."memoryBytes", v."driverVersion", v."cudaVersion", 'AVAILABLE', '[]'::jsonb,
+         ?, ?, 1, v."migEnabled", v."migProfile", v."migPlacement"
+       from jsonb_to_recordset(?::jsonb) as v(id uuid, "hostId" uuid, index int, uuid text, model text, "memoryBytes" bigint,
+         "driverVersion" text, "cudaVersion" text, ${migRecord})`,
+      [now, now, JSON.stringify(insert)],
+    );
+    // Parents are set once every row exists (a parent may be inserted in the same statement).
+    const children = insert.filter((g) => g.parentId);
+    if (children.length > 0)
+      await trx.raw(
+        `update gpus g set parent_id = v."parentId" from jsonb_to_recordset(?::jsonb) as v(id uuid, "parentId" uuid) where g.id = v.id`,
+        [JSON.stringify(children.map((g) => ({ id: g.id, parentId: g.parentId })))],
+      );
+  }
   if (update.length > 0) {
     await trx.raw(
       `update gpus g set index = v.index, model = v.model, memory_bytes = v."memoryBytes", driver_version = v."driverVersion",
-         cuda_version = v."cudaVersion", status = v.status, updated_at = ?, version = g.version + 1
-       from jsonb_to_recordset(?::jsonb) as v(id uuid, index int, model text, "memoryBytes" bigint, "driverVersion" text, "cudaVersion" text, status text)
+         cuda_version = v."cudaVersion", status = v.status, mig_enabled = v."migEnabled", parent_id = v."parentId",
+         mig_profile = v."migProfile", mig_placement = v."migPlacement", updated_at = ?, version = g.version + 1
+       from jsonb_to_recordset(?::jsonb) as v(id uuid, index int, model text, "memoryBytes" bigint, "driverVersion" text, "cudaVersion" text,
+         status text, ${migRecord})
        where g.id = v.id`,
       [now, JSON.stringify(update)],
-    );
-  }
-  if (insert.length > 0) {
-    await trx.raw(
-      `insert into gpus (id, host_id, index, uuid, model, memory_bytes, driver_version, cuda_version, status, health_reasons, created_at, updated_at, version)
-       select v.id, v."hostId", v.index, v.uuid, v.model, v."memoryBytes", v."driverVersion", v."cudaVersion", 'AVAILABLE', '[]'::jsonb, ?, ?, 1
-       from jsonb_to_recordset(?::jsonb) as v(id uuid, "hostId" uuid, index int, uuid text, model text, "memoryBytes" bigint, "driverVersion" text, "cudaVersion" text)`,
-      [now, now, JSON.stringify(insert)],
     );
   }
   return plans;

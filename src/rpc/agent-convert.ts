@@ -49,6 +49,16 @@ export function helloFromMessage(m: AgentHelloMessage): AgentHello {
       memoryBytes: toSafeNumber(v, `hello.gpus[${i}].memory_bytes`, g.memoryBytes),
       driverVersion: g.driverVersion,
       cudaVersion: g.cudaVersion,
+      migEnabled: g.migEnabled,
+      mig: g.parentUuid
+        ? {
+            parentUuid: g.parentUuid,
+            profile: g.migProfile,
+            deviceIndex: g.migDeviceIndex,
+            gpuInstanceId: g.gpuInstanceId,
+            computeInstanceId: g.computeInstanceId,
+          }
+        : undefined,
     })),
     containersSupported: m.containersSupported,
     // Tidied rather than refused: an agent must still connect to say why it cannot run anything.

@@ -17,7 +17,8 @@ import {
   type GpuSample as GpuSampleMessage,
   type HostSample as HostSampleMessage,
 } from "../../gen/remotegpu/v1/telemetry_pb.js";
-import { effectiveGpuStatus, type GpuStatus } from "../gpu/gpu.js";
+import { quotaUnits } from "../gpu/mig.js";
+import { QUOTA_UNITS_PER_GPU, effectiveGpuStatus, type GpuStatus } from "../gpu/gpu.js";
 import type { GpuView } from "../gpu/gpu-inventory.js";
 import { hostStatusMessage, type HostRuntime, type HostStatus } from "../host/host.js";
 import type { HostView } from "../host/host-registry.js";
@@ -144,6 +145,16 @@ export function gpuToMessage(view: GpuView): GpuMessage {
     allocateTime: ts(g.allocatedAt),
     createTime: ts(g.createdAt),
     updateTime: ts(g.updatedAt),
+    migEnabled: g.migEnabled,
+    mig:
+      g.parent && g.migPlacement
+        ? {
+            parentId: g.parent.id,
+            profile: g.migProfile,
+            ...g.migPlacement,
+            weight: quotaUnits(g.model) / QUOTA_UNITS_PER_GPU,
+          }
+        : undefined,
   });
 }
 

@@ -64,6 +64,7 @@ export class GpuHandler implements Impl {
       model: req.model || undefined,
       status,
       freeOnly: req.freeOnly,
+      migProfile: req.migProfile,
       labels: parseLabelSelector("label_selector", req.labelSelector),
     };
     const page = await this.inventory.list(filter, req.pageSize, req.pageToken);

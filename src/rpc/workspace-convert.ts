@@ -1,4 +1,5 @@
 // Conversion of workspace-area messages: workspaces, quotas, usage, tokens, audit events.
+import { QUOTA_UNITS_PER_GPU } from "../gpu/gpu.js";
 import { create } from "@bufbuild/protobuf";
 import {
   ApiTokenRole,
@@ -42,6 +43,7 @@ export function quotaToMessage(q: ResourceQuota) {
     workspaceId: q.workspace.id,
     maxGpus: q.maxGpus ?? undefined,
     maxGpusPerModel: q.maxGpusPerModel,
+    maxMigSlicesPerProfile: q.maxMigSlicesPerProfile,
     allowedGpuModels: q.allowedGpuModels,
     maxEnvironments: q.maxEnvironments ?? undefined,
     maxCpuMillicores: big(q.maxCpuMillicores),
@@ -59,6 +61,7 @@ export function quotaFromMessage(v: Violations, q: ResourceQuotaMessage): QuotaL
   return {
     maxGpus: q.maxGpus ?? null,
     maxGpusPerModel: { ...q.maxGpusPerModel },
+    maxMigSlicesPerProfile: { ...q.maxMigSlicesPerProfile },
     allowedGpuModels: [...q.allowedGpuModels],
     maxEnvironments: q.maxEnvironments ?? null,
     maxCpuMillicores: opt("max_cpu_millicores", q.maxCpuMillicores),
@@ -71,6 +74,8 @@ export function usageToMessage(u: Usage) {
   return create(ResourceUsageSchema, {
     gpus: u.gpus,
     gpusPerModel: u.gpusPerModel,
+    gpuWeight: u.gpuUnits / QUOTA_UNITS_PER_GPU,
+    migSlicesPerProfile: u.migSlicesPerProfile,
     environments: u.environments,
     cpuMillicores: BigInt(u.cpuMillicores),
     memoryBytes: BigInt(u.memoryBytes),

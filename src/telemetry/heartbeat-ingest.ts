@@ -162,13 +162,24 @@ export class HeartbeatIngest {
       if (revived.length > 0) this.onRevived(revived.map((r) => r.id));
     }
     for (const v of verdicts.values()) {
-      // Reasons already recorded (by an operator or an earlier verdict) are kept.
+      // Reasons already recorded (by an operator or an earlier verdict) are kept. A GPU in MIG mode
+      // takes its slices with it: they share its memory and its faults (XID, ECC, heat).
       await bulkSql(
         this.orm,
-        `update gpus set status = 'UNHEALTHY', updated_at = ?,
-           health_reasons = (select coalesce(jsonb_agg(distinct r), '[]'::jsonb) from jsonb_array_elements(health_reasons || ?::jsonb) r)
-         where host_id = ? and uuid = ?`,
-        [this.clock.now(), JSON.stringify(v.reasons), v.hostId, v.uuid],
+        `update gpus g set status = 'UNHEALTHY', updated_at = ?,
+           health_reasons = (select coalesce(jsonb_agg(distinct r), '[]'::jsonb)
+                               from jsonb_array_elements(g.health_reasons || case when g.uuid = ? then ?::jsonb else ?::jsonb end) r)
+         where g.host_id = ? and (g.uuid = ? or g.parent_id = (select p.id from gpus p where p.host_id = ? and p.uuid = ?))`,
+        [
+          this.clock.now(),
+          v.uuid,
+          JSON.stringify(v.reasons),
+          JSON.stringify(v.reasons.map((r) => `its GPU ${v.uuid}: ${r}`)),
+          v.hostId,
+          v.uuid,
+          v.hostId,
+          v.uuid,
+        ],
       );
     }
   }

@@ -6,12 +6,18 @@ import { checkId } from "../ids.js";
 import type { Clock } from "../platform/clock.js";
 import { Violations, checkString } from "../validation.js";
 import { ResourceQuota } from "./workspace.js";
+import { QUOTA_UNITS_PER_GPU } from "../gpu/gpu.js";
+import { MIG_PROFILE, parseSliceModel, quotaUnits } from "../gpu/mig.js";
 
 export type QuotaLimits = Omit<ResourceQuota, "workspace" | "updatedAt" | "version">;
 
 export interface Usage {
+  /** GPUs held, a MIG slice counting as one. */
   gpus: number;
   gpusPerModel: Record<string, number>;
+  /** What max_gpus is checked against, in QUOTA_UNITS_PER_GPU-ths: a slice counts its share of a GPU. */
+  gpuUnits: number;
+  migSlicesPerProfile: Record<string, number>;
   environments: number;
   cpuMillicores: number;
   memoryBytes: number;
@@ -46,8 +52,9 @@ export function admit(quota: QuotaLimits, usage: Usage, demand: Demand): void {
     }
   };
   const perModel = Object.entries(demand.gpusPerModel ?? {}).filter(([, n]) => n > 0);
+  const demanded = tally(Object.fromEntries(perModel));
   for (const [model, n] of perModel) {
-    if (quota.allowedGpuModels.length > 0 && !quota.allowedGpuModels.includes(model)) {
+    if (!modelAllowed(quota.allowedGpuModels, model)) {
       throw new QuotaExceededError(
         "allowed_gpu_models",
         0,
@@ -58,16 +65,43 @@ export function admit(quota: QuotaLimits, usage: Usage, demand: Demand): void {
     }
     check(`max_gpus_per_model["${model}"]`, quota.maxGpusPerModel[model], usage.gpusPerModel[model] ?? 0, n);
   }
-  check(
-    "max_gpus",
-    quota.maxGpus,
-    usage.gpus,
-    perModel.reduce((sum, [, n]) => sum + n, 0),
-  );
+  for (const [profile, n] of Object.entries(demanded.migSlicesPerProfile))
+    check(`max_mig_slices_per_profile["${profile}"]`, quota.maxMigSlicesPerProfile[profile], usage.migSlicesPerProfile[profile] ?? 0, n);
+  // Whole units, exactly; said in GPUs, a slice as its fraction.
+  const units = quota.maxGpus === null || quota.maxGpus === undefined ? null : quota.maxGpus * QUOTA_UNITS_PER_GPU;
+  if (demanded.gpuUnits > 0 && units !== null && usage.gpuUnits + demanded.gpuUnits > units)
+    throw new QuotaExceededError("max_gpus", quota.maxGpus!, inGpus(usage.gpuUnits), inGpus(demanded.gpuUnits));
   check("max_environments", quota.maxEnvironments, usage.environments, demand.environments);
   check("max_cpu_millicores", quota.maxCpuMillicores, usage.cpuMillicores, demand.cpuMillicores);
   check("max_memory_bytes", quota.maxMemoryBytes, usage.memoryBytes, demand.memoryBytes);
   check("max_storage_bytes", quota.maxStorageBytes, usage.storageBytes, demand.storageBytes);
+}
+
+/**
+ * Whether a quota's allowed_gpu_models lets a workspace have GPUs of `model`: any when the list is
+ * empty; a model listed; a MIG slice whose parent's model is listed (slices of a listed product).
+ */
+export function modelAllowed(allowed: string[], model: string): boolean {
+  if (allowed.length === 0 || allowed.includes(model)) return true;
+  const slice = parseSliceModel(model);
+  return slice !== undefined && allowed.includes(slice.parentModel);
+}
+
+/** GPU units and MIG slices per profile of GPUs counted per model. */
+function tally(perModel: Record<string, number>): { gpuUnits: number; migSlicesPerProfile: Record<string, number> } {
+  let gpuUnits = 0;
+  const migSlicesPerProfile: Record<string, number> = {};
+  for (const [model, n] of Object.entries(perModel)) {
+    gpuUnits += n * quotaUnits(model);
+    const profile = parseSliceModel(model)?.profile;
+    if (profile) migSlicesPerProfile[profile] = (migSlicesPerProfile[profile] ?? 0) + n;
+  }
+  return { gpuUnits, migSlicesPerProfile };
+}
+
+/** Units as GPUs, to three decimals (seven 1g slices of an H100: 1). */
+function inGpus(units: number): number {
+  return Math.round((units / QUOTA_UNITS_PER_GPU) * 1000) / 1000;
 }
 
 /**
@@ -99,6 +133,17 @@ export class QuotaLedger {
     for (const [model, n] of perModel) {
       checkString(v, "quota.max_gpus_per_model", model, { required: true, max: 128 });
       nonNegative(`max_gpus_per_model["${model}"]`, n);
+    }
+    const perProfile = Object.entries(limits.maxMigSlicesPerProfile);
+    v.check(perProfile.length <= MAX_MODELS, "quota.max_mig_slices_per_profile", `at most ${MAX_MODELS} profiles`);
+    for (const [profile, n] of perProfile) {
+      checkString(v, "quota.max_mig_slices_per_profile", profile, {
+        required: true,
+        max: 24,
+        pattern: MIG_PROFILE,
+        patternHint: 'keys are MIG profiles such as "1g.10gb"',
+      });
+      nonNegative(`max_mig_slices_per_profile["${profile}"]`, n);
     }
     v.check(limits.allowedGpuModels.length <= MAX_MODELS, "quota.allowed_gpu_models", `at most ${MAX_MODELS} models`);
     for (const [i, model] of limits.allowedGpuModels.entries()) {
@@ -132,7 +177,8 @@ export class QuotaLedger {
     const id = checkId("workspace_id", workspaceId);
     // Plain SQL: this runs on every creation, and the caller needs the limits, not an entity.
     const [row] = await em.getConnection().execute<QuotaRow[]>(
-      `select max_gpus, max_gpus_per_model, allowed_gpu_models, max_environments, max_cpu_millicores, max_memory_bytes, max_storage_bytes
+      `select max_gpus, max_gpus_per_model, max_mig_slices_per_profile, allowed_gpu_models, max_environments, max_cpu_millicores,
+         max_memory_bytes, max_storage_bytes
          from resource_quotas where workspace_id = ? for update`,
       [id],
       "all",
@@ -142,6 +188,7 @@ export class QuotaLedger {
     const quota: QuotaLimits = {
       maxGpus: row.max_gpus,
       maxGpusPerModel: row.max_gpus_per_model,
+      maxMigSlicesPerProfile: row.max_mig_slices_per_profile,
       allowedGpuModels: row.allowed_gpu_models,
       maxEnvironments: row.max_environments,
       maxCpuMillicores: nullableNumber(row.max_cpu_millicores),
@@ -182,6 +229,7 @@ export class QuotaLedger {
     return {
       gpus: Object.values(gpusPerModel).reduce((sum, n) => sum + n, 0),
       gpusPerModel,
+      ...tally(gpusPerModel),
       environments: totals!.environments,
       cpuMillicores: Number(totals!.cpu),
       memoryBytes: Number(totals!.memory),
@@ -194,6 +242,7 @@ export class QuotaLedger {
 interface QuotaRow {
   max_gpus: number | null;
   max_gpus_per_model: Record<string, number>;
+  max_mig_slices_per_profile: Record<string, number>;
   allowed_gpu_models: string[];
   max_environments: number | null;
   max_cpu_millicores: string | number | null;

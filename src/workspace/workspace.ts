@@ -28,6 +28,7 @@ export class ResourceQuota {
   declare [OptionalProps]?:
     | "maxGpus"
     | "maxGpusPerModel"
+    | "maxMigSlicesPerProfile"
     | "allowedGpuModels"
     | "maxEnvironments"
     | "maxCpuMillicores"
@@ -37,6 +38,8 @@ export class ResourceQuota {
   workspace!: Workspace;
   maxGpus: number | null = null;
   maxGpusPerModel: Record<string, number> = {};
+  /** Most MIG slices held at once per profile ("1g.10gb"), over all parent models. */
+  maxMigSlicesPerProfile: Record<string, number> = {};
   allowedGpuModels: string[] = [];
   maxEnvironments: number | null = null;
   maxCpuMillicores: number | null = null;
@@ -53,6 +56,7 @@ export const ResourceQuotaSchema = new EntitySchema<ResourceQuota>({
     workspace: { kind: "1:1", entity: () => Workspace, primary: true, owner: true, deleteRule: "cascade" },
     maxGpus: { type: "integer", nullable: true },
     maxGpusPerModel: { type: "json" },
+    maxMigSlicesPerProfile: { type: "json", default: "{}" },
     allowedGpuModels: { type: "json" },
     maxEnvironments: { type: "integer", nullable: true },
     maxCpuMillicores: { type: new BigIntType("number"), nullable: true },

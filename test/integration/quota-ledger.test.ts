@@ -60,6 +60,7 @@ describe("QuotaLedger under concurrency (real PostgreSQL)", () => {
   const none = {
     maxGpus: null,
     maxGpusPerModel: {},
+    maxMigSlicesPerProfile: {},
     allowedGpuModels: [],
     maxEnvironments: null,
     maxCpuMillicores: null,

@@ -88,6 +88,7 @@ describe("CreateEnvironment request ids", () => {
       env: { A: "1", B: "2" },
       gpuCount: 1,
       gpuModel: "",
+      migProfile: "",
       cpuMillicores: 0,
       memoryBytes: 0,
       storageBytes: 10,

@@ -1,3 +1,4 @@
+import type { GpuInventoryItemSchema } from "../../gen/remotegpu/v1/agent_pb.js";
 import { strict as assert } from "node:assert";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
@@ -20,7 +21,7 @@ export class FakeAgent {
 
   async hello(
     hostId: string,
-    gpus: { index: number; uuid: string; model?: string }[],
+    gpus: ({ index: number; uuid: string } & MessageInitShape<typeof GpuInventoryItemSchema>)[],
     /** Why it cannot run environments, as an agent without a container engine says (default: it can). */
     { runtimeUnavailableReason = "" }: { runtimeUnavailableReason?: string } = {},
   ) {

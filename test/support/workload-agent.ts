@@ -1,3 +1,4 @@
+import type { GpuInventoryItemSchema } from "../../gen/remotegpu/v1/agent_pb.js";
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import { WorkloadState, type AgentCommand } from "../../gen/remotegpu/v1/agent_pb.js";
@@ -32,7 +33,7 @@ export class WorkloadAgent {
     server: Pick<TestServer, "client">,
     token: string,
     readonly hostId: string,
-    gpus: { index: number; uuid: string; model?: string }[],
+    gpus: ({ index: number; uuid: string } & MessageInitShape<typeof GpuInventoryItemSchema>)[],
     /** What it runs already (environment id → generation), as an agent that reconnects. */
     running: Map<string, bigint> = new Map(),
     /**

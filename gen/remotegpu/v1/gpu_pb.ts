@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file remotegpu/v1/gpu.proto.
  */
 export const file_remotegpu_v1_gpu: GenFile = /*@__PURE__*/
-  fileDesc("ChZyZW1vdGVncHUvdjEvZ3B1LnByb3RvEgxyZW1vdGVncHUudjEi0wMKA0dwdRIKCgJpZBgBIAEoCRIPCgdob3N0X2lkGAIgASgJEhEKCWhvc3RfbmFtZRgDIAEoCRINCgVpbmRleBgEIAEoBRIMCgR1dWlkGAUgASgJEg0KBW1vZGVsGAYgASgJEhQKDG1lbW9yeV9ieXRlcxgHIAEoAxInCgZzdGF0dXMYCCABKA4yFy5yZW1vdGVncHUudjEuR3B1U3RhdHVzEg4KBmhvbGRlchgJIAEoCRIWCg5lbnZpcm9ubWVudF9pZBgKIAEoCRIWCg5oZWFsdGhfcmVhc29ucxgLIAMoCRIWCg5kcml2ZXJfdmVyc2lvbhgMIAEoCRIUCgxjdWRhX3ZlcnNpb24YDSABKAkSLgoNbGF0ZXN0X3NhbXBsZRgOIAEoCzIXLnJlbW90ZWdwdS52MS5HcHVTYW1wbGUSMQoNYWxsb2NhdGVfdGltZRgPIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLY3JlYXRlX3RpbWUYECABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGBEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJlChBDcmVhdGVHcHVSZXF1ZXN0Eg8KB2hvc3RfaWQYASABKAkSDQoFaW5kZXgYAiABKAUSDAoEdXVpZBgDIAEoCRINCgVtb2RlbBgEIAEoCRIUCgxtZW1vcnlfYnl0ZXMYBSABKAMiMwoRQ3JlYXRlR3B1UmVzcG9uc2USHgoDZ3B1GAEgASgLMhEucmVtb3RlZ3B1LnYxLkdwdSIbCg1HZXRHcHVSZXF1ZXN0EgoKAmlkGAEgASgJIjAKDkdldEdwdVJlc3BvbnNlEh4KA2dwdRgBIAEoCzIRLnJlbW90ZWdwdS52MS5HcHUirAEKD0xpc3RHcHVzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRIPCgdob3N0X2lkGAMgASgJEg0KBW1vZGVsGAQgASgJEicKBnN0YXR1cxgFIAEoDjIXLnJlbW90ZWdwdS52MS5HcHVTdGF0dXMSEQoJZnJlZV9vbmx5GAYgASgIEhYKDmxhYmVsX3NlbGVjdG9yGAcgASgJImAKEExpc3RHcHVzUmVzcG9uc2USHwoEZ3B1cxgBIAMoCzIRLnJlbW90ZWdwdS52MS5HcHUSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJEhIKCnRvdGFsX3NpemUYAyABKAUiYwoQVXBkYXRlR3B1UmVxdWVzdBIeCgNncHUYASABKAsyES5yZW1vdGVncHUudjEuR3B1Ei8KC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFzayIzChFVcGRhdGVHcHVSZXNwb25zZRIeCgNncHUYASABKAsyES5yZW1vdGVncHUudjEuR3B1Ih4KEERlbGV0ZUdwdVJlcXVlc3QSCgoCaWQYASABKAkiEwoRRGVsZXRlR3B1UmVzcG9uc2UiVAoSQWxsb2NhdGVHcHVSZXF1ZXN0Eg4KBmdwdV9pZBgBIAEoCRIPCgdob3N0X2lkGAIgASgJEg0KBW1vZGVsGAMgASgJEg4KBmhvbGRlchgEIAEoCSI1ChNBbGxvY2F0ZUdwdVJlc3BvbnNlEh4KA2dwdRgBIAEoCzIRLnJlbW90ZWdwdS52MS5HcHUiMwoRUmVsZWFzZUdwdVJlcXVlc3QSDgoGZ3B1X2lkGAEgASgJEg4KBmhvbGRlchgCIAEoCSI0ChJSZWxlYXNlR3B1UmVzcG9uc2USHgoDZ3B1GAEgASgLMhEucmVtb3RlZ3B1LnYxLkdwdSKvAQoWR2V0R3B1VGVsZW1ldHJ5UmVxdWVzdBIOCgZncHVfaWQYASABKAkSLgoKc3RhcnRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEicKBHN0ZXAYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iTAoXR2V0R3B1VGVsZW1ldHJ5UmVzcG9uc2USMQoHYnVja2V0cxgBIAMoCzIgLnJlbW90ZWdwdS52MS5HcHVUZWxlbWV0cnlCdWNrZXQiOwoYV2F0Y2hHcHVUZWxlbWV0cnlSZXF1ZXN0Eg4KBmdwdV9pZBgBIAEoCRIPCgdob3N0X2lkGAIgASgJIlUKGVdhdGNoR3B1VGVsZW1ldHJ5UmVzcG9uc2USJwoGc2FtcGxlGAEgASgLMhcucmVtb3RlZ3B1LnYxLkdwdVNhbXBsZRIPCgdkcm9wcGVkGAIgASgEKo0BCglHcHVTdGF0dXMSGgoWR1BVX1NUQVRVU19VTlNQRUNJRklFRBAAEhgKFEdQVV9TVEFUVVNfQVZBSUxBQkxFEAESGAoUR1BVX1NUQVRVU19BTExPQ0FURUQQAhIYChRHUFVfU1RBVFVTX1VOSEVBTFRIWRADEhYKEkdQVV9TVEFUVVNfT0ZGTElORRAEMoIGCgpHcHVTZXJ2aWNlEkwKCUNyZWF0ZUdwdRIeLnJlbW90ZWdwdS52MS5DcmVhdGVHcHVSZXF1ZXN0Gh8ucmVtb3RlZ3B1LnYxLkNyZWF0ZUdwdVJlc3BvbnNlEkgKBkdldEdwdRIbLnJlbW90ZWdwdS52MS5HZXRHcHVSZXF1ZXN0GhwucmVtb3RlZ3B1LnYxLkdldEdwdVJlc3BvbnNlIgOQAgESTgoITGlzdEdwdXMSHS5yZW1vdGVncHUudjEuTGlzdEdwdXNSZXF1ZXN0Gh4ucmVtb3RlZ3B1LnYxLkxpc3RHcHVzUmVzcG9uc2UiA5ACARJMCglVcGRhdGVHcHUSHi5yZW1vdGVncHUudjEuVXBkYXRlR3B1UmVxdWVzdBofLnJlbW90ZWdwdS52MS5VcGRhdGVHcHVSZXNwb25zZRJMCglEZWxldGVHcHUSHi5yZW1vdGVncHUudjEuRGVsZXRlR3B1UmVxdWVzdBofLnJlbW90ZWdwdS52MS5EZWxldGVHcHVSZXNwb25zZRJSCgtBbGxvY2F0ZUdwdRIgLnJlbW90ZWdwdS52MS5BbGxvY2F0ZUdwdVJlcXVlc3QaIS5yZW1vdGVncHUudjEuQWxsb2NhdGVHcHVSZXNwb25zZRJPCgpSZWxlYXNlR3B1Eh8ucmVtb3RlZ3B1LnYxLlJlbGVhc2VHcHVSZXF1ZXN0GiAucmVtb3RlZ3B1LnYxLlJlbGVhc2VHcHVSZXNwb25zZRJjCg9HZXRHcHVUZWxlbWV0cnkSJC5yZW1vdGVncHUudjEuR2V0R3B1VGVsZW1ldHJ5UmVxdWVzdBolLnJlbW90ZWdwdS52MS5HZXRHcHVUZWxlbWV0cnlSZXNwb25zZSIDkAIBEmYKEVdhdGNoR3B1VGVsZW1ldHJ5EiYucmVtb3RlZ3B1LnYxLldhdGNoR3B1VGVsZW1ldHJ5UmVxdWVzdBonLnJlbW90ZWdwdS52MS5XYXRjaEdwdVRlbGVtZXRyeVJlc3BvbnNlMAFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp, file_remotegpu_v1_telemetry]);
+  fileDesc("ChZyZW1vdGVncHUvdjEvZ3B1LnByb3RvEgxyZW1vdGVncHUudjEijQQKA0dwdRIKCgJpZBgBIAEoCRIPCgdob3N0X2lkGAIgASgJEhEKCWhvc3RfbmFtZRgDIAEoCRINCgVpbmRleBgEIAEoBRIMCgR1dWlkGAUgASgJEg0KBW1vZGVsGAYgASgJEhQKDG1lbW9yeV9ieXRlcxgHIAEoAxInCgZzdGF0dXMYCCABKA4yFy5yZW1vdGVncHUudjEuR3B1U3RhdHVzEg4KBmhvbGRlchgJIAEoCRIWCg5lbnZpcm9ubWVudF9pZBgKIAEoCRIWCg5oZWFsdGhfcmVhc29ucxgLIAMoCRIWCg5kcml2ZXJfdmVyc2lvbhgMIAEoCRIUCgxjdWRhX3ZlcnNpb24YDSABKAkSLgoNbGF0ZXN0X3NhbXBsZRgOIAEoCzIXLnJlbW90ZWdwdS52MS5HcHVTYW1wbGUSMQoNYWxsb2NhdGVfdGltZRgPIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLY3JlYXRlX3RpbWUYECABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGBEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIjCgNtaWcYEiABKAsyFi5yZW1vdGVncHUudjEuTWlnU2xpY2USEwoLbWlnX2VuYWJsZWQYEyABKAgiigEKCE1pZ1NsaWNlEhEKCXBhcmVudF9pZBgBIAEoCRIPCgdwcm9maWxlGAIgASgJEhQKDGRldmljZV9pbmRleBgDIAEoBRIXCg9ncHVfaW5zdGFuY2VfaWQYBCABKAUSGwoTY29tcHV0ZV9pbnN0YW5jZV9pZBgFIAEoBRIOCgZ3ZWlnaHQYBiABKAEiZQoQQ3JlYXRlR3B1UmVxdWVzdBIPCgdob3N0X2lkGAEgASgJEg0KBWluZGV4GAIgASgFEgwKBHV1aWQYAyABKAkSDQoFbW9kZWwYBCABKAkSFAoMbWVtb3J5X2J5dGVzGAUgASgDIjMKEUNyZWF0ZUdwdVJlc3BvbnNlEh4KA2dwdRgBIAEoCzIRLnJlbW90ZWdwdS52MS5HcHUiGwoNR2V0R3B1UmVxdWVzdBIKCgJpZBgBIAEoCSIwCg5HZXRHcHVSZXNwb25zZRIeCgNncHUYASABKAsyES5yZW1vdGVncHUudjEuR3B1IsEBCg9MaXN0R3B1c1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSDwoHaG9zdF9pZBgDIAEoCRINCgVtb2RlbBgEIAEoCRInCgZzdGF0dXMYBSABKA4yFy5yZW1vdGVncHUudjEuR3B1U3RhdHVzEhEKCWZyZWVfb25seRgGIAEoCBIWCg5sYWJlbF9zZWxlY3RvchgHIAEoCRITCgttaWdfcHJvZmlsZRgIIAEoCSJgChBMaXN0R3B1c1Jlc3BvbnNlEh8KBGdwdXMYASADKAsyES5yZW1vdGVncHUudjEuR3B1EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCRISCgp0b3RhbF9zaXplGAMgASgFImMKEFVwZGF0ZUdwdVJlcXVlc3QSHgoDZ3B1GAEgASgLMhEucmVtb3RlZ3B1LnYxLkdwdRIvCgt1cGRhdGVfbWFzaxgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2siMwoRVXBkYXRlR3B1UmVzcG9uc2USHgoDZ3B1GAEgASgLMhEucmVtb3RlZ3B1LnYxLkdwdSIeChBEZWxldGVHcHVSZXF1ZXN0EgoKAmlkGAEgASgJIhMKEURlbGV0ZUdwdVJlc3BvbnNlIlQKEkFsbG9jYXRlR3B1UmVxdWVzdBIOCgZncHVfaWQYASABKAkSDwoHaG9zdF9pZBgCIAEoCRINCgVtb2RlbBgDIAEoCRIOCgZob2xkZXIYBCABKAkiNQoTQWxsb2NhdGVHcHVSZXNwb25zZRIeCgNncHUYASABKAsyES5yZW1vdGVncHUudjEuR3B1IjMKEVJlbGVhc2VHcHVSZXF1ZXN0Eg4KBmdwdV9pZBgBIAEoCRIOCgZob2xkZXIYAiABKAkiNAoSUmVsZWFzZUdwdVJlc3BvbnNlEh4KA2dwdRgBIAEoCzIRLnJlbW90ZWdwdS52MS5HcHUirwEKFkdldEdwdVRlbGVtZXRyeVJlcXVlc3QSDgoGZ3B1X2lkGAEgASgJEi4KCnN0YXJ0X3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgRzdGVwGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIkwKF0dldEdwdVRlbGVtZXRyeVJlc3BvbnNlEjEKB2J1Y2tldHMYASADKAsyIC5yZW1vdGVncHUudjEuR3B1VGVsZW1ldHJ5QnVja2V0IjsKGFdhdGNoR3B1VGVsZW1ldHJ5UmVxdWVzdBIOCgZncHVfaWQYASABKAkSDwoHaG9zdF9pZBgCIAEoCSJVChlXYXRjaEdwdVRlbGVtZXRyeVJlc3BvbnNlEicKBnNhbXBsZRgBIAEoCzIXLnJlbW90ZWdwdS52MS5HcHVTYW1wbGUSDwoHZHJvcHBlZBgCIAEoBCqNAQoJR3B1U3RhdHVzEhoKFkdQVV9TVEFUVVNfVU5TUEVDSUZJRUQQABIYChRHUFVfU1RBVFVTX0FWQUlMQUJMRRABEhgKFEdQVV9TVEFUVVNfQUxMT0NBVEVEEAISGAoUR1BVX1NUQVRVU19VTkhFQUxUSFkQAxIWChJHUFVfU1RBVFVTX09GRkxJTkUQBDKCBgoKR3B1U2VydmljZRJMCglDcmVhdGVHcHUSHi5yZW1vdGVncHUudjEuQ3JlYXRlR3B1UmVxdWVzdBofLnJlbW90ZWdwdS52MS5DcmVhdGVHcHVSZXNwb25zZRJICgZHZXRHcHUSGy5yZW1vdGVncHUudjEuR2V0R3B1UmVxdWVzdBocLnJlbW90ZWdwdS52MS5HZXRHcHVSZXNwb25zZSIDkAIBEk4KCExpc3RHcHVzEh0ucmVtb3RlZ3B1LnYxLkxpc3RHcHVzUmVxdWVzdBoeLnJlbW90ZWdwdS52MS5MaXN0R3B1c1Jlc3BvbnNlIgOQAgESTAoJVXBkYXRlR3B1Eh4ucmVtb3RlZ3B1LnYxLlVwZGF0ZUdwdVJlcXVlc3QaHy5yZW1vdGVncHUudjEuVXBkYXRlR3B1UmVzcG9uc2USTAoJRGVsZXRlR3B1Eh4ucmVtb3RlZ3B1LnYxLkRlbGV0ZUdwdVJlcXVlc3QaHy5yZW1vdGVncHUudjEuRGVsZXRlR3B1UmVzcG9uc2USUgoLQWxsb2NhdGVHcHUSIC5yZW1vdGVncHUudjEuQWxsb2NhdGVHcHVSZXF1ZXN0GiEucmVtb3RlZ3B1LnYxLkFsbG9jYXRlR3B1UmVzcG9uc2USTwoKUmVsZWFzZUdwdRIfLnJlbW90ZWdwdS52MS5SZWxlYXNlR3B1UmVxdWVzdBogLnJlbW90ZWdwdS52MS5SZWxlYXNlR3B1UmVzcG9uc2USYwoPR2V0R3B1VGVsZW1ldHJ5EiQucmVtb3RlZ3B1LnYxLkdldEdwdVRlbGVtZXRyeVJlcXVlc3QaJS5yZW1vdGVncHUudjEuR2V0R3B1VGVsZW1ldHJ5UmVzcG9uc2UiA5ACARJmChFXYXRjaEdwdVRlbGVtZXRyeRImLnJlbW90ZWdwdS52MS5XYXRjaEdwdVRlbGVtZXRyeVJlcXVlc3QaJy5yZW1vdGVncHUudjEuV2F0Y2hHcHVUZWxlbWV0cnlSZXNwb25zZTABYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp, file_remotegpu_v1_telemetry]);
 
 /**
  * Gpu is one physical GPU (or MIG device) of a host.
@@ -140,6 +140,24 @@ export type Gpu = Message<"remotegpu.v1.Gpu"> & {
    * @generated from field: google.protobuf.Timestamp update_time = 17;
    */
   updateTime?: Timestamp | undefined;
+
+  /**
+   * Set when the GPU is a MIG slice of a physical GPU: a schedulable unit of its own, with its own
+   * UUID ("MIG-..."), memory and compute, isolated by the hardware. Its model is the parent's
+   * product name followed by " MIG " and the profile ("NVIDIA H100 80GB HBM3 MIG 1g.10gb"), and its
+   * index 1000 x (the parent's index + 1) + its MIG device index.
+   *
+   * @generated from field: remotegpu.v1.MigSlice mig = 18;
+   */
+  mig?: MigSlice | undefined;
+
+  /**
+   * Whether the GPU is in MIG mode: it is then scheduled only through its slices, never as a whole,
+   * and is never free itself.
+   *
+   * @generated from field: bool mig_enabled = 19;
+   */
+  migEnabled: boolean;
 };
 
 /**
@@ -148,6 +166,64 @@ export type Gpu = Message<"remotegpu.v1.Gpu"> & {
  */
 export const GpuSchema: GenMessage<Gpu> = /*@__PURE__*/
   messageDesc(file_remotegpu_v1_gpu, 0);
+
+/**
+ * MigSlice says what a MIG slice is a slice of.
+ *
+ * @generated from message remotegpu.v1.MigSlice
+ */
+export type MigSlice = Message<"remotegpu.v1.MigSlice"> & {
+  /**
+   * The physical GPU's id.
+   *
+   * @generated from field: string parent_id = 1;
+   */
+  parentId: string;
+
+  /**
+   * The profile, e.g. "1g.10gb".
+   *
+   * @generated from field: string profile = 2;
+   */
+  profile: string;
+
+  /**
+   * Its index among the parent's MIG devices, as nvidia-smi numbers them.
+   *
+   * @generated from field: int32 device_index = 3;
+   */
+  deviceIndex: number;
+
+  /**
+   * Its GPU instance id on the parent.
+   *
+   * @generated from field: int32 gpu_instance_id = 4;
+   */
+  gpuInstanceId: number;
+
+  /**
+   * Its compute instance id within the GPU instance.
+   *
+   * @generated from field: int32 compute_instance_id = 5;
+   */
+  computeInstanceId: number;
+
+  /**
+   * What it counts for against a quota's max_gpus: its compute slices over the parent's, e.g. 1/7
+   * for a 1g.10gb on an H100 (7 compute slices), 2/4 for a 2g.12gb on an A30 (4). See
+   * ResourceQuota.max_gpus.
+   *
+   * @generated from field: double weight = 6;
+   */
+  weight: number;
+};
+
+/**
+ * Describes the message remotegpu.v1.MigSlice.
+ * Use `create(MigSliceSchema)` to create a new message.
+ */
+export const MigSliceSchema: GenMessage<MigSlice> = /*@__PURE__*/
+  messageDesc(file_remotegpu_v1_gpu, 1);
 
 /**
  * Request of GpuService.CreateGpu.
@@ -196,7 +272,7 @@ export type CreateGpuRequest = Message<"remotegpu.v1.CreateGpuRequest"> & {
  * Use `create(CreateGpuRequestSchema)` to create a new message.
  */
 export const CreateGpuRequestSchema: GenMessage<CreateGpuRequest> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_gpu, 1);
+  messageDesc(file_remotegpu_v1_gpu, 2);
 
 /**
  * Response of GpuService.CreateGpu.
@@ -217,7 +293,7 @@ export type CreateGpuResponse = Message<"remotegpu.v1.CreateGpuResponse"> & {
  * Use `create(CreateGpuResponseSchema)` to create a new message.
  */
 export const CreateGpuResponseSchema: GenMessage<CreateGpuResponse> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_gpu, 2);
+  messageDesc(file_remotegpu_v1_gpu, 3);
 
 /**
  * Request of GpuService.GetGpu.
@@ -238,7 +314,7 @@ export type GetGpuRequest = Message<"remotegpu.v1.GetGpuRequest"> & {
  * Use `create(GetGpuRequestSchema)` to create a new message.
  */
 export const GetGpuRequestSchema: GenMessage<GetGpuRequest> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_gpu, 3);
+  messageDesc(file_remotegpu_v1_gpu, 4);
 
 /**
  * Response of GpuService.GetGpu.
@@ -259,7 +335,7 @@ export type GetGpuResponse = Message<"remotegpu.v1.GetGpuResponse"> & {
  * Use `create(GetGpuResponseSchema)` to create a new message.
  */
 export const GetGpuResponseSchema: GenMessage<GetGpuResponse> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_gpu, 4);
+  messageDesc(file_remotegpu_v1_gpu, 5);
 
 /**
  * Request of GpuService.ListGpus.
@@ -315,6 +391,13 @@ export type ListGpusRequest = Message<"remotegpu.v1.ListGpusRequest"> & {
    * @generated from field: string label_selector = 7;
    */
   labelSelector: string;
+
+  /**
+   * Only MIG slices of this profile, e.g. "1g.10gb".
+   *
+   * @generated from field: string mig_profile = 8;
+   */
+  migProfile: string;
 };
 
 /**
@@ -322,7 +405,7 @@ export type ListGpusRequest = Message<"remotegpu.v1.ListGpusRequest"> & {
  * Use `create(ListGpusRequestSchema)` to create a new message.
  */
 export const ListGpusRequestSchema: GenMessage<ListGpusRequest> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_gpu, 5);
+  messageDesc(file_remotegpu_v1_gpu, 6);
 
 /**
  * Response of GpuService.ListGpus.
@@ -357,7 +440,7 @@ export type ListGpusResponse = Message<"remotegpu.v1.ListGpusResponse"> & {
  * Use `create(ListGpusResponseSchema)` to create a new message.
  */
 export const ListGpusResponseSchema: GenMessage<ListGpusResponse> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_gpu, 6);
+  messageDesc(file_remotegpu_v1_gpu, 7);
 
 /**
  * Request of GpuService.UpdateGpu.
@@ -387,7 +470,7 @@ export type UpdateGpuRequest = Message<"remotegpu.v1.UpdateGpuRequest"> & {
  * Use `create(UpdateGpuRequestSchema)` to create a new message.
  */
 export const UpdateGpuRequestSchema: GenMessage<UpdateGpuRequest> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_gpu, 7);
+  messageDesc(file_remotegpu_v1_gpu, 8);
 
 /**
  * Response of GpuService.UpdateGpu.
@@ -408,7 +491,7 @@ export type UpdateGpuResponse = Message<"remotegpu.v1.UpdateGpuResponse"> & {
  * Use `create(UpdateGpuResponseSchema)` to create a new message.
  */
 export const UpdateGpuResponseSchema: GenMessage<UpdateGpuResponse> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_gpu, 8);
+  messageDesc(file_remotegpu_v1_gpu, 9);
 
 /**
  * Request of GpuService.DeleteGpu.
@@ -429,7 +512,7 @@ export type DeleteGpuRequest = Message<"remotegpu.v1.DeleteGpuRequest"> & {
  * Use `create(DeleteGpuRequestSchema)` to create a new message.
  */
 export const DeleteGpuRequestSchema: GenMessage<DeleteGpuRequest> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_gpu, 9);
+  messageDesc(file_remotegpu_v1_gpu, 10);
 
 /**
  * Response of GpuService.DeleteGpu.
@@ -444,7 +527,7 @@ export type DeleteGpuResponse = Message<"remotegpu.v1.DeleteGpuResponse"> & {
  * Use `create(DeleteGpuResponseSchema)` to create a new message.
  */
 export const DeleteGpuResponseSchema: GenMessage<DeleteGpuResponse> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_gpu, 10);
+  messageDesc(file_remotegpu_v1_gpu, 11);
 
 /**
  * Request of GpuService.AllocateGpu.
@@ -486,7 +569,7 @@ export type AllocateGpuRequest = Message<"remotegpu.v1.AllocateGpuRequest"> & {
  * Use `create(AllocateGpuRequestSchema)` to create a new message.
  */
 export const AllocateGpuRequestSchema: GenMessage<AllocateGpuRequest> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_gpu, 11);
+  messageDesc(file_remotegpu_v1_gpu, 12);
 
 /**
  * Response of GpuService.AllocateGpu.
@@ -507,7 +590,7 @@ export type AllocateGpuResponse = Message<"remotegpu.v1.AllocateGpuResponse"> & 
  * Use `create(AllocateGpuResponseSchema)` to create a new message.
  */
 export const AllocateGpuResponseSchema: GenMessage<AllocateGpuResponse> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_gpu, 12);
+  messageDesc(file_remotegpu_v1_gpu, 13);
 
 /**
  * Request of GpuService.ReleaseGpu.
@@ -535,7 +618,7 @@ export type ReleaseGpuRequest = Message<"remotegpu.v1.ReleaseGpuRequest"> & {
  * Use `create(ReleaseGpuRequestSchema)` to create a new message.
  */
 export const ReleaseGpuRequestSchema: GenMessage<ReleaseGpuRequest> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_gpu, 13);
+  messageDesc(file_remotegpu_v1_gpu, 14);
 
 /**
  * Response of GpuService.ReleaseGpu.
@@ -556,7 +639,7 @@ export type ReleaseGpuResponse = Message<"remotegpu.v1.ReleaseGpuResponse"> & {
  * Use `create(ReleaseGpuResponseSchema)` to create a new message.
  */
 export const ReleaseGpuResponseSchema: GenMessage<ReleaseGpuResponse> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_gpu, 14);
+  messageDesc(file_remotegpu_v1_gpu, 15);
 
 /**
  * Request of GpuService.GetGpuTelemetry.
@@ -598,7 +681,7 @@ export type GetGpuTelemetryRequest = Message<"remotegpu.v1.GetGpuTelemetryReques
  * Use `create(GetGpuTelemetryRequestSchema)` to create a new message.
  */
 export const GetGpuTelemetryRequestSchema: GenMessage<GetGpuTelemetryRequest> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_gpu, 15);
+  messageDesc(file_remotegpu_v1_gpu, 16);
 
 /**
  * Response of GpuService.GetGpuTelemetry.
@@ -619,7 +702,7 @@ export type GetGpuTelemetryResponse = Message<"remotegpu.v1.GetGpuTelemetryRespo
  * Use `create(GetGpuTelemetryResponseSchema)` to create a new message.
  */
 export const GetGpuTelemetryResponseSchema: GenMessage<GetGpuTelemetryResponse> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_gpu, 16);
+  messageDesc(file_remotegpu_v1_gpu, 17);
 
 /**
  * Request of GpuService.WatchGpuTelemetry. With no field set, all GPUs are watched.
@@ -647,7 +730,7 @@ export type WatchGpuTelemetryRequest = Message<"remotegpu.v1.WatchGpuTelemetryRe
  * Use `create(WatchGpuTelemetryRequestSchema)` to create a new message.
  */
 export const WatchGpuTelemetryRequestSchema: GenMessage<WatchGpuTelemetryRequest> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_gpu, 17);
+  messageDesc(file_remotegpu_v1_gpu, 18);
 
 /**
  * Response of GpuService.WatchGpuTelemetry: one live sample.
@@ -675,7 +758,7 @@ export type WatchGpuTelemetryResponse = Message<"remotegpu.v1.WatchGpuTelemetryR
  * Use `create(WatchGpuTelemetryResponseSchema)` to create a new message.
  */
 export const WatchGpuTelemetryResponseSchema: GenMessage<WatchGpuTelemetryResponse> = /*@__PURE__*/
-  messageDesc(file_remotegpu_v1_gpu, 18);
+  messageDesc(file_remotegpu_v1_gpu, 19);
 
 /**
  * GpuStatus is whether a GPU can be given to an environment.
