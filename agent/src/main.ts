@@ -7,7 +7,7 @@ import { AgentConnection } from "./agent-connection.js";
 import { HostStats } from "./host-stats.js";
 import { createLogger } from "./logger.js";
 import { NvidiaSmiCollector } from "./nvidia-smi.js";
-import { SimulatedGpus } from "./simulated-gpus.js";
+import { parseSimulatedMig, SimulatedGpus, type SimulatedMigSlices } from "./simulated-gpus.js";
 import { nvidiaDeviceMinors } from "./cgroups.js";
 import { Workloads } from "./workloads.js";
 
@@ -24,6 +24,8 @@ const USAGE = `usage: remotegpu-agent --server URL[,URL...] --host-id ID --token
                         (or env REMOTEGPU_AGENT_TOKEN; --token TOKEN works but shows in ps)
   --interval SECONDS    heartbeat period; default: what the server asks
   --simulate-gpus N     report N simulated GPUs instead of running nvidia-smi
+  --simulate-mig PROFILE:COUNT[,PROFILE:COUNT...]  with --simulate-gpus: every simulated GPU in MIG
+                        mode with these MIG devices, e.g. 1g.10gb:7 or 3g.40gb:1,1g.10gb:4
   --data-dir DIR        environments and volumes; default: cwd      (env REMOTEGPU_DATA_DIR)
   --process-mode        run environments as host processes, not containers: for one trusted user
                         or development (without it and without docker/podman, it runs none)
@@ -43,6 +45,7 @@ const options = {
   "token-file": { type: "string" },
   interval: { type: "string" },
   "simulate-gpus": { type: "string" },
+  "simulate-mig": { type: "string" },
   "data-dir": { type: "string", default: process.env.REMOTEGPU_DATA_DIR || process.cwd() },
   "process-mode": { type: "boolean" },
   "workload-uids": { type: "string", default: "200000-299999" },
@@ -110,6 +113,15 @@ if (interval !== undefined && !(interval >= 1 && interval <= 3600)) problems.pus
 const simulated = values["simulate-gpus"] === undefined ? undefined : Number(values["simulate-gpus"]);
 if (simulated !== undefined && !(Number.isInteger(simulated) && simulated >= 0 && simulated <= 64))
   problems.push("--simulate-gpus: a whole number from 0 to 64");
+let simulatedMig: SimulatedMigSlices[] | undefined;
+if (values["simulate-mig"] !== undefined) {
+  if (simulated === undefined) problems.push("--simulate-mig: only with --simulate-gpus N (real GPUs are partitioned with nvidia-smi mig)");
+  try {
+    simulatedMig = parseSimulatedMig(values["simulate-mig"]);
+  } catch (err) {
+    problems.push(`--simulate-mig: ${err instanceof Error ? err.message : String(err)}`);
+  }
+}
 if (problems.length > 0) {
   for (const p of problems) process.stderr.write(`agent: ${p}\n`);
   process.stderr.write(`${USAGE}\n`);
@@ -129,9 +141,15 @@ const stats = new HostStats(dataDir);
 // One collector for the agent's run: it reads the driver and CUDA versions once and remembers query
 // fields the driver rejected.
 const nvidiaSmi = new NvidiaSmiCollector();
-const gpus =
+// The device minor of each GPU by UUID (/dev/nvidia<minor>), for the cgroup device rules of process
+// mode: simulated GPUs stand for /dev/nvidia<index>, real ones are found through the driver. A MIG
+// device is used through its parent's /dev/nvidia<minor> (and /dev/nvidia-caps, which no rule
+// denies), so it takes its parent's minor; as MIG devices come and go with re-partitions, every
+// reading adds those it lists.
+const gpuMinors = simulated !== undefined ? new Map<string, number>() : nvidiaDeviceMinors();
+const source =
   simulated !== undefined
-    ? new SimulatedGpus(simulated, values["host-id"]!)
+    ? new SimulatedGpus(simulated, values["host-id"]!, { mig: simulatedMig })
     : {
         async collect() {
           const result = await nvidiaSmi.collect();
@@ -139,6 +157,17 @@ const gpus =
           return result;
         },
       };
+const gpus = {
+  async collect() {
+    const result = await source.collect();
+    for (const g of result.inventory) {
+      if (simulated !== undefined && g.parentUuid === undefined) gpuMinors.set(g.uuid, g.index);
+      const parentMinor = g.parentUuid === undefined ? undefined : gpuMinors.get(g.parentUuid);
+      if (parentMinor !== undefined) gpuMinors.set(g.uuid, parentMinor);
+    }
+    return result;
+  },
+};
 
 // Fails fast (before connecting) when nvidia-smi is missing, with its own clear message.
 const first = await gpus.collect().catch((err: unknown) => {
@@ -162,8 +191,7 @@ const workloads = new Workloads({
   engine: values["process-mode"] ? "process" : undefined,
   processUsers: confined ? { first: Number(uidRange![1]), last: Number(uidRange![2]) } : undefined,
   processPidsLimit: workloadPids,
-  // Simulated GPUs stand for /dev/nvidia<index>; real ones are found through the driver.
-  gpuDeviceMinors: simulated !== undefined ? new Map(first.inventory.map((g) => [g.uuid, g.index])) : nvidiaDeviceMinors(),
+  gpuDeviceMinors: gpuMinors,
   containerPolicy: { pidsLimit: containerPids, capAdd },
   events: {
     status: (r) => toConnection((c) => c.status(r)),

@@ -10,8 +10,11 @@
  * - XIDs: the driver reports them as kernel log events (NVRM: Xid …) or through NVML events, never
  *   as a query-gpu field, so `lastXid` is never set by this collector.
  * - PCIe throughput: NVML has counters, query-gpu has no field for them, so rx/tx stay undefined.
+ * - MIG devices: query-gpu lists only whole GPUs. When one is in MIG mode, NvidiaSmiCollector reads
+ *   `nvidia-smi -L` and `nvidia-smi -q` as well and lists its MIG devices after it (see mig.ts).
  */
 import { execFile } from "node:child_process";
+import { parseMigListing, parseMigQuery, parseMigQueryXml, withMigDevices } from "./mig.js";
 import type { GpuInventoryEntry, GpuMetrics, GpuSampleRecord } from "./readings.js";
 
 /**
@@ -450,6 +453,12 @@ function rejectedField(text: string): { field: string; complaint: string } | und
  * "Driver Version:" before), which is read anyway for the CUDA version: one light call, read once.
  * `nvidia-smi -q` shows the same two lines but prints every property of every GPU, much more
  * output and time for two values; `parseDriverVersions` reads both formats all the same.
+ *
+ * MIG: when a GPU of the reading is in MIG mode, and only then, every collection also runs
+ * `nvidia-smi -L` (the MIG devices' UUIDs and profiles) and `nvidia-smi -q` (their instance ids and
+ * memory), so that a re-partition shows at the next reading; where `-q` shows no MIG device at all
+ * but `-L` lists some, `-q -x` is tried. Should either fail or be unreadable, the reading keeps
+ * its whole GPUs and says why in a warning.
  */
 export class NvidiaSmiCollector {
   private readonly binary: string;
@@ -494,7 +503,33 @@ export class NvidiaSmiCollector {
         if (gpu.driverVersion === "") gpu.driverVersion = banner?.driverVersion ?? "";
       }
     }
-    return result;
+    if (!result.inventory.some((g) => g.migEnabled)) return result;
+    return this.addMigDevices(result);
+  }
+
+  /** The reading with its MIG devices, or as it is with a warning when they cannot be read. */
+  private async addMigDevices(result: NvidiaSmiResult): Promise<NvidiaSmiResult> {
+    const read = async <T>(args: string[], parse: (text: string) => T): Promise<T> => {
+      let text: string;
+      try {
+        text = await this.run(this.binary, args);
+      } catch (error) {
+        throw new Error(describeFailure(error).message.replace(/^nvidia-smi/, `nvidia-smi ${args.join(" ")}`), { cause: error });
+      }
+      return parse(text);
+    };
+    try {
+      const listing = await read(["-L"], parseMigListing);
+      let query = await read(["-q"], parseMigQuery);
+      const listedAny = listing.gpus.some((g) => g.migDevices.length > 0);
+      if (listedAny && query.gpus.every((g) => g.migDevices.length === 0)) query = await read(["-q", "-x"], parseMigQueryXml);
+      const merged = withMigDevices(result, listing, query);
+      return { ...merged, warnings: [...result.warnings, ...merged.warnings] };
+    } catch (error) {
+      const why = error instanceof Error ? error.message : String(error);
+      result.warnings.push(`MIG devices not read, the reading has whole GPUs only: ${why}`);
+      return result;
+    }
   }
 
   /** Query-gpu's stdout, after dropping the fields the driver rejects (each drop noted). */

@@ -113,7 +113,10 @@ export interface WorkloadsOptions {
   processUsers?: { first: number; last: number };
   /** Process mode, with processUsers: most processes of one environment. @default 4096 */
   processPidsLimit?: number;
-  /** The device minor of each of the host's GPUs by UUID (/dev/nvidia<minor>), for fencing them. @default none known */
+  /**
+   * The device minor of each of the host's GPUs by UUID (/dev/nvidia<minor>), for fencing them; a
+   * MIG device's UUID maps to its parent's minor. @default none known
+   */
   gpuDeviceMinors?: Map<string, number>;
   /** How containers are confined. @default DEFAULT_CONTAINER_POLICY, with userns where podman can */
   containerPolicy?: Partial<ContainerPolicy>;
@@ -749,9 +752,7 @@ export class Workloads {
     const confinement: ProcessConfinement = { uid, pidsLimit, memoryBytes: spec.memoryBytes || undefined };
     const cgroups = await this.cgroups;
     if (cgroups instanceof Cgroups) {
-      const denyDevices = [...(this.o.gpuDeviceMinors ?? [])]
-        .filter(([uuid]) => !spec.gpuUuids.includes(uuid))
-        .map(([, minor]) => `${NVIDIA_MAJOR}:${minor}`);
+      const denyDevices = deniedGpuDevices(this.o.gpuDeviceMinors, spec.gpuUuids);
       await cgroups.create(id, { cpuMillicores: spec.cpuMillicores, memoryBytes: spec.memoryBytes, pids: pidsLimit, denyDevices });
       confinement.enter = (pid) => cgroups.enter(id, pid);
     }
@@ -888,13 +889,26 @@ function errorMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
 
+/**
+ * The cgroup device rules ("major:minor") that keep a workload given `gpuUuids` out of the host's
+ * other GPUs. A MIG device maps to its parent's minor, so giving one leaves its parent's
+ * /dev/nvidia<minor> open; /dev/nvidia-caps, which MIG devices need too, is never denied. MIG
+ * devices of one GPU are therefore not fenced from each other: that would take rules on the
+ * nvidia-caps minors of each GPU and compute instance.
+ */
+export function deniedGpuDevices(minors: ReadonlyMap<string, number> | undefined, gpuUuids: readonly string[]): string[] {
+  const given = new Set(gpuUuids.map((uuid) => minors?.get(uuid)));
+  return [...new Set(minors?.values() ?? [])].filter((minor) => !given.has(minor)).map((minor) => `${NVIDIA_MAJOR}:${minor}`);
+}
+
 /** One line for the agent's log: what confines process-mode workloads on this host. */
 function isolationSummary(cgroups: Cgroups | string, minors: Map<string, number> | undefined): string {
   if (typeof cgroups === "string") return `process mode: no cgroups (${cgroups}): CPU not limited, GPUs not fenced`;
+  const known = new Set(minors?.values() ?? []).size;
   const gpus = !cgroups.devices
     ? "GPUs not fenced (cgroup v2 has no device files to write)"
-    : minors?.size
-      ? `GPUs fenced by device rules (${minors.size} known)`
+    : known
+      ? `GPUs fenced by device rules (${known} known)`
       : "GPUs not fenced (no GPU device minors known)";
   return `process mode: cgroup v${cgroups.version} per environment (CPU, memory, pids); ${gpus}`;
 }

@@ -618,8 +618,9 @@ describe("nvidia-smi collector", () => {
 
   describe("collectNvidiaSmi", () => {
     const QUERY_ARGS = [`--query-gpu=${QUERY_FIELDS.join(",")}`, "--format=csv,noheader,nounits"];
+    // MIG mode off: a GPU in MIG mode makes the collector read -L and -q too (nvidia-smi-mig.test.ts).
     const ROW =
-      "0, GPU-aaaaaaaa-0000-0000-0000-000000000000, NVIDIA H200, 590.48.01, 143771, 16959, [N/A], [N/A], 36, 295.01, 700.00, 1980, [N/A], 0, 0, Enabled\n";
+      "0, GPU-aaaaaaaa-0000-0000-0000-000000000000, NVIDIA H200, 590.48.01, 143771, 16959, [N/A], [N/A], 36, 295.01, 700.00, 1980, [N/A], 0, 0, Disabled\n";
 
     it("asks for QUERY_FIELDS as noheader,nounits CSV and parses the answer", async () => {
       assert.equal(
@@ -644,7 +645,7 @@ describe("nvidia-smi collector", () => {
           memoryBytes: 143771 * MiB,
           driverVersion: "590.48.01",
           cudaVersion: "",
-          migEnabled: true,
+          migEnabled: false,
         },
       ]);
       assert.equal(result.samples[0]!.time, NOW);
@@ -921,7 +922,7 @@ describe("nvidia-smi collector", () => {
         const table = join(dir, "table.txt");
         writeFileSync(table, fixture(R610_TABLE));
         const row =
-          "0, GPU-aaaaaaaa-0000-0000-0000-000000000000, NVIDIA H200, 143771, 16959, 87, 45, 36, 295.01, 700.00, 1980, [N/A], 0, 0, Enabled";
+          "0, GPU-aaaaaaaa-0000-0000-0000-000000000000, NVIDIA H200, 143771, 16959, 87, 45, 36, 295.01, 700.00, 1980, [N/A], 0, 0, Disabled";
         const binary = script(
           "r610-nvidia-smi",
           [
@@ -935,7 +936,7 @@ describe("nvidia-smi collector", () => {
         const result = await new NvidiaSmiCollector({ binary, now: () => NOW }).collect();
         assert.deepEqual(
           result.inventory.map((g) => [g.model, g.driverVersion, g.cudaVersion, g.migEnabled]),
-          [["NVIDIA H200", "610.57.04", "13.3", true]],
+          [["NVIDIA H200", "610.57.04", "13.3", false]],
         );
         assert.equal(result.warnings.length, 1);
         assert.match(result.warnings[0]!, /querying without "driver_version" from now on/);
