@@ -10,6 +10,7 @@ import type {
   V1Secret,
   V1Service,
 } from "@kubernetes/client-node";
+import { InvalidArgumentError } from "../errors.js";
 import { selectsDevices } from "../validation.js";
 import type { WorkloadSpec } from "./runtime.js";
 
@@ -27,6 +28,8 @@ export interface KubernetesOptions {
    * allocated (UUIDs, or indices for GPUs known only by a synthetic id), with `runtimeClassName`, so
    * the pod has exactly the GPUs GetEnvironment lists. "device-plugin": `nvidia.com/gpu: N`, and the
    * device plugin picks which; RemoteGPU then holds a count, and lists no GPU ids for the environment.
+   * MIG slices (`spec.migProfile`): `nvidia.com/mig-<profile>: N` (the device plugin's "mixed"
+   * strategy), or their `MIG-…` UUIDs, else `<parent index>:<device index>` pairs, as visible devices.
    * @default "visible-devices"
    */
   gpuMode: "device-plugin" | "visible-devices";
@@ -122,7 +125,7 @@ export function podManifest(spec: WorkloadSpec, o: KubernetesOptions, owner: V1O
   const userEnv = Object.entries(spec.env).filter(([name]) => !selectsDevices(name));
   const env = Object.entries({ ...portEnv(spec), ...Object.fromEntries(userEnv) }).map(([name, value]) => ({ name, value }));
   const gpus = spec.gpuUuids.length;
-  if (gpus > 0 && o.gpuMode === "device-plugin") limits["nvidia.com/gpu"] = String(gpus);
+  if (gpus > 0 && o.gpuMode === "device-plugin") limits[gpuResource(spec)] = String(gpus);
   // "void" keeps a GPU-less pod off the GPUs on nodes whose default container runtime is NVIDIA's.
   if (gpus === 0) env.push({ name: "NVIDIA_VISIBLE_DEVICES", value: "void" });
   else if (o.gpuMode === "visible-devices") env.push({ name: "NVIDIA_VISIBLE_DEVICES", value: visibleDevices(spec) });
@@ -162,11 +165,41 @@ export function podManifest(spec: WorkloadSpec, o: KubernetesOptions, owner: V1O
   };
 }
 
+/** Kubernetes' rule for the name part of a qualified name, which an extended resource's name is. */
+const QUALIFIED_NAME = /^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$/;
+
+/**
+ * The extended resource the device plugin offers the GPUs as: `nvidia.com/gpu`, or for MIG slices
+ * `nvidia.com/mig-<profile>` (its "mixed" MIG strategy; a container gets one kind, never both).
+ * A profile that makes no valid resource name is refused: the API server would refuse the pod.
+ */
+function gpuResource(spec: Pick<WorkloadSpec, "migProfile">): string {
+  if (!spec.migProfile) return "nvidia.com/gpu";
+  const name = `mig-${spec.migProfile}`;
+  if (!QUALIFIED_NAME.test(name))
+    throw InvalidArgumentError.field(
+      "migProfile",
+      `MIG profile "${spec.migProfile}" makes no valid Kubernetes resource name (nvidia.com/${name}): at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit`,
+    );
+  return `nvidia.com/${name}`;
+}
+
 /**
  * The allocated GPUs as the NVIDIA container runtime takes them: by UUID (`GPU-…`, `MIG-…`) when
- * every one has a real UUID, else by index (hosts made from Node objects have ids of their own).
+ * every one has a real UUID, else by index (hosts made from Node objects have ids of their own), a
+ * MIG slice by `<parent index>:<MIG device index>`.
  */
-function visibleDevices(spec: Pick<WorkloadSpec, "gpuUuids" | "gpuIndices">): string {
+function visibleDevices(spec: Pick<WorkloadSpec, "gpuUuids" | "gpuIndices" | "migProfile" | "migDevices">): string {
+  if (spec.migProfile) {
+    if (spec.gpuUuids.every((u) => u.startsWith("MIG-"))) return spec.gpuUuids.join(",");
+    const devices = spec.migDevices ?? [];
+    if (devices.length !== spec.gpuUuids.length)
+      throw InvalidArgumentError.field(
+        "migDevices",
+        `${devices.length} MIG device places for ${spec.gpuUuids.length} slices without a MIG UUID: the pod could not name them`,
+      );
+    return devices.map((d) => `${d.parentIndex}:${d.deviceIndex}`).join(",");
+  }
   const real = spec.gpuUuids.every((u) => u.startsWith("GPU-") || u.startsWith("MIG-"));
   return (real ? spec.gpuUuids : spec.gpuIndices.map(String)).join(",");
 }

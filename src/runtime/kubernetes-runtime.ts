@@ -9,7 +9,7 @@ import {
   type V1Pod,
   type V1Secret,
 } from "@kubernetes/client-node";
-import { UnavailableError } from "../errors.js";
+import { InvalidArgumentError, UnavailableError } from "../errors.js";
 import { KubeListWatch } from "../platform/kube-list-watch.js";
 import type { Logger } from "../platform/logger.js";
 import {
@@ -139,8 +139,9 @@ export class KubernetesRuntime implements Runtime {
     try {
       await this.create(spec);
     } catch (err) {
-      // The API refused the objects themselves (invalid, forbidden): retrying cannot help.
-      if (!(err instanceof RejectedError)) throw err;
+      // The API refused the objects themselves (invalid, forbidden), or the spec makes no valid pod
+      // (a MIG profile that is no resource name): retrying cannot help.
+      if (!(err instanceof RejectedError || err instanceof InvalidArgumentError)) throw err;
       await this.observer.status(spec.hostId, {
         environmentId: spec.environmentId,
         generation: spec.generation,

@@ -293,6 +293,130 @@ describe("what a Node says of its host", () => {
     assert.equal(describeNode(node({ allocatable: {} }), undefined, 0).gpus.length, 4, "without a device plugin, GFD's count");
   });
 
+  describe("in the MIG 'mixed' strategy", () => {
+    // An H100 node as NVIDIA's device plugin and GFD show it: GPUs 0 and 1 in MIG mode (four 1g.10gb
+    // and one 3g.40gb slices in all), GPU 2 whole.
+    const H100_MIXED = {
+      ...IN_POOL,
+      "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3",
+      "nvidia.com/gpu.memory": "81559",
+      "nvidia.com/gpu.count": "3",
+      "nvidia.com/mig.strategy": "mixed",
+      "nvidia.com/mig-1g.10gb.count": "4",
+      "nvidia.com/mig-1g.10gb.memory": "9856",
+      "nvidia.com/mig-1g.10gb.product": "NVIDIA-H100-80GB-HBM3-MIG-1g.10gb",
+      "nvidia.com/mig-1g.10gb.multiprocessors": "16",
+      "nvidia.com/mig-1g.10gb.slices.gi": "1",
+      "nvidia.com/mig-1g.10gb.slices.ci": "1",
+      "nvidia.com/mig-3g.40gb.count": "1",
+      "nvidia.com/mig-3g.40gb.memory": "40192",
+      "nvidia.com/mig-3g.40gb.product": "NVIDIA-H100-80GB-HBM3-MIG-3g.40gb",
+      "nvidia.com/mig-3g.40gb.multiprocessors": "60",
+      "nvidia.com/mig-3g.40gb.slices.gi": "3",
+      "nvidia.com/mig-3g.40gb.slices.ci": "3",
+      "nvidia.com/cuda.driver.major": "550",
+      "nvidia.com/cuda.driver.minor": "54",
+      "nvidia.com/cuda.driver.rev": "15",
+    };
+    const mixed = (allocatable: Record<string, string>, labels: Record<string, string> = {}) =>
+      describeNode(
+        node({ labels: { ...H100_MIXED, ...labels }, allocatable: { cpu: "64", memory: "512Gi", ...allocatable } }),
+        undefined,
+        0,
+      ).gpus;
+    const MiB = 2 ** 20;
+    /** index, uuid, model, memory in MiB, and for a slice its parent's uuid, profile and device index. */
+    const rows = (gpus: ReturnType<typeof mixed>) =>
+      gpus.map((g) => [
+        g.index,
+        g.uuid,
+        g.model,
+        g.memoryBytes / MiB,
+        ...(g.migEnabled ? ["MIG mode"] : []),
+        ...(g.mig ? [g.mig.parentUuid, g.mig.profile, g.mig.deviceIndex] : []),
+      ]);
+
+    it("lists the whole GPUs, then each GPU in MIG mode with its slices laid out after it", () => {
+      const gpus = mixed({ "nvidia.com/gpu": "1", "nvidia.com/mig-1g.10gb": "4", "nvidia.com/mig-3g.40gb": "1" });
+      const h100 = "NVIDIA-H100-80GB-HBM3";
+      assert.deepEqual(rows(gpus), [
+        [0, "k8s-n1-0", h100, 81559],
+        // GFD counts 3 GPUs, 1 of them whole: 2 in MIG mode, though the 7 compute slices fit on one.
+        [1, "k8s-n1-1", h100, 81559, "MIG mode"],
+        [2000, "k8s-n1-1-mig-0-3g.40gb", h100, 40192, "k8s-n1-1", "3g.40gb", 0],
+        [2001, "k8s-n1-1-mig-1-1g.10gb", h100, 9856, "k8s-n1-1", "1g.10gb", 1],
+        [2002, "k8s-n1-1-mig-2-1g.10gb", h100, 9856, "k8s-n1-1", "1g.10gb", 2],
+        [2003, "k8s-n1-1-mig-3-1g.10gb", h100, 9856, "k8s-n1-1", "1g.10gb", 3],
+        [2004, "k8s-n1-1-mig-4-1g.10gb", h100, 9856, "k8s-n1-1", "1g.10gb", 4],
+        [2, "k8s-n1-2", h100, 81559, "MIG mode"],
+      ]);
+      assert.ok(gpus.every((g) => g.driverVersion === "550.54.15"));
+      assert.equal(new Set(gpus.map((g) => g.uuid)).size, gpus.length, "every UUID is its own");
+      // The same node gives the same inventory every time.
+      assert.deepEqual(mixed({ "nvidia.com/mig-3g.40gb": "1", "nvidia.com/mig-1g.10gb": "4", "nvidia.com/gpu": "1" }), gpus);
+    });
+
+    it("follows a change of the MIG layout: more GPUs when the slices need them, other slices when the profiles change", () => {
+      // Two 4g.40gb and two 3g.40gb: no two 4g fit on one GPU, a 4g and a 3g do.
+      const gpus = mixed({ "nvidia.com/gpu": "0", "nvidia.com/mig-3g.40gb": "2", "nvidia.com/mig-4g.40gb": "2" });
+      assert.deepEqual(
+        gpus.map((g) => [g.index, g.mig?.profile ?? (g.migEnabled ? "MIG mode" : "whole")]),
+        [
+          [0, "MIG mode"],
+          [1000, "4g.40gb"],
+          [1001, "3g.40gb"],
+          [1, "MIG mode"],
+          [2000, "4g.40gb"],
+          [2001, "3g.40gb"],
+          [2, "MIG mode"],
+        ],
+      );
+      assert.equal(gpus[1]!.memoryBytes, 40 * 1024 * MiB, "without GFD's label, the memory the profile names");
+      // Nine 1g.10gb, more than one GPU holds, on a node whose GFD count is behind: as many GPUs as it takes.
+      const more = mixed({ "nvidia.com/mig-1g.10gb": "9" }, { "nvidia.com/gpu.count": "1" });
+      assert.deepEqual(
+        more.filter((g) => g.migEnabled).map((g) => g.uuid),
+        ["k8s-n1-0", "k8s-n1-1"],
+      );
+      assert.deepEqual(
+        more.filter((g) => g.mig).map((g) => g.index),
+        [1000, 1001, 1002, 1003, 1004, 1005, 1006, 2000, 2001],
+      );
+      // A slice whose profile changed is another slice: the one that was there is no longer reported.
+      const before = new Set(
+        mixed({ "nvidia.com/gpu": "1", "nvidia.com/mig-1g.10gb": "4", "nvidia.com/mig-3g.40gb": "1" }).map((g) => g.uuid),
+      );
+      const after = mixed({ "nvidia.com/gpu": "1", "nvidia.com/mig-1g.10gb": "1", "nvidia.com/mig-3g.40gb": "2" });
+      assert.deepEqual(
+        after.filter((g) => g.mig).map((g) => [g.uuid, before.has(g.uuid)]),
+        [
+          ["k8s-n1-1-mig-0-3g.40gb", true],
+          ["k8s-n1-1-mig-1-3g.40gb", false],
+          ["k8s-n1-1-mig-2-1g.10gb", true],
+        ],
+      );
+      // MIG turned off again: whole GPUs, as before MIG.
+      assert.deepEqual(rows(mixed({ "nvidia.com/gpu": "3" })), [
+        [0, "k8s-n1-0", "NVIDIA-H100-80GB-HBM3", 81559],
+        [1, "k8s-n1-1", "NVIDIA-H100-80GB-HBM3", 81559],
+        [2, "k8s-n1-2", "NVIDIA-H100-80GB-HBM3", 81559],
+      ]);
+    });
+
+    it("leaves nodes without MIG resources as they were", () => {
+      const plain = describeNode(node({ labels: { ...A100, "nvidia.com/mig.strategy": "mixed" } }), undefined, 0).gpus;
+      assert.deepEqual(plain, describeNode(node(), undefined, 0).gpus);
+      assert.deepEqual(Object.keys(plain[0]!), ["index", "uuid", "model", "memoryBytes", "driverVersion", "cudaVersion"]);
+      // A resource that only looks like a MIG one, or none left of a profile, is no slice.
+      const odd = describeNode(
+        node({ allocatable: { "nvidia.com/gpu": "2", "nvidia.com/mig-foo": "3", "nvidia.com/mig-1g.10gb": "0" } }),
+        undefined,
+        0,
+      );
+      assert.deepEqual(odd.gpus, describeNode(node(), undefined, 0).gpus);
+    });
+  });
+
   it("is not ready with a lapsed lease, nor without a Ready condition", () => {
     const lease = { renewTime: 1, durationMs: 40_000, observedAt: 0 };
     assert.equal(describeNode(node(), lease, 49_000).ready, true);

@@ -9,6 +9,10 @@ import { deniedByRbac } from "../support/rbac.js";
 import { startTestServer, type TestServer } from "../support/server.js";
 import { WorkloadAgent } from "../support/workload-agent.js";
 import { systemClock } from "../../src/platform/clock.js";
+import { createLogger } from "../../src/platform/logger.js";
+import type { KubernetesOptions } from "../../src/runtime/kubernetes-manifests.js";
+import { KubernetesRuntime, type WorkloadObserver } from "../../src/runtime/kubernetes-runtime.js";
+import type { WorkloadSpec } from "../../src/runtime/runtime.js";
 
 describe("the Kubernetes runtime against a Kubernetes API test server", function () {
   this.timeout(60_000);
@@ -345,6 +349,87 @@ describe("the Kubernetes runtime against a Kubernetes API test server", function
   // Last: it reads every request the tests above made.
   it("makes no request that deploy/rbac.yaml does not allow", async () => {
     assert.deepEqual(await deniedByRbac(kube.requests), []);
+  });
+});
+
+describe("the Kubernetes runtime with MIG slices, driven directly", function () {
+  this.timeout(30_000);
+  let kube: KubeApiTestServer;
+  let runtime: KubernetesRuntime;
+  const reports: { environmentId: string; state: string; message: string }[] = [];
+  const observer: WorkloadObserver = {
+    status: async (_hostId, r) => void reports.push(r),
+    logs: async () => {},
+    lastLog: async () => undefined,
+  };
+  const options: KubernetesOptions = {
+    namespacePrefix: "rgpu-",
+    accessMode: "ReadWriteOnce",
+    mountPath: "/workspace",
+    gpuMode: "device-plugin",
+    runtimeClass: "nvidia",
+    imagePullTimeoutSeconds: 300,
+    nodePortRange: { first: 30000, last: 32767 },
+  };
+  // Two 1g.10gb slices of a node registered from its Node object, as the server would hand them out.
+  const spec = (environmentId: string, migProfile: string): WorkloadSpec => ({
+    environmentId,
+    name: "slices",
+    workspaceId: "5e0c1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b",
+    workspaceName: "mig-team",
+    hostId: "host-1",
+    nodeName: "gpu-node-1",
+    image: "nvcr.io/nvidia/cuda:12.4.1-base-ubuntu22.04",
+    command: [],
+    args: [],
+    env: {},
+    gpuUuids: [`k8s-gpu-node-1-0-mig-5-${migProfile}`, `k8s-gpu-node-1-0-mig-6-${migProfile}`],
+    gpuIndices: [1005, 1006],
+    migProfile,
+    migDevices: [
+      { parentIndex: 0, deviceIndex: 5 },
+      { parentIndex: 0, deviceIndex: 6 },
+    ],
+    ports: [],
+    cpuMillicores: 2000,
+    memoryBytes: 8 * 2 ** 30,
+    storageBytes: 2 ** 30,
+    sshPublicKeys: [],
+    generation: 1,
+  });
+  const namespace = "rgpu-5e0c1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b";
+
+  before(async () => {
+    kube = await startKubeApiServer();
+    runtime = new KubernetesRuntime(kube.kubeConfig(), options, observer, createLogger("silent"));
+  });
+  after(async () => {
+    runtime?.close();
+    await kube?.close();
+  });
+
+  it("asks the device plugin for nvidia.com/mig-<profile>, as many as the slices, and no whole GPU", async () => {
+    const id = "7d1e2f3a-4b5c-4d6e-9f0a-1b2c3d4e5f60";
+    await runtime.run(spec(id, "1g.10gb"));
+    const pod = kube.get("pods", namespace, `env-${id}-1`);
+    assert.ok(pod, "the pod was made");
+    assert.equal(pod.spec.nodeName, "gpu-node-1");
+    assert.deepEqual(pod.spec.containers[0].resources.limits, { cpu: "2000m", memory: String(8 * 2 ** 30), "nvidia.com/mig-1g.10gb": "2" });
+    assert.deepEqual(reports, [], "nothing went wrong");
+  });
+
+  it("fails, with why and without a pod, a spec whose profile makes no resource name", async () => {
+    const id = "8e2f3a4b-5c6d-4e7f-8a1b-2c3d4e5f6a70";
+    await runtime.run(spec(id, "1g.10gb+me"));
+    assert.deepEqual(
+      reports.map((r) => [r.environmentId, r.state]),
+      [[id, "FAILED"]],
+    );
+    assert.match(
+      reports[0]!.message,
+      /MIG profile "1g\.10gb\+me" makes no valid Kubernetes resource name \(nvidia\.com\/mig-1g\.10gb\+me\)/,
+    );
+    assert.equal(kube.get("pods", namespace, `env-${id}-1`), undefined);
   });
 });
 

@@ -153,6 +153,71 @@ describe("Kubernetes manifests", () => {
     assert.equal(podManifest(synthetic, o, owner).spec!.runtimeClassName, "nvidia");
   });
 
+  describe("with MIG slices", () => {
+    // Two 1g.10gb slices: on a Kubernetes node (synthetic ids), and on a host whose agent knows their MIG UUIDs.
+    const slices: WorkloadSpec = {
+      ...spec,
+      gpuUuids: ["k8s-gpu-node-7-0-mig-1-1g.10gb", "k8s-gpu-node-7-1-mig-0-1g.10gb"],
+      gpuIndices: [1001, 2000],
+      migProfile: "1g.10gb",
+      migDevices: [
+        { parentIndex: 0, deviceIndex: 1 },
+        { parentIndex: 1, deviceIndex: 0 },
+      ],
+    };
+    const real = { ...slices, gpuUuids: ["MIG-5c89852c-d268-c3f3-1b07-005d5ae1dc3f", "MIG-5c89852c-d268-c3f3-1b07-005d5ae1dc40"] };
+    const limitsOf = (s: WorkloadSpec, o: KubernetesOptions) => podManifest(s, o, owner).spec!.containers[0]!.resources!.limits!;
+
+    it("asks the device plugin for the profile's resource, and never for whole GPUs beside it", () => {
+      const pod = podManifest(slices, options, owner);
+      new Pod(pod as never).validate();
+      assert.deepEqual(limitsOf(slices, options), { cpu: "4000m", memory: String(16 * 2 ** 30), "nvidia.com/mig-1g.10gb": "2" });
+      assert.equal(envOf(slices).NVIDIA_VISIBLE_DEVICES, undefined, "the device plugin sets it");
+      assert.equal(pod.spec!.runtimeClassName, undefined);
+      assert.equal(limitsOf({ ...slices, migProfile: "3g.40gb" }, options)["nvidia.com/mig-3g.40gb"], "2");
+    });
+
+    it("in visible-devices mode names the slices by MIG UUID, or by <parent index>:<device index>", () => {
+      const o = { ...options, gpuMode: "visible-devices" as const };
+      const pod = podManifest(slices, o, owner);
+      new Pod(pod as never).validate();
+      assert.equal(envOf(slices, o).NVIDIA_VISIBLE_DEVICES, "0:1,1:0");
+      assert.equal(pod.spec!.runtimeClassName, "nvidia");
+      assert.deepEqual(limitsOf(slices, o), { cpu: "4000m", memory: String(16 * 2 ** 30) });
+      assert.equal(envOf(real, o).NVIDIA_VISIBLE_DEVICES, real.gpuUuids.join(","));
+      assert.throws(() => podManifest({ ...slices, migDevices: undefined }, o, owner), /migDevices: 0 MIG device places for 2 slices/);
+    });
+
+    it("refuses a profile that makes no Kubernetes resource name", () => {
+      for (const migProfile of ["1g.10gb+me", "1g 10gb", `${"1".repeat(60)}g.10gb`, "1g.10gb."])
+        assert.throws(
+          () => podManifest({ ...slices, migProfile }, options, owner),
+          (err: Error) =>
+            err.name === "InvalidArgumentError" &&
+            err.message.includes(`MIG profile "${migProfile}" makes no valid Kubernetes resource name`),
+          migProfile,
+        );
+      // Visible devices do not name the profile: nothing to refuse there.
+      assert.equal(
+        envOf({ ...real, migProfile: "1g.10gb+me" }, { ...options, gpuMode: "visible-devices" }).NVIDIA_VISIBLE_DEVICES,
+        real.gpuUuids.join(","),
+      );
+    });
+
+    it("reports a pod the node cannot give the slices to as failed, with the kubelet's reason", () => {
+      // What the kubelet says of a pod bound to a node without enough of the extended resource.
+      const rejected = podState({
+        status: {
+          phase: "Failed",
+          reason: "OutOfnvidia.com/mig-1g.10gb",
+          message: "Pod was rejected: Node didn't have enough resource: nvidia.com/mig-1g.10gb, requested: 2, used: 6, capacity: 7",
+        },
+      });
+      assert.equal(rejected.state, "FAILED");
+      assert.match(rejected.message, /^OutOfnvidia\.com\/mig-1g\.10gb: .*nvidia\.com\/mig-1g\.10gb, requested: 2/);
+    });
+  });
+
   it("exposes ports on NodePorts when in range (else ClusterIP) and HTTP ports through an Ingress", () => {
     const service = serviceManifest(spec, options, owner)!;
     assert.equal(service.spec!.type, "NodePort");
