@@ -109,4 +109,65 @@ describe("200 concurrent CreateEnvironment calls (real PostgreSQL, real server)"
       created.reduce((n, c) => n + c.ports, 0),
     );
   });
+
+  it("holds for MIG slices: no slice twice, max_gpus by weight and slices per profile never overrun", async () => {
+    // Two hosts, each with two H100s in MIG mode: 3g.40gb and four 1g.10gb apiece (16 × 1g, 4 × 3g).
+    for (let h = 0; h < 2; h++) {
+      const res = await server.client(HostService).createHost({ name: `mig-busy-${h}`, address: `10.3.1.${h}` });
+      const inventory = [0, 1].flatMap((p) => [
+        { index: p, uuid: `GPU-mig-busy-${h}-${p}`, migEnabled: true },
+        ...["3g.40gb", "1g.10gb", "1g.10gb", "1g.10gb", "1g.10gb"].map((profile, d) => ({
+          index: 1000 * (p + 1) + d,
+          uuid: `MIG-mig-busy-${h}-${p}-${d}`,
+          parentUuid: `GPU-mig-busy-${h}-${p}`,
+          migProfile: profile,
+          migDeviceIndex: d,
+        })),
+      ]);
+      const agent = new WorkloadAgent(server, res.agentToken, res.host!.id, inventory);
+      await agent.welcome;
+      agents.push(agent);
+    }
+    const workspaces = server.client(WorkspaceService);
+    const envs = server.client(EnvironmentService);
+    const ws = (await workspaces.createWorkspace({ name: "mig-capped" })).workspace!.id;
+    // Two GPUs' worth (14/7), and at most 9 slices of 1g.10gb: both bind before the fleet runs out.
+    await workspaces.setResourceQuota({ quota: { workspaceId: ws, maxGpus: 2, maxMigSlicesPerProfile: { "1g.10gb": 9 } } });
+    const calls = Array.from({ length: 60 }, (_, i) => {
+      const migProfile = i % 3 === 0 ? "3g.40gb" : "1g.10gb";
+      const gpuCount = migProfile === "3g.40gb" ? 1 : 1 + (i % 2);
+      const attempt = (left: number): Promise<{ env?: Environment; err?: ConnectError; gpuCount: number; migProfile: string }> =>
+        envs.createEnvironment({ workspaceId: ws, name: `m${i}`, image: "img", gpuCount, migProfile }).then(
+          (res) => ({ env: res.environment!, gpuCount, migProfile }),
+          (err: unknown) => {
+            const e = ConnectError.from(err);
+            return e.code === Code.Aborted && left > 0 ? attempt(left - 1) : { err: e, gpuCount, migProfile };
+          },
+        );
+      return attempt(5);
+    });
+    const results = await Promise.all(calls);
+    const created = results.filter((r) => r.env);
+    for (const r of results.filter((r) => r.err))
+      assert.match(r.err!.rawMessage, /quota exceeded: (max_gpus|max_mig_slices_per_profile\["1g\.10gb"\]) is/, r.err!.rawMessage);
+    const owners = new Map<string, string>();
+    for (const c of created) {
+      assert.equal(c.env!.gpuIds.length, c.gpuCount);
+      for (const g of c.env!.gpuIds) {
+        assert.ok(!owners.has(g), `slice ${g} held twice`);
+        owners.set(g, c.env!.id);
+      }
+    }
+    const sevenths = created.reduce((n, c) => n + c.gpuCount * (c.migProfile === "3g.40gb" ? 3 : 1), 0);
+    const small = created.filter((c) => c.migProfile === "1g.10gb").reduce((n, c) => n + c.gpuCount, 0);
+    assert.ok(sevenths <= 14, `${sevenths}/7 GPUs held under max_gpus 2`);
+    assert.ok(small <= 9, `${small} 1g.10gb slices held under a limit of 9`);
+    assert.ok(
+      results.some((r) => r.err),
+      "the quota refused some",
+    );
+    const usage = (await workspaces.getUsage({ workspaceId: ws })).usage!;
+    assert.equal(Math.round(usage.gpuWeight * 7), sevenths);
+    assert.equal(usage.migSlicesPerProfile["1g.10gb"] ?? 0, small);
+  });
 });

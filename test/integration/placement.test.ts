@@ -9,6 +9,8 @@ import { createTestDatabase, type TestDatabase } from "../support/database.js";
 
 const H100 = "NVIDIA H100 80GB HBM3";
 const A100 = "NVIDIA A100-SXM4-80GB";
+/** Free, as placement counts it: a GPU in MIG mode never is (its slices are). */
+const FREE = "status = 'AVAILABLE' and holder is null and not mig_enabled";
 
 interface HostSpec {
   status?: string;
@@ -62,6 +64,33 @@ describe("placement (real PostgreSQL)", () => {
 
   const gpus = (model: string, n: number) => Array.from({ length: n }, () => model);
 
+  /**
+   * A host with `parents` H100s in MIG mode, each with `profiles` as slices, and `whole` whole H100s
+   * after them (indexes from `parents` on). Returns the ids of the slices, parents and whole GPUs.
+   */
+  async function addMigHost(
+    parents: number,
+    profiles: string[],
+    whole = 0,
+  ): Promise<{ id: string; slices: string[]; parents: string[]; whole: string[] }> {
+    const host = await addHost({ gpus: gpus(H100, parents + whole) });
+    const parentIds = host.gpuIds.slice(0, parents);
+    await sql.query("update gpus set mig_enabled = true where id = any($1)", [parentIds]);
+    const slices: string[] = [];
+    for (const [p, parentId] of parentIds.entries())
+      for (const [d, profile] of profiles.entries()) {
+        const id = randomUUID();
+        slices.push(id);
+        await sql.query(
+          `insert into gpus (id, host_id, index, uuid, model, memory_bytes, status, health_reasons, created_at, updated_at, version,
+             parent_id, mig_profile, mig_placement)
+           values ($1, $2, $3, $4, $5, 0, 'AVAILABLE', '[]', now(), now(), 1, $6, $7, '{"deviceIndex": 0, "gpuInstanceId": 0, "computeInstanceId": 0}')`,
+          [id, host.id, 1000 * (p + 1) + d, `MIG-${id}`, `${H100} MIG ${profile}`, parentId, profile],
+        );
+      }
+    return { id: host.id, slices, parents: parentIds, whole: host.gpuIds.slice(parents) };
+  }
+
   function request(gpuCount: number, more: Partial<PlacementRequest> = {}): PlacementRequest {
     return { gpuCount, gpuModel: "", allowedModels: [], ...more };
   }
@@ -89,8 +118,8 @@ describe("placement (real PostgreSQL)", () => {
       kept: await rows("select host_id || ' ' || model || ' ' || free as row from free_gpu_counts where free <> 0"),
       recounted: await rows(
         `select host_id || ' ' || model || ' ' || n as row from (
-           select host_id, model, count(*) as n from gpus where status = 'AVAILABLE' and holder is null and model <> '' group by host_id, model
-           union all select host_id, '', count(*) from gpus where status = 'AVAILABLE' and holder is null group by host_id) c`,
+           select host_id, model, count(*) as n from gpus where ${FREE} and model <> '' group by host_id, model
+           union all select host_id, '', count(*) from gpus where ${FREE} and mig_profile = '' group by host_id) c`,
       ),
     };
   }
@@ -262,6 +291,63 @@ describe("placement (real PostgreSQL)", () => {
     await assert.rejects(place(request(2)), ConflictError);
     await holding.end();
     assert.equal((await place(request(2))).gpus.length, 2);
+  });
+
+  it("places MIG slices like a model, never their parent, and never gives a slice for any whole GPU", async () => {
+    const mig = await addMigHost(1, ["3g.40gb", "1g.10gb", "1g.10gb"], 1);
+    let c = await counts();
+    assert.deepEqual(c.kept, c.recounted);
+    assert.ok(c.kept.includes(`${mig.id}  1`) && c.kept.includes(`${mig.id} ${H100} MIG 1g.10gb 2`), c.kept.join("\n"));
+    // Any GPU, or two of the parents' model: whole GPUs only (one here), never the parent.
+    assert.deepEqual(
+      (await place(request(1))).gpus.map((g) => g.id),
+      mig.whole,
+    );
+    await assert.rejects(place(request(1)), ResourceExhaustedError);
+    await assert.rejects(place(request(1, { gpuModel: H100 })), ResourceExhaustedError);
+    // A profile: its slices, of the parent model asked for or any.
+    const two = await place(request(2, { migProfile: "1g.10gb", gpuModel: H100 }));
+    assert.deepEqual(
+      two.gpus.map((g) => g.model),
+      [`${H100} MIG 1g.10gb`, `${H100} MIG 1g.10gb`],
+    );
+    assert.deepEqual(
+      (await place(request(1, { migProfile: "3g.40gb" }))).gpus.map((g) => g.id),
+      [mig.slices[0]],
+    );
+    await assert.rejects(place(request(1, { migProfile: "1g.10gb" })), ResourceExhaustedError);
+    // A slice model in the allowed list is no way to get slices without asking for a profile.
+    await assert.rejects(place(request(1, { allowedModels: [`${H100} MIG 1g.10gb`] })), /ask for them with mig_profile/);
+    // Leaving MIG mode makes the parent a free whole GPU again; its slices, gone, count for nothing.
+    await sql.query("update gpus set status = 'OFFLINE' where parent_id = $1", [mig.parents[0]]);
+    await sql.query("update gpus set mig_enabled = false where id = $1", [mig.parents[0]]);
+    c = await counts();
+    assert.deepEqual(c.kept, c.recounted);
+    assert.deepEqual(
+      (await place(request(1))).gpus.map((g) => g.id),
+      mig.parents,
+    );
+  });
+
+  it("never hands one MIG slice to two of many concurrent placements", async () => {
+    // 8 hosts × 2 GPUs × 7 slices of 1g.10gb, and a whole GPU each: room for every request.
+    for (let h = 0; h < 8; h++) await addMigHost(2, gpus("1g.10gb", 7), 1);
+    const results = await Promise.allSettled(
+      Array.from({ length: 48 }, (_, i) => place(i % 6 === 0 ? request(1) : request(1 + (i % 3), { migProfile: "1g.10gb" }))),
+    );
+    const placed = results.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
+    for (const r of results)
+      if (r.status === "rejected")
+        assert.ok(r.reason instanceof ConflictError || r.reason instanceof ResourceExhaustedError, String(r.reason));
+    const ids = placed.flatMap((p) => p.gpus.map((g) => g.id));
+    assert.equal(new Set(ids).size, ids.length, "a slice placed twice");
+    for (const p of placed) {
+      const slices = p.gpus.filter((g) => g.model.endsWith(" MIG 1g.10gb")).length;
+      assert.ok(slices === 0 || slices === p.gpus.length, "slices and whole GPUs mixed");
+    }
+    assert.ok(placed.length >= 36, `${placed.length} of 48 placed`);
+    const c = await counts();
+    assert.deepEqual(c.kept, c.recounted);
   });
 
   it("never hands one GPU to two of many concurrent placements", async () => {
