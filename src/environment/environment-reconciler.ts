@@ -263,28 +263,26 @@ export class EnvironmentReconciler {
   }
 
   /**
-   * Environments that hold a MIG slice whose GPU left MIG mode (its agent reports the GPU whole, and
-   * the slice no more), each with why: such a slice will not come back. A slice that only went
-   * missing stays OFFLINE, as a missing GPU does, and may return.
+   * Environments whose GPUs changed MIG mode under them, each with why: one holding a MIG slice whose
+   * GPU left MIG mode (its agent reports the GPU whole, and the slice no more: it will not come
+   * back), or one holding a GPU whole that was put in MIG mode. A slice that only went missing stays
+   * OFFLINE, as a missing GPU does, and may return.
    */
   private async lostSlices(em: EntityManager, environmentId?: string): Promise<Map<string, string>> {
-    const rows = await em
-      .getConnection()
-      .execute<{ environment_id: string; uuid: string; mig_profile: string; parent_uuid: string; parent_index: number }[]>(
-        `select g.environment_id, g.uuid, g.mig_profile, p.uuid as parent_uuid, p.index as parent_index
+    const only = environmentId ? "and g.environment_id = ?" : "";
+    const rows = await em.getConnection().execute<{ environment_id: string; reason: string }[]>(
+      `select g.environment_id, 'GPU ' || p.index || ' (' || p.uuid || ') left MIG mode: its MIG slice ' || g.uuid || ' (' || g.mig_profile || ') is gone' as reason
          from gpus g join gpus p on p.id = g.parent_id
         where g.parent_id is not null and g.environment_id is not null and g.status = 'OFFLINE'
-          and p.status <> 'OFFLINE' and not p.mig_enabled ${environmentId ? "and g.environment_id = ?" : ""}`,
-        environmentId ? [environmentId] : [],
-        "all",
-        em.getTransactionContext(),
-      );
-    return new Map(
-      rows.map((r) => [
-        r.environment_id,
-        `GPU ${r.parent_index} (${r.parent_uuid}) left MIG mode: its MIG slice ${r.uuid} (${r.mig_profile}) is gone`,
-      ]),
+          and p.status <> 'OFFLINE' and not p.mig_enabled ${only}
+       union all
+       select g.environment_id, 'GPU ' || g.index || ' (' || g.uuid || ') was put in MIG mode: it can no longer be used whole' as reason
+         from gpus g where g.mig_enabled and g.environment_id is not null ${only}`,
+      environmentId ? [environmentId, environmentId] : [],
+      "all",
+      em.getTransactionContext(),
     );
+    return new Map(rows.map((r) => [r.environment_id, r.reason]));
   }
 
   /** The next step for an environment, or undefined when there is nothing to do now. */

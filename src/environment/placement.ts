@@ -95,12 +95,18 @@ async function modelsToPlace(em: EntityManager, req: PlacementRequest): Promise<
   }
   const profile = req.migProfile;
   const fleet = (
-    await query<{ model: string }>(em, "select distinct model from gpus where mig_profile <> '' and mig_profile = ? order by model", [
-      profile,
-    ])
+    await query<{ model: string }>(
+      em,
+      "select distinct model from gpus where mig_profile <> '' and mig_profile = ? and status <> 'OFFLINE' order by model",
+      [profile],
+    )
   ).map((r) => r.model);
   if (fleet.length === 0) {
-    const known = await query<{ p: string }>(em, "select distinct mig_profile as p from gpus where mig_profile <> '' order by 1", []);
+    const known = await query<{ p: string }>(
+      em,
+      "select distinct mig_profile as p from gpus where mig_profile <> '' and status <> 'OFFLINE' order by 1",
+      [],
+    );
     throw InvalidArgumentError.field(
       "mig_profile",
       `no GPU in the fleet has MIG slices of profile "${profile}"; ${known.length > 0 ? `the fleet has: ${known.map((k) => k.p).join(", ")}` : "the fleet has no MIG slices"}`,

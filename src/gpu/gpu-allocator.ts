@@ -112,6 +112,16 @@ export class GpuAllocator {
           `GPU ${gpu.id} is held by environment ${gpu.environment.id}; stop or delete the environment instead`,
         );
       }
+      // Slices made while it was held whole (put in MIG mode under its holder) were held with it.
+      if (gpu.migEnabled)
+        await em.getConnection().execute(
+          `update gpus set holder = null, allocated_at = null, status = case when status = 'ALLOCATED' then 'AVAILABLE' else status end,
+             updated_at = ?, version = version + 1
+           where parent_id = ? and holder = ? and environment_id is null`,
+          [this.clock.now(), gpu.id, gpu.holder],
+          "run",
+          em.getTransactionContext(),
+        );
       Object.assign(gpu, {
         holder: null,
         allocatedAt: null,

@@ -186,6 +186,9 @@ export class GpuInventory {
           gpu.status = "UNHEALTHY";
           if (gpu.healthReasons.length === 0) gpu.healthReasons = ["marked unhealthy by an operator"];
         } else if (gpu.status === "UNHEALTHY") {
+          const parent = gpu.parent && (await em.findOne(Gpu, gpu.parent.id, { fields: ["status", "uuid"] }));
+          if (parent?.status === "UNHEALTHY")
+            throw new FailedPreconditionError(`GPU ${gpu.id} is a MIG slice of GPU ${parent.uuid}, which is UNHEALTHY: re-admit that GPU`);
           // Re-admission: the GPU goes back to whoever still holds it, or to the free pool.
           gpu.status = gpu.holder ? "ALLOCATED" : "AVAILABLE";
           gpu.healthReasons = [];
@@ -195,7 +198,7 @@ export class GpuInventory {
             await em.getConnection().execute(
               `update gpus set status = case when holder is null then 'AVAILABLE' else 'ALLOCATED' end, health_reasons = '[]'::jsonb,
                  updated_at = ?, version = version + 1
-               where parent_id = ? and status = 'UNHEALTHY'`,
+               where parent_id = ? and status = 'UNHEALTHY'`, // OFFLINE slices (gone in a re-partition) stay so
               [this.clock.now(), gpu.id],
               "run",
               em.getTransactionContext(),

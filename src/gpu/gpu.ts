@@ -128,6 +128,10 @@ export const GpuSchema = new EntitySchema<Gpu>({
       expression: `create index "gpus_mig_profile_index" on "gpus" ("mig_profile", "model") where mig_profile <> ''`,
     },
     {
+      name: "gpus_mig_enabled_index",
+      expression: `create index "gpus_mig_enabled_index" on "gpus" ("host_id") where mig_enabled`,
+    },
+    {
       name: "gpus_free_index",
       expression: `create index "gpus_free_index" on "gpus" ("host_id") where status = 'AVAILABLE' and holder is null and not mig_enabled`,
     },

@@ -36,7 +36,7 @@ export function sliceQuotaUnits(parentModel: string, profile: string): number {
 /** The parent model and profile of a MIG slice's model; undefined for a whole GPU's. */
 export function parseSliceModel(model: string): { parentModel: string; profile: string } | undefined {
   const at = model.lastIndexOf(" MIG ");
-  if (at <= 0) return undefined;
+  if (at < 0) return undefined; // a parent of no known product still makes " MIG <profile>"
   const profile = model.slice(at + 5);
   return MIG_PROFILE.test(profile) ? { parentModel: model.slice(0, at), profile } : undefined;
 }

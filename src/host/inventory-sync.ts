@@ -35,19 +35,28 @@ export interface StoredGpu extends ReportedGpu {
   id: string;
   status: GpuStatus;
   holder: string | null;
+  environmentId?: string | null;
   healthReasons: string[];
 }
 
-/** A reported GPU as its row stores it: a slice's model names its profile. */
-type RowGpu = ReportedGpu;
+/** A new GPU row: AVAILABLE, or as its parent is (a slice of a GPU held whole or UNHEALTHY). */
+export interface NewGpu extends ReportedGpu {
+  id: string;
+  status: GpuStatus;
+  holder: string | null;
+  environmentId: string | null;
+  healthReasons: string[];
+}
 
 export interface InventoryPlan {
-  /** GPUs that must give up their index first ((host, index) is unique): index becomes -1 - index. */
+  /** GPUs that must give up their index first ((host, index) is unique): parked below every index in use. */
   park: string[];
-  insert: (RowGpu & { id: string })[];
-  update: (RowGpu & { id: string; status: GpuStatus })[];
+  insert: NewGpu[];
+  update: (ReportedGpu & { id: string; status: GpuStatus })[];
   /** GPUs the agent no longer reports. */
   offline: string[];
+  /** MIG slices the agent no longer reports that nobody holds: deleted (a re-partition makes new UUIDs). */
+  remove: string[];
   /** Server-side id of each reported GPU, by UUID. */
   ids: Map<string, string>;
 }
@@ -55,16 +64,21 @@ export interface InventoryPlan {
 /**
  * What makes the host's GPU rows match what its agent sees, keyed by UUID: new GPUs are added,
  * known ones updated and brought back from OFFLINE, missing ones marked OFFLINE (never deleted: they
- * may hold an environment, or come back after a reboot). A reconnect with nothing new plans nothing.
+ * may hold an environment, or come back after a reboot), except free MIG slices, which are deleted.
+ * A reconnect with nothing new plans nothing.
  */
 export function planInventory(stored: StoredGpu[], reportedGpus: ReportedGpu[]): InventoryPlan {
   const reported = reportedGpus.map(asRow);
   const byUuid = new Map(stored.map((g) => [g.uuid, g]));
   const reportedByUuid = new Map(reported.map((r) => [r.uuid, r]));
   const claimed = new Set(reported.map((r) => r.index));
-  const plan: InventoryPlan = { park: [], insert: [], update: [], offline: [], ids: new Map() };
+  const plan: InventoryPlan = { park: [], insert: [], update: [], offline: [], remove: [], ids: new Map() };
   for (const g of stored) {
     const next = reportedByUuid.get(g.uuid);
+    if (!next && g.mig && g.holder === null) {
+      plan.remove.push(g.id);
+      continue;
+    }
     // Rows parked before already hold a negative index, which no reported GPU can claim.
     if (g.index >= 0 && ((!next && claimed.has(g.index)) || (next && next.index !== g.index))) plan.park.push(g.id);
     if (!next && g.status !== "OFFLINE") plan.offline.push(g.id);
@@ -73,7 +87,7 @@ export function planInventory(stored: StoredGpu[], reportedGpus: ReportedGpu[]):
     const g = byUuid.get(r.uuid);
     if (!g) {
       const id = randomUUID();
-      plan.insert.push({ ...r, id });
+      plan.insert.push({ ...r, id, ...fromParent(r.mig && byUuid.get(r.mig.parentUuid)) });
       plan.ids.set(r.uuid, id);
       continue;
     }
@@ -92,21 +106,27 @@ export function planInventory(stored: StoredGpu[], reportedGpus: ReportedGpu[]):
   return plan;
 }
 
-/** A reported GPU in the form its row takes. */
-function asRow(r: ReportedGpu): RowGpu {
+/**
+ * How a new slice starts, from its parent as stored: held by whoever holds the parent whole (a GPU
+ * put in MIG mode under its holder: the reconciler fails such an environment, which frees both),
+ * UNHEALTHY with the parent's reasons, or AVAILABLE.
+ */
+function fromParent(parent: StoredGpu | undefined): Omit<NewGpu, keyof ReportedGpu | "id"> {
+  const healthReasons = parent?.status === "UNHEALTHY" ? parent.healthReasons.map((r) => `its GPU ${parent.uuid}: ${r}`) : [];
+  const holder = parent?.holder ?? null;
+  const status = healthReasons.length > 0 ? "UNHEALTHY" : holder ? "ALLOCATED" : "AVAILABLE";
+  return { status, holder, environmentId: holder ? (parent?.environmentId ?? null) : null, healthReasons };
+}
+
+/** A reported GPU in the form its row takes: a slice's model names its profile. */
+function asRow(r: ReportedGpu): ReportedGpu {
   if (!r.mig) return { ...r, migEnabled: r.migEnabled ?? false };
-  const { parentUuid, profile, deviceIndex, gpuInstanceId, computeInstanceId } = r.mig;
-  return {
-    ...r,
-    model: sliceModel(r.model, profile),
-    migEnabled: false,
-    mig: { parentUuid, profile, deviceIndex, gpuInstanceId, computeInstanceId },
-  };
+  return { ...r, model: sliceModel(r.model, r.mig.profile), migEnabled: false };
 }
 
 /** Whether applying the plan changed any GPU row. */
 export function inventoryChanged(plan: InventoryPlan): boolean {
-  return plan.park.length + plan.insert.length + plan.update.length + plan.offline.length > 0;
+  return plan.park.length + plan.insert.length + plan.update.length + plan.offline.length + plan.remove.length > 0;
 }
 
 /** applyInventories for one host. */
@@ -135,6 +155,7 @@ export async function applyInventories(
     cuda_version: string;
     status: GpuStatus;
     holder: string | null;
+    environment_id: string | null;
     health_reasons: string[];
     mig_enabled: boolean;
     parent_uuid: string | null;
@@ -143,7 +164,7 @@ export async function applyInventories(
   }[] = (
     await trx.raw(
       `select g.id, g.host_id, g.uuid, g.index, g.model, g.memory_bytes, g.driver_version, g.cuda_version, g.status, g.holder,
-         g.health_reasons, g.mig_enabled, p.uuid as parent_uuid, g.mig_profile, g.mig_placement
+         g.environment_id, g.health_reasons, g.mig_enabled, p.uuid as parent_uuid, g.mig_profile, g.mig_placement
        from gpus g left join gpus p on p.id = g.parent_id where g.host_id = any(?::uuid[])`,
       [pgArray(reports.map((r) => r.hostId))],
     )
@@ -160,6 +181,7 @@ export async function applyInventories(
       cudaVersion: r.cuda_version,
       status: r.status,
       holder: r.holder,
+      environmentId: r.environment_id,
       healthReasons: r.health_reasons,
       migEnabled: r.mig_enabled,
       mig: r.parent_uuid && r.mig_placement ? { parentUuid: r.parent_uuid, profile: r.mig_profile, ...r.mig_placement } : undefined,
@@ -170,7 +192,7 @@ export async function applyInventories(
   const park = all.flatMap(([, p]) => p.park);
   const offline = all.flatMap(([, p]) => p.offline);
   // A slice's columns, its parent's id among them (the parent is in the same report).
-  const migColumns = (plan: InventoryPlan, g: RowGpu) => ({
+  const migColumns = (plan: InventoryPlan, g: ReportedGpu) => ({
     migEnabled: g.migEnabled ?? false,
     parentId: g.mig ? (plan.ids.get(g.mig.parentUuid) ?? null) : null,
     migProfile: g.mig?.profile ?? "",
@@ -180,7 +202,18 @@ export async function applyInventories(
   });
   const update = all.flatMap(([, p]) => p.update.map((g) => ({ ...g, ...migColumns(p, g) })));
   const insert = all.flatMap(([hostId, p]) => p.insert.map((g) => ({ ...g, ...migColumns(p, g), hostId })));
-  if (park.length > 0) await trx.raw("update gpus set index = -1 - index where id = any(?::uuid[])", [pgArray(park)]);
+  const remove = all.flatMap(([, p]) => p.remove);
+  if (remove.length > 0) await trx.raw("delete from gpus where id = any(?::uuid[])", [pgArray(remove)]);
+  // Parked below the lowest index of their host, so that rows parked before never collide with them.
+  if (park.length > 0)
+    await trx.raw(
+      `update gpus g set index = p.parked
+         from (select x.id, m.lowest - row_number() over (partition by x.host_id order by x.id) as parked
+                 from gpus x cross join lateral (select least(min(y.index), 0) as lowest from gpus y where y.host_id = x.host_id) m
+                where x.id = any(?::uuid[])) p
+        where g.id = p.id`,
+      [pgArray(park)],
+    );
   if (offline.length > 0) {
     await trx.raw("update gpus set status = 'OFFLINE', updated_at = ?, version = version + 1 where id = any(?::uuid[])", [
       now,
@@ -193,18 +226,21 @@ export async function applyInventories(
     await trx.raw(
       `insert into gpus (id, host_id, index, uuid, model, memory_bytes, driver_version, cuda_version, status, health_reasons,
          created_at, updated_at, version, mig_enabled, mig_profile, mig_placement)
-       select v.id, v."hostId", v.index, v.uuid, v.model, v."memoryBytes", v."driverVersion", v."cudaVersion", 'AVAILABLE', '[]'::jsonb,
+       select v.id, v."hostId", v.index, v.uuid, v.model, v."memoryBytes", v."driverVersion", v."cudaVersion", v.status, v."healthReasons",
          ?, ?, 1, v."migEnabled", v."migProfile", v."migPlacement"
        from jsonb_to_recordset(?::jsonb) as v(id uuid, "hostId" uuid, index int, uuid text, model text, "memoryBytes" bigint,
-         "driverVersion" text, "cudaVersion" text, ${migRecord})`,
+         "driverVersion" text, "cudaVersion" text, status text, "healthReasons" jsonb, ${migRecord})`,
       [now, now, JSON.stringify(insert)],
     );
-    // Parents are set once every row exists (a parent may be inserted in the same statement).
+    // Parents are set once every row exists (a parent may be inserted in the same statement), with
+    // the holders slices take from a parent held whole.
     const children = insert.filter((g) => g.parentId);
     if (children.length > 0)
       await trx.raw(
-        `update gpus g set parent_id = v."parentId" from jsonb_to_recordset(?::jsonb) as v(id uuid, "parentId" uuid) where g.id = v.id`,
-        [JSON.stringify(children.map((g) => ({ id: g.id, parentId: g.parentId })))],
+        `update gpus g set parent_id = v."parentId", holder = v.holder, environment_id = v."environmentId",
+           allocated_at = case when v.holder is null then null else ?::timestamptz end
+         from jsonb_to_recordset(?::jsonb) as v(id uuid, "parentId" uuid, holder text, "environmentId" uuid) where g.id = v.id`,
+        [now, JSON.stringify(children.map((g) => ({ id: g.id, parentId: g.parentId, holder: g.holder, environmentId: g.environmentId })))],
       );
   }
   if (update.length > 0) {

@@ -163,13 +163,15 @@ export class HeartbeatIngest {
     }
     for (const v of verdicts.values()) {
       // Reasons already recorded (by an operator or an earlier verdict) are kept. A GPU in MIG mode
-      // takes its slices with it: they share its memory and its faults (XID, ECC, heat).
+      // takes its slices with it: they share its memory and its faults (XID, ECC, heat). Slices gone
+      // in a re-partition (OFFLINE) stay as they are: they never come back.
       await bulkSql(
         this.orm,
         `update gpus g set status = 'UNHEALTHY', updated_at = ?,
            health_reasons = (select coalesce(jsonb_agg(distinct r), '[]'::jsonb)
                                from jsonb_array_elements(g.health_reasons || case when g.uuid = ? then ?::jsonb else ?::jsonb end) r)
-         where g.host_id = ? and (g.uuid = ? or g.parent_id = (select p.id from gpus p where p.host_id = ? and p.uuid = ?))`,
+         where g.host_id = ?
+           and (g.uuid = ? or (g.parent_id = (select p.id from gpus p where p.host_id = ? and p.uuid = ?) and g.status <> 'OFFLINE'))`,
         [
           this.clock.now(),
           v.uuid,

@@ -258,18 +258,90 @@ describe("MIG slices as GPUs of their own", () => {
     const failed = await status(env.id, EnvironmentStatus.FAILED);
     assert.match(failed.statusMessage, /GPU 0 \(GPU-mig-faults-0\) left MIG mode: its MIG slice MIG-mig-faults-0-0 \(1g\.10gb\) is gone/);
     const after = await list();
+    // The free slice's row went with the layout; the held one stays OFFLINE, freed by the failure.
     assert.deepEqual(
       after.map((g) => [g.index, GpuStatus[g.status], g.environmentId]),
       [
         [0, "AVAILABLE", ""],
         [1000, "OFFLINE", ""],
-        [1001, "OFFLINE", ""],
       ],
     );
     assert.equal(after[0]!.migEnabled, false);
     // The whole GPU is schedulable again.
     const next = (await create(ws, "whole-again", { gpuCount: 1 })).environment!;
     assert.equal(next.gpuIds[0], after[0]!.id);
+  });
+
+  it("survives re-partitions: new UUIDs at the same indexes, a GPU put in MIG mode while held whole, under a fault", async () => {
+    const host = await newHost("mig-layouts");
+    const ws = await workspace("mig-layouts-team");
+    const layout = (tag: string, profiles: string[]) =>
+      sliced(
+        "mig-layouts",
+        0,
+        profiles.map((p) => [p, 9984] as [string, number]),
+        tag,
+      );
+    const list = async () => (await gpus.listGpus({ hostId: host.id, pageSize: 100 })).gpus;
+    // GPU 0 whole, held by an environment; then the operator puts it in MIG mode under it.
+    const whole = new WorkloadAgent(server, host.token, host.id, [{ index: 0, uuid: "GPU-mig-layouts-0" }]);
+    await whole.welcome;
+    const onWhole = (await create(ws, "on-whole", { gpuCount: 1 })).environment!;
+    await status(onWhole.id, EnvironmentStatus.RUNNING);
+    await whole.close();
+    const a = new WorkloadAgent(server, host.token, host.id, layout("-a", ["1g.10gb", "1g.10gb"]), new Map([[onWhole.id, 1n]]));
+    await a.welcome;
+    // Its new slices are held with it until it fails, so nobody else gets them meanwhile.
+    await expectCode(create(ws, "too-soon", { gpuCount: 1, migProfile: "1g.10gb" }), Code.ResourceExhausted);
+    const failed = await status(onWhole.id, EnvironmentStatus.FAILED);
+    assert.match(failed.statusMessage, /GPU 0 \(GPU-mig-layouts-0\) was put in MIG mode: it can no longer be used whole/);
+    const held = (await create(ws, "held", { gpuCount: 1, migProfile: "1g.10gb" })).environment!;
+    await status(held.id, EnvironmentStatus.RUNNING);
+    await a.close();
+
+    // Two re-partitions in a row, each with new UUIDs at the same device indexes, one slice still held.
+    for (const tag of ["-b", "-c"]) {
+      const next = new WorkloadAgent(server, host.token, host.id, layout(tag, ["1g.10gb", "1g.10gb", "1g.10gb"]), new Map([[held.id, 1n]]));
+      agents.push(next);
+      await next.welcome;
+      const rows = await list();
+      assert.deepEqual(
+        rows.filter((g) => g.status !== GpuStatus.OFFLINE).map((g) => g.uuid),
+        ["GPU-mig-layouts-0", ...[0, 1, 2].map((d) => `MIG-mig-layouts${tag}-0-${d}`)],
+        `layout ${tag}`,
+      );
+      // Gone slices nobody held are deleted; the held one stays, OFFLINE, parked below index 0.
+      assert.deepEqual(
+        rows.filter((g) => g.status === GpuStatus.OFFLINE).map((g) => [g.uuid, g.environmentId, g.index < 0]),
+        [["MIG-mig-layouts-a-0-0", held.id, true]],
+      );
+      await next.close();
+    }
+
+    // A critical XID on the GPU: its slices are UNHEALTHY, the gone one not revived; a new layout's
+    // slices are born UNHEALTHY, and no slice is re-admitted before its GPU.
+    const faulty = new FakeAgent(server, host.token);
+    await faulty.hello(host.id, layout("-c", ["1g.10gb", "1g.10gb", "1g.10gb"]));
+    await faulty.beat([{ uuid: "GPU-mig-layouts-0", index: 0, xid: 79 }]);
+    await eventually(
+      "the GPU's slices to be UNHEALTHY",
+      async () => (await list()).filter((g) => g.status === GpuStatus.UNHEALTHY).length === 4,
+      rounds,
+    );
+    faulty.close();
+    const d = new WorkloadAgent(server, host.token, host.id, layout("-d", ["3g.40gb"]));
+    agents.push(d);
+    await d.welcome;
+    const rows = await list();
+    const fresh = rows.find((g) => g.uuid === "MIG-mig-layouts-d-0-0")!;
+    assert.equal(GpuStatus[fresh.status], "UNHEALTHY");
+    assert.deepEqual(fresh.healthReasons, ["its GPU GPU-mig-layouts-0: xid 79: GPU has fallen off the bus"]);
+    assert.equal(GpuStatus[rows.find((g) => g.uuid === "MIG-mig-layouts-a-0-0")!.status], "OFFLINE");
+    await expectCode(
+      gpus.updateGpu({ gpu: { id: fresh.id, status: GpuStatus.AVAILABLE }, updateMask: { paths: ["status"] } }),
+      Code.FailedPrecondition,
+      "re-admit that GPU",
+    );
   });
 
   it("takes a re-partition into the inventory at the agent's next reading (the SDK says hello again)", async () => {

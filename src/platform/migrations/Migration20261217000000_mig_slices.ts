@@ -1,8 +1,9 @@
 import { Migration } from "@mikro-orm/migrations";
 
 // A GPU is free when it is AVAILABLE, nobody holds it and it is not in MIG mode (then its slices are
-// what placement may take, each a GPU row of its own).
+// what placement may take, each a GPU row of its own); before this migration, without the last.
 const FREE = `status = 'AVAILABLE' and holder is null and not mig_enabled`;
+const OLD_FREE = `status = 'AVAILABLE' and holder is null`;
 // A host that takes new environments: online, not cordoned, and its agent did not say it cannot run them.
 const OPEN_HOST = `h.status = 'ONLINE' and h.schedulable and h.runtime_unavailable_reason = ''`;
 
@@ -24,31 +25,70 @@ export class Migration20261217000000_mig_slices extends Migration {
     this.addSql(`create index "gpus_parent_id_index" on "gpus" ("parent_id");`);
     // The slice models of a profile, for placement: few rows, whatever the size of the fleet.
     this.addSql(`create index "gpus_mig_profile_index" on "gpus" ("mig_profile", "model") where mig_profile <> '';`);
+    // GPUs in MIG mode, for the reconciler's look at those held whole.
+    this.addSql(`create index "gpus_mig_enabled_index" on "gpus" ("host_id") where mig_enabled;`);
     this.addSql(`alter table "environments" add column "mig_profile" varchar(24) not null default '';`);
     this.addSql(`alter table "resource_quotas" add column "max_mig_slices_per_profile" jsonb not null default '{}';`);
     this.addSql(`drop index "gpus_free_index";`);
     this.addSql(`create index "gpus_free_index" on "gpus" ("host_id") where ${FREE};`);
     // No GPU is in MIG mode or a slice yet, so the counts stay right; the triggers learn the new rules.
+    this.addSql(followFunction(true));
+    this.addSql(placeFunction(true));
+  }
+
+  override async down(): Promise<void> {
+    // Slices go, their parents are whole again, and the functions are as migration free_gpu_counts
+    // made them; then the counts are made again from the rows.
+    this.addSql(`delete from "gpus" where "parent_id" is not null;`);
+    this.addSql(`update "gpus" set "mig_enabled" = false where "mig_enabled";`);
+    this.addSql(followFunction(false));
+    this.addSql(placeFunction(false));
+    this.addSql(`delete from "free_gpu_counts";`);
     this.addSql(
-      `create or replace function "free_gpu_counts_follow"() returns trigger language plpgsql as $$
+      `insert into "free_gpu_counts" ("host_id", "model", "free")
+       select host_id, model, count(*) from gpus where ${OLD_FREE} and model <> '' group by host_id, model
+       union all
+       select host_id, '', count(*) from gpus where ${OLD_FREE} group by host_id;`,
+    );
+    this.addSql(`drop index "gpus_free_index";`);
+    this.addSql(`create index "gpus_free_index" on "gpus" ("host_id") where "status" = 'AVAILABLE' and "holder" is null;`);
+    this.addSql(`alter table "resource_quotas" drop column "max_mig_slices_per_profile";`);
+    this.addSql(`alter table "environments" drop column "mig_profile";`);
+    this.addSql(`drop index "gpus_mig_enabled_index";`);
+    this.addSql(`drop index "gpus_mig_profile_index";`);
+    this.addSql(`drop index "gpus_parent_id_index";`);
+    this.addSql(`alter table "gpus" drop constraint "gpus_parent_id_foreign";`);
+    this.addSql(
+      `alter table "gpus" drop column "mig_enabled", drop column "parent_id", drop column "mig_profile", drop column "mig_placement";`,
+    );
+  }
+}
+
+/** The free GPUs' counts' trigger function; `mig`: with this migration's rules, else the earlier ones. */
+function followFunction(mig: boolean): string {
+  const free = mig ? FREE : OLD_FREE;
+  const profile = mig ? "mig_profile," : "";
+  return `create or replace function "free_gpu_counts_follow"() returns trigger language plpgsql as $$
        begin
          if tg_op = 'INSERT' then
-           ${applyChanges(`select host_id, model, mig_profile, 1 as delta from new_gpus where ${FREE}`)}
+           ${applyChanges(mig, `select host_id, model, ${profile} 1 as delta from new_gpus where ${free}`)}
          elsif tg_op = 'DELETE' then
-           ${applyChanges(`select host_id, model, mig_profile, -1 as delta from old_gpus where ${FREE}`)}
+           ${applyChanges(mig, `select host_id, model, ${profile} -1 as delta from old_gpus where ${free}`)}
          else
            ${applyChanges(
-             `select host_id, model, mig_profile, 1 as delta from new_gpus where ${FREE}
-              union all select host_id, model, mig_profile, -1 from old_gpus where ${FREE}`,
+             mig,
+             `select host_id, model, ${profile} 1 as delta from new_gpus where ${free}
+              union all select host_id, model, ${profile} -1 from old_gpus where ${free}`,
            )}
          end if;
          return null;
-       end $$;`,
-    );
-    // place_gpus as in migration free_gpu_counts, with the new idea of free, and "any model" meaning
-    // any whole GPU.
-    this.addSql(
-      `create or replace function "place_gpus"(want int, models text[], only_host uuid, out host_id uuid, out gpus jsonb, out contended boolean)
+       end $$;`;
+}
+
+/** Placement in one round trip (see migration free_gpu_counts); `mig` as for followFunction. */
+function placeFunction(mig: boolean): string {
+  const free = mig ? FREE : OLD_FREE;
+  return `create or replace function "place_gpus"(want int, models text[], only_host uuid, out host_id uuid, out gpus jsonb, out contended boolean)
        language plpgsql as $$
        declare
          candidates refcursor;
@@ -89,8 +129,8 @@ export class Migration20261217000000_mig_slices extends Migration {
                  select coalesce(jsonb_agg(jsonb_build_object('id', g.id, 'uuid', g.uuid, 'index', g.index, 'model', g.model) order by g.index), '[]')
                    into picked
                    from (select g.id, g.uuid, g.index, g.model from gpus g
-                          where g.host_id = candidate and ${qualified(FREE)}
-                            and (case when cardinality(models) = 0 then g.mig_profile = '' else g.model = any(models) end)
+                          where g.host_id = candidate and ${qualified(free)}
+                            ${mig ? "and (case when cardinality(models) = 0 then g.mig_profile = '' else g.model = any(models) end)" : "and (cardinality(models) = 0 or g.model = any(models))"}
                           order by g.index limit want for update skip locked) g;
                  if jsonb_array_length(picked) = want then
                    host_id := candidate;
@@ -108,25 +148,7 @@ export class Migration20261217000000_mig_slices extends Migration {
            close candidates;
            exit when not passed_over;
          end loop;
-       end $$;`,
-    );
-  }
-
-  override async down(): Promise<void> {
-    // The functions and index of migration free_gpu_counts come back with that migration's down/up;
-    // here only the columns go (slices with them).
-    this.addSql(`delete from "gpus" where "parent_id" is not null;`);
-    this.addSql(`drop index "gpus_free_index";`);
-    this.addSql(`create index "gpus_free_index" on "gpus" ("host_id") where "status" = 'AVAILABLE' and "holder" is null;`);
-    this.addSql(`alter table "resource_quotas" drop column "max_mig_slices_per_profile";`);
-    this.addSql(`alter table "environments" drop column "mig_profile";`);
-    this.addSql(`drop index "gpus_mig_profile_index";`);
-    this.addSql(`drop index "gpus_parent_id_index";`);
-    this.addSql(`alter table "gpus" drop constraint "gpus_parent_id_foreign";`);
-    this.addSql(
-      `alter table "gpus" drop column "mig_enabled", drop column "parent_id", drop column "mig_profile", drop column "mig_placement";`,
-    );
-  }
+       end $$;`;
 }
 
 /** FREE with its columns on `g.` (a query that names the table). */
@@ -135,15 +157,16 @@ function qualified(condition: string): string {
 }
 
 /**
- * The statement that adds `changes` (rows of host_id, model, mig_profile, delta) to the counts: each
- * GPU counts for its model, and a whole GPU (no profile) also for ''.
+ * The statement that adds `changes` (rows of host_id, model, mig_profile when `mig`, delta) to the
+ * counts: each GPU counts for its model, and a whole GPU (no profile) also for ''; before this
+ * migration, every GPU counted for ''.
  */
-function applyChanges(changes: string): string {
+function applyChanges(mig: boolean, changes: string): string {
   return `insert into free_gpu_counts as c (host_id, model, free)
            select d.host_id, d.model, d.delta from (
              select ch.host_id, m.model, sum(ch.delta)::int as delta
                from (${changes}) ch
-               cross join lateral (select ch.model where ch.model <> '' union all select '' where ch.mig_profile = '') m(model)
+               cross join lateral (select ch.model where ch.model <> '' union all select '' where ${mig ? "ch.mig_profile = ''" : "true"}) m(model)
               group by ch.host_id, m.model) d
            join hosts h on h.id = d.host_id
           where d.delta <> 0
