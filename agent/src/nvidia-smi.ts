@@ -314,7 +314,17 @@ export function parseQueryGpuRows(input: string, fields: readonly string[] = QUE
  * `timestamp` field, when asked for, is local time without a zone.
  */
 export function parseQueryGpuCsv(input: string, fields: readonly string[] = QUERY_FIELDS, now: Date = new Date()): NvidiaSmiResult {
-  const parsed = parseQueryGpuRows(input, fields);
+  return readingOf(parseQueryGpuRows(input, fields), now, (row) => row.migEnabled ?? false);
+}
+
+/** A query-gpu row with what a GPU cannot be reported without. */
+type GpuRow = ParsedGpuRow & { uuid: string; index: number };
+
+/**
+ * Inventory and samples from parsed rows, as parseQueryGpuCsv describes; `migMode` says whether a
+ * row's GPU is in MIG mode, and may add warnings ("line N: …") to those it is given.
+ */
+function readingOf(parsed: ParsedGpuRows, now: Date, migMode: (row: GpuRow, warnings: string[]) => boolean): NvidiaSmiResult {
   const warnings = [...parsed.warnings];
   const inventory: GpuInventoryEntry[] = [];
   const samples: GpuSampleRecord[] = [];
@@ -332,7 +342,7 @@ export function parseQueryGpuCsv(input: string, fields: readonly string[] = QUER
       memoryBytes: row.metrics.memoryTotalBytes ?? 0,
       driverVersion: row.driverVersion ?? "",
       cudaVersion: "",
-      migEnabled: row.migEnabled ?? false,
+      migEnabled: migMode({ ...row, uuid: row.uuid, index: row.index }, warnings),
     });
     samples.push({ gpuUuid: row.uuid, index: row.index, time: now, metrics: row.metrics });
   }
@@ -458,7 +468,9 @@ function rejectedField(text: string): { field: string; complaint: string } | und
  * `nvidia-smi -L` (the MIG devices' UUIDs and profiles) and `nvidia-smi -q` (their instance ids and
  * memory), so that a re-partition shows at the next reading; where `-q` shows no MIG device at all
  * but `-L` lists some, `-q -x` is tried. Should either fail or be unreadable, the reading keeps
- * its whole GPUs and says why in a warning.
+ * its GPUs without MIG devices and says why in a warning; a GPU in MIG mode is still reported so.
+ * A GPU's MIG mode is remembered: only an explicit "Disabled" takes it out of MIG mode, a reading
+ * without a mode ([N/A], an error, the field rejected) keeps the last one known (see migModeOf).
  */
 export class NvidiaSmiCollector {
   private readonly binary: string;
@@ -469,6 +481,8 @@ export class NvidiaSmiCollector {
   private fields: readonly string[] = QUERY_FIELDS;
   /** The table banner's versions once read; a failed read is tried again next collection. */
   private banner: DriverVersions | undefined;
+  /** Each GPU's last known MIG mode, by UUID: what a reading without one falls back on. */
+  private readonly migModes = new Map<string, boolean>();
 
   constructor(options: NvidiaSmiCollectorOptions = {}) {
     this.binary = options.binary ?? "nvidia-smi";
@@ -492,7 +506,7 @@ export class NvidiaSmiCollector {
     const notes: string[] = [];
     const output = await this.queryGpus(notes);
     if (output.trim() === "") throw new Error(NVIDIA_SMI_EMPTY_OUTPUT);
-    const result = parseQueryGpuCsv(output, this.fields, this.now());
+    const result = readingOf(parseQueryGpuRows(output, this.fields), this.now(), (row, warnings) => this.migModeOf(row, warnings));
     result.warnings.unshift(...notes);
 
     const missingDriver = result.inventory.some((g) => g.driverVersion === "");
@@ -507,7 +521,29 @@ export class NvidiaSmiCollector {
     return this.addMigDevices(result);
   }
 
-  /** The reading with its MIG devices, or as it is with a warning when they cannot be read. */
+  /**
+   * Whether a GPU is in MIG mode: what its row says when it says "Enabled" or "Disabled", else
+   * (N/A, an error, the field absent) what it last said, else not. The server fails every
+   * environment on the slices of a GPU reported out of MIG mode, so a glitch must not look like one.
+   */
+  private migModeOf(row: GpuRow, warnings: string[]): boolean {
+    if (row.migEnabled !== undefined) {
+      this.migModes.set(row.uuid, row.migEnabled);
+      return row.migEnabled;
+    }
+    const last = this.migModes.get(row.uuid) ?? false;
+    if (last) {
+      const cell = row.raw["mig.mode.current"];
+      const read = cell === undefined ? "is not read" : `reads ${JSON.stringify(cell)}`;
+      warnings.push(`line ${row.line}: GPU ${row.index} (${row.uuid}): mig.mode.current ${read}: still in MIG mode, as last read`);
+    }
+    return last;
+  }
+
+  /**
+   * The reading with its MIG devices, or as it is with a warning when they cannot be read: its GPUs
+   * in MIG mode stay so, without MIG devices, until a reading shows them again.
+   */
   private async addMigDevices(result: NvidiaSmiResult): Promise<NvidiaSmiResult> {
     const read = async <T>(args: string[], parse: (text: string) => T): Promise<T> => {
       let text: string;
@@ -527,7 +563,7 @@ export class NvidiaSmiCollector {
       return { ...merged, warnings: [...result.warnings, ...merged.warnings] };
     } catch (error) {
       const why = error instanceof Error ? error.message : String(error);
-      result.warnings.push(`MIG devices not read, the reading has whole GPUs only: ${why}`);
+      result.warnings.push(`MIG devices not read, this reading has none (GPUs in MIG mode are still reported so): ${why}`);
       return result;
     }
   }

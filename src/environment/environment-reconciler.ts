@@ -397,16 +397,8 @@ export class EnvironmentReconciler {
       env: workloadEnv(env),
       gpuUuids: gpus.map((g) => g.uuid),
       gpuIndices: gpus.map((g) => g.index),
-      // Slices: their profile, and where each sits (a slice's index is 1000 x (parent index + 1) + its device index).
-      ...(gpus[0]?.migProfile
-        ? {
-            migProfile: gpus[0].migProfile,
-            migDevices: gpus.map((g) => ({
-              parentIndex: Math.floor(g.index / 1000) - 1,
-              deviceIndex: g.migPlacement?.deviceIndex ?? g.index % 1000,
-            })),
-          }
-        : {}),
+      // Slices: their profile (Kubernetes asks for nvidia.com/mig-<profile>).
+      ...(gpus[0]?.migProfile ? { migProfile: gpus[0].migProfile } : {}),
       ports: ports.map((p) => ({ name: p.name, containerPort: p.containerPort, hostPort: p.hostPort, protocol: p.protocol })),
       cpuMillicores: env.cpuMillicores,
       memoryBytes: env.memoryBytes,

@@ -18,6 +18,8 @@ export const GPU_RESOURCE = "nvidia.com/gpu";
  * sets `nvidia.com/mig.strategy=mixed`, and counts GPUs of both kinds in `nvidia.com/gpu.count`.
  */
 export const MIG_RESOURCE_PREFIX = "nvidia.com/mig-";
+/** GFD's label for the device plugin's MIG strategy: "none", "single" or "mixed". */
+export const GFD_MIG_STRATEGY = "nvidia.com/mig.strategy";
 
 /**
  * A node's lease as this replica saw it. `observedAt` is this replica's time when the renewal was
@@ -81,10 +83,14 @@ export function describeNode(node: ObservedNode, lease: LeaseSeen | undefined, n
   }
 
   // The device plugin's count is what pods can have; without a device plugin (visible-devices mode), GFD's.
-  // With MIG resources there is a device plugin, and GFD's count holds the GPUs in MIG mode too.
+  // With MIG resources, or the mixed strategy, there is a device plugin, and GFD's count holds the GPUs
+  // in MIG mode too. On a mixed node the GPUs it does not offer whole are in MIG mode even while no slice
+  // is offered (the device plugin restarting sets them all to 0): reported whole, their slices' environments
+  // would fail as if MIG had been turned off, where missing slices only go OFFLINE and come back.
   const slices = migResources(allocatable);
+  const mixed = labels[GFD_MIG_STRATEGY] === "mixed";
   const allocatableGpus = allocatable[GPU_RESOURCE];
-  const count = count0(allocatableGpus !== undefined || slices.length > 0 ? allocatableGpus : labels[GFD_COUNT]);
+  const count = count0(allocatableGpus !== undefined || slices.length > 0 || mixed ? allocatableGpus : labels[GFD_COUNT]);
   const memoryMib = quantity(labels[GFD_MEMORY_MIB]);
   const driverVersion =
     labels["nvidia.com/cuda.driver-version.full"] ?? dotted(labels, "nvidia.com/cuda.driver", ["major", "minor", "rev"]);
@@ -100,7 +106,7 @@ export function describeNode(node: ObservedNode, lease: LeaseSeen | undefined, n
   });
   const gpus = Array.from({ length: count }, (_, index) => gpu(index, nodeGpuUuid(name, index), product.slice(0, 128), memoryMib));
   // GPUs in MIG mode follow the whole ones, each with its slices after it.
-  const parents = migLayout(slices, count0(labels[GFD_COUNT]) - count, gpuComputeSlices(product));
+  const parents = slices.length > 0 || mixed ? migLayout(slices, count0(labels[GFD_COUNT]) - count, gpuComputeSlices(product)) : [];
   for (const [p, onParent] of parents.entries()) {
     const parentIndex = count + p;
     gpus.push({ ...gpu(parentIndex, nodeGpuUuid(name, parentIndex), product.slice(0, 128), memoryMib), migEnabled: true });
@@ -146,10 +152,9 @@ function migResources(allocatable: Record<string, string>): { profile: string; c
  * out any slice of the profile asked for), so this layout is made up, the same one for the same
  * counts: largest profiles first (by their "Ng" compute slices, then by name), each slice on the first
  * GPU with room for it, `perGpu` compute slices to a GPU, on as many GPUs as GFD counts beyond the
- * whole ones or as many as that takes, whichever is more.
+ * whole ones or as many as that takes, whichever is more (without slices: GFD's, each without one).
  */
 function migLayout(resources: { profile: string; count: number }[], counted: number, perGpu: number): string[][] {
-  if (resources.length === 0) return [];
   const size = (profile: string) => Number(MIG_PROFILE.exec(profile)![2]);
   const ordered = [...resources].sort((a, b) => size(b.profile) - size(a.profile) || (a.profile < b.profile ? -1 : 1));
   const parents: { used: number; profiles: string[] }[] = Array.from({ length: Math.max(0, counted) }, () => ({ used: 0, profiles: [] }));

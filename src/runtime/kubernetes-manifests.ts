@@ -29,7 +29,8 @@ export interface KubernetesOptions {
    * the pod has exactly the GPUs GetEnvironment lists. "device-plugin": `nvidia.com/gpu: N`, and the
    * device plugin picks which; RemoteGPU then holds a count, and lists no GPU ids for the environment.
    * MIG slices (`spec.migProfile`): `nvidia.com/mig-<profile>: N` (the device plugin's "mixed"
-   * strategy), or their `MIG-…` UUIDs, else `<parent index>:<device index>` pairs, as visible devices.
+   * strategy), or their `MIG-…` UUIDs as visible devices; slices without one (node-registered hosts)
+   * are refused in visible-devices mode.
    * @default "visible-devices"
    */
   gpuMode: "device-plugin" | "visible-devices";
@@ -186,19 +187,18 @@ function gpuResource(spec: Pick<WorkloadSpec, "migProfile">): string {
 
 /**
  * The allocated GPUs as the NVIDIA container runtime takes them: by UUID (`GPU-…`, `MIG-…`) when
- * every one has a real UUID, else by index (hosts made from Node objects have ids of their own), a
- * MIG slice by `<parent index>:<MIG device index>`.
+ * every one has a real UUID, else by index (hosts made from Node objects have ids of their own).
+ * MIG slices only by their `MIG-…` UUIDs: those of a node-registered host have made-up ids and a
+ * made-up layout (a Node does not say which GPU holds which slice), so a `<gpu>:<slice>` pair could
+ * name another profile's slice, one another pod holds, or none; they are refused.
  */
-function visibleDevices(spec: Pick<WorkloadSpec, "gpuUuids" | "gpuIndices" | "migProfile" | "migDevices">): string {
+function visibleDevices(spec: Pick<WorkloadSpec, "gpuUuids" | "gpuIndices" | "migProfile">): string {
   if (spec.migProfile) {
     if (spec.gpuUuids.every((u) => u.startsWith("MIG-"))) return spec.gpuUuids.join(",");
-    const devices = spec.migDevices ?? [];
-    if (devices.length !== spec.gpuUuids.length)
-      throw InvalidArgumentError.field(
-        "migDevices",
-        `${devices.length} MIG device places for ${spec.gpuUuids.length} slices without a MIG UUID: the pod could not name them`,
-      );
-    return devices.map((d) => `${d.parentIndex}:${d.deviceIndex}`).join(",");
+    throw InvalidArgumentError.field(
+      "migProfile",
+      "MIG slices on node-registered hosts need K8S_GPU_MODE=device-plugin: visible-devices mode names a slice by its MIG UUID only, and a Node does not say which slice is which",
+    );
   }
   const real = spec.gpuUuids.every((u) => u.startsWith("GPU-") || u.startsWith("MIG-"));
   return (real ? spec.gpuUuids : spec.gpuIndices.map(String)).join(",");

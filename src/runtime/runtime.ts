@@ -18,11 +18,9 @@ export interface WorkloadSpec {
   gpuIndices: number[];
   /**
    * Set when the GPUs are MIG slices of this profile (e.g. "1g.10gb"): gpuUuids are then the slices'
-   * UUIDs ("MIG-…", or synthetic ids on Kubernetes nodes) and `migDevices` says where each sits.
+   * UUIDs ("MIG-…", or synthetic ids on Kubernetes nodes).
    */
   migProfile?: string;
-  /** Per GPU, for MIG slices: the parent's index and the slice's MIG device index on it. */
-  migDevices?: { parentIndex: number; deviceIndex: number }[];
   ports: { name: string; containerPort: number; hostPort: number; protocol: PortProtocol }[];
   cpuMillicores: number;
   memoryBytes: number;

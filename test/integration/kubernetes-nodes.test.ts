@@ -403,9 +403,61 @@ describe("what a Node says of its host", () => {
       ]);
     });
 
+    it("keeps the GPUs not offered whole in MIG mode while no slice is offered (the device plugin restarting)", () => {
+      const h100 = "NVIDIA-H100-80GB-HBM3";
+      const before = mixed({ "nvidia.com/gpu": "1", "nvidia.com/mig-1g.10gb": "4", "nvidia.com/mig-3g.40gb": "1" });
+      // While the device plugin is away, the kubelet offers 0 of each of its resources.
+      assert.deepEqual(rows(mixed({ "nvidia.com/gpu": "1", "nvidia.com/mig-1g.10gb": "0", "nvidia.com/mig-3g.40gb": "0" })), [
+        [0, "k8s-n1-0", h100, 81559],
+        [1, "k8s-n1-1", h100, 81559, "MIG mode"],
+        [2, "k8s-n1-2", h100, 81559, "MIG mode"],
+      ]);
+      // Nothing offered, or the resources gone from the Node after a long outage: none of GFD's GPUs is whole.
+      const nothingOffered: Record<string, string>[] = [
+        { "nvidia.com/gpu": "0", "nvidia.com/mig-1g.10gb": "0" },
+        { "nvidia.com/mig-1g.10gb": "0" },
+        {},
+      ];
+      for (const allocatable of nothingOffered) {
+        assert.deepEqual(
+          mixed(allocatable).map((g) => [g.uuid, g.migEnabled, g.mig]),
+          [
+            ["k8s-n1-0", true, undefined],
+            ["k8s-n1-1", true, undefined],
+            ["k8s-n1-2", true, undefined],
+          ],
+          JSON.stringify(allocatable),
+        );
+      }
+      // Back: the same parents, the same slices under them.
+      assert.deepEqual(mixed({ "nvidia.com/gpu": "1", "nvidia.com/mig-1g.10gb": "4", "nvidia.com/mig-3g.40gb": "1" }), before);
+
+      // Without the mixed strategy, a node that offers no slice has GFD's count of whole GPUs, as before MIG.
+      const withoutStrategy = Object.fromEntries(Object.entries(H100_MIXED).filter(([k]) => k !== "nvidia.com/mig.strategy"));
+      for (const labels of [
+        withoutStrategy,
+        { ...H100_MIXED, "nvidia.com/mig.strategy": "none" },
+        { ...H100_MIXED, "nvidia.com/mig.strategy": "single" },
+      ]) {
+        const gpus = describeNode(node({ labels, allocatable: { "nvidia.com/mig-1g.10gb": "0" } }), undefined, 0).gpus;
+        assert.deepEqual(
+          gpus.map((g) => [g.uuid, g.migEnabled]),
+          [
+            ["k8s-n1-0", undefined],
+            ["k8s-n1-1", undefined],
+            ["k8s-n1-2", undefined],
+          ],
+          labels["nvidia.com/mig.strategy"] ?? "no strategy label",
+        );
+      }
+    });
+
     it("leaves nodes without MIG resources as they were", () => {
-      const plain = describeNode(node({ labels: { ...A100, "nvidia.com/mig.strategy": "mixed" } }), undefined, 0).gpus;
-      assert.deepEqual(plain, describeNode(node(), undefined, 0).gpus);
+      // Mixed, every GPU offered whole: the same GPUs as without the label.
+      const allGpus = { allocatable: { cpu: "15500m", "nvidia.com/gpu": "4" } };
+      const plain = describeNode(node({ labels: { ...A100, "nvidia.com/mig.strategy": "mixed" }, ...allGpus }), undefined, 0).gpus;
+      assert.deepEqual(plain, describeNode(node(allGpus), undefined, 0).gpus);
+      assert.equal(plain.length, 4);
       assert.deepEqual(Object.keys(plain[0]!), ["index", "uuid", "model", "memoryBytes", "driverVersion", "cudaVersion"]);
       // A resource that only looks like a MIG one, or none left of a profile, is no slice.
       const odd = describeNode(

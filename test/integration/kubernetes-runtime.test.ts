@@ -386,10 +386,6 @@ describe("the Kubernetes runtime with MIG slices, driven directly", function () 
     gpuUuids: [`k8s-gpu-node-1-0-mig-5-${migProfile}`, `k8s-gpu-node-1-0-mig-6-${migProfile}`],
     gpuIndices: [1005, 1006],
     migProfile,
-    migDevices: [
-      { parentIndex: 0, deviceIndex: 5 },
-      { parentIndex: 0, deviceIndex: 6 },
-    ],
     ports: [],
     cpuMillicores: 2000,
     memoryBytes: 8 * 2 ** 30,
@@ -430,6 +426,23 @@ describe("the Kubernetes runtime with MIG slices, driven directly", function () 
       /MIG profile "1g\.10gb\+me" makes no valid Kubernetes resource name \(nvidia\.com\/mig-1g\.10gb\+me\)/,
     );
     assert.equal(kube.get("pods", namespace, `env-${id}-1`), undefined);
+  });
+
+  it("fails at once, without a pod, slices of a node-registered host in visible-devices mode", async () => {
+    const visible = new KubernetesRuntime(kube.kubeConfig(), { ...options, gpuMode: "visible-devices" }, observer, createLogger("silent"));
+    try {
+      const id = "9f3a4b5c-6d7e-4f8a-9b2c-3d4e5f6a7b80";
+      await visible.run(spec(id, "1g.10gb"));
+      const mine = reports.filter((r) => r.environmentId === id);
+      assert.deepEqual(
+        mine.map((r) => r.state),
+        ["FAILED"],
+      );
+      assert.match(mine[0]!.message, /MIG slices on node-registered hosts need K8S_GPU_MODE=device-plugin/);
+      assert.equal(kube.get("pods", namespace, `env-${id}-1`), undefined);
+    } finally {
+      visible.close();
+    }
   });
 });
 

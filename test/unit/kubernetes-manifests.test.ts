@@ -160,10 +160,6 @@ describe("Kubernetes manifests", () => {
       gpuUuids: ["k8s-gpu-node-7-0-mig-1-1g.10gb", "k8s-gpu-node-7-1-mig-0-1g.10gb"],
       gpuIndices: [1001, 2000],
       migProfile: "1g.10gb",
-      migDevices: [
-        { parentIndex: 0, deviceIndex: 1 },
-        { parentIndex: 1, deviceIndex: 0 },
-      ],
     };
     const real = { ...slices, gpuUuids: ["MIG-5c89852c-d268-c3f3-1b07-005d5ae1dc3f", "MIG-5c89852c-d268-c3f3-1b07-005d5ae1dc40"] };
     const limitsOf = (s: WorkloadSpec, o: KubernetesOptions) => podManifest(s, o, owner).spec!.containers[0]!.resources!.limits!;
@@ -177,15 +173,28 @@ describe("Kubernetes manifests", () => {
       assert.equal(limitsOf({ ...slices, migProfile: "3g.40gb" }, options)["nvidia.com/mig-3g.40gb"], "2");
     });
 
-    it("in visible-devices mode names the slices by MIG UUID, or by <parent index>:<device index>", () => {
+    it("in visible-devices mode names the slices by MIG UUID", () => {
       const o = { ...options, gpuMode: "visible-devices" as const };
-      const pod = podManifest(slices, o, owner);
+      const pod = podManifest(real, o, owner);
       new Pod(pod as never).validate();
-      assert.equal(envOf(slices, o).NVIDIA_VISIBLE_DEVICES, "0:1,1:0");
-      assert.equal(pod.spec!.runtimeClassName, "nvidia");
-      assert.deepEqual(limitsOf(slices, o), { cpu: "4000m", memory: String(16 * 2 ** 30) });
       assert.equal(envOf(real, o).NVIDIA_VISIBLE_DEVICES, real.gpuUuids.join(","));
-      assert.throws(() => podManifest({ ...slices, migDevices: undefined }, o, owner), /migDevices: 0 MIG device places for 2 slices/);
+      assert.equal(pod.spec!.runtimeClassName, "nvidia");
+      assert.deepEqual(limitsOf(real, o), { cpu: "4000m", memory: String(16 * 2 ** 30) });
+    });
+
+    it("in visible-devices mode refuses slices without a MIG UUID (node-registered hosts), naming K8S_GPU_MODE=device-plugin", () => {
+      const o = { ...options, gpuMode: "visible-devices" as const };
+      // Their layout on the GPUs is made up: "0:1,1:0" could be another profile's slices, or none.
+      const oneReal = { ...slices, gpuUuids: [real.gpuUuids[0]!, slices.gpuUuids[1]!] };
+      for (const s of [slices, oneReal])
+        assert.throws(
+          () => podManifest(s, o, owner),
+          (err: Error) =>
+            err.name === "InvalidArgumentError" &&
+            /^migProfile: MIG slices on node-registered hosts need K8S_GPU_MODE=device-plugin/.test(err.message),
+        );
+      // The same slices in device-plugin mode are fine (above); whole GPUs by index are too.
+      assert.equal(envOf({ ...spec, gpuUuids: ["k8s-gpu-node-7-2"], gpuIndices: [2] }, o).NVIDIA_VISIBLE_DEVICES, "2");
     });
 
     it("refuses a profile that makes no Kubernetes resource name", () => {

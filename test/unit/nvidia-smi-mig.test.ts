@@ -75,6 +75,20 @@ function standIn(queryGpu: { csv: string } | { rows: string }, answers: Record<s
   return { run, calls };
 }
 
+/** A recorded header CSV with every row's mig.mode.current cell replaced by `mode`. */
+function withMigMode(csv: string, mode: string): string {
+  const [header, ...rows] = csv.trimEnd().split(/\r?\n/);
+  const at = header!.split(",").findIndex((c) => c.trim() === "mig.mode.current");
+  assert.ok(at >= 0, "the recording has mig.mode.current");
+  const replaced = rows.map((row) =>
+    row
+      .split(", ")
+      .map((cell, i) => (i === at ? mode : cell))
+      .join(", "),
+  );
+  return `${[header, ...replaced].join("\n")}\n`;
+}
+
 const QUERY_ARGS = [`--query-gpu=${QUERY_FIELDS.join(",")}`, "--format=csv,noheader,nounits"];
 
 describe("MIG devices in the agent's GPU inventory", () => {
@@ -374,7 +388,85 @@ describe("MIG devices in the agent's GPU inventory", () => {
       assert.deepEqual(smi.calls, [QUERY_ARGS, []]);
     });
 
-    it("keeps the whole GPUs and warns when nvidia-smi -L fails", async () => {
+    it("keeps a GPU in MIG mode, with its MIG devices, through a reading whose mig.mode.current is N/A (recorded H100)", async () => {
+      const enabled = fixture(`${H100}__load_query-gpu.csv`);
+      const queryGpu = { csv: enabled };
+      const smi = standIn(queryGpu, {
+        "": fixture(`${H100}__load_table.txt`),
+        "-L": fixture(`${H100}__list.txt`),
+        "-q": fixture(`${H100}__idle_q.txt`),
+      });
+      const collector = new NvidiaSmiCollector({ run: smi.run, now: () => NOW });
+      assert.equal((await collector.collect()).inventory.length, 5);
+
+      for (const glitch of ["[N/A]", "[Unknown Error]", "ERR!"]) {
+        queryGpu.csv = withMigMode(enabled, glitch);
+        const result = await collector.collect();
+        assert.deepEqual(
+          result.inventory.map((g) => [g.index, g.migEnabled]),
+          [
+            [0, true],
+            [1000, false],
+            [1001, false],
+            [1002, false],
+            [1003, false],
+          ],
+        );
+        assert.deepEqual(result.warnings, [
+          `line 1: GPU 0 (${MASKED_GPU}): mig.mode.current reads ${JSON.stringify(glitch)}: still in MIG mode, as last read`,
+        ]);
+      }
+      assert.deepEqual(smi.calls.slice(-2), [["-L"], ["-q"]]);
+    });
+
+    it("takes a GPU out of MIG mode on an explicit Disabled only, and never puts one in MIG mode it was not seen in", async () => {
+      const enabled = fixture(`${H100}__load_query-gpu.csv`);
+      const queryGpu = { csv: withMigMode(enabled, "[N/A]") };
+      const smi = standIn(queryGpu, {
+        "": fixture(`${H100}__load_table.txt`),
+        "-L": fixture(`${H100}__list.txt`),
+        "-q": fixture(`${H100}__idle_q.txt`),
+      });
+      const collector = new NvidiaSmiCollector({ run: smi.run, now: () => NOW });
+      const modes = async () => (await collector.collect()).inventory.map((g) => [g.index, g.migEnabled]);
+      assert.deepEqual(await modes(), [[0, false]]);
+      queryGpu.csv = enabled;
+      assert.equal((await modes()).length, 5);
+      queryGpu.csv = withMigMode(enabled, "Disabled");
+      assert.deepEqual(await modes(), [[0, false]]);
+      queryGpu.csv = withMigMode(enabled, "[N/A]");
+      assert.deepEqual(await modes(), [[0, false]]);
+      assert.equal(smi.calls.filter((args) => args[0] === "-L").length, 1);
+    });
+
+    it("keeps a GPU in MIG mode, without MIG devices, when its mode is N/A and nvidia-smi -L then fails", async () => {
+      const enabled = fixture(`${H100}__load_query-gpu.csv`);
+      const queryGpu = { csv: enabled };
+      let listFails = false;
+      const smi = standIn(queryGpu, {
+        "": fixture(`${H100}__load_table.txt`),
+        "-L": () => {
+          if (listFails) throw Object.assign(new Error("Command failed: nvidia-smi -L"), { code: 15, stdout: "", stderr: "GPU is lost\n" });
+          return fixture(`${H100}__list.txt`);
+        },
+        "-q": fixture(`${H100}__idle_q.txt`),
+      });
+      const collector = new NvidiaSmiCollector({ run: smi.run, now: () => NOW });
+      await collector.collect();
+      queryGpu.csv = withMigMode(enabled, "[N/A]");
+      listFails = true;
+      const result = await collector.collect();
+      assert.deepEqual(
+        result.inventory.map((g) => [g.uuid, g.migEnabled, g.parentUuid]),
+        [[MASKED_GPU, true, undefined]],
+      );
+      assert.deepEqual(result.warnings, [
+        `line 1: GPU 0 (${MASKED_GPU}): mig.mode.current reads "[N/A]": still in MIG mode, as last read`,
+        "MIG devices not read, this reading has none (GPUs in MIG mode are still reported so): nvidia-smi -L failed: GPU is lost",
+      ]);
+    });
+
+    it("keeps the GPU in MIG mode, without MIG devices, and warns when nvidia-smi -L fails", async () => {
       const smi = standIn(
         { csv: fixture(`${H100}__load_query-gpu.csv`) },
         {
@@ -396,18 +488,21 @@ describe("MIG devices in the agent's GPU inventory", () => {
       );
       assert.equal(result.samples.length, 1);
       assert.deepEqual(result.warnings, [
-        "MIG devices not read, the reading has whole GPUs only: nvidia-smi -L failed: Unable to determine the device handle for GPU0000:00:09.0: Unknown Error",
+        "MIG devices not read, this reading has none (GPUs in MIG mode are still reported so): nvidia-smi -L failed: Unable to determine the device handle for GPU0000:00:09.0: Unknown Error",
       ]);
     });
 
-    it("keeps the whole GPUs and warns when nvidia-smi -q is not what it expects", async () => {
+    it("keeps the GPU in MIG mode, without MIG devices, and warns when nvidia-smi -q is not what it expects", async () => {
       const smi = standIn(
         { csv: fixture(`${H100}__load_query-gpu.csv`) },
         { "": fixture(`${H100}__load_table.txt`), "-L": fixture(`${H100}__list.txt`), "-q": "No devices were found\n" },
       );
       const result = await new NvidiaSmiCollector({ run: smi.run, now: () => NOW }).collect();
       assert.equal(result.inventory.length, 1);
-      assert.match(result.warnings[0]!, /^MIG devices not read, the reading has whole GPUs only: not nvidia-smi -q output/);
+      assert.match(
+        result.warnings[0]!,
+        /^MIG devices not read, this reading has none \(GPUs in MIG mode are still reported so\): not nvidia-smi -q output/,
+      );
     });
 
     it("reads -q -x where -q shows none of the MIG devices -L lists", async () => {
