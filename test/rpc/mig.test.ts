@@ -230,9 +230,13 @@ describe("MIG slices as GPUs of their own", () => {
     await first.close();
 
     // XID 79 on the parent: it and both slices are UNHEALTHY, the slices saying whose fault it is.
+    // A slice's sample has its memory and no utilisation, as nvidia-smi reports a MIG device.
     const faulty = new FakeAgent(server, host.token);
     await faulty.hello(host.id, layout);
-    await faulty.beat([{ uuid: "GPU-mig-faults-0", index: 0, xid: 79 }]);
+    await faulty.beat([
+      { uuid: "GPU-mig-faults-0", index: 0, xid: 79 },
+      { uuid: "MIG-mig-faults-0-1", index: 1001, memUsed: 512n * MiB },
+    ]);
     const list = async () => (await gpus.listGpus({ hostId: host.id })).gpus;
     const sick = await eventually(
       "the parent and its slices to be UNHEALTHY",
@@ -243,6 +247,9 @@ describe("MIG slices as GPUs of their own", () => {
       rounds,
     );
     assert.deepEqual(sick[1]!.healthReasons, ["its GPU GPU-mig-faults-0: xid 79: GPU has fallen off the bus"]);
+    const sample = sick[2]!.latestSample?.metrics;
+    assert.equal(sample?.memoryUsedBytes, 512n * MiB);
+    assert.equal(sample?.gpuUtilizationPercent, undefined);
     // Re-admitting the parent re-admits its slices.
     await gpus.updateGpu({ gpu: { id: sick[0]!.id, status: GpuStatus.AVAILABLE }, updateMask: { paths: ["status"] } });
     assert.deepEqual(
