@@ -10,6 +10,7 @@ import {
   withMigDevices,
   type MigListing,
   type MigQuery,
+  type QueriedMigDevice,
 } from "../../agent/src/mig.js";
 import { canonicalField, NvidiaSmiCollector, parseQueryGpuCsv, QUERY_FIELDS } from "../../agent/src/nvidia-smi.js";
 import { parseSimulatedMig, SimulatedGpus } from "../../agent/src/simulated-gpus.js";
@@ -17,6 +18,9 @@ import { deniedGpuDevices } from "../../agent/src/workloads.js";
 import { agentArgv, ROOT } from "../support/child.js";
 
 const MiB = 1048576;
+/** A queried GPU's MIG devices as [device index, GI, CI, MiB total, MiB used]. */
+const devicesOf = (gpu: { migDevices: QueriedMigDevice[] }) =>
+  gpu.migDevices.map((d) => [d.deviceIndex, d.gpuInstanceId, d.computeInstanceId, d.memoryTotalBytes! / MiB, d.memoryUsedBytes! / MiB]);
 const NOW = new Date("2026-07-14T09:00:27.000Z");
 const MASKED_GPU = "GPU-00000000-0000-0000-0000-000000000000";
 const maskedMig = (n: number) => `MIG-0000000${n}-0000-0000-0000-00000000000${n}`;
@@ -166,42 +170,24 @@ describe("MIG devices in the agent's GPU inventory", () => {
       assert.equal(query.gpus.length, 1);
       const gpu = query.gpus[0]!;
       assert.deepEqual([gpu.busId, gpu.uuid, gpu.minorNumber, gpu.migEnabled], ["00000000:00:09.0", MASKED_GPU, 0, true]);
-      assert.deepEqual(
-        gpu.migDevices.map((d) => [
-          d.deviceIndex,
-          d.gpuInstanceId,
-          d.computeInstanceId,
-          d.memoryTotalBytes! / MiB,
-          d.memoryUsedBytes! / MiB,
-        ]),
-        [
-          [0, 2, 0, 40448, 26],
-          [1, 3, 0, 20096, 17],
-          [2, 9, 0, 9984, 9],
-          [3, 10, 0, 9984, 9],
-        ],
-      );
+      assert.deepEqual(devicesOf(gpu), [
+        [0, 2, 0, 40448, 26],
+        [1, 3, 0, 20096, 17],
+        [2, 9, 0, 9984, 9],
+        [3, 10, 0, 9984, 9],
+      ]);
     });
 
     it("reads two compute instances of one GPU instance, each showing the instance's memory (H200)", () => {
       const gpu = parseMigQuery(fixture(`${H200}__idle_q.txt`)).gpus[0]!;
       assert.equal(gpu.busId, "00000000:83:00.0");
-      assert.deepEqual(
-        gpu.migDevices.map((d) => [
-          d.deviceIndex,
-          d.gpuInstanceId,
-          d.computeInstanceId,
-          d.memoryTotalBytes! / MiB,
-          d.memoryUsedBytes! / MiB,
-        ]),
-        [
-          [0, 2, 0, 71424, 22],
-          [1, 2, 1, 71424, 22],
-          [2, 3, 0, 33280, 17],
-          [3, 9, 0, 16384, 9],
-          [4, 10, 0, 16384, 9],
-        ],
-      );
+      assert.deepEqual(devicesOf(gpu), [
+        [0, 2, 0, 71424, 22],
+        [1, 2, 1, 71424, 22],
+        [2, 3, 0, 33280, 17],
+        [3, 9, 0, 16384, 9],
+        [4, 10, 0, 16384, 9],
+      ]);
     });
 
     it("finds no MIG device on a GPU with MIG mode disabled (H100, 590.48.01)", () => {
@@ -223,21 +209,12 @@ describe("MIG devices in the agent's GPU inventory", () => {
         [gpu.busId, gpu.uuid, gpu.minorNumber, gpu.migEnabled],
         ["00000000:01:00.0", "GPU-513536b6-7d19-9063-b049-1e69664bb298", 1, true],
       );
-      assert.deepEqual(
-        gpu.migDevices.map((d) => [
-          d.deviceIndex,
-          d.gpuInstanceId,
-          d.computeInstanceId,
-          d.memoryTotalBytes! / MiB,
-          d.memoryUsedBytes! / MiB,
-        ]),
-        [
-          [0, 3, 0, 19968, 12],
-          [1, 4, 0, 19968, 12],
-          [2, 5, 0, 19968, 12],
-          [3, 6, 0, 19968, 12],
-        ],
-      );
+      assert.deepEqual(devicesOf(gpu), [
+        [0, 3, 0, 19968, 12],
+        [1, 4, 0, 19968, 12],
+        [2, 5, 0, 19968, 12],
+        [3, 6, 0, 19968, 12],
+      ]);
       assert.throws(() => parseMigQueryXml(fixture(`${H100}__idle_q.txt`)), /not nvidia-smi -q -x output/);
     });
   });
