@@ -209,13 +209,15 @@ for (const kind of ["local", "s3"] as const) {
       await files.uploadFile(upload(ws, "long.bin", randomBytes(64 * MiB), { chunk: MiB }));
       await new Promise((r) => setTimeout(r, 200)); // the upload's buffers let go
       const before = held();
-      let grown = 0;
+      // The least of a few looks from chunk 40 on: what the collector has not yet handed back at one
+      // moment varies, what a leak keeps (every message so far) only grows.
+      let grown = Number.POSITIVE_INFINITY;
       let chunks = 0;
       for await (const res of files.downloadFile({ workspaceId: ws, path: "long.bin" })) {
-        if (res.part.case === "chunk" && ++chunks === 48) grown = held() - before;
+        if (res.part.case === "chunk" && ++chunks >= 40 && chunks <= 56 && chunks % 4 === 0) grown = Math.min(grown, held() - before);
       }
-      // Each message sent used to stay reachable until the stream ended: about 48 MiB here.
-      assert.ok(grown < 24 * MiB, `${(grown / MiB).toFixed(1)} MiB held 48 chunks into the download`);
+      // Each message sent used to stay reachable until the stream ended: 40 MiB and more here.
+      assert.ok(grown < 24 * MiB, `${(grown / MiB).toFixed(1)} MiB held 40 to 56 chunks into the download`);
       await files.deleteFile({ workspaceId: ws, path: "long.bin" });
     });
 
