@@ -8,10 +8,13 @@
 //    placement and once with a naive one (load every free GPU into the application and pick there,
 //    under a table lock so it stays correct), as a ratio. `placement-callers` concurrent callers:
 //    enough to contend, few enough that no call waits a minute for a connection and fails.
+//    Then, on that fleet, the leader's round (reconciler pass, idle check) with `reconcile-environments`
+//    running environments.
 // 3. ListGpus with a fleet of `--gpus` GPUs: p50/p99 per page (100) for several filters.
 // `--list-only` runs part 3 alone, `--scheduling-only` parts 1 and 2. After each part that creates
 // environments the bench checks that every one holds exactly its GPUs and fails loudly if not.
 import { parseArgs } from "node:util";
+import type { MikroORM } from "@mikro-orm/postgresql";
 import pg from "pg";
 import { createClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
@@ -22,6 +25,11 @@ import { freePort, serverEnv, spawnServer } from "../../test/support/child.js";
 import { EnvironmentManager, type EnvironmentInput } from "../../src/environment/environment-manager.js";
 import { placeEnvironment } from "../../src/environment/placement.js";
 import { systemClock } from "../../src/platform/clock.js";
+import { EnvironmentReconciler } from "../../src/environment/environment-reconciler.js";
+import { IdleStopper } from "../../src/environment/idle-stopper.js";
+import { WorkloadActivity } from "../../src/environment/workload-activity.js";
+import { createLogger } from "../../src/platform/logger.js";
+import type { Runtime } from "../../src/runtime/runtime.js";
 import { entities } from "../../src/entities.js";
 import { LocalClusterEvents } from "../../src/platform/cluster-events.js";
 import { openDatabase } from "../../src/platform/database.js";
@@ -38,6 +46,7 @@ const { values } = parseArgs({
     "placement-hosts": { type: "string", default: "10000" },
     "placement-requests": { type: "string", default: "1000" },
     "placement-callers": { type: "string", default: "16" },
+    "reconcile-environments": { type: "string", default: "10000" },
     "scheduling-only": { type: "boolean", default: false },
     gpus: { type: "string", default: "80000" },
     "list-only": { type: "boolean", default: false },
@@ -174,6 +183,71 @@ async function checkHoldings(db: pg.Client): Promise<void> {
     );
 }
 
+/**
+ * The reconciler's pass (the leader runs one every second and after changes) with `count` running
+ * environments: the environments placed so far are cloned up to `count` and marked as their agents
+ * report them (RUNNING, workload running, current generation). Such environments need nothing; the
+ * bench fails if a pass asks a runtime for anything or changes one of them.
+ */
+async function reconcilerRound(orm: MikroORM, db: pg.Client, manager: EnvironmentManager, count: number) {
+  const columns = (
+    await db.query<{ column_name: string }>(
+      "select column_name from information_schema.columns where table_name = 'environments' and table_schema = current_schema() order by ordinal_position",
+    )
+  ).rows.map((r) => r.column_name);
+  const have = (await db.query<{ n: number }>("select count(*)::int as n from environments")).rows[0]!.n;
+  const value = (c: string) =>
+    c === "id"
+      ? "gen_random_uuid()"
+      : c === "name"
+        ? "e.name || '-c' || i"
+        : c === "request_id" || c === "request_hash"
+          ? "null"
+          : `e.${c}`;
+  if (count > have)
+    await db.query(
+      `insert into environments (${columns.join(", ")})
+       select ${columns.map(value).join(", ")}
+         from generate_series(1, ${Math.ceil(count / have)}) i cross join environments e limit ${count - have}`,
+    );
+  // Every one stops after an idle hour: the leader's idle check (each round too) looks at them all.
+  await db.query(
+    `update environments set status = 'RUNNING', workload_state = 'RUNNING', workload_generation = generation,
+       status_message = 'running', idle_timeout_minutes = 60`,
+  );
+  await db.query("vacuum analyze environments");
+  let calls = 0;
+  const runtime: Runtime = { run: async () => void calls++, stop: async () => void calls++, remove: async () => void calls++ };
+  const options = { startTimeoutMs: 600_000, lostHostTimeoutMs: 300_000 };
+  const reconciler = new EnvironmentReconciler(orm, systemClock, { AGENT: runtime }, manager, createLogger("silent"), options);
+  const idle = new IdleStopper(orm, systemClock, new WorkloadActivity(systemClock, 10), manager, 10, createLogger("silent"));
+  const timed = async (work: () => Promise<unknown>) => {
+    const walls: number[] = [];
+    let cpu = 0;
+    for (let i = 0; i < 25; i++) {
+      const t = performance.now();
+      const c = process.cpuUsage();
+      await work();
+      const used = process.cpuUsage(c);
+      if (i < 5) continue; // warm-up
+      walls.push(performance.now() - t);
+      cpu += (used.user + used.system) / 1000;
+    }
+    walls.sort((a, b) => a - b);
+    return { passes: walls.length, p50: percentile(walls, 50), p99: percentile(walls, 99), cpuMs: cpu / walls.length };
+  };
+  const pass = await timed(() => reconciler.reconcile());
+  let stopped = 0;
+  const idleCheck = await timed(async () => (stopped += (await idle.check()).length));
+  const running = (await db.query<{ n: number }>("select count(*)::int as n from environments where status = 'RUNNING'")).rows[0]!.n;
+  const environments = Math.max(count, have);
+  if (calls > 0 || stopped > 0 || running !== environments)
+    throw new Error(
+      `correctness check failed: ${calls} runtime call(s), ${stopped} stopped as idle, ${running} of ${environments} environments still RUNNING`,
+    );
+  return { environments, pass, idleCheck };
+}
+
 const hosts = Number(values.hosts);
 const callers = Number(values.callers);
 const requests = Number(values.requests);
@@ -182,6 +256,7 @@ const latencyRequests = Number(values["latency-requests"]);
 const placementHosts = Number(values["placement-hosts"]);
 const placementRequests = Number(values["placement-requests"]);
 const placementCallers = Number(values["placement-callers"]);
+const reconcileEnvironments = Number(values["reconcile-environments"]);
 const results: string[] = [];
 const f = (n: number) => n.toFixed(0);
 
@@ -248,13 +323,14 @@ if (!values["list-only"]) {
       ["naive (every free GPU into the app, table lock)", naivePlacement],
     ];
     const compared: { name: string; r: Awaited<ReturnType<typeof run>> }[] = [];
+    let manager: EnvironmentManager | undefined;
     for (const [name, place] of placements) {
       await admin.query("delete from port_mappings; delete from environments");
       await admin.query(
         "update gpus set status = 'AVAILABLE', holder = null, environment_id = null, allocated_at = null where holder is not null",
       );
       await admin.query("vacuum analyze gpus, environments");
-      const manager = new EnvironmentManager(
+      manager = new EnvironmentManager(
         orm,
         systemClock,
         new QuotaLedger(orm, systemClock),
@@ -266,11 +342,12 @@ if (!values["list-only"]) {
       let k = 0;
       const r = await run(placementCallers, placementRequests, async () => {
         const n = k++;
-        await manager.create({ ...BLANK, workspaceId: teams[n % teams.length]!, name: `p${n}`, gpuCount: 1 + (n % 2) }, () => undefined);
+        await manager!.create({ ...BLANK, workspaceId: teams[n % teams.length]!, name: `p${n}`, gpuCount: 1 + (n % 2) }, () => undefined);
       });
       await checkHoldings(admin);
       compared.push({ name, r });
     }
+    const round = await reconcilerRound(orm, admin, manager!, reconcileEnvironments);
     await orm.close();
     results.push(
       `\n### Placement, in-process creation, ${placementHosts} hosts × 8 GPUs, ${placementCallers} concurrent callers over ${TEAMS} workspaces, ${placementRequests} requests\n`,
@@ -278,6 +355,17 @@ if (!values["list-only"]) {
     results.push("| placement | throughput | p50 | p99 | failed |", "| --- | --- | --- | --- | --- |");
     for (const { name, r } of compared) results.push(`| ${name} | ${f(r.perSecond)}/s | ${f(r.p50)} ms | ${f(r.p99)} ms | ${r.failures} |`);
     results.push(`\nPlacement throughput ratio, RemoteGPU / naive: ${(compared[0]!.r.perSecond / compared[1]!.r.perSecond).toFixed(1)}×.`);
+    results.push(
+      `\n### The leader's round, ${round.environments} RUNNING environments (workloads running, idle timeout 60 min) on ${placementHosts} hosts\n`,
+      "| part | runs | wall p50 | wall p99 | Node CPU per run |",
+      "| --- | --- | --- | --- | --- |",
+      ...(
+        [
+          ["reconciler pass", round.pass],
+          ["idle check", round.idleCheck],
+        ] as const
+      ).map(([name, r]) => `| ${name} | ${r.passes} | ${r.p50.toFixed(1)} ms | ${r.p99.toFixed(1)} ms | ${r.cpuMs.toFixed(1)} ms |`),
+    );
   } finally {
     await admin.end().catch(() => undefined);
     await db.drop();
