@@ -161,7 +161,7 @@ async function compose(config: Config, database: Database, tls: Tls | undefined,
     quotas,
     config.hostPortRange,
     events,
-    () => reconciler.kick(),
+    (id) => reconciler.kick(id),
     undefined, // the real placement
     config.kubernetes,
   );

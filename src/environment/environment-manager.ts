@@ -104,8 +104,8 @@ export class EnvironmentManager {
     private readonly quotas: QuotaLedger,
     private readonly portRange: PortRange,
     events: ClusterEvents<EnvironmentTopics>,
-    /** Told after a change that the reconciler should act on. */
-    private readonly kick: () => void = () => undefined,
+    /** Told after a change to an environment that the reconciler should act on. */
+    private readonly kick: (environmentId: string) => void = () => undefined,
     /** How hosts and GPUs are chosen (replaceable for benchmarks). */
     private readonly place: typeof placeEnvironment = placeEnvironment,
     /** The Kubernetes runtime's settings, when it is on: HTTP ports of its hosts are reached through ingress hosts. */
@@ -181,6 +181,7 @@ export class EnvironmentManager {
         };
       });
       this.publish("ADDED", view);
+      this.kick(view.environment.id); // its workload is asked for now, not at the next round
       return view;
     } catch (err) {
       const mapped = await onUniqueViolation(
@@ -522,7 +523,7 @@ export class EnvironmentManager {
       return this.view(em, env);
     });
     this.publish("MODIFIED", view);
-    this.kick();
+    this.kick(id);
     return view;
   }
 

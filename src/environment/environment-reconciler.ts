@@ -65,7 +65,10 @@ const OFFLINE_NOTE = "host offline since";
  */
 export class EnvironmentReconciler {
   private running?: Promise<void>;
-  private again = false;
+  /** A pass over every environment is owed. */
+  private full = false;
+  /** Environments a change or report concerned, owed a look of their own. */
+  private readonly touched = new Set<string>();
   /** When the last pass over every environment finished (on the leader), for the lag metric. */
   lastPassAt?: Date;
   private readonly retryBaseMs: number;
@@ -96,17 +99,21 @@ export class EnvironmentReconciler {
     return hostIds.map((id) => holding.has(id));
   });
 
-  /** Runs a pass soon; passes never overlap, and a kick during one runs another after it. */
-  kick(): void {
-    if (this.running) {
-      this.again = true;
-      return;
-    }
+  /**
+   * Runs a pass soon: over one environment that changed, or over every one. Passes never overlap,
+   * and a kick during one runs another after it, taking in all that were asked for meanwhile.
+   */
+  kick(environmentId?: string): void {
+    if (environmentId) this.touched.add(environmentId);
+    else this.full = true;
+    if (this.running) return;
     this.running = (async () => {
-      do {
-        this.again = false;
-        await this.reconcile().catch((err: unknown) => this.logger.error({ err }, "reconcile pass failed"));
-      } while (this.again);
+      while (this.full || this.touched.size > 0) {
+        const only = this.full ? undefined : [...this.touched];
+        this.full = false;
+        this.touched.clear();
+        await this.reconcile(only).catch((err: unknown) => this.logger.error({ err }, "reconcile pass failed"));
+      }
     })().finally(() => (this.running = undefined));
   }
 
@@ -115,17 +122,19 @@ export class EnvironmentReconciler {
     while (this.running) await this.running;
   }
 
-  /** One pass over every environment that holds or is acquiring resources. */
-  async reconcile(): Promise<void> {
+  /** One pass over every environment that holds or is acquiring resources, or over `only` these. */
+  async reconcile(only?: string[]): Promise<void> {
     if (!(await this.isLeader())) return;
-    await traced("reconciler.pass", {}, () => this.pass());
-    this.lastPassAt = this.clock.now();
+    await traced("reconciler.pass", {}, () => this.pass(only));
+    if (!only) this.lastPassAt = this.clock.now();
   }
 
-  private async pass(): Promise<void> {
+  private async pass(only?: string[]): Promise<void> {
     const em = this.orm.em.fork();
-    const envs = await em.find(Environment, { status: { $in: HOLDING } }, { populate: ["host"] });
     const lostSlices = await this.lostSlices(em);
+    const ids = await this.unsettled([...lostSlices.keys()], only);
+    if (ids.length === 0) return;
+    const envs = await em.find(Environment, { id: { $in: ids } }, { populate: ["host"] });
     for (const env of envs) {
       const decision = this.decide(env, env.host, this.clock.now(), lostSlices.get(env.id));
       if (decision === undefined) continue;
@@ -145,6 +154,26 @@ export class EnvironmentReconciler {
     }
   }
 
+  /**
+   * The environments a pass must decide on: those holding resources, less the RUNNING ones that have
+   * nothing to do (see decide(): a live host, a current report that the workload runs, no offline
+   * note, no MIG slice lost). A fleet's environments are mostly such; loading every one each second
+   * would cost the leader seconds of CPU per pass at ten thousand of them.
+   */
+  private async unsettled(lost: string[], only?: string[]): Promise<string[]> {
+    const rows = await bulkSql<{ id: string }>(
+      this.orm,
+      `select e.id from environments e left join hosts h on h.id = e.host_id
+        where e.status = any(?::text[]) ${only ? "and e.id = any(?::uuid[])" : ""}
+          and (e.id = any(?::uuid[]) or not (
+                e.status = 'RUNNING' and h.id is not null and h.status <> 'OFFLINE' and e.workload_state <> ''
+            and not (e.workload_generation = e.generation and e.workload_state in ('FAILED', 'STOPPED', 'REMOVED'))
+            and not starts_with(e.status_message, ?)))`,
+      [pgArray(HOLDING), ...(only ? [pgArray(only)] : []), pgArray(lost), OFFLINE_NOTE],
+    );
+    return rows.map((r) => r.id);
+  }
+
   /** Records what a runtime reports about a workload; reports of older generations are ignored. */
   async observe(hostId: string, report: WorkloadReport): Promise<void> {
     const updated = await this.orm.em
@@ -154,7 +183,7 @@ export class EnvironmentReconciler {
         { id: report.environmentId, host: hostId, workloadGeneration: { $lte: report.generation } },
         { workloadState: report.state, workloadMessage: report.message.slice(0, 4096), workloadGeneration: report.generation },
       );
-    if (updated > 0) this.kick();
+    if (updated > 0) this.kick(report.environmentId);
   }
 
   /**
@@ -209,7 +238,7 @@ export class EnvironmentReconciler {
       )
       .map((e) => e.id);
     if (due.length > 0) await em.nativeUpdate(Environment, { id: { $in: due }, status: { $in: waiting } }, { actedAt: null, attempts: 0 });
-    if (lost.length > 0 || due.length > 0) this.kick();
+    for (const id of new Set([...lost, ...due])) this.kick(id);
   }
 
   /** Decides and applies one step for one environment, under its row lock; acts after commit. */

@@ -323,6 +323,50 @@ describe("EnvironmentService with the agent runtime", () => {
     assert.deepEqual(failed.gpuIds, []);
   });
 
+  it("clears the offline mark of a running environment once its host's agent is back", async () => {
+    const { id: host, agent: first, token, gpus: hostGpus } = await newHost("blinking-host", 1, "NVIDIA L4");
+    const env = (
+      await envs.createEnvironment({
+        workspaceId: ws,
+        name: "on-blinking",
+        image: "img",
+        command: ["x"],
+        gpuCount: 1,
+        gpuModel: "NVIDIA L4",
+      })
+    ).environment!;
+    assert.equal(env.hostId, host);
+    await status(env.id, EnvironmentStatus.RUNNING);
+    await first.close();
+    clock.advance(60_000); // past the grace: OFFLINE
+    await agent.beat();
+    await eventually(
+      "the offline mark",
+      async () => (await envs.getEnvironment({ id: env.id })).environment!.statusMessage.startsWith("host offline since"),
+      rounds,
+    );
+    // The agent returns still running it: nothing to run again, only the mark to take away.
+    const back = new WorkloadAgent(server, token, host, hostGpus, new Map([[env.id, 1n]]));
+    try {
+      await back.welcome;
+      const cleared = await eventually(
+        "the mark cleared",
+        async () => {
+          const e = (await envs.getEnvironment({ id: env.id })).environment!;
+          return e.statusMessage === "running" && e;
+        },
+        rounds,
+      );
+      assert.equal(cleared.status, EnvironmentStatus.RUNNING);
+      assert.equal(runsOf(back, env.id).length, 0);
+      await envs.deleteEnvironment({ id: env.id });
+      await gone(env.id);
+    } finally {
+      await back.close();
+    }
+    await server.client(HostService).deleteHost({ id: host }); // the next tests' environments go elsewhere
+  });
+
   it("stops an environment left idle: GPUs under the threshold and no port traffic for its idle minutes", async () => {
     const gpuEnv = (
       await envs.createEnvironment({ workspaceId: ws, name: "idle-gpu", image: "img", command: ["x"], gpuCount: 1, idleTimeoutMinutes: 1 })
