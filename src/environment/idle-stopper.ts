@@ -1,8 +1,7 @@
 import type { MikroORM } from "@mikro-orm/postgresql";
-import { Gpu } from "../gpu/gpu.js";
+import { bulkSql } from "../platform/bulk-sql.js";
 import type { Clock } from "../platform/clock.js";
 import type { Logger } from "../platform/logger.js";
-import { Environment } from "./environment.js";
 import type { EnvironmentManager } from "./environment-manager.js";
 import type { WorkloadActivity } from "./workload-activity.js";
 
@@ -19,26 +18,36 @@ export class IdleStopper {
 
   /** Returns the ids of the environments it stopped. */
   async check(): Promise<string[]> {
-    const em = this.orm.em.fork();
     const now = this.clock.now().getTime();
     // Nothing idles longer than a week (the longest idle timeout): older marks are of environments long gone.
     this.activity.prune(now - 8 * 86_400_000);
-    const envs = await em.find(Environment, { status: "RUNNING", idleTimeoutMinutes: { $gt: 0 } });
-    if (envs.length === 0) return [];
-    const gpus = await em.find(Gpu, { environment: { $in: envs.map((e) => e.id) } }, { fields: ["id", "environment"] });
+    // Only what the decision needs, each environment with its GPUs, in one statement: a fleet may run
+    // thousands of environments with a timeout, and this runs every second on the leader.
+    const envs = await bulkSql<{ id: string; idle_minutes: number; version: number; running_since_ms: number; gpu_ids: string[] }>(
+      this.orm,
+      `select e.id, e.idle_timeout_minutes as idle_minutes, e.version,
+              extract(epoch from coalesce(
+                (select (t->>'time')::timestamptz from jsonb_array_elements(e.transitions) with ordinality as a(t, n)
+                  where t->>'status' = 'RUNNING' order by n desc limit 1),
+                e.updated_at))::float8 * 1000 as running_since_ms,
+              coalesce((select array_agg(g.id::text) from gpus g where g.environment_id = e.id), '{}') as gpu_ids
+         from environments e
+        where e.status = 'RUNNING' and e.idle_timeout_minutes > 0`,
+      [],
+    );
     const stopped: string[] = [];
     for (const env of envs) {
-      const gpuIds = gpus.filter((g) => g.environment?.id === env.id).map((g) => g.id);
-      const runningSince = new Date(env.transitions.findLast((t) => t.status === "RUNNING")?.time ?? env.updatedAt);
-      if (now - this.activity.lastActive(env.id, gpuIds, runningSince) < env.idleTimeoutMinutes * 60_000) continue;
-      const reason = `idle for ${env.idleTimeoutMinutes} min (no GPU above ${this.busyPercent}% and no port traffic): stopping`;
+      const { id, gpu_ids: gpuIds } = env;
+      const minutes = env.idle_minutes;
+      if (now - this.activity.lastActive(id, gpuIds, new Date(env.running_since_ms)) < minutes * 60_000) continue;
+      const reason = `idle for ${minutes} min (no GPU above ${this.busyPercent}% and no port traffic): stopping`;
       try {
-        await this.environments.stop(env.id, undefined, () => undefined, reason, env.version);
-        this.activity.forget(env.id, gpuIds);
-        stopped.push(env.id);
+        await this.environments.stop(id, undefined, () => undefined, reason, env.version);
+        this.activity.forget(id, gpuIds);
+        stopped.push(id);
       } catch (err) {
         // A user's change won the race (it stopped or deleted it): nothing to do.
-        this.logger.debug({ environmentId: env.id, error: err instanceof Error ? err.message : String(err) }, "idle stop skipped");
+        this.logger.debug({ environmentId: id, error: err instanceof Error ? err.message : String(err) }, "idle stop skipped");
       }
     }
     if (stopped.length > 0) this.logger.info({ environments: stopped }, "stopped idle environments");
