@@ -181,7 +181,6 @@ export class EnvironmentManager {
         };
       });
       this.publish("ADDED", view);
-      this.kick(view.environment.id); // its workload is asked for now, not at the next round
       return view;
     } catch (err) {
       const mapped = await onUniqueViolation(
