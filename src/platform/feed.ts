@@ -73,8 +73,10 @@ class Subscription<T> {
  */
 export class Feed<T> {
   private readonly subscriptions = new Set<Subscription<T>>();
+  private readonly followers = new Set<(item: T) => void>();
 
   publish(item: T): void {
+    for (const handle of this.followers) handle(item);
     for (const s of this.subscriptions) s.offer(item);
   }
 
@@ -97,14 +99,13 @@ export class Feed<T> {
   }
 
   /**
-   * Calls `handle` with each item published from now on, until `signal` aborts. Items wait in a
-   * queue of `capacity`, the oldest lost first, so a slow handler never holds publishers up.
+   * Calls `handle` with each item as it is published, from now on until `signal` aborts: for quick
+   * bookkeeping, since the publisher waits for it. Each item reaches it without a queue, a promise or
+   * a generator step (an agent's heartbeat publishes a sample per GPU).
    */
-  follow(handle: (item: T) => void, signal: AbortSignal, capacity = 10_000): void {
-    const deliveries = this.subscribe({ accept: () => true, capacity, overflow: "drop-oldest" }, signal);
-    void (async () => {
-      for await (const { item } of deliveries) handle(item);
-    })();
+  follow(handle: (item: T) => void, signal: AbortSignal): void {
+    this.followers.add(handle);
+    signal.addEventListener("abort", () => this.followers.delete(handle), { once: true });
   }
 
   /**
