@@ -63,7 +63,8 @@ export async function guardRequest(req: UniversalServerRequest, options: GuardOp
     binary && !options.streamingInput
       ? (bytes: Uint8Array, compressed: boolean) => decodes(options.input, bytes, compressed, encoding, options.readMaxBytes)
       : undefined;
-  const body = framing === "whole" ? wholeBody(source, options, check) : envelopedBody(source, options, check);
+  const body =
+    framing === "whole" ? wholeBody(source, options, check) : check ? envelopedBody(source, options, check) : streamedBody(source, options);
   return { ...req, body };
 }
 
@@ -109,6 +110,47 @@ async function* envelopedBody(source: Bytes, options: GuardOptions, check?: Chec
   if (source.length > 0) yield source.take(source.length);
 }
 
+/**
+ * The body of a client or bidi stream (or a binary-less one), chunk by chunk as it arrives: only the
+ * envelope headers are looked at, across chunks, so messages pass on neither copied nor re-cut (an
+ * agent's heartbeats: thousands a second). An oversized message is handled as envelopedBody does.
+ */
+function streamedBody(source: Bytes, options: GuardOptions): AsyncIterable<Uint8Array> {
+  const header = new Uint8Array(5);
+  const view = new DataView(header.buffer);
+  let gathered = 0; // bytes of the next envelope's header seen so far
+  let left = 0; // bytes of the current envelope still to come
+  let ended = false;
+  const next = async (): Promise<IteratorResult<Uint8Array>> => {
+    const chunk = ended ? undefined : await source.next();
+    if (!chunk) {
+      ended = true;
+      return { done: true, value: undefined };
+    }
+    for (let i = 0; i < chunk.byteLength; ) {
+      if (left > 0) {
+        const n = Math.min(left, chunk.byteLength - i);
+        left -= n;
+        i += n;
+        continue;
+      }
+      header[gathered++] = chunk[i++]!;
+      if (gathered < 5) continue;
+      gathered = 0;
+      left = view.getUint32(1);
+      if (left > options.readMaxBytes) {
+        // The messages before it and its header go on, once the rest of it is read and dropped:
+        // connect-es refuses it by the header, and the client has finished sending by then.
+        ended = true;
+        await source.discard(left - (chunk.byteLength - i), options.reset);
+        return { done: false, value: chunk.subarray(0, i) };
+      }
+    }
+    return { done: false, value: chunk };
+  };
+  return { [Symbol.asyncIterator]: () => ({ next }) };
+}
+
 type Checker = (bytes: Uint8Array, compressed: boolean) => void;
 
 /**
@@ -119,20 +161,26 @@ export const streamParseErrors: Interceptor = (next) => (req) => {
   if (!req.stream || req.method.methodKind === "server_streaming") return next(req);
   const input = req.method.input;
   const source = req.message;
-  async function* read() {
-    try {
-      yield* source;
-    } catch (err) {
-      if (err instanceof ConnectError && err.code === Code.Internal && err.rawMessage.startsWith(PARSE_BINARY)) {
-        throw new ConnectError(
-          `the request is not a valid ${input.typeName}: ${err.rawMessage.slice(PARSE_BINARY.length)}`,
-          Code.InvalidArgument,
-        );
-      }
-      throw err;
+  const corrected = (err: unknown): never => {
+    if (err instanceof ConnectError && err.code === Code.Internal && err.rawMessage.startsWith(PARSE_BINARY)) {
+      throw new ConnectError(
+        `the request is not a valid ${input.typeName}: ${err.rawMessage.slice(PARSE_BINARY.length)}`,
+        Code.InvalidArgument,
+      );
     }
-  }
-  return next({ ...req, message: read() });
+    throw err;
+  };
+  // A plain iterator rather than a generator: one promise per message, on the agents' hot path.
+  const message: typeof source = {
+    [Symbol.asyncIterator]() {
+      const it = source[Symbol.asyncIterator]();
+      return {
+        next: () => it.next().then(undefined, corrected),
+        return: (value?: unknown) => it.return?.(value) ?? Promise.resolve({ done: true as const, value: undefined }),
+      };
+    },
+  };
+  return next({ ...req, message });
 };
 
 /** How connect-es 2 begins the message of an undecodable binary message (protocol/serialization.js). */
@@ -203,6 +251,16 @@ class Bytes {
       this.length += next.value.byteLength;
     }
     return true;
+  }
+
+  /** The next piece of the body: what is buffered first; undefined at its end. */
+  async next(): Promise<Uint8Array | undefined> {
+    if (this.length > 0) return this.take(this.length);
+    if (this.ended) return undefined;
+    const next = await this.it.next();
+    if (!next.done) return next.value;
+    this.ended = true;
+    return undefined;
   }
 
   peek(n: number): Uint8Array {

@@ -5,6 +5,7 @@ import { HostService } from "../../gen/remotegpu/v1/host_pb.js";
 import { ApiTokenRole, WorkspaceService } from "../../gen/remotegpu/v1/workspace_pb.js";
 import { ManualClock } from "../../src/platform/clock.js";
 import { expectCode } from "../support/expect.js";
+import { FakeAgent } from "../support/fake-agent.js";
 import { startTestServer, type TestServer } from "../support/server.js";
 
 describe("limits: request rate per token and message size", () => {
@@ -59,6 +60,32 @@ describe("limits: request rate per token and message size", () => {
       assert.equal(Code[err.code], "ResourceExhausted", `${protocol}: ${err.rawMessage}`);
     }
     await server.client(HostService).listHosts({});
+  });
+
+  it("refuses a streamed message over MAX_MESSAGE_BYTES after those before it, and keeps serving", async () => {
+    const created = await server.client(HostService).createHost({ name: "streaming-host", address: "10.0.0.9" });
+    const agent = new FakeAgent(server, created.agentToken);
+    try {
+      // The messages before it are served: a hello and two heartbeats, each in its own piece.
+      const welcome = await agent.hello(created.host!.id, [{ index: 0, uuid: "GPU-streaming-0" }]);
+      assert.equal(welcome.message.case, "welcome");
+      await agent.beat([{ uuid: "GPU-streaming-0", index: 0, util: 5 }]);
+      await agent.beat([{ uuid: "GPU-streaming-0", index: 0, util: 6 }]);
+      agent.requests.push({
+        message: { case: "heartbeat", value: { sequence: 3n, gpus: [{ gpuUuid: "x".repeat(100_000), index: 0 }] } },
+      });
+      await expectCode(agent.next(), Code.ResourceExhausted, "larger than configured readMaxBytes");
+    } finally {
+      agent.close();
+    }
+    // The same token's next call on a fresh stream is served.
+    const again = new FakeAgent(server, created.agentToken);
+    try {
+      assert.equal((await again.hello(created.host!.id, [{ index: 0, uuid: "GPU-streaming-0" }])).message.case, "welcome");
+    } finally {
+      again.close();
+    }
+    await server.client(HostService).deleteHost({ id: created.host!.id });
   });
 });
 
