@@ -97,6 +97,31 @@ describe("one port for every protocol", () => {
     assert.match(body, /remotegpu_gpus\{status="OFFLINE"\} 1/);
     assert.equal((await fetch(`${server.baseUrl}/nothing-here`)).status, 404);
   });
+
+  it("counts each stream once, as it ends", async () => {
+    const count = async () => {
+      const body = await (await fetch(`${server.baseUrl}/metrics`)).text();
+      const lines = body.matchAll(
+        /remotegpu_rpc_requests_total\{service="remotegpu.v1.HostService",method="WatchHosts",code="\w+"\} (\d+)/g,
+      );
+      return [...lines].reduce((sum, m) => sum + Number(m[1]), 0);
+    };
+    const hosts = server.client(HostService);
+    const before = await count();
+    // A watch ends when its caller leaves.
+    for (let i = 0; i < 3; i++) {
+      const abort = new AbortController();
+      const reading = (async () => {
+        for await (const _ of hosts.watchHosts({}, { signal: abort.signal }));
+      })().catch(() => undefined);
+      await new Promise((r) => setTimeout(r, 100));
+      abort.abort();
+      await reading;
+    }
+    await eventually("three watches counted", async () => (await count()) === before + 3);
+    await new Promise((r) => setTimeout(r, 200));
+    assert.equal(await count(), before + 3, "no stream counted twice");
+  });
 });
 
 describe("graceful stop", () => {
