@@ -184,10 +184,11 @@ async function checkHoldings(db: pg.Client): Promise<void> {
 }
 
 /**
- * The reconciler's pass (the leader runs one every second and after changes) with `count` running
+ * The leader's round (a reconciler pass and an idle check, every second) with `count` running
  * environments: the environments placed so far are cloned up to `count` and marked as their agents
- * report them (RUNNING, workload running, current generation). Such environments need nothing; the
- * bench fails if a pass asks a runtime for anything or changes one of them.
+ * report them (RUNNING, workload running, current generation, an idle timeout of an hour). Such
+ * environments need nothing; the bench fails if a pass asks a runtime for anything or one of them
+ * stops.
  */
 async function reconcilerRound(orm: MikroORM, db: pg.Client, manager: EnvironmentManager, count: number) {
   const columns = (
