@@ -247,6 +247,9 @@ export class RpcServer {
           // nothing to wait for.
           if (streams.size === 0) session.destroy();
         }
+        // A closed session ends its socket and then waits for the client to close its side, which a
+        // stalled or stubborn client may never do. What was sent has left by then.
+        for (const socket of this.connections) if (socket.writableFinished) socket.destroy();
         if (this.connections.size > 0 && Date.now() < deadline) return;
         clearInterval(poll);
         for (const socket of this.connections) socket.destroy();

@@ -212,6 +212,25 @@ describe("graceful stop", () => {
     session.destroy();
   });
 
+  it("does not wait for a client that keeps its HTTP/2 connection open after the GOAWAY", async () => {
+    // An agent whose process stalls (or a proxy that keeps connections) never closes its side.
+    const server = await startTestServer({ env: { SHUTDOWN_TIMEOUT_SECONDS: "30" } });
+    // It reads what comes, but does not end its side when the server ends its own.
+    const client = net.connect({ port: server.port, host: "127.0.0.1", allowHalfOpen: true });
+    const received: Buffer[] = [];
+    client.on("data", (chunk: Buffer) => received.push(chunk));
+    // The client preface and an empty SETTINGS frame (RFC 9113 section 3.4), then nothing more.
+    client.write(Buffer.concat([Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), Buffer.from([0, 0, 0, 4, 0, 0, 0, 0, 0])]));
+    await eventually("the server's SETTINGS", () => received.length > 0); // the session is open
+    const started = Date.now();
+    await server.close();
+    assert.ok(Date.now() - started < 5000, `close took ${Date.now() - started} ms`);
+    // What the server sent last before closing: a GOAWAY frame (type 7) on stream 0.
+    const all = Buffer.concat(received);
+    assert.ok(frameTypes(all).includes(7), `frames received: ${frameTypes(all).join(", ")}`);
+    client.destroy();
+  });
+
   it("does not wait on connections that never send a byte, nor on idle keep-alive ones", async () => {
     const server = await startTestServer();
     const silent = net.connect(server.port, "127.0.0.1");
@@ -224,3 +243,10 @@ describe("graceful stop", () => {
     halfPreface.destroy();
   });
 });
+
+/** The types of the HTTP/2 frames in `bytes`, a server's side of a connection from its start. */
+function frameTypes(bytes: Buffer): number[] {
+  const types: number[] = [];
+  for (let at = 0; at + 9 <= bytes.length; at += 9 + bytes.readUIntBE(at, 3)) types.push(bytes[at + 3]!);
+  return types;
+}
