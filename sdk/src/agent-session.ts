@@ -103,6 +103,8 @@ export class AgentSession {
   private pendingLogs: { environmentId: string; line: LogLine }[] = [];
   private wake?: () => void;
   private intervalMs: number;
+  /** How long the server keeps the host ONLINE without a heartbeat: its default until a welcome says. */
+  private leaseMs = 40_000;
   private timer?: NodeJS.Timeout;
   private gpus: AgentReading["gpus"] = [];
   private readonly log: AgentLogger;
@@ -221,13 +223,16 @@ export class AgentSession {
       return next(req);
     };
     // HTTP/2 PINGs when nothing came from the server for two heartbeat periods (an ack is due every
-    // period), and a connection whose PING goes unanswered for one more is given up: a connection
-    // that died without a reset (a peer that lost power, a path that silently drops everything)
-    // never errors by itself, and the agent would wait on it while its host goes OFFLINE.
+    // period), and a connection whose PING goes unanswered is given up: a connection that died
+    // without a reset (a peer that lost power, a path that silently drops everything) never errors
+    // by itself, and the agent would wait on it while its host goes OFFLINE. The PING may take half
+    // of what the lease leaves after it, the rest being for the new connection: a server busy with a
+    // fleet's hellos answers late, and an agent that gives up on it only joins the queue again.
     const keepaliveMs = Math.max(this.intervalMs, 1000);
+    const pingTimeoutMs = Math.max(keepaliveMs, (this.leaseMs - 2 * keepaliveMs) / 2);
     // Wide windows: an SSH tunnel's bytes (AcceptSshTunnel) share this connection, and 64 KiB a
     // round trip would hold them to a few MiB/s.
-    const sessions = new WideWindowSessions(server, { pingIntervalMs: 2 * keepaliveMs, pingTimeoutMs: keepaliveMs });
+    const sessions = new WideWindowSessions(server, { pingIntervalMs: 2 * keepaliveMs, pingTimeoutMs });
     const transport = createGrpcTransport({ baseUrl: server, interceptors: [auth], sessionManager: sessions });
     const client = createClient(HostService, transport);
     const requests = new Channel<StreamHeartbeatsRequest>();
@@ -256,6 +261,7 @@ export class AgentSession {
       const first = await responses.next();
       if (first.done || first.value.message.case !== "welcome") throw new ConnectError("the server sent no welcome", Code.Unavailable);
       const welcome = first.value.message.value;
+      if (welcome.settings?.leaseTtl) this.leaseMs = durationMs(welcome.settings.leaseTtl);
       const asked = welcome.settings?.heartbeatInterval && durationMs(welcome.settings.heartbeatInterval);
       if (this.o.intervalMs === undefined && asked && asked !== this.intervalMs) {
         this.intervalMs = asked;

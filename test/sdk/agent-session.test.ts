@@ -1,0 +1,67 @@
+import { strict as assert } from "node:assert";
+import { AgentSession } from "@remotegpu/sdk";
+import { HostService, HostStatus } from "../../gen/remotegpu/v1/host_pb.js";
+import { eventually } from "../support/eventually.js";
+import { startTestServer, type TestServer } from "../support/server.js";
+import { TcpProxy } from "../support/tcp-proxy.js";
+
+describe("AgentSession keepalive", () => {
+  let server: TestServer;
+  let proxy: TcpProxy;
+  before(async () => {
+    server = await startTestServer({ env: { HEARTBEAT_INTERVAL_SECONDS: "1", HOST_GRACE_SECONDS: "10" } });
+    proxy = await TcpProxy.start(server.port);
+  });
+  after(async () => {
+    await proxy.close();
+    await server.close();
+  });
+
+  it("waits on a server that answers late, within half of what the lease leaves, rather than reconnecting", async () => {
+    const hosts = server.client(HostService);
+    const { host, agentToken } = await hosts.createHost({ name: "slow-server", address: "10.0.0.7" });
+    const events: string[] = [];
+    const stop = new AbortController();
+    const session = new AgentSession({
+      servers: [proxy.url],
+      hostId: host!.id,
+      token: agentToken,
+      agentVersion: "test",
+      capacity: {},
+      intervalMs: 1000,
+      read: async () => ({ gpus: [{ index: 0, uuid: "GPU-slow-server", model: "NVIDIA H100 80GB HBM3" }], heartbeat: {} }),
+      logger: {
+        info: (_f, message) => events.push(message),
+        warn: (f, message) => events.push(`${message}: ${(f as { error?: string }).error}`),
+        error: () => undefined,
+      },
+    });
+    const run = session.run(stop.signal);
+    try {
+      await eventually("the agent connected", () => events.includes("agent connected"));
+      // A second connection, opened once the first welcome told the agent the 10 s lease.
+      proxy.reject();
+      proxy.heal();
+      await eventually("the agent connected again", () => events.filter((e) => e === "agent connected").length === 2);
+      await new Promise((r) => setTimeout(r, 1500)); // acks flowing on it
+      const accepted = proxy.accepted;
+      const mark = events.length;
+
+      // Nothing from the server for 3.5 s: the agent PINGs after 2 s of silence (two heartbeat
+      // periods). Given up after one period, as before, the connection would be gone by 3 s; with
+      // half of the lease's 8 s left, the PING may take 4 s.
+      proxy.partition();
+      await new Promise((r) => setTimeout(r, 3500));
+      proxy.heal();
+      await new Promise((r) => setTimeout(r, 2000));
+
+      assert.deepEqual(events.slice(mark), [], "the stream neither ended nor reconnected");
+      assert.equal(proxy.accepted, accepted, "no new connection");
+      const { host: after } = await hosts.getHost({ id: host!.id });
+      assert.equal(HostStatus[after!.status], "ONLINE");
+    } finally {
+      stop.abort();
+      await run;
+    }
+  });
+});
