@@ -1,6 +1,7 @@
 // The fleet of the restart bench: one SDK AgentSession per host (the agent's own stream code: one
 // HTTP/2 connection each, its reconnect backoff, its buffered readings), each reporting 8 GPUs at the
-// period the server asks for. Prints {"connected": n, "welcomes": n} twice a second.
+// period the server asks for. Prints {"connected": n, "welcomes": n, "failed": {reason: n}} twice a
+// second.
 import { setMaxListeners } from "node:events";
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
@@ -14,6 +15,8 @@ const gpuCount = Number(values.gpus);
 
 let connected = 0;
 let welcomes = 0;
+/** Connection attempts that ended before a welcome, by code and message. */
+const failed: Record<string, number> = {};
 const stop = new AbortController();
 setMaxListeners(0, stop.signal); // every session listens to it
 for (const [n, host] of hosts.entries()) {
@@ -48,8 +51,14 @@ for (const [n, host] of hosts.entries()) {
         if (!up) connected++;
         up = true;
       },
-      warn: (_f, message) => {
-        if (message !== "agent stream ended" || !up) return;
+      warn: (fields, message) => {
+        if (message !== "agent stream ended") return;
+        if (!up) {
+          const { code, error } = fields as { code: string; error: string };
+          const key = `${code}: ${error}`;
+          failed[key] = (failed[key] ?? 0) + 1;
+          return;
+        }
         connected--;
         up = false;
       },
@@ -62,7 +71,7 @@ for (const [n, host] of hosts.entries()) {
     (n / hosts.length) * 5000,
   );
 }
-setInterval(() => process.stdout.write(`${JSON.stringify({ connected, welcomes })}\n`), 500);
+setInterval(() => process.stdout.write(`${JSON.stringify({ connected, welcomes, failed })}\n`), 500);
 process.once("SIGTERM", () => {
   stop.abort();
   setTimeout(() => process.exit(0), 500);

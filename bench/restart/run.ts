@@ -113,7 +113,7 @@ try {
   writeFileSync(hostsFile, JSON.stringify(made));
   process.stderr.write(`created ${agents} hosts; connecting the fleet\n`);
 
-  let fleet = { connected: 0, welcomes: 0 };
+  let fleet = { connected: 0, welcomes: 0, failed: {} as Record<string, number> };
   start("bench/restart/fleet.ts", ["--target", url, "--hosts", hostsFile], {}, (l) => {
     fleet = l as typeof fleet;
   });
@@ -126,6 +126,7 @@ try {
 
   // The restart: stop (the streams end), start again, wait for every agent to come back.
   const welcomesBefore = fleet.welcomes;
+  const failedBefore = fleet.failed;
   // Hosts OFFLINE at any moment from the restart until a grace period after everyone was back.
   let worstOffline = 0;
   let watching = true;
@@ -167,6 +168,10 @@ try {
       `| every agent back, from the restart | ${(allBackMs / 1000).toFixed(1)} s |`,
       `| most hosts OFFLINE at once, from the restart until ${values.grace} s after all were back | ${worstOffline} |`,
       "",
+      // An agent that gives up on a connection before its welcome (a PING unanswered, say) joins the queue again.
+      `connection attempts that failed before a welcome, first connection: ${JSON.stringify(failedBefore)}`,
+      `and from the restart: ${JSON.stringify(since(failedBefore, fleet.failed))}`,
+      "",
     ].join("\n"),
   );
   if (worstOffline > 0) process.exitCode = 1;
@@ -176,3 +181,8 @@ try {
   await db.drop();
 }
 process.exit(process.exitCode ?? 0);
+
+/** The counts of `now` that grew since `before`, by how much. */
+function since(before: Record<string, number>, now: Record<string, number>): Record<string, number> {
+  return Object.fromEntries(Object.entries(now).flatMap(([k, n]) => (n > (before[k] ?? 0) ? [[k, n - (before[k] ?? 0)]] : [])));
+}
