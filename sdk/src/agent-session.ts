@@ -227,9 +227,10 @@ export class AgentSession {
     // without a reset (a peer that lost power, a path that silently drops everything) never errors
     // by itself, and the agent would wait on it while its host goes OFFLINE. The PING may take half
     // of what the lease leaves after it, the rest being for the new connection: a server busy with a
-    // fleet's hellos answers late, and an agent that gives up on it only joins the queue again.
+    // fleet's hellos answers late, and an agent that gives up on it only joins the queue again. At
+    // most 30 s however long the lease, since commands do not get through a dead connection either.
     const keepaliveMs = Math.max(this.intervalMs, 1000);
-    const pingTimeoutMs = Math.max(keepaliveMs, (this.leaseMs - 2 * keepaliveMs) / 2);
+    const pingTimeoutMs = Math.max(keepaliveMs, Math.min(30_000, (this.leaseMs - 2 * keepaliveMs) / 2));
     // Wide windows: an SSH tunnel's bytes (AcceptSshTunnel) share this connection, and 64 KiB a
     // round trip would hold them to a few MiB/s.
     const sessions = new WideWindowSessions(server, { pingIntervalMs: 2 * keepaliveMs, pingTimeoutMs });
