@@ -225,7 +225,7 @@ describe("graceful stop", () => {
     const started = Date.now();
     await server.close();
     assert.ok(Date.now() - started < 5000, `close took ${Date.now() - started} ms`);
-    // What the server sent last before closing: a GOAWAY frame (type 7) on stream 0.
+    // The server said it was going away (a GOAWAY frame, type 7) before it closed the connection.
     const all = Buffer.concat(received);
     assert.ok(frameTypes(all).includes(7), `frames received: ${frameTypes(all).join(", ")}`);
     client.destroy();
