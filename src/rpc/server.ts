@@ -239,16 +239,13 @@ export class RpcServer {
       const deadline = Date.now() + timeoutMs;
       const poll = setInterval(() => {
         for (const socket of this.sockets) if (!this.busy.has(socket)) socket.destroy();
-        for (const [session, streams] of this.sessions) {
-          // A stream whose answer went out in full while the client keeps its own side open (an
-          // agent's, ended by the shutdown) waits for nothing more: reset without error (RFC 9113 8.1).
+        // A stream whose answer went out in full while the client keeps its own side open (an
+        // agent's, ended by the shutdown) waits for nothing more: reset without error (RFC 9113 8.1).
+        for (const streams of this.sessions.values())
           for (const stream of streams) if (stream.state.localClose) stream.close(http2.constants.NGHTTP2_NO_ERROR);
-          // A client may keep an idle connection after GOAWAY: once its last stream is done there is
-          // nothing to wait for.
-          if (streams.size === 0) session.destroy();
-        }
-        // A closed session ends its socket and then waits for the client to close its side, which a
-        // stalled or stubborn client may never do. What was sent has left by then.
+        // A session closes once its last stream is done, ends its socket, and then waits for the client
+        // to close its side, which a stalled client, or one that keeps idle connections, never does.
+        // What was sent has left by then.
         for (const socket of this.connections) if (socket.writableFinished) socket.destroy();
         if (this.connections.size > 0 && Date.now() < deadline) return;
         clearInterval(poll);
