@@ -37,8 +37,7 @@ export class IdleStopper {
     );
     const stopped: string[] = [];
     for (const env of envs) {
-      const { id, gpu_ids: gpuIds } = env;
-      const minutes = env.idle_minutes;
+      const { id, gpu_ids: gpuIds, idle_minutes: minutes } = env;
       if (now - this.activity.lastActive(id, gpuIds, new Date(env.running_since_ms)) < minutes * 60_000) continue;
       const reason = `idle for ${minutes} min (no GPU above ${this.busyPercent}% and no port traffic): stopping`;
       try {
