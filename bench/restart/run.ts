@@ -87,8 +87,8 @@ const serverEnv = {
 let listening = false;
 const serve = () => {
   listening = false;
-  // The built server (npm run build:server), as deployed: it starts in about a second, where the
-  // sources under tsx take 4-6 s here.
+  // The built server (npm run build:server), as deployed: it listens 2-3 s after the old one exits
+  // here, where the sources under tsx took 4-6 s.
   return start("dist/src/main.js", [], { ...serverEnv, LOG_LEVEL: "info" }, (l) => {
     if (l.msg === "remotegpu listening") listening = true;
   });
