@@ -3,6 +3,7 @@ import { AuditEventSchema } from "./audit/audit-event.js";
 import { EnvironmentLogLineSchema, EnvironmentSchema, PortMappingSchema } from "./environment/environment.js";
 import { FreeGpuCountSchema } from "./gpu/free-gpu-count.js";
 import { GpuSchema } from "./gpu/gpu.js";
+import { GpuListCountSchema } from "./gpu/gpu-list-count.js";
 import { HostSchema } from "./host/host.js";
 import { SshHostKeySchema } from "./platform/ssh-host-key.js";
 import { LogArchiveSchema, WorkspaceFileSchema } from "./storage/workspace-file.js";
@@ -14,6 +15,7 @@ export const entities = [
   HostSchema,
   GpuSchema,
   FreeGpuCountSchema,
+  GpuListCountSchema,
   WorkspaceSchema,
   ResourceQuotaSchema,
   EnvironmentSchema,

@@ -115,9 +115,9 @@ export class GpuInventory {
 
   /**
    * GPUs ordered by (host id, index): the unique index on those columns, or the status, model or free
-   * GPUs' index in host order, serves the keyset. One SQL query for the page and one for total_size,
-   * side by side; rows become views without the ORM, whose hydration of a GPU and its host per row cost
-   * more than both queries.
+   * GPUs' index in host order, serves the keyset. One SQL query for the page and one for total_size
+   * (from the kept counts), side by side; rows become views without the ORM, whose hydration of a GPU
+   * and its host per row cost more than both queries.
    */
   async list(filter: GpuFilter, size: number, token: string): Promise<Page<GpuView>> {
     const limit = pageSize(size);
@@ -232,8 +232,8 @@ export class GpuInventory {
   /** GPUs per status as the API reports it (OFFLINE with their host), for the metrics endpoint. */
   async countByStatus(): Promise<Record<string, number>> {
     const rows: { status: string; n: number }[] = await this.orm.em.getConnection().execute(
-      `select case when h.status = 'OFFLINE' then 'OFFLINE' else g.status end as status, count(*)::int as n
-       from gpus g join hosts h on h.id = g.host_id group by 1`,
+      `select case when h.status = 'OFFLINE' then 'OFFLINE' else g.status end as status, sum(g.n)::int as n
+       from gpu_list_counts g join hosts h on h.id = g.host_id group by 1 having sum(g.n) > 0`,
     );
     return Object.fromEntries(rows.map((r) => [r.status, r.n]));
   }
@@ -256,6 +256,8 @@ interface Sql {
 interface ListCondition extends Sql {
   on: "gpu" | "host";
   common?: boolean;
+  /** The same condition on gpu_list_counts, where it differs from `sql`. */
+  counted?: string;
 }
 
 /**
@@ -272,7 +274,7 @@ function listBranches(filter: GpuFilter): ListCondition[][] {
     where.push({ on: "host", common: true, sql: "h.status <> 'OFFLINE'", params: [] });
   }
   if (filter.freeOnly) {
-    where.push({ on: "gpu", sql: "g.status = 'AVAILABLE' and g.holder is null and not g.mig_enabled", params: [] });
+    where.push({ on: "gpu", sql: "g.status = 'AVAILABLE' and g.holder is null and not g.mig_enabled", counted: "g.free", params: [] });
     where.push({ on: "host", common: true, sql: "h.status = 'ONLINE' and h.schedulable", params: [] });
   }
   if (Object.keys(filter.labels).length > 0)
@@ -303,27 +305,29 @@ function pageSql(where: Sql[], limit: number): Sql {
 }
 
 /**
- * The exact number of GPUs of one branch, as a scalar expression. Every GPU has its host (a foreign
- * key), so hosts are joined only for host conditions. When those are all about the host's state,
- * which nearly every host of a working fleet passes, it counts the GPUs that match their own
- * conditions less those on hosts that fail: joining every matching GPU to its host would cost more
- * than both counts (the second reads only the GPUs of the few failing hosts). Host columns are never
- * null, so `not` is the exact complement.
+ * The exact number of GPUs of one branch, as a scalar expression: the kept counts (gpu_list_counts,
+ * `g` here too) of the hosts and values that match, about one row per host where counting the GPU rows
+ * read one per GPU. Every GPU has its host (a foreign key), so hosts are joined only for host
+ * conditions. When those are all about the host's state, which nearly every host of a working fleet
+ * passes, it counts what matches the GPU conditions less what is on hosts that fail: joining every
+ * count to its host would cost more than both. Host columns are never null, so `not` is the exact
+ * complement.
  */
 function countSql(where: ListCondition[]): Sql {
-  const gpu = all(where.filter((c) => c.on === "gpu"));
+  const gpu = all(where.filter((c) => c.on === "gpu").map((c) => ({ sql: c.counted ?? c.sql, params: c.params })));
   const host = where.filter((c) => c.on === "host");
-  if (host.length === 0) return { sql: `(select count(*) from gpus g where ${gpu.sql})`, params: gpu.params };
-  const joined = "from gpus g join hosts h on h.id = g.host_id";
+  const sum = "select coalesce(sum(g.n), 0) from gpu_list_counts g";
+  if (host.length === 0) return { sql: `(${sum} where ${gpu.sql})`, params: gpu.params };
+  const joined = `${sum} join hosts h on h.id = g.host_id`;
   if (host.every((c) => c.common)) {
     const state = all(host);
     return {
-      sql: `((select count(*) from gpus g where ${gpu.sql}) - (select count(*) ${joined} where ${gpu.sql} and not (${state.sql})))`,
+      sql: `((${sum} where ${gpu.sql}) - (${joined} where ${gpu.sql} and not (${state.sql})))`,
       params: [...gpu.params, ...gpu.params, ...state.params],
     };
   }
-  const both = all(where);
-  return { sql: `(select count(*) ${joined} where ${both.sql})`, params: both.params };
+  const both = all([gpu, ...host]);
+  return { sql: `(${joined} where ${both.sql})`, params: both.params };
 }
 
 /** What a list page reads of a GPU and its host. */

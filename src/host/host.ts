@@ -68,6 +68,10 @@ export class Host {
 export const HostSchema = new EntitySchema<Host>({
   class: Host,
   tableName: "hosts",
+  indexes: [
+    // Label selectors (hasLabels): containment of the selector's pairs.
+    { name: "hosts_labels_index", expression: `create index "hosts_labels_index" on "hosts" using gin ("labels" jsonb_path_ops)` },
+  ],
   properties: {
     id: { type: "uuid", primary: true },
     name: { type: "string", length: 253, unique: "hosts_name_unique" },

@@ -13,6 +13,7 @@ import { Migration20261214000000_audit_detail } from "./Migration20261214000000_
 import { Migration20261215000000_free_gpu_counts } from "./Migration20261215000000_free_gpu_counts.js";
 import { Migration20261216000000_ssh_host_keys } from "./Migration20261216000000_ssh_host_keys.js";
 import { Migration20261217000000_mig_slices } from "./Migration20261217000000_mig_slices.js";
+import { Migration20261218000000_gpu_list_counts } from "./Migration20261218000000_gpu_list_counts.js";
 
 // Every migration, in order. Listed by hand so they run the same from TypeScript and from dist/.
 export const migrations = [
@@ -31,4 +32,5 @@ export const migrations = [
   { name: "Migration20261215000000_free_gpu_counts", class: Migration20261215000000_free_gpu_counts },
   { name: "Migration20261216000000_ssh_host_keys", class: Migration20261216000000_ssh_host_keys },
   { name: "Migration20261217000000_mig_slices", class: Migration20261217000000_mig_slices },
+  { name: "Migration20261218000000_gpu_list_counts", class: Migration20261218000000_gpu_list_counts },
 ];
