@@ -260,11 +260,14 @@ export class EnvironmentReconciler {
       const spec = decision.act === "run" ? await this.spec(em, env) : undefined;
       if (decision.release) await release(em, env.id);
       if (decision.forget) transition(env, "DELETED", "deleted", now);
+      act = { decision, spec, env, failed };
+      // A retry that changes nothing visible (most steps of a workload that takes long to start) has
+      // nothing to publish: no view to read.
+      if (!decision.status && !decision.forget && decision.note === undefined) return undefined;
       const view = await this.environments.view(em, env);
       // The row goes, and with it the name; port mappings and log lines go by cascade.
       if (decision.forget) em.remove(env);
-      act = { decision, spec, env, failed };
-      return decision.status || decision.forget || decision.note !== undefined ? { view, forget: decision.forget } : undefined;
+      return { view, forget: decision.forget };
     });
     if (published) this.environments.publish(published.forget ? "DELETED" : "MODIFIED", published.view);
     if (act?.failed) this.options.onFailed?.();
