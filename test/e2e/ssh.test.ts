@@ -134,6 +134,8 @@ describe("e2e: SSH into an environment through the control plane, with OpenSSH",
   after(async () => {
     agent?.kill("SIGKILL");
     containerAgent?.kill("SIGKILL");
+    // A killed agent leaves its workload running, for the next agent to adopt: the last test kills it.
+    if (env) await run("pkill", ["-f", `http.server ${env.port} `], {});
     await replica?.close();
     await server?.close();
     const redis = new Redis(REDIS_URL);
