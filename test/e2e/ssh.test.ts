@@ -27,14 +27,18 @@ interface Run {
   stderr: string;
 }
 
-/** Runs a program to its end, with `input` on its stdin. */
-function run(program: string, args: string[], env: Record<string, string>, input = ""): Promise<Run> {
+/**
+ * Runs a program to its end, with `input` on its stdin; `null` holds stdin open until the program
+ * exits, for script(1), which passes an EOF on its stdin into the terminal as a character.
+ */
+function run(program: string, args: string[], env: Record<string, string>, input: string | null = ""): Promise<Run> {
   const child = spawn(program, args, { env: { ...process.env, ...env } });
   let stdout = "";
   let stderr = "";
   child.stdout.setEncoding("utf8").on("data", (c: string) => (stdout += c));
   child.stderr.setEncoding("utf8").on("data", (c: string) => (stderr += c));
-  child.stdin.end(input);
+  if (input === null) child.once("exit", () => child.stdin.end());
+  else child.stdin.end(input);
   return new Promise((resolve) => child.once("close", (code) => resolve({ code, stdout, stderr })));
 }
 
@@ -169,7 +173,7 @@ describe("e2e: SSH into an environment through the control plane, with OpenSSH",
     const inner = `stty rows 40 cols 120; ssh ${sshOptions(path.join(keys, "id"))
       .map((a) => `'${a}'`)
       .join(" ")} -tt user@devbox 'echo "term=$TERM"; stty size'`;
-    const r = await run("script", ["-qec", inner, "/dev/null"], { REMOTEGPU_TOKEN: tokens.member, TERM: "xterm-test" });
+    const r = await run("script", ["-qec", inner, "/dev/null"], { REMOTEGPU_TOKEN: tokens.member, TERM: "xterm-test" }, null);
     assert.match(r.stdout, /term=xterm-test/, r.stdout + r.stderr);
     assert.match(r.stdout, /^40 120\r?$/m, r.stdout);
   });
@@ -419,7 +423,7 @@ describe("e2e: SSH into an environment through the control plane, with OpenSSH",
       const inner = `stty rows 33 cols 101; ssh ${sshOptions(path.join(keys, "id"))
         .map((a) => `'${a}'`)
         .join(" ")} -tt user@boxed 'echo "term=$TERM"; python3 -c "import os; print(os.get_terminal_size())"'`;
-      const pty = await run("script", ["-qec", inner, "/dev/null"], { REMOTEGPU_TOKEN: tokens.member, TERM: "xterm-boxed" });
+      const pty = await run("script", ["-qec", inner, "/dev/null"], { REMOTEGPU_TOKEN: tokens.member, TERM: "xterm-boxed" }, null);
       assert.match(pty.stdout, /term=xterm-boxed/, pty.stdout + pty.stderr);
       assert.match(pty.stdout, /columns=101, lines=33/, pty.stdout);
 
