@@ -53,6 +53,21 @@ export interface EnvironmentView {
   portMappings: PortMapping[];
 }
 
+/** The GPU rows an environment holds (in index order) and its port mappings (by name, with their host). */
+export interface Holdings {
+  gpus: Gpu[];
+  ports: PortMapping[];
+}
+
+/** Reads what one environment holds. */
+export async function holdings(em: EntityManager, environmentId: string): Promise<Holdings> {
+  const [gpus, ports] = await Promise.all([
+    em.find(Gpu, { environment: environmentId }, { orderBy: { index: "asc" } }),
+    em.find(PortMapping, { environment: environmentId }, { orderBy: { name: "asc" }, populate: ["host"] }),
+  ]);
+  return { gpus, ports };
+}
+
 export interface EnvironmentFilter {
   workspaceId?: string;
   status?: EnvironmentStatus;
@@ -414,18 +429,21 @@ export class EnvironmentManager {
     this.changes.publish(type, view);
   }
 
-  async view(em: EntityManager, env: Environment): Promise<EnvironmentView> {
-    return (await this.views(em, [env]))[0]!;
+  /** `held`: what `env` holds, when the caller has just read it in the same transaction. */
+  async view(em: EntityManager, env: Environment, held?: Holdings): Promise<EnvironmentView> {
+    return (await this.views(em, [env], held))[0]!;
   }
 
-  private async views(em: EntityManager, envs: Environment[]): Promise<EnvironmentView[]> {
+  private async views(em: EntityManager, envs: Environment[], held?: Holdings): Promise<EnvironmentView[]> {
     if (envs.length === 0) return [];
     const ids = envs.map((e) => e.id);
-    const [gpus, ports] = await Promise.all([
-      em.find(Gpu, { environment: { $in: ids } }, { fields: ["id", "environment", "index"], orderBy: { index: "asc" } }),
-      // With their host: a mapping says where it is reached (the host's address).
-      em.find(PortMapping, { environment: { $in: ids } }, { orderBy: { name: "asc" }, populate: ["host"] }),
-    ]);
+    const [gpus, ports]: [Pick<Gpu, "id" | "environment">[], PortMapping[]] = held
+      ? [held.gpus, held.ports]
+      : await Promise.all([
+          em.find(Gpu, { environment: { $in: ids } }, { fields: ["id", "environment", "index"], orderBy: { index: "asc" } }),
+          // With their host: a mapping says where it is reached (the host's address).
+          em.find(PortMapping, { environment: { $in: ids } }, { orderBy: { name: "asc" }, populate: ["host"] }),
+        ]);
     const countOnly = await this.countOnlyHosts(em, envs);
     return envs.map((environment) => {
       const mapped = ports.filter((p) => p.environment.id === environment.id);

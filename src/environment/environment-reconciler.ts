@@ -1,6 +1,5 @@
 import { LockMode } from "@mikro-orm/core";
 import type { EntityManager, MikroORM } from "@mikro-orm/postgresql";
-import { Gpu } from "../gpu/gpu.js";
 import type { Host, HostRuntime } from "../host/host.js";
 import { isId } from "../ids.js";
 import { Batcher } from "../platform/batcher.js";
@@ -9,9 +8,8 @@ import type { Clock } from "../platform/clock.js";
 import { traced } from "../platform/tracing.js";
 import type { Logger } from "../platform/logger.js";
 import type { Runtime, WorkloadSpec, WorkloadState } from "../runtime/runtime.js";
-import { Workspace } from "../workspace/workspace.js";
 import { Environment, PortMapping, type EnvironmentStatus } from "./environment.js";
-import { HOLDING, transition, type EnvironmentManager } from "./environment-manager.js";
+import { HOLDING, holdings, transition, type EnvironmentManager, type Holdings } from "./environment-manager.js";
 
 export interface ReconcilerOptions {
   /** How long CREATING/STARTING may last before the environment is FAILED. */
@@ -55,6 +53,9 @@ interface Decision {
 }
 
 const OFFLINE_NOTE = "host offline since";
+
+/** MikroORM's alias for the root table of an Environment query: a row lock naming it covers that row alone. */
+const ENVIRONMENT_ALIAS = "e0";
 
 /**
  * Drives every environment from its observed status toward its desired state, level-triggered: each
@@ -245,7 +246,12 @@ export class EnvironmentReconciler {
   private async step(id: string): Promise<void> {
     let act: { decision: Decision; spec?: WorkloadSpec; env: Environment; failed: boolean } | undefined;
     const published = await this.orm.em.fork().transactional(async (em) => {
-      const env = await em.findOne(Environment, id, { lockMode: LockMode.PESSIMISTIC_WRITE, populate: ["host"] });
+      // With its host and workspace (a run's spec names the workspace), the lock on its own row only.
+      const env = await em.findOne(Environment, id, {
+        lockMode: LockMode.PESSIMISTIC_WRITE,
+        lockTableAliases: [ENVIRONMENT_ALIAS],
+        populate: ["host", "workspace"],
+      });
       if (!env) return undefined;
       const now = this.clock.now();
       const decision = this.decide(env, env.host, now, (await this.lostSlices(em, env.id)).get(env.id));
@@ -257,14 +263,16 @@ export class EnvironmentReconciler {
         env.actedAt = now;
         env.attempts++;
       }
-      const spec = decision.act === "run" ? await this.spec(em, env) : undefined;
+      // What a run is sent is also what its view shows: read once.
+      const held = decision.act === "run" ? await holdings(em, env.id) : undefined;
+      const spec = held && this.spec(env, held);
       if (decision.release) await release(em, env.id);
       if (decision.forget) transition(env, "DELETED", "deleted", now);
       act = { decision, spec, env, failed };
       // A retry that changes nothing visible (most steps of a workload that takes long to start) has
       // nothing to publish: no view to read.
       if (!decision.status && !decision.forget && decision.note === undefined) return undefined;
-      const view = await this.environments.view(em, env);
+      const view = await this.environments.view(em, env, held);
       // The row goes, and with it the name; port mappings and log lines go by cascade.
       if (decision.forget) em.remove(env);
       return { view, forget: decision.forget };
@@ -407,20 +415,16 @@ export class EnvironmentReconciler {
     }
   }
 
-  private async spec(em: EntityManager, env: Environment): Promise<WorkloadSpec> {
-    const [gpus, ports] = await Promise.all([
-      em.find(Gpu, { environment: env.id }, { orderBy: { index: "asc" } }),
-      em.find(PortMapping, { environment: env.id }),
-    ]);
-    const workspace = await em.findOneOrFail(Workspace, env.workspace.id);
+  /** What the runtime is asked to run: `env` with its workspace loaded, and what it holds. */
+  private spec(env: Environment, { gpus, ports }: Holdings): WorkloadSpec {
     // In the order they were added: the runtime takes the first for readiness, and a new port goes last.
     const order = new Map(env.ports.map((p, i) => [p.name, i]));
-    ports.sort((a, b) => (order.get(a.name) ?? ports.length) - (order.get(b.name) ?? ports.length));
+    const inOrder = [...ports].sort((a, b) => (order.get(a.name) ?? ports.length) - (order.get(b.name) ?? ports.length));
     return {
       environmentId: env.id,
       name: env.name,
       workspaceId: env.workspace.id,
-      workspaceName: workspace.name,
+      workspaceName: env.workspace.name,
       hostId: env.host!.id,
       nodeName: env.host!.kubernetesNodeName,
       image: env.image,
@@ -431,7 +435,7 @@ export class EnvironmentReconciler {
       gpuIndices: gpus.map((g) => g.index),
       // Slices: their profile (Kubernetes asks for nvidia.com/mig-<profile>).
       ...(gpus[0]?.migProfile ? { migProfile: gpus[0].migProfile } : {}),
-      ports: ports.map((p) => ({ name: p.name, containerPort: p.containerPort, hostPort: p.hostPort, protocol: p.protocol })),
+      ports: inOrder.map((p) => ({ name: p.name, containerPort: p.containerPort, hostPort: p.hostPort, protocol: p.protocol })),
       cpuMillicores: env.cpuMillicores,
       memoryBytes: env.memoryBytes,
       storageBytes: env.storageBytes,
