@@ -9,7 +9,7 @@
 //    under a table lock so it stays correct), as a ratio. `placement-callers` concurrent callers:
 //    enough to contend, few enough that no call waits a minute for a connection and fails.
 //    Then, on that fleet, the leader's round (reconciler pass, idle check) with `reconcile-environments`
-//    running environments.
+//    running environments, and a pass with all of them starting.
 // 3. ListGpus with a fleet of `--gpus` GPUs: p50/p99 per page (100) for several filters.
 // `--list-only` runs part 3 alone, `--scheduling-only` parts 1 and 2. After each part that creates
 // environments the bench checks that every one holds exactly its GPUs and fails loudly if not.
@@ -188,7 +188,7 @@ async function checkHoldings(db: pg.Client): Promise<void> {
  * environments: the environments placed so far are cloned up to `count` and marked as their agents
  * report them (RUNNING, workload running, current generation, an idle timeout of an hour). Such
  * environments need nothing; the bench fails if a pass asks a runtime for anything or one of them
- * stops.
+ * stops. Then the same environments all starting, none due for a retry: again nothing to do.
  */
 async function reconcilerRound(orm: MikroORM, db: pg.Client, manager: EnvironmentManager, count: number) {
   const columns = (
@@ -246,7 +246,18 @@ async function reconcilerRound(orm: MikroORM, db: pg.Client, manager: Environmen
     throw new Error(
       `correctness check failed: ${calls} runtime call(s), ${stopped} stopped as idle, ${running} of ${environments} environments still RUNNING`,
     );
-  return { environments, pass, idleCheck };
+  // The same fleet while every workload starts (images pulling): each was asked to run a minute ago
+  // and is not due again (attempt 10: a minute's backoff). A pass looks at every one and does nothing.
+  await db.query(
+    `update environments set status = 'STARTING', workload_state = 'STARTING', status_message = 'starting',
+       transitions = transitions || jsonb_build_array(jsonb_build_object('status', 'STARTING', 'message', 'starting', 'time', now())),
+       acted_at = now(), attempts = 10`,
+  );
+  const startingPass = await timed(() => reconciler.reconcile());
+  const starting = (await db.query<{ n: number }>("select count(*)::int as n from environments where status = 'STARTING'")).rows[0]!.n;
+  if (calls > 0 || starting !== environments)
+    throw new Error(`correctness check failed: ${calls} runtime call(s), ${starting} of ${environments} environments still STARTING`);
+  return { environments, pass, idleCheck, startingPass };
 }
 
 const hosts = Number(values.hosts);
@@ -364,6 +375,7 @@ if (!values["list-only"]) {
         [
           ["reconciler pass", round.pass],
           ["idle check", round.idleCheck],
+          ["reconciler pass, every one STARTING and not due", round.startingPass],
         ] as const
       ).map(([name, r]) => `| ${name} | ${r.passes} | ${r.p50.toFixed(1)} ms | ${r.p99.toFixed(1)} ms | ${r.cpuMs.toFixed(1)} ms |`),
     );
