@@ -54,6 +54,51 @@ interface Decision {
 
 const OFFLINE_NOTE = "host offline since";
 
+/** What decide() reads of an environment: its row's fields and when its current status began. */
+type EnvironmentFacts = Pick<
+  Environment,
+  "status" | "generation" | "workloadGeneration" | "workloadState" | "workloadMessage" | "statusMessage" | "actedAt" | "attempts"
+> & { since: Date };
+
+/** What decide() reads of a host. */
+type HostFacts = Pick<Host, "name" | "status" | "runtime" | "lastHeartbeatAt" | "updatedAt">;
+
+/** An environment a pass looks at: what decide() needs, read without the ORM. */
+interface Unsettled {
+  id: string;
+  workspaceId: string;
+  env: EnvironmentFacts;
+  host: HostFacts | null;
+}
+
+/** Its row: times as milliseconds since the epoch; the host's columns null without a host. */
+interface UnsettledRow {
+  id: string;
+  workspace_id: string;
+  status: EnvironmentStatus;
+  generation: number;
+  workload_generation: number;
+  workload_state: WorkloadState | "";
+  workload_message: string;
+  status_message: string;
+  acted_at: number | null;
+  attempts: number;
+  since: number;
+  host_id: string | null;
+  host_name: string | null;
+  host_status: Host["status"] | null;
+  host_runtime: HostRuntime | null;
+  host_last_heartbeat_at: number | null;
+  host_updated_at: number | null;
+}
+
+/** An entity's facts for decide(). */
+function factsOf(env: Environment): EnvironmentFacts {
+  const { status, generation, workloadGeneration, workloadState, workloadMessage, statusMessage, actedAt, attempts } = env;
+  const since = new Date(env.transitions.at(-1)?.time ?? env.updatedAt);
+  return { status, generation, workloadGeneration, workloadState, workloadMessage, statusMessage, actedAt, attempts, since };
+}
+
 /** MikroORM's alias for the root table of an Environment query: a row lock naming it covers that row alone. */
 const ENVIRONMENT_ALIAS = "e0";
 
@@ -133,25 +178,21 @@ export class EnvironmentReconciler {
   private async pass(only?: string[]): Promise<void> {
     const em = this.orm.em.fork();
     const lostSlices = await this.lostSlices(em);
-    const ids = await this.unsettled([...lostSlices.keys()], only);
-    if (ids.length === 0) return;
-    const envs = await em.find(Environment, { id: { $in: ids } }, { populate: ["host"] });
-    for (const env of envs) {
-      const decision = this.decide(env, env.host, this.clock.now(), lostSlices.get(env.id));
+    for (const { id, workspaceId, env, host } of await this.unsettled([...lostSlices.keys()], only)) {
+      const decision = this.decide(env, host, this.clock.now(), lostSlices.get(id));
       if (decision === undefined) continue;
       if (decision.forget && this.options.beforeForget) {
-        const ready = await this.options.beforeForget(env.id, env.workspace.id).then(
+        const ready = await this.options.beforeForget(id, workspaceId).then(
           () => true,
           (err: unknown) => {
-            this.logger.warn({ err, environmentId: env.id }, "could not archive the logs of a deleted environment; retrying");
+            this.logger.warn({ err, environmentId: id }, "could not archive the logs of a deleted environment; retrying");
             return false;
           },
         );
         if (!ready) continue;
       }
-      await this.step(env.id).catch((err: unknown) =>
-        this.logger.error({ err, environmentId: env.id }, "reconciling an environment failed"),
-      );
+      // The step decides again, on the row it locks.
+      await this.step(id).catch((err: unknown) => this.logger.error({ err, environmentId: id }, "reconciling an environment failed"));
     }
   }
 
@@ -159,12 +200,20 @@ export class EnvironmentReconciler {
    * The environments a pass must decide on: those holding resources, less the RUNNING ones that have
    * nothing to do (see decide(): a live host, a current report that the workload runs, no offline
    * note, no MIG slice lost). A fleet's environments are mostly such; loading every one each second
-   * would cost the leader seconds of CPU per pass at ten thousand of them.
+   * would cost the leader seconds of CPU per pass at ten thousand of them. The rest are read as
+   * plain rows, only what decide() reads: while a fleet's workloads start, every one is unsettled,
+   * and loading each as an entity every second cost more than a core at ten thousand.
    */
-  private async unsettled(lost: string[], only?: string[]): Promise<string[]> {
-    const rows = await bulkSql<{ id: string }>(
+  private async unsettled(lost: string[], only?: string[]): Promise<Unsettled[]> {
+    const ms = (column: string) => `extract(epoch from ${column})::float8 * 1000`;
+    const rows = await bulkSql<UnsettledRow>(
       this.orm,
-      `select e.id from environments e left join hosts h on h.id = e.host_id
+      `select e.id, e.workspace_id, e.status, e.generation, e.workload_generation, e.workload_state, e.workload_message,
+              e.status_message, ${ms("e.acted_at")} as acted_at, e.attempts,
+              ${ms("coalesce((e.transitions -> -1 ->> 'time')::timestamptz, e.updated_at)")} as since,
+              h.id as host_id, h.name as host_name, h.status as host_status, h.runtime as host_runtime,
+              ${ms("h.last_heartbeat_at")} as host_last_heartbeat_at, ${ms("h.updated_at")} as host_updated_at
+         from environments e left join hosts h on h.id = e.host_id
         where e.status = any(?::text[]) ${only ? "and e.id = any(?::uuid[])" : ""}
           and (e.id = any(?::uuid[]) or not (
                 e.status = 'RUNNING' and h.id is not null and h.status <> 'OFFLINE' and e.workload_state <> ''
@@ -172,7 +221,32 @@ export class EnvironmentReconciler {
             and not starts_with(e.status_message, ?)))`,
       [pgArray(HOLDING), ...(only ? [pgArray(only)] : []), pgArray(lost), OFFLINE_NOTE],
     );
-    return rows.map((r) => r.id);
+    const date = (epochMs: number | null) => (epochMs === null ? null : new Date(epochMs));
+    return rows.map((r) => ({
+      id: r.id,
+      workspaceId: r.workspace_id,
+      env: {
+        status: r.status,
+        generation: r.generation,
+        workloadGeneration: r.workload_generation,
+        workloadState: r.workload_state,
+        workloadMessage: r.workload_message,
+        statusMessage: r.status_message,
+        actedAt: date(r.acted_at),
+        attempts: r.attempts,
+        since: new Date(r.since),
+      },
+      host:
+        r.host_id === null
+          ? null
+          : {
+              name: r.host_name!,
+              status: r.host_status!,
+              runtime: r.host_runtime!,
+              lastHeartbeatAt: date(r.host_last_heartbeat_at),
+              updatedAt: new Date(r.host_updated_at!),
+            },
+    }));
   }
 
   /** Records what a runtime reports about a workload; reports of older generations are ignored. */
@@ -254,7 +328,7 @@ export class EnvironmentReconciler {
       });
       if (!env) return undefined;
       const now = this.clock.now();
-      const decision = this.decide(env, env.host, now, (await this.lostSlices(em, env.id)).get(env.id));
+      const decision = this.decide(factsOf(env), env.host, now, (await this.lostSlices(em, env.id)).get(env.id));
       if (!decision) return undefined;
       const failed = decision.status?.[0] === "FAILED" && env.status !== "FAILED";
       if (decision.status) transition(env, decision.status[0], decision.status[1], now);
@@ -326,7 +400,7 @@ export class EnvironmentReconciler {
   }
 
   /** The next step for an environment, or undefined when there is nothing to do now. */
-  private decide(env: Environment, host: Host | null, now: Date, lostSlice?: string): Decision | undefined {
+  private decide(env: EnvironmentFacts, host: HostFacts | null, now: Date, lostSlice?: string): Decision | undefined {
     const current = env.workloadGeneration === env.generation;
     const report = env.workloadState;
     const offlineMs = host?.status === "OFFLINE" ? now.getTime() - (host.lastHeartbeatAt ?? host.updatedAt).getTime() : 0;
@@ -342,7 +416,7 @@ export class EnvironmentReconciler {
       now.getTime() - env.actedAt.getTime() >= Math.min(this.retryMaxMs, this.retryBaseMs * 2 ** Math.max(0, env.attempts - 1));
     const runtime = host && this.runtimes[host.runtime];
     // How long the current status has lasted.
-    const waited = now.getTime() - new Date(env.transitions.at(-1)?.time ?? env.updatedAt).getTime();
+    const waited = now.getTime() - env.since.getTime();
     const fail = (reason: string): Decision => ({ status: ["FAILED", reason], release: true, act: "stop", cleanup: true });
     const offlineNote = (): Decision | undefined => {
       const text = `${OFFLINE_NOTE} ${(host!.lastHeartbeatAt ?? host!.updatedAt).toISOString()}; failing it after ${Math.round(this.options.lostHostTimeoutMs / 1000)} s offline`;

@@ -156,6 +156,38 @@ describe("EnvironmentService with the agent runtime", () => {
     }
   });
 
+  it("asks again for a run that does not start, with backoff, and fails it after the start timeout with what it last said", async () => {
+    agent.behaviour = "ignore";
+    try {
+      const e = (await envs.createEnvironment({ workspaceId: ws, name: "stuck", image: "img", gpuCount: 1 })).environment!;
+      const first = await eventually("the run command", async () => runsOf(agent, e.id)[0], rounds);
+      agent.report(e.id, first.generation, WorkloadState.STARTING, "pulling img");
+      await server.app.maintain();
+      assert.equal(runsOf(agent, e.id).length, 1, "not asked again before the backoff's 2 s");
+      clock.advance(2_500);
+      await eventually("the run asked again", async () => runsOf(agent, e.id).length === 2, rounds);
+      // Close to the start timeout (10 min since it was created); the host's agent keeps beating.
+      for (let i = 0; i < 19; i++) {
+        clock.advance(30_000);
+        await agent.beat();
+      }
+      // A run just sent again, its next try a minute away (as after many tries): past the timeout,
+      // only the timeout is due.
+      await server.app.orm.em
+        .getConnection()
+        .execute("update environments set acted_at = ?, attempts = 10 where id = ?", [clock.now(), e.id]);
+      clock.advance(30_000);
+      await agent.beat();
+      const failed = await status(e.id, EnvironmentStatus.FAILED);
+      assert.equal(failed.statusMessage, "did not start within 600 s: pulling img");
+      assert.deepEqual(failed.gpuIds, []);
+      await envs.deleteEnvironment({ id: e.id });
+      await gone(e.id);
+    } finally {
+      agent.behaviour = "run";
+    }
+  });
+
   it("stops (GPUs and ports free, volume kept), starts on the same host, restarts, and deletes", async () => {
     const env = (
       await envs.createEnvironment({
