@@ -43,7 +43,9 @@ process.once("exit", () => {
 });
 
 function start(script: string, args: string[], env: Record<string, string>, nodeArgs: string[] = []): Child {
-  const proc = spawn(process.execPath, [...nodeArgs, "--import", "tsx", script, ...args], {
+  // Built JavaScript runs as deployed; TypeScript (the load generator) through tsx.
+  const loader = script.endsWith(".ts") ? ["--import", "tsx"] : [];
+  const proc = spawn(process.execPath, [...nodeArgs, ...loader, script, ...args], {
     cwd: ROOT,
     env: { ...process.env, ...env },
     stdio: ["ignore", "pipe", "inherit"],
@@ -191,7 +193,7 @@ try {
     replicas > 1 ? { REDIS_URL: process.env.REDIS_URL ?? "redis://127.0.0.1:6379", REDIS_KEY_PREFIX: `bench-${process.pid}:` } : {};
   const servers = await listening(
     replicas,
-    "src/main.ts",
+    "dist/src/main.js",
     {
       ...shared,
       DATABASE_URL: db.url,
@@ -253,7 +255,7 @@ try {
 
   // 2. The bare echo server (as many processes), same harness.
   process.stderr.write("measuring the echo server\n");
-  const echo = await listening(replicas, "bench/heartbeat/echo-server.ts", { PORT: "0" });
+  const echo = await listening(replicas, "dist/bench/heartbeat/echo-server.js", { PORT: "0" });
   const bare = await load(
     echo.urls,
     hostsFile,
