@@ -3,7 +3,8 @@
 // 1. CreateEnvironment against a fleet of `hosts` × 8 GPUs (rows written straight into PostgreSQL):
 //    `callers` concurrent clients, each asking for 1-2 GPUs, through the real server; p50/p99 and
 //    throughput. Then, on the same server, `latency-callers` clients: the latency of a loaded but not
-//    queued server.
+//    queued server. First, as the baseline, `latency-callers` clients calling GetWorkspace (one read
+//    through the same server, client and RPC layer): what any call costs here.
 // 2. The same creation path in-process on a fleet of `placement-hosts` hosts, once with the real
 //    placement and once with a naive one (load every free GPU into the application and pick there,
 //    under a table lock so it stays correct), as a ratio. `placement-callers` concurrent callers:
@@ -13,6 +14,7 @@
 // 3. ListGpus with a fleet of `--gpus` GPUs: p50/p99 per page (100) for several filters.
 // `--list-only` runs part 3 alone, `--scheduling-only` parts 1 and 2. After each part that creates
 // environments the bench checks that every one holds exactly its GPUs and fails loudly if not.
+import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import type { MikroORM } from "@mikro-orm/postgresql";
 import pg from "pg";
@@ -95,7 +97,7 @@ function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
 }
 
-async function withServer<T>(dbUrl: string, work: (baseUrl: string) => Promise<T>): Promise<T> {
+async function withServer<T>(dbUrl: string, work: (baseUrl: string, pid: number) => Promise<T>): Promise<T> {
   const port = await freePort();
   // A far-off lease: the seeded hosts must not expire while the benchmark runs.
   const server = spawnServer(
@@ -112,7 +114,7 @@ async function withServer<T>(dbUrl: string, work: (baseUrl: string) => Promise<T
   );
   try {
     await server.listening(60_000);
-    return await work(`http://127.0.0.1:${port}`);
+    return await work(`http://127.0.0.1:${port}`, server.child.pid!);
   } finally {
     await server.kill();
   }
@@ -123,7 +125,15 @@ const auth: Interceptor = (next) => (req) => {
   return next(req);
 };
 
-async function run(callers: number, requests: number, once: () => Promise<void>) {
+/** CPU seconds (user and system) process `pid` has used, from /proc. */
+function cpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+  return (Number(stat[11]) + Number(stat[12])) / 100;
+}
+
+/** `requests` calls of `once` by `callers` concurrent callers; with `pid`, that process's CPU per call. */
+async function run(callers: number, requests: number, once: () => Promise<void>, pid?: number) {
+  const cpuBefore = pid ? cpuSeconds(pid) : 0;
   const latencies: number[] = [];
   let failures = 0;
   let next = 0;
@@ -140,7 +150,8 @@ async function run(callers: number, requests: number, once: () => Promise<void>)
   );
   const seconds = (performance.now() - started) / 1000;
   latencies.sort((a, b) => a - b);
-  return { perSecond: requests / seconds, p50: percentile(latencies, 50), p99: percentile(latencies, 99), failures };
+  const cpuMsPerCall = pid ? ((cpuSeconds(pid) - cpuBefore) * 1000) / requests : Number.NaN;
+  return { perSecond: requests / seconds, p50: percentile(latencies, 50), p99: percentile(latencies, 99), failures, cpuMsPerCall };
 }
 
 /**
@@ -280,7 +291,7 @@ if (!values["list-only"]) {
     await withServer(db.url, async () => undefined);
     await admin.connect();
     await seedFleet(admin, hosts);
-    const [loaded, light] = await withServer(db.url, async (baseUrl) => {
+    const [baseline, loaded, light] = await withServer(db.url, async (baseUrl, pid) => {
       const transport = createGrpcTransport({ baseUrl, interceptors: [auth] });
       // Teams share the fleet: a workspace's creations queue on its quota row, different teams' do not.
       const workspaces = createClient(WorkspaceService, transport);
@@ -294,17 +305,30 @@ if (!values["list-only"]) {
           .createEnvironment({ workspaceId: teams[n % TEAMS]!, name: `e${n}`, image: "img", gpuCount: 1 + (n % 2) })
           .then(() => undefined);
       };
-      const loaded = await run(callers, requests, create);
-      const light = await run(latencyCallers, latencyRequests, create);
-      return [loaded, light];
+      let k = 0;
+      const read = () => workspaces.getWorkspace({ id: teams[k++ % TEAMS]! }).then(() => undefined);
+      await run(latencyCallers, 500, read); // untimed: the server's first calls compile its code
+      const baseline = await run(latencyCallers, latencyRequests, read, pid);
+      const loaded = await run(callers, requests, create, pid);
+      const light = await run(latencyCallers, latencyRequests, create, pid);
+      return [baseline, loaded, light];
     });
     await checkHoldings(admin);
     results.push(
       `\n### CreateEnvironment through the API, ${hosts} hosts × 8 GPUs, ${TEAMS} workspaces\n`,
-      "| callers | requests | throughput | p50 | p99 | failed |",
-      "| --- | --- | --- | --- | --- | --- |",
-      `| ${callers} | ${requests} | ${f(loaded.perSecond)}/s | ${f(loaded.p50)} ms | ${f(loaded.p99)} ms | ${loaded.failures} |`,
-      `| ${latencyCallers} | ${latencyRequests} | ${f(light.perSecond)}/s | ${light.p50.toFixed(1)} ms | ${light.p99.toFixed(1)} ms | ${light.failures} |`,
+      "| call | callers | requests | throughput | p50 | p99 | server CPU per call | failed |",
+      "| --- | --- | --- | --- | --- | --- | --- | --- |",
+      ...(
+        [
+          ["GetWorkspace (baseline)", latencyCallers, latencyRequests, baseline],
+          ["CreateEnvironment", callers, requests, loaded],
+          ["CreateEnvironment", latencyCallers, latencyRequests, light],
+        ] as const
+      ).map(
+        ([call, n, total, r]) =>
+          `| ${call} | ${n} | ${total} | ${f(r.perSecond)}/s | ${r.p50.toFixed(1)} ms | ${r.p99.toFixed(1)} ms | ${r.cpuMsPerCall.toFixed(1)} ms | ${r.failures} |`,
+      ),
+      `\nCreateEnvironment / GetWorkspace with ${latencyCallers} callers: throughput ${(light.perSecond / baseline.perSecond).toFixed(2)}×, p99 ${(light.p99 / baseline.p99).toFixed(1)}×.`,
     );
   } finally {
     await admin.end().catch(() => undefined);
