@@ -135,7 +135,16 @@ async function compose(config: Config, database: Database, tls: Tls | undefined,
   await relay?.start();
 
   const hosts = new HostRegistry(orm, clock, samples, config.hostGraceSeconds * 1000, events);
-  const history = new TelemetryHistory(orm, clock, config.telemetryResolutionSeconds * 1000, config.telemetryRetentionHours * 3_600_000);
+  const rollup = config.telemetryRollupSeconds
+    ? { afterMs: config.telemetryRollupAfterHours * 3_600_000, widthMs: config.telemetryRollupSeconds * 1000 }
+    : undefined;
+  const history = new TelemetryHistory(
+    orm,
+    clock,
+    config.telemetryResolutionSeconds * 1000,
+    config.telemetryRetentionHours * 3_600_000,
+    rollup,
+  );
   const thresholds = { maxTemperatureCelsius: config.gpuMaxTemperatureCelsius };
   const ingest = new HeartbeatIngest(
     orm,

@@ -44,6 +44,10 @@ export interface Config {
   telemetryResolutionSeconds: number;
   /** `TELEMETRY_RETENTION_HOURS`: how long telemetry history is kept. @default 168 (7 days) */
   telemetryRetentionHours: number;
+  /** `TELEMETRY_ROLLUP_AFTER_HOURS`: history older than this is kept in rollup buckets. @default 24 */
+  telemetryRollupAfterHours: number;
+  /** `TELEMETRY_ROLLUP_SECONDS`: width of a rollup bucket; 0 keeps all history at the resolution. @default 300 */
+  telemetryRollupSeconds: number;
   /** `MAX_MESSAGE_BYTES`: largest request message accepted (RESOURCE_EXHAUSTED beyond). @default 8388608 (8 MiB) */
   maxMessageBytes: number;
   /**
@@ -225,6 +229,8 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     gpuMaxTemperatureCelsius: int("GPU_MAX_TEMPERATURE_CELSIUS", 90, 30, 150),
     telemetryResolutionSeconds: int("TELEMETRY_RESOLUTION_SECONDS", 10, 1, 3600),
     telemetryRetentionHours: int("TELEMETRY_RETENTION_HOURS", 168, 1, 24 * 3650),
+    telemetryRollupAfterHours: int("TELEMETRY_ROLLUP_AFTER_HOURS", 24, 1, 24 * 3650),
+    telemetryRollupSeconds: 0, // below: its default depends on the resolution
     auditRetentionDays: int("AUDIT_RETENTION_DAYS", 365, 1, 36500),
     maxMessageBytes: int("MAX_MESSAGE_BYTES", 8 * 1024 * 1024, 64 * 1024, 256 * 1024 * 1024),
     maxStreamsPerConnection: maxStreams(value, int, problems),
@@ -254,6 +260,16 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
   if (bothValid && config.hostGraceSeconds <= config.heartbeatIntervalSeconds) {
     problems.push(
       `HOST_GRACE_SECONDS=${config.hostGraceSeconds}: must be longer than HEARTBEAT_INTERVAL_SECONDS=${config.heartbeatIntervalSeconds}`,
+    );
+  }
+  // 5-minute rollup buckets by default, unless the resolution is that coarse already (or does not divide them).
+  const resolution = config.telemetryResolutionSeconds;
+  const rollup = int("TELEMETRY_ROLLUP_SECONDS", resolution < 300 && 300 % resolution === 0 ? 300 : 0, 0, 86400);
+  config.telemetryRollupSeconds = rollup;
+  const wellGiven = !malformed.has("TELEMETRY_ROLLUP_SECONDS") && !malformed.has("TELEMETRY_RESOLUTION_SECONDS");
+  if (wellGiven && rollup !== 0 && (rollup <= resolution || rollup % resolution !== 0)) {
+    problems.push(
+      `TELEMETRY_ROLLUP_SECONDS=${rollup}: must be 0 (no rollup) or a multiple of TELEMETRY_RESOLUTION_SECONDS=${resolution} larger than it`,
     );
   }
   if (problems.length > 0) throw new ConfigError(problems);

@@ -18,14 +18,14 @@ export interface MaintenanceParts {
   hosts: Pick<HostRegistry, "announce">;
   reconciler: Pick<EnvironmentReconciler, "kick" | "idle">;
   idle: Pick<IdleStopper, "check">;
-  history: Pick<TelemetryHistory, "expire">;
+  history: Pick<TelemetryHistory, "expire" | "compact">;
   audit: Pick<AuditTrail, "expire">;
 }
 
 export interface MaintenanceOptions {
   /** @default 1000 */
   everyMs?: number;
-  /** How often old telemetry history and audit events are deleted. @default one hour */
+  /** How often old telemetry history and audit events are deleted (and the leader rolls up history). @default one hour */
   retentionEveryMs?: number;
 }
 
@@ -88,6 +88,10 @@ export class Maintenance {
   private async expireOld(): Promise<void> {
     const removed = await this.parts.history.expire();
     if (removed > 0) this.logger.info({ rows: removed }, "expired old telemetry history");
+    if (await this.parts.leader.check()) {
+      const { merged, written } = await this.parts.history.compact();
+      if (merged > 0) this.logger.info({ rows: merged, into: written }, "rolled up old telemetry history");
+    }
     const events = await this.parts.audit.expire();
     if (events > 0) this.logger.info({ rows: events }, "expired old audit events");
   }

@@ -23,6 +23,17 @@ interface OpenBucket {
 /** At most this many buckets in one GetGpuTelemetry answer. */
 export const MAX_BUCKETS = 10_000;
 
+/** History older than `afterMs` is merged into buckets `widthMs` wide (see TelemetryHistory.compact). */
+export interface TelemetryRollup {
+  afterMs: number;
+  widthMs: number;
+}
+
+/** How much bucket time one compaction statement takes on (whole rollup buckets). */
+const COMPACT_CHUNK_MS = 15 * 60_000;
+/** Where a process's first compaction starts: this far before the rollup age. */
+const COMPACT_FIRST_LOOKBACK_MS = 24 * 3_600_000;
+
 /**
  * GPU telemetry history, downsampled as it arrives: samples of one GPU within one resolution
  * interval fold into a single row (count, sum and max per metric). Closed intervals are written in
@@ -30,12 +41,15 @@ export const MAX_BUCKETS = 10_000;
  */
 export class TelemetryHistory {
   private open = new Map<string, OpenBucket>();
+  /** Where the last compaction of this process stopped (epoch ms). */
+  private compactedTo: number | undefined;
 
   constructor(
     private readonly orm: MikroORM,
     private readonly clock: Clock,
     readonly resolutionMs: number,
     private readonly retentionMs: number,
+    private readonly rollup?: TelemetryRollup,
   ) {}
 
   record(hostId: string, sample: GpuSampleRecord): void {
@@ -143,6 +157,60 @@ export class TelemetryHistory {
         average: Object.fromEntries(Object.entries(m.stats).map(([k, [n, sum]]) => [k, sum / n])),
         maximum: Object.fromEntries(Object.entries(m.stats).map(([k, [, , max]]) => [k, max])),
       }));
+  }
+
+  /**
+   * Merges the rows of each GPU older than the rollup age into one row per rollup bucket (count,
+   * sum and maximum add up as they do at any coarser step), so that a week of history at 10 s does
+   * not keep 60,480 rows per GPU. Bucket time is taken 15 minutes at a time, from where the last
+   * compaction of this process stopped (its first: a day before the rollup age) up to the rollup
+   * age; a bucket that already holds one row is not touched, so running it again changes nothing.
+   * Returns the rows merged away and those written in their place.
+   */
+  async compact(): Promise<{ merged: number; written: number }> {
+    const done = { merged: 0, written: 0 };
+    if (!this.rollup) return done;
+    const { afterMs, widthMs } = this.rollup;
+    const align = (ms: number) => Math.floor(ms / widthMs) * widthMs;
+    const cutoff = align(this.clock.now().getTime() - afterMs);
+    const chunk = Math.max(widthMs, align(COMPACT_CHUNK_MS));
+    let from = this.compactedTo ?? align(cutoff - COMPACT_FIRST_LOOKBACK_MS);
+    while (from < cutoff) {
+      const to = Math.min(cutoff, from + chunk);
+      const range = [new Date(from), new Date(to)];
+      const width = widthMs / 1000;
+      // The statement's CTEs share one snapshot: the rows deleted are exactly those merged.
+      const [row] = await bulkSql<{ merged: number; written: number }>(
+        this.orm,
+        `with bins as (
+           select gpu_id, to_timestamp(floor(extract(epoch from bucket_start) / ?) * ?) as bin
+             from gpu_telemetry where bucket_start >= ? and bucket_start < ?
+            group by 1, 2 having count(*) > 1),
+         gone as (
+           delete from gpu_telemetry t using bins b
+            where t.bucket_start >= ? and t.bucket_start < ? and t.gpu_id = b.gpu_id
+              and to_timestamp(floor(extract(epoch from t.bucket_start) / ?) * ?) = b.bin
+           returning t.gpu_id, b.bin, t.sample_count, t.stats),
+         per_metric as (
+           select g.gpu_id, g.bin, e.key, sum((e.value->>0)::float8) as n, sum((e.value->>1)::float8) as s, max((e.value->>2)::float8) as m
+             from gone g cross join lateral jsonb_each(g.stats) e group by 1, 2, 3),
+         stats as (
+           select gpu_id, bin, jsonb_object_agg(key, jsonb_build_array(n, s, m)) as stats from per_metric group by 1, 2),
+         written as (
+           insert into gpu_telemetry (gpu_id, bucket_start, sample_count, stats)
+           select c.gpu_id, c.bin, c.n, coalesce(st.stats, '{}'::jsonb)
+             from (select gpu_id, bin, sum(sample_count)::int as n from gone group by 1, 2) c
+             left join stats st on st.gpu_id = c.gpu_id and st.bin = c.bin
+           returning 1)
+         select (select count(*) from gone)::int as merged, (select count(*) from written)::int as written`,
+        [width, width, ...range, ...range, width, width],
+      );
+      done.merged += row!.merged;
+      done.written += row!.written;
+      from = to;
+      this.compactedTo = to;
+    }
+    return done;
   }
 
   /** Deletes history older than the retention period; returns how many rows went. */

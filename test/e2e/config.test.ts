@@ -181,4 +181,27 @@ describe("loadConfig", () => {
       );
     }
   });
+
+  it("rolls telemetry up into 5-minute buckets by default, where the resolution divides them", () => {
+    assert.equal(loadConfig({}).telemetryRollupSeconds, 300);
+    assert.equal(loadConfig({}).telemetryRollupAfterHours, 24);
+    assert.equal(loadConfig({ TELEMETRY_RESOLUTION_SECONDS: "60" }).telemetryRollupSeconds, 300);
+    // Already that coarse, or 300 s would cut its buckets: no rollup unless one is asked for.
+    assert.equal(loadConfig({ TELEMETRY_RESOLUTION_SECONDS: "300" }).telemetryRollupSeconds, 0);
+    assert.equal(loadConfig({ TELEMETRY_RESOLUTION_SECONDS: "7" }).telemetryRollupSeconds, 0);
+    assert.equal(loadConfig({ TELEMETRY_RESOLUTION_SECONDS: "7", TELEMETRY_ROLLUP_SECONDS: "70" }).telemetryRollupSeconds, 70);
+    assert.equal(loadConfig({ TELEMETRY_ROLLUP_SECONDS: "0" }).telemetryRollupSeconds, 0);
+    for (const rollup of ["45", "10", "5"]) {
+      assert.throws(
+        () => loadConfig({ TELEMETRY_ROLLUP_SECONDS: rollup }),
+        (err: unknown) => {
+          assert.ok(err instanceof ConfigError);
+          assert.deepEqual(err.problems, [
+            `TELEMETRY_ROLLUP_SECONDS=${rollup}: must be 0 (no rollup) or a multiple of TELEMETRY_RESOLUTION_SECONDS=10 larger than it`,
+          ]);
+          return true;
+        },
+      );
+    }
+  });
 });

@@ -104,3 +104,99 @@ describe("GPU telemetry history", () => {
     assert.equal((await query(0, 60_000, 60_000)).buckets.length, 0);
   });
 });
+
+describe("GPU telemetry history rollup", () => {
+  const t0 = new Date("2026-11-30T12:00:00Z"); // on a 5-minute boundary
+  let server: TestServer;
+  let clock: ManualClock;
+  let agent: FakeAgent;
+  let gpuId: string;
+  let gpus: ReturnType<typeof server.client<typeof GpuService>>;
+
+  before(async () => {
+    clock = new ManualClock(t0);
+    server = await startTestServer({ clock }); // defaults: 10 s buckets, 5-minute rollup after 24 h
+    gpus = server.client(GpuService);
+    const { host, agentToken } = await server.client(HostService).createHost({ name: "rollup-host", address: "h" });
+    agent = new FakeAgent(server, agentToken);
+    await agent.hello(host!.id, [{ index: 0, uuid: "GPU-r-0" }]);
+    gpuId = (await gpus.listGpus({ hostId: host!.id })).gpus[0]!.id;
+  });
+  after(async () => {
+    agent.close();
+    await server.close();
+  });
+
+  const rows = async () =>
+    (
+      await server.app.orm.em
+        .fork()
+        .getConnection()
+        .execute<{ at: number; n: number }[]>(
+          "select extract(epoch from bucket_start)::int - ? as at, sample_count as n from gpu_telemetry order by 1",
+          [t0.getTime() / 1000],
+        )
+    ).map((r) => [r.at, r.n]);
+  const query = (stepMs: number) =>
+    gpus.getGpuTelemetry({
+      gpuId,
+      startTime: timestampFromDate(t0),
+      endTime: timestampFromDate(new Date(t0.getTime() + 600_000)),
+      step: durationFromMs(stepMs),
+    });
+  const beatAt = async (offsetMs: number, sample: { util: number; temp: number; memUsed?: bigint }) => {
+    clock.advance(t0.getTime() + offsetMs - clock.now().getTime());
+    await agent.beat([{ uuid: "GPU-r-0", index: 0, ...sample }]);
+  };
+
+  it("merges day-old rows into 5-minute buckets that answer every 5-minute step as before", async () => {
+    await beatAt(0, { util: 10, temp: 50, memUsed: 1000n });
+    await beatAt(5_000, { util: 30, temp: 60 });
+    await beatAt(12_000, { util: 50, temp: 40 });
+    await beatAt(125_000, { util: 90, temp: 70 });
+    await beatAt(301_000, { util: 20, temp: 45 });
+    clock.advance(t0.getTime() + 320_000 - clock.now().getTime());
+    await server.app.maintain(); // writes the buckets; the rollup finds nothing a day old
+    assert.deepEqual(await rows(), [
+      [0, 2],
+      [10, 1],
+      [120, 1],
+      [300, 1],
+    ]);
+    const before = await query(300_000);
+    assert.deepEqual(
+      before.buckets.map((b) => [b.sampleCount, b.average?.gpuUtilizationPercent, b.maximum?.temperatureCelsius]),
+      [
+        [4n, 45, 70],
+        [1n, 20, 45],
+      ],
+    );
+
+    clock.advance(25 * 3_600_000);
+    await server.app.maintain();
+    // The first 5 minutes' three rows are one now; the next bucket held one row and stays as it was.
+    assert.deepEqual(await rows(), [
+      [0, 4],
+      [300, 1],
+    ]);
+    const after = await query(300_000);
+    assert.deepEqual(after.buckets, before.buckets);
+    // memory_used was reported once of four samples: its average is still over that one.
+    assert.equal(after.buckets[0]!.average?.memoryUsedBytes, 1000n);
+    // A finer step now sees the rolled-up buckets at their starts.
+    assert.deepEqual(
+      (await query(10_000)).buckets.map((b) => [Number(b.startTime!.seconds) - t0.getTime() / 1000, b.sampleCount]),
+      [
+        [0, 4n],
+        [300, 1n],
+      ],
+    );
+
+    clock.advance(2 * 3_600_000);
+    await server.app.maintain();
+    assert.deepEqual(await rows(), [
+      [0, 4],
+      [300, 1],
+    ]);
+  });
+});

@@ -891,7 +891,8 @@ export const GpuService: GenService<{
   },
   /**
    * GetGpuTelemetry returns a GPU's telemetry history in buckets of `step`, each with the average
-   * and maximum of every metric.
+   * and maximum of every metric. History older than the server's rollup age (a day by default) is
+   * kept in rollup buckets (5 minutes by default): a finer step sees one bucket per rollup there.
    *
    * @generated from rpc remotegpu.v1.GpuService.GetGpuTelemetry
    */
