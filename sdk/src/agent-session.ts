@@ -60,8 +60,11 @@ export interface AgentSessionOptions {
   token: string | (() => string);
   agentVersion: string;
   capacity: MessageInitShape<typeof AgentCapacitySchema>;
-  /** Takes one reading of the host; called on the heartbeat timer, connected or not. */
-  read: () => Promise<AgentReading>;
+  /**
+   * Takes one reading of the host; called on the heartbeat timer, connected or not, with the
+   * period it runs at (a collector may keep a sampler running at that period).
+   */
+  read: (periodMs: number) => Promise<AgentReading>;
   /** Heartbeat period; unset follows what the server asks for. @default 10000, then the server's */
   intervalMs?: number;
   /** Readings kept while disconnected (the oldest go first). @default 360 */
@@ -203,7 +206,7 @@ export class AgentSession {
   }
 
   private async takeReading(): Promise<void> {
-    const reading = await this.o.read();
+    const reading = await this.o.read(this.intervalMs);
     this.gpus = reading.gpus;
     this.backlog.push(reading);
     this.trimBacklog();

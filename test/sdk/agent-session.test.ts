@@ -64,4 +64,31 @@ describe("AgentSession keepalive", () => {
       await run;
     }
   });
+
+  it("tells each reading the period it is taken at: the default until the server asks for its own", async () => {
+    const { host, agentToken } = await server.client(HostService).createHost({ name: "period-reader", address: "10.0.0.8" });
+    const periods: number[] = [];
+    const stop = new AbortController();
+    const session = new AgentSession({
+      servers: [server.baseUrl],
+      hostId: host!.id,
+      token: agentToken,
+      agentVersion: "test",
+      capacity: {},
+      read: async (periodMs) => {
+        periods.push(periodMs);
+        return { gpus: [{ index: 0, uuid: "GPU-period-reader", model: "NVIDIA H100 80GB HBM3" }], heartbeat: {} };
+      },
+    });
+    const run = session.run(stop.signal);
+    try {
+      await eventually("two readings at the server's period", () => periods.length >= 3);
+      assert.equal(periods[0], 10_000, "the first, before any welcome");
+      // The server's 1 s, with its ±10% jitter per session.
+      for (const p of periods.slice(1)) assert.ok(p >= 900 && p <= 1100, `period ${p}`);
+    } finally {
+      stop.abort();
+      await run;
+    }
+  });
 });
