@@ -34,8 +34,8 @@ export interface AgentOptions {
   hostId: string;
   token: string | (() => string);
   agentVersion: string;
-  /** Reads the GPUs and the host once. */
-  read: () => Promise<Reading>;
+  /** Reads the GPUs and the host once; given the heartbeat period. */
+  read: (periodMs: number) => Promise<Reading>;
   capacity: { cpuMillicores: number; memoryBytes: number; diskBytes: number };
   logger: Logger;
   /** Heartbeat period; unset follows what the server asks for. */
@@ -80,8 +80,8 @@ export class AgentConnection implements WorkloadEvents {
         memoryBytes: BigInt(o.capacity.memoryBytes),
         diskBytes: BigInt(o.capacity.diskBytes),
       },
-      read: async () => {
-        const r = await o.read();
+      read: async (periodMs) => {
+        const r = await o.read(periodMs);
         let volumes: VolumeUsage[] = [];
         if (w && o.volumeSampleMs && Date.now() - measuredAt >= o.volumeSampleMs) {
           measuredAt = Date.now();

@@ -1,12 +1,14 @@
 #!/usr/bin/env node
 import { hostKey, SshServer } from "./ssh-server.js";
 import { chmodSync, mkdirSync, readFileSync, statSync } from "node:fs";
+import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { ConnectError } from "@connectrpc/connect";
 import { AgentConnection } from "./agent-connection.js";
 import { HostStats } from "./host-stats.js";
 import { createLogger } from "./logger.js";
 import { NvidiaSmiCollector } from "./nvidia-smi.js";
+import { stopLeftoverLoop } from "./nvidia-smi-loop.js";
 import { parseSimulatedMig, SimulatedGpus, type SimulatedMigSlices } from "./simulated-gpus.js";
 import { nvidiaDeviceMinors } from "./cgroups.js";
 import { Workloads } from "./workloads.js";
@@ -24,6 +26,8 @@ const USAGE = `usage: remotegpu-agent --server URL[,URL...] --host-id ID --token
                         (or env REMOTEGPU_AGENT_TOKEN; --token TOKEN works but shows in ps)
   --interval SECONDS    heartbeat period; default: what the server asks
   --simulate-gpus N     report N simulated GPUs instead of running nvidia-smi
+  --nvidia-smi-once     start nvidia-smi for every reading instead of keeping one running in
+                        loop mode (--loop-ms) and reading its output
   --simulate-mig PROFILE:COUNT[,PROFILE:COUNT...]  with --simulate-gpus: every simulated GPU in MIG
                         mode with these MIG devices, e.g. 1g.10gb:7 or 3g.40gb:1,1g.10gb:4
   --data-dir DIR        environments and volumes; default: cwd      (env REMOTEGPU_DATA_DIR)
@@ -45,6 +49,7 @@ const options = {
   "token-file": { type: "string" },
   interval: { type: "string" },
   "simulate-gpus": { type: "string" },
+  "nvidia-smi-once": { type: "boolean" },
   "simulate-mig": { type: "string" },
   "data-dir": { type: "string", default: process.env.REMOTEGPU_DATA_DIR || process.cwd() },
   "process-mode": { type: "boolean" },
@@ -138,28 +143,25 @@ try {
   process.exit(1);
 }
 const stats = new HostStats(dataDir);
-// One collector for the agent's run: it reads the driver and CUDA versions once and remembers query
-// fields the driver rejected.
-const nvidiaSmi = new NvidiaSmiCollector();
+// One collector for the agent's run: it reads the driver and CUDA versions once, remembers query
+// fields the driver rejected, and keeps one nvidia-smi running in loop mode for the heartbeats'
+// readings. Its pid is kept in the data directory: a loop an earlier agent left (killed with
+// SIGKILL, say: systemd's KillMode=process leaves its children) is stopped first.
+const loopPidFile = join(dataDir, "nvidia-smi-loop.pid");
+if (simulated === undefined) stopLeftoverLoop(loopPidFile);
+const nvidiaSmi = new NvidiaSmiCollector({ loop: !values["nvidia-smi-once"], loopPidFile });
 // The device minor of each GPU by UUID (/dev/nvidia<minor>), for the cgroup device rules of process
 // mode: simulated GPUs stand for /dev/nvidia<index>, real ones are found through the driver. A MIG
 // device is used through its parent's /dev/nvidia<minor> (and /dev/nvidia-caps, which no rule
 // denies), so it takes its parent's minor; as MIG devices come and go with re-partitions, every
 // reading adds those it lists.
 const gpuMinors = simulated !== undefined ? new Map<string, number>() : nvidiaDeviceMinors();
-const source =
-  simulated !== undefined
-    ? new SimulatedGpus(simulated, values["host-id"]!, { mig: simulatedMig })
-    : {
-        async collect() {
-          const result = await nvidiaSmi.collect();
-          for (const w of result.warnings) logger.warn({ warning: w }, "nvidia-smi output");
-          return result;
-        },
-      };
+const simulatedGpus = simulated !== undefined ? new SimulatedGpus(simulated, values["host-id"]!, { mig: simulatedMig }) : undefined;
 const gpus = {
-  async collect() {
-    const result = await source.collect();
+  /** Given the heartbeat period, nvidia-smi runs in loop mode at that period. */
+  async collect(periodMs?: number) {
+    const result = simulatedGpus ? await simulatedGpus.collect() : await nvidiaSmi.collect(periodMs);
+    if (!simulatedGpus) for (const w of result.warnings) logger.warn({ warning: w }, "nvidia-smi output");
     for (const g of result.inventory) {
       if (simulated !== undefined && g.parentUuid === undefined) gpuMinors.set(g.uuid, g.index);
       const parentMinor = g.parentUuid === undefined ? undefined : gpuMinors.get(g.parentUuid);
@@ -232,9 +234,9 @@ connection = new AgentConnection({
   workloads,
   ssh: new SshServer(() => hostKey(dataDir), workloads, logger),
   volumeSampleMs: VOLUME_SAMPLE_MS,
-  read: async () => {
+  read: async (periodMs) => {
     const time = new Date();
-    const [result, host] = await Promise.all([gpus.collect(), stats.sample()]);
+    const [result, host] = await Promise.all([gpus.collect(periodMs), stats.sample()]);
     return { inventory: result.inventory, samples: result.samples, host, time };
   },
 });
@@ -245,6 +247,7 @@ const stop = new AbortController();
 for (const signal of ["SIGTERM", "SIGINT"] as const) {
   process.once(signal, () => {
     logger.info({ signal }, "agent stopping; its environments keep running");
+    nvidiaSmi.close();
     void workloads.detach().finally(() => stop.abort());
   });
 }

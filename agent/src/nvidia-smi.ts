@@ -1,7 +1,7 @@
 /**
- * The node agent's real GPU collector: one `nvidia-smi --query-gpu=… --format=csv,noheader,nounits`
- * call per collection, parsed into the inventory the control plane keeps (model, memory, driver…)
- * and one telemetry sample per GPU.
+ * The node agent's real GPU collector: `nvidia-smi --query-gpu=… --format=csv,noheader,nounits`,
+ * once per collection or kept running in loop mode (see nvidia-smi-loop.ts), parsed into the
+ * inventory the control plane keeps (model, memory, driver…) and one telemetry sample per GPU.
  *
  * What query-gpu cannot tell us, and therefore comes from elsewhere or stays empty:
  * - the CUDA version: not a query-gpu field. The plain `nvidia-smi` table prints it in its banner
@@ -14,6 +14,7 @@
  *   `nvidia-smi -L` and `nvidia-smi -q` as well and lists its MIG devices after it (see mig.ts).
  */
 import { execFile } from "node:child_process";
+import { QueryGpuLoop } from "./nvidia-smi-loop.js";
 import { parseMigListing, parseMigQuery, parseMigQueryXml, withMigDevices } from "./mig.js";
 import type { GpuInventoryEntry, GpuMetrics, GpuSampleRecord } from "./readings.js";
 
@@ -402,7 +403,17 @@ export interface NvidiaSmiCollectorOptions {
   cudaVersion?: boolean;
   /** Fields one collection may drop because nvidia-smi rejected them before it gives up. @default 4 */
   maxRejectedFields?: number;
+  /**
+   * Collections given a period read the newest output of one nvidia-smi kept running with
+   * `--loop-ms=<period>` instead of starting one each (see collect). @default true
+   */
+  loop?: boolean;
+  /** Where the loop's pid is kept (see stopLeftoverLoop). @default none */
+  loopPidFile?: string;
 }
+
+/** Loops in a row that gave no reading before the collector stops starting them. */
+const LOOP_FAILURES_TO_GIVE_UP = 3;
 
 function defaultRun(timeoutMs: number): (file: string, args: string[]) => Promise<string> {
   return (file, args) =>
@@ -483,6 +494,13 @@ export class NvidiaSmiCollector {
   private banner: DriverVersions | undefined;
   /** Each GPU's last known MIG mode, by UUID: what a reading without one falls back on. */
   private readonly migModes = new Map<string, boolean>();
+  private loop: QueryGpuLoop | undefined;
+  /** Loops in a row replaced without having given a reading; at LOOP_FAILURES_TO_GIVE_UP, no more. */
+  private loopFailures = 0;
+  private loopOn: boolean;
+  private readonly loopPidFile: string | undefined;
+  /** The period the last collection was given. */
+  private lastPeriodMs: number | undefined;
 
   constructor(options: NvidiaSmiCollectorOptions = {}) {
     this.binary = options.binary ?? "nvidia-smi";
@@ -490,6 +508,8 @@ export class NvidiaSmiCollector {
     this.now = options.now ?? (() => new Date());
     this.wantCudaVersion = options.cudaVersion ?? true;
     this.maxRejectedFields = options.maxRejectedFields ?? 4;
+    this.loopOn = options.loop ?? true;
+    this.loopPidFile = options.loopPidFile;
   }
 
   /** The fields the next collection asks for: QUERY_FIELDS less those the driver rejected. */
@@ -501,12 +521,24 @@ export class NvidiaSmiCollector {
    * Runs `nvidia-smi --query-gpu=<queryFields> --format=csv,noheader,nounits` and parses it. A
    * missing binary gives NVIDIA_SMI_NOT_FOUND, empty output NVIDIA_SMI_EMPTY_OUTPUT; any other
    * failure an Error that quotes nvidia-smi's first line of complaint.
+   *
+   * Given the same period twice in a row (an agent's first reading is taken before the server says
+   * its period), a successful call also starts the same query in loop mode
+   * (`--loop-ms=<periodMs>`), and the collections after it take its newest reading, stamped
+   * with when it arrived, as long as one is at most two periods and 2 s old. A loop that falls
+   * silent, dies, or runs with another period or field list is replaced, by a one-shot call first;
+   * after LOOP_FAILURES_TO_GIVE_UP loops in a row that gave no reading (an nvidia-smi whose output
+   * is held in a pipe buffer, say) the collector says so and runs one call per collection.
    */
-  async collect(): Promise<NvidiaSmiResult> {
+  async collect(periodMs?: number): Promise<NvidiaSmiResult> {
     const notes: string[] = [];
-    const output = await this.queryGpus(notes);
+    const looped = periodMs === undefined ? undefined : this.fromLoop(periodMs, notes);
+    const output = looped?.text ?? (await this.queryGpus(notes));
     if (output.trim() === "") throw new Error(NVIDIA_SMI_EMPTY_OUTPUT);
-    const result = readingOf(parseQueryGpuRows(output, this.fields), this.now(), (row, warnings) => this.migModeOf(row, warnings));
+    if (!looped && periodMs !== undefined && periodMs === this.lastPeriodMs) this.startLoop(periodMs, output);
+    this.lastPeriodMs = periodMs;
+    const at = looped?.at ?? this.now();
+    const result = readingOf(parseQueryGpuRows(output, this.fields), at, (row, warnings) => this.migModeOf(row, warnings));
     result.warnings.unshift(...notes);
 
     const missingDriver = result.inventory.some((g) => g.driverVersion === "");
@@ -519,6 +551,46 @@ export class NvidiaSmiCollector {
     }
     if (!result.inventory.some((g) => g.migEnabled)) return result;
     return this.addMigDevices(result);
+  }
+
+  /** Stops the loop, if one runs. */
+  close(): void {
+    this.loop?.stop();
+    this.loop = undefined;
+  }
+
+  /** The loop's newest reading if it is fresh; replaces a loop that is not working (see collect). */
+  private fromLoop(periodMs: number, notes: string[]): { text: string; at: Date } | undefined {
+    const loop = this.loop;
+    if (!loop) return undefined;
+    if (loop.periodMs !== periodMs || loop.fields !== this.fields) {
+      this.close(); // asked for another period, or a field was dropped since: started again below
+      return undefined;
+    }
+    const maxAgeMs = 2 * periodMs + 2000;
+    const reading = loop.latest(maxAgeMs);
+    if (reading) {
+      this.loopFailures = 0;
+      return reading;
+    }
+    // Its first reading may still be on the way.
+    if (!loop.exited && this.now().getTime() - loop.startedAt.getTime() <= maxAgeMs) return undefined;
+    this.close();
+    if (loop.latest(Number.POSITIVE_INFINITY) === undefined) this.loopFailures++;
+    const why = `nvidia-smi --loop-ms=${periodMs} gives no readings (${loop.exited ? "" : `none for ${maxAgeMs / 1000} s, `}${loop.trouble})`;
+    if (this.loopFailures >= LOOP_FAILURES_TO_GIVE_UP) {
+      this.loopOn = false;
+      notes.push(`${why}; ${this.loopFailures} loops in a row gave none, running nvidia-smi once per reading from now on`);
+    } else {
+      notes.push(`${why}; starting it again`);
+    }
+    return undefined;
+  }
+
+  private startLoop(periodMs: number, output: string): void {
+    if (!this.loopOn || this.loop) return;
+    const gpus = output.split("\n").filter((l) => l.trim() !== "").length;
+    this.loop = new QueryGpuLoop({ binary: this.binary, fields: this.fields, periodMs, gpus, now: this.now, pidFile: this.loopPidFile });
   }
 
   /**

@@ -1,5 +1,6 @@
 import { strict as assert } from "node:assert";
 import { spawn, type ChildProcess } from "node:child_process";
+import { existsSync, readFileSync } from "node:fs";
 import { mkdtemp, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -11,7 +12,7 @@ import { HostService, HostStatus } from "../../gen/remotegpu/v1/host_pb.js";
 import { createApp, type App } from "../../src/app.js";
 import { loadConfig } from "../../src/config.js";
 import { createLogger } from "../../src/platform/logger.js";
-import { ROOT, agentArgv, freePort } from "../support/child.js";
+import { ROOT, agentArgv, agentTempDir, freePort } from "../support/child.js";
 import { createTestDatabase, type TestDatabase } from "../support/database.js";
 import { ADMIN_TOKEN } from "../support/server.js";
 import { eventually } from "../support/eventually.js";
@@ -163,5 +164,82 @@ describe("e2e: the node agent", function () {
     agents.push(agent.child);
     assert.equal(await agent.exited, 2);
     for (const flag of ["--server", "--host-id", "--token", "--simulate-gpus"]) assert.match(agent.stderr(), new RegExp(`agent: ${flag}`));
+  });
+
+  it("reads GPUs through one nvidia-smi kept in loop mode, and stops the loop a SIGKILLed agent left", async function () {
+    if (process.platform !== "linux") this.skip();
+    const hosts = createClient(HostService, transport());
+    const gpus = createClient(GpuService, transport());
+    const { host, agentToken } = await hosts.createHost({ name: "agent-nvidia-smi", address: "127.0.0.1" });
+    // A stand-in nvidia-smi first in PATH: two GPUs; in loop mode, utilisation = the period's number.
+    // Like the real one may (a report says SIGPIPE does not end it), it outlives a closed stdout.
+    const bin = await mkdtemp(path.join(tmpdir(), "rgpu-nvidia-smi-"));
+    const log = path.join(bin, "calls.log");
+    const row = (i: number, util: string) =>
+      `printf '%s\\n' "${i}, GPU-e2e0000${i}-0000-0000-0000-000000000000, NVIDIA H100 80GB HBM3, 590.48.01, 81559, 1024, ${util}, 5, 40, 120.5, 700.00, 1980, [N/A], 0, 0, Disabled"`;
+    await writeFile(
+      path.join(bin, "nvidia-smi"),
+      [
+        "#!/bin/sh",
+        `echo "start $$ $*" >> '${log}'`,
+        'case "$*" in',
+        `  *--loop-ms=*) trap '' PIPE; n=0; while :; do n=$((n+1)); ${row(0, "$n")}; ${row(1, "$n")}; sleep 1; done ;;`,
+        `  *--query-gpu=*) ${row(0, "0")}; ${row(1, "0")} ;;`,
+        `  *) echo '| NVIDIA-SMI 590.48.01    Driver Version: 590.48.01    CUDA Version: 13.1 |' ;;`,
+        "esac",
+      ].join("\n"),
+      { mode: 0o755 },
+    );
+    const calls = () => (existsSync(log) ? readFileSync(log, "utf8").trim().split("\n") : []);
+    const loops = () => calls().filter((l) => l.includes("--loop-ms="));
+    const oneShots = () => calls().filter((l) => l.includes("--query-gpu=") && !l.includes("--loop-ms="));
+    const running = (pid: number) => existsSync(`/proc/${pid}`) && !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, "utf8"));
+    const env = { ...process.env, PATH: `${bin}:${process.env.PATH}` };
+    const dataDir = await agentTempDir("rgpu-agent-nvidia-smi-");
+    const flags = [
+      "--server",
+      `http://127.0.0.1:${port}`,
+      "--host-id",
+      host!.id,
+      "--token",
+      agentToken,
+      "--process-mode",
+      "--data-dir",
+      dataDir,
+    ];
+    const utilisation = async () => {
+      const list = await gpus.listGpus({ hostId: host!.id });
+      return list.gpus.map((g) => g.latestSample?.metrics?.gpuUtilizationPercent ?? 0);
+    };
+
+    const first = runAgent(flags, env);
+    agents.push(first.child);
+    await eventually("readings from the loop", async () => {
+      const u = await utilisation();
+      return u.length === 2 && u.every((v) => v >= 2);
+    });
+    // One-shot calls until the server's period was asked for twice, then one loop at that period.
+    assert.equal(loops().length, 1);
+    const period = Number(/--loop-ms=(\d+)/.exec(loops()[0]!)![1]);
+    assert.ok(period >= 900 && period <= 1100, `the server's 1 s (with its jitter): ${period}`);
+    const calledOnce = oneShots().length;
+    const seen = Math.min(...(await utilisation()));
+    await eventually("newer readings", async () => Math.min(...(await utilisation())) > seen + 1);
+    assert.equal(oneShots().length, calledOnce, "no nvidia-smi started per reading");
+
+    // Killed, the agent cannot stop its loop: the next one on the same data directory does.
+    const leftover = Number(loops()[0]!.split(" ")[1]);
+    first.child.kill("SIGKILL");
+    await first.exited;
+    assert.ok(running(leftover), "the loop outlives the agent");
+    const second = runAgent(flags, env);
+    agents.push(second.child);
+    await eventually("the leftover loop stopped", () => !running(leftover));
+    await eventually("the second agent's loop", () => loops().length === 2);
+    const own = Number(loops()[1]!.split(" ")[1]);
+    second.child.kill("SIGTERM");
+    assert.equal(await second.exited, 0, second.stderr());
+    await eventually("its loop stopped with it", () => !running(own));
+    assert.doesNotMatch(second.stderr(), /nvidia-smi output/, "no warning about nvidia-smi's output");
   });
 });
