@@ -1,35 +1,74 @@
 /**
  * One `nvidia-smi --query-gpu=… --format=csv,noheader,nounits --loop-ms=<period>` kept running, its
- * output cut into readings. Every nvidia-smi start initialises NVML for all GPUs, which on servers
+ * output read as it comes. Every nvidia-smi start initialises NVML for all GPUs, which on servers
  * with many GPUs takes seconds of CPU (1.5-15 s a call are reported, persistence mode or not); in
  * loop mode that is paid once and each period costs only the queries.
  *
- * A reading is one line per GPU, in index order. A group ends when it has as many lines as GPUs
- * were expected, when an index does not increase (the next period began), or after a second
- * without output (a GPU fewer). Lines that are not GPU rows (nvidia-smi prints XID and ECC events
- * between periods in loop mode) are kept only as the last thing said, for the log.
+ * Output is kept as the newest row of each GPU index: a reading is a row for each GPU the last
+ * one-shot call listed, all of them newer than the rows of the reading before. Rows may arrive in
+ * pieces or with time between them (a slow GPU); lines that are not GPU rows (nvidia-smi prints XID
+ * and ECC events between periods in loop mode) are kept only as the last thing said, for the log.
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { readFileSync, rmSync, writeFileSync } from "node:fs";
 
-/** Quiet time after which a group short of the expected lines is taken as whole. */
-const GROUP_QUIET_MS = 1000;
-
 export interface LoopReading {
-  /** The group's lines, as one-shot query-gpu output. */
+  /** One row per GPU, as one-shot query-gpu output. */
   text: string;
-  /** When its first line arrived. */
+  /** When its oldest row arrived: the time of its samples. */
   at: Date;
+  /** When its newest row arrived: the next reading's rows must all be newer. */
+  through: Date;
+}
+
+/** The GPU index a query-gpu row starts with (index is always the first field asked for). */
+export function rowIndex(line: string): number | undefined {
+  const index = /^\s*(\d+)\s*,/.exec(line);
+  return index ? Number(index[1]) : undefined;
+}
+
+/** The newest row of each GPU index, from query-gpu output that arrives in pieces. */
+export class NewestRows {
+  private partial = "";
+  private readonly rows = new Map<number, { line: string; at: Date }>();
+  /** The last line that was not a GPU row. */
+  said = "";
+
+  push(chunk: string, at: Date): void {
+    const lines = (this.partial + chunk).split(/\r?\n/);
+    this.partial = lines.pop()!;
+    for (const line of lines) {
+      const index = rowIndex(line);
+      if (index !== undefined) this.rows.set(index, { line, at });
+      else if (line.trim() !== "") this.said = line.trim();
+    }
+  }
+
+  /** A row for each of `indices`, all newer than `after`; undefined while one is missing or older. */
+  reading(indices: readonly number[], after: Date): LoopReading | undefined {
+    const picked = indices.map((i) => this.rows.get(i));
+    if (picked.length === 0 || picked.some((r) => r === undefined || r.at <= after)) return undefined;
+    const times = picked.map((r) => r!.at.getTime());
+    return {
+      text: picked.map((r) => `${r!.line}\n`).join(""),
+      at: new Date(Math.min(...times)),
+      through: new Date(Math.max(...times)),
+    };
+  }
+
+  /** Whether a row came for a GPU index not among `indices`: the GPUs are not the ones expected. */
+  listsOthers(indices: readonly number[]): number | undefined {
+    for (const i of this.rows.keys()) if (!indices.includes(i)) return i;
+    return undefined;
+  }
 }
 
 export interface QueryGpuLoopOptions {
   binary: string;
   fields: readonly string[];
   periodMs: number;
-  /** GPU lines per period, from the last one-shot output. */
-  gpus: number;
   now: () => Date;
-  /** Keeps the child's pid, for stopLeftoverLoop after an agent that was killed. */
+  /** Keeps the child's pid (and start time), for stopLeftoverLoop after an agent that was killed. */
   pidFile?: string;
 }
 
@@ -37,16 +76,11 @@ export class QueryGpuLoop {
   readonly fields: readonly string[];
   readonly periodMs: number;
   readonly startedAt: Date;
+  readonly rows = new NewestRows();
   private readonly child: ChildProcess;
-  private readonly killOnExit = () => this.child.kill("SIGTERM");
-  private partial = "";
-  private group: string[] = [];
-  private groupAt = new Date(0);
-  private lastIndex = -1;
-  private quiet?: NodeJS.Timeout;
-  private newest?: LoopReading;
-  private said = "";
+  private readonly killOnExit = () => this.stop();
   private exitedWith?: string;
+  private wake?: () => void;
 
   constructor(private readonly o: QueryGpuLoopOptions) {
     this.fields = o.fields;
@@ -54,29 +88,52 @@ export class QueryGpuLoop {
     this.startedAt = o.now();
     const args = [`--query-gpu=${o.fields.join(",")}`, "--format=csv,noheader,nounits", `--loop-ms=${o.periodMs}`];
     this.child = spawn(o.binary, args, { stdio: ["ignore", "pipe", "pipe"], windowsHide: true });
-    this.child.stdout!.setEncoding("utf8").on("data", (chunk: string) => this.take(chunk));
-    this.child.stderr!.setEncoding("utf8").on("data", (chunk: string) => this.remember(chunk));
-    this.child.on("error", (err) => {
-      this.exitedWith ??= err.message;
+    this.child.stdout!.setEncoding("utf8").on("data", (chunk: string) => {
+      this.rows.push(chunk, o.now());
+      this.wake?.();
     });
-    this.child.on("exit", (code, signal) => {
-      this.exitedWith ??= signal ? `killed by ${signal}` : `exited with status ${code}`;
-      process.off("exit", this.killOnExit);
+    this.child.stderr!.setEncoding("utf8").on("data", (chunk: string) => {
+      const last = chunk.trim().split(/\r?\n/).pop()?.trim();
+      if (last) this.rows.said = last;
     });
+    this.child.on("error", (err) => this.ended(err.message));
+    this.child.on("exit", (code, signal) => this.ended(signal ? `killed by ${signal}` : `exited with status ${code}`));
     process.on("exit", this.killOnExit);
-    if (o.pidFile && this.child.pid !== undefined) writeFileSync(o.pidFile, `${this.child.pid}\n`);
+    const pid = this.child.pid;
+    if (o.pidFile && pid !== undefined) {
+      try {
+        writeFileSync(o.pidFile, `${pid} ${startTimeOf(pid) ?? ""}\n`);
+      } catch {
+        // Without it only a loop left by a killed agent goes unstopped: readings go on.
+      }
+    }
   }
 
-  /** The newest whole reading, unless it is older than `maxAgeMs`. */
-  latest(maxAgeMs: number): LoopReading | undefined {
-    const r = this.newest;
-    return r && this.o.now().getTime() - r.at.getTime() <= maxAgeMs ? r : undefined;
+  /**
+   * The first reading of `indices` newer than `after`, waiting up to `waitMs` for it; undefined if
+   * none came by then or the loop ended.
+   */
+  async next(indices: readonly number[], after: Date, waitMs: number): Promise<LoopReading | undefined> {
+    const deadline = Date.now() + waitMs;
+    for (;;) {
+      const reading = this.rows.reading(indices, after);
+      const left = deadline - Date.now();
+      if (reading || this.exited || left <= 0) return reading;
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, left);
+        this.wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      this.wake = undefined;
+    }
   }
 
-  /** Why it stopped giving readings: how it ended and the last thing it printed that was not a row. */
+  /** How it ended, if it did, and the last thing it printed that was not a row. */
   get trouble(): string {
-    const parts = [this.exitedWith ?? "still running", this.said && `last said: ${JSON.stringify(this.said.slice(0, 200))}`];
-    return parts.filter(Boolean).join("; ");
+    const said = this.rows.said && `last said: ${JSON.stringify(this.rows.said.slice(0, 200))}`;
+    return [this.exitedWith ?? "still running", said].filter(Boolean).join("; ");
   }
 
   get exited(): boolean {
@@ -84,62 +141,52 @@ export class QueryGpuLoop {
   }
 
   stop(): void {
-    clearTimeout(this.quiet);
     process.off("exit", this.killOnExit);
     if (!this.exited) this.child.kill("SIGTERM");
-    if (this.o.pidFile) rmSync(this.o.pidFile, { force: true });
-  }
-
-  private take(chunk: string): void {
-    const lines = (this.partial + chunk).split(/\r?\n/);
-    this.partial = lines.pop()!;
-    for (const line of lines) {
-      if (line.trim() === "") continue;
-      const index = /^\s*(\d+)\s*,/.exec(line);
-      if (!index) {
-        this.remember(line);
-        continue;
-      }
-      const i = Number(index[1]);
-      if (this.group.length > 0 && i <= this.lastIndex) this.finish();
-      if (this.group.length === 0) this.groupAt = this.o.now();
-      this.group.push(line);
-      this.lastIndex = i;
-      if (this.group.length >= this.o.gpus) this.finish();
+    try {
+      if (this.o.pidFile) rmSync(this.o.pidFile, { force: true });
+    } catch {
+      // a pid file that cannot go names a process that is gone: stopLeftoverLoop checks
     }
-    clearTimeout(this.quiet);
-    if (this.group.length > 0) this.quiet = setTimeout(() => this.finish(), GROUP_QUIET_MS).unref();
   }
 
-  private finish(): void {
-    clearTimeout(this.quiet);
-    if (this.group.length > 0) this.newest = { text: `${this.group.join("\n")}\n`, at: this.groupAt };
-    this.group = [];
-    this.lastIndex = -1;
+  private ended(why: string): void {
+    this.exitedWith ??= why;
+    process.off("exit", this.killOnExit);
+    this.wake?.();
   }
+}
 
-  private remember(text: string): void {
-    const last = text.trim().split(/\r?\n/).pop()?.trim();
-    if (last) this.said = last;
+/** A process's start time (clock ticks after boot, /proc/<pid>/stat field 22): it tells a reused pid. */
+function startTimeOf(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19];
+  } catch {
+    return undefined;
   }
 }
 
 /**
  * Stops the loop an earlier agent left behind (killed before it could stop it: its nvidia-smi would
- * run on, querying every GPU each period), if the pid file names a process that is still one.
+ * run on, querying every GPU each period), if the pid file names a process that is still that one:
+ * the same start time, and a query-gpu loop.
  */
 export function stopLeftoverLoop(pidFile: string): void {
   let pid: number;
+  let startTime: string | undefined;
   try {
-    pid = Number(readFileSync(pidFile, "utf8").trim());
+    const [p, t] = readFileSync(pidFile, "utf8").trim().split(" ");
+    pid = Number(p);
+    startTime = t;
   } catch {
     return;
   }
   try {
-    // The pid may have been reused since: only a query-gpu loop is stopped.
-    const cmdline = readFileSync(`/proc/${pid}/cmdline`, "utf8");
-    if (Number.isInteger(pid) && pid > 0 && cmdline.includes("--query-gpu=") && cmdline.includes("--loop-ms="))
-      process.kill(pid, "SIGTERM");
+    if (Number.isInteger(pid) && pid > 0 && startTime && startTimeOf(pid) === startTime) {
+      const cmdline = readFileSync(`/proc/${pid}/cmdline`, "utf8");
+      if (cmdline.includes("--query-gpu=") && cmdline.includes("--loop-ms=")) process.kill(pid, "SIGTERM");
+    }
   } catch {
     // gone already, or not Linux
   }

@@ -14,7 +14,7 @@
  *   `nvidia-smi -L` and `nvidia-smi -q` as well and lists its MIG devices after it (see mig.ts).
  */
 import { execFile } from "node:child_process";
-import { QueryGpuLoop } from "./nvidia-smi-loop.js";
+import { type LoopReading, QueryGpuLoop, rowIndex } from "./nvidia-smi-loop.js";
 import { parseMigListing, parseMigQuery, parseMigQueryXml, withMigDevices } from "./mig.js";
 import type { GpuInventoryEntry, GpuMetrics, GpuSampleRecord } from "./readings.js";
 
@@ -412,8 +412,12 @@ export interface NvidiaSmiCollectorOptions {
   loopPidFile?: string;
 }
 
-/** Loops in a row that gave no reading before the collector stops starting them. */
+/** Loops replaced in a row (see collect) before the collector stops starting them. */
 const LOOP_FAILURES_TO_GIVE_UP = 3;
+/** Readings a loop gives before the loops replaced before it are forgiven. */
+const LOOP_READINGS_TO_TRUST = 10;
+/** The least time a new loop is given for its first reading (NVML's start-up can take seconds). */
+const LOOP_STARTUP_MS = 30_000;
 
 function defaultRun(timeoutMs: number): (file: string, args: string[]) => Promise<string> {
   return (file, args) =>
@@ -495,9 +499,15 @@ export class NvidiaSmiCollector {
   /** Each GPU's last known MIG mode, by UUID: what a reading without one falls back on. */
   private readonly migModes = new Map<string, boolean>();
   private loop: QueryGpuLoop | undefined;
-  /** Loops in a row replaced without having given a reading; at LOOP_FAILURES_TO_GIVE_UP, no more. */
+  /** The GPU indices of the one-shot call that started the loop: what each of its readings holds. */
+  private loopIndices: number[] = [];
+  /** The readings of the loop must be newer than this (the last one's newest row). */
+  private loopCursor = new Date(0);
+  private loopReadings = 0;
+  /** Loops replaced since one gave LOOP_READINGS_TO_TRUST readings; at LOOP_FAILURES_TO_GIVE_UP, no more. */
   private loopFailures = 0;
   private loopOn: boolean;
+  private closed = false;
   private readonly loopPidFile: string | undefined;
   /** The period the last collection was given. */
   private lastPeriodMs: number | undefined;
@@ -523,16 +533,18 @@ export class NvidiaSmiCollector {
    * failure an Error that quotes nvidia-smi's first line of complaint.
    *
    * Given the same period twice in a row (an agent's first reading is taken before the server says
-   * its period), a successful call also starts the same query in loop mode
-   * (`--loop-ms=<periodMs>`), and the collections after it take its newest reading, stamped
-   * with when it arrived, as long as one is at most two periods and 2 s old. A loop that falls
-   * silent, dies, or runs with another period or field list is replaced, by a one-shot call first;
-   * after LOOP_FAILURES_TO_GIVE_UP loops in a row that gave no reading (an nvidia-smi whose output
-   * is held in a pipe buffer, say) the collector says so and runs one call per collection.
+   * its period), a successful call also starts the same query in loop mode (`--loop-ms=<periodMs>`,
+   * see nvidia-smi-loop.ts). The collections after it take the loop's next reading: a row for each
+   * GPU of that call, all newer than the last reading's, stamped with when the oldest arrived. One
+   * that has given readings is waited for up to a period; until a new one has given its first
+   * (at least 30 s), one-shot calls answer. A loop that ends, falls silent, lists other GPUs, or runs
+   * with another period or field list is stopped and started again after a one-shot call; after
+   * LOOP_FAILURES_TO_GIVE_UP replaced in a row (an nvidia-smi whose output waits in a pipe buffer,
+   * say) the collector says so and runs one call per collection.
    */
   async collect(periodMs?: number): Promise<NvidiaSmiResult> {
     const notes: string[] = [];
-    const looped = periodMs === undefined ? undefined : this.fromLoop(periodMs, notes);
+    const looped = periodMs === undefined ? undefined : await this.fromLoop(periodMs, notes);
     const output = looped?.text ?? (await this.queryGpus(notes));
     if (output.trim() === "") throw new Error(NVIDIA_SMI_EMPTY_OUTPUT);
     if (!looped && periodMs !== undefined && periodMs === this.lastPeriodMs) this.startLoop(periodMs, output);
@@ -553,34 +565,48 @@ export class NvidiaSmiCollector {
     return this.addMigDevices(result);
   }
 
-  /** Stops the loop, if one runs. */
+  /** Stops the loop, if one runs, and starts none after. */
   close(): void {
+    this.closed = true;
+    this.stopLoop();
+  }
+
+  private stopLoop(): void {
     this.loop?.stop();
     this.loop = undefined;
   }
 
-  /** The loop's newest reading if it is fresh; replaces a loop that is not working (see collect). */
-  private fromLoop(periodMs: number, notes: string[]): { text: string; at: Date } | undefined {
+  /** The loop's next reading; stops a loop that is not working (see collect). */
+  private async fromLoop(periodMs: number, notes: string[]): Promise<LoopReading | undefined> {
     const loop = this.loop;
     if (!loop) return undefined;
+    const name = `nvidia-smi --loop-ms=${periodMs}`;
     if (loop.periodMs !== periodMs || loop.fields !== this.fields) {
-      this.close(); // asked for another period, or a field was dropped since: started again below
+      this.stopLoop(); // asked for another period, or a field was dropped since
       return undefined;
     }
-    const maxAgeMs = 2 * periodMs + 2000;
-    const reading = loop.latest(maxAgeMs);
+    const other = loop.rows.listsOthers(this.loopIndices);
+    if (other !== undefined) {
+      this.stopLoop();
+      notes.push(`${name} lists GPU ${other}, which the call before it did not; starting it again`);
+      return undefined;
+    }
+    const gave = this.loopReadings > 0;
+    const reading = await loop.next(this.loopIndices, this.loopCursor, gave ? periodMs : 0);
     if (reading) {
-      this.loopFailures = 0;
+      this.loopCursor = reading.through;
+      if (++this.loopReadings === LOOP_READINGS_TO_TRUST) this.loopFailures = 0;
       return reading;
     }
-    // Its first reading may still be on the way.
-    if (!loop.exited && this.now().getTime() - loop.startedAt.getTime() <= maxAgeMs) return undefined;
-    this.close();
-    if (loop.latest(Number.POSITIVE_INFINITY) === undefined) this.loopFailures++;
-    const why = `nvidia-smi --loop-ms=${periodMs} gives no readings (${loop.exited ? "" : `none for ${maxAgeMs / 1000} s, `}${loop.trouble})`;
+    const startupMs = Math.max(2 * periodMs + 2000, LOOP_STARTUP_MS);
+    if (!gave && !loop.exited && this.now().getTime() - loop.startedAt.getTime() <= startupMs) return undefined;
+    this.stopLoop();
+    this.loopFailures++;
+    const silent = gave ? "no new reading within a period" : `no reading in ${startupMs / 1000} s`;
+    const why = `${name} gives no readings (${loop.exited ? "" : `${silent}, `}${loop.trouble})`;
     if (this.loopFailures >= LOOP_FAILURES_TO_GIVE_UP) {
       this.loopOn = false;
-      notes.push(`${why}; ${this.loopFailures} loops in a row gave none, running nvidia-smi once per reading from now on`);
+      notes.push(`${why}; ${this.loopFailures} loops replaced in a row, running nvidia-smi once per reading from now on`);
     } else {
       notes.push(`${why}; starting it again`);
     }
@@ -588,9 +614,13 @@ export class NvidiaSmiCollector {
   }
 
   private startLoop(periodMs: number, output: string): void {
-    if (!this.loopOn || this.loop) return;
-    const gpus = output.split("\n").filter((l) => l.trim() !== "").length;
-    this.loop = new QueryGpuLoop({ binary: this.binary, fields: this.fields, periodMs, gpus, now: this.now, pidFile: this.loopPidFile });
+    if (!this.loopOn || this.closed || this.loop) return;
+    const indices = output.split("\n").flatMap((line) => rowIndex(line) ?? []);
+    if (indices.length === 0) return;
+    this.loop = new QueryGpuLoop({ binary: this.binary, fields: this.fields, periodMs, now: this.now, pidFile: this.loopPidFile });
+    this.loopIndices = indices;
+    this.loopCursor = this.loop.startedAt;
+    this.loopReadings = 0;
   }
 
   /**

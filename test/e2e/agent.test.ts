@@ -183,7 +183,7 @@ describe("e2e: the node agent", function () {
         "#!/bin/sh",
         `echo "start $$ $*" >> '${log}'`,
         'case "$*" in',
-        `  *--loop-ms=*) trap '' PIPE; n=0; while :; do n=$((n+1)); ${row(0, "$n")}; ${row(1, "$n")}; sleep 1; done ;;`,
+        `  *--loop-ms=*) trap '' PIPE; n=0; while [ $n -lt 300 ]; do n=$((n+1)); ${row(0, "$n")}; ${row(1, "$n")}; sleep 1; done ;;`,
         `  *--query-gpu=*) ${row(0, "0")}; ${row(1, "0")} ;;`,
         `  *) echo '| NVIDIA-SMI 590.48.01    Driver Version: 590.48.01    CUDA Version: 13.1 |' ;;`,
         "esac",

@@ -5,7 +5,38 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { NvidiaSmiCollector } from "../../agent/src/nvidia-smi.js";
-import { stopLeftoverLoop } from "../../agent/src/nvidia-smi-loop.js";
+import { NewestRows, stopLeftoverLoop } from "../../agent/src/nvidia-smi-loop.js";
+
+describe("NewestRows", () => {
+  const at = (s: number) => new Date(1_000_000 + s * 1000);
+
+  it("keeps each GPU's newest row from output in pieces, and gives a reading once every GPU has a newer one", () => {
+    const rows = new NewestRows();
+    rows.push("0, GPU-a, 1", at(1)); // half a line: nothing yet
+    assert.equal(rows.reading([0], at(0)), undefined);
+    rows.push("0\n", at(2));
+    rows.push("Xid (PCI:0000:00:09): 79, pid=0, GPU has fallen off the bus.\n", at(3));
+    assert.equal(rows.reading([0, 1], at(0)), undefined, "GPU 1 has no row yet");
+    rows.push("1, GPU-b, 11\n", at(4));
+    assert.deepEqual(rows.reading([0, 1], at(0)), { text: "0, GPU-a, 10\n1, GPU-b, 11\n", at: at(2), through: at(4) });
+    assert.equal(rows.said, "Xid (PCI:0000:00:09): 79, pid=0, GPU has fallen off the bus.");
+
+    // The next reading needs a row of each GPU newer than the last reading's newest.
+    assert.equal(rows.reading([0, 1], at(4)), undefined);
+    rows.push("0, GPU-a, 20\n", at(5));
+    assert.equal(rows.reading([0, 1], at(4)), undefined, "GPU 1's row is the one already read");
+    rows.push("1, GPU-b, 21\r\n", at(6));
+    assert.deepEqual(rows.reading([0, 1], at(4)), { text: "0, GPU-a, 20\n1, GPU-b, 21\n", at: at(5), through: at(6) });
+    assert.equal(rows.reading([], at(0)), undefined);
+  });
+
+  it("tells a GPU index it was not told to expect", () => {
+    const rows = new NewestRows();
+    rows.push("0, GPU-a\n1, GPU-b\n", at(1));
+    assert.equal(rows.listsOthers([0, 1]), undefined);
+    assert.equal(rows.listsOthers([0]), 1);
+  });
+});
 
 // A stand-in nvidia-smi (a shell script): once, it prints two GPUs with 0% utilisation; with
 // --loop-ms it runs `loopBody`, whose `row INDEX UUID UTIL` prints one GPU. Every start, and every
@@ -76,75 +107,84 @@ describe("nvidia-smi in loop mode", function () {
     }
   };
 
-  it("starts one nvidia-smi at the period and reads its newest output instead of one per reading", async () => {
+  it("starts one nvidia-smi at the period and takes each reading from it, waiting for the next rather than repeating one", async () => {
     const pidFile = join(dir, "loop.pid");
     const collector = new NvidiaSmiCollector({ binary: standIn(healthy), cudaVersion: false, loopPidFile: pidFile });
     try {
       // The first reading at a period is a one-shot call; the second, too, and it starts the loop.
-      assert.equal((await collector.collect(300)).samples.length, 2);
-      assert.equal(starts().length, 1);
-      const first = await collector.collect(300);
       assert.deepEqual(
-        first.samples.map((s) => s.metrics.gpuUtilizationPercent),
+        (await collector.collect(300)).samples.map((s) => s.metrics.gpuUtilizationPercent),
         [0, 0],
       );
-      assert.deepEqual(first.warnings, []);
+      assert.equal(starts().length, 1);
+      assert.equal((await collector.collect(300)).samples.length, 2);
       await waitFor("two periods", () => periods() >= 2);
+      const asked = Date.now();
       const second = await collector.collect(300);
-      const seen = periods();
-      assert.ok(second.samples[0]!.metrics.gpuUtilizationPercent! >= 2, "the newest period's output");
+      assert.ok(second.samples[0]!.time.getTime() < asked, "stamped with when its rows came, before it was asked for");
+      const n = second.samples[0]!.metrics.gpuUtilizationPercent!;
+      assert.ok(n >= 2, "the newest period's output");
       assert.deepEqual(
         second.inventory.map((g) => g.uuid),
         ["GPU-aaaaaaaa-0000-0000-0000-000000000000", "GPU-bbbbbbbb-0000-0000-0000-000000000000"],
       );
       assert.deepEqual(second.warnings, [], "the XID lines between periods are not GPU rows");
-      assert.ok(Date.now() - second.samples[0]!.time.getTime() < 2000, "stamped with when it arrived");
-      await waitFor("two more periods", () => periods() >= seen + 2);
+      // Asked again at once, it waits for the next period instead of giving the same rows twice.
       const third = await collector.collect(300);
-      assert.ok(third.samples[1]!.metrics.gpuUtilizationPercent! > second.samples[1]!.metrics.gpuUtilizationPercent!);
-      assert.ok(third.samples[0]!.time > second.samples[0]!.time);
+      assert.deepEqual(
+        third.samples.map((s) => s.metrics.gpuUtilizationPercent),
+        [n + 1, n + 1],
+      );
+      const gap = third.samples[0]!.time.getTime() - second.samples[0]!.time.getTime();
+      assert.ok(gap >= 250, `stamped with when its rows came, a period after the last (${gap} ms)`);
 
       // Two calls for the first readings, one loop for the rest.
       const started = starts();
       assert.equal(started.length, 3);
       assert.match(started[2]!, /--query-gpu=index,uuid,.* --format=csv,noheader,nounits --loop-ms=300$/);
-      const pid = Number(readFileSync(pidFile, "utf8"));
-      assert.equal(started[2]!.split(" ")[1], String(pid));
+      const [pid, startTime] = readFileSync(pidFile, "utf8").trim().split(" ");
+      assert.equal(started[2]!.split(" ")[1], pid);
+      assert.match(startTime!, /^\d+$/);
       collector.close();
-      await waitFor("the loop to end", () => !alive(pid));
+      await waitFor("the loop to end", () => !alive(Number(pid)));
       assert.equal(existsSync(pidFile), false);
+      // Closed (the agent is stopping): readings still work, and start no loop.
+      await collector.collect(300);
+      await collector.collect(300);
+      assert.equal(starts().length, 5);
+      assert.equal(starts().filter((l) => l.includes("--loop-ms=")).length, 1);
     } finally {
       collector.close();
     }
   });
 
-  it("starts the loop again when the period changes, and reads a GPU that drops out as gone", async () => {
-    const dropping = healthy.replace("row 1 bbbbbbbb $n", '[ "$n" -lt 3 ] && row 1 bbbbbbbb $n');
-    const collector = new NvidiaSmiCollector({ binary: standIn(dropping), cudaVersion: false });
+  it("starts the loop again when the period changes or it lists a GPU the call before it did not", async () => {
+    const growing = healthy.replace("row 1 bbbbbbbb $n", 'row 1 bbbbbbbb $n; [ "$ms" = 400 ] && [ "$n" -ge 3 ] && row 2 cccccccc $n');
+    const collector = new NvidiaSmiCollector({ binary: standIn(growing), cudaVersion: false });
+    const loops = () => starts().filter((l) => l.includes("--loop-ms="));
     try {
       await collector.collect(200);
       await collector.collect(200);
-      await waitFor("four periods", () => periods() >= 4);
-      const reading = await collector.collect(200);
-      assert.deepEqual(
-        reading.inventory.map((g) => g.index),
-        [0],
-      );
-      assert.equal(starts().length, 3);
+      await waitFor("the loop's first period", () => periods() >= 1);
+      assert.equal((await collector.collect(200)).inventory.length, 2);
 
       // A new period: one-shot calls until it was asked for twice, then a loop at it.
-      for (let i = 0; i < 2; i++) assert.equal((await collector.collect(400)).inventory.length, 2);
-      const loops = () => starts().filter((l) => l.includes("--loop-ms="));
+      for (let i = 0; i < 2; i++) assert.deepEqual((await collector.collect(400)).warnings, []);
       await waitFor("the new loop", () => loops().length === 2);
       assert.match(loops()[1]!, /--loop-ms=400$/);
-      const oldLoop = Number(loops()[0]!.split(" ")[1]);
-      await waitFor("the old loop to end", () => !alive(oldLoop));
+      await waitFor("the old loop to end", () => !alive(Number(loops()[0]!.split(" ")[1])));
+
+      const newLoop = loops()[1]!.split(" ")[1];
+      await waitFor("a third GPU in the new loop", () => calls().includes(`period ${newLoop} 3`));
+      const reading = await collector.collect(400);
+      assert.deepEqual(reading.warnings, ["nvidia-smi --loop-ms=400 lists GPU 2, which the call before it did not; starting it again"]);
+      assert.equal(reading.inventory.length, 2, "read by a one-shot call (this stand-in lists two)");
     } finally {
       collector.close();
     }
   });
 
-  it("starts a loop that dies again, and after three that gave nothing, runs nvidia-smi once per reading", async () => {
+  it("replaces a loop that ends, and after three in a row, runs nvidia-smi once per reading", async () => {
     const broken = ['    echo "Failed to initialize NVML: Unknown Error" >&2', '    echo "exit $$" >> "$log"', "    exit 255"].join("\n");
     const collector = new NvidiaSmiCollector({ binary: standIn(broken), cudaVersion: false });
     const exits = () => calls().filter((l) => l.startsWith("exit ")).length;
@@ -163,13 +203,38 @@ describe("nvidia-smi in loop mode", function () {
         [`nvidia-smi --loop-ms=200 gives no readings (${trouble}); starting it again`],
         [`nvidia-smi --loop-ms=200 gives no readings (${trouble}); starting it again`],
         [
-          `nvidia-smi --loop-ms=200 gives no readings (${trouble}); 3 loops in a row gave none, running nvidia-smi once per reading from now on`,
+          `nvidia-smi --loop-ms=200 gives no readings (${trouble}); 3 loops replaced in a row, running nvidia-smi once per reading from now on`,
         ],
         [],
       ]);
       const started = starts();
       assert.equal(started.length, 9, "six one-shot calls and three loops");
       assert.equal(started.filter((l) => l.includes("--loop-ms=")).length, 3);
+    } finally {
+      collector.close();
+    }
+  });
+
+  it("counts a loop that gave readings and then stopped as replaced too", async () => {
+    // Each loop gives one period, then ends.
+    const once = ["    row 0 aaaaaaaa 7; row 1 bbbbbbbb 7", '    echo "period $$ 1" >> "$log"', "    exit 0"].join("\n");
+    const collector = new NvidiaSmiCollector({ binary: standIn(once), cudaVersion: false });
+    const loops = () => starts().filter((l) => l.includes("--loop-ms="));
+    const allEnded = () => loops().every((l) => !alive(Number(l.split(" ")[1])));
+    try {
+      const warnings: string[] = [];
+      const utilisation: number[] = [];
+      for (let i = 0; i < 9; i++) {
+        await waitFor("the loops to end", allEnded);
+        const reading = await collector.collect(200);
+        warnings.push(...reading.warnings);
+        utilisation.push(reading.samples[0]!.metrics.gpuUtilizationPercent!);
+      }
+      // one-shot, one-shot (loop 1), loop 1, replaced (loop 2), loop 2, replaced (loop 3), loop 3, replaced: no more loops, one-shot.
+      assert.deepEqual(utilisation, [0, 0, 7, 0, 7, 0, 7, 0, 0]);
+      assert.equal(loops().length, 3);
+      assert.equal(warnings.length, 3);
+      assert.match(warnings[2]!, /exited with status 0\); 3 loops replaced in a row, running nvidia-smi once per reading from now on$/);
     } finally {
       collector.close();
     }
@@ -194,13 +259,22 @@ describe("nvidia-smi in loop mode", function () {
     const other = spawn("sleep", ["30"], { stdio: "ignore" });
     try {
       await waitFor("the leftover loop", () => periods() >= 1);
-      writeFileSync(pidFile, `${leftover.pid}\n`);
+      const startTime = (pid: number) => {
+        const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+        return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19];
+      };
+      // A pid file whose start time is not the process's (its pid was reused): left alone.
+      writeFileSync(pidFile, `${leftover.pid} 1\n`);
+      stopLeftoverLoop(pidFile);
+      await sleep(200);
+      assert.equal(leftover.exitCode, null);
+      writeFileSync(pidFile, `${leftover.pid} ${startTime(leftover.pid!)}\n`);
       stopLeftoverLoop(pidFile);
       await waitFor("the leftover loop to end", () => leftover.exitCode !== null || leftover.signalCode !== null);
       assert.equal(leftover.signalCode, "SIGTERM");
       assert.equal(existsSync(pidFile), false);
 
-      writeFileSync(pidFile, `${other.pid}\n`);
+      writeFileSync(pidFile, `${other.pid} ${startTime(other.pid!)}\n`);
       stopLeftoverLoop(pidFile);
       await sleep(200);
       assert.equal(other.exitCode, null);
