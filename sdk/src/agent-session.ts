@@ -109,6 +109,8 @@ export class AgentSession {
   /** How long the server keeps the host ONLINE without a heartbeat: its default until a welcome says. */
   private leaseMs = 40_000;
   private timer?: NodeJS.Timeout;
+  /** Set while a reading is being taken: it schedules the next itself when done. */
+  private reading = false;
   private gpus: AgentReading["gpus"] = [];
   private readonly log: AgentLogger;
 
@@ -198,9 +200,13 @@ export class AgentSession {
 
   private schedule(): void {
     this.timer = setTimeout(() => {
+      this.reading = true;
       this.takeReading()
         .catch((err: unknown) => this.log.error({ err }, "reading the host failed"))
-        .finally(() => this.schedule());
+        .finally(() => {
+          this.reading = false;
+          this.schedule();
+        });
     }, this.intervalMs);
     this.timer.unref();
   }
@@ -269,8 +275,12 @@ export class AgentSession {
       const asked = welcome.settings?.heartbeatInterval && durationMs(welcome.settings.heartbeatInterval);
       if (this.o.intervalMs === undefined && asked && asked !== this.intervalMs) {
         this.intervalMs = asked;
-        clearTimeout(this.timer);
-        this.schedule();
+        // A reading under way schedules the next at the new period when it ends; rescheduling now
+        // as well would leave two timers, and readings taken twice as often and at once.
+        if (!this.reading) {
+          clearTimeout(this.timer);
+          this.schedule();
+        }
       }
       this.log.info({ server, session: welcome.sessionId, intervalMs: this.intervalMs }, "agent connected");
       connected();

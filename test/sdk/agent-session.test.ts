@@ -65,6 +65,45 @@ describe("AgentSession keepalive", () => {
     }
   });
 
+  it("takes one reading at a time when a welcome changes the period while a reading is under way", async () => {
+    const { host, agentToken } = await server.client(HostService).createHost({ name: "slow-reader", address: "10.0.0.9" });
+    const events: string[] = [];
+    let underWay = 0;
+    let most = 0;
+    const stop = new AbortController();
+    const session = new AgentSession({
+      servers: [proxy.url],
+      hostId: host!.id,
+      token: agentToken,
+      agentVersion: "test",
+      capacity: {},
+      // Busy 60% of each period: a reconnect's welcome (a new jittered period) often lands in one.
+      read: async () => {
+        most = Math.max(most, ++underWay);
+        await new Promise((r) => setTimeout(r, 600));
+        underWay--;
+        return { gpus: [{ index: 0, uuid: "GPU-slow-reader", model: "NVIDIA H100 80GB HBM3" }], heartbeat: {} };
+      },
+      logger: { info: (_f, message) => events.push(message), warn: () => undefined, error: () => undefined },
+    });
+    const run = session.run(stop.signal);
+    const connected = () => events.filter((e) => e === "agent connected").length;
+    try {
+      for (let i = 1; i <= 6; i++) {
+        await eventually(`connection ${i}`, () => connected() === i);
+        await new Promise((r) => setTimeout(r, 300 + 170 * i));
+        proxy.reject();
+        proxy.heal();
+      }
+      await eventually("the last connection", () => connected() === 7);
+      await new Promise((r) => setTimeout(r, 2500));
+      assert.equal(most, 1, "readings overlapped");
+    } finally {
+      stop.abort();
+      await run;
+    }
+  });
+
   it("tells each reading the period it is taken at: the default until the server asks for its own", async () => {
     const { host, agentToken } = await server.client(HostService).createHost({ name: "period-reader", address: "10.0.0.8" });
     const periods: number[] = [];
