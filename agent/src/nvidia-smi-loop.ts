@@ -17,8 +17,10 @@ export interface LoopReading {
   text: string;
   /** When its oldest row arrived: the time of its samples. */
   at: Date;
-  /** When its newest row arrived: the next reading's rows must all be newer. */
-  through: Date;
+  /** Its newest row's sequence number: the next reading's rows must all be later. */
+  seq: number;
+  /** When its newest row arrived, on the monotonic clock (performance.now()). */
+  arrived: number;
 }
 
 /** The GPU index a query-gpu row starts with (index is always the first field asked for). */
@@ -27,10 +29,15 @@ export function rowIndex(line: string): number | undefined {
   return index ? Number(index[1]) : undefined;
 }
 
-/** The newest row of each GPU index, from query-gpu output that arrives in pieces. */
+/**
+ * The newest row of each GPU index, from query-gpu output that arrives in pieces. Rows are ordered
+ * by a sequence number, not by the wall clock, which may step back.
+ */
 export class NewestRows {
   private partial = "";
-  private readonly rows = new Map<number, { line: string; at: Date }>();
+  private readonly rows = new Map<number, { line: string; at: Date; seq: number; arrived: number }>();
+  /** The sequence number of the last row. */
+  lastSeq = 0;
   /** The last line that was not a GPU row. */
   said = "";
 
@@ -39,24 +46,26 @@ export class NewestRows {
     this.partial = lines.pop()!;
     for (const line of lines) {
       const index = rowIndex(line);
-      if (index !== undefined) this.rows.set(index, { line, at });
+      if (index !== undefined) this.rows.set(index, { line, at, seq: ++this.lastSeq, arrived: performance.now() });
       else if (line.trim() !== "") this.said = line.trim();
     }
   }
 
-  /** A row for each of `indices`, all newer than `after`; undefined while one is missing or older. */
-  reading(indices: readonly number[], after: Date): LoopReading | undefined {
+  /** A row for each of `indices`, all later than row `afterSeq`; undefined while one is missing or earlier. */
+  reading(indices: readonly number[], afterSeq: number): LoopReading | undefined {
     const picked = indices.map((i) => this.rows.get(i));
-    if (picked.length === 0 || picked.some((r) => r === undefined || r.at <= after)) return undefined;
-    const times = picked.map((r) => r!.at.getTime());
+    if (picked.length === 0 || picked.some((r) => r === undefined || r.seq <= afterSeq)) return undefined;
+    const rows = picked as NonNullable<(typeof picked)[number]>[];
+    const newest = rows.reduce((a, b) => (b.seq > a.seq ? b : a));
     return {
-      text: picked.map((r) => `${r!.line}\n`).join(""),
-      at: new Date(Math.min(...times)),
-      through: new Date(Math.max(...times)),
+      text: rows.map((r) => `${r.line}\n`).join(""),
+      at: new Date(Math.min(...rows.map((r) => r.at.getTime()))),
+      seq: newest.seq,
+      arrived: newest.arrived,
     };
   }
 
-  /** Whether a row came for a GPU index not among `indices`: the GPUs are not the ones expected. */
+  /** A GPU index a row came for that is not among `indices` (the GPUs are not the ones expected). */
   listsOthers(indices: readonly number[]): number | undefined {
     for (const i of this.rows.keys()) if (!indices.includes(i)) return i;
     return undefined;
@@ -72,32 +81,40 @@ export interface QueryGpuLoopOptions {
   pidFile?: string;
 }
 
+/** How long a loop asked to stop has before it is killed. */
+const STOP_GRACE_MS = 5000;
+
 export class QueryGpuLoop {
   readonly fields: readonly string[];
   readonly periodMs: number;
-  readonly startedAt: Date;
+  /** When it was started, on the monotonic clock. */
+  readonly started = performance.now();
   readonly rows = new NewestRows();
   private readonly child: ChildProcess;
   private readonly killOnExit = () => this.stop();
-  private exitedWith?: string;
-  private wake?: () => void;
+  private endedWith?: string;
+  /** Resolved (and replaced) whenever output comes or the loop ends. */
+  private changed!: Promise<void>;
+  private notify!: () => void;
 
   constructor(private readonly o: QueryGpuLoopOptions) {
     this.fields = o.fields;
     this.periodMs = o.periodMs;
-    this.startedAt = o.now();
+    this.rearm();
     const args = [`--query-gpu=${o.fields.join(",")}`, "--format=csv,noheader,nounits", `--loop-ms=${o.periodMs}`];
     this.child = spawn(o.binary, args, { stdio: ["ignore", "pipe", "pipe"], windowsHide: true });
-    this.child.stdout!.setEncoding("utf8").on("data", (chunk: string) => {
+    // Listeners first: a spawn that fails (ENOENT, EMFILE) reports an error and may have no pipes.
+    this.child.on("error", (err) => this.end(err.message));
+    // After its output was read to the end (unlike "exit").
+    this.child.on("close", (code, signal) => this.end(signal ? `killed by ${signal}` : `exited with status ${code}`));
+    this.child.stdout?.setEncoding("utf8").on("data", (chunk: string) => {
       this.rows.push(chunk, o.now());
-      this.wake?.();
+      this.changes();
     });
-    this.child.stderr!.setEncoding("utf8").on("data", (chunk: string) => {
+    this.child.stderr?.setEncoding("utf8").on("data", (chunk: string) => {
       const last = chunk.trim().split(/\r?\n/).pop()?.trim();
       if (last) this.rows.said = last;
     });
-    this.child.on("error", (err) => this.ended(err.message));
-    this.child.on("exit", (code, signal) => this.ended(signal ? `killed by ${signal}` : `exited with status ${code}`));
     process.on("exit", this.killOnExit);
     const pid = this.child.pid;
     if (o.pidFile && pid !== undefined) {
@@ -110,50 +127,60 @@ export class QueryGpuLoop {
   }
 
   /**
-   * The first reading of `indices` newer than `after`, waiting up to `waitMs` for it; undefined if
-   * none came by then or the loop ended.
+   * The first reading of `indices` later than row `afterSeq`, waiting for it until `deadline` (on
+   * the monotonic clock); undefined if none came by then or the loop ended.
    */
-  async next(indices: readonly number[], after: Date, waitMs: number): Promise<LoopReading | undefined> {
-    const deadline = Date.now() + waitMs;
+  async next(indices: readonly number[], afterSeq: number, deadline: number): Promise<LoopReading | undefined> {
     for (;;) {
-      const reading = this.rows.reading(indices, after);
-      const left = deadline - Date.now();
-      if (reading || this.exited || left <= 0) return reading;
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, left);
-        this.wake = () => {
-          clearTimeout(timer);
-          resolve();
-        };
-      });
-      this.wake = undefined;
+      const reading = this.rows.reading(indices, afterSeq);
+      const left = deadline - performance.now();
+      if (reading || this.ended || left <= 0) return reading;
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([this.changed, new Promise((resolve) => (timer = setTimeout(resolve, left)))]);
+      clearTimeout(timer);
     }
   }
 
   /** How it ended, if it did, and the last thing it printed that was not a row. */
   get trouble(): string {
     const said = this.rows.said && `last said: ${JSON.stringify(this.rows.said.slice(0, 200))}`;
-    return [this.exitedWith ?? "still running", said].filter(Boolean).join("; ");
+    return [this.endedWith ?? "still running", said].filter(Boolean).join("; ");
   }
 
-  get exited(): boolean {
-    return this.exitedWith !== undefined;
+  get ended(): boolean {
+    return this.endedWith !== undefined;
   }
 
+  /** Asks it to stop (SIGTERM), and kills it if it has not within STOP_GRACE_MS. */
   stop(): void {
     process.off("exit", this.killOnExit);
-    if (!this.exited) this.child.kill("SIGTERM");
-    try {
-      if (this.o.pidFile) rmSync(this.o.pidFile, { force: true });
-    } catch {
-      // a pid file that cannot go names a process that is gone: stopLeftoverLoop checks
-    }
+    if (this.ended) return;
+    this.child.kill("SIGTERM");
+    setTimeout(() => this.ended || this.child.kill("SIGKILL"), STOP_GRACE_MS).unref();
   }
 
-  private ended(why: string): void {
-    this.exitedWith ??= why;
+  private rearm(): void {
+    this.changed = new Promise((resolve) => (this.notify = resolve));
+  }
+
+  private changes(): void {
+    const notify = this.notify;
+    this.rearm();
+    notify();
+  }
+
+  private end(why: string): void {
+    if (this.endedWith !== undefined) return;
+    this.endedWith = why;
     process.off("exit", this.killOnExit);
-    this.wake?.();
+    this.changes();
+    // Its pid file goes with it, unless a newer loop has written its own there since.
+    const { pidFile } = this.o;
+    try {
+      if (pidFile && readFileSync(pidFile, "utf8").split(" ")[0] === String(this.child.pid)) rmSync(pidFile, { force: true });
+    } catch {
+      // none, or it cannot be read: stopLeftoverLoop checks what it names
+    }
   }
 }
 
@@ -190,5 +217,9 @@ export function stopLeftoverLoop(pidFile: string): void {
   } catch {
     // gone already, or not Linux
   }
-  rmSync(pidFile, { force: true });
+  try {
+    rmSync(pidFile, { force: true });
+  } catch {
+    // left: what it names is checked again next time
+  }
 }

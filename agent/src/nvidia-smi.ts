@@ -501,8 +501,10 @@ export class NvidiaSmiCollector {
   private loop: QueryGpuLoop | undefined;
   /** The GPU indices of the one-shot call that started the loop: what each of its readings holds. */
   private loopIndices: number[] = [];
-  /** The readings of the loop must be newer than this (the last one's newest row). */
-  private loopCursor = new Date(0);
+  /** The loop's readings must be later than this row (the last reading's newest). */
+  private loopSeq = 0;
+  /** When that row arrived (monotonic clock). */
+  private loopArrived = 0;
   private loopReadings = 0;
   /** Loops replaced since one gave LOOP_READINGS_TO_TRUST readings; at LOOP_FAILURES_TO_GIVE_UP, no more. */
   private loopFailures = 0;
@@ -511,6 +513,8 @@ export class NvidiaSmiCollector {
   private readonly loopPidFile: string | undefined;
   /** The period the last collection was given. */
   private lastPeriodMs: number | undefined;
+  /** The collection under way: the next waits for it. */
+  private pending: Promise<unknown> = Promise.resolve();
 
   constructor(options: NvidiaSmiCollectorOptions = {}) {
     this.binary = options.binary ?? "nvidia-smi";
@@ -535,18 +539,27 @@ export class NvidiaSmiCollector {
    * Given the same period twice in a row (an agent's first reading is taken before the server says
    * its period), a successful call also starts the same query in loop mode (`--loop-ms=<periodMs>`,
    * see nvidia-smi-loop.ts). The collections after it take the loop's next reading: a row for each
-   * GPU of that call, all newer than the last reading's, stamped with when the oldest arrived. One
-   * that has given readings is waited for up to a period; until a new one has given its first
-   * (at least 30 s), one-shot calls answer. A loop that ends, falls silent, lists other GPUs, or runs
-   * with another period or field list is stopped and started again after a one-shot call; after
+   * GPU of that call, all later than the last reading's (or the last one-shot call's), stamped with
+   * when the oldest arrived. Once a loop has given a reading, the next is waited for until half a
+   * period after it was due; until a new loop gives its first (at least 30 s),
+   * one-shot calls answer. A loop that ends, falls silent, lists other GPUs, or runs with another
+   * period or field list is stopped and started again after a one-shot call; after
    * LOOP_FAILURES_TO_GIVE_UP replaced in a row (an nvidia-smi whose output waits in a pipe buffer,
-   * say) the collector says so and runs one call per collection.
+   * say) the collector says so and runs one call per collection. Collections run one at a time.
    */
-  async collect(periodMs?: number): Promise<NvidiaSmiResult> {
+  collect(periodMs?: number): Promise<NvidiaSmiResult> {
+    const result = this.pending.then(() => this.collectNow(periodMs));
+    this.pending = result.catch(() => undefined);
+    return result;
+  }
+
+  private async collectNow(periodMs: number | undefined): Promise<NvidiaSmiResult> {
     const notes: string[] = [];
     const looped = periodMs === undefined ? undefined : await this.fromLoop(periodMs, notes);
     const output = looped?.text ?? (await this.queryGpus(notes));
     if (output.trim() === "") throw new Error(NVIDIA_SMI_EMPTY_OUTPUT);
+    // A starting loop's first reading must not be older than this call's.
+    if (!looped && this.loop) this.loopSeq = this.loop.rows.lastSeq;
     if (!looped && periodMs !== undefined && periodMs === this.lastPeriodMs) this.startLoop(periodMs, output);
     this.lastPeriodMs = periodMs;
     const at = looped?.at ?? this.now();
@@ -586,24 +599,29 @@ export class NvidiaSmiCollector {
       return undefined;
     }
     const other = loop.rows.listsOthers(this.loopIndices);
-    if (other !== undefined) {
-      this.stopLoop();
-      notes.push(`${name} lists GPU ${other}, which the call before it did not; starting it again`);
-      return undefined;
+    if (other === undefined) {
+      const gave = this.loopReadings > 0;
+      // Half a period after the next rows were due; no wait for a new loop's first.
+      const deadline = gave ? this.loopArrived + 1.5 * periodMs : 0;
+      const reading = await loop.next(this.loopIndices, this.loopSeq, deadline);
+      if (this.closed || this.loop !== loop) return undefined; // stopped meanwhile: the agent is stopping
+      if (reading) {
+        this.loopSeq = reading.seq;
+        this.loopArrived = reading.arrived;
+        if (++this.loopReadings === LOOP_READINGS_TO_TRUST) this.loopFailures = 0;
+        return reading;
+      }
+      const startupMs = Math.max(2 * periodMs + 2000, LOOP_STARTUP_MS);
+      if (!gave && !loop.ended && performance.now() - loop.started <= startupMs) return undefined;
     }
-    const gave = this.loopReadings > 0;
-    const reading = await loop.next(this.loopIndices, this.loopCursor, gave ? periodMs : 0);
-    if (reading) {
-      this.loopCursor = reading.through;
-      if (++this.loopReadings === LOOP_READINGS_TO_TRUST) this.loopFailures = 0;
-      return reading;
-    }
-    const startupMs = Math.max(2 * periodMs + 2000, LOOP_STARTUP_MS);
-    if (!gave && !loop.exited && this.now().getTime() - loop.startedAt.getTime() <= startupMs) return undefined;
     this.stopLoop();
     this.loopFailures++;
-    const silent = gave ? "no new reading within a period" : `no reading in ${startupMs / 1000} s`;
-    const why = `${name} gives no readings (${loop.exited ? "" : `${silent}, `}${loop.trouble})`;
+    const startupS = Math.max(2 * periodMs + 2000, LOOP_STARTUP_MS) / 1000;
+    const silent = this.loopReadings > 0 ? "nothing new half a period after it was due" : `nothing in ${startupS} s`;
+    const why =
+      other !== undefined
+        ? `${name} lists GPU ${other}, which the call before it did not`
+        : `${name} gives no readings (${loop.ended ? "" : `${silent}, `}${loop.trouble})`;
     if (this.loopFailures >= LOOP_FAILURES_TO_GIVE_UP) {
       this.loopOn = false;
       notes.push(`${why}; ${this.loopFailures} loops replaced in a row, running nvidia-smi once per reading from now on`);
@@ -619,7 +637,7 @@ export class NvidiaSmiCollector {
     if (indices.length === 0) return;
     this.loop = new QueryGpuLoop({ binary: this.binary, fields: this.fields, periodMs, now: this.now, pidFile: this.loopPidFile });
     this.loopIndices = indices;
-    this.loopCursor = this.loop.startedAt;
+    this.loopSeq = 0;
     this.loopReadings = 0;
   }
 

@@ -9,25 +9,31 @@ import { NewestRows, stopLeftoverLoop } from "../../agent/src/nvidia-smi-loop.js
 
 describe("NewestRows", () => {
   const at = (s: number) => new Date(1_000_000 + s * 1000);
+  const read = (rows: NewestRows, indices: number[], afterSeq: number) => {
+    const r = rows.reading(indices, afterSeq);
+    return r && { text: r.text, at: r.at, seq: r.seq };
+  };
 
-  it("keeps each GPU's newest row from output in pieces, and gives a reading once every GPU has a newer one", () => {
+  it("keeps each GPU's newest row from output in pieces, and gives a reading once every GPU has a later one", () => {
     const rows = new NewestRows();
     rows.push("0, GPU-a, 1", at(1)); // half a line: nothing yet
-    assert.equal(rows.reading([0], at(0)), undefined);
+    assert.equal(rows.reading([0], 0), undefined);
     rows.push("0\n", at(2));
     rows.push("Xid (PCI:0000:00:09): 79, pid=0, GPU has fallen off the bus.\n", at(3));
-    assert.equal(rows.reading([0, 1], at(0)), undefined, "GPU 1 has no row yet");
+    assert.equal(rows.reading([0, 1], 0), undefined, "GPU 1 has no row yet");
     rows.push("1, GPU-b, 11\n", at(4));
-    assert.deepEqual(rows.reading([0, 1], at(0)), { text: "0, GPU-a, 10\n1, GPU-b, 11\n", at: at(2), through: at(4) });
+    assert.deepEqual(read(rows, [0, 1], 0), { text: "0, GPU-a, 10\n1, GPU-b, 11\n", at: at(2), seq: 2 });
     assert.equal(rows.said, "Xid (PCI:0000:00:09): 79, pid=0, GPU has fallen off the bus.");
 
-    // The next reading needs a row of each GPU newer than the last reading's newest.
-    assert.equal(rows.reading([0, 1], at(4)), undefined);
-    rows.push("0, GPU-a, 20\n", at(5));
-    assert.equal(rows.reading([0, 1], at(4)), undefined, "GPU 1's row is the one already read");
-    rows.push("1, GPU-b, 21\r\n", at(6));
-    assert.deepEqual(rows.reading([0, 1], at(4)), { text: "0, GPU-a, 20\n1, GPU-b, 21\n", at: at(5), through: at(6) });
-    assert.equal(rows.reading([], at(0)), undefined);
+    // The next reading needs a row of each GPU later than the last reading's newest, whatever the
+    // wall clock says (here it stepped back).
+    assert.equal(rows.reading([0, 1], 2), undefined);
+    rows.push("0, GPU-a, 20\n", at(-5));
+    assert.equal(rows.reading([0, 1], 2), undefined, "GPU 1's row is the one already read");
+    rows.push("1, GPU-b, 21\r\n", at(-4));
+    assert.deepEqual(read(rows, [0, 1], 2), { text: "0, GPU-a, 20\n1, GPU-b, 21\n", at: at(-5), seq: 4 });
+    assert.equal(rows.lastSeq, 4);
+    assert.equal(rows.reading([], 0), undefined);
   });
 
   it("tells a GPU index it was not told to expect", () => {
@@ -110,17 +116,16 @@ describe("nvidia-smi in loop mode", function () {
   it("starts one nvidia-smi at the period and takes each reading from it, waiting for the next rather than repeating one", async () => {
     const pidFile = join(dir, "loop.pid");
     const collector = new NvidiaSmiCollector({ binary: standIn(healthy), cudaVersion: false, loopPidFile: pidFile });
+    const utilisation = (r: { samples: { metrics: { gpuUtilizationPercent?: number } }[] }) =>
+      r.samples.map((s) => s.metrics.gpuUtilizationPercent);
     try {
       // The first reading at a period is a one-shot call; the second, too, and it starts the loop.
-      assert.deepEqual(
-        (await collector.collect(300)).samples.map((s) => s.metrics.gpuUtilizationPercent),
-        [0, 0],
-      );
+      assert.deepEqual(utilisation(await collector.collect(600)), [0, 0]);
       assert.equal(starts().length, 1);
-      assert.equal((await collector.collect(300)).samples.length, 2);
+      assert.equal((await collector.collect(600)).samples.length, 2);
       await waitFor("two periods", () => periods() >= 2);
       const asked = Date.now();
-      const second = await collector.collect(300);
+      const second = await collector.collect(600);
       assert.ok(second.samples[0]!.time.getTime() < asked, "stamped with when its rows came, before it was asked for");
       const n = second.samples[0]!.metrics.gpuUtilizationPercent!;
       assert.ok(n >= 2, "the newest period's output");
@@ -130,28 +135,39 @@ describe("nvidia-smi in loop mode", function () {
       );
       assert.deepEqual(second.warnings, [], "the XID lines between periods are not GPU rows");
       // Asked again at once, it waits for the next period instead of giving the same rows twice.
-      const third = await collector.collect(300);
-      assert.deepEqual(
-        third.samples.map((s) => s.metrics.gpuUtilizationPercent),
-        [n + 1, n + 1],
-      );
+      const third = await collector.collect(600);
+      assert.deepEqual(utilisation(third), [n + 1, n + 1]);
       const gap = third.samples[0]!.time.getTime() - second.samples[0]!.time.getTime();
-      assert.ok(gap >= 250, `stamped with when its rows came, a period after the last (${gap} ms)`);
+      assert.ok(gap >= 500, `stamped with when its rows came, a period after the last (${gap} ms)`);
+      // Asked twice at once (as overlapping heartbeat timers would), one after the other.
+      const [a, b] = await Promise.all([collector.collect(600), collector.collect(600)]);
+      assert.deepEqual(
+        [utilisation(a), utilisation(b)],
+        [
+          [n + 2, n + 2],
+          [n + 3, n + 3],
+        ],
+      );
 
       // Two calls for the first readings, one loop for the rest.
       const started = starts();
       assert.equal(started.length, 3);
-      assert.match(started[2]!, /--query-gpu=index,uuid,.* --format=csv,noheader,nounits --loop-ms=300$/);
+      assert.match(started[2]!, /--query-gpu=index,uuid,.* --format=csv,noheader,nounits --loop-ms=600$/);
       const [pid, startTime] = readFileSync(pidFile, "utf8").trim().split(" ");
       assert.equal(started[2]!.split(" ")[1], pid);
-      assert.match(startTime!, /^\d+$/);
+      assert.equal(startTime, readFileSync(`/proc/${pid}/stat`, "utf8").split(" ")[21], "field 22 of /proc/<pid>/stat");
+
+      // Closed while a reading waits for the loop (the agent is stopping): the reading comes from a
+      // one-shot call, without a warning, and no loop starts after.
+      const waiting = collector.collect(600);
+      await sleep(50);
       collector.close();
+      assert.deepEqual((await waiting).warnings, []);
       await waitFor("the loop to end", () => !alive(Number(pid)));
       assert.equal(existsSync(pidFile), false);
-      // Closed (the agent is stopping): readings still work, and start no loop.
-      await collector.collect(300);
-      await collector.collect(300);
-      assert.equal(starts().length, 5);
+      await collector.collect(600);
+      await collector.collect(600);
+      assert.equal(starts().length, 6);
       assert.equal(starts().filter((l) => l.includes("--loop-ms=")).length, 1);
     } finally {
       collector.close();
@@ -166,7 +182,11 @@ describe("nvidia-smi in loop mode", function () {
       await collector.collect(200);
       await collector.collect(200);
       await waitFor("the loop's first period", () => periods() >= 1);
-      assert.equal((await collector.collect(200)).inventory.length, 2);
+      const looped = await collector.collect(200);
+      assert.ok(
+        looped.samples.every((g) => g.metrics.gpuUtilizationPercent! >= 1),
+        "read from the loop",
+      );
 
       // A new period: one-shot calls until it was asked for twice, then a loop at it.
       for (let i = 0; i < 2; i++) assert.deepEqual((await collector.collect(400)).warnings, []);
@@ -187,14 +207,14 @@ describe("nvidia-smi in loop mode", function () {
   it("replaces a loop that ends, and after three in a row, runs nvidia-smi once per reading", async () => {
     const broken = ['    echo "Failed to initialize NVML: Unknown Error" >&2', '    echo "exit $$" >> "$log"', "    exit 255"].join("\n");
     const collector = new NvidiaSmiCollector({ binary: standIn(broken), cudaVersion: false });
-    const exits = () => calls().filter((l) => l.startsWith("exit ")).length;
+    const loopsEnded = () => starts().every((l) => !l.includes("--loop-ms=") || !alive(Number(l.split(" ")[1])));
     try {
       const warnings: string[][] = [];
       for (let i = 1; i <= 6; i++) {
         const reading = await collector.collect(200);
         assert.equal(reading.inventory.length, 2);
         warnings.push(reading.warnings);
-        if (i >= 2 && i <= 4) await waitFor(`loop ${i - 1} to exit`, () => exits() >= i - 1);
+        await waitFor("the loops to end", loopsEnded);
       }
       const trouble = 'exited with status 255; last said: "Failed to initialize NVML: Unknown Error"';
       assert.deepEqual(warnings, [
@@ -259,10 +279,8 @@ describe("nvidia-smi in loop mode", function () {
     const other = spawn("sleep", ["30"], { stdio: "ignore" });
     try {
       await waitFor("the leftover loop", () => periods() >= 1);
-      const startTime = (pid: number) => {
-        const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-        return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19];
-      };
+      // Field 22 of /proc/<pid>/stat; these processes' names (field 2) have no spaces.
+      const startTime = (pid: number) => readFileSync(`/proc/${pid}/stat`, "utf8").split(" ")[21];
       // A pid file whose start time is not the process's (its pid was reused): left alone.
       writeFileSync(pidFile, `${leftover.pid} 1\n`);
       stopLeftoverLoop(pidFile);
