@@ -37,6 +37,8 @@ function run(program: string, args: string[], env: Record<string, string>, input
   let stderr = "";
   child.stdout.setEncoding("utf8").on("data", (c: string) => (stdout += c));
   child.stderr.setEncoding("utf8").on("data", (c: string) => (stderr += c));
+  // A program that does not read its input (ssh-keygen) may be gone before it is written: EPIPE.
+  child.stdin.on("error", () => undefined);
   if (input === null) child.once("exit", () => child.stdin.end());
   else child.stdin.end(input);
   return new Promise((resolve) => child.once("close", (code) => resolve({ code, stdout, stderr })));
