@@ -1,5 +1,5 @@
 import { strict as assert } from "node:assert";
-import { AgentSession } from "@remotegpu/sdk";
+import { type AgentReading, AgentSession, type AgentSessionOptions } from "@remotegpu/sdk";
 import { HostService, HostStatus } from "../../gen/remotegpu/v1/host_pb.js";
 import { eventually } from "../support/eventually.js";
 import { startTestServer, type TestServer } from "../support/server.js";
@@ -17,26 +17,44 @@ describe("AgentSession keepalive", () => {
     await server.close();
   });
 
-  it("waits on a server that answers late, within half of what the lease leaves, rather than reconnecting", async () => {
-    const hosts = server.client(HostService);
-    const { host, agentToken } = await hosts.createHost({ name: "slow-server", address: "10.0.0.7" });
-    const events: string[] = [];
-    const stop = new AbortController();
-    const session = new AgentSession({
+  /** One GPU's reading for the host `name`. */
+  const reading = (name: string): AgentReading => ({
+    gpus: [{ index: 0, uuid: `GPU-${name}`, model: "NVIDIA H100 80GB HBM3" }],
+    heartbeat: {},
+  });
+  /** A new host and an AgentSession of it through the proxy, running until `stop()`; `o` adds to its options. */
+  const runSession = async (name: string, o: Partial<AgentSessionOptions>) => {
+    const { host, agentToken } = await server.client(HostService).createHost({ name, address: "10.0.0.7" });
+    const abort = new AbortController();
+    const running = new AgentSession({
       servers: [proxy.url],
       hostId: host!.id,
       token: agentToken,
       agentVersion: "test",
       capacity: {},
+      read: async () => reading(name),
+      ...o,
+    }).run(abort.signal);
+    return {
+      host: host!,
+      stop: () => {
+        abort.abort();
+        return running;
+      },
+    };
+  };
+
+  it("waits on a server that answers late, within half of what the lease leaves, rather than reconnecting", async () => {
+    const hosts = server.client(HostService);
+    const events: string[] = [];
+    const { host, stop } = await runSession("slow-server", {
       intervalMs: 1000,
-      read: async () => ({ gpus: [{ index: 0, uuid: "GPU-slow-server", model: "NVIDIA H100 80GB HBM3" }], heartbeat: {} }),
       logger: {
         info: (_f, message) => events.push(message),
         warn: (f, message) => events.push(`${message}: ${(f as { error?: string }).error}`),
         error: () => undefined,
       },
     });
-    const run = session.run(stop.signal);
     try {
       await eventually("the agent connected", () => events.includes("agent connected"));
       // A second connection, opened once the first welcome told the agent the 10 s lease.
@@ -57,36 +75,27 @@ describe("AgentSession keepalive", () => {
 
       assert.deepEqual(events.slice(mark), [], "the stream neither ended nor reconnected");
       assert.equal(proxy.accepted, accepted, "no new connection");
-      const { host: after } = await hosts.getHost({ id: host!.id });
+      const { host: after } = await hosts.getHost({ id: host.id });
       assert.equal(HostStatus[after!.status], "ONLINE");
     } finally {
-      stop.abort();
-      await run;
+      await stop();
     }
   });
 
   it("takes one reading at a time when a welcome changes the period while a reading is under way", async () => {
-    const { host, agentToken } = await server.client(HostService).createHost({ name: "slow-reader", address: "10.0.0.9" });
     const events: string[] = [];
     let underWay = 0;
     let most = 0;
-    const stop = new AbortController();
-    const session = new AgentSession({
-      servers: [proxy.url],
-      hostId: host!.id,
-      token: agentToken,
-      agentVersion: "test",
-      capacity: {},
+    const { stop } = await runSession("slow-reader", {
       // Busy 60% of each period: a reconnect's welcome (a new jittered period) often lands in one.
       read: async () => {
         most = Math.max(most, ++underWay);
         await new Promise((r) => setTimeout(r, 600));
         underWay--;
-        return { gpus: [{ index: 0, uuid: "GPU-slow-reader", model: "NVIDIA H100 80GB HBM3" }], heartbeat: {} };
+        return reading("slow-reader");
       },
       logger: { info: (_f, message) => events.push(message), warn: () => undefined, error: () => undefined },
     });
-    const run = session.run(stop.signal);
     const connected = () => events.filter((e) => e === "agent connected").length;
     try {
       for (let i = 1; i <= 6; i++) {
@@ -99,35 +108,25 @@ describe("AgentSession keepalive", () => {
       await new Promise((r) => setTimeout(r, 2500));
       assert.equal(most, 1, "readings overlapped");
     } finally {
-      stop.abort();
-      await run;
+      await stop();
     }
   });
 
   it("tells each reading the period it is taken at: the default until the server asks for its own", async () => {
-    const { host, agentToken } = await server.client(HostService).createHost({ name: "period-reader", address: "10.0.0.8" });
     const periods: number[] = [];
-    const stop = new AbortController();
-    const session = new AgentSession({
-      servers: [server.baseUrl],
-      hostId: host!.id,
-      token: agentToken,
-      agentVersion: "test",
-      capacity: {},
+    const { stop } = await runSession("period-reader", {
       read: async (periodMs) => {
         periods.push(periodMs);
-        return { gpus: [{ index: 0, uuid: "GPU-period-reader", model: "NVIDIA H100 80GB HBM3" }], heartbeat: {} };
+        return reading("period-reader");
       },
     });
-    const run = session.run(stop.signal);
     try {
       await eventually("two readings at the server's period", () => periods.length >= 3);
       assert.equal(periods[0], 10_000, "the first, before any welcome");
       // The server's 1 s, with its ±10% jitter per session.
       for (const p of periods.slice(1)) assert.ok(p >= 900 && p <= 1100, `period ${p}`);
     } finally {
-      stop.abort();
-      await run;
+      await stop();
     }
   });
 });
