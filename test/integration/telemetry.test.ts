@@ -8,6 +8,16 @@ import { expectCode } from "../support/expect.js";
 import { FakeAgent } from "../support/fake-agent.js";
 import { startTestServer, type TestServer } from "../support/server.js";
 
+/** A test server on `clock` with one host, whose agent said hello with one GPU. */
+async function serverWithOneGpu(clock: ManualClock, name: string, uuid: string) {
+  const server = await startTestServer({ clock });
+  const gpus = server.client(GpuService);
+  const { host, agentToken } = await server.client(HostService).createHost({ name, address: "h" });
+  const agent = new FakeAgent(server, agentToken);
+  await agent.hello(host!.id, [{ index: 0, uuid }]);
+  return { server, gpus, agent, gpuId: (await gpus.listGpus({ hostId: host!.id })).gpus[0]!.id };
+}
+
 describe("GPU telemetry history", () => {
   const t0 = new Date("2026-11-30T12:00:00Z");
   let server: TestServer;
@@ -18,12 +28,7 @@ describe("GPU telemetry history", () => {
 
   before(async () => {
     clock = new ManualClock(t0);
-    server = await startTestServer({ clock });
-    gpus = server.client(GpuService);
-    const { host, agentToken } = await server.client(HostService).createHost({ name: "telemetry-host", address: "h" });
-    agent = new FakeAgent(server, agentToken);
-    await agent.hello(host!.id, [{ index: 0, uuid: "GPU-t-0" }]);
-    gpuId = (await gpus.listGpus({ hostId: host!.id })).gpus[0]!.id;
+    ({ server, gpus, agent, gpuId } = await serverWithOneGpu(clock, "telemetry-host", "GPU-t-0"));
   });
   after(async () => {
     agent.close();
@@ -115,12 +120,8 @@ describe("GPU telemetry history rollup", () => {
 
   before(async () => {
     clock = new ManualClock(t0);
-    server = await startTestServer({ clock }); // defaults: 10 s buckets, 5-minute rollup after 24 h
-    gpus = server.client(GpuService);
-    const { host, agentToken } = await server.client(HostService).createHost({ name: "rollup-host", address: "h" });
-    agent = new FakeAgent(server, agentToken);
-    await agent.hello(host!.id, [{ index: 0, uuid: "GPU-r-0" }]);
-    gpuId = (await gpus.listGpus({ hostId: host!.id })).gpus[0]!.id;
+    // The defaults: 10 s buckets, rolled up into 5-minute ones after 24 h.
+    ({ server, gpus, agent, gpuId } = await serverWithOneGpu(clock, "rollup-host", "GPU-r-0"));
   });
   after(async () => {
     agent.close();
