@@ -13,7 +13,7 @@ import type { TelemetryHistory } from "./telemetry/telemetry-history.js";
 export interface MaintenanceParts {
   ingest: Pick<HeartbeatIngest, "flush">;
   /** Only the leader expires leases and stops idle environments; every replica reconciles what it is told of. */
-  leader: Pick<LeaderLock, "check">;
+  leader: Pick<LeaderLock, "check" | "leads">;
   liveness: Pick<HostLiveness, "expireLeases">;
   hosts: Pick<HostRegistry, "announce">;
   reconciler: Pick<EnvironmentReconciler, "kick" | "idle">;
@@ -31,12 +31,14 @@ export interface MaintenanceOptions {
 
 /**
  * The background work of a replica: writes buffered heartbeats, expires host leases, runs the
- * reconciler and the idle stopper, and deletes what is past its retention. Runs every second on its
- * own once started; tests call round() directly with a manual clock instead of sleeping.
+ * reconciler and the idle stopper, and deletes (or rolls up) what is past its retention. Runs every
+ * second on its own once started; tests call round() directly with a manual clock instead of sleeping.
  */
 export class Maintenance {
   private loop?: NodeJS.Timeout;
   private running?: Promise<void>;
+  /** The retention work under way: it may take minutes (a day of telemetry to roll up), beside the rounds. */
+  private retaining?: Promise<void>;
   private retentionAt = 0;
   private readonly everyMs: number;
   private readonly retentionEveryMs: number;
@@ -51,7 +53,13 @@ export class Maintenance {
     this.retentionEveryMs = options.retentionEveryMs ?? 3_600_000;
   }
 
+  /** One round of the per-second work, then the retention work if it is due. */
   async round(): Promise<void> {
+    await this.frequent();
+    await this.retainIfDue();
+  }
+
+  private async frequent(): Promise<void> {
     const { ingest, leader, liveness, hosts, reconciler, idle } = this.parts;
     await ingest.flush();
     // The leader alone expires leases; the other replicas' watchers hear of it through Redis.
@@ -63,32 +71,42 @@ export class Maintenance {
     reconciler.kick();
     await reconciler.idle();
     if (await leader.check()) await idle.check();
-    if (this.clock.now().getTime() - this.retentionAt >= this.retentionEveryMs) {
-      this.retentionAt = this.clock.now().getTime();
-      await this.expireOld();
-    }
   }
 
+  private async retainIfDue(): Promise<void> {
+    if (this.clock.now().getTime() - this.retentionAt < this.retentionEveryMs) return;
+    this.retentionAt = this.clock.now().getTime();
+    await this.expireOld();
+  }
+
+  /**
+   * Runs the per-second work and, beside it, the retention work when due: heartbeats are written and
+   * leases expired every second however long a rollup takes. Neither ever runs twice at once.
+   */
   start(): void {
+    const failed = (err: unknown) => this.logger.error({ err }, "background maintenance failed");
     this.loop = setInterval(() => {
-      if (this.running) return; // the previous round is still writing: never two at once
-      this.running = this.round()
-        .catch((err: unknown) => this.logger.error({ err }, "background maintenance failed"))
+      this.running ??= this.frequent()
+        .catch(failed)
         .finally(() => (this.running = undefined));
+      this.retaining ??= this.retainIfDue()
+        .catch(failed)
+        .finally(() => (this.retaining = undefined));
     }, this.everyMs);
     this.loop.unref();
   }
 
-  /** Stops the loop and waits for a round under way. */
+  /** Stops the loop and waits for the work under way. */
   async stop(): Promise<void> {
     clearInterval(this.loop);
-    await this.running;
+    await Promise.all([this.running, this.retaining]);
   }
 
   private async expireOld(): Promise<void> {
     const removed = await this.parts.history.expire();
     if (removed > 0) this.logger.info({ rows: removed }, "expired old telemetry history");
-    if (await this.parts.leader.check()) {
+    // As the last round found it: the rounds check every second, beside this.
+    if (this.parts.leader.leads) {
       const { merged, written } = await this.parts.history.compact();
       if (merged > 0) this.logger.info({ rows: merged, into: written }, "rolled up old telemetry history");
     }
