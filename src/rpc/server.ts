@@ -5,16 +5,12 @@ import net from "node:net";
 import type { Duplex } from "node:stream";
 import type { TLSSocket } from "node:tls";
 import { Code, ConnectError, createConnectRouter, createContextValues, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
-import {
-  compressionBrotli,
-  compressionGzip,
-  universalRequestFromNodeRequest,
-  universalResponseToNodeResponse,
-} from "@connectrpc/connect-node";
+import { universalRequestFromNodeRequest, universalResponseToNodeResponse } from "@connectrpc/connect-node";
 import type { UniversalHandler } from "@connectrpc/connect/protocol";
 import type { Config } from "../config.js";
 import type { Logger } from "../platform/logger.js";
 import { CallAdmission } from "./call-admission.js";
+import { fastBrotli, fastGzip } from "./compression.js";
 import { CorsPolicy } from "./cors-policy.js";
 import { isPeerGone, serverShutdownKey } from "./interceptors.js";
 import { guardRequest, streamParseErrors, undecodableQuery } from "./request-guard.js";
@@ -77,7 +73,7 @@ export class RpcServer {
     const router = createConnectRouter({
       interceptors: [streamParseErrors, ...rpc.interceptors],
       readMaxBytes: rpc.readMaxBytes,
-      acceptCompression: [compressionGzip, compressionBrotli],
+      acceptCompression: [fastGzip, fastBrotli],
     });
     rpc.routes(router);
     for (const handler of router.handlers) this.paths.set(handler.requestPath, handler);

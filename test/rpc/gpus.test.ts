@@ -1,9 +1,13 @@
 import { strict as assert } from "node:assert";
+import http2 from "node:http2";
+import { brotliDecompressSync, gunzipSync } from "node:zlib";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { GpuService, GpuStatus } from "../../gen/remotegpu/v1/gpu_pb.js";
+import { GpuService, GpuStatus, ListGpusRequestSchema, ListGpusResponseSchema } from "../../gen/remotegpu/v1/gpu_pb.js";
 import { HostService } from "../../gen/remotegpu/v1/host_pb.js";
 import { expectCode } from "../support/expect.js";
-import { startTestServer, type TestServer } from "../support/server.js";
+import { envelope } from "../support/grpc-envelope.js";
+import { ADMIN_TOKEN, startTestServer, type TestServer } from "../support/server.js";
 
 const GiB = 1n << 30n;
 const MISSING = "00000000-0000-4000-8000-000000000000";
@@ -76,6 +80,47 @@ describe("GpuService", () => {
     );
     const list = await gpus.listGpus({ hostId: host.id });
     assert.equal(list.totalSize, 1, "refused calls stored nothing");
+  });
+
+  it("compresses a page for a caller that accepts gzip or brotli, and it reads as the plain one", async () => {
+    await onlineHost("gpu-compress", 40, "NVIDIA RTX 6000 Ada");
+    /** One ListGpus over raw HTTP/2: the response's grpc-encoding, its message's flag and its bytes, undone. */
+    const list = async (accept: string | undefined) => {
+      const session = http2.connect(server.baseUrl);
+      try {
+        const stream = session.request({
+          ":method": "POST",
+          ":path": "/remotegpu.v1.GpuService/ListGpus",
+          "content-type": "application/grpc",
+          te: "trailers",
+          authorization: `Bearer ${ADMIN_TOKEN}`,
+          ...(accept ? { "grpc-accept-encoding": accept } : {}),
+        });
+        const headers = new Promise<http2.IncomingHttpHeaders>((resolve) => stream.once("response", resolve));
+        stream.end(
+          envelope(toBinary(ListGpusRequestSchema, create(ListGpusRequestSchema, { model: "NVIDIA RTX 6000 Ada", pageSize: 100 }))),
+        );
+        const received: Buffer[] = [];
+        for await (const part of stream) received.push(part as Buffer);
+        const all = Buffer.concat(received);
+        const encoding = (await headers)["grpc-encoding"];
+        const body = all.subarray(5, 5 + all.readUInt32BE(1));
+        const plain = encoding === "br" ? brotliDecompressSync(body) : encoding === "gzip" ? gunzipSync(body) : body;
+        return { encoding, flag: all[0], size: body.length, page: fromBinary(ListGpusResponseSchema, plain) };
+      } finally {
+        session.close();
+      }
+    };
+    const identity = await list(undefined);
+    assert.equal(identity.flag, 0);
+    assert.equal(identity.page.gpus.length, 40);
+    for (const accept of ["gzip", "br", "br,gzip"]) {
+      const got = await list(accept);
+      assert.equal(got.encoding, accept.split(",")[0], `${accept}: the caller's first choice`);
+      assert.equal(got.flag, 1, `${accept}: the message is compressed`);
+      assert.ok(got.size < identity.size / 3, `${accept}: ${got.size} bytes against ${identity.size}`);
+      assert.deepEqual(got.page, identity.page);
+    }
   });
 
   it("gets a GPU and answers NOT_FOUND / INVALID_ARGUMENT for unknown or malformed ids", async () => {

@@ -141,10 +141,12 @@ export interface ServerProcess {
 
 /**
  * Runs `node --import tsx src/main.ts` as a real child process, in its own process group so that a
- * test that fails half way can still take down the server and any PostgreSQL it started.
+ * test that fails half way can still take down the server and any PostgreSQL it started. With
+ * `built`, runs `dist/src/main.js` (`npm run build:server` first) as deployed: benchmarks use that.
  */
-export function spawnServer(env: NodeJS.ProcessEnv): ServerProcess {
-  const child = spawn(process.execPath, ["--import", "tsx", "src/main.ts"], {
+export function spawnServer(env: NodeJS.ProcessEnv, { built = false } = {}): ServerProcess {
+  const args = built ? ["dist/src/main.js"] : ["--import", "tsx", "src/main.ts"];
+  const child = spawn(process.execPath, args, {
     cwd: ROOT,
     env,
     stdio: ["ignore", "pipe", "pipe"],
