@@ -3,6 +3,9 @@ import { modelAllowed, type QuotaLedger } from "../workspace/quota-ledger.js";
 import { QUOTA_UNITS_PER_GPU } from "./gpu.js";
 import { parseSliceModel, quotaUnits } from "./mig.js";
 
+/** A host that takes new environments, as placement picks them. */
+const OPEN_HOST = "h.status = 'ONLINE' and h.schedulable and h.runtime_unavailable_reason = ''";
+
 /** What one GPU model offers now to a new environment. */
 export interface GpuModelOffer {
   model: string;
@@ -29,14 +32,19 @@ export class GpuModels {
   async available(workspaceId: string): Promise<GpuModelOffer[]> {
     const { quota, usage } = await this.quotas.usage(workspaceId);
     const { allowedGpuModels } = quota;
+    // The counts per host are kept (free_gpu_counts, in the transaction of every GPU write): about one
+    // row per host and model is read, not every free GPU. Each model's memory is its largest free GPU
+    // on such a host, the first match in an index of the free GPUs by model and memory, read backwards.
     const rows = await this.orm.em.getConnection().execute<{ model: string; memory: string; free: number; best: number }[]>(
-      `select model, max(memory)::text as memory, sum(free)::int as free, max(free)::int as best
-         from (select g.model, max(g.memory_bytes) as memory, count(*) as free
-                 from gpus g join hosts h on h.id = g.host_id
-                where g.status = 'AVAILABLE' and g.holder is null and not g.mig_enabled
-                  and h.status = 'ONLINE' and h.schedulable and h.runtime_unavailable_reason = ''
-                group by g.model, g.host_id) per_host
-        group by model order by model`,
+      `select m.model, m.free, m.best,
+              (select g.memory_bytes::text from gpus g join hosts h on h.id = g.host_id
+                where g.model = m.model and g.status = 'AVAILABLE' and g.holder is null and not g.mig_enabled and ${OPEN_HOST}
+                order by g.memory_bytes desc limit 1) as memory
+         from (select f.model, sum(f.free)::int as free, max(f.free)::int as best
+                 from free_gpu_counts f join hosts h on h.id = f.host_id
+                where f.model <> '' and f.free > 0 and ${OPEN_HOST}
+                group by f.model) m
+        order by m.model`,
     );
     // What the quota leaves, over all models and for each one.
     const left = (limit: number | null | undefined, used: number) =>

@@ -135,6 +135,11 @@ export const GpuSchema = new EntitySchema<Gpu>({
       name: "gpus_free_index",
       expression: `create index "gpus_free_index" on "gpus" ("host_id") where status = 'AVAILABLE' and holder is null and not mig_enabled`,
     },
+    // ListGpuModels: each model's largest free GPU.
+    {
+      name: "gpus_free_model_memory_index",
+      expression: `create index "gpus_free_model_memory_index" on "gpus" ("model", "memory_bytes") where status = 'AVAILABLE' and holder is null and not mig_enabled`,
+    },
   ],
   properties: {
     id: { type: "uuid", primary: true },

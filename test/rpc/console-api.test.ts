@@ -22,13 +22,13 @@ describe("the API the web console uses, and its files", () => {
   const H100 = "NVIDIA H100 80GB HBM3";
   const A10 = "NVIDIA A10";
 
-  async function newHost(name: string, models: string[], runtimeUnavailableReason = ""): Promise<string> {
+  async function newHost(name: string, models: string[], runtimeUnavailableReason = "", memoryBytes = 80n << 30n): Promise<string> {
     const { host, agentToken } = await server.client(HostService).createHost({ name, address: "10.9.0.1:7000" });
     const agent = new WorkloadAgent(
       server,
       agentToken,
       host!.id,
-      models.map((model, index) => ({ index, uuid: `GPU-${name}-${index}`, model })),
+      models.map((model, index) => ({ index, uuid: `GPU-${name}-${index}`, model, memoryBytes })),
       new Map(),
       { runtimeUnavailableReason },
     );
@@ -74,8 +74,9 @@ describe("the API the web console uses, and its files", () => {
     const workspaceId = (await workspaces.createWorkspace({ name: "models-team" })).workspace!.id;
     const envs = server.client(EnvironmentService);
     const big = await newHost("models-big", [H100, H100, H100, A10]);
-    await newHost("models-small", [H100, H100]);
-    const cordoned = await newHost("models-cordoned", [H100, H100, H100, H100, H100]);
+    // Memory is the largest of the free GPUs that count: the small host's, not the cordoned one's.
+    await newHost("models-small", [H100, H100], "", 81n << 30n);
+    const cordoned = await newHost("models-cordoned", [H100, H100, H100, H100, H100], "", 96n << 30n);
     await server.client(HostService).cordonHost({ id: cordoned });
     // Neither a host whose agent cannot run environments nor one that went OFFLINE counts.
     await newHost("models-unable", [H100, H100, H100, H100, H100, H100], "no container engine");
@@ -91,7 +92,7 @@ describe("the API the web console uses, and its files", () => {
       [A10, 1, 1],
       [H100, 5, 3],
     ]);
-    assert.equal((await envs.listGpuModels({ workspaceId })).models[1]!.memoryBytes, 80n << 30n);
+    assert.equal((await envs.listGpuModels({ workspaceId })).models[1]!.memoryBytes, 81n << 30n);
 
     // A held GPU and an unhealthy one are not free. Best fit fills the small host.
     await envs.createEnvironment({ workspaceId, name: "holds-two", image: "x", gpuCount: 2, gpuModel: H100 });
@@ -99,6 +100,7 @@ describe("the API the web console uses, and its files", () => {
     const a10 = (await gpus.listGpus({ hostId: big, model: A10 })).gpus[0]!;
     await gpus.updateGpu({ gpu: { id: a10.id, status: GpuStatus.UNHEALTHY }, updateMask: { paths: ["status"] } });
     assert.deepEqual(await models(), [[H100, 3, 3]]);
+    assert.equal((await envs.listGpuModels({ workspaceId })).models[0]!.memoryBytes, 80n << 30n, "the small host's are held");
 
     // Capped by what the quota leaves: 2 of max_gpus 3 are held.
     await workspaces.setResourceQuota({ quota: { workspaceId, maxGpus: 3 } });

@@ -14,6 +14,7 @@ import { Migration20261215000000_free_gpu_counts } from "./Migration202612150000
 import { Migration20261216000000_ssh_host_keys } from "./Migration20261216000000_ssh_host_keys.js";
 import { Migration20261217000000_mig_slices } from "./Migration20261217000000_mig_slices.js";
 import { Migration20261218000000_gpu_list_counts } from "./Migration20261218000000_gpu_list_counts.js";
+import { Migration20261219000000_gpu_models_memory } from "./Migration20261219000000_gpu_models_memory.js";
 
 // Every migration, in order. Listed by hand so they run the same from TypeScript and from dist/.
 export const migrations = [
@@ -33,4 +34,5 @@ export const migrations = [
   { name: "Migration20261216000000_ssh_host_keys", class: Migration20261216000000_ssh_host_keys },
   { name: "Migration20261217000000_mig_slices", class: Migration20261217000000_mig_slices },
   { name: "Migration20261218000000_gpu_list_counts", class: Migration20261218000000_gpu_list_counts },
+  { name: "Migration20261219000000_gpu_models_memory", class: Migration20261219000000_gpu_models_memory },
 ];
