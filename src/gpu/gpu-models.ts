@@ -35,7 +35,10 @@ export class GpuModels {
     // The counts per host are kept (free_gpu_counts, in the transaction of every GPU write): about one
     // row per host and model is read, not every free GPU. Each model's memory is its largest free GPU
     // on such a host, the first match in an index of the free GPUs by model and memory, read backwards.
-    const rows = await this.orm.em.getConnection().execute<{ model: string; memory: string; free: number; best: number }[]>(
+    // GPUs without a model name (a Kubernetes node without the product label) are counted under ""
+    // with every model and are not offered: CreateEnvironment cannot ask for them by name. The memory
+    // is null only if the counts ever disagreed with the GPU rows; such a model is left out.
+    const rows = await this.orm.em.getConnection().execute<{ model: string; memory: string | null; free: number; best: number }[]>(
       `select m.model, m.free, m.best,
               (select g.memory_bytes::text from gpus g join hosts h on h.id = g.host_id
                 where g.model = m.model and g.status = 'AVAILABLE' and g.holder is null and not g.mig_enabled and ${OPEN_HOST}
@@ -52,7 +55,7 @@ export class GpuModels {
     // max_gpus in units: a slice takes its share of a GPU.
     const units = left(quota.maxGpus === null ? null : quota.maxGpus * QUOTA_UNITS_PER_GPU, usage.gpuUnits);
     return rows
-      .filter((r) => modelAllowed(allowedGpuModels, r.model))
+      .filter((r) => r.memory !== null && modelAllowed(allowedGpuModels, r.model))
       .map((r) => {
         const profile = parseSliceModel(r.model)?.profile ?? "";
         const cap = Math.min(
@@ -60,7 +63,7 @@ export class GpuModels {
           left(quota.maxGpusPerModel[r.model], usage.gpusPerModel[r.model] ?? 0),
           profile ? left(quota.maxMigSlicesPerProfile[profile], usage.migSlicesPerProfile[profile] ?? 0) : Number.POSITIVE_INFINITY,
         );
-        const offer = { model: r.model, migProfile: profile, memoryBytes: BigInt(r.memory) };
+        const offer = { model: r.model, migProfile: profile, memoryBytes: BigInt(r.memory!) };
         return { ...offer, freeGpus: Math.min(r.free, cap), maxPerHost: Math.min(r.best, cap) };
       })
       .filter((m) => m.freeGpus > 0);

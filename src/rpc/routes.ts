@@ -22,14 +22,16 @@ export function routes(
     router.service(HostService, handlers.hosts);
     router.service(GpuService, handlers.gpus);
     router.service(WorkspaceService, handlers.workspaces);
-    // File content goes out as it is, whatever compression the caller accepts (Node clients accept
-    // gzip by default): gzip held a download to about 20 MiB/s of server CPU per stream, and most
-    // files (checkpoints, archives, images) do not shrink anyway. Registered after the service, this
-    // handler replaces the service's one for the same path (RpcServer keeps the last of a path).
-    router.rpc(WorkspaceService.method.downloadFile, (req, ctx) => handlers.workspaces.downloadFile(req, ctx), {
-      compressMinBytes: Number.POSITIVE_INFINITY,
-    });
     router.service(EnvironmentService, handlers.environments);
+    // Bytes that do not shrink go out as they are, whatever compression the caller accepts (Node
+    // clients accept gzip by default): file content (gzip held a download to about 20 MiB/s of server
+    // CPU per stream; checkpoints, archives and images do not shrink anyway) and SSH tunnels'
+    // encrypted bytes. Registered after their services, these handlers replace the services' ones
+    // for the same paths (RpcServer keeps the last of a path).
+    const asTheyAre = { compressMinBytes: Number.POSITIVE_INFINITY };
+    router.rpc(WorkspaceService.method.downloadFile, (req, ctx) => handlers.workspaces.downloadFile(req, ctx), asTheyAre);
+    router.rpc(HostService.method.acceptSshTunnel, (req, ctx) => handlers.hosts.acceptSshTunnel(req, ctx), asTheyAre);
+    router.rpc(EnvironmentService.method.openSshTunnel, (req, ctx) => handlers.environments.openSshTunnel(req, ctx), asTheyAre);
     registerHealth(router, health);
     registerReflection(router, [file_remotegpu_v1_host, file_remotegpu_v1_gpu, file_remotegpu_v1_workspace, file_remotegpu_v1_environment]);
   };

@@ -74,13 +74,13 @@ describe("the API the web console uses, and its files", () => {
     const workspaceId = (await workspaces.createWorkspace({ name: "models-team" })).workspace!.id;
     const envs = server.client(EnvironmentService);
     const big = await newHost("models-big", [H100, H100, H100, A10]);
-    // Memory is the largest of the free GPUs that count: the small host's, not the cordoned one's.
+    // Memory is the largest of the free GPUs that count: the small host's, not the closed hosts' below.
     await newHost("models-small", [H100, H100], "", 81n << 30n);
     const cordoned = await newHost("models-cordoned", [H100, H100, H100, H100, H100], "", 96n << 30n);
     await server.client(HostService).cordonHost({ id: cordoned });
-    // Neither a host whose agent cannot run environments nor one that went OFFLINE counts.
-    await newHost("models-unable", [H100, H100, H100, H100, H100, H100], "no container engine");
-    await newHost("models-gone", [H100, H100, H100, H100, H100, H100, H100]);
+    // Neither a host whose agent cannot run environments nor one that went OFFLINE counts (nor its memory).
+    await newHost("models-unable", [H100, H100, H100, H100, H100, H100], "no container engine", 97n << 30n);
+    await newHost("models-gone", [H100, H100, H100, H100, H100, H100, H100], "", 98n << 30n);
     const goneAgent = agents.pop()!;
     await goneAgent.close();
     (server.clock as ManualClock).advance(120_000); // past the grace: hosts whose agent is silent go OFFLINE
