@@ -21,7 +21,7 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { UploadFileRequestSchema } from "../../gen/remotegpu/v1/workspace_pb.js";
 import { expectCode } from "../support/expect.js";
 import { eventually } from "../support/eventually.js";
-import { envelope } from "../support/grpc-envelope.js";
+import { envelope, grpcHeaders } from "../support/grpc-envelope.js";
 import { S3_BUCKET, startS3 } from "../support/s3.js";
 import { ADMIN_TOKEN, startTestServer, type TestServer } from "../support/server.js";
 
@@ -229,14 +229,9 @@ for (const kind of ["local", "s3"] as const) {
       const session = http2.connect(server.baseUrl);
       try {
         const request = toBinary(DownloadFileRequestSchema, create(DownloadFileRequestSchema, { workspaceId: ws, path: "text.txt" }));
-        const stream = session.request({
-          ":method": "POST",
-          ":path": "/remotegpu.v1.WorkspaceService/DownloadFile",
-          "content-type": "application/grpc",
-          te: "trailers",
-          "grpc-accept-encoding": "gzip",
-          authorization: `Bearer ${ADMIN_TOKEN}`,
-        });
+        const stream = session.request(
+          grpcHeaders("/remotegpu.v1.WorkspaceService/DownloadFile", ADMIN_TOKEN, { "grpc-accept-encoding": "gzip" }),
+        );
         stream.end(envelope(request));
         const received: Buffer[] = [];
         for await (const part of stream) received.push(part as Buffer);

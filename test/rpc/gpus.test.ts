@@ -6,7 +6,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { GpuService, GpuStatus, ListGpusRequestSchema, ListGpusResponseSchema } from "../../gen/remotegpu/v1/gpu_pb.js";
 import { HostService } from "../../gen/remotegpu/v1/host_pb.js";
 import { expectCode } from "../support/expect.js";
-import { envelope } from "../support/grpc-envelope.js";
+import { envelope, grpcHeaders } from "../support/grpc-envelope.js";
 import { ADMIN_TOKEN, startTestServer, type TestServer } from "../support/server.js";
 
 const GiB = 1n << 30n;
@@ -88,14 +88,9 @@ describe("GpuService", () => {
     const list = async (accept: string | undefined) => {
       const session = http2.connect(server.baseUrl);
       try {
-        const stream = session.request({
-          ":method": "POST",
-          ":path": "/remotegpu.v1.GpuService/ListGpus",
-          "content-type": "application/grpc",
-          te: "trailers",
-          authorization: `Bearer ${ADMIN_TOKEN}`,
-          ...(accept ? { "grpc-accept-encoding": accept } : {}),
-        });
+        const stream = session.request(
+          grpcHeaders("/remotegpu.v1.GpuService/ListGpus", ADMIN_TOKEN, accept ? { "grpc-accept-encoding": accept } : {}),
+        );
         const headers = new Promise<http2.IncomingHttpHeaders>((resolve) => stream.once("response", resolve));
         stream.end(
           envelope(toBinary(ListGpusRequestSchema, create(ListGpusRequestSchema, { model: "NVIDIA RTX 6000 Ada", pageSize: 100 }))),

@@ -8,7 +8,7 @@ import { AgentSession, createRemoteGpuClient, UnavailableError } from "@remotegp
 import { HostService, StreamHeartbeatsRequestSchema } from "../../gen/remotegpu/v1/host_pb.js";
 import { GpuService } from "../../gen/remotegpu/v1/gpu_pb.js";
 import { eventually } from "../support/eventually.js";
-import { envelope } from "../support/grpc-envelope.js";
+import { envelope, grpcHeaders } from "../support/grpc-envelope.js";
 import { ADMIN_TOKEN, startTestServer, type TestServer } from "../support/server.js";
 
 describe("one port for every protocol", () => {
@@ -191,13 +191,7 @@ describe("graceful stop", () => {
     const { host, agentToken } = await server.client(HostService).createHost({ name: "stubborn", address: "10.0.0.9" });
     // A raw HTTP/2 client that reads the answer but never closes what it sends.
     const session = http2.connect(server.baseUrl);
-    const stream = session.request({
-      ":method": "POST",
-      ":path": "/remotegpu.v1.HostService/StreamHeartbeats",
-      "content-type": "application/grpc",
-      te: "trailers",
-      authorization: `Bearer ${agentToken}`,
-    });
+    const stream = session.request(grpcHeaders("/remotegpu.v1.HostService/StreamHeartbeats", agentToken));
     const hello = toBinary(
       StreamHeartbeatsRequestSchema,
       create(StreamHeartbeatsRequestSchema, { message: { case: "hello", value: { hostId: host!.id, agentVersion: "stubborn" } } }),

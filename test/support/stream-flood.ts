@@ -4,6 +4,7 @@
 //
 //   node --import tsx test/support/stream-flood.ts <baseUrl> <token> <count>
 import http2 from "node:http2";
+import { grpcHeaders } from "./grpc-envelope.js";
 
 const [baseUrl, token, countArg] = process.argv.slice(2);
 const count = Number(countArg);
@@ -24,13 +25,7 @@ await Promise.all(
     { length: count },
     () =>
       new Promise<void>((resolve) => {
-        const stream = session.request({
-          ":method": "POST",
-          ":path": "/remotegpu.v1.HostService/WatchHosts",
-          "content-type": "application/grpc",
-          te: "trailers",
-          authorization: `Bearer ${token}`,
-        });
+        const stream = session.request(grpcHeaders("/remotegpu.v1.HostService/WatchHosts", token));
         stream.on("error", () => undefined);
         stream.once("data", () => {
           answered++;
