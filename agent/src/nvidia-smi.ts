@@ -594,6 +594,7 @@ export class NvidiaSmiCollector {
     const loop = this.loop;
     if (!loop) return undefined;
     const name = `nvidia-smi --loop-ms=${periodMs}`;
+    const startupMs = Math.max(2 * periodMs + 2000, LOOP_STARTUP_MS);
     if (loop.periodMs !== periodMs || loop.fields !== this.fields) {
       this.stopLoop(); // asked for another period, or a field was dropped since
       return undefined;
@@ -611,13 +612,11 @@ export class NvidiaSmiCollector {
         if (++this.loopReadings === LOOP_READINGS_TO_TRUST) this.loopFailures = 0;
         return reading;
       }
-      const startupMs = Math.max(2 * periodMs + 2000, LOOP_STARTUP_MS);
       if (!gave && !loop.ended && performance.now() - loop.started <= startupMs) return undefined;
     }
     this.stopLoop();
     this.loopFailures++;
-    const startupS = Math.max(2 * periodMs + 2000, LOOP_STARTUP_MS) / 1000;
-    const silent = this.loopReadings > 0 ? "nothing new half a period after it was due" : `nothing in ${startupS} s`;
+    const silent = this.loopReadings > 0 ? "nothing new half a period after it was due" : `nothing in ${startupMs / 1000} s`;
     const why =
       other !== undefined
         ? `${name} lists GPU ${other}, which the call before it did not`
