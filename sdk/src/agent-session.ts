@@ -121,6 +121,21 @@ export class AgentSession {
 
   /** Runs until `signal` aborts; rejects when the server refuses this agent's identity (token, host). */
   async run(signal: AbortSignal): Promise<void> {
+    // Each attempt (its stream, its backoff) listens to a signal of this session's own. Sessions may
+    // share the caller's signal, and adding a listener to a signal takes time in proportion to those
+    // it has: thousands of sessions reconnecting at once spent most of their CPU there.
+    const own = new AbortController();
+    const forward = () => own.abort(signal.reason);
+    signal.addEventListener("abort", forward, { once: true });
+    if (signal.aborted) forward();
+    try {
+      await this.attempts(own.signal);
+    } finally {
+      signal.removeEventListener("abort", forward);
+    }
+  }
+
+  private async attempts(signal: AbortSignal): Promise<void> {
     await this.takeReading();
     this.schedule();
     signal.addEventListener("abort", () => this.wake?.(), { once: true });

@@ -1,6 +1,8 @@
 import { strict as assert } from "node:assert";
+import { getEventListeners } from "node:events";
 import { type AgentReading, AgentSession, type AgentSessionOptions } from "@remotegpu/sdk";
 import { HostService, HostStatus } from "../../gen/remotegpu/v1/host_pb.js";
+import { freePort } from "../support/child.js";
 import { eventually } from "../support/eventually.js";
 import { startTestServer, type TestServer } from "../support/server.js";
 import { TcpProxy } from "../support/tcp-proxy.js";
@@ -128,5 +130,46 @@ describe("AgentSession keepalive", () => {
     } finally {
       await stop();
     }
+  });
+});
+
+describe("AgentSession sharing a stop signal", () => {
+  it("listens to the caller's signal once per session, however often it reconnects", async () => {
+    // Nothing listens on the port: every attempt is refused and followed by a short backoff.
+    const url = `http://127.0.0.1:${await freePort()}`;
+    const stop = new AbortController();
+    const failures: number[] = [0, 0, 0];
+    let most = 0;
+    const runs = failures.map((_, n) =>
+      new AgentSession({
+        servers: [url],
+        hostId: `host-${n}`,
+        token: "token",
+        agentVersion: "test",
+        capacity: {},
+        read: async () => ({ gpus: [], heartbeat: {} }),
+        initialBackoffMs: 2,
+        maxBackoffMs: 10,
+        logger: {
+          info: () => undefined,
+          warn: () => {
+            failures[n]!++;
+            most = Math.max(most, getEventListeners(stop.signal, "abort").length);
+          },
+          error: () => undefined,
+        },
+      }).run(stop.signal),
+    );
+    const sample = setInterval(() => (most = Math.max(most, getEventListeners(stop.signal, "abort").length)), 1);
+    try {
+      await eventually("every session refused 20 times", () => failures.every((f) => f >= 20));
+    } finally {
+      clearInterval(sample);
+      stop.abort();
+    }
+    await Promise.all(runs);
+    // One each: the streams and backoff waits of a session listen to a signal of its own.
+    assert.equal(most, 3);
+    assert.equal(getEventListeners(stop.signal, "abort").length, 0, "listeners left on the signal after the sessions ended");
   });
 });
