@@ -1,7 +1,7 @@
 // The fleet of the restart bench: one SDK AgentSession per host (the agent's own stream code: one
 // HTTP/2 connection each, its reconnect backoff, its buffered readings), each reporting 8 GPUs at the
-// period the server asks for. Prints {"connected": n, "welcomes": n, "failed": {reason: n}} twice a
-// second.
+// period the server asks for. Prints {"connected": n, "welcomes": n, "failed": {reason: n},
+// "stallMs": n} twice a second.
 import { setMaxListeners } from "node:events";
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
@@ -71,7 +71,20 @@ for (const [n, host] of hosts.entries()) {
     (n / hosts.length) * 5000,
   );
 }
-setInterval(() => process.stdout.write(`${JSON.stringify({ connected, welcomes, failed })}\n`), 500);
+// The longest this process went without running a timer since the last line: a fleet of thousands
+// of sessions shares two cores with the server here, and while it stalls its agents neither
+// reconnect nor read the server's PING answers (a PING timer that fires after a stall gives up).
+let stallMs = 0;
+let tick = performance.now();
+setInterval(() => {
+  const now = performance.now();
+  stallMs = Math.max(stallMs, now - tick - 100);
+  tick = now;
+}, 100);
+setInterval(() => {
+  process.stdout.write(`${JSON.stringify({ connected, welcomes, failed, stallMs: Math.round(stallMs) })}\n`);
+  stallMs = 0;
+}, 500);
 process.once("SIGTERM", () => {
   stop.abort();
   setTimeout(() => process.exit(0), 500);

@@ -115,11 +115,15 @@ try {
   writeFileSync(hostsFile, JSON.stringify(made));
   process.stderr.write(`created ${agents} hosts; connecting the fleet\n`);
 
-  let fleet = { connected: 0, welcomes: 0, failed: {} as Record<string, number> };
+  let fleet = { connected: 0, welcomes: 0, failed: {} as Record<string, number>, stallMs: 0 };
+  /** The fleet process's longest stall since `stalls` was last reset (see fleet.ts). */
+  let stalls = 0;
   start("bench/restart/fleet.ts", ["--target", url, "--hosts", hostsFile], {}, (l) => {
     fleet = l as typeof fleet;
+    stalls = Math.max(stalls, fleet.stallMs);
   });
   const firstConnectMs = await until(() => fleet.connected === agents, 600_000, "the fleet to connect");
+  const firstStalls = stalls;
   await new Promise((r) => setTimeout(r, 2 * Number(values.period) * 1000)); // a few heartbeats each
   await sql.connect();
   const offline = async () => Number((await sql.query("select count(*) from hosts where status = 'OFFLINE'")).rows[0].count);
@@ -138,6 +142,7 @@ try {
       await new Promise((r) => setTimeout(r, 1000));
     }
   })();
+  stalls = 0;
   const restartAt = performance.now();
   await new Promise((r) => {
     server.once("exit", r);
@@ -153,6 +158,7 @@ try {
     "the fleet to come back",
   );
   const allBackMs = performance.now() - restartAt;
+  const returnStalls = stalls;
 
   await new Promise((r) => setTimeout(r, (Number(values.grace) + 10) * 1000));
   watching = false;
@@ -169,6 +175,7 @@ try {
       `| every agent back, from the new server listening | ${(backMs / 1000).toFixed(1)} s (${(agents / (backMs / 1000)).toFixed(0)} hellos/s) |`,
       `| every agent back, from the restart | ${(allBackMs / 1000).toFixed(1)} s |`,
       `| most hosts OFFLINE at once, from the restart until ${values.grace} s after all were back | ${worstOffline} |`,
+      `| the fleet's process: longest stall, first connection / restart until all back | ${(firstStalls / 1000).toFixed(1)} s / ${(returnStalls / 1000).toFixed(1)} s |`,
       "",
       // An agent that gives up on a connection before its welcome (a PING unanswered, say) joins the queue again.
       `connection attempts that failed before a welcome, first connection: ${JSON.stringify(failedBefore)}`,
