@@ -14,7 +14,7 @@
 // 3. ListGpus with a fleet of `--gpus` GPUs: p50/p99 per page (100) for several filters.
 // `--list-only` runs part 3 alone, `--scheduling-only` parts 1 and 2. After each part that creates
 // environments the bench checks that every one holds exactly its GPUs and fails loudly if not.
-import { readFileSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import type { MikroORM } from "@mikro-orm/postgresql";
 import pg from "pg";
@@ -132,9 +132,29 @@ function cpuSeconds(pid: number): number {
   return (Number(stat[11]) + Number(stat[12])) / 100;
 }
 
-/** `requests` calls of `once` by `callers` concurrent callers; with `pid`, that process's CPU per call. */
+/** CPU seconds used so far by every PostgreSQL process of this machine (the bench's database is local). */
+function postgresCpuSeconds(): number {
+  let total = 0;
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
+      if (stat.includes(" (postgres) ")) total += cpuSeconds(Number(entry));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return total;
+}
+
+/**
+ * `requests` calls of `once` by `callers` concurrent callers; with `pid`, the CPU per call of that
+ * process, of PostgreSQL and of this one (the client).
+ */
 async function run(callers: number, requests: number, once: () => Promise<void>, pid?: number) {
   const cpuBefore = pid ? cpuSeconds(pid) : 0;
+  const pgBefore = postgresCpuSeconds();
+  const clientBefore = process.cpuUsage();
   const latencies: number[] = [];
   let failures = 0;
   let next = 0;
@@ -152,7 +172,18 @@ async function run(callers: number, requests: number, once: () => Promise<void>,
   const seconds = (performance.now() - started) / 1000;
   latencies.sort((a, b) => a - b);
   const cpuMsPerCall = pid ? ((cpuSeconds(pid) - cpuBefore) * 1000) / requests : Number.NaN;
-  return { perSecond: requests / seconds, p50: percentile(latencies, 50), p99: percentile(latencies, 99), failures, cpuMsPerCall };
+  const postgresMsPerCall = ((postgresCpuSeconds() - pgBefore) * 1000) / requests;
+  const client = process.cpuUsage(clientBefore);
+  const clientMsPerCall = (client.user + client.system) / 1000 / requests;
+  return {
+    perSecond: requests / seconds,
+    p50: percentile(latencies, 50),
+    p99: percentile(latencies, 99),
+    failures,
+    cpuMsPerCall,
+    postgresMsPerCall,
+    clientMsPerCall,
+  };
 }
 
 /**
@@ -317,8 +348,8 @@ if (!values["list-only"]) {
     await checkHoldings(admin);
     results.push(
       `\n### CreateEnvironment through the API, ${hosts} hosts × 8 GPUs, ${TEAMS} workspaces\n`,
-      "| call | callers | requests | throughput | p50 | p99 | server CPU per call | failed |",
-      "| --- | --- | --- | --- | --- | --- | --- | --- |",
+      "| call | callers | requests | throughput | p50 | p99 | CPU per call: server | PostgreSQL | client | failed |",
+      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
       ...(
         [
           ["GetWorkspace (baseline)", latencyCallers, latencyRequests, baseline],
@@ -327,7 +358,7 @@ if (!values["list-only"]) {
         ] as const
       ).map(
         ([call, n, total, r]) =>
-          `| ${call} | ${n} | ${total} | ${f(r.perSecond)}/s | ${r.p50.toFixed(1)} ms | ${r.p99.toFixed(1)} ms | ${r.cpuMsPerCall.toFixed(1)} ms | ${r.failures} |`,
+          `| ${call} | ${n} | ${total} | ${f(r.perSecond)}/s | ${r.p50.toFixed(1)} ms | ${r.p99.toFixed(1)} ms | ${r.cpuMsPerCall.toFixed(1)} ms | ${r.postgresMsPerCall.toFixed(1)} ms | ${r.clientMsPerCall.toFixed(1)} ms | ${r.failures} |`,
       ),
       `\nCreateEnvironment / GetWorkspace with ${latencyCallers} callers: throughput ${(light.perSecond / baseline.perSecond).toFixed(2)}×, p99 ${(light.p99 / baseline.p99).toFixed(1)}×.`,
     );
