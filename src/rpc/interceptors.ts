@@ -3,6 +3,7 @@ import { Code, ConnectError, createContextKey, type Interceptor } from "@connect
 import type { Authenticator } from "../auth/authenticator.js";
 import type { Logger } from "../platform/logger.js";
 import type { Metrics } from "../platform/metrics.js";
+import { onSharedAbort } from "../platform/shared-abort.js";
 import { tracedCall } from "../platform/tracing.js";
 import type { AuditSubject, AuditTrail } from "../audit/audit-trail.js";
 import { assertInWorkspace } from "../auth/workspace-access.js";
@@ -116,8 +117,7 @@ async function* untilAborted<T>(source: AsyncIterable<T>, signal: AbortSignal | 
   // lives as long as the stream would leave a reaction on it per message, holding the message (a
   // 1 MiB download chunk, an agent's ack) until the stream ends.
   let cut: ((reason: unknown) => void) | undefined;
-  const onAbort = () => cut?.(signal.reason);
-  signal.addEventListener("abort", onAbort, { once: true });
+  const stopWatching = onSharedAbort(signal, () => cut?.(signal.reason));
   try {
     for (;;) {
       if (signal.aborted) throw signal.reason;
@@ -134,7 +134,7 @@ async function* untilAborted<T>(source: AsyncIterable<T>, signal: AbortSignal | 
     if (signal.aborted) it.return?.().catch(() => undefined);
     throw err;
   } finally {
-    signal.removeEventListener("abort", onAbort);
+    stopWatching();
   }
 }
 
