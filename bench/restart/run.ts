@@ -38,16 +38,18 @@ process.once("exit", () => {
 const FLEET_NODE_FLAGS = ["--max-semi-space-size=64"];
 
 /** Starts a Node process (a .ts script runs under tsx); `onLine` sees each JSON line it prints. */
-function start(script: string, args: string[], env: Record<string, string>, onLine: (line: Record<string, unknown>) => void): ChildProcess {
-  const proc = spawn(
-    process.execPath,
-    [...(script.includes("fleet") ? FLEET_NODE_FLAGS : []), ...(script.endsWith(".ts") ? ["--import", "tsx"] : []), script, ...args],
-    {
-      cwd: ROOT,
-      env: { ...process.env, ...env },
-      stdio: ["ignore", "pipe", "inherit"],
-    },
-  );
+function start(
+  script: string,
+  args: string[],
+  env: Record<string, string>,
+  onLine: (line: Record<string, unknown>) => void,
+  nodeFlags: string[] = [],
+): ChildProcess {
+  const proc = spawn(process.execPath, [...nodeFlags, ...(script.endsWith(".ts") ? ["--import", "tsx"] : []), script, ...args], {
+    cwd: ROOT,
+    env: { ...process.env, ...env },
+    stdio: ["ignore", "pipe", "inherit"],
+  });
   children.push(proc);
   let buf = "";
   proc.stdout!.setEncoding("utf8").on("data", (c: string) => {
@@ -131,11 +133,17 @@ try {
   let listeningAt = 0;
   let recording = false;
   let welcomesBefore = 0;
-  start("bench/restart/fleet.ts", ["--target", url, "--hosts", hostsFile], {}, (l) => {
-    fleet = l as typeof fleet;
-    stalls = Math.max(stalls, fleet.stallMs);
-    if (recording) returned[Math.floor((performance.now() - listeningAt) / 1000)] = fleet.welcomes - welcomesBefore;
-  });
+  start(
+    "bench/restart/fleet.ts",
+    ["--target", url, "--hosts", hostsFile],
+    {},
+    (l) => {
+      fleet = l as typeof fleet;
+      stalls = Math.max(stalls, fleet.stallMs);
+      if (recording) returned[Math.floor((performance.now() - listeningAt) / 1000)] = fleet.welcomes - welcomesBefore;
+    },
+    FLEET_NODE_FLAGS,
+  );
   const firstConnectMs = await until(() => fleet.connected === agents, 600_000, "the fleet to connect");
   const firstStalls = stalls;
   await new Promise((r) => setTimeout(r, 2 * Number(values.period) * 1000)); // a few heartbeats each
