@@ -65,8 +65,8 @@ export class LogBatch {
 
   constructor(private readonly deliver: (lines: WorkloadLogLine[]) => void) {}
 
-  add(stream: LogStreamName, text: string): void {
-    this.lines.push({ time: new Date(), stream, text });
+  add(stream: LogStreamName, text: string, time = new Date()): void {
+    this.lines.push({ time, stream, text });
     if (this.lines.length >= LOG_BATCH_LINES) this.flush();
     else this.timer ??= setTimeout(() => this.flush(), LOG_BATCH_MS).unref();
   }

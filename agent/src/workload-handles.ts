@@ -9,7 +9,8 @@ import { FileTail, LineSplitter } from "./log-lines.js";
 // in files, so that it does not depend on the agent's pipes) and containers (docker or podman).
 
 export type ContainerEngine = "docker" | "podman";
-export type Output = (stream: "STDOUT" | "STDERR") => LineSplitter;
+/** Where a workload's lines go, one stream at a time; `time` when the engine says when a line was written. */
+export type Output = (stream: "STDOUT" | "STDERR") => (text: string, time?: Date) => void;
 
 export interface Exit {
   code: number | null;
@@ -23,7 +24,7 @@ export interface Exit {
 /** What a later agent needs to find a running workload again, kept in its state file. */
 export type Trace =
   | { kind: "process"; pid: number; startTicks: string; bootId: string; offsets: { STDOUT: number; STDERR: number } }
-  | { kind: "container"; name: string; logsSince: string };
+  | { kind: "container"; name: string; logsSince?: string; logsSkip?: number };
 
 /** A started workload, whatever runs it. */
 export interface Handle {
@@ -239,7 +240,9 @@ function followProcess(
   ended: Promise<Exit>,
 ): Handle {
   const { pid } = where;
-  const tails = (["STDOUT", "STDERR"] as const).map((s) => new FileTail(outputFile(dir, s), offsets[s], output(s), () => undefined));
+  const tails = (["STDOUT", "STDERR"] as const).map(
+    (s) => new FileTail(outputFile(dir, s), offsets[s], new LineSplitter(output(s)), () => undefined),
+  );
   for (const t of tails) t.start();
   let done = false;
   let detached = false;
@@ -300,25 +303,49 @@ export async function ensureImage(engine: ContainerEngine, image: string, progre
 export async function startContainer(engine: ContainerEngine, name: string, args: string[], output: Output): Promise<Handle> {
   await execFileP(engine, ["rm", "-f", name]).catch(() => undefined); // a leftover of an earlier run
   await execFileP(engine, args);
-  return followContainer(engine, name, undefined, output);
+  return followContainer(engine, name, {}, output);
 }
 
 /**
- * Follows a container's output (from `since`, an RFC 3339 time, when resuming) and waits for its
- * end; `wait` answers at once for one that has already exited, with its exit code.
+ * Follows a container's output and waits for its end; `wait` answers at once for one that has
+ * already exited, with its exit code. Resuming at `from` (an earlier trace), it starts right after
+ * the lines already handed on: the engine stamps each line with the time it was written, and the
+ * trace keeps the last one's time and how many lines of that very time were handed on (the lines of
+ * one read share it). The time of reading would not do: lines written while the engine had not yet
+ * passed them on would be skipped by the next agent.
  */
-export function followContainer(engine: ContainerEngine, name: string, since: string | undefined, output: Output): Handle {
-  let logsSince = since ?? new Date().toISOString();
-  const follower = spawn(engine, ["logs", "-f", ...(since ? ["--since", since] : []), name], { stdio: ["ignore", "pipe", "pipe"] });
+export function followContainer(
+  engine: ContainerEngine,
+  name: string,
+  from: Pick<Extract<Trace, { kind: "container" }>, "logsSince" | "logsSkip">,
+  output: Output,
+): Handle {
+  const resumeAt = from.logsSince === undefined ? undefined : nanosOf(from.logsSince);
+  let skip = resumeAt === undefined ? 0 : (from.logsSkip ?? 0);
+  let last = resumeAt;
+  let lastSeen = skip;
+  // `--since` leaves out lines of exactly that time with podman and keeps them with docker: from 1 ns
+  // before, both give every line of the resume time on.
+  const since = resumeAt === undefined ? [] : ["--since", rfc3339(resumeAt - 1n)];
+  const follower = spawn(engine, ["logs", "-f", "--timestamps", ...since, name], { stdio: ["ignore", "pipe", "pipe"] });
   follower.on("error", () => undefined);
   const drained = Promise.all(
     (["STDOUT", "STDERR"] as const).map((stream) => {
-      const lines = output(stream);
-      const pipe = stream === "STDOUT" ? follower.stdout! : follower.stderr!;
-      pipe.on("data", (chunk: Buffer) => {
-        logsSince = new Date().toISOString();
-        lines.write(chunk);
+      const sink = output(stream);
+      const lines = new LineSplitter((stamped) => {
+        const space = stamped.indexOf(" ");
+        const time = space > 0 ? nanosOf(stamped.slice(0, space)) : undefined;
+        if (time === undefined) return sink(stamped);
+        if (time === resumeAt && skip > 0) {
+          skip--;
+          return;
+        }
+        if (last === undefined || time > last) [last, lastSeen] = [time, 0];
+        if (time === last) lastSeen++;
+        sink(stamped.slice(space + 1), new Date(Number(time / 1_000_000n)));
       });
+      const pipe = stream === "STDOUT" ? follower.stdout! : follower.stderr!;
+      pipe.on("data", (chunk: Buffer) => lines.write(chunk));
       return new Promise<void>((resolve) => pipe.once("close", () => resolve(lines.end())));
     }),
   );
@@ -349,8 +376,22 @@ export function followContainer(engine: ContainerEngine, name: string, since: st
       follower.kill();
       await drained;
     },
-    trace: () => ({ kind: "container", name, logsSince }),
+    trace: () => ({ kind: "container", name, ...(last !== undefined && { logsSince: rfc3339(last), logsSkip: lastSeen }) }),
   };
+}
+
+/** An RFC 3339 time, as the engines stamp log lines (fractions of up to 9 digits, any offset), in ns since the epoch. */
+function nanosOf(text: string): bigint | undefined {
+  const m = /^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$/.exec(text);
+  const ms = m ? Date.parse(m[1]! + m[3]!) : Number.NaN;
+  if (Number.isNaN(ms)) return undefined;
+  return BigInt(ms) * 1_000_000n + BigInt((m![2] ?? "").padEnd(9, "0"));
+}
+
+/** `ns` since the epoch as an RFC 3339 time in UTC with all 9 digits. */
+function rfc3339(ns: bigint): string {
+  const fraction = (ns % 1_000_000_000n).toString().padStart(9, "0");
+  return new Date(Number(ns / 1_000_000n)).toISOString().replace(/\.\d{3}Z$/, `.${fraction}Z`);
 }
 
 /** Whether a container of that name exists, and if so whether it runs or how it ended. */

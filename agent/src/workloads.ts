@@ -3,7 +3,7 @@ import { readFileSync, statSync } from "node:fs";
 import { chmod, mkdir, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { promisify } from "node:util";
-import { LineSplitter, LogBatch, type LogStreamName, type WorkloadLogLine } from "./log-lines.js";
+import { LogBatch, type LogStreamName, type WorkloadLogLine } from "./log-lines.js";
 import { Cgroups, NVIDIA_MAJOR } from "./cgroups.js";
 import type { Logger } from "./logger.js";
 import { accepts, closeAll, PortProxy } from "./port-proxy.js";
@@ -457,7 +457,7 @@ export class Workloads {
       if (!container) return gone("its container is gone");
       if (!container.running)
         return gone(`ended while the agent was not running: exited with code ${container.exitCode}`, container.exitCode);
-      w.handle = followContainer(this.engine, trace.name, trace.logsSince, this.output(w));
+      w.handle = followContainer(this.engine, trace.name, trace, this.output(w));
     } else {
       return gone("its state names no process or container");
     }
@@ -595,7 +595,7 @@ export class Workloads {
   }
 
   private output(w: Workload): Output {
-    return (stream) => new LineSplitter((text) => w.logs.add(stream, text));
+    return (stream) => (text, time) => w.logs.add(stream, text, time);
   }
 
   private async start(w: Workload): Promise<void> {

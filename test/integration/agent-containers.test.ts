@@ -113,8 +113,12 @@ describe("integration: the agent runtime with real podman containers", function 
       }),
     );
     await workloads.run(spec("ctr-short", ["sh", "-c", "sleep 1; exit 3"], { image: TEST_IMAGE }));
+    // Three lines of one write, which the engine stamps with one time, then one more later.
+    const burst = "printf 'one\\ntwo\\nthree\\n'; sleep 2; echo four; exec sleep 1000";
+    await workloads.run(spec("ctr-burst", ["sh", "-c", burst], { image: TEST_IMAGE }));
     await events.state("ctr-live", "RUNNING");
     await events.line("ctr-live", (l) => l.text === "tick 3", "tick 3");
+    await events.line("ctr-burst", (l) => l.text === "three", "the burst");
     const id = await inspect("rgpu-ctr-live", "{{.Id}}");
     await workloads.detach();
     await new Promise((r) => setTimeout(r, 1500)); // ticks nobody reads; ctr-short exits
@@ -123,7 +127,7 @@ describe("integration: the agent runtime with real podman containers", function 
     const later = new Recorder();
     workloads = new Workloads({ dataDir, logger, events: later, engine: "podman", stopGraceMs: 2000 });
     await workloads.recover();
-    assert.deepEqual(workloads.running(), ["ctr-live"]);
+    assert.deepEqual(workloads.running().sort(), ["ctr-burst", "ctr-live"]);
     await later.state("ctr-live", "RUNNING");
     assert.equal(later.count("ctr-live", "STARTING"), 0);
     assert.equal(await inspect("rgpu-ctr-live", "{{.Id}}"), id, "the same container");
@@ -131,14 +135,24 @@ describe("integration: the agent runtime with real podman containers", function 
     const short = await later.state("ctr-short", "FAILED");
     assert.equal(short.exitCode, 3);
     assert.match(short.message, /exited with code 3/);
-    // The ticks written while no agent read them arrive, without the ones already seen.
-    const seen = events.texts("ctr-live").filter((t) => t.startsWith("STDOUT tick"));
-    const lastSeen = Number(seen.at(-1)!.split(" ")[2]);
+    // The ticks written while no agent read them arrive, none lost and none repeated, each with the
+    // time it was written.
+    const ticks = (r: Recorder) =>
+      r
+        .texts("ctr-live")
+        .filter((t) => t.startsWith("STDOUT tick"))
+        .map((t) => Number(t.split(" ")[2]));
+    const lastSeen = ticks(events).at(-1)!;
     await later.line("ctr-live", (l) => l.text === `tick ${lastSeen + 10}`, "ten more ticks");
-    const resumed = later
-      .texts("ctr-live")
-      .filter((t) => t.startsWith("STDOUT tick"))
-      .map((t) => Number(t.split(" ")[2]));
-    assert.ok(resumed[0]! > lastSeen - 3 && resumed[0]! <= lastSeen + 1, `resumed at ${resumed[0]} after ${lastSeen}`);
+    assert.deepEqual(
+      ticks(later).slice(0, 10),
+      Array.from({ length: 10 }, (_, i) => lastSeen + 1 + i),
+    );
+    await later.line("ctr-burst", (l) => l.text === "four", "the line after the burst");
+    const output = (r: Recorder) => r.texts("ctr-burst").filter((t) => t.startsWith("STDOUT"));
+    assert.deepEqual([...output(events), ...output(later)], ["STDOUT one", "STDOUT two", "STDOUT three", "STDOUT four"]);
+    const first = await later.line("ctr-live", (l) => l.text === `tick ${lastSeen + 1}`, "the first tick nobody read");
+    const adopted = await later.line("ctr-live", (l) => l.text === "adopted by a restarted agent", "the adoption");
+    assert.ok(first.time < adopted.time, `tick ${lastSeen + 1} stamped ${first.time.toISOString()}, when it was written`);
   });
 });
