@@ -23,7 +23,7 @@ describe("integration: the agent runtime with real podman containers", function 
   let events: Recorder;
   let workloads: Workloads;
   let removeCdi: () => Promise<void>;
-  const ids = ["ctr-web", "ctr-pull", "ctr-live", "ctr-short"];
+  const ids = ["ctr-web", "ctr-pull", "ctr-live", "ctr-short", "ctr-burst"];
   const logger = createLogger("silent");
   const gpus = ["GPU-11111111-2222-3333-4444-555555555555", "GPU-66666666-7777-8888-9999-000000000000"];
 
