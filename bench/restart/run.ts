@@ -6,7 +6,7 @@
 // and the most hosts seen OFFLINE at once from the restart until a full grace period later (the
 // target: none).
 import { type ChildProcess, spawn } from "node:child_process";
-import { writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
@@ -157,10 +157,12 @@ try {
   const failedBefore = fleet.failed;
   // Hosts OFFLINE at any moment from the restart until a grace period after everyone was back.
   let worstOffline = 0;
+  let worstQueue = 0;
   let watching = true;
   const watcher = (async () => {
     while (watching) {
       worstOffline = Math.max(worstOffline, await offline());
+      worstQueue = Math.max(worstQueue, acceptQueue(port));
       await new Promise((r) => setTimeout(r, 1000));
     }
   })();
@@ -202,6 +204,7 @@ try {
       `| every agent back, from the new server listening | ${(backMs / 1000).toFixed(1)} s (${(agents / (backMs / 1000)).toFixed(0)} hellos/s) |`,
       `| every agent back, from the restart | ${(allBackMs / 1000).toFixed(1)} s |`,
       `| most hosts OFFLINE at once, from the restart until ${values.grace} s after all were back | ${worstOffline} |`,
+      `| most connections waiting to be accepted, same span (the listening socket's queue) | ${worstQueue} |`,
       `| the fleet's process: longest stall, first connection / restart until all back | ${(firstStalls / 1000).toFixed(1)} s / ${(returnStalls / 1000).toFixed(1)} s |`,
       "",
       // An agent that gives up on a connection before its welcome (a PING unanswered, say) joins the queue again.
@@ -218,6 +221,20 @@ try {
   await db.drop();
 }
 process.exit(process.exitCode ?? 0);
+
+/**
+ * Connections the kernel holds for the server's listening socket that it has not accepted yet (the
+ * `rx_queue` of a LISTEN row of /proc/net/tcp). libuv accepts one per event-loop turn, so a server
+ * whose turns are long leaves agents waiting here (docs/benchmarks.md, "Why the returns collapse").
+ */
+function acceptQueue(listeningPort: number): number {
+  const local = `:${listeningPort.toString(16).toUpperCase().padStart(4, "0")}`;
+  for (const line of readFileSync("/proc/net/tcp", "utf8").split("\n")) {
+    const f = line.trim().split(/\s+/);
+    if (f[1]?.endsWith(local) && f[3] === "0A") return Number.parseInt(f[4]!.split(":")[1]!, 16);
+  }
+  return 0;
+}
 
 /** The counts of `now` that grew since `before`, by how much. */
 function since(before: Record<string, number>, now: Record<string, number>): Record<string, number> {
