@@ -1,4 +1,3 @@
-import { setMaxListeners } from "node:events";
 import http from "node:http";
 import http2 from "node:http2";
 import net from "node:net";
@@ -68,8 +67,6 @@ export class RpcServer {
     private readonly options: { config: TransportConfig; logger: Logger; tls?: { cert: Buffer; key: Buffer } },
   ) {
     const { config, tls } = options;
-    // Every open stream listens to it: as many listeners as streams is no leak.
-    setMaxListeners(0, this.shutdown.signal);
     const router = createConnectRouter({
       interceptors: [streamParseErrors, ...rpc.interceptors],
       readMaxBytes: rpc.readMaxBytes,
