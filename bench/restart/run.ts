@@ -130,6 +130,8 @@ try {
   let stalls = 0;
   /** From when the new server listens until all are back: welcomes by the end of each second. */
   const returned: number[] = [];
+  /** Over the same span: connections waiting to be accepted, read about once a second. */
+  const queued: number[] = [];
   let listeningAt = 0;
   let recording = false;
   let welcomesBefore = 0;
@@ -162,7 +164,9 @@ try {
   const watcher = (async () => {
     while (watching) {
       worstOffline = Math.max(worstOffline, await offline());
-      worstQueue = Math.max(worstQueue, acceptQueue(port));
+      const queue = acceptQueue(port);
+      worstQueue = Math.max(worstQueue, queue);
+      if (recording) queued[Math.floor((performance.now() - listeningAt) / 1000)] = queue;
       await new Promise((r) => setTimeout(r, 1000));
     }
   })();
@@ -209,6 +213,9 @@ try {
       "",
       // An agent that gives up on a connection before its welcome (a PING unanswered, say) joins the queue again.
       `welcomes by the end of each second after the new server listened: ${returned.map((n, i) => `${i + 1}s ${n}`).join(", ")}`,
+      `waiting to be accepted during each second: ${Object.entries(queued)
+        .map(([i, n]) => `${Number(i) + 1}s ${n}`)
+        .join(", ")}`,
       `connection attempts that failed before a welcome, first connection: ${JSON.stringify(failedBefore)}`,
       `and from the restart: ${JSON.stringify(since(failedBefore, fleet.failed))}`,
       "",

@@ -12,10 +12,13 @@ import { CallAdmission } from "./call-admission.js";
 import { fastBrotli, fastGzip } from "./compression.js";
 import { CorsPolicy } from "./cors-policy.js";
 import { isPeerGone, serverShutdownKey } from "./interceptors.js";
+import { copyListeningSocket } from "./listen-copies.js";
 import { guardRequest, streamParseErrors, undecodableQuery } from "./request-guard.js";
 
 /** Connections the kernel may queue for the server to accept. */
 const LISTEN_BACKLOG = 4096;
+/** Descriptors the server accepts on, each up to one connection per event-loop turn (see listen-copies.ts). */
+const ACCEPTING_DESCRIPTORS = 16;
 
 type Request = http.IncomingMessage | http2.Http2ServerRequest;
 type Response = http.ServerResponse | http2.Http2ServerResponse;
@@ -47,6 +50,8 @@ export class RpcServer {
   private readonly h2: http2.Http2Server | http2.Http2SecureServer;
   private readonly h1?: http.Server;
   private readonly listener: net.Server;
+  /** Servers on the other descriptors of the listener's socket; they hand each connection to it. */
+  private readonly acceptors: net.Server[] = [];
   /** HTTP/2 sessions and the streams each has open. */
   private readonly sessions = new Map<http2.ServerHttp2Session, Set<http2.ServerHttp2Stream>>();
   /** Every TCP connection, whatever it turned out to speak; what is left at the deadline is cut. */
@@ -205,17 +210,40 @@ export class RpcServer {
     socket.on("error", () => socket.destroy());
   }
 
-  listen(port: number, host: string): Promise<number> {
-    return new Promise((resolve, reject) => {
+  async listen(port: number, host: string): Promise<number> {
+    await new Promise<void>((resolve, reject) => {
       this.listener.once("error", reject);
       // A fleet reconnecting at once (after a restart) opens thousands of connections within
       // seconds; with Node's default queue of 511 the kernel drops the excess SYNs and those agents
       // retry only after 1, 3, 7, 15... s. The kernel caps this at net.core.somaxconn.
       this.listener.listen({ port, host, backlog: LISTEN_BACKLOG }, () => {
         this.listener.off("error", reject);
-        resolve((this.listener.address() as net.AddressInfo).port);
+        resolve();
       });
     });
+    await this.acceptOnCopies();
+    return (this.listener.address() as net.AddressInfo).port;
+  }
+
+  /**
+   * Accepts on more descriptors of the listening socket, so that a busy event loop still takes in a
+   * reconnecting fleet (about 30 ms at start). Without them it accepts on one, as before.
+   */
+  private async acceptOnCopies(): Promise<void> {
+    const copies = await copyListeningSocket(this.listener, ACCEPTING_DESCRIPTORS - 1).catch((err: unknown) => {
+      this.options.logger.warn({ err }, "accepting connections on one descriptor");
+      return [];
+    });
+    for (const copy of copies) {
+      if (this.closing) {
+        copy.close();
+        continue;
+      }
+      const acceptor = net.createServer((socket) => this.listener.emit("connection", socket));
+      acceptor.on("error", (err) => this.listener.emit("error", err)); // as if the listener had accepted
+      acceptor.listen(copy, LISTEN_BACKLOG);
+      this.acceptors.push(acceptor);
+    }
   }
 
   /**
@@ -226,7 +254,7 @@ export class RpcServer {
   async close(timeoutMs: number): Promise<void> {
     this.closing = true;
     this.shutdown.abort(new ConnectError("the server is shutting down; call again", Code.Unavailable));
-    const closed = new Promise<void>((resolve) => this.listener.close(() => resolve()));
+    const closed = Promise.all([this.listener, ...this.acceptors].map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
     for (const session of this.sessions.keys()) session.close();
     await new Promise<void>((resolve) => {
       const deadline = Date.now() + timeoutMs;

@@ -238,6 +238,52 @@ describe("graceful stop", () => {
   });
 });
 
+describe("taking in connections", () => {
+  it("accepts a burst of connections while every event-loop turn is long, and lets go of the port on stop", async function () {
+    this.timeout(60_000);
+    const server = await startTestServer();
+    // A busy server: 50 ms of work in every turn of the event loop. Accepting one connection a
+    // turn (Node 20's libuv on a single descriptor), 200 connections would take over 10 s.
+    let busy = true;
+    const work = () => {
+      const until = performance.now() + 50;
+      while (performance.now() < until);
+      if (busy) setImmediate(work);
+    };
+    setImmediate(work);
+    const sockets: net.Socket[] = [];
+    try {
+      const started = performance.now();
+      const answers = Array.from({ length: 200 }, () => {
+        const socket = net.connect(server.port, "127.0.0.1");
+        sockets.push(socket);
+        socket.end("GET /nothing-here HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n");
+        return new Promise<string>((resolve, reject) => {
+          let text = "";
+          socket.setEncoding("utf8").on("data", (c: string) => (text += c));
+          socket.once("close", () => resolve(text.split("\r\n", 1)[0]!));
+          socket.once("error", reject);
+        });
+      });
+      const statusLines = await Promise.all(answers);
+      const seconds = (performance.now() - started) / 1000;
+      assert.deepEqual(new Set(statusLines), new Set(["HTTP/1.1 404 Not Found"]));
+      assert.ok(seconds < 6, `200 connections answered in ${seconds.toFixed(1)} s`);
+    } finally {
+      busy = false;
+      for (const socket of sockets) socket.destroy();
+      await server.close();
+    }
+    // Every descriptor of the listening socket is closed: nothing in this process listens any more.
+    const refused = await new Promise<string>((resolve) => {
+      const probe = net.connect(server.port, "127.0.0.1", () => resolve("connected"));
+      probe.once("error", (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message));
+      setTimeout(() => resolve("no answer"), 2000).unref();
+    });
+    assert.equal(refused, "ECONNREFUSED");
+  });
+});
+
 /** The types of the HTTP/2 frames in `bytes`, a server's side of a connection from its start. */
 function frameTypes(bytes: Buffer): number[] {
   const types: number[] = [];
