@@ -6,6 +6,7 @@ export interface ListeningHandle {
   close(): void;
 }
 
+const TIMEOUT_MS = 10_000;
 // Sends the handle it is given back to its parent `n` times; it ends when the parent disconnects.
 const COPIER = `process.on("message", (n, handle) => {
   for (let i = 0; i < n; i++) process.send(i, handle);
@@ -34,16 +35,21 @@ export function copyListeningSocket(server: net.Server, n: number): Promise<List
   let failed = false;
   const child = spawn(process.execPath, ["-e", COPIER], { stdio: ["ignore", "ignore", "inherit", "ipc"], env: {} });
   return new Promise((resolve, reject) => {
+    // The server waits for this before it reports listening: a child that hangs must not hold it.
+    const timer = setTimeout(() => fail(`no copies within ${TIMEOUT_MS / 1000} s`), TIMEOUT_MS);
     child.on("message", (_i, copy: ListeningHandle) => {
       if (failed) return copy.close();
       copies.push(copy);
       if (copies.length < n) return;
+      clearTimeout(timer);
       child.disconnect();
       resolve(copies);
     });
     const fail = (why: string) => {
       if (failed || copies.length === n) return;
       failed = true;
+      clearTimeout(timer);
+      child.kill();
       for (const copy of copies) copy.close();
       reject(new Error(`copying the listening socket failed after ${copies.length} of ${n}: ${why}`));
     };

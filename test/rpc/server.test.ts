@@ -7,6 +7,7 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import { AgentSession, createRemoteGpuClient, UnavailableError } from "@remotegpu/sdk";
 import { HostService, StreamHeartbeatsRequestSchema } from "../../gen/remotegpu/v1/host_pb.js";
 import { GpuService } from "../../gen/remotegpu/v1/gpu_pb.js";
+import { copyListeningSocket } from "../../src/rpc/listen-copies.js";
 import { eventually } from "../support/eventually.js";
 import { envelope, grpcHeaders } from "../support/grpc-envelope.js";
 import { ADMIN_TOKEN, startTestServer, type TestServer } from "../support/server.js";
@@ -239,6 +240,28 @@ describe("graceful stop", () => {
 });
 
 describe("taking in connections", () => {
+  it("copies a listening socket: the copies take connections after the original closed, and free the port once closed", async () => {
+    const original = net.createServer();
+    await new Promise<void>((resolve) => original.listen(0, "127.0.0.1", resolve));
+    const { port } = original.address() as net.AddressInfo;
+    const copies = await copyListeningSocket(original, 3);
+    assert.equal(copies.length, 3);
+    await new Promise((resolve) => original.close(resolve));
+    const servers = copies.map((copy, i) => net.createServer((socket) => socket.end(`copy ${i}`)).listen(copy));
+    const connect = () =>
+      new Promise<string>((resolve) => {
+        let text = "";
+        const probe = net.connect(port, "127.0.0.1");
+        probe.setEncoding("utf8").on("data", (c: string) => (text += c));
+        probe.once("close", () => resolve(text));
+        probe.once("error", (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message));
+      });
+    assert.match(await connect(), /^copy [0-2]$/); // the original is closed; a copy took the connection
+    await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
+    assert.equal(await connect(), "ECONNREFUSED");
+    await assert.rejects(copyListeningSocket(original, 3), /not listening/);
+  });
+
   it("accepts a burst of connections while every event-loop turn is long, and lets go of the port on stop", async function () {
     this.timeout(60_000);
     const server = await startTestServer();
