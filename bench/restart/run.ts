@@ -180,6 +180,7 @@ try {
   server = serve();
   await until(() => listening, 120_000, "the new server");
   listeningAt = performance.now();
+  const cpuAtListening = cpuSeconds(server.pid!);
   recording = true;
   const listeningMs = listeningAt - restartAt;
   const backMs = await until(
@@ -188,6 +189,7 @@ try {
     "the fleet to come back",
   );
   const allBackMs = performance.now() - restartAt;
+  const returnCpu = (cpuSeconds(server.pid!) - cpuAtListening) / (backMs / 1000);
   recording = false;
   // A second without a line from the fleet (it stalled) shows the count before it.
   for (let i = 0; i < returned.length; i++) returned[i] ??= returned[i - 1] ?? 0;
@@ -207,6 +209,7 @@ try {
       `| new server listening, from the restart | ${(listeningMs / 1000).toFixed(1)} s |`,
       `| every agent back, from the new server listening | ${(backMs / 1000).toFixed(1)} s (${(agents / (backMs / 1000)).toFixed(0)} hellos/s) |`,
       `| every agent back, from the restart | ${(allBackMs / 1000).toFixed(1)} s |`,
+      `| the new server's CPU from listening until all back | ${(returnCpu * 100).toFixed(0)}% of a core |`,
       `| most hosts OFFLINE at once, from the restart until ${values.grace} s after all were back | ${worstOffline} |`,
       `| most connections waiting to be accepted, same span (the listening socket's queue) | ${worstQueue} |`,
       `| the fleet's process: longest stall, first connection / restart until all back | ${(firstStalls / 1000).toFixed(1)} s / ${(returnStalls / 1000).toFixed(1)} s |`,
@@ -228,6 +231,13 @@ try {
   await db.drop();
 }
 process.exit(process.exitCode ?? 0);
+
+/** CPU time a process has used, in seconds (utime and stime of /proc/PID/stat, in 1/100 s). */
+function cpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" "); // from field 3, the state
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
 
 /**
  * Connections the kernel holds for the server's listening socket that it has not accepted yet (the
