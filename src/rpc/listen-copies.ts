@@ -19,7 +19,7 @@ const COPIER = `process.on("message", (n, handle) => {
  * listening handle, in the turns where that handle is among the ready ones. A server busy with
  * thousands of agent connections has long turns (up to 1,024 ready sockets each), and accepting
  * fell to about one connection a second while a fleet reconnected. Every descriptor of the socket is
- * polled on its own, so a server listening on 16 of them accepts up to 16 connections a turn.
+ * polled on its own, so a server listening on n + 1 of them accepts up to n + 1 connections a turn.
  *
  * Node 20 cannot duplicate a descriptor (`reusePort` listeners came with 22.12), but a handle sent
  * over an IPC channel arrives as a new descriptor of the same socket (SCM_RIGHTS): a short-lived

@@ -17,8 +17,14 @@ import { guardRequest, streamParseErrors, undecodableQuery } from "./request-gua
 
 /** Connections the kernel may queue for the server to accept. */
 const LISTEN_BACKLOG = 4096;
-/** Descriptors the server accepts on, each up to one connection per event-loop turn (see listen-copies.ts). */
-const ACCEPTING_DESCRIPTORS = 16;
+/**
+ * Descriptors the server accepts on, each up to one connection per event-loop turn (see
+ * listen-copies.ts). Many: a connection waiting in the kernel's queue gets no answer to its agent's
+ * PING and is given up after 25 s, while one accepted waits in the server's own queues, answered.
+ * The descriptors that find nothing to accept cost a failed accept() each, in turns with a
+ * connection waiting.
+ */
+const ACCEPTING_DESCRIPTORS = 64;
 
 type Request = http.IncomingMessage | http2.Http2ServerRequest;
 type Response = http.ServerResponse | http2.Http2ServerResponse;
@@ -227,7 +233,7 @@ export class RpcServer {
 
   /**
    * Accepts on more descriptors of the listening socket, so that a busy event loop still takes in a
-   * reconnecting fleet (about 30 ms at start). Without them it accepts on one, as before.
+   * reconnecting fleet (about 40 ms at start). Without them it accepts on one, as before.
    */
   private async acceptOnCopies(): Promise<void> {
     const copies = await copyListeningSocket(this.listener, ACCEPTING_DESCRIPTORS - 1).catch((err: unknown) => {
