@@ -19,6 +19,8 @@ export class RedisClusterEvents<M extends EventMap> implements ClusterEvents<M> 
   private readonly handlers = new Map<string, ((payload: never) => void)[]>();
   private readonly gapHandlers: (() => void)[] = [];
   private lost = false;
+  /** A message of this replica's was lost: the others are told of a gap as soon as it can publish again. */
+  private owesGap = false;
 
   constructor(
     private readonly redis: Redis,
@@ -44,6 +46,9 @@ export class RedisClusterEvents<M extends EventMap> implements ClusterEvents<M> 
       );
     });
     this.subscriber.on("message", (_channel: string, message: string) => this.receive(message));
+    // The publishing connection comes back on its own time, often after the subscription did (whose
+    // return already told the others of a gap): what it failed to send meanwhile is a gap too.
+    redis.on("ready", () => this.owesGap && this.send(GAP, {}));
   }
 
   /** Whether the bus is subscribed now (messages sent while it is not are lost to this replica). */
@@ -82,9 +87,12 @@ export class RedisClusterEvents<M extends EventMap> implements ClusterEvents<M> 
   }
 
   private send(topic: string, payload: unknown): void {
-    this.redis
-      .publish(this.channel, JSON.stringify({ from: this.replica, topic, payload }))
-      .catch((err: unknown) => this.logger.warn({ topic, error: String(err) }, "publishing on the Redis bus failed"));
+    if (this.owesGap && topic !== GAP) this.send(GAP, {});
+    if (topic === GAP) this.owesGap = false;
+    this.redis.publish(this.channel, JSON.stringify({ from: this.replica, topic, payload })).catch((err: unknown) => {
+      this.owesGap = true;
+      this.logger.warn({ topic, error: String(err) }, "publishing on the Redis bus failed");
+    });
   }
 
   private receive(message: string): void {

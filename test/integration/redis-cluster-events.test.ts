@@ -5,6 +5,7 @@ import { agentTopics, type AgentTopics } from "../../src/host/agent-sessions.js"
 import { hostTopics } from "../../src/host/host-registry.js";
 import type { TopicsOf } from "../../src/platform/cluster-events.js";
 import { createLogger } from "../../src/platform/logger.js";
+import { openRedis } from "../../src/platform/redis.js";
 import { RedisClusterEvents } from "../../src/platform/redis-cluster-events.js";
 import { eventually } from "../support/eventually.js";
 
@@ -49,6 +50,30 @@ describe("ClusterEvents over Redis", () => {
     assert.deepEqual(message, { hostId, sessionId: "s-1", epoch: "1733400000000000" });
     assert.equal(BigInt(message!.epoch), 1733400000000000n, "typed: the epoch is digits");
     assert.deepEqual(heardByA, []);
+  });
+
+  it("tells the others of a gap once it can publish again, after a message of its own was lost", async () => {
+    // A replica whose publishing connection drops while its subscription stays (Redis's connections
+    // come back one by one after an outage): what it publishes meanwhile is lost to the others.
+    const logger = createLogger("silent");
+    const [publisher, other] = await Promise.all([openRedis(REDIS_URL, logger), openRedis(REDIS_URL, logger)]);
+    const c = new RedisClusterEvents(publisher, prefix, topics, logger);
+    const d = new RedisClusterEvents(other, prefix, topics, logger);
+    try {
+      await Promise.all([c.start(), d.start()]);
+      let gaps = 0;
+      d.onGap(() => gaps++);
+      await raw.client("KILL", "ID", String(await publisher.client("ID")));
+      await eventually("the publishing connection dropped", () => publisher.status !== "ready");
+      c.publish("agent-session", { hostId: randomUUID(), sessionId: "s-lost", epoch: "1" }); // fails: no offline queue
+      await eventually("the other replica told of the gap", () => gaps > 0);
+      assert.equal(publisher.status, "ready");
+    } finally {
+      c.close();
+      d.close();
+      publisher.disconnect();
+      other.disconnect();
+    }
   });
 
   it("drops a malformed message at the edge and logs it, and goes on with the next", async () => {
