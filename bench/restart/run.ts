@@ -241,8 +241,9 @@ function cpuSeconds(pid: number): number {
 
 /**
  * Connections the kernel holds for the server's listening socket that it has not accepted yet (the
- * `rx_queue` of a LISTEN row of /proc/net/tcp). libuv accepts one per event-loop turn, so a server
- * whose turns are long leaves agents waiting here (docs/benchmarks.md, "Why the returns collapse").
+ * `rx_queue` of a LISTEN row of /proc/net/tcp). libuv accepts one per event-loop turn on each
+ * listening descriptor, so a server whose turns are long leaves agents waiting here
+ * (docs/benchmarks.md, "Why the returns collapse" and what follows it).
  */
 function acceptQueue(listeningPort: number): number {
   const local = `:${listeningPort.toString(16).toUpperCase().padStart(4, "0")}`;
