@@ -1,5 +1,6 @@
 import { strict as assert } from "node:assert";
 import { randomBytes, randomUUID } from "node:crypto";
+import { once } from "node:events";
 import { Redis } from "ioredis";
 import { agentTopics, type AgentTopics } from "../../src/host/agent-sessions.js";
 import { hostTopics } from "../../src/host/host-registry.js";
@@ -63,11 +64,17 @@ describe("ClusterEvents over Redis", () => {
       await Promise.all([c.start(), d.start()]);
       let gaps = 0;
       d.onGap(() => gaps++);
+      const heard: string[] = [];
+      d.subscribe("agent-session", (p) => heard.push(p.sessionId));
+      // Publish the moment the connection is seen closed: ioredis reconnects within about 50 ms, so
+      // polling its status could miss the outage altogether.
+      const closed = once(publisher, "close");
       await raw.client("KILL", "ID", String(await publisher.client("ID")));
-      await eventually("the publishing connection dropped", () => publisher.status !== "ready");
+      await closed;
       c.publish("agent-session", { hostId: randomUUID(), sessionId: "s-lost", epoch: "1" }); // fails: no offline queue
-      await eventually("the other replica told of the gap", () => gaps > 0);
+      await eventually("the other replica told of the gap", () => gaps > 0, 10_000);
       assert.equal(publisher.status, "ready");
+      assert.deepEqual(heard, [], "the message sent while the connection was down was lost, not queued");
     } finally {
       c.close();
       d.close();
