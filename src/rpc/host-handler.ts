@@ -194,10 +194,11 @@ export class HostHandler implements Impl {
   }
 
   /** The agent stream: one AgentStream per connection. */
-  async *streamHeartbeats(
+  streamHeartbeats(
     requests: AsyncIterable<StreamHeartbeatsRequest>,
     ctx: HandlerContext,
   ): AsyncIterable<MessageInitShape<typeof StreamHeartbeatsResponseSchema>> {
-    yield* new AgentStream(this.streams, callerOf(ctx), requests).run();
+    // Handed on as it is: a generator around it would add a pending promise per message.
+    return new AgentStream(this.streams, callerOf(ctx), requests).run();
   }
 }
