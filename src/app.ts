@@ -20,8 +20,6 @@ import { systemClock, type Clock } from "./platform/clock.js";
 import { LocalClusterEvents, type TopicsOf } from "./platform/cluster-events.js";
 import { databaseAnswers, startDatabase, type Database, type MikroORM } from "./platform/database.js";
 import { Feed } from "./platform/feed.js";
-import { kubeConfig } from "./platform/kube-config.js";
-import { KubeNodeWatch } from "./platform/kube-node-watch.js";
 import { LeaderLock } from "./platform/leader-lock.js";
 import { createLogger, type Logger } from "./platform/logger.js";
 import { Metrics } from "./platform/metrics.js";
@@ -47,11 +45,8 @@ import { SERVICE_NAMES, routes } from "./rpc/routes.js";
 import { RpcServer } from "./rpc/server.js";
 import { WorkspaceHandler } from "./rpc/workspace-handler.js";
 import { AgentRuntime } from "./runtime/agent-runtime.js";
-import { KubernetesRuntime } from "./runtime/kubernetes-runtime.js";
-import { KubernetesSsh } from "./runtime/kubernetes-ssh.js";
 import { sharedHostKey } from "./platform/ssh-host-key.js";
 import { LocalObjectStore } from "./storage/local-object-store.js";
-import { S3ObjectStore } from "./storage/s3-object-store.js";
 import { WorkspaceFiles } from "./storage/workspace-files.js";
 import { HeartbeatIngest, type LiveSample } from "./telemetry/heartbeat-ingest.js";
 import { LatestSamples } from "./telemetry/latest-samples.js";
@@ -94,7 +89,7 @@ export async function createApp(config: Config, options: AppOptions = {}): Promi
   // The certificate is read (and parsed) before anything starts, so a bad one leaves nothing running.
   const tls = config.tls && loadTls(config.tls.certFile, config.tls.keyFile);
   const { databaseUrl: url, dataDir, embeddedPostgresPort: embeddedPort, databasePoolSize: poolSize } = config;
-  const stopTracing = config.tracing ? startTracing(config.tracing.endpoint, config.tracing.serviceName) : async () => undefined;
+  const stopTracing = config.tracing ? await startTracing(config.tracing.endpoint, config.tracing.serviceName) : async () => undefined;
   const database = await startDatabase({ url, dataDir, embeddedPort, poolSize, entities }, logger).catch(async (err: unknown) => {
     await stopTracing();
     throw err;
@@ -176,7 +171,9 @@ async function compose(config: Config, database: Database, tls: Tls | undefined,
   );
   await events.start();
 
-  const s3 = config.s3 && new S3ObjectStore(config.s3);
+  // The S3 and Kubernetes clients take most of a start's module loading (0.1 and 0.5 s here): only
+  // a server configured for them loads them.
+  const s3 = config.s3 && new (await import("./storage/s3-object-store.js")).S3ObjectStore(config.s3);
   const store = s3 || new LocalObjectStore(path.join(config.dataDir, "objects"));
   const bucketFailed = (err: unknown) =>
     logger.warn(
@@ -195,11 +192,11 @@ async function compose(config: Config, database: Database, tls: Tls | undefined,
     logs: async (hostId, environmentId, lines) => void (await environmentLogs.append(hostId, environmentId, lines)),
     traffic: (environmentId, time) => activity.portTraffic(environmentId, time),
   };
-  const kc = config.kubernetes && kubeConfig(config.kubernetes.kubeconfig);
+  const k8s = config.kubernetes && (await loadKubernetes(config.kubernetes.kubeconfig));
   const kubernetes =
     config.kubernetes &&
-    kc &&
-    new KubernetesRuntime(kc, config.kubernetes, { ...workloads, lastLog: (id) => environmentLogs.lastLine(id, "STDOUT") }, logger);
+    k8s &&
+    new k8s.KubernetesRuntime(k8s.kc, config.kubernetes, { ...workloads, lastLog: (id) => environmentLogs.lastLine(id, "STDOUT") }, logger);
   const reconcilerOptions = {
     onFailed: () => metrics.environmentsFailed.inc(),
     startTimeoutMs: config.environmentStartTimeoutSeconds * 1000,
@@ -212,8 +209,10 @@ async function compose(config: Config, database: Database, tls: Tls | undefined,
   // Matching Kubernetes nodes become hosts by themselves; the leader alone watches them.
   const selector = config.kubernetes?.nodeSelector;
   const nodeHosts =
-    kc && selector
-      ? new NodeHosts((listener) => new KubeNodeWatch(kc, selector, listener, logger), orm, clock, hosts, isLeader, logger, { selector })
+    k8s && selector
+      ? new NodeHosts((listener) => new k8s.KubeNodeWatch(k8s.kc, selector, listener, logger), orm, clock, hosts, isLeader, logger, {
+          selector,
+        })
       : undefined;
   const reconciler: EnvironmentReconciler = new EnvironmentReconciler(
     orm,
@@ -265,10 +264,10 @@ async function compose(config: Config, database: Database, tls: Tls | undefined,
       answerMs: 10_000,
     },
     redis && new SshRelay(redis, config.redisKeyPrefix),
-    kc &&
+    k8s &&
       kubernetes &&
-      new KubernetesSsh(
-        kc,
+      new k8s.KubernetesSsh(
+        k8s.kc,
         kubernetes,
         async () => {
           const { utils } = (await import("ssh2")).default;
@@ -340,4 +339,15 @@ async function compose(config: Config, database: Database, tls: Tls | undefined,
       await database.close();
     },
   };
+}
+
+/** The Kubernetes client and what drives it: loaded only by a server configured for Kubernetes. */
+async function loadKubernetes(kubeconfig: string | undefined) {
+  const [{ kubeConfig }, { KubeNodeWatch }, { KubernetesRuntime }, { KubernetesSsh }] = await Promise.all([
+    import("./platform/kube-config.js"),
+    import("./platform/kube-node-watch.js"),
+    import("./runtime/kubernetes-runtime.js"),
+    import("./runtime/kubernetes-ssh.js"),
+  ]);
+  return { kc: kubeConfig(kubeconfig), KubeNodeWatch, KubernetesRuntime, KubernetesSsh };
 }

@@ -9,11 +9,6 @@ import {
   SpanStatusCode,
   trace,
 } from "@opentelemetry/api";
-import { AsyncLocalStorageContextManager } from "@opentelemetry/context-async-hooks";
-import { W3CTraceContextPropagator } from "@opentelemetry/core";
-import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-http";
-import { resourceFromAttributes } from "@opentelemetry/resources";
-import { BasicTracerProvider, BatchSpanProcessor } from "@opentelemetry/sdk-trace-base";
 import type { EventSubscriber, TransactionEventArgs } from "@mikro-orm/core";
 
 // OpenTelemetry spans for RPCs, database transactions, reconciler passes and runtime calls, sent
@@ -27,7 +22,21 @@ const TRACER = "remotegpu";
  * Starts exporting spans to `endpoint` (its /v1/traces); the standard OTEL_* variables of the
  * exporter (headers, timeout) apply. Returns what flushes and stops it.
  */
-export function startTracing(endpoint: string, serviceName: string): () => Promise<void> {
+export async function startTracing(endpoint: string, serviceName: string): Promise<() => Promise<void>> {
+  // Loaded only here: a server that exports no spans does not pay for the SDK at every start.
+  const [
+    { AsyncLocalStorageContextManager },
+    { W3CTraceContextPropagator },
+    { OTLPTraceExporter },
+    { resourceFromAttributes },
+    { BasicTracerProvider, BatchSpanProcessor },
+  ] = await Promise.all([
+    import("@opentelemetry/context-async-hooks"),
+    import("@opentelemetry/core"),
+    import("@opentelemetry/exporter-trace-otlp-http"),
+    import("@opentelemetry/resources"),
+    import("@opentelemetry/sdk-trace-base"),
+  ]);
   const url = `${endpoint.replace(/\/+$/, "")}/v1/traces`;
   const provider = new BasicTracerProvider({
     resource: resourceFromAttributes({ "service.name": serviceName }),

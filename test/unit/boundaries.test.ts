@@ -30,6 +30,8 @@ interface Import {
   target: string;
   /** Erased at compile time (`import type`, `export type`, every named binding `type`, `import("x").T` types). */
   typeOnly: boolean;
+  /** An `import()` call: loaded when it runs, not with the importing file. */
+  dynamic: boolean;
 }
 
 interface Rule {
@@ -117,10 +119,10 @@ function resolve(file: string, specifier: string): string {
 function importsOf(file: string, text: string): Import[] {
   const source = ts.createSourceFile(file, text, ts.ScriptTarget.Latest, true, ts.ScriptKind.TS);
   const found: Import[] = [];
-  const add = (node: ts.Node, literal: ts.Expression | undefined, typeOnly: boolean) => {
+  const add = (node: ts.Node, literal: ts.Expression | undefined, typeOnly: boolean, dynamic = false) => {
     if (!literal || !ts.isStringLiteralLike(literal)) return;
     const line = source.getLineAndCharacterOfPosition(node.getStart(source)).line + 1;
-    found.push({ file, line, specifier: literal.text, target: resolve(file, literal.text), typeOnly });
+    found.push({ file, line, specifier: literal.text, target: resolve(file, literal.text), typeOnly, dynamic });
   };
   const visit = (node: ts.Node): void => {
     if (ts.isImportDeclaration(node)) {
@@ -135,7 +137,7 @@ function importsOf(file: string, text: string): Import[] {
     } else if (ts.isImportEqualsDeclaration(node) && ts.isExternalModuleReference(node.moduleReference)) {
       add(node, node.moduleReference.expression, node.isTypeOnly);
     } else if (ts.isCallExpression(node) && node.expression.kind === ts.SyntaxKind.ImportKeyword) {
-      add(node, node.arguments[0], false);
+      add(node, node.arguments[0], false, true);
     } else if (ts.isImportTypeNode(node) && ts.isLiteralTypeNode(node.argument)) {
       add(node, node.argument.literal, true);
     }
@@ -148,6 +150,33 @@ function importsOf(file: string, text: string): Import[] {
 function importsOfAll(files: Map<string, string>): Import[] {
   return [...files].flatMap(([file, text]) => importsOf(file, text));
 }
+
+/**
+ * The packages a process loads before its first line runs when it starts at `entry`: every package
+ * reached through imports that are neither type-only nor `import()` calls, each with the import
+ * that first reaches it.
+ */
+function loadedWith(entry: string, imports: Import[]): Map<string, Import> {
+  const byFile = new Map<string, Import[]>();
+  for (const i of imports) if (!i.typeOnly && !i.dynamic) byFile.set(i.file, [...(byFile.get(i.file) ?? []), i]);
+  const packages = new Map<string, Import>();
+  const files = [entry];
+  for (const file of files) {
+    for (const i of byFile.get(file) ?? []) {
+      if (isRelative(i.specifier) || Object.values(WORKSPACE_PACKAGES).includes(i.target)) {
+        if (!files.includes(i.target)) files.push(i.target);
+      } else if (!packages.has(i.target)) packages.set(i.target, i);
+    }
+  }
+  return packages;
+}
+
+/**
+ * Loaded by a server only when its configuration asks for them (Kubernetes, S3, span export): together
+ * they were more than half of every start's module loading (0.6 of 1.0 s here).
+ */
+const LOADED_ON_DEMAND = (target: string) =>
+  isPackage(target, "@kubernetes/client-node", "@aws-sdk") || (isPackage(target, "@opentelemetry") && target !== "@opentelemetry/api");
 
 /** One line per broken rule: the file, the line, the import as written. */
 function violations(imports: Import[], rules: Rule[] = RULES): Map<string, string[]> {
@@ -260,6 +289,16 @@ describe("boundaries", () => {
       assert.deepEqual(broken, [], `${rule.name}:\n  ${broken.join("\n  ")}`);
     });
   }
+
+  it("the server starts without the Kubernetes, S3 and span-export clients: only a server configured for one loads it", () => {
+    const early = [...loadedWith("src/main.ts", imports)].filter(([target]) => LOADED_ON_DEMAND(target));
+    assert.deepEqual(
+      early.map(([, i]) => `${i.file}:${i.line} imports "${i.specifier}"`),
+      [],
+    );
+    // The walk itself reaches what every start does load.
+    assert.ok(loadedWith("src/main.ts", imports).has("@mikro-orm/postgresql"));
+  });
 
   it("no import cycle among src/, agent/src/, cli/src/ and sdk/src/, type-only imports included", () => {
     const found = cycles(imports, new Set(sources.keys()));
@@ -396,6 +435,22 @@ describe("boundaries", () => {
       assert.deepEqual(cycles(importsOfAll(files), new Set(files.keys())), [
         'src/gpu/gpu-inventory.ts:1 imports "../host/host-registry.js" -> src/host/host-registry.ts:2 imports "../gpu/gpu-inventory.js"',
       ]);
+    });
+
+    it("a client loaded at start through a chain of static imports, and not through import() or a type", () => {
+      const files = new Map(
+        Object.entries({
+          "src/main.ts": 'import { createApp } from "./app.js";\nimport type { S3Client } from "@aws-sdk/client-s3";',
+          "src/app.ts": 'import { run } from "./runtime/x.js";\nconst tracing = await import("./platform/tracing.js");',
+          "src/runtime/x.ts": 'import { CoreV1Api } from "@kubernetes/client-node";\nimport { trace } from "@opentelemetry/api";',
+          "src/platform/tracing.ts": 'import { BasicTracerProvider } from "@opentelemetry/sdk-trace-base";',
+        }),
+      );
+      const early = [...loadedWith("src/main.ts", importsOfAll(files))].filter(([target]) => LOADED_ON_DEMAND(target));
+      assert.deepEqual(
+        early.map(([, i]) => `${i.file}:${i.line} imports "${i.specifier}"`),
+        ['src/runtime/x.ts:1 imports "@kubernetes/client-node"'],
+      );
     });
 
     it("tells type-only imports from the others", () => {
