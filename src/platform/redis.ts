@@ -1,4 +1,4 @@
-import { Redis } from "ioredis";
+import type { Redis } from "ioredis";
 import type { Logger } from "./logger.js";
 
 /**
@@ -7,7 +7,9 @@ import type { Logger } from "./logger.js";
  * while it is away (no offline queue), so no caller waits on it.
  */
 export async function openRedis(url: string, logger: Logger): Promise<Redis> {
-  const redis = new Redis(url, { lazyConnect: true, enableOfflineQueue: false, maxRetriesPerRequest: 1 });
+  // Loaded here: a server without REDIS_URL does not load the client at all.
+  const { Redis: Client } = await import("ioredis");
+  const redis = new Client(url, { lazyConnect: true, enableOfflineQueue: false, maxRetriesPerRequest: 1 });
   redis.on("error", (err: Error) => logger.warn({ error: err.message }, "redis"));
   await redis.connect().catch((err: unknown) => logger.warn({ error: String(err) }, "Redis unreachable at start; continuing without it"));
   return redis;
