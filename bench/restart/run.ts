@@ -99,7 +99,7 @@ let spawnedAt = 0;
 const serve = () => {
   listening = false;
   spawnedAt = performance.now();
-  // The built server (npm run build:server), as deployed: it listens 2-3 s after the old one exits
+  // The built server (npm run build:server), as deployed: it listens about 1 s after it is spawned
   // here, where the sources under tsx took 4-6 s.
   return start("dist/src/main.js", [], { ...serverEnv, LOG_LEVEL: "info" }, (l) => {
     if (l.msg === "remotegpu listening") listening = true;
