@@ -3,24 +3,15 @@
 // keeps a timer (the baseline: what any Node program costs). Build first: npm run build:sdk && npm run build:agent
 //   npm run bench:agent [-- --gpus 8 --seconds 60]
 import { type ChildProcess, spawn } from "node:child_process";
-import { readFileSync } from "node:fs";
 import { rm } from "node:fs/promises";
 import { parseArgs } from "node:util";
 import { HostService } from "../../gen/remotegpu/v1/host_pb.js";
 import { systemClock } from "../../src/platform/clock.js";
 import { agentTempDir, ROOT } from "../../test/support/child.js";
 import { startTestServer } from "../../test/support/server.js";
+import { cpuSeconds, rssMiB } from "../proc.js";
 
 const { values } = parseArgs({ options: { gpus: { type: "string", default: "8" }, seconds: { type: "string", default: "60" } } });
-const TICKS = 100; // USER_HZ
-
-function cpuSeconds(pid: number): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
-  return (Number(fields[11]) + Number(fields[12])) / TICKS;
-}
-function rssMiB(pid: number): number {
-  return Number(/^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))![1]) / 1024;
-}
 
 /** CPU share of one core and peak RSS of `child` over `seconds`, after a 10 s settle. */
 async function watch(child: ChildProcess, seconds: number) {

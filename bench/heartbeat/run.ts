@@ -3,7 +3,7 @@
 // --replicas N, N server processes sharing it and Redis, the agents' connections spread over them)
 // and then against as many bare connect-node echo stream servers, and prints one table with both.
 import { spawn, type ChildProcess } from "node:child_process";
-import { readFileSync, writeFileSync } from "node:fs";
+import { writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -13,6 +13,7 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import pg from "pg";
 import { HostService } from "../../gen/remotegpu/v1/host_pb.js";
 import { createTestDatabase } from "../../test/support/database.js";
+import { cpuSeconds, rssMiB } from "../proc.js";
 
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 const { values } = parseArgs({
@@ -81,13 +82,12 @@ async function waitFor(child: Child, match: (line: Record<string, unknown>) => b
 /** CPU seconds (user + system) and resident memory of processes together, from /proc. */
 function usage(pids: number[]): { cpu: number; rssMiB: number } {
   let cpu = 0;
-  let rssMiB = 0;
+  let rss = 0;
   for (const pid of pids) {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
-    cpu += (Number(stat[11]) + Number(stat[12])) / 100;
-    rssMiB += Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))![1]!) / 1024;
+    cpu += cpuSeconds(pid);
+    rss += rssMiB(pid);
   }
-  return { cpu, rssMiB };
+  return { cpu, rssMiB: rss };
 }
 
 /** Starts `count` processes of `script` and waits until each listens; returns their URLs. */

@@ -17,6 +17,7 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import pg from "pg";
 import { HostService } from "../../gen/remotegpu/v1/host_pb.js";
 import { createTestDatabase } from "../../test/support/database.js";
+import { cpuSeconds } from "../proc.js";
 
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 const { values } = parseArgs({
@@ -234,13 +235,6 @@ try {
   await db.drop();
 }
 process.exit(process.exitCode ?? 0);
-
-/** CPU time a process has used, in seconds (utime and stime of /proc/PID/stat, in 1/100 s). */
-function cpuSeconds(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" "); // from field 3, the state
-  return (Number(fields[11]) + Number(fields[12])) / 100;
-}
 
 /**
  * Connections the kernel holds for the server's listening socket that it has not accepted yet (the

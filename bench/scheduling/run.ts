@@ -37,6 +37,7 @@ import { LocalClusterEvents } from "../../src/platform/cluster-events.js";
 import { openDatabase } from "../../src/platform/database.js";
 import { QuotaLedger } from "../../src/workspace/quota-ledger.js";
 import { createTestDatabase } from "../../test/support/database.js";
+import { cpuSeconds } from "../proc.js";
 
 const { values } = parseArgs({
   options: {
@@ -125,12 +126,6 @@ const auth: Interceptor = (next) => (req) => {
   req.header.set("authorization", `Bearer ${ADMIN}`);
   return next(req);
 };
-
-/** CPU seconds (user and system) process `pid` has used, from /proc. */
-function cpuSeconds(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
-  return (Number(stat[11]) + Number(stat[12])) / 100;
-}
 
 /** CPU seconds used so far by every PostgreSQL process of this machine (the bench's database is local). */
 function postgresCpuSeconds(): number {
